@@ -1,0 +1,3 @@
+//! # vmrr-engine
+//!
+//! Runs guests on KVM and records every exit through `vmrr-format`. (Being built.)

@@ -1,0 +1,345 @@
+//! Record decoder: bytes to a borrowed [`Record`], validating every size, count and pad.
+
+use crate::bytes::{align8, all_zero, u16_at, u32_at, u64_at, u64_from, usize_from};
+use crate::error::Reason;
+use crate::kind;
+use crate::record::*;
+
+/// A record-level decode failure: the reason and the byte offset inside the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// Offset of the offending field from the start of the record.
+    pub offset: usize,
+    /// Sequence number, when the header was readable.
+    pub seq: Option<u64>,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// Reads the `size` field of the record at the start of `buf`, validating it against the
+/// format's limits and the bytes available. A reader skips a record it cannot interpret by
+/// this size.
+///
+/// # Errors
+/// A truncated header, a size below 24 or above [`MAX_RECORD_SIZE`], not a multiple of 8,
+/// or larger than `buf`.
+pub fn record_size(buf: &[u8]) -> Result<usize, RecordError> {
+    let err = |offset, reason| RecordError { offset, seq: None, reason };
+    if buf.len() < RECORD_HEADER_SIZE {
+        return Err(err(
+            0,
+            Reason::Truncated {
+                what: "record header",
+                need: u64_from(RECORD_HEADER_SIZE),
+                have: u64_from(buf.len()),
+            },
+        ));
+    }
+    let size = usize_from(u32_at(buf, 0).unwrap_or(0));
+    if size < RECORD_HEADER_SIZE {
+        return Err(err(
+            0,
+            Reason::TooSmall { what: "record size", size: u64_from(size), min: u64_from(RECORD_HEADER_SIZE) },
+        ));
+    }
+    if size > MAX_RECORD_SIZE {
+        return Err(err(
+            0,
+            Reason::TooLarge { what: "record size", size: u64_from(size), max: u64_from(MAX_RECORD_SIZE) },
+        ));
+    }
+    if size % 8 != 0 {
+        return Err(err(0, Reason::Misaligned { what: "record size", value: u64_from(size) }));
+    }
+    if size > buf.len() {
+        return Err(err(
+            0,
+            Reason::Truncated { what: "record", need: u64_from(size), have: u64_from(buf.len()) },
+        ));
+    }
+    Ok(size)
+}
+
+/// Decodes the record at the start of `buf`; returns it and its size.
+///
+/// Follows the format's rules: a body shorter than this version's layout reads as zeros;
+/// a longer one is read for the known fields and the rest kept in [`Unknown::body`];
+/// payloads of unknown flags are kept in [`Unknown::tail`]; counts are checked against the
+/// record's size before use; padding and reserved fields must be zero.
+///
+/// # Errors
+/// A [`RecordError`] with the offset of the offending field inside the record.
+#[inline]
+pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
+    let size = record_size(buf)?;
+    let rec = &buf[..size];
+    let kind = u16_at(rec, 4).unwrap_or(0);
+    let body_len = usize::from(u16_at(rec, 6).unwrap_or(0));
+    let seq = u64_at(rec, 8).unwrap_or(0);
+    let vcpu = u32_at(rec, 16).unwrap_or(0);
+    let flags = u32_at(rec, 20).unwrap_or(0);
+    let fail = |offset: usize, reason| RecordError { offset, seq: Some(seq), reason };
+
+    if body_len % 8 != 0 {
+        return Err(fail(6, Reason::Misaligned { what: "body_size", value: u64_from(body_len) }));
+    }
+    let body_end = RECORD_HEADER_SIZE + body_len;
+    if body_end > size {
+        return Err(fail(
+            6,
+            Reason::CountExceedsRecord {
+                what: "body_size",
+                count: u64_from(body_len),
+                needed: u64_from(body_len),
+                available: u64_from(size - RECORD_HEADER_SIZE),
+            },
+        ));
+    }
+
+    let Some(known_len) = body_size(kind) else {
+        let body = Body::Unknown {
+            kind,
+            body_size: u16::try_from(body_len).unwrap_or(u16::MAX),
+            flags,
+            bytes: &rec[RECORD_HEADER_SIZE..],
+        };
+        return Ok((Record { seq, vcpu, body, regs: None, unknown: Unknown::default() }, size));
+    };
+
+    let written = &rec[RECORD_HEADER_SIZE..body_end];
+    let unknown_body = written.get(known_len..).unwrap_or(&[]);
+    // Normalise the body to exactly this version's length: a longer body is cut (its
+    // extra bytes are `unknown_body`); a shorter one, from an older writer, is copied into
+    // zeros (rule 3). Field reads below then never run past `b`.
+    let mut short = [0u8; MAX_KNOWN_BODY];
+    let b: &[u8] = if written.len() >= known_len {
+        &written[..known_len]
+    } else {
+        short[..written.len()].copy_from_slice(written);
+        &short[..known_len]
+    };
+    // Padding checks only cover the part of the body the writer actually wrote.
+    let pad_zero = |from: usize, to: usize, what: &'static str| -> Result<(), RecordError> {
+        let end = to.min(written.len());
+        if let Some(i) = b.get(from..end).and_then(|p| p.iter().position(|&x| x != 0)) {
+            return Err(fail(RECORD_HEADER_SIZE + from + i, Reason::NonZeroPadding { what }));
+        }
+        Ok(())
+    };
+
+    // Variable data: `(length, padded length)` starting at `body_end`.
+    let mut var = Var { start: body_end, len: 0 };
+    let avail = size - body_end;
+    let want = |what: &'static str, count: u64, unit: u64| -> Result<usize, RecordError> {
+        let needed = count.saturating_mul(unit);
+        let padded = needed.checked_add(7).map(|v| v & !7).unwrap_or(u64::MAX);
+        if padded > u64_from(avail) {
+            return Err(fail(
+                RECORD_HEADER_SIZE,
+                Reason::CountExceedsRecord { what, count, needed, available: u64_from(avail) },
+            ));
+        }
+        Ok(usize::try_from(needed).unwrap_or(usize::MAX))
+    };
+
+    let body = match kind {
+        kind::IO => {
+            let direction = match z8(b, 0) {
+                0 => Direction::In,
+                1 => Direction::Out,
+                v => {
+                    return Err(fail(
+                        RECORD_HEADER_SIZE,
+                        Reason::InvalidValue { field: "io direction", value: u64::from(v) },
+                    ));
+                }
+            };
+            let size_ = z8(b, 1);
+            let count = z32(b, 4);
+            if !(matches!(size_, 1 | 2 | 4) || (size_ == 0 && count == 0)) {
+                return Err(fail(
+                    RECORD_HEADER_SIZE + 1,
+                    Reason::InvalidValue { field: "io size", value: u64::from(size_) },
+                ));
+            }
+            var.len = want("io count", u64::from(count), u64::from(size_))?;
+            Body::Io(Io { direction, size: size_, port: z16(b, 2), count, data: var.bytes(rec) })
+        }
+        kind::MMIO => {
+            let len = z32(b, 8);
+            if len > 8 {
+                return Err(fail(
+                    RECORD_HEADER_SIZE + 8,
+                    Reason::InvalidValue { field: "mmio len", value: u64::from(len) },
+                ));
+            }
+            let is_write = match z8(b, 12) {
+                0 => false,
+                1 => true,
+                v => {
+                    return Err(fail(
+                        RECORD_HEADER_SIZE + 12,
+                        Reason::InvalidValue { field: "mmio is_write", value: u64::from(v) },
+                    ));
+                }
+            };
+            pad_zero(13, 16, "mmio padding")?;
+            let n = usize_from(len);
+            pad_zero(16 + n, 24, "mmio data beyond len")?;
+            let mut data = [0u8; 8];
+            data.copy_from_slice(b.get(16..24).unwrap_or(&[0; 8]));
+            Body::Mmio(Mmio { phys_addr: z64(b, 0), len, is_write, data })
+        }
+        kind::HLT => Body::Hlt,
+        kind::SHUTDOWN => Body::Shutdown,
+        kind::IRQ_WINDOW_OPEN => Body::IrqWindowOpen,
+        kind::INTR => Body::Intr,
+        kind::FAIL_ENTRY => {
+            pad_zero(12, 16, "fail_entry padding")?;
+            Body::FailEntry(FailEntry { hardware_entry_failure_reason: z64(b, 0), cpu: z32(b, 8) })
+        }
+        kind::INTERNAL_ERROR => {
+            var.len = want("internal_error ndata", u64::from(z32(b, 4)), 8)?;
+            Body::InternalError(InternalError { suberror: z32(b, 0), data: Words::Le(var.bytes(rec)) })
+        }
+        kind::SYSTEM_EVENT => {
+            var.len = want("system_event ndata", u64::from(z32(b, 4)), 8)?;
+            Body::SystemEvent(SystemEvent { event_type: z32(b, 0), data: Words::Le(var.bytes(rec)) })
+        }
+        kind::X86_RDMSR | kind::X86_WRMSR => {
+            pad_zero(17, 24, "msr padding")?;
+            let m = Msr { index: z32(b, 0), reason: z32(b, 4), data: z64(b, 8), error: z8(b, 16) };
+            if kind == kind::X86_RDMSR { Body::RdMsr(m) } else { Body::WrMsr(m) }
+        }
+        kind::HYPERCALL => {
+            let mut args = [0u64; 6];
+            for (i, a) in args.iter_mut().enumerate() {
+                *a = z64(b, 8 + 8 * i);
+            }
+            Body::Hypercall(Hypercall { nr: z64(b, 0), args, ret: z64(b, 56), flags: z64(b, 64) })
+        }
+        kind::DEBUG => {
+            pad_zero(4, 8, "debug padding")?;
+            Body::Debug(DebugExit { exception: z32(b, 0), pc: z64(b, 8), dr6: z64(b, 16), dr7: z64(b, 24) })
+        }
+        kind::RAW_EXIT => {
+            var.len = want("raw exit length", u64::from(z32(b, 4)), 1)?;
+            Body::RawExit(RawExit { exit_reason: z32(b, 0), data: var.bytes(rec) })
+        }
+        kind::INTERRUPT => Body::Interrupt(Interrupt { vector: z32(b, 0), source: z32(b, 4) }),
+        kind::CHECKPOINT => {
+            Body::Checkpoint(Checkpoint { snapshot_id: z64(b, 0), exit_seq: z64(b, 8), exits: z64(b, 16) })
+        }
+        kind::ANNOTATION => {
+            pad_zero(2, 4, "annotation padding")?;
+            let klen = usize::from(z16(b, 0));
+            let vlen = usize_from(z32(b, 4));
+            var.len = want("annotation length", u64_from(klen) + u64_from(vlen), 1)?;
+            let bytes = var.bytes(rec);
+            let (k, v) = bytes.split_at(klen.min(bytes.len()));
+            let key = std::str::from_utf8(k)
+                .map_err(|_| fail(body_end, Reason::InvalidUtf8 { field: "annotation key" }))?;
+            let value = std::str::from_utf8(v)
+                .map_err(|_| fail(body_end + klen, Reason::InvalidUtf8 { field: "annotation value" }))?;
+            Body::Annotation(Annotation { key, value })
+        }
+        kind::END_OF_RUN => {
+            pad_zero(4, 8, "end_of_run padding")?;
+            Body::EndOfRun(EndOfRun { reason: z32(b, 0), exits: z64(b, 8), status: z64(b, 16) })
+        }
+        kind::CPUID => {
+            pad_zero(4, 8, "cpuid padding")?;
+            var.len = want("cpuid entry count", u64::from(z32(b, 0)), u64_from(CPUID_ENTRY_SIZE))?;
+            let bytes = var.bytes(rec);
+            for (i, e) in bytes.chunks_exact(CPUID_ENTRY_SIZE).enumerate() {
+                if !all_zero(&e[28..32]) {
+                    return Err(fail(
+                        body_end + i * CPUID_ENTRY_SIZE + 28,
+                        Reason::NonZeroPadding { what: "cpuid entry padding" },
+                    ));
+                }
+            }
+            Body::Cpuid(CpuidEntries::Le(bytes))
+        }
+        // `body_size` knows exactly the kinds matched above; should the two tables ever
+        // disagree, the record is still kept, verbatim, rather than misread.
+        _ => Body::Unknown {
+            kind,
+            body_size: u16::try_from(body_len).unwrap_or(u16::MAX),
+            flags,
+            bytes: &rec[RECORD_HEADER_SIZE..],
+        },
+    };
+
+    // Padding after the variable data.
+    let var_end = var.start + var.len;
+    let Some(mut pos) = align8(var_end) else {
+        return Err(fail(0, Reason::InvalidValue { field: "record layout", value: u64_from(size) }));
+    };
+    if let Some(i) = rec.get(var_end..pos.min(size)).and_then(|p| p.iter().position(|&x| x != 0)) {
+        return Err(fail(var_end + i, Reason::NonZeroPadding { what: "variable data padding" }));
+    }
+
+    // Optional payloads in ascending flag order.
+    let mut regs = None;
+    if flags & FLAG_REGS != 0 {
+        let Some(p) = rec.get(pos..pos + REGS_PAYLOAD_SIZE) else {
+            return Err(fail(
+                20,
+                Reason::CountExceedsRecord {
+                    what: "regs payload",
+                    count: 1,
+                    needed: u64_from(REGS_PAYLOAD_SIZE),
+                    available: u64_from(size.saturating_sub(pos)),
+                },
+            ));
+        };
+        regs = Some(RegsSample { rip: z64(p, 0), rsp: z64(p, 8), rflags: z64(p, 16), flags: z64(p, 24) });
+        pos += REGS_PAYLOAD_SIZE;
+    }
+    let unknown_flags = flags & !KNOWN_FLAGS;
+    let tail = &rec[pos..];
+    if unknown_flags == 0 && !tail.is_empty() {
+        return Err(fail(
+            pos,
+            Reason::InvalidValue { field: "bytes not announced by any flag", value: u64_from(tail.len()) },
+        ));
+    }
+    Ok((
+        Record { seq, vcpu, body, regs, unknown: Unknown { body: unknown_body, flags: unknown_flags, tail } },
+        size,
+    ))
+}
+
+/// Largest fixed body this version knows (the hypercall's).
+const MAX_KNOWN_BODY: usize = 72;
+
+// Field reads on a body normalised to its known length: the offsets are within it by
+// construction, so the fallbacks never apply.
+#[inline]
+fn z8(b: &[u8], off: usize) -> u8 {
+    b.get(off).copied().unwrap_or(0)
+}
+#[inline]
+fn z16(b: &[u8], off: usize) -> u16 {
+    u16_at(b, off).unwrap_or(0)
+}
+#[inline]
+fn z32(b: &[u8], off: usize) -> u32 {
+    u32_at(b, off).unwrap_or(0)
+}
+#[inline]
+fn z64(b: &[u8], off: usize) -> u64 {
+    u64_at(b, off).unwrap_or(0)
+}
+
+struct Var {
+    start: usize,
+    len: usize,
+}
+
+impl Var {
+    fn bytes<'a>(&self, rec: &'a [u8]) -> &'a [u8] {
+        rec.get(self.start..self.start + self.len).unwrap_or(&[])
+    }
+}

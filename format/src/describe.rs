@@ -1,0 +1,211 @@
+//! Human and JSON renderings of records (used by `vmrr inspect` and replay reports).
+//!
+//! JSON field names follow `include/uapi/linux/kvm.h`; byte strings are lower-case hex.
+//! These names are a stable interface for CI scripts: fields may be added, never renamed.
+
+use serde_json::{Map, Value, json};
+
+use crate::header::hex;
+use crate::kind;
+use crate::record::*;
+
+/// JSON object for one record: `seq`, `vcpu`, `kind`, the kind's fields, `regs` when
+/// sampled, and `unknown` (hex) when a newer writer's parts were kept.
+pub fn record_json(rec: &Record<'_>) -> Value {
+    let mut m = Map::new();
+    m.insert("seq".into(), json!(rec.seq));
+    m.insert("vcpu".into(), json!(rec.vcpu));
+    m.insert("kind".into(), json!(kind::name(rec.body.kind())));
+    body_fields(&rec.body, &mut m);
+    if let Some(r) = rec.regs {
+        m.insert(
+            "regs".into(),
+            json!({"rip": r.rip, "rsp": r.rsp, "rflags": r.rflags, "rip_after_insn": r.flags & RegsSample::RIP_AFTER_INSN != 0}),
+        );
+    }
+    if !rec.unknown.is_empty() {
+        m.insert(
+            "unknown".into(),
+            json!({"body": hex(rec.unknown.body), "flags": rec.unknown.flags, "tail": hex(rec.unknown.tail)}),
+        );
+    }
+    Value::Object(m)
+}
+
+fn words(w: &Words<'_>) -> Value {
+    Value::Array(w.iter().map(|v| json!(v)).collect())
+}
+
+fn body_fields(body: &Body<'_>, m: &mut Map<String, Value>) {
+    let mut put = |k: &str, v: Value| {
+        m.insert(k.to_string(), v);
+    };
+    match body {
+        Body::Io(io) => {
+            put("direction", json!(io.direction.name()));
+            put("port", json!(io.port));
+            put("size", json!(io.size));
+            put("count", json!(io.count));
+            put("data", json!(hex(io.data)));
+        }
+        Body::Mmio(x) => {
+            put("phys_addr", json!(x.phys_addr));
+            put("len", json!(x.len));
+            put("is_write", json!(x.is_write));
+            put("data", json!(hex(x.bytes())));
+        }
+        Body::Hlt | Body::Shutdown | Body::IrqWindowOpen | Body::Intr => {}
+        Body::FailEntry(f) => {
+            put("hardware_entry_failure_reason", json!(f.hardware_entry_failure_reason));
+            put("cpu", json!(f.cpu));
+        }
+        Body::InternalError(e) => {
+            put("suberror", json!(e.suberror));
+            put("ndata", json!(e.data.len()));
+            put("data", words(&e.data));
+            if let Some(ef) = e.emulation_failure() {
+                put("flags", json!(ef.flags));
+                if ef.has_insn_bytes {
+                    put("insn_size", json!(ef.insn_size));
+                    put("insn_bytes", json!(hex(ef.bytes())));
+                }
+            }
+        }
+        Body::SystemEvent(e) => {
+            put("type", json!(e.event_type));
+            put("ndata", json!(e.data.len()));
+            put("data", words(&e.data));
+        }
+        Body::RdMsr(x) | Body::WrMsr(x) => {
+            put("index", json!(x.index));
+            put("data", json!(x.data));
+            put("reason", json!(x.reason));
+            put("error", json!(x.error));
+        }
+        Body::Hypercall(h) => {
+            put("nr", json!(h.nr));
+            put("args", json!(h.args));
+            put("ret", json!(h.ret));
+            put("flags", json!(h.flags));
+        }
+        Body::Debug(d) => {
+            put("exception", json!(d.exception));
+            put("pc", json!(d.pc));
+            put("dr6", json!(d.dr6));
+            put("dr7", json!(d.dr7));
+        }
+        Body::RawExit(r) => {
+            put("exit_reason", json!(r.exit_reason));
+            put("exit_name", json!(kind::kvm_exit_name(r.exit_reason)));
+            put("data", json!(hex(r.data)));
+        }
+        Body::Interrupt(i) => {
+            put("vector", json!(i.vector));
+            put("source", json!(if i.source == INTERRUPT_NMI { "nmi" } else { "external" }));
+        }
+        Body::Checkpoint(c) => {
+            put("snapshot_id", json!(c.snapshot_id));
+            put("exit_seq", json!(c.exit_seq));
+            put("exits", json!(c.exits));
+        }
+        Body::Annotation(a) => {
+            put("key", json!(a.key));
+            put("value", json!(a.value));
+        }
+        Body::EndOfRun(e) => {
+            put("reason", json!(end_reason::name(e.reason)));
+            put("exits", json!(e.exits));
+            put("status", json!(e.status));
+        }
+        Body::Cpuid(c) => {
+            put("nent", json!(c.len()));
+            put(
+                "entries",
+                Value::Array(
+                    c.iter()
+                        .map(|e| {
+                            json!({"function": e.function, "index": e.index, "flags": e.flags,
+                                   "eax": e.eax, "ebx": e.ebx, "ecx": e.ecx, "edx": e.edx})
+                        })
+                        .collect(),
+                ),
+            );
+        }
+        Body::Unknown { kind, body_size, flags, bytes } => {
+            put("kind_number", json!(kind));
+            put("body_size", json!(body_size));
+            put("flags", json!(flags));
+            put("bytes", json!(hex(bytes)));
+        }
+    }
+}
+
+/// One human-readable line for a record.
+pub fn record_line(rec: &Record<'_>) -> String {
+    let mut s = format!("#{:<8} vcpu{} {:<15}", rec.seq, rec.vcpu, kind::name(rec.body.kind()));
+    s.push_str(&body_text(&rec.body));
+    if let Some(r) = rec.regs {
+        s.push_str(&format!(" rip={:#x}", r.rip));
+        if r.flags & RegsSample::RIP_AFTER_INSN != 0 {
+            s.push('+');
+        }
+    }
+    if !rec.unknown.is_empty() {
+        s.push_str(&format!(
+            " [+{} unknown bytes, flags {:#x}]",
+            rec.unknown.body.len() + rec.unknown.tail.len(),
+            rec.unknown.flags
+        ));
+    }
+    s
+}
+
+/// The kind-specific part of [`record_line`].
+pub fn body_text(body: &Body<'_>) -> String {
+    match body {
+        Body::Io(io) => format!(
+            " {} port={:#x} size={} count={} data={}",
+            io.direction.name(),
+            io.port,
+            io.size,
+            io.count,
+            short_hex(io.data)
+        ),
+        Body::Mmio(x) => format!(
+            " {} addr={:#x} len={} data={}",
+            if x.is_write { "write" } else { "read" },
+            x.phys_addr,
+            x.len,
+            hex(x.bytes())
+        ),
+        Body::Hlt | Body::Shutdown | Body::IrqWindowOpen | Body::Intr => String::new(),
+        Body::FailEntry(f) => format!(" reason={:#x} cpu={}", f.hardware_entry_failure_reason, f.cpu),
+        Body::InternalError(e) => match e.emulation_failure() {
+            Some(ef) => format!(
+                " emulation failure flags={:#x} insn_size={} insn_bytes={}",
+                ef.flags,
+                ef.insn_size,
+                hex(ef.bytes())
+            ),
+            None => format!(" suberror={} ndata={}", e.suberror, e.data.len()),
+        },
+        Body::SystemEvent(e) => format!(" type={} ndata={}", e.event_type, e.data.len()),
+        Body::RdMsr(x) => format!(" index={:#x} data={:#x} error={}", x.index, x.data, x.error),
+        Body::WrMsr(x) => format!(" index={:#x} data={:#x} error={}", x.index, x.data, x.error),
+        Body::Hypercall(h) => format!(" nr={:#x} ret={:#x}", h.nr, h.ret),
+        Body::Debug(d) => format!(" exception={} pc={:#x}", d.exception, d.pc),
+        Body::RawExit(r) => format!(" {} ({} bytes)", kind::kvm_exit_name(r.exit_reason), r.data.len()),
+        Body::Interrupt(i) => format!(" vector={:#x}", i.vector),
+        Body::Checkpoint(c) => {
+            format!(" snapshot={} after seq {} ({} exits)", c.snapshot_id, c.exit_seq, c.exits)
+        }
+        Body::Annotation(a) => format!(" {}={}", a.key, a.value),
+        Body::EndOfRun(e) => format!(" {} exits={} status={}", end_reason::name(e.reason), e.exits, e.status),
+        Body::Cpuid(c) => format!(" {} entries", c.len()),
+        Body::Unknown { kind, bytes, .. } => format!(" kind={kind:#x} ({} bytes)", bytes.len()),
+    }
+}
+
+fn short_hex(b: &[u8]) -> String {
+    if b.len() <= 32 { hex(b) } else { format!("{}..({} bytes)", hex(&b[..32]), b.len()) }
+}

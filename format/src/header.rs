@@ -1,0 +1,398 @@
+//! The file header: magic, byte order, version, feature bitmaps, creation metadata.
+//!
+//! Layout (all little-endian; see `docs/FORMAT.md` §2):
+//!
+//! | off | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `"VMRRTRC\0"` |
+//! | 8 | 4 | byte-order mark `0x0a0b0c0d` |
+//! | 12 | 4 | `header_size` (multiple of 8, 80..=4096) |
+//! | 16 | 2 | `version_major` |
+//! | 18 | 2 | `version_minor` |
+//! | 20 | 4 | reserved, zero |
+//! | 24 | 8 | `compat_features` |
+//! | 32 | 8 | `incompat_features` |
+//! | 40 | 8 | `created_unix_ns` |
+//! | 48 | 16 | `trace_id` |
+//! | 64 | 4 | `feature_table_offset` |
+//! | 68 | 4 | `feature_count` |
+//! | ... | 24 each | feature descriptors |
+//! | `header_size-8` | 4 | reserved, zero |
+//! | `header_size-4` | 4 | CRC32C of bytes `[0, header_size-4)` |
+
+use crate::bytes::{PutLe, all_zero, u16_at, u32_at, u64_at, u64_from, usize_from};
+use crate::error::{DecodeError, Reason};
+use crate::features::{self, Feature};
+use crate::{VERSION_MAJOR, VERSION_MINOR};
+
+/// File magic.
+pub const MAGIC: [u8; 8] = *b"VMRRTRC\0";
+/// Byte-order mark as written (little-endian bytes `0d 0c 0b 0a`).
+pub const BYTE_ORDER_MARK: u32 = 0x0a0b_0c0d;
+/// Size of the fixed part of the header in this version.
+pub const FIXED_SIZE: usize = 72;
+/// Size of one feature descriptor.
+pub const FEATURE_DESC_SIZE: usize = 24;
+/// Largest header a reader accepts.
+pub const MAX_HEADER_SIZE: u32 = 4096;
+/// Smallest valid header: fixed part plus the reserved word and CRC.
+pub const MIN_HEADER_SIZE: u32 = 80;
+
+/// A feature descriptor as found in a file's feature table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureDesc {
+    /// Bit number.
+    pub bit: u8,
+    /// Required (incompat) or optional (compat).
+    pub required: bool,
+    /// Version that introduced it.
+    pub introduced: (u16, u16),
+    /// Name, as written.
+    pub name: String,
+}
+
+/// The decoded file header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHeader {
+    /// Size of the header in bytes; chunks start here.
+    pub header_size: u32,
+    /// Major version: a reader refuses a newer major.
+    pub version_major: u16,
+    /// Minor version: a newer minor is readable.
+    pub version_minor: u16,
+    /// Optional features in use.
+    pub compat_features: u64,
+    /// Required features in use.
+    pub incompat_features: u64,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_unix_ns: u64,
+    /// Random identifier; snapshots name the trace they belong to by it.
+    pub trace_id: [u8; 16],
+    /// The feature table.
+    pub features: Vec<FeatureDesc>,
+}
+
+impl FileHeader {
+    /// A header for a new file written by this version.
+    pub fn new(created_unix_ns: u64, trace_id: [u8; 16], features: &[Feature]) -> Self {
+        let mut h = FileHeader {
+            header_size: 0,
+            version_major: VERSION_MAJOR,
+            version_minor: VERSION_MINOR,
+            compat_features: 0,
+            incompat_features: 0,
+            created_unix_ns,
+            trace_id,
+            features: Vec::new(),
+        };
+        for f in features {
+            if f.required {
+                h.incompat_features |= f.mask();
+            } else {
+                h.compat_features |= f.mask();
+            }
+            h.features.push(FeatureDesc {
+                bit: f.bit,
+                required: f.required,
+                introduced: f.introduced,
+                name: f.name.to_string(),
+            });
+        }
+        h.header_size =
+            u32::try_from(FIXED_SIZE + FEATURE_DESC_SIZE * h.features.len() + 8).unwrap_or(MAX_HEADER_SIZE);
+        h
+    }
+
+    /// The trace id as 32 hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        self.trace_id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Serialises the header (this version's layout).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(usize_from(self.header_size));
+        out.extend_from_slice(&MAGIC);
+        out.put_u32(BYTE_ORDER_MARK);
+        let size = FIXED_SIZE + FEATURE_DESC_SIZE * self.features.len() + 8;
+        out.put_u32(u32::try_from(size).unwrap_or(u32::MAX));
+        out.put_u16(self.version_major);
+        out.put_u16(self.version_minor);
+        out.put_u32(0);
+        out.put_u64(self.compat_features);
+        out.put_u64(self.incompat_features);
+        out.put_u64(self.created_unix_ns);
+        out.extend_from_slice(&self.trace_id);
+        out.put_u32(u32::try_from(FIXED_SIZE).unwrap_or(0));
+        out.put_u32(u32::try_from(self.features.len()).unwrap_or(0));
+        for f in &self.features {
+            out.put_u8(f.bit);
+            out.put_u8(u8::from(f.required));
+            out.put_u16(f.introduced.0);
+            out.put_u16(f.introduced.1);
+            out.put_u16(0);
+            let mut name = [0u8; 16];
+            let n = f.name.len().min(16);
+            name[..n].copy_from_slice(&f.name.as_bytes()[..n]);
+            out.extend_from_slice(&name);
+        }
+        out.put_u32(0);
+        let crc = crc32c::crc32c(&out);
+        out.put_u32(crc);
+        out
+    }
+
+    /// Reads the `header_size` field from the first 16 bytes, validating magic and byte
+    /// order, so the caller knows how many bytes to read (bounded by [`MAX_HEADER_SIZE`]).
+    ///
+    /// # Errors
+    /// Bad magic, wrong byte order, or a size outside `80..=4096` / not a multiple of 8.
+    pub fn peek_size(prefix: &[u8]) -> Result<u32, DecodeError> {
+        if prefix.len() < 16 {
+            return Err(DecodeError::at(
+                0,
+                Reason::Truncated { what: "file header", need: 16, have: u64_from(prefix.len()) },
+            ));
+        }
+        if prefix[..8] != MAGIC {
+            return Err(DecodeError::at(0, Reason::BadMagic { what: "file", found: hex(&prefix[..8]) }));
+        }
+        let bom = u32_at(prefix, 8).unwrap_or(0);
+        if bom != BYTE_ORDER_MARK {
+            return Err(DecodeError::at(8, Reason::ByteOrder { found: bom }));
+        }
+        let size = u32_at(prefix, 12).unwrap_or(0);
+        if size > MAX_HEADER_SIZE {
+            return Err(DecodeError::at(
+                12,
+                Reason::TooLarge {
+                    what: "header_size",
+                    size: u64::from(size),
+                    max: u64::from(MAX_HEADER_SIZE),
+                },
+            ));
+        }
+        if size < MIN_HEADER_SIZE {
+            return Err(DecodeError::at(
+                12,
+                Reason::TooSmall {
+                    what: "header_size",
+                    size: u64::from(size),
+                    min: u64::from(MIN_HEADER_SIZE),
+                },
+            ));
+        }
+        if size % 8 != 0 {
+            return Err(DecodeError::at(
+                12,
+                Reason::Misaligned { what: "header_size", value: u64::from(size) },
+            ));
+        }
+        Ok(size)
+    }
+
+    /// Decodes and validates a complete header of `peek_size` bytes.
+    ///
+    /// Checks, in order: magic and size, CRC, major version, reserved fields, feature
+    /// table, and finally that every required feature is implemented by this reader.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming the offending field's offset.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let size = Self::peek_size(bytes)?;
+        let size_us = usize_from(size);
+        if bytes.len() < size_us {
+            return Err(DecodeError::at(
+                0,
+                Reason::Truncated { what: "file header", need: u64::from(size), have: u64_from(bytes.len()) },
+            ));
+        }
+        let hdr = &bytes[..size_us];
+        let crc_off = size_us - 4;
+        let stored = u32_at(hdr, crc_off).unwrap_or(0);
+        let computed = crc32c::crc32c(&hdr[..crc_off]);
+        if stored != computed {
+            return Err(DecodeError::at(
+                u64_from(crc_off),
+                Reason::Checksum { what: "file header", stored, computed },
+            ));
+        }
+        let major = u16_at(hdr, 16).unwrap_or(0);
+        let minor = u16_at(hdr, 18).unwrap_or(0);
+        if major != VERSION_MAJOR {
+            return Err(DecodeError::at(
+                16,
+                Reason::FutureMajor {
+                    major,
+                    minor,
+                    supported_major: VERSION_MAJOR,
+                    supported_minor: VERSION_MINOR,
+                },
+            ));
+        }
+        if !all_zero(&hdr[20..24]) {
+            return Err(DecodeError::at(20, Reason::NonZeroPadding { what: "header reserved word" }));
+        }
+        if !all_zero(&hdr[crc_off - 4..crc_off]) {
+            return Err(DecodeError::at(
+                u64_from(crc_off - 4),
+                Reason::NonZeroPadding { what: "header reserved word before the CRC" },
+            ));
+        }
+        let compat = u64_at(hdr, 24).unwrap_or(0);
+        let incompat = u64_at(hdr, 32).unwrap_or(0);
+        let created = u64_at(hdr, 40).unwrap_or(0);
+        let mut trace_id = [0u8; 16];
+        trace_id.copy_from_slice(&hdr[48..64]);
+        let table_off = usize_from(u32_at(hdr, 64).unwrap_or(0));
+        let count = usize_from(u32_at(hdr, 68).unwrap_or(0));
+        if table_off < FIXED_SIZE || table_off % 8 != 0 {
+            return Err(DecodeError::at(
+                64,
+                Reason::InvalidValue { field: "feature_table_offset", value: u64_from(table_off) },
+            ));
+        }
+        let table_end = count
+            .checked_mul(FEATURE_DESC_SIZE)
+            .and_then(|n| n.checked_add(table_off))
+            .filter(|&end| end <= crc_off - 4)
+            .ok_or_else(|| {
+                DecodeError::at(
+                    68,
+                    Reason::CountExceedsRecord {
+                        what: "feature_count",
+                        count: u64_from(count),
+                        needed: u64_from(count.saturating_mul(FEATURE_DESC_SIZE)),
+                        available: u64_from((crc_off - 4).saturating_sub(table_off)),
+                    },
+                )
+            })?;
+        let mut feats = Vec::with_capacity(count);
+        for (i, d) in hdr[table_off..table_end].chunks_exact(FEATURE_DESC_SIZE).enumerate() {
+            let off = u64_from(table_off + i * FEATURE_DESC_SIZE);
+            let bit = d[0];
+            if bit >= 64 {
+                return Err(DecodeError::at(
+                    off,
+                    Reason::InvalidValue { field: "feature bit", value: u64::from(bit) },
+                ));
+            }
+            let required = match d[1] {
+                0 => false,
+                1 => true,
+                v => {
+                    return Err(DecodeError::at(
+                        off + 1,
+                        Reason::InvalidValue { field: "feature class", value: u64::from(v) },
+                    ));
+                }
+            };
+            if !all_zero(&d[6..8]) {
+                return Err(DecodeError::at(
+                    off + 6,
+                    Reason::NonZeroPadding { what: "feature descriptor reserved field" },
+                ));
+            }
+            let raw_name = &d[8..24];
+            let end = raw_name.iter().position(|&b| b == 0).unwrap_or(16);
+            if !all_zero(&raw_name[end..]) {
+                return Err(DecodeError::at(
+                    off + 8,
+                    Reason::NonZeroPadding { what: "feature name padding" },
+                ));
+            }
+            let name = std::str::from_utf8(&raw_name[..end])
+                .map_err(|_| DecodeError::at(off + 8, Reason::InvalidUtf8 { field: "feature name" }))?
+                .to_string();
+            feats.push(FeatureDesc {
+                bit,
+                required,
+                introduced: (u16_at(d, 2).unwrap_or(0), u16_at(d, 4).unwrap_or(0)),
+                name,
+            });
+        }
+        let unknown_required = incompat & !features::known_incompat_mask();
+        if unknown_required != 0 {
+            let bit = u8::try_from(unknown_required.trailing_zeros()).unwrap_or(63);
+            let desc = feats.iter().find(|f| f.required && f.bit == bit);
+            return Err(DecodeError::at(
+                32,
+                Reason::UnknownRequiredFeature {
+                    bit,
+                    name: desc.map(|d| d.name.clone()),
+                    introduced: desc.map(|d| d.introduced),
+                },
+            ));
+        }
+        Ok(FileHeader {
+            header_size: size,
+            version_major: major,
+            version_minor: minor,
+            compat_features: compat,
+            incompat_features: incompat,
+            created_unix_ns: created,
+            trace_id,
+            features: feats,
+        })
+    }
+
+    /// True when the writer announced the chunk index (an optional feature).
+    pub fn has_index(&self) -> bool {
+        self.compat_features & features::CHUNK_INDEX.mask() != 0
+    }
+}
+
+/// Lower-case hex of a byte slice.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> FileHeader {
+        FileHeader::new(123, [7; 16], &[features::CHUNK_INDEX, features::ZSTD])
+    }
+
+    #[test]
+    fn round_trip() {
+        let h = sample();
+        let bytes = h.encode();
+        assert_eq!(bytes.len(), usize_from(h.header_size));
+        assert_eq!(FileHeader::decode(&bytes).expect("decodes"), h);
+    }
+
+    #[test]
+    fn future_major_refused_with_versions() {
+        let mut bytes = sample().encode();
+        bytes[16..18].copy_from_slice(&2u16.to_le_bytes());
+        let crc_off = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..crc_off]);
+        bytes[crc_off..].copy_from_slice(&crc.to_le_bytes());
+        let err = FileHeader::decode(&bytes).expect_err("refused");
+        assert!(matches!(err.reason, Reason::FutureMajor { major: 2, .. }));
+        assert!(err.to_string().contains("2.0"), "{err}");
+    }
+
+    #[test]
+    fn newer_minor_is_read() {
+        let mut bytes = sample().encode();
+        bytes[18..20].copy_from_slice(&9u16.to_le_bytes());
+        let crc_off = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..crc_off]);
+        bytes[crc_off..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(FileHeader::decode(&bytes).expect("reads").version_minor, 9);
+    }
+
+    #[test]
+    fn big_endian_mark_refused() {
+        let mut bytes = sample().encode();
+        bytes[8..12].copy_from_slice(&BYTE_ORDER_MARK.to_be_bytes());
+        let err = FileHeader::decode(&bytes).expect_err("refused");
+        assert!(matches!(err.reason, Reason::ByteOrder { .. }));
+    }
+}

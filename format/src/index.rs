@@ -1,0 +1,233 @@
+//! The chunk index at the end of a finished trace, and the trailer that locates it.
+//!
+//! Index block:
+//!
+//! | off | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `"VIDX"` |
+//! | 4 | 2 | `entry_size` (32 in this version; at least 32, multiple of 8) |
+//! | 6 | 2 | reserved, zero |
+//! | 8 | 8 | `entry_count` |
+//! | 16 | 8 | `record_count`: records in the whole trace |
+//! | 24 | `entry_size` each | entries |
+//! | end-8 | 4 | reserved, zero |
+//! | end-4 | 4 | CRC32C of the block before it |
+//!
+//! Entry: `chunk_offset u64, first_seq u64, record_count u32, raw_size u32,
+//! stored_size u32, reserved u32`.
+//!
+//! Trailer (the file's last 24 bytes): `index_offset u64, index_size u64,
+//! crc32c u32` (of the 16 bytes before it), magic `"VEND"`.
+
+use crate::bytes::{PutLe, all_zero, u16_at, u32_at, u64_at, u64_from, usize_from};
+use crate::error::{DecodeError, Reason};
+
+/// Index magic.
+pub const INDEX_MAGIC: [u8; 4] = *b"VIDX";
+/// Trailer magic (the last four bytes of a finished file).
+pub const TRAILER_MAGIC: [u8; 4] = *b"VEND";
+/// Trailer size.
+pub const TRAILER_SIZE: usize = 24;
+/// Index entry size in this version.
+pub const INDEX_ENTRY_SIZE: usize = 32;
+/// Index header size.
+pub const INDEX_HEADER_SIZE: usize = 24;
+/// Largest index a reader loads (2^21 chunks, enough for terabyte traces).
+pub const MAX_INDEX_SIZE: u64 = 64 << 20;
+
+/// One index entry: where a chunk is and which records it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// File offset of the chunk header.
+    pub chunk_offset: u64,
+    /// First sequence number in the chunk.
+    pub first_seq: u64,
+    /// Records in the chunk.
+    pub record_count: u32,
+    /// Decompressed payload size.
+    pub raw_size: u32,
+    /// Stored payload size.
+    pub stored_size: u32,
+}
+
+/// The decoded index.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Index {
+    /// Entries in file order.
+    pub entries: Vec<IndexEntry>,
+    /// Records in the trace.
+    pub record_count: u64,
+}
+
+/// The decoded trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    /// File offset of the index block.
+    pub index_offset: u64,
+    /// Size of the index block.
+    pub index_size: u64,
+}
+
+impl Index {
+    /// Encodes the index block.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&INDEX_MAGIC);
+        out.put_u16(u16::try_from(INDEX_ENTRY_SIZE).unwrap_or(0));
+        out.put_u16(0);
+        out.put_u64(u64_from(self.entries.len()));
+        out.put_u64(self.record_count);
+        for e in &self.entries {
+            out.put_u64(e.chunk_offset);
+            out.put_u64(e.first_seq);
+            out.put_u32(e.record_count);
+            out.put_u32(e.raw_size);
+            out.put_u32(e.stored_size);
+            out.put_u32(0);
+        }
+        out.put_u32(0);
+        let crc = crc32c::crc32c(&out[start..]);
+        out.put_u32(crc);
+    }
+
+    /// Decodes an index block found at file `offset`. `data_end` is where chunks end (the
+    /// index offset): every entry must point before it, in increasing order.
+    ///
+    /// # Errors
+    /// Any structural problem, at its offset.
+    pub fn decode(b: &[u8], offset: u64, header_size: u64) -> Result<Self, DecodeError> {
+        let at = |o: usize| offset + u64_from(o);
+        if b.len() < INDEX_HEADER_SIZE + 8 {
+            return Err(DecodeError::at(
+                offset,
+                Reason::Truncated {
+                    what: "index",
+                    need: u64_from(INDEX_HEADER_SIZE + 8),
+                    have: u64_from(b.len()),
+                },
+            ));
+        }
+        if b[..4] != INDEX_MAGIC {
+            return Err(DecodeError::at(
+                offset,
+                Reason::BadMagic { what: "index", found: crate::header::hex(&b[..4]) },
+            ));
+        }
+        let crc_off = b.len() - 4;
+        let stored = u32_at(b, crc_off).unwrap_or(0);
+        let computed = crc32c::crc32c(&b[..crc_off]);
+        if stored != computed {
+            return Err(DecodeError::at(at(crc_off), Reason::Checksum { what: "index", stored, computed }));
+        }
+        let esize = usize::from(u16_at(b, 4).unwrap_or(0));
+        if esize < INDEX_ENTRY_SIZE || esize % 8 != 0 {
+            return Err(DecodeError::at(
+                at(4),
+                Reason::InvalidValue { field: "index entry_size", value: u64_from(esize) },
+            ));
+        }
+        if !all_zero(&b[6..8]) || !all_zero(&b[crc_off - 4..crc_off]) {
+            return Err(DecodeError::at(at(6), Reason::NonZeroPadding { what: "index reserved field" }));
+        }
+        let count = u64_at(b, 8).unwrap_or(0);
+        let avail = u64_from(crc_off - 4 - INDEX_HEADER_SIZE);
+        if count.checked_mul(u64_from(esize)) != Some(avail) {
+            return Err(DecodeError::at(
+                at(8),
+                Reason::CountExceedsRecord {
+                    what: "index entry_count",
+                    count,
+                    needed: count.saturating_mul(u64_from(esize)),
+                    available: avail,
+                },
+            ));
+        }
+        let record_count = u64_at(b, 16).unwrap_or(0);
+        let body = &b[INDEX_HEADER_SIZE..crc_off - 4];
+        let mut entries = Vec::with_capacity(body.len() / esize);
+        let mut prev_end = header_size;
+        let mut prev_seq: Option<u64> = None;
+        let mut total = 0u64;
+        for (i, e) in body.chunks_exact(esize).enumerate() {
+            let eoff = INDEX_HEADER_SIZE + i * esize;
+            if !all_zero(&e[28..32]) {
+                return Err(DecodeError::at(
+                    at(eoff + 28),
+                    Reason::NonZeroPadding { what: "index entry reserved field" },
+                ));
+            }
+            let entry = IndexEntry {
+                chunk_offset: u64_at(e, 0).unwrap_or(0),
+                first_seq: u64_at(e, 8).unwrap_or(0),
+                record_count: u32_at(e, 16).unwrap_or(0),
+                raw_size: u32_at(e, 20).unwrap_or(0),
+                stored_size: u32_at(e, 24).unwrap_or(0),
+            };
+            if entry.chunk_offset < prev_end || entry.chunk_offset >= offset || entry.chunk_offset % 8 != 0 {
+                return Err(DecodeError::at(
+                    at(eoff),
+                    Reason::InvalidValue { field: "index chunk_offset", value: entry.chunk_offset },
+                ));
+            }
+            if prev_seq.is_some_and(|p| entry.first_seq <= p) {
+                return Err(DecodeError::at(
+                    at(eoff + 8),
+                    Reason::SequenceOrder { previous: prev_seq.unwrap_or(0), found: entry.first_seq },
+                ));
+            }
+            prev_seq = Some(entry.first_seq);
+            prev_end = entry.chunk_offset + 40;
+            total = total.saturating_add(u64::from(entry.record_count));
+            entries.push(entry);
+        }
+        if total != record_count {
+            return Err(DecodeError::at(
+                at(16),
+                Reason::ChunkMismatch { what: "index record_count", expected: record_count, found: total },
+            ));
+        }
+        Ok(Index { entries, record_count })
+    }
+
+    /// Index of the entry holding `seq` (the last chunk whose `first_seq <= seq`).
+    pub fn find(&self, seq: u64) -> Option<usize> {
+        let i = self.entries.partition_point(|e| e.first_seq <= seq);
+        i.checked_sub(1)
+    }
+}
+
+impl Trailer {
+    /// Encodes the trailer.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.put_u64(self.index_offset);
+        out.put_u64(self.index_size);
+        let crc = crc32c::crc32c(&out[start..]);
+        out.put_u32(crc);
+        out.extend_from_slice(&TRAILER_MAGIC);
+    }
+
+    /// Decodes the last [`TRAILER_SIZE`] bytes of a file of `file_len` bytes whose header is
+    /// `header_size` bytes. Returns `None` when there is no valid trailer (a writer that
+    /// died, or damage): the caller then scans chunks instead.
+    pub fn decode(b: &[u8], file_len: u64, header_size: u64) -> Option<Self> {
+        if b.len() != TRAILER_SIZE || b[20..24] != TRAILER_MAGIC {
+            return None;
+        }
+        if crc32c::crc32c(&b[..16]) != u32_at(b, 16)? {
+            return None;
+        }
+        let t = Trailer { index_offset: u64_at(b, 0)?, index_size: u64_at(b, 8)? };
+        let end = t.index_offset.checked_add(t.index_size)?;
+        let ok = t.index_offset >= header_size
+            && t.index_offset % 8 == 0
+            && t.index_size <= MAX_INDEX_SIZE
+            && end.checked_add(u64_from(TRAILER_SIZE)) == Some(file_len);
+        ok.then_some(t)
+    }
+
+    /// The index size as `usize` (bounded by [`MAX_INDEX_SIZE`]).
+    pub fn index_len(&self) -> usize {
+        usize_from(u32::try_from(self.index_size).unwrap_or(u32::MAX))
+    }
+}

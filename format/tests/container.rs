@@ -1,0 +1,214 @@
+//! Container-level behaviour: index and seek, torn tails, damaged chunks in the middle.
+
+use vmrr_format::chunk::ChunkHeader;
+use vmrr_format::*;
+
+const CHUNK: usize = 4096;
+
+/// A trace of `n` IO records spread over many small chunks; returns the bytes.
+fn trace(n: u64, zstd: bool, finish: bool) -> Vec<u8> {
+    let sink = MemorySink::default();
+    let opts = WriterOptions {
+        zstd_level: zstd.then_some(3),
+        chunk_target: CHUNK,
+        sync: SyncMode::Never,
+        ..Default::default()
+    };
+    let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), opts).expect("writer");
+    for i in 0..n {
+        let b = [u8::try_from(i % 251).unwrap()];
+        let io = Io { direction: Direction::Out, size: 1, port: 0x3f8, count: 1, data: &b };
+        w.append(0, Body::Io(io), Some(RegsSample { rip: 0x1000 + (i % 7), ..Default::default() }))
+            .expect("append");
+    }
+    if finish {
+        w.finish().expect("finish");
+    } else {
+        w.flush().expect("flush");
+        drop(w); // like a crash: no index, no trailer
+    }
+    sink.bytes()
+}
+
+fn read_all(bytes: Vec<u8>) -> (Vec<u64>, Vec<ReadError>) {
+    let mut r = TraceReader::from_bytes(bytes, "t").expect("header intact");
+    let mut seqs = Vec::new();
+    let mut errs = Vec::new();
+    while let Some(item) = r.next_record() {
+        match item {
+            Ok(rec) => seqs.push(rec.seq),
+            Err(e) => errs.push(e),
+        }
+    }
+    (seqs, errs)
+}
+
+fn chunk_offsets(bytes: &[u8]) -> Vec<(u64, ChunkHeader)> {
+    let mut r = TraceReader::from_bytes(bytes.to_vec(), "t").expect("reader");
+    let mut v = Vec::new();
+    while let Some(c) = r.next_chunk_header().expect("io") {
+        let c = c.expect("intact");
+        v.push((c.offset, c.header));
+    }
+    v
+}
+
+#[test]
+fn finished_trace_has_index_and_verifies() {
+    for zstd in [false, true] {
+        let bytes = trace(5000, zstd, true);
+        let mut r = TraceReader::from_bytes(bytes, "t").expect("reader");
+        assert!(r.index().expect("index").entries.len() > 5);
+        let rep = verify(&mut r).expect("verify");
+        assert!(rep.ok, "{rep:?}");
+        assert_eq!(rep.records_readable, 5000);
+        assert_eq!(rep.index, "ok");
+    }
+}
+
+#[test]
+fn seek_by_sequence_with_and_without_index() {
+    for finish in [true, false] {
+        let bytes = trace(5000, true, finish);
+        let mut r = TraceReader::from_bytes(bytes, "t").expect("reader");
+        assert_eq!(r.index().is_some(), finish);
+        for target in [0u64, 1, 777, 2500, 4999] {
+            r.seek_seq(target).expect("seek");
+            let rec = r.next_record().expect("a record").expect("intact");
+            assert_eq!(rec.seq, target);
+        }
+        r.seek_seq(5000).expect("seek");
+        assert!(r.next_record().is_none());
+    }
+}
+
+#[test]
+fn torn_tail_loses_at_most_the_incomplete_chunk() {
+    let full = trace(3000, true, false);
+    let chunks = chunk_offsets(&full);
+    let last = chunks.last().expect("chunks").0;
+    // Cut in the middle of the last chunk: everything before it must read.
+    let cut = usize::try_from(last).unwrap() + 30;
+    let (seqs, errs) = read_all(full[..cut].to_vec());
+    let before: u64 = chunks[..chunks.len() - 1].iter().map(|c| u64::from(c.1.record_count)).sum();
+    assert_eq!(seqs.len() as u64, before);
+    assert!(seqs.iter().enumerate().all(|(i, s)| *s == i as u64), "contiguous from 0");
+    assert_eq!(errs.len(), 1, "one damage report for the torn chunk: {errs:?}");
+    // Cut at every byte of the last 200: never a panic, never a wrong record.
+    for cut in full.len() - 200..full.len() {
+        let (seqs, _) = read_all(full[..cut].to_vec());
+        assert!(seqs.len() as u64 >= before);
+        assert!(seqs.iter().enumerate().all(|(i, s)| *s == i as u64));
+    }
+}
+
+#[test]
+fn damaged_payload_in_the_middle_is_skipped() {
+    let mut bytes = trace(5000, true, true);
+    let chunks = chunk_offsets(&bytes);
+    let (off, h) = chunks[3];
+    let victim = usize::try_from(off).unwrap() + usize::from(h.header_size) + 5;
+    bytes[victim] ^= 0x40;
+    let mut r = TraceReader::from_bytes(bytes.clone(), "t").expect("reader");
+    let rep = verify(&mut r).expect("verify");
+    assert!(!rep.ok);
+    assert_eq!(rep.damaged_chunks.len(), 1);
+    assert_eq!(rep.damaged_chunks[0].offset, off + u64::from(h.header_size));
+    assert!(rep.damaged_chunks[0].reason.contains("checksum"), "{:?}", rep.damaged_chunks[0]);
+    assert_eq!(rep.records_readable, 5000 - u64::from(h.record_count));
+    assert_eq!(rep.sequence_gaps, vec![[h.first_seq, h.first_seq + u64::from(h.record_count) - 1]]);
+    // Everything after the damage is read.
+    let (seqs, _) = read_all(bytes);
+    assert_eq!(*seqs.last().unwrap(), 4999);
+}
+
+#[test]
+fn damaged_chunk_header_resyncs_to_next_chunk() {
+    let mut bytes = trace(5000, false, true);
+    let chunks = chunk_offsets(&bytes);
+    let (off, _) = chunks[2];
+    let (next_off, next_h) = chunks[3];
+    // Destroy the magic and the size: the reader cannot skip by size, so it scans.
+    let o = usize::try_from(off).unwrap();
+    bytes[o..o + 12].copy_from_slice(&[0xff; 12]);
+    let mut r = TraceReader::from_bytes(bytes, "t").expect("reader");
+    let mut first_after = None;
+    let mut errors = 0;
+    while let Some(item) = r.next_record() {
+        match item {
+            Ok(rec)
+                if first_after.is_none()
+                    && rec.seq > chunks[1].1.first_seq + u64::from(chunks[1].1.record_count) =>
+            {
+                first_after = Some(rec.seq)
+            }
+            Ok(_) => {}
+            Err(e) => {
+                errors += 1;
+                assert!(e.to_string().contains(&format!("{off:#x}")), "names the offset: {e}");
+            }
+        }
+    }
+    assert_eq!(errors, 1);
+    assert_eq!(first_after, Some(next_h.first_seq), "resumed at chunk {next_off:#x}");
+}
+
+#[test]
+fn future_major_file_is_refused_with_a_message() {
+    let mut bytes = trace(10, true, true);
+    bytes[16] = 2;
+    let hs = usize::from(u16::from_le_bytes([bytes[12], bytes[13]]));
+    let crc = crc32c::crc32c(&bytes[..hs - 4]);
+    bytes[hs - 4..hs].copy_from_slice(&crc.to_le_bytes());
+    let err = TraceReader::from_bytes(bytes, "future.vmrr").err().expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("future.vmrr") && msg.contains("2.0") && msg.contains("upgrade"), "{msg}");
+}
+
+#[test]
+fn stats_counts_kinds() {
+    let sink = MemorySink::default();
+    let mut w = TraceWriter::with_sink(sink.clone(), "m".into(), WriterOptions::default()).expect("w");
+    w.append(0, Body::Annotation(Annotation { key: "k", value: "v" }), None).unwrap();
+    for _ in 0..10 {
+        w.append(0, Body::Hlt, None).unwrap();
+    }
+    w.append(
+        1,
+        Body::Mmio(Mmio { phys_addr: 1, len: 1, is_write: true, data: [1, 0, 0, 0, 0, 0, 0, 0] }),
+        None,
+    )
+    .unwrap();
+    w.append(0, Body::EndOfRun(EndOfRun { reason: 1, exits: 11, status: 0 }), None).unwrap();
+    w.finish().unwrap();
+    let mut r = TraceReader::from_bytes(sink.bytes(), "m").unwrap();
+    let st = stats(&mut r).unwrap();
+    assert_eq!(st.records, 13);
+    assert_eq!(st.exits, 11);
+    assert_eq!(st.by_kind["hlt"], 10);
+    assert_eq!(st.by_kind["mmio"], 1);
+    assert_eq!(st.by_kind["end_of_run"], 1);
+    assert_eq!(st.vcpus, 2);
+    assert_eq!(st.format_version, "1.0");
+}
+
+#[test]
+fn index_that_lies_is_detected() {
+    let mut bytes = trace(3000, true, true);
+    // Rewrite the index's record_count and an entry's count consistently, with a valid CRC:
+    // the index then disagrees with the chunks it lists.
+    let n = bytes.len();
+    let ioff = usize::try_from(u64::from_le_bytes(bytes[n - 24..n - 16].try_into().unwrap())).unwrap();
+    let isize_ = usize::try_from(u64::from_le_bytes(bytes[n - 16..n - 8].try_into().unwrap())).unwrap();
+    let total = u64::from_le_bytes(bytes[ioff + 16..ioff + 24].try_into().unwrap()) + 1;
+    bytes[ioff + 16..ioff + 24].copy_from_slice(&total.to_le_bytes());
+    let c0 = u32::from_le_bytes(bytes[ioff + 24 + 16..ioff + 24 + 20].try_into().unwrap()) + 1;
+    bytes[ioff + 24 + 16..ioff + 24 + 20].copy_from_slice(&c0.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[ioff..ioff + isize_ - 4]);
+    bytes[ioff + isize_ - 4..ioff + isize_].copy_from_slice(&crc.to_le_bytes());
+    let mut r = TraceReader::from_bytes(bytes, "t").unwrap();
+    let rep = verify(&mut r).unwrap();
+    assert!(!rep.ok);
+    assert_eq!(rep.index, "damaged");
+    assert_eq!(rep.records_readable, 3000);
+}

@@ -1,0 +1,5 @@
+//! # vmrr-replay
+//!
+//! Deterministic replay of vmrr traces. (Being built.)
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,26 @@
+//! One module per subcommand.
+
+pub mod inspect;
+pub mod stats;
+pub mod verify;
+
+use std::io::Write;
+
+use crate::exit::CliError;
+
+/// Writes a line to stdout; a closed pipe (`vmrr inspect | head`) ends quietly.
+pub fn out_line(out: &mut impl Write, line: &str) -> Result<bool, CliError> {
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(source) => Err(CliError::Output { context: "writing to stdout".into(), source }),
+    }
+}
+
+/// Prints a JSON value as one line.
+pub fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
+    let s = serde_json::to_string(v)
+        .map_err(|e| CliError::Output { context: "encoding JSON".into(), source: e.into() })?;
+    let mut out = std::io::stdout().lock();
+    out_line(&mut out, &s).map(|_| ())
+}

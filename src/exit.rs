@@ -1,0 +1,96 @@
+//! Exit codes and the CLI's error type.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success; replay `completed` or `reproduced` |
+//! | 1 | replay `diverged` |
+//! | 2 | usage error (bad arguments, missing input file), before KVM is touched |
+//! | 3 | damaged or invalid input (trace, snapshot, bundle) |
+//! | 4 | KVM or a capability vmrr needs is missing |
+//! | 5 | the recorded guest ended in a fatal exit (emulation failure, internal error, triple fault) |
+//! | 6 | output could not be written (disk full, permission) |
+//! | 7 | internal error (a bug in vmrr) |
+
+#![allow(dead_code)] // codes for commands that land with the engine and replay
+
+use std::process::ExitCode;
+
+/// Success.
+pub const OK: u8 = 0;
+/// Replay diverged.
+pub const DIVERGED: u8 = 1;
+/// Usage error.
+pub const USAGE: u8 = 2;
+/// Damaged or invalid input.
+pub const INVALID_INPUT: u8 = 3;
+/// KVM unavailable.
+pub const KVM_MISSING: u8 = 4;
+/// Guest fatal exit while recording.
+pub const GUEST_FATAL: u8 = 5;
+/// Output not writable.
+pub const OUTPUT: u8 = 6;
+/// Internal error.
+pub const INTERNAL: u8 = 7;
+
+/// A failure of a CLI command; each variant has one exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// A trace could not be read.
+    #[error(transparent)]
+    Trace(#[from] vmrr_format::ReadError),
+    /// Output could not be written.
+    #[error("{context}")]
+    Output {
+        /// What was being written.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A trace could not be written.
+    #[error(transparent)]
+    TraceWrite(#[from] vmrr_format::WriteError),
+    /// The command already reported its outcome and only needs to exit with `code`.
+    #[error("exit {code}")]
+    Reported {
+        /// Exit code.
+        code: u8,
+    },
+}
+
+impl CliError {
+    /// The exit code for this failure.
+    pub fn code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => USAGE,
+            CliError::Trace(vmrr_format::ReadError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                USAGE
+            }
+            CliError::Trace(_) => INVALID_INPUT,
+            CliError::Output { .. } | CliError::TraceWrite(_) => OUTPUT,
+            CliError::Reported { code } => *code,
+        }
+    }
+
+    /// Prints the error and its causes to stderr and returns the exit code.
+    pub fn report(&self) -> ExitCode {
+        if !matches!(self, CliError::Reported { .. }) {
+            let mut msg = format!("vmrr: error: {self}");
+            let mut src = std::error::Error::source(self);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("{msg}");
+        }
+        ExitCode::from(self.code())
+    }
+}
+
+/// Result of a CLI command.
+pub type CliResult = Result<(), CliError>;

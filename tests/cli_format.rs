@@ -1,0 +1,121 @@
+//! The trace-reading commands (`inspect`, `stats`, `verify`) end to end: output shape,
+//! JSON field names, and exit codes on damaged input and bad usage.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn vmrr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmrr")).args(args).output().expect("runs vmrr")
+}
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+#[test]
+fn inspect_json_uses_kvm_field_names() {
+    let out = vmrr(&["inspect", s(&data("spec-example.vmrr")), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs = json_lines(&out);
+    assert_eq!(recs.len(), 4);
+    let io = &recs[1];
+    assert_eq!(io["seq"], 1);
+    assert_eq!(io["vcpu"], 0);
+    assert_eq!(io["kind"], "io");
+    assert_eq!(io["direction"], "out");
+    assert_eq!(io["port"], 0x3f8);
+    assert_eq!(io["size"], 1);
+    assert_eq!(io["count"], 1);
+    assert_eq!(io["data"], "48");
+    assert_eq!(io["regs"]["rip"], 0x7c05);
+    assert_eq!(recs[3]["kind"], "end_of_run");
+    assert_eq!(recs[3]["reason"], "hlt");
+}
+
+#[test]
+fn inspect_from_and_count_select_a_window() {
+    let out = vmrr(&["inspect", s(&data("serial-1.0.vmrr")), "--from", "1000", "--count", "3", "--json"]);
+    assert!(out.status.success());
+    let seqs: Vec<u64> = json_lines(&out).iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1000, 1001, 1002]);
+    let text = vmrr(&["inspect", s(&data("serial-1.0.vmrr")), "--count", "2"]);
+    let t = String::from_utf8_lossy(&text.stdout);
+    assert!(t.lines().nth(1).unwrap().contains("io") && t.contains("port=0x3fd"), "{t}");
+}
+
+#[test]
+fn stats_json_has_the_documented_fields() {
+    let out = vmrr(&["stats", s(&data("serial-1.0.vmrr")), "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format_version"], "1.0");
+    assert_eq!(v["records"], 5202);
+    assert_eq!(v["exits"], 5200);
+    assert_eq!(v["by_kind"]["io"], 5200);
+    assert_eq!(v["vcpus"], 1);
+    assert!(v["chunks"].as_u64().unwrap() >= 1);
+    assert!(v["compressed_bytes"].as_u64().unwrap() < v["bytes"].as_u64().unwrap() / 10);
+}
+
+#[test]
+fn verify_reports_damage_with_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("damaged.vmrr");
+    let mut b = std::fs::read(data("serial-1.0.vmrr")).unwrap();
+    // Flip a byte inside the first chunk's payload.
+    let hs = usize::try_from(u32::from_le_bytes(b[12..16].try_into().unwrap())).unwrap();
+    b[hs + 40 + 100] ^= 0xff;
+    std::fs::write(&p, &b).unwrap();
+    let ok = vmrr(&["verify", s(&data("serial-1.0.vmrr")), "--json"]);
+    assert_eq!(ok.status.code(), Some(0));
+    let out = vmrr(&["verify", s(&p), "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["records_readable"].as_u64().unwrap() > 0, "the intact chunk still reads");
+    let d = &v["damaged_chunks"][0];
+    assert_eq!(d["offset"].as_u64().unwrap(), u64::try_from(hs + 40).unwrap());
+    assert!(d["reason"].as_str().unwrap().contains("checksum"));
+    // Human output names file, offset and reason.
+    let human = vmrr(&["verify", s(&p)]);
+    let err = String::from_utf8_lossy(&human.stderr);
+    assert!(
+        err.contains("damaged.vmrr") && err.contains(&format!("{:#x}", hs + 40)) && err.contains("checksum"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_input_exits_3_and_usage_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.vmrr");
+    std::fs::write(&junk, b"this is not a trace at all, just text").unwrap();
+    let out = vmrr(&["stats", s(&junk)]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("junk.vmrr") && err.contains("offset 0x0") && err.contains("magic"), "{err}");
+    assert_eq!(vmrr(&["stats", s(&dir.path().join("missing.vmrr"))]).status.code(), Some(2));
+    assert_eq!(vmrr(&["inspect", "--count", "x", "f"]).status.code(), Some(2));
+    assert_eq!(vmrr(&["no-such-command"]).status.code(), Some(2));
+}
+
+#[test]
+fn future_minor_trace_reads_through_the_cli() {
+    let out = vmrr(&["inspect", s(&data("future-minor-1.3.vmrr")), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs = json_lines(&out);
+    assert_eq!(recs.len(), 4);
+    assert_eq!(recs[1]["kind"], "unknown_event");
+    assert!(recs[0]["unknown"]["tail"].as_str().unwrap().len() == 32);
+}

@@ -1,0 +1,205 @@
+//! Golden files in `tests/data/`: traces written by earlier versions (and by a hand-built
+//! "future" writer) that this and every later version must keep reading, with the same
+//! content. Regenerate only deliberately: `cargo test --test golden -- --ignored regenerate`.
+
+use std::path::PathBuf;
+
+use vmrr_format::*;
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+const SPEC_TRACE_ID: [u8; 16] = *b"vmrr-spec-exampl";
+const SPEC_CREATED: u64 = 1_795_392_000_000_000_000; // 2026-11-23T00:00:00Z
+
+/// The records of the spec's worked example (docs/FORMAT.md §8).
+fn write_spec_example(w: &mut TraceWriter) {
+    w.append(0, Body::Annotation(Annotation { key: "guest", value: "hello" }), None).unwrap();
+    let io = Io { direction: Direction::Out, size: 1, port: 0x3f8, count: 1, data: b"H" };
+    let regs = RegsSample { rip: 0x7c05, rsp: 0x7000, rflags: 0x2, flags: RegsSample::RIP_AFTER_INSN };
+    w.append(0, Body::Io(io), Some(regs)).unwrap();
+    w.append(0, Body::Hlt, None).unwrap();
+    w.append(0, Body::EndOfRun(EndOfRun { reason: end_reason::HLT, exits: 2, status: 0 }), None).unwrap();
+}
+
+fn spec_options() -> WriterOptions {
+    WriterOptions {
+        zstd_level: None,
+        trace_id: Some(SPEC_TRACE_ID),
+        created_unix_ns: Some(SPEC_CREATED),
+        sync: SyncMode::Never,
+        ..Default::default()
+    }
+}
+
+/// A serial console session: LSR poll (in 0x3fd) then THR write (out 0x3f8) per byte.
+fn write_serial_sample(w: &mut TraceWriter) {
+    w.append(0, Body::Annotation(Annotation { key: "guest", value: "golden-serial" }), None).unwrap();
+    let text = "vmrr golden sample: the quick brown fox jumps over the lazy dog.\n".repeat(40);
+    let mut rip = 0x1_0000u64;
+    for b in text.bytes() {
+        let lsr = [0x60u8];
+        let poll = Io { direction: Direction::In, size: 1, port: 0x3fd, count: 1, data: &lsr };
+        let r = RegsSample { rip: rip + 2, rsp: 0x8000, rflags: 0x202, flags: 1 };
+        w.append(0, Body::Io(poll), Some(r)).unwrap();
+        let c = [b];
+        let out = Io { direction: Direction::Out, size: 1, port: 0x3f8, count: 1, data: &c };
+        let r = RegsSample { rip: rip + 9, rsp: 0x8000, rflags: 0x202, flags: 1 };
+        w.append(0, Body::Io(out), Some(r)).unwrap();
+        rip = 0x1_0000 + (rip + 1) % 3;
+    }
+    w.append(0, Body::EndOfRun(EndOfRun { reason: end_reason::GUEST_EXIT, exits: 5200, status: 0 }), None)
+        .unwrap();
+}
+
+/// Hand-built bytes from a "format 1.3 writer": an optional feature this version does not
+/// know, an IO record with an extra optional payload (flag bit 4), an event kind this
+/// version does not know, and a checkpoint with a longer body.
+fn future_minor_bytes() -> Vec<u8> {
+    fn rec(kind: u16, body_size: u16, seq: u64, flags: u32, rest: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&u32::try_from(24 + rest.len()).unwrap().to_le_bytes());
+        v.extend_from_slice(&kind.to_le_bytes());
+        v.extend_from_slice(&body_size.to_le_bytes());
+        v.extend_from_slice(&seq.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(&flags.to_le_bytes());
+        v.extend_from_slice(rest);
+        v
+    }
+    let le = |w: &[u64]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut payload = Vec::new();
+    let mut io = vec![1u8, 1, 0xf8, 0x03, 1, 0, 0, 0, b'F', 0, 0, 0, 0, 0, 0, 0];
+    io.extend_from_slice(&le(&[0xabcd_0000_0000_0001, 0x0102_0304]));
+    payload.extend(rec(2, 8, 0, 1 << 4, &io));
+    payload.extend(rec(0x8042, 16, 1, 0, &le(&[7, 8])));
+    payload.extend(rec(0x8002, 32, 2, 0, &le(&[1, 1, 1, 0x5555])));
+    payload.extend(rec(0x8004, 24, 3, 0, &le(&[1, 2, 0])));
+    // Header, format 1.3, optional feature bit 5 "exit-timing" (introduced 1.3).
+    let mut h = Vec::new();
+    h.extend_from_slice(b"VMRRTRC\0");
+    h.extend_from_slice(&0x0a0b_0c0du32.to_le_bytes());
+    h.extend_from_slice(&(72u32 + 24 * 2 + 8).to_le_bytes());
+    h.extend_from_slice(&1u16.to_le_bytes());
+    h.extend_from_slice(&3u16.to_le_bytes());
+    h.extend_from_slice(&[0; 4]);
+    h.extend_from_slice(&(1u64 | 1 << 5).to_le_bytes());
+    h.extend_from_slice(&0u64.to_le_bytes());
+    h.extend_from_slice(&SPEC_CREATED.to_le_bytes());
+    h.extend_from_slice(b"future-minor-1.3");
+    h.extend_from_slice(&72u32.to_le_bytes());
+    h.extend_from_slice(&2u32.to_le_bytes());
+    for (bit, name) in [(0u8, "chunk-index"), (5, "exit-timing")] {
+        h.extend_from_slice(&[bit, 0]);
+        h.extend_from_slice(&1u16.to_le_bytes());
+        h.extend_from_slice(&(if bit == 0 { 0u16 } else { 3 }).to_le_bytes());
+        h.extend_from_slice(&[0, 0]);
+        let mut n = [0u8; 16];
+        n[..name.len()].copy_from_slice(name.as_bytes());
+        h.extend_from_slice(&n);
+    }
+    h.extend_from_slice(&[0; 4]);
+    let crc = crc32c::crc32c(&h);
+    h.extend_from_slice(&crc.to_le_bytes());
+    // One uncompressed chunk, no index (the file also tests scanning).
+    let mut c = Vec::new();
+    c.extend_from_slice(b"VCHK");
+    c.extend_from_slice(&40u16.to_le_bytes());
+    c.extend_from_slice(&[0, 0]);
+    let n = u32::try_from(payload.len()).unwrap();
+    c.extend_from_slice(&n.to_le_bytes());
+    c.extend_from_slice(&n.to_le_bytes());
+    c.extend_from_slice(&0u64.to_le_bytes());
+    c.extend_from_slice(&4u32.to_le_bytes());
+    c.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    c.extend_from_slice(&[0; 4]);
+    let crc = crc32c::crc32c(&c);
+    c.extend_from_slice(&crc.to_le_bytes());
+    h.extend(c);
+    h.extend(payload);
+    h
+}
+
+#[test]
+#[ignore = "regenerates the golden files; run deliberately"]
+fn regenerate() {
+    let mut w = TraceWriter::create(&data("spec-example.vmrr"), spec_options()).unwrap();
+    write_spec_example(&mut w);
+    w.finish().unwrap();
+    let opts = WriterOptions {
+        zstd_level: Some(3),
+        trace_id: Some(*b"golden-serial-01"),
+        created_unix_ns: Some(SPEC_CREATED),
+        ..spec_options()
+    };
+    let mut w = TraceWriter::create(&data("serial-1.0.vmrr"), opts).unwrap();
+    write_serial_sample(&mut w);
+    w.finish().unwrap();
+    std::fs::write(data("future-minor-1.3.vmrr"), future_minor_bytes()).unwrap();
+}
+
+#[test]
+fn spec_example_is_byte_exact_and_reads() {
+    let golden = std::fs::read(data("spec-example.vmrr")).expect("golden file");
+    // This version's writer still produces exactly the bytes the spec documents.
+    let sink = MemorySink::default();
+    let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), spec_options()).unwrap();
+    write_spec_example(&mut w);
+    w.finish().unwrap();
+    assert_eq!(sink.bytes(), golden, "writer output drifted from docs/FORMAT.md §8");
+    assert_eq!(golden.len(), 424);
+
+    let mut r = TraceReader::open(&data("spec-example.vmrr")).unwrap();
+    assert_eq!(r.header().trace_id, SPEC_TRACE_ID);
+    let mut kinds = Vec::new();
+    while let Some(rec) = r.next_record() {
+        let rec = rec.unwrap();
+        if let Body::Io(io) = rec.body {
+            assert_eq!((io.port, io.data), (0x3f8, &b"H"[..]));
+            assert_eq!(rec.regs.unwrap().rip, 0x7c05);
+        }
+        kinds.push(kind::name(rec.body.kind()));
+    }
+    assert_eq!(kinds, ["annotation", "io", "hlt", "end_of_run"]);
+}
+
+#[test]
+fn serial_golden_reads_forever() {
+    let mut r = TraceReader::open(&data("serial-1.0.vmrr")).unwrap();
+    let rep = verify(&mut r).unwrap();
+    assert!(rep.ok, "{rep:?}");
+    assert_eq!(rep.records_readable, 2 + 2 * 2600);
+    r.rewind();
+    let mut text = Vec::new();
+    while let Some(rec) = r.next_record() {
+        if let Body::Io(io) = rec.unwrap().body {
+            if io.port == 0x3f8 {
+                text.extend_from_slice(io.data);
+            }
+        }
+    }
+    assert!(text.starts_with(b"vmrr golden sample: the quick brown fox"));
+    assert_eq!(text.len(), 2600);
+}
+
+#[test]
+fn future_minor_golden_reads_known_parts() {
+    assert_eq!(std::fs::read(data("future-minor-1.3.vmrr")).unwrap(), future_minor_bytes());
+    let mut r = TraceReader::open(&data("future-minor-1.3.vmrr")).unwrap();
+    assert_eq!((r.header().version_major, r.header().version_minor), (1, 3));
+    assert!(r.index().is_none());
+    let a = r.next_record().unwrap().unwrap();
+    let Body::Io(io) = a.body else { panic!("io") };
+    assert_eq!(io.data, b"F");
+    assert_eq!(a.unknown.flags, 1 << 4);
+    assert_eq!(a.unknown.tail.len(), 16);
+    let b = r.next_record().unwrap().unwrap();
+    assert!(matches!(b.body, Body::Unknown { kind: 0x8042, .. }));
+    let c = r.next_record().unwrap().unwrap();
+    assert_eq!(c.body, Body::Checkpoint(Checkpoint { snapshot_id: 1, exit_seq: 1, exits: 1 }));
+    assert_eq!(c.unknown.body.len(), 8);
+    let d = r.next_record().unwrap().unwrap();
+    assert!(matches!(d.body, Body::EndOfRun(EndOfRun { reason: 1, exits: 2, .. })));
+    assert!(r.next_record().is_none());
+}
