@@ -1,0 +1,194 @@
+//! The device bus: maps port and MMIO ranges to devices and dispatches accesses.
+
+use super::{Clock, Interrupts, StopRequest};
+
+/// What a device may touch while handling an access.
+pub struct DeviceCtx<'a> {
+    /// Interrupt lines.
+    pub irq: &'a mut Interrupts,
+    /// Set to stop the run.
+    pub stop: &'a mut Option<StopRequest>,
+    /// Host clocks.
+    pub clock: &'a Clock,
+}
+
+/// A port-I/O or MMIO device.
+///
+/// No method has a default body: a device that does nothing for an access says so.
+pub trait Device: Send {
+    /// Name, for reports.
+    fn name(&self) -> &'static str;
+    /// A guest read of `data.len()` bytes at `offset` from the device's base: fill `data`.
+    fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>);
+    /// A guest write of `data` at `offset` from the device's base.
+    fn write(&mut self, offset: u64, data: &[u8], ctx: &mut DeviceCtx<'_>);
+    /// When `tick` must next run (monotonic ns of [`Clock::now_ns`]), if ever.
+    fn deadline(&self) -> Option<u64>;
+    /// Runs at the first exit at or after `deadline()`.
+    fn tick(&mut self, now: u64, ctx: &mut DeviceCtx<'_>);
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Range {
+    base: u64,
+    len: u64,
+    dev: usize,
+}
+
+/// Counters the bus keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusStats {
+    /// Reads nothing claimed (answered with all ones).
+    pub unclaimed_reads: u64,
+    /// Writes nothing claimed (dropped).
+    pub unclaimed_writes: u64,
+}
+
+/// Ports and MMIO ranges mapped to devices.
+#[derive(Default)]
+pub struct Bus {
+    pio: Vec<Range>,
+    mmio: Vec<Range>,
+    devices: Vec<Box<dyn Device>>,
+    /// Interrupt lines.
+    pub irq: Interrupts,
+    /// A stop requested by a device.
+    pub stop: Option<StopRequest>,
+    /// Host clocks.
+    pub clock: Clock,
+    next_deadline: Option<u64>,
+    /// Counters.
+    pub stats: BusStats,
+}
+
+fn find(ranges: &[Range], addr: u64) -> Option<Range> {
+    ranges.iter().find(|r| addr >= r.base && addr - r.base < r.len).copied()
+}
+
+impl Bus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&mut self, dev: Box<dyn Device>) -> usize {
+        self.devices.push(dev);
+        self.devices.len() - 1
+    }
+
+    /// Maps ports `base..base+len` to `dev`.
+    pub fn add_pio(&mut self, base: u16, len: u16, dev: Box<dyn Device>) {
+        let d = self.add(dev);
+        self.pio.push(Range { base: u64::from(base), len: u64::from(len), dev: d });
+    }
+
+    /// Maps guest-physical `base..base+len` to `dev`.
+    pub fn add_mmio(&mut self, base: u64, len: u64, dev: Box<dyn Device>) {
+        let d = self.add(dev);
+        self.mmio.push(Range { base, len, dev: d });
+    }
+
+    fn dispatch(&mut self, r: Range, addr: u64, read: Option<&mut [u8]>, write: Option<&[u8]>) {
+        let Some(dev) = self.devices.get_mut(r.dev) else { return };
+        let mut ctx = DeviceCtx { irq: &mut self.irq, stop: &mut self.stop, clock: &self.clock };
+        match (read, write) {
+            (Some(data), _) => dev.read(addr - r.base, data, &mut ctx),
+            (None, Some(data)) => dev.write(addr - r.base, data, &mut ctx),
+            (None, None) => {}
+        }
+        if let Some(d) = dev.deadline() {
+            self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
+        }
+    }
+
+    /// A port read; returns whether a device claimed it (else `data` is all ones).
+    pub fn pio_read(&mut self, port: u16, data: &mut [u8]) -> bool {
+        match find(&self.pio, u64::from(port)) {
+            Some(r) => {
+                self.dispatch(r, u64::from(port), Some(data), None);
+                true
+            }
+            None => {
+                data.fill(0xff);
+                self.stats.unclaimed_reads += 1;
+                false
+            }
+        }
+    }
+
+    /// A port write; returns whether a device claimed it (else it is dropped).
+    pub fn pio_write(&mut self, port: u16, data: &[u8]) -> bool {
+        match find(&self.pio, u64::from(port)) {
+            Some(r) => {
+                self.dispatch(r, u64::from(port), None, Some(data));
+                true
+            }
+            None => {
+                self.stats.unclaimed_writes += 1;
+                false
+            }
+        }
+    }
+
+    /// An MMIO read; returns whether claimed (else `data` is all ones).
+    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
+        match find(&self.mmio, addr) {
+            Some(r) => {
+                self.dispatch(r, addr, Some(data), None);
+                true
+            }
+            None => {
+                data.fill(0xff);
+                self.stats.unclaimed_reads += 1;
+                false
+            }
+        }
+    }
+
+    /// An MMIO write; returns whether claimed.
+    pub fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
+        match find(&self.mmio, addr) {
+            Some(r) => {
+                self.dispatch(r, addr, None, Some(data));
+                true
+            }
+            None => {
+                self.stats.unclaimed_writes += 1;
+                false
+            }
+        }
+    }
+
+    /// The earliest device deadline.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.next_deadline
+    }
+
+    /// Runs `tick` on every device whose deadline has passed, and recomputes the next one.
+    pub fn poll(&mut self, now: u64) {
+        if self.next_deadline.is_none_or(|d| d > now) {
+            return;
+        }
+        let mut next: Option<u64> = None;
+        for dev in &mut self.devices {
+            if dev.deadline().is_some_and(|d| d <= now) {
+                let mut ctx = DeviceCtx { irq: &mut self.irq, stop: &mut self.stop, clock: &self.clock };
+                dev.tick(now, &mut ctx);
+            }
+            if let Some(d) = dev.deadline() {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
+        self.next_deadline = next;
+    }
+
+    /// Recomputes the next deadline from every device (after a restore).
+    pub fn refresh_deadline(&mut self) {
+        self.next_deadline = self.devices.iter().filter_map(|d| d.deadline()).min();
+    }
+
+    /// Names of the devices, in the order they were added.
+    pub fn device_names(&self) -> Vec<&'static str> {
+        self.devices.iter().map(|d| d.name()).collect()
+    }
+}

@@ -1,0 +1,73 @@
+//! Deliberately nondeterministic inputs: host randomness and host time. Replay answers
+//! these reads from the trace.
+
+use std::io::Read;
+
+use super::{Device, DeviceCtx};
+
+/// Each read returns fresh host random bytes.
+pub struct Entropy {
+    urandom: Option<std::fs::File>,
+    fallback: u64,
+}
+
+impl Default for Entropy {
+    fn default() -> Self {
+        Entropy { urandom: std::fs::File::open("/dev/urandom").ok(), fallback: 0x9e37_79b9_7f4a_7c15 }
+    }
+}
+
+impl Device for Entropy {
+    fn name(&self) -> &'static str {
+        "entropy"
+    }
+    fn read(&mut self, _offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>) {
+        let ok = self.urandom.as_mut().is_some_and(|f| f.read_exact(data).is_ok());
+        if !ok {
+            // splitmix64 seeded from the clock: still differs from run to run.
+            self.fallback = self.fallback.wrapping_add(ctx.clock.realtime_ns() | 1);
+            let mut z = self.fallback;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            for (d, s) in data.iter_mut().zip(z.to_le_bytes().iter().cycle()) {
+                *d = *s;
+            }
+        }
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8], _ctx: &mut DeviceCtx<'_>) {}
+    fn deadline(&self) -> Option<u64> {
+        None
+    }
+    fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
+}
+
+/// Host realtime in nanoseconds: low half at offset 0 (latching the high half), high half
+/// at offset 4.
+#[derive(Debug, Default)]
+pub struct ClockPort {
+    latched_high: u32,
+}
+
+impl Device for ClockPort {
+    fn name(&self) -> &'static str {
+        "clock"
+    }
+    fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>) {
+        let v = if offset < 4 {
+            let now = ctx.clock.realtime_ns();
+            self.latched_high = u32::try_from(now >> 32).unwrap_or(0);
+            u32::try_from(now & 0xffff_ffff).unwrap_or(0)
+        } else {
+            self.latched_high
+        };
+        for (d, s) in data.iter_mut().zip(v.to_le_bytes().iter().chain(std::iter::repeat(&0))) {
+            *d = *s;
+        }
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8], _ctx: &mut DeviceCtx<'_>) {}
+    fn deadline(&self) -> Option<u64> {
+        None
+    }
+    fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
+}

@@ -1,0 +1,82 @@
+//! Decoding guest instructions for reports (iced-x86).
+
+use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
+
+/// A decoded instruction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// Intel syntax, e.g. `popcnt rax,[rdi]`.
+    pub text: String,
+    /// True instruction length in bytes (KVM's `insn_size` is its fetch window).
+    pub len: usize,
+}
+
+/// Decodes the first instruction of `bytes` at `rip` in `bitness`-bit mode (16, 32, 64).
+pub fn decode(bytes: &[u8], bitness: u32, rip: u64) -> Option<Decoded> {
+    let mut dec = Decoder::try_with_ip(bitness, bytes, rip, DecoderOptions::NONE).ok()?;
+    let mut insn = Instruction::default();
+    dec.decode_out(&mut insn);
+    if insn.is_invalid() {
+        return None;
+    }
+    let mut text = String::new();
+    let mut fmt = IntelFormatter::new();
+    fmt.options_mut().set_space_after_operand_separator(false);
+    fmt.format(&insn, &mut text);
+    Some(Decoded { text, len: insn.len() })
+}
+
+/// The code bitness from segment state: 64 in long mode with CS.L, else 32 with CS.D, else 16.
+pub fn bitness(sregs: &kvm_bindings::kvm_sregs) -> u32 {
+    const EFER_LMA: u64 = 0x400;
+    if sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0 {
+        64
+    } else if sregs.cs.db != 0 {
+        32
+    } else {
+        16
+    }
+}
+
+/// The effective address of the instruction's first memory operand, given the register
+/// file (`None` without one, or for RIP-relative/segment forms it cannot resolve).
+pub fn memory_operand(bytes: &[u8], bitness: u32, rip: u64, regs: &kvm_bindings::kvm_regs) -> Option<u64> {
+    use iced_x86::{OpKind, Register};
+    let mut dec = Decoder::try_with_ip(bitness, bytes, rip, DecoderOptions::NONE).ok()?;
+    let insn = dec.decode();
+    if insn.is_invalid() || !(0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory) {
+        return None;
+    }
+    let reg = |r: Register| -> Option<u64> {
+        let full = r.full_register();
+        Some(match full {
+            Register::None => 0,
+            Register::RAX => regs.rax,
+            Register::RBX => regs.rbx,
+            Register::RCX => regs.rcx,
+            Register::RDX => regs.rdx,
+            Register::RSI => regs.rsi,
+            Register::RDI => regs.rdi,
+            Register::RSP => regs.rsp,
+            Register::RBP => regs.rbp,
+            Register::R8 => regs.r8,
+            Register::R9 => regs.r9,
+            Register::R10 => regs.r10,
+            Register::R11 => regs.r11,
+            Register::R12 => regs.r12,
+            Register::R13 => regs.r13,
+            Register::R14 => regs.r14,
+            Register::R15 => regs.r15,
+            Register::RIP => rip.wrapping_add(insn.len() as u64),
+            _ => return None,
+        })
+    };
+    let base = reg(insn.memory_base())?;
+    let index = reg(insn.memory_index())?;
+    let scale = u64::from(insn.memory_index_scale());
+    let disp = insn.memory_displacement64();
+    if insn.memory_base() == Register::RIP {
+        return Some(disp);
+    }
+    Some(base.wrapping_add(index.wrapping_mul(scale)).wrapping_add(disp))
+}

@@ -1,0 +1,112 @@
+//! Assembly helpers shared by the built-in guests: console output over the 16550, hex
+//! printing and the debug-exit port, as 64-bit subroutines.
+
+use iced_x86::IcedError;
+use iced_x86::code_asm::*;
+
+use crate::devices::map;
+
+/// Labels of the shared subroutines.
+#[derive(Clone, Copy)]
+pub struct Lib {
+    /// `putc`: prints AL (polls the line status register first). Preserves all registers.
+    pub putc: CodeLabel,
+    /// `puts`: prints the NUL-terminated string at RSI. Clobbers RSI.
+    pub puts: CodeLabel,
+    /// `puthex`: prints RAX as 16 hex digits. Preserves RAX.
+    pub puthex: CodeLabel,
+}
+
+impl Lib {
+    /// Creates the labels (the code is emitted by [`Lib::emit`]).
+    pub fn new(a: &mut CodeAssembler) -> Self {
+        Lib { putc: a.create_label(), puts: a.create_label(), puthex: a.create_label() }
+    }
+
+    /// Emits the subroutines.
+    pub fn emit(mut self, a: &mut CodeAssembler) -> Result<(), IcedError> {
+        // putc
+        a.set_label(&mut self.putc)?;
+        a.push(rdx)?;
+        a.push(rax)?;
+        a.mov(dx, u32::from(map::SERIAL + 5))?;
+        let mut wait = a.create_label();
+        a.set_label(&mut wait)?;
+        a.in_(al, dx)?;
+        a.test(al, 0x20)?;
+        a.jz(wait)?;
+        a.pop(rax)?;
+        a.mov(dx, u32::from(map::SERIAL))?;
+        a.out(dx, al)?;
+        a.pop(rdx)?;
+        a.ret()?;
+        // puts
+        a.set_label(&mut self.puts)?;
+        a.push(rax)?;
+        let mut l = a.create_label();
+        let mut done = a.create_label();
+        a.set_label(&mut l)?;
+        a.mov(al, byte_ptr(rsi))?;
+        a.test(al, al)?;
+        a.jz(done)?;
+        a.call(self.putc)?;
+        a.inc(rsi)?;
+        a.jmp(l)?;
+        a.set_label(&mut done)?;
+        a.pop(rax)?;
+        a.ret()?;
+        // puthex
+        a.set_label(&mut self.puthex)?;
+        a.push(rax)?;
+        a.push(rbx)?;
+        a.push(rcx)?;
+        a.mov(rbx, rax)?;
+        a.mov(ecx, 16)?;
+        let mut digit = a.create_label();
+        let mut dec = a.create_label();
+        a.set_label(&mut digit)?;
+        a.rol(rbx, 4)?;
+        a.mov(al, bl)?;
+        a.and(al, 0x0f)?;
+        a.add(al, i32::from(b'0'))?;
+        a.cmp(al, i32::from(b'9'))?;
+        a.jbe(dec)?;
+        a.add(al, i32::from(b'a' - b'9' - 1))?;
+        a.set_label(&mut dec)?;
+        a.call(self.putc)?;
+        a.dec(ecx)?;
+        a.jnz(digit)?;
+        a.pop(rcx)?;
+        a.pop(rbx)?;
+        a.pop(rax)?;
+        a.ret()?;
+        Ok(())
+    }
+}
+
+/// Emits `lea rsi, [msg]; call puts`.
+pub fn print(a: &mut CodeAssembler, lib: &Lib, msg: CodeLabel) -> Result<(), IcedError> {
+    a.lea(rsi, ptr(msg))?;
+    a.call(lib.puts)
+}
+
+/// Emits a write of `status` to the debug-exit port (ends the run).
+pub fn exit(a: &mut CodeAssembler, status: u32) -> Result<(), IcedError> {
+    a.mov(eax, status)?;
+    a.mov(dx, u32::from(map::DEBUG_EXIT))?;
+    a.out(dx, eax)?;
+    // Not reached: the engine stops at the debug exit. Spin rather than run off the end.
+    let mut spin = a.create_label();
+    a.set_label(&mut spin)?;
+    a.jmp(spin)
+}
+
+/// Emits a NUL-terminated string under a new label.
+pub fn string(a: &mut CodeAssembler, text: &str) -> Result<CodeLabel, IcedError> {
+    let mut l = a.create_label();
+    a.set_label(&mut l)?;
+    let mut b = text.as_bytes().to_vec();
+    b.push(0);
+    a.db(&b)?;
+    Ok(l)
+}

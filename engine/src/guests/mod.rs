@@ -1,0 +1,235 @@
+//! Built-in guests, assembled at run time with iced-x86, and flat-binary images.
+//!
+//! Each guest behaves the same on hardware KVM and on hosts that emulate ring-0 code:
+//! loops that must be fast (the storms, memory churn) run at ring 3, where such hosts run
+//! code natively; guests that need privileged instructions (RDMSR, LIDT, HLT) are short.
+
+pub mod asm;
+mod churn;
+mod emulation_failure;
+mod entropy;
+mod hello;
+mod interrupts;
+mod storm;
+
+use std::path::Path;
+
+use crate::boot::{BootMode, LONG_MODE_FREE};
+use crate::error::LoadError;
+use crate::memory::{GuestMemory, MMIO_HOLE_START, SlotKind};
+
+pub use churn::CHURN_START;
+pub use emulation_failure::FAILING as EMULATION_FAILURE_INSN;
+pub use hello::{LONG_TEXT as HELLO_LONG_TEXT, REAL_TEXT as HELLO_TEXT};
+pub use interrupts::{PERIOD_US as INTERRUPT_PERIOD_US, VECTOR as INTERRUPT_VECTOR};
+
+/// Where long-mode images load.
+pub const LONG_LOAD: u64 = 0x10_0000;
+/// Long-mode stack top.
+pub const LONG_STACK: u64 = 0x8_0000;
+/// Where real-mode images load.
+pub const REAL_LOAD: u64 = 0x7c00;
+
+/// A guest ready to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestImage {
+    /// Name (built-in) or file name.
+    pub name: String,
+    /// Bytes to load.
+    pub bytes: Vec<u8>,
+    /// Guest-physical load address.
+    pub load_addr: u64,
+    /// Entry point (guest-physical = linear).
+    pub entry: u64,
+    /// CPU mode at entry.
+    pub mode: BootMode,
+    /// Stack pointer at entry (long mode).
+    pub stack: u64,
+}
+
+/// Parameters of built-in guests.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestParams {
+    /// Loop count for the storms, interrupts to count, churn rounds.
+    pub iterations: Option<u64>,
+    /// Guest memory in bytes (memory-churn covers all of it).
+    pub mem_bytes: u64,
+}
+
+/// A built-in guest.
+#[derive(Debug, Clone, Copy)]
+pub struct Builtin {
+    /// Name for `--guest`.
+    pub name: &'static str,
+    /// CPU mode.
+    pub mode: BootMode,
+    /// What it does.
+    pub about: &'static str,
+    /// Default `--iterations`, where it takes one.
+    pub default_iterations: Option<u64>,
+}
+
+/// Every built-in guest.
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "hello",
+        mode: BootMode::Real,
+        about: "prints a greeting over serial and exits",
+        default_iterations: None,
+    },
+    Builtin {
+        name: "hello-long",
+        mode: BootMode::Long { ring: 0 },
+        about: "the greeting, from 64-bit long mode",
+        default_iterations: None,
+    },
+    Builtin {
+        name: "pio-storm",
+        mode: BootMode::Long { ring: 3 },
+        about: "N port writes (N exits), then exits",
+        default_iterations: Some(100_000),
+    },
+    Builtin {
+        name: "mmio-storm",
+        mode: BootMode::Long { ring: 3 },
+        about: "N MMIO writes (N exits), then exits",
+        default_iterations: Some(100_000),
+    },
+    Builtin {
+        name: "entropy",
+        mode: BootMode::Long { ring: 0 },
+        about: "reads the entropy port, clock port and clock MSR; prints a digest that differs per run",
+        default_iterations: None,
+    },
+    Builtin {
+        name: "interrupts",
+        mode: BootMode::Long { ring: 0 },
+        about: "installs an IDT, counts N timer interrupts while halting, prints the count",
+        default_iterations: Some(10),
+    },
+    Builtin {
+        name: "memory-churn",
+        mode: BootMode::Long { ring: 3 },
+        about: "dirties pages across all memory for N rounds, prints a checksum",
+        default_iterations: Some(3),
+    },
+    Builtin {
+        name: "emulation-failure",
+        mode: BootMode::Long { ring: 0 },
+        about: "computes and prints, then runs popcnt on MMIO: KVM cannot emulate it",
+        default_iterations: None,
+    },
+];
+
+/// The built-in named `name`.
+pub fn find(name: &str) -> Option<&'static Builtin> {
+    BUILTINS.iter().find(|b| b.name == name)
+}
+
+/// Assembles built-in guest `name`.
+///
+/// # Errors
+/// An unknown name, or an assembler error (a bug).
+pub fn builtin(name: &str, params: &GuestParams) -> Result<GuestImage, LoadError> {
+    let b = find(name).ok_or_else(|| {
+        LoadError::Placement(format!(
+            "unknown guest '{name}' (built-ins: {})",
+            BUILTINS.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    let n = params.iterations.or(b.default_iterations).unwrap_or(0);
+    let low_end = params.mem_bytes.min(MMIO_HOLE_START);
+    let mut ranges = vec![(CHURN_START, low_end)];
+    if params.mem_bytes > low_end {
+        ranges
+            .push((crate::memory::MMIO_HOLE_END, crate::memory::MMIO_HOLE_END + params.mem_bytes - low_end));
+    }
+    let asm = match b.name {
+        "hello" => hello::real(),
+        "hello-long" => hello::long(LONG_LOAD),
+        "pio-storm" => storm::pio(LONG_LOAD, n),
+        "mmio-storm" => storm::mmio(LONG_LOAD, n),
+        "entropy" => entropy::build(LONG_LOAD),
+        "interrupts" => interrupts::build(LONG_LOAD, n),
+        "memory-churn" => churn::build(LONG_LOAD, &ranges, n),
+        _ => emulation_failure::build(LONG_LOAD),
+    };
+    let bytes = asm.map_err(|e| LoadError::Assemble { name: b.name, detail: e.to_string() })?;
+    let load_addr = if b.mode == BootMode::Real { REAL_LOAD } else { LONG_LOAD };
+    Ok(GuestImage {
+        name: b.name.to_string(),
+        bytes,
+        load_addr,
+        entry: load_addr,
+        mode: b.mode,
+        stack: LONG_STACK,
+    })
+}
+
+/// Reads a flat binary image.
+///
+/// # Errors
+/// The file cannot be read.
+pub fn from_file(path: &Path, load_addr: u64, entry: u64, mode: BootMode) -> Result<GuestImage, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+    Ok(GuestImage {
+        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        bytes,
+        load_addr,
+        entry,
+        mode,
+        stack: LONG_STACK,
+    })
+}
+
+/// Checks that `image` fits RAM of a VM with `slots` (before any KVM call).
+///
+/// # Errors
+/// [`LoadError::Placement`] naming what does not fit.
+pub fn check_placement(image: &GuestImage, ram: &[(u64, u64)]) -> Result<(), LoadError> {
+    let len = image.bytes.len() as u64;
+    let end =
+        image.load_addr.checked_add(len).ok_or_else(|| LoadError::Placement("image end overflows".into()))?;
+    let inside = |a: u64, b: u64| ram.iter().any(|&(s, e)| a >= s && b <= e);
+    if !inside(image.load_addr, end) {
+        return Err(LoadError::Placement(format!(
+            "image of {len} bytes at {:#x} does not fit guest RAM ({})",
+            image.load_addr,
+            describe(ram)
+        )));
+    }
+    if !(image.entry >= image.load_addr && image.entry < end) {
+        return Err(LoadError::Placement(format!(
+            "entry point {:#x} is outside the image ({:#x}..{end:#x})",
+            image.entry, image.load_addr
+        )));
+    }
+    match image.mode {
+        BootMode::Real if end > 0x10_0000 => {
+            Err(LoadError::Placement(format!("a real-mode image must end below 1 MiB (ends at {end:#x})")))
+        }
+        BootMode::Long { .. } if image.load_addr < LONG_MODE_FREE => Err(LoadError::Placement(format!(
+            "a long-mode image must load at or above {LONG_MODE_FREE:#x} (page tables live below)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn describe(ram: &[(u64, u64)]) -> String {
+    ram.iter().map(|(s, e)| format!("{s:#x}..{e:#x}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Copies `image` into guest memory.
+///
+/// # Errors
+/// The range is not backed.
+pub fn load(mem: &GuestMemory, image: &GuestImage) -> Result<(), LoadError> {
+    let ram: Vec<(u64, u64)> = mem
+        .slots()
+        .iter()
+        .filter(|s| s.spec.kind == SlotKind::Ram)
+        .map(|s| (s.spec.gpa, s.spec.gpa + s.spec.size))
+        .collect();
+    check_placement(image, &ram)?;
+    mem.write(image.load_addr, &image.bytes).ok_or(LoadError::GuestMemory { gpa: image.load_addr })
+}
