@@ -11,13 +11,13 @@
 //! | 6 | output could not be written (disk full, permission) |
 //! | 7 | internal error (a bug in vmrr) |
 
-#![allow(dead_code)] // codes for commands that land with the engine and replay
-
 use std::process::ExitCode;
 
 /// Success.
+#[allow(dead_code)] // returned by `vmrr replay` (next)
 pub const OK: u8 = 0;
 /// Replay diverged.
+#[allow(dead_code)] // returned by `vmrr replay` (next)
 pub const DIVERGED: u8 = 1;
 /// Usage error.
 pub const USAGE: u8 = 2;
@@ -53,6 +53,15 @@ pub enum CliError {
     /// A trace could not be written.
     #[error(transparent)]
     TraceWrite(#[from] vmrr_format::WriteError),
+    /// Setting up the guest failed (configuration, KVM, memory).
+    #[error(transparent)]
+    Session(#[from] vmrr_engine::session::SessionError),
+    /// Running the guest failed.
+    #[error(transparent)]
+    Run(#[from] vmrr_engine::error::RunError),
+    /// The recorder could not attach.
+    #[error(transparent)]
+    Recorder(#[from] vmrr_engine::RecorderError),
     /// The command already reported its outcome and only needs to exit with `code`.
     #[error("exit {code}")]
     Reported {
@@ -73,6 +82,9 @@ impl CliError {
             }
             CliError::Trace(_) => INVALID_INPUT,
             CliError::Output { .. } | CliError::TraceWrite(_) => OUTPUT,
+            CliError::Session(e) => session_code(e),
+            CliError::Run(e) => run_code(e),
+            CliError::Recorder(_) => KVM_MISSING,
             CliError::Reported { code } => *code,
         }
     }
@@ -89,6 +101,28 @@ impl CliError {
             eprintln!("{msg}");
         }
         ExitCode::from(self.code())
+    }
+}
+
+fn session_code(e: &vmrr_engine::session::SessionError) -> u8 {
+    use vmrr_engine::error::CreateVmError;
+    use vmrr_engine::session::SessionError;
+    match e {
+        SessionError::Config(_) => USAGE,
+        SessionError::Vm(
+            CreateVmError::OpenKvm(_) | CreateVmError::MissingCapability { .. } | CreateVmError::Kvm { .. },
+        ) => KVM_MISSING,
+        SessionError::Vm(CreateVmError::Config(_)) => USAGE,
+        SessionError::Vm(CreateVmError::Memory { .. }) | SessionError::Boot(_) => INTERNAL,
+    }
+}
+
+fn run_code(e: &vmrr_engine::error::RunError) -> u8 {
+    use vmrr_engine::error::RunError;
+    match e {
+        RunError::Trace(_) | RunError::Output(_) => OUTPUT,
+        RunError::Kvm { .. } => KVM_MISSING,
+        RunError::Os { .. } => INTERNAL,
     }
 }
 

@@ -42,6 +42,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a guest on KVM and record every exit into a trace.
+    Record(Box<cmd::record::RecordArgs>),
+    /// List the built-in guests.
+    Guests {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a trace end to end; exit 3 when damaged.
     Verify {
         /// Trace file.
@@ -58,6 +66,8 @@ fn main() -> ExitCode {
         Command::Inspect { file, from, count, json } => cmd::inspect::run(&file, from, count, json),
         Command::Stats { file, json } => cmd::stats::run(&file, json),
         Command::Verify { file, json } => cmd::verify::run(&file, json),
+        Command::Record(args) => cmd::record::run(&args),
+        Command::Guests { json } => cmd::guests::run(json),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -150,6 +150,15 @@ impl Vm {
         let cpuid = cpuid::build(&kvm, config.cpuid).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
         vcpu.set_sync_valid_reg(SyncReg::Register);
+        if let Ok(f) = crate::probe::host_facts() {
+            if !f.cpuid_enforced {
+                notes.push(
+                    "this host does not apply KVM_SET_CPUID2 to the guest's CPUID instruction (measured): \
+                     the TSC and RDRAND cannot be hidden, so replay of a guest that reads them may diverge"
+                        .to_string(),
+                );
+            }
+        }
         Ok(Vm { vcpu, fd, memory, kvm, caps, cpuid, notes, config })
     }
 

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+pub mod guests;
 pub mod inspect;
+pub mod record;
 pub mod stats;
 pub mod verify;
 

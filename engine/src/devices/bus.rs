@@ -33,7 +33,14 @@ struct Range {
     base: u64,
     len: u64,
     dev: usize,
+    /// Offsets passed to the device are relative to this (the device's first range), so a
+    /// device mapped at several ranges sees one address space.
+    origin: u64,
 }
+
+/// Index of a device on the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceId(usize);
 
 /// Counters the bus keeps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,23 +84,32 @@ impl Bus {
     }
 
     /// Maps ports `base..base+len` to `dev`.
-    pub fn add_pio(&mut self, base: u16, len: u16, dev: Box<dyn Device>) {
+    pub fn add_pio(&mut self, base: u16, len: u16, dev: Box<dyn Device>) -> DeviceId {
         let d = self.add(dev);
-        self.pio.push(Range { base: u64::from(base), len: u64::from(len), dev: d });
+        self.pio.push(Range { base: u64::from(base), len: u64::from(len), dev: d, origin: u64::from(base) });
+        DeviceId(d)
+    }
+
+    /// Also maps ports `base..base+len` to an existing device; it sees them at offsets
+    /// from its first range's base (`0x61` on a device at `0x40` is offset `0x21`).
+    pub fn alias_pio(&mut self, base: u16, len: u16, id: DeviceId) {
+        let origin = self.pio.iter().find(|r| r.dev == id.0).map_or(u64::from(base), |r| r.origin);
+        self.pio.push(Range { base: u64::from(base), len: u64::from(len), dev: id.0, origin });
     }
 
     /// Maps guest-physical `base..base+len` to `dev`.
-    pub fn add_mmio(&mut self, base: u64, len: u64, dev: Box<dyn Device>) {
+    pub fn add_mmio(&mut self, base: u64, len: u64, dev: Box<dyn Device>) -> DeviceId {
         let d = self.add(dev);
-        self.mmio.push(Range { base, len, dev: d });
+        self.mmio.push(Range { base, len, dev: d, origin: base });
+        DeviceId(d)
     }
 
     fn dispatch(&mut self, r: Range, addr: u64, read: Option<&mut [u8]>, write: Option<&[u8]>) {
         let Some(dev) = self.devices.get_mut(r.dev) else { return };
         let mut ctx = DeviceCtx { irq: &mut self.irq, stop: &mut self.stop, clock: &self.clock };
         match (read, write) {
-            (Some(data), _) => dev.read(addr - r.base, data, &mut ctx),
-            (None, Some(data)) => dev.write(addr - r.base, data, &mut ctx),
+            (Some(data), _) => dev.read(addr - r.origin, data, &mut ctx),
+            (None, Some(data)) => dev.write(addr - r.origin, data, &mut ctx),
             (None, None) => {}
         }
         if let Some(d) = dev.deadline() {

@@ -1,21 +1,55 @@
 //! Pending interrupts, injected from userspace at exit boundaries (no in-kernel irqchip).
 
-/// Interrupts waiting for injection. Devices raise vectors directly; the engine injects the
-/// highest pending vector when the vCPU is ready and records the injection.
+use super::pic::Pic;
+
+/// Interrupts waiting for injection: vectors raised directly by vmrr's own devices, and
+/// ISA lines through the 8259 pair (firmware machines). The engine injects the highest
+/// pending vector when the vCPU is ready and records the injection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Interrupts {
     pending: [u64; 4],
+    pic: Pic,
 }
 
 impl Interrupts {
+    /// The 8259 pair.
+    pub fn pic_mut(&mut self) -> &mut Pic {
+        &mut self.pic
+    }
+
+    /// The 8259 pair's state.
+    pub fn pic(&self) -> &Pic {
+        &self.pic
+    }
+
+    /// A rising edge on ISA line `irq` (through the 8259 pair).
+    pub fn raise_irq(&mut self, irq: u8) {
+        self.pic.raise(irq);
+    }
+
+    /// Records that `vector` was injected (replay, where the trace chose it): the 8259 pair
+    /// moves it to in-service, a direct vector is cleared.
+    pub fn acknowledge_vector(&mut self, vector: u8) {
+        let u = usize::from(vector);
+        if self.pending[u / 64] & (1u64 << (u % 64)) != 0 {
+            self.pending[u / 64] &= !(1u64 << (u % 64));
+        } else {
+            self.pic.acknowledge_vector(vector);
+        }
+    }
+
     /// Marks `vector` pending.
     pub fn raise_vector(&mut self, vector: u8) {
         let v = usize::from(vector);
         self.pending[v / 64] |= 1u64 << (v % 64);
     }
 
-    /// The highest pending vector (x86 priority order), if any.
+    /// The vector to inject next: the 8259 pair's, else the highest direct vector.
     pub fn pending(&self) -> Option<u8> {
+        self.pic.pending().or_else(|| self.direct())
+    }
+
+    fn direct(&self) -> Option<u8> {
         for (i, w) in self.pending.iter().enumerate().rev() {
             if *w != 0 {
                 let bit = 63 - w.leading_zeros();
@@ -25,17 +59,25 @@ impl Interrupts {
         None
     }
 
-    /// Takes the highest pending vector (it is being injected).
+    /// Takes the vector being injected.
     pub fn acknowledge(&mut self) -> Option<u8> {
-        let v = self.pending()?;
+        if let Some(v) = self.pic.acknowledge() {
+            return Some(v);
+        }
+        let v = self.direct()?;
         let u = usize::from(v);
         self.pending[u / 64] &= !(1u64 << (u % 64));
         Some(v)
     }
 
-    /// True when nothing is pending.
+    /// True when nothing can be injected.
     pub fn is_empty(&self) -> bool {
-        self.pending.iter().all(|w| *w == 0)
+        self.pending().is_none()
+    }
+
+    /// Restores the 8259 pair.
+    pub fn set_pic(&mut self, pic: Pic) {
+        self.pic = pic;
     }
 
     /// Raw bitmap (for snapshots).

@@ -6,15 +6,19 @@
 
 pub mod bus;
 pub mod clock;
+pub mod cmos;
 pub mod console;
 pub mod debug_exit;
 pub mod entropy;
 pub mod interrupts;
+pub mod pci;
+pub mod pic;
+pub mod pit;
 pub mod serial;
 pub mod sink;
 pub mod timer;
 
-pub use bus::{Bus, Device, DeviceCtx};
+pub use bus::{Bus, Device, DeviceCtx, DeviceId};
 pub use clock::Clock;
 pub use interrupts::Interrupts;
 

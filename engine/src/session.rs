@@ -1,0 +1,318 @@
+//! A recording or plain run, described by a [`SessionConfig`] and validated before KVM is
+//! touched; and the annotations that describe it in the trace, which replay reads back to
+//! rebuild the same machine.
+
+use std::path::PathBuf;
+
+use crate::boot::BootMode;
+use crate::cpuid::CpuidProfile;
+use crate::devices::console::Console;
+use crate::error::{CreateVmError, LoadError};
+use crate::guests::{self, GuestImage, GuestParams};
+use crate::machine::{BootMachineError, Limits, Machine};
+use crate::memory::SlotKind;
+use crate::vm::{Vm, VmConfig};
+
+/// Which guest to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestSpec {
+    /// A built-in guest.
+    Builtin {
+        /// Name.
+        name: String,
+        /// `--iterations`.
+        iterations: Option<u64>,
+    },
+    /// A flat binary.
+    Image {
+        /// File.
+        path: PathBuf,
+        /// Load address.
+        load_addr: u64,
+        /// Entry point.
+        entry: u64,
+        /// CPU mode.
+        mode: BootMode,
+    },
+    /// A firmware ROM started at the reset vector.
+    Firmware {
+        /// ROM file.
+        path: PathBuf,
+    },
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The guest.
+    pub guest: GuestSpec,
+    /// Guest memory in bytes.
+    pub mem_bytes: u64,
+    /// CPUID profile.
+    pub cpuid: CpuidProfile,
+    /// Limits.
+    pub limits: Limits,
+    /// Dirty logging (checkpoints).
+    pub dirty_log: bool,
+}
+
+/// A problem with the configuration, found before KVM is touched (CLI exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The guest image is unusable.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The memory size is unusable.
+    #[error("{0}")]
+    Memory(String),
+    /// The firmware is unusable.
+    #[error("{0}")]
+    Firmware(String),
+}
+
+/// Building the machine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KVM or memory set-up failed.
+    #[error(transparent)]
+    Vm(#[from] CreateVmError),
+    /// Loading or starting the guest failed.
+    #[error(transparent)]
+    Boot(#[from] BootMachineError),
+}
+
+/// The host's total memory in bytes (`MemTotal` of `/proc/meminfo`).
+pub fn host_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Largest firmware image accepted.
+pub const MAX_ROM: u64 = 16 << 20;
+
+/// What a validated configuration will load.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// An image to boot.
+    Image(GuestImage),
+    /// Firmware bytes.
+    Firmware(Vec<u8>),
+}
+
+impl SessionConfig {
+    /// Checks memory size and guest placement and assembles/reads the guest, without
+    /// touching KVM.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the problem.
+    pub fn prepare(&self) -> Result<Prepared, ConfigError> {
+        if self.mem_bytes < (2 << 20) || self.mem_bytes % crate::memory::PAGE_SIZE != 0 {
+            return Err(ConfigError::Memory(format!(
+                "guest memory must be a whole number of MiB, at least 2 MiB (got {} bytes)",
+                self.mem_bytes
+            )));
+        }
+        if let Some(host) = host_memory() {
+            if self.mem_bytes > host {
+                return Err(ConfigError::Memory(format!(
+                    "guest memory of {} MiB exceeds this host's {} MiB",
+                    self.mem_bytes >> 20,
+                    host >> 20
+                )));
+            }
+        }
+        if self.mem_bytes > crate::boot::MAX_PD << 30 {
+            return Err(ConfigError::Memory(format!(
+                "guest memory above {} GiB is not supported",
+                crate::boot::MAX_PD
+            )));
+        }
+        let ram: Vec<(u64, u64)> = Vm::layout(&self.vm_config(None))
+            .iter()
+            .filter(|s| s.kind == SlotKind::Ram)
+            .map(|s| (s.gpa, s.gpa + s.size))
+            .collect();
+        match &self.guest {
+            GuestSpec::Builtin { name, iterations } => {
+                let img = guests::builtin(
+                    name,
+                    &GuestParams { iterations: *iterations, mem_bytes: self.mem_bytes },
+                )?;
+                guests::check_placement(&img, &ram)?;
+                if name == "memory-churn" && self.mem_bytes <= guests::CHURN_START {
+                    return Err(ConfigError::Memory(format!(
+                        "memory-churn needs more than {} MiB of memory",
+                        guests::CHURN_START >> 20
+                    )));
+                }
+                Ok(Prepared::Image(img))
+            }
+            GuestSpec::Image { path, load_addr, entry, mode } => {
+                let img = guests::from_file(path, *load_addr, *entry, *mode)?;
+                guests::check_placement(&img, &ram)?;
+                Ok(Prepared::Image(img))
+            }
+            GuestSpec::Firmware { path } => {
+                let bytes =
+                    std::fs::read(path).map_err(|source| LoadError::Read { path: path.clone(), source })?;
+                let len = bytes.len() as u64;
+                if len % 0x1000 != 0 || !(128 << 10..=MAX_ROM).contains(&len) {
+                    return Err(ConfigError::Firmware(format!(
+                        "firmware {} is {len} bytes: it must be a multiple of 4 KiB, from 128 KiB to {} MiB",
+                        path.display(),
+                        MAX_ROM >> 20
+                    )));
+                }
+                if self.mem_bytes < (4 << 20) {
+                    return Err(ConfigError::Memory("firmware needs at least 4 MiB of memory".into()));
+                }
+                Ok(Prepared::Firmware(bytes))
+            }
+        }
+    }
+
+    /// The VM configuration (`rom_size` for firmware).
+    pub fn vm_config(&self, rom_size: Option<u64>) -> VmConfig {
+        VmConfig { mem_bytes: self.mem_bytes, cpuid: self.cpuid, dirty_log: self.dirty_log, rom_size }
+    }
+
+    /// Validates, creates the VM and boots the guest.
+    ///
+    /// # Errors
+    /// Configuration problems first (before KVM), then KVM and boot failures.
+    pub fn build(&self, serial: Console, debugcon: Console) -> Result<Machine, SessionError> {
+        let prepared = self.prepare()?;
+        let rom_size = match &prepared {
+            Prepared::Firmware(b) => Some(b.len() as u64),
+            Prepared::Image(_) => None,
+        };
+        let vm = Vm::new(self.vm_config(rom_size))?;
+        let mut m = match &prepared {
+            Prepared::Firmware(rom) => {
+                let bus = crate::firmware::bus(&serial, &debugcon, self.mem_bytes);
+                let m = Machine::with_bus(vm, bus, serial, debugcon)?;
+                crate::firmware::load(&m.vm.memory, rom).map_err(BootMachineError::Load)?;
+                m
+            }
+            Prepared::Image(img) => {
+                let mut m = Machine::new(vm, serial, debugcon)?;
+                m.boot(img)?;
+                m
+            }
+        };
+        m.limits = self.limits;
+        Ok(m)
+    }
+
+    /// Annotations describing this run: how to rebuild it (`vmrr.*` keys, read by replay)
+    /// and where it ran (`host.*`, `kvm.*`).
+    pub fn annotations(&self, vm: &Vm) -> Vec<(String, String)> {
+        let mut a: Vec<(String, String)> = Vec::new();
+        let mut put = |k: &str, v: String| a.push((k.to_string(), v));
+        put("vmrr.version", env!("CARGO_PKG_VERSION").to_string());
+        put("vmrr.command_line", std::env::args().collect::<Vec<_>>().join(" "));
+        put("vmrr.mem_bytes", self.mem_bytes.to_string());
+        put("vmrr.cpuid", self.cpuid.name().to_string());
+        match &self.guest {
+            GuestSpec::Builtin { name, iterations } => {
+                put("vmrr.guest", name.clone());
+                if let Some(n) = iterations {
+                    put("vmrr.iterations", n.to_string());
+                }
+            }
+            GuestSpec::Image { path, load_addr, entry, mode } => {
+                put("vmrr.image", path.display().to_string());
+                put("vmrr.load_addr", format!("{load_addr:#x}"));
+                put("vmrr.entry", format!("{entry:#x}"));
+                put(
+                    "vmrr.mode",
+                    match mode {
+                        BootMode::Real => "real".into(),
+                        BootMode::Long { ring } => format!("long{ring}"),
+                    },
+                );
+            }
+            GuestSpec::Firmware { path } => put("vmrr.firmware", path.display().to_string()),
+        }
+        let slots: Vec<String> = vm
+            .memory
+            .slots()
+            .iter()
+            .map(|s| format!("{}:{:#x}+{:#x}:{:?}", s.id, s.spec.gpa, s.spec.size, s.spec.kind))
+            .collect();
+        put("vmrr.slots", slots.join(" "));
+        put("host.kernel", read_trim("/proc/sys/kernel/osrelease"));
+        put("host.cpu", cpu_model());
+        put("kvm.caps", vm.caps.describe());
+        put(
+            "kvm.memory_ioctl",
+            if vm.memory.uses_region2() {
+                "KVM_SET_USER_MEMORY_REGION2"
+            } else {
+                "KVM_SET_USER_MEMORY_REGION"
+            }
+            .into(),
+        );
+        if let Ok(f) = crate::probe::host_facts() {
+            put("kvm.rip_after_io", f.rip.io_after.to_string());
+            put("kvm.rip_after_mmio", f.rip.mmio_after.to_string());
+            put("kvm.cpuid_enforced", f.cpuid_enforced.to_string());
+        }
+        a
+    }
+}
+
+fn read_trim(p: &str) -> String {
+    std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// The host CPU model name.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Parses a `vmrr.*` annotation set back into a configuration (replay rebuilds the
+/// machine with it).
+pub fn from_annotations(a: &[(String, String)]) -> Option<SessionConfig> {
+    let get = |k: &str| a.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let num = |s: &str| -> Option<u64> {
+        match s.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).ok(),
+            None => s.parse().ok(),
+        }
+    };
+    let mem_bytes = num(get("vmrr.mem_bytes")?)?;
+    let cpuid = CpuidProfile::parse(get("vmrr.cpuid").unwrap_or("deterministic"))?;
+    let guest = if let Some(name) = get("vmrr.guest") {
+        GuestSpec::Builtin { name: name.to_string(), iterations: get("vmrr.iterations").and_then(num) }
+    } else if let Some(path) = get("vmrr.image") {
+        let mode = match get("vmrr.mode")? {
+            "real" => BootMode::Real,
+            "long0" => BootMode::Long { ring: 0 },
+            "long3" => BootMode::Long { ring: 3 },
+            _ => return None,
+        };
+        GuestSpec::Image {
+            path: PathBuf::from(path),
+            load_addr: num(get("vmrr.load_addr")?)?,
+            entry: num(get("vmrr.entry")?)?,
+            mode,
+        }
+    } else {
+        GuestSpec::Firmware { path: PathBuf::from(get("vmrr.firmware")?) }
+    };
+    Some(SessionConfig { guest, mem_bytes, cpuid, limits: Limits::default(), dirty_log: false })
+}

@@ -1,0 +1,250 @@
+//! `vmrr record`: run a guest on KVM and record every exit.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vmrr_engine::Recorder;
+use vmrr_engine::boot::BootMode;
+use vmrr_engine::cpuid::{self, CpuidProfile};
+use vmrr_engine::devices::console::Console;
+use vmrr_engine::machine::{Limits, RunSummary};
+use vmrr_engine::session::{GuestSpec, SessionConfig};
+use vmrr_format::{SyncMode, TraceWriter, WriterOptions};
+
+use super::print_json;
+use crate::exit::{CliError, CliResult, GUEST_FATAL};
+
+/// `vmrr record` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RecordArgs {
+    /// A built-in guest (see `vmrr guests`).
+    #[arg(long, conflicts_with_all = ["image", "firmware"])]
+    pub guest: Option<String>,
+    /// A flat binary image to run.
+    #[arg(long, conflicts_with = "firmware", requires_all = ["load_addr", "entry", "mode"])]
+    pub image: Option<PathBuf>,
+    /// Guest-physical load address of `--image` (hex with 0x, or decimal).
+    #[arg(long, value_parser = parse_u64)]
+    pub load_addr: Option<u64>,
+    /// Entry point of `--image`.
+    #[arg(long, value_parser = parse_u64)]
+    pub entry: Option<u64>,
+    /// CPU mode of `--image`: real or long.
+    #[arg(long, value_parser = ["real", "long"])]
+    pub mode: Option<String>,
+    /// Privilege level for `--mode long`: 0 or 3.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
+    pub ring: u8,
+    /// A BIOS ROM (e.g. /usr/share/seabios/bios.bin) started at the reset vector.
+    #[arg(long)]
+    pub firmware: Option<PathBuf>,
+    /// Trace file to write.
+    #[arg(long, short, required_unless_present = "no_trace")]
+    pub out: Option<PathBuf>,
+    /// Run without recording (the benchmark baseline).
+    #[arg(long, conflicts_with = "out")]
+    pub no_trace: bool,
+    /// Iterations for guests that take them.
+    #[arg(long)]
+    pub iterations: Option<u64>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub mem_mib: u64,
+    /// CPUID profile: deterministic (default) or host (warns: replay may diverge).
+    #[arg(long, default_value = "deterministic", value_parser = ["deterministic", "host"])]
+    pub cpuid: String,
+    /// End the run after this many exits.
+    #[arg(long)]
+    pub max_exits: Option<u64>,
+    /// End the run after this many seconds.
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    /// Serial console output: `-` (stdout), `none`, or a file.
+    #[arg(long, default_value = "-")]
+    pub serial: String,
+    /// Debug console (port 0x402) output: `-` (stderr), `none` (default), or a file.
+    #[arg(long, default_value = "none")]
+    pub debugcon: String,
+    /// zstd level for trace chunks.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(-7..=19))]
+    pub zstd_level: i32,
+    /// Store chunks uncompressed.
+    #[arg(long)]
+    pub no_compress: bool,
+    /// Durability: always (every record synced), chunk (default), never (until the end).
+    #[arg(long, default_value = "chunk", value_parser = ["always", "chunk", "never"])]
+    pub sync: String,
+    /// Print the run summary as JSON on stdout (the serial console then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `0x`-prefixed hex or decimal.
+pub fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("{s}: {e}"))
+}
+
+fn console(spec: &str, default_stderr: bool) -> Result<Console, CliError> {
+    Ok(match spec {
+        "none" => Console::capture_only(),
+        "-" if default_stderr => Console::with_output(Box::new(std::io::stderr())),
+        "-" => Console::with_output(Box::new(std::io::stdout())),
+        path => {
+            let f = File::create(path)
+                .map_err(|source| CliError::Output { context: format!("creating {path}"), source })?;
+            Console::with_output(Box::new(std::io::BufWriter::new(f)))
+        }
+    })
+}
+
+impl RecordArgs {
+    /// The session this asks for.
+    ///
+    /// # Errors
+    /// Usage errors.
+    pub fn session(&self) -> Result<SessionConfig, CliError> {
+        let guest = match (&self.guest, &self.image, &self.firmware) {
+            (Some(name), None, None) => {
+                GuestSpec::Builtin { name: name.clone(), iterations: self.iterations }
+            }
+            (None, Some(path), None) => {
+                let mode = match self.mode.as_deref() {
+                    Some("real") => BootMode::Real,
+                    _ => BootMode::Long { ring: self.ring },
+                };
+                if self.ring != 0 && self.ring != 3 {
+                    return Err(CliError::Usage("--ring must be 0 or 3".into()));
+                }
+                GuestSpec::Image {
+                    path: path.clone(),
+                    load_addr: self.load_addr.unwrap_or(0),
+                    entry: self.entry.unwrap_or(0),
+                    mode,
+                }
+            }
+            (None, None, Some(path)) => GuestSpec::Firmware { path: path.clone() },
+            _ => return Err(CliError::Usage("give one of --guest, --image or --firmware".into())),
+        };
+        let mem_bytes = self
+            .mem_mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| CliError::Usage(format!("--mem-mib {} is too large", self.mem_mib)))?;
+        let max_duration = match self.max_seconds {
+            Some(s) if !(s > 0.0 && s.is_finite()) => {
+                return Err(CliError::Usage(format!("--max-seconds {s} must be positive")));
+            }
+            Some(s) => Some(Duration::from_secs_f64(s)),
+            None => None,
+        };
+        Ok(SessionConfig {
+            guest,
+            mem_bytes,
+            cpuid: CpuidProfile::parse(&self.cpuid).unwrap_or_default(),
+            limits: Limits { max_exits: self.max_exits, max_duration },
+            dirty_log: false,
+        })
+    }
+
+    /// Writer options.
+    pub fn writer_options(&self) -> WriterOptions {
+        WriterOptions {
+            zstd_level: (!self.no_compress).then_some(self.zstd_level),
+            sync: SyncMode::parse(&self.sync).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Runs `vmrr record`.
+pub fn run(args: &RecordArgs) -> CliResult {
+    let cfg = args.session()?;
+    // Configuration problems (missing image, memory too large, bad placement) are found
+    // here, before the output file is created and before KVM is touched.
+    cfg.prepare().map_err(|e| CliError::Session(e.into()))?;
+    let serial = console(&args.serial, args.json)?;
+    let debugcon = console(&args.debugcon, true)?;
+    if cfg.cpuid == CpuidProfile::Host {
+        eprintln!("vmrr: warning: --cpuid host exposes TSC, RDRAND and RDSEED: replay may diverge");
+    }
+    let writer = match (&args.out, args.no_trace) {
+        (Some(path), false) => Some(TraceWriter::create(path, args.writer_options())?),
+        _ => None,
+    };
+    let mut m = cfg.build(serial.clone(), debugcon.clone())?;
+    for n in &m.vm.notes {
+        eprintln!("vmrr: note: {n}");
+    }
+    if let Some(w) = writer {
+        let mut rec = Recorder::new(&m.vm.kvm, &m.vm.vcpu, 0, w)?;
+        for (k, v) in cfg.annotations(&m.vm) {
+            rec.annotate(&k, &v)?;
+        }
+        rec.record_cpuid(&cpuid::to_format(&m.vm.cpuid))?;
+        m.recorder = Some(rec);
+    }
+    let summary = m.run()?;
+    let trace = match m.recorder.take() {
+        Some(rec) => Some(rec.finish(summary.outcome.end_reason(), summary.outcome.status())?),
+        None => None,
+    };
+    report(args, &summary, trace.as_ref());
+    if summary.outcome.is_fatal() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
+}
+
+fn report(args: &RecordArgs, s: &RunSummary, trace: Option<&vmrr_format::WriterSummary>) {
+    let secs = s.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { s.exits as f64 / secs } else { 0.0 };
+    if let Some(r) = s.outcome.report() {
+        eprintln!("vmrr: the guest failed: {}", s.outcome.name());
+        for line in r.to_string().lines() {
+            eprintln!("  {line}");
+        }
+    }
+    if args.json {
+        let v = serde_json::json!({
+            "outcome": s.outcome.name(),
+            "status": s.outcome.status(),
+            "exits": s.exits,
+            "interrupts": s.interrupts,
+            "seconds": secs,
+            "exits_per_s": rate,
+            "trace": trace.map(|t| serde_json::json!({
+                "file": args.out.as_ref().map(|p| p.display().to_string()),
+                "records": t.records, "chunks": t.chunks, "raw_bytes": t.raw_bytes,
+                "stored_bytes": t.stored_bytes, "file_bytes": t.file_bytes })),
+            "emulation_failure": s.outcome.report().map(|r| serde_json::json!({
+                "rip": r.rip, "insn_bytes": vmrr_engine::machine::hex(&r.insn_bytes[..r.insn_len.unwrap_or(r.insn_bytes.len()).min(r.insn_bytes.len())]),
+                "disassembly": r.disassembly })),
+        });
+        let _ = print_json(&v);
+    } else {
+        let mut line = format!(
+            "vmrr: {} after {} exits ({} interrupts) in {:.3} s ({:.0} exits/s)",
+            s.outcome.name(),
+            s.exits,
+            s.interrupts,
+            secs,
+            rate
+        );
+        if let vmrr_engine::machine::Outcome::GuestExit(st) = s.outcome {
+            line.push_str(&format!(", guest status {st}"));
+        }
+        if let (Some(t), Some(p)) = (trace, &args.out) {
+            line.push_str(&format!(
+                "; trace {}: {} records, {} bytes ({:.2} bytes/exit)",
+                p.display(),
+                t.records,
+                t.file_bytes,
+                t.stored_bytes as f64 / s.exits.max(1) as f64
+            ));
+        }
+        eprintln!("{line}");
+    }
+    let _ = std::io::stderr().flush();
+}
