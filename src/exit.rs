@@ -120,7 +120,7 @@ fn session_code(e: &vmrr_engine::session::SessionError) -> u8 {
 fn run_code(e: &vmrr_engine::error::RunError) -> u8 {
     use vmrr_engine::error::RunError;
     match e {
-        RunError::Trace(_) | RunError::Output(_) => OUTPUT,
+        RunError::Trace(_) | RunError::Output(_) | RunError::Snapshot(_) => OUTPUT,
         RunError::Kvm { .. } => KVM_MISSING,
         RunError::Os { .. } => INTERNAL,
     }

@@ -92,6 +92,9 @@ pub enum RunError {
     /// The trace could not be written (a full disk shows up here).
     #[error("cannot record")]
     Trace(#[source] vmrr_format::WriteError),
+    /// A checkpoint could not be taken.
+    #[error("cannot take a checkpoint")]
+    Snapshot(#[source] Box<crate::snapshot::SnapshotError>),
     /// A device's output (the serial console file) could not be written.
     #[error("cannot write device output")]
     Output(#[source] std::io::Error),

@@ -27,6 +27,7 @@
 
 pub mod boot;
 pub mod caps;
+pub mod checkpoint;
 pub mod cpuid;
 pub mod devices;
 pub mod disasm;
@@ -36,11 +37,14 @@ pub mod firmware;
 pub mod guests;
 pub mod machine;
 pub mod memory;
+pub mod persist;
 pub mod probe;
 pub mod recorder;
 pub mod session;
+pub mod snapshot;
 mod sys;
 pub mod testing;
+pub mod vcpu_state;
 pub mod vm;
 pub mod watchdog;
 

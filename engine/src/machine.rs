@@ -228,6 +228,8 @@ pub struct Machine {
     pub recorder: Option<Recorder>,
     /// Limits.
     pub limits: Limits,
+    /// The snapshot directory this machine was restored from, if any.
+    pub origin: Option<std::path::PathBuf>,
     run_view: RunMap,
     exits: u64,
     interrupts: u64,
@@ -293,6 +295,7 @@ impl Machine {
             debugcon,
             recorder: None,
             limits: Limits::default(),
+            origin: None,
             run_view,
             exits: 0,
             interrupts: 0,
@@ -318,6 +321,38 @@ impl Machine {
     /// Exits handled so far.
     pub fn exits(&self) -> u64 {
         self.exits
+    }
+
+    /// Interrupts injected so far.
+    pub fn interrupts(&self) -> u64 {
+        self.interrupts
+    }
+
+    /// Sets the exit and interrupt counters (restore).
+    pub fn set_counters(&mut self, exits: u64, interrupts: u64) {
+        self.exits = exits;
+        self.interrupts = interrupts;
+    }
+
+    /// Lets KVM finish the instruction the vCPU last exited for (an IN's RAX, an MMIO
+    /// read's destination, RIP past an OUT) without entering the guest: `KVM_RUN` with
+    /// `immediate_exit` set returns `EINTR` right after completing it. Needed before
+    /// reading vCPU state at an exit. Does nothing before the first run.
+    ///
+    /// # Errors
+    /// `KVM_RUN` failing with something other than `EINTR`.
+    pub fn complete_pending_io(&mut self) -> Result<(), kvm_ioctls::Error> {
+        if self.exits == 0 {
+            return Ok(());
+        }
+        self.vm.vcpu.set_kvm_immediate_exit(1);
+        let r = self.vm.vcpu.run().map(|_| ());
+        self.vm.vcpu.set_kvm_immediate_exit(0);
+        match r {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(e),
+            Ok(()) => Ok(()),
+        }
     }
 
     /// A handle that stops the run from another thread (valid once `run` started).

@@ -56,6 +56,8 @@ pub struct Slot {
     pub flags: u32,
     /// Backing file (a memfd, or a snapshot file mapped privately).
     pub file: Arc<File>,
+    /// How the backing is mapped.
+    pub mapping: Mapping,
     /// The host mapping.
     pub region: Arc<GuestRegionMmap>,
 }
@@ -173,7 +175,7 @@ impl GuestMemory {
             let region = Arc::new(map_file(&file, spec.gpa, spec.size, mapping, false)?);
             let flags = if spec.kind == SlotKind::Rom { KVM_MEM_READONLY } else { 0 };
             regions.push(Arc::clone(&region));
-            slots.push(Slot { id: u32::try_from(i).unwrap_or(u32::MAX), spec, flags, file, region });
+            slots.push(Slot { id: u32::try_from(i).unwrap_or(u32::MAX), spec, flags, file, mapping, region });
         }
         let mem = GuestMemoryMmap::from_arc_regions(regions)
             .map_err(|e| CreateVmError::Config(format!("invalid memory layout: {e}")))?;

@@ -1,6 +1,10 @@
 //! The device bus: maps port and MMIO ranges to devices and dispatches accesses.
 
+use serde::{Deserialize, Serialize};
+
+use super::console::Console;
 use super::{Clock, Interrupts, StopRequest};
+use crate::persist::{DeviceRestoreError, DeviceState, Persist};
 
 /// What a device may touch while handling an access.
 pub struct DeviceCtx<'a> {
@@ -26,6 +30,8 @@ pub trait Device: Send {
     fn deadline(&self) -> Option<u64>;
     /// Runs at the first exit at or after `deadline()`.
     fn tick(&mut self, now: u64, ctx: &mut DeviceCtx<'_>);
+    /// The device's state for a snapshot (see [`crate::persist`]); `now` is the host clock.
+    fn save(&self, now: u64) -> crate::persist::DeviceState;
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -206,5 +212,118 @@ impl Bus {
     /// Names of the devices, in the order they were added.
     pub fn device_names(&self) -> Vec<&'static str> {
         self.devices.iter().map(|d| d.name()).collect()
+    }
+}
+
+/// Where one device sits and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEntry {
+    /// The device's state.
+    pub state: DeviceState,
+    /// Port ranges `(base, len, origin)`.
+    pub pio: Vec<(u64, u64, u64)>,
+    /// MMIO ranges `(base, len, origin)`.
+    pub mmio: Vec<(u64, u64, u64)>,
+}
+
+/// The whole bus: devices, their placement, and pending interrupts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusState {
+    /// Devices in bus order.
+    pub devices: Vec<DeviceEntry>,
+    /// Pending direct vectors.
+    pub pending_vectors: [u64; 4],
+    /// The 8259 pair.
+    pub pic: super::pic::Pic,
+}
+
+/// The live resources a restored bus needs.
+#[derive(Debug, Clone)]
+pub struct BusArgs {
+    /// Serial console output.
+    pub serial: Console,
+    /// Debug console output.
+    pub debugcon: Console,
+}
+
+/// Largest number of devices a bus state may describe.
+pub const MAX_DEVICES: usize = 64;
+
+impl Persist for Bus {
+    type State = BusState;
+    type ConstructorArgs = BusArgs;
+    type Error = DeviceRestoreError;
+
+    fn save(&self, now: u64) -> BusState {
+        let ranges = |v: &[Range], d: usize| -> Vec<(u64, u64, u64)> {
+            v.iter().filter(|r| r.dev == d).map(|r| (r.base, r.len, r.origin)).collect()
+        };
+        BusState {
+            devices: self
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| DeviceEntry {
+                    state: d.save(now),
+                    pio: ranges(&self.pio, i),
+                    mmio: ranges(&self.mmio, i),
+                })
+                .collect(),
+            pending_vectors: self.irq.bitmap(),
+            pic: *self.irq.pic(),
+        }
+    }
+
+    fn restore(args: BusArgs, state: &BusState, now: u64) -> Result<Self, DeviceRestoreError> {
+        use super::{cmos, debug_exit, entropy, pci, pic, pit, serial, sink, timer};
+        if state.devices.len() > MAX_DEVICES {
+            return Err(DeviceRestoreError::Invalid {
+                device: "bus",
+                field: "device count",
+                value: state.devices.len() as u64,
+            });
+        }
+        let mut bus = Bus::new();
+        for (i, e) in state.devices.iter().enumerate() {
+            let dev: Box<dyn Device> = match &e.state {
+                DeviceState::Serial(s) => Box::new(serial::Serial::restore(args.serial.clone(), s, now)?),
+                DeviceState::DebugCon => Box::new(serial::DebugCon::new(args.debugcon.clone())),
+                DeviceState::DebugExit => Box::new(debug_exit::DebugExit),
+                DeviceState::Sink(s) => Box::new(sink::Sink::restore((), s, now)?),
+                DeviceState::Entropy => Box::new(entropy::Entropy::default()),
+                DeviceState::Clock(s) => Box::new(entropy::ClockPort::restore((), s, now)?),
+                DeviceState::Timer(s) => Box::new(timer::Timer::restore((), s, now)?),
+                DeviceState::Pit(s) => Box::new(pit::Pit::restore((), s, now)?),
+                DeviceState::PicPorts => Box::new(pic::PicPorts),
+                DeviceState::Cmos(s) => Box::new(cmos::Cmos::restore((), s, now)?),
+                DeviceState::PciConfig(a) => Box::new(pci::PciConfig { address: *a }),
+            };
+            bus.devices.push(dev);
+            for &(base, len, origin) in &e.pio {
+                if base > 0xffff || len == 0 || len > 0x1_0000 - base {
+                    return Err(DeviceRestoreError::Invalid {
+                        device: "bus",
+                        field: "port range",
+                        value: base,
+                    });
+                }
+                bus.pio.push(Range { base, len, dev: i, origin });
+            }
+            for &(base, len, origin) in &e.mmio {
+                if len == 0 || base.checked_add(len).is_none() {
+                    return Err(DeviceRestoreError::Invalid {
+                        device: "bus",
+                        field: "mmio range",
+                        value: base,
+                    });
+                }
+                bus.mmio.push(Range { base, len, dev: i, origin });
+            }
+        }
+        bus.irq.set_bitmap(state.pending_vectors);
+        bus.irq.set_pic(state.pic);
+        bus.clock = Clock::default();
+        bus.refresh_deadline();
+        Ok(bus)
     }
 }

@@ -92,6 +92,9 @@ impl Device for Cmos {
     fn name(&self) -> &'static str {
         "cmos"
     }
+    fn save(&self, now: u64) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::Cmos(crate::persist::Persist::save(self, now))
+    }
     fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>) {
         let v = if offset == 0 {
             0xff
@@ -125,6 +128,25 @@ impl Device for Cmos {
         None
     }
     fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
+}
+
+impl crate::persist::Persist for Cmos {
+    type State = CmosState;
+    type ConstructorArgs = ();
+    type Error = crate::persist::DeviceRestoreError;
+    fn save(&self, _now: u64) -> CmosState {
+        self.state.clone()
+    }
+    fn restore(_: (), s: &CmosState, _now: u64) -> Result<Self, Self::Error> {
+        if s.ram.len() != 128 {
+            return Err(crate::persist::DeviceRestoreError::Invalid {
+                device: "cmos",
+                field: "nvram length",
+                value: s.ram.len() as u64,
+            });
+        }
+        Ok(Cmos { state: s.clone() })
+    }
 }
 
 #[cfg(test)]

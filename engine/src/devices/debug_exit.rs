@@ -10,6 +10,9 @@ impl Device for DebugExit {
     fn name(&self) -> &'static str {
         "debug-exit"
     }
+    fn save(&self, _now: u64) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::DebugExit
+    }
     fn read(&mut self, _offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
         data.fill(0);
     }

@@ -21,6 +21,9 @@ impl Device for Entropy {
     fn name(&self) -> &'static str {
         "entropy"
     }
+    fn save(&self, _now: u64) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::Entropy
+    }
     fn read(&mut self, _offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>) {
         let ok = self.urandom.as_mut().is_some_and(|f| f.read_exact(data).is_ok());
         if !ok {
@@ -49,9 +52,31 @@ pub struct ClockPort {
     latched_high: u32,
 }
 
+/// Clock port state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClockState {
+    /// The latched high half.
+    pub latched_high: u32,
+}
+
+impl crate::persist::Persist for ClockPort {
+    type State = ClockState;
+    type ConstructorArgs = ();
+    type Error = crate::persist::DeviceRestoreError;
+    fn save(&self, _now: u64) -> ClockState {
+        ClockState { latched_high: self.latched_high }
+    }
+    fn restore(_: (), s: &ClockState, _now: u64) -> Result<Self, Self::Error> {
+        Ok(ClockPort { latched_high: s.latched_high })
+    }
+}
+
 impl Device for ClockPort {
     fn name(&self) -> &'static str {
         "clock"
+    }
+    fn save(&self, now: u64) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::Clock(crate::persist::Persist::save(self, now))
     }
     fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>) {
         let v = if offset < 4 {

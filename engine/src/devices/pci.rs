@@ -14,6 +14,9 @@ impl Device for PciConfig {
     fn name(&self) -> &'static str {
         "pci-config"
     }
+    fn save(&self, _now: u64) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::PciConfig(self.address)
+    }
     fn read(&mut self, offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
         if offset < 4 && data.len() == 4 {
             data.copy_from_slice(&self.address.to_le_bytes());

@@ -177,6 +177,9 @@ impl Device for PicPorts {
     fn name(&self) -> &'static str {
         "pic"
     }
+    fn save(&self, _now: u64) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::PicPorts
+    }
     fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>) {
         let pic = ctx.irq.pic_mut();
         let v = match offset {

@@ -224,6 +224,9 @@ impl Device for Pit {
     fn name(&self) -> &'static str {
         "pit"
     }
+    fn save(&self, now: u64) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::Pit(crate::persist::Persist::save(self, now))
+    }
 
     fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>) {
         let now = ctx.clock.now_ns();
@@ -272,6 +275,37 @@ impl Device for Pit {
             ctx.irq.raise_irq(0);
             self.state.irq0_at = self.state.channels[0].next_edge(now);
         }
+    }
+}
+
+impl crate::persist::Persist for Pit {
+    type State = PitState;
+    type ConstructorArgs = ();
+    type Error = crate::persist::DeviceRestoreError;
+    fn save(&self, now: u64) -> PitState {
+        use crate::persist::to_relative;
+        let mut s = self.state;
+        for c in &mut s.channels {
+            c.start_ns = c.start_ns.map(|t| to_relative(t, now));
+        }
+        s.irq0_at = s.irq0_at.map(|t| to_relative(t, now));
+        s
+    }
+    fn restore(_: (), s: &PitState, now: u64) -> Result<Self, Self::Error> {
+        use crate::persist::to_absolute;
+        let mut state = *s;
+        for (i, c) in state.channels.iter_mut().enumerate() {
+            if c.mode > 5 || c.access > 3 {
+                return Err(crate::persist::DeviceRestoreError::Invalid {
+                    device: "pit",
+                    field: "channel mode",
+                    value: i as u64,
+                });
+            }
+            c.start_ns = c.start_ns.map(|t| to_absolute(t, now));
+        }
+        state.irq0_at = state.irq0_at.map(|t| to_absolute(t, now));
+        Ok(Pit { state })
     }
 }
 

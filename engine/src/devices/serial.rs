@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::console::Console;
 use super::{Device, DeviceCtx};
+use crate::persist::{DeviceRestoreError, Persist};
 
 /// The UART's registers (its snapshot state).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +43,9 @@ impl Serial {
 impl Device for Serial {
     fn name(&self) -> &'static str {
         "serial"
+    }
+    fn save(&self, now: u64) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::Serial(Persist::save(self, now))
     }
 
     fn read(&mut self, offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
@@ -108,6 +112,9 @@ impl Device for DebugCon {
     fn name(&self) -> &'static str {
         "debugcon"
     }
+    fn save(&self, _now: u64) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::DebugCon
+    }
     fn read(&mut self, _offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
         // QEMU answers 0xe9 so guests can detect the port.
         data.fill(0);
@@ -124,4 +131,16 @@ impl Device for DebugCon {
         None
     }
     fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
+}
+
+impl Persist for Serial {
+    type State = SerialState;
+    type ConstructorArgs = Console;
+    type Error = DeviceRestoreError;
+    fn save(&self, _now: u64) -> SerialState {
+        self.state
+    }
+    fn restore(console: Console, state: &SerialState, _now: u64) -> Result<Self, DeviceRestoreError> {
+        Ok(Serial { state: *state, console })
+    }
 }

@@ -13,6 +13,41 @@ pub struct Sink {
     echo: bool,
 }
 
+/// Names a sink may have (a snapshot names its sinks by these).
+pub const SINK_NAMES: &[&str] = &["post", "storm", "mmio-sink", "port92"];
+
+/// Sink state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SinkState {
+    /// Name (one of [`SINK_NAMES`]).
+    pub name: String,
+    /// Writes seen.
+    pub writes: u64,
+    /// Last byte written.
+    pub last: u8,
+    /// Reads return the last byte.
+    pub echo: bool,
+}
+
+impl crate::persist::Persist for Sink {
+    type State = SinkState;
+    type ConstructorArgs = ();
+    type Error = crate::persist::DeviceRestoreError;
+    fn save(&self, _now: u64) -> SinkState {
+        SinkState { name: self.name.to_string(), writes: self.writes, last: self.last, echo: self.echo }
+    }
+    fn restore(_: (), s: &SinkState, _now: u64) -> Result<Self, Self::Error> {
+        let name = SINK_NAMES.iter().copied().find(|n| *n == s.name).ok_or(
+            crate::persist::DeviceRestoreError::Invalid {
+                device: "sink",
+                field: "name",
+                value: s.name.len() as u64,
+            },
+        )?;
+        Ok(Sink { name, writes: s.writes, last: s.last, echo: s.echo })
+    }
+}
+
 impl Sink {
     /// A sink whose reads return zero.
     pub fn new(name: &'static str) -> Self {
@@ -27,6 +62,9 @@ impl Sink {
 impl Device for Sink {
     fn name(&self) -> &'static str {
         self.name
+    }
+    fn save(&self, now: u64) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::Sink(crate::persist::Persist::save(self, now))
     }
     fn read(&mut self, _offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
         data.fill(if self.echo { self.last } else { 0 });

@@ -35,6 +35,9 @@ impl Device for Timer {
     fn name(&self) -> &'static str {
         "timer"
     }
+    fn save(&self, now: u64) -> crate::persist::DeviceState {
+        crate::persist::DeviceState::Timer(crate::persist::Persist::save(self, now))
+    }
     fn read(&mut self, offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
         let v = if offset < 4 { self.state.period_us } else { u32::from(self.state.vector) };
         for (d, s) in data.iter_mut().zip(v.to_le_bytes().iter().chain(std::iter::repeat(&0))) {
@@ -70,5 +73,22 @@ impl Device for Timer {
             next = now + period;
         }
         self.state.deadline = Some(next);
+    }
+}
+
+impl crate::persist::Persist for Timer {
+    type State = TimerState;
+    type ConstructorArgs = ();
+    type Error = crate::persist::DeviceRestoreError;
+    fn save(&self, now: u64) -> TimerState {
+        TimerState {
+            deadline: self.state.deadline.map(|d| crate::persist::to_relative(d, now)),
+            ..self.state
+        }
+    }
+    fn restore(_: (), s: &TimerState, now: u64) -> Result<Self, Self::Error> {
+        Ok(Timer {
+            state: TimerState { deadline: s.deadline.map(|d| crate::persist::to_absolute(d, now)), ..*s },
+        })
     }
 }

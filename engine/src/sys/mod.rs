@@ -6,10 +6,14 @@
 //! - [`region`]: registering host memory with KVM (`KVM_SET_USER_MEMORY_REGION2`, or the
 //!   v1 ioctl where the host lacks it).
 //! - [`kick`]: interrupting `KVM_RUN` with a signal (watchdogs).
+//! - [`mm`]: populated ranges of files, copy-on-write overlays, discarding private pages.
+//! - [`vcpu_state`]: the `KVM_SET_XSAVE` wrapper.
 //! - [`vcpu_ioctl`]: vCPU ioctls kvm-ioctls does not wrap on x86 (`KVM_INTERRUPT`).
 
 pub mod kick;
 pub mod memfd;
+pub mod mm;
 pub mod region;
 pub mod run_map;
 pub mod vcpu_ioctl;
+pub mod vcpu_state;

@@ -1,0 +1,114 @@
+//! Checkpoints while running: snapshots taken at exit boundaries, each announced in the
+//! trace by a checkpoint record (snapshot id, the record sequence it follows, exits).
+//!
+//! The first snapshot (id 0, before the first exit) is full; the following ones are
+//! incremental, each holding the pages dirtied since the previous one.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::error::RunError;
+use crate::machine::{ExitHook, Machine};
+use crate::snapshot::{self, CaptureStats, SnapshotError};
+
+/// When to take checkpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Every this many exits.
+    pub every_exits: Option<u64>,
+    /// At the first exit after this much time since the previous checkpoint.
+    pub interval: Option<Duration>,
+}
+
+impl Policy {
+    /// True when no periodic checkpoint is asked for.
+    pub fn is_none(&self) -> bool {
+        self.every_exits.is_none() && self.interval.is_none()
+    }
+}
+
+/// One checkpoint taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Snapshot id.
+    pub id: u64,
+    /// Exits before it.
+    pub exits: u64,
+    /// Last trace record before it.
+    pub exit_seq: Option<u64>,
+    /// Capture statistics.
+    pub stats: CaptureStats,
+}
+
+/// Takes checkpoints into a snapshot directory.
+#[derive(Debug)]
+pub struct Checkpointer {
+    root: PathBuf,
+    policy: Policy,
+    trace_id: [u8; 16],
+    annotations: Vec<(String, String)>,
+    next_id: u64,
+    last_time: Instant,
+    /// Checkpoints taken, in order.
+    pub taken: Vec<Taken>,
+}
+
+impl Checkpointer {
+    /// Checkpoints into `root` (created if needed) for the trace `trace_id`.
+    pub fn new(
+        root: PathBuf,
+        policy: Policy,
+        trace_id: [u8; 16],
+        annotations: Vec<(String, String)>,
+    ) -> Self {
+        Checkpointer {
+            root,
+            policy,
+            trace_id,
+            annotations,
+            next_id: 0,
+            last_time: Instant::now(),
+            taken: Vec::new(),
+        }
+    }
+
+    /// The snapshot directory.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
+    /// Takes the next checkpoint now (the first is full, later ones incremental) and
+    /// records it in the trace when `m` is recording.
+    ///
+    /// # Errors
+    /// Snapshot or trace failures.
+    pub fn checkpoint(&mut self, m: &mut Machine) -> Result<Taken, SnapshotError> {
+        let id = self.next_id;
+        let parent = self.taken.last().map(|t| t.id);
+        let exit_seq = m.recorder.as_ref().and_then(|r| r.next_seq().checked_sub(1));
+        let stats = snapshot::take(m, &self.root, id, parent, self.trace_id, exit_seq, &self.annotations)?;
+        if let Some(rec) = m.recorder.as_mut() {
+            rec.record_checkpoint(id)
+                .map_err(|e| SnapshotError::Unsupported(format!("recording the checkpoint: {e}")))?;
+        }
+        let t = Taken { id, exits: m.exits(), exit_seq, stats };
+        self.taken.push(t);
+        self.next_id += 1;
+        self.last_time = Instant::now();
+        Ok(t)
+    }
+
+    fn due(&self, exits: u64) -> bool {
+        self.policy.every_exits.is_some_and(|n| n > 0 && exits % n == 0)
+            || self.policy.interval.is_some_and(|i| self.last_time.elapsed() >= i)
+    }
+}
+
+impl ExitHook for Checkpointer {
+    fn after_exit(&mut self, m: &mut Machine, exits: u64) -> Result<(), RunError> {
+        if self.due(exits) {
+            self.checkpoint(m).map_err(|e| RunError::Snapshot(Box::new(e)))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! Copy-on-write snapshots of memory slots, vCPU and device state.
+//!
+//! On disk, a trace `run.vmrr` keeps its snapshots in `run.snapshots/`, one directory per
+//! snapshot, `snap-<id>` (six digits):
+//!
+//! ```text
+//! run.snapshots/snap-000000/state.bin     state (see codec): slots, vCPU, devices, chain
+//! run.snapshots/snap-000000/mem-0.raw     slot 0: its bytes at their offsets, sparse
+//! run.snapshots/snap-000003/state.bin     an incremental snapshot: parent 2
+//! run.snapshots/snap-000003/mem-0.raw     only the pages changed since snapshot 2
+//! ```
+//!
+//! - **Capture** writes the first snapshot in full (only populated, non-zero pages; the
+//!   rest stay holes), later ones incrementally: the pages KVM's dirty log reports since
+//!   the parent. The guest is paused only for that: O(dirty pages), not O(memory).
+//! - **Restore** maps each slot's file `MAP_PRIVATE` (and, for an incremental chain, each
+//!   run of changed pages from its snapshot's file over it) and registers it with
+//!   `KVM_SET_USER_MEMORY_REGION2`: no page is read until the guest touches it, writes go
+//!   to private copies, the files are never modified, and any number of VMs can share
+//!   them. Restore time does not grow with memory size.
+//! - **In-place reset** returns a running VM to its snapshot by discarding the private
+//!   copies of the pages dirtied since (one `madvise` per run): O(dirty pages).
+//! - **Atomicity**: a snapshot is written to `snap-<id>.tmp`, every file synced, then
+//!   renamed; a crash leaves no directory that reads as a valid snapshot.
+//!
+//! Every state is validated (framing, CRC, version, slots, sizes, vCPU count, memory cap)
+//! and every memory file checked to be at least as large as its slot before anything is
+//! mapped or reaches KVM.
+
+pub mod codec;
+pub mod state;
+
+mod capture;
+mod restore;
+
+pub use capture::{CaptureStats, take};
+pub use restore::{ResetStats, flatten, load, load_chain, reset, restore};
+pub use state::{SlotState, SnapshotState, VmState};
+
+use std::path::{Path, PathBuf};
+
+/// The name of the state file in a snapshot directory.
+pub const STATE_FILE: &str = "state.bin";
+
+/// The snapshot directory of a trace: `run.vmrr` -> `run.snapshots`.
+pub fn dir_for_trace(trace: &Path) -> PathBuf {
+    trace.with_extension("snapshots")
+}
+
+/// The directory of snapshot `id` under `root`.
+pub fn snapshot_dir(root: &Path, id: u64) -> PathBuf {
+    root.join(format!("snap-{id:06}"))
+}
+
+/// A snapshot read from disk and validated.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its state.
+    pub state: SnapshotState,
+}
+
+/// Snapshot operations failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The state file is unreadable or damaged.
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+    /// The state is inconsistent or hostile.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The snapshot.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A memory file is shorter than its slot (mapping it would fault later).
+    #[error("{path}: memory file of {len} bytes is shorter than its slot of {need} bytes")]
+    ShortFile {
+        /// The file.
+        path: String,
+        /// Its length.
+        len: u64,
+        /// The slot size.
+        need: u64,
+    },
+    /// An OS call on a snapshot file failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Creating the VM failed.
+    #[error(transparent)]
+    Vm(#[from] crate::error::CreateVmError),
+    /// vCPU state could not be saved or restored.
+    #[error(transparent)]
+    Vcpu(#[from] crate::vcpu_state::VcpuStateError),
+    /// Device state could not be restored.
+    #[error(transparent)]
+    Device(#[from] crate::persist::DeviceRestoreError),
+    /// A KVM ioctl failed.
+    #[error("{what} failed")]
+    Kvm {
+        /// The ioctl.
+        what: &'static str,
+        /// Its error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The machine cannot do what was asked.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl SnapshotError {
+    /// True when the cause is damaged or invalid input (CLI exit 3), as opposed to the host.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            SnapshotError::Codec(_)
+                | SnapshotError::Invalid { .. }
+                | SnapshotError::ShortFile { .. }
+                | SnapshotError::Device(_)
+                | SnapshotError::Vcpu(crate::vcpu_state::VcpuStateError::Layout { .. })
+                | SnapshotError::Vcpu(crate::vcpu_state::VcpuStateError::TooMany { .. })
+        )
+    }
+}
+
+pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.display().to_string();
+    move |source| SnapshotError::Io { what, path, source }
+}

@@ -1,0 +1,334 @@
+//! Loading, validating, restoring, resetting and flattening snapshots.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::state::{SlotState, SnapshotState, bitmap_runs};
+use super::{Loaded, STATE_FILE, SnapshotError, codec, io_err, snapshot_dir};
+use crate::cpuid::CpuidProfile;
+use crate::devices::bus::{Bus, BusArgs};
+use crate::devices::console::Console;
+use crate::machine::Machine;
+use crate::memory::{GuestMemory, Mapping, PAGE_SIZE, SlotSpec};
+use crate::persist::Persist;
+use crate::vm::{Vm, VmConfig};
+
+/// Longest parent chain followed.
+pub const MAX_CHAIN: usize = 4096;
+/// Most copy-on-write overlays mapped when restoring a chain; beyond it, changed pages are
+/// copied instead (the kernel limits mappings per process).
+pub const MAX_OVERLAYS: usize = 16_384;
+
+/// Reads and validates the snapshot in `dir`; `max_mem` caps the memory it may ask for.
+///
+/// # Errors
+/// Damaged, hostile or unreadable state.
+pub fn load(dir: &Path, max_mem: u64) -> Result<Loaded, SnapshotError> {
+    let state: SnapshotState = codec::read(&dir.join(STATE_FILE))?;
+    state.validate(max_mem).map_err(|e| SnapshotError::Invalid {
+        path: dir.join(STATE_FILE).display().to_string(),
+        reason: e.0,
+    })?;
+    Ok(Loaded { dir: dir.to_path_buf(), state })
+}
+
+/// Loads `dir` and its parents (siblings `snap-<parent>`), oldest (full) first. Checks the
+/// chain: same trace, same slot layout, no cycles, and every memory file present and at
+/// least as large as its slot.
+///
+/// # Errors
+/// As for [`load`], and chain or file problems.
+pub fn load_chain(dir: &Path, max_mem: u64) -> Result<Vec<Loaded>, SnapshotError> {
+    let root = dir.parent().unwrap_or(Path::new("."));
+    let mut chain = vec![load(dir, max_mem)?];
+    while let Some(parent) = chain.last().and_then(|l| l.state.parent) {
+        let last = chain.last().map(|l| l.dir.display().to_string()).unwrap_or_default();
+        if chain.len() >= MAX_CHAIN || chain.iter().any(|l| l.state.id == parent) {
+            return Err(SnapshotError::Invalid {
+                path: last,
+                reason: format!("parent chain loops or exceeds {MAX_CHAIN}"),
+            });
+        }
+        let p = load(&snapshot_dir(root, parent), max_mem)?;
+        let child = chain.last().map(|l| &l.state);
+        if let Some(c) = child {
+            if c.trace_id != p.state.trace_id {
+                return Err(SnapshotError::Invalid {
+                    path: last,
+                    reason: format!("parent {parent} belongs to another trace"),
+                });
+            }
+            let layout =
+                |s: &SnapshotState| s.slots.iter().map(|x| (x.id, x.gpa, x.size, x.kind)).collect::<Vec<_>>();
+            if layout(c) != layout(&p.state) {
+                return Err(SnapshotError::Invalid {
+                    path: last,
+                    reason: format!("slot layout differs from parent {parent}"),
+                });
+            }
+        }
+        chain.push(p);
+    }
+    chain.reverse();
+    for l in &chain {
+        for s in &l.state.slots {
+            let path = l.dir.join(&s.file);
+            let md = std::fs::symlink_metadata(&path).map_err(io_err("opening", &path))?;
+            if !md.file_type().is_file() {
+                return Err(SnapshotError::Invalid {
+                    path: path.display().to_string(),
+                    reason: "memory file is not a regular file".into(),
+                });
+            }
+            if md.len() < s.size {
+                return Err(SnapshotError::ShortFile {
+                    path: path.display().to_string(),
+                    len: md.len(),
+                    need: s.size,
+                });
+            }
+        }
+    }
+    Ok(chain)
+}
+
+fn open(path: &Path) -> Result<Arc<File>, SnapshotError> {
+    File::open(path).map(Arc::new).map_err(io_err("opening", path))
+}
+
+/// Maps the chain's memory copy-on-write: each slot's base file, then each incremental's
+/// changed runs over it.
+fn build_memory(chain: &[Loaded]) -> Result<GuestMemory, SnapshotError> {
+    let Some(base) = chain.first() else { return Err(SnapshotError::Unsupported("empty chain".into())) };
+    let mut backed = Vec::new();
+    for s in &base.state.slots {
+        backed.push((
+            SlotSpec { gpa: s.gpa, size: s.size, kind: s.kind },
+            open(&base.dir.join(&s.file))?,
+            Mapping::Private,
+        ));
+    }
+    let mem = GuestMemory::from_backing(backed)?;
+    let overlays: usize = chain[1..].iter().flat_map(|l| l.state.slots.iter()).map(|s| s.runs().len()).sum();
+    for l in &chain[1..] {
+        for (i, s) in l.state.slots.iter().enumerate() {
+            let path = l.dir.join(&s.file);
+            let file = open(&path)?;
+            let Some(slot) = mem.slots().get(i) else { continue };
+            for (first, count) in s.runs() {
+                let off = first * PAGE_SIZE;
+                let len = count * PAGE_SIZE;
+                if overlays <= MAX_OVERLAYS {
+                    // SAFETY: `[host + off, host + off + len)` lies inside this slot's
+                    // mapping (the run is within the slot's pages, validated against its
+                    // size), which `mem` owns; no Rust reference into guest memory exists.
+                    unsafe { crate::sys::mm::overlay_private(slot.host_addr() + off, len, &file, off) }
+                        .map_err(io_err("mapping", &path))?;
+                } else {
+                    copy_run(&file, &path, &mem, s, first, count)?;
+                }
+            }
+        }
+    }
+    Ok(mem)
+}
+
+fn copy_run(
+    file: &File,
+    path: &Path,
+    mem: &GuestMemory,
+    s: &SlotState,
+    first: u64,
+    count: u64,
+) -> Result<(), SnapshotError> {
+    let mut buf = vec![0u8; usize::try_from(64 * PAGE_SIZE).unwrap_or(0)];
+    let mut p = first;
+    while p < first + count {
+        let n = (first + count - p).min(64);
+        let b = &mut buf[..usize::try_from(n * PAGE_SIZE).unwrap_or(0)];
+        file.read_exact_at(b, p * PAGE_SIZE).map_err(io_err("reading", path))?;
+        mem.write(s.gpa + p * PAGE_SIZE, b).ok_or_else(|| {
+            SnapshotError::Unsupported(format!("guest page {:#x} not writable", s.gpa + p * PAGE_SIZE))
+        })?;
+        p += n;
+    }
+    Ok(())
+}
+
+/// Restores the newest snapshot of `chain` into a new machine whose consoles are
+/// `serial` and `debugcon`.
+///
+/// # Errors
+/// KVM or state failures.
+pub fn restore(
+    chain: &[Loaded],
+    serial: Console,
+    debugcon: Console,
+    dirty_log: bool,
+) -> Result<Machine, SnapshotError> {
+    let Some(top) = chain.last() else { return Err(SnapshotError::Unsupported("empty chain".into())) };
+    let st = &top.state;
+    let memory = build_memory(chain)?;
+    let config = VmConfig {
+        mem_bytes: st.vm.mem_bytes,
+        cpuid: CpuidProfile::parse(&st.vm.cpuid).unwrap_or_default(),
+        dirty_log,
+        rom_size: st.vm.rom_size,
+    };
+    let vm = Vm::with_memory(config, memory)?;
+    for v in &st.vcpus {
+        v.restore(&vm.vcpu)?;
+    }
+    let bus = Bus::restore(BusArgs { serial: serial.clone(), debugcon: debugcon.clone() }, &st.bus, 0)?;
+    let mut m = Machine::with_bus(vm, bus, serial, debugcon)
+        .map_err(|e| SnapshotError::Unsupported(format!("machine: {e}")))?;
+    m.set_counters(st.exits, st.interrupts);
+    m.origin = Some(top.dir.clone());
+    Ok(m)
+}
+
+/// What an in-place reset did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResetStats {
+    /// Pages dirtied since the snapshot (and reverted).
+    pub dirty_pages: u64,
+    /// Time taken.
+    pub elapsed: Duration,
+}
+
+/// Returns `m` to the newest snapshot of `chain` in place: reverts only the pages dirtied
+/// since (discarding private copies when `m` was restored from this snapshot, copying them
+/// back otherwise), then vCPU and device state.
+///
+/// # Errors
+/// The machine has no dirty logging, or a KVM/state failure.
+pub fn reset(m: &mut Machine, chain: &[Loaded]) -> Result<ResetStats, SnapshotError> {
+    let t = Instant::now();
+    let Some(top) = chain.last() else { return Err(SnapshotError::Unsupported("empty chain".into())) };
+    if !m.vm.config.dirty_log {
+        return Err(SnapshotError::Unsupported("in-place reset needs dirty logging".into()));
+    }
+    let own = m.origin.as_deref() == Some(top.dir.as_path());
+    let mut dirty_pages = 0;
+    for (i, slot) in m.vm.memory.slots().iter().enumerate() {
+        if slot.spec.kind != crate::memory::SlotKind::Ram {
+            continue;
+        }
+        let bitmap =
+            m.vm.fd
+                .get_dirty_log(slot.id, usize::try_from(slot.spec.size).unwrap_or(0))
+                .map_err(|source| SnapshotError::Kvm { what: "KVM_GET_DIRTY_LOG", source })?;
+        for (first, count) in bitmap_runs(&bitmap, slot.pages()) {
+            dirty_pages += count;
+            if own && slot.mapping == Mapping::Private {
+                // SAFETY: the run lies inside this slot's private file mapping, owned by
+                // the machine's guest memory; no Rust reference into it exists.
+                unsafe {
+                    crate::sys::mm::discard_private(slot.host_addr() + first * PAGE_SIZE, count * PAGE_SIZE)
+                }
+                .map_err(io_err("discarding pages of", &top.dir))?;
+            } else {
+                for p in first..first + count {
+                    let (l, s) = chain
+                        .iter()
+                        .rev()
+                        .filter_map(|l| l.state.slots.get(i).map(|s| (l, s)))
+                        .find(|(_, s)| s.has_page(p))
+                        .ok_or_else(|| {
+                            SnapshotError::Unsupported(format!("page {p} of slot {i} is in no snapshot"))
+                        })?;
+                    let path = l.dir.join(&s.file);
+                    copy_run(&*open(&path)?, &path, &m.vm.memory, s, p, 1)?;
+                }
+            }
+        }
+    }
+    for v in &top.state.vcpus {
+        v.restore(&m.vm.vcpu)?;
+    }
+    m.bus =
+        Bus::restore(BusArgs { serial: m.serial.clone(), debugcon: m.debugcon.clone() }, &top.state.bus, 0)?;
+    m.set_counters(top.state.exits, top.state.interrupts);
+    Ok(ResetStats { dirty_pages, elapsed: t.elapsed() })
+}
+
+/// Writes the newest snapshot of `chain` as one full snapshot into `out` (a snapshot
+/// directory): every page resolved through the chain, zero pages left as holes.
+///
+/// # Errors
+/// File-system failures.
+pub fn flatten(chain: &[Loaded], out: &Path) -> Result<(), SnapshotError> {
+    let Some(top) = chain.last() else { return Err(SnapshotError::Unsupported("empty chain".into())) };
+    let tmp = out.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io_err("creating", &tmp))?;
+    let mut state = top.state.clone();
+    state.parent = None;
+    let zero = vec![0u8; usize::try_from(PAGE_SIZE).unwrap_or(4096)];
+    for (i, s) in state.slots.iter_mut().enumerate() {
+        let dst_path = tmp.join(&s.file);
+        let dst = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&dst_path)
+            .map_err(io_err("creating", &dst_path))?;
+        dst.set_len(s.size).map_err(io_err("sizing", &dst_path))?;
+        let mut page = vec![0u8; zero.len()];
+        let mut stored = 0;
+        for l in chain {
+            let Some(src_slot) = l.state.slots.get(i) else { continue };
+            let src_path = l.dir.join(&src_slot.file);
+            let src = open(&src_path)?;
+            let runs = if src_slot.full {
+                crate::sys::mm::data_ranges(&src, s.size)
+                    .map_err(io_err("scanning", &src_path))?
+                    .into_iter()
+                    .map(|(o, n)| {
+                        (o / PAGE_SIZE, (o + n).div_ceil(PAGE_SIZE).min(s.page_count()) - o / PAGE_SIZE)
+                    })
+                    .collect()
+            } else {
+                src_slot.runs()
+            };
+            for (first, count) in runs {
+                for p in first..first + count {
+                    src.read_exact_at(&mut page, p * PAGE_SIZE).map_err(io_err("reading", &src_path))?;
+                    // A page changed to zero in a later snapshot must overwrite older data.
+                    if page != zero || !src_slot.full {
+                        dst.write_all_at(&page, p * PAGE_SIZE).map_err(io_err("writing", &dst_path))?;
+                    }
+                }
+            }
+        }
+        // Count the non-zero pages of the result.
+        let data = crate::sys::mm::data_ranges(&dst, s.size).map_err(io_err("scanning", &dst_path))?;
+        for (o, n) in data {
+            let mut p = o / PAGE_SIZE;
+            while p * PAGE_SIZE < o + n && p < s.page_count() {
+                dst.read_exact_at(&mut page, p * PAGE_SIZE).map_err(io_err("reading", &dst_path))?;
+                if page != zero {
+                    stored += 1;
+                }
+                p += 1;
+            }
+        }
+        dst.sync_all().map_err(io_err("syncing", &dst_path))?;
+        s.full = true;
+        s.pages = Vec::new();
+        s.stored_pages = stored;
+    }
+    let bytes = codec::frame(&codec::encode(&state)?);
+    let sp = tmp.join(STATE_FILE);
+    std::fs::write(&sp, bytes).map_err(io_err("writing", &sp))?;
+    File::open(&sp).and_then(|f| f.sync_all()).map_err(io_err("syncing", &sp))?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(io_err("replacing", out))?;
+    }
+    std::fs::rename(&tmp, out).map_err(io_err("renaming", &tmp))?;
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! What a snapshot holds, and the checks every state passes before anything reaches KVM.
+
+use serde::{Deserialize, Serialize};
+
+use crate::devices::bus::BusState;
+use crate::memory::{PAGE_SIZE, SlotKind};
+use crate::vcpu_state::VcpuState;
+
+/// Most memory slots a snapshot may describe.
+pub const MAX_SLOTS: usize = 32;
+/// Most vCPUs this engine restores.
+pub const MAX_VCPUS: usize = 1;
+/// Highest guest-physical address bit allowed (52-bit physical addresses).
+pub const MAX_PHYS_BITS: u32 = 52;
+
+/// One memory slot in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotState {
+    /// KVM slot number.
+    pub id: u32,
+    /// Guest physical address.
+    pub gpa: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// RAM or ROM.
+    pub kind: SlotKind,
+    /// `KVM_MEM_*` flags (dirty logging excluded).
+    pub flags: u32,
+    /// File name in the snapshot directory (`mem-<id>.raw`): the slot's bytes at their
+    /// offsets, zero pages left as holes.
+    pub file: String,
+    /// True when the file holds every page; false when it holds only `pages`.
+    pub full: bool,
+    /// For an incremental snapshot: one bit per page, set for pages this snapshot stores
+    /// (changed since the parent). Empty when `full`.
+    pub pages: Vec<u64>,
+    /// Pages with data written to the file (non-zero pages).
+    pub stored_pages: u64,
+}
+
+impl SlotState {
+    /// Number of pages.
+    pub fn page_count(&self) -> u64 {
+        self.size / PAGE_SIZE
+    }
+
+    /// Whether page `p` is in this snapshot's file.
+    pub fn has_page(&self, p: u64) -> bool {
+        self.full
+            || usize::try_from(p / 64)
+                .ok()
+                .and_then(|w| self.pages.get(w))
+                .is_some_and(|w| w & (1 << (p % 64)) != 0)
+    }
+
+    /// Pages recorded as changed (incremental) or all pages (full).
+    pub fn changed_pages(&self) -> u64 {
+        if self.full { self.page_count() } else { self.pages.iter().map(|w| u64::from(w.count_ones())).sum() }
+    }
+
+    /// Runs `(first_page, count)` of pages this snapshot holds.
+    pub fn runs(&self) -> Vec<(u64, u64)> {
+        if self.full {
+            return vec![(0, self.page_count())];
+        }
+        bitmap_runs(&self.pages, self.page_count())
+    }
+}
+
+/// Runs of set bits in a page bitmap.
+pub fn bitmap_runs(bitmap: &[u64], pages: u64) -> Vec<(u64, u64)> {
+    let mut runs = Vec::new();
+    let mut start: Option<u64> = None;
+    for p in 0..pages {
+        let set = usize::try_from(p / 64)
+            .ok()
+            .and_then(|w| bitmap.get(w))
+            .is_some_and(|w| w & (1 << (p % 64)) != 0);
+        match (set, start) {
+            (true, None) => start = Some(p),
+            (false, Some(s)) => {
+                runs.push((s, p - s));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        runs.push((s, pages - s));
+    }
+    runs
+}
+
+/// How the VM was configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmState {
+    /// Guest RAM in bytes.
+    pub mem_bytes: u64,
+    /// CPUID profile name.
+    pub cpuid: String,
+    /// ROM size when firmware runs.
+    pub rom_size: Option<u64>,
+}
+
+/// Everything in a snapshot's state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotState {
+    /// Snapshot id (its directory is `snap-<id>`).
+    pub id: u64,
+    /// Parent snapshot (incremental), or `None` (full).
+    pub parent: Option<u64>,
+    /// The trace this snapshot belongs to (its header's `trace_id`).
+    pub trace_id: [u8; 16],
+    /// Sequence number of the last trace record before the snapshot (`None`: before any).
+    pub exit_seq: Option<u64>,
+    /// Exits handled before the snapshot.
+    pub exits: u64,
+    /// Interrupts injected before the snapshot.
+    pub interrupts: u64,
+    /// When it was taken (ns since the epoch).
+    pub created_unix_ns: u64,
+    /// VM configuration.
+    pub vm: VmState,
+    /// Memory slots.
+    pub slots: Vec<SlotState>,
+    /// vCPUs.
+    pub vcpus: Vec<VcpuState>,
+    /// Devices and pending interrupts.
+    pub bus: BusState,
+    /// The run's annotations (how to rebuild the guest, where it ran).
+    pub annotations: Vec<(String, String)>,
+}
+
+/// A state that fails validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidState(pub String);
+
+fn safe_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n != "."
+        && n != ".."
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+impl SnapshotState {
+    /// Checks slots (alignment, sizes, overlaps, address width, file names, bitmaps),
+    /// vCPU count and states, and the total memory against `max_mem` bytes.
+    ///
+    /// # Errors
+    /// [`InvalidState`] naming the first problem.
+    pub fn validate(&self, max_mem: u64) -> Result<(), InvalidState> {
+        let bad = |s: String| Err(InvalidState(s));
+        if self.slots.is_empty() || self.slots.len() > MAX_SLOTS {
+            return bad(format!("{} memory slots (must be 1..={MAX_SLOTS})", self.slots.len()));
+        }
+        let mut total: u64 = 0;
+        let mut ranges: Vec<(u64, u64, u32)> = Vec::new();
+        for s in &self.slots {
+            if s.gpa % PAGE_SIZE != 0 || s.size % PAGE_SIZE != 0 || s.size == 0 {
+                return bad(format!(
+                    "slot {}: {:#x}+{:#x} is not page-aligned or is empty",
+                    s.id, s.gpa, s.size
+                ));
+            }
+            let end = s.gpa.checked_add(s.size).filter(|e| *e <= 1u64 << MAX_PHYS_BITS);
+            let Some(end) = end else {
+                return bad(format!(
+                    "slot {}: {:#x}+{:#x} goes beyond the {MAX_PHYS_BITS}-bit physical address space",
+                    s.id, s.gpa, s.size
+                ));
+            };
+            total = total.saturating_add(s.size);
+            if !safe_name(&s.file) {
+                return bad(format!("slot {}: file name {:?} is not a plain file name", s.id, s.file));
+            }
+            let words = usize::try_from(s.page_count().div_ceil(64)).unwrap_or(usize::MAX);
+            if !s.full && s.pages.len() != words {
+                return bad(format!(
+                    "slot {}: page bitmap of {} words for {} pages (expected {words})",
+                    s.id,
+                    s.pages.len(),
+                    s.page_count()
+                ));
+            }
+            if s.full && !s.pages.is_empty() {
+                return bad(format!("slot {}: a full slot must not carry a page bitmap", s.id));
+            }
+            ranges.push((s.gpa, end, s.id));
+        }
+        if total > max_mem {
+            return bad(format!(
+                "memory of {} MiB exceeds the limit of {} MiB (--max-mem-mib)",
+                total >> 20,
+                max_mem >> 20
+            ));
+        }
+        ranges.sort_unstable();
+        for w in ranges.windows(2) {
+            if w[1].0 < w[0].1 {
+                return bad(format!("slots {} and {} overlap at {:#x}", w[0].2, w[1].2, w[1].0));
+            }
+        }
+        let mut ids: Vec<u32> = self.slots.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return bad("two slots share an id".into());
+        }
+        if self.vcpus.is_empty() || self.vcpus.len() > MAX_VCPUS {
+            return bad(format!("vCPU count {} over the limit of {MAX_VCPUS}", self.vcpus.len()));
+        }
+        for v in &self.vcpus {
+            v.validate().map_err(|e| InvalidState(e.to_string()))?;
+        }
+        if self.bus.devices.len() > crate::devices::bus::MAX_DEVICES {
+            return bad(format!("{} devices over the limit", self.bus.devices.len()));
+        }
+        if self.parent.is_some() == self.slots.iter().all(|s| s.full) {
+            return bad("a snapshot with a parent stores changed pages; one without stores all".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_a_bitmap() {
+        let b = [0b0110_0001u64, 1u64 << 63];
+        assert_eq!(bitmap_runs(&b, 128), vec![(0, 1), (5, 2), (127, 1)]);
+    }
+}

@@ -1,0 +1,357 @@
+//! Snapshots on real KVM: restore continues exactly like the uninterrupted run; snapshot,
+//! restore, snapshot is identical; an incremental chain equals a full snapshot page by
+//! page; restored runs never modify the files; in-place reset; hostile state refused.
+
+use std::path::{Path, PathBuf};
+
+use vmrr_engine::checkpoint::{Checkpointer, Policy};
+use vmrr_engine::devices::console::Console;
+use vmrr_engine::machine::{Machine, Outcome};
+use vmrr_engine::memory::SlotKind;
+use vmrr_engine::session::{GuestSpec, SessionConfig};
+use vmrr_engine::snapshot::{self, SnapshotError, codec, snapshot_dir};
+use vmrr_engine::testing::require_kvm;
+
+const MEM: u64 = 64 << 20;
+
+fn config(guest: &str, iterations: Option<u64>) -> SessionConfig {
+    SessionConfig {
+        guest: GuestSpec::Builtin { name: guest.into(), iterations },
+        mem_bytes: MEM,
+        cpuid: Default::default(),
+        limits: Default::default(),
+        dirty_log: true,
+    }
+}
+
+fn build(guest: &str, iterations: Option<u64>) -> Machine {
+    config(guest, iterations).build(Console::capture_only(), Console::capture_only()).expect("machine")
+}
+
+/// FNV-1a over all RAM (reads through the guest mapping).
+fn ram_hash(m: &Machine) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut buf = vec![0u8; 1 << 20];
+    for s in m.vm.memory.slots().iter().filter(|s| s.spec.kind == SlotKind::Ram) {
+        let mut off = 0;
+        while off < s.spec.size {
+            let n = usize::try_from((s.spec.size - off).min(buf.len() as u64)).unwrap();
+            m.vm.memory.read(s.spec.gpa + off, &mut buf[..n]).expect("readable");
+            for &b in &buf[..n] {
+                h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+            }
+            off += n as u64;
+        }
+    }
+    h
+}
+
+struct End {
+    serial: Vec<u8>,
+    outcome: String,
+    rip: u64,
+    rax: u64,
+    ram: u64,
+}
+
+fn finish(m: &mut Machine, hook: Option<&mut Checkpointer>) -> End {
+    let s = m.run_with(hook.map(|h| h as &mut dyn vmrr_engine::machine::ExitHook)).expect("run");
+    let regs = m.vm.vcpu.get_regs().expect("regs");
+    End {
+        serial: m.serial.captured(),
+        outcome: s.outcome.name().to_string(),
+        rip: regs.rip,
+        rax: regs.rax,
+        ram: ram_hash(m),
+    }
+}
+
+fn file_hash(p: &Path) -> u64 {
+    std::fs::read(p)
+        .unwrap()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+#[test]
+fn restored_guests_continue_exactly_like_the_uninterrupted_run() {
+    if !require_kvm() {
+        return;
+    }
+    for (guest, it, every) in
+        [("memory-churn", Some(3), 90u64), ("interrupts", Some(6), 20), ("pio-storm", Some(2000), 500)]
+    {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("snaps");
+        let mut m = build(guest, it);
+        let mut cp = Checkpointer::new(
+            root.clone(),
+            Policy { every_exits: Some(every), interval: None },
+            [1; 16],
+            vec![],
+        );
+        cp.checkpoint(&mut m).expect("initial snapshot");
+        let full = finish(&mut m, Some(&mut cp));
+        assert_eq!(full.outcome, "guest_exit", "{guest}");
+        assert!(cp.taken.len() >= 3, "{guest}: {} checkpoints", cp.taken.len());
+        // Restore from a middle checkpoint (an incremental chain) and from the initial one.
+        for t in [cp.taken[cp.taken.len() / 2], cp.taken[0]] {
+            let chain = snapshot::load_chain(&snapshot_dir(&root, t.id), u64::MAX).expect("chain");
+            assert_eq!(chain.len() as u64, t.id + 1);
+            let mut r = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), false)
+                .expect("restore");
+            assert_eq!(r.exits(), t.exits);
+            let cont = finish(&mut r, None);
+            assert_eq!(cont.outcome, full.outcome, "{guest} from {}", t.id);
+            assert!(full.serial.ends_with(&cont.serial), "{guest} from {}: serial", t.id);
+            assert_eq!(
+                cont.serial.is_empty(),
+                guest == "pio-storm",
+                "{guest} prints its result after the checkpoint"
+            );
+            assert_eq!((cont.rip, cont.rax), (full.rip, full.rax), "{guest} from {}: registers", t.id);
+            assert_eq!(cont.ram, full.ram, "{guest} from {}: memory", t.id);
+        }
+    }
+}
+
+#[test]
+fn snapshot_restore_snapshot_is_identical() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut m = build("memory-churn", Some(2));
+    m.limits.max_exits = Some(70);
+    m.run().unwrap();
+    snapshot::take(&mut m, d.path(), 0, None, [2; 16], None, &[]).expect("first");
+    let a = snapshot::load(&snapshot_dir(d.path(), 0), u64::MAX).unwrap();
+    let mut r =
+        snapshot::restore(std::slice::from_ref(&a), Console::capture_only(), Console::capture_only(), false)
+            .unwrap();
+    let other = d.path().join("again");
+    snapshot::take(&mut r, &other, 0, None, [2; 16], None, &[]).expect("second");
+    let b = snapshot::load(&snapshot_dir(&other, 0), u64::MAX).unwrap();
+    // Identical except the TSC, which keeps counting from the restored value.
+    let (mut va, mut vb) = (a.state.vcpus[0].clone(), b.state.vcpus[0].clone());
+    let tsc = |v: &mut vmrr_engine::vcpu_state::VcpuState| {
+        let e = v.msrs.iter_mut().find(|e| e.index == 0x10).expect("IA32_TSC is saved");
+        std::mem::take(&mut e.data)
+    };
+    let (ta, tb) = (tsc(&mut va), tsc(&mut vb));
+    assert!(tb >= ta, "TSC went backwards: {ta:#x} -> {tb:#x}");
+    assert!(va == vb, "vCPU state survives a round trip");
+    assert_eq!(a.state.bus, b.state.bus);
+    assert_eq!(a.state.exits, b.state.exits);
+    for (sa, sb) in a.state.slots.iter().zip(&b.state.slots) {
+        assert_eq!(sa.stored_pages, sb.stored_pages, "slot {}", sa.id);
+        assert_eq!(
+            std::fs::read(a.dir.join(&sa.file)).unwrap(),
+            std::fs::read(b.dir.join(&sb.file)).unwrap(),
+            "slot {} memory",
+            sa.id
+        );
+    }
+}
+
+#[test]
+fn an_incremental_chain_equals_a_full_snapshot_page_by_page() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let inc = d.path().join("inc");
+    let mut m = build("memory-churn", Some(3));
+    let mut cp =
+        Checkpointer::new(inc.clone(), Policy { every_exits: Some(40), interval: None }, [3; 16], vec![]);
+    cp.checkpoint(&mut m).unwrap();
+    m.limits.max_exits = Some(121);
+    m.run_with(Some(&mut cp)).unwrap();
+    let last = *cp.taken.last().unwrap();
+    assert_eq!(last.exits, 120);
+    assert!(last.stats.pages_considered < MEM / 4096, "incremental capture considers only dirty pages");
+    // The same guest, stopped at the same exit, snapshotted in full.
+    let mut f = build("memory-churn", Some(3));
+    f.limits.max_exits = Some(120);
+    f.run().unwrap();
+    let full = d.path().join("full");
+    snapshot::take(&mut f, &full, 0, None, [3; 16], None, &[]).unwrap();
+    let chain = snapshot::load_chain(&snapshot_dir(&inc, last.id), u64::MAX).unwrap();
+    assert!(chain.len() >= 3);
+    let flat = d.path().join("flat");
+    snapshot::flatten(&chain, &flat).unwrap();
+    let fl = snapshot::load(&flat, u64::MAX).unwrap();
+    let fu = snapshot::load(&snapshot_dir(&full, 0), u64::MAX).unwrap();
+    assert!(fl.state.parent.is_none());
+    for (a, b) in fl.state.slots.iter().zip(&fu.state.slots) {
+        let (x, y) =
+            (std::fs::read(fl.dir.join(&a.file)).unwrap(), std::fs::read(fu.dir.join(&b.file)).unwrap());
+        assert_eq!(x.len(), y.len());
+        let differing: Vec<usize> = x
+            .chunks(4096)
+            .zip(y.chunks(4096))
+            .enumerate()
+            .filter(|(_, (p, q))| p != q)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            differing.is_empty(),
+            "slot {}: pages differ: {:?}",
+            a.id,
+            &differing[..differing.len().min(10)]
+        );
+        assert_eq!(a.stored_pages, b.stored_pages);
+    }
+    // And restoring the chain directly gives the same memory as restoring the full one.
+    let rc = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), false).unwrap();
+    let rf = snapshot::restore(&[fu], Console::capture_only(), Console::capture_only(), false).unwrap();
+    assert_eq!(ram_hash(&rc), ram_hash(&rf));
+}
+
+#[test]
+fn restored_runs_never_modify_the_snapshot_files() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut m = build("memory-churn", Some(2));
+    snapshot::take(&mut m, d.path(), 0, None, [4; 16], None, &[]).unwrap();
+    let dir = snapshot_dir(d.path(), 0);
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let before: Vec<u64> = files.iter().map(|p| file_hash(p)).collect();
+    let chain = snapshot::load_chain(&dir, u64::MAX).unwrap();
+    for _ in 0..2 {
+        let mut r =
+            snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), false).unwrap();
+        let h0 = ram_hash(&r);
+        let end = finish(&mut r, None);
+        assert_ne!(end.ram, h0, "the guest did write its memory");
+    }
+    let after: Vec<u64> = files.iter().map(|p| file_hash(p)).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn in_place_reset_reverts_only_dirty_pages_and_state() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut m = build("memory-churn", Some(2));
+    m.limits.max_exits = Some(10);
+    m.run().unwrap();
+    snapshot::take(&mut m, d.path(), 0, None, [5; 16], None, &[]).unwrap();
+    let chain = snapshot::load_chain(&snapshot_dir(d.path(), 0), u64::MAX).unwrap();
+    let mut r = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), true).unwrap();
+    let h0 = ram_hash(&r);
+    let regs0 = r.vm.vcpu.get_regs().unwrap();
+    for round in 0..3 {
+        r.limits.max_exits = Some(r.exits() + 20);
+        r.run().unwrap();
+        assert_ne!(ram_hash(&r), h0, "round {round}: the guest changed memory");
+        let st = snapshot::reset(&mut r, &chain).unwrap();
+        assert!(
+            st.dirty_pages > 0 && st.dirty_pages < 20 * 256 + 64,
+            "round {round}: {} dirty pages",
+            st.dirty_pages
+        );
+        assert_eq!(ram_hash(&r), h0, "round {round}: memory back to the snapshot");
+        assert_eq!(r.vm.vcpu.get_regs().unwrap().rip, regs0.rip);
+    }
+    // After the last reset the guest still runs to its normal end.
+    r.limits.max_exits = None;
+    assert!(matches!(r.run().unwrap().outcome, Outcome::GuestExit(0)));
+}
+
+/// Writes a modified copy of a valid snapshot and returns the load error: `edit` changes
+/// the state (re-encoded with a valid CRC), then `damage` changes files on disk.
+fn hostile(
+    base: &Path,
+    edit: impl FnOnce(&mut snapshot::SnapshotState),
+    damage: impl FnOnce(&Path),
+) -> SnapshotError {
+    let d = tempfile::tempdir().unwrap();
+    let dir = snapshot_dir(d.path(), 0);
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(base).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let mut st: snapshot::SnapshotState = codec::read(&dir.join("state.bin")).unwrap();
+    edit(&mut st);
+    std::fs::write(dir.join("state.bin"), codec::frame(&codec::encode(&st).unwrap())).unwrap();
+    damage(&dir);
+    match snapshot::load_chain(&dir, 1 << 40) {
+        Ok(_) => panic!("a hostile snapshot was accepted"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn hostile_snapshots_are_refused_before_kvm() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut m = build("hello-long", None);
+    snapshot::take(&mut m, d.path(), 0, None, [6; 16], None, &[]).unwrap();
+    let base = snapshot_dir(d.path(), 0);
+    let msg = |e: SnapshotError| e.to_string();
+    let _ = &msg;
+    let e = hostile(
+        &base,
+        |_| {},
+        |dir| {
+            let f = std::fs::OpenOptions::new().write(true).open(dir.join("mem-0.raw")).unwrap();
+            f.set_len(4096).unwrap();
+        },
+    );
+    assert!(matches!(e, SnapshotError::ShortFile { .. }), "{e}");
+    let e = hostile(
+        &base,
+        |s| {
+            let mut extra = s.slots[0].clone();
+            extra.id = 9;
+            extra.gpa = 0x1000;
+            extra.size = 0x2000;
+            s.slots.push(extra);
+        },
+        |_| {},
+    );
+    assert!(msg(e).contains("overlap"));
+    let e = hostile(&base, |s| s.slots[0].gpa = 0x123, |_| {});
+    assert!(msg(e).contains("page-aligned"));
+    let e = hostile(&base, |s| s.slots[0].size = 1 << 60, |_| {});
+    let t = msg(e);
+    assert!(t.contains("physical address space") || t.contains("limit"), "{t}");
+    let e = hostile(&base, |s| s.vcpus.push(s.vcpus[0].clone()), |_| {});
+    assert!(msg(e).contains("vCPU count 2 over the limit"));
+    let e = hostile(&base, |s| s.slots[0].file = "../../etc/passwd".into(), |_| {});
+    assert!(msg(e).contains("not a plain file name"));
+    let e = hostile(
+        &base,
+        |_| {},
+        |dir| {
+            let p = dir.join("state.bin");
+            let mut b = std::fs::read(&p).unwrap();
+            b[40] ^= 0x55;
+            std::fs::write(&p, b).unwrap();
+        },
+    );
+    assert!(matches!(e, SnapshotError::Codec(codec::CodecError::Checksum { .. })), "{e}");
+    let e = hostile(
+        &base,
+        |_| {},
+        |dir| {
+            let p = dir.join("state.bin");
+            let mut b = std::fs::read(&p).unwrap();
+            b[8] = 9; // major 9
+            std::fs::write(&p, b).unwrap();
+        },
+    );
+    let t = msg(e);
+    assert!(t.contains("9.0") && t.contains("not readable"), "{t}");
+    // A memory cap below the snapshot's memory.
+    let l = snapshot::load(&base, 16 << 20).expect_err("too much memory");
+    assert!(l.to_string().contains("--max-mem-mib"));
+}
