@@ -14,10 +14,10 @@
 use std::process::ExitCode;
 
 /// Success.
-#[allow(dead_code)] // returned by `vmrr replay` (next)
+#[allow(dead_code)] // documents the table; success is `Ok(())`
 pub const OK: u8 = 0;
 /// Replay diverged.
-#[allow(dead_code)] // returned by `vmrr replay` (next)
+#[allow(dead_code)] // returned through `Outcome::exit_code`
 pub const DIVERGED: u8 = 1;
 /// Usage error.
 pub const USAGE: u8 = 2;
@@ -62,6 +62,18 @@ pub enum CliError {
     /// The recorder could not attach.
     #[error(transparent)]
     Recorder(#[from] vmrr_engine::RecorderError),
+    /// Damaged or invalid input (the message names file, offset and reason).
+    #[error("{0}")]
+    Invalid(String),
+    /// A snapshot operation failed for a reason other than bad input.
+    #[error(transparent)]
+    Snapshot(vmrr_engine::snapshot::SnapshotError),
+    /// KVM or a capability this host lacks.
+    #[error("{0}")]
+    Capability(String),
+    /// Replay could not run.
+    #[error("{0}")]
+    Replay(String),
     /// The command already reported its outcome and only needs to exit with `code`.
     #[error("exit {code}")]
     Reported {
@@ -85,6 +97,15 @@ impl CliError {
             CliError::Session(e) => session_code(e),
             CliError::Run(e) => run_code(e),
             CliError::Recorder(_) => KVM_MISSING,
+            CliError::Invalid(_) => INVALID_INPUT,
+            CliError::Capability(_) => KVM_MISSING,
+            CliError::Replay(_) => INTERNAL,
+            CliError::Snapshot(
+                vmrr_engine::snapshot::SnapshotError::Vm(_)
+                | vmrr_engine::snapshot::SnapshotError::Kvm { .. },
+            ) => KVM_MISSING,
+            CliError::Snapshot(vmrr_engine::snapshot::SnapshotError::Io { .. }) => OUTPUT,
+            CliError::Snapshot(_) => INTERNAL,
             CliError::Reported { code } => *code,
         }
     }

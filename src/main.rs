@@ -14,6 +14,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "vmrr", version, about, long_about = None)]
 struct Cli {
+    /// Largest guest memory a snapshot or bundle may ask for, in MiB.
+    #[arg(long, global = true, default_value_t = 16384)]
+    max_mem_mib: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +47,22 @@ enum Command {
     },
     /// Run a guest on KVM and record every exit into a trace.
     Record(Box<cmd::record::RecordArgs>),
+    /// Replay a recorded guest deterministically and check it against its trace.
+    Replay(Box<cmd::replay::ReplayArgs>),
+    /// Pack a trace and the snapshots it needs into one checksummed, compressed file.
+    Pack {
+        /// The trace.
+        trace: PathBuf,
+        /// The bundle to write.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect or flatten snapshots.
+    #[command(subcommand)]
+    Snapshot(cmd::snapshot::SnapshotCmd),
     /// List the built-in guests.
     Guests {
         /// As JSON.
@@ -68,6 +87,9 @@ fn main() -> ExitCode {
         Command::Verify { file, json } => cmd::verify::run(&file, json),
         Command::Record(args) => cmd::record::run(&args),
         Command::Guests { json } => cmd::guests::run(json),
+        Command::Pack { trace, out, json } => cmd::pack::run(&trace, &out, json),
+        Command::Replay(args) => cmd::replay::run(&args, cli.max_mem_mib.saturating_mul(1 << 20)),
+        Command::Snapshot(c) => cmd::snapshot::run(&c, cli.max_mem_mib.saturating_mul(1 << 20)),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -86,7 +86,8 @@ impl Checkpointer {
         let id = self.next_id;
         let parent = self.taken.last().map(|t| t.id);
         let exit_seq = m.recorder.as_ref().and_then(|r| r.next_seq().checked_sub(1));
-        let stats = snapshot::take(m, &self.root, id, parent, self.trace_id, exit_seq, &self.annotations)?;
+        let dir = snapshot::snapshot_dir(&self.root, id);
+        let stats = snapshot::take(m, &dir, id, parent, self.trace_id, exit_seq, &self.annotations)?;
         if let Some(rec) = m.recorder.as_mut() {
             rec.record_checkpoint(id)
                 .map_err(|e| SnapshotError::Unsupported(format!("recording the checkpoint: {e}")))?;

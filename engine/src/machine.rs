@@ -204,6 +204,37 @@ pub struct RunSummary {
     pub elapsed: Duration,
 }
 
+/// Where the answer to the current exit goes (the reply slots of `kvm_run`).
+pub enum Reply<'a> {
+    /// `KVM_EXIT_IO` in: the bytes the guest reads.
+    In(&'a mut [u8]),
+    /// `KVM_EXIT_IO` out: nothing to answer.
+    Out,
+    /// `KVM_EXIT_MMIO` read: the bytes the guest reads.
+    MmioRead(&'a mut [u8]),
+    /// `KVM_EXIT_MMIO` write: nothing to answer.
+    MmioWrite,
+    /// `KVM_EXIT_X86_RDMSR`: the value and whether to raise #GP.
+    RdMsr {
+        /// Value.
+        data: &'a mut u64,
+        /// Non-zero: #GP.
+        error: &'a mut u8,
+    },
+    /// `KVM_EXIT_X86_WRMSR`: whether to raise #GP.
+    WrMsr {
+        /// Non-zero: #GP.
+        error: &'a mut u8,
+    },
+    /// `KVM_EXIT_HYPERCALL`: the return value.
+    Hypercall {
+        /// Returned to the guest.
+        ret: &'a mut u64,
+    },
+    /// Any other exit: nothing to answer.
+    Nothing,
+}
+
 /// A hook called after every exit is handled and recorded (checkpoints live here).
 pub trait ExitHook {
     /// Called with the machine after exit number `exits` (1-based). Returning an error
@@ -233,6 +264,7 @@ pub struct Machine {
     run_view: RunMap,
     exits: u64,
     interrupts: u64,
+    window_requested: bool,
     stop: Option<StopHandle>,
 }
 
@@ -299,6 +331,7 @@ impl Machine {
             run_view,
             exits: 0,
             interrupts: 0,
+            window_requested: false,
             stop: None,
         })
     }
@@ -365,7 +398,9 @@ impl Machine {
         RunView::new(self.run_view.bytes())
     }
 
-    fn fatal_report(&self) -> FatalReport {
+    /// What the guest was doing at the current (fatal) exit: KVM's data, the instruction
+    /// decoded, registers.
+    pub fn fatal_report(&self) -> FatalReport {
         let view = self.view();
         let reason = view.exit_reason();
         let regs = self.vm.vcpu.get_regs().unwrap_or_default();
@@ -581,27 +616,99 @@ impl Machine {
     }
 
     /// Injects the highest pending interrupt if the vCPU can take it now; otherwise asks
-    /// KVM for an interrupt-window exit.
+    /// KVM for an interrupt-window exit. Both the injection and every change of the
+    /// window request are recorded.
     fn inject(&mut self) -> Result<(), RunError> {
-        let Some(vector) = self.bus.irq.pending() else {
-            return Ok(());
-        };
-        let view = self.view();
-        let ready = view.ready_for_interrupt_injection() && view.if_flag();
-        let run = self.vm.vcpu.get_kvm_run();
-        if ready {
-            run.request_interrupt_window = 0;
-            self.bus.irq.acknowledge();
-            crate::sys::vcpu_ioctl::interrupt(&self.vm.vcpu, vector)
-                .map_err(|source| RunError::Os { what: "KVM_INTERRUPT", source })?;
-            self.interrupts += 1;
-            if let Some(rec) = self.recorder.as_mut() {
-                rec.record_interrupt(vector, vmrr_format::INTERRUPT_EXTERNAL)?;
+        let window = match self.bus.irq.pending() {
+            None => false,
+            Some(vector) => {
+                let view = self.view();
+                if view.ready_for_interrupt_injection() && view.if_flag() {
+                    self.bus.irq.acknowledge();
+                    self.inject_interrupt(vector)?;
+                    false
+                } else {
+                    true
+                }
             }
-        } else {
-            run.request_interrupt_window = 1;
+        };
+        self.set_interrupt_window(window)
+    }
+
+    /// Queues external interrupt `vector` for the next entry (`KVM_INTERRUPT`) and records
+    /// it. The caller has checked that the vCPU can take it.
+    ///
+    /// # Errors
+    /// The ioctl or the trace failed.
+    pub fn inject_interrupt(&mut self, vector: u8) -> Result<(), RunError> {
+        crate::sys::vcpu_ioctl::interrupt(&self.vm.vcpu, vector)
+            .map_err(|source| RunError::Os { what: "KVM_INTERRUPT", source })?;
+        self.interrupts += 1;
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.record_interrupt(vector, vmrr_format::INTERRUPT_EXTERNAL)?;
         }
         Ok(())
+    }
+
+    /// Sets or withdraws `request_interrupt_window` for the next entry, recording changes.
+    ///
+    /// # Errors
+    /// The trace failed.
+    pub fn set_interrupt_window(&mut self, request: bool) -> Result<(), RunError> {
+        if request == self.window_requested {
+            return Ok(());
+        }
+        self.window_requested = request;
+        self.vm.vcpu.get_kvm_run().request_interrupt_window = u8::from(request);
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.record_window(request)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the vCPU to its next exit and lets `answer` see it and fill the reply. Returns
+    /// `false` when `KVM_RUN` was interrupted by a signal (no exit happened). No device,
+    /// recorder or interrupt logic runs: this is the primitive replay drives.
+    ///
+    /// # Errors
+    /// `KVM_RUN` failed.
+    pub fn step<F>(&mut self, answer: F) -> Result<bool, RunError>
+    where
+        F: FnOnce(RunView<'_>, Reply<'_>),
+    {
+        let bytes = self.run_view.bytes();
+        let reply = match self.vm.vcpu.run() {
+            Ok(exit) => match exit {
+                VcpuExit::IoIn(_, data) => Reply::In(data),
+                VcpuExit::IoOut(..) => Reply::Out,
+                VcpuExit::MmioRead(_, data) => Reply::MmioRead(data),
+                VcpuExit::MmioWrite(..) => Reply::MmioWrite,
+                VcpuExit::X86Rdmsr(m) => Reply::RdMsr { data: m.data, error: m.error },
+                VcpuExit::X86Wrmsr(m) => Reply::WrMsr { error: m.error },
+                VcpuExit::Hypercall(h) => Reply::Hypercall { ret: h.ret },
+                _ => Reply::Nothing,
+            },
+            Err(e) if e.errno() == libc::EINTR => {
+                self.vm.vcpu.set_kvm_immediate_exit(0);
+                return Ok(false);
+            }
+            Err(source) => return Err(RunError::Kvm { what: "KVM_RUN", source }),
+        };
+        answer(RunView::new(bytes), reply);
+        self.exits += 1;
+        Ok(true)
+    }
+
+    /// The length of the instruction at guest virtual address `rip` (translated through
+    /// the vCPU's page tables), decoded in the vCPU's current mode.
+    pub fn instruction_len_at(&self, rip: u64) -> Option<usize> {
+        let sregs = self.vm.vcpu.get_sregs().ok()?;
+        let bits = disasm::bitness(&sregs);
+        let linear = if bits == 16 { sregs.cs.base + (rip & 0xffff) } else { rip };
+        let t = self.vm.vcpu.translate_gva(linear).ok().filter(|t| t.valid != 0)?;
+        let mut buf = [0u8; 15];
+        self.vm.memory.read(t.physical_address, &mut buf)?;
+        disasm::decode(&buf, bits, rip).map(|d| d.len)
     }
 
     /// The register sample of the current exit.

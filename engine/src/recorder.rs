@@ -115,6 +115,15 @@ impl Recorder {
         )
     }
 
+    /// Records that `request_interrupt_window` was set or withdrawn.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn record_window(&mut self, request: bool) -> Result<u64, WriteError> {
+        let w = vmrr_format::InterruptWindow { request: u32::from(request) };
+        self.writer.append(self.vcpu_id, Body::InterruptWindow(w), None)
+    }
+
     /// Records a key/value annotation.
     ///
     /// # Errors
@@ -139,6 +148,11 @@ impl Recorder {
         let exit_seq = self.writer.next_seq().saturating_sub(1);
         let c = Checkpoint { snapshot_id, exit_seq, exits: self.exits };
         self.writer.append(self.vcpu_id, Body::Checkpoint(c), None)
+    }
+
+    /// The trace's id (snapshots name their trace by it).
+    pub fn trace_id(&self) -> [u8; 16] {
+        self.writer.header().trace_id
     }
 
     /// Exits recorded.

@@ -124,13 +124,13 @@ fn snapshot_restore_snapshot_is_identical() {
     let mut m = build("memory-churn", Some(2));
     m.limits.max_exits = Some(70);
     m.run().unwrap();
-    snapshot::take(&mut m, d.path(), 0, None, [2; 16], None, &[]).expect("first");
+    snapshot::take(&mut m, &snapshot_dir(d.path(), 0), 0, None, [2; 16], None, &[]).expect("first");
     let a = snapshot::load(&snapshot_dir(d.path(), 0), u64::MAX).unwrap();
     let mut r =
         snapshot::restore(std::slice::from_ref(&a), Console::capture_only(), Console::capture_only(), false)
             .unwrap();
     let other = d.path().join("again");
-    snapshot::take(&mut r, &other, 0, None, [2; 16], None, &[]).expect("second");
+    snapshot::take(&mut r, &snapshot_dir(&other, 0), 0, None, [2; 16], None, &[]).expect("second");
     let b = snapshot::load(&snapshot_dir(&other, 0), u64::MAX).unwrap();
     // Identical except the TSC, which keeps counting from the restored value.
     let (mut va, mut vb) = (a.state.vcpus[0].clone(), b.state.vcpus[0].clone());
@@ -175,7 +175,7 @@ fn an_incremental_chain_equals_a_full_snapshot_page_by_page() {
     f.limits.max_exits = Some(120);
     f.run().unwrap();
     let full = d.path().join("full");
-    snapshot::take(&mut f, &full, 0, None, [3; 16], None, &[]).unwrap();
+    snapshot::take(&mut f, &snapshot_dir(&full, 0), 0, None, [3; 16], None, &[]).unwrap();
     let chain = snapshot::load_chain(&snapshot_dir(&inc, last.id), u64::MAX).unwrap();
     assert!(chain.len() >= 3);
     let flat = d.path().join("flat");
@@ -215,7 +215,7 @@ fn restored_runs_never_modify_the_snapshot_files() {
     }
     let d = tempfile::tempdir().unwrap();
     let mut m = build("memory-churn", Some(2));
-    snapshot::take(&mut m, d.path(), 0, None, [4; 16], None, &[]).unwrap();
+    snapshot::take(&mut m, &snapshot_dir(d.path(), 0), 0, None, [4; 16], None, &[]).unwrap();
     let dir = snapshot_dir(d.path(), 0);
     let files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     let before: Vec<u64> = files.iter().map(|p| file_hash(p)).collect();
@@ -240,7 +240,7 @@ fn in_place_reset_reverts_only_dirty_pages_and_state() {
     let mut m = build("memory-churn", Some(2));
     m.limits.max_exits = Some(10);
     m.run().unwrap();
-    snapshot::take(&mut m, d.path(), 0, None, [5; 16], None, &[]).unwrap();
+    snapshot::take(&mut m, &snapshot_dir(d.path(), 0), 0, None, [5; 16], None, &[]).unwrap();
     let chain = snapshot::load_chain(&snapshot_dir(d.path(), 0), u64::MAX).unwrap();
     let mut r = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), true).unwrap();
     let h0 = ram_hash(&r);
@@ -294,7 +294,7 @@ fn hostile_snapshots_are_refused_before_kvm() {
     }
     let d = tempfile::tempdir().unwrap();
     let mut m = build("hello-long", None);
-    snapshot::take(&mut m, d.path(), 0, None, [6; 16], None, &[]).unwrap();
+    snapshot::take(&mut m, &snapshot_dir(d.path(), 0), 0, None, [6; 16], None, &[]).unwrap();
     let base = snapshot_dir(d.path(), 0);
     let msg = |e: SnapshotError| e.to_string();
     let _ = &msg;

@@ -227,6 +227,17 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
             Body::RawExit(RawExit { exit_reason: z32(b, 0), data: var.bytes(rec) })
         }
         kind::INTERRUPT => Body::Interrupt(Interrupt { vector: z32(b, 0), source: z32(b, 4) }),
+        kind::INTERRUPT_WINDOW => {
+            pad_zero(4, 8, "interrupt_window padding")?;
+            let request = z32(b, 0);
+            if request > 1 {
+                return Err(fail(
+                    RECORD_HEADER_SIZE,
+                    Reason::InvalidValue { field: "interrupt_window request", value: u64::from(request) },
+                ));
+            }
+            Body::InterruptWindow(InterruptWindow { request })
+        }
         kind::CHECKPOINT => {
             Body::Checkpoint(Checkpoint { snapshot_id: z64(b, 0), exit_seq: z64(b, 8), exits: z64(b, 16) })
         }

@@ -103,6 +103,7 @@ fn body_fields(body: &Body<'_>, m: &mut Map<String, Value>) {
             put("vector", json!(i.vector));
             put("source", json!(if i.source == INTERRUPT_NMI { "nmi" } else { "external" }));
         }
+        Body::InterruptWindow(w) => put("request", json!(w.request != 0)),
         Body::Checkpoint(c) => {
             put("snapshot_id", json!(c.snapshot_id));
             put("exit_seq", json!(c.exit_seq));
@@ -196,6 +197,7 @@ pub fn body_text(body: &Body<'_>) -> String {
         Body::Debug(d) => format!(" exception={} pc={:#x}", d.exception, d.pc),
         Body::RawExit(r) => format!(" {} ({} bytes)", kind::kvm_exit_name(r.exit_reason), r.data.len()),
         Body::Interrupt(i) => format!(" vector={:#x}", i.vector),
+        Body::InterruptWindow(w) => format!(" {}", if w.request != 0 { "requested" } else { "withdrawn" }),
         Body::Checkpoint(c) => {
             format!(" snapshot={} after seq {} ({} exits)", c.snapshot_id, c.exit_seq, c.exits)
         }

@@ -373,6 +373,7 @@ fn write(rec: &Record<'_>, plan: &Plan, dst: &mut [u8]) {
             s.u32(B, i.vector);
             s.u32(B + 4, i.source);
         }
+        Body::InterruptWindow(w) => s.u32(B, w.request),
         Body::Checkpoint(c) => {
             s.u64(B, c.snapshot_id);
             s.u64(B + 8, c.exit_seq);

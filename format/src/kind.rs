@@ -47,6 +47,8 @@ pub const ANNOTATION: u16 = 0x8003;
 pub const END_OF_RUN: u16 = 0x8004;
 /// The CPUID set the guest saw.
 pub const CPUID: u16 = 0x8005;
+/// The VMM changed `request_interrupt_window` before re-entry.
+pub const INTERRUPT_WINDOW: u16 = 0x8006;
 
 /// True for exit kinds (known or not).
 pub const fn is_exit(kind: u16) -> bool {
@@ -75,6 +77,7 @@ pub fn name(kind: u16) -> &'static str {
         ANNOTATION => "annotation",
         END_OF_RUN => "end_of_run",
         CPUID => "cpuid",
+        INTERRUPT_WINDOW => "interrupt_window",
         k if is_exit(k) => "unknown_exit",
         _ => "unknown_event",
     }

@@ -39,6 +39,7 @@ pub const fn body_size(kind: u16) -> Option<usize> {
         kind::ANNOTATION => 8,
         kind::END_OF_RUN => 24,
         kind::CPUID => 8,
+        kind::INTERRUPT_WINDOW => 8,
         _ => return None,
     })
 }
@@ -322,6 +323,15 @@ pub struct Checkpoint {
     pub exits: u64,
 }
 
+/// The VMM set (`request` = 1) or cleared (0) `kvm_run.request_interrupt_window` before
+/// re-entering after the preceding exit: KVM then exits with `IRQ_WINDOW_OPEN` as soon as
+/// the guest can take an interrupt, so replay must make the same request at the same point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterruptWindow {
+    /// 1 to request the window, 0 to withdraw the request.
+    pub request: u32,
+}
+
 /// Key/value text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Annotation<'a> {
@@ -508,6 +518,8 @@ pub enum Body<'a> {
     EndOfRun(EndOfRun),
     /// CPUID set.
     Cpuid(CpuidEntries<'a>),
+    /// Interrupt-window request changed.
+    InterruptWindow(InterruptWindow),
     /// A kind this version does not know: its header fields and everything after the
     /// header, kept verbatim.
     Unknown {
@@ -545,6 +557,7 @@ impl Body<'_> {
             Body::Annotation(_) => kind::ANNOTATION,
             Body::EndOfRun(_) => kind::END_OF_RUN,
             Body::Cpuid(_) => kind::CPUID,
+            Body::InterruptWindow(_) => kind::INTERRUPT_WINDOW,
             Body::Unknown { kind, .. } => *kind,
         }
     }

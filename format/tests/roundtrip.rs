@@ -22,6 +22,7 @@ enum Owned {
     Debug(u32, u64, u64, u64),
     Raw(u32, Vec<u8>),
     Interrupt(u32, u32),
+    Window(bool),
     Checkpoint(u64, u64, u64),
     Annotation(String, String),
     End(u32, u64, u64),
@@ -67,6 +68,7 @@ impl Owned {
             }
             Owned::Raw(r, d) => Body::RawExit(RawExit { exit_reason: *r, data: d }),
             Owned::Interrupt(v, s) => Body::Interrupt(Interrupt { vector: *v, source: *s }),
+            Owned::Window(r) => Body::InterruptWindow(InterruptWindow { request: u32::from(*r) }),
             Owned::Checkpoint(a, b, c) => {
                 Body::Checkpoint(Checkpoint { snapshot_id: *a, exit_seq: *b, exits: *c })
             }
@@ -118,6 +120,7 @@ fn owned() -> impl Strategy<Value = Owned> {
             .prop_map(|(a, b, c, d)| Owned::Debug(a, b, c, d)),
         (any::<u32>(), prop::collection::vec(any::<u8>(), 0..300)).prop_map(|(a, b)| Owned::Raw(a, b)),
         (any::<u32>(), any::<u32>()).prop_map(|(a, b)| Owned::Interrupt(a, b)),
+        any::<bool>().prop_map(Owned::Window),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c)| Owned::Checkpoint(a, b, c)),
         ("\\PC{0,40}", "\\PC{0,200}").prop_map(|(k, v)| Owned::Annotation(k, v)),
         (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c)| Owned::End(a, b, c)),

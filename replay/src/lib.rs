@@ -1,5 +1,36 @@
 //! # vmrr-replay
 //!
-//! Deterministic replay of vmrr traces. (Being built.)
+//! Deterministic replay of vmrr traces on KVM: restore the recorded guest from a snapshot
+//! (or rebuild it from the trace's description), run it, check each exit it makes against
+//! the trace, and answer each exit from the trace, so no device, file or clock of the
+//! recording host is needed. The first mismatch stops the replay with a divergence report;
+//! a recorded emulation failure, internal error or triple fault that happens again is
+//! `reproduced`.
+//!
+//! Also: repro bundles ([`bundle`]), one checksummed file holding a trace and the
+//! snapshots it needs.
+//!
+//! ```no_run
+//! use vmrr_replay::{Options, replay, source};
+//!
+//! let src = source::open("run.vmrr".as_ref(), 16 << 30)?;
+//! let report = replay(&src, &Options::default())?;
+//! println!("{}", report.human());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod cpu_check;
+mod error;
+pub mod expect;
+pub mod facts;
+pub mod feed;
+mod replayer;
+pub mod report;
+pub mod source;
+
+pub use error::ReplayError;
+pub use replayer::{Options, StartFrom, replay};
+pub use report::{Outcome, Report};

@@ -2,7 +2,10 @@
 
 pub mod guests;
 pub mod inspect;
+pub mod pack;
 pub mod record;
+pub mod replay;
+pub mod snapshot;
 pub mod stats;
 pub mod verify;
 
@@ -25,4 +28,21 @@ pub fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
         .map_err(|e| CliError::Output { context: "encoding JSON".into(), source: e.into() })?;
     let mut out = std::io::stdout().lock();
     out_line(&mut out, &s).map(|_| ())
+}
+
+/// Maps a replay error to the CLI's exit codes.
+pub fn replay_err(e: vmrr_replay::ReplayError) -> CliError {
+    use vmrr_replay::ReplayError;
+    if e.is_invalid_input() {
+        return CliError::Invalid(e.to_string());
+    }
+    match e {
+        ReplayError::CpuMismatch(m) => {
+            CliError::Capability(format!("the replay host lacks CPU features the recorded guest saw: {m}"))
+        }
+        ReplayError::Session(s) => CliError::Session(s),
+        ReplayError::Run(r) => CliError::Run(r),
+        ReplayError::Snapshot(s) => CliError::Snapshot(s),
+        other => CliError::Replay(other.to_string()),
+    }
 }

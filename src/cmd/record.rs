@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use vmrr_engine::Recorder;
 use vmrr_engine::boot::BootMode;
+use vmrr_engine::checkpoint::{Checkpointer, Policy};
 use vmrr_engine::cpuid::{self, CpuidProfile};
 use vmrr_engine::devices::console::Console;
 use vmrr_engine::machine::{Limits, RunSummary};
 use vmrr_engine::session::{GuestSpec, SessionConfig};
+use vmrr_engine::snapshot;
 use vmrr_format::{SyncMode, TraceWriter, WriterOptions};
 
 use super::print_json;
@@ -76,6 +78,16 @@ pub struct RecordArgs {
     /// Durability: always (every record synced), chunk (default), never (until the end).
     #[arg(long, default_value = "chunk", value_parser = ["always", "chunk", "never"])]
     pub sync: String,
+    /// Take a checkpoint (an incremental snapshot) every N exits.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Take a checkpoint at the first exit after T milliseconds since the last one.
+    #[arg(long)]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Do not write snapshots (by default the initial state is saved next to the trace,
+    /// in `<trace>.snapshots/`, so the trace can be replayed anywhere).
+    #[arg(long, conflicts_with_all = ["checkpoint_every", "checkpoint_interval_ms"])]
+    pub no_snapshot: bool,
     /// Print the run summary as JSON on stdout (the serial console then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -147,8 +159,16 @@ impl RecordArgs {
             mem_bytes,
             cpuid: CpuidProfile::parse(&self.cpuid).unwrap_or_default(),
             limits: Limits { max_exits: self.max_exits, max_duration },
-            dirty_log: false,
+            dirty_log: !self.policy().is_none(),
         })
+    }
+
+    /// The checkpoint policy.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            every_exits: self.checkpoint_every.filter(|n| *n > 0),
+            interval: self.checkpoint_interval_ms.map(Duration::from_millis),
+        }
     }
 
     /// Writer options.
@@ -180,24 +200,57 @@ pub fn run(args: &RecordArgs) -> CliResult {
     for n in &m.vm.notes {
         eprintln!("vmrr: note: {n}");
     }
+    let mut checkpointer = None;
     if let Some(w) = writer {
         let mut rec = Recorder::new(&m.vm.kvm, &m.vm.vcpu, 0, w)?;
-        for (k, v) in cfg.annotations(&m.vm) {
-            rec.annotate(&k, &v)?;
+        let annotations = cfg.annotations(&m.vm);
+        for (k, v) in &annotations {
+            rec.annotate(k, v)?;
         }
         rec.record_cpuid(&cpuid::to_format(&m.vm.cpuid))?;
+        let trace_id = rec.trace_id();
         m.recorder = Some(rec);
+        if let (false, Some(out)) = (args.no_snapshot, &args.out) {
+            let root = snapshot::dir_for_trace(out);
+            if root.exists() {
+                std::fs::remove_dir_all(&root).map_err(|source| CliError::Output {
+                    context: format!("removing old {}", root.display()),
+                    source,
+                })?;
+            }
+            let mut cp = Checkpointer::new(root, args.policy(), trace_id, annotations);
+            cp.checkpoint(&mut m)
+                .map_err(|e| CliError::Run(vmrr_engine::error::RunError::Snapshot(Box::new(e))))?;
+            checkpointer = Some(cp);
+        }
     }
-    let summary = m.run()?;
+    let summary = match checkpointer.as_mut() {
+        Some(cp) => m.run_with(Some(cp))?,
+        None => m.run()?,
+    };
     let trace = match m.recorder.take() {
         Some(rec) => Some(rec.finish(summary.outcome.end_reason(), summary.outcome.status())?),
         None => None,
     };
-    report(args, &summary, trace.as_ref());
+    report(args, &summary, trace.as_ref(), checkpointer.as_ref());
     if summary.outcome.is_fatal() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
 }
 
-fn report(args: &RecordArgs, s: &RunSummary, trace: Option<&vmrr_format::WriterSummary>) {
+fn report(
+    args: &RecordArgs,
+    s: &RunSummary,
+    trace: Option<&vmrr_format::WriterSummary>,
+    cp: Option<&Checkpointer>,
+) {
+    let checkpoints = cp.map(|c| {
+        let max_pause = c.taken.iter().map(|t| t.stats.pause).max().unwrap_or_default();
+        serde_json::json!({
+            "dir": c.root().display().to_string(),
+            "count": c.taken.len(),
+            "max_pause_ms": max_pause.as_secs_f64() * 1000.0,
+            "ids": c.taken.iter().map(|t| t.id).collect::<Vec<_>>(),
+        })
+    });
     let secs = s.elapsed.as_secs_f64();
     let rate = if secs > 0.0 { s.exits as f64 / secs } else { 0.0 };
     if let Some(r) = s.outcome.report() {
@@ -218,6 +271,7 @@ fn report(args: &RecordArgs, s: &RunSummary, trace: Option<&vmrr_format::WriterS
                 "file": args.out.as_ref().map(|p| p.display().to_string()),
                 "records": t.records, "chunks": t.chunks, "raw_bytes": t.raw_bytes,
                 "stored_bytes": t.stored_bytes, "file_bytes": t.file_bytes })),
+            "checkpoints": checkpoints,
             "emulation_failure": s.outcome.report().map(|r| serde_json::json!({
                 "rip": r.rip, "insn_bytes": vmrr_engine::machine::hex(&r.insn_bytes[..r.insn_len.unwrap_or(r.insn_bytes.len()).min(r.insn_bytes.len())]),
                 "disassembly": r.disassembly })),
@@ -242,6 +296,14 @@ fn report(args: &RecordArgs, s: &RunSummary, trace: Option<&vmrr_format::WriterS
                 t.records,
                 t.file_bytes,
                 t.stored_bytes as f64 / s.exits.max(1) as f64
+            ));
+        }
+        if let Some(c) = &checkpoints {
+            line.push_str(&format!(
+                "; {} snapshot(s) in {} (longest pause {:.2} ms)",
+                c["count"],
+                c["dir"].as_str().unwrap_or(""),
+                c["max_pause_ms"].as_f64().unwrap_or(0.0)
             ));
         }
         eprintln!("{line}");

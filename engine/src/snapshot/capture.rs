@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::state::{SlotState, SnapshotState, VmState};
-use super::{STATE_FILE, SnapshotError, codec, io_err, snapshot_dir};
+use super::{STATE_FILE, SnapshotError, codec, io_err};
 use crate::machine::Machine;
 use crate::memory::{Mapping, PAGE_SIZE, Slot, SlotKind};
 use crate::persist::Persist;
@@ -91,8 +91,9 @@ fn populated_runs(slot: &Slot) -> Result<Vec<(u64, u64)>, SnapshotError> {
         .collect())
 }
 
-/// Takes snapshot `id` of `m` into `root/snap-<id>`: full when `parent` is `None`,
-/// otherwise only the pages dirtied since the parent (requires dirty logging).
+/// Takes snapshot `id` of `m` into the directory `dir` (normally `<root>/snap-<id>`, see
+/// [`super::snapshot_dir`]; parents are found as its siblings): full when `parent` is
+/// `None`, otherwise only the pages dirtied since the parent (requires dirty logging).
 ///
 /// `exit_seq` is the last trace record before the snapshot; `trace_id` the trace it
 /// belongs to; `annotations` describe the run.
@@ -101,7 +102,7 @@ fn populated_runs(slot: &Slot) -> Result<Vec<(u64, u64)>, SnapshotError> {
 /// KVM, vCPU-state or file-system failures; the temporary directory is removed.
 pub fn take(
     m: &mut Machine,
-    root: &Path,
+    dir: &Path,
     id: u64,
     parent: Option<u64>,
     trace_id: [u8; 16],
@@ -114,7 +115,8 @@ pub fn take(
     }
     m.complete_pending_io()
         .map_err(|source| SnapshotError::Kvm { what: "completing pending I/O", source })?;
-    let final_dir = snapshot_dir(root, id);
+    let final_dir = dir.to_path_buf();
+    let root = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = final_dir.with_extension("tmp");
     std::fs::create_dir_all(root).map_err(io_err("creating", root))?;
     let _ = std::fs::remove_dir_all(&tmp);

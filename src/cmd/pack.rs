@@ -1,0 +1,34 @@
+//! `vmrr pack`: one file to ship.
+
+use std::path::Path;
+
+use super::print_json;
+use crate::exit::{CliError, CliResult};
+
+/// Packs `trace` (and the snapshots its checkpoints reference) into `out`.
+pub fn run(trace: &Path, out: &Path, json: bool) -> CliResult {
+    if !trace.exists() {
+        return Err(CliError::Usage(format!("{}: no such file", trace.display())));
+    }
+    let m = vmrr_replay::bundle::pack(trace, out).map_err(|e| match e {
+        vmrr_replay::bundle::BundleError::Pack(msg) => CliError::Invalid(msg),
+        other => CliError::Replay(other.to_string()),
+    })?;
+    let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    if json {
+        print_json(&serde_json::json!({
+            "bundle": out.display().to_string(), "bytes": size, "entries": m.entries.len(),
+            "snapshots": m.snapshots, "trace_id": m.trace_id,
+        }))
+    } else {
+        println!(
+            "{}: {} bytes, {} files, snapshots {:?} (trace {})",
+            out.display(),
+            size,
+            m.entries.len(),
+            m.snapshots,
+            m.trace_id
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! `vmrr replay`: re-run a recorded guest and check it against its trace.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vmrr_engine::devices::console::Console;
+use vmrr_replay::{Options, StartFrom, replay, source};
+
+use super::print_json;
+use crate::exit::{CliError, CliResult};
+
+/// `vmrr replay` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReplayArgs {
+    /// A trace (its snapshots beside it in `<trace>.snapshots/`), a directory holding one,
+    /// or a bundle made by `vmrr pack`.
+    pub src: PathBuf,
+    /// Stop after the record with this sequence number (starting from the nearest
+    /// checkpoint at or before it).
+    #[arg(long, value_parser = super::record::parse_u64)]
+    pub goto: Option<u64>,
+    /// With a sequence number and a directory: stop there and write a full snapshot of the
+    /// replayed machine into the directory.
+    #[arg(long, num_args = 2, value_names = ["SEQ", "DIR"], conflicts_with = "goto")]
+    pub snapshot_at: Option<Vec<String>>,
+    /// Start from this checkpoint (snapshot id).
+    #[arg(long, conflicts_with = "rebuild")]
+    pub from_checkpoint: Option<u64>,
+    /// Ignore snapshots: rebuild the guest from the trace's description (its image file,
+    /// built-in guest or firmware).
+    #[arg(long)]
+    pub rebuild: bool,
+    /// With `--rebuild`: use this image instead of the one the trace names.
+    #[arg(long, requires = "rebuild")]
+    pub image: Option<PathBuf>,
+    /// Refuse to replay when this host lacks a CPU feature the recorded guest saw.
+    #[arg(long)]
+    pub strict_cpu: bool,
+    /// The replayed guest's serial output: `none` (default), `-` (stderr), or a file.
+    #[arg(long, default_value = "none")]
+    pub serial: String,
+    /// Give up when the replayed guest makes no exit for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub stall_seconds: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `vmrr replay`.
+pub fn run(args: &ReplayArgs, max_mem: u64) -> CliResult {
+    let (goto, snapshot_at) = match &args.snapshot_at {
+        Some(v) => {
+            let seq = super::record::parse_u64(&v[0]).map_err(CliError::Usage)?;
+            (Some(seq), Some(PathBuf::from(&v[1])))
+        }
+        None => (args.goto, None),
+    };
+    let serial = match args.serial.as_str() {
+        "none" => Console::capture_only(),
+        "-" => Console::with_output(Box::new(std::io::stderr())),
+        p => Console::with_output(Box::new(
+            std::fs::File::create(p)
+                .map_err(|source| CliError::Output { context: format!("creating {p}"), source })?,
+        )),
+    };
+    let opts = Options {
+        goto,
+        snapshot_at,
+        start: match (args.rebuild, args.from_checkpoint) {
+            (true, _) => StartFrom::Rebuild,
+            (false, Some(id)) => StartFrom::Checkpoint(id),
+            (false, None) => StartFrom::Auto,
+        },
+        strict_cpu: args.strict_cpu,
+        serial,
+        image: args.image.clone(),
+        max_mem,
+        stall: Duration::from_secs(args.stall_seconds.max(1)),
+        progress: !args.json,
+    };
+    if !args.src.exists() {
+        return Err(CliError::Usage(format!("{}: no such file or directory", args.src.display())));
+    }
+    let src = source::open(&args.src, max_mem).map_err(super::replay_err)?;
+    let report = replay(&src, &opts).map_err(super::replay_err)?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.human());
+    }
+    match report.outcome.exit_code() {
+        0 => Ok(()),
+        code => Err(CliError::Reported { code }),
+    }
+}

@@ -1,0 +1,130 @@
+//! `vmrr snapshot info|flatten`.
+
+use std::path::{Path, PathBuf};
+
+use vmrr_engine::snapshot::{self, Loaded, SnapshotError};
+
+use super::print_json;
+use crate::exit::{CliError, CliResult};
+
+/// `vmrr snapshot` subcommands.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum SnapshotCmd {
+    /// Show what a snapshot (or every snapshot of a trace's directory) holds.
+    Info {
+        /// A snapshot directory (`snap-NNNNNN`) or a snapshots root (`run.snapshots`).
+        path: PathBuf,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a snapshot and its parent chain as one full snapshot.
+    Flatten {
+        /// The (incremental) snapshot directory.
+        src: PathBuf,
+        /// The directory to create.
+        dst: PathBuf,
+    },
+}
+
+/// Maps snapshot errors to CLI errors (damaged input: exit 3).
+pub fn cli_err(e: SnapshotError) -> CliError {
+    if e.is_invalid_input() { CliError::Invalid(e.to_string()) } else { CliError::Snapshot(e) }
+}
+
+fn info_json(l: &Loaded, chain: &[Loaded]) -> serde_json::Value {
+    let s = &l.state;
+    serde_json::json!({
+        "path": l.dir.display().to_string(),
+        "id": s.id,
+        "parent": s.parent,
+        "chain": chain.iter().map(|c| c.state.id).collect::<Vec<_>>(),
+        "version": format!("{}.{}", snapshot::codec::MAJOR, snapshot::codec::MINOR),
+        "trace_id": s.trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "exit_seq": s.exit_seq,
+        "exits": s.exits,
+        "interrupts": s.interrupts,
+        "created_unix_ns": s.created_unix_ns,
+        "mem_bytes": s.vm.mem_bytes,
+        "slots": s.slots.iter().map(|x| serde_json::json!({
+            "id": x.id, "gpa": x.gpa, "size": x.size, "kind": format!("{:?}", x.kind).to_lowercase(),
+            "full": x.full, "changed_pages": x.changed_pages(), "stored_pages": x.stored_pages, "file": x.file,
+        })).collect::<Vec<_>>(),
+        "vcpus": s.vcpus.iter().map(|v| serde_json::json!({"rip": v.regs.rip, "rsp": v.regs.rsp, "rflags": v.regs.rflags})).collect::<Vec<_>>(),
+        "devices": s.bus.devices.iter().map(|d| format!("{:?}", d.state).split(['(', ' ', '{']).next().unwrap_or("").to_string()).collect::<Vec<_>>(),
+    })
+}
+
+fn snapshot_dirs(path: &Path) -> Result<Vec<PathBuf>, CliError> {
+    if path.join(snapshot::STATE_FILE).exists() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let rd = std::fs::read_dir(path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snap-") && !n.ends_with(".tmp"))
+        })
+        .collect();
+    v.sort();
+    if v.is_empty() {
+        return Err(CliError::Usage(format!("{}: no snapshot here", path.display())));
+    }
+    Ok(v)
+}
+
+/// Runs a `vmrr snapshot` subcommand.
+pub fn run(cmd: &SnapshotCmd, max_mem: u64) -> CliResult {
+    match cmd {
+        SnapshotCmd::Info { path, json } => {
+            let mut out = Vec::new();
+            for dir in snapshot_dirs(path)? {
+                let chain = snapshot::load_chain(&dir, max_mem).map_err(cli_err)?;
+                let Some(top) = chain.last() else { continue };
+                out.push(info_json(top, &chain));
+            }
+            if *json {
+                if out.len() == 1 { print_json(&out[0])? } else { print_json(&out)? }
+            } else {
+                for v in &out {
+                    println!(
+                        "{}: snapshot {} (format {}), {}, after {} exits (record seq {}), trace {}",
+                        v["path"].as_str().unwrap_or(""),
+                        v["id"],
+                        v["version"].as_str().unwrap_or(""),
+                        match v["parent"].as_u64() {
+                            Some(p) => format!("incremental on {p} (chain {})", v["chain"]),
+                            None => "full".to_string(),
+                        },
+                        v["exits"],
+                        v["exit_seq"],
+                        v["trace_id"].as_str().unwrap_or("")
+                    );
+                    for s in v["slots"].as_array().into_iter().flatten() {
+                        println!(
+                            "  slot {} {} at {:#x}, {} MiB: {} pages changed, {} stored",
+                            s["id"],
+                            s["kind"].as_str().unwrap_or(""),
+                            s["gpa"].as_u64().unwrap_or(0),
+                            s["size"].as_u64().unwrap_or(0) >> 20,
+                            s["changed_pages"],
+                            s["stored_pages"]
+                        );
+                    }
+                    for (i, c) in v["vcpus"].as_array().into_iter().flatten().enumerate() {
+                        println!("  vcpu {i}: rip {:#x}", c["rip"].as_u64().unwrap_or(0));
+                    }
+                }
+            }
+            Ok(())
+        }
+        SnapshotCmd::Flatten { src, dst } => {
+            let chain = snapshot::load_chain(src, max_mem).map_err(cli_err)?;
+            snapshot::flatten(&chain, dst).map_err(cli_err)?;
+            println!("{}: full snapshot of {} ({} in the chain)", dst.display(), src.display(), chain.len());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! `vmrr replay` and `vmrr pack` end to end on real KVM.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+
+use vmrr_format::{Body, Io, TraceReader, TraceWriter, WriterOptions};
+
+fn record(dir: &tempfile::TempDir, name: &str, extra: &[&str]) -> PathBuf {
+    let out = at(dir, &format!("{name}.vmrr"));
+    let mut args = vec!["record", "--guest", name, "-o", s(&out), "--serial", "none"];
+    args.extend_from_slice(extra);
+    let o = vmrr(&args);
+    assert!(matches!(o.status.code(), Some(0 | 5)), "{name}: {}", stderr(&o));
+    out
+}
+
+fn replay_json(src: &Path, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut args = vec!["replay", s(src), "--json"];
+    args.extend_from_slice(extra);
+    let o = vmrr(&args);
+    let v =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&o), stderr(&o)));
+    (o.status.code(), v)
+}
+
+/// Copies `src` into `dst` applying `edit` to each record (re-encoded and re-checksummed by
+/// the writer, so it reads cleanly), keeping the trace id so its snapshots still match.
+fn rewrite(src: &Path, dst: &Path, mut edit: impl FnMut(u64, &mut Vec<u8>) -> bool) {
+    let mut r = TraceReader::open(src).unwrap();
+    let opts = WriterOptions { trace_id: Some(r.header().trace_id), ..Default::default() };
+    let mut w = TraceWriter::create(dst, opts).unwrap();
+    while let Some(item) = r.next_record() {
+        let rec = item.unwrap();
+        match rec.body {
+            Body::Io(io) => {
+                let mut data = io.data.to_vec();
+                if edit(rec.seq, &mut data) {
+                    let mut copy = rec;
+                    copy.body = Body::Io(Io { data: &data, ..io });
+                    w.append_record(&copy).unwrap();
+                    continue;
+                }
+                w.append_record(&rec).unwrap();
+            }
+            _ => w.append_record(&rec).unwrap(),
+        }
+    }
+    w.finish().unwrap();
+    let snaps = vmrr_engine::snapshot::dir_for_trace(src);
+    if snaps.is_dir() {
+        let to = vmrr_engine::snapshot::dir_for_trace(dst);
+        copy_dir(&snaps, &to);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn every_builtin_guest_records_packs_and_replays() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    for (name, extra, outcome) in [
+        ("hello", vec![], "completed"),
+        ("hello-long", vec![], "completed"),
+        ("pio-storm", vec!["--iterations", "2000", "--checkpoint-every", "700"], "completed"),
+        ("mmio-storm", vec!["--iterations", "2000"], "completed"),
+        ("entropy", vec![], "completed"),
+        ("interrupts", vec!["--iterations", "5", "--checkpoint-every", "30"], "completed"),
+        (
+            "memory-churn",
+            vec!["--iterations", "2", "--mem-mib", "32", "--checkpoint-every", "50"],
+            "completed",
+        ),
+        ("emulation-failure", vec!["--checkpoint-every", "60"], "reproduced"),
+    ] {
+        let trace = record(&d, name, &extra);
+        let recorded_exits = exits(&records(&trace)).len() as u64;
+        let bundle = at(&d, &format!("{name}.bundle.vmrr"));
+        let o = vmrr(&["pack", s(&trace), "-o", s(&bundle)]);
+        assert_eq!(o.status.code(), Some(0), "pack {name}: {}", stderr(&o));
+        let (code, r) = replay_json(&bundle, &[]);
+        assert_eq!(code, Some(0), "{name}: {r}");
+        assert_eq!(r["outcome"], outcome, "{name}: {r}");
+        assert_eq!(r["serial_output_matches"], true, "{name}");
+        assert_eq!(r["start"]["snapshot"], 0, "{name}: a whole replay starts from the initial snapshot");
+        assert_eq!(r["exits_replayed"].as_u64().unwrap(), recorded_exits, "{name}");
+        assert!(r["divergence"].is_null());
+    }
+}
+
+#[test]
+fn entropy_replays_byte_identical_output_that_differed_when_recorded() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let mut printed = Vec::new();
+    for i in 0..2 {
+        let trace = at(&d, &format!("e{i}.vmrr"));
+        let serial = at(&d, &format!("e{i}.rec.txt"));
+        let o = vmrr(&["record", "--guest", "entropy", "-o", s(&trace), "--serial", s(&serial)]);
+        assert_eq!(o.status.code(), Some(0));
+        let replayed = at(&d, &format!("e{i}.replay.txt"));
+        let o = vmrr(&["replay", s(&trace), "--serial", s(&replayed), "--json"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+        let rec = std::fs::read(&serial).unwrap();
+        assert_eq!(std::fs::read(&replayed).unwrap(), rec, "replayed output is byte-identical");
+        printed.push(rec);
+    }
+    assert_ne!(printed[0], printed[1], "the two recordings printed different digests");
+}
+
+#[test]
+fn an_emulation_failure_is_reproduced_offline_with_the_instruction_decoded() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let trace = record(&d, "emulation-failure", &[]);
+    let (code, r) = replay_json(&trace, &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(r["outcome"], "reproduced");
+    let f = &r["emulation_failure"];
+    assert_eq!(f["disassembly"], "popcnt rax,[rdi]");
+    assert_eq!(f["insn_bytes"], "f3480fb807");
+    assert_eq!(f["insn_len"], 5);
+    assert_eq!(f["memory_operand"], 0xd000_1000u64);
+    assert_eq!(f["memory"], "mmio (no memory slot)");
+    assert!(f["rip"].as_u64().unwrap() >= 0x10_0000);
+    assert!(f["exits_before"].as_array().unwrap().len() >= 8);
+    assert!(f["registers"]["rax"].as_str().unwrap().starts_with("0x27f80ddaa1ba7878"));
+}
+
+#[test]
+fn an_edited_input_diverges_right_after_it_with_exit_1() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let trace = record(&d, "hello-long", &[]);
+    // The 5th poll of the UART line status: change "transmitter ready" (0x60) to "busy".
+    let polls: Vec<u64> =
+        records(&trace).iter().filter(|r| r.kind == "io" && r.json["port"] == 0x3fd).map(|r| r.seq).collect();
+    let victim = polls[4];
+    let edited = at(&d, "edited.vmrr");
+    rewrite(&trace, &edited, |seq, data| {
+        if seq == victim {
+            data[0] = 0x00;
+            true
+        } else {
+            false
+        }
+    });
+    assert_eq!(vmrr(&["verify", s(&edited)]).status.code(), Some(0), "the edited trace reads cleanly");
+    let (code, r) = replay_json(&edited, &[]);
+    assert_eq!(code, Some(1), "{r}");
+    assert_eq!(r["outcome"], "diverged");
+    let dv = &r["divergence"];
+    assert_eq!(dv["after_input"], victim, "pinpoints the edited record");
+    assert_eq!(dv["seq"], victim + 1, "the guest polled again instead of writing");
+    assert!(dv["reason"].as_str().unwrap().contains("direction"), "{dv}");
+    assert_eq!(dv["expected"]["direction"], "out");
+    assert_eq!(dv["actual"]["direction"], "in");
+    assert_eq!(dv["actual"]["port"], 0x3fd);
+    assert!(!dv["last_matching"].as_array().unwrap().is_empty());
+    assert!(dv["registers"]["rip"].is_string());
+    // Human report says the same.
+    let o = vmrr(&["replay", s(&edited)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains(&format!("at record {}", victim + 1)), "{}", stdout(&o));
+}
+
+#[test]
+fn a_guest_image_changed_after_recording_diverges() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    // A flat real-mode image printing "AB" then exiting through the debug port.
+    let img = at(&d, "prog.bin");
+    let prog = [0xba, 0xf8, 0x03, 0xb0, b'A', 0xee, 0xb0, b'B', 0xee, 0xb0, 0x00, 0xe6, 0xf4, 0xf4];
+    std::fs::write(&img, prog).unwrap();
+    let trace = at(&d, "img.vmrr");
+    let o = vmrr(&[
+        "record",
+        "--image",
+        s(&img),
+        "--load-addr",
+        "0x1000",
+        "--entry",
+        "0x1000",
+        "--mode",
+        "real",
+        "-o",
+        s(&trace),
+        "--serial",
+        "none",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (code, r) = replay_json(&trace, &["--rebuild"]);
+    assert_eq!((code, r["outcome"].as_str()), (Some(0), Some("completed")), "{r}");
+    let mut changed = prog;
+    changed[7] = b'C';
+    std::fs::write(&img, changed).unwrap();
+    let (code, r) = replay_json(&trace, &["--rebuild"]);
+    assert_eq!(code, Some(1), "{r}");
+    assert!(r["divergence"]["reason"].as_str().unwrap().contains("data written"), "{r}");
+    assert_eq!(r["divergence"]["actual"]["data"], "43");
+    // The snapshot still holds the original image: replaying from it completes.
+    let (code, _) = replay_json(&trace, &[]);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn goto_from_a_late_checkpoint_and_snapshot_at() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let trace =
+        record(&d, "memory-churn", &["--iterations", "3", "--mem-mib", "32", "--checkpoint-every", "40"]);
+    let (_, full) = replay_json(&trace, &[]);
+    assert_eq!(full["outcome"], "completed");
+    // Replaying from the last checkpoint gives the same result as from the start.
+    let last = vmrr_replay::facts::scan(&trace).unwrap().checkpoints.last().unwrap().snapshot_id;
+    let (code, late) = replay_json(&trace, &["--from-checkpoint", &last.to_string()]);
+    assert_eq!(code, Some(0));
+    assert_eq!(late["outcome"], "completed");
+    assert_eq!(late["serial_output_matches"], true);
+    assert_eq!(late["start"]["snapshot"], last);
+    assert!(late["exits_replayed"].as_u64().unwrap() < full["exits_replayed"].as_u64().unwrap());
+    // --goto starts at the nearest checkpoint before the target and stops there.
+    let target = 130u64;
+    let (code, g) = replay_json(&trace, &["--goto", &target.to_string()]);
+    assert_eq!(code, Some(0), "{g}");
+    assert_eq!(g["stopped_at"], target);
+    assert!(g["start"]["seq"].as_u64().unwrap() <= target);
+    assert!(g["start"]["snapshot"].as_u64().unwrap() > 0, "started from a checkpoint, not the beginning");
+    // --snapshot-at writes a snapshot a debugging session can start from.
+    let snap = at(&d, "at130");
+    let o = vmrr(&["replay", s(&trace), "--snapshot-at", &target.to_string(), s(&snap), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let info = vmrr(&["snapshot", "info", s(&snap), "--json"]);
+    assert_eq!(info.status.code(), Some(0), "{}", stderr(&info));
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["exit_seq"], target);
+    // It continues to the same end as the recording.
+    let chain = vmrr_engine::snapshot::load_chain(&snap, u64::MAX).unwrap();
+    let mut m = vmrr_engine::snapshot::restore(
+        &chain,
+        vmrr_engine::devices::console::Console::capture_only(),
+        vmrr_engine::devices::console::Console::capture_only(),
+        false,
+    )
+    .unwrap();
+    let sum = m.run().unwrap();
+    assert!(matches!(sum.outcome, vmrr_engine::machine::Outcome::GuestExit(0)));
+    let out = m.serial.captured();
+    let recorded = vmrr_replay::facts::scan(&trace).unwrap().serial;
+    assert!(
+        !out.is_empty() && recorded.ends_with(&out),
+        "{:?} vs {:?}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&recorded)
+    );
+}
+
+#[test]
+fn missing_cpu_features_warn_and_strict_cpu_refuses() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let trace = record(&d, "hello-long", &[]);
+    let host = vmrr_replay::cpu_check::host_cpuid().unwrap();
+    // A leaf-7 EBX feature this host lacks.
+    let ebx7 = host.iter().find(|e| e.function == 7 && e.index == 0).map_or(0, |e| e.ebx);
+    let bit = (0..32).find(|b| ebx7 & (1 << b) == 0).expect("some feature is absent");
+    let edited = at(&d, "cpu.vmrr");
+    let mut r = TraceReader::open(&trace).unwrap();
+    let opts = WriterOptions { trace_id: Some(r.header().trace_id), ..Default::default() };
+    let mut w = TraceWriter::create(&edited, opts).unwrap();
+    while let Some(item) = r.next_record() {
+        let rec = item.unwrap();
+        if let Body::Cpuid(c) = rec.body {
+            let mut entries: Vec<_> = c.iter().collect();
+            for e in &mut entries {
+                if e.function == 7 && e.index == 0 {
+                    e.ebx |= 1 << bit;
+                }
+            }
+            let mut copy = rec;
+            copy.body = Body::Cpuid(vmrr_format::CpuidEntries::Native(&entries));
+            w.append_record(&copy).unwrap();
+        } else {
+            w.append_record(&rec).unwrap();
+        }
+    }
+    w.finish().unwrap();
+    copy_dir(&vmrr_engine::snapshot::dir_for_trace(&trace), &vmrr_engine::snapshot::dir_for_trace(&edited));
+    let (code, rep) = replay_json(&edited, &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(rep["cpu_warnings"].as_array().unwrap().len(), 1, "{rep}");
+    let o = vmrr(&["replay", s(&edited), "--strict-cpu"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("lacks CPU features"));
+}
+
+#[test]
+fn damaged_bundles_are_refused_with_exit_3() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let trace = record(&d, "hello", &[]);
+    let bundle = at(&d, "b.vmrr");
+    assert_eq!(vmrr(&["pack", s(&trace), "-o", s(&bundle)]).status.code(), Some(0));
+    let good = std::fs::read(&bundle).unwrap();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (good[..good.len() / 2].to_vec(), "outside the file"),
+        (
+            {
+                let mut b = good.clone();
+                let n = b.len();
+                b[n - 10] ^= 0xff;
+                b
+            },
+            "checksum",
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[40] ^= 0x01;
+                b
+            },
+            "manifest checksum",
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[8] = 7;
+                b
+            },
+            "checksum",
+        ),
+    ];
+    for (i, (bytes, msg)) in cases.into_iter().enumerate() {
+        let p = at(&d, &format!("bad{i}.vmrr"));
+        std::fs::write(&p, bytes).unwrap();
+        let o = vmrr(&["replay", s(&p)]);
+        assert_eq!(o.status.code(), Some(3), "case {i}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(msg) && stderr(&o).contains(&format!("bad{i}.vmrr")),
+            "case {i}: {}",
+            stderr(&o)
+        );
+    }
+}
