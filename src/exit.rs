@@ -17,7 +17,6 @@ use std::process::ExitCode;
 #[allow(dead_code)] // documents the table; success is `Ok(())`
 pub const OK: u8 = 0;
 /// Replay diverged.
-#[allow(dead_code)] // returned through `Outcome::exit_code`
 pub const DIVERGED: u8 = 1;
 /// Usage error.
 pub const USAGE: u8 = 2;

@@ -23,6 +23,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Record a failing guest, pack it, and reproduce the failure from the bundle.
+    Demo {
+        /// Where to put the trace, snapshots and bundle (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print a trace's records, one per line.
     Inspect {
         /// Trace file.
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
         Command::Verify { file, json } => cmd::verify::run(&file, json),
         Command::Record(args) => cmd::record::run(&args),
         Command::Guests { json } => cmd::guests::run(json),
+        Command::Demo { dir } => cmd::demo::run(dir.as_deref(), cli.max_mem_mib.saturating_mul(1 << 20)),
         Command::Pack { trace, out, json } => cmd::pack::run(&trace, &out, json),
         Command::Replay(args) => cmd::replay::run(&args, cli.max_mem_mib.saturating_mul(1 << 20)),
         Command::Snapshot(c) => cmd::snapshot::run(&c, cli.max_mem_mib.saturating_mul(1 << 20)),

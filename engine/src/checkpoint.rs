@@ -99,7 +99,13 @@ impl Checkpointer {
         Ok(t)
     }
 
-    fn due(&self, exits: u64) -> bool {
+    /// The trace these checkpoints belong to.
+    pub fn trace_id(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    /// Whether a checkpoint is due after exit `exits`.
+    pub fn due(&self, exits: u64) -> bool {
         self.policy.every_exits.is_some_and(|n| n > 0 && exits % n == 0)
             || self.policy.interval.is_some_and(|i| self.last_time.elapsed() >= i)
     }

@@ -261,6 +261,9 @@ pub struct Machine {
     pub limits: Limits,
     /// The snapshot directory this machine was restored from, if any.
     pub origin: Option<std::path::PathBuf>,
+    /// When set to true (by a signal handler, another thread), the run stops at the next
+    /// exit, kicking the vCPU if it spins.
+    pub external_stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     run_view: RunMap,
     exits: u64,
     interrupts: u64,
@@ -328,6 +331,7 @@ impl Machine {
             recorder: None,
             limits: Limits::default(),
             origin: None,
+            external_stop: None,
             run_view,
             exits: 0,
             interrupts: 0,
@@ -471,7 +475,7 @@ impl Machine {
     /// As for [`Self::run`], and the hook's errors.
     pub fn run_with(&mut self, mut hook: Option<&mut dyn ExitHook>) -> Result<RunSummary, RunError> {
         let start = Instant::now();
-        let watchdog = Watchdog::start(self.limits.max_duration)
+        let watchdog = Watchdog::start_with(self.limits.max_duration, self.external_stop.clone())
             .map_err(|source| RunError::Os { what: "starting the watchdog", source })?;
         self.stop = Some(watchdog.stop_handle());
         let flags = std::sync::Arc::clone(&watchdog.flags);

@@ -165,6 +165,16 @@ impl Recorder {
         self.writer.next_seq()
     }
 
+    /// Continues the trace in `writer` (a new segment file): sequence numbers carry on.
+    /// Returns the previous writer, not yet finished.
+    ///
+    /// # Errors
+    /// The new writer already holds later records.
+    pub fn replace_writer(&mut self, mut writer: TraceWriter) -> Result<TraceWriter, WriteError> {
+        writer.continue_from(self.writer.next_seq())?;
+        Ok(std::mem::replace(&mut self.writer, writer))
+    }
+
     /// The writer (to flush before the guest blocks, or to sync).
     pub fn writer_mut(&mut self) -> &mut TraceWriter {
         &mut self.writer

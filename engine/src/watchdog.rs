@@ -70,6 +70,15 @@ impl Watchdog {
     /// # Errors
     /// The kick signal handler could not be installed, or the thread not spawned.
     pub fn start(limit: Option<Duration>) -> std::io::Result<Self> {
+        Self::start_with(limit, None)
+    }
+
+    /// As [`Self::start`], also stopping the run when `external` becomes true (a signal
+    /// handler's flag, polled every 50 ms).
+    ///
+    /// # Errors
+    /// As for [`Self::start`].
+    pub fn start_with(limit: Option<Duration>, external: Option<Arc<AtomicBool>>) -> std::io::Result<Self> {
         let kicker = Kicker::current()?;
         let flags = Arc::new(Flags::default());
         let (done_tx, done_rx) = channel::<()>();
@@ -77,7 +86,7 @@ impl Watchdog {
         let f = Arc::clone(&flags);
         let thread = std::thread::Builder::new()
             .name("vmrr-watchdog".into())
-            .spawn(move || watch(f, kicker, limit, done_rx, wake_rx))?;
+            .spawn(move || watch(f, kicker, limit, external, done_rx, wake_rx))?;
         Ok(Watchdog { flags, done: done_tx, wake: wake_tx, thread: Some(thread) })
     }
 
@@ -87,7 +96,14 @@ impl Watchdog {
     }
 }
 
-fn watch(flags: Arc<Flags>, kicker: Kicker, limit: Option<Duration>, done: Receiver<()>, wake: Receiver<()>) {
+fn watch(
+    flags: Arc<Flags>,
+    kicker: Kicker,
+    limit: Option<Duration>,
+    external: Option<Arc<AtomicBool>>,
+    done: Receiver<()>,
+    wake: Receiver<()>,
+) {
     let deadline = limit.map(|l| Instant::now() + l);
     // Phase 1: wait for the deadline or a stop request.
     loop {
@@ -108,6 +124,9 @@ fn watch(flags: Arc<Flags>, kicker: Kicker, limit: Option<Duration>, done: Recei
         if deadline.is_some_and(|d| Instant::now() >= d) {
             flags.deadline.store(true, Ordering::Relaxed);
             break;
+        }
+        if external.as_ref().is_some_and(|e| e.load(Ordering::Relaxed)) {
+            flags.stop.store(true, Ordering::Relaxed);
         }
         if flags.stop.load(Ordering::Relaxed) {
             break;

@@ -309,6 +309,24 @@ impl TraceWriter {
         self.next_seq
     }
 
+    /// Makes the next record get sequence number `seq` (a trace continued in a new file).
+    ///
+    /// # Errors
+    /// `seq` is below the next sequence number (numbers only increase).
+    pub fn continue_from(&mut self, seq: u64) -> Result<(), WriteError> {
+        if seq < self.next_seq {
+            return Err(WriteError::Unencodable {
+                field: "seq",
+                detail: format!("{seq} is below the next sequence number {}", self.next_seq),
+            });
+        }
+        if self.count > 0 && seq != self.next_seq {
+            self.close_chunk()?;
+        }
+        self.next_seq = seq;
+        Ok(())
+    }
+
     /// Appends a record with the next sequence number and returns that number.
     ///
     /// # Errors

@@ -154,7 +154,7 @@ fn allowed(name: &str, max_mem: u64) -> Option<u64> {
     }
     let rest = name.strip_prefix("snapshots/snap-")?;
     let (id, file) = rest.split_once('/')?;
-    if id.len() != 6 || !id.bytes().all(|b| b.is_ascii_digit()) {
+    if !(6..=20).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     if file == "state.bin" {

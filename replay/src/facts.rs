@@ -117,7 +117,9 @@ pub fn scan(path: &Path) -> Result<TraceFacts, ReplayError> {
         };
         f.records += 1;
         if let Some(p) = last {
-            if rec.seq != p + 1 {
+            // A flight recording keeps its prologue and the trace from its oldest kept
+            // checkpoint: a gap is allowed only right before a checkpoint record.
+            if rec.seq != p + 1 && !matches!(rec.body, Body::Checkpoint(_)) {
                 return Err(ReplayError::Unreplayable(format!(
                     "records {}..{} are missing",
                     p + 1,

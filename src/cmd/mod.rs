@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod demo;
 pub mod guests;
 pub mod inspect;
 pub mod pack;

@@ -88,6 +88,15 @@ pub struct RecordArgs {
     /// in `<trace>.snapshots/`, so the trace can be replayed anywhere).
     #[arg(long, conflicts_with_all = ["checkpoint_every", "checkpoint_interval_ms"])]
     pub no_snapshot: bool,
+    /// Flight recorder: keep only the last `--keep` checkpoints and the trace since the
+    /// oldest of them (bounded disk, whatever the run's length); on an emulation failure,
+    /// internal error, triple fault or SIGUSR1, write a bundle to `--out` that replays to
+    /// that moment. Checkpoints default to one per second.
+    #[arg(long, conflicts_with_all = ["no_snapshot", "no_trace"])]
+    pub flight_recorder: bool,
+    /// Checkpoints the flight recorder keeps.
+    #[arg(long, default_value_t = 3, requires = "flight_recorder")]
+    pub keep: usize,
     /// Print the run summary as JSON on stdout (the serial console then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -165,9 +174,14 @@ impl RecordArgs {
 
     /// The checkpoint policy.
     pub fn policy(&self) -> Policy {
-        Policy {
+        let p = Policy {
             every_exits: self.checkpoint_every.filter(|n| *n > 0),
             interval: self.checkpoint_interval_ms.map(Duration::from_millis),
+        };
+        if self.flight_recorder && p.is_none() {
+            Policy { interval: Some(Duration::from_secs(1)), ..p }
+        } else {
+            p
         }
     }
 
@@ -191,6 +205,9 @@ pub fn run(args: &RecordArgs) -> CliResult {
     let debugcon = console(&args.debugcon, true)?;
     if cfg.cpuid == CpuidProfile::Host {
         eprintln!("vmrr: warning: --cpuid host exposes TSC, RDRAND and RDSEED: replay may diverge");
+    }
+    if args.flight_recorder {
+        return flight(args, &cfg, serial, debugcon);
     }
     let writer = match (&args.out, args.no_trace) {
         (Some(path), false) => Some(TraceWriter::create(path, args.writer_options())?),
@@ -309,4 +326,79 @@ fn report(
         eprintln!("{line}");
     }
     let _ = std::io::stderr().flush();
+}
+
+/// `--flight-recorder`: record into a bounded ring of segments and snapshots; pack a
+/// bundle when the run ends in a failure or SIGUSR1 asks for one.
+fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Console) -> CliResult {
+    use vmrr_engine::flight::FlightRecorder;
+    let out = args.out.clone().ok_or_else(|| CliError::Usage("--flight-recorder needs --out".into()))?;
+    let dir = FlightRecorder::dir_for(&out);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|source| CliError::Output {
+            context: format!("removing old {}", dir.display()),
+            source,
+        })?;
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|source| CliError::Output { context: format!("creating {}", dir.display()), source })?;
+    let mut m = cfg.build(serial, debugcon)?;
+    for n in &m.vm.notes {
+        eprintln!("vmrr: note: {n}");
+    }
+    let w = TraceWriter::create(&FlightRecorder::prologue_path(&dir), args.writer_options())?;
+    let mut rec = Recorder::new(&m.vm.kvm, &m.vm.vcpu, 0, w)?;
+    let annotations = cfg.annotations(&m.vm);
+    for (k, v) in &annotations {
+        rec.annotate(k, v)?;
+    }
+    rec.record_cpuid(&cpuid::to_format(&m.vm.cpuid))?;
+    let trace_id = rec.trace_id();
+    m.recorder = Some(rec);
+    m.external_stop = Some(
+        vmrr_engine::signals::sigusr1_flag().map_err(|e| CliError::Capability(format!("SIGUSR1: {e}")))?,
+    );
+    let mut fr = FlightRecorder::start(
+        &mut m,
+        dir.clone(),
+        args.policy(),
+        args.keep,
+        args.writer_options(),
+        trace_id,
+        annotations,
+    )?;
+    let summary = m.run_with(Some(&mut fr))?;
+    if let Some(rec) = m.recorder.take() {
+        rec.finish(summary.outcome.end_reason(), summary.outcome.status())?;
+    }
+    let triggered =
+        summary.outcome.is_fatal() || matches!(summary.outcome, vmrr_engine::machine::Outcome::Stopped);
+    let secs = summary.elapsed.as_secs_f64();
+    if triggered {
+        let staging = dir.join("staging");
+        let trace = fr.assemble(&staging)?;
+        let man = vmrr_replay::bundle::pack(&trace, &out).map_err(|e| CliError::Replay(e.to_string()))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!(
+            "vmrr: flight recorder: {} after {} exits in {secs:.1} s; bundle {} holds checkpoints {:?} ({} older dropped)",
+            summary.outcome.name(),
+            summary.exits,
+            out.display(),
+            man.snapshots,
+            fr.dropped
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!(
+            "vmrr: flight recorder: {} after {} exits in {secs:.1} s; no failure, nothing kept",
+            summary.outcome.name(),
+            summary.exits
+        );
+    }
+    if let Some(r) = summary.outcome.report() {
+        for line in r.to_string().lines() {
+            eprintln!("  {line}");
+        }
+    }
+    if summary.outcome.is_fatal() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
 }

@@ -332,3 +332,64 @@ pub fn flatten(chain: &[Loaded], out: &Path) -> Result<(), SnapshotError> {
     std::fs::rename(&tmp, out).map_err(io_err("renaming", &tmp))?;
     Ok(())
 }
+
+/// Folds snapshot `older` (full) into its child `newer` (incremental on it): the child's
+/// changed pages are written into the older snapshot's files, its state made full, and the
+/// result takes the child's directory. Afterwards `newer` is a full snapshot and `older` is
+/// gone; grandchildren (whose parent is `newer`) stay valid. O(pages the child changed).
+///
+/// Used by the flight recorder to drop its oldest checkpoint without breaking the chain.
+/// While it runs, the child's directory is the only one named for it: a crash leaves the
+/// old child (whose parent is then missing, so it does not load) or the finished result.
+///
+/// # Errors
+/// Not a full parent and its direct child, or file-system failures.
+pub fn squash(older: &Path, newer: &Path) -> Result<(), SnapshotError> {
+    let o = load(older, u64::MAX)?;
+    let n = load(newer, u64::MAX)?;
+    if o.state.parent.is_some() || n.state.parent != Some(o.state.id) {
+        return Err(SnapshotError::Unsupported(format!(
+            "snapshot {} is not the full parent of {}",
+            o.state.id, n.state.id
+        )));
+    }
+    let work = older.with_extension("squash");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::rename(older, &work).map_err(io_err("renaming", older))?;
+    let mut state = n.state.clone();
+    state.parent = None;
+    for (s, os) in state.slots.iter_mut().zip(&o.state.slots) {
+        let dst_path = work.join(&os.file);
+        let dst =
+            std::fs::OpenOptions::new().write(true).open(&dst_path).map_err(io_err("opening", &dst_path))?;
+        let src_path = newer.join(&s.file);
+        let src = open(&src_path)?;
+        let mut buf = vec![0u8; usize::try_from(64 * PAGE_SIZE).unwrap_or(0)];
+        for (first, count) in s.runs() {
+            let mut p = first;
+            while p < first + count {
+                let k = (first + count - p).min(64);
+                let b = &mut buf[..usize::try_from(k * PAGE_SIZE).unwrap_or(0)];
+                src.read_exact_at(b, p * PAGE_SIZE).map_err(io_err("reading", &src_path))?;
+                dst.write_all_at(b, p * PAGE_SIZE).map_err(io_err("writing", &dst_path))?;
+                p += k;
+            }
+        }
+        dst.sync_all().map_err(io_err("syncing", &dst_path))?;
+        s.file = os.file.clone();
+        s.full = true;
+        s.pages = Vec::new();
+        s.stored_pages = os.stored_pages.max(s.stored_pages);
+    }
+    let bytes = codec::frame(&codec::encode(&state)?);
+    let tmp = work.join("state.bin.tmp");
+    std::fs::write(&tmp, bytes).map_err(io_err("writing", &tmp))?;
+    File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err("syncing", &tmp))?;
+    std::fs::rename(&tmp, work.join(STATE_FILE)).map_err(io_err("renaming", &tmp))?;
+    std::fs::remove_dir_all(newer).map_err(io_err("removing", newer))?;
+    std::fs::rename(&work, newer).map_err(io_err("renaming", &work))?;
+    if let Some(root) = newer.parent() {
+        File::open(root).and_then(|d| d.sync_all()).map_err(io_err("syncing", root))?;
+    }
+    Ok(())
+}

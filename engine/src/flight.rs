@@ -1,0 +1,162 @@
+//! The flight recorder: record continuously at bounded cost, keep only the recent past.
+//!
+//! Layout under `<out>.flight/`: `prologue.vmrr` (the run's annotations and CPUID),
+//! `seg-<id>.vmrr` (the trace from checkpoint `<id>` up to the next), and `snapshots/`.
+//! Only the last `keep` checkpoints, and the segments from the oldest of them, are kept:
+//! when a new checkpoint is taken beyond that, the oldest segment is deleted and the
+//! oldest (full) snapshot is squashed into the next one, which becomes full. Disk use is
+//! bounded by one full snapshot, `keep - 1` incremental ones and `keep` segments, whatever
+//! the run's length; memory by the trace writer's fixed buffers.
+//!
+//! When the run ends in a failure (or is stopped), [`FlightRecorder::assemble`] joins the
+//! prologue and the kept segments into one trace (sequence numbers preserved; the gap
+//! before the oldest kept checkpoint is allowed by replay) beside the kept snapshots,
+//! ready to pack into a bundle that replays to that moment.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use vmrr_format::{TraceReader, TraceWriter, WriterOptions};
+
+use crate::checkpoint::{Checkpointer, Policy};
+use crate::error::RunError;
+use crate::machine::{ExitHook, Machine};
+use crate::snapshot::{self, SnapshotError};
+
+/// A flight recorder attached to a recording machine.
+#[derive(Debug)]
+pub struct FlightRecorder {
+    dir: PathBuf,
+    cp: Checkpointer,
+    keep: usize,
+    opts: WriterOptions,
+    segments: VecDeque<(u64, PathBuf)>,
+    /// Segments and snapshots dropped so far.
+    pub dropped: u64,
+}
+
+fn snap_err(e: SnapshotError) -> RunError {
+    RunError::Snapshot(Box::new(e))
+}
+
+impl FlightRecorder {
+    /// The directory for a flight recording whose bundle goes to `out`.
+    pub fn dir_for(out: &Path) -> PathBuf {
+        out.with_extension("flight")
+    }
+
+    /// The prologue trace path (record annotations and CPUID into a writer created on it,
+    /// then call [`Self::start`]).
+    pub fn prologue_path(dir: &Path) -> PathBuf {
+        dir.join("prologue.vmrr")
+    }
+
+    /// Starts: takes checkpoint 0 into the first segment. `m` must be recording into the
+    /// prologue.
+    ///
+    /// # Errors
+    /// Snapshot or trace failures.
+    pub fn start(
+        m: &mut Machine,
+        dir: PathBuf,
+        policy: Policy,
+        keep: usize,
+        opts: WriterOptions,
+        trace_id: [u8; 16],
+        annotations: Vec<(String, String)>,
+    ) -> Result<Self, RunError> {
+        let cp = Checkpointer::new(dir.join("snapshots"), policy, trace_id, annotations);
+        let mut fr =
+            FlightRecorder { dir, cp, keep: keep.max(1), opts, segments: VecDeque::new(), dropped: 0 };
+        fr.rotate(m)?;
+        Ok(fr)
+    }
+
+    /// New segment, then a checkpoint as its first record; drops what falls out of `keep`.
+    fn rotate(&mut self, m: &mut Machine) -> Result<(), RunError> {
+        let id = self.cp.taken.last().map_or(0, |t| t.id + 1);
+        let path = self.dir.join(format!("seg-{id:06}.vmrr"));
+        let mut opts = self.opts.clone();
+        opts.trace_id = Some(self.cp_trace_id());
+        let w = TraceWriter::create(&path, opts)?;
+        if let Some(rec) = m.recorder.as_mut() {
+            let old = rec.replace_writer(w)?;
+            old.finish()?;
+        }
+        let t = self.cp.checkpoint(m).map_err(snap_err)?;
+        self.segments.push_back((t.id, path));
+        while self.segments.len() > self.keep {
+            let Some((old_id, old_seg)) = self.segments.pop_front() else { break };
+            let next_id = self.segments.front().map_or(t.id, |s| s.0);
+            let root = self.cp.root().to_path_buf();
+            snapshot::squash(&snapshot::snapshot_dir(&root, old_id), &snapshot::snapshot_dir(&root, next_id))
+                .map_err(snap_err)?;
+            std::fs::remove_file(&old_seg)
+                .map_err(|source| RunError::Os { what: "removing a trace segment", source })?;
+            self.dropped += 1;
+        }
+        Ok(())
+    }
+
+    fn cp_trace_id(&self) -> [u8; 16] {
+        self.cp.trace_id()
+    }
+
+    /// The kept checkpoint ids, oldest first.
+    pub fn kept(&self) -> Vec<u64> {
+        self.segments.iter().map(|s| s.0).collect()
+    }
+
+    /// Joins the prologue and the kept segments into `<staging>/trace.vmrr` and moves the
+    /// kept snapshots to `<staging>/trace.snapshots`. Call after the recorder finished.
+    ///
+    /// # Errors
+    /// A segment cannot be read or the result written.
+    pub fn assemble(&self, staging: &Path) -> Result<PathBuf, RunError> {
+        std::fs::create_dir_all(staging)
+            .map_err(|source| RunError::Os { what: "creating the staging directory", source })?;
+        let trace = staging.join("trace.vmrr");
+        let mut opts = self.opts.clone();
+        opts.trace_id = Some(self.cp_trace_id());
+        let mut w = TraceWriter::create(&trace, opts)?;
+        let mut parts = vec![Self::prologue_path(&self.dir)];
+        parts.extend(self.segments.iter().map(|s| s.1.clone()));
+        for p in parts {
+            let mut r = TraceReader::open(&p).map_err(|e| RunError::Os {
+                what: "reading a trace segment",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            while let Some(item) = r.next_record() {
+                match item {
+                    Ok(rec) => w.append_record(&rec)?,
+                    // A torn tail of the last segment (the run was killed): keep what is intact.
+                    Err(_) => break,
+                }
+            }
+        }
+        w.finish()?;
+        let to = snapshot::dir_for_trace(&trace);
+        std::fs::create_dir_all(&to)
+            .map_err(|source| RunError::Os { what: "creating the snapshot directory", source })?;
+        for (id, _) in &self.segments {
+            let from = snapshot::snapshot_dir(self.cp.root(), *id);
+            std::fs::rename(&from, snapshot::snapshot_dir(&to, *id))
+                .map_err(|source| RunError::Os { what: "moving a snapshot", source })?;
+        }
+        Ok(trace)
+    }
+
+    /// The flight directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl ExitHook for FlightRecorder {
+    fn after_exit(&mut self, m: &mut Machine, exits: u64) -> Result<(), RunError> {
+        if self.cp.due(exits) {
+            self.rotate(m)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! `vmrr demo`: the whole story in a few seconds, on the built-in `emulation-failure`
+//! guest: record with checkpoints, pack one file, replay it from the start and from the
+//! last checkpoint, and show the reproduced failure.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use vmrr_engine::devices::console::Console;
+use vmrr_replay::{Options, Outcome, StartFrom, replay, source};
+
+use super::record::RecordArgs;
+use crate::exit::{CliError, CliResult};
+
+fn step(n: u32, what: &str) {
+    println!("\n[{n}/4] {what}");
+}
+
+/// Runs the demo in `dir` (created; defaults to a new directory under the system's
+/// temporary directory, kept for inspection).
+pub fn run(dir: Option<&Path>, max_mem: u64) -> CliResult {
+    let t0 = Instant::now();
+    let dir: PathBuf = match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::temp_dir().join(format!("vmrr-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|source| CliError::Output { context: format!("creating {}", dir.display()), source })?;
+    let trace = dir.join("demo.vmrr");
+    let serial = dir.join("serial.txt");
+    println!("vmrr demo: a guest does some work, then runs an instruction KVM cannot emulate.");
+    println!("Everything is written to {}", dir.display());
+
+    step(1, "record the guest on KVM, every exit into a trace, a checkpoint every 60 exits");
+    let args = RecordArgs {
+        guest: Some("emulation-failure".into()),
+        image: None,
+        load_addr: None,
+        entry: None,
+        mode: None,
+        ring: 0,
+        firmware: None,
+        out: Some(trace.clone()),
+        no_trace: false,
+        iterations: None,
+        mem_mib: 64,
+        cpuid: "deterministic".into(),
+        max_exits: None,
+        max_seconds: Some(30.0),
+        serial: serial.display().to_string(),
+        debugcon: "none".into(),
+        zstd_level: 3,
+        no_compress: false,
+        sync: "chunk".into(),
+        checkpoint_every: Some(60),
+        checkpoint_interval_ms: None,
+        no_snapshot: false,
+        flight_recorder: false,
+        keep: 3,
+        json: false,
+    };
+    match super::record::run(&args) {
+        Ok(()) => {}
+        // The guest is meant to fail: exit code 5 is the expected outcome here.
+        Err(CliError::Reported { code: crate::exit::GUEST_FATAL }) => {}
+        Err(e) => return Err(e),
+    }
+    let printed = std::fs::read_to_string(&serial).unwrap_or_default();
+    for line in printed.lines() {
+        println!("  guest: {line}");
+    }
+
+    step(2, "pack the trace and its snapshots into one file to ship");
+    let bundle = dir.join("repro.vmrr");
+    super::pack::run(&trace, &bundle, false)?;
+
+    let opts = |start| Options {
+        start,
+        max_mem,
+        serial: Console::capture_only(),
+        progress: false,
+        ..Options::default()
+    };
+    let src = source::open(&bundle, max_mem).map_err(super::replay_err)?;
+    step(3, "replay the bundle from the start (no device, file or clock of the recording needed)");
+    let from_start = replay(&src, &opts(StartFrom::Auto)).map_err(super::replay_err)?;
+    println!(
+        "  {} after {} exits from snapshot {}; serial output matches: {}",
+        outcome(from_start.outcome),
+        from_start.exits_replayed,
+        from_start.start.snapshot.map_or("none (rebuilt)".to_string(), |s| s.to_string()),
+        from_start.serial_output_matches
+    );
+
+    step(4, "replay it again from the last checkpoint");
+    let facts = vmrr_replay::facts::scan(&src.trace).map_err(super::replay_err)?;
+    let last = facts.checkpoints.last().map_or(0, |c| c.snapshot_id);
+    let from_last = replay(&src, &opts(StartFrom::Checkpoint(last))).map_err(super::replay_err)?;
+    println!(
+        "  {} after {} exits from snapshot {last}",
+        outcome(from_last.outcome),
+        from_last.exits_replayed
+    );
+
+    println!("\n--- the reproduced failure ---");
+    if let Some(f) = &from_last.emulation_failure {
+        println!("{} at rip {:#x}", f.exit, f.rip);
+        if let (Some(d), Some(n)) = (&f.disassembly, f.insn_len) {
+            println!(
+                "  {d}   ({n} bytes: {}; KVM reported a {}-byte fetch window)",
+                f.insn_bytes, f.insn_size
+            );
+        }
+        if let Some(a) = f.memory_operand {
+            println!("  accessing {a:#x}: {}", f.memory.as_deref().unwrap_or("?"));
+        }
+    }
+    println!(
+        "\nvmrr demo: {} in {:.1} s. Try: vmrr inspect {} | tail; vmrr replay {}",
+        if from_start.outcome == Outcome::Reproduced && from_last.outcome == Outcome::Reproduced {
+            "failure reproduced from the start and from the last checkpoint"
+        } else {
+            "the failure was NOT reproduced"
+        },
+        t0.elapsed().as_secs_f64(),
+        trace.display(),
+        bundle.display()
+    );
+    if from_start.outcome == Outcome::Reproduced && from_last.outcome == Outcome::Reproduced {
+        Ok(())
+    } else {
+        Err(CliError::Reported { code: crate::exit::DIVERGED })
+    }
+}
+
+fn outcome(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Completed => "completed",
+        Outcome::Reproduced => "reproduced the emulation failure",
+        Outcome::Diverged => "DIVERGED",
+    }
+}
