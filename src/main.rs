@@ -2,6 +2,7 @@
 //!
 //! Exit codes are listed in [`exit`] and in the README.
 
+mod bench;
 mod cmd;
 mod exit;
 
@@ -55,6 +56,18 @@ enum Command {
     Record(Box<cmd::record::RecordArgs>),
     /// Replay a recorded guest deterministically and check it against its trace.
     Replay(Box<cmd::replay::ReplayArgs>),
+    /// Measure exit throughput (plain, record, replay), trace cost, snapshot cost.
+    Bench {
+        /// Fewer repetitions (every figure still reported); under a minute.
+        #[arg(long)]
+        quick: bool,
+        /// One JSON object with every figure.
+        #[arg(long)]
+        json: bool,
+        /// Write SVG charts into this directory.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// Pack a trace and the snapshots it needs into one checksummed, compressed file.
     Pack {
         /// The trace.
@@ -93,6 +106,7 @@ fn main() -> ExitCode {
         Command::Verify { file, json } => cmd::verify::run(&file, json),
         Command::Record(args) => cmd::record::run(&args),
         Command::Guests { json } => cmd::guests::run(json),
+        Command::Bench { quick, json, plot } => bench::run(quick, json, plot.as_deref()),
         Command::Demo { dir } => cmd::demo::run(dir.as_deref(), cli.max_mem_mib.saturating_mul(1 << 20)),
         Command::Pack { trace, out, json } => cmd::pack::run(&trace, &out, json),
         Command::Replay(args) => cmd::replay::run(&args, cli.max_mem_mib.saturating_mul(1 << 20)),

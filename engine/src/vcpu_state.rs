@@ -293,13 +293,24 @@ impl VcpuState {
     /// # Errors
     /// Validation, an ioctl failure, or an MSR KVM refuses.
     pub fn restore(&self, vcpu: &VcpuFd) -> Result<(), VcpuStateError> {
+        self.restore_with(vcpu, true)
+    }
+
+    /// As [`Self::restore`]; `set_cpuid` false skips CPUID, for a vCPU that already has
+    /// this state's CPUID (an in-place reset: the CPUID cannot change after a run).
+    ///
+    /// # Errors
+    /// As for [`Self::restore`].
+    pub fn restore_with(&self, vcpu: &VcpuFd, set_cpuid: bool) -> Result<(), VcpuStateError> {
         self.validate()?;
-        let cpuid = CpuId::from_entries(&self.cpuid).map_err(|_| VcpuStateError::TooMany {
-            what: "CPUID entries",
-            count: self.cpuid.len(),
-            max: kvm_bindings::KVM_MAX_CPUID_ENTRIES,
-        })?;
-        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        if set_cpuid {
+            let cpuid = CpuId::from_entries(&self.cpuid).map_err(|_| VcpuStateError::TooMany {
+                what: "CPUID entries",
+                count: self.cpuid.len(),
+                max: kvm_bindings::KVM_MAX_CPUID_ENTRIES,
+            })?;
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        }
         vcpu.set_mp_state(self.mp_state).map_err(kvm_err("KVM_SET_MP_STATE"))?;
         vcpu.set_regs(&self.regs).map_err(kvm_err("KVM_SET_REGS"))?;
         vcpu.set_sregs(&self.sregs).map_err(kvm_err("KVM_SET_SREGS"))?;

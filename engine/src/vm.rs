@@ -35,6 +35,78 @@ impl Default for VmConfig {
     }
 }
 
+/// Everything of a VM that does not depend on its memory or guest: `/dev/kvm`, the VM with
+/// vmrr's capabilities and MSR filter, and its vCPU (with synced registers). Creating one
+/// is most of a VM's start-up cost (several KVM calls that wait for grace periods), so a
+/// host that restores often can create shells ahead of need and restore into them.
+pub struct Shell {
+    kvm: Kvm,
+    fd: VmFd,
+    vcpu: VcpuFd,
+    caps: HostCaps,
+    notes: Vec<String>,
+}
+
+impl std::fmt::Debug for Shell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shell").field("caps", &self.caps).finish()
+    }
+}
+
+impl Shell {
+    /// Creates a shell.
+    ///
+    /// # Errors
+    /// `/dev/kvm` cannot be opened, a required capability is missing, or an ioctl fails.
+    pub fn create() -> Result<Self, CreateVmError> {
+        let kvm = open_kvm()?;
+        let caps = HostCaps::query(&kvm);
+        if !caps.sync_regs {
+            return Err(CreateVmError::MissingCapability { what: "KVM_CAP_SYNC_REGS" });
+        }
+        let mut notes = Vec::new();
+        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        fd.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        if !caps.user_memory2 {
+            notes.push(
+                "KVM_CAP_USER_MEMORY2 is absent: memory slots use KVM_SET_USER_MEMORY_REGION".to_string(),
+            );
+        }
+        if caps.exit_on_emulation_failure {
+            let mut cap = kvm_enable_cap { cap: KVM_CAP_EXIT_ON_EMULATION_FAILURE, ..Default::default() };
+            cap.args[0] = 1;
+            fd.enable_cap(&cap).map_err(kvm_err("enabling KVM_CAP_EXIT_ON_EMULATION_FAILURE"))?;
+        } else {
+            notes.push(
+                "KVM_CAP_EXIT_ON_EMULATION_FAILURE is absent: emulation failures carry no instruction bytes"
+                    .to_string(),
+            );
+        }
+        if caps.user_space_msr && caps.msr_filter {
+            let mut cap = kvm_enable_cap { cap: KVM_CAP_X86_USER_SPACE_MSR, ..Default::default() };
+            cap.args[0] = u64::from(KVM_MSR_EXIT_REASON_FILTER | KVM_MSR_EXIT_REASON_UNKNOWN);
+            fd.enable_cap(&cap).map_err(kvm_err("enabling KVM_CAP_X86_USER_SPACE_MSR"))?;
+            // Deny (so exit to userspace) reads and writes of vmrr's clock MSR only.
+            let bitmap = [0u8; 1];
+            let range = MsrFilterRange {
+                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                base: VMRR_CLOCK_MSR,
+                msr_count: 1,
+                bitmap: &bitmap,
+            };
+            fd.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
+                .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
+        } else {
+            notes.push(
+                "userspace MSR handling is absent: vmrr's clock MSR raises #GP in the guest".to_string(),
+            );
+        }
+        let mut vcpu = fd.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        vcpu.set_sync_valid_reg(SyncReg::Register);
+        Ok(Shell { kvm, fd, vcpu, caps, notes })
+    }
+}
+
 /// A VM with one vCPU.
 ///
 /// Field order is drop order: the vCPU and VM file descriptors close before guest memory
@@ -98,58 +170,33 @@ impl Vm {
     ///
     /// # Errors
     /// KVM failures.
-    pub fn with_memory(config: VmConfig, mut memory: GuestMemory) -> Result<Self, CreateVmError> {
-        let kvm = open_kvm()?;
-        let caps = HostCaps::query(&kvm);
-        if !caps.sync_regs {
-            return Err(CreateVmError::MissingCapability { what: "KVM_CAP_SYNC_REGS" });
-        }
-        let mut notes = Vec::new();
-        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        fd.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        if !caps.user_memory2 {
-            notes.push(
-                "KVM_CAP_USER_MEMORY2 is absent: memory slots use KVM_SET_USER_MEMORY_REGION".to_string(),
-            );
-        }
+    pub fn with_memory(config: VmConfig, memory: GuestMemory) -> Result<Self, CreateVmError> {
+        Self::from_shell(Shell::create()?, config, memory, true)
+    }
+
+    /// Finishes a VM from a [`Shell`] created earlier: registers `memory` and, when
+    /// `set_cpuid`, gives the vCPU the CPUID of `config`'s profile (a restore sets the
+    /// saved CPUID instead and skips the `KVM_GET_SUPPORTED_CPUID` query).
+    ///
+    /// # Errors
+    /// KVM failures.
+    pub fn from_shell(
+        shell: Shell,
+        config: VmConfig,
+        mut memory: GuestMemory,
+        set_cpuid: bool,
+    ) -> Result<Self, CreateVmError> {
+        let Shell { kvm, fd, vcpu, caps, mut notes } = shell;
         memory
             .register(&fd, caps.user_memory2, config.dirty_log)
             .map_err(kvm_err("registering memory slots"))?;
-
-        if caps.exit_on_emulation_failure {
-            let mut cap = kvm_enable_cap { cap: KVM_CAP_EXIT_ON_EMULATION_FAILURE, ..Default::default() };
-            cap.args[0] = 1;
-            fd.enable_cap(&cap).map_err(kvm_err("enabling KVM_CAP_EXIT_ON_EMULATION_FAILURE"))?;
+        let cpuid = if set_cpuid {
+            let c = cpuid::build(&kvm, config.cpuid).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+            vcpu.set_cpuid2(&c).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            c
         } else {
-            notes.push(
-                "KVM_CAP_EXIT_ON_EMULATION_FAILURE is absent: emulation failures carry no instruction bytes"
-                    .to_string(),
-            );
-        }
-        if caps.user_space_msr && caps.msr_filter {
-            let mut cap = kvm_enable_cap { cap: KVM_CAP_X86_USER_SPACE_MSR, ..Default::default() };
-            cap.args[0] = u64::from(KVM_MSR_EXIT_REASON_FILTER | KVM_MSR_EXIT_REASON_UNKNOWN);
-            fd.enable_cap(&cap).map_err(kvm_err("enabling KVM_CAP_X86_USER_SPACE_MSR"))?;
-            // Deny (so exit to userspace) reads and writes of vmrr's clock MSR only.
-            let bitmap = [0u8; 1];
-            let range = MsrFilterRange {
-                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
-                base: VMRR_CLOCK_MSR,
-                msr_count: 1,
-                bitmap: &bitmap,
-            };
-            fd.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
-                .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
-        } else {
-            notes.push(
-                "userspace MSR handling is absent: vmrr's clock MSR raises #GP in the guest".to_string(),
-            );
-        }
-
-        let mut vcpu = fd.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        let cpuid = cpuid::build(&kvm, config.cpuid).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-        vcpu.set_sync_valid_reg(SyncReg::Register);
+            CpuId::new(0).map_err(|_| CreateVmError::Config("empty CPUID".into()))?
+        };
         if let Ok(f) = crate::probe::host_facts() {
             if !f.cpuid_enforced {
                 notes.push(

@@ -257,6 +257,7 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
     let serial_to = opts.goto.map_or(f.serial.len(), |g| f.serial_before(g + 1));
     let expected_serial = f.serial.get(serial_from..serial_to.max(serial_from)).unwrap_or(&[]).to_vec();
 
+    let t_loop = Instant::now();
     let watchdog = Watchdog::start(None).map_err(|source| ReplayError::Io {
         what: "starting the replay watchdog",
         path: String::new(),
@@ -472,6 +473,7 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
             eprint!("\rreplay: {exits_replayed} / {} exits", f.exits);
         }
     }
+    let loop_seconds = t_loop.elapsed().as_secs_f64();
     drop(watchdog);
     if progress {
         eprintln!();
@@ -509,6 +511,7 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
         notes,
         snapshot_written,
         seconds: secs,
-        exits_per_s: if secs > 0.0 { exits_replayed as f64 / secs } else { 0.0 },
+        loop_seconds,
+        exits_per_s: if loop_seconds > 0.0 { exits_replayed as f64 / loop_seconds } else { 0.0 },
     })
 }

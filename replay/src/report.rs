@@ -111,9 +111,11 @@ pub struct Report {
     pub notes: Vec<String>,
     /// The snapshot written by `--snapshot-at`.
     pub snapshot_written: Option<String>,
-    /// Wall-clock seconds.
+    /// Wall-clock seconds, set-up (trace scan, restore) included.
     pub seconds: f64,
-    /// Exits per second.
+    /// Seconds in the replay loop alone.
+    pub loop_seconds: f64,
+    /// Exits per second of the replay loop.
     pub exits_per_s: f64,
 }
 

@@ -5,15 +5,16 @@ use std::io::Read;
 
 use super::{Device, DeviceCtx};
 
-/// Each read returns fresh host random bytes.
+/// Each read returns fresh host random bytes (`/dev/urandom`, opened at the first read).
 pub struct Entropy {
     urandom: Option<std::fs::File>,
+    opened: bool,
     fallback: u64,
 }
 
 impl Default for Entropy {
     fn default() -> Self {
-        Entropy { urandom: std::fs::File::open("/dev/urandom").ok(), fallback: 0x9e37_79b9_7f4a_7c15 }
+        Entropy { urandom: None, opened: false, fallback: 0x9e37_79b9_7f4a_7c15 }
     }
 }
 
@@ -25,6 +26,10 @@ impl Device for Entropy {
         crate::persist::DeviceState::Entropy
     }
     fn read(&mut self, _offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>) {
+        if !self.opened {
+            self.opened = true;
+            self.urandom = std::fs::File::open("/dev/urandom").ok();
+        }
         let ok = self.urandom.as_mut().is_some_and(|f| f.read_exact(data).is_ok());
         if !ok {
             // splitmix64 seeded from the clock: still differs from run to run.

@@ -6,6 +6,7 @@
 
 pub mod asm;
 mod churn;
+mod dirty;
 mod emulation_failure;
 mod entropy;
 mod hello;
@@ -119,6 +120,12 @@ pub const BUILTINS: &[Builtin] = &[
         about: "computes and prints, then runs popcnt on MMIO: KVM cannot emulate it",
         default_iterations: None,
     },
+    Builtin {
+        name: "dirty-pages",
+        mode: BootMode::Long { ring: 3 },
+        about: "dirties N pages, exits, repeats forever (snapshot benchmarks; end it with --max-exits)",
+        default_iterations: Some(64),
+    },
 ];
 
 /// The built-in named `name`.
@@ -152,6 +159,7 @@ pub fn builtin(name: &str, params: &GuestParams) -> Result<GuestImage, LoadError
         "entropy" => entropy::build(LONG_LOAD),
         "interrupts" => interrupts::build(LONG_LOAD, n),
         "memory-churn" => churn::build(LONG_LOAD, &ranges, n),
+        "dirty-pages" => dirty::build(LONG_LOAD, low_end, n),
         _ => emulation_failure::build(LONG_LOAD),
     };
     let bytes = asm.map_err(|e| LoadError::Assemble { name: b.name, detail: e.to_string() })?;

@@ -34,7 +34,7 @@ mod capture;
 mod restore;
 
 pub use capture::{CaptureStats, take};
-pub use restore::{ResetStats, flatten, load, load_chain, reset, restore, squash};
+pub use restore::{ResetStats, flatten, load, load_chain, reset, restore, restore_into, squash};
 pub use state::{SlotState, SnapshotState, VmState};
 
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@ use crate::devices::console::Console;
 use crate::machine::Machine;
 use crate::memory::{GuestMemory, Mapping, PAGE_SIZE, SlotSpec};
 use crate::persist::Persist;
-use crate::vm::{Vm, VmConfig};
+use crate::vm::{Shell, Vm, VmConfig};
 
 /// Longest parent chain followed.
 pub const MAX_CHAIN: usize = 4096;
@@ -169,6 +169,21 @@ pub fn restore(
     debugcon: Console,
     dirty_log: bool,
 ) -> Result<Machine, SnapshotError> {
+    restore_into(Shell::create()?, chain, serial, debugcon, dirty_log)
+}
+
+/// As [`restore`], into a [`Shell`] created ahead of time: what remains is mapping the
+/// files, registering the slots, and setting vCPU and device state.
+///
+/// # Errors
+/// KVM or state failures.
+pub fn restore_into(
+    shell: Shell,
+    chain: &[Loaded],
+    serial: Console,
+    debugcon: Console,
+    dirty_log: bool,
+) -> Result<Machine, SnapshotError> {
     let Some(top) = chain.last() else { return Err(SnapshotError::Unsupported("empty chain".into())) };
     let st = &top.state;
     let memory = build_memory(chain)?;
@@ -178,7 +193,7 @@ pub fn restore(
         dirty_log,
         rom_size: st.vm.rom_size,
     };
-    let vm = Vm::with_memory(config, memory)?;
+    let vm = Vm::from_shell(shell, config, memory, false)?;
     for v in &st.vcpus {
         v.restore(&vm.vcpu)?;
     }
@@ -247,7 +262,7 @@ pub fn reset(m: &mut Machine, chain: &[Loaded]) -> Result<ResetStats, SnapshotEr
         }
     }
     for v in &top.state.vcpus {
-        v.restore(&m.vm.vcpu)?;
+        v.restore_with(&m.vm.vcpu, false)?;
     }
     m.bus =
         Bus::restore(BusArgs { serial: m.serial.clone(), debugcon: m.debugcon.clone() }, &top.state.bus, 0)?;

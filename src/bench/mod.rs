@@ -1,0 +1,460 @@
+//! `vmrr bench`: every figure measured side by side in one process, medians over
+//! repetitions, modes interleaved within each repetition so that their ratios share the
+//! machine's noise. See docs/PERFORMANCE.md for what each figure means.
+
+mod plot;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use vmrr_engine::Recorder;
+use vmrr_engine::devices::console::Console;
+use vmrr_engine::exit::{RipConvention, RunView};
+use vmrr_engine::machine::{Machine, Outcome};
+use vmrr_engine::session::{GuestSpec, SessionConfig};
+use vmrr_engine::snapshot::{self, snapshot_dir};
+use vmrr_format::{NullSink, TraceReader, TraceWriter, WriterOptions};
+
+use crate::exit::{CliError, CliResult};
+
+/// How much to measure.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    reps: usize,
+    storm: u64,
+    floor: u64,
+    encode: u64,
+    resets: usize,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> CliError {
+    CliError::Replay(format!("bench: {what}: {e}"))
+}
+
+fn cfg(guest: &str, iterations: Option<u64>, mem_bytes: u64, dirty_log: bool) -> SessionConfig {
+    SessionConfig {
+        guest: GuestSpec::Builtin { name: guest.into(), iterations },
+        mem_bytes,
+        cpuid: Default::default(),
+        limits: Default::default(),
+        dirty_log,
+    }
+}
+
+fn build(c: &SessionConfig) -> Result<Machine, CliError> {
+    Ok(c.build(Console::capture_only(), Console::capture_only())?)
+}
+
+/// Plain run: the bus answers, nothing is recorded. Exits per second.
+fn plain(guest: &str, n: u64) -> Result<f64, CliError> {
+    let mut m = build(&cfg(guest, Some(n), 128 << 20, false))?;
+    let s = m.run()?;
+    Ok(s.exits as f64 / s.elapsed.as_secs_f64())
+}
+
+/// Recording run into `trace`. Exits per second and the trace's stored bytes.
+fn record(guest: &str, n: u64, trace: &Path) -> Result<(f64, u64, u64), CliError> {
+    let c = cfg(guest, Some(n), 128 << 20, false);
+    let mut m = build(&c)?;
+    let w = TraceWriter::create(trace, WriterOptions::default())?;
+    let mut rec = Recorder::new(&m.vm.kvm, &m.vm.vcpu, 0, w)?;
+    for (k, v) in c.annotations(&m.vm) {
+        rec.annotate(&k, &v)?;
+    }
+    rec.record_cpuid(&vmrr_engine::cpuid::to_format(&m.vm.cpuid))?;
+    m.recorder = Some(rec);
+    let s = m.run()?;
+    let sum = m.recorder.take().map(|r| r.finish(s.outcome.end_reason(), s.outcome.status())).transpose()?;
+    let stored = sum.map_or(0, |x| x.stored_bytes);
+    Ok((s.exits as f64 / s.elapsed.as_secs_f64(), stored, s.exits))
+}
+
+/// Replay of `trace` (guest rebuilt from the trace). Exits per second of the replay loop.
+fn replay(trace: &Path) -> Result<f64, CliError> {
+    let src = vmrr_replay::source::Source::new(trace.to_path_buf(), None);
+    let opts = vmrr_replay::Options { start: vmrr_replay::StartFrom::Rebuild, ..Default::default() };
+    let r = vmrr_replay::replay(&src, &opts).map_err(crate::cmd::replay_err)?;
+    if r.outcome != vmrr_replay::Outcome::Completed {
+        return Err(err("replay", format!("{:?}: {:?}", r.outcome, r.divergence.map(|d| d.reason))));
+    }
+    Ok(r.exits_per_s)
+}
+
+/// The floor: KVM_RUN round trips with no handler at all. Nanoseconds per exit.
+fn exit_floor(n: u64) -> Result<f64, CliError> {
+    let mut m = build(&cfg("pio-storm", Some(n + 16), 128 << 20, false))?;
+    for _ in 0..16 {
+        m.step(|_, _| {})?;
+    }
+    let t = Instant::now();
+    let mut done = 0;
+    while done < n {
+        if m.step(|_, _| {})? {
+            done += 1;
+        }
+    }
+    Ok(t.elapsed().as_nanos() as f64 / n as f64)
+}
+
+/// A `kvm_run` region as KVM leaves it at an `out` to port 0x5c0 with synced registers.
+fn fake_run_page() -> Vec<u8> {
+    let mut p = vec![0u8; 3 * 4096];
+    p[8..12].copy_from_slice(&2u32.to_le_bytes()); // KVM_EXIT_IO
+    p[32] = 1; // out
+    p[33] = 1; // size
+    p[34..36].copy_from_slice(&0x5c0u16.to_le_bytes());
+    p[36..40].copy_from_slice(&1u32.to_le_bytes());
+    p[40..48].copy_from_slice(&4096u64.to_le_bytes());
+    p[288..296].copy_from_slice(&1u64.to_le_bytes()); // KVM_SYNC_X86_REGS
+    p[304 + 128..304 + 136].copy_from_slice(&0x40_1005u64.to_le_bytes());
+    p[304 + 48..304 + 56].copy_from_slice(&0x7fff_f000u64.to_le_bytes());
+    p[304 + 136..304 + 144].copy_from_slice(&0x3202u64.to_le_bytes());
+    p
+}
+
+/// Recording work alone, without KVM: decode the `kvm_run` bytes into a record and append
+/// it to a writer. With `zstd` false this is the vCPU thread's work per exit (compression
+/// runs on the writer's thread); with it true, the sustained rate when the writer's thread
+/// has to keep up with a vCPU that exits back to back. Nanoseconds per exit.
+fn record_work(n: u64, zstd: bool) -> Result<(f64, f64), CliError> {
+    let mut page = fake_run_page();
+    let conv = RipConvention { io_after: true, mmio_after: true };
+    let opts = WriterOptions { zstd_level: zstd.then_some(3), ..WriterOptions::default() };
+    let mut w = TraceWriter::with_sink(NullSink, "bench".into(), opts)?;
+    let t = Instant::now();
+    for i in 0..n {
+        page[4096] = (i & 0xff) as u8;
+        let v = RunView::new(&page);
+        w.append(0, v.body(false), v.regs_sample(conv))?;
+    }
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    let s = w.finish()?;
+    Ok((ns, s.raw_bytes as f64 / s.records.max(1) as f64))
+}
+
+/// Reading a trace back: records per second.
+fn decode_rate(trace: &Path) -> Result<f64, CliError> {
+    let t = Instant::now();
+    let mut r = TraceReader::open(trace)?;
+    let mut n = 0u64;
+    while let Some(item) = r.next_record() {
+        item?;
+        n += 1;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Restore latency: cold (a new VM created as part of the restore) and warm (into a VM
+/// shell created beforehand, as a replay or fuzzing host would keep ready). Median ms.
+fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64), CliError> {
+    let root = dir.join(format!("restore-{mem_mib}"));
+    let snap = snapshot_dir(&root, 0);
+    {
+        let mut m = build(&cfg("hello-long", None, mem_mib << 20, false))?;
+        snapshot::take(&mut m, &snap, 0, None, [0; 16], None, &[]).map_err(|e| err("snapshot", e))?;
+    }
+    let (mut times, mut warm) = (Vec::new(), Vec::new());
+    for r in 0..reps {
+        let t = Instant::now();
+        let chain = snapshot::load_chain(&snap, u64::MAX).map_err(|e| err("load", e))?;
+        let mut m = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), false)
+            .map_err(|e| err("restore", e))?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        let shell = vmrr_engine::vm::Shell::create().map_err(|e| CliError::Session(e.into()))?;
+        let t = Instant::now();
+        let chain = snapshot::load_chain(&snap, u64::MAX).map_err(|e| err("load", e))?;
+        let w =
+            snapshot::restore_into(shell, &chain, Console::capture_only(), Console::capture_only(), false)
+                .map_err(|e| err("restore", e))?;
+        warm.push(t.elapsed().as_secs_f64() * 1000.0);
+        drop(w);
+        if r == 0 {
+            // The restored guest runs: it prints its greeting and exits.
+            let s = m.run()?;
+            if !matches!(s.outcome, Outcome::GuestExit(0)) {
+                return Err(err("restored guest", s.outcome.name()));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    Ok((median(&mut times), median(&mut warm)))
+}
+
+fn capture_pause_ms(pct: u64, reps: usize, dir: &Path) -> Result<(f64, u64), CliError> {
+    let mem = 1u64 << 30;
+    let pages = (mem - vmrr_engine::guests::CHURN_START) / 4096;
+    let n = (pages * pct / 100).max(1);
+    let mut m = build(&cfg("dirty-pages", Some(n), mem, true))?;
+    let root = dir.join(format!("capture-{pct}"));
+    m.limits.max_exits = Some(1);
+    m.run()?;
+    snapshot::take(&mut m, &snapshot_dir(&root, 0), 0, None, [0; 16], None, &[])
+        .map_err(|e| err("snapshot", e))?;
+    let mut pauses = Vec::new();
+    let mut dirty = 0;
+    for r in 1..=reps as u64 {
+        m.limits.max_exits = Some(m.exits() + 1);
+        m.run()?;
+        let s = snapshot::take(&mut m, &snapshot_dir(&root, r), r, Some(r - 1), [0; 16], None, &[])
+            .map_err(|e| err("snapshot", e))?;
+        dirty = s.pages_considered;
+        pauses.push(s.pause.as_secs_f64() * 1000.0);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    Ok((median(&mut pauses), dirty))
+}
+
+fn resets(count: usize, dir: &Path) -> Result<(f64, f64, u64), CliError> {
+    let mut m = build(&cfg("dirty-pages", Some(64), 128 << 20, true))?;
+    let root = dir.join("reset");
+    m.limits.max_exits = Some(1);
+    m.run()?;
+    snapshot::take(&mut m, &snapshot_dir(&root, 0), 0, None, [0; 16], None, &[])
+        .map_err(|e| err("snapshot", e))?;
+    drop(m);
+    let chain = snapshot::load_chain(&snapshot_dir(&root, 0), u64::MAX).map_err(|e| err("load", e))?;
+    let mut m = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), true)
+        .map_err(|e| err("restore", e))?;
+    let mut times = Vec::with_capacity(count);
+    let mut dirty = 0;
+    let t0 = Instant::now();
+    for _ in 0..count {
+        // The guest dirties 64 pages and exits...
+        let mut ran = false;
+        while !ran {
+            ran = m.step(|_, _| {})?;
+        }
+        // ...and goes back to the snapshot.
+        let t = Instant::now();
+        let st = snapshot::reset(&mut m, &chain).map_err(|e| err("reset", e))?;
+        times.push(t.elapsed().as_secs_f64());
+        dirty = st.dirty_pages;
+    }
+    let cycle = count as f64 / t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&root);
+    Ok((1.0 / median(&mut times), cycle, dirty))
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// Runs the benchmark.
+pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
+    let plan = if quick {
+        Plan { reps: 3, storm: 10_000, floor: 10_000, encode: 2_000_000, resets: 200 }
+    } else {
+        Plan { reps: 7, storm: 60_000, floor: 50_000, encode: 10_000_000, resets: 2000 }
+    };
+    let t0 = Instant::now();
+    let work = tempfile::Builder::new().prefix("vmrr-bench-").tempdir().map_err(|e| err("temp dir", e))?;
+    let dir = work.path();
+    let say = |s: &str| {
+        if !as_json {
+            eprintln!("bench: {s}");
+        }
+    };
+    say("exit floor");
+    let mut floor: Vec<f64> = (0..plan.reps).map(|_| exit_floor(plan.floor)).collect::<Result<_, _>>()?;
+    say("recording work without KVM");
+    let (mut rec_ns, mut rec_ns_z) = (Vec::new(), Vec::new());
+    let mut raw_per_exit = 0.0;
+    for _ in 0..plan.reps {
+        let (ns, raw) = record_work(plan.encode, false)?;
+        rec_ns.push(ns);
+        raw_per_exit = raw;
+        rec_ns_z.push(record_work(plan.encode, true)?.0);
+    }
+    let mut modes: Value = json!({});
+    let mut bytes_per_exit = 0.0;
+    let mut decode = Vec::new();
+    for guest in ["pio-storm", "mmio-storm"] {
+        say(&format!("{guest}: plain, record, replay x{}", plan.reps));
+        let (mut p, mut r, mut rp, mut over, mut rvr) = (vec![], vec![], vec![], vec![], vec![]);
+        for i in 0..plan.reps {
+            let trace = dir.join(format!("{guest}-{i}.vmrr"));
+            let a = plain(guest, plan.storm)?;
+            let (b, stored, exits) = record(guest, plan.storm, &trace)?;
+            let c = replay(&trace)?;
+            if guest == "pio-storm" {
+                bytes_per_exit = stored as f64 / exits as f64;
+                decode.push(decode_rate(&trace)?);
+            }
+            let _ = std::fs::remove_file(&trace);
+            p.push(a);
+            r.push(b);
+            rp.push(c);
+            over.push(1.0 - ratio(b, a));
+            rvr.push(ratio(c, b));
+        }
+        modes[guest] = json!({
+            "plain_exits_per_s": median(&mut p), "record_exits_per_s": median(&mut r),
+            "replay_exits_per_s": median(&mut rp), "record_overhead": median(&mut over),
+            "replay_vs_record": median(&mut rvr),
+        });
+    }
+    let (mut restore, mut restore_warm) = (json!({}), json!({}));
+    for mib in [128u64, 1024, 8192] {
+        say(&format!("restore latency at {mib} MiB"));
+        let (cold, warm) = restore_ms(mib, plan.reps.max(5), dir)?;
+        restore[mib.to_string()] = json!(cold);
+        restore_warm[mib.to_string()] = json!(warm);
+    }
+    let mut capture = json!({});
+    let mut capture_pages = json!({});
+    for pct in [1u64, 10] {
+        say(&format!("capture pause at {pct}% dirty"));
+        let (ms, pages) = capture_pause_ms(pct, plan.reps, dir)?;
+        capture[pct.to_string()] = json!(ms);
+        capture_pages[pct.to_string()] = json!(pages);
+    }
+    say("in-place resets at 64 dirty pages");
+    let (rps, cycles, dirty) = resets(plan.resets, dir)?;
+    let pio = &modes["pio-storm"];
+    let report = json!({
+        "quick": quick,
+        "repetitions": plan.reps,
+        "storm_exits": plan.storm + 1,
+        "host": {"kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+                 "cpu": vmrr_engine::session::cpu_model(), "cpus": std::thread::available_parallelism().map_or(1, |n| n.get())},
+        "exit_ns_floor": median(&mut floor),
+        "record_ns_per_exit": median(&mut rec_ns),
+        "record_ns_per_exit_sustained_zstd": median(&mut rec_ns_z),
+        "plain_exits_per_s": pio["plain_exits_per_s"],
+        "record_exits_per_s": pio["record_exits_per_s"],
+        "replay_exits_per_s": pio["replay_exits_per_s"],
+        "record_overhead": pio["record_overhead"],
+        "replay_vs_record": pio["replay_vs_record"],
+        "mmio": modes["mmio-storm"],
+        "bytes_per_exit": bytes_per_exit,
+        "raw_bytes_per_exit": raw_per_exit,
+        "decode_records_per_s": median(&mut decode),
+        "restore_ms": restore,
+        "restore_warm_ms": restore_warm,
+        "capture_pause_ms": capture,
+        "capture_dirty_pages": capture_pages,
+        "resets_per_s": rps,
+        "reset_cycles_per_s": cycles,
+        "reset_dirty_pages": dirty,
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    if let Some(d) = plot_dir {
+        write_plots(d, &report)?;
+    }
+    if as_json {
+        crate::cmd::print_json(&report)?;
+    } else {
+        print_human(&report);
+    }
+    Ok(())
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+fn print_human(r: &Value) {
+    println!(
+        "vmrr bench ({}; {} repetitions, medians; {:.0} s)",
+        if r["quick"] == true { "quick" } else { "full" },
+        r["repetitions"],
+        f(&r["seconds"])
+    );
+    println!("  exit round trip (floor)      {:>10.0} ns", f(&r["exit_ns_floor"]));
+    println!(
+        "  recording work per exit      {:>10.1} ns  (no KVM; {:.0} raw bytes/exit; {:.1} ns sustained with zstd)",
+        f(&r["record_ns_per_exit"]),
+        f(&r["raw_bytes_per_exit"]),
+        f(&r["record_ns_per_exit_sustained_zstd"])
+    );
+    for (name, m) in [("pio-storm", r.clone()), ("mmio-storm", r["mmio"].clone())] {
+        println!(
+            "  {name:<10} plain {:>8.0}/s  record {:>8.0}/s  replay {:>8.0}/s  overhead {:>5.1}%  replay/record {:.2}",
+            f(&m["plain_exits_per_s"]),
+            f(&m["record_exits_per_s"]),
+            f(&m["replay_exits_per_s"]),
+            100.0 * f(&m["record_overhead"]),
+            f(&m["replay_vs_record"])
+        );
+    }
+    println!(
+        "  trace: {:.2} bytes/exit compressed, decode {:.1} M records/s",
+        f(&r["bytes_per_exit"]),
+        f(&r["decode_records_per_s"]) / 1e6
+    );
+    for (k, what) in [("restore_ms", "cold"), ("restore_warm_ms", "warm")] {
+        println!(
+            "  restore ({what}): 128 MiB {:.2} ms, 1 GiB {:.2} ms, 8 GiB {:.2} ms",
+            f(&r[k]["128"]),
+            f(&r[k]["1024"]),
+            f(&r[k]["8192"])
+        );
+    }
+    println!(
+        "  capture pause (1 GiB guest): 1% dirty {:.1} ms, 10% dirty {:.1} ms",
+        f(&r["capture_pause_ms"]["1"]),
+        f(&r["capture_pause_ms"]["10"])
+    );
+    println!(
+        "  in-place reset at {} dirty pages: {:.0} resets/s ({:.0} run+reset cycles/s)",
+        r["reset_dirty_pages"],
+        f(&r["resets_per_s"]),
+        f(&r["reset_cycles_per_s"])
+    );
+}
+
+fn write_plots(dir: &Path, r: &Value) -> CliResult {
+    std::fs::create_dir_all(dir)
+        .map_err(|source| CliError::Output { context: format!("creating {}", dir.display()), source })?;
+    let b = |label: &str, value: f64, text: String| plot::Bar { label: label.into(), value, text };
+    let mut tp = Vec::new();
+    for (g, m) in [("pio", r.clone()), ("mmio", r["mmio"].clone())] {
+        for mode in ["plain", "record", "replay"] {
+            let v = f(&m[format!("{mode}_exits_per_s")]);
+            tp.push(b(&format!("{g} {mode}"), v, format!("{v:.0} exits/s")));
+        }
+    }
+    let floor = 1e9 / f(&r["exit_ns_floor"]).max(1.0);
+    tp.push(b("KVM round trip (floor)", floor, format!("{floor:.0} exits/s")));
+    let mut restore: Vec<plot::Bar> = Vec::new();
+    for (key, what) in [("restore_ms", "cold"), ("restore_warm_ms", "warm")] {
+        for k in ["128", "1024", "8192"] {
+            let v = f(&r[key][k]);
+            restore.push(b(&format!("{k} MiB, {what}"), v, format!("{v:.2} ms")));
+        }
+    }
+    let bytes = vec![
+        b("compressed on disk", f(&r["bytes_per_exit"]), format!("{:.2} B", f(&r["bytes_per_exit"]))),
+        b(
+            "in memory (raw record)",
+            f(&r["raw_bytes_per_exit"]),
+            format!("{:.0} B", f(&r["raw_bytes_per_exit"])),
+        ),
+    ];
+    let host = format!(
+        "{} | {}",
+        r["host"]["cpu"].as_str().unwrap_or(""),
+        r["host"]["kernel"].as_str().unwrap_or("")
+    );
+    for (name, svg) in [
+        ("throughput.svg", plot::bars("Exit throughput per mode", &host, &tp)),
+        ("restore.svg", plot::bars("Snapshot restore latency vs guest memory (O(1) claim)", &host, &restore)),
+        ("bytes-per-exit.svg", plot::bars("Trace bytes per exit (pio-storm)", &host, &bytes)),
+    ] {
+        let p: PathBuf = dir.join(name);
+        std::fs::write(&p, svg)
+            .map_err(|source| CliError::Output { context: format!("writing {}", p.display()), source })?;
+    }
+    let _ = Duration::ZERO;
+    Ok(())
+}
