@@ -95,6 +95,10 @@ enum Command {
         /// One JSON object.
         #[arg(long)]
         json: bool,
+        /// Write every readable record into a new, intact trace (a recording killed or
+        /// damaged).
+        #[arg(long, value_name = "OUT")]
+        repair: Option<PathBuf>,
     },
 }
 
@@ -103,7 +107,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Inspect { file, from, count, json } => cmd::inspect::run(&file, from, count, json),
         Command::Stats { file, json } => cmd::stats::run(&file, json),
-        Command::Verify { file, json } => cmd::verify::run(&file, json),
+        Command::Verify { file, json, repair } => cmd::verify::run(&file, json, repair.as_deref()),
         Command::Record(args) => cmd::record::run(&args),
         Command::Guests { json } => cmd::guests::run(json),
         Command::Bench { quick, json, plot } => bench::run(quick, json, plot.as_deref()),

@@ -89,7 +89,10 @@ impl Checkpointer {
         let dir = snapshot::snapshot_dir(&self.root, id);
         let stats = snapshot::take(m, &dir, id, parent, self.trace_id, exit_seq, &self.annotations)?;
         if let Some(rec) = m.recorder.as_mut() {
+            // The checkpoint record is made durable together with its snapshot: a crash
+            // after this point never leaves a snapshot the trace does not mention.
             rec.record_checkpoint(id)
+                .and_then(|_| rec.writer_mut().sync())
                 .map_err(|e| SnapshotError::Unsupported(format!("recording the checkpoint: {e}")))?;
         }
         let t = Taken { id, exits: m.exits(), exit_seq, stats };

@@ -94,11 +94,23 @@ pub trait TraceSink: Write + Send + 'static {
     /// # Errors
     /// The OS error.
     fn sync(&mut self) -> std::io::Result<()>;
+
+    /// Cuts the sink back to `len` bytes and continues writing there (after a failed
+    /// write, to drop a partial chunk).
+    ///
+    /// # Errors
+    /// The OS error, or a sink that cannot be cut.
+    fn truncate(&mut self, len: u64) -> std::io::Result<()>;
 }
 
 impl TraceSink for File {
     fn sync(&mut self) -> std::io::Result<()> {
         self.sync_data()
+    }
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        use std::io::Seek;
+        self.set_len(len)?;
+        self.seek(std::io::SeekFrom::Start(len)).map(|_| ())
     }
 }
 
@@ -132,6 +144,11 @@ impl TraceSink for MemorySink {
     fn sync(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        let mut v = self.0.lock().map_err(|_| std::io::Error::other("memory sink poisoned"))?;
+        v.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+        Ok(())
+    }
 }
 
 /// A sink that counts bytes and discards them (benchmarks).
@@ -149,6 +166,9 @@ impl Write for NullSink {
 
 impl TraceSink for NullSink {
     fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn truncate(&mut self, _len: u64) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -525,6 +545,9 @@ impl<S: TraceSink> Background<S> {
                     }
                     if !self.shared.failed.load(Ordering::Relaxed) && count > 0 {
                         if let Err(e) = self.write_chunk(&buf, first_seq, count, compressor.as_mut()) {
+                            // A full disk (or any write failure): drop the partial chunk
+                            // and seal what was complete, so the file verifies.
+                            self.seal();
                             self.fail(e);
                         }
                     }
@@ -559,6 +582,20 @@ impl<S: TraceSink> Background<S> {
         }
         self.write_index()?;
         Ok(self.summary)
+    }
+
+    /// After a failed write: cut the file back to the end of the last complete chunk and
+    /// write the index and trailer there (they fit in the space the failed chunk needed).
+    /// Best effort: if even that fails, the file still ends after a complete chunk and is
+    /// read by scanning.
+    fn seal(&mut self) {
+        if self.sink.truncate(self.offset).is_err() {
+            return;
+        }
+        if self.write_index().is_err() {
+            let _ = self.sink.truncate(self.offset);
+        }
+        let _ = self.sink.sync();
     }
 
     fn fail(&mut self, e: WriteError) {

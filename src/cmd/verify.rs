@@ -7,8 +7,55 @@ use vmrr_format::{TraceReader, verify};
 use super::print_json;
 use crate::exit::{CliError, CliResult, INVALID_INPUT};
 
+/// Writes every readable record of `file` into a new trace `out` (same trace id, sequence
+/// numbers kept; lost ranges stay gaps) and checks the result.
+fn repair(file: &Path, out: &Path, json: bool) -> CliResult {
+    let mut r = TraceReader::open(file)?;
+    let opts = vmrr_format::WriterOptions { trace_id: Some(r.header().trace_id), ..Default::default() };
+    let mut w = vmrr_format::TraceWriter::create(out, opts)?;
+    let (mut kept, mut damaged) = (0u64, 0u64);
+    while let Some(item) = r.next_record() {
+        match item {
+            Ok(rec) => {
+                w.append_record(&rec)?;
+                kept += 1;
+            }
+            Err(vmrr_format::ReadError::Invalid { .. }) => damaged += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    w.finish()?;
+    let mut check = TraceReader::open(out)?;
+    let rep = verify(&mut check)?;
+    if json {
+        print_json(&serde_json::json!({"repaired": out.display().to_string(), "records": kept,
+            "damaged_regions_dropped": damaged, "ok": rep.ok, "sequence_gaps": rep.sequence_gaps}))?;
+    } else {
+        println!(
+            "{}: {kept} readable records of {} written ({damaged} damaged regions dropped){}",
+            out.display(),
+            file.display(),
+            if rep.sequence_gaps.is_empty() {
+                String::new()
+            } else {
+                format!("; {} gaps", rep.sequence_gaps.len())
+            }
+        );
+    }
+    // Gaps are what was lost; the file itself is intact.
+    if rep.damaged_chunks.is_empty() && rep.index == "ok" {
+        Ok(())
+    } else {
+        Err(CliError::Reported { code: INVALID_INPUT })
+    }
+}
+
 /// Exit 0 when intact, 3 when damaged (with the report saying what is still readable).
-pub fn run(file: &Path, json: bool) -> CliResult {
+/// With `repair`, writes the readable records to a new trace instead.
+pub fn run(file: &Path, json: bool, repair_to: Option<&Path>) -> CliResult {
+    if let Some(out) = repair_to {
+        return repair(file, out, json);
+    }
     let mut r = TraceReader::open(file)?;
     let rep = verify(&mut r)?;
     if json {
