@@ -146,5 +146,19 @@ fn run_code(e: &vmrr_engine::error::RunError) -> u8 {
     }
 }
 
+/// Whether `e` or one of its causes is a full disk (`ENOSPC`) or an exhausted quota.
+pub fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
+}
+
 /// Result of a CLI command.
 pub type CliResult = Result<(), CliError>;

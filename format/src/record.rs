@@ -370,6 +370,9 @@ pub mod end_reason {
     pub const VMM_ERROR: u32 = 10;
     /// `KVM_EXIT_SYSTEM_EVENT` (shutdown, reset, crash).
     pub const SYSTEM_EVENT: u32 = 11;
+    /// Recording stopped because vmrr's own output (a snapshot, the trace) could not be
+    /// written, typically a full disk. The guest itself was healthy.
+    pub const OUTPUT_ERROR: u32 = 12;
 
     /// Lower-case name.
     pub fn name(reason: u32) -> &'static str {
@@ -385,6 +388,7 @@ pub mod end_reason {
             STOPPED => "stopped",
             VMM_ERROR => "vmm_error",
             SYSTEM_EVENT => "system_event",
+            OUTPUT_ERROR => "output_error",
             _ => "unknown",
         }
     }

@@ -101,6 +101,26 @@ pub trait TraceSink: Write + Send + 'static {
     /// # Errors
     /// The OS error, or a sink that cannot be cut.
     fn truncate(&mut self, len: u64) -> std::io::Result<()>;
+
+    /// Continues writing at `pos` without changing the sink's length (the bytes after it
+    /// are overwritten by what follows).
+    ///
+    /// # Errors
+    /// The OS error.
+    fn rewind(&mut self, pos: u64) -> std::io::Result<()>;
+
+    /// Allocates storage for `[offset, offset + len)` without changing the visible length
+    /// (`fallocate(FALLOC_FL_KEEP_SIZE)`), so that later writes there cannot fail for lack
+    /// of space. The writer keeps room for the next chunk *and* the index this way: when
+    /// the disk fills, the reservation fails first and the index still fits.
+    ///
+    /// # Errors
+    /// `ErrorKind::Unsupported` when the sink cannot reserve (the writer then stops trying);
+    /// anything else (a full disk) ends the recording.
+    fn reserve(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        let _ = (offset, len);
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl TraceSink for File {
@@ -111,6 +131,21 @@ impl TraceSink for File {
         use std::io::Seek;
         self.set_len(len)?;
         self.seek(std::io::SeekFrom::Start(len)).map(|_| ())
+    }
+    fn rewind(&mut self, pos: u64) -> std::io::Result<()> {
+        use std::io::Seek;
+        self.seek(std::io::SeekFrom::Start(pos)).map(|_| ())
+    }
+    #[cfg(target_os = "linux")]
+    fn reserve(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        match fallocate(&*self, FallocateFlags::KEEP_SIZE, offset, len) {
+            Ok(()) => Ok(()),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+                Err(std::io::ErrorKind::Unsupported.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -149,6 +184,11 @@ impl TraceSink for MemorySink {
         v.truncate(usize::try_from(len).unwrap_or(usize::MAX));
         Ok(())
     }
+    fn rewind(&mut self, pos: u64) -> std::io::Result<()> {
+        // Appending after a cut is what overwriting from `pos` leaves once the writer
+        // truncates to its final length.
+        self.truncate(pos)
+    }
 }
 
 /// A sink that counts bytes and discards them (benchmarks).
@@ -169,6 +209,9 @@ impl TraceSink for NullSink {
         Ok(())
     }
     fn truncate(&mut self, _len: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn rewind(&mut self, _pos: u64) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -294,6 +337,8 @@ impl TraceWriter {
             sync: opts.sync,
             flush_interval: opts.flush_interval,
             offset: u64::from(header.header_size),
+            reserved_end: 0,
+            reserving: true,
             index: Index::default(),
             summary: WriterSummary::default(),
             scratch: Vec::with_capacity(cap + 256),
@@ -517,10 +562,18 @@ struct Background<S: TraceSink> {
     sync: SyncMode,
     flush_interval: Duration,
     offset: u64,
+    /// End of the storage reserved with [`TraceSink::reserve`] (0: none).
+    reserved_end: u64,
+    /// False once the sink said it cannot reserve.
+    reserving: bool,
     index: Index,
     summary: WriterSummary,
     scratch: Vec<u8>,
 }
+
+/// How far ahead of what the next chunk and the index need the writer reserves storage, so
+/// that `fallocate` is called about once per this many bytes.
+const RESERVE_AHEAD: u64 = 4 << 20;
 
 impl<S: TraceSink> Background<S> {
     fn run(mut self) -> Result<WriterSummary, WriteError> {
@@ -528,6 +581,10 @@ impl<S: TraceSink> Background<S> {
             Some(l) => Some(zstd::bulk::Compressor::new(l).map_err(WriteError::Compress)?),
             None => None,
         };
+        // Room for the index of an empty trace, before anything else can take the space.
+        if let Err(e) = self.reserve_for(0) {
+            self.fail(e);
+        }
         let mut finishing = false;
         loop {
             let job = match self.rx.recv_timeout(self.flush_interval) {
@@ -545,8 +602,8 @@ impl<S: TraceSink> Background<S> {
                     }
                     if !self.shared.failed.load(Ordering::Relaxed) && count > 0 {
                         if let Err(e) = self.write_chunk(&buf, first_seq, count, compressor.as_mut()) {
-                            // A full disk (or any write failure): drop the partial chunk
-                            // and seal what was complete, so the file verifies.
+                            // A full disk (or any write failure): drop the chunk and seal
+                            // what was complete, so the file verifies.
                             self.seal();
                             self.fail(e);
                         }
@@ -581,7 +638,47 @@ impl<S: TraceSink> Background<S> {
             return Ok(self.summary);
         }
         self.write_index()?;
+        if self.reserved_end > self.offset {
+            // Give back the storage reserved past the end.
+            let res = self.sink.truncate(self.offset);
+            res.map_err(|e| self.io(e))?;
+        }
         Ok(self.summary)
+    }
+
+    /// Most bytes the index and trailer take with `entries` chunks.
+    fn index_bound(entries: usize) -> u64 {
+        u64_from(crate::index::INDEX_HEADER_SIZE + 16 + entries * crate::index::INDEX_ENTRY_SIZE)
+            + u64_from(crate::index::TRAILER_SIZE)
+    }
+
+    /// Makes sure storage is reserved for a chunk of `len` bytes at the current offset and
+    /// the index after it. Called before the chunk is written: when it fails, nothing was
+    /// written and the earlier reservation still holds the index.
+    fn reserve_for(&mut self, len: u64) -> Result<(), WriteError> {
+        if !self.reserving {
+            return Ok(());
+        }
+        let need = self.offset + len + Self::index_bound(self.index.entries.len() + 1);
+        if need <= self.reserved_end {
+            return Ok(());
+        }
+        // Ahead when there is room, else exactly what is needed.
+        for end in [need + RESERVE_AHEAD, need] {
+            match self.sink.reserve(self.offset, end - self.offset) {
+                Ok(()) => {
+                    self.reserved_end = end;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    self.reserving = false;
+                    return Ok(());
+                }
+                Err(e) if end == need => return Err(self.io(e)),
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// After a failed write: cut the file back to the end of the last complete chunk and
@@ -589,10 +686,16 @@ impl<S: TraceSink> Background<S> {
     /// Best effort: if even that fails, the file still ends after a complete chunk and is
     /// read by scanning.
     fn seal(&mut self) {
-        if self.sink.truncate(self.offset).is_err() {
+        // Overwrite (not truncate: that would free the reserved storage) from the end of
+        // the last complete chunk, then cut whatever of the failed chunk is left.
+        let chunks_end = self.offset;
+        if self.sink.rewind(chunks_end).is_err() {
             return;
         }
         if self.write_index().is_err() {
+            let _ = self.sink.truncate(chunks_end);
+            self.offset = chunks_end;
+        } else {
             let _ = self.sink.truncate(self.offset);
         }
         let _ = self.sink.sync();
@@ -667,6 +770,7 @@ impl<S: TraceSink> Background<S> {
         self.scratch[..hsize].copy_from_slice(&h);
         let pad = (8 - self.scratch.len() % 8) % 8;
         self.scratch.resize(self.scratch.len() + pad, 0);
+        self.reserve_for(u64_from(self.scratch.len()))?;
         let res = self.sink.write_all(&self.scratch);
         res.map_err(|e| self.io(e))?;
         if self.sync != SyncMode::Never {

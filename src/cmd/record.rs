@@ -10,10 +10,11 @@ use vmrr_engine::boot::BootMode;
 use vmrr_engine::checkpoint::{Checkpointer, Policy};
 use vmrr_engine::cpuid::{self, CpuidProfile};
 use vmrr_engine::devices::console::Console;
-use vmrr_engine::machine::{Limits, RunSummary};
+use vmrr_engine::error::RunError;
+use vmrr_engine::machine::{Limits, Machine, RunSummary};
 use vmrr_engine::session::{GuestSpec, SessionConfig};
 use vmrr_engine::snapshot;
-use vmrr_format::{SyncMode, TraceWriter, WriterOptions};
+use vmrr_format::{SyncMode, TraceWriter, WriterOptions, end_reason};
 
 use super::print_json;
 use crate::exit::{CliError, CliResult, GUEST_FATAL};
@@ -236,21 +237,54 @@ pub fn run(args: &RecordArgs) -> CliResult {
                 })?;
             }
             let mut cp = Checkpointer::new(root, args.policy(), trace_id, annotations);
-            cp.checkpoint(&mut m)
-                .map_err(|e| CliError::Run(vmrr_engine::error::RunError::Snapshot(Box::new(e))))?;
+            if let Err(e) = cp.checkpoint(&mut m) {
+                return Err(close_after_error(&mut m, RunError::Snapshot(Box::new(e))));
+            }
             checkpointer = Some(cp);
         }
     }
-    let summary = match checkpointer.as_mut() {
-        Some(cp) => m.run_with(Some(cp))?,
-        None => m.run()?,
+    let run = match checkpointer.as_mut() {
+        Some(cp) => m.run_with(Some(cp)),
+        None => m.run(),
     };
+    let summary = run.map_err(|e| close_after_error(&mut m, e))?;
     let trace = match m.recorder.take() {
         Some(rec) => Some(rec.finish(summary.outcome.end_reason(), summary.outcome.status())?),
         None => None,
     };
     report(args, &summary, trace.as_ref(), checkpointer.as_ref());
     if summary.outcome.is_fatal() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
+}
+
+/// A run that vmrr itself could not continue (a full disk, a failed ioctl) still leaves a
+/// complete trace: an END_OF_RUN record says why, then the index and trailer. When the
+/// trace itself can no longer be written, its writer has already sealed the file at the
+/// last complete chunk; either way `vmrr verify` passes on what is left.
+fn close_after_error(m: &mut Machine, e: RunError) -> CliError {
+    let reason = match &e {
+        RunError::Trace(_) | RunError::Snapshot(_) | RunError::Output(_) => end_reason::OUTPUT_ERROR,
+        RunError::Kvm { .. } | RunError::Os { .. } => end_reason::VMM_ERROR,
+    };
+    if let Some(rec) = m.recorder.take() {
+        let exits = rec.exits();
+        match rec.finish(reason, 0) {
+            Ok(t) => eprintln!(
+                "vmrr: recording stopped after {exits} exits; the trace was closed ({} records, {})",
+                t.records,
+                end_reason::name(reason)
+            ),
+            Err(_) => eprintln!(
+                "vmrr: recording stopped after {exits} exits; the trace was sealed at its last complete chunk"
+            ),
+        }
+    }
+    if crate::exit::is_disk_full(&e) {
+        eprintln!(
+            "vmrr: the disk is full: what was recorded so far is intact (`vmrr verify` checks it); free \
+             space, or bound disk use with --flight-recorder"
+        );
+    }
+    CliError::Run(e)
 }
 
 fn report(
@@ -367,7 +401,7 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
         trace_id,
         annotations,
     )?;
-    let summary = m.run_with(Some(&mut fr))?;
+    let summary = m.run_with(Some(&mut fr)).map_err(|e| close_after_error(&mut m, e))?;
     if let Some(rec) = m.recorder.take() {
         rec.finish(summary.outcome.end_reason(), summary.outcome.status())?;
     }

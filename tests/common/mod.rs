@@ -76,3 +76,75 @@ pub fn at(dir: &tempfile::TempDir, name: &str) -> PathBuf {
 pub fn summary(o: &Output) -> serde_json::Value {
     serde_json::from_str(stdout(o).lines().last().unwrap_or("{}")).expect("JSON summary")
 }
+
+/// What a measured run of `vmrr` did.
+pub struct Measured {
+    /// Exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// stdout.
+    pub stdout: Vec<u8>,
+    /// stderr as text.
+    pub stderr: String,
+    /// Peak resident set of the child, KiB (`ru_maxrss` from `wait4`).
+    pub max_rss_kib: u64,
+}
+
+/// Runs `vmrr` and reports its own peak memory: `wait4` gives the rusage of exactly this
+/// child, unlike `RUSAGE_CHILDREN`, which mixes in every other test's children.
+#[allow(clippy::zombie_processes)] // reaped by `wait4` below, which std cannot see
+pub fn vmrr_measured(args: &[&str]) -> Measured {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmrr"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs vmrr");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    let mut status = 0;
+    // SAFETY: all-zero is a valid `rusage`.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own unreaped child (std's `Child` is never waited on here);
+    // `status` and `ru` are valid for writes.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    Measured {
+        code,
+        stdout: t_out.join().expect("stdout reader"),
+        stderr: String::from_utf8_lossy(&t_err.join().expect("stderr reader")).into_owned(),
+        max_rss_kib: u64::try_from(ru.ru_maxrss).unwrap_or(0),
+    }
+}
+
+/// Resident memory of a running process, KiB (`VmRSS`), or `None` once it has gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Free bytes on the filesystem holding `p`.
+pub fn free_bytes(p: &Path) -> u64 {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return 0 };
+    // SAFETY: all-zero is a valid `statvfs`.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` is valid for writes.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    st.f_bavail.saturating_mul(st.f_frsize)
+}

@@ -112,7 +112,12 @@ fn build_memory(chain: &[Loaded]) -> Result<GuestMemory, SnapshotError> {
         ));
     }
     let mem = GuestMemory::from_backing(backed)?;
-    let overlays: usize = chain[1..].iter().flat_map(|l| l.state.slots.iter()).map(|s| s.runs().len()).sum();
+    let mut overlays: usize =
+        chain[1..].iter().flat_map(|l| l.state.slots.iter()).map(|s| s.runs().len()).sum();
+    for (s, slot) in base.state.slots.iter().zip(mem.slots()) {
+        overlays +=
+            map_holes_anonymous(&base.dir.join(&s.file), slot, MAX_OVERLAYS.saturating_sub(overlays))?;
+    }
     for l in &chain[1..] {
         for (i, s) in l.state.slots.iter().enumerate() {
             let path = l.dir.join(&s.file);
@@ -134,6 +139,38 @@ fn build_memory(chain: &[Loaded]) -> Result<GuestMemory, SnapshotError> {
         }
     }
     Ok(mem)
+}
+
+/// Backs the holes of a base snapshot file with anonymous zero pages instead of the file:
+/// the slot becomes private anonymous memory with the file's populated ranges mapped over
+/// it. Reading a hole then costs nothing (the shared zero page) instead of a page-cache page
+/// of zeros, and on a full tmpfs (where a read fault on a hole must allocate a page and
+/// fails with SIGBUS, seen as `KVM_RUN` EFAULT) the guest still runs. Returns the mappings
+/// added; when the file has more than `budget` populated ranges the whole-file mapping is
+/// kept.
+fn map_holes_anonymous(
+    path: &Path,
+    slot: &crate::memory::Slot,
+    budget: usize,
+) -> Result<usize, SnapshotError> {
+    let ranges = crate::sys::mm::data_ranges(&slot.file, slot.spec.size).map_err(io_err("scanning", path))?;
+    if ranges.len() > budget {
+        return Ok(0);
+    }
+    // SAFETY: the range is exactly this slot's mapping, owned by the guest memory being
+    // built; nothing has referenced it yet.
+    unsafe { crate::sys::mm::anon_private(slot.host_addr(), slot.spec.size) }
+        .map_err(io_err("mapping", path))?;
+    let added = ranges.len();
+    for (off, len) in ranges {
+        let first = off / PAGE_SIZE * PAGE_SIZE;
+        let end = (off + len).div_ceil(PAGE_SIZE).saturating_mul(PAGE_SIZE).min(slot.spec.size);
+        // SAFETY: `[first, end)` is page-aligned and inside the slot's mapping (clamped to
+        // its size), which the guest memory owns; no Rust reference into it exists.
+        unsafe { crate::sys::mm::overlay_private(slot.host_addr() + first, end - first, &slot.file, first) }
+            .map_err(io_err("mapping", path))?;
+    }
+    Ok(added)
 }
 
 fn copy_run(

@@ -70,6 +70,33 @@ pub unsafe fn overlay_private(addr: u64, len: u64, file: &File, file_offset: u64
     Ok(())
 }
 
+/// Replaces `[addr, addr + len)` with private anonymous memory (zero pages until written).
+///
+/// # Safety
+/// As for [`overlay_private`].
+///
+/// # Errors
+/// The `mmap` error.
+pub unsafe fn anon_private(addr: u64, len: u64) -> io::Result<()> {
+    let l = usize::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: the caller guarantees the range is inside a mapping it owns, so MAP_FIXED
+    // replaces only pages of that mapping; no fd is involved.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            l,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED || p as u64 != addr {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Discards the private (copy-on-write) copies of `[addr, addr + len)` in a MAP_PRIVATE
 /// file mapping: the next access sees the file's content again. O(pages), one syscall.
 ///
