@@ -145,7 +145,22 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CreateVmErro
 /// # Errors
 /// [`CreateVmError::OpenKvm`].
 pub fn open_kvm() -> Result<Kvm, CreateVmError> {
-    Kvm::new().map_err(CreateVmError::OpenKvm)
+    open_kvm_device().map_err(CreateVmError::OpenKvm)
+}
+
+/// Opens `/dev/kvm`; every path into KVM goes through here.
+///
+/// With `VMRR_DENY_KVM` set in the environment it fails with `EACCES` instead: the
+/// hostile-input tests run that way to prove a bad trace, snapshot or bundle is refused
+/// before KVM is ever touched.
+///
+/// # Errors
+/// The `open` error.
+pub fn open_kvm_device() -> Result<Kvm, kvm_ioctls::Error> {
+    if std::env::var_os("VMRR_DENY_KVM").is_some() {
+        return Err(kvm_ioctls::Error::new(libc::EACCES));
+    }
+    Kvm::new()
 }
 
 impl Vm {

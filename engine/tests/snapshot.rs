@@ -297,7 +297,17 @@ fn hostile_snapshots_are_refused_before_kvm() {
     snapshot::take(&mut m, &snapshot_dir(d.path(), 0), 0, None, [6; 16], None, &[]).unwrap();
     let base = snapshot_dir(d.path(), 0);
     let msg = |e: SnapshotError| e.to_string();
-    let _ = &msg;
+    // Error offsets point at the fields: check them against the encoded bytes.
+    let st: snapshot::SnapshotState = codec::read(&base.join("state.bin")).unwrap();
+    let bytes = std::fs::read(base.join("state.bin")).unwrap();
+    for (i, sl) in st.slots.iter().enumerate() {
+        let at = usize::try_from(st.slot_offset(i)).unwrap();
+        assert_eq!(bytes[at..at + 4], sl.id.to_le_bytes(), "slot {i} id");
+        assert_eq!(bytes[at + 4..at + 12], sl.gpa.to_le_bytes(), "slot {i} gpa");
+        assert_eq!(bytes[at + 12..at + 20], sl.size.to_le_bytes(), "slot {i} size");
+    }
+    let tail = codec::encoded_len(&st.bus) + codec::encoded_len(&st.annotations);
+    assert_eq!(st.vcpu_offset(st.vcpus.len()) + tail, u64::try_from(bytes.len()).unwrap() - 8);
     let e = hostile(
         &base,
         |_| {},
@@ -320,7 +330,8 @@ fn hostile_snapshots_are_refused_before_kvm() {
     );
     assert!(msg(e).contains("overlap"));
     let e = hostile(&base, |s| s.slots[0].gpa = 0x123, |_| {});
-    assert!(msg(e).contains("page-aligned"));
+    let t = msg(e);
+    assert!(t.contains("page-aligned") && t.contains(&format!("offset {:#x}", st.slot_offset(0) + 4)), "{t}");
     let e = hostile(&base, |s| s.slots[0].size = 1 << 60, |_| {});
     let t = msg(e);
     assert!(t.contains("physical address space") || t.contains("limit"), "{t}");

@@ -225,6 +225,15 @@ impl DecodeError {
     pub fn at(offset: u64, reason: Reason) -> Self {
         DecodeError { location: Location::file(offset), reason }
     }
+
+    /// True for damage a crash or a full disk can leave at the end of a trace: a truncated
+    /// structure, a checksum over bytes that never fully reached the disk, or zeros where
+    /// a chunk should start. Anything else inside checksummed bytes (an impossible size, a
+    /// count beyond its record, non-zero padding) was written that way: corruption or a
+    /// hostile file, never a torn write.
+    pub fn could_be_torn_write(&self) -> bool {
+        matches!(self.reason, Reason::Truncated { .. } | Reason::Checksum { .. } | Reason::BadMagic { .. })
+    }
 }
 
 /// An error reading a trace file.

@@ -208,22 +208,49 @@ impl Trailer {
     }
 
     /// Decodes the last [`TRAILER_SIZE`] bytes of a file of `file_len` bytes whose header is
-    /// `header_size` bytes. Returns `None` when there is no valid trailer (a writer that
-    /// died, or damage): the caller then scans chunks instead.
-    pub fn decode(b: &[u8], file_len: u64, header_size: u64) -> Option<Self> {
+    /// `header_size` bytes. `Ok(None)` when there is no trailer (a writer that died, or a
+    /// torn one whose checksum fails): the caller then scans chunks instead. An error when
+    /// a checksummed trailer makes an impossible claim (an index larger than
+    /// [`MAX_INDEX_SIZE`], or one that does not end where the trailer starts).
+    ///
+    /// # Errors
+    /// The impossible claim, located at the trailer.
+    pub fn decode(b: &[u8], file_len: u64, header_size: u64) -> Result<Option<Self>, DecodeError> {
         if b.len() != TRAILER_SIZE || b[20..24] != TRAILER_MAGIC {
-            return None;
+            return Ok(None);
         }
-        if crc32c::crc32c(&b[..16]) != u32_at(b, 16)? {
-            return None;
+        if u32_at(b, 16).is_none_or(|stored| crc32c::crc32c(&b[..16]) != stored) {
+            return Ok(None);
         }
-        let t = Trailer { index_offset: u64_at(b, 0)?, index_size: u64_at(b, 8)? };
-        let end = t.index_offset.checked_add(t.index_size)?;
-        let ok = t.index_offset >= header_size
-            && t.index_offset % 8 == 0
-            && t.index_size <= MAX_INDEX_SIZE
-            && end.checked_add(u64_from(TRAILER_SIZE)) == Some(file_len);
-        ok.then_some(t)
+        let at = file_len.saturating_sub(u64_from(TRAILER_SIZE));
+        let t = Trailer { index_offset: u64_at(b, 0).unwrap_or(0), index_size: u64_at(b, 8).unwrap_or(0) };
+        if t.index_size > MAX_INDEX_SIZE {
+            return Err(DecodeError::at(
+                at + 8,
+                Reason::TooLarge { what: "trailer index_size", size: t.index_size, max: MAX_INDEX_SIZE },
+            ));
+        }
+        let end = t.index_offset.checked_add(t.index_size);
+        if t.index_offset < header_size || t.index_offset % 8 != 0 || end != Some(at) {
+            return Err(DecodeError::at(
+                at,
+                Reason::InvalidValue {
+                    field: "trailer index_offset (the index must end at the trailer)",
+                    value: t.index_offset,
+                },
+            ));
+        }
+        Ok(Some(t))
+    }
+
+    /// Where chunk data ends according to a trailer that failed [`Self::decode`]: its
+    /// `index_offset` when plausible, else the trailer's own offset.
+    pub fn plausible_data_end(b: &[u8], file_len: u64, header_size: u64) -> u64 {
+        let at = file_len.saturating_sub(u64_from(TRAILER_SIZE));
+        match u64_at(b, 0) {
+            Some(off) if off >= header_size && off <= at && off % 8 == 0 => off,
+            _ => at,
+        }
     }
 
     /// The index size as `usize` (bounded by [`MAX_INDEX_SIZE`]).

@@ -113,7 +113,17 @@ impl TraceReader {
             let mut t = [0u8; TRAILER_SIZE];
             let toff = file_len - u64_from(TRAILER_SIZE);
             read_at(&mut src, toff, &mut t).map_err(|e| io(toff, e))?;
-            if let Some(tr) = Trailer::decode(&t, file_len, hs) {
+            let trailer = match Trailer::decode(&t, file_len, hs) {
+                Ok(tr) => tr,
+                Err(e) => {
+                    // A checksummed trailer with an impossible claim: no index, and the
+                    // chunks end where it says the index starts (when that is plausible).
+                    data_end = Trailer::plausible_data_end(&t, file_len, hs);
+                    index_damage = Some(e);
+                    None
+                }
+            };
+            if let Some(tr) = trailer {
                 let mut ib = vec![0u8; tr.index_len()];
                 read_at(&mut src, tr.index_offset, &mut ib).map_err(|e| io(tr.index_offset, e))?;
                 match Index::decode(&ib, tr.index_offset, hs) {

@@ -201,6 +201,8 @@ pub struct Stats {
     pub last_seq: Option<u64>,
     /// Damaged regions skipped.
     pub damaged_chunks: u64,
+    /// The first problem found (file, offset, reason), including a damaged index.
+    pub first_damage: Option<String>,
 }
 
 /// Largest number of distinct vCPU ids tracked (a hostile file cannot grow memory past it).
@@ -227,6 +229,9 @@ pub fn stats(reader: &mut TraceReader) -> Result<Stats, ReadError> {
         first_seq: None,
         last_seq: None,
         damaged_chunks: 0,
+        first_damage: reader
+            .index_damage()
+            .map(|e| ReadError::Invalid { path: reader.name().to_string(), error: e.clone() }.to_string()),
     };
     let mut vcpus = BTreeSet::new();
     let mut counts = [0u64; 0x20];
@@ -248,7 +253,12 @@ pub fn stats(reader: &mut TraceReader) -> Result<Stats, ReadError> {
                 st.first_seq.get_or_insert(rec.seq);
                 st.last_seq = Some(rec.seq);
             }
-            Err(ReadError::Invalid { .. }) => st.damaged_chunks += 1,
+            Err(e @ ReadError::Invalid { .. }) => {
+                st.damaged_chunks += 1;
+                if st.first_damage.is_none() {
+                    st.first_damage = Some(e.to_string());
+                }
+            }
             Err(e @ ReadError::Io { .. }) => return Err(e),
         }
     }

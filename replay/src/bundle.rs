@@ -53,6 +53,7 @@ pub const MAX_TRACE: u64 = 1 << 40;
 /// Largest snapshot state file accepted.
 pub const MAX_STATE: u64 = vmrr_engine::snapshot::codec::MAX_STATE + 64;
 const PAGE: u64 = 4096;
+const PAGE_BYTES: usize = 4096;
 
 /// A bundle problem.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +80,9 @@ pub enum BundleError {
         reason: String,
     },
     /// A newer bundle version.
-    #[error("{path}: bundle version {major}.{minor} is not readable by this vmrr (reads {MAJOR}.x)")]
+    #[error(
+        "{path}: offset 0x8: bundle version {major}.{minor} is not readable by this vmrr (reads {MAJOR}.x): use the vmrr that packed it, or a newer one"
+    )]
     Version {
         /// The bundle.
         path: String,
@@ -195,30 +198,29 @@ pub fn pack(trace: &Path, out: &Path) -> Result<Manifest, BundleError> {
     let tmp = out.with_extension("tmp");
     let mut body: Vec<Entry> = Vec::new();
     let payload_path = tmp.with_extension("payload");
-    let mut payload = File::create(&payload_path).map_err(io("creating", &payload_path))?;
+    let payload = File::create(&payload_path).map_err(io("creating", &payload_path))?;
+    let mut payload = std::io::BufWriter::with_capacity(1 << 20, payload);
     let mut offset = 0u64;
     for (name, path, storage) in files {
         let f = File::open(&path).map_err(io("opening", &path))?;
         let size = f.metadata().map_err(io("reading", &path))?.len();
-        let bytes = match storage {
+        // Streamed: memory stays at a few buffers whatever the guest's size.
+        let mut w = Summing { inner: &mut payload, len: 0, crc: 0 };
+        match storage {
             Storage::Zstd => {
-                let mut v = Vec::new();
-                zstd::stream::copy_encode(&f, &mut v, 3).map_err(io("compressing", &path))?;
-                v
+                let mut enc =
+                    zstd::stream::write::Encoder::new(&mut w, 3).map_err(io("compressing", &path))?;
+                enc.set_pledged_src_size(Some(size)).map_err(io("compressing", &path))?;
+                std::io::copy(&mut &f, &mut enc).map_err(io("compressing", &path))?;
+                enc.finish().map_err(io("compressing", &path))?;
             }
-            Storage::Sparse => sparse_encode(&f, size, &path)?,
-        };
-        payload.write_all(&bytes).map_err(io("writing", &payload_path))?;
-        body.push(Entry {
-            name,
-            size,
-            storage,
-            offset,
-            stored: bytes.len() as u64,
-            crc32c: crc32c::crc32c(&bytes),
-        });
-        offset += bytes.len() as u64;
+            Storage::Sparse => sparse_encode(&f, size, &path, &mut w)?,
+        }
+        let (stored, crc) = (w.len, w.crc);
+        body.push(Entry { name, size, storage, offset, stored, crc32c: crc });
+        offset += stored;
     }
+    payload.flush().map_err(io("writing", &payload_path))?;
     drop(payload);
     let manifest = Manifest {
         trace_id: facts.trace_id.iter().map(|b| format!("{b:02x}")).collect(),
@@ -262,54 +264,102 @@ pub fn pack(trace: &Path, out: &Path) -> Result<Manifest, BundleError> {
     Ok(m)
 }
 
-/// Extents of non-zero pages, then one zstd frame of their bytes.
-fn sparse_encode(f: &File, size: u64, path: &Path) -> Result<Vec<u8>, BundleError> {
-    let mut extents: Vec<(u64, u64)> = Vec::new();
-    let mut data = Vec::new();
-    let mut page = vec![0u8; 4096];
-    let ranges = data_ranges(f, size).map_err(io("scanning", path))?;
-    for (off, len) in ranges {
-        let mut p = off / PAGE * PAGE;
-        while p < (off + len).min(size) {
-            let n = usize::try_from(PAGE.min(size - p)).unwrap_or(0);
-            f.read_exact_at(&mut page[..n], p).map_err(io("reading", path))?;
-            if page[..n].iter().any(|&b| b != 0) {
-                match extents.last_mut() {
-                    Some((s, l)) if *s + *l == p => *l += n as u64,
-                    _ => extents.push((p, n as u64)),
-                }
-                data.extend_from_slice(&page[..n]);
-            }
-            p += PAGE;
-        }
-    }
-    let mut out = Vec::new();
-    out.extend_from_slice(&(extents.len() as u64).to_le_bytes());
-    for (s, l) in &extents {
-        out.extend_from_slice(&s.to_le_bytes());
-        out.extend_from_slice(&l.to_le_bytes());
-    }
-    let z = zstd::bulk::compress(&data, 3).map_err(io("compressing", path))?;
-    out.extend_from_slice(&z);
-    Ok(out)
+/// A writer that counts and checksums what passes through it.
+struct Summing<W: Write> {
+    inner: W,
+    len: u64,
+    crc: u32,
 }
 
-/// Populated ranges of a file (all of it when the file system cannot tell).
-fn data_ranges(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    // std has no SEEK_DATA; reading zero pages is only slower, never wrong. Scan in
-    // 1 MiB blocks and skip all-zero ones.
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0;
-    while off < size {
-        let n = usize::try_from((size - off).min(buf.len() as u64)).unwrap_or(0);
-        f.read_exact_at(&mut buf[..n], off)?;
-        if buf[..n].iter().any(|&b| b != 0) {
-            out.push((off, n as u64));
-        }
-        off += n as u64;
+impl<W: Write> Write for Summing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.len += n as u64;
+        Ok(n)
     }
-    Ok(out)
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads `[pos, end)` of a file, positionally (several can share one file).
+struct Region<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Region<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = usize::try_from((self.end - self.pos).min(buf.len() as u64)).unwrap_or(0);
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.file.read_at(&mut buf[..n], self.pos)?;
+        if got == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+/// Streaming copies use buffers of this size.
+const BUF: usize = 1 << 20;
+/// Largest zstd window a bundle may ask a decoder for (2^24 = 16 MiB; vmrr writes 2 MiB).
+const WINDOW_LOG_MAX: u32 = 24;
+
+/// Extents of non-zero pages, then one zstd frame of their bytes, streamed into `out`.
+fn sparse_encode(f: &File, size: u64, path: &Path, out: &mut impl Write) -> Result<(), BundleError> {
+    let extents = nonzero_extents(f, size).map_err(io("scanning", path))?;
+    out.write_all(&(extents.len() as u64).to_le_bytes()).map_err(io("writing", path))?;
+    for (s, l) in &extents {
+        out.write_all(&s.to_le_bytes()).map_err(io("writing", path))?;
+        out.write_all(&l.to_le_bytes()).map_err(io("writing", path))?;
+    }
+    let total: u64 = extents.iter().map(|e| e.1).sum();
+    let mut enc = zstd::stream::write::Encoder::new(out, 3).map_err(io("compressing", path))?;
+    enc.set_pledged_src_size(Some(total)).map_err(io("compressing", path))?;
+    let mut buf = vec![0u8; BUF];
+    for (s, l) in extents {
+        let mut p = s;
+        while p < s + l {
+            let n = usize::try_from((s + l - p).min(BUF as u64)).unwrap_or(0);
+            f.read_exact_at(&mut buf[..n], p).map_err(io("reading", path))?;
+            enc.write_all(&buf[..n]).map_err(io("compressing", path))?;
+            p += n as u64;
+        }
+    }
+    enc.finish().map_err(io("compressing", path))?;
+    Ok(())
+}
+
+/// The non-zero 4 KiB pages of a memory file as merged `(offset, len)` extents. Only the
+/// file's populated ranges (`SEEK_DATA`) are read.
+fn nonzero_extents(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut extents: Vec<(u64, u64)> = Vec::new();
+    let mut buf = vec![0u8; BUF];
+    for (off, len) in vmrr_engine::snapshot::populated_ranges(f, size)? {
+        let mut p = off / PAGE * PAGE;
+        let end = (off + len).min(size);
+        while p < end {
+            let n = usize::try_from((end - p).min(BUF as u64)).unwrap_or(0);
+            f.read_exact_at(&mut buf[..n], p)?;
+            for (i, page) in buf[..n].chunks(PAGE_BYTES).enumerate() {
+                if page.iter().any(|&b| b != 0) {
+                    let at = p + i as u64 * PAGE;
+                    let l = page.len() as u64;
+                    match extents.last_mut() {
+                        Some((s, el)) if *s + *el == at => *el += l,
+                        _ => extents.push((at, l)),
+                    }
+                }
+            }
+            p += n as u64;
+        }
+    }
+    Ok(extents)
 }
 
 fn invalid(path: &Path, offset: u64, reason: impl Into<String>) -> BundleError {
@@ -375,11 +425,17 @@ pub fn read_manifest(src: &Path, max_mem: u64) -> Result<Manifest, BundleError> 
             return Err(invalid(src, HEADER, format!("entry {:?} appears twice", e.name)));
         }
         if e.size > cap {
-            return Err(invalid(
-                src,
-                HEADER,
-                format!("entry {:?} of {} bytes exceeds its limit of {cap}", e.name, e.size),
-            ));
+            let why = if e.name.ends_with(".raw") {
+                format!(
+                    "entry {:?} asks for {} MiB of guest memory, over the limit of {} MiB (--max-mem-mib)",
+                    e.name,
+                    e.size >> 20,
+                    cap >> 20
+                )
+            } else {
+                format!("entry {:?} of {} bytes exceeds its limit of {cap}", e.name, e.size)
+            };
+            return Err(invalid(src, HEADER, why));
         }
         if e.storage == Storage::Sparse {
             total_mem = total_mem.saturating_add(e.size);
@@ -406,27 +462,37 @@ pub fn read_manifest(src: &Path, max_mem: u64) -> Result<Manifest, BundleError> 
 pub fn unpack(src: &Path, dir: &Path, max_mem: u64) -> Result<Unpacked, BundleError> {
     let m = read_manifest(src, max_mem)?;
     let f = File::open(src).map_err(io("opening", src))?;
+    let mut buf = vec![0u8; BUF];
     for e in &m.entries {
-        let mut stored =
-            vec![0u8; usize::try_from(e.stored).map_err(|_| invalid(src, e.offset, "entry too large"))?];
-        f.read_exact_at(&mut stored, e.offset).map_err(io("reading", src))?;
-        if crc32c::crc32c(&stored) != e.crc32c {
+        // read_manifest checked that the payload lies inside the file.
+        let end = e.offset + e.stored;
+        // 1. The checksum over the stored bytes, before any of them is decoded.
+        let mut crc = 0u32;
+        let mut p = e.offset;
+        while p < end {
+            let n = usize::try_from((end - p).min(BUF as u64)).unwrap_or(0);
+            f.read_exact_at(&mut buf[..n], p).map_err(io("reading", src))?;
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            p += n as u64;
+        }
+        if crc != e.crc32c {
             return Err(invalid(src, e.offset, format!("entry {:?}: checksum mismatch", e.name)));
         }
-        // `e.name` passed `allowed`: relative, no `..`, only [a-z0-9._/-].
+        // 2. `e.name` passed `allowed`: relative, no `..`, only [a-z0-9._/-]. Files are
+        //    created new (an existing file or symlink there is an error, never followed).
         let target = dir.join(&e.name);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+            create_dirs_within(dir, parent).map_err(io("creating", parent))?;
         }
         let mut out = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&target)
             .map_err(io("creating", &target))?;
+        let region = Region { file: &f, pos: e.offset, end };
         match e.storage {
             Storage::Zstd => {
-                let mut dec =
-                    zstd::stream::read::Decoder::new(&stored[..]).map_err(io("decompressing", &target))?;
+                let mut dec = decoder(region).map_err(io("decompressing", &target))?;
                 let written = std::io::copy(&mut (&mut dec).take(e.size + 1), &mut out)
                     .map_err(|err| invalid(src, e.offset, format!("entry {:?}: {err}", e.name)))?;
                 if written != e.size {
@@ -437,47 +503,91 @@ pub fn unpack(src: &Path, dir: &Path, max_mem: u64) -> Result<Unpacked, BundleEr
                     ));
                 }
             }
-            Storage::Sparse => sparse_decode(&stored, e, &out, src, &target)?,
+            Storage::Sparse => sparse_decode(&f, e, &out, src, &target, &mut buf)?,
         }
         out.sync_all().map_err(io("syncing", &target))?;
     }
     Ok(Unpacked { trace: dir.join("trace.vmrr"), manifest: m })
 }
 
-fn sparse_decode(stored: &[u8], e: &Entry, out: &File, src: &Path, target: &Path) -> Result<(), BundleError> {
+/// Creates `path` and its missing parents, all inside `root`, refusing to pass through a
+/// symlink (which could point anywhere).
+fn create_dirs_within(root: &Path, path: &Path) -> std::io::Result<()> {
+    let rel = path.strip_prefix(root).map_err(|_| std::io::Error::other("outside the target directory"))?;
+    let mut at = root.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(md) if md.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(std::io::Error::other(
+                    "exists and is not a directory (symlinks are not followed)",
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&at)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A streaming zstd decoder whose window (its memory) is capped.
+fn decoder(
+    r: Region<'_>,
+) -> std::io::Result<zstd::stream::read::Decoder<'static, std::io::BufReader<Region<'_>>>> {
+    let mut d = zstd::stream::read::Decoder::new(r)?;
+    d.window_log_max(WINDOW_LOG_MAX)?;
+    Ok(d)
+}
+
+fn sparse_decode(
+    f: &File,
+    e: &Entry,
+    out: &File,
+    src: &Path,
+    target: &Path,
+    buf: &mut [u8],
+) -> Result<(), BundleError> {
     let bad = |r: String| invalid(src, e.offset, format!("entry {:?}: {r}", e.name));
-    let n = u64::from_le_bytes(
-        stored.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| bad("truncated".into()))?,
-    );
-    let ext_bytes = n.checked_mul(16).and_then(|x| x.checked_add(8)).filter(|x| *x <= stored.len() as u64);
-    let Some(ext_end) = ext_bytes else { return Err(bad(format!("{n} extents do not fit"))) };
-    let ext_end = usize::try_from(ext_end).unwrap_or(usize::MAX);
-    let mut extents = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
-    let mut total: u64 = 0;
+    let mut w8 = [0u8; 8];
+    if e.stored < 8 {
+        return Err(bad("truncated".into()));
+    }
+    f.read_exact_at(&mut w8, e.offset).map_err(io("reading", src))?;
+    let n = u64::from_le_bytes(w8);
+    // Extents are disjoint whole pages: at most one per page, and their table must fit.
+    let table = n.checked_mul(16).and_then(|x| x.checked_add(8)).filter(|x| *x <= e.stored);
+    let Some(table) = table.filter(|_| n <= e.size.div_ceil(PAGE)) else {
+        return Err(bad(format!("{n} extents do not fit")));
+    };
+    let mut dec = decoder(Region { file: f, pos: e.offset + table, end: e.offset + e.stored })
+        .map_err(io("decompressing", target))?;
+    out.set_len(e.size).map_err(io("sizing", target))?;
     let mut prev_end = 0u64;
-    for c in stored[8..ext_end].chunks_exact(16) {
-        let s = u64::from_le_bytes(c[..8].try_into().unwrap_or([0; 8]));
-        let l = u64::from_le_bytes(c[8..].try_into().unwrap_or([0; 8]));
+    let mut ext = [0u8; 16];
+    for i in 0..n {
+        f.read_exact_at(&mut ext, e.offset + 8 + i * 16).map_err(io("reading", src))?;
+        let s = u64::from_le_bytes(ext[..8].try_into().unwrap_or([0; 8]));
+        let l = u64::from_le_bytes(ext[8..].try_into().unwrap_or([0; 8]));
         if s < prev_end || s.checked_add(l).is_none_or(|x| x > e.size) || s % PAGE != 0 {
             return Err(bad(format!("extent {s:#x}+{l:#x} is out of order or outside the file")));
         }
         prev_end = s + l;
-        total += l;
-        extents.push((s, l));
+        let mut p = s;
+        while p < s + l {
+            let want = usize::try_from((s + l - p).min(buf.len() as u64)).unwrap_or(0);
+            dec.read_exact(&mut buf[..want]).map_err(|err| bad(format!("page data at {p:#x}: {err}")))?;
+            out.write_all_at(&buf[..want], p).map_err(io("writing", target))?;
+            p += want as u64;
+        }
     }
-    let data = zstd::bulk::decompress(&stored[ext_end..], usize::try_from(total).unwrap_or(0))
-        .map_err(|err| bad(format!("decompression: {err}")))?;
-    if data.len() as u64 != total {
-        return Err(bad(format!("{} bytes of pages, extents need {total}", data.len())));
+    // Nothing may follow the pages the extents describe.
+    let mut one = [0u8; 1];
+    match dec.read(&mut one) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(bad("more page data than the extents describe".into())),
+        Err(err) => Err(bad(format!("page data: {err}"))),
     }
-    out.set_len(e.size).map_err(io("sizing", target))?;
-    let mut at = 0usize;
-    for (s, l) in extents {
-        let l = usize::try_from(l).unwrap_or(0);
-        out.write_all_at(&data[at..at + l], s).map_err(io("writing", target))?;
-        at += l;
-    }
-    Ok(())
 }
 
 /// Moves the unpacked layout so that `dir/trace.vmrr` has its snapshots at

@@ -109,7 +109,7 @@ pub fn missing(recorded: &[CpuidEntry], host: &[CpuidEntry]) -> Vec<String> {
 /// # Errors
 /// KVM cannot be opened or queried.
 pub fn host_cpuid() -> Result<Vec<CpuidEntry>, kvm_ioctls::Error> {
-    let kvm = kvm_ioctls::Kvm::new()?;
+    let kvm = vmrr_engine::vm::open_kvm_device()?;
     let c = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
     Ok(c.as_slice()
         .iter()

@@ -82,6 +82,11 @@ const MAX_SERIAL: usize = 64 << 20;
 /// leaves and which loses only what was never complete).
 pub fn scan(path: &Path) -> Result<TraceFacts, ReplayError> {
     let mut r = TraceReader::open(path)?;
+    if let Some(e) = r.index_damage().filter(|e| !e.could_be_torn_write()) {
+        // A checksummed trailer or index that makes impossible claims was written that
+        // way: refuse the file rather than guess. (A torn index is read around.)
+        return Err(ReadError::Invalid { path: r.name().to_string(), error: e.clone() }.into());
+    }
     let mut f = TraceFacts {
         trace_id: r.header().trace_id,
         annotations: Vec::new(),
@@ -102,8 +107,12 @@ pub fn scan(path: &Path) -> Result<TraceFacts, ReplayError> {
         let rec = match item {
             Ok(rec) => rec,
             Err(e @ ReadError::Invalid { .. }) => {
-                // Damage in the middle (a later record exists) is fatal for replay; a torn
-                // tail (nothing readable after it) is what a killed writer leaves.
+                // Damage in the middle (a later record exists) is fatal for replay, and so
+                // is damage no crash can cause (see `could_be_torn_write`); a torn tail
+                // (nothing readable after it) is what a killed writer leaves.
+                if e.decode_error().is_some_and(|d| !d.could_be_torn_write()) {
+                    return Err(e.into());
+                }
                 let msg = e.to_string();
                 if r.next_record().is_some() {
                     return Err(ReplayError::Unreplayable(format!(

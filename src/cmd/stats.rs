@@ -7,7 +7,8 @@ use vmrr_format::{TraceReader, stats};
 use super::print_json;
 use crate::exit::{CliError, CliResult, INVALID_INPUT};
 
-/// Prints the summary; exit 3 when damaged regions had to be skipped.
+/// Prints the summary of what is readable; exit 3 (naming the first problem) when damaged
+/// regions had to be skipped or the index is damaged.
 pub fn run(file: &Path, json: bool) -> CliResult {
     let mut r = TraceReader::open(file)?;
     let st = stats(&mut r)?;
@@ -27,5 +28,11 @@ pub fn run(file: &Path, json: bool) -> CliResult {
             println!("  damaged regions skipped: {}", st.damaged_chunks);
         }
     }
-    if st.damaged_chunks > 0 { Err(CliError::Reported { code: INVALID_INPUT }) } else { Ok(()) }
+    match &st.first_damage {
+        Some(d) => {
+            eprintln!("vmrr: error: {d}");
+            Err(CliError::Reported { code: INVALID_INPUT })
+        }
+        None => Ok(()),
+    }
 }

@@ -89,45 +89,73 @@ pub struct Measured {
     pub max_rss_kib: u64,
 }
 
-/// Runs `vmrr` and reports its own peak memory: `wait4` gives the rusage of exactly this
-/// child, unlike `RUSAGE_CHILDREN`, which mixes in every other test's children.
-#[allow(clippy::zombie_processes)] // reaped by `wait4` below, which std cannot see
-pub fn vmrr_measured(args: &[&str]) -> Measured {
-    use std::io::Read;
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmrr"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("runs vmrr");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let pid = libc::pid_t::try_from(child.id()).expect("pid");
-    let mut status = 0;
-    // SAFETY: all-zero is a valid `rusage`.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own unreaped child (std's `Child` is never waited on here);
-    // `status` and `ru` are valid for writes.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-    Measured {
-        code,
-        stdout: t_out.join().expect("stdout reader"),
-        stderr: String::from_utf8_lossy(&t_err.join().expect("stderr reader")).into_owned(),
-        max_rss_kib: u64::try_from(ru.ru_maxrss).unwrap_or(0),
+/// A running `vmrr` whose own peak memory is measured when it ends.
+pub struct MeasuredChild {
+    pid: libc::pid_t,
+    out: std::thread::JoinHandle<Vec<u8>>,
+    err: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl MeasuredChild {
+    /// Starts `vmrr args`.
+    pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with(args, &[])
     }
+
+    /// Starts `vmrr args` with extra environment variables.
+    #[allow(clippy::zombie_processes)] // reaped by `wait4` in `wait`, which std cannot see
+    pub fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::io::Read;
+        use std::process::Stdio;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vmrr"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runs vmrr");
+        let mut out = child.stdout.take().expect("stdout");
+        let mut err = child.stderr.take().expect("stderr");
+        let out = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = out.read_to_end(&mut v);
+            v
+        });
+        let err = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = err.read_to_end(&mut v);
+            v
+        });
+        MeasuredChild { pid: libc::pid_t::try_from(child.id()).expect("pid"), out, err }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        u32::try_from(self.pid).expect("pid")
+    }
+
+    /// Waits for the child: `wait4` gives the rusage of exactly this child, unlike
+    /// `RUSAGE_CHILDREN`, which mixes in every other test's children.
+    pub fn wait(self) -> Measured {
+        let mut status = 0;
+        // SAFETY: all-zero is a valid `rusage`.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `pid` is our own unreaped child (std's `Child` is never waited on);
+        // `status` and `ru` are valid for writes.
+        let r = unsafe { libc::wait4(self.pid, &mut status, 0, &mut ru) };
+        assert_eq!(r, self.pid, "wait4: {}", std::io::Error::last_os_error());
+        Measured {
+            code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+            stdout: self.out.join().expect("stdout reader"),
+            stderr: String::from_utf8_lossy(&self.err.join().expect("stderr reader")).into_owned(),
+            max_rss_kib: u64::try_from(ru.ru_maxrss).unwrap_or(0),
+        }
+    }
+}
+
+/// Runs `vmrr` to the end and reports its own peak memory.
+pub fn vmrr_measured(args: &[&str]) -> Measured {
+    MeasuredChild::spawn(args).wait()
 }
 
 /// Resident memory of a running process, KiB (`VmRSS`), or `None` once it has gone.

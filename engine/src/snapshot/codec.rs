@@ -109,6 +109,14 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
     options().serialize(v).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Bytes `v` takes in the state encoding (to locate fields for error messages).
+pub fn encoded_len<T: Serialize>(v: &T) -> u64 {
+    options().serialized_size(v).unwrap_or(0)
+}
+
+/// Offset of the payload in a state file.
+pub const PAYLOAD_OFFSET: u64 = HEADER as u64;
+
 /// Frames `payload` (header, payload, CRC).
 pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + payload.len() + 8);

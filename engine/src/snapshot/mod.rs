@@ -42,6 +42,15 @@ use std::path::{Path, PathBuf};
 /// The name of the state file in a snapshot directory.
 pub const STATE_FILE: &str = "state.bin";
 
+/// The populated `(offset, len)` ranges of `file` within `[0, len)` (`SEEK_DATA` /
+/// `SEEK_HOLE`): what a sparse memory file holds, found without reading its holes.
+///
+/// # Errors
+/// `lseek` failures.
+pub fn populated_ranges(file: &std::fs::File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    crate::sys::mm::data_ranges(file, len)
+}
+
 /// The snapshot directory of a trace: `run.vmrr` -> `run.snapshots`.
 pub fn dir_for_trace(trace: &Path) -> PathBuf {
     trace.with_extension("snapshots")
@@ -76,7 +85,7 @@ pub enum SnapshotError {
         reason: String,
     },
     /// A memory file is shorter than its slot (mapping it would fault later).
-    #[error("{path}: memory file of {len} bytes is shorter than its slot of {need} bytes")]
+    #[error("{path}: offset {len:#x}: memory file ends here, but its slot needs {need} bytes")]
     ShortFile {
         /// The file.
         path: String,

@@ -30,7 +30,7 @@ pub fn load(dir: &Path, max_mem: u64) -> Result<Loaded, SnapshotError> {
     let state: SnapshotState = codec::read(&dir.join(STATE_FILE))?;
     state.validate(max_mem).map_err(|e| SnapshotError::Invalid {
         path: dir.join(STATE_FILE).display().to_string(),
-        reason: e.0,
+        reason: e.to_string(),
     })?;
     Ok(Loaded { dir: dir.to_path_buf(), state })
 }
@@ -45,11 +45,12 @@ pub fn load_chain(dir: &Path, max_mem: u64) -> Result<Vec<Loaded>, SnapshotError
     let root = dir.parent().unwrap_or(Path::new("."));
     let mut chain = vec![load(dir, max_mem)?];
     while let Some(parent) = chain.last().and_then(|l| l.state.parent) {
-        let last = chain.last().map(|l| l.dir.display().to_string()).unwrap_or_default();
+        let last = chain.last().map(|l| l.dir.join(STATE_FILE).display().to_string()).unwrap_or_default();
+        let parent_at = chain.last().map(|l| l.state.parent_offset()).unwrap_or(0);
         if chain.len() >= MAX_CHAIN || chain.iter().any(|l| l.state.id == parent) {
             return Err(SnapshotError::Invalid {
                 path: last,
-                reason: format!("parent chain loops or exceeds {MAX_CHAIN}"),
+                reason: format!("offset {parent_at:#x}: parent chain loops or exceeds {MAX_CHAIN}"),
             });
         }
         let p = load(&snapshot_dir(root, parent), max_mem)?;
@@ -58,7 +59,11 @@ pub fn load_chain(dir: &Path, max_mem: u64) -> Result<Vec<Loaded>, SnapshotError
             if c.trace_id != p.state.trace_id {
                 return Err(SnapshotError::Invalid {
                     path: last,
-                    reason: format!("parent {parent} belongs to another trace"),
+                    reason: format!(
+                        "offset {:#x}: parent {parent} belongs to another trace",
+                        // trace_id follows id (u64) and parent (Option<u64>).
+                        parent_at + 9
+                    ),
                 });
             }
             let layout =
@@ -66,7 +71,10 @@ pub fn load_chain(dir: &Path, max_mem: u64) -> Result<Vec<Loaded>, SnapshotError
             if layout(c) != layout(&p.state) {
                 return Err(SnapshotError::Invalid {
                     path: last,
-                    reason: format!("slot layout differs from parent {parent}"),
+                    reason: format!(
+                        "offset {:#x}: slot layout differs from parent {parent}",
+                        c.slots_offset()
+                    ),
                 });
             }
         }
@@ -80,7 +88,7 @@ pub fn load_chain(dir: &Path, max_mem: u64) -> Result<Vec<Loaded>, SnapshotError
             if !md.file_type().is_file() {
                 return Err(SnapshotError::Invalid {
                     path: path.display().to_string(),
-                    reason: "memory file is not a regular file".into(),
+                    reason: "offset 0x0: memory file is not a regular file".into(),
                 });
             }
             if md.len() < s.size {

@@ -138,8 +138,19 @@ pub struct SnapshotState {
 
 /// A state that fails validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidState(pub String);
+#[error("offset {offset:#x}: {reason}")]
+pub struct InvalidState {
+    /// Byte offset in the state file of the field at fault.
+    pub offset: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Offsets of a slot's fields within its encoding (fixed-width bincode: `id u32`,
+/// `gpa u64`, `size u64`, `kind` as a u32 tag, `flags u32`, then `file`).
+const SLOT_GPA: u64 = 4;
+const SLOT_SIZE: u64 = 12;
+const SLOT_FILE: u64 = 28;
 
 fn safe_name(n: &str) -> bool {
     !n.is_empty()
@@ -150,79 +161,144 @@ fn safe_name(n: &str) -> bool {
 }
 
 impl SnapshotState {
+    /// Byte offset of the `slots` vector (its length word) in the state file.
+    pub fn slots_offset(&self) -> u64 {
+        use crate::snapshot::codec::{PAYLOAD_OFFSET, encoded_len};
+        // A tuple of the fields before `slots` encodes exactly as that prefix of the struct.
+        let prefix = (
+            self.id,
+            self.parent,
+            self.trace_id,
+            self.exit_seq,
+            self.exits,
+            self.interrupts,
+            self.created_unix_ns,
+            &self.vm,
+        );
+        PAYLOAD_OFFSET + encoded_len(&prefix)
+    }
+
+    /// Byte offset of `slots[i]` in the state file.
+    pub fn slot_offset(&self, i: usize) -> u64 {
+        let before: u64 = self.slots.iter().take(i).map(crate::snapshot::codec::encoded_len).sum();
+        self.slots_offset() + 8 + before
+    }
+
+    /// Byte offset of `vcpus[i]` in the state file.
+    pub fn vcpu_offset(&self, i: usize) -> u64 {
+        use crate::snapshot::codec::encoded_len;
+        let before: u64 = self.vcpus.iter().take(i).map(encoded_len).sum();
+        self.slots_offset() + encoded_len(&self.slots) + 8 + before
+    }
+
+    /// Byte offset of `parent` in the state file.
+    pub fn parent_offset(&self) -> u64 {
+        crate::snapshot::codec::PAYLOAD_OFFSET + 8
+    }
+
     /// Checks slots (alignment, sizes, overlaps, address width, file names, bitmaps),
     /// vCPU count and states, and the total memory against `max_mem` bytes.
     ///
     /// # Errors
     /// [`InvalidState`] naming the first problem.
     pub fn validate(&self, max_mem: u64) -> Result<(), InvalidState> {
-        let bad = |s: String| Err(InvalidState(s));
+        let bad = |offset: u64, reason: String| Err(InvalidState { offset, reason });
         if self.slots.is_empty() || self.slots.len() > MAX_SLOTS {
-            return bad(format!("{} memory slots (must be 1..={MAX_SLOTS})", self.slots.len()));
+            return bad(
+                self.slots_offset(),
+                format!("{} memory slots (must be 1..={MAX_SLOTS})", self.slots.len()),
+            );
         }
         let mut total: u64 = 0;
-        let mut ranges: Vec<(u64, u64, u32)> = Vec::new();
-        for s in &self.slots {
-            if s.gpa % PAGE_SIZE != 0 || s.size % PAGE_SIZE != 0 || s.size == 0 {
-                return bad(format!(
-                    "slot {}: {:#x}+{:#x} is not page-aligned or is empty",
-                    s.id, s.gpa, s.size
-                ));
+        let mut ranges: Vec<(u64, u64, u32, usize)> = Vec::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            let at = self.slot_offset(i);
+            if s.gpa % PAGE_SIZE != 0 {
+                return bad(
+                    at + SLOT_GPA,
+                    format!("slot {}: address {:#x} is not page-aligned", s.id, s.gpa),
+                );
+            }
+            if s.size % PAGE_SIZE != 0 || s.size == 0 {
+                return bad(
+                    at + SLOT_SIZE,
+                    format!("slot {}: size {:#x} is not page-aligned or is empty", s.id, s.size),
+                );
             }
             let end = s.gpa.checked_add(s.size).filter(|e| *e <= 1u64 << MAX_PHYS_BITS);
             let Some(end) = end else {
-                return bad(format!(
-                    "slot {}: {:#x}+{:#x} goes beyond the {MAX_PHYS_BITS}-bit physical address space",
-                    s.id, s.gpa, s.size
-                ));
+                return bad(
+                    at + SLOT_GPA,
+                    format!(
+                        "slot {}: {:#x}+{:#x} goes beyond the {MAX_PHYS_BITS}-bit physical address space",
+                        s.id, s.gpa, s.size
+                    ),
+                );
             };
             total = total.saturating_add(s.size);
             if !safe_name(&s.file) {
-                return bad(format!("slot {}: file name {:?} is not a plain file name", s.id, s.file));
+                return bad(
+                    at + SLOT_FILE,
+                    format!("slot {}: file name {:?} is not a plain file name", s.id, s.file),
+                );
             }
             let words = usize::try_from(s.page_count().div_ceil(64)).unwrap_or(usize::MAX);
             if !s.full && s.pages.len() != words {
-                return bad(format!(
-                    "slot {}: page bitmap of {} words for {} pages (expected {words})",
-                    s.id,
-                    s.pages.len(),
-                    s.page_count()
-                ));
+                return bad(
+                    at,
+                    format!(
+                        "slot {}: page bitmap of {} words for {} pages (expected {words})",
+                        s.id,
+                        s.pages.len(),
+                        s.page_count()
+                    ),
+                );
             }
             if s.full && !s.pages.is_empty() {
-                return bad(format!("slot {}: a full slot must not carry a page bitmap", s.id));
+                return bad(at, format!("slot {}: a full slot must not carry a page bitmap", s.id));
             }
-            ranges.push((s.gpa, end, s.id));
+            ranges.push((s.gpa, end, s.id, i));
         }
         if total > max_mem {
-            return bad(format!(
-                "memory of {} MiB exceeds the limit of {} MiB (--max-mem-mib)",
-                total >> 20,
-                max_mem >> 20
-            ));
+            return bad(
+                self.slots_offset(),
+                format!(
+                    "memory of {} MiB exceeds the limit of {} MiB (--max-mem-mib)",
+                    total >> 20,
+                    max_mem >> 20
+                ),
+            );
         }
         ranges.sort_unstable();
         for w in ranges.windows(2) {
             if w[1].0 < w[0].1 {
-                return bad(format!("slots {} and {} overlap at {:#x}", w[0].2, w[1].2, w[1].0));
+                return bad(
+                    self.slot_offset(w[1].3) + SLOT_GPA,
+                    format!("slots {} and {} overlap at {:#x}", w[0].2, w[1].2, w[1].0),
+                );
             }
         }
-        let mut ids: Vec<u32> = self.slots.iter().map(|s| s.id).collect();
+        let mut ids: Vec<(u32, usize)> = self.slots.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
         ids.sort_unstable();
-        if ids.windows(2).any(|w| w[0] == w[1]) {
-            return bad("two slots share an id".into());
+        if let Some(w) = ids.windows(2).find(|w| w[0].0 == w[1].0) {
+            return bad(self.slot_offset(w[1].1), format!("two slots share the id {}", w[0].0));
         }
         if self.vcpus.is_empty() || self.vcpus.len() > MAX_VCPUS {
-            return bad(format!("vCPU count {} over the limit of {MAX_VCPUS}", self.vcpus.len()));
+            let at = self.vcpu_offset(0) - 8;
+            return bad(at, format!("vCPU count {} over the limit of {MAX_VCPUS}", self.vcpus.len()));
         }
-        for v in &self.vcpus {
-            v.validate().map_err(|e| InvalidState(e.to_string()))?;
+        for (i, v) in self.vcpus.iter().enumerate() {
+            v.validate().map_err(|e| InvalidState { offset: self.vcpu_offset(i), reason: e.to_string() })?;
         }
+        let bus_at = self.vcpu_offset(self.vcpus.len());
         if self.bus.devices.len() > crate::devices::bus::MAX_DEVICES {
-            return bad(format!("{} devices over the limit", self.bus.devices.len()));
+            return bad(bus_at, format!("{} devices over the limit", self.bus.devices.len()));
         }
         if self.parent.is_some() == self.slots.iter().all(|s| s.full) {
-            return bad("a snapshot with a parent stores changed pages; one without stores all".into());
+            return bad(
+                self.parent_offset(),
+                "a snapshot with a parent stores changed pages; one without stores all".into(),
+            );
         }
         Ok(())
     }

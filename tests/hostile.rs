@@ -1,0 +1,523 @@
+//! Hostile input: every file of the crafted corpus in `tests/data/hostile/` (described in
+//! its README) is refused with exit 3 and a message naming the file, the offset and the
+//! reason, while peak memory stays small whatever sizes the file claims, and with KVM
+//! locked away (`VMRR_DENY_KVM=1`): nothing reaches KVM unvalidated.
+//!
+//! The corpus is regenerated (it needs KVM, for the base snapshot) with
+//! `cargo test --release --test hostile -- --ignored generate_corpus`.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+
+use vmrr_engine::snapshot::{SnapshotState, codec};
+use vmrr_format::chunk::{CHUNK_HEADER_SIZE, CODEC_NONE, CODEC_ZSTD, ChunkHeader};
+use vmrr_format::header::{FeatureDesc, FileHeader};
+use vmrr_format::{features, kind};
+use vmrr_replay::bundle::{Entry, MAGIC, Manifest, Storage};
+
+fn corpus(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hostile").join(rel)
+}
+
+/// Peak memory allowed for refusing any file of the corpus, KiB. The files claim up to a
+/// tebibyte; refusing them takes what the binary needs to start plus a few buffers.
+const RSS_LIMIT_KIB: u64 = 64 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// The checks.
+
+/// Runs `vmrr args` without KVM; expects exit 3 and a message naming `file`, an offset and
+/// every one of `reason`.
+fn refused(args: &[&str], file: &str, reason: &[&str]) {
+    let m = MeasuredChild::spawn_with(args, &[("VMRR_DENY_KVM", "1")]).wait();
+    let what = format!("vmrr {}", args.join(" "));
+    assert_eq!(m.code, Some(3), "{what}: exit 3 expected: {}", m.stderr);
+    // One line (an error on stderr, or `verify`'s damage report on stdout) says it all.
+    let out = format!("{}{}", String::from_utf8_lossy(&m.stdout), m.stderr);
+    let said = out
+        .lines()
+        .any(|l| l.contains(file) && l.contains("offset 0x") && reason.iter().all(|r| l.contains(r)));
+    assert!(said, "{what}: a line names {file}, an offset and {reason:?}:\n{out}");
+    assert!(m.max_rss_kib < RSS_LIMIT_KIB, "{what}: peak memory {} KiB", m.max_rss_kib);
+}
+
+/// (file, reason words) for the crafted traces.
+const TRACES: &[(&str, &[&str])] = &[
+    ("record-size-4gib.vmrr", &["record size", "4294967288"]),
+    ("ndata-beyond-record.vmrr", &["ndata"]),
+    ("io-count-beyond-record.vmrr", &["count"]),
+    ("nonzero-padding.vmrr", &["padding"]),
+    ("chunk-raw-size-4gib.vmrr", &["raw_size"]),
+    ("chunk-count-lies.vmrr", &["record"]),
+    ("zstd-chunk-bomb.vmrr", &["decompression failed"]),
+    ("future-major-2.0.vmrr", &["2.0"]),
+    ("unknown-required-feature.vmrr", &["quantum-zip"]),
+    ("header-size-huge.vmrr", &["header_size"]),
+    ("index-claims-1tib.vmrr", &["trailer index_size", "1099511627776"]),
+];
+
+#[test]
+fn hostile_traces_are_refused() {
+    for (file, reason) in TRACES {
+        let p = corpus(&format!("trace/{file}"));
+        refused(&["verify", s(&p)], file, reason);
+        refused(&["stats", s(&p)], file, reason);
+        refused(&["replay", s(&p)], file, reason);
+    }
+}
+
+/// (case directory, reason words, extra arguments) for the crafted snapshots.
+const SNAPSHOTS: &[(&str, &[&str], &[&str])] = &[
+    ("overlapping-slots", &["overlap"], &[]),
+    ("misaligned-slot", &["page-aligned"], &[]),
+    ("slot-beyond-phys", &["52-bit physical address space"], &[]),
+    ("short-memory-file", &["memory file ends here"], &[]),
+    ("nonsense-valid-crc", &["state"], &[]),
+    ("two-vcpus", &["vCPU count 2"], &[]),
+    ("file-name-escape", &["not a plain file name"], &[]),
+    ("future-major-2.0", &["2.0", "not readable"], &[]),
+    ("payload-claims-1gib", &["payload"], &[]),
+    // The valid base snapshot, refused only because it asks for more memory than allowed.
+    ("base", &["--max-mem-mib"], &["--max-mem-mib", "1"]),
+];
+
+#[test]
+fn hostile_snapshots_are_refused() {
+    let d = tmp();
+    for (case, reason, extra) in SNAPSHOTS {
+        let dir = corpus(&format!("snapshot/{case}/snap-000000"));
+        let mut args = vec!["snapshot", "info", s(&dir)];
+        args.extend_from_slice(extra);
+        let file = if *case == "short-memory-file" { "mem-0.raw" } else { "state.bin" };
+        refused(&args, file, reason);
+        // The same snapshot beside a valid trace: replay refuses it before KVM.
+        let trace = at(&d, &format!("{case}.vmrr"));
+        std::fs::copy(corpus("snapshot/base.vmrr"), &trace).unwrap();
+        let snaps = vmrr_engine::snapshot::dir_for_trace(&trace);
+        copy_dir(&corpus(&format!("snapshot/{case}")), &snaps);
+        let mut args = vec!["replay", s(&trace)];
+        args.extend_from_slice(extra);
+        refused(&args, file, reason);
+    }
+}
+
+#[test]
+fn the_base_snapshot_is_valid_so_each_case_fails_for_its_own_reason() {
+    let o = vmrr(&["snapshot", "info", s(&corpus("snapshot/base/snap-000000"))]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let trace = at(&d, "base.vmrr");
+    std::fs::copy(corpus("snapshot/base.vmrr"), &trace).unwrap();
+    copy_dir(&corpus("snapshot/base"), &vmrr_engine::snapshot::dir_for_trace(&trace));
+    let o = vmrr(&["replay", s(&trace), "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["outcome"], "completed", "{r}");
+}
+
+const BUNDLES: &[(&str, &[&str])] = &[
+    ("name-dotdot.vmrrb", &["\"../escape.vmrr\"", "not part of a bundle's layout"]),
+    ("name-absolute.vmrrb", &["\"/tmp/vmrr-escape\"", "not part of a bundle's layout"]),
+    ("name-nested-dotdot.vmrrb", &["not part of a bundle's layout"]),
+    ("future-major-2.0.vmrrb", &["2.0", "not readable"]),
+    ("memory-over-limit.vmrrb", &["65536 MiB", "--max-mem-mib"]),
+    ("zstd-bomb.vmrrb", &["manifest says 1000"]),
+    ("extents-overflow.vmrrb", &["extents do not fit"]),
+    ("entry-outside-file.vmrrb", &["outside the file"]),
+    ("checksum-mismatch.vmrrb", &["checksum mismatch"]),
+    ("duplicate-entry.vmrrb", &["appears twice"]),
+    ("manifest-claims-1tib.vmrrb", &["manifest"]),
+];
+
+#[test]
+fn hostile_bundles_are_refused() {
+    for (file, reason) in BUNDLES {
+        let p = corpus(&format!("bundle/{file}"));
+        refused(&["replay", s(&p)], file, reason);
+    }
+    // --max-mem-mib caps what a valid bundle may ask for (its guest has 2 MiB).
+    let p = corpus("bundle/valid.vmrrb");
+    refused(&["replay", s(&p), "--max-mem-mib", "1"], "valid.vmrrb", &["2 MiB", "--max-mem-mib"]);
+}
+
+#[test]
+fn unpacking_never_follows_a_symlink() {
+    // The bundle format has no link entries and its names cannot leave the target
+    // directory; a symlink already in the target (planted by someone else) is refused,
+    // not followed.
+    let d = tmp();
+    let target = at(&d, "target");
+    let elsewhere = at(&d, "elsewhere");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, target.join("snapshots")).unwrap();
+    let e = vmrr_replay::bundle::unpack(&corpus("bundle/valid.vmrrb"), &target, 1 << 30)
+        .expect_err("a planted symlink is refused");
+    assert!(e.to_string().contains("snapshots"), "{e}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing was written through it");
+    // And the same bundle unpacks into a clean directory.
+    let clean = at(&d, "clean");
+    std::fs::create_dir_all(&clean).unwrap();
+    vmrr_replay::bundle::unpack(&corpus("bundle/valid.vmrrb"), &clean, 1 << 30).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The generator.
+
+/// A record: `body` is the fixed body (`body_size` bytes) and what follows it.
+fn record(kind: u16, body_size: u16, body: &[u8], seq: u64, size_override: Option<u32>) -> Vec<u8> {
+    let size = u32::try_from(24 + body.len()).unwrap();
+    let mut r = Vec::new();
+    r.extend_from_slice(&size_override.unwrap_or(size).to_le_bytes());
+    r.extend_from_slice(&kind.to_le_bytes());
+    r.extend_from_slice(&body_size.to_le_bytes());
+    r.extend_from_slice(&seq.to_le_bytes());
+    r.extend_from_slice(&0u32.to_le_bytes()); // vcpu
+    r.extend_from_slice(&0u32.to_le_bytes()); // flags
+    r.extend_from_slice(body);
+    r
+}
+
+fn chunk(codec: u8, payload: &[u8], raw_size: u32, first_seq: u64, count: u32) -> Vec<u8> {
+    let h = ChunkHeader {
+        header_size: u16::try_from(CHUNK_HEADER_SIZE).unwrap(),
+        codec,
+        stored_size: u32::try_from(payload.len()).unwrap(),
+        raw_size,
+        first_seq,
+        record_count: count,
+        payload_crc32c: crc32c::crc32c(payload),
+        flags: 0,
+    };
+    let mut out = Vec::new();
+    h.encode(&mut out);
+    out.extend_from_slice(payload);
+    while out.len() % 8 != 0 {
+        out.push(0);
+    }
+    out
+}
+
+fn header(feats: &[features::Feature]) -> FileHeader {
+    FileHeader::new(1_700_000_000_000_000_000, [0x42; 16], feats)
+}
+
+/// A trace: header then one stored chunk of `records`.
+fn trace_of(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = header(&[]).encode();
+    let payload: Vec<u8> = records.concat();
+    out.extend(chunk(
+        CODEC_NONE,
+        &payload,
+        u32::try_from(payload.len()).unwrap(),
+        0,
+        u32::try_from(records.len()).unwrap(),
+    ));
+    out
+}
+
+fn io_body(count: u32, data: &[u8]) -> Vec<u8> {
+    let mut b = vec![1u8, 1];
+    b.extend_from_slice(&0x3f8u16.to_le_bytes());
+    b.extend_from_slice(&count.to_le_bytes());
+    b.extend_from_slice(data);
+    while b.len() % 8 != 0 {
+        b.push(0);
+    }
+    b
+}
+
+fn generate_traces(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ok = record(kind::IO, 8, &io_body(1, b"A"), 0, None);
+    let w = |name: &str, bytes: Vec<u8>| std::fs::write(dir.join(name), bytes).unwrap();
+
+    w(
+        "record-size-4gib.vmrr",
+        trace_of(&[ok.clone(), record(kind::IO, 8, &io_body(1, b"B"), 1, Some(0xffff_fff8))]),
+    );
+    let mut ie = Vec::new();
+    ie.extend_from_slice(&1u32.to_le_bytes()); // suberror: emulation
+    ie.extend_from_slice(&0x1000_0000u32.to_le_bytes()); // ndata: 256 M words
+    w("ndata-beyond-record.vmrr", trace_of(&[ok.clone(), record(kind::INTERNAL_ERROR, 8, &ie, 1, None)]));
+    w(
+        "io-count-beyond-record.vmrr",
+        trace_of(&[ok.clone(), record(kind::IO, 8, &io_body(0x7fff_ffff, b"xy"), 1, None)]),
+    );
+    let mut mmio = Vec::new();
+    mmio.extend_from_slice(&0xd000_0000u64.to_le_bytes());
+    mmio.extend_from_slice(&4u32.to_le_bytes());
+    mmio.extend_from_slice(&[1, 0xaa, 0xbb, 0xcc]); // is_write, then padding that must be zero
+    mmio.extend_from_slice(&0x1234u64.to_le_bytes());
+    w("nonzero-padding.vmrr", trace_of(&[ok.clone(), record(kind::MMIO, 24, &mmio, 1, None)]));
+
+    let mut t = header(&[]).encode();
+    t.extend(chunk(CODEC_NONE, &ok, u32::MAX, 0, 1));
+    w("chunk-raw-size-4gib.vmrr", t);
+    let mut t = header(&[]).encode();
+    t.extend(chunk(CODEC_NONE, &ok, u32::try_from(ok.len()).unwrap(), 0, 1000));
+    w("chunk-count-lies.vmrr", t);
+    // 64 MiB of zeros compress to a few KiB; the chunk claims 4 KiB.
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+    let mut t = header(&[features::ZSTD]).encode();
+    t.extend(chunk(CODEC_ZSTD, &bomb, 4096, 0, 1));
+    w("zstd-chunk-bomb.vmrr", t);
+
+    let mut h = header(&[]);
+    h.version_major = 2;
+    let mut t = h.encode();
+    t.extend(chunk(CODEC_NONE, &ok, u32::try_from(ok.len()).unwrap(), 0, 1));
+    w("future-major-2.0.vmrr", t);
+    let mut h = header(&[]);
+    h.features.push(FeatureDesc { bit: 9, required: true, introduced: (1, 4), name: "quantum-zip".into() });
+    h.incompat_features |= 1 << 9;
+    h.header_size += 24;
+    let mut t = h.encode();
+    t.extend(chunk(CODEC_NONE, &ok, u32::try_from(ok.len()).unwrap(), 0, 1));
+    w("unknown-required-feature.vmrr", t);
+    let mut t = trace_of(std::slice::from_ref(&ok));
+    t[12..16].copy_from_slice(&0x7fff_fff8u32.to_le_bytes());
+    w("header-size-huge.vmrr", t);
+
+    // A complete trace whose trailer claims a 1 TiB index.
+    let sink = vmrr_format::MemorySink::default();
+    let mut wr = vmrr_format::TraceWriter::with_sink(sink.clone(), "x".into(), Default::default()).unwrap();
+    for i in 0..100u8 {
+        let d = [i];
+        let io = vmrr_format::Io {
+            direction: vmrr_format::Direction::Out,
+            size: 1,
+            port: 0x3f8,
+            count: 1,
+            data: &d,
+        };
+        wr.append(0, vmrr_format::Body::Io(io), None).unwrap();
+    }
+    wr.finish().unwrap();
+    let mut t = sink.bytes();
+    let n = t.len();
+    t[n - 16..n - 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let c = crc32c::crc32c(&t[n - 24..n - 8]);
+    t[n - 8..n - 4].copy_from_slice(&c.to_le_bytes());
+    w("index-claims-1tib.vmrr", t);
+}
+
+fn write_state(dir: &Path, st: &SnapshotState) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("state.bin"), codec::frame(&codec::encode(st).unwrap())).unwrap();
+}
+
+fn generate_snapshots(root: &Path) {
+    // The base: hello-long in 2 MiB, recorded with its initial snapshot.
+    let work = tmp();
+    let trace = at(&work, "base.vmrr");
+    let o = vmrr(&["record", "--guest", "hello-long", "--mem-mib", "2", "-o", s(&trace), "--serial", "none"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(root);
+    std::fs::create_dir_all(root).unwrap();
+    std::fs::copy(&trace, root.join("base.vmrr")).unwrap();
+    let src = vmrr_engine::snapshot::dir_for_trace(&trace).join("snap-000000");
+    let base_dir = root.join("base/snap-000000");
+    copy_dir(&src, &base_dir);
+    let base: SnapshotState = codec::read(&base_dir.join("state.bin")).unwrap();
+    let case = |name: &str| root.join(name).join("snap-000000");
+
+    let mut st = base.clone();
+    let mut extra = st.slots[0].clone();
+    extra.id = 9;
+    extra.gpa = 0x1000;
+    extra.size = 0x2000;
+    extra.file = "mem-9.raw".into();
+    st.slots.push(extra);
+    write_state(&case("overlapping-slots"), &st);
+    let mut st = base.clone();
+    st.slots[0].gpa = 0x123;
+    write_state(&case("misaligned-slot"), &st);
+    let mut st = base.clone();
+    st.slots[0].gpa = 1 << 52;
+    write_state(&case("slot-beyond-phys"), &st);
+    let mut st = base.clone();
+    st.vcpus.push(st.vcpus[0].clone());
+    write_state(&case("two-vcpus"), &st);
+    let mut st = base.clone();
+    st.slots[0].file = "../../../etc/passwd".into();
+    write_state(&case("file-name-escape"), &st);
+    write_state(&case("short-memory-file"), &base);
+    std::fs::write(case("short-memory-file").join("mem-0.raw"), vec![0x90u8; 8192]).unwrap();
+
+    let mut x = 0x1234_5678_9abc_def1u64;
+    let nonsense: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect();
+    std::fs::create_dir_all(case("nonsense-valid-crc")).unwrap();
+    std::fs::write(case("nonsense-valid-crc").join("state.bin"), codec::frame(&nonsense)).unwrap();
+
+    // Framing edits, with the CRC-64 recomputed so only the edited field is wrong.
+    let reframe = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = codec::frame(&codec::encode(&base).unwrap());
+        b.truncate(b.len() - 8);
+        edit(&mut b);
+        let crc = crc::Crc::<u64>::new(&crc::CRC_64_XZ).checksum(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    };
+    std::fs::create_dir_all(case("future-major-2.0")).unwrap();
+    std::fs::write(
+        case("future-major-2.0").join("state.bin"),
+        reframe(&|b| b[8..10].copy_from_slice(&2u16.to_le_bytes())),
+    )
+    .unwrap();
+    std::fs::create_dir_all(case("payload-claims-1gib")).unwrap();
+    std::fs::write(
+        case("payload-claims-1gib").join("state.bin"),
+        reframe(&|b| b[16..24].copy_from_slice(&(1u64 << 30).to_le_bytes())),
+    )
+    .unwrap();
+}
+
+/// A bundle: header, manifest, payloads, with `manifest` entries' offsets filled in.
+fn bundle(major: u16, mut m: Manifest, payloads: &[Vec<u8>], fix_offsets: bool) -> Vec<u8> {
+    let mut json = serde_json::to_vec(&m).unwrap();
+    if fix_offsets {
+        for _ in 0..4 {
+            let mut off = 32 + json.len() as u64;
+            for (e, p) in m.entries.iter_mut().zip(payloads) {
+                e.offset = off;
+                e.stored = p.len() as u64;
+                e.crc32c = crc32c::crc32c(p);
+                off += p.len() as u64;
+            }
+            json = serde_json::to_vec(&m).unwrap();
+        }
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&major.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
+    let c = crc32c::crc32c(&out);
+    out.extend_from_slice(&c.to_le_bytes());
+    out.extend_from_slice(&json);
+    for p in payloads {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+fn entry(name: &str, storage: Storage, size: u64) -> Entry {
+    Entry { name: name.into(), size, storage, offset: 0, stored: 0, crc32c: 0 }
+}
+
+fn generate_bundles(dir: &Path, snapshot_root: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let w = |name: &str, bytes: Vec<u8>| std::fs::write(dir.join(name), bytes).unwrap();
+    // A valid bundle of the base snapshot's trace.
+    let work = tmp();
+    let trace = at(&work, "t.vmrr");
+    std::fs::copy(snapshot_root.join("base.vmrr"), &trace).unwrap();
+    copy_dir(&snapshot_root.join("base"), &vmrr_engine::snapshot::dir_for_trace(&trace));
+    let o = vmrr(&["pack", s(&trace), "-o", s(&dir.join("valid.vmrrb"))]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    let trace_bytes = std::fs::read(&trace).unwrap();
+    let z = zstd::bulk::compress(&trace_bytes, 3).unwrap();
+    let man = |entries: Vec<Entry>| Manifest {
+        trace_id: "42".repeat(16),
+        annotations: vec![],
+        snapshots: vec![],
+        entries,
+    };
+    let one = |name: &str| {
+        bundle(
+            1,
+            man(vec![entry(name, Storage::Zstd, trace_bytes.len() as u64)]),
+            std::slice::from_ref(&z),
+            true,
+        )
+    };
+    w("name-dotdot.vmrrb", one("../escape.vmrr"));
+    w("name-absolute.vmrrb", one("/tmp/vmrr-escape"));
+    w("name-nested-dotdot.vmrrb", one("snapshots/snap-000000/../../../x"));
+    let good = |major: u16| {
+        bundle(
+            major,
+            man(vec![entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64)]),
+            std::slice::from_ref(&z),
+            true,
+        )
+    };
+    w("future-major-2.0.vmrrb", good(2));
+    let mut m = man(vec![
+        entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
+        entry("snapshots/snap-000000/mem-0.raw", Storage::Sparse, 64 << 30),
+    ]);
+    m.snapshots = vec![0];
+    w("memory-over-limit.vmrrb", bundle(1, m, &[z.clone(), 0u64.to_le_bytes().to_vec()], true));
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+    w("zstd-bomb.vmrrb", bundle(1, man(vec![entry("trace.vmrr", Storage::Zstd, 1000)]), &[bomb], true));
+    let mut m = man(vec![
+        entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
+        entry("snapshots/snap-000000/mem-0.raw", Storage::Sparse, 2 << 20),
+    ]);
+    m.snapshots = vec![0];
+    let mut ext = (1u64 << 60).to_le_bytes().to_vec();
+    ext.extend_from_slice(&[0; 64]);
+    w("extents-overflow.vmrrb", bundle(1, m, &[z.clone(), ext], true));
+    let mut m = man(vec![entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64)]);
+    m.entries[0].offset = 1 << 40;
+    m.entries[0].stored = z.len() as u64;
+    w("entry-outside-file.vmrrb", bundle(1, m, std::slice::from_ref(&z), false));
+    let mut b = good(1);
+    let n = b.len();
+    b[n - 10] ^= 0xff;
+    w("checksum-mismatch.vmrrb", b);
+    w(
+        "duplicate-entry.vmrrb",
+        bundle(
+            1,
+            man(vec![
+                entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
+                entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
+            ]),
+            &[z.clone(), z.clone()],
+            true,
+        ),
+    );
+    let mut b = good(1);
+    b[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let c = crc32c::crc32c(&b[..28]);
+    b[28..32].copy_from_slice(&c.to_le_bytes());
+    w("manifest-claims-1tib.vmrrb", b);
+}
+
+#[test]
+#[ignore = "regenerates tests/data/hostile; needs KVM for the base snapshot"]
+fn generate_corpus() {
+    assert!(require_kvm(), "the base snapshot needs KVM");
+    generate_traces(&corpus("trace"));
+    generate_snapshots(&corpus("snapshot"));
+    generate_bundles(&corpus("bundle"), &corpus("snapshot"));
+}
