@@ -41,6 +41,7 @@ pub mod describe;
 mod encode;
 mod error;
 pub mod features;
+pub mod fuzzing;
 pub mod header;
 pub mod index;
 pub mod kind;

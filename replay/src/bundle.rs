@@ -590,6 +590,81 @@ fn sparse_decode(
     }
 }
 
+/// Fuzzing entry point: reads `data` as a bundle the way `vmrr replay` does, offline:
+/// manifest, unpack (memory files capped at 64 MiB so a run stays small), then the trace's
+/// facts and every snapshot chain it names. Must return without panicking and in bounded
+/// memory for every input; nothing is written outside a private temporary directory.
+///
+/// The input is tried as given and again with every checksum recomputed (see
+/// [`fix_checksums`]), so mutations reach what lies behind them.
+pub fn fuzz_read(data: &[u8]) {
+    fuzz_read_one(data);
+    let mut fixed = data.to_vec();
+    if fix_checksums(&mut fixed) {
+        fuzz_read_one(&fixed);
+    }
+}
+
+/// Recomputes a bundle's checksums in place: each entry's payload CRC (when the manifest
+/// parses and the payload lies inside the file; the manifest is rewritten only when that
+/// keeps its length), the manifest's and the header's. For fuzzing and crafted test files.
+/// False when `b` is too short or its manifest does not fit.
+pub fn fix_checksums(b: &mut [u8]) -> bool {
+    let hdr = usize::try_from(HEADER).unwrap_or(32);
+    if b.len() < hdr {
+        return false;
+    }
+    let mlen = u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8]));
+    let Some(mend) = usize::try_from(mlen).ok().and_then(|m| m.checked_add(hdr)).filter(|e| *e <= b.len())
+    else {
+        return false;
+    };
+    if let Ok(mut m) = serde_json::from_slice::<Manifest>(&b[hdr..mend]) {
+        for e in &mut m.entries {
+            let range = usize::try_from(e.offset)
+                .ok()
+                .zip(usize::try_from(e.stored).ok())
+                .and_then(|(o, l)| Some(o..o.checked_add(l)?))
+                .filter(|r| r.end <= b.len());
+            if let Some(r) = range {
+                e.crc32c = crc32c::crc32c(&b[r]);
+            }
+        }
+        if let Ok(json) = serde_json::to_vec(&m) {
+            if json.len() == mend - hdr {
+                b[hdr..mend].copy_from_slice(&json);
+            }
+        }
+    }
+    let mcrc = crc32c::crc32c(&b[hdr..mend]);
+    b[24..28].copy_from_slice(&mcrc.to_le_bytes());
+    let hcrc = crc32c::crc32c(&b[..28]);
+    b[28..32].copy_from_slice(&hcrc.to_le_bytes());
+    true
+}
+
+fn fuzz_read_one(data: &[u8]) {
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let src = dir.path().join("fuzz.vmrrb");
+    let out = dir.path().join("out");
+    if std::fs::write(&src, data).is_err() || std::fs::create_dir(&out).is_err() {
+        return;
+    }
+    let Ok(u) = unpack(&src, &out, 64 << 20) else { return };
+    if arrange(&out).is_err() {
+        return;
+    }
+    if let Ok(facts) = crate::facts::scan(&u.trace) {
+        let root = vmrr_engine::snapshot::dir_for_trace(&u.trace);
+        for c in facts.checkpoints.iter().take(16) {
+            let _ = vmrr_engine::snapshot::load_chain(
+                &vmrr_engine::snapshot::snapshot_dir(&root, c.snapshot_id),
+                64 << 20,
+            );
+        }
+    }
+}
+
 /// Moves the unpacked layout so that `dir/trace.vmrr` has its snapshots at
 /// `dir/trace.snapshots` (the layout replay expects).
 ///

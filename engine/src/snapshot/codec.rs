@@ -146,7 +146,28 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, CodecError> {
         return Err(framing(0, format!("file of {len} bytes exceeds the state limit of {MAX_STATE}")));
     }
     let mut b = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    f.read_to_end(&mut b).map_err(io)?;
+    // `take`: the file may grow while it is read; never read past the cap.
+    (&mut f).take(MAX_STATE + (HEADER as u64) + 8).read_to_end(&mut b).map_err(io)?;
+    decode(&b, &name)
+}
+
+/// Recomputes the CRC-64 at the end of state-file bytes (for fuzzing and crafted test
+/// files). False when `b` is too short to hold one.
+pub fn fix_checksum(b: &mut [u8]) -> bool {
+    let Some(at) = b.len().checked_sub(8).filter(|at| *at >= HEADER) else { return false };
+    let crc = CRC64.checksum(&b[..at]);
+    b[at..].copy_from_slice(&crc.to_le_bytes());
+    true
+}
+
+/// Checks and decodes the bytes of a state file named `name` (for messages): framing,
+/// version, reserved field, size, CRC, then the payload.
+///
+/// # Errors
+/// A [`CodecError`] naming the file, offset and reason.
+pub fn decode<T: DeserializeOwned>(b: &[u8], name: &str) -> Result<T, CodecError> {
+    let name = name.to_string();
+    let framing = |offset: u64, reason: String| CodecError::Framing { path: name.clone(), offset, reason };
     if b.len() < HEADER + 8 {
         return Err(framing(
             0,
