@@ -115,6 +115,9 @@ fn sigusr1_writes_a_bundle_and_disk_stays_bounded_on_a_long_run() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(err.contains("stopped") && err.contains("older dropped"), "{err}");
+    eprintln!(
+        "flight: over 4 s, at most {max_bytes} bytes on disk, {max_segs} segments, {max_snaps} snapshots"
+    );
     // Bounded: at most keep + 1 segments and snapshots at any time (the new one before the
     // oldest is dropped), and a few MiB on disk for a run that keeps going.
     assert!(max_segs <= 3 && max_snaps <= 3, "segments {max_segs}, snapshots {max_snaps}");

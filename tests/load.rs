@@ -22,31 +22,14 @@ fn resident_memory_stays_flat_over_a_long_recording() {
     let d = tmp();
     // A real-mode loop of OUTs: `mov dx, 0x5c0; l: out dx, al; jmp l`, the fastest exit
     // source on any host (one exit per iteration, nothing else).
-    let image = at(&d, "pio.bin");
-    std::fs::write(&image, [0xba, 0xc0, 0x05, 0xee, 0xeb, 0xfd]).unwrap();
+    let image = real_mode_image(&d, "pio.bin", &[0xba, 0xc0, 0x05, 0xee, 0xeb, 0xfd]);
     let out = at(&d, "load.vmrr");
     let every = (exits / 8).max(1).to_string();
     let max = exits.to_string();
-    let child = MeasuredChild::spawn(&[
-        "record",
-        "--image",
-        s(&image),
-        "--load-addr",
-        "0x7c00",
-        "--entry",
-        "0x7c00",
-        "--mode",
-        "real",
-        "--max-exits",
-        &max,
-        "--checkpoint-every",
-        &every,
-        "-o",
-        s(&out),
-        "--serial",
-        "none",
-        "--json",
-    ]);
+    let child = MeasuredChild::spawn(&record_args(
+        &image,
+        &["--max-exits", &max, "--checkpoint-every", &every, "-o", s(&out), "--serial", "none", "--json"],
+    ));
     let started = Instant::now();
     let mut samples = Vec::new();
     while let Some(kib) = rss_kib(child.pid()) {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[allow(unused_imports)] // not every test binary runs KVM
 pub use vmrr_engine::testing::require_kvm;
 use vmrr_format::{Body, TraceReader};
 
@@ -175,4 +176,40 @@ pub fn free_bytes(p: &Path) -> u64 {
         return 0;
     }
     st.f_bavail.saturating_mul(st.f_frsize)
+}
+
+/// Writes `code` as a flat real-mode image named `name` in `dir` and returns the
+/// `vmrr record` arguments that load and start it at 0x7c00.
+pub fn real_mode_image(dir: &tempfile::TempDir, name: &str, code: &[u8]) -> Vec<String> {
+    let image = at(dir, name);
+    std::fs::write(&image, code).expect("image");
+    ["--image", s(&image), "--load-addr", "0x7c00", "--entry", "0x7c00", "--mode", "real"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `vmrr record` followed by `image` (from [`real_mode_image`]) and `rest`.
+pub fn record_args<'a>(image: &'a [String], rest: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["record"];
+    v.extend(image.iter().map(String::as_str));
+    v.extend_from_slice(rest);
+    v
+}
+
+/// A deterministic generator (xorshift64*): a failure reproduces from its iteration.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A value below `n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % u64::try_from(n.max(1)).expect("usize fits u64")).expect("below n")
+    }
 }
