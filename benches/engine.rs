@@ -97,7 +97,7 @@ fn snapshots(c: &mut Criterion) {
     }
     let d = tempfile::tempdir().expect("tempdir");
     let mut g = c.benchmark_group("snapshot");
-    for mib in [128u64, 1024] {
+    for mib in [128u64, 1024, 8192] {
         let dir = snapshot_dir(&d.path().join(format!("r{mib}")), 0);
         let mut m = machine("hello-long", None, mib << 20, false);
         snapshot::take(&mut m, &dir, 0, None, [0; 16], None, &[]).expect("snapshot");
@@ -109,6 +109,16 @@ fn snapshots(c: &mut Criterion) {
                     snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), false)
                         .expect("restore"),
                 )
+            })
+        });
+        // Restore over a machine of the same layout: its VM and slots are kept.
+        let chain = snapshot::load_chain(&dir, u64::MAX).expect("load");
+        let mut m = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), false)
+            .expect("restore");
+        g.bench_function(format!("restore_over_{mib}mib"), |b| {
+            b.iter(|| {
+                let chain = snapshot::load_chain(&dir, u64::MAX).expect("load");
+                black_box(snapshot::restore_over(&mut m, &chain).expect("restore over"))
             })
         });
     }

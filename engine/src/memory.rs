@@ -248,6 +248,15 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Records that slot `i` is now backed by `file`, mapped privately over the same host
+    /// range (the caller has remapped it).
+    pub(crate) fn rebind(&mut self, i: usize, file: Arc<File>) {
+        if let Some(s) = self.slots.get_mut(i) {
+            s.file = file;
+            s.mapping = Mapping::Private;
+        }
+    }
+
     /// Whether slots were registered with region2.
     pub fn uses_region2(&self) -> bool {
         self.use_region2

@@ -296,6 +296,21 @@ impl VcpuState {
         self.restore_with(vcpu, true)
     }
 
+    /// Sets this state's CPUID on `vcpu`. Once a vCPU has run, KVM accepts only the CPUID
+    /// it already has (`EINVAL` otherwise), so this also checks that the state fits a vCPU
+    /// that ran, before anything else about it changes.
+    ///
+    /// # Errors
+    /// Too many entries, or KVM refused them.
+    pub fn apply_cpuid(&self, vcpu: &VcpuFd) -> Result<(), VcpuStateError> {
+        let cpuid = CpuId::from_entries(&self.cpuid).map_err(|_| VcpuStateError::TooMany {
+            what: "CPUID entries",
+            count: self.cpuid.len(),
+            max: kvm_bindings::KVM_MAX_CPUID_ENTRIES,
+        })?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))
+    }
+
     /// As [`Self::restore`]; `set_cpuid` false skips CPUID, for a vCPU that already has
     /// this state's CPUID (an in-place reset: the CPUID cannot change after a run).
     ///
@@ -304,12 +319,7 @@ impl VcpuState {
     pub fn restore_with(&self, vcpu: &VcpuFd, set_cpuid: bool) -> Result<(), VcpuStateError> {
         self.validate()?;
         if set_cpuid {
-            let cpuid = CpuId::from_entries(&self.cpuid).map_err(|_| VcpuStateError::TooMany {
-                what: "CPUID entries",
-                count: self.cpuid.len(),
-                max: kvm_bindings::KVM_MAX_CPUID_ENTRIES,
-            })?;
-            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            self.apply_cpuid(vcpu)?;
         }
         vcpu.set_mp_state(self.mp_state).map_err(kvm_err("KVM_SET_MP_STATE"))?;
         vcpu.set_regs(&self.regs).map_err(kvm_err("KVM_SET_REGS"))?;

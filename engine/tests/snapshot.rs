@@ -263,6 +263,80 @@ fn in_place_reset_reverts_only_dirty_pages_and_state() {
     assert!(matches!(r.run().unwrap().outcome, Outcome::GuestExit(0)));
 }
 
+#[test]
+fn restore_over_switches_a_running_machine_between_snapshots() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("snaps");
+    let mut m = build("memory-churn", Some(3));
+    let mut cp =
+        Checkpointer::new(root.clone(), Policy { every_exits: Some(90), interval: None }, [2; 16], vec![]);
+    cp.checkpoint(&mut m).expect("initial snapshot");
+    let full = finish(&mut m, Some(&mut cp));
+    assert_eq!(full.outcome, "guest_exit");
+    assert!(cp.taken.len() >= 3, "{} checkpoints", cp.taken.len());
+    let chain_of = |id| snapshot::load_chain(&snapshot_dir(&root, id), u64::MAX).expect("chain");
+    // One machine, switched without re-creating its VM or memory slots: from the initial
+    // snapshot part-way, then to a middle checkpoint (an incremental chain), then back.
+    let mut r = snapshot::restore(&chain_of(0), Console::capture_only(), Console::capture_only(), true)
+        .expect("restore");
+    let host_addrs: Vec<u64> = r.vm.memory.slots().iter().map(|s| s.host_addr()).collect();
+    r.limits.max_exits = Some(40);
+    r.run().unwrap();
+    for t in [cp.taken[cp.taken.len() / 2], cp.taken[0], cp.taken[cp.taken.len() - 1]] {
+        snapshot::restore_over(&mut r, &chain_of(t.id)).expect("restore over");
+        assert_eq!(r.exits(), t.exits, "from {}", t.id);
+        r.limits.max_exits = None;
+        let before = r.serial.captured().len();
+        let cont = finish(&mut r, None);
+        assert_eq!(cont.outcome, full.outcome, "from {}", t.id);
+        assert!(full.serial.ends_with(&cont.serial[before..]), "from {}: serial", t.id);
+        assert!(cont.serial.len() > before, "from {}: the guest printed its result", t.id);
+        assert_eq!((cont.rip, cont.rax), (full.rip, full.rax), "from {}: registers", t.id);
+        assert_eq!(cont.ram, full.ram, "from {}: memory", t.id);
+    }
+    let now: Vec<u64> = r.vm.memory.slots().iter().map(|s| s.host_addr()).collect();
+    assert_eq!(now, host_addrs, "the registered host ranges never moved");
+    // After switching, an in-place reset reverts to the snapshot switched to.
+    let chain = chain_of(0);
+    snapshot::restore_over(&mut r, &chain).unwrap();
+    let h0 = ram_hash(&r);
+    r.limits.max_exits = Some(r.exits() + 30);
+    r.run().unwrap();
+    assert_ne!(ram_hash(&r), h0);
+    snapshot::reset(&mut r, &chain).unwrap();
+    assert_eq!(ram_hash(&r), h0);
+
+    // A snapshot of another layout is refused and leaves the machine as it was.
+    let other = d.path().join("other");
+    let mut big = config("hello", None);
+    big.mem_bytes = 2 * MEM;
+    let mut b = big.build(Console::capture_only(), Console::capture_only()).unwrap();
+    snapshot::take(&mut b, &snapshot_dir(&other, 0), 0, None, [3; 16], None, &[]).unwrap();
+    let bad = snapshot::load_chain(&snapshot_dir(&other, 0), u64::MAX).unwrap();
+    let e = snapshot::restore_over(&mut r, &bad).unwrap_err();
+    assert!(e.to_string().contains("memory layout"), "{e}");
+    assert_eq!(ram_hash(&r), h0, "nothing changed");
+    // A snapshot whose CPUID differs from the one the vCPU ran with is refused by KVM.
+    let mut host = config("memory-churn", Some(3));
+    host.cpuid = vmrr_engine::cpuid::CpuidProfile::Host;
+    let mut h = host.build(Console::capture_only(), Console::capture_only()).unwrap();
+    snapshot::take(&mut h, &snapshot_dir(&other, 1), 1, None, [4; 16], None, &[]).unwrap();
+    let hc = snapshot::load_chain(&snapshot_dir(&other, 1), u64::MAX).unwrap();
+    if hc[0].state.vcpus[0].cpuid != chain[0].state.vcpus[0].cpuid {
+        let e = snapshot::restore_over(&mut r, &hc).unwrap_err();
+        assert!(e.to_string().contains("another CPUID"), "{e}");
+        assert_eq!(ram_hash(&r), h0, "nothing changed");
+        eprintln!("CPUID mismatch refused: {e}");
+    } else {
+        eprintln!("host and deterministic CPUID are equal on this host: mismatch case not exercised");
+    }
+    r.limits.max_exits = None;
+    assert!(matches!(r.run().unwrap().outcome, Outcome::GuestExit(0)));
+}
+
 /// Writes a modified copy of a valid snapshot and returns the load error: `edit` changes
 /// the state (re-encoded with a valid CRC), then `damage` changes files on disk.
 fn hostile(

@@ -154,16 +154,18 @@ fn decode_rate(trace: &Path) -> Result<f64, CliError> {
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Restore latency: cold (a new VM created as part of the restore) and warm (into a VM
-/// shell created beforehand, as a replay or fuzzing host would keep ready). Median ms.
-fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64), CliError> {
+/// Restore latency: cold (a new VM created as part of the restore), warm (into a VM shell
+/// created beforehand, as a replay or fuzzing host would keep ready: slots still to
+/// register) and remap (into a machine of the same layout, its slots kept registered:
+/// [`snapshot::restore_over`]). Each includes loading and validating the snapshot. Median ms.
+fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64, f64), CliError> {
     let root = dir.join(format!("restore-{mem_mib}"));
     let snap = snapshot_dir(&root, 0);
     {
         let mut m = build(&cfg("hello-long", None, mem_mib << 20, false))?;
         snapshot::take(&mut m, &snap, 0, None, [0; 16], None, &[]).map_err(|e| err("snapshot", e))?;
     }
-    let (mut times, mut warm) = (Vec::new(), Vec::new());
+    let (mut times, mut warm, mut remap) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..reps {
         let t = Instant::now();
         let chain = snapshot::load_chain(&snap, u64::MAX).map_err(|e| err("load", e))?;
@@ -178,6 +180,10 @@ fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64), CliEr
                 .map_err(|e| err("restore", e))?;
         warm.push(t.elapsed().as_secs_f64() * 1000.0);
         drop(w);
+        let t = Instant::now();
+        let chain = snapshot::load_chain(&snap, u64::MAX).map_err(|e| err("load", e))?;
+        snapshot::restore_over(&mut m, &chain).map_err(|e| err("restore over", e))?;
+        remap.push(t.elapsed().as_secs_f64() * 1000.0);
         if r == 0 {
             // The restored guest runs: it prints its greeting and exits.
             let s = m.run()?;
@@ -187,7 +193,24 @@ fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64), CliEr
         }
     }
     let _ = std::fs::remove_dir_all(&root);
-    Ok((median(&mut times), median(&mut warm)))
+    Ok((median(&mut times), median(&mut warm), median(&mut remap)))
+}
+
+/// What `KVM_SET_USER_MEMORY_REGION2` alone costs for `mem_mib` of RAM in a fresh VM (no
+/// vmrr work at all): the part of restore latency that grows with guest memory. Median ms.
+fn memslot_ms(mem_mib: u64, reps: usize) -> Result<f64, CliError> {
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        let kvm = vmrr_engine::vm::open_kvm_device().map_err(|e| err("opening /dev/kvm", e))?;
+        let vm = kvm.create_vm().map_err(|e| err("KVM_CREATE_VM", e))?;
+        let mut mem =
+            vmrr_engine::memory::GuestMemory::create(&vmrr_engine::memory::ram_layout(mem_mib << 20))
+                .map_err(|e| err("guest memory", e))?;
+        let t = Instant::now();
+        mem.register(&vm, true, false).map_err(|e| err("KVM_SET_USER_MEMORY_REGION2", e))?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median(&mut times))
 }
 
 fn capture_pause_ms(pct: u64, reps: usize, dir: &Path) -> Result<(f64, u64), CliError> {
@@ -303,12 +326,15 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
             "replay_vs_record": median(&mut rvr),
         });
     }
-    let (mut restore, mut restore_warm) = (json!({}), json!({}));
+    let (mut restore, mut restore_warm, mut restore_remap, mut memslot) =
+        (json!({}), json!({}), json!({}), json!({}));
     for mib in [128u64, 1024, 8192] {
         say(&format!("restore latency at {mib} MiB"));
-        let (cold, warm) = restore_ms(mib, plan.reps.max(5), dir)?;
+        let (cold, warm, remap) = restore_ms(mib, plan.reps.max(5), dir)?;
         restore[mib.to_string()] = json!(cold);
         restore_warm[mib.to_string()] = json!(warm);
+        restore_remap[mib.to_string()] = json!(remap);
+        memslot[mib.to_string()] = json!(memslot_ms(mib, plan.reps.max(5))?);
     }
     let mut capture = json!({});
     let mut capture_pages = json!({});
@@ -341,6 +367,8 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
         "decode_records_per_s": median(&mut decode),
         "restore_ms": restore,
         "restore_warm_ms": restore_warm,
+        "restore_remap_ms": restore_remap,
+        "memslot_ms": memslot,
         "capture_pause_ms": capture,
         "capture_dirty_pages": capture_pages,
         "resets_per_s": rps,
@@ -392,7 +420,12 @@ fn print_human(r: &Value) {
         f(&r["bytes_per_exit"]),
         f(&r["decode_records_per_s"]) / 1e6
     );
-    for (k, what) in [("restore_ms", "cold"), ("restore_warm_ms", "warm")] {
+    for (k, what) in [
+        ("restore_ms", "cold"),
+        ("restore_warm_ms", "warm"),
+        ("restore_remap_ms", "remap"),
+        ("memslot_ms", "KVM memslot alone"),
+    ] {
         println!(
             "  restore ({what}): 128 MiB {:.2} ms, 1 GiB {:.2} ms, 8 GiB {:.2} ms",
             f(&r[k]["128"]),
@@ -427,7 +460,12 @@ fn write_plots(dir: &Path, r: &Value) -> CliResult {
     let floor = 1e9 / f(&r["exit_ns_floor"]).max(1.0);
     tp.push(b("KVM round trip (floor)", floor, format!("{floor:.0} exits/s")));
     let mut restore: Vec<plot::Bar> = Vec::new();
-    for (key, what) in [("restore_ms", "cold"), ("restore_warm_ms", "warm")] {
+    for (key, what) in [
+        ("restore_ms", "cold"),
+        ("restore_warm_ms", "warm"),
+        ("restore_remap_ms", "remap"),
+        ("memslot_ms", "KVM memslot alone"),
+    ] {
         for k in ["128", "1024", "8192"] {
             let v = f(&r[key][k]);
             restore.push(b(&format!("{k} MiB, {what}"), v, format!("{v:.2} ms")));
@@ -448,7 +486,10 @@ fn write_plots(dir: &Path, r: &Value) -> CliResult {
     );
     for (name, svg) in [
         ("throughput.svg", plot::bars("Exit throughput per mode", &host, &tp)),
-        ("restore.svg", plot::bars("Snapshot restore latency vs guest memory (O(1) claim)", &host, &restore)),
+        (
+            "restore.svg",
+            plot::bars("Restore vs guest memory (the slope is KVM's per-page work)", &host, &restore),
+        ),
         ("bytes-per-exit.svg", plot::bars("Trace bytes per exit (pio-storm)", &host, &bytes)),
     ] {
         let p: PathBuf = dir.join(name);

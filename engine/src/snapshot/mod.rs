@@ -17,7 +17,13 @@
 //!   run of changed pages from its snapshot's file over it) and registers it with
 //!   `KVM_SET_USER_MEMORY_REGION2`: no page is read until the guest touches it, writes go
 //!   to private copies, the files are never modified, and any number of VMs can share
-//!   them. Restore time does not grow with memory size.
+//!   them. vmrr's own work does not grow with memory size; KVM's does (creating a memslot
+//!   allocates per-page metadata on a shadow-paging host, see docs/PERFORMANCE.md).
+//! - **Restore over** a machine of the same layout ([`restore_over`]) keeps the VM and its
+//!   registered slots and maps the snapshot's files at the same host addresses
+//!   (`MAP_FIXED`): no VM or memslot is created, the old translations are dropped by KVM's
+//!   MMU notifier, and any snapshot of that layout (not only the machine's own) can be
+//!   switched to. This is the restore a replay or fuzzing worker keeps a machine ready for.
 //! - **In-place reset** returns a running VM to its snapshot by discarding the private
 //!   copies of the pages dirtied since (one `madvise` per run): O(dirty pages).
 //! - **Atomicity**: a snapshot is written to `snap-<id>.tmp`, every file synced, then
@@ -34,7 +40,9 @@ mod capture;
 mod restore;
 
 pub use capture::{CaptureStats, take};
-pub use restore::{ResetStats, flatten, load, load_chain, reset, restore, restore_into, squash};
+pub use restore::{
+    ResetStats, flatten, load, load_chain, reset, restore, restore_into, restore_over, squash,
+};
 pub use state::{SlotState, SnapshotState, VmState};
 
 use std::path::{Path, PathBuf};

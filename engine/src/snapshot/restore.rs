@@ -120,11 +120,29 @@ fn build_memory(chain: &[Loaded]) -> Result<GuestMemory, SnapshotError> {
         ));
     }
     let mem = GuestMemory::from_backing(backed)?;
+    overlay_chain(chain, &mem, false)?;
+    Ok(mem)
+}
+
+/// Maps the chain over `mem`, whose slots are bound to the base snapshot's files: backs the
+/// base files' holes with anonymous zero pages (or, with `remap_base`, maps the whole base
+/// file when it has too many ranges for that; without it the base file must already be
+/// mapped) and maps each incremental's changed runs on top.
+fn overlay_chain(chain: &[Loaded], mem: &GuestMemory, remap_base: bool) -> Result<(), SnapshotError> {
+    let Some(base) = chain.first() else { return Err(SnapshotError::Unsupported("empty chain".into())) };
     let mut overlays: usize =
         chain[1..].iter().flat_map(|l| l.state.slots.iter()).map(|s| s.runs().len()).sum();
     for (s, slot) in base.state.slots.iter().zip(mem.slots()) {
-        overlays +=
-            map_holes_anonymous(&base.dir.join(&s.file), slot, MAX_OVERLAYS.saturating_sub(overlays))?;
+        let path = base.dir.join(&s.file);
+        let added = map_holes_anonymous(&path, slot, MAX_OVERLAYS.saturating_sub(overlays))?;
+        if added.is_none() && remap_base {
+            // SAFETY: the range is exactly this slot's host mapping, owned by `mem`; the
+            // caller holds the machine exclusively (no vCPU runs) and no Rust reference
+            // into guest memory exists.
+            unsafe { crate::sys::mm::overlay_private(slot.host_addr(), slot.spec.size, &slot.file, 0) }
+                .map_err(io_err("mapping", &path))?;
+        }
+        overlays += added.unwrap_or(0);
     }
     for l in &chain[1..] {
         for (i, s) in l.state.slots.iter().enumerate() {
@@ -141,12 +159,12 @@ fn build_memory(chain: &[Loaded]) -> Result<GuestMemory, SnapshotError> {
                     unsafe { crate::sys::mm::overlay_private(slot.host_addr() + off, len, &file, off) }
                         .map_err(io_err("mapping", &path))?;
                 } else {
-                    copy_run(&file, &path, &mem, s, first, count)?;
+                    copy_run(&file, &path, mem, s, first, count)?;
                 }
             }
         }
     }
-    Ok(mem)
+    Ok(())
 }
 
 /// Backs the holes of a base snapshot file with anonymous zero pages instead of the file:
@@ -154,19 +172,19 @@ fn build_memory(chain: &[Loaded]) -> Result<GuestMemory, SnapshotError> {
 /// it. Reading a hole then costs nothing (the shared zero page) instead of a page-cache page
 /// of zeros, and on a full tmpfs (where a read fault on a hole must allocate a page and
 /// fails with SIGBUS, seen as `KVM_RUN` EFAULT) the guest still runs. Returns the mappings
-/// added; when the file has more than `budget` populated ranges the whole-file mapping is
-/// kept.
+/// added, or `None` (nothing done) when the file has more than `budget` populated ranges.
 fn map_holes_anonymous(
     path: &Path,
     slot: &crate::memory::Slot,
     budget: usize,
-) -> Result<usize, SnapshotError> {
+) -> Result<Option<usize>, SnapshotError> {
     let ranges = crate::sys::mm::data_ranges(&slot.file, slot.spec.size).map_err(io_err("scanning", path))?;
     if ranges.len() > budget {
-        return Ok(0);
+        return Ok(None);
     }
-    // SAFETY: the range is exactly this slot's mapping, owned by the guest memory being
-    // built; nothing has referenced it yet.
+    // SAFETY: the range is exactly this slot's mapping, owned by the guest memory; the
+    // caller has exclusive use of it (memory being built, or a machine held by `&mut` whose
+    // vCPU is not running) and no Rust reference into it exists.
     unsafe { crate::sys::mm::anon_private(slot.host_addr(), slot.spec.size) }
         .map_err(io_err("mapping", path))?;
     let added = ranges.len();
@@ -178,7 +196,7 @@ fn map_holes_anonymous(
         unsafe { crate::sys::mm::overlay_private(slot.host_addr() + first, end - first, &slot.file, first) }
             .map_err(io_err("mapping", path))?;
     }
-    Ok(added)
+    Ok(Some(added))
 }
 
 fn copy_run(
@@ -248,6 +266,77 @@ pub fn restore_into(
     m.set_counters(st.exits, st.interrupts);
     m.origin = Some(top.dir.clone());
     Ok(m)
+}
+
+/// Switches `m` to the newest snapshot of `chain` without touching KVM's memory slots: each
+/// slot's host range is mapped copy-on-write from the chain's files at the same address
+/// (`MAP_FIXED`), so the registered slots stay valid and KVM's MMU notifier drops the old
+/// translations; then vCPU and device state are set. The cost is a few `mmap`s per slot and
+/// the state ioctls, independent of guest memory size: this is the O(1) restore, for a host
+/// that keeps a machine of the snapshot's layout (a replay or fuzzing worker). [`restore`]
+/// instead creates the VM and registers its slots, which KVM does in time proportional to
+/// memory on a shadow-paging host (see docs/PERFORMANCE.md).
+///
+/// The snapshot's slot layout must equal the machine's, and its CPUID the one the vCPU has
+/// (KVM refuses a different CPUID once a vCPU has run); otherwise nothing is changed and
+/// an error says why. The dirty log is cleared, so a later reset or incremental capture
+/// sees only pages written after this call.
+///
+/// # Errors
+/// Layout or CPUID mismatch, mapping failures, KVM or state failures. After a failure past
+/// the layout check the machine's memory is undefined: drop it.
+pub fn restore_over(m: &mut Machine, chain: &[Loaded]) -> Result<Duration, SnapshotError> {
+    let t = Instant::now();
+    let (Some(base), Some(top)) = (chain.first(), chain.last()) else {
+        return Err(SnapshotError::Unsupported("empty chain".into()));
+    };
+    let have: Vec<SlotSpec> = m.vm.memory.slots().iter().map(|s| s.spec).collect();
+    let want: Vec<SlotSpec> =
+        base.state.slots.iter().map(|s| SlotSpec { gpa: s.gpa, size: s.size, kind: s.kind }).collect();
+    if have != want || top.state.vcpus.len() != 1 {
+        return Err(SnapshotError::Unsupported(format!(
+            "snapshot {} has a different memory layout than the machine ({} slots vs {}); restore it into a new VM",
+            top.dir.display(),
+            want.len(),
+            have.len()
+        )));
+    }
+    if let Some(v) = top.state.vcpus.first() {
+        v.validate()?;
+        v.apply_cpuid(&m.vm.vcpu).map_err(|e| {
+            SnapshotError::Unsupported(format!(
+                "snapshot {} has another CPUID than the machine's vCPU, which KVM does not let change after a run ({e}); restore it into a new VM",
+                top.dir.display()
+            ))
+        })?;
+    }
+    m.complete_pending_io()
+        .map_err(|source| SnapshotError::Kvm { what: "completing pending I/O", source })?;
+    let mut files = Vec::with_capacity(base.state.slots.len());
+    for s in &base.state.slots {
+        files.push(open(&base.dir.join(&s.file))?);
+    }
+    for (i, file) in files.into_iter().enumerate() {
+        m.vm.memory.rebind(i, file);
+    }
+    // Every slot's whole range is mapped anew (MAP_FIXED at the registered address), once.
+    overlay_chain(chain, &m.vm.memory, true)?;
+    if m.vm.config.dirty_log {
+        for slot in m.vm.memory.slots().iter().filter(|s| s.spec.kind == crate::memory::SlotKind::Ram) {
+            // Reading the log clears it; its content (pages of the previous run) is moot.
+            m.vm.fd
+                .get_dirty_log(slot.id, usize::try_from(slot.spec.size).unwrap_or(0))
+                .map_err(|source| SnapshotError::Kvm { what: "KVM_GET_DIRTY_LOG", source })?;
+        }
+    }
+    for v in &top.state.vcpus {
+        v.restore_with(&m.vm.vcpu, false)?;
+    }
+    m.bus =
+        Bus::restore(BusArgs { serial: m.serial.clone(), debugcon: m.debugcon.clone() }, &top.state.bus, 0)?;
+    m.set_counters(top.state.exits, top.state.interrupts);
+    m.origin = Some(top.dir.clone());
+    Ok(t.elapsed())
 }
 
 /// What an in-place reset did.
