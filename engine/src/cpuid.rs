@@ -140,3 +140,20 @@ pub fn to_format(cpuid: &CpuId) -> Vec<vmrr_format::CpuidEntry> {
         })
         .collect()
 }
+
+/// Trace records' CPUID entries as KVM takes them (`KVM_SET_CPUID2`).
+pub fn from_format(entries: &[vmrr_format::CpuidEntry]) -> Vec<kvm_cpuid_entry2> {
+    entries
+        .iter()
+        .map(|e| kvm_cpuid_entry2 {
+            function: e.function,
+            index: e.index,
+            flags: e.flags,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+            padding: [0; 3],
+        })
+        .collect()
+}

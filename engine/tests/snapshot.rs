@@ -28,6 +28,20 @@ fn build(guest: &str, iterations: Option<u64>) -> Machine {
     config(guest, iterations).build(Console::capture_only(), Console::capture_only()).expect("machine")
 }
 
+/// A machine for `guest` with its initial snapshot taken into `root` and a checkpointer
+/// that takes one every `every` exits.
+fn checkpointed(guest: &str, iterations: Option<u64>, root: &Path, every: u64) -> (Machine, Checkpointer) {
+    let mut m = build(guest, iterations);
+    let mut cp = Checkpointer::new(
+        root.to_path_buf(),
+        Policy { every_exits: Some(every), interval: None },
+        [1; 16],
+        vec![],
+    );
+    cp.checkpoint(&mut m).expect("initial snapshot");
+    (m, cp)
+}
+
 /// FNV-1a over all RAM (reads through the guest mapping).
 fn ram_hash(m: &Machine) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -83,14 +97,7 @@ fn restored_guests_continue_exactly_like_the_uninterrupted_run() {
     {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("snaps");
-        let mut m = build(guest, it);
-        let mut cp = Checkpointer::new(
-            root.clone(),
-            Policy { every_exits: Some(every), interval: None },
-            [1; 16],
-            vec![],
-        );
-        cp.checkpoint(&mut m).expect("initial snapshot");
+        let (mut m, mut cp) = checkpointed(guest, it, &root, every);
         let full = finish(&mut m, Some(&mut cp));
         assert_eq!(full.outcome, "guest_exit", "{guest}");
         assert!(cp.taken.len() >= 3, "{guest}: {} checkpoints", cp.taken.len());
@@ -161,10 +168,7 @@ fn an_incremental_chain_equals_a_full_snapshot_page_by_page() {
     }
     let d = tempfile::tempdir().unwrap();
     let inc = d.path().join("inc");
-    let mut m = build("memory-churn", Some(3));
-    let mut cp =
-        Checkpointer::new(inc.clone(), Policy { every_exits: Some(40), interval: None }, [3; 16], vec![]);
-    cp.checkpoint(&mut m).unwrap();
+    let (mut m, mut cp) = checkpointed("memory-churn", Some(3), &inc, 40);
     m.limits.max_exits = Some(121);
     m.run_with(Some(&mut cp)).unwrap();
     let last = *cp.taken.last().unwrap();
@@ -270,10 +274,7 @@ fn restore_over_switches_a_running_machine_between_snapshots() {
     }
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("snaps");
-    let mut m = build("memory-churn", Some(3));
-    let mut cp =
-        Checkpointer::new(root.clone(), Policy { every_exits: Some(90), interval: None }, [2; 16], vec![]);
-    cp.checkpoint(&mut m).expect("initial snapshot");
+    let (mut m, mut cp) = checkpointed("memory-churn", Some(3), &root, 90);
     let full = finish(&mut m, Some(&mut cp));
     assert_eq!(full.outcome, "guest_exit");
     assert!(cp.taken.len() >= 3, "{} checkpoints", cp.taken.len());

@@ -111,18 +111,7 @@ pub fn missing(recorded: &[CpuidEntry], host: &[CpuidEntry]) -> Vec<String> {
 pub fn host_cpuid() -> Result<Vec<CpuidEntry>, kvm_ioctls::Error> {
     let kvm = vmrr_engine::vm::open_kvm_device()?;
     let c = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
-    Ok(c.as_slice()
-        .iter()
-        .map(|e| CpuidEntry {
-            function: e.function,
-            index: e.index,
-            flags: e.flags,
-            eax: e.eax,
-            ebx: e.ebx,
-            ecx: e.ecx,
-            edx: e.edx,
-        })
-        .collect())
+    Ok(vmrr_engine::cpuid::to_format(&c))
 }
 
 #[cfg(test)]

@@ -127,20 +127,7 @@ fn prepare(src: &Source, f: &TraceFacts, opts: &Options) -> Result<(Machine, Sta
     let m = cfg.build(opts.serial.clone(), debugcon)?;
     if !f.cpuid.is_empty() {
         // The guest must see the CPUID it saw when recorded, not this host's.
-        let entries: Vec<kvm_bindings::kvm_cpuid_entry2> = f
-            .cpuid
-            .iter()
-            .map(|e| kvm_bindings::kvm_cpuid_entry2 {
-                function: e.function,
-                index: e.index,
-                flags: e.flags,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
-                padding: [0; 3],
-            })
-            .collect();
+        let entries = vmrr_engine::cpuid::from_format(&f.cpuid);
         let c = kvm_bindings::CpuId::from_entries(&entries)
             .map_err(|_| unreplayable(format!("{} CPUID entries are too many", entries.len())))?;
         m.vm.vcpu.set_cpuid2(&c).map_err(|source| {

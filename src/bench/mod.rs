@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use vmrr_engine::Recorder;
 use vmrr_engine::devices::console::Console;
 use vmrr_engine::exit::{RipConvention, RunView};
 use vmrr_engine::machine::{Machine, Outcome};
@@ -67,12 +66,7 @@ fn record(guest: &str, n: u64, trace: &Path) -> Result<(f64, u64, u64), CliError
     let c = cfg(guest, Some(n), 128 << 20, false);
     let mut m = build(&c)?;
     let w = TraceWriter::create(trace, WriterOptions::default())?;
-    let mut rec = Recorder::new(&m.vm.kvm, &m.vm.vcpu, 0, w)?;
-    for (k, v) in c.annotations(&m.vm) {
-        rec.annotate(&k, &v)?;
-    }
-    rec.record_cpuid(&vmrr_engine::cpuid::to_format(&m.vm.cpuid))?;
-    m.recorder = Some(rec);
+    crate::cmd::record::attach_recorder(&mut m, &c, w)?;
     let s = m.run()?;
     let sum = m.recorder.take().map(|r| r.finish(s.outcome.end_reason(), s.outcome.status())).transpose()?;
     let stored = sum.map_or(0, |x| x.stored_bytes);

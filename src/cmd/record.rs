@@ -214,20 +214,10 @@ pub fn run(args: &RecordArgs) -> CliResult {
         (Some(path), false) => Some(TraceWriter::create(path, args.writer_options())?),
         _ => None,
     };
-    let mut m = cfg.build(serial.clone(), debugcon.clone())?;
-    for n in &m.vm.notes {
-        eprintln!("vmrr: note: {n}");
-    }
+    let mut m = build(&cfg, serial.clone(), debugcon.clone())?;
     let mut checkpointer = None;
     if let Some(w) = writer {
-        let mut rec = Recorder::new(&m.vm.kvm, &m.vm.vcpu, 0, w)?;
-        let annotations = cfg.annotations(&m.vm);
-        for (k, v) in &annotations {
-            rec.annotate(k, v)?;
-        }
-        rec.record_cpuid(&cpuid::to_format(&m.vm.cpuid))?;
-        let trace_id = rec.trace_id();
-        m.recorder = Some(rec);
+        let (trace_id, annotations) = attach_recorder(&mut m, &cfg, w)?;
         if let (false, Some(out)) = (args.no_snapshot, &args.out) {
             let root = snapshot::dir_for_trace(out);
             if root.exists() {
@@ -260,6 +250,37 @@ pub fn run(args: &RecordArgs) -> CliResult {
 /// complete trace: an END_OF_RUN record says why, then the index and trailer. When the
 /// trace itself can no longer be written, its writer has already sealed the file at the
 /// last complete chunk; either way `vmrr verify` passes on what is left.
+/// Builds the machine and prints the notes it made (fallbacks taken, capabilities missing).
+fn build(cfg: &SessionConfig, serial: Console, debugcon: Console) -> Result<Machine, CliError> {
+    let m = cfg.build(serial, debugcon)?;
+    for n in &m.vm.notes {
+        eprintln!("vmrr: note: {n}");
+    }
+    Ok(m)
+}
+
+/// `(key, value)` pairs describing a run (trace annotations, also kept in snapshots).
+type Annotations = Vec<(String, String)>;
+
+/// Starts recording `m` into `w`: the run's annotations and the guest's CPUID are the
+/// trace's first records. Returns the trace id and the annotations, which snapshots carry
+/// too.
+pub(crate) fn attach_recorder(
+    m: &mut Machine,
+    cfg: &SessionConfig,
+    w: TraceWriter,
+) -> Result<([u8; 16], Annotations), CliError> {
+    let mut rec = Recorder::new(&m.vm.kvm, &m.vm.vcpu, 0, w)?;
+    let annotations = cfg.annotations(&m.vm);
+    for (k, v) in &annotations {
+        rec.annotate(k, v)?;
+    }
+    rec.record_cpuid(&cpuid::to_format(&m.vm.cpuid))?;
+    let trace_id = rec.trace_id();
+    m.recorder = Some(rec);
+    Ok((trace_id, annotations))
+}
+
 fn close_after_error(m: &mut Machine, e: RunError) -> CliError {
     let reason = match &e {
         RunError::Trace(_) | RunError::Snapshot(_) | RunError::Output(_) => end_reason::OUTPUT_ERROR,
@@ -376,19 +397,9 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
     }
     std::fs::create_dir_all(&dir)
         .map_err(|source| CliError::Output { context: format!("creating {}", dir.display()), source })?;
-    let mut m = cfg.build(serial, debugcon)?;
-    for n in &m.vm.notes {
-        eprintln!("vmrr: note: {n}");
-    }
+    let mut m = build(cfg, serial, debugcon)?;
     let w = TraceWriter::create(&FlightRecorder::prologue_path(&dir), args.writer_options())?;
-    let mut rec = Recorder::new(&m.vm.kvm, &m.vm.vcpu, 0, w)?;
-    let annotations = cfg.annotations(&m.vm);
-    for (k, v) in &annotations {
-        rec.annotate(k, v)?;
-    }
-    rec.record_cpuid(&cpuid::to_format(&m.vm.cpuid))?;
-    let trace_id = rec.trace_id();
-    m.recorder = Some(rec);
+    let (trace_id, annotations) = attach_recorder(&mut m, cfg, w)?;
     m.external_stop = Some(
         vmrr_engine::signals::sigusr1_flag().map_err(|e| CliError::Capability(format!("SIGUSR1: {e}")))?,
     );

@@ -9,36 +9,32 @@ use crate::devices::map;
 
 /// `out dx, al` to the storm port `n` times, then exit with status 0 (`n + 1` exits).
 pub fn pio(base: u64, n: u64) -> Result<Vec<u8>, IcedError> {
-    let mut a = CodeAssembler::new(64)?;
-    let mut top = a.create_label();
-    let mut end = a.create_label();
-    a.mov(rcx, n)?;
-    a.mov(dx, u32::from(map::STORM))?;
-    a.xor(eax, eax)?;
-    a.test(rcx, rcx)?;
-    a.jz(end)?;
-    a.set_label(&mut top)?;
-    a.out(dx, al)?;
-    a.inc(eax)?;
-    a.dec(rcx)?;
-    a.jnz(top)?;
-    a.set_label(&mut end)?;
-    exit(&mut a, 0)?;
-    a.assemble(base)
+    storm(base, n, |a| a.mov(dx, u32::from(map::STORM)), |a| a.out(dx, al))
 }
 
 /// A 4-byte MMIO write to the sink page `n` times, then exit with status 0.
 pub fn mmio(base: u64, n: u64) -> Result<Vec<u8>, IcedError> {
+    storm(base, n, |a| a.mov(rdi, map::MMIO_SINK), |a| a.mov(dword_ptr(rdi), eax))
+}
+
+/// `setup` once, then `body` (one exit) `n` times with `eax` counting up from 0, then exit
+/// with status 0.
+fn storm(
+    base: u64,
+    n: u64,
+    setup: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
     let mut top = a.create_label();
     let mut end = a.create_label();
     a.mov(rcx, n)?;
-    a.mov(rdi, map::MMIO_SINK)?;
+    setup(&mut a)?;
     a.xor(eax, eax)?;
     a.test(rcx, rcx)?;
     a.jz(end)?;
     a.set_label(&mut top)?;
-    a.mov(dword_ptr(rdi), eax)?;
+    body(&mut a)?;
     a.inc(eax)?;
     a.dec(rcx)?;
     a.jnz(top)?;

@@ -159,15 +159,7 @@ fn write_into(
         out.set_len(slot.spec.size).map_err(io_err("sizing", &path))?;
         let logged = m.vm.config.dirty_log && slot.spec.kind == SlotKind::Ram;
         // Reading the dirty log also clears it: the next snapshot sees changes since this.
-        let dirty = if logged {
-            Some(
-                m.vm.fd
-                    .get_dirty_log(slot.id, usize::try_from(slot.spec.size).unwrap_or(0))
-                    .map_err(|source| SnapshotError::Kvm { what: "KVM_GET_DIRTY_LOG", source })?,
-            )
-        } else {
-            None
-        };
+        let dirty = if logged { Some(super::take_dirty_log(&m.vm.fd, slot)?) } else { None };
         let (full, pages, runs) = match (parent, dirty) {
             (Some(_), Some(bitmap)) => {
                 let runs = super::state::bitmap_runs(&bitmap, slot.pages());

@@ -173,6 +173,16 @@ impl SnapshotError {
     }
 }
 
+/// Reads and clears KVM's dirty log of `slot`: a bitmap of the pages written since the last
+/// read, one bit per page.
+pub(crate) fn take_dirty_log(
+    vm: &kvm_ioctls::VmFd,
+    slot: &crate::memory::Slot,
+) -> Result<Vec<u64>, SnapshotError> {
+    vm.get_dirty_log(slot.id, usize::try_from(slot.spec.size).unwrap_or(0))
+        .map_err(|source| SnapshotError::Kvm { what: "KVM_GET_DIRTY_LOG", source })
+}
+
 pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
     let path = path.display().to_string();
     move |source| SnapshotError::Io { what, path, source }

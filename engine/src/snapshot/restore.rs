@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::state::{SlotState, SnapshotState, bitmap_runs};
-use super::{Loaded, STATE_FILE, SnapshotError, codec, io_err, snapshot_dir};
+use super::{Loaded, STATE_FILE, SnapshotError, codec, io_err, snapshot_dir, take_dirty_log};
 use crate::cpuid::CpuidProfile;
 use crate::devices::bus::{Bus, BusArgs};
 use crate::devices::console::Console;
@@ -324,17 +324,10 @@ pub fn restore_over(m: &mut Machine, chain: &[Loaded]) -> Result<Duration, Snaps
     if m.vm.config.dirty_log {
         for slot in m.vm.memory.slots().iter().filter(|s| s.spec.kind == crate::memory::SlotKind::Ram) {
             // Reading the log clears it; its content (pages of the previous run) is moot.
-            m.vm.fd
-                .get_dirty_log(slot.id, usize::try_from(slot.spec.size).unwrap_or(0))
-                .map_err(|source| SnapshotError::Kvm { what: "KVM_GET_DIRTY_LOG", source })?;
+            take_dirty_log(&m.vm.fd, slot)?;
         }
     }
-    for v in &top.state.vcpus {
-        v.restore_with(&m.vm.vcpu, false)?;
-    }
-    m.bus =
-        Bus::restore(BusArgs { serial: m.serial.clone(), debugcon: m.debugcon.clone() }, &top.state.bus, 0)?;
-    m.set_counters(top.state.exits, top.state.interrupts);
+    set_vcpu_and_devices(m, top)?;
     m.origin = Some(top.dir.clone());
     Ok(t.elapsed())
 }
@@ -366,10 +359,7 @@ pub fn reset(m: &mut Machine, chain: &[Loaded]) -> Result<ResetStats, SnapshotEr
         if slot.spec.kind != crate::memory::SlotKind::Ram {
             continue;
         }
-        let bitmap =
-            m.vm.fd
-                .get_dirty_log(slot.id, usize::try_from(slot.spec.size).unwrap_or(0))
-                .map_err(|source| SnapshotError::Kvm { what: "KVM_GET_DIRTY_LOG", source })?;
+        let bitmap = take_dirty_log(&m.vm.fd, slot)?;
         for (first, count) in bitmap_runs(&bitmap, slot.pages()) {
             dirty_pages += count;
             if own && slot.mapping == Mapping::Private {
@@ -395,13 +385,20 @@ pub fn reset(m: &mut Machine, chain: &[Loaded]) -> Result<ResetStats, SnapshotEr
             }
         }
     }
+    set_vcpu_and_devices(m, top)?;
+    Ok(ResetStats { dirty_pages, elapsed: t.elapsed() })
+}
+
+/// Sets `top`'s vCPU state (its CPUID is the vCPU's already), device state and exit
+/// counters on a machine that keeps its VM: the last step of a reset or a restore over it.
+fn set_vcpu_and_devices(m: &mut Machine, top: &Loaded) -> Result<(), SnapshotError> {
     for v in &top.state.vcpus {
         v.restore_with(&m.vm.vcpu, false)?;
     }
     m.bus =
         Bus::restore(BusArgs { serial: m.serial.clone(), debugcon: m.debugcon.clone() }, &top.state.bus, 0)?;
     m.set_counters(top.state.exits, top.state.interrupts);
-    Ok(ResetStats { dirty_pages, elapsed: t.elapsed() })
+    Ok(())
 }
 
 /// Writes the newest snapshot of `chain` as one full snapshot into `out` (a snapshot
