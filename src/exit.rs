@@ -146,6 +146,17 @@ fn run_code(e: &vmrr_engine::error::RunError) -> u8 {
     }
 }
 
+/// `e` and its causes, joined with ": " (for messages that travel as text).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
 /// Whether `e` or one of its causes is a full disk (`ENOSPC`) or an exhausted quota.
 pub fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);

@@ -12,10 +12,10 @@ use common::*;
 use std::path::{Path, PathBuf};
 
 use vmrr_engine::snapshot::{SnapshotState, codec};
+use vmrr_format::bundle::{Entry, MAGIC, Manifest, Storage};
 use vmrr_format::chunk::{CHUNK_HEADER_SIZE, CODEC_NONE, CODEC_ZSTD, ChunkHeader};
 use vmrr_format::header::{FeatureDesc, FileHeader};
 use vmrr_format::{features, kind};
-use vmrr_replay::bundle::{Entry, MAGIC, Manifest, Storage};
 
 fn corpus(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hostile").join(rel)
@@ -155,14 +155,14 @@ fn unpacking_never_follows_a_symlink() {
     std::fs::create_dir_all(&target).unwrap();
     std::fs::create_dir_all(&elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, target.join("snapshots")).unwrap();
-    let e = vmrr_replay::bundle::unpack(&corpus("bundle/valid.vmrrb"), &target, 1 << 30)
+    let e = vmrr_format::bundle::unpack(&corpus("bundle/valid.vmrrb"), &target, 1 << 30)
         .expect_err("a planted symlink is refused");
     assert!(e.to_string().contains("snapshots"), "{e}");
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing was written through it");
     // And the same bundle unpacks into a clean directory.
     let clean = at(&d, "clean");
     std::fs::create_dir_all(&clean).unwrap();
-    vmrr_replay::bundle::unpack(&corpus("bundle/valid.vmrrb"), &clean, 1 << 30).unwrap();
+    vmrr_format::bundle::unpack(&corpus("bundle/valid.vmrrb"), &clean, 1 << 30).unwrap();
 }
 
 fn copy_dir(from: &Path, to: &Path) {

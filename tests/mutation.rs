@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use vmrr_replay::bundle::Manifest;
+use vmrr_format::bundle::Manifest;
 
 mod common;
 use common::Rng;
@@ -106,11 +106,19 @@ fn snapshot_state_decoder() {
     run("snapshot state", &seeds, scale(5_000), 3, vmrr_engine::snapshot::fuzz_state);
 }
 
+/// The bundle entry point as `vmrr replay` reads a bundle: the format's reader, then the
+/// engine's snapshot chain loader on every snapshot it names.
+fn read_bundle(data: &[u8]) {
+    vmrr_format::fuzzing::read_bundle(data, &|dir| {
+        let _ = vmrr_engine::snapshot::load_chain(dir, 64 << 20);
+    });
+}
+
 #[test]
 fn bundle_reader() {
     let seeds: Vec<Vec<u8>> =
         files(&data("hostile/bundle"), "vmrrb").iter().map(|p| std::fs::read(p).unwrap()).collect();
-    run("bundle bytes", &seeds, scale(300), 4, vmrr_replay::bundle::fuzz_read);
+    run("bundle bytes", &seeds, scale(300), 4, read_bundle);
     // Structure-aware: edit one manifest field of the valid bundle, re-lay it out with
     // valid checksums, so every case gets past the framing.
     let valid = std::fs::read(data("hostile/bundle/valid.vmrrb")).unwrap();
@@ -158,8 +166,8 @@ fn bundle_reader() {
         b[16..24].copy_from_slice(&(json.len() as u64).to_le_bytes());
         b.extend_from_slice(&json);
         b.extend_from_slice(payload);
-        vmrr_replay::bundle::fix_checksums(&mut b);
-        vmrr_replay::bundle::fuzz_read(&b);
+        vmrr_format::fuzzing::fix_bundle_checksums(&mut b);
+        read_bundle(&b);
     }
     eprintln!("mutation: bundle manifest: {cases} cases in {:.1} s", t.elapsed().as_secs_f64());
 }

@@ -236,7 +236,7 @@ fn goto_from_a_late_checkpoint_and_snapshot_at() {
     let (_, full) = replay_json(&trace, &[]);
     assert_eq!(full["outcome"], "completed");
     // Replaying from the last checkpoint gives the same result as from the start.
-    let last = vmrr_replay::facts::scan(&trace).unwrap().checkpoints.last().unwrap().snapshot_id;
+    let last = vmrr_format::overview::scan(&trace).unwrap().checkpoints.last().unwrap().snapshot_id;
     let (code, late) = replay_json(&trace, &["--from-checkpoint", &last.to_string()]);
     assert_eq!(code, Some(0));
     assert_eq!(late["outcome"], "completed");
@@ -270,7 +270,12 @@ fn goto_from_a_late_checkpoint_and_snapshot_at() {
     let sum = m.run().unwrap();
     assert!(matches!(sum.outcome, vmrr_engine::machine::Outcome::GuestExit(0)));
     let out = m.serial.captured();
-    let recorded = vmrr_replay::facts::scan(&trace).unwrap().serial;
+    // What the recorded guest printed: a full replay's console, which replay checks byte
+    // for byte against the trace's serial-port writes.
+    let console = at(&d, "recorded.serial");
+    let o = vmrr(&["replay", s(&trace), "--serial", s(&console)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let recorded = std::fs::read(&console).unwrap();
     assert!(
         !out.is_empty() && recorded.ends_with(&out),
         "{:?} vs {:?}",

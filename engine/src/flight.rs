@@ -23,6 +23,17 @@ use crate::error::RunError;
 use crate::machine::{ExitHook, Machine};
 use crate::snapshot::{self, SnapshotError};
 
+/// Writing the flight recorder's bundle failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlightError {
+    /// Joining the kept segments failed.
+    #[error(transparent)]
+    Assemble(#[from] RunError),
+    /// Packing the bundle failed.
+    #[error(transparent)]
+    Pack(#[from] vmrr_format::bundle::BundleError),
+}
+
 /// A flight recorder attached to a recording machine.
 #[derive(Debug)]
 pub struct FlightRecorder {
@@ -144,6 +155,16 @@ impl FlightRecorder {
                 .map_err(|source| RunError::Os { what: "moving a snapshot", source })?;
         }
         Ok(trace)
+    }
+
+    /// Assembles the kept recording (see [`Self::assemble`]) in a staging directory and
+    /// packs it into the bundle `out`.
+    ///
+    /// # Errors
+    /// Assembling or packing failed.
+    pub fn write_bundle(&self, out: &Path) -> Result<vmrr_format::bundle::Manifest, FlightError> {
+        let trace = self.assemble(&self.dir.join("staging"))?;
+        Ok(vmrr_format::bundle::pack(&trace, out, &snapshot::check_chain)?)
     }
 
     /// The flight directory.

@@ -45,6 +45,7 @@ pub mod session;
 pub mod signals;
 pub mod snapshot;
 mod sys;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod vcpu_state;
 pub mod vm;

@@ -150,13 +150,14 @@ pub fn open_kvm() -> Result<Kvm, CreateVmError> {
 
 /// Opens `/dev/kvm`; every path into KVM goes through here.
 ///
-/// With `VMRR_DENY_KVM` set in the environment it fails with `EACCES` instead: the
-/// hostile-input tests run that way to prove a bad trace, snapshot or bundle is refused
-/// before KVM is ever touched.
+/// Built with the `testing` feature (as the test suite builds vmrr), `VMRR_DENY_KVM` in the
+/// environment makes it fail with `EACCES` instead: the hostile-input tests run that way
+/// to prove a bad trace, snapshot or bundle is refused before KVM is ever touched.
 ///
 /// # Errors
 /// The `open` error.
 pub fn open_kvm_device() -> Result<Kvm, kvm_ioctls::Error> {
+    #[cfg(feature = "testing")]
     if std::env::var_os("VMRR_DENY_KVM").is_some() {
         return Err(kvm_ioctls::Error::new(libc::EACCES));
     }

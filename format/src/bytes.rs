@@ -1,24 +1,4 @@
-//! Checked little-endian access to untrusted bytes.
-//!
-//! Every read returns `None` instead of panicking. Nothing here allocates.
-
-/// Reads a little-endian `u16` at `off`, or `None` when it does not fit.
-pub(crate) fn u16_at(bytes: &[u8], off: usize) -> Option<u16> {
-    let raw = bytes.get(off..off.checked_add(2)?)?;
-    Some(u16::from_le_bytes(raw.try_into().ok()?))
-}
-
-/// Reads a little-endian `u32` at `off`, or `None` when it does not fit.
-pub(crate) fn u32_at(bytes: &[u8], off: usize) -> Option<u32> {
-    let raw = bytes.get(off..off.checked_add(4)?)?;
-    Some(u32::from_le_bytes(raw.try_into().ok()?))
-}
-
-/// Reads a little-endian `u64` at `off`, or `None` when it does not fit.
-pub(crate) fn u64_at(bytes: &[u8], off: usize) -> Option<u64> {
-    let raw = bytes.get(off..off.checked_add(8)?)?;
-    Some(u64::from_le_bytes(raw.try_into().ok()?))
-}
+//! Little-endian output and small size helpers (reads are in [`crate::cursor`]).
 
 /// True when every byte in `bytes` is zero.
 pub(crate) fn all_zero(bytes: &[u8]) -> bool {
@@ -71,15 +51,6 @@ impl PutLe for Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strict_reads_refuse_out_of_range() {
-        let b = [1u8, 2, 3];
-        assert_eq!(u16_at(&b, 1), Some(0x0302));
-        assert_eq!(u16_at(&b, 2), None);
-        assert_eq!(u32_at(&b, 0), None);
-        assert_eq!(u64_at(&b, usize::MAX), None);
-    }
 
     #[test]
     fn align_rounds_up() {

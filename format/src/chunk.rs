@@ -16,7 +16,8 @@
 //!
 //! The payload follows the header and is zero-padded to a multiple of 8.
 
-use crate::bytes::{PutLe, all_zero, u16_at, u32_at, u64_at, u64_from, usize_from};
+use crate::bytes::{PutLe, all_zero, u64_from, usize_from};
+use crate::cursor::{u16_at, u32_at, u64_at};
 use crate::decode::{self, RecordError};
 use crate::error::{DecodeError, Location, Reason};
 use crate::record::Record;
@@ -101,7 +102,7 @@ impl ChunkHeader {
         if prefix[..4] != CHUNK_MAGIC {
             return Err(DecodeError::at(
                 offset,
-                Reason::BadMagic { what: "chunk", found: crate::header::hex(&prefix[..4]) },
+                Reason::BadMagic { what: "chunk", found: crate::describe::hex(&prefix[..4]) },
             ));
         }
         let hs = usize::from(u16_at(prefix, 4).unwrap_or(0));
@@ -370,7 +371,7 @@ impl ChunkCursor {
             Ok(s) => s,
             Err(RecordError { offset, seq, reason }) => return Err(self.error(at + offset, seq, reason)),
         };
-        let seq = crate::bytes::u64_at(rest, 8).unwrap_or(0);
+        let seq = crate::cursor::u64_at(rest, 8).unwrap_or(0);
         match self.last_seq {
             None if seq != self.header.first_seq => {
                 return Err(self.error(
@@ -393,7 +394,7 @@ impl ChunkCursor {
 
     /// Sequence number of the record at the cursor (after a successful [`Self::step`]).
     pub fn peek_seq(&self, raw: &[u8]) -> Option<u64> {
-        crate::bytes::u64_at(raw, self.pos.checked_add(8)?)
+        crate::cursor::u64_at(raw, self.pos.checked_add(8)?)
     }
 
     /// Moves past a record of `size` bytes whose header [`Self::step`] validated, without

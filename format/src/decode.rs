@@ -1,6 +1,7 @@
 //! Record decoder: bytes to a borrowed [`Record`], validating every size, count and pad.
 
-use crate::bytes::{align8, all_zero, u16_at, u32_at, u64_at, u64_from, usize_from};
+use crate::bytes::{align8, all_zero, u64_from, usize_from};
+use crate::cursor::{Cursor, ShortRead};
 use crate::error::Reason;
 use crate::kind;
 use crate::record::*;
@@ -35,7 +36,7 @@ pub fn record_size(buf: &[u8]) -> Result<usize, RecordError> {
             },
         ));
     }
-    let size = usize_from(u32_at(buf, 0).unwrap_or(0));
+    let size = usize_from(Fields { bytes: buf, base: 0, seq: None }.u32(0)?);
     if size < RECORD_HEADER_SIZE {
         return Err(err(
             0,
@@ -73,11 +74,12 @@ pub fn record_size(buf: &[u8]) -> Result<usize, RecordError> {
 pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
     let size = record_size(buf)?;
     let rec = &buf[..size];
-    let kind = u16_at(rec, 4).unwrap_or(0);
-    let body_len = usize::from(u16_at(rec, 6).unwrap_or(0));
-    let seq = u64_at(rec, 8).unwrap_or(0);
-    let vcpu = u32_at(rec, 16).unwrap_or(0);
-    let flags = u32_at(rec, 20).unwrap_or(0);
+    let h = Fields { bytes: rec, base: 0, seq: None };
+    let kind = h.u16(4)?;
+    let body_len = usize::from(h.u16(6)?);
+    let seq = h.u64(8)?;
+    let vcpu = h.u32(16)?;
+    let flags = h.u32(20)?;
     let fail = |offset: usize, reason| RecordError { offset, seq: Some(seq), reason };
 
     if body_len % 8 != 0 {
@@ -118,6 +120,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
         short[..written.len()].copy_from_slice(written);
         &short[..known_len]
     };
+    let f = Fields { bytes: b, base: RECORD_HEADER_SIZE, seq: Some(seq) };
     // Padding checks only cover the part of the body the writer actually wrote.
     let pad_zero = |from: usize, to: usize, what: &'static str| -> Result<(), RecordError> {
         let end = to.min(written.len());
@@ -144,7 +147,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
 
     let body = match kind {
         kind::IO => {
-            let direction = match z8(b, 0) {
+            let direction = match f.u8(0)? {
                 0 => Direction::In,
                 1 => Direction::Out,
                 v => {
@@ -154,8 +157,8 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
                     ));
                 }
             };
-            let size_ = z8(b, 1);
-            let count = z32(b, 4);
+            let size_ = f.u8(1)?;
+            let count = f.u32(4)?;
             if !(matches!(size_, 1 | 2 | 4) || (size_ == 0 && count == 0)) {
                 return Err(fail(
                     RECORD_HEADER_SIZE + 1,
@@ -163,17 +166,17 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
                 ));
             }
             var.len = want("io count", u64::from(count), u64::from(size_))?;
-            Body::Io(Io { direction, size: size_, port: z16(b, 2), count, data: var.bytes(rec) })
+            Body::Io(Io { direction, size: size_, port: f.u16(2)?, count, data: var.bytes(rec) })
         }
         kind::MMIO => {
-            let len = z32(b, 8);
+            let len = f.u32(8)?;
             if len > 8 {
                 return Err(fail(
                     RECORD_HEADER_SIZE + 8,
                     Reason::InvalidValue { field: "mmio len", value: u64::from(len) },
                 ));
             }
-            let is_write = match z8(b, 12) {
+            let is_write = match f.u8(12)? {
                 0 => false,
                 1 => true,
                 v => {
@@ -188,7 +191,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
             pad_zero(16 + n, 24, "mmio data beyond len")?;
             let mut data = [0u8; 8];
             data.copy_from_slice(b.get(16..24).unwrap_or(&[0; 8]));
-            Body::Mmio(Mmio { phys_addr: z64(b, 0), len, is_write, data })
+            Body::Mmio(Mmio { phys_addr: f.u64(0)?, len, is_write, data })
         }
         kind::HLT => Body::Hlt,
         kind::SHUTDOWN => Body::Shutdown,
@@ -196,40 +199,40 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
         kind::INTR => Body::Intr,
         kind::FAIL_ENTRY => {
             pad_zero(12, 16, "fail_entry padding")?;
-            Body::FailEntry(FailEntry { hardware_entry_failure_reason: z64(b, 0), cpu: z32(b, 8) })
+            Body::FailEntry(FailEntry { hardware_entry_failure_reason: f.u64(0)?, cpu: f.u32(8)? })
         }
         kind::INTERNAL_ERROR => {
-            var.len = want("internal_error ndata", u64::from(z32(b, 4)), 8)?;
-            Body::InternalError(InternalError { suberror: z32(b, 0), data: Words::Le(var.bytes(rec)) })
+            var.len = want("internal_error ndata", u64::from(f.u32(4)?), 8)?;
+            Body::InternalError(InternalError { suberror: f.u32(0)?, data: Words::Le(var.bytes(rec)) })
         }
         kind::SYSTEM_EVENT => {
-            var.len = want("system_event ndata", u64::from(z32(b, 4)), 8)?;
-            Body::SystemEvent(SystemEvent { event_type: z32(b, 0), data: Words::Le(var.bytes(rec)) })
+            var.len = want("system_event ndata", u64::from(f.u32(4)?), 8)?;
+            Body::SystemEvent(SystemEvent { event_type: f.u32(0)?, data: Words::Le(var.bytes(rec)) })
         }
         kind::X86_RDMSR | kind::X86_WRMSR => {
             pad_zero(17, 24, "msr padding")?;
-            let m = Msr { index: z32(b, 0), reason: z32(b, 4), data: z64(b, 8), error: z8(b, 16) };
+            let m = Msr { index: f.u32(0)?, reason: f.u32(4)?, data: f.u64(8)?, error: f.u8(16)? };
             if kind == kind::X86_RDMSR { Body::RdMsr(m) } else { Body::WrMsr(m) }
         }
         kind::HYPERCALL => {
             let mut args = [0u64; 6];
             for (i, a) in args.iter_mut().enumerate() {
-                *a = z64(b, 8 + 8 * i);
+                *a = f.u64(8 + 8 * i)?;
             }
-            Body::Hypercall(Hypercall { nr: z64(b, 0), args, ret: z64(b, 56), flags: z64(b, 64) })
+            Body::Hypercall(Hypercall { nr: f.u64(0)?, args, ret: f.u64(56)?, flags: f.u64(64)? })
         }
         kind::DEBUG => {
             pad_zero(4, 8, "debug padding")?;
-            Body::Debug(DebugExit { exception: z32(b, 0), pc: z64(b, 8), dr6: z64(b, 16), dr7: z64(b, 24) })
+            Body::Debug(DebugExit { exception: f.u32(0)?, pc: f.u64(8)?, dr6: f.u64(16)?, dr7: f.u64(24)? })
         }
         kind::RAW_EXIT => {
-            var.len = want("raw exit length", u64::from(z32(b, 4)), 1)?;
-            Body::RawExit(RawExit { exit_reason: z32(b, 0), data: var.bytes(rec) })
+            var.len = want("raw exit length", u64::from(f.u32(4)?), 1)?;
+            Body::RawExit(RawExit { exit_reason: f.u32(0)?, data: var.bytes(rec) })
         }
-        kind::INTERRUPT => Body::Interrupt(Interrupt { vector: z32(b, 0), source: z32(b, 4) }),
+        kind::INTERRUPT => Body::Interrupt(Interrupt { vector: f.u32(0)?, source: f.u32(4)? }),
         kind::INTERRUPT_WINDOW => {
             pad_zero(4, 8, "interrupt_window padding")?;
-            let request = z32(b, 0);
+            let request = f.u32(0)?;
             if request > 1 {
                 return Err(fail(
                     RECORD_HEADER_SIZE,
@@ -239,12 +242,12 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
             Body::InterruptWindow(InterruptWindow { request })
         }
         kind::CHECKPOINT => {
-            Body::Checkpoint(Checkpoint { snapshot_id: z64(b, 0), exit_seq: z64(b, 8), exits: z64(b, 16) })
+            Body::Checkpoint(Checkpoint { snapshot_id: f.u64(0)?, exit_seq: f.u64(8)?, exits: f.u64(16)? })
         }
         kind::ANNOTATION => {
             pad_zero(2, 4, "annotation padding")?;
-            let klen = usize::from(z16(b, 0));
-            let vlen = usize_from(z32(b, 4));
+            let klen = usize::from(f.u16(0)?);
+            let vlen = usize_from(f.u32(4)?);
             var.len = want("annotation length", u64_from(klen) + u64_from(vlen), 1)?;
             let bytes = var.bytes(rec);
             let (k, v) = bytes.split_at(klen.min(bytes.len()));
@@ -256,11 +259,11 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
         }
         kind::END_OF_RUN => {
             pad_zero(4, 8, "end_of_run padding")?;
-            Body::EndOfRun(EndOfRun { reason: z32(b, 0), exits: z64(b, 8), status: z64(b, 16) })
+            Body::EndOfRun(EndOfRun { reason: f.u32(0)?, exits: f.u64(8)?, status: f.u64(16)? })
         }
         kind::CPUID => {
             pad_zero(4, 8, "cpuid padding")?;
-            var.len = want("cpuid entry count", u64::from(z32(b, 0)), u64_from(CPUID_ENTRY_SIZE))?;
+            var.len = want("cpuid entry count", u64::from(f.u32(0)?), u64_from(CPUID_ENTRY_SIZE))?;
             let bytes = var.bytes(rec);
             for (i, e) in bytes.chunks_exact(CPUID_ENTRY_SIZE).enumerate() {
                 if !all_zero(&e[28..32]) {
@@ -305,7 +308,8 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
                 },
             ));
         };
-        regs = Some(RegsSample { rip: z64(p, 0), rsp: z64(p, 8), rflags: z64(p, 16), flags: z64(p, 24) });
+        let pf = Fields { bytes: p, base: pos, seq: Some(seq) };
+        regs = Some(RegsSample { rip: pf.u64(0)?, rsp: pf.u64(8)?, rflags: pf.u64(16)?, flags: pf.u64(24)? });
         pos += REGS_PAYLOAD_SIZE;
     }
     let unknown_flags = flags & !KNOWN_FLAGS;
@@ -325,23 +329,44 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
 /// Largest fixed body this version knows (the hypercall's).
 const MAX_KNOWN_BODY: usize = 72;
 
-// Field reads on a body normalised to its known length: the offsets are within it by
-// construction, so the fallbacks never apply.
-#[inline]
-fn z8(b: &[u8], off: usize) -> u8 {
-    b.get(off).copied().unwrap_or(0)
+/// Field reads from a slice whose length was established before (the body normalised to
+/// its known length, a payload cut to its size). Every offset lies inside it by
+/// construction; a read that did not would still fail explicitly, as a truncated field.
+struct Fields<'a> {
+    bytes: &'a [u8],
+    /// Offset of `bytes` in the record (for the error).
+    base: usize,
+    seq: Option<u64>,
 }
-#[inline]
-fn z16(b: &[u8], off: usize) -> u16 {
-    u16_at(b, off).unwrap_or(0)
-}
-#[inline]
-fn z32(b: &[u8], off: usize) -> u32 {
-    u32_at(b, off).unwrap_or(0)
-}
-#[inline]
-fn z64(b: &[u8], off: usize) -> u64 {
-    u64_at(b, off).unwrap_or(0)
+
+impl Fields<'_> {
+    fn short(&self, e: ShortRead) -> RecordError {
+        RecordError {
+            offset: self.base + e.offset,
+            seq: self.seq,
+            reason: Reason::Truncated {
+                what: "record field",
+                need: u64_from(e.need),
+                have: u64_from(e.have),
+            },
+        }
+    }
+    #[inline]
+    fn u8(&self, off: usize) -> Result<u8, RecordError> {
+        Cursor::at(self.bytes, off).read_u8().map_err(|e| self.short(e))
+    }
+    #[inline]
+    fn u16(&self, off: usize) -> Result<u16, RecordError> {
+        Cursor::at(self.bytes, off).read_u16().map_err(|e| self.short(e))
+    }
+    #[inline]
+    fn u32(&self, off: usize) -> Result<u32, RecordError> {
+        Cursor::at(self.bytes, off).read_u32().map_err(|e| self.short(e))
+    }
+    #[inline]
+    fn u64(&self, off: usize) -> Result<u64, RecordError> {
+        Cursor::at(self.bytes, off).read_u64().map_err(|e| self.short(e))
+    }
 }
 
 struct Var {

@@ -5,9 +5,20 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::header::hex;
 use crate::kind;
 use crate::record::*;
+
+/// Lower-case hex of a byte slice: how every byte string is printed (trace ids,
+/// instruction bytes, I/O data).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
 
 /// JSON object for one record: `seq`, `vcpu`, `kind`, the kind's fields, `regs` when
 /// sampled, and `unknown` (hex) when a newer writer's parts were kept.

@@ -316,3 +316,25 @@ impl WriteError {
             if matches!(source.raw_os_error(), Some(28 /* ENOSPC */) | Some(122 /* EDQUOT */)))
     }
 }
+
+/// An OS call on a file failed: what was being done, the file, and the OS error. Every
+/// crate's errors carry this for file-system failures, so a message always names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}", path.display())]
+pub struct FileError {
+    /// What was being done ("opening", "writing", ...).
+    pub what: &'static str,
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    /// A closure that wraps an OS error from `what` on `path`, for `map_err`.
+    pub fn on(what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> FileError {
+        let path = path.to_path_buf();
+        move |source| FileError { what, path, source }
+    }
+}

@@ -38,3 +38,77 @@ pub fn decode_record(data: &[u8]) {
         let _ = describe::record_json(&rec);
     }
 }
+
+/// Reads `data` as a bundle the way `vmrr replay` does, offline: manifest, unpack (memory
+/// files capped at 64 MiB so a run stays small), then the trace's overview and, through
+/// `check`, every snapshot it names (the engine passes its chain loader). Must return
+/// without panicking and in bounded memory for every input; nothing is written outside a
+/// private temporary directory.
+///
+/// The input is tried as given and again with every checksum recomputed (see
+/// [`fix_bundle_checksums`]), so mutations reach what lies behind them.
+pub fn read_bundle(data: &[u8], check: &dyn Fn(&std::path::Path)) {
+    read_bundle_once(data, check);
+    let mut fixed = data.to_vec();
+    if fix_bundle_checksums(&mut fixed) {
+        read_bundle_once(&fixed, check);
+    }
+}
+
+fn read_bundle_once(data: &[u8], check: &dyn Fn(&std::path::Path)) {
+    use crate::{bundle, layout, overview};
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let src = dir.path().join("fuzz.vmrrb");
+    let out = dir.path().join("out");
+    if std::fs::write(&src, data).is_err() || std::fs::create_dir(&out).is_err() {
+        return;
+    }
+    let Ok(u) = bundle::unpack(&src, &out, 64 << 20) else { return };
+    if bundle::arrange(&out).is_err() {
+        return;
+    }
+    if let Ok(o) = overview::scan(&u.trace) {
+        let root = layout::snapshots_of(&u.trace);
+        for c in o.checkpoints.iter().take(16) {
+            check(&layout::snapshot_dir(&root, c.snapshot_id));
+        }
+    }
+}
+
+/// Recomputes a bundle's checksums in place: each entry's payload CRC (when the manifest
+/// parses and the payload lies inside the file; the manifest is rewritten only when that
+/// keeps its length), the manifest's and the header's. For fuzzing and crafted test files.
+/// False when `b` is too short or its manifest does not fit.
+pub fn fix_bundle_checksums(b: &mut [u8]) -> bool {
+    const HEADER: usize = 32;
+    if b.len() < HEADER {
+        return false;
+    }
+    let Some(mlen) = crate::cursor::u64_at(b, 16) else { return false };
+    let Some(mend) = usize::try_from(mlen).ok().and_then(|m| m.checked_add(HEADER)).filter(|e| *e <= b.len())
+    else {
+        return false;
+    };
+    if let Ok(mut m) = serde_json::from_slice::<crate::bundle::Manifest>(&b[HEADER..mend]) {
+        for e in &mut m.entries {
+            let range = usize::try_from(e.offset)
+                .ok()
+                .zip(usize::try_from(e.stored).ok())
+                .and_then(|(o, l)| Some(o..o.checked_add(l)?))
+                .filter(|r| r.end <= b.len());
+            if let Some(r) = range {
+                e.crc32c = crc32c::crc32c(&b[r]);
+            }
+        }
+        if let Ok(json) = serde_json::to_vec(&m) {
+            if json.len() == mend - HEADER {
+                b[HEADER..mend].copy_from_slice(&json);
+            }
+        }
+    }
+    let mcrc = crc32c::crc32c(&b[HEADER..mend]);
+    b[24..28].copy_from_slice(&mcrc.to_le_bytes());
+    let hcrc = crc32c::crc32c(&b[..28]);
+    b[28..32].copy_from_slice(&hcrc.to_le_bytes());
+    true
+}

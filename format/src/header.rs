@@ -20,7 +20,8 @@
 //! | `header_size-8` | 4 | reserved, zero |
 //! | `header_size-4` | 4 | CRC32C of bytes `[0, header_size-4)` |
 
-use crate::bytes::{PutLe, all_zero, u16_at, u32_at, u64_at, u64_from, usize_from};
+use crate::bytes::{PutLe, all_zero, u64_from, usize_from};
+use crate::cursor::{u16_at, u32_at, u64_at};
 use crate::error::{DecodeError, Reason};
 use crate::features::{self, Feature};
 use crate::{VERSION_MAJOR, VERSION_MINOR};
@@ -105,7 +106,7 @@ impl FileHeader {
 
     /// The trace id as 32 hex digits.
     pub fn trace_id_hex(&self) -> String {
-        self.trace_id.iter().map(|b| format!("{b:02x}")).collect()
+        crate::describe::hex(&self.trace_id)
     }
 
     /// Serialises the header (this version's layout).
@@ -154,7 +155,10 @@ impl FileHeader {
             ));
         }
         if prefix[..8] != MAGIC {
-            return Err(DecodeError::at(0, Reason::BadMagic { what: "file", found: hex(&prefix[..8]) }));
+            return Err(DecodeError::at(
+                0,
+                Reason::BadMagic { what: "file", found: crate::describe::hex(&prefix[..8]) },
+            ));
         }
         let bom = u32_at(prefix, 8).unwrap_or(0);
         if bom != BYTE_ORDER_MARK {
@@ -339,15 +343,6 @@ impl FileHeader {
     pub fn has_index(&self) -> bool {
         self.compat_features & features::CHUNK_INDEX.mask() != 0
     }
-}
-
-/// Lower-case hex of a byte slice.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@
 //! Trailer (the file's last 24 bytes): `index_offset u64, index_size u64,
 //! crc32c u32` (of the 16 bytes before it), magic `"VEND"`.
 
-use crate::bytes::{PutLe, all_zero, u16_at, u32_at, u64_at, u64_from, usize_from};
+use crate::bytes::{PutLe, all_zero, u64_from, usize_from};
+use crate::cursor::{u16_at, u32_at, u64_at};
 use crate::error::{DecodeError, Reason};
 
 /// Index magic.
@@ -110,7 +111,7 @@ impl Index {
         if b[..4] != INDEX_MAGIC {
             return Err(DecodeError::at(
                 offset,
-                Reason::BadMagic { what: "index", found: crate::header::hex(&b[..4]) },
+                Reason::BadMagic { what: "index", found: crate::describe::hex(&b[..4]) },
             ));
         }
         let crc_off = b.len() - 4;

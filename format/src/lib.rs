@@ -34,17 +34,22 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 mod bytes;
 pub mod chunk;
+pub mod cursor;
 mod decode;
 pub mod describe;
 mod encode;
 mod error;
 pub mod features;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod header;
 pub mod index;
 pub mod kind;
+pub mod layout;
+pub mod overview;
 mod reader;
 mod record;
 mod verify;
@@ -57,7 +62,7 @@ pub const VERSION_MINOR: u16 = 0;
 
 pub use decode::{RecordError, decode, record_size};
 pub use encode::encode;
-pub use error::{DecodeError, Location, ReadError, Reason, WriteError};
+pub use error::{DecodeError, FileError, Location, ReadError, Reason, WriteError};
 pub use header::FileHeader;
 pub use reader::{ChunkInfo, ChunkStats, Source, TraceReader};
 pub use record::*;

@@ -114,7 +114,7 @@ impl<'a> Words<'a> {
     /// Word `i`, or `None` past the end.
     pub fn get(&self, i: usize) -> Option<u64> {
         match self {
-            Words::Le(b) => crate::bytes::u64_at(b, i.checked_mul(8)?),
+            Words::Le(b) => crate::cursor::u64_at(b, i.checked_mul(8)?),
             Words::Native(w) => w.get(i).copied(),
         }
     }
@@ -374,6 +374,12 @@ pub mod end_reason {
     /// written, typically a full disk. The guest itself was healthy.
     pub const OUTPUT_ERROR: u32 = 12;
 
+    /// True for the failures a repro is for: emulation failure, internal error, triple
+    /// fault, failed entry.
+    pub fn is_failure(reason: u32) -> bool {
+        matches!(reason, EMULATION_FAILURE | INTERNAL_ERROR | SHUTDOWN | FAIL_ENTRY)
+    }
+
     /// Lower-case name.
     pub fn name(reason: u32) -> &'static str {
         match reason {
@@ -453,7 +459,7 @@ impl<'a> CpuidEntries<'a> {
         match self {
             CpuidEntries::Le(b) => {
                 let e = b.get(i.checked_mul(CPUID_ENTRY_SIZE)?..)?.get(..CPUID_ENTRY_SIZE)?;
-                let w = |o| crate::bytes::u32_at(e, o).unwrap_or(0);
+                let w = |o| crate::cursor::u32_at(e, o).unwrap_or(0);
                 Some(CpuidEntry {
                     function: w(0),
                     index: w(4),

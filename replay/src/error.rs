@@ -11,7 +11,10 @@ pub enum ReplayError {
     Snapshot(#[from] vmrr_engine::snapshot::SnapshotError),
     /// The bundle is damaged or hostile.
     #[error(transparent)]
-    Bundle(#[from] crate::bundle::BundleError),
+    Bundle(#[from] vmrr_format::bundle::BundleError),
+    /// The trace cannot be replayed as a whole (damaged in the middle, records missing).
+    #[error(transparent)]
+    Overview(#[from] vmrr_format::overview::OverviewError),
     /// The trace does not say how to rebuild its machine, or asks for something invalid.
     #[error("{0}")]
     Unreplayable(String),
@@ -43,7 +46,11 @@ impl ReplayError {
         match self {
             ReplayError::Trace(e) => e.decode_error().is_some(),
             ReplayError::Snapshot(e) => e.is_invalid_input(),
-            ReplayError::Bundle(_) | ReplayError::Unreplayable(_) => true,
+            ReplayError::Bundle(e) => e.is_invalid_input(),
+            ReplayError::Overview(vmrr_format::overview::OverviewError::Read(e)) => {
+                e.decode_error().is_some()
+            }
+            ReplayError::Overview(_) | ReplayError::Unreplayable(_) => true,
             ReplayError::Session(vmrr_engine::session::SessionError::Config(_)) => true,
             _ => false,
         }

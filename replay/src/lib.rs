@@ -7,8 +7,8 @@
 //! a recorded emulation failure, internal error or triple fault that happens again is
 //! `reproduced`.
 //!
-//! Also: repro bundles ([`bundle`]), one checksummed file holding a trace and the
-//! snapshots it needs.
+//! Bundles (one checksummed file holding a trace and its snapshots) are a file format:
+//! see `vmrr_format::bundle`; [`source`] opens one for replay.
 //!
 //! ```no_run
 //! use vmrr_replay::{Options, replay, source};
@@ -21,11 +21,9 @@
 
 #![forbid(unsafe_code)]
 
-pub mod bundle;
 pub mod cpu_check;
 mod error;
 pub mod expect;
-pub mod facts;
 pub mod feed;
 mod replayer;
 pub mod report;

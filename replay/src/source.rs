@@ -56,12 +56,12 @@ pub fn open(src: &Path, max_mem: u64) -> Result<Source, ReplayError> {
     let n = std::fs::File::open(src)
         .and_then(|mut f| f.read(&mut magic))
         .map_err(|source| ReplayError::Io { what: "opening", path: src.display().to_string(), source })?;
-    if n == 8 && magic == crate::bundle::MAGIC {
+    if n == 8 && magic == vmrr_format::bundle::MAGIC {
         let dir = tempfile::Builder::new().prefix("vmrr-bundle-").tempdir().map_err(|source| {
             ReplayError::Io { what: "creating a directory for", path: src.display().to_string(), source }
         })?;
-        let unpacked = crate::bundle::unpack(src, dir.path(), max_mem)?;
-        crate::bundle::arrange(dir.path())?;
+        let unpacked = vmrr_format::bundle::unpack(src, dir.path(), max_mem)?;
+        vmrr_format::bundle::arrange(dir.path())?;
         let mut s = with_snapshots(unpacked.trace);
         s._extracted = Some(dir);
         return Ok(s);

@@ -92,8 +92,8 @@ pub fn run(dir: Option<&Path>, max_mem: u64) -> CliResult {
     );
 
     step(4, "replay it again from the last checkpoint");
-    let facts = vmrr_replay::facts::scan(&src.trace).map_err(super::replay_err)?;
-    let last = facts.checkpoints.last().map_or(0, |c| c.snapshot_id);
+    let overview = vmrr_format::overview::scan(&src.trace).map_err(|e| super::replay_err(e.into()))?;
+    let last = overview.checkpoints.last().map_or(0, |c| c.snapshot_id);
     let from_last = replay(&src, &opts(StartFrom::Checkpoint(last))).map_err(super::replay_err)?;
     println!(
         "  {} after {} exits from snapshot {last}",

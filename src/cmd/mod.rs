@@ -31,6 +31,19 @@ pub fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
     out_line(&mut out, &s).map(|_| ())
 }
 
+/// Maps a bundle error to the CLI's exit codes (damaged or invalid input: 3; the host: 6).
+pub fn bundle_err(e: vmrr_format::bundle::BundleError) -> CliError {
+    if e.is_invalid_input() {
+        return CliError::Invalid(crate::exit::chain(&e));
+    }
+    match e {
+        vmrr_format::bundle::BundleError::File(f) => {
+            CliError::Output { context: format!("{} {}", f.what, f.path.display()), source: f.source }
+        }
+        other => CliError::Invalid(crate::exit::chain(&other)),
+    }
+}
+
 /// Maps a replay error to the CLI's exit codes.
 pub fn replay_err(e: vmrr_replay::ReplayError) -> CliError {
     use vmrr_replay::ReplayError;

@@ -10,10 +10,8 @@ pub fn run(trace: &Path, out: &Path, json: bool) -> CliResult {
     if !trace.exists() {
         return Err(CliError::Usage(format!("{}: no such file", trace.display())));
     }
-    let m = vmrr_replay::bundle::pack(trace, out).map_err(|e| match e {
-        vmrr_replay::bundle::BundleError::Pack(msg) => CliError::Invalid(msg),
-        other => CliError::Replay(other.to_string()),
-    })?;
+    let m = vmrr_format::bundle::pack(trace, out, &vmrr_engine::snapshot::check_chain)
+        .map_err(super::bundle_err)?;
     let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     if json {
         print_json(&serde_json::json!({

@@ -420,9 +420,10 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
         summary.outcome.is_fatal() || matches!(summary.outcome, vmrr_engine::machine::Outcome::Stopped);
     let secs = summary.elapsed.as_secs_f64();
     if triggered {
-        let staging = dir.join("staging");
-        let trace = fr.assemble(&staging)?;
-        let man = vmrr_replay::bundle::pack(&trace, &out).map_err(|e| CliError::Replay(e.to_string()))?;
+        let man = fr.write_bundle(&out).map_err(|e| match e {
+            vmrr_engine::flight::FlightError::Assemble(e) => CliError::Run(e),
+            vmrr_engine::flight::FlightError::Pack(e) => super::bundle_err(e),
+        })?;
         let _ = std::fs::remove_dir_all(&dir);
         eprintln!(
             "vmrr: flight recorder: {} after {} exits in {secs:.1} s; bundle {} holds checkpoints {:?} ({} older dropped)",

@@ -50,6 +50,7 @@ use std::path::{Path, PathBuf};
 /// The name of the state file in a snapshot directory.
 pub const STATE_FILE: &str = "state.bin";
 
+#[cfg(feature = "testing")]
 /// Fuzzing entry point: decodes `data` as a snapshot state file and validates it, exactly
 /// as loading a snapshot does before anything reaches KVM. Must return (an error or not)
 /// without panicking and in bounded memory for every input.
@@ -79,6 +80,16 @@ pub fn fuzz_state(data: &[u8]) {
 /// `lseek` failures.
 pub fn populated_ranges(file: &std::fs::File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
     crate::sys::mm::data_ranges(file, len)
+}
+
+/// Checks that the snapshot in `dir` and its parent chain load and validate, with no cap
+/// on guest memory: what a bundle writer runs on each snapshot before packing it
+/// (`vmrr_format::bundle::pack` takes this function).
+///
+/// # Errors
+/// The chain's first problem.
+pub fn check_chain(dir: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    load_chain(dir, u64::MAX).map(|_| ()).map_err(Into::into)
 }
 
 /// The snapshot directory of a trace: `run.vmrr` -> `run.snapshots`.

@@ -1,0 +1,151 @@
+//! One pass over a whole trace: what a replayer or a packer needs to know before it
+//! starts (the guest's description, the CPUID it saw, where the checkpoints are, how the
+//! run ended), in memory bounded by the [`Budget`] whatever the trace holds.
+
+use std::path::Path;
+
+use crate::{Body, CpuidEntry, DecodeError, EndOfRun, ReadError, TraceReader, end_reason, kind};
+
+/// A checkpoint record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointMark {
+    /// The checkpoint record's own sequence number.
+    pub record_seq: u64,
+    /// Snapshot id.
+    pub snapshot_id: u64,
+    /// Exits before it.
+    pub exits: u64,
+}
+
+/// What a trace says about its run.
+#[derive(Debug, Clone)]
+pub struct TraceOverview {
+    /// The trace's id.
+    pub trace_id: [u8; 16],
+    /// Annotations, in order.
+    pub annotations: Vec<(String, String)>,
+    /// The CPUID set the guest saw.
+    pub cpuid: Vec<CpuidEntry>,
+    /// Checkpoints, in order.
+    pub checkpoints: Vec<CheckpointMark>,
+    /// The end-of-run record and its sequence number.
+    pub end: Option<(u64, EndOfRun)>,
+    /// Exit records.
+    pub exits: u64,
+    /// Records.
+    pub records: u64,
+    /// The file has no index or a torn last chunk (its writer did not finish); what is
+    /// intact was read.
+    pub unfinished: bool,
+}
+
+impl TraceOverview {
+    /// The value of annotation `key` (the last one).
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// True when the recorded run ended in a failure a repro is for.
+    pub fn ended_in_failure(&self) -> bool {
+        self.end.is_some_and(|(_, e)| end_reason::is_failure(e.reason))
+    }
+}
+
+/// Why a trace cannot be replayed or packed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum OverviewError {
+    /// The trace is unreadable or damaged where no crash could have damaged it.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Damage in the middle: a later record is readable, so this is not a torn tail.
+    #[error("{path}: the trace is damaged in the middle ({source}); `vmrr verify` shows what is readable")]
+    DamagedMiddle {
+        /// The trace.
+        path: String,
+        /// The first damage.
+        #[source]
+        source: ReadError,
+    },
+    /// Records are missing where no checkpoint starts a kept stretch.
+    #[error("{path}: records {first}..={last} are missing")]
+    Missing {
+        /// The trace.
+        path: String,
+        /// First missing sequence number.
+        first: u64,
+        /// Last missing sequence number.
+        last: u64,
+    },
+}
+
+/// Reads the whole trace once.
+///
+/// A flight recording keeps its prologue and the trace from its oldest kept checkpoint: a
+/// gap in sequence numbers is allowed only right before a checkpoint record.
+///
+/// # Errors
+/// The trace is unreadable, or damaged other than a torn tail (which a killed writer
+/// leaves and which loses only what was never complete).
+pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
+    let mut r = TraceReader::open(path)?;
+    if let Some(e) = r.index_damage().filter(|e| !e.could_be_torn_write()) {
+        // A checksummed trailer or index that makes impossible claims was written that
+        // way: refuse the file rather than guess. (A torn index is read around.)
+        return Err(ReadError::Invalid { path: r.name().to_string(), error: e.clone() }.into());
+    }
+    let mut f = TraceOverview {
+        trace_id: r.header().trace_id,
+        annotations: Vec::new(),
+        cpuid: Vec::new(),
+        checkpoints: Vec::new(),
+        end: None,
+        exits: 0,
+        records: 0,
+        unfinished: r.index().is_none(),
+    };
+    let mut last: Option<u64> = None;
+    while let Some(item) = r.next_record() {
+        let rec = match item {
+            Ok(rec) => rec,
+            Err(e @ ReadError::Invalid { .. }) => {
+                // Damage no crash can cause is fatal, and so is damage in the middle (a
+                // later record exists); a torn tail is what a killed writer leaves.
+                if e.decode_error().is_some_and(|d: &DecodeError| !d.could_be_torn_write()) {
+                    return Err(e.into());
+                }
+                if r.next_record().is_some() {
+                    return Err(OverviewError::DamagedMiddle { path: path.display().to_string(), source: e });
+                }
+                f.unfinished = true;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        f.records += 1;
+        if let Some(p) = last {
+            if rec.seq != p + 1 && !matches!(rec.body, Body::Checkpoint(_)) {
+                return Err(OverviewError::Missing {
+                    path: path.display().to_string(),
+                    first: p + 1,
+                    last: rec.seq.saturating_sub(1),
+                });
+            }
+        }
+        last = Some(rec.seq);
+        if kind::is_exit(rec.body.kind()) {
+            f.exits += 1;
+        }
+        match rec.body {
+            Body::Annotation(a) => f.annotations.push((a.key.to_string(), a.value.to_string())),
+            Body::Cpuid(c) => f.cpuid = c.iter().collect(),
+            Body::Checkpoint(c) => f.checkpoints.push(CheckpointMark {
+                record_seq: rec.seq,
+                snapshot_id: c.snapshot_id,
+                exits: c.exits,
+            }),
+            Body::EndOfRun(e) => f.end = Some((rec.seq, e)),
+            _ => {}
+        }
+    }
+    Ok(f)
+}
