@@ -58,14 +58,8 @@ pub enum OverviewError {
     #[error(transparent)]
     Read(#[from] ReadError),
     /// Damage in the middle: a later record is readable, so this is not a torn tail.
-    #[error("{path}: the trace is damaged in the middle ({source}); `vmrr verify` shows what is readable")]
-    DamagedMiddle {
-        /// The trace.
-        path: String,
-        /// The first damage.
-        #[source]
-        source: ReadError,
-    },
+    #[error("the trace is damaged in the middle (later records are readable); `vmrr verify` shows what is")]
+    DamagedMiddle(#[source] ReadError),
     /// Records are missing where no checkpoint starts a kept stretch.
     #[error("{path}: records {first}..={last} are missing")]
     Missing {
@@ -114,7 +108,7 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
                     return Err(e.into());
                 }
                 if r.next_record().is_some() {
-                    return Err(OverviewError::DamagedMiddle { path: path.display().to_string(), source: e });
+                    return Err(OverviewError::DamagedMiddle(e));
                 }
                 f.unfinished = true;
                 break;

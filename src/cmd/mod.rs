@@ -48,7 +48,7 @@ pub fn bundle_err(e: vmrr_format::bundle::BundleError) -> CliError {
 pub fn replay_err(e: vmrr_replay::ReplayError) -> CliError {
     use vmrr_replay::ReplayError;
     if e.is_invalid_input() {
-        return CliError::Invalid(e.to_string());
+        return CliError::Invalid(crate::exit::chain(&e));
     }
     match e {
         ReplayError::CpuMismatch(m) => {

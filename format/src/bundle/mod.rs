@@ -96,7 +96,7 @@ pub enum BundleError {
     },
     /// Packing: the trace cannot be packed as a whole.
     #[error(transparent)]
-    Trace(#[from] crate::overview::OverviewError),
+    Trace(Box<crate::overview::OverviewError>),
     /// Packing: a snapshot the trace references is missing or does not validate.
     #[error("snapshot {dir} cannot be packed")]
     Snapshot {
@@ -108,13 +108,22 @@ pub enum BundleError {
     },
 }
 
+impl From<crate::overview::OverviewError> for BundleError {
+    fn from(e: crate::overview::OverviewError) -> Self {
+        BundleError::Trace(Box::new(e))
+    }
+}
+
 impl BundleError {
     /// True when the bundle (or, packing, the trace or a snapshot) is damaged or invalid
     /// input, as opposed to the host failing.
     pub fn is_invalid_input(&self) -> bool {
         match self {
             BundleError::File(_) => false,
-            BundleError::Trace(crate::overview::OverviewError::Read(e)) => e.decode_error().is_some(),
+            BundleError::Trace(t) => match t.as_ref() {
+                crate::overview::OverviewError::Read(e) => e.decode_error().is_some(),
+                _ => true,
+            },
             _ => true,
         }
     }
