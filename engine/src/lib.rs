@@ -25,30 +25,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod boot;
-pub mod caps;
 pub mod checkpoint;
-pub mod cpuid;
 pub mod devices;
 pub mod disasm;
 pub mod error;
 pub mod exit;
-pub mod firmware;
-pub mod flight;
 pub mod guests;
+pub mod kvm;
 pub mod machine;
-pub mod memory;
 pub mod persist;
-pub mod probe;
-pub mod recorder;
+pub mod record;
 pub mod session;
-pub mod signals;
 pub mod snapshot;
 mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod vcpu_state;
-pub mod vm;
-pub mod watchdog;
 
-pub use recorder::{Recorder, RecorderError};
+pub use record::{Recorder, RecorderError};

@@ -8,8 +8,8 @@
 //! Host-time deadlines are saved relative to the moment of the save, so a restored timer
 //! fires the same time after restore as it would have after the save.
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 /// Save and restore of one component.
 pub trait Persist: Sized {
@@ -53,31 +53,4 @@ pub fn to_relative(t: u64, now: u64) -> u64 {
 /// Makes a relative time absolute again at `now`.
 pub fn to_absolute(rel: u64, now: u64) -> u64 {
     rel.wrapping_add(now)
-}
-
-/// The state of any device on the bus.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DeviceState {
-    /// 16550 UART.
-    Serial(crate::devices::serial::SerialState),
-    /// Debug console (no state).
-    DebugCon,
-    /// Debug exit (no state).
-    DebugExit,
-    /// A sink.
-    Sink(crate::devices::sink::SinkState),
-    /// Entropy (no state: host randomness).
-    Entropy,
-    /// Clock port.
-    Clock(crate::devices::entropy::ClockState),
-    /// Interval timer.
-    Timer(crate::devices::timer::TimerState),
-    /// 8254 PIT.
-    Pit(crate::devices::pit::PitState),
-    /// 8259 ports (the state lives in the interrupt state).
-    PicPorts,
-    /// CMOS/RTC.
-    Cmos(crate::devices::cmos::CmosState),
-    /// PCI configuration ports.
-    PciConfig(u32),
 }

@@ -4,14 +4,14 @@
 
 use std::path::PathBuf;
 
-use crate::boot::BootMode;
-use crate::cpuid::CpuidProfile;
 use crate::devices::console::Console;
 use crate::error::{CreateVmError, LoadError};
+use crate::guests::boot::BootMode;
 use crate::guests::{self, GuestImage, GuestParams};
+use crate::kvm::cpuid::CpuidProfile;
+use crate::kvm::memory::SlotKind;
+use crate::kvm::vm::{Vm, VmConfig};
 use crate::machine::{BootMachineError, Limits, Machine};
-use crate::memory::SlotKind;
-use crate::vm::{Vm, VmConfig};
 
 /// Which guest to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +111,7 @@ impl SessionConfig {
     /// # Errors
     /// [`ConfigError`] naming the problem.
     pub fn prepare(&self) -> Result<Prepared, ConfigError> {
-        if self.mem_bytes < (2 << 20) || self.mem_bytes % crate::memory::PAGE_SIZE != 0 {
+        if self.mem_bytes < (2 << 20) || self.mem_bytes % crate::kvm::memory::PAGE_SIZE != 0 {
             return Err(ConfigError::Memory(format!(
                 "guest memory must be a whole number of MiB, at least 2 MiB (got {} bytes)",
                 self.mem_bytes
@@ -126,10 +126,10 @@ impl SessionConfig {
                 )));
             }
         }
-        if self.mem_bytes > crate::boot::MAX_PD << 30 {
+        if self.mem_bytes > crate::guests::boot::MAX_PD << 30 {
             return Err(ConfigError::Memory(format!(
                 "guest memory above {} GiB is not supported",
-                crate::boot::MAX_PD
+                crate::guests::boot::MAX_PD
             )));
         }
         let ram: Vec<(u64, u64)> = Vm::layout(&self.vm_config(None))
@@ -194,9 +194,9 @@ impl SessionConfig {
         let vm = Vm::new(self.vm_config(rom_size))?;
         let mut m = match &prepared {
             Prepared::Firmware(rom) => {
-                let bus = crate::firmware::bus(&serial, &debugcon, self.mem_bytes);
+                let bus = crate::guests::firmware::bus(&serial, &debugcon, self.mem_bytes);
                 let m = Machine::with_bus(vm, bus, serial, debugcon)?;
-                crate::firmware::load(&m.vm.memory, rom).map_err(BootMachineError::Load)?;
+                crate::guests::firmware::load(&m.vm.memory, rom).map_err(BootMachineError::Load)?;
                 m
             }
             Prepared::Image(img) => {
@@ -258,7 +258,7 @@ impl SessionConfig {
             }
             .into(),
         );
-        if let Ok(f) = crate::probe::host_facts() {
+        if let Ok(f) = crate::kvm::probe::host_facts() {
             put("kvm.rip_after_io", f.rip.io_after.to_string());
             put("kvm.rip_after_mmio", f.rip.mmio_after.to_string());
             put("kvm.cpuid_enforced", f.cpuid_enforced.to_string());

@@ -2,9 +2,9 @@
 
 use vmrr_engine::devices::console::Console;
 use vmrr_engine::guests::{self, GuestParams};
+use vmrr_engine::kvm::vm::{Vm, VmConfig};
 use vmrr_engine::machine::{Machine, Outcome};
 use vmrr_engine::testing::require_kvm;
-use vmrr_engine::vm::{Vm, VmConfig};
 
 fn run(name: &str, iterations: Option<u64>) -> (vmrr_engine::machine::RunSummary, String) {
     let vm = Vm::new(VmConfig::default()).expect("vm");

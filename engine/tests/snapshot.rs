@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use vmrr_engine::checkpoint::{Checkpointer, Policy};
 use vmrr_engine::devices::console::Console;
+use vmrr_engine::kvm::memory::SlotKind;
 use vmrr_engine::machine::{Machine, Outcome};
-use vmrr_engine::memory::SlotKind;
 use vmrr_engine::session::{GuestSpec, SessionConfig};
 use vmrr_engine::snapshot::{self, SnapshotError, codec, snapshot_dir};
 use vmrr_engine::testing::require_kvm;
@@ -141,7 +141,7 @@ fn snapshot_restore_snapshot_is_identical() {
     let b = snapshot::load(&snapshot_dir(&other, 0), u64::MAX).unwrap();
     // Identical except the TSC, which keeps counting from the restored value.
     let (mut va, mut vb) = (a.state.vcpus[0].clone(), b.state.vcpus[0].clone());
-    let tsc = |v: &mut vmrr_engine::vcpu_state::VcpuState| {
+    let tsc = |v: &mut vmrr_engine::kvm::vcpu_state::VcpuState| {
         let e = v.msrs.iter_mut().find(|e| e.index == 0x10).expect("IA32_TSC is saved");
         std::mem::take(&mut e.data)
     };
@@ -322,7 +322,7 @@ fn restore_over_switches_a_running_machine_between_snapshots() {
     assert_eq!(ram_hash(&r), h0, "nothing changed");
     // A snapshot whose CPUID differs from the one the vCPU ran with is refused by KVM.
     let mut host = config("memory-churn", Some(3));
-    host.cpuid = vmrr_engine::cpuid::CpuidProfile::Host;
+    host.cpuid = vmrr_engine::kvm::cpuid::CpuidProfile::Host;
     let mut h = host.build(Console::capture_only(), Console::capture_only()).unwrap();
     snapshot::take(&mut h, &snapshot_dir(&other, 1), 1, None, [4; 16], None, &[]).unwrap();
     let hc = snapshot::load_chain(&snapshot_dir(&other, 1), u64::MAX).unwrap();

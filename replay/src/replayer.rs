@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use vmrr_engine::devices::console::Console;
+use vmrr_engine::machine::watchdog::{Fired, Watchdog};
 use vmrr_engine::machine::{Machine, Reply};
 use vmrr_engine::snapshot::{self, snapshot_dir};
-use vmrr_engine::watchdog::{Fired, Watchdog};
 use vmrr_format::{Direction, TraceReader};
 
 use crate::cpu_check;
@@ -127,7 +127,7 @@ fn prepare(src: &Source, f: &TraceOverview, opts: &Options) -> Result<(Machine, 
     let m = cfg.build(opts.serial.clone(), debugcon)?;
     if !f.cpuid.is_empty() {
         // The guest must see the CPUID it saw when recorded, not this host's.
-        let entries = vmrr_engine::cpuid::from_format(&f.cpuid);
+        let entries = vmrr_engine::kvm::cpuid::from_format(&f.cpuid);
         let c = kvm_bindings::CpuId::from_entries(&entries)
             .map_err(|_| unreplayable(format!("{} CPUID entries are too many", entries.len())))?;
         m.vm.vcpu.set_cpuid2(&c).map_err(|source| {
@@ -247,7 +247,7 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
         path: String::new(),
         source,
     })?;
-    let conv = vmrr_engine::probe::rip_convention().unwrap_or_default();
+    let conv = vmrr_engine::kvm::probe::rip_convention().unwrap_or_default();
     let system_event_data = m.vm.caps.system_event_data;
     let mut history: VecDeque<u64> = VecDeque::new();
     let mut exits_replayed = 0u64;

@@ -166,7 +166,7 @@ fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64, f64), 
         let mut m = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), false)
             .map_err(|e| err("restore", e))?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
-        let shell = vmrr_engine::vm::Shell::create().map_err(|e| CliError::Session(e.into()))?;
+        let shell = vmrr_engine::kvm::vm::Shell::create().map_err(|e| CliError::Session(e.into()))?;
         let t = Instant::now();
         let chain = snapshot::load_chain(&snap, u64::MAX).map_err(|e| err("load", e))?;
         let w =
@@ -195,11 +195,12 @@ fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64, f64), 
 fn memslot_ms(mem_mib: u64, reps: usize) -> Result<f64, CliError> {
     let mut times = Vec::new();
     for _ in 0..reps {
-        let kvm = vmrr_engine::vm::open_kvm_device().map_err(|e| err("opening /dev/kvm", e))?;
+        let kvm = vmrr_engine::kvm::vm::open_kvm_device().map_err(|e| err("opening /dev/kvm", e))?;
         let vm = kvm.create_vm().map_err(|e| err("KVM_CREATE_VM", e))?;
-        let mut mem =
-            vmrr_engine::memory::GuestMemory::create(&vmrr_engine::memory::ram_layout(mem_mib << 20))
-                .map_err(|e| err("guest memory", e))?;
+        let mut mem = vmrr_engine::kvm::memory::GuestMemory::create(&vmrr_engine::kvm::memory::ram_layout(
+            mem_mib << 20,
+        ))
+        .map_err(|e| err("guest memory", e))?;
         let t = Instant::now();
         mem.register(&vm, true, false).map_err(|e| err("KVM_SET_USER_MEMORY_REGION2", e))?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);

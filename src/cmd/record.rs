@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use vmrr_engine::Recorder;
-use vmrr_engine::boot::BootMode;
 use vmrr_engine::checkpoint::{Checkpointer, Policy};
-use vmrr_engine::cpuid::{self, CpuidProfile};
 use vmrr_engine::devices::console::Console;
 use vmrr_engine::error::RunError;
+use vmrr_engine::guests::boot::BootMode;
+use vmrr_engine::kvm::cpuid::{self, CpuidProfile};
 use vmrr_engine::machine::{Limits, Machine, RunSummary};
 use vmrr_engine::session::{GuestSpec, SessionConfig};
 use vmrr_engine::snapshot;
@@ -386,7 +386,7 @@ fn report(
 /// `--flight-recorder`: record into a bounded ring of segments and snapshots; pack a
 /// bundle when the run ends in a failure or SIGUSR1 asks for one.
 fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Console) -> CliResult {
-    use vmrr_engine::flight::FlightRecorder;
+    use vmrr_engine::checkpoint::flight::FlightRecorder;
     let out = args.out.clone().ok_or_else(|| CliError::Usage("--flight-recorder needs --out".into()))?;
     let dir = FlightRecorder::dir_for(&out);
     if dir.exists() {
@@ -401,7 +401,8 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
     let w = TraceWriter::create(&FlightRecorder::prologue_path(&dir), args.writer_options())?;
     let (trace_id, annotations) = attach_recorder(&mut m, cfg, w)?;
     m.external_stop = Some(
-        vmrr_engine::signals::sigusr1_flag().map_err(|e| CliError::Capability(format!("SIGUSR1: {e}")))?,
+        vmrr_engine::machine::signals::sigusr1_flag()
+            .map_err(|e| CliError::Capability(format!("SIGUSR1: {e}")))?,
     );
     let mut fr = FlightRecorder::start(
         &mut m,
@@ -421,8 +422,8 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
     let secs = summary.elapsed.as_secs_f64();
     if triggered {
         let man = fr.write_bundle(&out).map_err(|e| match e {
-            vmrr_engine::flight::FlightError::Assemble(e) => CliError::Run(e),
-            vmrr_engine::flight::FlightError::Pack(e) => super::bundle_err(e),
+            vmrr_engine::checkpoint::flight::FlightError::Assemble(e) => CliError::Run(e),
+            vmrr_engine::checkpoint::flight::FlightError::Pack(e) => super::bundle_err(e),
         })?;
         let _ = std::fs::remove_dir_all(&dir);
         eprintln!(

@@ -2,37 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::console::Console;
-use super::{Clock, Interrupts, StopRequest};
-use crate::persist::{DeviceRestoreError, DeviceState, Persist};
-
-/// What a device may touch while handling an access.
-pub struct DeviceCtx<'a> {
-    /// Interrupt lines.
-    pub irq: &'a mut Interrupts,
-    /// Set to stop the run.
-    pub stop: &'a mut Option<StopRequest>,
-    /// Host clocks.
-    pub clock: &'a Clock,
-}
-
-/// A port-I/O or MMIO device.
-///
-/// No method has a default body: a device that does nothing for an access says so.
-pub trait Device: Send {
-    /// Name, for reports.
-    fn name(&self) -> &'static str;
-    /// A guest read of `data.len()` bytes at `offset` from the device's base: fill `data`.
-    fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>);
-    /// A guest write of `data` at `offset` from the device's base.
-    fn write(&mut self, offset: u64, data: &[u8], ctx: &mut DeviceCtx<'_>);
-    /// When `tick` must next run (monotonic ns of [`Clock::now_ns`]), if ever.
-    fn deadline(&self) -> Option<u64>;
-    /// Runs at the first exit at or after `deadline()`.
-    fn tick(&mut self, now: u64, ctx: &mut DeviceCtx<'_>);
-    /// The device's state for a snapshot (see [`crate::persist`]); `now` is the host clock.
-    fn save(&self, now: u64) -> crate::persist::DeviceState;
-}
+use crate::devices::clock::Clock;
+use crate::devices::device::{DeviceCtx, StopRequest};
+use crate::devices::interrupts::Interrupts;
+use crate::devices::state::{self, BusArgs, BusDevice, DeviceState};
+use crate::persist::{DeviceRestoreError, Persist};
 
 #[derive(Debug, Clone, Copy)]
 struct Range {
@@ -62,7 +36,7 @@ pub struct BusStats {
 pub struct Bus {
     pio: Vec<Range>,
     mmio: Vec<Range>,
-    devices: Vec<Box<dyn Device>>,
+    devices: Vec<Box<dyn BusDevice>>,
     /// Interrupt lines.
     pub irq: Interrupts,
     /// A stop requested by a device.
@@ -84,13 +58,13 @@ impl Bus {
         Self::default()
     }
 
-    fn add(&mut self, dev: Box<dyn Device>) -> usize {
+    fn add(&mut self, dev: Box<dyn BusDevice>) -> usize {
         self.devices.push(dev);
         self.devices.len() - 1
     }
 
     /// Maps ports `base..base+len` to `dev`.
-    pub fn add_pio(&mut self, base: u16, len: u16, dev: Box<dyn Device>) -> DeviceId {
+    pub fn add_pio(&mut self, base: u16, len: u16, dev: Box<dyn BusDevice>) -> DeviceId {
         let d = self.add(dev);
         self.pio.push(Range { base: u64::from(base), len: u64::from(len), dev: d, origin: u64::from(base) });
         DeviceId(d)
@@ -104,7 +78,7 @@ impl Bus {
     }
 
     /// Maps guest-physical `base..base+len` to `dev`.
-    pub fn add_mmio(&mut self, base: u64, len: u64, dev: Box<dyn Device>) -> DeviceId {
+    pub fn add_mmio(&mut self, base: u64, len: u64, dev: Box<dyn BusDevice>) -> DeviceId {
         let d = self.add(dev);
         self.mmio.push(Range { base, len, dev: d, origin: base });
         DeviceId(d)
@@ -234,16 +208,7 @@ pub struct BusState {
     /// Pending direct vectors.
     pub pending_vectors: [u64; 4],
     /// The 8259 pair.
-    pub pic: super::pic::Pic,
-}
-
-/// The live resources a restored bus needs.
-#[derive(Debug, Clone)]
-pub struct BusArgs {
-    /// Serial console output.
-    pub serial: Console,
-    /// Debug console output.
-    pub debugcon: Console,
+    pub pic: crate::devices::legacy::pic::Pic,
 }
 
 /// Largest number of devices a bus state may describe.
@@ -264,7 +229,7 @@ impl Persist for Bus {
                 .iter()
                 .enumerate()
                 .map(|(i, d)| DeviceEntry {
-                    state: d.save(now),
+                    state: d.state(now),
                     pio: ranges(&self.pio, i),
                     mmio: ranges(&self.mmio, i),
                 })
@@ -275,7 +240,6 @@ impl Persist for Bus {
     }
 
     fn restore(args: BusArgs, state: &BusState, now: u64) -> Result<Self, DeviceRestoreError> {
-        use super::{cmos, debug_exit, entropy, pci, pic, pit, serial, sink, timer};
         if state.devices.len() > MAX_DEVICES {
             return Err(DeviceRestoreError::Invalid {
                 device: "bus",
@@ -285,19 +249,7 @@ impl Persist for Bus {
         }
         let mut bus = Bus::new();
         for (i, e) in state.devices.iter().enumerate() {
-            let dev: Box<dyn Device> = match &e.state {
-                DeviceState::Serial(s) => Box::new(serial::Serial::restore(args.serial.clone(), s, now)?),
-                DeviceState::DebugCon => Box::new(serial::DebugCon::new(args.debugcon.clone())),
-                DeviceState::DebugExit => Box::new(debug_exit::DebugExit),
-                DeviceState::Sink(s) => Box::new(sink::Sink::restore((), s, now)?),
-                DeviceState::Entropy => Box::new(entropy::Entropy::default()),
-                DeviceState::Clock(s) => Box::new(entropy::ClockPort::restore((), s, now)?),
-                DeviceState::Timer(s) => Box::new(timer::Timer::restore((), s, now)?),
-                DeviceState::Pit(s) => Box::new(pit::Pit::restore((), s, now)?),
-                DeviceState::PicPorts => Box::new(pic::PicPorts),
-                DeviceState::Cmos(s) => Box::new(cmos::Cmos::restore((), s, now)?),
-                DeviceState::PciConfig(a) => Box::new(pci::PciConfig { address: *a }),
-            };
+            let dev = state::restore(&e.state, &args, now)?;
             bus.devices.push(dev);
             for &(base, len, origin) in &e.pio {
                 if base > 0xffff || len == 0 || len > 0x1_0000 - base {

@@ -1,6 +1,6 @@
 //! Pending interrupts, injected from userspace at exit boundaries (no in-kernel irqchip).
 
-use super::pic::Pic;
+use crate::devices::legacy::pic::Pic;
 
 /// Interrupts waiting for injection: vectors raised directly by vmrr's own devices, and
 /// ISA lines through the 8259 pair (firmware machines). The engine injects the highest

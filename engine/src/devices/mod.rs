@@ -3,23 +3,25 @@
 //! Every device input the guest could observe nondeterministically (host time, host
 //! randomness, timer expiry) reaches it through an exit, so the trace holds it and replay
 //! needs none of these devices' host sources.
+//!
+//! - [`device`]: what a device is to the bus; [`bus`]: ranges to devices, dispatch;
+//!   [`state`]: the one module that names every device (their saved states).
+//! - [`legacy`]: the PC devices firmware probes (8259, 8254, CMOS/RTC, 16550, PCI config).
+//! - [`pseudo`]: vmrr's own devices (debug console and exit, entropy, clock, timer, sinks).
+//! - [`interrupts`], [`clock`], [`console`]: interrupt lines, host time, console output.
 
 pub mod bus;
 pub mod clock;
-pub mod cmos;
 pub mod console;
-pub mod debug_exit;
-pub mod entropy;
+pub mod device;
 pub mod interrupts;
-pub mod pci;
-pub mod pic;
-pub mod pit;
-pub mod serial;
-pub mod sink;
-pub mod timer;
+pub mod legacy;
+pub mod pseudo;
+pub mod state;
 
-pub use bus::{Bus, Device, DeviceCtx, DeviceId};
+pub use bus::{Bus, DeviceId};
 pub use clock::Clock;
+pub use device::{Device, DeviceCtx, StopRequest};
 pub use interrupts::Interrupts;
 
 /// Ports and addresses of vmrr's own devices.
@@ -48,11 +50,4 @@ pub mod map {
     pub const MMIO_SINK: u64 = 0xd000_0000;
     /// An MMIO address nothing claims.
     pub const MMIO_UNCLAIMED: u64 = 0xd000_1000;
-}
-
-/// Why a device asked the run to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopRequest {
-    /// The guest wrote its exit status to the debug-exit port.
-    GuestExit(u64),
 }

@@ -6,7 +6,7 @@ use iced_x86::code_asm::*;
 
 use super::asm::{Lib, exit, print, string};
 use crate::devices::map;
-use crate::vm::VMRR_CLOCK_MSR;
+use crate::kvm::vm::VMRR_CLOCK_MSR;
 
 /// Rounds of reads.
 pub const ROUNDS: u32 = 4;

@@ -5,8 +5,8 @@ use iced_x86::IcedError;
 use iced_x86::code_asm::*;
 
 use super::asm::{Lib, exit, print};
-use crate::boot::{CS_RING0, IDT_ADDR};
 use crate::devices::map;
+use crate::guests::boot::{CS_RING0, IDT_ADDR};
 
 /// Timer vector.
 pub const VECTOR: u8 = 0x20;

@@ -5,19 +5,21 @@
 //! code natively; guests that need privileged instructions (RDMSR, LIDT, HLT) are short.
 
 pub mod asm;
+pub mod boot;
 mod churn;
 mod dirty;
 mod emulation_failure;
 mod entropy;
+pub mod firmware;
 mod hello;
 mod interrupts;
 mod storm;
 
 use std::path::Path;
 
-use crate::boot::{BootMode, LONG_MODE_FREE};
 use crate::error::LoadError;
-use crate::memory::{GuestMemory, MMIO_HOLE_START, SlotKind};
+use crate::guests::boot::{BootMode, LONG_MODE_FREE};
+use crate::kvm::memory::{GuestMemory, MMIO_HOLE_START, SlotKind};
 
 pub use churn::CHURN_START;
 pub use emulation_failure::FAILING as EMULATION_FAILURE_INSN;
@@ -148,8 +150,10 @@ pub fn builtin(name: &str, params: &GuestParams) -> Result<GuestImage, LoadError
     let low_end = params.mem_bytes.min(MMIO_HOLE_START);
     let mut ranges = vec![(CHURN_START, low_end)];
     if params.mem_bytes > low_end {
-        ranges
-            .push((crate::memory::MMIO_HOLE_END, crate::memory::MMIO_HOLE_END + params.mem_bytes - low_end));
+        ranges.push((
+            crate::kvm::memory::MMIO_HOLE_END,
+            crate::kvm::memory::MMIO_HOLE_END + params.mem_bytes - low_end,
+        ));
     }
     let asm = match b.name {
         "hello" => hello::real(),

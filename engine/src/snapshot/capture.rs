@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::state::{SlotState, SnapshotState, VmState};
 use super::{STATE_FILE, SnapshotError, codec, io_err};
+use crate::kvm::memory::{Mapping, PAGE_SIZE, Slot, SlotKind};
+use crate::kvm::vcpu_state::VcpuState;
 use crate::machine::Machine;
-use crate::memory::{Mapping, PAGE_SIZE, Slot, SlotKind};
 use crate::persist::Persist;
-use crate::vcpu_state::VcpuState;
 
 /// What a capture did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,7 +79,7 @@ fn populated_runs(slot: &Slot) -> Result<Vec<(u64, u64)>, SnapshotError> {
     if slot.mapping == Mapping::Private {
         return Ok(vec![(0, slot.pages())]);
     }
-    let ranges = crate::sys::mm::data_ranges(&slot.file, slot.spec.size)
+    let ranges = crate::sys::mapping::data_ranges(&slot.file, slot.spec.size)
         .map_err(io_err("finding populated ranges of", Path::new(&format!("slot {}", slot.id))))?;
     Ok(ranges
         .into_iter()
@@ -147,7 +147,7 @@ fn write_into(
     annotations: &[(String, String)],
 ) -> Result<CaptureStats, SnapshotError> {
     let mut stats = CaptureStats::default();
-    let msrs = crate::vcpu_state::msr_list(&m.vm.kvm, &m.vm.vcpu, false)?;
+    let msrs = crate::kvm::vcpu_state::msr_list(&m.vm.kvm, &m.vm.vcpu, false)?;
     let vcpu = VcpuState::save(&m.vm.vcpu, &msrs)?;
     let now = m.bus.clock.now_ns();
     let bus = Persist::save(&m.bus, now);

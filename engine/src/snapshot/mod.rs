@@ -79,7 +79,7 @@ pub fn fuzz_state(data: &[u8]) {
 /// # Errors
 /// `lseek` failures.
 pub fn populated_ranges(file: &std::fs::File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    crate::sys::mm::data_ranges(file, len)
+    crate::sys::mapping::data_ranges(file, len)
 }
 
 /// Checks that the snapshot in `dir` and its parent chain load and validate, with no cap
@@ -151,7 +151,7 @@ pub enum SnapshotError {
     Vm(#[from] crate::error::CreateVmError),
     /// vCPU state could not be saved or restored.
     #[error(transparent)]
-    Vcpu(#[from] crate::vcpu_state::VcpuStateError),
+    Vcpu(#[from] crate::kvm::vcpu_state::VcpuStateError),
     /// Device state could not be restored.
     #[error(transparent)]
     Device(#[from] crate::persist::DeviceRestoreError),
@@ -178,8 +178,8 @@ impl SnapshotError {
                 | SnapshotError::Invalid { .. }
                 | SnapshotError::ShortFile { .. }
                 | SnapshotError::Device(_)
-                | SnapshotError::Vcpu(crate::vcpu_state::VcpuStateError::Layout { .. })
-                | SnapshotError::Vcpu(crate::vcpu_state::VcpuStateError::TooMany { .. })
+                | SnapshotError::Vcpu(crate::kvm::vcpu_state::VcpuStateError::Layout { .. })
+                | SnapshotError::Vcpu(crate::kvm::vcpu_state::VcpuStateError::TooMany { .. })
         )
     }
 }
@@ -188,7 +188,7 @@ impl SnapshotError {
 /// read, one bit per page.
 pub(crate) fn take_dirty_log(
     vm: &kvm_ioctls::VmFd,
-    slot: &crate::memory::Slot,
+    slot: &crate::kvm::memory::Slot,
 ) -> Result<Vec<u64>, SnapshotError> {
     vm.get_dirty_log(slot.id, usize::try_from(slot.spec.size).unwrap_or(0))
         .map_err(|source| SnapshotError::Kvm { what: "KVM_GET_DIRTY_LOG", source })

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use super::state::{SlotState, SnapshotState, bitmap_runs};
 use super::{Loaded, STATE_FILE, SnapshotError, codec, io_err, snapshot_dir, take_dirty_log};
-use crate::cpuid::CpuidProfile;
-use crate::devices::bus::{Bus, BusArgs};
+use crate::devices::bus::Bus;
 use crate::devices::console::Console;
+use crate::devices::state::BusArgs;
+use crate::kvm::cpuid::CpuidProfile;
+use crate::kvm::memory::{GuestMemory, Mapping, PAGE_SIZE, SlotSpec};
+use crate::kvm::vm::{Shell, Vm, VmConfig};
 use crate::machine::Machine;
-use crate::memory::{GuestMemory, Mapping, PAGE_SIZE, SlotSpec};
 use crate::persist::Persist;
-use crate::vm::{Shell, Vm, VmConfig};
 
 /// Longest parent chain followed.
 pub const MAX_CHAIN: usize = 4096;
@@ -139,7 +140,7 @@ fn overlay_chain(chain: &[Loaded], mem: &GuestMemory, remap_base: bool) -> Resul
             // SAFETY: the range is exactly this slot's host mapping, owned by `mem`; the
             // caller holds the machine exclusively (no vCPU runs) and no Rust reference
             // into guest memory exists.
-            unsafe { crate::sys::mm::overlay_private(slot.host_addr(), slot.spec.size, &slot.file, 0) }
+            unsafe { crate::sys::mapping::overlay_private(slot.host_addr(), slot.spec.size, &slot.file, 0) }
                 .map_err(io_err("mapping", &path))?;
         }
         overlays += added.unwrap_or(0);
@@ -156,7 +157,7 @@ fn overlay_chain(chain: &[Loaded], mem: &GuestMemory, remap_base: bool) -> Resul
                     // SAFETY: `[host + off, host + off + len)` lies inside this slot's
                     // mapping (the run is within the slot's pages, validated against its
                     // size), which `mem` owns; no Rust reference into guest memory exists.
-                    unsafe { crate::sys::mm::overlay_private(slot.host_addr() + off, len, &file, off) }
+                    unsafe { crate::sys::mapping::overlay_private(slot.host_addr() + off, len, &file, off) }
                         .map_err(io_err("mapping", &path))?;
                 } else {
                     copy_run(&file, &path, mem, s, first, count)?;
@@ -175,17 +176,18 @@ fn overlay_chain(chain: &[Loaded], mem: &GuestMemory, remap_base: bool) -> Resul
 /// added, or `None` (nothing done) when the file has more than `budget` populated ranges.
 fn map_holes_anonymous(
     path: &Path,
-    slot: &crate::memory::Slot,
+    slot: &crate::kvm::memory::Slot,
     budget: usize,
 ) -> Result<Option<usize>, SnapshotError> {
-    let ranges = crate::sys::mm::data_ranges(&slot.file, slot.spec.size).map_err(io_err("scanning", path))?;
+    let ranges =
+        crate::sys::mapping::data_ranges(&slot.file, slot.spec.size).map_err(io_err("scanning", path))?;
     if ranges.len() > budget {
         return Ok(None);
     }
     // SAFETY: the range is exactly this slot's mapping, owned by the guest memory; the
     // caller has exclusive use of it (memory being built, or a machine held by `&mut` whose
     // vCPU is not running) and no Rust reference into it exists.
-    unsafe { crate::sys::mm::anon_private(slot.host_addr(), slot.spec.size) }
+    unsafe { crate::sys::mapping::anon_private(slot.host_addr(), slot.spec.size) }
         .map_err(io_err("mapping", path))?;
     let added = ranges.len();
     for (off, len) in ranges {
@@ -193,8 +195,10 @@ fn map_holes_anonymous(
         let end = (off + len).div_ceil(PAGE_SIZE).saturating_mul(PAGE_SIZE).min(slot.spec.size);
         // SAFETY: `[first, end)` is page-aligned and inside the slot's mapping (clamped to
         // its size), which the guest memory owns; no Rust reference into it exists.
-        unsafe { crate::sys::mm::overlay_private(slot.host_addr() + first, end - first, &slot.file, first) }
-            .map_err(io_err("mapping", path))?;
+        unsafe {
+            crate::sys::mapping::overlay_private(slot.host_addr() + first, end - first, &slot.file, first)
+        }
+        .map_err(io_err("mapping", path))?;
     }
     Ok(Some(added))
 }
@@ -322,7 +326,7 @@ pub fn restore_over(m: &mut Machine, chain: &[Loaded]) -> Result<Duration, Snaps
     // Every slot's whole range is mapped anew (MAP_FIXED at the registered address), once.
     overlay_chain(chain, &m.vm.memory, true)?;
     if m.vm.config.dirty_log {
-        for slot in m.vm.memory.slots().iter().filter(|s| s.spec.kind == crate::memory::SlotKind::Ram) {
+        for slot in m.vm.memory.slots().iter().filter(|s| s.spec.kind == crate::kvm::memory::SlotKind::Ram) {
             // Reading the log clears it; its content (pages of the previous run) is moot.
             take_dirty_log(&m.vm.fd, slot)?;
         }
@@ -356,7 +360,7 @@ pub fn reset(m: &mut Machine, chain: &[Loaded]) -> Result<ResetStats, SnapshotEr
     let own = m.origin.as_deref() == Some(top.dir.as_path());
     let mut dirty_pages = 0;
     for (i, slot) in m.vm.memory.slots().iter().enumerate() {
-        if slot.spec.kind != crate::memory::SlotKind::Ram {
+        if slot.spec.kind != crate::kvm::memory::SlotKind::Ram {
             continue;
         }
         let bitmap = take_dirty_log(&m.vm.fd, slot)?;
@@ -366,7 +370,10 @@ pub fn reset(m: &mut Machine, chain: &[Loaded]) -> Result<ResetStats, SnapshotEr
                 // SAFETY: the run lies inside this slot's private file mapping, owned by
                 // the machine's guest memory; no Rust reference into it exists.
                 unsafe {
-                    crate::sys::mm::discard_private(slot.host_addr() + first * PAGE_SIZE, count * PAGE_SIZE)
+                    crate::sys::mapping::discard_private(
+                        slot.host_addr() + first * PAGE_SIZE,
+                        count * PAGE_SIZE,
+                    )
                 }
                 .map_err(io_err("discarding pages of", &top.dir))?;
             } else {
@@ -431,7 +438,7 @@ pub fn flatten(chain: &[Loaded], out: &Path) -> Result<(), SnapshotError> {
             let src_path = l.dir.join(&src_slot.file);
             let src = open(&src_path)?;
             let runs = if src_slot.full {
-                crate::sys::mm::data_ranges(&src, s.size)
+                crate::sys::mapping::data_ranges(&src, s.size)
                     .map_err(io_err("scanning", &src_path))?
                     .into_iter()
                     .map(|(o, n)| {
@@ -452,7 +459,7 @@ pub fn flatten(chain: &[Loaded], out: &Path) -> Result<(), SnapshotError> {
             }
         }
         // Count the non-zero pages of the result.
-        let data = crate::sys::mm::data_ranges(&dst, s.size).map_err(io_err("scanning", &dst_path))?;
+        let data = crate::sys::mapping::data_ranges(&dst, s.size).map_err(io_err("scanning", &dst_path))?;
         for (o, n) in data {
             let mut p = o / PAGE_SIZE;
             while p * PAGE_SIZE < o + n && p < s.page_count() {

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::devices::bus::BusState;
-use crate::memory::{PAGE_SIZE, SlotKind};
-use crate::vcpu_state::VcpuState;
+use crate::kvm::memory::{PAGE_SIZE, SlotKind};
+use crate::kvm::vcpu_state::VcpuState;
 
 /// Most memory slots a snapshot may describe.
 pub const MAX_SLOTS: usize = 32;

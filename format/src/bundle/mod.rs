@@ -33,6 +33,7 @@
 //! against the manifest, no existing file overwritten (no symlink followed).
 
 mod pack;
+mod payload;
 mod sparse;
 mod unpack;
 

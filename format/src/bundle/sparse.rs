@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::unpack::{BUF, Region, decoder};
+use super::payload::{BUF, Region, decoder};
 use super::{BundleError, Entry, PAGE, file_err, invalid};
 
 const PAGE_BYTES: usize = 4096;

@@ -7,15 +7,11 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::payload::{BUF, Region, decoder};
 use super::{
     BundleError, HEADER, MAGIC, MAJOR, MAX_ENTRIES, MAX_MANIFEST, Manifest, SNAPSHOTS_ENTRY, Storage,
 };
 use super::{TRACE_ENTRY, Unpacked, allowed, file_err, invalid, sparse};
-
-/// Streaming copies use buffers of this size.
-pub(super) const BUF: usize = 1 << 20;
-/// Largest zstd window a bundle may ask a decoder for (2^24 = 16 MiB; vmrr writes 2 MiB).
-const WINDOW_LOG_MAX: u32 = 24;
 
 /// Reads and checks a bundle's header and manifest.
 ///
@@ -180,37 +176,6 @@ fn create_dirs_within(root: &Path, path: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Reads `[pos, end)` of a file, positionally (several can share one file).
-pub(super) struct Region<'a> {
-    pub(super) file: &'a File,
-    pub(super) pos: u64,
-    pub(super) end: u64,
-}
-
-impl Read for Region<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = usize::try_from((self.end - self.pos).min(buf.len() as u64)).unwrap_or(0);
-        if n == 0 {
-            return Ok(0);
-        }
-        let got = self.file.read_at(&mut buf[..n], self.pos)?;
-        if got == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-/// A streaming zstd decoder whose window (its memory) is capped.
-pub(super) fn decoder(
-    r: Region<'_>,
-) -> std::io::Result<zstd::stream::read::Decoder<'static, std::io::BufReader<Region<'_>>>> {
-    let mut d = zstd::stream::read::Decoder::new(r)?;
-    d.window_log_max(WINDOW_LOG_MAX)?;
-    Ok(d)
 }
 
 /// Moves the unpacked layout so that `dir/trace.vmrr` has its snapshots at

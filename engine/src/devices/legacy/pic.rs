@@ -9,8 +9,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Device, DeviceCtx};
-
 /// One 8259A's registers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chip {
@@ -48,7 +46,8 @@ impl Chip {
         None
     }
 
-    fn write_cmd(&mut self, v: u8) {
+    /// A write to the command port (ICW1 or OCW2/OCW3).
+    pub fn write_cmd(&mut self, v: u8) {
         if v & 0x10 != 0 {
             // ICW1
             self.init_step = 2;
@@ -78,7 +77,8 @@ impl Chip {
         }
     }
 
-    fn write_data(&mut self, v: u8) {
+    /// A write to the data port (ICW2-ICW4 during initialisation, else the mask).
+    pub fn write_data(&mut self, v: u8) {
         match self.init_step {
             2 => {
                 self.base = v & 0xf8;
@@ -93,7 +93,8 @@ impl Chip {
         }
     }
 
-    fn read_cmd(&self) -> u8 {
+    /// A read of the command port: IRR or ISR, as OCW3 selected.
+    pub fn read_cmd(&self) -> u8 {
         if self.read_isr { self.isr } else { self.irr }
     }
 }
@@ -166,49 +167,6 @@ impl Pic {
             }
         }
     }
-}
-
-/// The PIC pair's ports (0x20-0x21 and, aliased, 0xa0-0xa1: offsets 0x80-0x81). The
-/// state lives in [`super::Interrupts`], where injection can reach it.
-#[derive(Debug, Default)]
-pub struct PicPorts;
-
-impl Device for PicPorts {
-    fn name(&self) -> &'static str {
-        "pic"
-    }
-    fn save(&self, _now: u64) -> crate::persist::DeviceState {
-        crate::persist::DeviceState::PicPorts
-    }
-    fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>) {
-        let pic = ctx.irq.pic_mut();
-        let v = match offset {
-            0 => pic.master.read_cmd(),
-            1 => pic.master.imr,
-            0x80 => pic.slave.read_cmd(),
-            0x81 => pic.slave.imr,
-            _ => 0xff,
-        };
-        data.fill(0);
-        if let Some(b) = data.first_mut() {
-            *b = v;
-        }
-    }
-    fn write(&mut self, offset: u64, data: &[u8], ctx: &mut DeviceCtx<'_>) {
-        let Some(&v) = data.first() else { return };
-        let pic = ctx.irq.pic_mut();
-        match offset {
-            0 => pic.master.write_cmd(v),
-            1 => pic.master.write_data(v),
-            0x80 => pic.slave.write_cmd(v),
-            0x81 => pic.slave.write_data(v),
-            _ => {}
-        }
-    }
-    fn deadline(&self) -> Option<u64> {
-        None
-    }
-    fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
 }
 
 #[cfg(test)]

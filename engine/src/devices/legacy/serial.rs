@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::console::Console;
-use super::{Device, DeviceCtx};
+use crate::devices::console::Console;
+use crate::devices::device::{Device, DeviceCtx};
 use crate::persist::{DeviceRestoreError, Persist};
 
 /// The UART's registers (its snapshot state).
@@ -44,10 +44,6 @@ impl Device for Serial {
     fn name(&self) -> &'static str {
         "serial"
     }
-    fn save(&self, now: u64) -> crate::persist::DeviceState {
-        crate::persist::DeviceState::Serial(Persist::save(self, now))
-    }
-
     fn read(&mut self, offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
         let dlab = self.state.lcr & 0x80 != 0;
         let v = match offset {
@@ -93,43 +89,6 @@ impl Device for Serial {
         None
     }
 
-    fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
-}
-
-/// The QEMU debug console at 0x402: every byte written is output.
-pub struct DebugCon {
-    console: Console,
-}
-
-impl DebugCon {
-    /// A debug console writing to `console`.
-    pub fn new(console: Console) -> Self {
-        DebugCon { console }
-    }
-}
-
-impl Device for DebugCon {
-    fn name(&self) -> &'static str {
-        "debugcon"
-    }
-    fn save(&self, _now: u64) -> crate::persist::DeviceState {
-        crate::persist::DeviceState::DebugCon
-    }
-    fn read(&mut self, _offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
-        // QEMU answers 0xe9 so guests can detect the port.
-        data.fill(0);
-        if let Some(b) = data.first_mut() {
-            *b = 0xe9;
-        }
-    }
-    fn write(&mut self, _offset: u64, data: &[u8], _ctx: &mut DeviceCtx<'_>) {
-        for &b in data {
-            self.console.put(b);
-        }
-    }
-    fn deadline(&self) -> Option<u64> {
-        None
-    }
     fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
 }
 

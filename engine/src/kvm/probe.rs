@@ -14,7 +14,7 @@ use kvm_ioctls::VcpuExit;
 
 use crate::error::CreateVmError;
 use crate::exit::RipConvention;
-use crate::vm::Vm;
+use crate::kvm::vm::Vm;
 
 /// What the probe measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Device, DeviceCtx};
+use crate::devices::device::{Device, DeviceCtx};
 
 /// Input clock in Hz.
 pub const PIT_HZ: u64 = 1_193_182;
@@ -224,10 +224,6 @@ impl Device for Pit {
     fn name(&self) -> &'static str {
         "pit"
     }
-    fn save(&self, now: u64) -> crate::persist::DeviceState {
-        crate::persist::DeviceState::Pit(crate::persist::Persist::save(self, now))
-    }
-
     fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>) {
         let now = ctx.clock.now_ns();
         let v = match offset {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Device, DeviceCtx};
+use crate::devices::device::{Device, DeviceCtx};
 
 /// Timer state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,9 +34,6 @@ impl Default for Timer {
 impl Device for Timer {
     fn name(&self) -> &'static str {
         "timer"
-    }
-    fn save(&self, now: u64) -> crate::persist::DeviceState {
-        crate::persist::DeviceState::Timer(crate::persist::Persist::save(self, now))
     }
     fn read(&mut self, offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
         let v = if offset < 4 { self.state.period_us } else { u32::from(self.state.vector) };

@@ -1,6 +1,6 @@
 //! Sinks: accept writes, count them, answer reads with zero (or the last value written).
 
-use super::{Device, DeviceCtx};
+use crate::devices::device::{Device, DeviceCtx};
 
 /// A sink device.
 #[derive(Debug)]
@@ -62,9 +62,6 @@ impl Sink {
 impl Device for Sink {
     fn name(&self) -> &'static str {
         self.name
-    }
-    fn save(&self, now: u64) -> crate::persist::DeviceState {
-        crate::persist::DeviceState::Sink(crate::persist::Persist::save(self, now))
     }
     fn read(&mut self, _offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
         data.fill(if self.echo { self.last } else { 0 });

@@ -9,7 +9,7 @@ use vmrr_format::{
     SystemEvent, Words,
 };
 
-use crate::sys::run_map::off;
+use crate::sys::run_page::off;
 
 /// `KVM_SYNC_X86_REGS`.
 const SYNC_X86_REGS: u64 = 1;
@@ -163,7 +163,7 @@ impl<'a> RunView<'a> {
 
 /// Where this host's KVM leaves RIP at an exit, per exit kind: at the exiting instruction
 /// (hardware VMX/SVM for port I/O) or past it (some paravirtual hosts). Measured once per
-/// process by [`crate::probe::rip_convention`]; recorded in every register sample.
+/// process by [`crate::kvm::probe::rip_convention`]; recorded in every register sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RipConvention {
     /// RIP is past the instruction at `KVM_EXIT_IO`.

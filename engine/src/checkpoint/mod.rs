@@ -4,6 +4,8 @@
 //! The first snapshot (id 0, before the first exit) is full; the following ones are
 //! incremental, each holding the pages dirtied since the previous one.
 
+pub mod flight;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -20,7 +20,7 @@
 use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
 
-use crate::memory::GuestMemory;
+use crate::kvm::memory::GuestMemory;
 
 /// GDT address.
 pub const GDT_ADDR: u64 = 0x500;

@@ -1,7 +1,7 @@
 //! PCI configuration mechanism #1 (0xcf8 address, 0xcfc-0xcff data) with no devices:
 //! the address register reads back, every configuration read returns all ones.
 
-use super::{Device, DeviceCtx};
+use crate::devices::device::{Device, DeviceCtx};
 
 /// The PCI host's configuration ports.
 #[derive(Debug, Default)]
@@ -13,9 +13,6 @@ pub struct PciConfig {
 impl Device for PciConfig {
     fn name(&self) -> &'static str {
         "pci-config"
-    }
-    fn save(&self, _now: u64) -> crate::persist::DeviceState {
-        crate::persist::DeviceState::PciConfig(self.address)
     }
     fn read(&mut self, offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
         if offset < 4 && data.len() == 4 {

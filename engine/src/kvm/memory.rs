@@ -14,7 +14,7 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::error::CreateVmError;
-use crate::sys::region::{SlotRegion, set_slot};
+use crate::sys::slots::{SlotRegion, set_slot};
 
 /// Guest page size.
 pub const PAGE_SIZE: u64 = 4096;

@@ -33,7 +33,7 @@ use vmrr_format::{
 };
 
 use crate::exit::{RipConvention, RunView};
-use crate::sys::run_map::RunMap;
+use crate::sys::run_page::RunPage;
 
 /// Creating a recorder failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ pub enum RecorderError {
 /// Records one vCPU's exits into a trace.
 pub struct Recorder {
     writer: TraceWriter,
-    run: RunMap,
+    run: RunPage,
     vcpu_id: u32,
     conv: RipConvention,
     system_event_data: bool,
@@ -72,8 +72,8 @@ impl Recorder {
     /// The `kvm_run` region cannot be mapped, or the host probe fails.
     pub fn new(kvm: &Kvm, vcpu: &VcpuFd, vcpu_id: u32, writer: TraceWriter) -> Result<Self, RecorderError> {
         let size = kvm.get_vcpu_mmap_size().map_err(RecorderError::MmapSize)?;
-        let run = RunMap::new(vcpu, size).map_err(RecorderError::Map)?;
-        let conv = crate::probe::rip_convention().map_err(RecorderError::Probe)?;
+        let run = RunPage::new(vcpu, size).map_err(RecorderError::Map)?;
+        let conv = crate::kvm::probe::rip_convention().map_err(RecorderError::Probe)?;
         let system_event_data =
             kvm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_SYSTEM_EVENT_DATA)) > 0;
         Ok(Recorder { writer, run, vcpu_id, conv, system_event_data, exits: 0 })

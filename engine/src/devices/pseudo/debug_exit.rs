@@ -1,6 +1,6 @@
 //! The debug-exit port: a write ends the run with the guest's status.
 
-use super::{Device, DeviceCtx, StopRequest};
+use crate::devices::device::{Device, DeviceCtx, StopRequest};
 
 /// Debug-exit device.
 #[derive(Debug, Default)]
@@ -9,9 +9,6 @@ pub struct DebugExit;
 impl Device for DebugExit {
     fn name(&self) -> &'static str {
         "debug-exit"
-    }
-    fn save(&self, _now: u64) -> crate::persist::DeviceState {
-        crate::persist::DeviceState::DebugExit
     }
     fn read(&mut self, _offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
         data.fill(0);

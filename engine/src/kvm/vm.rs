@@ -6,10 +6,10 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, SyncReg, VcpuFd, VmFd};
 
-use crate::caps::HostCaps;
-use crate::cpuid::{self, CpuidProfile};
 use crate::error::CreateVmError;
-use crate::memory::{GuestMemory, SlotSpec, firmware_layout, ram_layout};
+use crate::kvm::caps::HostCaps;
+use crate::kvm::cpuid::{self, CpuidProfile};
+use crate::kvm::memory::{GuestMemory, SlotSpec, firmware_layout, ram_layout};
 
 /// Where KVM's real-mode TSS lives (three pages just below a 256 KiB ROM).
 pub const KVM_TSS_ADDR: usize = 0xfffb_d000;
@@ -213,7 +213,7 @@ impl Vm {
         } else {
             CpuId::new(0).map_err(|_| CreateVmError::Config("empty CPUID".into()))?
         };
-        if let Ok(f) = crate::probe::host_facts() {
+        if let Ok(f) = crate::kvm::probe::host_facts() {
             if !f.cpuid_enforced {
                 notes.push(
                     "this host does not apply KVM_SET_CPUID2 to the guest's CPUID instruction (measured): \

@@ -30,17 +30,17 @@ pub mod off {
 }
 
 /// Read-only view of one vCPU's `kvm_run` region.
-pub struct RunMap {
+pub struct RunPage {
     map: memmap2::Mmap,
 }
 
-impl std::fmt::Debug for RunMap {
+impl std::fmt::Debug for RunPage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunMap").field("len", &self.map.len()).finish()
+        f.debug_struct("RunPage").field("len", &self.map.len()).finish()
     }
 }
 
-impl RunMap {
+impl RunPage {
     /// Maps `mmap_size` bytes (from `KVM_GET_VCPU_MMAP_SIZE`) of `vcpu`'s region read-only.
     ///
     /// # Errors
@@ -52,7 +52,7 @@ impl RunMap {
         // only inside KVM_RUN, which never overlaps a read through this map (the owner
         // reads between runs on the vCPU's thread).
         let map = unsafe { memmap2::MmapOptions::new().len(mmap_size).map(vcpu.as_raw_fd())? };
-        Ok(RunMap { map })
+        Ok(RunPage { map })
     }
 
     /// The whole region.

@@ -6,23 +6,28 @@
 //! Interrupts are injected only here, at exit boundaries, and each injection is recorded
 //! right after the exit it follows, so replay can place it exactly.
 
+pub mod signals;
+pub mod watchdog;
+
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuExit;
 use vmrr_format::{RegsSample, end_reason};
 
-use crate::boot::{self, BootError, BootMode};
 use crate::devices::console::Console;
-use crate::devices::{Bus, StopRequest, debug_exit, entropy, map, serial, sink, timer};
+use crate::devices::legacy::serial;
+use crate::devices::pseudo::{clock_port, debug_exit, debugcon, entropy, sink, timer};
+use crate::devices::{Bus, StopRequest, map};
 use crate::disasm;
 use crate::error::{LoadError, RunError};
 use crate::exit::RunView;
+use crate::guests::boot::{self, BootError, BootMode};
 use crate::guests::{self, GuestImage};
-use crate::recorder::Recorder;
-use crate::sys::run_map::RunMap;
-use crate::vm::{VMRR_CLOCK_MSR, Vm};
-use crate::watchdog::{Fired, StopHandle, Watchdog};
+use crate::kvm::vm::{VMRR_CLOCK_MSR, Vm};
+use crate::machine::watchdog::{Fired, StopHandle, Watchdog};
+use crate::record::recorder::Recorder;
+use crate::sys::run_page::RunPage;
 
 /// Limits that end a run cleanly.
 #[derive(Debug, Clone, Copy, Default)]
@@ -264,7 +269,7 @@ pub struct Machine {
     /// When set to true (by a signal handler, another thread), the run stops at the next
     /// exit, kicking the vCPU if it spins.
     pub external_stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-    run_view: RunMap,
+    run_page: RunPage,
     exits: u64,
     interrupts: u64,
     window_requested: bool,
@@ -297,11 +302,11 @@ impl Machine {
     pub fn standard_bus(serial_out: &Console, debugcon_out: &Console) -> Bus {
         let mut bus = Bus::new();
         bus.add_pio(map::SERIAL, 8, Box::new(serial::Serial::new(serial_out.clone())));
-        bus.add_pio(map::DEBUGCON, 1, Box::new(serial::DebugCon::new(debugcon_out.clone())));
+        bus.add_pio(map::DEBUGCON, 1, Box::new(debugcon::DebugCon::new(debugcon_out.clone())));
         bus.add_pio(map::DEBUG_EXIT, 4, Box::new(debug_exit::DebugExit));
         bus.add_pio(map::POST, 1, Box::new(sink::Sink::echoing("post")));
         bus.add_pio(map::ENTROPY, 4, Box::new(entropy::Entropy::default()));
-        bus.add_pio(map::CLOCK, 8, Box::new(entropy::ClockPort::default()));
+        bus.add_pio(map::CLOCK, 8, Box::new(clock_port::ClockPort::default()));
         bus.add_pio(map::TIMER, 8, Box::new(timer::Timer::default()));
         bus.add_pio(map::STORM, 4, Box::new(sink::Sink::new("storm")));
         bus.add_mmio(map::MMIO_SINK, 0x1000, Box::new(sink::Sink::new("mmio-sink")));
@@ -322,7 +327,7 @@ impl Machine {
     /// # Errors
     /// The `kvm_run` region cannot be mapped.
     pub fn with_bus(vm: Vm, bus: Bus, serial: Console, debugcon: Console) -> Result<Self, BootMachineError> {
-        let run_view = RunMap::new(&vm.vcpu, vm.caps.vcpu_mmap_size).map_err(BootMachineError::Map)?;
+        let run_page = RunPage::new(&vm.vcpu, vm.caps.vcpu_mmap_size).map_err(BootMachineError::Map)?;
         Ok(Machine {
             vm,
             bus,
@@ -332,7 +337,7 @@ impl Machine {
             limits: Limits::default(),
             origin: None,
             external_stop: None,
-            run_view,
+            run_page,
             exits: 0,
             interrupts: 0,
             window_requested: false,
@@ -399,7 +404,7 @@ impl Machine {
 
     /// The current exit as `kvm_run` shows it.
     pub fn view(&self) -> RunView<'_> {
-        RunView::new(self.run_view.bytes())
+        RunView::new(self.run_page.bytes())
     }
 
     /// What the guest was doing at the current (fatal) exit: KVM's data, the instruction
@@ -589,7 +594,7 @@ impl Machine {
     /// The guest executed HLT. With interrupts enabled and a timer armed, sleep until it
     /// fires (the wake-up interrupt is injected by the caller); with nothing that could
     /// wake it, the run is over.
-    fn wait_in_hlt(&mut self, flags: &crate::watchdog::Flags) -> Result<Option<Outcome>, RunError> {
+    fn wait_in_hlt(&mut self, flags: &crate::machine::watchdog::Flags) -> Result<Option<Outcome>, RunError> {
         if !self.view().if_flag() {
             return Ok(Some(Outcome::Halted));
         }
@@ -680,7 +685,7 @@ impl Machine {
     where
         F: FnOnce(RunView<'_>, Reply<'_>),
     {
-        let bytes = self.run_view.bytes();
+        let bytes = self.run_page.bytes();
         let reply = match self.vm.vcpu.run() {
             Ok(exit) => match exit {
                 VcpuExit::IoIn(_, data) => Reply::In(data),
@@ -717,7 +722,7 @@ impl Machine {
 
     /// The register sample of the current exit.
     pub fn regs_sample(&self) -> Option<RegsSample> {
-        self.view().regs_sample(crate::probe::rip_convention().unwrap_or_default())
+        self.view().regs_sample(crate::kvm::probe::rip_convention().unwrap_or_default())
     }
 }
 

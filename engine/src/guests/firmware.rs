@@ -3,9 +3,11 @@
 //! at the reset vector (KVM's reset state: CS base 0xffff0000, RIP 0xfff0).
 
 use crate::devices::console::Console;
-use crate::devices::{Bus, cmos, debug_exit, map, pci, pic, pit, serial, sink};
+use crate::devices::legacy::{cmos, pci, pic_ports, pit, serial};
+use crate::devices::pseudo::{debug_exit, debugcon, sink};
+use crate::devices::{Bus, map};
 use crate::error::LoadError;
-use crate::memory::{GuestMemory, MMIO_HOLE_END};
+use crate::kvm::memory::{GuestMemory, MMIO_HOLE_END, MMIO_HOLE_START};
 
 /// Bytes of the ROM shadowed below 1 MiB.
 pub const SHADOW: u64 = 128 << 10;
@@ -17,14 +19,15 @@ pub const SHADOW_BASE: u64 = 0xe_0000;
 pub fn bus(serial_out: &Console, debugcon_out: &Console, mem_bytes: u64) -> Bus {
     let mut bus = Bus::new();
     bus.add_pio(map::SERIAL, 8, Box::new(serial::Serial::new(serial_out.clone())));
-    bus.add_pio(map::DEBUGCON, 1, Box::new(serial::DebugCon::new(debugcon_out.clone())));
+    bus.add_pio(map::DEBUGCON, 1, Box::new(debugcon::DebugCon::new(debugcon_out.clone())));
     bus.add_pio(map::DEBUG_EXIT, 4, Box::new(debug_exit::DebugExit));
     bus.add_pio(map::POST, 1, Box::new(sink::Sink::echoing("post")));
     let pit = bus.add_pio(0x40, 4, Box::new(pit::Pit::default()));
     bus.alias_pio(0x61, 1, pit);
-    let pic = bus.add_pio(0x20, 2, Box::new(pic::PicPorts));
+    let pic = bus.add_pio(0x20, 2, Box::new(pic_ports::PicPorts));
     bus.alias_pio(0xa0, 2, pic);
-    bus.add_pio(0x70, 2, Box::new(cmos::Cmos::new(mem_bytes)));
+    let low = mem_bytes.min(MMIO_HOLE_START);
+    bus.add_pio(0x70, 2, Box::new(cmos::Cmos::new(low, mem_bytes - low)));
     bus.add_pio(0xcf8, 8, Box::new(pci::PciConfig::default()));
     bus.add_pio(0x92, 1, Box::new(sink::Sink::echoing("port92")));
     bus

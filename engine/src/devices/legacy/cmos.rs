@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Device, DeviceCtx};
+use crate::devices::device::{Device, DeviceCtx};
 
 /// CMOS state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,15 +22,15 @@ pub struct Cmos {
 }
 
 impl Cmos {
-    /// NVRAM describing `mem_bytes` of RAM the way QEMU does for SeaBIOS: base memory 640
-    /// KiB, extended memory (1-64 MiB) in KiB, memory above 16 MiB (below the 3 GiB hole)
-    /// in 64 KiB units, memory above 4 GiB in 64 KiB units, one CPU, boot from hard disk.
-    pub fn new(mem_bytes: u64) -> Self {
+    /// NVRAM describing `low` bytes of RAM below the MMIO hole and `high` bytes above 4
+    /// GiB, the way QEMU does for SeaBIOS: base memory 640 KiB, extended memory (1-64 MiB)
+    /// in KiB, memory above 16 MiB (below the hole) in 64 KiB units, memory above 4 GiB in
+    /// 64 KiB units, one CPU, boot from hard disk.
+    pub fn new(low: u64, high: u64) -> Self {
         let mut ram = vec![0u8; 128];
-        let low = mem_bytes.min(crate::memory::MMIO_HOLE_START);
         let ext_kib = (low.saturating_sub(1 << 20) >> 10).min(0xfc00);
         let ext2 = (low.saturating_sub(16 << 20) >> 16).min(0xffff);
-        let high = mem_bytes.saturating_sub(low) >> 16;
+        let high = high >> 16;
         let put16 = |ram: &mut Vec<u8>, at: usize, v: u64| {
             ram[at] = u8::try_from(v & 0xff).unwrap_or(0);
             ram[at + 1] = u8::try_from((v >> 8) & 0xff).unwrap_or(0);
@@ -91,9 +91,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 impl Device for Cmos {
     fn name(&self) -> &'static str {
         "cmos"
-    }
-    fn save(&self, now: u64) -> crate::persist::DeviceState {
-        crate::persist::DeviceState::Cmos(crate::persist::Persist::save(self, now))
     }
     fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>) {
         let v = if offset == 0 {
@@ -162,7 +159,7 @@ mod tests {
 
     #[test]
     fn memory_registers() {
-        let c = Cmos::new(128 << 20);
+        let c = Cmos::new(128 << 20, 0);
         let ext2 = u16::from_le_bytes([c.state.ram[0x34], c.state.ram[0x35]]);
         assert_eq!(u64::from(ext2) << 16, (128 - 16) << 20);
     }

@@ -1,0 +1,9 @@
+//! KVM itself: `/dev/kvm`, the VM and its vCPU with vmrr's capability set-up, guest memory
+//! slots, vCPU state, CPUID, and the host facts measured at start.
+
+pub mod caps;
+pub mod cpuid;
+pub mod memory;
+pub mod probe;
+pub mod vcpu_state;
+pub mod vm;
