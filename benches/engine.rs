@@ -8,7 +8,6 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use vmrr_engine::Recorder;
 use vmrr_engine::devices::console::Console;
 use vmrr_engine::machine::Machine;
 use vmrr_engine::session::{GuestSpec, SessionConfig};
@@ -37,6 +36,10 @@ fn machine(guest: &str, it: Option<u64>, mem: u64, dirty: bool) -> Machine {
 
 const EXITS: u64 = 2000;
 
+/// Snapshot 0 of no trace, full.
+const FULL: snapshot::Identity<'static> =
+    snapshot::Identity { id: 0, parent: None, trace_id: [0; 16], exit_seq: None, annotations: &[] };
+
 fn exits(c: &mut Criterion) {
     if !kvm() {
         return;
@@ -48,7 +51,7 @@ fn exits(c: &mut Criterion) {
         b.iter(|| {
             let mut n = 0;
             while n < EXITS {
-                if m.step(|_, _| {}).expect("run") {
+                if m.run_to_exit().expect("run") {
                     n += 1;
                 }
             }
@@ -65,9 +68,10 @@ fn exits(c: &mut Criterion) {
             let mut m = machine("pio-storm", Some(EXITS), 128 << 20, false);
             let w =
                 TraceWriter::with_sink(NullSink, "bench".into(), WriterOptions::default()).expect("writer");
-            m.recorder = Some(Recorder::new(&m.vm.kvm, &m.vm.vcpu, 0, w).expect("recorder"));
+            let rec = m.recorder_for(w).expect("recorder");
+            m.start_recording(rec);
             let s = m.run().expect("run");
-            m.recorder.take().map(|r| r.finish(s.outcome.end_reason(), 0));
+            m.stop_recording().map(|r| r.finish(s.outcome.end_reason(), 0));
             black_box(s.exits)
         })
     });
@@ -85,7 +89,7 @@ fn dirty_bitmap(c: &mut Criterion) {
         }
         g.throughput(Throughput::Elements(pages));
         g.bench_function(format!("scan_1gib_{pct}pct"), |b| {
-            b.iter(|| black_box(snapshot::state::bitmap_runs(black_box(&bm), pages).len()))
+            b.iter(|| black_box(snapshot::bitmap_runs(black_box(&bm), pages).len()))
         });
     }
     g.finish();
@@ -100,7 +104,7 @@ fn snapshots(c: &mut Criterion) {
     for mib in [128u64, 1024, 8192] {
         let dir = snapshot_dir(&d.path().join(format!("r{mib}")), 0);
         let mut m = machine("hello-long", None, mib << 20, false);
-        snapshot::take(&mut m, &dir, 0, None, [0; 16], None, &[]).expect("snapshot");
+        snapshot::take(&mut m, &dir, &FULL).expect("snapshot");
         drop(m);
         g.bench_function(format!("restore_{mib}mib_cold"), |b| {
             b.iter(|| {
@@ -124,15 +128,15 @@ fn snapshots(c: &mut Criterion) {
     }
     let dir = snapshot_dir(&d.path().join("reset"), 0);
     let mut m = machine("dirty-pages", Some(64), 128 << 20, true);
-    m.limits.max_exits = Some(1);
+    m.set_max_exits(Some(1));
     m.run().expect("run");
-    snapshot::take(&mut m, &dir, 0, None, [0; 16], None, &[]).expect("snapshot");
+    snapshot::take(&mut m, &dir, &FULL).expect("snapshot");
     let chain = snapshot::load_chain(&dir, u64::MAX).expect("load");
     let mut r =
         snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), true).expect("restore");
     g.bench_function("run_64_pages_and_reset", |b| {
         b.iter(|| {
-            while !r.step(|_, _| {}).expect("run") {}
+            while !r.run_to_exit().expect("run") {}
             black_box(snapshot::reset(&mut r, &chain).expect("reset"))
         })
     });

@@ -1,10 +1,10 @@
 //! The `vmrr` command line: record, snapshot and replay KVM guests; read and check traces.
 //!
-//! Exit codes are listed in [`exit`] and in the README.
+//! Exit codes are listed in [`exit_code`] and in the README.
 
 mod bench;
 mod cmd;
-mod exit;
+mod exit_code;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

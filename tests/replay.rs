@@ -269,7 +269,7 @@ fn goto_from_a_late_checkpoint_and_snapshot_at() {
     .unwrap();
     let sum = m.run().unwrap();
     assert!(matches!(sum.outcome, vmrr_engine::machine::Outcome::GuestExit(0)));
-    let out = m.serial.captured();
+    let out = m.serial().captured();
     // What the recorded guest printed: a full replay's console, which replay checks byte
     // for byte against the trace's serial-port writes.
     let console = at(&d, "recorded.serial");

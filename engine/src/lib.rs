@@ -1,34 +1,36 @@
 //! # vmrr-engine
 //!
-//! Runs guests on KVM and records every `kvm_run` exit through `vmrr-format`.
+//! Runs guests on KVM, records every `kvm_run` exit through `vmrr-format`, snapshots them,
+//! and gives replay a narrow entry to drive a guest from a trace.
 //!
-//! - [`vm`]: a VM with memfd-backed memory slots registered with
-//!   `KVM_SET_USER_MEMORY_REGION2` (the v1 ioctl where the host lacks it), emulation
-//!   failures reported with instruction bytes, userspace MSR handling, synced registers.
-//! - [`boot`]: real-mode and long-mode (ring 0 or 3) start-up state.
-//! - [`devices`]: the bus and the devices; every nondeterministic input arrives by exit.
-//! - [`guests`]: built-in guests assembled with iced-x86, and flat images.
-//! - [`machine`]: the run loop, interrupt injection at exit boundaries, fatal-exit reports.
-//! - [`recorder`]: recording, usable from any VMM's own vCPU loop.
-//!
-//! All `unsafe` code is in the private `sys` module.
+//! Rooms, each importing only from those listed before it:
+//! - [`persist`], [`disasm`], and the private `sys` (all `unsafe` code, with safe owners);
+//! - [`exit`]: a `kvm_run` exit decoded into a trace record body, and answered;
+//! - [`devices`]: the bus and the devices; every nondeterministic input arrives by exit;
+//! - [`kvm`]: the VM, memory slots (`KVM_SET_USER_MEMORY_REGION2`), vCPU state, CPUID,
+//!   the host facts measured at start;
+//! - [`guests`]: built-in guests assembled with iced-x86, flat images, firmware, boot state;
+//! - [`record`]: the recorder any VMM embeds in its vCPU loop, and the trace's prelude;
+//! - [`machine`]: the run loop, the replay entry, fatal-exit reports;
+//! - [`snapshot`]: capture, restore (new VM, over a kept machine, in place), chains;
+//! - [`session`]: a run described by a configuration, and how replay rebuilds it;
+//! - [`checkpoint`]: checkpoints while recording, and the flight recorder.
 //!
 //! ```no_run
-//! use vmrr_engine::{guests, machine::Machine, vm::{Vm, VmConfig}, devices::console::Console};
+//! use vmrr_engine::{guests, machine::Machine, kvm::{Vm, VmConfig}, devices::console::Console};
 //!
 //! let vm = Vm::new(VmConfig::default())?;
 //! let mut m = Machine::new(vm, Console::capture_only(), Console::capture_only())?;
 //! let image = guests::builtin("hello", &guests::GuestParams { iterations: None, mem_bytes: 128 << 20 })?;
 //! m.boot(&image)?;
 //! let summary = m.run()?;
-//! assert_eq!(m.serial.captured(), guests::HELLO_TEXT.as_bytes());
+//! assert_eq!(m.serial().captured(), guests::HELLO_TEXT.as_bytes());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod checkpoint;
 pub mod devices;
 pub mod disasm;
-pub mod error;
 pub mod exit;
 pub mod guests;
 pub mod kvm;
@@ -42,3 +44,4 @@ mod sys;
 pub mod testing;
 
 pub use record::{Recorder, RecorderError};
+pub use vm_memory::GuestAddress;

@@ -5,13 +5,16 @@
 use std::path::PathBuf;
 
 use crate::devices::console::Console;
-use crate::error::{CreateVmError, LoadError};
+use crate::guests::LoadError;
 use crate::guests::boot::BootMode;
 use crate::guests::{self, GuestImage, GuestParams};
 use crate::kvm::cpuid::CpuidProfile;
 use crate::kvm::memory::SlotKind;
+use crate::kvm::vm::CreateVmError;
 use crate::kvm::vm::{Vm, VmConfig};
 use crate::machine::{BootMachineError, Limits, Machine};
+use crate::record::{RecorderError, Recording};
+use vmrr_format::TraceWriter;
 
 /// Which guest to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +138,7 @@ impl SessionConfig {
         let ram: Vec<(u64, u64)> = Vm::layout(&self.vm_config(None))
             .iter()
             .filter(|s| s.kind == SlotKind::Ram)
-            .map(|s| (s.gpa, s.gpa + s.size))
+            .map(|s| (s.gpa.0, s.end().0))
             .collect();
         match &self.guest {
             GuestSpec::Builtin { name, iterations } => {
@@ -191,12 +194,19 @@ impl SessionConfig {
             Prepared::Firmware(b) => Some(b.len() as u64),
             Prepared::Image(_) => None,
         };
-        let vm = Vm::new(self.vm_config(rom_size))?;
+        let mut vm = Vm::new(self.vm_config(rom_size))?;
+        if crate::kvm::probe::host_facts().is_ok_and(|f| !f.cpuid_enforced) {
+            vm.add_note(
+                "this host does not apply KVM_SET_CPUID2 to the guest's CPUID instruction (measured): \
+                 the TSC and RDRAND cannot be hidden, so replay of a guest that reads them may diverge"
+                    .to_string(),
+            );
+        }
         let mut m = match &prepared {
             Prepared::Firmware(rom) => {
                 let bus = crate::guests::firmware::bus(&serial, &debugcon, self.mem_bytes);
                 let m = Machine::with_bus(vm, bus, serial, debugcon)?;
-                crate::guests::firmware::load(&m.vm.memory, rom).map_err(BootMachineError::Load)?;
+                crate::guests::firmware::load(m.memory(), rom).map_err(BootMachineError::Load)?;
                 m
             }
             Prepared::Image(img) => {
@@ -205,8 +215,23 @@ impl SessionConfig {
                 m
             }
         };
-        m.limits = self.limits;
+        m.set_limits(self.limits);
         Ok(m)
+    }
+
+    /// Starts recording `m` (built from this configuration) into `writer`: the trace's
+    /// prelude is this run's annotations (how to rebuild it, where it ran) and the guest's
+    /// CPUID. Returns the trace id and the annotations, which snapshots carry too.
+    ///
+    /// # Errors
+    /// The recorder cannot attach, or the prelude cannot be written.
+    pub fn start_recording(&self, m: &mut Machine, writer: TraceWriter) -> Result<Recording, RecorderError> {
+        let mut rec = m.recorder_for(writer)?;
+        let annotations = self.annotations(m.vm());
+        rec.write_prelude(&annotations, m.vm().cpuid())?;
+        let trace_id = rec.trace_id();
+        m.start_recording(rec);
+        Ok(Recording { trace_id, annotations })
     }
 
     /// Annotations describing this run: how to rebuild it (`vmrr.*` keys, read by replay)
@@ -240,48 +265,18 @@ impl SessionConfig {
             GuestSpec::Firmware { path } => put("vmrr.firmware", path.display().to_string()),
         }
         let slots: Vec<String> = vm
-            .memory
+            .memory()
             .slots()
             .iter()
-            .map(|s| format!("{}:{:#x}+{:#x}:{:?}", s.id, s.spec.gpa, s.spec.size, s.spec.kind))
+            .map(|s| {
+                let spec = s.spec();
+                format!("{}:{:#x}+{:#x}:{:?}", s.id(), spec.gpa.0, spec.size, spec.kind)
+            })
             .collect();
         put("vmrr.slots", slots.join(" "));
-        put("host.kernel", read_trim("/proc/sys/kernel/osrelease"));
-        put("host.cpu", cpu_model());
-        put("kvm.caps", vm.caps.describe());
-        put(
-            "kvm.memory_ioctl",
-            if vm.memory.uses_region2() {
-                "KVM_SET_USER_MEMORY_REGION2"
-            } else {
-                "KVM_SET_USER_MEMORY_REGION"
-            }
-            .into(),
-        );
-        if let Ok(f) = crate::kvm::probe::host_facts() {
-            put("kvm.rip_after_io", f.rip.io_after.to_string());
-            put("kvm.rip_after_mmio", f.rip.mmio_after.to_string());
-            put("kvm.cpuid_enforced", f.cpuid_enforced.to_string());
-        }
+        a.extend(crate::record::prelude::host_annotations(vm.caps(), vm.memory().uses_region2()));
         a
     }
-}
-
-fn read_trim(p: &str) -> String {
-    std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default()
-}
-
-/// The host CPU model name.
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_default()
 }
 
 /// Parses a `vmrr.*` annotation set back into a configuration (replay rebuilds the

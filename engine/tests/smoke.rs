@@ -3,7 +3,7 @@
 use vmrr_engine::devices::console::Console;
 use vmrr_engine::guests::{self, GuestParams};
 use vmrr_engine::kvm::vm::{Vm, VmConfig};
-use vmrr_engine::machine::{Machine, Outcome};
+use vmrr_engine::machine::{Limits, Machine, Outcome};
 use vmrr_engine::testing::require_kvm;
 
 fn run(name: &str, iterations: Option<u64>) -> (vmrr_engine::machine::RunSummary, String) {
@@ -11,9 +11,9 @@ fn run(name: &str, iterations: Option<u64>) -> (vmrr_engine::machine::RunSummary
     let mut m = Machine::new(vm, Console::capture_only(), Console::capture_only()).expect("machine");
     let image = guests::builtin(name, &GuestParams { iterations, mem_bytes: 128 << 20 }).expect("image");
     m.boot(&image).expect("boot");
-    m.limits.max_duration = Some(std::time::Duration::from_secs(60));
+    m.set_limits(Limits { max_duration: Some(std::time::Duration::from_secs(60)), ..m.limits() });
     let s = m.run().expect("run");
-    (s, String::from_utf8_lossy(&m.serial.captured()).into_owned())
+    (s, String::from_utf8_lossy(&m.serial().captured()).into_owned())
 }
 
 #[test]

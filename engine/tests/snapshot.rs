@@ -46,11 +46,13 @@ fn checkpointed(guest: &str, iterations: Option<u64>, root: &Path, every: u64) -
 fn ram_hash(m: &Machine) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut buf = vec![0u8; 1 << 20];
-    for s in m.vm.memory.slots().iter().filter(|s| s.spec.kind == SlotKind::Ram) {
+    for s in m.memory().slots().iter().filter(|s| s.spec().kind == SlotKind::Ram) {
         let mut off = 0;
-        while off < s.spec.size {
-            let n = usize::try_from((s.spec.size - off).min(buf.len() as u64)).unwrap();
-            m.vm.memory.read(s.spec.gpa + off, &mut buf[..n]).expect("readable");
+        while off < s.spec().size {
+            let n = usize::try_from((s.spec().size - off).min(buf.len() as u64)).unwrap();
+            m.memory()
+                .read(vmrr_engine::GuestAddress(s.spec().gpa.0 + off), &mut buf[..n])
+                .expect("readable");
             for &b in &buf[..n] {
                 h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
             }
@@ -70,9 +72,9 @@ struct End {
 
 fn finish(m: &mut Machine, hook: Option<&mut Checkpointer>) -> End {
     let s = m.run_with(hook.map(|h| h as &mut dyn vmrr_engine::machine::ExitHook)).expect("run");
-    let regs = m.vm.vcpu.get_regs().expect("regs");
+    let regs = m.regs().expect("regs");
     End {
-        serial: m.serial.captured(),
+        serial: m.serial().captured(),
         outcome: s.outcome.name().to_string(),
         rip: regs.rip,
         rax: regs.rax,
@@ -85,6 +87,11 @@ fn file_hash(p: &Path) -> u64 {
         .unwrap()
         .iter()
         .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Identity of full snapshot `id` of trace `trace_id`.
+fn whole(id: u64, trace_id: [u8; 16]) -> snapshot::Identity<'static> {
+    snapshot::Identity { id, parent: None, trace_id, exit_seq: None, annotations: &[] }
 }
 
 #[test]
@@ -129,15 +136,15 @@ fn snapshot_restore_snapshot_is_identical() {
     }
     let d = tempfile::tempdir().unwrap();
     let mut m = build("memory-churn", Some(2));
-    m.limits.max_exits = Some(70);
+    m.set_max_exits(Some(70));
     m.run().unwrap();
-    snapshot::take(&mut m, &snapshot_dir(d.path(), 0), 0, None, [2; 16], None, &[]).expect("first");
+    snapshot::take(&mut m, &snapshot_dir(d.path(), 0), &whole(0, [2; 16])).expect("first");
     let a = snapshot::load(&snapshot_dir(d.path(), 0), u64::MAX).unwrap();
     let mut r =
         snapshot::restore(std::slice::from_ref(&a), Console::capture_only(), Console::capture_only(), false)
             .unwrap();
     let other = d.path().join("again");
-    snapshot::take(&mut r, &snapshot_dir(&other, 0), 0, None, [2; 16], None, &[]).expect("second");
+    snapshot::take(&mut r, &snapshot_dir(&other, 0), &whole(0, [2; 16])).expect("second");
     let b = snapshot::load(&snapshot_dir(&other, 0), u64::MAX).unwrap();
     // Identical except the TSC, which keeps counting from the restored value.
     let (mut va, mut vb) = (a.state.vcpus[0].clone(), b.state.vcpus[0].clone());
@@ -169,17 +176,17 @@ fn an_incremental_chain_equals_a_full_snapshot_page_by_page() {
     let d = tempfile::tempdir().unwrap();
     let inc = d.path().join("inc");
     let (mut m, mut cp) = checkpointed("memory-churn", Some(3), &inc, 40);
-    m.limits.max_exits = Some(121);
+    m.set_max_exits(Some(121));
     m.run_with(Some(&mut cp)).unwrap();
     let last = *cp.taken.last().unwrap();
     assert_eq!(last.exits, 120);
     assert!(last.stats.pages_considered < MEM / 4096, "incremental capture considers only dirty pages");
     // The same guest, stopped at the same exit, snapshotted in full.
     let mut f = build("memory-churn", Some(3));
-    f.limits.max_exits = Some(120);
+    f.set_max_exits(Some(120));
     f.run().unwrap();
     let full = d.path().join("full");
-    snapshot::take(&mut f, &snapshot_dir(&full, 0), 0, None, [3; 16], None, &[]).unwrap();
+    snapshot::take(&mut f, &snapshot_dir(&full, 0), &whole(0, [3; 16])).unwrap();
     let chain = snapshot::load_chain(&snapshot_dir(&inc, last.id), u64::MAX).unwrap();
     assert!(chain.len() >= 3);
     let flat = d.path().join("flat");
@@ -219,7 +226,7 @@ fn restored_runs_never_modify_the_snapshot_files() {
     }
     let d = tempfile::tempdir().unwrap();
     let mut m = build("memory-churn", Some(2));
-    snapshot::take(&mut m, &snapshot_dir(d.path(), 0), 0, None, [4; 16], None, &[]).unwrap();
+    snapshot::take(&mut m, &snapshot_dir(d.path(), 0), &whole(0, [4; 16])).unwrap();
     let dir = snapshot_dir(d.path(), 0);
     let files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     let before: Vec<u64> = files.iter().map(|p| file_hash(p)).collect();
@@ -242,15 +249,15 @@ fn in_place_reset_reverts_only_dirty_pages_and_state() {
     }
     let d = tempfile::tempdir().unwrap();
     let mut m = build("memory-churn", Some(2));
-    m.limits.max_exits = Some(10);
+    m.set_max_exits(Some(10));
     m.run().unwrap();
-    snapshot::take(&mut m, &snapshot_dir(d.path(), 0), 0, None, [5; 16], None, &[]).unwrap();
+    snapshot::take(&mut m, &snapshot_dir(d.path(), 0), &whole(0, [5; 16])).unwrap();
     let chain = snapshot::load_chain(&snapshot_dir(d.path(), 0), u64::MAX).unwrap();
     let mut r = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), true).unwrap();
     let h0 = ram_hash(&r);
-    let regs0 = r.vm.vcpu.get_regs().unwrap();
+    let regs0 = r.regs().unwrap();
     for round in 0..3 {
-        r.limits.max_exits = Some(r.exits() + 20);
+        r.set_max_exits(Some(r.exits() + 20));
         r.run().unwrap();
         assert_ne!(ram_hash(&r), h0, "round {round}: the guest changed memory");
         let st = snapshot::reset(&mut r, &chain).unwrap();
@@ -260,10 +267,10 @@ fn in_place_reset_reverts_only_dirty_pages_and_state() {
             st.dirty_pages
         );
         assert_eq!(ram_hash(&r), h0, "round {round}: memory back to the snapshot");
-        assert_eq!(r.vm.vcpu.get_regs().unwrap().rip, regs0.rip);
+        assert_eq!(r.regs().unwrap().rip, regs0.rip);
     }
     // After the last reset the guest still runs to its normal end.
-    r.limits.max_exits = None;
+    r.set_max_exits(None);
     assert!(matches!(r.run().unwrap().outcome, Outcome::GuestExit(0)));
 }
 
@@ -283,14 +290,14 @@ fn restore_over_switches_a_running_machine_between_snapshots() {
     // snapshot part-way, then to a middle checkpoint (an incremental chain), then back.
     let mut r = snapshot::restore(&chain_of(0), Console::capture_only(), Console::capture_only(), true)
         .expect("restore");
-    let host_addrs: Vec<u64> = r.vm.memory.slots().iter().map(|s| s.host_addr()).collect();
-    r.limits.max_exits = Some(40);
+    let host_addrs: Vec<u64> = r.memory().slots().iter().map(|s| s.host_addr()).collect();
+    r.set_max_exits(Some(40));
     r.run().unwrap();
     for t in [cp.taken[cp.taken.len() / 2], cp.taken[0], cp.taken[cp.taken.len() - 1]] {
         snapshot::restore_over(&mut r, &chain_of(t.id)).expect("restore over");
         assert_eq!(r.exits(), t.exits, "from {}", t.id);
-        r.limits.max_exits = None;
-        let before = r.serial.captured().len();
+        r.set_max_exits(None);
+        let before = r.serial().captured().len();
         let cont = finish(&mut r, None);
         assert_eq!(cont.outcome, full.outcome, "from {}", t.id);
         assert!(full.serial.ends_with(&cont.serial[before..]), "from {}: serial", t.id);
@@ -298,13 +305,13 @@ fn restore_over_switches_a_running_machine_between_snapshots() {
         assert_eq!((cont.rip, cont.rax), (full.rip, full.rax), "from {}: registers", t.id);
         assert_eq!(cont.ram, full.ram, "from {}: memory", t.id);
     }
-    let now: Vec<u64> = r.vm.memory.slots().iter().map(|s| s.host_addr()).collect();
+    let now: Vec<u64> = r.memory().slots().iter().map(|s| s.host_addr()).collect();
     assert_eq!(now, host_addrs, "the registered host ranges never moved");
     // After switching, an in-place reset reverts to the snapshot switched to.
     let chain = chain_of(0);
     snapshot::restore_over(&mut r, &chain).unwrap();
     let h0 = ram_hash(&r);
-    r.limits.max_exits = Some(r.exits() + 30);
+    r.set_max_exits(Some(r.exits() + 30));
     r.run().unwrap();
     assert_ne!(ram_hash(&r), h0);
     snapshot::reset(&mut r, &chain).unwrap();
@@ -315,7 +322,7 @@ fn restore_over_switches_a_running_machine_between_snapshots() {
     let mut big = config("hello", None);
     big.mem_bytes = 2 * MEM;
     let mut b = big.build(Console::capture_only(), Console::capture_only()).unwrap();
-    snapshot::take(&mut b, &snapshot_dir(&other, 0), 0, None, [3; 16], None, &[]).unwrap();
+    snapshot::take(&mut b, &snapshot_dir(&other, 0), &whole(0, [3; 16])).unwrap();
     let bad = snapshot::load_chain(&snapshot_dir(&other, 0), u64::MAX).unwrap();
     let e = snapshot::restore_over(&mut r, &bad).unwrap_err();
     assert!(e.to_string().contains("memory layout"), "{e}");
@@ -324,7 +331,7 @@ fn restore_over_switches_a_running_machine_between_snapshots() {
     let mut host = config("memory-churn", Some(3));
     host.cpuid = vmrr_engine::kvm::cpuid::CpuidProfile::Host;
     let mut h = host.build(Console::capture_only(), Console::capture_only()).unwrap();
-    snapshot::take(&mut h, &snapshot_dir(&other, 1), 1, None, [4; 16], None, &[]).unwrap();
+    snapshot::take(&mut h, &snapshot_dir(&other, 1), &whole(1, [4; 16])).unwrap();
     let hc = snapshot::load_chain(&snapshot_dir(&other, 1), u64::MAX).unwrap();
     if hc[0].state.vcpus[0].cpuid != chain[0].state.vcpus[0].cpuid {
         let e = snapshot::restore_over(&mut r, &hc).unwrap_err();
@@ -334,7 +341,7 @@ fn restore_over_switches_a_running_machine_between_snapshots() {
     } else {
         eprintln!("host and deterministic CPUID are equal on this host: mismatch case not exercised");
     }
-    r.limits.max_exits = None;
+    r.set_max_exits(None);
     assert!(matches!(r.run().unwrap().outcome, Outcome::GuestExit(0)));
 }
 
@@ -369,7 +376,7 @@ fn hostile_snapshots_are_refused_before_kvm() {
     }
     let d = tempfile::tempdir().unwrap();
     let mut m = build("hello-long", None);
-    snapshot::take(&mut m, &snapshot_dir(d.path(), 0), 0, None, [6; 16], None, &[]).unwrap();
+    snapshot::take(&mut m, &snapshot_dir(d.path(), 0), &whole(0, [6; 16])).unwrap();
     let base = snapshot_dir(d.path(), 0);
     let msg = |e: SnapshotError| e.to_string();
     // Error offsets point at the fields: check them against the encoded bytes.

@@ -108,10 +108,8 @@ pub fn missing(recorded: &[CpuidEntry], host: &[CpuidEntry]) -> Vec<String> {
 ///
 /// # Errors
 /// KVM cannot be opened or queried.
-pub fn host_cpuid() -> Result<Vec<CpuidEntry>, kvm_ioctls::Error> {
-    let kvm = vmrr_engine::kvm::vm::open_kvm_device()?;
-    let c = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
-    Ok(vmrr_engine::kvm::cpuid::to_format(&c))
+pub fn host_cpuid() -> Result<Vec<CpuidEntry>, vmrr_engine::kvm::KvmError> {
+    vmrr_engine::kvm::cpuid::host_supported()
 }
 
 #[cfg(test)]

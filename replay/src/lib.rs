@@ -23,12 +23,13 @@
 
 pub mod cpu_check;
 mod error;
-pub mod expect;
-pub mod feed;
+pub mod matching;
+pub mod recorded;
 mod replayer;
 pub mod report;
 pub mod source;
+mod start;
 
 pub use error::ReplayError;
-pub use replayer::{Options, StartFrom, replay};
+pub use replayer::{Event, Options, Replayer, StartFrom, Stop, replay};
 pub use report::{Outcome, Report};

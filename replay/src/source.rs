@@ -25,7 +25,7 @@ impl Source {
 }
 
 fn with_snapshots(trace: PathBuf) -> Source {
-    let s = vmrr_engine::snapshot::dir_for_trace(&trace);
+    let s = vmrr_format::layout::snapshots_of(&trace);
     let snapshots = s.is_dir().then_some(s);
     Source::new(trace, snapshots)
 }
@@ -37,7 +37,7 @@ fn with_snapshots(trace: PathBuf) -> Source {
 pub fn open(src: &Path, max_mem: u64) -> Result<Source, ReplayError> {
     if src.is_dir() {
         let traces: Vec<PathBuf> = std::fs::read_dir(src)
-            .map_err(|source| ReplayError::Io { what: "reading", path: src.display().to_string(), source })?
+            .map_err(vmrr_format::FileError::on("reading", src))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "vmrr") && p.is_file())
             .collect();
@@ -55,11 +55,12 @@ pub fn open(src: &Path, max_mem: u64) -> Result<Source, ReplayError> {
     let mut magic = [0u8; 8];
     let n = std::fs::File::open(src)
         .and_then(|mut f| f.read(&mut magic))
-        .map_err(|source| ReplayError::Io { what: "opening", path: src.display().to_string(), source })?;
+        .map_err(vmrr_format::FileError::on("opening", src))?;
     if n == 8 && magic == vmrr_format::bundle::MAGIC {
-        let dir = tempfile::Builder::new().prefix("vmrr-bundle-").tempdir().map_err(|source| {
-            ReplayError::Io { what: "creating a directory for", path: src.display().to_string(), source }
-        })?;
+        let dir = tempfile::Builder::new()
+            .prefix("vmrr-bundle-")
+            .tempdir()
+            .map_err(vmrr_format::FileError::on("creating a directory to unpack", src))?;
         let unpacked = vmrr_format::bundle::unpack(src, dir.path(), max_mem)?;
         vmrr_format::bundle::arrange(dir.path())?;
         let mut s = with_snapshots(unpacked.trace);

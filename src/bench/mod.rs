@@ -15,7 +15,7 @@ use vmrr_engine::session::{GuestSpec, SessionConfig};
 use vmrr_engine::snapshot::{self, snapshot_dir};
 use vmrr_format::{NullSink, TraceReader, TraceWriter, WriterOptions};
 
-use crate::exit::{CliError, CliResult};
+use crate::exit_code::{CliError, CliResult};
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy)]
@@ -66,9 +66,9 @@ fn record(guest: &str, n: u64, trace: &Path) -> Result<(f64, u64, u64), CliError
     let c = cfg(guest, Some(n), 128 << 20, false);
     let mut m = build(&c)?;
     let w = TraceWriter::create(trace, WriterOptions::default())?;
-    crate::cmd::record::attach_recorder(&mut m, &c, w)?;
+    c.start_recording(&mut m, w)?;
     let s = m.run()?;
-    let sum = m.recorder.take().map(|r| r.finish(s.outcome.end_reason(), s.outcome.status())).transpose()?;
+    let sum = m.stop_recording().map(|r| r.finish(s.outcome.end_reason(), s.outcome.status())).transpose()?;
     let stored = sum.map_or(0, |x| x.stored_bytes);
     Ok((s.exits as f64 / s.elapsed.as_secs_f64(), stored, s.exits))
 }
@@ -88,31 +88,44 @@ fn replay(trace: &Path) -> Result<f64, CliError> {
 fn exit_floor(n: u64) -> Result<f64, CliError> {
     let mut m = build(&cfg("pio-storm", Some(n + 16), 128 << 20, false))?;
     for _ in 0..16 {
-        m.step(|_, _| {})?;
+        m.run_to_exit()?;
     }
     let t = Instant::now();
     let mut done = 0;
     while done < n {
-        if m.step(|_, _| {})? {
+        if m.run_to_exit()? {
             done += 1;
         }
     }
     Ok(t.elapsed().as_nanos() as f64 / n as f64)
 }
 
+/// Takes snapshot `id` (incremental on `parent`) of `m` into `dir`.
+fn take_snapshot(
+    m: &mut Machine,
+    dir: &Path,
+    id: u64,
+    parent: Option<u64>,
+) -> Result<snapshot::CaptureStats, CliError> {
+    let who = snapshot::Identity { id, parent, trace_id: [0; 16], exit_seq: None, annotations: &[] };
+    snapshot::take(m, dir, &who).map_err(|e| err("snapshot", e))
+}
+
 /// A `kvm_run` region as KVM leaves it at an `out` to port 0x5c0 with synced registers.
 fn fake_run_page() -> Vec<u8> {
+    use vmrr_engine::exit::offsets as off;
     let mut p = vec![0u8; 3 * 4096];
-    p[8..12].copy_from_slice(&2u32.to_le_bytes()); // KVM_EXIT_IO
-    p[32] = 1; // out
-    p[33] = 1; // size
-    p[34..36].copy_from_slice(&0x5c0u16.to_le_bytes());
-    p[36..40].copy_from_slice(&1u32.to_le_bytes());
-    p[40..48].copy_from_slice(&4096u64.to_le_bytes());
-    p[288..296].copy_from_slice(&1u64.to_le_bytes()); // KVM_SYNC_X86_REGS
-    p[304 + 128..304 + 136].copy_from_slice(&0x40_1005u64.to_le_bytes());
-    p[304 + 48..304 + 56].copy_from_slice(&0x7fff_f000u64.to_le_bytes());
-    p[304 + 136..304 + 144].copy_from_slice(&0x3202u64.to_le_bytes());
+    let mut put = |at: usize, v: &[u8]| p[at..at + v.len()].copy_from_slice(v);
+    put(off::EXIT_REASON, &u32::from(vmrr_format::kind::IO).to_le_bytes()); // KVM_EXIT_IO
+    put(off::EXIT + off::io::DIRECTION, &[1]); // out
+    put(off::EXIT + off::io::SIZE, &[1]);
+    put(off::EXIT + off::io::PORT, &0x5c0u16.to_le_bytes());
+    put(off::EXIT + off::io::COUNT, &1u32.to_le_bytes());
+    put(off::EXIT + off::io::DATA_OFFSET, &4096u64.to_le_bytes());
+    put(off::VALID_REGS, &1u64.to_le_bytes()); // KVM_SYNC_X86_REGS
+    put(off::SYNC_REGS + off::regs::RIP, &0x40_1005u64.to_le_bytes());
+    put(off::SYNC_REGS + off::regs::RSP, &0x7fff_f000u64.to_le_bytes());
+    put(off::SYNC_REGS + off::regs::RFLAGS, &0x3202u64.to_le_bytes());
     p
 }
 
@@ -128,7 +141,7 @@ fn record_work(n: u64, zstd: bool) -> Result<(f64, f64), CliError> {
     let t = Instant::now();
     for i in 0..n {
         page[4096] = (i & 0xff) as u8;
-        let v = RunView::new(&page);
+        let v = RunView::new(&page).map_err(|e| err("kvm_run page", e))?;
         w.append(0, v.body(false), v.regs_sample(conv))?;
     }
     let ns = t.elapsed().as_nanos() as f64 / n as f64;
@@ -157,7 +170,7 @@ fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64, f64), 
     let snap = snapshot_dir(&root, 0);
     {
         let mut m = build(&cfg("hello-long", None, mem_mib << 20, false))?;
-        snapshot::take(&mut m, &snap, 0, None, [0; 16], None, &[]).map_err(|e| err("snapshot", e))?;
+        take_snapshot(&mut m, &snap, 0, None)?;
     }
     let (mut times, mut warm, mut remap) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..reps {
@@ -166,7 +179,7 @@ fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64, f64), 
         let mut m = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), false)
             .map_err(|e| err("restore", e))?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
-        let shell = vmrr_engine::kvm::vm::Shell::create().map_err(|e| CliError::Session(e.into()))?;
+        let shell = vmrr_engine::kvm::EmptyVm::create().map_err(|e| CliError::Session(e.into()))?;
         let t = Instant::now();
         let chain = snapshot::load_chain(&snap, u64::MAX).map_err(|e| err("load", e))?;
         let w =
@@ -195,14 +208,14 @@ fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64, f64), 
 fn memslot_ms(mem_mib: u64, reps: usize) -> Result<f64, CliError> {
     let mut times = Vec::new();
     for _ in 0..reps {
-        let kvm = vmrr_engine::kvm::vm::open_kvm_device().map_err(|e| err("opening /dev/kvm", e))?;
-        let vm = kvm.create_vm().map_err(|e| err("KVM_CREATE_VM", e))?;
+        let kvm = vmrr_engine::kvm::open_kvm().map_err(|e| err("opening /dev/kvm", e))?;
+        let mut vm = vmrr_engine::kvm::VmSlots::new(kvm.create_vm().map_err(|e| err("KVM_CREATE_VM", e))?);
         let mut mem = vmrr_engine::kvm::memory::GuestMemory::create(&vmrr_engine::kvm::memory::ram_layout(
             mem_mib << 20,
         ))
         .map_err(|e| err("guest memory", e))?;
         let t = Instant::now();
-        mem.register(&vm, true, false).map_err(|e| err("KVM_SET_USER_MEMORY_REGION2", e))?;
+        mem.register(&mut vm, true, false).map_err(|e| err("KVM_SET_USER_MEMORY_REGION2", e))?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(median(&mut times))
@@ -214,17 +227,16 @@ fn capture_pause_ms(pct: u64, reps: usize, dir: &Path) -> Result<(f64, u64), Cli
     let n = (pages * pct / 100).max(1);
     let mut m = build(&cfg("dirty-pages", Some(n), mem, true))?;
     let root = dir.join(format!("capture-{pct}"));
-    m.limits.max_exits = Some(1);
+    m.set_max_exits(Some(1));
     m.run()?;
-    snapshot::take(&mut m, &snapshot_dir(&root, 0), 0, None, [0; 16], None, &[])
-        .map_err(|e| err("snapshot", e))?;
+    take_snapshot(&mut m, &snapshot_dir(&root, 0), 0, None)?;
     let mut pauses = Vec::new();
     let mut dirty = 0;
     for r in 1..=reps as u64 {
-        m.limits.max_exits = Some(m.exits() + 1);
+        m.set_max_exits(Some(m.exits() + 1));
         m.run()?;
-        let s = snapshot::take(&mut m, &snapshot_dir(&root, r), r, Some(r - 1), [0; 16], None, &[])
-            .map_err(|e| err("snapshot", e))?;
+        let s =
+            take_snapshot(&mut m, &snapshot_dir(&root, r), r, Some(r - 1)).map_err(|e| err("snapshot", e))?;
         dirty = s.pages_considered;
         pauses.push(s.pause.as_secs_f64() * 1000.0);
     }
@@ -235,10 +247,9 @@ fn capture_pause_ms(pct: u64, reps: usize, dir: &Path) -> Result<(f64, u64), Cli
 fn resets(count: usize, dir: &Path) -> Result<(f64, f64, u64), CliError> {
     let mut m = build(&cfg("dirty-pages", Some(64), 128 << 20, true))?;
     let root = dir.join("reset");
-    m.limits.max_exits = Some(1);
+    m.set_max_exits(Some(1));
     m.run()?;
-    snapshot::take(&mut m, &snapshot_dir(&root, 0), 0, None, [0; 16], None, &[])
-        .map_err(|e| err("snapshot", e))?;
+    take_snapshot(&mut m, &snapshot_dir(&root, 0), 0, None)?;
     drop(m);
     let chain = snapshot::load_chain(&snapshot_dir(&root, 0), u64::MAX).map_err(|e| err("load", e))?;
     let mut m = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), true)
@@ -248,10 +259,7 @@ fn resets(count: usize, dir: &Path) -> Result<(f64, f64, u64), CliError> {
     let t0 = Instant::now();
     for _ in 0..count {
         // The guest dirties 64 pages and exits...
-        let mut ran = false;
-        while !ran {
-            ran = m.step(|_, _| {})?;
-        }
+        while !m.run_to_exit()? {}
         // ...and goes back to the snapshot.
         let t = Instant::now();
         let st = snapshot::reset(&mut m, &chain).map_err(|e| err("reset", e))?;
@@ -347,7 +355,7 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
         "repetitions": plan.reps,
         "storm_exits": plan.storm + 1,
         "host": {"kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-                 "cpu": vmrr_engine::session::cpu_model(), "cpus": std::thread::available_parallelism().map_or(1, |n| n.get())},
+                 "cpu": vmrr_engine::record::prelude::cpu_model(), "cpus": std::thread::available_parallelism().map_or(1, |n| n.get())},
         "exit_ns_floor": median(&mut floor),
         "record_ns_per_exit": median(&mut rec_ns),
         "record_ns_per_exit_sustained_zstd": median(&mut rec_ns_z),

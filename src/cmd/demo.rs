@@ -9,7 +9,7 @@ use vmrr_engine::devices::console::Console;
 use vmrr_replay::{Options, Outcome, StartFrom, replay, source};
 
 use super::record::RecordArgs;
-use crate::exit::{CliError, CliResult};
+use crate::exit_code::{CliError, CliResult};
 
 fn step(n: u32, what: &str) {
     println!("\n[{n}/4] {what}");
@@ -61,7 +61,7 @@ pub fn run(dir: Option<&Path>, max_mem: u64) -> CliResult {
     match super::record::run(&args) {
         Ok(()) => {}
         // The guest is meant to fail: exit code 5 is the expected outcome here.
-        Err(CliError::Reported { code: crate::exit::GUEST_FATAL }) => {}
+        Err(CliError::Reported { code: crate::exit_code::GUEST_FATAL }) => {}
         Err(e) => return Err(e),
     }
     let printed = std::fs::read_to_string(&serial).unwrap_or_default();
@@ -128,7 +128,7 @@ pub fn run(dir: Option<&Path>, max_mem: u64) -> CliResult {
     if from_start.outcome == Outcome::Reproduced && from_last.outcome == Outcome::Reproduced {
         Ok(())
     } else {
-        Err(CliError::Reported { code: crate::exit::DIVERGED })
+        Err(CliError::Reported { code: crate::exit_code::DIVERGED })
     }
 }
 

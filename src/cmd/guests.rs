@@ -3,7 +3,7 @@
 use vmrr_engine::guests::BUILTINS;
 
 use super::print_json;
-use crate::exit::CliResult;
+use crate::exit_code::CliResult;
 
 /// Lists the built-in guests.
 pub fn run(json: bool) -> CliResult {

@@ -6,7 +6,7 @@ use std::path::Path;
 use vmrr_format::{ReadError, TraceReader, describe};
 
 use super::out_line;
-use crate::exit::{CliError, CliResult, INVALID_INPUT};
+use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 
 /// Prints records `from..from+count`. Damaged regions are reported on stderr and skipped;
 /// the exit code is then 3 after everything readable was printed.

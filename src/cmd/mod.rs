@@ -12,7 +12,7 @@ pub mod verify;
 
 use std::io::Write;
 
-use crate::exit::CliError;
+use crate::exit_code::CliError;
 
 /// Writes a line to stdout; a closed pipe (`vmrr inspect | head`) ends quietly.
 pub fn out_line(out: &mut impl Write, line: &str) -> Result<bool, CliError> {
@@ -34,13 +34,13 @@ pub fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
 /// Maps a bundle error to the CLI's exit codes (damaged or invalid input: 3; the host: 6).
 pub fn bundle_err(e: vmrr_format::bundle::BundleError) -> CliError {
     if e.is_invalid_input() {
-        return CliError::Invalid(crate::exit::chain(&e));
+        return CliError::Invalid(crate::exit_code::chain(&e));
     }
     match e {
         vmrr_format::bundle::BundleError::File(f) => {
             CliError::Output { context: format!("{} {}", f.what, f.path.display()), source: f.source }
         }
-        other => CliError::Invalid(crate::exit::chain(&other)),
+        other => CliError::Invalid(crate::exit_code::chain(&other)),
     }
 }
 
@@ -48,7 +48,7 @@ pub fn bundle_err(e: vmrr_format::bundle::BundleError) -> CliError {
 pub fn replay_err(e: vmrr_replay::ReplayError) -> CliError {
     use vmrr_replay::ReplayError;
     if e.is_invalid_input() {
-        return CliError::Invalid(crate::exit::chain(&e));
+        return CliError::Invalid(crate::exit_code::chain(&e));
     }
     match e {
         ReplayError::CpuMismatch(m) => {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::print_json;
-use crate::exit::{CliError, CliResult};
+use crate::exit_code::{CliError, CliResult};
 
 /// Packs `trace` (and the snapshots its checkpoints reference) into `out`.
 pub fn run(trace: &Path, out: &Path, json: bool) -> CliResult {

@@ -5,19 +5,18 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vmrr_engine::Recorder;
 use vmrr_engine::checkpoint::{Checkpointer, Policy};
 use vmrr_engine::devices::console::Console;
-use vmrr_engine::error::RunError;
 use vmrr_engine::guests::boot::BootMode;
-use vmrr_engine::kvm::cpuid::{self, CpuidProfile};
+use vmrr_engine::kvm::cpuid::CpuidProfile;
+use vmrr_engine::machine::RunError;
 use vmrr_engine::machine::{Limits, Machine, RunSummary};
 use vmrr_engine::session::{GuestSpec, SessionConfig};
 use vmrr_engine::snapshot;
 use vmrr_format::{SyncMode, TraceWriter, WriterOptions, end_reason};
 
 use super::print_json;
-use crate::exit::{CliError, CliResult, GUEST_FATAL};
+use crate::exit_code::{CliError, CliResult, GUEST_FATAL};
 
 /// `vmrr record` arguments.
 #[derive(clap::Args, Debug, Clone)]
@@ -217,7 +216,7 @@ pub fn run(args: &RecordArgs) -> CliResult {
     let mut m = build(&cfg, serial.clone(), debugcon.clone())?;
     let mut checkpointer = None;
     if let Some(w) = writer {
-        let (trace_id, annotations) = attach_recorder(&mut m, &cfg, w)?;
+        let recording = cfg.start_recording(&mut m, w)?;
         if let (false, Some(out)) = (args.no_snapshot, &args.out) {
             let root = snapshot::dir_for_trace(out);
             if root.exists() {
@@ -226,9 +225,10 @@ pub fn run(args: &RecordArgs) -> CliResult {
                     source,
                 })?;
             }
-            let mut cp = Checkpointer::new(root, args.policy(), trace_id, annotations);
+            let mut cp = Checkpointer::new(root, args.policy(), recording.trace_id, recording.annotations);
             if let Err(e) = cp.checkpoint(&mut m) {
-                return Err(close_after_error(&mut m, RunError::Snapshot(Box::new(e))));
+                let e = RunError::Hook { hook: "initial snapshot", exit: 0, source: Box::new(e) };
+                return Err(close_after_error(&mut m, e));
             }
             checkpointer = Some(cp);
         }
@@ -238,7 +238,7 @@ pub fn run(args: &RecordArgs) -> CliResult {
         None => m.run(),
     };
     let summary = run.map_err(|e| close_after_error(&mut m, e))?;
-    let trace = match m.recorder.take() {
+    let trace = match m.stop_recording() {
         Some(rec) => Some(rec.finish(summary.outcome.end_reason(), summary.outcome.status())?),
         None => None,
     };
@@ -253,40 +253,18 @@ pub fn run(args: &RecordArgs) -> CliResult {
 /// Builds the machine and prints the notes it made (fallbacks taken, capabilities missing).
 fn build(cfg: &SessionConfig, serial: Console, debugcon: Console) -> Result<Machine, CliError> {
     let m = cfg.build(serial, debugcon)?;
-    for n in &m.vm.notes {
+    for n in m.vm().notes() {
         eprintln!("vmrr: note: {n}");
     }
     Ok(m)
 }
 
-/// `(key, value)` pairs describing a run (trace annotations, also kept in snapshots).
-type Annotations = Vec<(String, String)>;
-
-/// Starts recording `m` into `w`: the run's annotations and the guest's CPUID are the
-/// trace's first records. Returns the trace id and the annotations, which snapshots carry
-/// too.
-pub(crate) fn attach_recorder(
-    m: &mut Machine,
-    cfg: &SessionConfig,
-    w: TraceWriter,
-) -> Result<([u8; 16], Annotations), CliError> {
-    let mut rec = Recorder::new(&m.vm.kvm, &m.vm.vcpu, 0, w)?;
-    let annotations = cfg.annotations(&m.vm);
-    for (k, v) in &annotations {
-        rec.annotate(k, v)?;
-    }
-    rec.record_cpuid(&cpuid::to_format(&m.vm.cpuid))?;
-    let trace_id = rec.trace_id();
-    m.recorder = Some(rec);
-    Ok((trace_id, annotations))
-}
-
 fn close_after_error(m: &mut Machine, e: RunError) -> CliError {
     let reason = match &e {
-        RunError::Trace(_) | RunError::Snapshot(_) | RunError::Output(_) => end_reason::OUTPUT_ERROR,
-        RunError::Kvm { .. } | RunError::Os { .. } => end_reason::VMM_ERROR,
+        RunError::Trace(_) | RunError::Hook { .. } | RunError::Output(_) => end_reason::OUTPUT_ERROR,
+        RunError::Kvm(_) | RunError::Os { .. } => end_reason::VMM_ERROR,
     };
-    if let Some(rec) = m.recorder.take() {
+    if let Some(rec) = m.stop_recording() {
         let exits = rec.exits();
         match rec.finish(reason, 0) {
             Ok(t) => eprintln!(
@@ -299,7 +277,7 @@ fn close_after_error(m: &mut Machine, e: RunError) -> CliError {
             ),
         }
     }
-    if crate::exit::is_disk_full(&e) {
+    if crate::exit_code::is_disk_full(&e) {
         eprintln!(
             "vmrr: the disk is full: what was recorded so far is intact (`vmrr verify` checks it); free \
              space, or bound disk use with --flight-recorder"
@@ -345,7 +323,7 @@ fn report(
                 "stored_bytes": t.stored_bytes, "file_bytes": t.file_bytes })),
             "checkpoints": checkpoints,
             "emulation_failure": s.outcome.report().map(|r| serde_json::json!({
-                "rip": r.rip, "insn_bytes": vmrr_engine::machine::hex(&r.insn_bytes[..r.insn_len.unwrap_or(r.insn_bytes.len()).min(r.insn_bytes.len())]),
+                "rip": r.rip, "insn_bytes": vmrr_format::describe::hex(r.insn()),
                 "disassembly": r.disassembly })),
         });
         let _ = print_json(&v);
@@ -386,7 +364,7 @@ fn report(
 /// `--flight-recorder`: record into a bounded ring of segments and snapshots; pack a
 /// bundle when the run ends in a failure or SIGUSR1 asks for one.
 fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Console) -> CliResult {
-    use vmrr_engine::checkpoint::flight::FlightRecorder;
+    use vmrr_engine::checkpoint::flight::{FlightError, FlightRecorder, FlightSettings};
     let out = args.out.clone().ok_or_else(|| CliError::Usage("--flight-recorder needs --out".into()))?;
     let dir = FlightRecorder::dir_for(&out);
     if dir.exists() {
@@ -399,22 +377,17 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
         .map_err(|source| CliError::Output { context: format!("creating {}", dir.display()), source })?;
     let mut m = build(cfg, serial, debugcon)?;
     let w = TraceWriter::create(&FlightRecorder::prologue_path(&dir), args.writer_options())?;
-    let (trace_id, annotations) = attach_recorder(&mut m, cfg, w)?;
-    m.external_stop = Some(
+    let recording = cfg.start_recording(&mut m, w)?;
+    m.stop_when(
         vmrr_engine::machine::signals::sigusr1_flag()
             .map_err(|e| CliError::Capability(format!("SIGUSR1: {e}")))?,
     );
-    let mut fr = FlightRecorder::start(
-        &mut m,
-        dir.clone(),
-        args.policy(),
-        args.keep,
-        args.writer_options(),
-        trace_id,
-        annotations,
-    )?;
+    let settings = FlightSettings { policy: args.policy(), keep: args.keep, opts: args.writer_options() };
+    let mut fr = FlightRecorder::start(&mut m, dir.clone(), settings, &recording).map_err(|e| {
+        close_after_error(&mut m, RunError::Hook { hook: "flight recorder", exit: 0, source: Box::new(e) })
+    })?;
     let summary = m.run_with(Some(&mut fr)).map_err(|e| close_after_error(&mut m, e))?;
-    if let Some(rec) = m.recorder.take() {
+    if let Some(rec) = m.stop_recording() {
         rec.finish(summary.outcome.end_reason(), summary.outcome.status())?;
     }
     let triggered =
@@ -422,8 +395,12 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
     let secs = summary.elapsed.as_secs_f64();
     if triggered {
         let man = fr.write_bundle(&out).map_err(|e| match e {
-            vmrr_engine::checkpoint::flight::FlightError::Assemble(e) => CliError::Run(e),
-            vmrr_engine::checkpoint::flight::FlightError::Pack(e) => super::bundle_err(e),
+            FlightError::Pack(e) => super::bundle_err(e),
+            other => CliError::Run(RunError::Hook {
+                hook: "flight recorder",
+                exit: summary.exits,
+                source: Box::new(other),
+            }),
         })?;
         let _ = std::fs::remove_dir_all(&dir);
         eprintln!(

@@ -7,7 +7,7 @@ use vmrr_engine::devices::console::Console;
 use vmrr_replay::{Options, StartFrom, replay, source};
 
 use super::print_json;
-use crate::exit::{CliError, CliResult};
+use crate::exit_code::{CliError, CliResult};
 
 /// `vmrr replay` arguments.
 #[derive(clap::Args, Debug, Clone)]

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use vmrr_engine::snapshot::{self, Loaded, SnapshotError};
+use vmrr_engine::snapshot::{self, SnapshotError, StoredSnapshot};
 
 use super::print_json;
-use crate::exit::{CliError, CliResult};
+use crate::exit_code::{CliError, CliResult};
 
 /// `vmrr snapshot` subcommands.
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -32,7 +32,7 @@ pub fn cli_err(e: SnapshotError) -> CliError {
     if e.is_invalid_input() { CliError::Invalid(e.to_string()) } else { CliError::Snapshot(e) }
 }
 
-fn info_json(l: &Loaded, chain: &[Loaded]) -> serde_json::Value {
+fn info_json(l: &StoredSnapshot, chain: &[StoredSnapshot]) -> serde_json::Value {
     let s = &l.state;
     serde_json::json!({
         "path": l.dir.display().to_string(),
@@ -40,7 +40,7 @@ fn info_json(l: &Loaded, chain: &[Loaded]) -> serde_json::Value {
         "parent": s.parent,
         "chain": chain.iter().map(|c| c.state.id).collect::<Vec<_>>(),
         "version": format!("{}.{}", snapshot::codec::MAJOR, snapshot::codec::MINOR),
-        "trace_id": s.trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "trace_id": vmrr_format::describe::hex(&s.trace_id),
         "exit_seq": s.exit_seq,
         "exits": s.exits,
         "interrupts": s.interrupts,
@@ -51,7 +51,7 @@ fn info_json(l: &Loaded, chain: &[Loaded]) -> serde_json::Value {
             "full": x.full, "changed_pages": x.changed_pages(), "stored_pages": x.stored_pages, "file": x.file,
         })).collect::<Vec<_>>(),
         "vcpus": s.vcpus.iter().map(|v| serde_json::json!({"rip": v.regs.rip, "rsp": v.regs.rsp, "rflags": v.regs.rflags})).collect::<Vec<_>>(),
-        "devices": s.bus.devices.iter().map(|d| format!("{:?}", d.state).split(['(', ' ', '{']).next().unwrap_or("").to_string()).collect::<Vec<_>>(),
+        "devices": s.bus.devices.iter().map(|d| d.state.kind()).collect::<Vec<_>>(),
     })
 }
 

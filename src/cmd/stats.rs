@@ -5,7 +5,7 @@ use std::path::Path;
 use vmrr_format::{TraceReader, stats};
 
 use super::print_json;
-use crate::exit::{CliError, CliResult, INVALID_INPUT};
+use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 
 /// Prints the summary of what is readable; exit 3 (naming the first problem) when damaged
 /// regions had to be skipped or the index is damaged.

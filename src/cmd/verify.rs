@@ -5,7 +5,7 @@ use std::path::Path;
 use vmrr_format::{TraceReader, verify};
 
 use super::print_json;
-use crate::exit::{CliError, CliResult, INVALID_INPUT};
+use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 
 /// Writes every readable record of `file` into a new trace `out` (same trace id, sequence
 /// numbers kept; lost ranges stay gaps) and checks the result.

@@ -18,20 +18,44 @@ use std::path::{Path, PathBuf};
 
 use vmrr_format::{TraceReader, TraceWriter, WriterOptions};
 
-use crate::checkpoint::{Checkpointer, Policy};
-use crate::error::RunError;
-use crate::machine::{ExitHook, Machine};
+use crate::checkpoint::{CheckpointError, Checkpointer, Policy};
+use crate::machine::{ExitHook, Machine, RunError};
+use crate::record::Recording;
 use crate::snapshot::{self, SnapshotError};
+use vmrr_format::FileError;
 
-/// Writing the flight recorder's bundle failed.
+/// The flight recorder could not keep, drop or assemble its recording.
 #[derive(Debug, thiserror::Error)]
 pub enum FlightError {
-    /// Joining the kept segments failed.
+    /// A trace segment could not be written or finished.
+    #[error("cannot write a trace segment")]
+    Segment(#[from] vmrr_format::WriteError),
+    /// A kept segment could not be read back.
+    #[error("cannot read a trace segment")]
+    Read(#[from] vmrr_format::ReadError),
+    /// A checkpoint could not be taken.
     #[error(transparent)]
-    Assemble(#[from] RunError),
+    Checkpoint(#[from] CheckpointError),
+    /// The oldest checkpoint could not be folded into the next.
+    #[error("cannot drop the oldest checkpoint")]
+    Squash(#[source] SnapshotError),
+    /// A file of the flight directory could not be created, moved or removed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// Packing the bundle failed.
     #[error(transparent)]
     Pack(#[from] vmrr_format::bundle::BundleError),
+}
+
+/// How a flight recorder keeps its recording.
+#[derive(Debug, Clone)]
+pub struct FlightSettings {
+    /// When to take checkpoints (each starts a new segment).
+    pub policy: Policy,
+    /// How many checkpoints (and segments from the oldest on) to keep.
+    pub keep: usize,
+    /// How segments are written.
+    pub opts: WriterOptions,
 }
 
 /// A flight recorder attached to a recording machine.
@@ -44,10 +68,6 @@ pub struct FlightRecorder {
     segments: VecDeque<(u64, PathBuf)>,
     /// Segments and snapshots dropped so far.
     pub dropped: u64,
-}
-
-fn snap_err(e: SnapshotError) -> RunError {
-    RunError::Snapshot(Box::new(e))
 }
 
 impl FlightRecorder {
@@ -70,13 +90,16 @@ impl FlightRecorder {
     pub fn start(
         m: &mut Machine,
         dir: PathBuf,
-        policy: Policy,
-        keep: usize,
-        opts: WriterOptions,
-        trace_id: [u8; 16],
-        annotations: Vec<(String, String)>,
-    ) -> Result<Self, RunError> {
-        let cp = Checkpointer::new(dir.join("snapshots"), policy, trace_id, annotations);
+        settings: FlightSettings,
+        recording: &Recording,
+    ) -> Result<Self, FlightError> {
+        let FlightSettings { policy, keep, opts } = settings;
+        let cp = Checkpointer::new(
+            dir.join("snapshots"),
+            policy,
+            recording.trace_id,
+            recording.annotations.clone(),
+        );
         let mut fr =
             FlightRecorder { dir, cp, keep: keep.max(1), opts, segments: VecDeque::new(), dropped: 0 };
         fr.rotate(m)?;
@@ -84,26 +107,25 @@ impl FlightRecorder {
     }
 
     /// New segment, then a checkpoint as its first record; drops what falls out of `keep`.
-    fn rotate(&mut self, m: &mut Machine) -> Result<(), RunError> {
+    fn rotate(&mut self, m: &mut Machine) -> Result<(), FlightError> {
         let id = self.cp.taken.last().map_or(0, |t| t.id + 1);
         let path = self.dir.join(format!("seg-{id:06}.vmrr"));
         let mut opts = self.opts.clone();
         opts.trace_id = Some(self.cp_trace_id());
         let w = TraceWriter::create(&path, opts)?;
-        if let Some(rec) = m.recorder.as_mut() {
+        if let Some(rec) = m.recorder_mut() {
             let old = rec.replace_writer(w)?;
             old.finish()?;
         }
-        let t = self.cp.checkpoint(m).map_err(snap_err)?;
+        let t = self.cp.checkpoint(m)?;
         self.segments.push_back((t.id, path));
         while self.segments.len() > self.keep {
             let Some((old_id, old_seg)) = self.segments.pop_front() else { break };
             let next_id = self.segments.front().map_or(t.id, |s| s.0);
             let root = self.cp.root().to_path_buf();
             snapshot::squash(&snapshot::snapshot_dir(&root, old_id), &snapshot::snapshot_dir(&root, next_id))
-                .map_err(snap_err)?;
-            std::fs::remove_file(&old_seg)
-                .map_err(|source| RunError::Os { what: "removing a trace segment", source })?;
+                .map_err(FlightError::Squash)?;
+            std::fs::remove_file(&old_seg).map_err(FileError::on("removing", &old_seg))?;
             self.dropped += 1;
         }
         Ok(())
@@ -123,9 +145,8 @@ impl FlightRecorder {
     ///
     /// # Errors
     /// A segment cannot be read or the result written.
-    pub fn assemble(&self, staging: &Path) -> Result<PathBuf, RunError> {
-        std::fs::create_dir_all(staging)
-            .map_err(|source| RunError::Os { what: "creating the staging directory", source })?;
+    pub fn assemble(&self, staging: &Path) -> Result<PathBuf, FlightError> {
+        std::fs::create_dir_all(staging).map_err(FileError::on("creating", staging))?;
         let trace = staging.join("trace.vmrr");
         let mut opts = self.opts.clone();
         opts.trace_id = Some(self.cp_trace_id());
@@ -133,10 +154,7 @@ impl FlightRecorder {
         let mut parts = vec![Self::prologue_path(&self.dir)];
         parts.extend(self.segments.iter().map(|s| s.1.clone()));
         for p in parts {
-            let mut r = TraceReader::open(&p).map_err(|e| RunError::Os {
-                what: "reading a trace segment",
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            let mut r = TraceReader::open(&p)?;
             while let Some(item) = r.next_record() {
                 match item {
                     Ok(rec) => w.append_record(&rec)?,
@@ -147,12 +165,11 @@ impl FlightRecorder {
         }
         w.finish()?;
         let to = snapshot::dir_for_trace(&trace);
-        std::fs::create_dir_all(&to)
-            .map_err(|source| RunError::Os { what: "creating the snapshot directory", source })?;
+        std::fs::create_dir_all(&to).map_err(FileError::on("creating", &to))?;
         for (id, _) in &self.segments {
             let from = snapshot::snapshot_dir(self.cp.root(), *id);
             std::fs::rename(&from, snapshot::snapshot_dir(&to, *id))
-                .map_err(|source| RunError::Os { what: "moving a snapshot", source })?;
+                .map_err(FileError::on("moving", &from))?;
         }
         Ok(trace)
     }
@@ -176,7 +193,11 @@ impl FlightRecorder {
 impl ExitHook for FlightRecorder {
     fn after_exit(&mut self, m: &mut Machine, exits: u64) -> Result<(), RunError> {
         if self.cp.due(exits) {
-            self.rotate(m)?;
+            self.rotate(m).map_err(|e| RunError::Hook {
+                hook: "flight recorder",
+                exit: exits,
+                source: Box::new(e),
+            })?;
         }
         Ok(())
     }

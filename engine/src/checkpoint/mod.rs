@@ -9,9 +9,31 @@ pub mod flight;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::error::RunError;
-use crate::machine::{ExitHook, Machine};
+use crate::machine::{ExitHook, Machine, RunError};
 use crate::snapshot::{self, CaptureStats, SnapshotError};
+
+/// A checkpoint could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The snapshot could not be written.
+    #[error("cannot write snapshot {id}")]
+    Snapshot {
+        /// Its id.
+        id: u64,
+        /// Why.
+        #[source]
+        source: SnapshotError,
+    },
+    /// The trace could not record the checkpoint (the snapshot exists, unannounced).
+    #[error("cannot record checkpoint {id} in the trace")]
+    Record {
+        /// Its id.
+        id: u64,
+        /// Why.
+        #[source]
+        source: vmrr_format::WriteError,
+    },
+}
 
 /// When to take checkpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -83,19 +105,27 @@ impl Checkpointer {
     /// records it in the trace when `m` is recording.
     ///
     /// # Errors
-    /// Snapshot or trace failures.
-    pub fn checkpoint(&mut self, m: &mut Machine) -> Result<Taken, SnapshotError> {
+    /// The snapshot or its trace record could not be written.
+    pub fn checkpoint(&mut self, m: &mut Machine) -> Result<Taken, CheckpointError> {
         let id = self.next_id;
         let parent = self.taken.last().map(|t| t.id);
-        let exit_seq = m.recorder.as_ref().and_then(|r| r.next_seq().checked_sub(1));
+        let exit_seq = m.recorder().and_then(|r| r.next_seq().checked_sub(1));
         let dir = snapshot::snapshot_dir(&self.root, id);
-        let stats = snapshot::take(m, &dir, id, parent, self.trace_id, exit_seq, &self.annotations)?;
-        if let Some(rec) = m.recorder.as_mut() {
+        let who = snapshot::Identity {
+            id,
+            parent,
+            trace_id: self.trace_id,
+            exit_seq,
+            annotations: &self.annotations,
+        };
+        let stats =
+            snapshot::take(m, &dir, &who).map_err(|source| CheckpointError::Snapshot { id, source })?;
+        if let Some(rec) = m.recorder_mut() {
             // The checkpoint record is made durable together with its snapshot: a crash
             // after this point never leaves a snapshot the trace does not mention.
             rec.record_checkpoint(id)
                 .and_then(|_| rec.writer_mut().sync())
-                .map_err(|e| SnapshotError::Unsupported(format!("recording the checkpoint: {e}")))?;
+                .map_err(|source| CheckpointError::Record { id, source })?;
         }
         let t = Taken { id, exits: m.exits(), exit_seq, stats };
         self.taken.push(t);
@@ -119,7 +149,11 @@ impl Checkpointer {
 impl ExitHook for Checkpointer {
     fn after_exit(&mut self, m: &mut Machine, exits: u64) -> Result<(), RunError> {
         if self.due(exits) {
-            self.checkpoint(m).map_err(|e| RunError::Snapshot(Box::new(e)))?;
+            self.checkpoint(m).map_err(|e| RunError::Hook {
+                hook: "checkpoint",
+                exit: exits,
+                source: Box::new(e),
+            })?;
         }
         Ok(())
     }

@@ -1,9 +1,11 @@
 //! Decoding a `kvm_run` exit into a trace record body.
 //!
 //! Everything is read from the bytes of the vCPU's `kvm_run` region at the offsets of
-//! `include/uapi/linux/kvm.h`; the record borrows variable-length data (port I/O bytes,
-//! internal-error words, raw unions) straight from the region: no copy before the writer.
+//! `include/uapi/linux/kvm.h` (derived from kvm-bindings), through the format's checked
+//! cursor; the record borrows variable-length data (port I/O bytes, internal-error words,
+//! raw unions) straight from the region: no copy before the writer.
 
+use vmrr_format::cursor::{Cursor, ShortRead};
 use vmrr_format::{
     Body, DebugExit, Direction, FailEntry, Hypercall, InternalError, Io, Mmio, Msr, RawExit, RegsSample,
     SystemEvent, Words,
@@ -14,134 +16,171 @@ use crate::sys::run_page::off;
 /// `KVM_SYNC_X86_REGS`.
 const SYNC_X86_REGS: u64 = 1;
 
-fn u8_at(b: &[u8], o: usize) -> u8 {
-    b.get(o).copied().unwrap_or(0)
-}
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    b.get(o..o + 2).and_then(|s| s.try_into().ok()).map(u16::from_le_bytes).unwrap_or(0)
-}
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    b.get(o..o + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0)
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    b.get(o..o + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
-}
-
 /// A byte view of one vCPU's `kvm_run` region after an exit.
 #[derive(Clone, Copy)]
 pub struct RunView<'a> {
     b: &'a [u8],
 }
 
+/// A field read from the part of `kvm_run` that [`RunView::new`] checked is present.
+macro_rules! field {
+    ($self:ident, $read:ident, $at:expr) => {
+        Cursor::at($self.b, $at).$read().expect("RunView::new checked that all of struct kvm_run is present")
+    };
+}
+
 impl<'a> RunView<'a> {
     /// Wraps the region's bytes.
-    pub fn new(bytes: &'a [u8]) -> Self {
-        RunView { b: bytes }
+    ///
+    /// # Errors
+    /// Fewer bytes than `struct kvm_run`.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, ShortRead> {
+        if bytes.len() < off::SIZE {
+            return Err(ShortRead { offset: 0, need: off::SIZE, have: bytes.len() });
+        }
+        Ok(RunView { b: bytes })
     }
 
     /// `exit_reason`.
     pub fn exit_reason(&self) -> u32 {
-        u32_at(self.b, off::EXIT_REASON)
+        field!(self, read_u32, off::EXIT_REASON)
     }
 
     /// `ready_for_interrupt_injection`.
     pub fn ready_for_interrupt_injection(&self) -> bool {
-        u8_at(self.b, off::READY_FOR_INTERRUPT_INJECTION) != 0
+        field!(self, read_u8, off::READY_FOR_INTERRUPT_INJECTION) != 0
     }
 
     /// `if_flag`.
     pub fn if_flag(&self) -> bool {
-        u8_at(self.b, off::IF_FLAG) != 0
+        field!(self, read_u8, off::IF_FLAG) != 0
     }
 
-    fn exit(&self) -> &'a [u8] {
-        self.b.get(off::EXIT..off::EXIT + off::EXIT_LEN).unwrap_or(&[])
+    /// A field of the exit union: `at` is relative to it.
+    fn exit_u8(&self, at: usize) -> u8 {
+        field!(self, read_u8, off::EXIT + at)
+    }
+    fn exit_u16(&self, at: usize) -> u16 {
+        field!(self, read_u16, off::EXIT + at)
+    }
+    fn exit_u32(&self, at: usize) -> u32 {
+        field!(self, read_u32, off::EXIT + at)
+    }
+    fn exit_u64(&self, at: usize) -> u64 {
+        field!(self, read_u64, off::EXIT + at)
+    }
+    /// `words` 64-bit words of the exit union from `at` on.
+    fn exit_words(&self, at: usize, words: usize) -> Words<'a> {
+        let start = off::EXIT + at;
+        Words::Le(Cursor::at(self.b, start).read_slice(8 * words).unwrap_or(&[]))
+    }
+    /// The whole exit union.
+    fn exit_bytes(&self) -> &'a [u8] {
+        Cursor::at(self.b, off::EXIT).read_slice(off::EXIT_LEN).unwrap_or(&[])
+    }
+
+    /// Where an I/O exit's data lies in the page (`io.data_offset`).
+    pub fn io_data_offset(&self) -> u64 {
+        self.exit_u64(off::io::DATA_OFFSET)
     }
 
     /// RIP, RSP and RFLAGS from the synced registers, when KVM filled them.
     pub fn sync_regs(&self) -> Option<(u64, u64, u64)> {
-        if u64_at(self.b, off::VALID_REGS) & SYNC_X86_REGS == 0 {
+        if field!(self, read_u64, off::VALID_REGS) & SYNC_X86_REGS == 0 {
             return None;
         }
         let r = off::SYNC_REGS;
-        // struct kvm_regs: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags.
-        Some((u64_at(self.b, r + 16 * 8), u64_at(self.b, r + 6 * 8), u64_at(self.b, r + 17 * 8)))
+        Some((
+            field!(self, read_u64, r + off::regs::RIP),
+            field!(self, read_u64, r + off::regs::RSP),
+            field!(self, read_u64, r + off::regs::RFLAGS),
+        ))
     }
 
     /// The exit as a record body. `system_event_data` says whether the host's
     /// `system_event.ndata` is valid (`KVM_CAP_SYSTEM_EVENT_DATA`): without it, no data
     /// words are recorded rather than guessed.
     pub fn body(&self, system_event_data: bool) -> Body<'a> {
-        let e = self.exit();
+        use off::{debug, fail_entry, hypercall, internal, io, mmio, msr, system_event};
         let reason = self.exit_reason();
-        let raw = || Body::RawExit(RawExit { exit_reason: reason, data: e });
+        let raw = || Body::RawExit(RawExit { exit_reason: reason, data: self.exit_bytes() });
         match reason {
             kvm_bindings::KVM_EXIT_IO => {
-                let size = u8_at(e, 1);
-                let count = u32_at(e, 4);
-                let data_off = usize::try_from(u64_at(e, 8)).unwrap_or(usize::MAX);
+                let size = self.exit_u8(io::SIZE);
+                let count = self.exit_u32(io::COUNT);
                 let len = usize::from(size).saturating_mul(usize::try_from(count).unwrap_or(usize::MAX));
-                let Some(data) = data_off.checked_add(len).and_then(|end| self.b.get(data_off..end)) else {
-                    return raw();
-                };
-                let direction = if u8_at(e, 0) == 0 { Direction::In } else { Direction::Out };
-                Body::Io(Io { direction, size, port: u16_at(e, 2), count, data })
+                // The data's offset comes from the kernel: checked like any other input.
+                let at = usize::try_from(self.exit_u64(io::DATA_OFFSET)).unwrap_or(usize::MAX);
+                let Ok(data) = Cursor::at(self.b, at).read_slice(len) else { return raw() };
+                let direction = if self.exit_u8(io::DIRECTION) == 0 { Direction::In } else { Direction::Out };
+                Body::Io(Io { direction, size, port: self.exit_u16(io::PORT), count, data })
             }
             kvm_bindings::KVM_EXIT_MMIO => {
+                let len = self.exit_u32(mmio::LEN).min(8);
                 let mut data = [0u8; 8];
-                data.copy_from_slice(e.get(8..16).unwrap_or(&[0; 8]));
-                let len = u32_at(e, 16).min(8);
-                for b in &mut data[usize::try_from(len).unwrap_or(8)..] {
-                    *b = 0;
+                for (i, d) in data.iter_mut().enumerate().take(usize::try_from(len).unwrap_or(8)) {
+                    *d = self.exit_u8(mmio::DATA + i);
                 }
-                Body::Mmio(Mmio { phys_addr: u64_at(e, 0), len, is_write: u8_at(e, 20) != 0, data })
+                Body::Mmio(Mmio {
+                    phys_addr: self.exit_u64(mmio::PHYS_ADDR),
+                    len,
+                    is_write: self.exit_u8(mmio::IS_WRITE) != 0,
+                    data,
+                })
             }
             kvm_bindings::KVM_EXIT_HLT => Body::Hlt,
             kvm_bindings::KVM_EXIT_SHUTDOWN => Body::Shutdown,
             kvm_bindings::KVM_EXIT_IRQ_WINDOW_OPEN => Body::IrqWindowOpen,
             kvm_bindings::KVM_EXIT_INTR => Body::Intr,
-            kvm_bindings::KVM_EXIT_FAIL_ENTRY => {
-                Body::FailEntry(FailEntry { hardware_entry_failure_reason: u64_at(e, 0), cpu: u32_at(e, 8) })
-            }
+            kvm_bindings::KVM_EXIT_FAIL_ENTRY => Body::FailEntry(FailEntry {
+                hardware_entry_failure_reason: self.exit_u64(fail_entry::REASON),
+                cpu: self.exit_u32(fail_entry::CPU),
+            }),
             kvm_bindings::KVM_EXIT_INTERNAL_ERROR => {
                 // internal.data has 16 words; a larger ndata is clamped to what exists.
-                let n = usize::try_from(u32_at(e, 4)).unwrap_or(16).min(16);
+                let n = usize::try_from(self.exit_u32(internal::NDATA)).unwrap_or(usize::MAX);
                 Body::InternalError(InternalError {
-                    suberror: u32_at(e, 0),
-                    data: Words::Le(&e[8..8 + 8 * n]),
+                    suberror: self.exit_u32(internal::SUBERROR),
+                    data: self.exit_words(internal::DATA, n.min(internal::MAX_DATA)),
                 })
             }
             kvm_bindings::KVM_EXIT_SYSTEM_EVENT => {
-                let n =
-                    if system_event_data { usize::try_from(u32_at(e, 4)).unwrap_or(16).min(16) } else { 0 };
-                Body::SystemEvent(SystemEvent { event_type: u32_at(e, 0), data: Words::Le(&e[8..8 + 8 * n]) })
+                let n = if system_event_data {
+                    usize::try_from(self.exit_u32(system_event::NDATA)).unwrap_or(usize::MAX)
+                } else {
+                    0
+                };
+                Body::SystemEvent(SystemEvent {
+                    event_type: self.exit_u32(system_event::TYPE),
+                    data: self.exit_words(system_event::DATA, n.min(internal::MAX_DATA)),
+                })
             }
             kvm_bindings::KVM_EXIT_X86_RDMSR | kvm_bindings::KVM_EXIT_X86_WRMSR => {
                 let m = Msr {
-                    index: u32_at(e, 12),
-                    reason: u32_at(e, 8),
-                    data: u64_at(e, 16),
-                    error: u8_at(e, 0),
+                    index: self.exit_u32(msr::INDEX),
+                    reason: self.exit_u32(msr::REASON),
+                    data: self.exit_u64(msr::DATA),
+                    error: self.exit_u8(msr::ERROR),
                 };
                 if reason == kvm_bindings::KVM_EXIT_X86_RDMSR { Body::RdMsr(m) } else { Body::WrMsr(m) }
             }
             kvm_bindings::KVM_EXIT_HYPERCALL => {
                 let mut args = [0u64; 6];
                 for (i, a) in args.iter_mut().enumerate() {
-                    *a = u64_at(e, 8 + 8 * i);
+                    *a = self.exit_u64(hypercall::ARGS + 8 * i);
                 }
                 Body::Hypercall(Hypercall {
-                    nr: u64_at(e, 0),
+                    nr: self.exit_u64(hypercall::NR),
                     args,
-                    ret: u64_at(e, 56),
-                    flags: u64_at(e, 64),
+                    ret: self.exit_u64(hypercall::RET),
+                    flags: self.exit_u64(hypercall::FLAGS),
                 })
             }
             kvm_bindings::KVM_EXIT_DEBUG => Body::Debug(DebugExit {
-                exception: u32_at(e, 0),
-                pc: u64_at(e, 8),
-                dr6: u64_at(e, 16),
-                dr7: u64_at(e, 24),
+                exception: self.exit_u32(debug::EXCEPTION),
+                pc: self.exit_u64(debug::PC),
+                dr6: self.exit_u64(debug::DR6),
+                dr7: self.exit_u64(debug::DR7),
             }),
             _ => raw(),
         }

@@ -20,7 +20,10 @@
 use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
 
+use vm_memory::GuestAddress;
+
 use crate::kvm::memory::GuestMemory;
+use crate::kvm::system::KvmError;
 
 /// GDT address.
 pub const GDT_ADDR: u64 = 0x500;
@@ -78,24 +81,15 @@ impl BootMode {
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// A vCPU ioctl failed.
-    #[error("{what} failed")]
-    Kvm {
-        /// The ioctl.
-        what: &'static str,
-        /// Its error.
-        #[source]
-        source: kvm_ioctls::Error,
-    },
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
     /// Boot structures do not fit guest memory.
-    #[error("guest memory too small for the boot structures at {gpa:#x}")]
-    Memory {
-        /// Address that could not be written.
-        gpa: u64,
-    },
+    #[error("guest memory too small for the boot structures")]
+    Memory(#[source] vm_memory::GuestMemoryError),
 }
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BootError {
-    move |source| BootError::Kvm { what, source }
+    move |source| BootError::Kvm(KvmError { what, source })
 }
 
 /// Writes the GDT, TSS and identity-mapped page tables covering at least 4 GiB and all
@@ -104,7 +98,7 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BootError {
 /// # Errors
 /// Memory too small for the tables.
 pub fn write_long_mode_tables(mem: &GuestMemory) -> Result<u64, BootError> {
-    let put = |gpa: u64, v: u64| mem.write(gpa, &v.to_le_bytes()).ok_or(BootError::Memory { gpa });
+    let put = |gpa: u64, v: u64| mem.write(GuestAddress(gpa), &v.to_le_bytes()).map_err(BootError::Memory);
     let gdt: [u64; 7] = [
         0,
         0x00af_9b00_0000_ffff, // code64, ring 0, accessed
@@ -127,12 +121,12 @@ pub fn write_long_mode_tables(mem: &GuestMemory) -> Result<u64, BootError> {
     if let Some(last) = tss.last_mut() {
         *last = 0xff;
     }
-    mem.write(TSS_ADDR, &tss).ok_or(BootError::Memory { gpa: TSS_ADDR })?;
+    mem.write(GuestAddress(TSS_ADDR), &tss).map_err(BootError::Memory)?;
 
     const TABLE: u64 = 0x1 | 0x2 | 0x4 | 0x20; // present, writable, user, accessed
     const LEAF_2M: u64 = TABLE | 0x40 | 0x80; // + dirty, page size
     let gib = 1u64 << 30;
-    let top = mem.ram_end().max(1 << 32);
+    let top = mem.ram_end().0.max(1 << 32);
     let pds = top.div_ceil(gib).min(MAX_PD);
     let pdpt = PML4_ADDR + 0x1000;
     put(PML4_ADDR, pdpt | TABLE)?;

@@ -2,11 +2,13 @@
 //! 128 KiB shadowed into RAM at 0xe0000, and the legacy devices it probes. The vCPU starts
 //! at the reset vector (KVM's reset state: CS base 0xffff0000, RIP 0xfff0).
 
+use vm_memory::GuestAddress;
+
 use crate::devices::console::Console;
 use crate::devices::legacy::{cmos, pci, pic_ports, pit, serial};
 use crate::devices::pseudo::{debug_exit, debugcon, sink};
 use crate::devices::{Bus, map};
-use crate::error::LoadError;
+use crate::guests::LoadError;
 use crate::kvm::memory::{GuestMemory, MMIO_HOLE_END, MMIO_HOLE_START};
 
 /// Bytes of the ROM shadowed below 1 MiB.
@@ -40,8 +42,8 @@ pub fn bus(serial_out: &Console, debugcon_out: &Console, mem_bytes: u64) -> Bus 
 pub fn load(mem: &GuestMemory, rom: &[u8]) -> Result<(), LoadError> {
     let size = rom.len() as u64;
     let base = MMIO_HOLE_END - size;
-    mem.write(base, rom).ok_or(LoadError::GuestMemory { gpa: base })?;
+    mem.write(GuestAddress(base), rom).map_err(LoadError::GuestMemory)?;
     let shadow = &rom[rom.len().saturating_sub(usize::try_from(SHADOW).unwrap_or(0))..];
     let at = 0x10_0000 - shadow.len() as u64;
-    mem.write(at, shadow).ok_or(LoadError::GuestMemory { gpa: at })
+    mem.write(GuestAddress(at), shadow).map_err(LoadError::GuestMemory)
 }

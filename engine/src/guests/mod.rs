@@ -7,6 +7,7 @@
 pub mod asm;
 pub mod boot;
 mod churn;
+pub mod devices;
 mod dirty;
 mod emulation_failure;
 mod entropy;
@@ -15,9 +16,10 @@ mod hello;
 mod interrupts;
 mod storm;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::error::LoadError;
+use vm_memory::GuestAddress;
+
 use crate::guests::boot::{BootMode, LONG_MODE_FREE};
 use crate::kvm::memory::{GuestMemory, MMIO_HOLE_START, SlotKind};
 
@@ -25,6 +27,34 @@ pub use churn::CHURN_START;
 pub use emulation_failure::FAILING as EMULATION_FAILURE_INSN;
 pub use hello::{LONG_TEXT as HELLO_LONG_TEXT, REAL_TEXT as HELLO_TEXT};
 pub use interrupts::{PERIOD_US as INTERRUPT_PERIOD_US, VECTOR as INTERRUPT_VECTOR};
+
+/// Loading a guest image failed (checked before KVM runs anything).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The image file could not be read.
+    #[error("cannot read image {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image or its placement does not fit guest memory.
+    #[error("{0}")]
+    Placement(String),
+    /// A built-in guest could not be assembled (a bug).
+    #[error("cannot assemble guest {name}: {detail}")]
+    Assemble {
+        /// Guest name.
+        name: &'static str,
+        /// Assembler error.
+        detail: String,
+    },
+    /// Writing into guest memory failed.
+    #[error("cannot write the image into guest memory")]
+    GuestMemory(#[source] vm_memory::GuestMemoryError),
+}
 
 /// Where long-mode images load.
 pub const LONG_LOAD: u64 = 0x10_0000;
@@ -239,9 +269,9 @@ pub fn load(mem: &GuestMemory, image: &GuestImage) -> Result<(), LoadError> {
     let ram: Vec<(u64, u64)> = mem
         .slots()
         .iter()
-        .filter(|s| s.spec.kind == SlotKind::Ram)
-        .map(|s| (s.spec.gpa, s.spec.gpa + s.spec.size))
+        .filter(|s| s.spec().kind == SlotKind::Ram)
+        .map(|s| (s.spec().gpa.0, s.spec().end().0))
         .collect();
     check_placement(image, &ram)?;
-    mem.write(image.load_addr, &image.bytes).ok_or(LoadError::GuestMemory { gpa: image.load_addr })
+    mem.write(GuestAddress(image.load_addr), &image.bytes).map_err(LoadError::GuestMemory)
 }

@@ -157,3 +157,43 @@ pub fn from_format(entries: &[vmrr_format::CpuidEntry]) -> Vec<kvm_cpuid_entry2>
         })
         .collect()
 }
+
+/// A CPUID set a vCPU cannot take.
+#[derive(Debug, thiserror::Error)]
+pub enum SetCpuidError {
+    /// More entries than KVM accepts.
+    #[error("{count} CPUID entries exceed KVM's limit of {max}")]
+    TooMany {
+        /// Entries given.
+        count: usize,
+        /// KVM's limit.
+        max: usize,
+    },
+    /// KVM refused the set.
+    #[error(transparent)]
+    Kvm(#[from] crate::kvm::system::KvmError),
+}
+
+/// Gives `vcpu` the CPUID set `entries` (before its first run: KVM refuses a change after).
+///
+/// # Errors
+/// Too many entries, or KVM refused them.
+pub fn set(vcpu: &kvm_ioctls::VcpuFd, entries: &[vmrr_format::CpuidEntry]) -> Result<(), SetCpuidError> {
+    let max = KVM_MAX_CPUID_ENTRIES;
+    let c = CpuId::from_entries(&from_format(entries))
+        .map_err(|_| SetCpuidError::TooMany { count: entries.len(), max })?;
+    vcpu.set_cpuid2(&c).map_err(crate::kvm::system::KvmError::on("KVM_SET_CPUID2"))?;
+    Ok(())
+}
+
+/// This host's supported CPUID (`KVM_GET_SUPPORTED_CPUID`), as trace records hold it.
+///
+/// # Errors
+/// `/dev/kvm` cannot be opened or queried.
+pub fn host_supported() -> Result<Vec<vmrr_format::CpuidEntry>, crate::kvm::system::KvmError> {
+    use crate::kvm::system::{KvmError, open_kvm};
+    let kvm = open_kvm().map_err(KvmError::on("opening /dev/kvm"))?;
+    let c =
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(KvmError::on("KVM_GET_SUPPORTED_CPUID"))?;
+    Ok(to_format(&c))
+}

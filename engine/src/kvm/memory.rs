@@ -4,17 +4,22 @@
 //! The hole `[0xc000_0000, 0x1_0000_0000)` is left unbacked, so guest accesses there exit
 //! to userspace as MMIO. With firmware, the legacy VGA window `[0xa0000, 0xc0000)` is also
 //! a hole and the ROM occupies the top of the 4 GiB space.
+//!
+//! Guest-physical addresses are [`GuestAddress`]es; host addresses never leave this module
+//! and `sys`. Replacing a slot's pages in place (a snapshot's file mapped copy-on-write
+//! over it, its private copies discarded) is done through [`Slot`]'s methods, safe because
+//! each checks its range against the slot's own mapping.
 
 use std::fs::File;
 use std::sync::Arc;
 
 use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
-use kvm_ioctls::VmFd;
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryError, GuestMemoryMmap, GuestRegionMmap, MmapRegion,
+};
 
-use crate::error::CreateVmError;
-use crate::sys::slots::{SlotRegion, set_slot};
+use crate::sys::slots::VmSlots;
 
 /// Guest page size.
 pub const PAGE_SIZE: u64 = 4096;
@@ -37,39 +42,23 @@ pub enum SlotKind {
 /// A guest-physical range and what backs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotSpec {
-    /// Guest physical address.
-    pub gpa: u64,
+    /// Guest physical address of its first byte.
+    pub gpa: GuestAddress,
     /// Size in bytes (a multiple of the page size).
     pub size: u64,
     /// RAM or ROM.
     pub kind: SlotKind,
 }
 
-/// One registered slot.
-#[derive(Debug)]
-pub struct Slot {
-    /// KVM slot number.
-    pub id: u32,
-    /// Placement and kind.
-    pub spec: SlotSpec,
-    /// Current `KVM_MEM_*` flags.
-    pub flags: u32,
-    /// Backing file (a memfd, or a snapshot file mapped privately).
-    pub file: Arc<File>,
-    /// How the backing is mapped.
-    pub mapping: Mapping,
-    /// The host mapping.
-    pub region: Arc<GuestRegionMmap>,
-}
-
-impl Slot {
-    /// Host address of the slot's first byte.
-    pub fn host_addr(&self) -> u64 {
-        self.region.as_ptr() as u64
+impl SlotSpec {
+    /// Whether `addr` lies in this range.
+    pub fn contains(&self, addr: GuestAddress) -> bool {
+        addr.0 >= self.gpa.0 && addr.0 - self.gpa.0 < self.size
     }
-    /// Number of pages.
-    pub fn pages(&self) -> u64 {
-        self.spec.size / PAGE_SIZE
+
+    /// The first address past the range.
+    pub fn end(&self) -> GuestAddress {
+        GuestAddress(self.gpa.0 + self.size)
     }
 }
 
@@ -80,6 +69,142 @@ pub enum Mapping {
     Shared,
     /// `MAP_PRIVATE` of a file (restore: copy-on-write, the file is never modified).
     Private,
+}
+
+/// Guest memory could not be set up or accessed.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// A backing file could not be created, sized or mapped.
+    #[error("cannot {what} for a slot of {size:#x} bytes at {:#x}", gpa.0)]
+    Backing {
+        /// The step that failed.
+        what: &'static str,
+        /// Where the slot starts.
+        gpa: GuestAddress,
+        /// Its size.
+        size: u64,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The slots overlap, or one does not fit the address space.
+    #[error("invalid memory layout")]
+    Layout(#[source] vm_memory::GuestRegionCollectionError),
+    /// A slot's size does not fit this host's address space.
+    #[error("a slot of {size:#x} bytes at {:#x} does not fit this host", gpa.0)]
+    TooLarge {
+        /// Where the slot starts.
+        gpa: GuestAddress,
+        /// Its size.
+        size: u64,
+    },
+    /// An access to guest memory failed.
+    #[error("cannot access guest memory")]
+    Access(#[source] GuestMemoryError),
+    /// Replacing a slot's pages failed.
+    #[error("cannot {what} pages {first}..{} of slot {slot}", first + count)]
+    Remap {
+        /// What was being done.
+        what: &'static str,
+        /// The slot's index.
+        slot: usize,
+        /// First page.
+        first: u64,
+        /// Pages.
+        count: u64,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One registered slot.
+#[derive(Debug)]
+pub struct Slot {
+    id: u32,
+    spec: SlotSpec,
+    flags: u32,
+    file: Arc<File>,
+    mapping: Mapping,
+    region: Arc<GuestRegionMmap>,
+}
+
+impl Slot {
+    /// KVM slot number.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    /// Placement and kind.
+    pub fn spec(&self) -> SlotSpec {
+        self.spec
+    }
+    /// Current `KVM_MEM_*` flags.
+    pub fn flags(&self) -> u32 {
+        self.flags
+    }
+    /// Backing file (a memfd, or a snapshot file mapped privately).
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+    /// How the backing is mapped.
+    pub fn mapping(&self) -> Mapping {
+        self.mapping
+    }
+    /// Number of pages.
+    pub fn pages(&self) -> u64 {
+        self.spec.size / PAGE_SIZE
+    }
+    /// Host address of the slot's first byte: for diagnostics only (a restore over a kept
+    /// machine must leave it unchanged).
+    pub fn host_addr(&self) -> u64 {
+        self.region.as_ptr() as u64
+    }
+
+    fn remap_err(
+        &self,
+        what: &'static str,
+        first: u64,
+        count: u64,
+    ) -> impl FnOnce(std::io::Error) -> MemoryError {
+        let slot = usize::try_from(self.id).unwrap_or(usize::MAX);
+        move |source| MemoryError::Remap { what, slot, first, count, source }
+    }
+
+    /// Maps pages `[first, first + count)` of `file` (at the same page offsets)
+    /// copy-on-write over the same pages of this slot.
+    ///
+    /// # Errors
+    /// The pages are not inside the slot, or `mmap` failed.
+    pub fn overlay_file(&self, first: u64, count: u64, file: &File) -> Result<(), MemoryError> {
+        let (off, len) = (first * PAGE_SIZE, count * PAGE_SIZE);
+        crate::sys::mapping::overlay_private(&self.region, off, len, file, off).map_err(self.remap_err(
+            "map a file over",
+            first,
+            count,
+        ))
+    }
+
+    /// Replaces the whole slot with anonymous zero pages.
+    ///
+    /// # Errors
+    /// `mmap` failed.
+    pub fn zero_anonymous(&self) -> Result<(), MemoryError> {
+        crate::sys::mapping::anon_private(&self.region, 0, self.spec.size).map_err(self.remap_err(
+            "zero",
+            0,
+            self.pages(),
+        ))
+    }
+
+    /// Discards the private copies of pages `[first, first + count)`: a privately mapped
+    /// slot reads its file's bytes there again.
+    ///
+    /// # Errors
+    /// The pages are not inside the slot, or `madvise` failed.
+    pub fn discard(&self, first: u64, count: u64) -> Result<(), MemoryError> {
+        crate::sys::mapping::discard_private(&self.region, first * PAGE_SIZE, count * PAGE_SIZE)
+            .map_err(self.remap_err("discard", first, count))
+    }
 }
 
 /// All guest memory of a VM.
@@ -93,9 +218,9 @@ pub struct GuestMemory {
 /// The RAM ranges for `mem_bytes` of guest memory (no firmware).
 pub fn ram_layout(mem_bytes: u64) -> Vec<SlotSpec> {
     let low = mem_bytes.min(MMIO_HOLE_START);
-    let mut v = vec![SlotSpec { gpa: 0, size: low, kind: SlotKind::Ram }];
+    let mut v = vec![SlotSpec { gpa: GuestAddress(0), size: low, kind: SlotKind::Ram }];
     if mem_bytes > low {
-        v.push(SlotSpec { gpa: MMIO_HOLE_END, size: mem_bytes - low, kind: SlotKind::Ram });
+        v.push(SlotSpec { gpa: GuestAddress(MMIO_HOLE_END), size: mem_bytes - low, kind: SlotKind::Ram });
     }
     v
 }
@@ -103,48 +228,36 @@ pub fn ram_layout(mem_bytes: u64) -> Vec<SlotSpec> {
 /// The layout with firmware of `rom_size` bytes: RAM around the VGA hole and the MMIO hole,
 /// the ROM at the top of 4 GiB.
 pub fn firmware_layout(mem_bytes: u64, rom_size: u64) -> Vec<SlotSpec> {
-    let mut v = vec![SlotSpec { gpa: 0, size: VGA_HOLE.0, kind: SlotKind::Ram }];
+    let mut v = vec![SlotSpec { gpa: GuestAddress(0), size: VGA_HOLE.0, kind: SlotKind::Ram }];
     let low_end = mem_bytes.min(MMIO_HOLE_START);
-    v.push(SlotSpec { gpa: VGA_HOLE.1, size: low_end - VGA_HOLE.1, kind: SlotKind::Ram });
+    v.push(SlotSpec { gpa: GuestAddress(VGA_HOLE.1), size: low_end - VGA_HOLE.1, kind: SlotKind::Ram });
     if mem_bytes > low_end {
-        v.push(SlotSpec { gpa: MMIO_HOLE_END, size: mem_bytes - low_end, kind: SlotKind::Ram });
+        v.push(SlotSpec { gpa: GuestAddress(MMIO_HOLE_END), size: mem_bytes - low_end, kind: SlotKind::Ram });
     }
-    v.push(SlotSpec { gpa: MMIO_HOLE_END - rom_size, size: rom_size, kind: SlotKind::Rom });
+    v.push(SlotSpec { gpa: GuestAddress(MMIO_HOLE_END - rom_size), size: rom_size, kind: SlotKind::Rom });
     v
 }
 
-fn mem_err(what: String) -> impl FnOnce(std::io::Error) -> CreateVmError {
-    move |source| CreateVmError::Memory { what, source }
-}
-
-/// Maps `size` bytes of `file` at offset 0 as guest memory at `gpa`.
-pub fn map_file(
-    file: &Arc<File>,
-    gpa: u64,
-    size: u64,
-    mapping: Mapping,
-    readonly: bool,
-) -> Result<GuestRegionMmap, CreateVmError> {
-    let len = usize::try_from(size)
-        .map_err(|_| CreateVmError::Config(format!("slot of {size} bytes too large")))?;
-    let fd = file.try_clone().map_err(mem_err("dup of backing file".into()))?;
+/// Maps all of `file` (`spec.size` bytes from offset 0) as the guest memory `spec` describes.
+fn map_file(file: &Arc<File>, spec: SlotSpec, mapping: Mapping) -> Result<GuestRegionMmap, MemoryError> {
+    let backing = |what| move |source| MemoryError::Backing { what, gpa: spec.gpa, size: spec.size, source };
+    let len =
+        usize::try_from(spec.size).map_err(|_| MemoryError::TooLarge { gpa: spec.gpa, size: spec.size })?;
+    let fd = file.try_clone().map_err(backing("duplicate the backing file"))?;
     let flags = libc::MAP_NORESERVE
         | match mapping {
             Mapping::Shared => libc::MAP_SHARED,
             Mapping::Private => libc::MAP_PRIVATE,
         };
-    let prot = if readonly { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
-    let region = MmapRegionBuilder::new(len)
+    // ROM is mapped writable on the host so the loader can fill it; KVM_MEM_READONLY keeps
+    // the guest from writing it.
+    let region: MmapRegion = MmapRegionBuilder::new(len)
         .with_file_offset(FileOffset::new(fd, 0))
-        .with_mmap_prot(prot)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(flags)
         .build()
-        .map_err(|e| CreateVmError::Memory {
-            what: format!("mmap of {len} bytes"),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    GuestRegionMmap::new(region, GuestAddress(gpa))
-        .ok_or_else(|| CreateVmError::Config(format!("slot at {gpa:#x} of {size:#x} bytes overflows")))
+        .map_err(|e| backing("map the backing file")(std::io::Error::other(e)))?;
+    GuestRegionMmap::new(region, spec.gpa).ok_or(MemoryError::TooLarge { gpa: spec.gpa, size: spec.size })
 }
 
 impl GuestMemory {
@@ -152,11 +265,12 @@ impl GuestMemory {
     ///
     /// # Errors
     /// memfd or mmap failures.
-    pub fn create(specs: &[SlotSpec]) -> Result<Self, CreateVmError> {
+    pub fn create(specs: &[SlotSpec]) -> Result<Self, MemoryError> {
         let mut backed = Vec::with_capacity(specs.len());
         for (i, s) in specs.iter().enumerate() {
-            let file = crate::sys::memfd::create(&format!("vmrr-slot{i}"), s.size)
-                .map_err(mem_err(format!("memfd of {} bytes", s.size)))?;
+            let file = crate::sys::memfd::create(&format!("vmrr-slot{i}"), s.size).map_err(|source| {
+                MemoryError::Backing { what: "create a memfd", gpa: s.gpa, size: s.size, source }
+            })?;
             backed.push((*s, Arc::new(file), Mapping::Shared));
         }
         Self::from_backing(backed)
@@ -166,19 +280,16 @@ impl GuestMemory {
     ///
     /// # Errors
     /// mmap failures, or overlapping ranges.
-    pub fn from_backing(backed: Vec<(SlotSpec, Arc<File>, Mapping)>) -> Result<Self, CreateVmError> {
+    pub fn from_backing(backed: Vec<(SlotSpec, Arc<File>, Mapping)>) -> Result<Self, MemoryError> {
         let mut slots = Vec::with_capacity(backed.len());
         let mut regions = Vec::with_capacity(backed.len());
         for (i, (spec, file, mapping)) in backed.into_iter().enumerate() {
-            // ROM is mapped writable on the host so the loader can fill it; KVM_MEM_READONLY
-            // keeps the guest from writing it.
-            let region = Arc::new(map_file(&file, spec.gpa, spec.size, mapping, false)?);
+            let region = Arc::new(map_file(&file, spec, mapping)?);
             let flags = if spec.kind == SlotKind::Rom { KVM_MEM_READONLY } else { 0 };
             regions.push(Arc::clone(&region));
             slots.push(Slot { id: u32::try_from(i).unwrap_or(u32::MAX), spec, flags, file, mapping, region });
         }
-        let mem = GuestMemoryMmap::from_arc_regions(regions)
-            .map_err(|e| CreateVmError::Config(format!("invalid memory layout: {e}")))?;
+        let mem = GuestMemoryMmap::from_arc_regions(regions).map_err(MemoryError::Layout)?;
         Ok(GuestMemory { slots, mem, use_region2: true })
     }
 
@@ -187,19 +298,24 @@ impl GuestMemory {
         &self.slots
     }
 
+    /// Their placement and kinds, in slot order.
+    pub fn layout(&self) -> Vec<SlotSpec> {
+        self.slots.iter().map(|s| s.spec).collect()
+    }
+
     /// Total bytes of RAM (ROM excluded).
     pub fn ram_bytes(&self) -> u64 {
         self.slots.iter().filter(|s| s.spec.kind == SlotKind::Ram).map(|s| s.spec.size).sum()
     }
 
     /// Highest guest-physical address backed by RAM, plus one.
-    pub fn ram_end(&self) -> u64 {
+    pub fn ram_end(&self) -> GuestAddress {
         self.slots
             .iter()
             .filter(|s| s.spec.kind == SlotKind::Ram)
-            .map(|s| s.spec.gpa + s.spec.size)
+            .map(|s| s.spec.end())
             .max()
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 
     /// The vm-memory view, for byte access.
@@ -207,25 +323,33 @@ impl GuestMemory {
         &self.mem
     }
 
-    /// Writes `data` at `gpa`.
+    /// Writes `data` at `addr`.
     ///
     /// # Errors
-    /// `None` when the range is not backed.
-    pub fn write(&self, gpa: u64, data: &[u8]) -> Option<()> {
-        self.mem.write_slice(data, GuestAddress(gpa)).ok()
+    /// The range is not all backed by memory (the error names the address).
+    pub fn write(&self, addr: GuestAddress, data: &[u8]) -> Result<(), GuestMemoryError> {
+        self.mem.write_slice(data, addr)
     }
 
-    /// Reads into `buf` from `gpa`.
-    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Option<()> {
-        self.mem.read_slice(buf, GuestAddress(gpa)).ok()
+    /// Reads into `buf` from `addr`.
+    ///
+    /// # Errors
+    /// The range is not all backed by memory (the error names the address).
+    pub fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
+        self.mem.read_slice(buf, addr)
     }
 
-    /// Registers every slot with `vm`; `dirty_log` turns on `KVM_MEM_LOG_DIRTY_PAGES` for
+    /// Registers every slot with the VM; `dirty_log` turns on `KVM_MEM_LOG_DIRTY_PAGES` for
     /// RAM slots. Uses region2 when `region2` is true, else the v1 ioctl.
     ///
     /// # Errors
     /// The ioctl's error.
-    pub fn register(&mut self, vm: &VmFd, region2: bool, dirty_log: bool) -> Result<(), kvm_ioctls::Error> {
+    pub fn register(
+        &mut self,
+        vm: &mut VmSlots,
+        region2: bool,
+        dirty_log: bool,
+    ) -> Result<(), kvm_ioctls::Error> {
         self.use_region2 = region2;
         for s in &mut self.slots {
             if s.spec.kind == SlotKind::Ram && dirty_log {
@@ -233,17 +357,7 @@ impl GuestMemory {
             } else {
                 s.flags &= !KVM_MEM_LOG_DIRTY_PAGES;
             }
-            let r = SlotRegion {
-                slot: s.id,
-                flags: s.flags,
-                guest_phys_addr: s.spec.gpa,
-                memory_size: s.spec.size,
-                userspace_addr: s.host_addr(),
-            };
-            // SAFETY: the region is owned by `self.slots` (an Arc held for the VM's life:
-            // GuestMemory is dropped after the VmFd, see `Vm`'s field order), so the host
-            // range stays mapped while KVM may access it.
-            unsafe { set_slot(vm, r, region2)? };
+            vm.register(s.id, s.flags, s.spec.gpa, &s.region.get_mmap(), region2)?;
         }
         Ok(())
     }
@@ -262,8 +376,8 @@ impl GuestMemory {
         self.use_region2
     }
 
-    /// The slot containing `gpa`.
-    pub fn slot_of(&self, gpa: u64) -> Option<&Slot> {
-        self.slots.iter().find(|s| gpa >= s.spec.gpa && gpa - s.spec.gpa < s.spec.size)
+    /// The slot containing `addr`.
+    pub fn slot_of(&self, addr: GuestAddress) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.spec.contains(addr))
     }
 }

@@ -5,5 +5,10 @@ pub mod caps;
 pub mod cpuid;
 pub mod memory;
 pub mod probe;
+pub mod system;
 pub mod vcpu_state;
 pub mod vm;
+
+pub use crate::sys::slots::VmSlots;
+pub use system::{KvmError, open_kvm};
+pub use vm::{CreateVmError, EmptyVm, Vm, VmConfig};

@@ -12,9 +12,12 @@ use std::sync::OnceLock;
 
 use kvm_ioctls::VcpuExit;
 
-use crate::error::CreateVmError;
 use crate::exit::RipConvention;
-use crate::kvm::vm::Vm;
+use crate::kvm::caps::HostCaps;
+use crate::kvm::memory::{GuestMemory, ram_layout};
+use crate::kvm::system::{KvmError, open_kvm};
+use crate::kvm::vm::{CreateVmError, KVM_TSS_ADDR};
+use crate::sys::slots::VmSlots;
 
 /// What the probe measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,16 +47,24 @@ pub fn rip_convention() -> Result<RipConvention, String> {
 }
 
 fn measure() -> Result<HostFacts, CreateVmError> {
-    let (_kvm, _fd, mut vcpu, mem) = Vm::bare(64 << 10)?;
+    let kvm = open_kvm().map_err(CreateVmError::OpenKvm)?;
+    let caps = HostCaps::query(&kvm);
+    let kvm_err = |what| move |source| CreateVmError::Kvm(KvmError { what, source });
+    let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    fd.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    let mut slots = VmSlots::new(fd);
+    let mut mem = GuestMemory::create(&ram_layout(64 << 10))?;
+    mem.register(&mut slots, caps.user_memory2, false).map_err(kvm_err("registering memory slots"))?;
+    let mut vcpu = slots.fd().create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
     // Real mode at 0x1000:
     //   out 0x80, al          ; IO exit
     //   mov [0], al           ; DS = 0x2000: GPA 0x20000 is unbacked: MMIO exit
     //   mov eax, 1 ; cpuid    ; with the TSC bit masked in the vCPU's CPUID
     //   hlt                   ; HLT exit, EDX read back
     let code = [0xe6, 0x80, 0xa2, 0x00, 0x00, 0x66, 0xb8, 0x01, 0x00, 0x00, 0x00, 0x0f, 0xa2, 0xf4];
-    mem.write(0x1000, &code).ok_or(CreateVmError::Config("probe memory".into()))?;
-    let kvm_err = |what| move |source| CreateVmError::Kvm { what, source };
-    let mut cpuid = _kvm
+    mem.write(vm_memory::GuestAddress(0x1000), &code)
+        .map_err(|e| CreateVmError::Memory(crate::kvm::memory::MemoryError::Access(e)))?;
+    let mut cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     for e in cpuid.as_mut_slice() {
@@ -76,7 +87,11 @@ fn measure() -> Result<HostFacts, CreateVmError> {
             VcpuExit::IoOut(..) => 0,
             VcpuExit::MmioWrite(..) => 1,
             VcpuExit::Hlt => 2,
-            _ => return Err(CreateVmError::Config("unexpected exit while probing the host".into())),
+            _ => {
+                return Err(CreateVmError::MissingCapability {
+                    what: "the expected exits while probing the host",
+                });
+            }
         };
         let r = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
         match kind {

@@ -152,14 +152,8 @@ pub struct VcpuState {
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuStateError {
     /// An ioctl failed.
-    #[error("{what} failed")]
-    Kvm {
-        /// The ioctl.
-        what: &'static str,
-        /// Its error.
-        #[source]
-        source: kvm_ioctls::Error,
-    },
+    #[error(transparent)]
+    Kvm(#[from] crate::kvm::system::KvmError),
     /// The state was saved with different struct layouts.
     #[error("vCPU state layout differs from this build: saved {saved:?}, this build {current:?}")]
     Layout {
@@ -191,7 +185,7 @@ pub enum VcpuStateError {
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuStateError {
-    move |source| VcpuStateError::Kvm { what, source }
+    move |source| VcpuStateError::Kvm(crate::kvm::system::KvmError { what, source })
 }
 
 /// KVM's paravirtual MSR ranges (kvmclock, async PF, steal time...).

@@ -6,15 +6,36 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, SyncReg, VcpuFd, VmFd};
 
-use crate::error::CreateVmError;
 use crate::kvm::caps::HostCaps;
 use crate::kvm::cpuid::{self, CpuidProfile};
-use crate::kvm::memory::{GuestMemory, SlotSpec, firmware_layout, ram_layout};
+use crate::kvm::memory::{GuestMemory, MemoryError, SlotSpec, firmware_layout, ram_layout};
+use crate::kvm::system::{KvmError, open_kvm};
+use crate::sys::slots::VmSlots;
 
 /// Where KVM's real-mode TSS lives (three pages just below a 256 KiB ROM).
 pub const KVM_TSS_ADDR: usize = 0xfffb_d000;
 /// vmrr's clock MSR: RDMSR returns host time (ns); handled in userspace via the MSR filter.
 pub const VMRR_CLOCK_MSR: u32 = 0x5652_0001;
+
+/// Creating or configuring a VM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateVmError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// The host's KVM lacks something vmrr needs.
+    #[error("the host's KVM lacks {what}")]
+    MissingCapability {
+        /// The capability.
+        what: &'static str,
+    },
+    /// A KVM ioctl failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+}
 
 /// VM settings.
 #[derive(Debug, Clone)]
@@ -35,11 +56,11 @@ impl Default for VmConfig {
     }
 }
 
-/// Everything of a VM that does not depend on its memory or guest: `/dev/kvm`, the VM with
-/// vmrr's capabilities and MSR filter, and its vCPU (with synced registers). Creating one
-/// is most of a VM's start-up cost (several KVM calls that wait for grace periods), so a
-/// host that restores often can create shells ahead of need and restore into them.
-pub struct Shell {
+/// A VM without memory: `/dev/kvm`, the VM with vmrr's capabilities and MSR filter, and
+/// its vCPU (with synced registers). Creating one is most of a VM's start-up cost (several
+/// KVM calls that wait for grace periods), so a host that restores often can create empty
+/// VMs ahead of need and restore into them.
+pub struct EmptyVm {
     kvm: Kvm,
     fd: VmFd,
     vcpu: VcpuFd,
@@ -47,19 +68,19 @@ pub struct Shell {
     notes: Vec<String>,
 }
 
-impl std::fmt::Debug for Shell {
+impl std::fmt::Debug for EmptyVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shell").field("caps", &self.caps).finish()
+        f.debug_struct("EmptyVm").field("caps", &self.caps).finish()
     }
 }
 
-impl Shell {
-    /// Creates a shell.
+impl EmptyVm {
+    /// Creates an empty VM.
     ///
     /// # Errors
     /// `/dev/kvm` cannot be opened, a required capability is missing, or an ioctl fails.
     pub fn create() -> Result<Self, CreateVmError> {
-        let kvm = open_kvm()?;
+        let kvm = open_kvm().map_err(CreateVmError::OpenKvm)?;
         let caps = HostCaps::query(&kvm);
         if !caps.sync_regs {
             return Err(CreateVmError::MissingCapability { what: "KVM_CAP_SYNC_REGS" });
@@ -103,31 +124,23 @@ impl Shell {
         }
         let mut vcpu = fd.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         vcpu.set_sync_valid_reg(SyncReg::Register);
-        Ok(Shell { kvm, fd, vcpu, caps, notes })
+        Ok(EmptyVm { kvm, fd, vcpu, caps, notes })
     }
 }
 
 /// A VM with one vCPU.
 ///
-/// Field order is drop order: the vCPU and VM file descriptors close before guest memory
-/// is unmapped, so KVM never holds a slot whose mapping is gone.
+/// Field order is drop order: the vCPU, then the VM (whose slots hold their host mappings
+/// until after the VM is closed), then guest memory.
 pub struct Vm {
-    /// The vCPU.
-    pub vcpu: VcpuFd,
-    /// The VM.
-    pub fd: VmFd,
-    /// Guest memory.
-    pub memory: GuestMemory,
-    /// `/dev/kvm`.
-    pub kvm: Kvm,
-    /// Host capabilities.
-    pub caps: HostCaps,
-    /// The CPUID set the guest sees.
-    pub cpuid: CpuId,
-    /// Notes for the user (capability fallbacks), printed by the CLI.
-    pub notes: Vec<String>,
-    /// The configuration.
-    pub config: VmConfig,
+    vcpu: VcpuFd,
+    slots: VmSlots,
+    memory: GuestMemory,
+    kvm: Kvm,
+    caps: HostCaps,
+    cpuid: CpuId,
+    notes: Vec<String>,
+    config: VmConfig,
 }
 
 impl std::fmt::Debug for Vm {
@@ -137,31 +150,7 @@ impl std::fmt::Debug for Vm {
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CreateVmError {
-    move |source| CreateVmError::Kvm { what, source }
-}
-
-/// Opens `/dev/kvm`.
-///
-/// # Errors
-/// [`CreateVmError::OpenKvm`].
-pub fn open_kvm() -> Result<Kvm, CreateVmError> {
-    open_kvm_device().map_err(CreateVmError::OpenKvm)
-}
-
-/// Opens `/dev/kvm`; every path into KVM goes through here.
-///
-/// Built with the `testing` feature (as the test suite builds vmrr), `VMRR_DENY_KVM` in the
-/// environment makes it fail with `EACCES` instead: the hostile-input tests run that way
-/// to prove a bad trace, snapshot or bundle is refused before KVM is ever touched.
-///
-/// # Errors
-/// The `open` error.
-pub fn open_kvm_device() -> Result<Kvm, kvm_ioctls::Error> {
-    #[cfg(feature = "testing")]
-    if std::env::var_os("VMRR_DENY_KVM").is_some() {
-        return Err(kvm_ioctls::Error::new(libc::EACCES));
-    }
-    Kvm::new()
+    move |source| CreateVmError::Kvm(KvmError { what, source })
 }
 
 impl Vm {
@@ -187,60 +176,88 @@ impl Vm {
     /// # Errors
     /// KVM failures.
     pub fn with_memory(config: VmConfig, memory: GuestMemory) -> Result<Self, CreateVmError> {
-        Self::from_shell(Shell::create()?, config, memory, true)
+        Self::from_empty(EmptyVm::create()?, config, memory, true)
     }
 
-    /// Finishes a VM from a [`Shell`] created earlier: registers `memory` and, when
+    /// Finishes a VM from an [`EmptyVm`] created earlier: registers `memory` and, when
     /// `set_cpuid`, gives the vCPU the CPUID of `config`'s profile (a restore sets the
     /// saved CPUID instead and skips the `KVM_GET_SUPPORTED_CPUID` query).
     ///
     /// # Errors
     /// KVM failures.
-    pub fn from_shell(
-        shell: Shell,
+    pub fn from_empty(
+        empty: EmptyVm,
         config: VmConfig,
         mut memory: GuestMemory,
         set_cpuid: bool,
     ) -> Result<Self, CreateVmError> {
-        let Shell { kvm, fd, vcpu, caps, mut notes } = shell;
+        let EmptyVm { kvm, fd, vcpu, caps, notes } = empty;
+        let mut slots = VmSlots::new(fd);
         memory
-            .register(&fd, caps.user_memory2, config.dirty_log)
+            .register(&mut slots, caps.user_memory2, config.dirty_log)
             .map_err(kvm_err("registering memory slots"))?;
         let cpuid = if set_cpuid {
             let c = cpuid::build(&kvm, config.cpuid).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
             vcpu.set_cpuid2(&c).map_err(kvm_err("KVM_SET_CPUID2"))?;
             c
         } else {
-            CpuId::new(0).map_err(|_| CreateVmError::Config("empty CPUID".into()))?
+            CpuId::new(0).map_err(|_| CreateVmError::MissingCapability { what: "an empty CPUID set" })?
         };
-        if let Ok(f) = crate::kvm::probe::host_facts() {
-            if !f.cpuid_enforced {
-                notes.push(
-                    "this host does not apply KVM_SET_CPUID2 to the guest's CPUID instruction (measured): \
-                     the TSC and RDRAND cannot be hidden, so replay of a guest that reads them may diverge"
-                        .to_string(),
-                );
-            }
-        }
-        Ok(Vm { vcpu, fd, memory, kvm, caps, cpuid, notes, config })
+        Ok(Vm { vcpu, slots, memory, kvm, caps, cpuid, notes, config })
     }
 
-    /// A VM with `mem_bytes` of RAM and no vmrr set-up beyond memory (used by the host probe).
-    ///
-    /// # Errors
-    /// KVM or memory failures.
-    pub fn bare(mem_bytes: u64) -> Result<(Kvm, VmFd, VcpuFd, GuestMemory), CreateVmError> {
-        let kvm = open_kvm()?;
-        let caps = HostCaps::query(&kvm);
-        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        fd.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        let mut memory = GuestMemory::create(&ram_layout(mem_bytes))?;
-        memory.register(&fd, caps.user_memory2, false).map_err(kvm_err("registering memory slots"))?;
-        let vcpu = fd.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        let cpuid = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-        Ok((kvm, fd, vcpu, memory))
+    /// The vCPU.
+    pub(crate) fn vcpu(&self) -> &VcpuFd {
+        &self.vcpu
+    }
+
+    /// The vCPU, for `KVM_RUN` and `kvm_run` changes.
+    pub(crate) fn vcpu_mut(&mut self) -> &mut VcpuFd {
+        &mut self.vcpu
+    }
+
+    /// The VM file descriptor.
+    pub(crate) fn fd(&self) -> &VmFd {
+        self.slots.fd()
+    }
+
+    /// `/dev/kvm`.
+    pub(crate) fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// Guest memory, to rebind slots to other files (a restore over the kept machine).
+    pub(crate) fn memory_mut(&mut self) -> &mut GuestMemory {
+        &mut self.memory
+    }
+
+    /// What the host's KVM offers.
+    pub fn caps(&self) -> &HostCaps {
+        &self.caps
+    }
+
+    /// The CPUID set the guest sees.
+    pub fn cpuid(&self) -> &CpuId {
+        &self.cpuid
+    }
+
+    /// Notes for the user (capability fallbacks), printed by the CLI.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Adds a note for the user.
+    pub fn add_note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
     }
 }

@@ -150,3 +150,76 @@ impl Drop for Watchdog {
         }
     }
 }
+
+/// Kicks the thread that started it out of `KVM_RUN` when no exit has been reported for
+/// `limit`: replay's guard against a diverged guest that spins forever without exiting.
+pub struct StallWatch {
+    start: Instant,
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+    fired: Arc<AtomicBool>,
+    done: Sender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for StallWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StallWatch").field("fired", &self.stalled()).finish()
+    }
+}
+
+impl StallWatch {
+    /// Starts watching the calling thread.
+    ///
+    /// # Errors
+    /// The kick signal's handler cannot be installed, or the thread cannot start.
+    pub fn start(limit: Duration) -> std::io::Result<Self> {
+        let kicker = Kicker::current()?;
+        let start = Instant::now();
+        let last_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let fired = Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = channel::<()>();
+        let (l, f) = (Arc::clone(&last_ms), Arc::clone(&fired));
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+        let poll = Duration::from_millis((limit_ms / 4).clamp(1, 50));
+        let thread = std::thread::Builder::new().name("vmrr-stall".into()).spawn(move || {
+            loop {
+                match done_rx.recv_timeout(if f.load(Ordering::Relaxed) {
+                    Duration::from_millis(10)
+                } else {
+                    poll
+                }) {
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+                let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                if now.saturating_sub(l.load(Ordering::Relaxed)) >= limit_ms {
+                    f.store(true, Ordering::Relaxed);
+                }
+                if f.load(Ordering::Relaxed) {
+                    kicker.kick();
+                }
+            }
+        })?;
+        Ok(StallWatch { start, last_ms, fired, done: done_tx, thread: Some(thread) })
+    }
+
+    /// Notes an exit: the guest is not stalled.
+    pub fn progress(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether the limit passed without an exit.
+    pub fn stalled(&self) -> bool {
+        self.fired.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for StallWatch {
+    fn drop(&mut self) {
+        let _ = self.done.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,5 +1,16 @@
-//! Recording: the recorder any VMM embeds in its vCPU loop.
+//! Recording: the recorder any VMM embeds in its vCPU loop, and the prelude every trace
+//! starts with.
 
+pub mod prelude;
 pub mod recorder;
 
 pub use recorder::{Recorder, RecorderError};
+
+/// A recording that has started: what its snapshots must carry.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// The trace's id.
+    pub trace_id: [u8; 16],
+    /// The run's annotations.
+    pub annotations: Vec<(String, String)>,
+}

@@ -33,6 +33,7 @@ use vmrr_format::{
 };
 
 use crate::exit::{RipConvention, RunView};
+use crate::kvm::cpuid;
 use crate::sys::run_page::RunPage;
 
 /// Creating a recorder failed.
@@ -44,6 +45,9 @@ pub enum RecorderError {
     /// The host's RIP reporting could not be probed.
     #[error("cannot probe how this host reports RIP at exits: {0}")]
     Probe(String),
+    /// The trace's prelude could not be written.
+    #[error("cannot write the trace's prelude")]
+    Write(#[from] WriteError),
     /// `KVM_GET_VCPU_MMAP_SIZE` failed.
     #[error("KVM_GET_VCPU_MMAP_SIZE failed")]
     MmapSize(#[source] kvm_ioctls::Error),
@@ -72,7 +76,7 @@ impl Recorder {
     /// The `kvm_run` region cannot be mapped, or the host probe fails.
     pub fn new(kvm: &Kvm, vcpu: &VcpuFd, vcpu_id: u32, writer: TraceWriter) -> Result<Self, RecorderError> {
         let size = kvm.get_vcpu_mmap_size().map_err(RecorderError::MmapSize)?;
-        let run = RunPage::new(vcpu, size).map_err(RecorderError::Map)?;
+        let run = RunPage::map(vcpu, size, false).map_err(RecorderError::Map)?;
         let conv = crate::kvm::probe::rip_convention().map_err(RecorderError::Probe)?;
         let system_event_data =
             kvm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_SYSTEM_EVENT_DATA)) > 0;
@@ -86,7 +90,7 @@ impl Recorder {
 
     /// The current exit, as the bytes of the `kvm_run` region show it.
     pub fn view(&self) -> RunView<'_> {
-        RunView::new(self.run.bytes())
+        RunView::new(self.run.bytes()).expect("RunPage::map checked that struct kvm_run fits")
     }
 
     /// Records the exit now in `kvm_run`, with the VMM's reply and the register sample.
@@ -96,7 +100,7 @@ impl Recorder {
     /// The writer's error (a full disk).
     #[inline]
     pub fn record_exit(&mut self) -> Result<u64, WriteError> {
-        let view = RunView::new(self.run.bytes());
+        let view = RunView::new(self.run.bytes()).expect("RunPage::map checked that struct kvm_run fits");
         let body = view.body(self.system_event_data);
         let regs = view.regs_sample(self.conv);
         self.exits += 1;
@@ -130,6 +134,24 @@ impl Recorder {
     /// The writer's error (including a key or value over the format's limits).
     pub fn annotate(&mut self, key: &str, value: &str) -> Result<u64, WriteError> {
         self.writer.append(self.vcpu_id, Body::Annotation(Annotation { key, value }), None)
+    }
+
+    /// Writes the trace's prelude: the run's `annotations` (how to rebuild it, where it
+    /// ran: see [`super::prelude`]), then the CPUID set the guest sees. Replay reads both
+    /// back; any VMM that embeds the recorder writes the same prelude.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn write_prelude(
+        &mut self,
+        annotations: &[(String, String)],
+        cpuid: &kvm_bindings::CpuId,
+    ) -> Result<(), WriteError> {
+        for (k, v) in annotations {
+            self.annotate(k, v)?;
+        }
+        self.record_cpuid(&cpuid::to_format(cpuid))?;
+        Ok(())
     }
 
     /// Records the CPUID set the guest sees.

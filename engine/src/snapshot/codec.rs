@@ -36,14 +36,8 @@ const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     /// The OS failed a read or write.
-    #[error("cannot access {path}")]
-    Io {
-        /// File.
-        path: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] vmrr_format::FileError),
     /// Not a vmrr snapshot state file.
     #[error("{path}: offset 0x0: bad magic (not a vmrr snapshot state file)")]
     Magic {
@@ -85,16 +79,17 @@ pub enum CodecError {
         computed: u64,
     },
     /// The payload does not decode as this version's state.
-    #[error("{path}: offset 0x18: state does not decode: {detail}")]
+    #[error("{path}: offset 0x18: state does not decode")]
     Decode {
-        /// File.
+        /// The file.
         path: String,
-        /// bincode's message.
-        detail: String,
+        /// bincode's error.
+        #[source]
+        source: bincode::Error,
     },
     /// Encoding failed (a bug).
-    #[error("cannot encode snapshot state: {0}")]
-    Encode(String),
+    #[error("cannot encode snapshot state")]
+    Encode(#[source] bincode::Error),
 }
 
 fn options() -> impl Options {
@@ -106,7 +101,7 @@ fn options() -> impl Options {
 /// # Errors
 /// [`CodecError::Encode`].
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
-    options().serialize(v).map_err(|e| CodecError::Encode(e.to_string()))
+    options().serialize(v).map_err(CodecError::Encode)
 }
 
 /// Bytes `v` takes in the state encoding (to locate fields for error messages).
@@ -138,16 +133,16 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 /// A [`CodecError`] naming the file, offset and reason.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, CodecError> {
     let name = path.display().to_string();
-    let io = |source| CodecError::Io { path: name.clone(), source };
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
+    let io = |what| vmrr_format::FileError::on(what, path);
+    let mut f = std::fs::File::open(path).map_err(io("opening"))?;
+    let len = f.metadata().map_err(io("reading"))?.len();
     let framing = |offset: u64, reason: String| CodecError::Framing { path: name.clone(), offset, reason };
     if len > MAX_STATE + (HEADER as u64) + 8 {
         return Err(framing(0, format!("file of {len} bytes exceeds the state limit of {MAX_STATE}")));
     }
     let mut b = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     // `take`: the file may grow while it is read; never read past the cap.
-    (&mut f).take(MAX_STATE + (HEADER as u64) + 8).read_to_end(&mut b).map_err(io)?;
+    (&mut f).take(MAX_STATE + (HEADER as u64) + 8).read_to_end(&mut b).map_err(io("reading"))?;
     decode(&b, &name)
 }
 
@@ -196,9 +191,7 @@ pub fn decode<T: DeserializeOwned>(b: &[u8], name: &str) -> Result<T, CodecError
     if stored != computed {
         return Err(CodecError::Checksum { path: name, offset: crc_at as u64, stored, computed });
     }
-    options()
-        .deserialize(&b[HEADER..crc_at])
-        .map_err(|e| CodecError::Decode { path: name, detail: e.to_string() })
+    options().deserialize(&b[HEADER..crc_at]).map_err(|source| CodecError::Decode { path: name, source })
 }
 
 #[cfg(test)]

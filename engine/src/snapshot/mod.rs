@@ -10,10 +10,10 @@
 //! run.snapshots/snap-000003/mem-0.raw     only the pages changed since snapshot 2
 //! ```
 //!
-//! - **Capture** writes the first snapshot in full (only populated, non-zero pages; the
+//! - **Capture** ([`take`]) writes the first snapshot in full (only populated, non-zero pages; the
 //!   rest stay holes), later ones incrementally: the pages KVM's dirty log reports since
 //!   the parent. The guest is paused only for that: O(dirty pages), not O(memory).
-//! - **Restore** maps each slot's file `MAP_PRIVATE` (and, for an incremental chain, each
+//! - **Restore** ([`restore`]) maps each slot's file `MAP_PRIVATE` (and, for an incremental chain, each
 //!   run of changed pages from its snapshot's file over it) and registers it with
 //!   `KVM_SET_USER_MEMORY_REGION2`: no page is read until the guest touches it, writes go
 //!   to private copies, the files are never modified, and any number of VMs can share
@@ -33,22 +33,36 @@
 //! and every memory file checked to be at least as large as its slot before anything is
 //! mapped or reaches KVM.
 
+mod capture;
+mod chain;
 pub mod codec;
+mod error;
+mod offline;
+mod overlay;
+mod pages;
+mod restore;
 pub mod state;
 
-mod capture;
-mod restore;
+use std::path::Path;
 
-pub use capture::{CaptureStats, take};
-pub use restore::{
-    ResetStats, flatten, load, load_chain, reset, restore, restore_into, restore_over, squash,
-};
+pub use capture::{CaptureStats, Identity, take};
+pub use chain::{MAX_CHAIN, check_chain, load, load_chain};
+pub use error::SnapshotError;
+pub use offline::{flatten, squash};
+pub use overlay::MAX_OVERLAYS;
+pub use pages::bitmap_runs;
+pub use restore::{ResetStats, reset, restore, restore_into, restore_over};
 pub use state::{SlotState, SnapshotState, VmState};
+pub use vmrr_format::layout::{STATE_FILE, snapshot_dir, snapshots_of as dir_for_trace};
 
-use std::path::{Path, PathBuf};
-
-/// The name of the state file in a snapshot directory.
-pub const STATE_FILE: &str = "state.bin";
+/// A snapshot read from disk and validated: its directory and its state.
+#[derive(Debug, Clone)]
+pub struct StoredSnapshot {
+    /// Its directory.
+    pub dir: std::path::PathBuf,
+    /// Its state.
+    pub state: SnapshotState,
+}
 
 #[cfg(feature = "testing")]
 /// Fuzzing entry point: decodes `data` as a snapshot state file and validates it, exactly
@@ -73,128 +87,17 @@ pub fn fuzz_state(data: &[u8]) {
     }
 }
 
-/// The populated `(offset, len)` ranges of `file` within `[0, len)` (`SEEK_DATA` /
-/// `SEEK_HOLE`): what a sparse memory file holds, found without reading its holes.
-///
-/// # Errors
-/// `lseek` failures.
-pub fn populated_ranges(file: &std::fs::File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    crate::sys::mapping::data_ranges(file, len)
-}
-
-/// Checks that the snapshot in `dir` and its parent chain load and validate, with no cap
-/// on guest memory: what a bundle writer runs on each snapshot before packing it
-/// (`vmrr_format::bundle::pack` takes this function).
-///
-/// # Errors
-/// The chain's first problem.
-pub fn check_chain(dir: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    load_chain(dir, u64::MAX).map(|_| ()).map_err(Into::into)
-}
-
-/// The snapshot directory of a trace: `run.vmrr` -> `run.snapshots`.
-pub fn dir_for_trace(trace: &Path) -> PathBuf {
-    trace.with_extension("snapshots")
-}
-
-/// The directory of snapshot `id` under `root`.
-pub fn snapshot_dir(root: &Path, id: u64) -> PathBuf {
-    root.join(format!("snap-{id:06}"))
-}
-
-/// A snapshot read from disk and validated.
-#[derive(Debug, Clone)]
-pub struct Loaded {
-    /// Its directory.
-    pub dir: PathBuf,
-    /// Its state.
-    pub state: SnapshotState,
-}
-
-/// Snapshot operations failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    /// The state file is unreadable or damaged.
-    #[error(transparent)]
-    Codec(#[from] codec::CodecError),
-    /// The state is inconsistent or hostile.
-    #[error("{path}: {reason}")]
-    Invalid {
-        /// The snapshot.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A memory file is shorter than its slot (mapping it would fault later).
-    #[error("{path}: offset {len:#x}: memory file ends here, but its slot needs {need} bytes")]
-    ShortFile {
-        /// The file.
-        path: String,
-        /// Its length.
-        len: u64,
-        /// The slot size.
-        need: u64,
-    },
-    /// An OS call on a snapshot file failed.
-    #[error("{what} {path}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Creating the VM failed.
-    #[error(transparent)]
-    Vm(#[from] crate::error::CreateVmError),
-    /// vCPU state could not be saved or restored.
-    #[error(transparent)]
-    Vcpu(#[from] crate::kvm::vcpu_state::VcpuStateError),
-    /// Device state could not be restored.
-    #[error(transparent)]
-    Device(#[from] crate::persist::DeviceRestoreError),
-    /// A KVM ioctl failed.
-    #[error("{what} failed")]
-    Kvm {
-        /// The ioctl.
-        what: &'static str,
-        /// Its error.
-        #[source]
-        source: kvm_ioctls::Error,
-    },
-    /// The machine cannot do what was asked.
-    #[error("{0}")]
-    Unsupported(String),
-}
-
-impl SnapshotError {
-    /// True when the cause is damaged or invalid input (CLI exit 3), as opposed to the host.
-    pub fn is_invalid_input(&self) -> bool {
-        matches!(
-            self,
-            SnapshotError::Codec(_)
-                | SnapshotError::Invalid { .. }
-                | SnapshotError::ShortFile { .. }
-                | SnapshotError::Device(_)
-                | SnapshotError::Vcpu(crate::kvm::vcpu_state::VcpuStateError::Layout { .. })
-                | SnapshotError::Vcpu(crate::kvm::vcpu_state::VcpuStateError::TooMany { .. })
-        )
-    }
-}
-
 /// Reads and clears KVM's dirty log of `slot`: a bitmap of the pages written since the last
 /// read, one bit per page.
 pub(crate) fn take_dirty_log(
     vm: &kvm_ioctls::VmFd,
     slot: &crate::kvm::memory::Slot,
 ) -> Result<Vec<u64>, SnapshotError> {
-    vm.get_dirty_log(slot.id, usize::try_from(slot.spec.size).unwrap_or(0))
-        .map_err(|source| SnapshotError::Kvm { what: "KVM_GET_DIRTY_LOG", source })
+    let size = usize::try_from(slot.spec().size).unwrap_or(0);
+    Ok(vm.get_dirty_log(slot.id(), size).map_err(crate::kvm::system::KvmError::on("KVM_GET_DIRTY_LOG"))?)
 }
 
-pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
-    let path = path.display().to_string();
-    move |source| SnapshotError::Io { what, path, source }
+/// `true` when `path` is a snapshot directory (it holds a state file).
+pub fn is_snapshot_dir(path: &Path) -> bool {
+    path.join(STATE_FILE).exists()
 }

@@ -63,37 +63,8 @@ impl SlotState {
         if self.full {
             return vec![(0, self.page_count())];
         }
-        bitmap_runs(&self.pages, self.page_count())
+        super::pages::bitmap_runs(&self.pages, self.page_count())
     }
-}
-
-/// Runs `(first_page, count)` of set bits in a page bitmap (bits past `pages` ignored).
-/// Word at a time: zero and all-ones words cost one comparison each.
-pub fn bitmap_runs(bitmap: &[u64], pages: u64) -> Vec<(u64, u64)> {
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut push = |first: u64, end: u64| match runs.last_mut() {
-        Some((s, n)) if *s + *n == first => *n += end - first,
-        _ => runs.push((first, end - first)),
-    };
-    for (i, &w) in bitmap.iter().enumerate() {
-        let base = i as u64 * 64;
-        if base >= pages {
-            break;
-        }
-        let limit = (pages - base).min(64);
-        let mut w = if limit < 64 { w & ((1u64 << limit) - 1) } else { w };
-        if w == u64::MAX {
-            push(base, base + 64);
-            continue;
-        }
-        while w != 0 {
-            let start = u64::from(w.trailing_zeros());
-            let len = u64::from((w >> start).trailing_ones());
-            push(base + start, base + start + len);
-            w &= if start + len >= 64 { 0 } else { !((1u64 << (start + len)) - 1) };
-        }
-    }
-    runs
 }
 
 /// How the VM was configured.
@@ -301,43 +272,5 @@ impl SnapshotState {
             );
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::cast_possible_truncation)] // page indices in tests are small
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runs_of_a_bitmap() {
-        let b = [0b0110_0001u64, 1u64 << 63];
-        assert_eq!(bitmap_runs(&b, 128), vec![(0, 1), (5, 2), (127, 1)]);
-        // Runs across word boundaries join; bits past `pages` are ignored.
-        let b = [1u64 << 63, u64::MAX, 0b11, 1 << 5];
-        assert_eq!(bitmap_runs(&b, 200), vec![(63, 67), (197, 1)]);
-        assert_eq!(bitmap_runs(&b, 197), vec![(63, 67)]);
-        assert_eq!(bitmap_runs(&[u64::MAX], 10), vec![(0, 10)]);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn runs_agree_with_bits(words in proptest::collection::vec(proptest::prelude::any::<u64>(), 0..8), pages in 0u64..600) {
-            let runs = bitmap_runs(&words, pages);
-            let mut from_runs = vec![false; pages as usize];
-            for (s, n) in &runs {
-                for p in *s..*s + *n {
-                    from_runs[p as usize] = true;
-                }
-            }
-            for p in 0..pages {
-                let bit = words.get((p / 64) as usize).is_some_and(|w| w & (1 << (p % 64)) != 0);
-                proptest::prop_assert_eq!(from_runs[p as usize], bit, "page {}", p);
-            }
-            // Runs are maximal and ordered.
-            for w in runs.windows(2) {
-                proptest::prop_assert!(w[0].0 + w[0].1 < w[1].0);
-            }
-        }
     }
 }

@@ -1,62 +1,62 @@
-//! Memory-management calls for snapshots: finding populated ranges of a file, mapping a
-//! file's pages copy-on-write over part of a guest mapping, and discarding private copies.
+//! Replacing pages of a guest memory mapping in place: a file's pages mapped
+//! copy-on-write over part of it, anonymous zero pages over part of it, and private copies
+//! discarded. Each checks that the range lies inside the mapping it is given, which is what
+//! makes it safe (see the SAFETY comments).
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-/// The populated `(offset, len)` ranges of `file` within `[0, len)` (SEEK_DATA/SEEK_HOLE).
-///
-/// # Errors
-/// `lseek` failures other than "no more data".
-pub fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
-    let fd = file.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos: u64 = 0;
-    while pos < len {
-        let at = i64::try_from(pos).map_err(io::Error::other)?;
-        // SAFETY: lseek on an fd we own with a valid whence; only the return value is used.
-        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // no data after pos
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let (d, h) = (u64::try_from(data).unwrap_or(len), u64::try_from(hole).unwrap_or(len).min(len));
-        if d >= len {
-            break;
-        }
-        out.push((d, h - d));
-        pos = h;
+use vm_memory::MmapRegion;
+
+const PAGE: u64 = 4096;
+
+/// The host address of `[offset, offset + len)` of `mapping`, after checking that the
+/// range is page-aligned, non-empty and inside the mapping.
+fn range(mapping: &MmapRegion, offset: u64, len: u64) -> io::Result<(*mut libc::c_void, usize)> {
+    let size = mapping.size() as u64;
+    let inside = offset.checked_add(len).is_some_and(|end| end <= size);
+    if !inside || len == 0 || offset % PAGE != 0 || len % PAGE != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("range {offset:#x}+{len:#x} is not whole pages inside a mapping of {size:#x} bytes"),
+        ));
     }
-    Ok(out)
+    let l = usize::try_from(len).map_err(io::Error::other)?;
+    let o = usize::try_from(offset).map_err(io::Error::other)?;
+    Ok((mapping.as_ptr().wrapping_add(o).cast(), l))
 }
 
-/// Maps `len` bytes of `file` at `file_offset` copy-on-write (MAP_PRIVATE) over
-/// `[addr, addr + len)`, replacing what was mapped there.
-///
-/// # Safety
-/// `[addr, addr + len)` must lie inside a mapping the caller owns (a guest memory region),
-/// page-aligned, with no Rust references into it alive; the new mapping is released when
-/// that owning mapping is unmapped.
+fn check_mmap(p: *mut libc::c_void, want: *mut libc::c_void) -> io::Result<()> {
+    if p == libc::MAP_FAILED || p != want {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Maps `len` bytes of `file` at `file_offset` copy-on-write (`MAP_PRIVATE`) over
+/// `[offset, offset + len)` of `mapping`: the guest then sees the file's bytes there, its
+/// writes go to private copies, the file is never modified.
 ///
 /// # Errors
-/// The `mmap` error.
-pub unsafe fn overlay_private(addr: u64, len: u64, file: &File, file_offset: u64) -> io::Result<()> {
-    let l = usize::try_from(len).map_err(io::Error::other)?;
+/// The range is not whole pages inside the mapping, or `mmap` failed.
+pub fn overlay_private(
+    mapping: &MmapRegion,
+    offset: u64,
+    len: u64,
+    file: &File,
+    file_offset: u64,
+) -> io::Result<()> {
+    let (addr, l) = range(mapping, offset, len)?;
     let off = i64::try_from(file_offset).map_err(io::Error::other)?;
-    // SAFETY: the caller guarantees the range is inside a mapping it owns, so MAP_FIXED
-    // replaces only pages of that mapping; the fd is valid for the call.
+    // SAFETY: `[addr, addr + l)` was checked to lie inside `mapping`, a live mapping the
+    // borrow keeps alive, so MAP_FIXED replaces only its own pages, with the same
+    // protection: every pointer into it (vm-memory's volatile slices, KVM's memory slot)
+    // still points at mapped, writable memory; only the bytes change, exactly as a guest
+    // write would change them. vm-memory hands out no Rust references into guest memory.
     let p = unsafe {
         libc::mmap(
-            addr as *mut libc::c_void,
+            addr,
             l,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
@@ -64,26 +64,21 @@ pub unsafe fn overlay_private(addr: u64, len: u64, file: &File, file_offset: u64
             off,
         )
     };
-    if p == libc::MAP_FAILED || p as u64 != addr {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    check_mmap(p, addr)
 }
 
-/// Replaces `[addr, addr + len)` with private anonymous memory (zero pages until written).
-///
-/// # Safety
-/// As for [`overlay_private`].
+/// Replaces `[offset, offset + len)` of `mapping` with private anonymous memory (zero pages
+/// until written).
 ///
 /// # Errors
-/// The `mmap` error.
-pub unsafe fn anon_private(addr: u64, len: u64) -> io::Result<()> {
-    let l = usize::try_from(len).map_err(io::Error::other)?;
-    // SAFETY: the caller guarantees the range is inside a mapping it owns, so MAP_FIXED
-    // replaces only pages of that mapping; no fd is involved.
+/// The range is not whole pages inside the mapping, or `mmap` failed.
+pub fn anon_private(mapping: &MmapRegion, offset: u64, len: u64) -> io::Result<()> {
+    let (addr, l) = range(mapping, offset, len)?;
+    // SAFETY: as for `overlay_private`: the checked range lies inside the borrowed live
+    // mapping, whose pages alone MAP_FIXED replaces, keeping them mapped read-write.
     let p = unsafe {
         libc::mmap(
-            addr as *mut libc::c_void,
+            addr,
             l,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
@@ -91,25 +86,20 @@ pub unsafe fn anon_private(addr: u64, len: u64) -> io::Result<()> {
             0,
         )
     };
-    if p == libc::MAP_FAILED || p as u64 != addr {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    check_mmap(p, addr)
 }
 
-/// Discards the private (copy-on-write) copies of `[addr, addr + len)` in a MAP_PRIVATE
-/// file mapping: the next access sees the file's content again. O(pages), one syscall.
-///
-/// # Safety
-/// The range must lie inside a MAP_PRIVATE file mapping the caller owns, with no Rust
-/// references into it alive.
+/// Discards the private (copy-on-write) copies of `[offset, offset + len)` of `mapping`:
+/// in a `MAP_PRIVATE` file mapping the next access sees the file's bytes again, in an
+/// anonymous one zeros; in a shared mapping only the page-table entries go. O(pages), one
+/// system call.
 ///
 /// # Errors
-/// The `madvise` error.
-pub unsafe fn discard_private(addr: u64, len: u64) -> io::Result<()> {
-    let l = usize::try_from(len).map_err(io::Error::other)?;
-    // SAFETY: the caller guarantees the range is in a private file mapping it owns; for such
-    // a mapping MADV_DONTNEED drops the private copies and later reads refault from the file.
-    let r = unsafe { libc::madvise(addr as *mut libc::c_void, l, libc::MADV_DONTNEED) };
+/// The range is not whole pages inside the mapping, or `madvise` failed.
+pub fn discard_private(mapping: &MmapRegion, offset: u64, len: u64) -> io::Result<()> {
+    let (addr, l) = range(mapping, offset, len)?;
+    // SAFETY: the checked range lies inside the borrowed live mapping; MADV_DONTNEED
+    // leaves it mapped (later accesses refault), so no pointer into it dangles.
+    let r = unsafe { libc::madvise(addr, l, libc::MADV_DONTNEED) };
     if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

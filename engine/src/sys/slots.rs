@@ -1,59 +1,84 @@
-//! Registering host memory with KVM as a guest memory slot.
+//! Guest memory slots, registered safely: the VM's file descriptor and every host mapping
+//! registered with it live in one value, which drops the descriptor before the mappings,
+//! so KVM never holds a slot whose host memory is gone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use kvm_bindings::{kvm_userspace_memory_region, kvm_userspace_memory_region2};
 use kvm_ioctls::VmFd;
+use vm_memory::{GuestAddress, MmapRegion};
 
-/// One slot registration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlotRegion {
-    /// Slot number.
-    pub slot: u32,
-    /// `KVM_MEM_*` flags.
-    pub flags: u32,
-    /// Guest physical address.
-    pub guest_phys_addr: u64,
-    /// Size in bytes (0 deletes the slot).
-    pub memory_size: u64,
-    /// Host virtual address of the backing mapping.
-    pub userspace_addr: u64,
+/// A VM's file descriptor and the host mappings registered as its memory slots.
+pub struct VmSlots {
+    /// Declared first: dropped (closing the VM) before the mappings below are unmapped.
+    fd: VmFd,
+    mappings: BTreeMap<u32, Arc<MmapRegion>>,
 }
 
-/// Registers (or updates, or with `memory_size == 0` deletes) a slot, with
-/// `KVM_SET_USER_MEMORY_REGION2` when `use_region2`, else with the v1 ioctl.
-///
-/// # Safety
-/// `userspace_addr..userspace_addr + memory_size` must be a mapping owned by the caller
-/// that stays mapped (readable, and writable unless the slot is `KVM_MEM_READONLY`) until
-/// the slot is deleted or the VM is destroyed: KVM accesses it on the guest's behalf, and
-/// unmapping it earlier lets the guest corrupt whatever is mapped there next.
-///
-/// # Errors
-/// The ioctl's error.
-pub unsafe fn set_slot(vm: &VmFd, r: SlotRegion, use_region2: bool) -> Result<(), kvm_ioctls::Error> {
-    if use_region2 {
-        let region = kvm_userspace_memory_region2 {
-            slot: r.slot,
-            flags: r.flags,
-            guest_phys_addr: r.guest_phys_addr,
-            memory_size: r.memory_size,
-            userspace_addr: r.userspace_addr,
-            guest_memfd_offset: 0,
-            guest_memfd: 0,
-            pad1: 0,
-            pad2: [0; 14],
-        };
-        // SAFETY: the caller guarantees the host range outlives the registration; the
-        // struct is fully initialised with zero padding as the ABI requires.
-        unsafe { vm.set_user_memory_region2(region) }
-    } else {
-        let region = kvm_userspace_memory_region {
-            slot: r.slot,
-            flags: r.flags,
-            guest_phys_addr: r.guest_phys_addr,
-            memory_size: r.memory_size,
-            userspace_addr: r.userspace_addr,
-        };
-        // SAFETY: as above.
-        unsafe { vm.set_user_memory_region(region) }
+impl std::fmt::Debug for VmSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmSlots").field("slots", &self.mappings.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl VmSlots {
+    /// Takes ownership of a VM's file descriptor; no slot is registered yet.
+    pub fn new(fd: VmFd) -> Self {
+        VmSlots { fd, mappings: BTreeMap::new() }
+    }
+
+    /// The VM, for ioctls that do not register memory.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// Registers (or updates the flags of) slot `slot` at `gpa`, backed by all of
+    /// `mapping`, with `KVM_SET_USER_MEMORY_REGION2` when `region2`, else with the v1
+    /// ioctl. The mapping is kept alive for as long as the VM.
+    ///
+    /// # Errors
+    /// The ioctl's error (nothing is kept then).
+    pub fn register(
+        &mut self,
+        slot: u32,
+        flags: u32,
+        gpa: GuestAddress,
+        mapping: &Arc<MmapRegion>,
+        region2: bool,
+    ) -> Result<(), kvm_ioctls::Error> {
+        let userspace_addr = mapping.as_ptr() as u64;
+        let memory_size = mapping.size() as u64;
+        if region2 {
+            let region = kvm_userspace_memory_region2 {
+                slot,
+                flags,
+                guest_phys_addr: gpa.0,
+                memory_size,
+                userspace_addr,
+                guest_memfd_offset: 0,
+                guest_memfd: 0,
+                pad1: 0,
+                pad2: [0; 14],
+            };
+            // SAFETY: the host range is exactly `mapping`, a live mmap of `memory_size`
+            // bytes; a clone of its Arc is stored below in this value, which drops the VM
+            // descriptor before any mapping, so the range stays mapped (readable and
+            // writable as mapped) for as long as KVM can access it. The struct is fully
+            // initialised, padding zero, as the ABI requires.
+            unsafe { self.fd.set_user_memory_region2(region) }?;
+        } else {
+            let region = kvm_userspace_memory_region {
+                slot,
+                flags,
+                guest_phys_addr: gpa.0,
+                memory_size,
+                userspace_addr,
+            };
+            // SAFETY: as above.
+            unsafe { self.fd.set_user_memory_region(region) }?;
+        }
+        self.mappings.insert(slot, Arc::clone(mapping));
+        Ok(())
     }
 }

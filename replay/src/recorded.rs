@@ -1,17 +1,18 @@
-//! The trace as a stream of owned items replay acts on.
+//! The trace as replay consumes it: a stream of what was recorded (exits to reproduce,
+//! interrupts and window changes to apply, checkpoints, the end), each owned so the reader
+//! can move on, with push-back for look-ahead.
 
 use std::collections::VecDeque;
 
-use vmrr_format::{Body, EndOfRun, ReadError, TraceReader};
+use vmrr_format::{Body, EndOfRun, RecordBuf, TraceReader};
 
 use crate::error::ReplayError;
-use crate::expect::{Expected, Shape};
 
-/// One thing replay must do next.
+/// One thing the trace recorded that replay acts on.
 #[derive(Debug, Clone)]
-pub enum Item {
-    /// The guest's next exit must be this.
-    Exit(Expected),
+pub enum Recorded {
+    /// The guest's next exit must be this one.
+    Exit(RecordBuf),
     /// Inject this vector before re-entry.
     Interrupt {
         /// Record sequence number.
@@ -42,65 +43,59 @@ pub enum Item {
     },
 }
 
-impl Item {
+impl Recorded {
     /// The record's sequence number.
     pub fn seq(&self) -> u64 {
         match self {
-            Item::Exit(e) => e.seq,
-            Item::Interrupt { seq, .. }
-            | Item::Window { seq, .. }
-            | Item::Checkpoint { seq, .. }
-            | Item::End { seq, .. } => *seq,
+            Recorded::Exit(e) => e.seq(),
+            Recorded::Interrupt { seq, .. }
+            | Recorded::Window { seq, .. }
+            | Recorded::Checkpoint { seq, .. }
+            | Recorded::End { seq, .. } => *seq,
         }
     }
 }
 
-/// Reads items from a trace, with push-back for look-ahead.
-pub struct Feed {
+/// The records of a trace, from a position on.
+pub struct RecordStream {
     reader: TraceReader,
-    back: VecDeque<Item>,
+    back: VecDeque<Recorded>,
 }
 
-impl Feed {
-    /// Items of `reader`, from its current position.
+impl RecordStream {
+    /// Records of `reader`, from its current position.
     pub fn new(reader: TraceReader) -> Self {
-        Feed { reader, back: VecDeque::new() }
+        RecordStream { reader, back: VecDeque::new() }
     }
 
-    /// The next item, skipping annotations, CPUID records and unknown events.
+    /// The next thing to act on, skipping annotations, CPUID records and unknown events.
     ///
     /// # Errors
     /// Damage or I/O errors.
-    pub fn next_item(&mut self) -> Result<Option<Item>, ReplayError> {
+    pub fn next_recorded(&mut self) -> Result<Option<Recorded>, ReplayError> {
         if let Some(i) = self.back.pop_front() {
             return Ok(Some(i));
         }
         loop {
             let Some(r) = self.reader.next_record() else { return Ok(None) };
-            let rec = match r {
-                Ok(rec) => rec,
-                Err(e @ ReadError::Invalid { .. }) => return Err(e.into()),
-                Err(e) => return Err(e.into()),
-            };
+            let rec = r?;
             let seq = rec.seq;
             let item = match rec.body {
                 Body::Interrupt(i) => {
-                    Item::Interrupt { seq, vector: u8::try_from(i.vector & 0xff).unwrap_or(0) }
+                    Recorded::Interrupt { seq, vector: u8::try_from(i.vector & 0xff).unwrap_or(0) }
                 }
-                Body::InterruptWindow(w) => Item::Window { seq, request: w.request != 0 },
-                Body::Checkpoint(c) => Item::Checkpoint { seq, id: c.snapshot_id },
-                Body::EndOfRun(end) => Item::End { seq, end },
-                ref b => match Shape::of(b) {
-                    Some(shape) => Item::Exit(Expected { seq, shape, regs: rec.regs }),
-                    None => continue,
-                },
+                Body::InterruptWindow(w) => Recorded::Window { seq, request: w.request != 0 },
+                Body::Checkpoint(c) => Recorded::Checkpoint { seq, id: c.snapshot_id },
+                Body::EndOfRun(end) => Recorded::End { seq, end },
+                ref b if b.is_exit() => Recorded::Exit(RecordBuf::new(&rec).map_err(ReplayError::Copy)?),
+                _ => continue,
             };
             return Ok(Some(item));
         }
     }
 
     /// Puts `item` back to be returned next.
-    pub fn push_front(&mut self, item: Item) {
+    pub fn push_front(&mut self, item: Recorded) {
         self.back.push_front(item);
     }
 
@@ -115,6 +110,7 @@ impl Feed {
     }
 
     /// Reads records `seqs` again (for reports), as `vmrr inspect --json` prints them.
+    /// The stream's position is lost: call it when replay is over.
     pub fn records_json(&mut self, seqs: &[u64]) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
         for &s in seqs {

@@ -57,7 +57,7 @@ pub enum CliError {
     Session(#[from] vmrr_engine::session::SessionError),
     /// Running the guest failed.
     #[error(transparent)]
-    Run(#[from] vmrr_engine::error::RunError),
+    Run(#[from] vmrr_engine::machine::RunError),
     /// The recorder could not attach.
     #[error(transparent)]
     Recorder(#[from] vmrr_engine::RecorderError),
@@ -100,10 +100,9 @@ impl CliError {
             CliError::Capability(_) => KVM_MISSING,
             CliError::Replay(_) => INTERNAL,
             CliError::Snapshot(
-                vmrr_engine::snapshot::SnapshotError::Vm(_)
-                | vmrr_engine::snapshot::SnapshotError::Kvm { .. },
+                vmrr_engine::snapshot::SnapshotError::Vm(_) | vmrr_engine::snapshot::SnapshotError::Kvm(_),
             ) => KVM_MISSING,
-            CliError::Snapshot(vmrr_engine::snapshot::SnapshotError::Io { .. }) => OUTPUT,
+            CliError::Snapshot(vmrr_engine::snapshot::SnapshotError::File(_)) => OUTPUT,
             CliError::Snapshot(_) => INTERNAL,
             CliError::Reported { code } => *code,
         }
@@ -125,23 +124,22 @@ impl CliError {
 }
 
 fn session_code(e: &vmrr_engine::session::SessionError) -> u8 {
-    use vmrr_engine::error::CreateVmError;
+    use vmrr_engine::kvm::CreateVmError;
     use vmrr_engine::session::SessionError;
     match e {
         SessionError::Config(_) => USAGE,
         SessionError::Vm(
-            CreateVmError::OpenKvm(_) | CreateVmError::MissingCapability { .. } | CreateVmError::Kvm { .. },
+            CreateVmError::OpenKvm(_) | CreateVmError::MissingCapability { .. } | CreateVmError::Kvm(_),
         ) => KVM_MISSING,
-        SessionError::Vm(CreateVmError::Config(_)) => USAGE,
-        SessionError::Vm(CreateVmError::Memory { .. }) | SessionError::Boot(_) => INTERNAL,
+        SessionError::Vm(CreateVmError::Memory(_)) | SessionError::Boot(_) => INTERNAL,
     }
 }
 
-fn run_code(e: &vmrr_engine::error::RunError) -> u8 {
-    use vmrr_engine::error::RunError;
+fn run_code(e: &vmrr_engine::machine::RunError) -> u8 {
+    use vmrr_engine::machine::RunError;
     match e {
-        RunError::Trace(_) | RunError::Output(_) | RunError::Snapshot(_) => OUTPUT,
-        RunError::Kvm { .. } => KVM_MISSING,
+        RunError::Trace(_) | RunError::Output(_) | RunError::Hook { .. } => OUTPUT,
+        RunError::Kvm(_) => KVM_MISSING,
         RunError::Os { .. } => INTERNAL,
     }
 }

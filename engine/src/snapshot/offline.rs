@@ -1,0 +1,169 @@
+//! Rewriting snapshots on disk, without KVM: flattening a chain into one full snapshot,
+//! and squashing a full snapshot into its child (how the flight recorder drops its oldest
+//! checkpoint).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use vmrr_format::FileError;
+use vmrr_format::layout::STATE_FILE;
+
+use super::chain::load;
+use super::pages::{Zeros, copy_pages};
+use super::{SnapshotError, StoredSnapshot, codec};
+use crate::kvm::memory::PAGE_SIZE;
+
+fn write_state(path: &Path, state: &super::SnapshotState) -> Result<(), SnapshotError> {
+    let bytes = codec::frame(&codec::encode(state)?);
+    std::fs::write(path, bytes).map_err(FileError::on("writing", path))?;
+    File::open(path).and_then(|f| f.sync_all()).map_err(FileError::on("syncing", path))?;
+    Ok(())
+}
+
+/// Writes the newest snapshot of `chain` as one full snapshot into `out` (a snapshot
+/// directory): every page resolved through the chain, zero pages left as holes.
+///
+/// # Errors
+/// File-system failures.
+pub fn flatten(chain: &[StoredSnapshot], out: &Path) -> Result<(), SnapshotError> {
+    let top = chain.last().ok_or(SnapshotError::EmptyChain)?;
+    let tmp = out.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(FileError::on("creating", &tmp))?;
+    let mut state = top.state.clone();
+    state.parent = None;
+    let zero = vec![0u8; usize::try_from(PAGE_SIZE).unwrap_or(4096)];
+    for (i, s) in state.slots.iter_mut().enumerate() {
+        let dst_path = tmp.join(&s.file);
+        let dst = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&dst_path)
+            .map_err(FileError::on("creating", &dst_path))?;
+        dst.set_len(s.size).map_err(FileError::on("sizing", &dst_path))?;
+        for l in chain {
+            let Some(src_slot) = l.state.slots.get(i) else { continue };
+            let src_path = l.dir.join(&src_slot.file);
+            let src = super::overlay::open(&src_path)?;
+            let runs = if src_slot.full {
+                vmrr_format::layout::populated_ranges(&src, s.size)
+                    .map_err(FileError::on("scanning", &src_path))?
+                    .into_iter()
+                    .map(|(o, n)| {
+                        (o / PAGE_SIZE, (o + n).div_ceil(PAGE_SIZE).min(s.page_count()) - o / PAGE_SIZE)
+                    })
+                    .collect()
+            } else {
+                src_slot.runs()
+            };
+            // A page changed to zero in a later snapshot must overwrite older data; a full
+            // base's zero pages stay holes.
+            let zeros = if src_slot.full { Zeros::Skip } else { Zeros::Write };
+            for (first, count) in runs {
+                copy_pages(
+                    first,
+                    count,
+                    zeros,
+                    |p, buf| {
+                        Ok(src
+                            .read_exact_at(buf, p * PAGE_SIZE)
+                            .map_err(FileError::on("reading", &src_path))?)
+                    },
+                    |p, bytes| {
+                        Ok(dst
+                            .write_all_at(bytes, p * PAGE_SIZE)
+                            .map_err(FileError::on("writing", &dst_path))?)
+                    },
+                )?;
+            }
+        }
+        // Count the non-zero pages of the result.
+        let mut page = vec![0u8; zero.len()];
+        let mut stored = 0;
+        let data = vmrr_format::layout::populated_ranges(&dst, s.size)
+            .map_err(FileError::on("scanning", &dst_path))?;
+        for (o, n) in data {
+            let mut p = o / PAGE_SIZE;
+            while p * PAGE_SIZE < o + n && p < s.page_count() {
+                dst.read_exact_at(&mut page, p * PAGE_SIZE).map_err(FileError::on("reading", &dst_path))?;
+                if page != zero {
+                    stored += 1;
+                }
+                p += 1;
+            }
+        }
+        dst.sync_all().map_err(FileError::on("syncing", &dst_path))?;
+        s.full = true;
+        s.pages = Vec::new();
+        s.stored_pages = stored;
+    }
+    write_state(&tmp.join(STATE_FILE), &state)?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(FileError::on("replacing", out))?;
+    }
+    std::fs::rename(&tmp, out).map_err(FileError::on("renaming", &tmp))?;
+    Ok(())
+}
+
+/// Folds snapshot `older` (full) into its child `newer` (incremental on it): the child's
+/// changed pages are written into the older snapshot's files, its state made full, and the
+/// result takes the child's directory. Afterwards `newer` is a full snapshot and `older` is
+/// gone; grandchildren (whose parent is `newer`) stay valid. O(pages the child changed).
+///
+/// Used by the flight recorder to drop its oldest checkpoint without breaking the chain.
+/// While it runs, the child's directory is the only one named for it: a crash leaves the
+/// old child (whose parent is then missing, so it does not load) or the finished result.
+///
+/// # Errors
+/// Not a full parent and its direct child, or file-system failures.
+pub fn squash(older: &Path, newer: &Path) -> Result<(), SnapshotError> {
+    let o = load(older, u64::MAX)?;
+    let n = load(newer, u64::MAX)?;
+    if o.state.parent.is_some() || n.state.parent != Some(o.state.id) {
+        return Err(SnapshotError::NotParent { older: o.state.id, newer: n.state.id });
+    }
+    let work = older.with_extension("squash");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::rename(older, &work).map_err(FileError::on("renaming", older))?;
+    let mut state = n.state.clone();
+    state.parent = None;
+    for (s, os) in state.slots.iter_mut().zip(&o.state.slots) {
+        let dst_path = work.join(&os.file);
+        let dst = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dst_path)
+            .map_err(FileError::on("opening", &dst_path))?;
+        let src_path = newer.join(&s.file);
+        let src = super::overlay::open(&src_path)?;
+        for (first, count) in s.runs() {
+            copy_pages(
+                first,
+                count,
+                Zeros::Write,
+                |p, buf| {
+                    Ok(src.read_exact_at(buf, p * PAGE_SIZE).map_err(FileError::on("reading", &src_path))?)
+                },
+                |p, bytes| {
+                    Ok(dst.write_all_at(bytes, p * PAGE_SIZE).map_err(FileError::on("writing", &dst_path))?)
+                },
+            )?;
+        }
+        dst.sync_all().map_err(FileError::on("syncing", &dst_path))?;
+        s.file = os.file.clone();
+        s.full = true;
+        s.pages = Vec::new();
+        s.stored_pages = os.stored_pages.max(s.stored_pages);
+    }
+    let tmp = work.join("state.bin.tmp");
+    write_state(&tmp, &state)?;
+    std::fs::rename(&tmp, work.join(STATE_FILE)).map_err(FileError::on("renaming", &tmp))?;
+    std::fs::remove_dir_all(newer).map_err(FileError::on("removing", newer))?;
+    std::fs::rename(&work, newer).map_err(FileError::on("renaming", &work))?;
+    if let Some(root) = newer.parent() {
+        File::open(root).and_then(|d| d.sync_all()).map_err(FileError::on("syncing", root))?;
+    }
+    Ok(())
+}

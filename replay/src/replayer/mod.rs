@@ -1,0 +1,467 @@
+//! The replay loop, as a type: [`Replayer`] holds the machine, the recorded stream, the
+//! recent history and the last input the guest consumed, and each [`Replayer::step`] does
+//! one named thing: apply a recorded event, or replay one exit (run the guest to its next
+//! exit, answer it from the record, check it), diverging or noting a reproduced failure on
+//! the way. Device models see every access (so a snapshot taken during replay holds their
+//! guest-visible state) but never answer the guest and never raise interrupts: the trace
+//! does both.
+
+mod divergence;
+mod failure;
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vmrr_engine::devices::console::Console;
+use vmrr_engine::machine::Machine;
+use vmrr_engine::machine::watchdog::StallWatch;
+use vmrr_engine::snapshot;
+use vmrr_format::overview::{self, TraceOverview};
+use vmrr_format::{Body, Direction, RecordBuf, TraceReader};
+
+use crate::cpu_check;
+use crate::error::ReplayError;
+use crate::matching::{IoBatch, Verdict, match_exit, match_io, match_regs};
+use crate::recorded::{RecordStream, Recorded};
+use crate::report::{Divergence, FailureReport, Outcome, Report, Start};
+use crate::source::Source;
+
+/// Where to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// With `--goto`, the nearest checkpoint at or before it; without, the first (initial)
+    /// snapshot; without snapshots, a guest rebuilt from the trace.
+    #[default]
+    Auto,
+    /// Rebuild the guest from the trace's description (image, built-in, firmware),
+    /// ignoring snapshots.
+    Rebuild,
+    /// A given checkpoint.
+    Checkpoint(u64),
+}
+
+/// Replay settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Stop after the record with this sequence number.
+    pub goto: Option<u64>,
+    /// With `goto`: write a full snapshot of the replayed machine into this directory.
+    pub snapshot_at: Option<PathBuf>,
+    /// Where to start.
+    pub start: StartFrom,
+    /// Refuse to run when this host lacks a CPU feature the recorded guest saw.
+    pub strict_cpu: bool,
+    /// Where the replayed guest's serial output goes.
+    pub serial: Console,
+    /// Use this image instead of the one the trace names (`StartFrom::Rebuild`).
+    pub image: Option<PathBuf>,
+    /// Largest memory a snapshot may ask for.
+    pub max_mem: u64,
+    /// Give up when no exit happens for this long (a diverged guest may spin forever).
+    pub stall: Duration,
+    /// Show progress on stderr when it is a terminal.
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            goto: None,
+            snapshot_at: None,
+            start: StartFrom::Auto,
+            strict_cpu: false,
+            serial: Console::capture_only(),
+            image: None,
+            max_mem: 16 << 30,
+            stall: Duration::from_secs(60),
+            progress: false,
+        }
+    }
+}
+
+/// Exits kept for reports.
+const HISTORY: usize = 8;
+
+/// Why a replay stopped.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// The trace ended (its end-of-run record, or its last record).
+    End,
+    /// The `--goto` target was reached.
+    Goto(u64),
+    /// The guest did something other than what the trace recorded.
+    Diverged(Box<Divergence>),
+}
+
+/// What one [`Replayer::step`] did.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A recorded exit happened again and was answered.
+    Exit {
+        /// Its record.
+        seq: u64,
+    },
+    /// A recorded event was applied (an interrupt injected, the interrupt window set, a
+    /// checkpoint passed).
+    Applied {
+        /// Its record.
+        seq: u64,
+    },
+    /// The recorded fatal exit happened again.
+    Failure {
+        /// Its record.
+        seq: u64,
+    },
+    /// The replay is over.
+    Stopped(Stop),
+}
+
+/// One replay in progress.
+pub struct Replayer<'o> {
+    machine: Machine,
+    records: RecordStream,
+    opts: &'o Options,
+    exits_total: u64,
+    /// The last exits that matched, oldest first.
+    history: VecDeque<RecordBuf>,
+    /// The most recent recorded input the guest consumed (an IN, MMIO read, RDMSR or
+    /// hypercall answer).
+    last_input: Option<u64>,
+    /// Recorded string I/O partly matched by earlier live exits, and its first record.
+    pending_io: Option<(IoBatch, RecordBuf)>,
+    failure: Option<(bool, FailureReport)>,
+    exits_replayed: u64,
+    stall: StallWatch,
+    progress: Option<Instant>,
+}
+
+impl<'o> Replayer<'o> {
+    /// A replay of `machine` from `start` on: the records of `trace` from there.
+    ///
+    /// # Errors
+    /// The trace cannot be read, or the stall guard cannot start.
+    pub fn new(
+        machine: Machine,
+        trace: TraceReader,
+        start: &Start,
+        exits_total: u64,
+        opts: &'o Options,
+    ) -> Result<Self, ReplayError> {
+        let mut records = RecordStream::new(trace);
+        records.seek(start.seq)?;
+        let stall = StallWatch::start(opts.stall)
+            .map_err(|source| ReplayError::Os { what: "starting the replay's stall guard", source })?;
+        let progress =
+            (opts.progress && std::io::stderr().is_terminal() && exits_total > 100_000).then(Instant::now);
+        Ok(Replayer {
+            machine,
+            records,
+            opts,
+            exits_total,
+            history: VecDeque::new(),
+            last_input: None,
+            pending_io: None,
+            failure: None,
+            exits_replayed: 0,
+            stall,
+            progress,
+        })
+    }
+
+    /// The replayed machine.
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// Exits replayed so far.
+    pub fn exits_replayed(&self) -> u64 {
+        self.exits_replayed
+    }
+
+    /// Does the next recorded thing.
+    ///
+    /// # Errors
+    /// The trace or KVM failed (a divergence is an [`Event::Stopped`], not an error).
+    pub fn step(&mut self) -> Result<Event, ReplayError> {
+        if let Some((batch, rec)) = self.pending_io.take() {
+            return self.replay_io(batch, rec);
+        }
+        let Some(item) = self.records.next_recorded()? else { return Ok(Event::Stopped(Stop::End)) };
+        if let Some(g) = self.opts.goto.filter(|g| item.seq() > *g) {
+            return Ok(Event::Stopped(Stop::Goto(g)));
+        }
+        match item {
+            Recorded::Exit(rec) => self.replay_exit(rec),
+            Recorded::End { .. } => Ok(Event::Stopped(Stop::End)),
+            event => self.apply_event(event),
+        }
+    }
+
+    /// Applies a recorded interrupt, window change or checkpoint.
+    fn apply_event(&mut self, event: Recorded) -> Result<Event, ReplayError> {
+        let seq = event.seq();
+        match event {
+            Recorded::Interrupt { vector, .. } => {
+                if !self.machine.can_take_interrupt() {
+                    let why = format!(
+                        "interrupt {vector:#x} was injected here when recording, but the replayed guest cannot take it (interrupts disabled or not ready)"
+                    );
+                    return Ok(self.diverge(seq, why, None));
+                }
+                self.machine.inject_recorded_interrupt(vector)?;
+            }
+            Recorded::Window { request, .. } => self.machine.set_interrupt_window(request)?,
+            Recorded::Checkpoint { .. } | Recorded::Exit(_) | Recorded::End { .. } => {}
+        }
+        Ok(Event::Applied { seq })
+    }
+
+    /// Replays one recorded exit: port I/O as a batch, anything else on its own.
+    fn replay_exit(&mut self, rec: RecordBuf) -> Result<Event, ReplayError> {
+        if self.failure.is_some() {
+            return Ok(self.diverge(rec.seq(), "the trace continues after the fatal exit".into(), None));
+        }
+        if let Some(batch) = IoBatch::of(&rec.record()) {
+            return self.replay_io(batch, rec);
+        }
+        if !self.enter()? {
+            return Ok(self.stalled(rec.seq()));
+        }
+        let recorded = rec.record();
+        // A reply of another kind does not fit the exit: nothing is answered, and the
+        // check below reports the difference.
+        let _ = self.machine.answer(&recorded.body);
+        let live = self.machine.exit();
+        let verdict = match match_exit(&recorded.body, &live.body) {
+            Verdict::Match => self.check_regs(recorded.regs, live.regs),
+            other => other,
+        };
+        if let Verdict::Mismatch(why) = verdict {
+            let actual = divergence::live_json(rec.seq(), &live);
+            return Ok(self.diverge(rec.seq(), why, Some(actual)));
+        }
+        let fatal = matches!(recorded.body, Body::InternalError(_) | Body::FailEntry(_) | Body::Shutdown);
+        if matches!(recorded.body, Body::Mmio(m) if !m.is_write)
+            || matches!(recorded.body, Body::RdMsr(_) | Body::Hypercall(_))
+        {
+            self.last_input = Some(rec.seq());
+        }
+        if fatal {
+            self.failure = Some(failure::report(&self.machine, &self.history, &rec));
+        }
+        let seq = rec.seq();
+        self.matched(rec);
+        Ok(if fatal { Event::Failure { seq } } else { Event::Exit { seq } })
+    }
+
+    /// Replays recorded port I/O (`rec` starts the batch): one live exit consumes all or
+    /// part of the batch, or a batch merged from the following recorded exits.
+    fn replay_io(&mut self, mut batch: IoBatch, rec: RecordBuf) -> Result<Event, ReplayError> {
+        let seq = batch.seq;
+        if !self.enter()? {
+            return Ok(self.stalled(seq));
+        }
+        let live_count = match self.machine.exit().body {
+            Body::Io(io) => io.count,
+            _ => 0,
+        };
+        while live_count > batch.count() {
+            let Some(next) = self.records.next_recorded()? else { break };
+            let merged = matches!(&next, Recorded::Exit(r) if batch.absorb(&r.record()));
+            if !merged {
+                self.records.push_front(next);
+                break;
+            }
+        }
+        let _ = self.machine.answer(&batch.body());
+        let live = self.machine.exit();
+        let verdict = match match_io(&mut batch, &live.body) {
+            Verdict::Match => self.check_regs(batch.regs, live.regs),
+            other => other,
+        };
+        if let Verdict::Mismatch(why) = verdict {
+            let actual = divergence::live_json(seq, &live);
+            return Ok(self.diverge(seq, why, Some(actual)));
+        }
+        if batch.direction == Direction::In {
+            self.last_input = Some(seq);
+        }
+        if verdict == Verdict::Partial {
+            self.pending_io = Some((batch, rec));
+        } else {
+            self.matched(rec);
+        }
+        Ok(Event::Exit { seq })
+    }
+
+    /// Runs the guest to its next exit; `false` when it made none within the stall limit.
+    fn enter(&mut self) -> Result<bool, ReplayError> {
+        loop {
+            if self.machine.run_to_exit()? {
+                self.stall.progress();
+                self.exits_replayed += 1;
+                self.show_progress();
+                return Ok(true);
+            }
+            if self.stall.stalled() {
+                return Ok(false);
+            }
+        }
+    }
+
+    fn check_regs(
+        &self,
+        recorded: Option<vmrr_format::RegsSample>,
+        live: Option<vmrr_format::RegsSample>,
+    ) -> Verdict {
+        match match_regs(recorded, live, &|rip| self.machine.instruction_len_at(rip)) {
+            Ok(()) => Verdict::Match,
+            Err(why) => Verdict::Mismatch(why),
+        }
+    }
+
+    fn stalled(&mut self, seq: u64) -> Event {
+        let why = format!(
+            "the replayed guest made no exit within {} s; the recording's next exit is this record",
+            self.opts.stall.as_secs()
+        );
+        self.diverge(seq, why, None)
+    }
+
+    fn diverge(&mut self, seq: u64, reason: String, actual: Option<serde_json::Value>) -> Event {
+        let d = divergence::build(
+            &self.machine,
+            &mut self.records,
+            &self.history,
+            seq,
+            reason,
+            actual,
+            self.last_input,
+        );
+        Event::Stopped(Stop::Diverged(Box::new(d)))
+    }
+
+    /// Keeps a matched exit in the history.
+    fn matched(&mut self, rec: RecordBuf) {
+        self.history.push_back(rec);
+        if self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+    }
+
+    fn show_progress(&mut self) {
+        if self.progress.is_some_and(|l| l.elapsed() > Duration::from_millis(250)) {
+            self.progress = Some(Instant::now());
+            eprint!("\rreplay: {} / {} exits", self.exits_replayed, self.exits_total);
+        }
+    }
+}
+
+/// Replays `src`.
+///
+/// # Errors
+/// The replay could not run: damaged input, KVM, a missing CPU feature with
+/// `strict_cpu`. A divergence is not an error: it is the report's outcome.
+pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
+    let t0 = Instant::now();
+    let f = overview::scan(&src.trace)?;
+    let mut notes = Vec::new();
+    if f.unfinished {
+        notes.push(
+            "the trace's writer did not finish (no index or a torn last chunk): replaying what is intact"
+                .into(),
+        );
+    }
+    let cpu_warnings = match cpu_check::host_cpuid() {
+        Ok(host) => cpu_check::missing(&f.cpuid, &host),
+        Err(e) => vec![format!("(could not read this host's CPUID: {e})")],
+    };
+    if opts.strict_cpu && !cpu_warnings.is_empty() {
+        return Err(ReplayError::CpuMismatch(cpu_warnings.join(", ")));
+    }
+    let (machine, start) = crate::start::prepare(src, &f, opts)?;
+    let mut r = Replayer::new(machine, TraceReader::open(&src.trace)?, &start, f.exits, opts)?;
+    let t_loop = Instant::now();
+    let stop = loop {
+        if let Event::Stopped(stop) = r.step()? {
+            break stop;
+        }
+    };
+    let loop_seconds = t_loop.elapsed().as_secs_f64();
+    if r.progress.is_some() {
+        eprintln!();
+    }
+    finish(r, stop, &f, start, ReportParts { notes, cpu_warnings, t0, loop_seconds })
+}
+
+/// What the report needs besides the replayer.
+struct ReportParts {
+    notes: Vec<String>,
+    cpu_warnings: Vec<String>,
+    t0: Instant,
+    loop_seconds: f64,
+}
+
+fn finish(
+    mut r: Replayer<'_>,
+    stop: Stop,
+    f: &TraceOverview,
+    start: Start,
+    parts: ReportParts,
+) -> Result<Report, ReplayError> {
+    let (divergence, stopped_at) = match stop {
+        Stop::Diverged(d) => (Some(*d), None),
+        Stop::Goto(g) => (None, Some(g)),
+        Stop::End => (None, None),
+    };
+    let mut snapshot_written = None;
+    if let (Some(dir), None) = (&r.opts.snapshot_at, &divergence) {
+        let at = stopped_at.or(r.opts.goto);
+        let who = snapshot::Identity {
+            id: 0,
+            parent: None,
+            trace_id: f.trace_id,
+            exit_seq: at,
+            annotations: &f.annotations,
+        };
+        snapshot::take(&mut r.machine, dir, &who)?;
+        snapshot_written = Some(dir.display().to_string());
+    }
+    // Every write the guest made to the serial port was checked byte for byte against the
+    // recording (a difference is a divergence), so without a divergence the replayed
+    // console printed exactly what the recorded one did over the replayed span.
+    let serial_output_matches = divergence.is_none();
+    let outcome = match (&divergence, &r.failure) {
+        (Some(_), _) => Outcome::Diverged,
+        (None, Some(_)) => Outcome::Reproduced,
+        (None, None) => Outcome::Completed,
+    };
+    let (emulation_failure, failure) = match r.failure.take() {
+        Some((true, rep)) => (Some(rep), None),
+        Some((false, rep)) => (None, Some(rep)),
+        None => (None, None),
+    };
+    Ok(Report {
+        outcome,
+        exits_replayed: r.exits_replayed,
+        start,
+        stopped_at,
+        divergence,
+        emulation_failure,
+        failure,
+        serial_output_matches,
+        serial_bytes: r.machine.serial().total(),
+        cpu_warnings: parts.cpu_warnings,
+        notes: parts.notes,
+        snapshot_written,
+        seconds: parts.t0.elapsed().as_secs_f64(),
+        loop_seconds: parts.loop_seconds,
+        exits_per_s: if parts.loop_seconds > 0.0 {
+            r.exits_replayed as f64 / parts.loop_seconds
+        } else {
+            0.0
+        },
+    })
+}

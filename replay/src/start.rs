@@ -1,0 +1,74 @@
+//! Where a replay starts: the machine restored from a checkpoint's snapshot, or rebuilt
+//! from the trace's description of its guest.
+
+use vmrr_engine::devices::console::Console;
+use vmrr_engine::machine::Machine;
+use vmrr_engine::snapshot::{self, snapshot_dir};
+use vmrr_format::overview::{CheckpointMark, TraceOverview};
+
+use crate::error::ReplayError;
+use crate::replayer::{Options, StartFrom};
+use crate::report::Start;
+use crate::source::Source;
+
+fn unreplayable(s: impl Into<String>) -> ReplayError {
+    ReplayError::Unreplayable(s.into())
+}
+
+/// The checkpoint to start from, if any: the one asked for; with `--goto`, the nearest at
+/// or before it; otherwise the first (initial) snapshot present.
+fn checkpoint(
+    src: &Source,
+    f: &TraceOverview,
+    opts: &Options,
+) -> Result<Option<CheckpointMark>, ReplayError> {
+    match opts.start {
+        StartFrom::Rebuild => Ok(None),
+        StartFrom::Checkpoint(id) => f
+            .checkpoints
+            .iter()
+            .find(|c| c.snapshot_id == id)
+            .copied()
+            .map(Some)
+            .ok_or_else(|| unreplayable(format!("the trace has no checkpoint {id}"))),
+        StartFrom::Auto => {
+            let present = |c: &&CheckpointMark| {
+                src.snapshots.as_ref().is_some_and(|r| snapshot_dir(r, c.snapshot_id).is_dir())
+            };
+            Ok(match opts.goto {
+                Some(g) => f.checkpoints.iter().rev().filter(|c| c.record_seq <= g).find(present).copied(),
+                None => f.checkpoints.iter().find(present).copied(),
+            })
+        }
+    }
+}
+
+/// Builds the machine and says where it starts.
+///
+/// # Errors
+/// The snapshot or the trace's description is unusable, or KVM failed.
+pub fn prepare(src: &Source, f: &TraceOverview, opts: &Options) -> Result<(Machine, Start), ReplayError> {
+    let debugcon = Console::capture_only();
+    if let Some(c) = checkpoint(src, f, opts)? {
+        let root = src.snapshots.as_ref().ok_or_else(|| {
+            unreplayable(format!("checkpoint {} needs the snapshot directory", c.snapshot_id))
+        })?;
+        let chain = snapshot::load_chain(&snapshot_dir(root, c.snapshot_id), opts.max_mem)?;
+        if chain.last().is_some_and(|l| l.state.trace_id != f.trace_id) {
+            return Err(unreplayable(format!("snapshot {} belongs to another trace", c.snapshot_id)));
+        }
+        let m = snapshot::restore(&chain, opts.serial.clone(), debugcon, false)?;
+        return Ok((m, Start { snapshot: Some(c.snapshot_id), seq: c.record_seq + 1 }));
+    }
+    let mut cfg = vmrr_engine::session::from_annotations(&f.annotations)
+        .ok_or_else(|| unreplayable("the trace does not describe its guest (vmrr.* annotations missing)"))?;
+    if let (Some(img), vmrr_engine::session::GuestSpec::Image { path, .. }) = (&opts.image, &mut cfg.guest) {
+        *path = img.clone();
+    }
+    let mut m = cfg.build(opts.serial.clone(), debugcon)?;
+    if !f.cpuid.is_empty() {
+        // The guest must see the CPUID it saw when recorded, not this host's.
+        m.set_cpuid(&f.cpuid)?;
+    }
+    Ok((m, Start { snapshot: None, seq: 0 }))
+}
