@@ -13,7 +13,7 @@
 
 use std::process::ExitCode;
 
-/// Success.
+/// Success; replay `completed` or `reproduced`.
 #[allow(dead_code)] // documents the table; success is `Ok(())`
 pub const OK: u8 = 0;
 /// Replay diverged.

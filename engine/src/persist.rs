@@ -36,11 +36,11 @@ pub enum DeviceRestoreError {
     /// A field is out of range.
     #[error("{device}: invalid {field}: {value}")]
     Invalid {
-        /// Device.
+        /// The device whose state it is.
         device: &'static str,
-        /// Field.
+        /// The field out of range.
         field: &'static str,
-        /// Value.
+        /// The value it holds.
         value: u64,
     },
 }

@@ -21,14 +21,14 @@ use vmrr_format::TraceWriter;
 pub enum GuestSpec {
     /// A built-in guest.
     Builtin {
-        /// Name.
+        /// Its name (`vmrr guests` lists them).
         name: String,
         /// `--iterations`.
         iterations: Option<u64>,
     },
     /// A flat binary.
     Image {
-        /// File.
+        /// The image file.
         path: PathBuf,
         /// Load address.
         load_addr: u64,

@@ -13,7 +13,7 @@ pub struct RecordError {
     pub offset: usize,
     /// Sequence number, when the header was readable.
     pub seq: Option<u64>,
-    /// Why.
+    /// What is wrong there.
     pub reason: Reason,
 }
 

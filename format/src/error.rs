@@ -214,9 +214,9 @@ fn describe_unknown_feature(bit: u8, name: Option<&str>, introduced: Option<(u16
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("at {location}: {reason}")]
 pub struct DecodeError {
-    /// Where.
+    /// Where in the file (and chunk) the fault lies.
     pub location: Location,
-    /// Why.
+    /// What is wrong there.
     pub reason: Reason,
 }
 
@@ -295,7 +295,7 @@ pub enum WriteError {
     Unencodable {
         /// The field.
         field: &'static str,
-        /// Why.
+        /// What about it cannot be encoded.
         detail: String,
     },
     /// Compression failed.

@@ -32,7 +32,7 @@ pub struct TraceOverview {
     pub end: Option<(u64, EndOfRun)>,
     /// Exit records.
     pub exits: u64,
-    /// Records.
+    /// Records of every kind.
     pub records: u64,
     /// The file has no index or a torn last chunk (its writer did not finish); what is
     /// intact was read.

@@ -268,7 +268,7 @@ pub struct Msr {
 pub struct Hypercall {
     /// Hypercall number.
     pub nr: u64,
-    /// Arguments.
+    /// The six argument registers.
     pub args: [u64; 6],
     /// Value returned to the guest.
     pub ret: u64,
@@ -306,7 +306,7 @@ pub const INTERRUPT_NMI: u32 = 1;
 /// An interrupt injected before re-entering the guest, after the preceding exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Interrupt {
-    /// Vector.
+    /// The interrupt vector.
     pub vector: u32,
     /// [`INTERRUPT_EXTERNAL`] or [`INTERRUPT_NMI`].
     pub source: u32,
@@ -522,7 +522,7 @@ pub enum Body<'a> {
     Interrupt(Interrupt),
     /// Checkpoint marker.
     Checkpoint(Checkpoint),
-    /// Annotation.
+    /// A key/value note about the run.
     Annotation(Annotation<'a>),
     /// End of run.
     EndOfRun(EndOfRun),

@@ -60,7 +60,7 @@ pub struct WriterOptions {
     pub zstd_level: Option<i32>,
     /// A chunk is closed once its payload reaches this many bytes.
     pub chunk_target: usize,
-    /// Durability.
+    /// When written records are synced to the disk (see [`SyncMode`]).
     pub sync: SyncMode,
     /// A chunk open longer than this is closed at the next record (or by
     /// [`TraceWriter::poll_flush`]), bounding what a crash loses in time.

@@ -42,9 +42,9 @@ pub enum ReplayError {
     /// An OS call failed.
     #[error("{what} failed")]
     Os {
-        /// The call.
+        /// The call that failed.
         what: &'static str,
-        /// Its error.
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },

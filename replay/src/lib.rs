@@ -24,12 +24,16 @@
 pub mod cpu_check;
 mod error;
 pub mod matching;
+mod options;
 pub mod recorded;
 mod replayer;
 pub mod report;
+mod run;
 pub mod source;
 mod start;
 
 pub use error::ReplayError;
-pub use replayer::{Event, Options, Replayer, StartFrom, Stop, replay};
+pub use options::{Options, StartFrom};
+pub use replayer::{Event, Replayer, Stop};
 pub use report::{Outcome, Report};
+pub use run::replay;

@@ -26,11 +26,11 @@ pub const RFLAGS_COMPARED: u64 = 0xfd5;
 pub struct IoBatch {
     /// The first record's sequence number.
     pub seq: u64,
-    /// Direction.
+    /// In or out.
     pub direction: Direction,
     /// Access size.
     pub size: u8,
-    /// Port.
+    /// The port number.
     pub port: u16,
     /// The bytes not yet matched: what OUTs wrote, or what INs must read.
     pub data: Vec<u8>,

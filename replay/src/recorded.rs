@@ -17,7 +17,7 @@ pub enum Recorded {
     Interrupt {
         /// Record sequence number.
         seq: u64,
-        /// Vector.
+        /// The interrupt vector.
         vector: u8,
     },
     /// Set or withdraw the interrupt-window request.

@@ -69,10 +69,18 @@ pub struct FailureReport {
     pub memory_operand: Option<u64>,
     /// What is at that address: `"mmio (no memory slot)"` or 16 bytes of guest RAM in hex.
     pub memory: Option<String>,
-    /// Registers.
+    /// General registers at the failure (hex strings).
     pub registers: serde_json::Value,
     /// The records that led there, oldest first.
     pub exits_before: Vec<serde_json::Value>,
+}
+
+impl FailureReport {
+    /// Whether the failure is KVM's emulation failure (`KVM_INTERNAL_ERROR_EMULATION`).
+    pub fn is_emulation_failure(&self) -> bool {
+        self.exit == vmrr_format::kind::kvm_exit_name(u32::from(vmrr_format::kind::INTERNAL_ERROR))
+            && self.suberror == vmrr_format::SUBERROR_EMULATION
+    }
 }
 
 /// Where the replay started.

@@ -7,7 +7,7 @@ use vmrr_engine::snapshot::{self, snapshot_dir};
 use vmrr_format::overview::{CheckpointMark, TraceOverview};
 
 use crate::error::ReplayError;
-use crate::replayer::{Options, StartFrom};
+use crate::options::{Options, StartFrom};
 use crate::report::Start;
 use crate::source::Source;
 

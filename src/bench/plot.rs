@@ -2,9 +2,9 @@
 
 /// One bar.
 pub struct Bar {
-    /// Label.
+    /// What the bar measures.
     pub label: String,
-    /// Value.
+    /// Its length, in the chart's unit.
     pub value: f64,
     /// Printed value.
     pub text: String,

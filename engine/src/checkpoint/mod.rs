@@ -20,7 +20,7 @@ pub enum CheckpointError {
     Snapshot {
         /// Its id.
         id: u64,
-        /// Why.
+        /// Why the capture failed.
         #[source]
         source: SnapshotError,
     },
@@ -29,7 +29,7 @@ pub enum CheckpointError {
     Record {
         /// Its id.
         id: u64,
-        /// Why.
+        /// Why the trace could not take the record.
         #[source]
         source: vmrr_format::WriteError,
     },

@@ -38,14 +38,13 @@ pub struct Bus {
     mmio: Vec<Range>,
     devices: Vec<Box<dyn BusDevice>>,
     /// Interrupt lines.
-    pub irq: Interrupts,
+    pub(crate) irq: Interrupts,
     /// A stop requested by a device.
-    pub stop: Option<StopRequest>,
+    pub(crate) stop: Option<StopRequest>,
     /// Host clocks.
-    pub clock: Clock,
+    pub(crate) clock: Clock,
     next_deadline: Option<u64>,
-    /// Counters.
-    pub stats: BusStats,
+    stats: BusStats,
 }
 
 fn find(ranges: &[Range], addr: u64) -> Option<Range> {
@@ -181,6 +180,11 @@ impl Bus {
     /// Recomputes the next deadline from every device (after a restore).
     pub fn refresh_deadline(&mut self) {
         self.next_deadline = self.devices.iter().filter_map(|d| d.deadline()).min();
+    }
+
+    /// Accesses nothing claimed.
+    pub fn stats(&self) -> BusStats {
+        self.stats
     }
 
     /// Names of the devices, in the order they were added.

@@ -34,7 +34,7 @@ impl CpuidProfile {
             _ => None,
         }
     }
-    /// Name.
+    /// The profile's name, as `--cpuid` takes it and annotations record it.
     pub fn name(&self) -> &'static str {
         match self {
             CpuidProfile::Deterministic => "deterministic",
@@ -46,15 +46,15 @@ impl CpuidProfile {
 /// A feature bit: leaf, sub-leaf (None = any), register, bit, name.
 #[derive(Debug, Clone, Copy)]
 pub struct FeatureBit {
-    /// Leaf.
+    /// CPUID leaf (EAX on input).
     pub leaf: u32,
     /// Sub-leaf, when the leaf has them.
     pub index: Option<u32>,
     /// Register: 0 eax, 1 ebx, 2 ecx, 3 edx.
     pub reg: u8,
-    /// Bit.
+    /// Bit number in that register.
     pub bit: u8,
-    /// Name.
+    /// The feature's usual name (`rdrand`, `tsc`).
     pub name: &'static str,
 }
 

@@ -110,7 +110,7 @@ pub enum MemoryError {
         slot: usize,
         /// First page.
         first: u64,
-        /// Pages.
+        /// How many pages.
         count: u64,
         /// The OS error.
         #[source]

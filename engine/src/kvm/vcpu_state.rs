@@ -165,9 +165,9 @@ pub enum VcpuStateError {
     /// KVM refused an MSR.
     #[error("KVM accepted {set} of {total} MSRs; it refused index {index:#x}")]
     Msr {
-        /// Accepted.
+        /// MSRs KVM accepted before refusing one.
         set: usize,
-        /// Total.
+        /// MSRs in the state.
         total: usize,
         /// The first refused index.
         index: u32,
@@ -177,9 +177,9 @@ pub enum VcpuStateError {
     TooMany {
         /// Which list.
         what: &'static str,
-        /// Entries.
+        /// Entries the state holds.
         count: usize,
-        /// Limit.
+        /// The most KVM takes.
         max: usize,
     },
 }
@@ -339,12 +339,5 @@ impl VcpuState {
         }
         vcpu.set_vcpu_events(&self.events).map_err(kvm_err("KVM_SET_VCPU_EVENTS"))?;
         Ok(())
-    }
-}
-
-impl PartialEq for VcpuState {
-    fn eq(&self, other: &Self) -> bool {
-        // Compare by serialised bytes: the kvm structs have no PartialEq for every type.
-        crate::snapshot::codec::encode(self).ok() == crate::snapshot::codec::encode(other).ok()
     }
 }

@@ -24,9 +24,9 @@ pub enum RunError {
     /// An OS call failed.
     #[error("{what} failed")]
     Os {
-        /// The call.
+        /// The call that failed.
         what: &'static str,
-        /// Its error.
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
@@ -40,7 +40,7 @@ pub enum RunError {
         hook: &'static str,
         /// The exit it ran after.
         exit: u64,
-        /// Its error.
+        /// What the hook reported.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },

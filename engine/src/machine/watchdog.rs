@@ -22,9 +22,9 @@ pub enum Fired {
 #[derive(Debug, Default)]
 pub struct Flags {
     /// The time limit passed.
-    pub deadline: AtomicBool,
+    deadline: AtomicBool,
     /// A stop was requested.
-    pub stop: AtomicBool,
+    stop: AtomicBool,
 }
 
 impl Flags {
@@ -58,7 +58,7 @@ impl StopHandle {
 /// The watchdog thread; joined on drop (before the vCPU thread can go away).
 pub struct Watchdog {
     /// Flags the run loop polls.
-    pub flags: Arc<Flags>,
+    pub(crate) flags: Arc<Flags>,
     done: Sender<()>,
     wake: Sender<()>,
     thread: Option<JoinHandle<()>>,

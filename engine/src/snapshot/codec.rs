@@ -21,7 +21,7 @@ use bincode::Options;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Magic.
+/// The first 8 bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"VMRRSNAP";
 /// Major version written and read.
 pub const MAJOR: u16 = 1;
@@ -41,7 +41,7 @@ pub enum CodecError {
     /// Not a vmrr snapshot state file.
     #[error("{path}: offset 0x0: bad magic (not a vmrr snapshot state file)")]
     Magic {
-        /// File.
+        /// The state file.
         path: String,
     },
     /// A different major version.
@@ -49,33 +49,33 @@ pub enum CodecError {
         "{path}: offset 0x8: snapshot state version {major}.{minor} is not readable by this vmrr (reads {MAJOR}.x): re-take the snapshot with this version, or use the vmrr that wrote it"
     )]
     Version {
-        /// File.
+        /// The state file.
         path: String,
-        /// Found major.
+        /// The major version the file has.
         major: u16,
-        /// Found minor.
+        /// The minor version the file has.
         minor: u16,
     },
     /// A field of the framing is invalid.
     #[error("{path}: offset {offset:#x}: {reason}")]
     Framing {
-        /// File.
+        /// The state file.
         path: String,
-        /// Where.
+        /// Offset of the faulty field.
         offset: u64,
-        /// What.
+        /// What is wrong with it.
         reason: String,
     },
     /// The checksum does not match.
     #[error("{path}: offset {offset:#x}: CRC-64 mismatch: stored {stored:#018x}, computed {computed:#018x}")]
     Checksum {
-        /// File.
+        /// The state file.
         path: String,
         /// Offset of the stored CRC.
         offset: u64,
-        /// Stored.
+        /// The CRC the file stores.
         stored: u64,
-        /// Computed.
+        /// The CRC of the bytes read.
         computed: u64,
     },
     /// The payload does not decode as this version's state.

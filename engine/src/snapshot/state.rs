@@ -107,6 +107,14 @@ pub struct SnapshotState {
     pub annotations: Vec<(String, String)>,
 }
 
+impl PartialEq for VcpuState {
+    fn eq(&self, other: &Self) -> bool {
+        // Compared as the state file stores them: the kvm structs have no PartialEq for
+        // every type.
+        super::codec::encode(self).ok() == super::codec::encode(other).ok()
+    }
+}
+
 /// A state that fails validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("offset {offset:#x}: {reason}")]

@@ -10,9 +10,8 @@ use vmrr_format::describe::{hex, record_json};
 
 use crate::report::{FailureReport, regs_json};
 
-/// The report of the fatal exit `rec` the machine just made again; `true` for an emulation
-/// failure.
-pub(super) fn report(m: &Machine, history: &VecDeque<RecordBuf>, rec: &RecordBuf) -> (bool, FailureReport) {
+/// The report of the fatal exit `rec` the machine just made again.
+pub(super) fn report(m: &Machine, history: &VecDeque<RecordBuf>, rec: &RecordBuf) -> FailureReport {
     let r = m.fatal_report();
     let memory = r.memory_operand.map(|a| {
         let mut b = [0u8; 16];
@@ -21,25 +20,20 @@ pub(super) fn report(m: &Machine, history: &VecDeque<RecordBuf>, rec: &RecordBuf
             Err(_) => "mmio (no memory slot)".to_string(),
         }
     });
-    let is_emulation = r.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
-        && r.exit_reason == kvm_bindings::KVM_EXIT_INTERNAL_ERROR;
     let mut exits_before: Vec<serde_json::Value> = history.iter().map(|h| record_json(&h.record())).collect();
     exits_before.push(record_json(&rec.record()));
-    (
-        is_emulation,
-        FailureReport {
-            exit: vmrr_format::kind::kvm_exit_name(r.exit_reason).to_string(),
-            suberror: r.suberror,
-            flags: r.flags,
-            rip: r.rip,
-            insn_bytes: hex(r.insn()),
-            insn_size: r.insn_size,
-            disassembly: r.disassembly.clone(),
-            insn_len: r.insn_len,
-            memory_operand: r.memory_operand,
-            memory,
-            registers: regs_json(&r.regs),
-            exits_before,
-        },
-    )
+    FailureReport {
+        exit: vmrr_format::kind::kvm_exit_name(r.exit_reason).to_string(),
+        suberror: r.suberror,
+        flags: r.flags,
+        rip: r.rip,
+        insn_bytes: hex(r.insn()),
+        insn_size: r.insn_size,
+        disassembly: r.disassembly.clone(),
+        insn_len: r.insn_len,
+        memory_operand: r.memory_operand,
+        memory,
+        registers: regs_json(&r.regs),
+        exits_before,
+    }
 }

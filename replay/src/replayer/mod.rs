@@ -11,75 +11,17 @@ mod failure;
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use vmrr_engine::devices::console::Console;
 use vmrr_engine::machine::Machine;
 use vmrr_engine::machine::watchdog::StallWatch;
-use vmrr_engine::snapshot;
-use vmrr_format::overview::{self, TraceOverview};
 use vmrr_format::{Body, Direction, RecordBuf, TraceReader};
 
-use crate::cpu_check;
 use crate::error::ReplayError;
 use crate::matching::{IoBatch, Verdict, match_exit, match_io, match_regs};
+use crate::options::Options;
 use crate::recorded::{RecordStream, Recorded};
-use crate::report::{Divergence, FailureReport, Outcome, Report, Start};
-use crate::source::Source;
-
-/// Where to start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StartFrom {
-    /// With `--goto`, the nearest checkpoint at or before it; without, the first (initial)
-    /// snapshot; without snapshots, a guest rebuilt from the trace.
-    #[default]
-    Auto,
-    /// Rebuild the guest from the trace's description (image, built-in, firmware),
-    /// ignoring snapshots.
-    Rebuild,
-    /// A given checkpoint.
-    Checkpoint(u64),
-}
-
-/// Replay settings.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Stop after the record with this sequence number.
-    pub goto: Option<u64>,
-    /// With `goto`: write a full snapshot of the replayed machine into this directory.
-    pub snapshot_at: Option<PathBuf>,
-    /// Where to start.
-    pub start: StartFrom,
-    /// Refuse to run when this host lacks a CPU feature the recorded guest saw.
-    pub strict_cpu: bool,
-    /// Where the replayed guest's serial output goes.
-    pub serial: Console,
-    /// Use this image instead of the one the trace names (`StartFrom::Rebuild`).
-    pub image: Option<PathBuf>,
-    /// Largest memory a snapshot may ask for.
-    pub max_mem: u64,
-    /// Give up when no exit happens for this long (a diverged guest may spin forever).
-    pub stall: Duration,
-    /// Show progress on stderr when it is a terminal.
-    pub progress: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            goto: None,
-            snapshot_at: None,
-            start: StartFrom::Auto,
-            strict_cpu: false,
-            serial: Console::capture_only(),
-            image: None,
-            max_mem: 16 << 30,
-            stall: Duration::from_secs(60),
-            progress: false,
-        }
-    }
-}
+use crate::report::{Divergence, FailureReport, Start};
 
 /// Exits kept for reports.
 const HISTORY: usize = 8;
@@ -131,7 +73,7 @@ pub struct Replayer<'o> {
     last_input: Option<u64>,
     /// Recorded string I/O partly matched by earlier live exits, and its first record.
     pending_io: Option<(IoBatch, RecordBuf)>,
-    failure: Option<(bool, FailureReport)>,
+    failure: Option<FailureReport>,
     exits_replayed: u64,
     stall: StallWatch,
     progress: Option<Instant>,
@@ -175,9 +117,26 @@ impl<'o> Replayer<'o> {
         &self.machine
     }
 
+    /// The replayed machine, to snapshot it where the replay stopped.
+    pub fn machine_mut(&mut self) -> &mut Machine {
+        &mut self.machine
+    }
+
     /// Exits replayed so far.
     pub fn exits_replayed(&self) -> u64 {
         self.exits_replayed
+    }
+
+    /// The recorded fatal exit, once it happened again.
+    pub fn failure(&self) -> Option<&FailureReport> {
+        self.failure.as_ref()
+    }
+
+    /// Ends the progress line on a terminal, if one was shown.
+    pub fn end_progress(&mut self) {
+        if self.progress.take().is_some() {
+            eprintln!();
+        }
     }
 
     /// Does the next recorded thing.
@@ -357,111 +316,4 @@ impl<'o> Replayer<'o> {
             eprint!("\rreplay: {} / {} exits", self.exits_replayed, self.exits_total);
         }
     }
-}
-
-/// Replays `src`.
-///
-/// # Errors
-/// The replay could not run: damaged input, KVM, a missing CPU feature with
-/// `strict_cpu`. A divergence is not an error: it is the report's outcome.
-pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
-    let t0 = Instant::now();
-    let f = overview::scan(&src.trace)?;
-    let mut notes = Vec::new();
-    if f.unfinished {
-        notes.push(
-            "the trace's writer did not finish (no index or a torn last chunk): replaying what is intact"
-                .into(),
-        );
-    }
-    let cpu_warnings = match cpu_check::host_cpuid() {
-        Ok(host) => cpu_check::missing(&f.cpuid, &host),
-        Err(e) => vec![format!("(could not read this host's CPUID: {e})")],
-    };
-    if opts.strict_cpu && !cpu_warnings.is_empty() {
-        return Err(ReplayError::CpuMismatch(cpu_warnings.join(", ")));
-    }
-    let (machine, start) = crate::start::prepare(src, &f, opts)?;
-    let mut r = Replayer::new(machine, TraceReader::open(&src.trace)?, &start, f.exits, opts)?;
-    let t_loop = Instant::now();
-    let stop = loop {
-        if let Event::Stopped(stop) = r.step()? {
-            break stop;
-        }
-    };
-    let loop_seconds = t_loop.elapsed().as_secs_f64();
-    if r.progress.is_some() {
-        eprintln!();
-    }
-    finish(r, stop, &f, start, ReportParts { notes, cpu_warnings, t0, loop_seconds })
-}
-
-/// What the report needs besides the replayer.
-struct ReportParts {
-    notes: Vec<String>,
-    cpu_warnings: Vec<String>,
-    t0: Instant,
-    loop_seconds: f64,
-}
-
-fn finish(
-    mut r: Replayer<'_>,
-    stop: Stop,
-    f: &TraceOverview,
-    start: Start,
-    parts: ReportParts,
-) -> Result<Report, ReplayError> {
-    let (divergence, stopped_at) = match stop {
-        Stop::Diverged(d) => (Some(*d), None),
-        Stop::Goto(g) => (None, Some(g)),
-        Stop::End => (None, None),
-    };
-    let mut snapshot_written = None;
-    if let (Some(dir), None) = (&r.opts.snapshot_at, &divergence) {
-        let at = stopped_at.or(r.opts.goto);
-        let who = snapshot::Identity {
-            id: 0,
-            parent: None,
-            trace_id: f.trace_id,
-            exit_seq: at,
-            annotations: &f.annotations,
-        };
-        snapshot::take(&mut r.machine, dir, &who)?;
-        snapshot_written = Some(dir.display().to_string());
-    }
-    // Every write the guest made to the serial port was checked byte for byte against the
-    // recording (a difference is a divergence), so without a divergence the replayed
-    // console printed exactly what the recorded one did over the replayed span.
-    let serial_output_matches = divergence.is_none();
-    let outcome = match (&divergence, &r.failure) {
-        (Some(_), _) => Outcome::Diverged,
-        (None, Some(_)) => Outcome::Reproduced,
-        (None, None) => Outcome::Completed,
-    };
-    let (emulation_failure, failure) = match r.failure.take() {
-        Some((true, rep)) => (Some(rep), None),
-        Some((false, rep)) => (None, Some(rep)),
-        None => (None, None),
-    };
-    Ok(Report {
-        outcome,
-        exits_replayed: r.exits_replayed,
-        start,
-        stopped_at,
-        divergence,
-        emulation_failure,
-        failure,
-        serial_output_matches,
-        serial_bytes: r.machine.serial().total(),
-        cpu_warnings: parts.cpu_warnings,
-        notes: parts.notes,
-        snapshot_written,
-        seconds: parts.t0.elapsed().as_secs_f64(),
-        loop_seconds: parts.loop_seconds,
-        exits_per_s: if parts.loop_seconds > 0.0 {
-            r.exits_replayed as f64 / parts.loop_seconds
-        } else {
-            0.0
-        },
-    })
 }

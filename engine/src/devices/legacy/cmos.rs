@@ -17,7 +17,7 @@ pub struct CmosState {
 /// The CMOS device.
 #[derive(Debug)]
 pub struct Cmos {
-    /// State.
+    /// The index register and NVRAM (the snapshot state).
     pub state: CmosState,
 }
 

@@ -118,7 +118,7 @@ pub struct PitState {
 /// The PIT device: ports 0x40-0x43, aliased at 0x61 (offset 0x21).
 #[derive(Debug)]
 pub struct Pit {
-    /// State.
+    /// Its three channels and port B (the snapshot state).
     pub state: PitState,
 }
 

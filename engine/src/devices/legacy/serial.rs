@@ -15,7 +15,7 @@ pub struct SerialState {
     pub lcr: u8,
     /// Modem control.
     pub mcr: u8,
-    /// Scratch.
+    /// Scratch register (no effect; guests probe for the UART with it).
     pub scr: u8,
     /// Divisor latch low.
     pub dll: u8,
@@ -25,7 +25,7 @@ pub struct SerialState {
 
 /// COM port.
 pub struct Serial {
-    /// Registers.
+    /// Its registers (the snapshot state).
     pub state: SerialState,
     console: Console,
 }

@@ -21,7 +21,7 @@ pub struct TimerState {
 /// The interval timer.
 #[derive(Debug)]
 pub struct Timer {
-    /// State.
+    /// Its registers and deadline.
     pub state: TimerState,
 }
 

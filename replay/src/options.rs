@@ -1,0 +1,59 @@
+//! What a replay is asked to do: where to start, where to stop, what to check.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vmrr_engine::devices::console::Console;
+
+/// Where to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// With `--goto`, the nearest checkpoint at or before it; without, the first (initial)
+    /// snapshot; without snapshots, a guest rebuilt from the trace.
+    #[default]
+    Auto,
+    /// Rebuild the guest from the trace's description (image, built-in, firmware),
+    /// ignoring snapshots.
+    Rebuild,
+    /// A given checkpoint.
+    Checkpoint(u64),
+}
+
+/// Replay settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Stop after the record with this sequence number.
+    pub goto: Option<u64>,
+    /// With `goto`: write a full snapshot of the replayed machine into this directory.
+    pub snapshot_at: Option<PathBuf>,
+    /// Where to start.
+    pub start: StartFrom,
+    /// Refuse to run when this host lacks a CPU feature the recorded guest saw.
+    pub strict_cpu: bool,
+    /// Where the replayed guest's serial output goes.
+    pub serial: Console,
+    /// Use this image instead of the one the trace names (`StartFrom::Rebuild`).
+    pub image: Option<PathBuf>,
+    /// Largest memory a snapshot may ask for.
+    pub max_mem: u64,
+    /// Give up when no exit happens for this long (a diverged guest may spin forever).
+    pub stall: Duration,
+    /// Show progress on stderr when it is a terminal.
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            goto: None,
+            snapshot_at: None,
+            start: StartFrom::Auto,
+            strict_cpu: false,
+            serial: Console::capture_only(),
+            image: None,
+            max_mem: 16 << 30,
+            stall: Duration::from_secs(60),
+            progress: false,
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! One replay, from a source to its report: read the trace's overview, check the host's
+//! CPU, build the machine where replay starts, step the [`Replayer`] to a stop, and report.
+
+use std::time::Instant;
+
+use vmrr_engine::snapshot;
+use vmrr_format::TraceReader;
+use vmrr_format::overview::{self, TraceOverview};
+
+use crate::cpu_check;
+use crate::error::ReplayError;
+use crate::options::Options;
+use crate::replayer::{Event, Replayer, Stop};
+use crate::report::{Outcome, Report, Start};
+use crate::source::Source;
+
+/// Replays `src`.
+///
+/// # Errors
+/// The replay could not run: damaged input, KVM, a missing CPU feature with
+/// `strict_cpu`. A divergence is not an error: it is the report's outcome.
+pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
+    let t0 = Instant::now();
+    let f = overview::scan(&src.trace)?;
+    let mut notes = Vec::new();
+    if f.unfinished {
+        notes.push(
+            "the trace's writer did not finish (no index or a torn last chunk): replaying what is intact"
+                .into(),
+        );
+    }
+    let cpu_warnings = match cpu_check::host_cpuid() {
+        Ok(host) => cpu_check::missing(&f.cpuid, &host),
+        Err(e) => vec![format!("(could not read this host's CPUID: {e})")],
+    };
+    if opts.strict_cpu && !cpu_warnings.is_empty() {
+        return Err(ReplayError::CpuMismatch(cpu_warnings.join(", ")));
+    }
+    let (machine, start) = crate::start::prepare(src, &f, opts)?;
+    let mut r = Replayer::new(machine, TraceReader::open(&src.trace)?, &start, f.exits, opts)?;
+    let t_loop = Instant::now();
+    let stop = loop {
+        if let Event::Stopped(stop) = r.step()? {
+            break stop;
+        }
+    };
+    let loop_seconds = t_loop.elapsed().as_secs_f64();
+    r.end_progress();
+    finish(r, opts, stop, &f, start, ReportParts { notes, cpu_warnings, t0, loop_seconds })
+}
+
+/// What the report needs besides the replayer.
+struct ReportParts {
+    notes: Vec<String>,
+    cpu_warnings: Vec<String>,
+    t0: Instant,
+    loop_seconds: f64,
+}
+
+fn finish(
+    mut r: Replayer<'_>,
+    opts: &Options,
+    stop: Stop,
+    f: &TraceOverview,
+    start: Start,
+    parts: ReportParts,
+) -> Result<Report, ReplayError> {
+    let (divergence, stopped_at) = match stop {
+        Stop::Diverged(d) => (Some(*d), None),
+        Stop::Goto(g) => (None, Some(g)),
+        Stop::End => (None, None),
+    };
+    let mut snapshot_written = None;
+    if let (Some(dir), None) = (&opts.snapshot_at, &divergence) {
+        let at = stopped_at.or(opts.goto);
+        let who = snapshot::Identity {
+            id: 0,
+            parent: None,
+            trace_id: f.trace_id,
+            exit_seq: at,
+            annotations: &f.annotations,
+        };
+        snapshot::take(r.machine_mut(), dir, &who)?;
+        snapshot_written = Some(dir.display().to_string());
+    }
+    // Every write the guest made to the serial port was checked byte for byte against the
+    // recording (a difference is a divergence), so without a divergence the replayed
+    // console printed exactly what the recorded one did over the replayed span.
+    let serial_output_matches = divergence.is_none();
+    let outcome = match (&divergence, r.failure()) {
+        (Some(_), _) => Outcome::Diverged,
+        (None, Some(_)) => Outcome::Reproduced,
+        (None, None) => Outcome::Completed,
+    };
+    let (emulation_failure, failure) = match r.failure().cloned() {
+        Some(rep) if rep.is_emulation_failure() => (Some(rep), None),
+        other => (None, other),
+    };
+    Ok(Report {
+        outcome,
+        exits_replayed: r.exits_replayed(),
+        start,
+        stopped_at,
+        divergence,
+        emulation_failure,
+        failure,
+        serial_output_matches,
+        serial_bytes: r.machine().serial().total(),
+        cpu_warnings: parts.cpu_warnings,
+        notes: parts.notes,
+        snapshot_written,
+        seconds: parts.t0.elapsed().as_secs_f64(),
+        loop_seconds: parts.loop_seconds,
+        exits_per_s: if parts.loop_seconds > 0.0 {
+            r.exits_replayed() as f64 / parts.loop_seconds
+        } else {
+            0.0
+        },
+    })
+}
