@@ -23,6 +23,13 @@ impl RecordBuf {
         Ok(RecordBuf { bytes, seq: rec.seq })
     }
 
+    /// Copies a record's bytes as a reader hands them over with it
+    /// (`TraceReader::next_record_raw`): cheaper than encoding it again. `seq` is the
+    /// record's sequence number (a chunk may store it as a delta).
+    pub fn from_raw(raw: &[u8], seq: u64) -> Self {
+        RecordBuf { bytes: raw.to_vec(), seq }
+    }
+
     /// The record's sequence number.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -30,9 +37,12 @@ impl RecordBuf {
 
     /// The record.
     pub fn record(&self) -> Record<'_> {
-        // `new` wrote these bytes with `encode`, and what `encode` writes `decode` reads
-        // (the round trip is tested and fuzzed).
-        decode(&self.bytes).map(|(r, _)| r).expect("a record encoded by RecordBuf::new decodes")
+        // The bytes were written by `encode` (`new`, and what `encode` writes `decode`
+        // reads: the round trip is tested and fuzzed) or already decoded once by a reader
+        // (`from_raw`).
+        let mut rec = decode(&self.bytes).map(|(r, _)| r).expect("a record RecordBuf holds decodes");
+        rec.seq = self.seq;
+        rec
     }
 }
 
@@ -49,5 +59,8 @@ mod tests {
         let buf = RecordBuf::new(&rec).unwrap();
         assert_eq!(buf.seq(), 7);
         assert_eq!(buf.record(), rec);
+        let mut raw = Vec::new();
+        crate::encode(&rec, &mut raw).unwrap();
+        assert_eq!(RecordBuf::from_raw(&raw, 7), buf);
     }
 }

@@ -77,8 +77,8 @@ impl RecordStream {
             return Ok(Some(i));
         }
         loop {
-            let Some(r) = self.reader.next_record() else { return Ok(None) };
-            let rec = r?;
+            let Some(r) = self.reader.next_record_raw() else { return Ok(None) };
+            let (rec, raw) = r?;
             let seq = rec.seq;
             let item = match rec.body {
                 Body::Interrupt(i) => {
@@ -87,7 +87,7 @@ impl RecordStream {
                 Body::InterruptWindow(w) => Recorded::Window { seq, request: w.request != 0 },
                 Body::Checkpoint(c) => Recorded::Checkpoint { seq, id: c.snapshot_id },
                 Body::EndOfRun(end) => Recorded::End { seq, end },
-                ref b if b.is_exit() => Recorded::Exit(RecordBuf::new(&rec).map_err(ReplayError::Copy)?),
+                ref b if b.is_exit() => Recorded::Exit(RecordBuf::from_raw(raw, seq)),
                 _ => continue,
             };
             return Ok(Some(item));

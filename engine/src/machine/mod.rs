@@ -52,6 +52,8 @@ pub struct Machine {
     interrupts: u64,
     window_requested: bool,
     stop: Option<StopHandle>,
+    /// Where devices' answers go when replay only shows them an access.
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -106,6 +108,7 @@ impl Machine {
             interrupts: 0,
             window_requested: false,
             stop: None,
+            scratch: Vec::new(),
         })
     }
 

@@ -68,13 +68,14 @@ impl Machine {
     fn observe(&mut self) {
         let view = crate::exit::RunView::new(self.run_page.bytes());
         let Ok(view) = view else { return };
-        let mut scratch = [0u8; OBSERVE_MAX];
+        let scratch = &mut self.scratch;
         match view.body(false) {
             Body::Io(io) if io.direction == Direction::Out => {
                 self.bus.pio_write(io.port, io.data);
             }
             Body::Io(io) => {
                 let n = io.data.len().min(OBSERVE_MAX);
+                scratch.resize(scratch.len().max(n), 0);
                 self.bus.pio_read(io.port, &mut scratch[..n]);
             }
             Body::Mmio(m) if m.is_write => {
@@ -82,6 +83,7 @@ impl Machine {
             }
             Body::Mmio(m) => {
                 let n = m.bytes().len();
+                scratch.resize(scratch.len().max(n), 0);
                 self.bus.mmio_read(m.phys_addr, &mut scratch[..n]);
             }
             _ => {}

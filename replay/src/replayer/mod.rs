@@ -182,7 +182,8 @@ impl<'o> Replayer<'o> {
         if self.failure.is_some() {
             return Ok(self.diverge(rec.seq(), "the trace continues after the fatal exit".into(), None));
         }
-        if let Some(batch) = IoBatch::of(&rec.record()) {
+        let batch = IoBatch::of(&rec.record());
+        if let Some(batch) = batch {
             return self.replay_io(batch, rec);
         }
         if !self.enter()? {
