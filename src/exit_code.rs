@@ -2,8 +2,8 @@
 //!
 //! | code | meaning |
 //! |---|---|
-//! | 0 | success; replay `completed` or `reproduced` |
-//! | 1 | replay `diverged` |
+//! | 0 | success; replay `completed`, or `reproduced` (the recorded failure happened again, on the path or from the failure point) |
+//! | 1 | replay `diverged` (and a recorded failure did not happen again) |
 //! | 2 | usage error (bad arguments, missing input file), before KVM is touched |
 //! | 3 | damaged or invalid input (trace, snapshot, bundle) |
 //! | 4 | KVM or a capability vmrr needs is missing |

@@ -14,7 +14,12 @@ fn demo_reproduces_the_failure_in_seconds() {
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     assert!(t.elapsed() < std::time::Duration::from_secs(30));
     let out = stdout(&o);
-    assert!(out.contains("failure reproduced from the start and from the last checkpoint"), "{out}");
+    assert!(
+        out.contains(
+            "failure reproduced from the start, from the last checkpoint and from the failure point"
+        ),
+        "{out}"
+    );
     assert!(out.contains("popcnt rax,[rdi]"));
     assert!(at(&d, "repro.vmrr").exists() && at(&d, "demo.vmrr").exists());
 }

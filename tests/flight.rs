@@ -59,8 +59,10 @@ fn a_failure_leaves_a_bundle_of_the_last_checkpoints_that_reproduces_it() {
     assert!(stderr(&o).contains("older dropped"), "{}", stderr(&o));
     assert!(!at(&d, "fr.flight").exists(), "the working directory is removed");
     let m = vmrr_format::bundle::read_manifest(&out, u64::MAX).unwrap();
-    assert_eq!(m.snapshots.len(), 2, "only the last --keep checkpoints: {:?}", m.snapshots);
+    // The last --keep checkpoints, and the failure-point snapshot taken at the failing exit.
+    assert_eq!(m.snapshots.len(), 3, "the last --keep checkpoints and the failure point: {:?}", m.snapshots);
     assert_eq!(m.snapshots[1], m.snapshots[0] + 1);
+    assert_eq!(m.snapshots[2], m.snapshots[1] + 1);
     assert!(m.snapshots[0] > 0, "older checkpoints were dropped");
     let r = vmrr(&["replay", s(&out), "--json"]);
     assert_eq!(r.status.code(), Some(0), "{}", stdout(&r));
@@ -68,6 +70,8 @@ fn a_failure_leaves_a_bundle_of_the_last_checkpoints_that_reproduces_it() {
     assert_eq!(v["outcome"], "reproduced");
     assert_eq!(v["emulation_failure"]["disassembly"], "popcnt rax,[rdi]");
     assert_eq!(v["start"]["snapshot"], m.snapshots[0]);
+    assert_eq!(v["failure_point"]["snapshot"], m.snapshots[2]);
+    assert_eq!(v["failure_point"]["reproduced"], true);
 }
 
 #[test]

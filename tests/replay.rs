@@ -5,7 +5,7 @@ use common::*;
 
 use std::path::{Path, PathBuf};
 
-use vmrr_format::{Body, Io, TraceReader, TraceWriter, WriterOptions};
+use vmrr_format::{Body, TraceReader, TraceWriter, WriterOptions};
 
 fn record(dir: &tempfile::TempDir, name: &str, extra: &[&str]) -> PathBuf {
     let out = at(dir, &format!("{name}.vmrr"));
@@ -23,48 +23,6 @@ fn replay_json(src: &Path, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
     let v =
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&o), stderr(&o)));
     (o.status.code(), v)
-}
-
-/// Copies `src` into `dst` applying `edit` to each record (re-encoded and re-checksummed by
-/// the writer, so it reads cleanly), keeping the trace id so its snapshots still match.
-fn rewrite(src: &Path, dst: &Path, mut edit: impl FnMut(u64, &mut Vec<u8>) -> bool) {
-    let mut r = TraceReader::open(src).unwrap();
-    let opts = WriterOptions { trace_id: Some(r.header().trace_id), ..Default::default() };
-    let mut w = TraceWriter::create(dst, opts).unwrap();
-    while let Some(item) = r.next_record() {
-        let rec = item.unwrap();
-        match rec.body {
-            Body::Io(io) => {
-                let mut data = io.data.to_vec();
-                if edit(rec.seq, &mut data) {
-                    let mut copy = rec;
-                    copy.body = Body::Io(Io { data: &data, ..io });
-                    w.append_record(&copy).unwrap();
-                    continue;
-                }
-                w.append_record(&rec).unwrap();
-            }
-            _ => w.append_record(&rec).unwrap(),
-        }
-    }
-    w.finish().unwrap();
-    let snaps = vmrr_engine::snapshot::dir_for_trace(src);
-    if snaps.is_dir() {
-        let to = vmrr_engine::snapshot::dir_for_trace(dst);
-        copy_dir(&snaps, &to);
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -9,7 +9,49 @@ pub struct Decoded {
     pub text: String,
     /// True instruction length in bytes (KVM's `insn_size` is its fetch window).
     pub len: usize,
+    /// Where its result comes from when no exit carries it (and no trace holds it).
+    pub unrecorded: Option<Unrecorded>,
+    /// Whether it is `hlt`.
+    pub halts: bool,
 }
+
+/// Instructions whose result reaches the guest without an exit under KVM, so a trace of
+/// exits cannot hold it and a replay computes it anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unrecorded {
+    /// `rdtsc`, `rdtscp`: the time-stamp counter.
+    Tsc,
+    /// `rdrand`, `rdseed`: the CPU's random number generator.
+    Random,
+    /// `rdpid`: IA32_TSC_AUX, which the host sets (a CPU number).
+    TscAux,
+    /// `rdpmc`: a performance counter.
+    Pmc,
+    /// `rdmsr`: KVM answers most MSRs in the kernel; some (the TSC, APERF/MPERF) are
+    /// time.
+    MsrRead,
+    /// `cpuid`: the host's answer where it does not apply the vCPU's CPUID set.
+    Cpuid,
+}
+
+impl Unrecorded {
+    fn of(m: iced_x86::Mnemonic) -> Option<Self> {
+        use iced_x86::Mnemonic as M;
+        Some(match m {
+            M::Rdtsc | M::Rdtscp => Unrecorded::Tsc,
+            M::Rdrand | M::Rdseed => Unrecorded::Random,
+            M::Rdpid => Unrecorded::TscAux,
+            M::Rdpmc => Unrecorded::Pmc,
+            M::Rdmsr => Unrecorded::MsrRead,
+            M::Cpuid => Unrecorded::Cpuid,
+            _ => return None,
+        })
+    }
+}
+
+/// MSRs KVM answers in the kernel whose values are time: IA32_TIME_STAMP_COUNTER,
+/// IA32_MPERF, IA32_APERF, IA32_TSC_ADJUST, IA32_TSC_AUX.
+pub const TIME_MSRS: &[u32] = &[0x10, 0xe7, 0xe8, 0x3b, 0xc000_0103];
 
 /// Decodes the first instruction of `bytes` at `rip` in `bitness`-bit mode (16, 32, 64).
 pub fn decode(bytes: &[u8], bitness: u32, rip: u64) -> Option<Decoded> {
@@ -23,7 +65,13 @@ pub fn decode(bytes: &[u8], bitness: u32, rip: u64) -> Option<Decoded> {
     let mut fmt = IntelFormatter::new();
     fmt.options_mut().set_space_after_operand_separator(false);
     fmt.format(&insn, &mut text);
-    Some(Decoded { text, len: insn.len() })
+    let m = insn.mnemonic();
+    Some(Decoded {
+        text,
+        len: insn.len(),
+        unrecorded: Unrecorded::of(m),
+        halts: m == iced_x86::Mnemonic::Hlt,
+    })
 }
 
 /// The code bitness from segment state: 64 in long mode with CS.L, else 32 with CS.D, else 16.

@@ -32,6 +32,8 @@ pub struct TraceOverview {
     pub end: Option<(u64, EndOfRun)>,
     /// Exit records.
     pub exits: u64,
+    /// The last exit record's sequence number.
+    pub last_exit_seq: Option<u64>,
     /// Records of every kind.
     pub records: u64,
     /// The file has no index or a torn last chunk (its writer did not finish); what is
@@ -48,6 +50,16 @@ impl TraceOverview {
     /// True when the recorded run ended in a failure a repro is for.
     pub fn ended_in_failure(&self) -> bool {
         self.end.is_some_and(|(_, e)| end_reason::is_failure(e.reason))
+    }
+
+    /// The failure-point snapshot: a checkpoint taken after the fatal exit a failing run
+    /// ended with (the vCPU as KVM reported it at the failure, and the memory then).
+    pub fn failure_point(&self) -> Option<CheckpointMark> {
+        let last = self.last_exit_seq?;
+        if !self.ended_in_failure() {
+            return None;
+        }
+        self.checkpoints.iter().rev().find(|c| c.record_seq > last).copied()
     }
 }
 
@@ -94,6 +106,7 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
         checkpoints: Vec::new(),
         end: None,
         exits: 0,
+        last_exit_seq: None,
         records: 0,
         unfinished: r.index().is_none(),
     };
@@ -128,6 +141,7 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
         last = Some(rec.seq);
         if kind::is_exit(rec.body.kind()) {
             f.exits += 1;
+            f.last_exit_seq = Some(rec.seq);
         }
         match rec.body {
             Body::Annotation(a) => f.annotations.push((a.key.to_string(), a.value.to_string())),

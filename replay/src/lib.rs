@@ -23,6 +23,9 @@
 
 pub mod cpu_check;
 mod error;
+pub mod explain;
+mod failure_point;
+mod hosts;
 pub mod matching;
 mod options;
 pub mod recorded;
@@ -33,7 +36,7 @@ pub mod source;
 mod start;
 
 pub use error::ReplayError;
-pub use options::{Options, StartFrom};
-pub use replayer::{Event, Replayer, Stop};
+pub use options::{DEFAULT_EXPLAIN_STEPS, Options, StartFrom};
+pub use replayer::{Event, Executed, Replayer, Stop};
 pub use report::{Outcome, Report};
 pub use run::replay;

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use vmrr_engine::devices::console::Console;
 
+/// Instructions the search for a divergence's cause single-steps at most, by default
+/// (about 15 to 60 s on a host where a step costs 15 to 60 us).
+pub const DEFAULT_EXPLAIN_STEPS: u64 = 1_000_000;
+
 /// Where to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartFrom {
@@ -40,6 +44,11 @@ pub struct Options {
     pub stall: Duration,
     /// Show progress on stderr when it is a terminal.
     pub progress: bool,
+    /// Search for the cause of a divergence by single-stepping at most this many
+    /// instructions (`None`: report the divergence without searching).
+    pub explain_steps: Option<u64>,
+    /// Restore and run the failure-point snapshot of a trace that ended in a failure.
+    pub failure_point: bool,
 }
 
 impl Default for Options {
@@ -54,6 +63,8 @@ impl Default for Options {
             max_mem: 16 << 30,
             stall: Duration::from_secs(60),
             progress: false,
+            explain_steps: Some(DEFAULT_EXPLAIN_STEPS),
+            failure_point: true,
         }
     }
 }

@@ -44,6 +44,46 @@ pub struct Divergence {
     pub last_matching: Vec<serde_json::Value>,
     /// Guest registers at the divergence.
     pub registers: serde_json::Value,
+    /// What differs, as a person reads it (`debugcon 0x402 wrote '2', recorded '4'`).
+    pub summary: String,
+    /// The replayed console's last line before the divergence (it printed what the
+    /// recorded console did up to there).
+    pub console: Option<ConsoleTail>,
+    /// One sentence naming the cause (set when the divergence was explained).
+    pub cause: Option<String>,
+    /// Instructions whose results bypass the trace, found by single-stepping to the
+    /// divergence, most likely first.
+    pub suspects: Vec<crate::explain::Suspect>,
+    /// Why no suspect was found, and what the cause can be then.
+    pub why_none: Option<String>,
+    /// The search that looked for suspects (`None`: not searched).
+    pub search: Option<Search>,
+}
+
+/// A console's text before a divergence.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsoleTail {
+    /// Which console (`serial`, `debugcon`).
+    pub device: &'static str,
+    /// Its last line (at most 160 characters; the line being written when it diverged).
+    pub text: String,
+}
+
+/// What the search for a divergence's cause covered.
+#[derive(Debug, Clone, Serialize)]
+pub struct Search {
+    /// Single-stepping began after this record.
+    pub from_seq: u64,
+    /// The search replay stopped at this record.
+    pub to_seq: u64,
+    /// Instructions single-stepped.
+    pub steps: u64,
+    /// The step limit (`--explain-steps`) ended it.
+    pub cut: bool,
+    /// Stretches of ring-3 code run unstepped (this host cannot single-step ring 3).
+    pub unstepped: u64,
+    /// Seconds it took.
+    pub seconds: f64,
 }
 
 /// A reproduced failure.
@@ -83,6 +123,33 @@ impl FailureReport {
     }
 }
 
+/// How the replay of the recorded path ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    /// Every recorded exit happened again (to `--goto`, when given).
+    Completed,
+    /// The guest did something other than what the trace recorded.
+    Diverged,
+}
+
+/// The failure-point snapshot, run on its own.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailurePoint {
+    /// Its snapshot id.
+    pub snapshot: u64,
+    /// The recorded failure happened again from it.
+    pub reproduced: bool,
+    /// The failing instruction's bytes are the recorded ones.
+    pub insn_bytes_match: bool,
+    /// RIP, RSP and RFLAGS at the failure are the recorded ones.
+    pub registers_match: bool,
+    /// What the restored guest did, in one sentence.
+    pub detail: String,
+    /// The failure, decoded, when it happened again.
+    pub failure: Option<FailureReport>,
+}
+
 /// Where the replay started.
 #[derive(Debug, Clone, Serialize)]
 pub struct Start {
@@ -109,6 +176,12 @@ pub struct Report {
     pub emulation_failure: Option<FailureReport>,
     /// Another reproduced fatal exit (internal error, triple fault, failed entry).
     pub failure: Option<FailureReport>,
+    /// How the replay of the recorded path from its first snapshot ended: `completed`
+    /// (including a recorded failure that happened again) or `diverged`.
+    pub path: Path,
+    /// The failure-point snapshot of a recording that ended in a fatal exit, restored and
+    /// run on its own (`None`: the trace has none).
+    pub failure_point: Option<FailurePoint>,
     /// The guest printed exactly what it printed while recording (over the replayed span).
     pub serial_output_matches: bool,
     /// Bytes the replayed guest printed.
@@ -135,6 +208,9 @@ impl Report {
     /// A few lines for a person.
     pub fn human(&self) -> String {
         let mut s = String::new();
+        if let Some(c) = self.divergence.as_ref().and_then(|d| d.cause.as_ref()) {
+            s.push_str(&format!("cause: {c}\n"));
+        }
         let start = match self.start.snapshot {
             Some(id) => format!("snapshot {id}"),
             None => "the guest rebuilt from the trace".into(),
@@ -154,21 +230,34 @@ impl Report {
         for w in &self.cpu_warnings {
             s.push_str(&format!("  warning: this host lacks {w}, which the recorded guest saw\n"));
         }
-        for n in &self.notes {
-            s.push_str(&format!("  note: {n}\n"));
-        }
         if let Some(d) = &self.divergence {
-            s.push_str(&format!("  at record {}: {}\n", d.seq, d.reason));
+            s.push_str(&format!("  at record {}: {}\n", d.seq, d.summary));
+            if !d.summary.contains(&d.reason) {
+                s.push_str(&format!("    ({})\n", d.reason));
+            }
+            if let Some(c) = &d.console {
+                s.push_str(&format!("  {} just before: {:?}\n", c.device, c.text));
+            }
             if let Some(i) = d.after_input {
                 s.push_str(&format!("  the last input the guest consumed before it was record {i}\n"));
             }
-            s.push_str(&format!("  recorded: {}\n", d.expected));
-            s.push_str(&format!("  replayed: {}\n", d.actual));
-            s.push_str("  last matching records:\n");
-            for r in &d.last_matching {
-                s.push_str(&format!("    {r}\n"));
+            if let Some(sr) = &d.search {
+                s.push_str(&format!(
+                    "  searched: {} instructions single-stepped after record {} (to record {}) in {:.1} s{}\n",
+                    sr.steps,
+                    sr.from_seq,
+                    sr.to_seq,
+                    sr.seconds,
+                    if sr.cut { ", cut by --explain-steps" } else { "" }
+                ));
             }
-            s.push_str(&format!("  registers: {}\n", d.registers));
+            for x in &d.suspects {
+                s.push_str(&format!("    {:>12}  {:<24} {:>6}x  {}\n", x.rip, x.instruction, x.count, x.why));
+            }
+            if let Some(w) = &d.why_none {
+                s.push_str(&format!("  {w}\n"));
+            }
+            s.push_str(&registers_table(&d.registers));
         }
         for f in self.emulation_failure.iter().chain(self.failure.iter()) {
             s.push_str(&format!("  {} at rip {}: ", f.exit, hexu(f.rip)));
@@ -182,21 +271,71 @@ impl Report {
             if let Some(a) = f.memory_operand {
                 s.push_str(&format!("  accessing {}: {}\n", hexu(a), f.memory.as_deref().unwrap_or("?")));
             }
-            s.push_str(&format!("  registers: {}\n", f.registers));
-            s.push_str("  the exits that led there:\n");
-            for r in &f.exits_before {
-                s.push_str(&format!("    {r}\n"));
+            s.push_str(&registers_table(&f.registers));
+            s.push_str(&format!("  {} exits led there (`--json` lists them)\n", f.exits_before.len()));
+        }
+        if let Some(p) = &self.failure_point {
+            s.push_str(&format!(
+                "  failure point (snapshot {}): {}{}\n",
+                p.snapshot,
+                if p.reproduced { "REPRODUCED: " } else { "not reproduced: " },
+                p.detail
+            ));
+            if p.reproduced {
+                s.push_str(&format!(
+                    "    instruction bytes {}, registers {}\n",
+                    if p.insn_bytes_match { "match the recording" } else { "DIFFER from the recording" },
+                    if p.registers_match { "match the recording" } else { "DIFFER from the recording" }
+                ));
+            }
+            if let Some(f) = &p.failure {
+                if let (Some(d), Some(n)) = (&f.disassembly, f.insn_len) {
+                    s.push_str(&format!(
+                        "    {} at rip {}: {d}  ({n} bytes: {})\n",
+                        f.exit,
+                        hexu(f.rip),
+                        f.insn_bytes
+                    ));
+                }
             }
         }
-        s.push_str(&format!(
-            "  serial output {}\n",
-            if self.serial_output_matches { "matches the recording" } else { "DIFFERS from the recording" }
-        ));
+        for n in &self.notes {
+            s.push_str(&format!("  note: {n}\n"));
+        }
+        if self.divergence.is_none() {
+            s.push_str(&format!(
+                "  serial output {}\n",
+                if self.serial_output_matches {
+                    "matches the recording"
+                } else {
+                    "DIFFERS from the recording"
+                }
+            ));
+        }
         if let Some(p) = &self.snapshot_written {
             s.push_str(&format!("  snapshot written to {p}\n"));
         }
         s
     }
+}
+
+/// Registers (as [`regs_json`] holds them) as a table of four columns.
+fn registers_table(regs: &serde_json::Value) -> String {
+    const ORDER: [&str; 18] = [
+        "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+        "r14", "r15", "rip", "rflags",
+    ];
+    let Some(m) = regs.as_object() else { return String::new() };
+    let mut s = String::from("  registers:\n");
+    for row in ORDER.chunks(4) {
+        s.push_str("   ");
+        for name in row {
+            let v = m.get(*name).and_then(|v| v.as_str()).unwrap_or("?");
+            s.push_str(&format!(" {name:>6} {v:<18}"));
+        }
+        s.push('\n');
+    }
+    s
 }
 
 /// Registers as JSON.

@@ -11,7 +11,7 @@ use crate::cpu_check;
 use crate::error::ReplayError;
 use crate::options::Options;
 use crate::replayer::{Event, Replayer, Stop};
-use crate::report::{Outcome, Report, Start};
+use crate::report::{Outcome, Path, Report, Start};
 use crate::source::Source;
 
 /// Replays `src`.
@@ -22,7 +22,7 @@ use crate::source::Source;
 pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
     let t0 = Instant::now();
     let f = overview::scan(&src.trace)?;
-    let mut notes = Vec::new();
+    let mut notes = crate::hosts::notes(&f);
     if f.unfinished {
         notes.push(
             "the trace's writer did not finish (no index or a torn last chunk): replaying what is intact"
@@ -46,11 +46,37 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
     };
     let loop_seconds = t_loop.elapsed().as_secs_f64();
     r.end_progress();
-    finish(r, opts, stop, &f, start, ReportParts { notes, cpu_warnings, t0, loop_seconds })
+    let stop = match stop {
+        Stop::Diverged(mut d) => {
+            if let Some(max_steps) = opts.explain_steps {
+                let limits = crate::explain::SearchLimits { max_steps, progress: opts.progress };
+                let e = crate::explain::explain(src, &f, opts, d.seq, d.after_input, limits)?;
+                d.cause = Some(e.cause);
+                d.suspects = e.suspects;
+                d.why_none = e.why_none;
+                d.search = Some(crate::report::Search {
+                    from_seq: e.from_seq,
+                    to_seq: e.to_seq,
+                    steps: e.steps,
+                    cut: e.cut,
+                    unstepped: e.unstepped,
+                    seconds: e.seconds,
+                });
+            }
+            Stop::Diverged(d)
+        }
+        other => other,
+    };
+    let failure_point = match (f.failure_point(), opts.failure_point && opts.goto.is_none()) {
+        (Some(mark), true) => Some(crate::failure_point::run(src, &f, opts, mark)?),
+        _ => None,
+    };
+    finish(r, opts, stop, &f, start, ReportParts { notes, cpu_warnings, t0, loop_seconds, failure_point })
 }
 
 /// What the report needs besides the replayer.
 struct ReportParts {
+    failure_point: Option<crate::report::FailurePoint>,
     notes: Vec<String>,
     cpu_warnings: Vec<String>,
     t0: Instant,
@@ -87,10 +113,12 @@ fn finish(
     // recording (a difference is a divergence), so without a divergence the replayed
     // console printed exactly what the recorded one did over the replayed span.
     let serial_output_matches = divergence.is_none();
-    let outcome = match (&divergence, r.failure()) {
-        (Some(_), _) => Outcome::Diverged,
-        (None, Some(_)) => Outcome::Reproduced,
-        (None, None) => Outcome::Completed,
+    let path = if divergence.is_some() { Path::Diverged } else { Path::Completed };
+    let reproduced = r.failure().is_some() || parts.failure_point.as_ref().is_some_and(|p| p.reproduced);
+    let outcome = match (reproduced, path) {
+        (true, _) => Outcome::Reproduced,
+        (false, Path::Diverged) => Outcome::Diverged,
+        (false, Path::Completed) => Outcome::Completed,
     };
     let (emulation_failure, failure) = match r.failure().cloned() {
         Some(rep) if rep.is_emulation_failure() => (Some(rep), None),
@@ -104,6 +132,8 @@ fn finish(
         divergence,
         emulation_failure,
         failure,
+        path,
+        failure_point: parts.failure_point,
         serial_output_matches,
         serial_bytes: r.machine().serial().total(),
         cpu_warnings: parts.cpu_warnings,

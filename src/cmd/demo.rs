@@ -12,7 +12,7 @@ use super::record::RecordArgs;
 use crate::exit_code::{CliError, CliResult};
 
 fn step(n: u32, what: &str) {
-    println!("\n[{n}/4] {what}");
+    println!("\n[{n}/5] {what}");
 }
 
 /// Runs the demo in `dir` (created; defaults to a new directory under the system's
@@ -91,15 +91,31 @@ pub fn run(dir: Option<&Path>, max_mem: u64) -> CliResult {
         from_start.serial_output_matches
     );
 
-    step(4, "replay it again from the last checkpoint");
+    step(4, "replay it again from the last checkpoint before the failure");
     let overview = vmrr_format::overview::scan(&src.trace).map_err(|e| super::replay_err(e.into()))?;
-    let last = overview.checkpoints.last().map_or(0, |c| c.snapshot_id);
-    let from_last = replay(&src, &opts(StartFrom::Checkpoint(last))).map_err(super::replay_err)?;
+    let failure_point = overview.failure_point();
+    let last =
+        overview.checkpoints.iter().rev().find(|c| Some(**c) != failure_point).map_or(0, |c| c.snapshot_id);
+    let from_last = replay(&src, &Options { failure_point: false, ..opts(StartFrom::Checkpoint(last)) })
+        .map_err(super::replay_err)?;
     println!(
         "  {} after {} exits from snapshot {last}",
         outcome(from_last.outcome),
         from_last.exits_replayed
     );
+
+    step(5, "restore the snapshot taken at the failing exit and run it: it fails again at once");
+    let fp = from_start.failure_point.as_ref();
+    match fp {
+        Some(p) => println!(
+            "  snapshot {}: {} (instruction bytes {}, registers {})",
+            p.snapshot,
+            p.detail,
+            if p.insn_bytes_match { "match" } else { "DIFFER" },
+            if p.registers_match { "match" } else { "DIFFER" }
+        ),
+        None => println!("  the recording has no failure-point snapshot"),
+    }
 
     println!("\n--- the reproduced failure ---");
     if let Some(f) = &from_last.emulation_failure {
@@ -116,8 +132,8 @@ pub fn run(dir: Option<&Path>, max_mem: u64) -> CliResult {
     }
     println!(
         "\nvmrr demo: {} in {:.1} s. Try: vmrr inspect {} | tail; vmrr replay {}",
-        if from_start.outcome == Outcome::Reproduced && from_last.outcome == Outcome::Reproduced {
-            "failure reproduced from the start and from the last checkpoint"
+        if reproduced(&from_start, &from_last) {
+            "failure reproduced from the start, from the last checkpoint and from the failure point"
         } else {
             "the failure was NOT reproduced"
         },
@@ -125,11 +141,18 @@ pub fn run(dir: Option<&Path>, max_mem: u64) -> CliResult {
         trace.display(),
         bundle.display()
     );
-    if from_start.outcome == Outcome::Reproduced && from_last.outcome == Outcome::Reproduced {
+    if reproduced(&from_start, &from_last) {
         Ok(())
     } else {
         Err(CliError::Reported { code: crate::exit_code::DIVERGED })
     }
+}
+
+/// The failure happened again on both paths and from the failure point.
+fn reproduced(from_start: &vmrr_replay::Report, from_last: &vmrr_replay::Report) -> bool {
+    from_start.emulation_failure.is_some()
+        && from_last.outcome == Outcome::Reproduced
+        && from_start.failure_point.as_ref().is_some_and(|p| p.reproduced)
 }
 
 fn outcome(o: Outcome) -> &'static str {

@@ -168,7 +168,8 @@ impl RecordArgs {
             mem_bytes,
             cpuid: CpuidProfile::parse(&self.cpuid).unwrap_or_default(),
             limits: Limits { max_exits: self.max_exits, max_duration },
-            dirty_log: !self.policy().is_none(),
+            // Snapshots after the first are incremental, the failure point's too.
+            dirty_log: !self.no_snapshot && !self.no_trace,
         })
     }
 
@@ -238,6 +239,13 @@ pub fn run(args: &RecordArgs) -> CliResult {
         None => m.run(),
     };
     let summary = run.map_err(|e| close_after_error(&mut m, e))?;
+    if let Some(cp) = checkpointer.as_mut() {
+        if let Err(e) = cp.failure_point(&mut m, &summary.outcome) {
+            let e =
+                RunError::Hook { hook: "failure-point snapshot", exit: summary.exits, source: Box::new(e) };
+            return Err(close_after_error(&mut m, e));
+        }
+    }
     let trace = match m.stop_recording() {
         Some(rec) => Some(rec.finish(summary.outcome.end_reason(), summary.outcome.status())?),
         None => None,
@@ -387,6 +395,10 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
         close_after_error(&mut m, RunError::Hook { hook: "flight recorder", exit: 0, source: Box::new(e) })
     })?;
     let summary = m.run_with(Some(&mut fr)).map_err(|e| close_after_error(&mut m, e))?;
+    if let Err(e) = fr.failure_point(&mut m, &summary.outcome) {
+        let e = RunError::Hook { hook: "failure-point snapshot", exit: summary.exits, source: Box::new(e) };
+        return Err(close_after_error(&mut m, e));
+    }
     if let Some(rec) = m.stop_recording() {
         rec.finish(summary.outcome.end_reason(), summary.outcome.status())?;
     }

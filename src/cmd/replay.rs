@@ -42,6 +42,16 @@ pub struct ReplayArgs {
     /// Give up when the replayed guest makes no exit for this many seconds.
     #[arg(long, default_value_t = 60)]
     pub stall_seconds: u64,
+    /// On a divergence, single-step at most this many instructions looking for its cause
+    /// (instructions whose result bypasses the trace: RDTSC, RDRAND, ...).
+    #[arg(long, default_value_t = vmrr_replay::DEFAULT_EXPLAIN_STEPS, value_name = "N")]
+    pub explain_steps: u64,
+    /// Report a divergence without searching for its cause.
+    #[arg(long)]
+    pub no_explain: bool,
+    /// Do not run the failure-point snapshot of a trace that ended in a failure.
+    #[arg(long)]
+    pub no_failure_point: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -78,6 +88,8 @@ pub fn run(args: &ReplayArgs, max_mem: u64) -> CliResult {
         max_mem,
         stall: Duration::from_secs(args.stall_seconds.max(1)),
         progress: !args.json,
+        explain_steps: (!args.no_explain).then_some(args.explain_steps),
+        failure_point: !args.no_failure_point,
     };
     if !args.src.exists() {
         return Err(CliError::Usage(format!("{}: no such file or directory", args.src.display())));

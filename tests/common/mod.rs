@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 #[allow(unused_imports)] // not every test binary runs KVM
 pub use vmrr_engine::testing::require_kvm;
-use vmrr_format::{Body, TraceReader};
+use vmrr_format::{Body, Io, TraceReader, TraceWriter, WriterOptions};
 
 /// Runs the `vmrr` binary.
 pub fn vmrr(args: &[&str]) -> Output {
@@ -211,5 +211,47 @@ impl Rng {
     /// A value below `n`.
     pub fn below(&mut self, n: usize) -> usize {
         usize::try_from(self.next() % u64::try_from(n.max(1)).expect("usize fits u64")).expect("below n")
+    }
+}
+
+/// Copies `src` into `dst` applying `edit` to each record (re-encoded and re-checksummed by
+/// the writer, so it reads cleanly), keeping the trace id so its snapshots still match.
+pub fn rewrite(src: &Path, dst: &Path, mut edit: impl FnMut(u64, &mut Vec<u8>) -> bool) {
+    let mut r = TraceReader::open(src).unwrap();
+    let opts = WriterOptions { trace_id: Some(r.header().trace_id), ..Default::default() };
+    let mut w = TraceWriter::create(dst, opts).unwrap();
+    while let Some(item) = r.next_record() {
+        let rec = item.unwrap();
+        match rec.body {
+            Body::Io(io) => {
+                let mut data = io.data.to_vec();
+                if edit(rec.seq, &mut data) {
+                    let mut copy = rec;
+                    copy.body = Body::Io(Io { data: &data, ..io });
+                    w.append_record(&copy).unwrap();
+                    continue;
+                }
+                w.append_record(&rec).unwrap();
+            }
+            _ => w.append_record(&rec).unwrap(),
+        }
+    }
+    w.finish().unwrap();
+    let snaps = vmrr_engine::snapshot::dir_for_trace(src);
+    if snaps.is_dir() {
+        let to = vmrr_engine::snapshot::dir_for_trace(dst);
+        copy_dir(&snaps, &to);
+    }
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
     }
 }

@@ -66,6 +66,8 @@ pub struct FlightRecorder {
     keep: usize,
     opts: WriterOptions,
     segments: VecDeque<(u64, PathBuf)>,
+    /// The failure-point snapshot, once taken (kept beside the segments' checkpoints).
+    failure_point: Option<u64>,
     /// Segments and snapshots dropped so far.
     pub dropped: u64,
 }
@@ -100,8 +102,15 @@ impl FlightRecorder {
             recording.trace_id,
             recording.annotations.clone(),
         );
-        let mut fr =
-            FlightRecorder { dir, cp, keep: keep.max(1), opts, segments: VecDeque::new(), dropped: 0 };
+        let mut fr = FlightRecorder {
+            dir,
+            cp,
+            keep: keep.max(1),
+            opts,
+            segments: VecDeque::new(),
+            failure_point: None,
+            dropped: 0,
+        };
         fr.rotate(m)?;
         Ok(fr)
     }
@@ -135,6 +144,22 @@ impl FlightRecorder {
         self.cp.trace_id()
     }
 
+    /// Takes the failure-point snapshot (see `Checkpointer::failure_point`) after a run
+    /// that ended in `outcome`, in the current segment; the bundle keeps it.
+    ///
+    /// # Errors
+    /// The snapshot or its record could not be written.
+    pub fn failure_point(
+        &mut self,
+        m: &mut Machine,
+        outcome: &crate::machine::Outcome,
+    ) -> Result<(), FlightError> {
+        if let Some(t) = self.cp.failure_point(m, outcome)? {
+            self.failure_point = Some(t.id);
+        }
+        Ok(())
+    }
+
     /// The kept checkpoint ids, oldest first.
     pub fn kept(&self) -> Vec<u64> {
         self.segments.iter().map(|s| s.0).collect()
@@ -166,9 +191,9 @@ impl FlightRecorder {
         w.finish()?;
         let to = snapshot::dir_for_trace(&trace);
         std::fs::create_dir_all(&to).map_err(FileError::on("creating", &to))?;
-        for (id, _) in &self.segments {
-            let from = snapshot::snapshot_dir(self.cp.root(), *id);
-            std::fs::rename(&from, snapshot::snapshot_dir(&to, *id))
+        for id in self.segments.iter().map(|s| s.0).chain(self.failure_point) {
+            let from = snapshot::snapshot_dir(self.cp.root(), id);
+            std::fs::rename(&from, snapshot::snapshot_dir(&to, id))
                 .map_err(FileError::on("moving", &from))?;
         }
         Ok(trace)

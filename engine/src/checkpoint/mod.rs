@@ -9,7 +9,7 @@ pub mod flight;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::machine::{ExitHook, Machine, RunError};
+use crate::machine::{ExitHook, Machine, Outcome, RunError};
 use crate::snapshot::{self, CaptureStats, SnapshotError};
 
 /// A checkpoint could not be taken.
@@ -132,6 +132,25 @@ impl Checkpointer {
         self.next_id += 1;
         self.last_time = Instant::now();
         Ok(t)
+    }
+
+    /// Takes the failure-point checkpoint after a run that ended in `outcome`, when it is a
+    /// failure a repro is for (emulation failure, internal error, triple fault, failed
+    /// entry): the vCPU as KVM reported it at the failing exit and the memory then,
+    /// incremental on the last checkpoint. Its record follows the fatal exit's; replay
+    /// restores it to reproduce the failure whatever happened on the way to it.
+    ///
+    /// # Errors
+    /// As for [`Self::checkpoint`].
+    pub fn failure_point(
+        &mut self,
+        m: &mut Machine,
+        outcome: &Outcome,
+    ) -> Result<Option<Taken>, CheckpointError> {
+        if !vmrr_format::end_reason::is_failure(outcome.end_reason()) {
+            return Ok(None);
+        }
+        self.checkpoint(m).map(Some)
     }
 
     /// The trace these checkpoints belong to.

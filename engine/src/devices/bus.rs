@@ -182,6 +182,16 @@ impl Bus {
         self.next_deadline = self.devices.iter().filter_map(|d| d.deadline()).min();
     }
 
+    /// The name of the device at `port`, if one claims it.
+    pub fn device_at_port(&self, port: u16) -> Option<&'static str> {
+        find(&self.pio, u64::from(port)).and_then(|r| self.devices.get(r.dev)).map(|d| d.name())
+    }
+
+    /// The name of the device at guest-physical `addr`, if one claims it.
+    pub fn device_at_mmio(&self, addr: u64) -> Option<&'static str> {
+        find(&self.mmio, addr).and_then(|r| self.devices.get(r.dev)).map(|d| d.name())
+    }
+
     /// Accesses nothing claimed.
     pub fn stats(&self) -> BusStats {
         self.stats

@@ -15,6 +15,7 @@ pub mod firmware;
 mod hello;
 mod interrupts;
 mod storm;
+mod tsc;
 
 use std::path::{Path, PathBuf};
 
@@ -153,6 +154,18 @@ pub const BUILTINS: &[Builtin] = &[
         default_iterations: None,
     },
     Builtin {
+        name: "tsc",
+        mode: BootMode::Long { ring: 0 },
+        about: "reads the TSC N times and prints it: its replay diverges on every host (the TSC does not exit)",
+        default_iterations: Some(3),
+    },
+    Builtin {
+        name: "tsc-fail",
+        mode: BootMode::Long { ring: 0 },
+        about: "prints the TSC N times, then fails like emulation-failure: the path diverges, the failure point reproduces",
+        default_iterations: Some(2),
+    },
+    Builtin {
         name: "dirty-pages",
         mode: BootMode::Long { ring: 3 },
         about: "dirties N pages, exits, repeats forever (snapshot benchmarks; end it with --max-exits)",
@@ -194,6 +207,8 @@ pub fn builtin(name: &str, params: &GuestParams) -> Result<GuestImage, LoadError
         "interrupts" => interrupts::build(LONG_LOAD, n),
         "memory-churn" => churn::build(LONG_LOAD, &ranges, n),
         "dirty-pages" => dirty::build(LONG_LOAD, low_end, n),
+        "tsc" => tsc::build(LONG_LOAD, n, false),
+        "tsc-fail" => tsc::build(LONG_LOAD, n, true),
         _ => emulation_failure::build(LONG_LOAD),
     };
     let bytes = asm.map_err(|e| LoadError::Assemble { name: b.name, detail: e.to_string() })?;

@@ -32,6 +32,14 @@ impl Machine {
         self.vm.vcpu().get_sregs().map_err(KvmError::on("KVM_GET_SREGS"))
     }
 
+    /// The current privilege level (CS's RPL): 0 for a kernel, 3 for user code.
+    ///
+    /// # Errors
+    /// `KVM_GET_SREGS` failed.
+    pub fn cpl(&self) -> Result<u8, KvmError> {
+        Ok(u8::try_from(self.sregs()?.cs.selector & 3).unwrap_or(0))
+    }
+
     /// The guest-physical address of guest-virtual `rip` in the vCPU's current mode
     /// (real mode: through CS's base; otherwise through its page tables).
     pub fn translate_code(&self, rip: u64) -> Option<GuestAddress> {
@@ -52,6 +60,16 @@ impl Machine {
     /// The length of the instruction at guest-virtual `rip`.
     pub fn instruction_len_at(&self, rip: u64) -> Option<usize> {
         self.instruction_at(rip).map(|d| d.len)
+    }
+
+    /// The name of the device at `port` (`serial`, `debugcon`), if one claims it.
+    pub fn device_at_port(&self, port: u16) -> Option<&'static str> {
+        self.bus.device_at_port(port)
+    }
+
+    /// The name of the device at guest-physical `addr`, if one claims it.
+    pub fn device_at_mmio(&self, addr: u64) -> Option<&'static str> {
+        self.bus.device_at_mmio(addr)
     }
 
     /// The register sample of the current exit.

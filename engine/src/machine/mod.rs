@@ -8,6 +8,7 @@
 //! - Registers, instructions and guest memory as seen from outside ([`Machine::regs`],
 //!   [`Machine::instruction_at`], [`Machine::memory`]).
 
+pub mod debug;
 mod fatal;
 mod inspect;
 mod outcome;
@@ -54,6 +55,8 @@ pub struct Machine {
     stop: Option<StopHandle>,
     /// Where devices' answers go when replay only shows them an access.
     scratch: Vec<u8>,
+    /// What the vCPU stops for besides its own exits.
+    debug: debug::DebugStops,
 }
 
 impl std::fmt::Debug for Machine {
@@ -109,6 +112,7 @@ impl Machine {
             window_requested: false,
             stop: None,
             scratch: Vec::new(),
+            debug: debug::DebugStops::default(),
         })
     }
 

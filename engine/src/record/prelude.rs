@@ -29,6 +29,23 @@ pub fn host_annotations(caps: &HostCaps, region2: bool) -> Vec<(String, String)>
     a
 }
 
+/// This host's annotations, as a recording on it would start with (without the memory
+/// ioctl, which depends on a VM). Opens `/dev/kvm` to read the capabilities; without it,
+/// only the host's kernel and CPU.
+pub fn this_host() -> Vec<(String, String)> {
+    match crate::kvm::system::open_kvm() {
+        Ok(kvm) => {
+            let mut a = host_annotations(&HostCaps::query(&kvm), true);
+            a.retain(|(k, _)| k != "kvm.memory_ioctl");
+            a
+        }
+        Err(_) => vec![
+            ("host.kernel".into(), read_trim("/proc/sys/kernel/osrelease")),
+            ("host.cpu".into(), cpu_model()),
+        ],
+    }
+}
+
 fn read_trim(p: &str) -> String {
     std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default()
 }

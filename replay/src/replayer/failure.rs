@@ -10,8 +10,17 @@ use vmrr_format::describe::{hex, record_json};
 
 use crate::report::{FailureReport, regs_json};
 
-/// The report of the fatal exit `rec` the machine just made again.
+/// The report of the fatal exit `rec` the machine just made again, `history` the exits
+/// before it.
 pub(super) fn report(m: &Machine, history: &VecDeque<RecordBuf>, rec: &RecordBuf) -> FailureReport {
+    let mut exits_before: Vec<serde_json::Value> = history.iter().map(|h| record_json(&h.record())).collect();
+    exits_before.push(record_json(&rec.record()));
+    decode(m, exits_before)
+}
+
+/// The report of the fatal exit the machine is at; `exits_before` are the records that
+/// led there, as JSON, oldest first.
+pub(crate) fn decode(m: &Machine, exits_before: Vec<serde_json::Value>) -> FailureReport {
     let r = m.fatal_report();
     let memory = r.memory_operand.map(|a| {
         let mut b = [0u8; 16];
@@ -20,8 +29,6 @@ pub(super) fn report(m: &Machine, history: &VecDeque<RecordBuf>, rec: &RecordBuf
             Err(_) => "mmio (no memory slot)".to_string(),
         }
     });
-    let mut exits_before: Vec<serde_json::Value> = history.iter().map(|h| record_json(&h.record())).collect();
-    exits_before.push(record_json(&rec.record()));
     FailureReport {
         exit: vmrr_format::kind::kvm_exit_name(r.exit_reason).to_string(),
         suberror: r.suberror,

@@ -9,13 +9,19 @@
 mod divergence;
 mod failure;
 
+pub(crate) use failure::decode as failure_report;
+
+use divergence::Found;
+
 use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use vmrr_engine::machine::Machine;
+use vmrr_engine::disasm::Decoded;
+use vmrr_engine::machine::debug::{DebugCause, DebugStops};
 use vmrr_engine::machine::watchdog::StallWatch;
-use vmrr_format::{Body, Direction, RecordBuf, TraceReader};
+use vmrr_engine::machine::{LiveExit, Machine};
+use vmrr_format::{Body, Direction, RecordBuf, RegsSample, TraceReader};
 
 use crate::error::ReplayError;
 use crate::matching::{IoBatch, Verdict, match_exit, match_io, match_regs};
@@ -23,8 +29,40 @@ use crate::options::Options;
 use crate::recorded::{RecordStream, Recorded};
 use crate::report::{Divergence, FailureReport, Start};
 
+/// An instruction single-stepped: where it was, and what.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    /// Its address (RIP before it ran).
+    pub rip: u64,
+    /// The instruction.
+    pub insn: Decoded,
+}
+
 /// Exits kept for reports.
 const HISTORY: usize = 8;
+
+/// A recorded exit the guest is still heading for.
+#[derive(Debug, Clone)]
+enum Waiting {
+    /// Any exit but port I/O.
+    Exit(RecordBuf),
+    /// Port I/O (a batch, possibly partly matched), and its first record.
+    Io(IoBatch, RecordBuf),
+}
+
+/// What one entry into the guest ended with.
+enum Entered {
+    /// An exit of the guest's own (or, single-stepping over `hlt`, the HLT it stands for).
+    Exit {
+        /// Single-stepping executed `hlt`: KVM reports a debug stop past it, not the HLT
+        /// exit the recording has.
+        stepped_hlt: bool,
+    },
+    /// A debug stop.
+    Debug(Event),
+    /// No exit within the stall limit.
+    Stalled,
+}
 
 /// Why a replay stopped.
 #[derive(Debug, Clone)]
@@ -56,6 +94,18 @@ pub enum Event {
         /// Its record.
         seq: u64,
     },
+    /// A debug stop asked for with [`Replayer::set_debug_stops`]: one instruction
+    /// single-stepped, or a hardware breakpoint or watchpoint. The recorded exit the guest
+    /// is heading for is still expected.
+    Debug {
+        /// Where the guest is now (the next instruction).
+        rip: u64,
+        /// What stopped it.
+        cause: DebugCause,
+        /// The instruction it executed to get here, when single-stepping (decoded before
+        /// it ran).
+        executed: Option<Executed>,
+    },
     /// The replay is over.
     Stopped(Stop),
 }
@@ -71,8 +121,16 @@ pub struct Replayer<'o> {
     /// The most recent recorded input the guest consumed (an IN, MMIO read, RDMSR or
     /// hypercall answer).
     last_input: Option<u64>,
-    /// Recorded string I/O partly matched by earlier live exits, and its first record.
-    pending_io: Option<(IoBatch, RecordBuf)>,
+    /// The recorded exit the guest is heading for, when a debug stop or a partly
+    /// matched string I/O batch interrupted it.
+    waiting: Option<Waiting>,
+    /// When single-stepping: the instruction about to run (decoded before each entry).
+    next_insn: Option<Executed>,
+    /// Instructions single-stepped since the last exit matched.
+    steps_since_exit: u64,
+    /// Entries that ran ring-3 code without single-stepping it, on a host that cannot
+    /// single-step ring 3 ([`vmrr_engine::machine::debug::host_steps_ring3`]).
+    unstepped: u64,
     failure: Option<FailureReport>,
     exits_replayed: u64,
     stall: StallWatch,
@@ -104,7 +162,10 @@ impl<'o> Replayer<'o> {
             exits_total,
             history: VecDeque::new(),
             last_input: None,
-            pending_io: None,
+            waiting: None,
+            next_insn: None,
+            steps_since_exit: 0,
+            unstepped: 0,
             failure: None,
             exits_replayed: 0,
             stall,
@@ -144,8 +205,10 @@ impl<'o> Replayer<'o> {
     /// # Errors
     /// The trace or KVM failed (a divergence is an [`Event::Stopped`], not an error).
     pub fn step(&mut self) -> Result<Event, ReplayError> {
-        if let Some((batch, rec)) = self.pending_io.take() {
-            return self.replay_io(batch, rec);
+        match self.waiting.take() {
+            Some(Waiting::Exit(rec)) => return self.replay_exit(rec),
+            Some(Waiting::Io(batch, rec)) => return self.replay_io(batch, rec),
+            None => {}
         }
         let Some(item) = self.records.next_recorded()? else { return Ok(Event::Stopped(Stop::End)) };
         if let Some(g) = self.opts.goto.filter(|g| item.seq() > *g) {
@@ -164,10 +227,10 @@ impl<'o> Replayer<'o> {
         match event {
             Recorded::Interrupt { vector, .. } => {
                 if !self.machine.can_take_interrupt() {
-                    let why = format!(
+                    let reason = format!(
                         "interrupt {vector:#x} was injected here when recording, but the replayed guest cannot take it (interrupts disabled or not ready)"
                     );
-                    return Ok(self.diverge(seq, why, None));
+                    return Ok(self.diverge(Found { seq, reason, recorded: None, live: None }));
                 }
                 self.machine.inject_recorded_interrupt(vector)?;
             }
@@ -180,27 +243,35 @@ impl<'o> Replayer<'o> {
     /// Replays one recorded exit: port I/O as a batch, anything else on its own.
     fn replay_exit(&mut self, rec: RecordBuf) -> Result<Event, ReplayError> {
         if self.failure.is_some() {
-            return Ok(self.diverge(rec.seq(), "the trace continues after the fatal exit".into(), None));
+            let reason = "the trace continues after the fatal exit".into();
+            return Ok(self.diverge(Found { seq: rec.seq(), reason, recorded: None, live: None }));
         }
         let batch = IoBatch::of(&rec.record());
         if let Some(batch) = batch {
             return self.replay_io(batch, rec);
         }
-        if !self.enter()? {
-            return Ok(self.stalled(rec.seq()));
-        }
+        let stepped_hlt = match self.enter()? {
+            Entered::Exit { stepped_hlt } => stepped_hlt,
+            Entered::Debug(event) => {
+                self.waiting = Some(Waiting::Exit(rec));
+                return Ok(event);
+            }
+            Entered::Stalled => return Ok(self.stalled(rec.seq())),
+        };
         let recorded = rec.record();
         // A reply of another kind does not fit the exit: nothing is answered, and the
         // check below reports the difference.
         let _ = self.machine.answer(&recorded.body);
-        let live = self.machine.exit();
+        let live = if stepped_hlt { hlt_exit(self.machine.exit()) } else { self.machine.exit() };
         let verdict = match match_exit(&recorded.body, &live.body) {
             Verdict::Match => self.check_regs(recorded.regs, live.regs),
             other => other,
         };
-        if let Verdict::Mismatch(why) = verdict {
-            let actual = divergence::live_json(rec.seq(), &live);
-            return Ok(self.diverge(rec.seq(), why, Some(actual)));
+        if let Verdict::Mismatch(reason) = verdict {
+            let found = Found { seq: rec.seq(), reason, recorded: Some(recorded.body), live: Some(live) };
+            let d =
+                divergence::build(&self.machine, &mut self.records, &self.history, found, self.last_input);
+            return Ok(Event::Stopped(Stop::Diverged(Box::new(d))));
         }
         let fatal = matches!(recorded.body, Body::InternalError(_) | Body::FailEntry(_) | Body::Shutdown);
         if matches!(recorded.body, Body::Mmio(m) if !m.is_write)
@@ -220,8 +291,13 @@ impl<'o> Replayer<'o> {
     /// part of the batch, or a batch merged from the following recorded exits.
     fn replay_io(&mut self, mut batch: IoBatch, rec: RecordBuf) -> Result<Event, ReplayError> {
         let seq = batch.seq;
-        if !self.enter()? {
-            return Ok(self.stalled(seq));
+        match self.enter()? {
+            Entered::Exit { .. } => {}
+            Entered::Debug(event) => {
+                self.waiting = Some(Waiting::Io(batch, rec));
+                return Ok(event);
+            }
+            Entered::Stalled => return Ok(self.stalled(seq)),
         }
         let live_count = match self.machine.exit().body {
             Body::Io(io) => io.count,
@@ -241,34 +317,85 @@ impl<'o> Replayer<'o> {
             Verdict::Match => self.check_regs(batch.regs, live.regs),
             other => other,
         };
-        if let Verdict::Mismatch(why) = verdict {
-            let actual = divergence::live_json(seq, &live);
-            return Ok(self.diverge(seq, why, Some(actual)));
+        if let Verdict::Mismatch(reason) = verdict {
+            let recorded = rec.record();
+            let found = Found { seq, reason, recorded: Some(recorded.body), live: Some(live) };
+            let d =
+                divergence::build(&self.machine, &mut self.records, &self.history, found, self.last_input);
+            return Ok(Event::Stopped(Stop::Diverged(Box::new(d))));
         }
         if batch.direction == Direction::In {
             self.last_input = Some(seq);
         }
         if verdict == Verdict::Partial {
-            self.pending_io = Some((batch, rec));
+            self.waiting = Some(Waiting::Io(batch, rec));
         } else {
             self.matched(rec);
         }
         Ok(Event::Exit { seq })
     }
 
-    /// Runs the guest to its next exit; `false` when it made none within the stall limit.
-    fn enter(&mut self) -> Result<bool, ReplayError> {
+    /// Runs the guest to its next exit or debug stop.
+    fn enter(&mut self) -> Result<Entered, ReplayError> {
+        let stops = self.machine.debug_stops();
+        if stops.single_step && self.machine.cpl()? == 3 && !vmrr_engine::machine::debug::host_steps_ring3() {
+            // This host would hand the step trap to the guest: run to the next exit unstepped.
+            self.machine.set_debug_stops(DebugStops { single_step: false, ..stops })?;
+            let entered = self.enter();
+            self.machine.set_debug_stops(stops)?;
+            self.unstepped += 1;
+            return entered;
+        }
+        let stepping = stops.single_step;
+        if stepping {
+            let rip = self.machine.regs()?.rip;
+            self.next_insn = self.machine.instruction_at(rip).map(|insn| Executed { rip, insn });
+        }
         loop {
             if self.machine.run_to_exit()? {
                 self.stall.progress();
-                self.exits_replayed += 1;
-                self.show_progress();
-                return Ok(true);
+                break;
             }
             if self.stall.stalled() {
-                return Ok(false);
+                return Ok(Entered::Stalled);
             }
         }
+        let executed = self.next_insn.take();
+        if let Body::Debug(d) = self.machine.exit().body {
+            if self.machine.debug_stops().any() {
+                let cause = DebugCause::of(d.dr6);
+                if stepping && cause == DebugCause::Step && executed.as_ref().is_some_and(|e| e.insn.halts) {
+                    self.exits_replayed += 1;
+                    return Ok(Entered::Exit { stepped_hlt: true });
+                }
+                self.steps_since_exit += u64::from(cause == DebugCause::Step);
+                let rip = self.machine.regs()?.rip;
+                return Ok(Entered::Debug(Event::Debug { rip, cause, executed }));
+            }
+        }
+        self.exits_replayed += 1;
+        self.show_progress();
+        Ok(Entered::Exit { stepped_hlt: false })
+    }
+
+    /// Sets what the guest stops for besides its exits (each stop is an [`Event::Debug`]).
+    ///
+    /// # Errors
+    /// KVM refused.
+    pub fn set_debug_stops(&mut self, stops: DebugStops) -> Result<(), ReplayError> {
+        self.machine.set_debug_stops(stops)?;
+        Ok(())
+    }
+
+    /// Entries that ran ring-3 code unstepped because this host cannot single-step it.
+    pub fn unstepped(&self) -> u64 {
+        self.unstepped
+    }
+
+    /// Where the replay is: the sequence number of the last exit that matched (`None`
+    /// before the first), and the instructions single-stepped since.
+    pub fn position(&self) -> (Option<u64>, u64) {
+        (self.history.back().map(RecordBuf::seq), self.steps_since_exit)
     }
 
     fn check_regs(
@@ -283,28 +410,21 @@ impl<'o> Replayer<'o> {
     }
 
     fn stalled(&mut self, seq: u64) -> Event {
-        let why = format!(
+        let reason = format!(
             "the replayed guest made no exit within {} s; the recording's next exit is this record",
             self.opts.stall.as_secs()
         );
-        self.diverge(seq, why, None)
+        self.diverge(Found { seq, reason, recorded: None, live: None })
     }
 
-    fn diverge(&mut self, seq: u64, reason: String, actual: Option<serde_json::Value>) -> Event {
-        let d = divergence::build(
-            &self.machine,
-            &mut self.records,
-            &self.history,
-            seq,
-            reason,
-            actual,
-            self.last_input,
-        );
+    fn diverge(&mut self, found: Found<'_>) -> Event {
+        let d = divergence::build(&self.machine, &mut self.records, &self.history, found, self.last_input);
         Event::Stopped(Stop::Diverged(Box::new(d)))
     }
 
     /// Keeps a matched exit in the history.
     fn matched(&mut self, rec: RecordBuf) {
+        self.steps_since_exit = 0;
         self.history.push_back(rec);
         if self.history.len() > HISTORY {
             self.history.pop_front();
@@ -317,4 +437,11 @@ impl<'o> Replayer<'o> {
             eprint!("\rreplay: {} / {} exits", self.exits_replayed, self.exits_total);
         }
     }
+}
+
+/// The HLT exit a single-step over `hlt` stands for: KVM reports a debug stop past the
+/// instruction where the recording had `KVM_EXIT_HLT` (RIP past it, as every HLT exit's).
+fn hlt_exit(debug_stop: LiveExit<'_>) -> LiveExit<'static> {
+    let regs = debug_stop.regs.map(|r| RegsSample { flags: r.flags | RegsSample::RIP_AFTER_INSN, ..r });
+    LiveExit { body: Body::Hlt, regs }
 }

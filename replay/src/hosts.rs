@@ -1,0 +1,47 @@
+//! The recording host against this one: every difference or risk the replay should know
+//! of, as one line each of the report's `notes`.
+
+use vmrr_format::overview::TraceOverview;
+
+/// Notes comparing the recording host (the trace's `host.*` and `kvm.*` annotations) with
+/// this one.
+pub fn notes(f: &TraceOverview) -> Vec<String> {
+    let here = vmrr_engine::record::prelude::this_host();
+    let there = |k: &str| f.annotation(k);
+    let mine = |k: &str| here.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let mut notes = Vec::new();
+    if there("kvm.cpuid_enforced") == Some("false") {
+        notes.push(
+            "recorded on a host that does not enforce CPUID masks: the guest could see the TSC and RDRAND, whose values no trace holds"
+                .to_string(),
+        );
+    }
+    if mine("kvm.cpuid_enforced") == Some("false") {
+        notes.push(
+            "this host does not enforce CPUID masks: the replayed guest sees this host's CPUID, not the recorded set".to_string(),
+        );
+    }
+    for (key, what) in [("host.cpu", "CPU"), ("host.kernel", "kernel")] {
+        if let (Some(a), Some(b)) = (there(key), mine(key)) {
+            if a != b {
+                notes.push(format!("recorded on {what} {a:?}, replayed on {b:?}"));
+            }
+        }
+    }
+    for (key, what) in [("kvm.rip_after_io", "port I/O"), ("kvm.rip_after_mmio", "MMIO")] {
+        if let (Some(a), Some(b)) = (there(key), mine(key)) {
+            if a != b {
+                let at = |v: &str| if v == "true" { "past" } else { "at" };
+                notes.push(format!(
+                    "the recording host reports RIP {} {what} instructions, this host {} them: replay normalises the difference",
+                    at(a),
+                    at(b)
+                ));
+            }
+        }
+    }
+    if there("kvm.cpuid_enforced").is_none() {
+        notes.push("the trace does not say whether its host enforced CPUID masks (recorded by an older vmrr or another recorder)".into());
+    }
+    notes
+}
