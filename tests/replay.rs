@@ -333,3 +333,31 @@ fn damaged_bundles_are_refused_with_exit_3() {
         );
     }
 }
+
+#[test]
+fn every_checkpoint_of_an_interrupt_guest_replays_including_one_right_before_an_injection() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    // A checkpoint every 2 exits lands between a `hlt` exit and the timer interrupt
+    // injected after it: replay from there must see that the restored guest can take it.
+    let trace = record(&d, "interrupts", &["--iterations", "4", "--checkpoint-every", "2"]);
+    let f = vmrr_format::overview::scan(&trace).unwrap();
+    let recs = records(&trace);
+    let before_injection = f
+        .checkpoints
+        .iter()
+        .filter(|c| recs.iter().any(|r| r.seq == c.record_seq + 1 && r.kind == "interrupt"))
+        .count();
+    assert!(before_injection > 0, "no checkpoint right before an injection");
+    for c in &f.checkpoints {
+        let (code, r) = replay_json(&trace, &["--from-checkpoint", &c.snapshot_id.to_string()]);
+        assert_eq!(
+            (code, r["outcome"].as_str()),
+            (Some(0), Some("completed")),
+            "checkpoint {}: {r}",
+            c.snapshot_id
+        );
+    }
+}

@@ -95,36 +95,123 @@ pub fn memory_operand(bytes: &[u8], bitness: u32, rip: u64, regs: &kvm_bindings:
     if insn.is_invalid() || !(0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory) {
         return None;
     }
-    let reg = |r: Register| -> Option<u64> {
-        let full = r.full_register();
-        Some(match full {
-            Register::None => 0,
-            Register::RAX => regs.rax,
-            Register::RBX => regs.rbx,
-            Register::RCX => regs.rcx,
-            Register::RDX => regs.rdx,
-            Register::RSI => regs.rsi,
-            Register::RDI => regs.rdi,
-            Register::RSP => regs.rsp,
-            Register::RBP => regs.rbp,
-            Register::R8 => regs.r8,
-            Register::R9 => regs.r9,
-            Register::R10 => regs.r10,
-            Register::R11 => regs.r11,
-            Register::R12 => regs.r12,
-            Register::R13 => regs.r13,
-            Register::R14 => regs.r14,
-            Register::R15 => regs.r15,
-            Register::RIP => rip.wrapping_add(insn.len() as u64),
-            _ => return None,
-        })
-    };
-    let base = reg(insn.memory_base())?;
-    let index = reg(insn.memory_index())?;
+    let next = rip.wrapping_add(insn.len() as u64);
+    let base = gpr(regs, insn.memory_base(), next)?;
+    let index = gpr(regs, insn.memory_index(), next)?;
     let scale = u64::from(insn.memory_index_scale());
     let disp = insn.memory_displacement64();
     if insn.memory_base() == Register::RIP {
         return Some(disp);
     }
     Some(base.wrapping_add(index.wrapping_mul(scale)).wrapping_add(disp))
+}
+
+/// A general register's full 64-bit value (`next` is RIP after the instruction, what
+/// RIP-relative addressing adds to); `Some(0)` for no register.
+fn gpr(regs: &kvm_bindings::kvm_regs, r: iced_x86::Register, next: u64) -> Option<u64> {
+    use iced_x86::Register;
+    Some(match r.full_register() {
+        Register::None => 0,
+        Register::RAX => regs.rax,
+        Register::RBX => regs.rbx,
+        Register::RCX => regs.rcx,
+        Register::RDX => regs.rdx,
+        Register::RSI => regs.rsi,
+        Register::RDI => regs.rdi,
+        Register::RSP => regs.rsp,
+        Register::RBP => regs.rbp,
+        Register::R8 => regs.r8,
+        Register::R9 => regs.r9,
+        Register::R10 => regs.r10,
+        Register::R11 => regs.r11,
+        Register::R12 => regs.r12,
+        Register::R13 => regs.r13,
+        Register::R14 => regs.r14,
+        Register::R15 => regs.r15,
+        Register::RIP => next,
+        _ => return None,
+    })
+}
+
+/// One memory access an instruction makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemAccess {
+    /// Its linear address (segment base included).
+    pub linear: u64,
+    /// Bytes accessed.
+    pub size: u64,
+    /// It reads (or may read).
+    pub read: bool,
+    /// It writes (or may write).
+    pub write: bool,
+}
+
+/// The memory the instruction at `rip` accesses when it runs with `regs` and `sregs`:
+/// explicit operands and implicit ones (the stack of `push`, `call`, `iret`; the first
+/// element of a string instruction). `None` when it cannot be decoded or an address
+/// depends on a register outside the general ones.
+pub fn memory_accesses(
+    bytes: &[u8],
+    rip: u64,
+    regs: &kvm_bindings::kvm_regs,
+    sregs: &kvm_bindings::kvm_sregs,
+) -> Option<Vec<MemAccess>> {
+    use iced_x86::{InstructionInfoFactory, OpAccess, Register};
+    let bits = bitness(sregs);
+    let mut dec = Decoder::try_with_ip(bits, bytes, rip, DecoderOptions::NONE).ok()?;
+    let insn = dec.decode();
+    if insn.is_invalid() {
+        return None;
+    }
+    let next = rip.wrapping_add(insn.len() as u64);
+    let segment_base = |r: Register| -> u64 {
+        match r {
+            Register::FS => sregs.fs.base,
+            Register::GS => sregs.gs.base,
+            // Long mode ignores the other segments' bases.
+            _ if bits == 64 => 0,
+            Register::ES => sregs.es.base,
+            Register::CS => sregs.cs.base,
+            Register::SS => sregs.ss.base,
+            Register::DS => sregs.ds.base,
+            _ => 0,
+        }
+    };
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(&insn);
+    let mut out = Vec::new();
+    for m in info.used_memory() {
+        let (read, write) = match m.access() {
+            OpAccess::Read | OpAccess::CondRead => (true, false),
+            OpAccess::Write | OpAccess::CondWrite => (false, true),
+            OpAccess::ReadWrite | OpAccess::ReadCondWrite => (true, true),
+            _ => continue,
+        };
+        let value = |r: Register, _: usize, _: usize| -> Option<u64> {
+            if r.is_segment_register() { Some(segment_base(r)) } else { register_value(regs, r, next) }
+        };
+        let linear = m.virtual_address(0, value)?;
+        let size = m.memory_size().size() as u64;
+        out.push(MemAccess { linear, size: size.max(1), read, write });
+    }
+    Some(out)
+}
+
+/// A general register's value at its own width (`eax` is the low 32 bits of `rax`; `ah`
+/// bits 8-15).
+fn register_value(regs: &kvm_bindings::kvm_regs, r: iced_x86::Register, next: u64) -> Option<u64> {
+    use iced_x86::Register;
+    if r == Register::None {
+        return Some(0);
+    }
+    let full = gpr(regs, r, next)?;
+    if r.is_gpr8() && matches!(r, Register::AH | Register::BH | Register::CH | Register::DH) {
+        return Some((full >> 8) & 0xff);
+    }
+    Some(match r.size() {
+        1 => full & 0xff,
+        2 => full & 0xffff,
+        4 => full & 0xffff_ffff,
+        _ => full,
+    })
 }

@@ -22,9 +22,11 @@
 #![forbid(unsafe_code)]
 
 pub mod cpu_check;
+pub mod debugger;
 mod error;
 pub mod explain;
 mod failure_point;
+pub mod gdb;
 mod hosts;
 pub mod matching;
 mod options;

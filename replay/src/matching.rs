@@ -26,6 +26,8 @@ pub const RFLAGS_COMPARED: u64 = 0xfd5;
 pub struct IoBatch {
     /// The first record's sequence number.
     pub seq: u64,
+    /// The last record's sequence number (records merged into the batch included).
+    pub last_seq: u64,
     /// In or out.
     pub direction: Direction,
     /// Access size.
@@ -44,6 +46,7 @@ impl IoBatch {
         let Body::Io(io) = rec.body else { return None };
         Some(IoBatch {
             seq: rec.seq,
+            last_seq: rec.seq,
             direction: io.direction,
             size: io.size,
             port: io.port,
@@ -76,6 +79,7 @@ impl IoBatch {
                 if io.direction == self.direction && io.size == self.size && io.port == self.port =>
             {
                 self.data.extend_from_slice(io.data);
+                self.last_seq = next.seq;
                 true
             }
             _ => false,
@@ -255,7 +259,15 @@ mod tests {
 
     fn batch(count: u32, data: &[u8]) -> IoBatch {
         assert_eq!(data.len(), count as usize);
-        IoBatch { seq: 1, direction: Direction::Out, size: 1, port: 0x3f8, data: data.to_vec(), regs: None }
+        IoBatch {
+            seq: 1,
+            last_seq: 1,
+            direction: Direction::Out,
+            size: 1,
+            port: 0x3f8,
+            data: data.to_vec(),
+            regs: None,
+        }
     }
 
     fn out(count: u32, data: &[u8]) -> Body<'_> {

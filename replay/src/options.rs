@@ -49,6 +49,9 @@ pub struct Options {
     pub explain_steps: Option<u64>,
     /// Restore and run the failure-point snapshot of a trace that ended in a failure.
     pub failure_point: bool,
+    /// Log the replayed machine's dirty pages (a debugging session's checkpoints are then
+    /// incremental).
+    pub dirty_log: bool,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             progress: false,
             explain_steps: Some(DEFAULT_EXPLAIN_STEPS),
             failure_point: true,
+            dirty_log: false,
         }
     }
 }

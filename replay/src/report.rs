@@ -231,48 +231,10 @@ impl Report {
             s.push_str(&format!("  warning: this host lacks {w}, which the recorded guest saw\n"));
         }
         if let Some(d) = &self.divergence {
-            s.push_str(&format!("  at record {}: {}\n", d.seq, d.summary));
-            if !d.summary.contains(&d.reason) {
-                s.push_str(&format!("    ({})\n", d.reason));
-            }
-            if let Some(c) = &d.console {
-                s.push_str(&format!("  {} just before: {:?}\n", c.device, c.text));
-            }
-            if let Some(i) = d.after_input {
-                s.push_str(&format!("  the last input the guest consumed before it was record {i}\n"));
-            }
-            if let Some(sr) = &d.search {
-                s.push_str(&format!(
-                    "  searched: {} instructions single-stepped after record {} (to record {}) in {:.1} s{}\n",
-                    sr.steps,
-                    sr.from_seq,
-                    sr.to_seq,
-                    sr.seconds,
-                    if sr.cut { ", cut by --explain-steps" } else { "" }
-                ));
-            }
-            for x in &d.suspects {
-                s.push_str(&format!("    {:>12}  {:<24} {:>6}x  {}\n", x.rip, x.instruction, x.count, x.why));
-            }
-            if let Some(w) = &d.why_none {
-                s.push_str(&format!("  {w}\n"));
-            }
-            s.push_str(&registers_table(&d.registers));
+            s.push_str(&d.human());
         }
         for f in self.emulation_failure.iter().chain(self.failure.iter()) {
-            s.push_str(&format!("  {} at rip {}: ", f.exit, hexu(f.rip)));
-            match (&f.disassembly, f.insn_len) {
-                (Some(d), Some(n)) => s.push_str(&format!(
-                    "{d}  ({n} bytes: {}; KVM reported a {}-byte fetch window)\n",
-                    f.insn_bytes, f.insn_size
-                )),
-                _ => s.push_str(&format!("bytes {}\n", f.insn_bytes)),
-            }
-            if let Some(a) = f.memory_operand {
-                s.push_str(&format!("  accessing {}: {}\n", hexu(a), f.memory.as_deref().unwrap_or("?")));
-            }
-            s.push_str(&registers_table(&f.registers));
-            s.push_str(&format!("  {} exits led there (`--json` lists them)\n", f.exits_before.len()));
+            s.push_str(&f.human());
         }
         if let Some(p) = &self.failure_point {
             s.push_str(&format!(
@@ -315,6 +277,66 @@ impl Report {
         if let Some(p) = &self.snapshot_written {
             s.push_str(&format!("  snapshot written to {p}\n"));
         }
+        s
+    }
+}
+
+impl Divergence {
+    /// The divergence as `vmrr replay` prints it: where, what differs, the console's last
+    /// line, the last input, the search and its suspects, and the registers.
+    pub fn human(&self) -> String {
+        let d = self;
+        let mut s = String::new();
+        s.push_str(&format!("  at record {}: {}\n", d.seq, d.summary));
+        if !d.summary.contains(&d.reason) {
+            s.push_str(&format!("    ({})\n", d.reason));
+        }
+        if let Some(c) = &d.console {
+            s.push_str(&format!("  {} just before: {:?}\n", c.device, c.text));
+        }
+        if let Some(i) = d.after_input {
+            s.push_str(&format!("  the last input the guest consumed before it was record {i}\n"));
+        }
+        if let Some(sr) = &d.search {
+            s.push_str(&format!(
+                "  searched: {} instructions single-stepped after record {} (to record {}) in {:.1} s{}\n",
+                sr.steps,
+                sr.from_seq,
+                sr.to_seq,
+                sr.seconds,
+                if sr.cut { ", cut by --explain-steps" } else { "" }
+            ));
+        }
+        for x in &d.suspects {
+            s.push_str(&format!("    {:>12}  {:<24} {:>6}x  {}\n", x.rip, x.instruction, x.count, x.why));
+        }
+        if let Some(w) = &d.why_none {
+            s.push_str(&format!("  {w}\n"));
+        }
+        s.push_str(&registers_table(&d.registers));
+        s
+    }
+}
+
+impl FailureReport {
+    /// The failure as `vmrr replay` prints it: the exit, the instruction, the memory it
+    /// accessed, and the registers.
+    pub fn human(&self) -> String {
+        let f = self;
+        let mut s = String::new();
+        s.push_str(&format!("  {} at rip {}: ", f.exit, hexu(f.rip)));
+        match (&f.disassembly, f.insn_len) {
+            (Some(d), Some(n)) => s.push_str(&format!(
+                "{d}  ({n} bytes: {}; KVM reported a {}-byte fetch window)\n",
+                f.insn_bytes, f.insn_size
+            )),
+            _ => s.push_str(&format!("bytes {}\n", f.insn_bytes)),
+        }
+        if let Some(a) = f.memory_operand {
+            s.push_str(&format!("  accessing {}: {}\n", hexu(a), f.memory.as_deref().unwrap_or("?")));
+        }
+        s.push_str(&registers_table(&f.registers));
+        s.push_str(&format!("  {} exits led there (`--json` lists them)\n", f.exits_before.len()));
         s
     }
 }

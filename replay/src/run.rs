@@ -84,7 +84,7 @@ struct ReportParts {
 }
 
 fn finish(
-    mut r: Replayer<'_>,
+    mut r: Replayer,
     opts: &Options,
     stop: Stop,
     f: &TraceOverview,

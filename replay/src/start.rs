@@ -57,11 +57,12 @@ pub fn prepare(src: &Source, f: &TraceOverview, opts: &Options) -> Result<(Machi
         if chain.last().is_some_and(|l| l.state.trace_id != f.trace_id) {
             return Err(unreplayable(format!("snapshot {} belongs to another trace", c.snapshot_id)));
         }
-        let m = snapshot::restore(&chain, opts.serial.clone(), debugcon, false)?;
+        let m = snapshot::restore(&chain, opts.serial.clone(), debugcon, opts.dirty_log)?;
         return Ok((m, Start { snapshot: Some(c.snapshot_id), seq: c.record_seq + 1 }));
     }
     let mut cfg = vmrr_engine::session::from_annotations(&f.annotations)
         .ok_or_else(|| unreplayable("the trace does not describe its guest (vmrr.* annotations missing)"))?;
+    cfg.dirty_log = opts.dirty_log;
     if let (Some(img), vmrr_engine::session::GuestSpec::Image { path, .. }) = (&opts.image, &mut cfg.guest) {
         *path = img.clone();
     }

@@ -53,8 +53,14 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub no_failure_point: bool,
     /// Print the report as one JSON object.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "gdb")]
     pub json: bool,
+    /// Serve the replay to gdb on this address (e.g. `127.0.0.1:1234`; port 0 picks a
+    /// free one) and wait for it before the guest's first instruction: step, continue and
+    /// break forwards and backwards (`reverse-stepi`, `reverse-continue`). See
+    /// docs/DEBUGGING.md.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["goto", "snapshot_at"])]
+    pub gdb: Option<String>,
 }
 
 /// Runs `vmrr replay`.
@@ -90,11 +96,15 @@ pub fn run(args: &ReplayArgs, max_mem: u64) -> CliResult {
         progress: !args.json,
         explain_steps: (!args.no_explain).then_some(args.explain_steps),
         failure_point: !args.no_failure_point,
+        dirty_log: args.gdb.is_some(),
     };
     if !args.src.exists() {
         return Err(CliError::Usage(format!("{}: no such file or directory", args.src.display())));
     }
     let src = source::open(&args.src, max_mem).map_err(super::replay_err)?;
+    if let Some(addr) = &args.gdb {
+        return debug(src, &opts, addr);
+    }
     let report = replay(&src, &opts).map_err(super::replay_err)?;
     if args.json {
         print_json(&report)?;
@@ -105,4 +115,25 @@ pub fn run(args: &ReplayArgs, max_mem: u64) -> CliResult {
         0 => Ok(()),
         code => Err(CliError::Reported { code }),
     }
+}
+
+/// `vmrr replay --gdb ADDR`: serves the replay to gdb until it detaches.
+fn debug(src: vmrr_replay::source::Source, opts: &Options, addr: &str) -> CliResult {
+    use vmrr_replay::debugger::{DebugError, Session, Settings};
+    use vmrr_replay::gdb::{self, GdbError};
+    let session = Session::open(src, opts, Settings::default()).map_err(|e| match e {
+        DebugError::Replay(e) => super::replay_err(e),
+        other => CliError::Replay(crate::exit_code::chain(&other)),
+    })?;
+    let at = session.position().to_string();
+    let ended = gdb::serve(session, addr, |a| {
+        eprintln!("vmrr: replay ready at {at}; waiting for gdb on {a}");
+        eprintln!("vmrr:   gdb -ex 'target remote {a}'");
+    })
+    .map_err(|e| match e {
+        GdbError::Listen { .. } => CliError::Usage(crate::exit_code::chain(&e)),
+        other => CliError::Replay(crate::exit_code::chain(&other)),
+    })?;
+    eprintln!("vmrr: gdb session over ({ended:?})");
+    Ok(())
 }

@@ -80,28 +80,25 @@ impl DebugStops {
     }
 }
 
-/// Which of a stop's causes DR6 reports: the hardware stop that fired, or a single step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DebugCause {
-    /// The single-step trap (DR6.BS).
-    Step,
-    /// Hardware stop `n` (DR6.Bn).
-    Hw(usize),
-    /// Neither (another #DB source, or a `#BP`).
-    Other,
+/// What a debug exit reports in DR6: the single-step trap, and which hardware stops fired
+/// (a step over an instruction that also triggers a watchpoint reports both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DebugHit {
+    /// The single-step trap (DR6.BS): one instruction completed.
+    pub step: bool,
+    /// Hardware stops that fired, bit `n` for debug register `n` (DR6.B0-B3).
+    pub hw: u8,
 }
 
-impl DebugCause {
-    /// The cause of a debug exit with this DR6. A hardware stop takes precedence over the
-    /// step trap when both are reported.
+impl DebugHit {
+    /// The causes of a debug exit with this DR6.
     pub fn of(dr6: u64) -> Self {
-        if let Some(n) = (0..HW_STOPS).find(|n| dr6 & (1 << n) != 0) {
-            DebugCause::Hw(n)
-        } else if dr6 & (1 << 14) != 0 {
-            DebugCause::Step
-        } else {
-            DebugCause::Other
-        }
+        DebugHit { step: dr6 & (1 << 14) != 0, hw: u8::try_from(dr6 & 0xf).unwrap_or(0) }
+    }
+
+    /// Whether hardware stop `n` fired.
+    pub fn fired(&self, n: usize) -> bool {
+        n < HW_STOPS && self.hw & (1 << n) != 0
     }
 }
 
@@ -144,19 +141,42 @@ impl Machine {
 /// stretches without stepping them.
 pub fn host_steps_ring3() -> bool {
     static STEPS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STEPS.get_or_init(|| probe_ring3_step().unwrap_or(false))
+    let stops = DebugStops { single_step: true, ..DebugStops::default() };
+    // nop; nop; out 0x80, al
+    *STEPS.get_or_init(|| probe(&[0x90, 0x90, 0xe6, 0x80], 3, stops).unwrap_or(false))
 }
 
-fn probe_ring3_step() -> Result<bool, Box<dyn std::error::Error>> {
+/// Whether this host's KVM stops for hardware watchpoints (data breakpoints in DR0-DR3)
+/// in ring-0 guest code, measured once per process with a tiny guest that writes a
+/// watched byte and then exits: the write must stop with a debug exit first. Hardware
+/// VMX/SVM hosts do (the CPU checks DR7 as the guest runs); a host whose KVM emulates
+/// ring-0 code does not (KVM's instruction emulator checks code breakpoints only), and
+/// then watchpoints are found by single-stepping and decoding each instruction's memory
+/// accesses instead.
+pub fn host_watches_ring0() -> bool {
+    static WATCHES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let mut stops = DebugStops::default();
+    stops.hw[0] = Some(HwStop { addr: PROBE_DATA, watch: Watch::Write { len: 1 } });
+    // mov byte [PROBE_DATA], 1; out 0x80, al
+    let [a, b, c, d] = u32::try_from(PROBE_DATA).unwrap_or(0).to_le_bytes();
+    *WATCHES
+        .get_or_init(|| probe(&[0xc6, 0x04, 0x25, a, b, c, d, 0x01, 0xe6, 0x80], 0, stops).unwrap_or(false))
+}
+
+/// Guest-physical (and, identity-mapped, linear) address the watchpoint probe writes.
+const PROBE_DATA: u64 = 0x20_0000;
+
+/// Runs `code` in a fresh long-mode machine at privilege `ring` with `stops` armed:
+/// whether its first exit is a debug stop.
+fn probe(code: &[u8], ring: u8, stops: DebugStops) -> Result<bool, Box<dyn std::error::Error>> {
     use crate::devices::console::Console;
     use crate::guests::{LONG_LOAD, LONG_STACK};
     use crate::kvm::vm::{Vm, VmConfig};
     let vm = Vm::new(VmConfig { mem_bytes: 4 << 20, ..VmConfig::default() })?;
     let mut m = Machine::new(vm, Console::capture_only(), Console::capture_only())?;
-    // nop; nop; out 0x80, al
-    m.memory().write(vm_memory::GuestAddress(LONG_LOAD), &[0x90, 0x90, 0xe6, 0x80])?;
-    crate::guests::boot::setup_long_mode(m.vm().vcpu(), m.memory(), LONG_LOAD, LONG_STACK, 3)?;
-    m.set_debug_stops(DebugStops { single_step: true, ..DebugStops::default() })?;
+    m.memory().write(vm_memory::GuestAddress(LONG_LOAD), code)?;
+    crate::guests::boot::setup_long_mode(m.vm().vcpu(), m.memory(), LONG_LOAD, LONG_STACK, ring)?;
+    m.set_debug_stops(stops)?;
     m.run_to_exit()?;
     Ok(matches!(m.exit().body, vmrr_format::Body::Debug(_)))
 }
@@ -172,8 +192,9 @@ mod tests {
         s.hw[2] = Some(HwStop { addr: 0x2000, watch: Watch::Write { len: 4 } });
         // L0, L2; RW2 = 01, LEN2 = 11.
         assert_eq!(s.dr7(), 0b1 | 0b1_0000 | (0b1101 << 24));
-        assert_eq!(DebugCause::of(1 << 2), DebugCause::Hw(2));
-        assert_eq!(DebugCause::of(1 << 14), DebugCause::Step);
-        assert_eq!(DebugCause::of(0), DebugCause::Other);
+        assert_eq!(DebugHit::of(0xffff_0ff4), DebugHit { step: false, hw: 0b100 });
+        assert!(DebugHit::of(0xffff_0ff4).fired(2));
+        assert_eq!(DebugHit::of(0xffff_4ff0), DebugHit { step: true, hw: 0 });
+        assert_eq!(DebugHit::of(0xffff_4ff2), DebugHit { step: true, hw: 0b10 });
     }
 }

@@ -8,9 +8,11 @@
 //! - Registers, instructions and guest memory as seen from outside ([`Machine::regs`],
 //!   [`Machine::instruction_at`], [`Machine::memory`]).
 
+mod alter;
 pub mod debug;
 mod fatal;
 mod inspect;
+mod live;
 mod outcome;
 mod replay;
 mod run;
@@ -22,6 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 pub use fatal::FatalReport;
+pub use inspect::AccessError;
+pub use live::LiveEntry;
 pub use outcome::{Limits, Outcome, RunSummary};
 pub use replay::LiveExit;
 pub use run::{ExitHook, RunError};
@@ -57,6 +61,8 @@ pub struct Machine {
     scratch: Vec<u8>,
     /// What the vCPU stops for besides its own exits.
     debug: debug::DebugStops,
+    /// Running live ([`Machine::live_entry`]), the guest halted at its last exit.
+    live_halted: bool,
 }
 
 impl std::fmt::Debug for Machine {
@@ -113,6 +119,7 @@ impl Machine {
             stop: None,
             scratch: Vec::new(),
             debug: debug::DebugStops::default(),
+            live_halted: false,
         })
     }
 

@@ -65,8 +65,21 @@ pub trait ExitHook {
     fn after_exit(&mut self, machine: &mut Machine, exits: u64) -> Result<(), RunError>;
 }
 
+/// What one entry ended with, once handled.
+pub(crate) enum Handled {
+    /// An exit the devices handled: whether the guest halted, and whether it ends the run.
+    Exit {
+        /// The guest executed `hlt`.
+        halted: bool,
+        /// The exit ends the run.
+        ending: Option<Ending>,
+    },
+    /// A debug stop (`KVM_SET_GUEST_DEBUG`): nothing to handle.
+    Debug,
+}
+
 /// A run-ending exit, before it is recorded and reported.
-enum Ending {
+pub(crate) enum Ending {
     Shutdown,
     InternalError,
     FailEntry,
@@ -101,7 +114,12 @@ impl Machine {
             if self.limits.max_exits.is_some_and(|m| self.exits >= m) {
                 break Outcome::MaxExits;
             }
-            let Some((halted, ending)) = self.handle_next_exit()? else { continue };
+            let (halted, ending) = match self.handle_next_exit()? {
+                None => continue,
+                Some(Handled::Exit { halted, ending }) => (halted, ending),
+                // Debug stops are not asked for in a run: an unexpected one ends it.
+                Some(Handled::Debug) => (false, Some(Ending::Unhandled)),
+            };
             self.exits += 1;
             if let Some(rec) = self.recorder.as_mut() {
                 rec.record_exit()?;
@@ -137,10 +155,9 @@ impl Machine {
         Ok(RunSummary { outcome, exits: self.exits, interrupts: self.interrupts, elapsed: start.elapsed() })
     }
 
-    /// Enters the guest and handles the exit it makes on the bus: returns whether it
-    /// halted and whether the exit ends the run, or `None` when `KVM_RUN` was interrupted
-    /// by the watchdog (no exit happened, nothing to record).
-    fn handle_next_exit(&mut self) -> Result<Option<(bool, Option<Ending>)>, RunError> {
+    /// Enters the guest and handles the exit it makes on the bus, or `None` when
+    /// `KVM_RUN` was interrupted by the watchdog (no exit happened, nothing to record).
+    pub(crate) fn handle_next_exit(&mut self) -> Result<Option<Handled>, RunError> {
         let vcpu = self.vm.vcpu_mut();
         let exit = match vcpu.run() {
             Ok(exit) => exit,
@@ -181,13 +198,14 @@ impl Machine {
             VcpuExit::InternalError => ending = Some(Ending::InternalError),
             VcpuExit::FailEntry(..) => ending = Some(Ending::FailEntry),
             VcpuExit::SystemEvent(t, _) => ending = Some(Ending::SystemEvent(t)),
+            VcpuExit::Debug(_) => return Ok(Some(Handled::Debug)),
             _ => ending = Some(Ending::Unhandled),
         }
-        Ok(Some((halted, ending)))
+        Ok(Some(Handled::Exit { halted, ending }))
     }
 
     /// The outcome of a run-ending exit, its fatal report read now that it is recorded.
-    fn ending_outcome(&self, e: Ending) -> Outcome {
+    pub(crate) fn ending_outcome(&self, e: Ending) -> Outcome {
         match e {
             Ending::Shutdown => Outcome::Shutdown(Box::new(self.fatal_report())),
             Ending::InternalError => {
@@ -207,7 +225,7 @@ impl Machine {
     /// The guest executed HLT. With interrupts enabled and a timer armed, sleep until it
     /// fires (the wake-up interrupt is injected by the caller); with nothing that could
     /// wake it, the run is over.
-    fn wait_in_hlt(&mut self, flags: &Flags) -> Result<Option<Outcome>, RunError> {
+    pub(crate) fn wait_in_hlt(&mut self, flags: &Flags) -> Result<Option<Outcome>, RunError> {
         if !self.view().if_flag() {
             return Ok(Some(Outcome::Halted));
         }
@@ -237,7 +255,7 @@ impl Machine {
     /// Injects the highest pending interrupt if the vCPU can take it now; otherwise asks
     /// KVM for an interrupt-window exit. Both the injection and every change of the
     /// window request are recorded.
-    fn inject(&mut self) -> Result<(), RunError> {
+    pub(crate) fn inject(&mut self) -> Result<(), RunError> {
         let window = match self.bus.irq.pending() {
             None => false,
             Some(vector) => {

@@ -58,6 +58,7 @@ pub fn restore_into(
     let mut m = Machine::with_bus(vm, bus, serial, debugcon)?;
     m.set_counters(st.exits, st.interrupts);
     m.set_origin(&top.dir);
+    m.refresh_run_state()?;
     Ok(m)
 }
 
@@ -182,5 +183,6 @@ fn set_vcpu_and_devices(m: &mut Machine, top: &StoredSnapshot) -> Result<(), Sna
     let args = BusArgs { serial: m.serial().clone(), debugcon: m.debugcon().clone() };
     m.set_bus(Bus::restore(args, &top.state.bus, 0)?);
     m.set_counters(top.state.exits, top.state.interrupts);
+    m.refresh_run_state()?;
     Ok(())
 }

@@ -18,10 +18,10 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use vmrr_engine::disasm::Decoded;
-use vmrr_engine::machine::debug::{DebugCause, DebugStops};
+use vmrr_engine::machine::Machine;
+use vmrr_engine::machine::debug::{DebugHit, DebugStops, HwStop, Watch};
 use vmrr_engine::machine::watchdog::StallWatch;
-use vmrr_engine::machine::{LiveExit, Machine};
-use vmrr_format::{Body, Direction, RecordBuf, RegsSample, TraceReader};
+use vmrr_format::{Body, Direction, RecordBuf, TraceReader};
 
 use crate::error::ReplayError;
 use crate::matching::{IoBatch, Verdict, match_exit, match_io, match_regs};
@@ -52,12 +52,8 @@ enum Waiting {
 
 /// What one entry into the guest ended with.
 enum Entered {
-    /// An exit of the guest's own (or, single-stepping over `hlt`, the HLT it stands for).
-    Exit {
-        /// Single-stepping executed `hlt`: KVM reports a debug stop past it, not the HLT
-        /// exit the recording has.
-        stepped_hlt: bool,
-    },
+    /// An exit of the guest's own.
+    Exit,
     /// A debug stop.
     Debug(Event),
     /// No exit within the stall limit.
@@ -100,8 +96,13 @@ pub enum Event {
     Debug {
         /// Where the guest is now (the next instruction).
         rip: u64,
-        /// What stopped it.
-        cause: DebugCause,
+        /// Single-stepping moved the guest one instruction boundary on (counted in
+        /// [`Replayer::position`]): an instruction ran, or an injected interrupt was
+        /// delivered (the guest now stands at its handler's first instruction).
+        step: bool,
+        /// What DR6 reported (hardware stops of the caller's; the replayer's own are
+        /// removed).
+        hit: DebugHit,
         /// The instruction it executed to get here, when single-stepping (decoded before
         /// it ran).
         executed: Option<Executed>,
@@ -111,10 +112,11 @@ pub enum Event {
 }
 
 /// One replay in progress.
-pub struct Replayer<'o> {
+pub struct Replayer {
     machine: Machine,
     records: RecordStream,
-    opts: &'o Options,
+    goto: Option<u64>,
+    stall_limit: Duration,
     exits_total: u64,
     /// The last exits that matched, oldest first.
     history: VecDeque<RecordBuf>,
@@ -126,8 +128,13 @@ pub struct Replayer<'o> {
     waiting: Option<Waiting>,
     /// When single-stepping: the instruction about to run (decoded before each entry).
     next_insn: Option<Executed>,
-    /// Instructions single-stepped since the last exit matched.
-    steps_since_exit: u64,
+    /// The last record consumed (an exit matched, an event applied, or the checkpoint
+    /// replay started after): with `steps_since`, the replay's position.
+    consumed: Option<u64>,
+    /// Instruction boundaries single-stepped since `consumed`.
+    steps_since: u64,
+    /// An interrupt injected at the last event, not yet delivered (the next entry does).
+    delivering: Option<u8>,
     /// Entries that ran ring-3 code without single-stepping it, on a host that cannot
     /// single-step ring 3 ([`vmrr_engine::machine::debug::host_steps_ring3`]).
     unstepped: u64,
@@ -137,7 +144,7 @@ pub struct Replayer<'o> {
     progress: Option<Instant>,
 }
 
-impl<'o> Replayer<'o> {
+impl Replayer {
     /// A replay of `machine` from `start` on: the records of `trace` from there.
     ///
     /// # Errors
@@ -147,7 +154,7 @@ impl<'o> Replayer<'o> {
         trace: TraceReader,
         start: &Start,
         exits_total: u64,
-        opts: &'o Options,
+        opts: &Options,
     ) -> Result<Self, ReplayError> {
         let mut records = RecordStream::new(trace);
         records.seek(start.seq)?;
@@ -158,13 +165,16 @@ impl<'o> Replayer<'o> {
         Ok(Replayer {
             machine,
             records,
-            opts,
+            goto: opts.goto,
+            stall_limit: opts.stall,
             exits_total,
             history: VecDeque::new(),
             last_input: None,
             waiting: None,
             next_insn: None,
-            steps_since_exit: 0,
+            consumed: start.seq.checked_sub(1),
+            steps_since: 0,
+            delivering: None,
             unstepped: 0,
             failure: None,
             exits_replayed: 0,
@@ -211,7 +221,7 @@ impl<'o> Replayer<'o> {
             None => {}
         }
         let Some(item) = self.records.next_recorded()? else { return Ok(Event::Stopped(Stop::End)) };
-        if let Some(g) = self.opts.goto.filter(|g| item.seq() > *g) {
+        if let Some(g) = self.goto.filter(|g| item.seq() > *g) {
             return Ok(Event::Stopped(Stop::Goto(g)));
         }
         match item {
@@ -219,6 +229,33 @@ impl<'o> Replayer<'o> {
             Recorded::End { .. } => Ok(Event::Stopped(Stop::End)),
             event => self.apply_event(event),
         }
+    }
+
+    /// Applies the events recorded next (interrupts, window changes, checkpoints) up to
+    /// the next exit, without entering the guest: they happen at the boundary the replay
+    /// stands at. Returns their sequence numbers; stops early at a divergence (an
+    /// interrupt the guest cannot take), returning it.
+    ///
+    /// # Errors
+    /// The trace or KVM failed.
+    pub fn apply_events(&mut self) -> Result<(Vec<u64>, Option<Event>), ReplayError> {
+        let mut applied = Vec::new();
+        if self.waiting.is_some() {
+            return Ok((applied, None));
+        }
+        while let Some(item) = self.records.next_recorded()? {
+            if matches!(item, Recorded::Exit(_) | Recorded::End { .. })
+                || self.goto.is_some_and(|g| item.seq() > g)
+            {
+                self.records.push_front(item);
+                break;
+            }
+            match self.apply_event(item)? {
+                Event::Applied { seq } => applied.push(seq),
+                other => return Ok((applied, Some(other))),
+            }
+        }
+        Ok((applied, None))
     }
 
     /// Applies a recorded interrupt, window change or checkpoint.
@@ -233,10 +270,13 @@ impl<'o> Replayer<'o> {
                     return Ok(self.diverge(Found { seq, reason, recorded: None, live: None }));
                 }
                 self.machine.inject_recorded_interrupt(vector)?;
+                self.delivering = Some(vector);
             }
             Recorded::Window { request, .. } => self.machine.set_interrupt_window(request)?,
             Recorded::Checkpoint { .. } | Recorded::Exit(_) | Recorded::End { .. } => {}
         }
+        self.consumed = Some(seq);
+        self.steps_since = 0;
         Ok(Event::Applied { seq })
     }
 
@@ -250,8 +290,8 @@ impl<'o> Replayer<'o> {
         if let Some(batch) = batch {
             return self.replay_io(batch, rec);
         }
-        let stepped_hlt = match self.enter()? {
-            Entered::Exit { stepped_hlt } => stepped_hlt,
+        match self.enter()? {
+            Entered::Exit => {}
             Entered::Debug(event) => {
                 self.waiting = Some(Waiting::Exit(rec));
                 return Ok(event);
@@ -262,7 +302,7 @@ impl<'o> Replayer<'o> {
         // A reply of another kind does not fit the exit: nothing is answered, and the
         // check below reports the difference.
         let _ = self.machine.answer(&recorded.body);
-        let live = if stepped_hlt { hlt_exit(self.machine.exit()) } else { self.machine.exit() };
+        let live = self.machine.exit();
         let verdict = match match_exit(&recorded.body, &live.body) {
             Verdict::Match => self.check_regs(recorded.regs, live.regs),
             other => other,
@@ -284,7 +324,11 @@ impl<'o> Replayer<'o> {
         }
         let seq = rec.seq();
         self.matched(rec);
-        Ok(if fatal { Event::Failure { seq } } else { Event::Exit { seq } })
+        if fatal {
+            return Ok(Event::Failure { seq });
+        }
+        self.complete_exit()?;
+        Ok(Event::Exit { seq })
     }
 
     /// Replays recorded port I/O (`rec` starts the batch): one live exit consumes all or
@@ -292,7 +336,7 @@ impl<'o> Replayer<'o> {
     fn replay_io(&mut self, mut batch: IoBatch, rec: RecordBuf) -> Result<Event, ReplayError> {
         let seq = batch.seq;
         match self.enter()? {
-            Entered::Exit { .. } => {}
+            Entered::Exit => {}
             Entered::Debug(event) => {
                 self.waiting = Some(Waiting::Io(batch, rec));
                 return Ok(event);
@@ -329,28 +373,76 @@ impl<'o> Replayer<'o> {
         }
         if verdict == Verdict::Partial {
             self.waiting = Some(Waiting::Io(batch, rec));
-        } else {
-            self.matched(rec);
+            return Ok(Event::Exit { seq });
         }
-        Ok(Event::Exit { seq })
+        let last = batch.last_seq;
+        self.matched(rec);
+        self.consumed = Some(last);
+        self.complete_exit()?;
+        Ok(Event::Exit { seq: last })
     }
 
     /// Runs the guest to its next exit or debug stop.
     fn enter(&mut self) -> Result<Entered, ReplayError> {
         let stops = self.machine.debug_stops();
-        if stops.single_step && self.machine.cpl()? == 3 && !vmrr_engine::machine::debug::host_steps_ring3() {
+        let delivering = self.delivering.take();
+        if !stops.single_step {
+            return self.run_entry(false);
+        }
+        if self.machine.cpl()? == 3 && !vmrr_engine::machine::debug::host_steps_ring3() {
             // This host would hand the step trap to the guest: run to the next exit unstepped.
-            self.machine.set_debug_stops(DebugStops { single_step: false, ..stops })?;
-            let entered = self.enter();
-            self.machine.set_debug_stops(stops)?;
             self.unstepped += 1;
-            return entered;
+            return self.unstepped_entry(stops);
         }
-        let stepping = stops.single_step;
-        if stepping {
-            let rip = self.machine.regs()?.rip;
-            self.next_insn = self.machine.instruction_at(rip).map(|insn| Executed { rip, insn });
+        if let Some(vector) = delivering {
+            if let Some(entered) = self.deliver_stepped(vector, stops)? {
+                return Ok(entered);
+            }
         }
+        let rip = self.machine.regs()?.rip;
+        self.next_insn = self.machine.instruction_at(rip).map(|insn| Executed { rip, insn });
+        if self.next_insn.as_ref().is_some_and(|e| e.insn.halts) {
+            // `hlt` is not stepped: it ends the stretch with its own exit, as every exiting
+            // instruction does (KVM reports a step past it instead of the HLT exit on some
+            // hosts, and leaves the vCPU halted on others).
+            self.next_insn = None;
+            return self.unstepped_entry(stops);
+        }
+        self.run_entry(true)
+    }
+
+    /// Single-stepping into an injected interrupt: the entry that delivers it runs with a
+    /// hardware breakpoint on the handler's first instruction instead of the step trap,
+    /// so the guest stops there (a step trap would stop one instruction into the handler,
+    /// or, on hosts that clear TF for the handler, after it). `None` when no debug
+    /// register is free or the handler cannot be found: the entry is stepped as usual.
+    fn deliver_stepped(&mut self, vector: u8, stops: DebugStops) -> Result<Option<Entered>, ReplayError> {
+        let Some(handler) = self.machine.interrupt_handler(vector) else { return Ok(None) };
+        let Some(slot) = stops.hw.iter().position(Option::is_none) else { return Ok(None) };
+        let mut at_handler = DebugStops { single_step: false, ..stops };
+        at_handler.hw[slot] = Some(HwStop { addr: handler, watch: Watch::Execute });
+        self.machine.set_debug_stops(at_handler)?;
+        let entered = self.run_entry(false);
+        self.machine.set_debug_stops(stops)?;
+        Ok(Some(match entered? {
+            Entered::Debug(Event::Debug { rip, hit, .. }) if hit.fired(slot) => {
+                self.steps_since += 1;
+                let hit = DebugHit { step: false, hw: hit.hw & !(1 << slot) };
+                Entered::Debug(Event::Debug { rip, step: true, hit, executed: None })
+            }
+            other => other,
+        }))
+    }
+
+    /// One entry with single-stepping off (hardware stops stay armed).
+    fn unstepped_entry(&mut self, stops: DebugStops) -> Result<Entered, ReplayError> {
+        self.machine.set_debug_stops(DebugStops { single_step: false, ..stops })?;
+        let entered = self.run_entry(false);
+        self.machine.set_debug_stops(stops)?;
+        entered
+    }
+
+    fn run_entry(&mut self, stepping: bool) -> Result<Entered, ReplayError> {
         loop {
             if self.machine.run_to_exit()? {
                 self.stall.progress();
@@ -363,19 +455,29 @@ impl<'o> Replayer<'o> {
         let executed = self.next_insn.take();
         if let Body::Debug(d) = self.machine.exit().body {
             if self.machine.debug_stops().any() {
-                let cause = DebugCause::of(d.dr6);
-                if stepping && cause == DebugCause::Step && executed.as_ref().is_some_and(|e| e.insn.halts) {
-                    self.exits_replayed += 1;
-                    return Ok(Entered::Exit { stepped_hlt: true });
-                }
-                self.steps_since_exit += u64::from(cause == DebugCause::Step);
+                let hit = DebugHit::of(d.dr6);
+                let step = stepping && hit.step;
+                self.steps_since += u64::from(step);
                 let rip = self.machine.regs()?.rip;
-                return Ok(Entered::Debug(Event::Debug { rip, cause, executed }));
+                let executed = executed.filter(|_| step);
+                return Ok(Entered::Debug(Event::Debug { rip, step, hit, executed }));
             }
         }
         self.exits_replayed += 1;
         self.show_progress();
-        Ok(Entered::Exit { stepped_hlt: false })
+        Ok(Entered::Exit)
+    }
+
+    /// Lets KVM finish the instruction an exit interrupted (an IN's register, RIP past an
+    /// OUT) with single-stepping off, so no step trap fires for it: with stepping on, the
+    /// position after an exit is the instruction after the exiting one on every host (a
+    /// hardware host completing a port write under the trap flag would otherwise report a
+    /// step that executed nothing).
+    fn complete_exit(&mut self) -> Result<(), ReplayError> {
+        if !self.machine.debug_stops().single_step {
+            return Ok(());
+        }
+        self.complete_pending()
     }
 
     /// Sets what the guest stops for besides its exits (each stop is an [`Event::Debug`]).
@@ -383,8 +485,38 @@ impl<'o> Replayer<'o> {
     /// # Errors
     /// KVM refused.
     pub fn set_debug_stops(&mut self, stops: DebugStops) -> Result<(), ReplayError> {
+        if stops.single_step && !self.machine.debug_stops().single_step {
+            self.machine.set_debug_stops(DebugStops::default())?;
+            self.machine.complete_pending_io()?;
+        }
         self.machine.set_debug_stops(stops)?;
         Ok(())
+    }
+
+    /// Whether the replay stands at a record's boundary with nothing in flight (no
+    /// recorded exit half-matched, no injected interrupt waiting for delivery): a
+    /// snapshot taken now, restored and replayed from the next record, continues exactly
+    /// as this replay would.
+    pub fn resumable(&self) -> bool {
+        self.waiting.is_none() && self.delivering.is_none() && self.steps_since == 0
+    }
+
+    /// Lets KVM finish the instruction the last exit interrupted, with no step trap (see
+    /// [`Replayer::set_debug_stops`]): registers read afterwards are those after it.
+    ///
+    /// # Errors
+    /// KVM failed.
+    pub fn complete_pending(&mut self) -> Result<(), ReplayError> {
+        let stops = self.machine.debug_stops();
+        self.machine.set_debug_stops(DebugStops::default())?;
+        self.machine.complete_pending_io()?;
+        self.machine.set_debug_stops(stops)?;
+        Ok(())
+    }
+
+    /// Takes the machine back (to restore a snapshot over it and replay again).
+    pub fn into_machine(self) -> Machine {
+        self.machine
     }
 
     /// Entries that ran ring-3 code unstepped because this host cannot single-step it.
@@ -392,10 +524,12 @@ impl<'o> Replayer<'o> {
         self.unstepped
     }
 
-    /// Where the replay is: the sequence number of the last exit that matched (`None`
-    /// before the first), and the instructions single-stepped since.
+    /// Where the replay is: the last record consumed (an exit matched, an event applied;
+    /// `None` before the first of a replay rebuilt from the trace), and the instruction
+    /// boundaries single-stepped since. Between two records the guest is deterministic, so
+    /// this pair names one point of the run exactly (see docs/DEBUGGING.md).
     pub fn position(&self) -> (Option<u64>, u64) {
-        (self.history.back().map(RecordBuf::seq), self.steps_since_exit)
+        (self.consumed, self.steps_since)
     }
 
     fn check_regs(
@@ -412,7 +546,7 @@ impl<'o> Replayer<'o> {
     fn stalled(&mut self, seq: u64) -> Event {
         let reason = format!(
             "the replayed guest made no exit within {} s; the recording's next exit is this record",
-            self.opts.stall.as_secs()
+            self.stall_limit.as_secs()
         );
         self.diverge(Found { seq, reason, recorded: None, live: None })
     }
@@ -424,7 +558,8 @@ impl<'o> Replayer<'o> {
 
     /// Keeps a matched exit in the history.
     fn matched(&mut self, rec: RecordBuf) {
-        self.steps_since_exit = 0;
+        self.consumed = Some(rec.seq());
+        self.steps_since = 0;
         self.history.push_back(rec);
         if self.history.len() > HISTORY {
             self.history.pop_front();
@@ -437,11 +572,4 @@ impl<'o> Replayer<'o> {
             eprint!("\rreplay: {} / {} exits", self.exits_replayed, self.exits_total);
         }
     }
-}
-
-/// The HLT exit a single-step over `hlt` stands for: KVM reports a debug stop past the
-/// instruction where the recording had `KVM_EXIT_HLT` (RIP past it, as every HLT exit's).
-fn hlt_exit(debug_stop: LiveExit<'_>) -> LiveExit<'static> {
-    let regs = debug_stop.regs.map(|r| RegsSample { flags: r.flags | RegsSample::RIP_AFTER_INSN, ..r });
-    LiveExit { body: Body::Hlt, regs }
 }

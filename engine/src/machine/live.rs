@@ -1,0 +1,61 @@
+//! Running a replayed guest live: once a debugger has changed its registers or memory the
+//! trace no longer applies, so the machine's own devices answer its exits and raise its
+//! interrupts, one entry at a time, as in a recorded run (nothing is recorded).
+
+use crate::devices::StopRequest;
+use crate::machine::Machine;
+use crate::machine::outcome::Outcome;
+use crate::machine::run::{Handled, RunError};
+use crate::machine::watchdog::Flags;
+
+/// What one live entry ended with.
+#[derive(Debug)]
+pub enum LiveEntry {
+    /// A debug stop (a single step, or a hardware breakpoint or watchpoint).
+    Debug,
+    /// An exit the devices handled; the guest goes on.
+    Exit,
+    /// The guest's run is over (it exited, failed, or halted with nothing to wake it).
+    Ended(Outcome),
+}
+
+impl Machine {
+    /// Enters the guest once with its devices answering: a guest halted at the previous
+    /// exit first waits for its timer, a pending interrupt is injected when the vCPU can
+    /// take it, then the exit is handled as the run loop handles it.
+    ///
+    /// # Errors
+    /// KVM failures.
+    pub fn live_entry(&mut self) -> Result<LiveEntry, RunError> {
+        if self.live_halted {
+            if let Some(o) = self.wait_in_hlt(&Flags::default())? {
+                return Ok(LiveEntry::Ended(o));
+            }
+            self.live_halted = false;
+        }
+        self.inject()?;
+        loop {
+            match self.handle_next_exit()? {
+                None => continue,
+                Some(Handled::Debug) => return Ok(LiveEntry::Debug),
+                Some(Handled::Exit { halted, ending }) => {
+                    self.exits += 1;
+                    if let Some(e) = ending {
+                        return Ok(LiveEntry::Ended(self.ending_outcome(e)));
+                    }
+                    if let Some(StopRequest::GuestExit(status)) = self.bus.stop {
+                        return Ok(LiveEntry::Ended(Outcome::GuestExit(status)));
+                    }
+                    self.live_halted = halted;
+                    if let Some(d) = self.bus.next_deadline() {
+                        let now = self.bus.clock.now_ns();
+                        if now >= d {
+                            self.bus.poll(now);
+                        }
+                    }
+                    return Ok(LiveEntry::Exit);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Going back: to a position (restore the nearest checkpoint at or before it, replay to
+//! its record, walk its path), one instruction boundary back, and back to the last
+//! breakpoint or watchpoint hit.
+//!
+//! One boundary back from `k > 0` steps after a record is `k - 1` steps after it. From a
+//! record's boundary it is the last boundary of the stretch before: the session learns
+//! which record came before (replaying from the checkpoint before it) and how many
+//! boundaries that stretch holds (single-stepping it once); both are kept, so stepping
+//! back across the same exit again costs a restore and the steps. An event record (an
+//! interrupt injected, a checkpoint) takes no instruction: its boundary is its
+//! predecessor's. The recorded failure stands at the failing instruction, which never
+//! completed: one back from it is the instruction before.
+
+use std::sync::Arc;
+
+use super::forward::Goal;
+use super::position::{Leg, Position};
+use super::stops::Fired;
+use super::{DebugError, Session, Stopped};
+
+impl Session {
+    /// Goes to `target`, replaying from the nearest checkpoint at or before it (or on
+    /// from here, when it lies ahead with no checkpoint in between).
+    ///
+    /// # Errors
+    /// Replay errors; [`DebugError::Lost`] when the replay does not reach it again.
+    pub fn goto(
+        &mut self,
+        target: &Position,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Stopped, DebugError> {
+        let nearest = self.checkpoints.nearest(target.record);
+        let ahead = self.terminal.is_none()
+            && self.live.is_none()
+            && (self.pos.record < target.record
+                || (self.pos.record == target.record && self.pos.path.is_empty()))
+            && nearest.is_none_or(|i| self.checkpoints.list()[i].at <= self.pos.record);
+        if !ahead {
+            self.restore(nearest.unwrap_or(0))?;
+        }
+        if self.pos.record != target.record || !self.pos.path.is_empty() {
+            match self.forward(&Goal::Record(target.record), interrupted)? {
+                Stopped::Step => {}
+                // `goto` a record past the end, the failure or a divergence: stop there.
+                other => return Ok(other),
+            }
+        }
+        for leg in &target.path {
+            let stop = match leg {
+                Leg::Steps(n) => self.forward(&Goal::Steps(*n), interrupted)?,
+                Leg::Hits { stops, n } => self.forward(&Goal::Hits(Arc::clone(stops), *n), interrupted)?,
+            };
+            match stop {
+                Stopped::Step => {}
+                Stopped::Interrupted => return Ok(Stopped::Interrupted),
+                _ => return Err(DebugError::Lost(target.to_string())),
+            }
+        }
+        self.pos = target.clone();
+        Ok(Stopped::Step)
+    }
+
+    /// One instruction boundary back.
+    ///
+    /// # Errors
+    /// Replay errors.
+    pub fn reverse_step(&mut self, interrupted: &mut dyn FnMut() -> bool) -> Result<Stopped, DebugError> {
+        if self.off_path() {
+            return Ok(Stopped::Begin);
+        }
+        let (record, steps) = self.here_in_steps(interrupted)?;
+        match self.prev_of(record, steps, interrupted)? {
+            Some((r, k)) => {
+                let stop = self.goto(&Position::stepped(r, k), interrupted)?;
+                Ok(if stop == Stopped::Interrupted { stop } else { Stopped::Step })
+            }
+            None => {
+                let start = self.start.clone();
+                self.goto(&start, interrupted)?;
+                Ok(Stopped::Begin)
+            }
+        }
+    }
+
+    /// Back to the last boundary before this one where a breakpoint or watchpoint fires,
+    /// or to the start.
+    ///
+    /// # Errors
+    /// Replay errors.
+    pub fn reverse_cont(&mut self, interrupted: &mut dyn FnMut() -> bool) -> Result<Stopped, DebugError> {
+        if self.off_path() {
+            return Ok(Stopped::Begin);
+        }
+        let stops = Arc::clone(&self.stops);
+        // The common case needs no stepping: continuing stopped at the n-th hit of these
+        // very stops, so the one before is hit n - 1.
+        if let (false, [Leg::Hits { stops: s, n }]) = (self.at_failure(), self.pos.path.as_slice()) {
+            if **s == *stops && *n > 1 {
+                let target = Position {
+                    record: self.pos.record,
+                    path: vec![Leg::Hits { stops: stops.clone(), n: n - 1 }],
+                };
+                self.goto(&target, interrupted)?;
+                return Ok(self.stop_here(&stops));
+            }
+        }
+        let (record, steps) = self.here_in_steps(interrupted)?;
+        if !stops.is_empty() {
+            // In this stretch: the boundaries from the record's up to here.
+            self.goto(&Position::at_record(record), interrupted)?;
+            let mut last = self.fires_here(&stops)?.map(|f| (0, f));
+            for i in 1..steps {
+                if self.forward(&Goal::Step, interrupted)? != Stopped::Step {
+                    return Err(DebugError::Lost(Position::stepped(record, i).to_string()));
+                }
+                if let Some(f) = self.fired {
+                    last = Some((i, f));
+                }
+            }
+            if let Some((i, f)) = last {
+                self.goto(&Position::stepped(record, i), interrupted)?;
+                return Ok(f.stop());
+            }
+            // Earlier stretches: survey from each checkpoint back.
+            let mut upto = record;
+            while let Some(i) = self.checkpoints.before(upto) {
+                let from = self.checkpoints.list()[i].at;
+                self.restore(i)?;
+                let mut found = self.fires_here(&stops)?.map(|f| (Position::at_record(from), f));
+                match self.forward(&Goal::Survey(Arc::clone(&stops), upto), interrupted)? {
+                    Stopped::Step => {}
+                    Stopped::Interrupted => return Ok(Stopped::Interrupted),
+                    _ => return Err(DebugError::Lost(Position::at_record(upto).to_string())),
+                }
+                if let Some(h) = self.survey_hit.take() {
+                    found = Some(h);
+                }
+                if let Some((p, f)) = found {
+                    self.goto(&p, interrupted)?;
+                    return Ok(f.stop());
+                }
+                upto = from;
+            }
+        }
+        let start = self.start.clone();
+        self.goto(&start, interrupted)?;
+        Ok(Stopped::Begin)
+    }
+
+    /// Whether the session left the recorded path (there is no history to go back along):
+    /// says so.
+    fn off_path(&mut self) -> bool {
+        if let Some(p) = &self.live {
+            let note = format!(
+                "vmrr: the guest runs live since a write at {p}: there is no recorded history to go back along; `monitor goto` a record returns to the recorded path"
+            );
+            self.notes.push(note);
+            return true;
+        }
+        false
+    }
+
+    /// What the stops fire for at the current boundary (a breakpoint at RIP).
+    fn fires_here(&self, stops: &super::StopSet) -> Result<Option<Fired>, DebugError> {
+        let pc = self.machine().linear_pc()?;
+        Ok(stops.exec.contains(&pc).then_some(Fired::Breakpoint(pc)))
+    }
+
+    /// The stop to report at a hit reached again.
+    fn stop_here(&mut self, stops: &super::StopSet) -> Stopped {
+        match self.fired.take().or_else(|| self.fires_here(stops).ok().flatten()) {
+            Some(f) => f.stop(),
+            None => Stopped::Step,
+        }
+    }
+
+    /// The current point as a record and a number of boundaries after it (the failure:
+    /// the failing instruction's boundary, in the stretch before its record).
+    fn here_in_steps(
+        &mut self,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<(Option<u64>, u64), DebugError> {
+        if self.at_failure() {
+            let record = self.pos.record;
+            let stretch = self.stretch_before(record, interrupted)?;
+            let n = self.stretch_length(stretch.from, interrupted)?;
+            return Ok((stretch.from, n));
+        }
+        if let Some(k) = self.pos.steps() {
+            return Ok((self.pos.record, k));
+        }
+        // Walk the path again, single-stepping, counting boundaries.
+        let here = self.pos.clone();
+        self.goto(&Position::at_record(here.record), interrupted)?;
+        self.force_steps = true;
+        let start = self.stepped;
+        let walked = self.walk(&here, interrupted);
+        self.force_steps = false;
+        walked?;
+        let k = self.stepped - start;
+        self.pos = Position::stepped(here.record, k);
+        Ok((here.record, k))
+    }
+
+    fn walk(&mut self, p: &Position, interrupted: &mut dyn FnMut() -> bool) -> Result<(), DebugError> {
+        for leg in &p.path {
+            let goal = match leg {
+                Leg::Steps(n) => Goal::Steps(*n),
+                Leg::Hits { stops, n } => Goal::Hits(Arc::clone(stops), *n),
+            };
+            if self.forward(&goal, interrupted)? != Stopped::Step {
+                return Err(DebugError::Lost(p.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The boundary one before `steps` boundaries after `record`; `None` at the start.
+    fn prev_of(
+        &mut self,
+        record: Option<u64>,
+        steps: u64,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<(Option<u64>, u64)>, DebugError> {
+        let (mut record, steps) = (record, steps);
+        if steps > 0 {
+            return Ok(Some((record, steps - 1)));
+        }
+        loop {
+            if record <= self.start.record {
+                return Ok(None);
+            }
+            let stretch = self.stretch_before(record, interrupted)?;
+            if !stretch.ran {
+                record = stretch.from;
+                continue;
+            }
+            let n = self.stretch_length(stretch.from, interrupted)?;
+            return Ok(Some((stretch.from, n)));
+        }
+    }
+
+    /// The stretch that ends at `record`'s boundary: learnt by replaying to it from the
+    /// checkpoint before it.
+    fn stretch_before(
+        &mut self,
+        record: Option<u64>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<super::Stretch, DebugError> {
+        let key = record.unwrap_or(0);
+        if let Some(s) = self.before.get(&key).filter(|_| record.is_some()) {
+            return Ok(*s);
+        }
+        let i = self.checkpoints.before(record).unwrap_or(0);
+        self.restore(i)?;
+        self.forward(&Goal::Record(record), interrupted)?;
+        self.before
+            .get(&key)
+            .copied()
+            .ok_or_else(|| DebugError::Lost(Position::at_record(record).to_string()))
+    }
+
+    /// How many boundaries the stretch after `record` holds before the instruction that
+    /// ends it: learnt by single-stepping it once.
+    fn stretch_length(
+        &mut self,
+        record: Option<u64>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<u64, DebugError> {
+        if let Some(n) = self.lengths.get(&record) {
+            return Ok(*n);
+        }
+        self.goto(&Position::at_record(record), interrupted)?;
+        let mut n = 0;
+        loop {
+            let stop = self.forward(&Goal::Step, interrupted)?;
+            if self.pos.record != record || !matches!(stop, Stopped::Step | Stopped::Watch { .. }) {
+                break;
+            }
+            n += 1;
+        }
+        self.lengths.insert(record, n);
+        Ok(n)
+    }
+}

@@ -1,0 +1,228 @@
+//! `monitor` commands: where the replay stands, going to a record, checkpoints, the
+//! records around, the divergence or failure report, physical memory.
+
+use std::time::{Duration, Instant};
+
+use gdbstub::outputln;
+use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd};
+
+use super::target::{GdbTarget, TargetFailed};
+use crate::debugger::{Origin, Stopped};
+
+const HELP: &str = "\
+vmrr monitor commands:
+  where                 the replay's position: record, instructions since it, nearest checkpoint
+  goto SEQ              go to the boundary right after record SEQ (then `flushregs`)
+  records [N]           the N records up to the current one and 2 after it, decoded (default 8)
+  checkpoints           the checkpoints going back can restore
+  checkpoint            take a checkpoint here (at a record's boundary)
+  checkpoint-interval MS  take one every MS milliseconds of replay as the session goes
+  report                the divergence or failure report
+  phys on|off           gdb's memory addresses are guest-physical (on) or linear (off)
+  xp ADDR [LEN]         guest-physical memory, in hex
+  help                  this text";
+
+/// gdb drops a `monitor` command that says nothing for 2 s: say something every second.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
+impl MonitorCmd for GdbTarget {
+    fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), TargetFailed> {
+        let cmd = String::from_utf8_lossy(cmd);
+        let mut words = cmd.split_whitespace();
+        match words.next() {
+            Some("where") | None => self.show_where(&mut out),
+            Some("goto") => {
+                let Some(seq) = words.next().and_then(parse_u64) else {
+                    outputln!(out, "usage: monitor goto SEQ");
+                    return Ok(());
+                };
+                let t0 = Instant::now();
+                let mut last = Instant::now();
+                let mut keepalive = || {
+                    if last.elapsed() >= KEEPALIVE {
+                        last = Instant::now();
+                        outputln!(
+                            out,
+                            "vmrr: replaying to record {seq} ({:.0} s)",
+                            t0.elapsed().as_secs_f64()
+                        );
+                        out.flush();
+                    }
+                    false
+                };
+                let stop = self.session.goto_record(seq, &mut keepalive);
+                match stop {
+                    Ok(Stopped::Step) => {}
+                    Ok(Stopped::End) => outputln!(out, "the trace ends before record {seq}"),
+                    Ok(Stopped::Failure(_)) => {
+                        outputln!(out, "the recorded failure comes first (record {seq})")
+                    }
+                    Ok(Stopped::Diverged) => outputln!(out, "the replay diverged before record {seq}"),
+                    Ok(other) => outputln!(out, "stopped: {other:?}"),
+                    Err(e) => outputln!(out, "vmrr: goto failed: {e}"),
+                }
+                for n in self.take_notes() {
+                    outputln!(out, "{n}");
+                }
+                self.show_where(&mut out);
+                outputln!(out, "(gdb still shows the registers of before: run `flushregs`)");
+            }
+            Some("records") => {
+                let n = words.next().and_then(parse_u64).unwrap_or(8);
+                match self.session.records_around(n.saturating_sub(1), 2) {
+                    Ok(lines) => {
+                        for l in lines {
+                            outputln!(out, "{l}");
+                        }
+                    }
+                    Err(e) => outputln!(out, "vmrr: {e}"),
+                }
+            }
+            Some("checkpoints") => {
+                let p = self.session.policy();
+                outputln!(
+                    out,
+                    "{} checkpoints ({} taken by this session; one every {} ms of replay, at most {}):",
+                    self.session.checkpoints().len(),
+                    self.session.checkpoints_taken(),
+                    p.every.as_millis(),
+                    p.max
+                );
+                for c in self.session.checkpoints() {
+                    let at = c.at.map_or("the start".to_string(), |r| format!("record {r}"));
+                    let who = match c.origin {
+                        Origin::Trace => format!("trace snapshot {}", c.snapshot_id),
+                        Origin::Session => "session".to_string(),
+                    };
+                    outputln!(out, "  after {at:<16} {who}");
+                }
+            }
+            Some("checkpoint") => match self.session.checkpoint_here() {
+                Ok(true) => outputln!(out, "checkpoint at {}", self.session.position()),
+                Ok(false) => outputln!(
+                    out,
+                    "no checkpoint: checkpoints are taken at a record's boundary on the recorded path (this is {})",
+                    self.session.position()
+                ),
+                Err(e) => outputln!(out, "vmrr: {e}"),
+            },
+            Some("checkpoint-interval") => match words.next().and_then(parse_u64) {
+                Some(ms) => {
+                    self.session.set_checkpoint_interval(Duration::from_millis(ms));
+                    outputln!(out, "a checkpoint every {ms} ms of replay");
+                }
+                None => outputln!(out, "usage: monitor checkpoint-interval MS"),
+            },
+            Some("report") => {
+                if let Some(d) = self.session.divergence() {
+                    outputln!(out, "DIVERGED:");
+                    out.write_raw(d.human().as_bytes());
+                } else if let Some(f) = self.session.failure() {
+                    outputln!(out, "REPRODUCED the recorded failure:");
+                    out.write_raw(f.human().as_bytes());
+                } else {
+                    outputln!(out, "no divergence or failure reached yet");
+                }
+            }
+            Some("phys") => {
+                match words.next() {
+                    Some("on") => self.phys = true,
+                    Some("off") => self.phys = false,
+                    _ => {}
+                }
+                outputln!(
+                    out,
+                    "memory addresses are {}",
+                    if self.phys { "guest-physical" } else { "linear (through the guest's page tables)" }
+                );
+            }
+            Some("xp") => {
+                let (Some(addr), len) = (words.next().and_then(parse_u64), words.next().and_then(parse_u64))
+                else {
+                    outputln!(out, "usage: monitor xp ADDR [LEN]");
+                    return Ok(());
+                };
+                let len = usize::try_from(len.unwrap_or(64).min(4096)).unwrap_or(64);
+                let mut buf = vec![0u8; len];
+                match self.session.machine().read_phys(addr, &mut buf) {
+                    Ok(()) => {
+                        for (i, row) in buf.chunks(16).enumerate() {
+                            outputln!(
+                                out,
+                                "{:#014x}: {}",
+                                addr + 16 * i as u64,
+                                vmrr_format::describe::hex(row)
+                            );
+                        }
+                    }
+                    Err(e) => outputln!(out, "{e}"),
+                }
+            }
+            Some("help") => outputln!(out, "{HELP}"),
+            Some(other) => outputln!(out, "unknown monitor command {other:?}\n{HELP}"),
+        }
+        Ok(())
+    }
+}
+
+impl GdbTarget {
+    fn show_where(&mut self, out: &mut ConsoleOutput<'_>) {
+        let s = &self.session;
+        let p = s.position();
+        let record = p.record.map_or("none (before the first record)".into(), |r| r.to_string());
+        let since = match p.steps() {
+            Some(n) => n.to_string(),
+            None => format!("{p} (hits of breakpoints; counted on the next reverse step)"),
+        };
+        outputln!(out, "position: {p}");
+        outputln!(out, "  record: {record}   instructions since it: {since}");
+        let nearest = s.checkpoints().iter().rev().find(|c| c.at <= p.record);
+        match nearest {
+            Some(c) => outputln!(
+                out,
+                "  nearest checkpoint: after {} ({})",
+                c.at.map_or("the start".into(), |r| format!("record {r}")),
+                match c.origin {
+                    Origin::Trace => format!("trace snapshot {}", c.snapshot_id),
+                    Origin::Session => "session".into(),
+                }
+            ),
+            None => outputln!(out, "  nearest checkpoint: none"),
+        }
+        if let (Ok(pc), Ok(sregs)) = (s.machine().linear_pc(), s.machine().sregs()) {
+            let insn = s.machine().instruction_at(s.machine().regs().map(|r| r.rip).unwrap_or(pc));
+            let mode = match vmrr_engine::disasm::bitness(&sregs) {
+                64 => "long mode",
+                32 => "32-bit protected mode",
+                _ if sregs.cr0 & 1 == 0 => "real mode",
+                _ => "16-bit protected mode",
+            };
+            outputln!(out, "  pc: {pc:#x} ({mode}): {}", insn.map_or("?".into(), |d| d.text));
+            let (layout, real) = self.layout();
+            let described_long = layout == super::arch::Layout::Amd64;
+            let now_long = vmrr_engine::disasm::bitness(&sregs) == 64;
+            if described_long != now_long || (!described_long && real != (sregs.cr0 & 1 == 0)) {
+                outputln!(
+                    out,
+                    "  note: gdb was told another CPU mode when it connected: `disconnect`, then `target remote` again to describe this one"
+                );
+            }
+        }
+        if s.at_failure() {
+            outputln!(out, "  at the recorded failure (`monitor report`)");
+        }
+        if s.divergence().is_some() {
+            outputln!(out, "  the replay diverged here (`monitor report`)");
+        }
+        if let Some(at) = s.left_path_at() {
+            outputln!(out, "  running live since a write at {at}: nothing comes from the trace");
+        }
+    }
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}

@@ -1,0 +1,420 @@
+//! Debugging replays with gdb, forwards and backwards: Debian's gdb in batch mode against
+//! `vmrr replay --gdb` of built-in guests, on real KVM.
+
+mod common;
+use common::*;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Whether gdb and KVM are here (skips with a reason otherwise; fails under
+/// `VMRR_REQUIRE_KVM=1`, which CI sets and where `.ci/run` installs gdb).
+fn ready() -> bool {
+    if !require_kvm() {
+        return false;
+    }
+    match Command::new("gdb").arg("--version").output() {
+        Ok(o) if o.status.success() => true,
+        other => {
+            assert!(
+                std::env::var("VMRR_REQUIRE_KVM").as_deref() != Ok("1"),
+                "VMRR_REQUIRE_KVM=1 but gdb cannot run: {other:?}"
+            );
+            eprintln!("skipped: gdb is not installed (apt-get install gdb)");
+            false
+        }
+    }
+}
+
+fn record(dir: &tempfile::TempDir, guest: &str, extra: &[&str]) -> PathBuf {
+    let out = at(dir, &format!("{guest}.vmrr"));
+    let mut args = vec!["record", "--guest", guest, "-o", s(&out), "--serial", "none"];
+    args.extend_from_slice(extra);
+    let o = vmrr(&args);
+    assert!(matches!(o.status.code(), Some(0 | 5)), "{guest}: {}", stderr(&o));
+    out
+}
+
+/// `vmrr replay SRC --gdb 127.0.0.1:0`, running.
+struct Stub {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Stub {
+    fn start(src: &Path) -> Stub {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vmrr"))
+            .args(["replay", s(src), "--gdb", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("vmrr starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut addr = None;
+        for line in lines.by_ref() {
+            let line = line.expect("stderr is text");
+            log.lock().expect("log").push_str(&format!("{line}\n"));
+            if let Some(a) = line.split("waiting for gdb on ").nth(1) {
+                addr = Some(a.trim().to_string());
+                break;
+            }
+        }
+        let addr = addr.unwrap_or_else(|| panic!("vmrr did not listen: {}", log.lock().expect("log")));
+        let l = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                l.lock().expect("log").push_str(&format!("{line}\n"));
+            }
+        });
+        Stub { child, addr, log }
+    }
+
+    /// Runs gdb with `cmds` against the stub; returns what gdb printed. gdb detaches at the
+    /// end, which ends the stub: it must exit 0.
+    fn gdb(mut self, cmds: &[&str]) -> String {
+        let mut args: Vec<String> =
+            ["-nx", "-batch", "-ex", "set pagination off"].iter().map(|s| s.to_string()).collect();
+        args.push("-ex".into());
+        args.push(format!("target remote {}", self.addr));
+        for c in cmds {
+            args.push("-ex".into());
+            args.push((*c).to_string());
+        }
+        // gdb prints a target's console output on stderr: both go to one file, in order.
+        let out_path = std::env::temp_dir().join(format!(
+            "vmrr-gdb-test-{}-{:?}.txt",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let file = std::fs::File::create(&out_path).expect("gdb output file");
+        let mut gdb = Command::new("gdb")
+            .args(&args)
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .spawn()
+            .expect("gdb");
+        let t0 = Instant::now();
+        while gdb.try_wait().expect("gdb").is_none() {
+            if t0.elapsed() > Duration::from_secs(240) {
+                let _ = gdb.kill();
+                let _ = self.child.kill();
+                panic!("gdb did not finish in 240 s; vmrr said: {}", self.log.lock().expect("log"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let text = std::fs::read_to_string(&out_path).expect("gdb output");
+        let _ = std::fs::remove_file(&out_path);
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("vmrr") {
+                break st;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("vmrr did not end after gdb detached: {text}\n{}", self.log.lock().expect("log"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "vmrr exited {status}: {}\n{text}", self.log.lock().expect("log"));
+        text
+    }
+}
+
+/// Splits gdb's output at `echo @N\n` marks: section N is what came after mark N.
+fn sections(out: &str) -> Vec<String> {
+    let mut v = vec![String::new()];
+    for line in out.lines() {
+        if line.starts_with("@@") {
+            v.push(String::new());
+        } else if let Some(last) = v.last_mut() {
+            last.push_str(line);
+            last.push('\n');
+        }
+    }
+    v
+}
+
+/// The value of register `name` in `info registers` output.
+fn reg(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name)).then(|| w.next()).flatten()
+        })
+        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| panic!("no register {name} in:\n{text}"))
+}
+
+/// The general registers, RIP and RFLAGS in `info registers` output.
+fn gprs(text: &str) -> Vec<(String, u64)> {
+    const NAMES: [&str; 18] = [
+        "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
+        "r14", "r15", "rip", "eflags",
+    ];
+    NAMES.iter().map(|n| (n.to_string(), reg(text, n))).collect()
+}
+
+const MARK: &str = "echo @@\\n";
+
+/// An exit of `kind` in the middle of the run, as the first record at its RIP (the first
+/// time a breakpoint there is hit).
+fn first_record_with_rip<'a>(recs: &'a [Rec], kind: &str) -> &'a Rec {
+    let rip = recs.iter().filter(|r| r.kind == kind && r.rip.is_some()).nth(3).and_then(|r| r.rip);
+    recs.iter().find(|r| r.kind == kind && r.rip == rip).expect("such an exit")
+}
+
+#[test]
+fn registers_at_a_breakpoint_are_the_recorded_ones() {
+    if !ready() {
+        return;
+    }
+    let d = tmp();
+    let trace = record(&d, "emulation-failure", &["--checkpoint-every", "20"]);
+    let recs = records(&trace);
+    // A port write in the middle of the run: the guest stands at its recorded RIP with
+    // its recorded RSP and RFLAGS.
+    let io = first_record_with_rip(&recs, "io");
+    let rip = io.rip.expect("rip");
+    let out = Stub::start(&trace).gdb(&[
+        "info registers rip rsp",
+        MARK,
+        &format!("hbreak *{rip:#x}"),
+        "continue",
+        MARK,
+        "info registers",
+        MARK,
+        "monitor where",
+    ]);
+    let sec = sections(&out);
+    assert_eq!(reg(&sec[0], "rip"), 0x10_0000, "{out}");
+    assert!(sec[1].contains("Breakpoint 1,"), "{out}");
+    assert_eq!(reg(&sec[2], "rip"), rip, "{out}");
+    assert_eq!(reg(&sec[2], "rsp"), io.json["regs"]["rsp"].as_u64().expect("rsp"), "{out}");
+    assert_eq!(reg(&sec[2], "eflags"), io.json["regs"]["rflags"].as_u64().expect("rflags"), "{out}");
+    assert!(sec[3].contains("position: record"), "{out}");
+}
+
+#[test]
+fn the_failure_stops_with_sigill_and_stepping_back_out_of_it_is_exact() {
+    if !ready() {
+        return;
+    }
+    let d = tmp();
+    let trace = record(&d, "emulation-failure", &["--checkpoint-every", "20"]);
+    let recs = records(&trace);
+    let failing =
+        recs.iter().rev().find(|r| r.kind == "internal_error").and_then(|r| r.rip).expect("failure rip");
+    // The guest's second instruction runs once (after a 2-byte `xor eax, eax`).
+    let early = 0x10_0002u64;
+    let out = Stub::start(&trace).gdb(&[
+        &format!("hbreak *{early:#x}"),
+        "info registers rip",
+        MARK,
+        "continue",
+        "continue",
+        MARK,
+        "x/i $pc",
+        "info registers",
+        MARK,
+        "reverse-stepi",
+        "x/i $pc",
+        MARK,
+        "info registers",
+        MARK,
+        "stepi",
+        "x/i $pc",
+        "info registers",
+        MARK,
+        "continue",
+        MARK,
+        "reverse-continue",
+        "info registers rip",
+        MARK,
+        "reverse-continue",
+        "info registers rip",
+        MARK,
+        "monitor records 3",
+    ]);
+    let sec = sections(&out);
+    assert!(sec[1].contains("Program received signal SIGILL, Illegal instruction."), "{out}");
+    assert!(sec[2].contains("popcnt"), "{out}");
+    assert_eq!(reg(&sec[2], "rip"), failing, "{out}");
+    let at_failure = gprs(&sec[2]);
+    // One instruction back: the `mov rdi, <MMIO address>` before it, with the registers
+    // it had (RDI not yet loaded).
+    assert!(sec[3].contains("mov"), "{out}");
+    let before = gprs(&sec[4]);
+    assert!(reg(&sec[4], "rip") < failing, "{out}");
+    assert_ne!(reg(&sec[4], "rdi"), reg(&sec[2], "rdi"), "{out}");
+    // And forward again: the failing instruction, the registers of the failure.
+    assert!(sec[5].contains("popcnt"), "{out}");
+    assert_eq!(gprs(&sec[5]), at_failure, "{out}");
+    assert!(sec[6].contains("SIGILL"), "{out}");
+    // Back to the breakpoint (its only hit), then the start.
+    assert!(sec[7].contains("Breakpoint 1,"), "{out}");
+    assert_eq!(reg(&sec[7], "rip"), early, "{out}");
+    assert!(sec[8].contains("No more reverse-execution history."), "{out}");
+    assert_eq!(reg(&sec[8], "rip"), 0x10_0000, "{out}");
+    assert!(sec[9].contains("=>"), "{out}");
+
+    // The point reverse-stepi reached, reached forwards: the same registers.
+    let before_rip = before.iter().find(|(n, _)| n == "rip").map(|(_, v)| *v).expect("rip");
+    let out2 =
+        Stub::start(&trace).gdb(&[&format!("hbreak *{before_rip:#x}"), "continue", MARK, "info registers"]);
+    assert_eq!(gprs(&sections(&out2)[1]), before, "{out2}");
+}
+
+#[test]
+fn stepping_back_crosses_an_injected_interrupt_and_checkpoints_exactly() {
+    if !ready() {
+        return;
+    }
+    let d = tmp();
+    let trace = record(&d, "interrupts", &["--iterations", "4", "--checkpoint-every", "2"]);
+    let recs = records(&trace);
+    // Where the guest halts waiting for its timer (RIP after `hlt`), and the handler its
+    // IDT names for the timer's vector (read through gdb once the IDT is written).
+    let hlt = recs.iter().find(|r| r.kind == "hlt").and_then(|r| r.rip).expect("a hlt exit");
+    let gate = 0x1000 + 16 * 0x20;
+    let out = Stub::start(&trace).gdb(&[
+        &format!("hbreak *{hlt:#x}"),
+        "continue",
+        MARK,
+        &format!("x/4xw {gate:#x}"),
+    ]);
+    let words: Vec<u64> = sections(&out)[1]
+        .split_whitespace()
+        .filter(|w| w.starts_with("0x") && !w.ends_with(':'))
+        .filter_map(|w| u64::from_str_radix(&w[2..], 16).ok())
+        .collect();
+    assert!(words.len() >= 3, "{out}");
+    let handler = (words[0] & 0xffff) | (words[1] & 0xffff_0000) | (words[2] << 32);
+
+    let out = Stub::start(&trace).gdb(&[
+        &format!("hbreak *{handler:#x}"),
+        "continue",
+        MARK,
+        "info registers",
+        "monitor where",
+        MARK,
+        "continue",
+        MARK,
+        "info registers",
+        "monitor where",
+        MARK,
+        "reverse-stepi",
+        "info registers",
+        MARK,
+        "stepi",
+        "info registers",
+        MARK,
+        "reverse-continue",
+        "info registers",
+        "monitor where",
+        MARK,
+        "reverse-stepi",
+        "info registers",
+        MARK,
+        "monitor checkpoints",
+    ]);
+    let sec = sections(&out);
+    let record_of = |t: &str| -> u64 {
+        t.lines()
+            .find_map(|l| l.trim().strip_prefix("record: "))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no position in {t}"))
+    };
+    assert!(sec[0].contains("Breakpoint 1,"), "{out}");
+    let first = gprs(&sec[1]);
+    let first_record = record_of(&sec[1]);
+    assert!(sec[2].contains("Breakpoint 1,"), "{out}");
+    let second = gprs(&sec[3]);
+    let second_record = record_of(&sec[3]);
+    assert_eq!(reg(&sec[3], "rip"), handler, "{out}");
+    assert!(second_record > first_record, "{out}");
+    // One instruction back from the handler's first: where the interrupt was injected
+    // (after `hlt`), the stack without the interrupt frame.
+    assert_eq!(reg(&sec[4], "rip"), hlt, "{out}");
+    assert_eq!(reg(&sec[4], "rsp"), reg(&sec[3], "rsp") + 40, "{out}");
+    // Forward again into the handler: exactly the registers of the second hit.
+    assert_eq!(gprs(&sec[5]), second, "{out}");
+    // Back to the first hit, across exits, an injection and at least one checkpoint.
+    assert!(sec[6].contains("Breakpoint 1,"), "{out}");
+    assert_eq!(gprs(&sec[6]), first, "{out}");
+    assert_eq!(record_of(&sec[6]), first_record, "{out}");
+    assert_eq!(reg(&sec[7], "rip"), hlt, "{out}");
+    let checkpoints: Vec<u64> = sec[8]
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("after record "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(
+        checkpoints.iter().any(|&c| c > first_record && c < second_record),
+        "no checkpoint between the hits ({first_record}, {second_record}): {out}"
+    );
+}
+
+#[test]
+fn a_divergence_stops_with_its_cause_and_writes_leave_the_recorded_path() {
+    if !ready() {
+        return;
+    }
+    let d = tmp();
+    let trace = record(&d, "tsc", &[]);
+    let out = Stub::start(&trace).gdb(&[
+        "continue",
+        MARK,
+        "monitor report",
+        MARK,
+        "set $rax = 1",
+        "stepi",
+        MARK,
+        "monitor where",
+    ]);
+    let sec = sections(&out);
+    assert!(sec[0].contains("vmrr: the replay diverged from the recording at record"), "{out}");
+    assert!(sec[0].contains("cause: the guest read the TSC"), "{out}");
+    assert!(sec[0].contains("Program received signal SIGTRAP"), "{out}");
+    assert!(sec[1].contains("DIVERGED"), "{out}");
+    assert!(sec[2].contains("left the recorded path"), "{out}");
+    assert!(sec[3].contains("running live since a write"), "{out}");
+}
+
+#[test]
+fn real_mode_is_described_as_i8086_with_linear_addresses() {
+    if !ready() {
+        return;
+    }
+    let d = tmp();
+    let trace = record(&d, "hello", &[]);
+    let out = Stub::start(&trace).gdb(&[
+        "show architecture",
+        "x/i $pc",
+        MARK,
+        "stepi",
+        "stepi",
+        "info registers eip",
+        MARK,
+        "reverse-stepi",
+        "info registers eip",
+        MARK,
+        "monitor goto 40",
+        MARK,
+        "monitor records 2",
+    ]);
+    let sec = sections(&out);
+    assert!(sec[0].contains("i8086"), "{out}");
+    // 16-bit decoding: `mov $imm16,%si` is three bytes.
+    assert!(sec[0].contains("mov    $0x"), "{out}");
+    let two = reg(&sec[1], "eip");
+    let one = reg(&sec[2], "eip");
+    assert!(one < two && one > 0x7c00, "{out}");
+    assert!(sec[3].contains("position: record 40"), "{out}");
+    assert!(sec[4].contains("=> #40") || sec[4].contains("=> #41"), "{out}");
+}
