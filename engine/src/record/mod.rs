@@ -4,7 +4,7 @@
 pub mod prelude;
 pub mod recorder;
 
-pub use recorder::{Recorder, RecorderError};
+pub use recorder::{Recorder, RecorderError, RecorderOptions};
 
 /// A recording that has started: what its snapshots must carry.
 #[derive(Debug, Clone)]
