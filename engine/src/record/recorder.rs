@@ -61,14 +61,13 @@
 //! and the next entry: the device model, the recorder itself, interrupt injection, and
 //! any work the VMM does there (vmrr's own checkpoints, waiting in `HLT` for a timer).
 
-use std::time::Instant;
-
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vmrr_format::{
-    Annotation, Body, Checkpoint, CpuidEntries, CpuidEntry, EndOfRun, Interrupt, Timing, TraceWriter,
-    WriteError, WriterSummary,
+    Annotation, Body, Checkpoint, CpuidEntries, CpuidEntry, EndOfRun, Interrupt, TraceWriter, WriteError,
+    WriterSummary,
 };
 
+use super::clock::ExitClock;
 use crate::exit::{RipConvention, RunView};
 use crate::kvm::cpuid;
 use crate::sys::run_page::RunPage;
@@ -106,83 +105,6 @@ impl RecorderOptions {
     /// Timing exactly when `writer`'s trace announces it.
     pub fn for_writer(writer: &TraceWriter) -> Self {
         RecorderOptions { timing: writer.header().has_timing() }
-    }
-}
-
-/// Per-exit timing state: instants are nanoseconds since `origin` on `CLOCK_MONOTONIC`.
-#[derive(Debug)]
-struct ExitClock {
-    origin: Instant,
-    /// True once the vCPU entered the guest (the origin is then its first entry).
-    entered_once: bool,
-    /// The first entry since the last recorded exit.
-    entry: Option<u64>,
-    /// When `KVM_RUN` last returned with an exit (`exited`), not yet recorded.
-    exit: Option<u64>,
-    /// The previous recorded exit: when it happened, and whether that came from `exited`.
-    prev_exit: Option<(u64, bool)>,
-    /// The previous exit's instant as a reader reconstructs it from the time codes: each
-    /// `guest` code is taken against it, so rounding errors never accumulate.
-    prev_exit_rebuilt: u64,
-}
-
-impl ExitClock {
-    fn new() -> Self {
-        ExitClock {
-            origin: Instant::now(),
-            entered_once: false,
-            entry: None,
-            exit: None,
-            prev_exit: None,
-            prev_exit_rebuilt: 0,
-        }
-    }
-
-    #[inline]
-    fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    #[inline]
-    fn entering(&mut self) {
-        if self.entry.is_some() {
-            // A re-entry after `KVM_RUN` returned without an exit (a signal): the handler
-            // ended at the first entry.
-            return;
-        }
-        if !self.entered_once && self.prev_exit.is_none() {
-            self.origin = Instant::now();
-            self.entered_once = true;
-            self.entry = Some(0);
-        } else {
-            self.entry = Some(self.now());
-        }
-    }
-
-    /// The payload for the exit being recorded now.
-    #[inline]
-    fn take(&mut self) -> Timing {
-        let (exit, precise) = match self.exit.take() {
-            Some(t) => (t, true),
-            None => (self.now(), false),
-        };
-        let entry = self.entry.take();
-        let handler = match (self.prev_exit, entry) {
-            (Some((prev, true)), Some(entry)) => Some(entry.saturating_sub(prev)),
-            _ => None,
-        };
-        let mut timing = Timing::from_ns(handler, 0);
-        // Where a reader puts the end of the previous handler (or the previous exit, or
-        // the origin); the guest time is measured from there.
-        let base = match (self.prev_exit, timing.prev_handler_ns()) {
-            (Some(_), Some(h)) => self.prev_exit_rebuilt.saturating_add(h),
-            (Some(_), None) => self.prev_exit_rebuilt,
-            (None, _) => 0,
-        };
-        timing.guest = vmrr_format::timing::time_code(exit.saturating_sub(base));
-        self.prev_exit_rebuilt = base.saturating_add(timing.guest_ns());
-        self.prev_exit = Some((exit, precise));
-        timing
     }
 }
 
@@ -260,7 +182,7 @@ impl Recorder {
     #[inline]
     pub fn exited(&mut self) {
         if let Some(c) = self.clock.as_mut() {
-            c.exit = Some(c.now());
+            c.exited();
         }
     }
 
