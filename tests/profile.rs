@@ -426,3 +426,76 @@ fn a_ten_million_exit_timeline_is_aggregated_in_bounded_memory_and_size() {
     assert_eq!(pj["summary"]["exits"], n);
     assert_eq!(pj["by_port"]["0x3fd:in"]["count"], n / 3);
 }
+
+/// The design measurement behind the time codes (docs/PERFORMANCE.md): the compressed size
+/// per exit of a real `pio-storm` trace with its timing payload as recorded, as two exact
+/// nanosecond `u32`s (the stored values plus jitter drawn within each code's range, which
+/// is what a nanosecond clock adds), as `u32`s rounded to fewer significant bits, and
+/// without it. Run with
+/// `cargo test --release --test profile -- --ignored --nocapture timing_encodings`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn timing_encodings_compared() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let (trace, _) = record_timed(&d, "storm.vmrr", "pio-storm", &["--iterations", "60000", "--no-snapshot"]);
+    let mut r = vmrr_format::TraceReader::open(&trace).unwrap();
+    let mut rng = Rng(7);
+    let round = |ns: u64, bits: u32| -> u64 {
+        if ns < 1 << (bits + 1) {
+            return ns;
+        }
+        let e = 63 - ns.leading_zeros() - bits;
+        ((ns + (1 << (e - 1))) >> e) << e
+    };
+    let names = [
+        "time codes (as recorded)",
+        "exact ns, 2 x u32",
+        "u32, 5 significant bits",
+        "u32, 7 significant bits",
+        "no timing payload",
+    ];
+    let mut bufs = vec![Vec::new(); names.len()];
+    let mut exits = 0u64;
+    while let Some(rec) = r.next_record() {
+        let rec = rec.unwrap();
+        let mut raw = Vec::new();
+        vmrr_format::encode(&rec, &mut raw).unwrap();
+        raw[8..16].copy_from_slice(&0u64.to_le_bytes()); // as SEQ_DELTA stores contiguous records
+        let Some(t) = rec.timing else {
+            bufs.iter_mut().for_each(|b| b.extend_from_slice(&raw));
+            continue;
+        };
+        exits += 1;
+        let n = raw.len();
+        let jitter = |code: u16, rng: &mut Rng| {
+            vmrr_format::timing::code_bounds(code).map_or(0, |(lo, hi)| lo + rng.next() % (hi - lo + 1))
+        };
+        let (h, g) = (jitter(t.prev_handler, &mut rng), jitter(t.guest, &mut rng));
+        for (v, b) in bufs.iter_mut().enumerate() {
+            let mut rr = raw.clone();
+            let mut put = |h: u64, g: u64| {
+                rr[n - 8..n - 4].copy_from_slice(&u32::try_from(h).unwrap_or(u32::MAX).to_le_bytes());
+                rr[n - 4..n].copy_from_slice(&u32::try_from(g).unwrap_or(u32::MAX).to_le_bytes());
+            };
+            match v {
+                1 => put(h, g),
+                2 => put(round(h, 4), round(g, 4)),
+                3 => put(round(h, 6), round(g, 6)),
+                4 => {
+                    rr.truncate(n - 8);
+                    rr[0..4].copy_from_slice(&u32::try_from(n - 8).unwrap().to_le_bytes());
+                    rr[20] &= !2;
+                }
+                _ => {}
+            }
+            b.extend_from_slice(&rr);
+        }
+    }
+    for (name, b) in names.iter().zip(&bufs) {
+        let stored: usize = b.chunks(256 << 10).map(|c| zstd::bulk::compress(c, 3).unwrap().len()).sum();
+        eprintln!("{name:<28} {:.2} compressed bytes per exit", stored as f64 / exits as f64);
+    }
+}

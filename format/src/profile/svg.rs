@@ -126,6 +126,16 @@ impl Frame {
     }
 }
 
+/// A power of ten of nanoseconds as `1ns`, `10us`, `100ms`, `1s`.
+fn decade_label(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{}us", ns / 1_000),
+        1_000_000..1_000_000_000 => format!("{}ms", ns / 1_000_000),
+        _ => format!("{}s", ns / 1_000_000_000),
+    }
+}
+
 fn count_label(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.1}M", v / 1e6)
@@ -235,7 +245,7 @@ pub fn latency_svg(table: &Table, title: &str, top: usize) -> String {
     while d <= d1 + 0.01 {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let ns = 10f64.powf(d).round() as u64;
-        f.xtick(&mut s, (d - d0) / (d1 - d0), &duration(ns));
+        f.xtick(&mut s, (d - d0) / (d1 - d0), &decade_label(ns));
         d += 1.0;
     }
     f.axes(&mut s, "handler time (log scale)", "share of the key's exits");
