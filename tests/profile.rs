@@ -499,3 +499,55 @@ fn timing_encodings_compared() {
         eprintln!("{name:<28} {:.2} compressed bytes per exit", stored as f64 / exits as f64);
     }
 }
+
+#[test]
+fn a_damaged_trace_profiles_what_is_readable_and_exits_3() {
+    let d = tmp();
+    let trace = at(&d, "damaged.vmrr");
+    let opts =
+        WriterOptions { timing: true, chunk_target: 4096, sync: SyncMode::Never, ..Default::default() };
+    let mut w = TraceWriter::create(&trace, opts).unwrap();
+    for i in 0..3000u64 {
+        let io = Io { direction: Direction::Out, size: 1, port: 0x3f8, count: 1, data: b"x" };
+        w.append_timed(0, Body::Io(io), None, Timing::from_ns((i > 0).then_some(900), 4000)).unwrap();
+    }
+    w.finish().unwrap();
+    let mut bytes = std::fs::read(&trace).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&trace, &bytes).unwrap();
+    let o = vmrr(&["profile", s(&trace), "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("damaged.vmrr"), "{}", stderr(&o));
+    let p: Value = serde_json::from_slice(&o.stdout).expect("the readable part is still profiled");
+    let n = p["summary"]["exits"].as_u64().unwrap();
+    assert!(n > 1000 && n < 3000, "{n}");
+    assert!(p["summary"]["missing_records"].as_u64().unwrap() > 0);
+    assert_eq!(p["by_port"]["0x3f8:out"]["handler_ns"]["p50"], 904); // 900 ns as stored
+    let out = at(&d, "damaged.json");
+    let (o, v) = timeline(&trace, &out, &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    check_trace_events(&v);
+    assert!(v["traceEvents"].as_array().unwrap().iter().any(|e| e["name"] == "records missing"));
+}
+
+#[test]
+fn a_timed_recording_replays_and_verifies() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let (trace, _) = record_timed(&d, "irq.vmrr", "interrupts", &["--checkpoint-every", "20"]);
+    let o = vmrr(&["replay", s(&trace), "--json"]);
+    let rep = json_of(&o);
+    assert_eq!(rep["outcome"], "completed", "{rep}");
+    ok(&vmrr(&["verify", s(&trace)]));
+    // A repaired copy keeps the timing (and announces it).
+    let copy = at(&d, "copy.vmrr");
+    ok(&vmrr(&["verify", s(&trace), "--repair", s(&copy)]));
+    assert!(vmrr_format::TraceReader::open(&copy).unwrap().header().has_timing());
+    let p = json_of(&vmrr(&["profile", s(&copy), "--json"]));
+    assert_eq!(p["summary"]["timed_exits"], p["summary"]["exits"]);
+    // Exits followed by a checkpoint are counted apart.
+    assert!(p["checkpoints"]["count"].as_u64().unwrap() > 0, "{}", p["checkpoints"]);
+}

@@ -51,9 +51,10 @@ struct Read {
 fn read(path: &Path, blocks: bool) -> Result<Read, CliError> {
     let mut r = TraceReader::open(path)?;
     let opts = ProfileOptions { by: By::ALL.to_vec(), blocks, ..Default::default() };
-    let (profile, damaged) = profile::profile_trace(&mut r, &opts)?;
-    let damage = (damaged > 0).then(|| {
-        format!("{}: {damaged} damaged region(s) skipped (`vmrr verify` shows them)", path.display())
+    let (profile, damage) = profile::profile_trace(&mut r, &opts)?;
+    let damage = damage.first.map(|first| match damage.regions {
+        0 => format!("{first} (`vmrr verify` shows it)"),
+        n => format!("{first} ({n} damaged region(s) skipped; `vmrr verify` shows them)"),
     });
     Ok(Read { path: path.to_path_buf(), profile, damage })
 }
@@ -70,8 +71,11 @@ pub fn run(args: &ProfileArgs) -> CliResult {
     }
     let floor = args.noise_floor / 100.0;
     if let Some(dir) = &args.svg {
-        super::check_output_is_not_input(&dir.join(RATE_SVG), &[&args.trace])?;
-        super::check_output_is_not_input(&dir.join(LATENCY_SVG), &[&args.trace])?;
+        let mut inputs: Vec<&Path> = vec![&args.trace];
+        inputs.extend(args.vs.as_deref());
+        for file in [RATE_SVG, LATENCY_SVG] {
+            super::check_output_is_not_input(&dir.join(file), &inputs)?;
+        }
     }
     let a = read(&args.trace, args.vs.is_some())?;
     let b = match &args.vs {

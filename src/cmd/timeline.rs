@@ -133,8 +133,11 @@ pub fn run(args: &TimelineArgs) -> CliResult {
         },
         if s.time_axis == "sequence" { "; no timing in the trace: time is the record sequence" } else { "" }
     );
-    if s.damaged > 0 {
-        eprintln!("vmrr: error: {}: {} damaged region(s) skipped", args.trace.display(), s.damaged);
+    if let Some(first) = &s.damage.first {
+        match s.damage.regions {
+            0 => eprintln!("vmrr: error: {first}"),
+            n => eprintln!("vmrr: error: {first} ({n} damaged region(s) skipped)"),
+        }
         return Err(CliError::Reported { code: INVALID_INPUT });
     }
     Ok(())

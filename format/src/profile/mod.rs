@@ -52,20 +52,48 @@ pub use timeline::{Marker, TimelineError, TimelineOptions, TimelineSummary, writ
 use crate::error::ReadError;
 use crate::reader::TraceReader;
 
+/// What a trace's damage did to a pass over it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Damage {
+    /// Damaged regions skipped.
+    pub regions: u64,
+    /// The first problem (a damaged index included), as the reader describes it.
+    pub first: Option<String>,
+}
+
+impl Damage {
+    pub(crate) fn start(reader: &TraceReader) -> Self {
+        let first = reader
+            .index_damage()
+            .map(|e| ReadError::Invalid { path: reader.name().to_string(), error: e.clone() }.to_string());
+        Damage { regions: 0, first }
+    }
+
+    pub(crate) fn add(&mut self, e: &ReadError) {
+        self.regions += 1;
+        if self.first.is_none() {
+            self.first = Some(e.to_string());
+        }
+    }
+}
+
 /// Profiles every readable record of `reader` (from where it stands); returns the profile
-/// and the number of damaged regions skipped.
+/// and what damage was skipped.
 ///
 /// # Errors
 /// An I/O error reading the trace.
-pub fn profile_trace(reader: &mut TraceReader, opts: &ProfileOptions) -> Result<(Profile, u64), ReadError> {
+pub fn profile_trace(
+    reader: &mut TraceReader,
+    opts: &ProfileOptions,
+) -> Result<(Profile, Damage), ReadError> {
     let mut p = Profiler::new(opts);
-    let mut damaged = 0;
+    let mut damage = Damage::start(reader);
     while let Some(item) = reader.next_record() {
         match item {
             Ok(rec) => p.observe(&rec),
-            Err(ReadError::Invalid { .. }) => damaged += 1,
+            Err(e @ ReadError::Invalid { .. }) => damage.add(&e),
             Err(e) => return Err(e),
         }
     }
-    Ok((p.finish(), damaged))
+    Ok((p.finish(), damage))
 }

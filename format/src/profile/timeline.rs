@@ -86,8 +86,8 @@ pub struct TimelineSummary {
     pub window_ns: u64,
     /// `"monotonic"` (the trace has timing) or `"sequence"` (it has not: 1 us per record).
     pub time_axis: &'static str,
-    /// Damaged regions skipped.
-    pub damaged: u64,
+    /// Damage skipped (a damaged index included).
+    pub damage: super::Damage,
 }
 
 /// Writing a timeline failed.
@@ -210,14 +210,14 @@ pub fn write_timeline(
             m
         },
         next_marker: 0,
-        damaged: 0,
+        damage: super::Damage::start(reader),
         exits: 0,
         gaps: 0,
     };
     while let Some(item) = reader.next_record() {
         match item {
             Ok(rec) => st.record(&rec, &mut w)?,
-            Err(ReadError::Invalid { .. }) => st.damaged += 1,
+            Err(e @ ReadError::Invalid { .. }) => st.damage.add(&e),
             Err(e) => return Err(e.into()),
         }
     }
@@ -230,7 +230,7 @@ pub fn write_timeline(
         aggregated,
         window_ns,
         time_axis,
-        damaged: st.damaged,
+        damage: st.damage,
     })
 }
 
@@ -309,7 +309,7 @@ struct State<'m> {
     last_seq: Option<u64>,
     markers: Vec<&'m Marker>,
     next_marker: usize,
-    damaged: u64,
+    damage: super::Damage,
     exits: u64,
     gaps: u64,
 }
