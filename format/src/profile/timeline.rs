@@ -11,13 +11,15 @@
 //!   replay's divergence).
 //! - A counter (`ph: "C"`) per vCPU: exits per second per kind.
 //!
-//! **Bounded output.** Up to [`TimelineOptions::aggregate_above`] exits (200,000) every
-//! exit is a slice. Above it, exits are aggregated per time window (1 ms, or wider so
-//! that a vCPU has at most [`TimelineOptions::max_windows`] windows): each window holds
+//! **Bounded output.** Up to [`TimelineOptions::aggregate_above`] exits and interrupts
+//! together (200,000) every exit is a slice and every interrupt an instant. Above it, exits
+//! are aggregated per time window (1 ms, or wider so that the vCPUs have at most
+//! [`TimelineOptions::max_windows`] windows together): each window holds
 //! one slice per kind, laid back to back from the window's start, each as long as that
 //! kind's summed handler time in the window (scaled down to fit when the sum exceeds the
 //! window), with the exit count, true handler total and interrupts in `args`; interrupts
-//! become counts instead of instants. The file says so in `otherData`. The writer streams:
+//! become counts instead of instants. Checkpoint and gap instants stop at 10,000 each (a
+//! last instant gives the count). The file says so in `otherData`. The writer streams:
 //! memory is a few records per vCPU, whatever the trace's length.
 //!
 //! A trace without timing gets a sequence axis (1 us per record) and zero-length slices,
@@ -104,13 +106,16 @@ pub enum TimelineError {
 /// What the first pass finds.
 struct Scan {
     exits: u64,
+    interrupts: u64,
+    vcpus: u64,
     timed: bool,
     span_ns: u64,
 }
 
 fn scan(reader: &mut TraceReader) -> Result<Scan, ReadError> {
-    let mut s = Scan { exits: 0, timed: false, span_ns: 0 };
+    let mut s = Scan { exits: 0, interrupts: 0, vcpus: 0, timed: false, span_ns: 0 };
     let mut axes = Axes::default();
+    let mut vcpus = std::collections::BTreeSet::new();
     let mut last_seq = 0;
     while let Some(item) = reader.next_record() {
         let rec = match item {
@@ -119,6 +124,12 @@ fn scan(reader: &mut TraceReader) -> Result<Scan, ReadError> {
             Err(e) => return Err(e),
         };
         last_seq = rec.seq;
+        if vcpus.len() < MAX_AXES {
+            vcpus.insert(rec.vcpu);
+        }
+        if matches!(rec.body, Body::Interrupt(_)) {
+            s.interrupts += 1;
+        }
         if kind::is_exit(rec.body.kind()) {
             s.exits += 1;
             if let Some(t) = rec.timing {
@@ -132,6 +143,7 @@ fn scan(reader: &mut TraceReader) -> Result<Scan, ReadError> {
     if !s.timed {
         s.span_ns = last_seq.saturating_mul(1000);
     }
+    s.vcpus = vcpus.len() as u64;
     Ok(s)
 }
 
@@ -165,12 +177,11 @@ pub fn write_timeline(
     reader.rewind();
     let sc = scan(reader)?;
     reader.rewind();
-    let aggregated = sc.exits > opts.aggregate_above;
-    let window_ns = if aggregated {
-        window_for(sc.span_ns, opts.max_windows)
-    } else {
-        window_for(sc.span_ns, opts.counter_points)
-    };
+    // Interrupts become instants one by one unless aggregated: they count towards the
+    // limit too. Windows are sized over every vCPU's axis together.
+    let aggregated = sc.exits.saturating_add(sc.interrupts) > opts.aggregate_above;
+    let span_all = sc.span_ns.saturating_mul(sc.vcpus.max(1));
+    let window_ns = window_for(span_all, if aggregated { opts.max_windows } else { opts.counter_points });
     let time_axis = if sc.timed { "monotonic" } else { "sequence" };
     let mut w = Writer { out, events: 0, first: true };
     let other = json!({
@@ -183,8 +194,8 @@ pub fn write_timeline(
             "record sequence numbers (1 us per record): the trace has no timing (record with --timing)"
         },
         "mode": if aggregated {
-            format!("aggregated: {} exits exceed {}; one slice per kind per {} us window, \
-                     handler time summed (args), interrupts counted", sc.exits, opts.aggregate_above, window_ns / 1000)
+            format!("aggregated: {} exits and {} interrupts exceed {}; one slice per kind per {} us window, \
+                     handler time summed (args), interrupts counted", sc.exits, sc.interrupts, opts.aggregate_above, window_ns / 1000)
         } else {
             "one slice per exit".to_string()
         },
@@ -213,6 +224,7 @@ pub fn write_timeline(
         damage: super::Damage::start(reader),
         exits: 0,
         gaps: 0,
+        checkpoints: 0,
     };
     while let Some(item) = reader.next_record() {
         match item {
@@ -260,6 +272,8 @@ fn us(ns: u64) -> f64 {
 const MAX_INSTANTS_PER_EXIT: usize = 64;
 /// Sequence-gap instants written; more are counted in the last one.
 const MAX_GAP_EVENTS: u64 = 10_000;
+/// Checkpoint instants written; more are counted in the last one.
+const MAX_CHECKPOINT_EVENTS: u64 = 10_000;
 
 /// An exit whose handler time is not known yet.
 struct Pending {
@@ -312,6 +326,7 @@ struct State<'m> {
     damage: super::Damage,
     exits: u64,
     gaps: u64,
+    checkpoints: u64,
 }
 
 fn exit_name(body: &Body<'_>) -> String {
@@ -369,6 +384,10 @@ impl State<'_> {
                 }
             }
             Body::Checkpoint(c) => {
+                self.checkpoints += 1;
+                if self.checkpoints > MAX_CHECKPOINT_EVENTS {
+                    return self.markers_up_to(rec, w);
+                }
                 let args = json!({"seq": rec.seq, "snapshot_id": c.snapshot_id, "exits": c.exits});
                 let at = self.now(rec);
                 match self.vcpu(id, w)?.and_then(|v| v.pending.as_mut()) {
@@ -532,6 +551,15 @@ impl State<'_> {
                 args["note"] = json!(format!("record {seq} is past the end of the trace"));
             }
             instant(w, 0, end, &m.name, args)?;
+        }
+        if self.checkpoints > MAX_CHECKPOINT_EVENTS {
+            instant(
+                w,
+                0,
+                end,
+                "more checkpoints",
+                json!({"checkpoints": self.checkpoints, "drawn": MAX_CHECKPOINT_EVENTS}),
+            )?;
         }
         if self.gaps > MAX_GAP_EVENTS {
             instant(w, 0, end, "more records missing", json!({"gaps": self.gaps, "drawn": MAX_GAP_EVENTS}))?;
