@@ -1,6 +1,8 @@
 //! Engine micro-benchmarks on real KVM: one exit round trip, exit throughput with and
 //! without recording (same group, so the ratio is measured side by side), the dirty-bitmap
 //! scan, snapshot restore and in-place reset. Without /dev/kvm they print why and skip.
+//! `record_timing` needs no KVM: the recorder's work per exit with and without per-exit
+//! timing, side by side.
 //!
 //! `cargo bench --bench engine`
 
@@ -143,9 +145,90 @@ fn snapshots(c: &mut Criterion) {
     g.finish();
 }
 
+/// A `kvm_run` region as KVM leaves it at an `out` to port 0x5c0 with synced registers.
+fn fake_run_page() -> Vec<u8> {
+    use vmrr_engine::exit::offsets as off;
+    let mut p = vec![0u8; 3 * 4096];
+    let mut put = |at: usize, v: &[u8]| p[at..at + v.len()].copy_from_slice(v);
+    put(off::EXIT_REASON, &u32::from(vmrr_format::kind::IO).to_le_bytes());
+    put(off::EXIT + off::io::DIRECTION, &[1]);
+    put(off::EXIT + off::io::SIZE, &[1]);
+    put(off::EXIT + off::io::PORT, &0x5c0u16.to_le_bytes());
+    put(off::EXIT + off::io::COUNT, &1u32.to_le_bytes());
+    put(off::EXIT + off::io::DATA_OFFSET, &4096u64.to_le_bytes());
+    put(off::VALID_REGS, &1u64.to_le_bytes());
+    put(off::SYNC_REGS + off::regs::RIP, &0x40_1005u64.to_le_bytes());
+    put(off::SYNC_REGS + off::regs::RSP, &0x7fff_f000u64.to_le_bytes());
+    put(off::SYNC_REGS + off::regs::RFLAGS, &0x3202u64.to_le_bytes());
+    p
+}
+
+/// The vCPU thread's recording work per exit, as `Recorder::record_exit` does it (decode
+/// `kvm_run`, encode into the writer's chunk), without and with timing (the two clock
+/// reads of `entering`/`exited` and the payload). No KVM: the `kvm_run` bytes are fixed.
+fn record_timing(c: &mut Criterion) {
+    use vmrr_engine::exit::{RipConvention, RunView};
+    use vmrr_engine::record::ExitClock;
+    const N: u64 = 100_000;
+    let mut g = c.benchmark_group("record_timing");
+    g.throughput(Throughput::Elements(N));
+    let conv = RipConvention { io_after: true, mmio_after: true };
+    for timing in [false, true] {
+        g.bench_function(if timing { "on" } else { "off" }, |b| {
+            let mut page = fake_run_page();
+            let opts = WriterOptions { zstd_level: None, timing, ..Default::default() };
+            let mut w = TraceWriter::with_sink(NullSink, "bench".into(), opts).expect("writer");
+            let mut clock = ExitClock::new();
+            b.iter(|| {
+                for i in 0..N {
+                    page[4096] = u8::try_from(i & 0xff).unwrap_or(0);
+                    if timing {
+                        clock.entering();
+                        clock.exited();
+                    }
+                    let v = RunView::new(black_box(&page)).expect("page");
+                    let (body, regs) = (v.body(false), v.regs_sample(conv));
+                    if timing {
+                        w.append_timed(0, body, regs, clock.take()).expect("append");
+                    } else {
+                        w.append(0, body, regs).expect("append");
+                    }
+                }
+            });
+            w.finish().expect("finish");
+        });
+    }
+    // What timing adds, apart: the clock's work alone (two clock reads and the payload),
+    // and the two `CLOCK_MONOTONIC` reads alone.
+    g.bench_function("clock_only", |b| {
+        let mut clock = ExitClock::new();
+        b.iter(|| {
+            for _ in 0..N {
+                clock.entering();
+                clock.exited();
+                black_box(clock.take());
+            }
+        })
+    });
+    g.bench_function("two_clock_reads", |b| {
+        b.iter(|| {
+            for _ in 0..N {
+                black_box(std::time::Instant::now());
+                black_box(std::time::Instant::now());
+            }
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
     targets = exits, dirty_bitmap, snapshots
 }
-criterion_main!(benches);
+criterion_group! {
+    name = recording;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(5));
+    targets = record_timing
+}
+criterion_main!(benches, recording);

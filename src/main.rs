@@ -88,6 +88,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Where exit-handling time goes: per exit kind, port, MMIO address or MSR (count,
+    /// share, handler time percentiles, guest time), two runs compared (`--vs`), pictures.
+    Profile(Box<cmd::profile::ProfileArgs>),
+    /// Write a trace as Chrome trace-event JSON for Perfetto or chrome://tracing.
+    Timeline(Box<cmd::timeline::TimelineArgs>),
     /// Check a trace end to end; exit 3 when damaged.
     Verify {
         /// Trace file.
@@ -109,6 +114,8 @@ fn main() -> ExitCode {
         Command::Stats { file, json } => cmd::stats::run(&file, json),
         Command::Verify { file, json, repair } => cmd::verify::run(&file, json, repair.as_deref()),
         Command::Record(args) => cmd::record::run(&args),
+        Command::Profile(args) => cmd::profile::run(&args),
+        Command::Timeline(args) => cmd::timeline::run(&args),
         Command::Guests { json } => cmd::guests::run(json),
         Command::Bench { quick, json, plot } => bench::run(quick, json, plot.as_deref()),
         Command::Demo { dir } => cmd::demo::run(dir.as_deref(), cli.max_mem_mib.saturating_mul(1 << 20)),

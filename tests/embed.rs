@@ -54,10 +54,15 @@ fn raw_vmm_trace(path: &std::path::Path) {
     vcpu.set_sregs(&sregs).unwrap();
     vcpu.set_regs(&kvm_bindings::kvm_regs { rip: 0x7c00, rsp: 0x7000, rflags: 2, ..Default::default() })
         .unwrap();
-    let w = TraceWriter::create(path, WriterOptions::default()).unwrap();
-    let mut rec = vmrr_engine::Recorder::new(&kvm, &vcpu, 0, w).expect("recorder");
+    let w = TraceWriter::create(path, WriterOptions { timing: true, ..Default::default() }).unwrap();
+    let opts = vmrr_engine::RecorderOptions { timing: true };
+    let mut rec = vmrr_engine::Recorder::with_options(&kvm, &vcpu, 0, w, opts).expect("recorder");
     loop {
-        let stop = match vcpu.run().expect("run") {
+        // Timing: the recorder is told when the guest is entered and when it exits.
+        rec.entering();
+        let exit = vcpu.run().expect("run");
+        rec.exited();
+        let stop = match exit {
             VcpuExit::IoIn(port, data) => {
                 data.fill(if port == 0x3fd { 0x60 } else { 0xff });
                 false
@@ -104,8 +109,14 @@ fn an_embedding_vmm_records_the_same_exits_as_the_engine() {
         s(&eng),
         "--serial",
         "none",
+        "--timing",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Both carry timing on every exit, announced in the header.
+    for p in [&raw, &eng] {
+        assert!(vmrr_format::TraceReader::open(p).unwrap().header().has_timing());
+        assert!(exits(&records(p)).iter().all(|r| r.json["timing"]["guest_ns"].is_u64()), "{}", p.display());
+    }
     let strip = |p: &std::path::Path| -> Vec<(serde_json::Value, Option<u64>)> {
         exits(&records(p))
             .into_iter()
@@ -113,6 +124,7 @@ fn an_embedding_vmm_records_the_same_exits_as_the_engine() {
                 let mut j = r.json.clone();
                 j.as_object_mut().unwrap().remove("seq");
                 j.as_object_mut().unwrap().remove("regs");
+                j.as_object_mut().unwrap().remove("timing");
                 (j, r.rip)
             })
             .collect()
@@ -131,4 +143,51 @@ fn an_embedding_vmm_records_the_same_exits_as_the_engine() {
     // The unclaimed 16-bit IN was answered with ones, in both.
     assert!(a.iter().any(|(j, _)| j["port"] == 0x5f0 && j["data"] == "ffff"));
     assert_eq!(a.last().unwrap().0["port"], 0xf4);
+}
+
+#[test]
+fn timing_needs_a_writer_that_announces_it() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let kvm = Kvm::new().expect("kvm");
+    let vm = kvm.create_vm().expect("vm");
+    let vcpu = vm.create_vcpu(0).expect("vcpu");
+    let w = TraceWriter::create(&at(&d, "t.vmrr"), WriterOptions::default()).unwrap();
+    let opts = vmrr_engine::RecorderOptions { timing: true };
+    let err = vmrr_engine::Recorder::with_options(&kvm, &vcpu, 0, w, opts).unwrap_err();
+    assert!(matches!(err, vmrr_engine::RecorderError::TimingUndeclared), "{err}");
+}
+
+/// The embedding example (`examples/embed.rs`, built by `cargo test` with the tests)
+/// records with timing; `vmrr profile` names its costliest handler with percentiles.
+#[test]
+fn profiling_the_embedding_example_names_its_costliest_handler() {
+    if !require_kvm() {
+        return;
+    }
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_vmrr")).with_file_name("examples").join("embed");
+    assert!(bin.exists(), "{} missing: cargo test builds the examples", bin.display());
+    let d = tmp();
+    let trace = at(&d, "embed.vmrr");
+    let o = std::process::Command::new(&bin).arg(&trace).output().expect("runs the example");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = vmrr(&["profile", s(&trace), "--json", "--top", "0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // 200 rounds of: IN 0x3fd, OUT 0x3f8 twice, IN 0x5f0; then HLT.
+    assert_eq!(p["summary"]["exits"], 801);
+    assert_eq!(p["summary"]["timed_exits"], 801);
+    assert_eq!(p["by_port"]["0x3f8:out"]["count"], 400);
+    let dev = &p["costliest"]["device"];
+    assert!(["0x3f8:out", "0x3fd:in", "0x5f0:in"].contains(&dev["key"].as_str().unwrap()), "{dev}");
+    let h = &dev["handler_ns"];
+    let n = |k: &str| h[k].as_u64().unwrap();
+    assert!(n("min") <= n("p50") && n("p50") <= n("p99") && n("p99") <= n("max"), "{h}");
+    // Every exit but the last has its handler time (the last has no re-entry).
+    assert_eq!(p["summary"]["handler_samples"], 800);
+    let o = vmrr(&["profile", s(&trace), "--by", "port"]);
+    let text = stdout(&o);
+    assert!(text.lines().any(|l| l.starts_with("costliest device: port ") && l.contains(" p99 ")), "{text}");
 }

@@ -53,6 +53,27 @@ fn write_serial_sample(w: &mut TraceWriter) {
         .unwrap();
 }
 
+/// A timed serial exchange (docs/FORMAT.md §5.4): LSR poll, THR write, twice, then HLT;
+/// every exit carries the timing payload (the first without a previous handler).
+fn write_timing_sample(w: &mut TraceWriter) {
+    w.append(0, Body::Annotation(Annotation { key: "guest", value: "golden-timing" }), None).unwrap();
+    let lsr = [0x60u8];
+    let mut rip = 0x7c03u64;
+    for (i, c) in [b'o', b'k'].into_iter().enumerate() {
+        let handler = (i > 0).then_some(1_337);
+        let poll = Io { direction: Direction::In, size: 1, port: 0x3fd, count: 1, data: &lsr };
+        let r = RegsSample { rip, rsp: 0x7000, rflags: 0x2, flags: RegsSample::RIP_AFTER_INSN };
+        w.append_timed(0, Body::Io(poll), Some(r), Timing::from_ns(handler, 40_000)).unwrap();
+        let data = [c];
+        let out = Io { direction: Direction::Out, size: 1, port: 0x3f8, count: 1, data: &data };
+        let r = RegsSample { rip: rip + 5, rsp: 0x7000, rflags: 0x2, flags: RegsSample::RIP_AFTER_INSN };
+        w.append_timed(0, Body::Io(out), Some(r), Timing::from_ns(Some(950), 2_100)).unwrap();
+        rip += 6;
+    }
+    w.append_timed(0, Body::Hlt, None, Timing::from_ns(Some(1_000), 1_000_000)).unwrap();
+    w.append(0, Body::EndOfRun(EndOfRun { reason: end_reason::HLT, exits: 5, status: 0 }), None).unwrap();
+}
+
 /// Hand-built bytes from a "format 1.3 writer": an optional feature this version does not
 /// know, an IO record with an extra optional payload (flag bit 4), an event kind this
 /// version does not know, and a checkpoint with a longer body.
@@ -137,6 +158,10 @@ fn regenerate() {
     write_serial_sample(&mut w);
     w.finish().unwrap();
     std::fs::write(data("future-minor-1.3.vmrr"), future_minor_bytes()).unwrap();
+    let opts = WriterOptions { timing: true, trace_id: Some(*b"golden-timing-01"), ..spec_options() };
+    let mut w = TraceWriter::create(&data("timing-1.0.vmrr"), opts).unwrap();
+    write_timing_sample(&mut w);
+    w.finish().unwrap();
 }
 
 #[test]
@@ -202,4 +227,69 @@ fn future_minor_golden_reads_known_parts() {
     let d = r.next_record().unwrap().unwrap();
     assert!(matches!(d.body, Body::EndOfRun(EndOfRun { reason: 1, exits: 2, .. })));
     assert!(r.next_record().is_none());
+}
+
+/// The record of docs/FORMAT.md §5.4's worked example: the THR write of 'o' with its
+/// register sample and timing payload.
+const TIMED_RECORD: [u8; 80] = [
+    0x50, 0x00, 0x00, 0x00, 0x02, 0x00, 0x08, 0x00, // size 80, kind IO, body 8
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // seq 0
+    0x00, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, // vcpu 0, flags REGS | TIMING
+    0x01, 0x01, 0xf8, 0x03, 0x01, 0x00, 0x00, 0x00, // out, size 1, port 0x3f8, count 1
+    0x6f, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 'o', padded
+    0x08, 0x7c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // rip 0x7c08
+    0x00, 0x70, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // rsp 0x7000
+    0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // rflags 2
+    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // RIP_AFTER_INSN
+    0x37, 0x01, 0x82, 0x01, 0x00, 0x00, 0x00, 0x00, // prev_handler 0x137, guest 0x182, reserved
+];
+
+#[test]
+fn timing_golden_reads_with_the_documented_payload() {
+    // The worked example's bytes, both ways.
+    let io = Io { direction: Direction::Out, size: 1, port: 0x3f8, count: 1, data: b"o" };
+    let regs = RegsSample { rip: 0x7c08, rsp: 0x7000, rflags: 0x2, flags: RegsSample::RIP_AFTER_INSN };
+    let t = Timing::from_ns(Some(950), 2_100);
+    assert_eq!((t.prev_handler, t.guest), (0x137, 0x182));
+    assert_eq!((t.prev_handler_ns(), t.guest_ns()), (Some(952), 2_112));
+    let rec = Record::new(0, 0, Body::Io(io)).with_regs(regs).with_timing(t);
+    let mut bytes = Vec::new();
+    encode(&rec, &mut bytes).unwrap();
+    assert_eq!(bytes, TIMED_RECORD);
+    assert_eq!(decode(&TIMED_RECORD).unwrap().0, rec);
+
+    // The golden file: written by this writer, read with the same content forever.
+    let sink = MemorySink::default();
+    let opts = WriterOptions { timing: true, trace_id: Some(*b"golden-timing-01"), ..spec_options() };
+    let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), opts).unwrap();
+    write_timing_sample(&mut w);
+    w.finish().unwrap();
+    assert_eq!(sink.bytes(), std::fs::read(data("timing-1.0.vmrr")).unwrap());
+    let mut r = TraceReader::open(&data("timing-1.0.vmrr")).unwrap();
+    assert!(r.header().has_timing());
+    let f = r.header().features.iter().find(|f| f.name == "timing").expect("named in the feature table");
+    assert_eq!((f.bit, f.required, f.introduced), (1, false, (1, 0)));
+    let mut seen = Vec::new();
+    while let Some(rec) = r.next_record() {
+        let rec = rec.unwrap();
+        if let Some(t) = rec.timing {
+            seen.push((t.prev_handler_ns(), t.guest_ns()));
+        }
+        if rec.seq == 2 {
+            let mut raw = Vec::new();
+            encode(&rec, &mut raw).unwrap();
+            raw[8..16].copy_from_slice(&0u64.to_le_bytes());
+            assert_eq!(raw, TIMED_RECORD);
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            (None, 39_936),
+            (Some(952), 2_112),
+            (Some(1_344), 39_936),
+            (Some(952), 2_112),
+            (Some(1_000), 999_424)
+        ]
+    );
 }

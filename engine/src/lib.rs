@@ -43,5 +43,5 @@ mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use record::{Recorder, RecorderError};
+pub use record::{Recorder, RecorderError, RecorderOptions};
 pub use vm_memory::GuestAddress;

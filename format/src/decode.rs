@@ -105,7 +105,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
             flags,
             bytes: &rec[RECORD_HEADER_SIZE..],
         };
-        return Ok((Record { seq, vcpu, body, regs: None, unknown: Unknown::default() }, size));
+        return Ok((Record { seq, vcpu, body, regs: None, timing: None, unknown: Unknown::default() }, size));
     };
 
     let written = &rec[RECORD_HEADER_SIZE..body_end];
@@ -312,6 +312,11 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
         regs = Some(RegsSample { rip: pf.u64(0)?, rsp: pf.u64(8)?, rflags: pf.u64(16)?, flags: pf.u64(24)? });
         pos += REGS_PAYLOAD_SIZE;
     }
+    let mut timing = None;
+    if flags & FLAG_TIMING != 0 {
+        timing = Some(decode_timing(rec, pos, seq)?);
+        pos += TIMING_PAYLOAD_SIZE;
+    }
     let unknown_flags = flags & !KNOWN_FLAGS;
     let tail = &rec[pos..];
     if unknown_flags == 0 && !tail.is_empty() {
@@ -321,13 +326,51 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
         ));
     }
     Ok((
-        Record { seq, vcpu, body, regs, unknown: Unknown { body: unknown_body, flags: unknown_flags, tail } },
+        Record {
+            seq,
+            vcpu,
+            body,
+            regs,
+            timing,
+            unknown: Unknown { body: unknown_body, flags: unknown_flags, tail },
+        },
         size,
     ))
 }
 
 /// Largest fixed body this version knows (the hypercall's).
 const MAX_KNOWN_BODY: usize = 72;
+
+/// The `FLAG_TIMING` payload at `pos` (`docs/FORMAT.md` §5.4): two time codes, then four
+/// reserved zero bytes.
+fn decode_timing(rec: &[u8], pos: usize, seq: u64) -> Result<Timing, RecordError> {
+    let fail = |offset: usize, reason| RecordError { offset, seq: Some(seq), reason };
+    let Some(p) = rec.get(pos..pos + TIMING_PAYLOAD_SIZE) else {
+        return Err(fail(
+            20,
+            Reason::CountExceedsRecord {
+                what: "timing payload",
+                count: 1,
+                needed: u64_from(TIMING_PAYLOAD_SIZE),
+                available: u64_from(rec.len().saturating_sub(pos)),
+            },
+        ));
+    };
+    let pf = Fields { bytes: p, base: pos, seq: Some(seq) };
+    let timing = Timing { prev_handler: pf.u16(0)?, guest: pf.u16(2)? };
+    if !timing.is_valid() {
+        let (offset, field, value) = if timing.guest > crate::timing::MAX_TIME_CODE {
+            (pos + 2, "timing guest", timing.guest)
+        } else {
+            (pos, "timing prev_handler", timing.prev_handler)
+        };
+        return Err(fail(offset, Reason::InvalidValue { field, value: value.into() }));
+    }
+    if let Some(i) = p[4..].iter().position(|&x| x != 0) {
+        return Err(fail(pos + 4 + i, Reason::NonZeroPadding { what: "timing reserved" }));
+    }
+    Ok(timing)
+}
 
 /// Field reads from a slice whose length was established before (the body normalised to
 /// its known length, a payload cut to its size). Every offset lies inside it by

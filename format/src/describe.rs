@@ -34,6 +34,9 @@ pub fn record_json(rec: &Record<'_>) -> Value {
             json!({"rip": r.rip, "rsp": r.rsp, "rflags": r.rflags, "rip_after_insn": r.flags & RegsSample::RIP_AFTER_INSN != 0}),
         );
     }
+    if let Some(t) = rec.timing {
+        m.insert("timing".into(), json!({"prev_handler_ns": t.prev_handler_ns(), "guest_ns": t.guest_ns()}));
+    }
     if !rec.unknown.is_empty() {
         m.insert(
             "unknown".into(),
@@ -162,6 +165,12 @@ pub fn record_line(rec: &Record<'_>) -> String {
             s.push('+');
         }
     }
+    if let Some(t) = rec.timing {
+        s.push_str(&format!(" guest={}", duration(t.guest_ns())));
+        if let Some(h) = t.prev_handler_ns() {
+            s.push_str(&format!(" prev_handler={}", duration(h)));
+        }
+    }
     if !rec.unknown.is_empty() {
         s.push_str(&format!(
             " [+{} unknown bytes, flags {:#x}]",
@@ -216,6 +225,25 @@ pub fn body_text(body: &Body<'_>) -> String {
         Body::EndOfRun(e) => format!(" {} exits={} status={}", end_reason::name(e.reason), e.exits, e.status),
         Body::Cpuid(c) => format!(" {} entries", c.len()),
         Body::Unknown { kind, bytes, .. } => format!(" kind={kind:#x} ({} bytes)", bytes.len()),
+    }
+}
+
+/// A duration in nanoseconds, printed with a unit that keeps three significant digits
+/// (`850ns`, `41.2us`, `1.00ms`, `2.50s`).
+pub fn duration(ns: u64) -> String {
+    let v = ns as f64;
+    let (x, unit) = match ns {
+        0..1_000 => return format!("{ns}ns"),
+        1_000..1_000_000 => (v / 1e3, "us"),
+        1_000_000..1_000_000_000 => (v / 1e6, "ms"),
+        _ => (v / 1e9, "s"),
+    };
+    if x >= 100.0 {
+        format!("{x:.0}{unit}")
+    } else if x >= 10.0 {
+        format!("{x:.1}{unit}")
+    } else {
+        format!("{x:.2}{unit}")
     }
 }
 

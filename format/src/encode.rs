@@ -18,25 +18,34 @@ use crate::record::*;
 /// [`WriteError::RecordTooLarge`] beyond [`MAX_RECORD_SIZE`], and
 /// [`WriteError::Unencodable`] for values the layout cannot hold (an MMIO access longer
 /// than 8 bytes, IO data whose length is not `size * count`, unaligned unknown parts, an
-/// annotation beyond its limits). On error `out` is left as it was.
+/// annotation beyond its limits, an invalid time code). On error `out` is left as it was.
 #[inline]
 pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) -> Result<usize, WriteError> {
+    if rec.timing.is_some_and(|t| !t.is_valid()) {
+        return Err(Bad::Layout("timing", "a time code above the largest valid one").into_error());
+    }
     if rec.unknown.is_empty() {
-        match (&rec.body, rec.regs) {
-            (Body::Io(io), regs)
+        match &rec.body {
+            Body::Io(io)
                 if !io.data.is_empty()
                     && io.data.len() <= 8
                     && io.data.len() == usize::from(io.size) * usize_of(io.count) =>
             {
-                return Ok(match regs {
-                    Some(r) => fixed::<72>(rec, &io_body(io), &io_data(io), Some(r), out),
-                    None => fixed::<40>(rec, &io_body(io), &io_data(io), None, out),
+                let (b, d) = (io_body(io), io_data(io));
+                return Ok(match (rec.regs.is_some(), rec.timing.is_some()) {
+                    (true, false) => fixed::<72>(rec, &b, &d, out),
+                    (false, false) => fixed::<40>(rec, &b, &d, out),
+                    (true, true) => fixed::<80>(rec, &b, &d, out),
+                    (false, true) => fixed::<48>(rec, &b, &d, out),
                 });
             }
-            (Body::Mmio(m), regs) if m.len <= 8 => {
-                return Ok(match regs {
-                    Some(r) => fixed::<80>(rec, &mmio_body(m), &[], Some(r), out),
-                    None => fixed::<48>(rec, &mmio_body(m), &[], None, out),
+            Body::Mmio(m) if m.len <= 8 => {
+                let b = mmio_body(m);
+                return Ok(match (rec.regs.is_some(), rec.timing.is_some()) {
+                    (true, false) => fixed::<80>(rec, &b, &[], out),
+                    (false, false) => fixed::<48>(rec, &b, &[], out),
+                    (true, true) => fixed::<88>(rec, &b, &[], out),
+                    (false, true) => fixed::<56>(rec, &b, &[], out),
                 });
             }
             _ => {}
@@ -102,16 +111,10 @@ fn mmio_body(m: &Mmio) -> [u8; 24] {
 }
 
 /// The hot path: an exit whose layout has a constant size `N` (header, a fixed body,
-/// at most 8 bytes of variable data, optional register sample), built with constant-offset
-/// stores and appended with one fixed-size copy.
+/// at most 8 bytes of variable data, optional register sample and timing), built with
+/// constant-offset stores and appended with one fixed-size copy.
 #[inline(always)]
-fn fixed<const N: usize>(
-    rec: &Record<'_>,
-    body: &[u8],
-    var: &[u8],
-    regs: Option<RegsSample>,
-    out: &mut Vec<u8>,
-) -> usize {
+fn fixed<const N: usize>(rec: &Record<'_>, body: &[u8], var: &[u8], out: &mut Vec<u8>) -> usize {
     let mut b = [0u8; N];
     let n = u32::try_from(N).unwrap_or(u32::MAX);
     b[0..4].copy_from_slice(&n.to_le_bytes());
@@ -119,7 +122,9 @@ fn fixed<const N: usize>(
     b[6..8].copy_from_slice(&u16::try_from(body.len()).unwrap_or(0).to_le_bytes());
     b[8..16].copy_from_slice(&rec.seq.to_le_bytes());
     b[16..20].copy_from_slice(&rec.vcpu.to_le_bytes());
-    b[20..24].copy_from_slice(&(if regs.is_some() { FLAG_REGS } else { 0 }).to_le_bytes());
+    let flags =
+        if rec.regs.is_some() { FLAG_REGS } else { 0 } | if rec.timing.is_some() { FLAG_TIMING } else { 0 };
+    b[20..24].copy_from_slice(&flags.to_le_bytes());
     let mut pos = RECORD_HEADER_SIZE;
     b[pos..pos + body.len()].copy_from_slice(body);
     pos += body.len();
@@ -127,11 +132,16 @@ fn fixed<const N: usize>(
         b[pos..pos + 8].copy_from_slice(&var[..8]);
         pos += 8;
     }
-    if let Some(r) = regs {
+    if let Some(r) = rec.regs {
         b[pos..pos + 8].copy_from_slice(&r.rip.to_le_bytes());
         b[pos + 8..pos + 16].copy_from_slice(&r.rsp.to_le_bytes());
         b[pos + 16..pos + 24].copy_from_slice(&r.rflags.to_le_bytes());
         b[pos + 24..pos + 32].copy_from_slice(&r.flags.to_le_bytes());
+        pos += REGS_PAYLOAD_SIZE;
+    }
+    if let Some(t) = rec.timing {
+        b[pos..pos + 2].copy_from_slice(&t.prev_handler.to_le_bytes());
+        b[pos + 2..pos + 4].copy_from_slice(&t.guest.to_le_bytes());
     }
     out.extend_from_slice(&b);
     N
@@ -245,6 +255,10 @@ fn plan(rec: &Record<'_>) -> Result<Plan, Bad> {
     if rec.regs.is_some() {
         flags |= FLAG_REGS;
         total += REGS_PAYLOAD_SIZE;
+    }
+    if rec.timing.is_some() {
+        flags |= FLAG_TIMING;
+        total += TIMING_PAYLOAD_SIZE;
     }
     total += unknown.tail.len();
     finish_plan(Plan { total, body_len: known_body + unknown.body.len(), known_body, var_len, flags })
@@ -415,6 +429,11 @@ fn write(rec: &Record<'_>, plan: &Plan, dst: &mut [u8]) {
         s.u64(pos + 16, r.rflags);
         s.u64(pos + 24, r.flags);
         pos += REGS_PAYLOAD_SIZE;
+    }
+    if let Some(t) = rec.timing {
+        s.u16(pos, t.prev_handler);
+        s.u16(pos + 2, t.guest);
+        pos += TIMING_PAYLOAD_SIZE;
     }
     s.put(pos, rec.unknown.tail);
 }

@@ -32,6 +32,11 @@ impl Feature {
 /// Optional: the file ends with a chunk index and trailer. A reader without it scans chunks.
 pub const CHUNK_INDEX: Feature = Feature { bit: 0, required: false, name: "chunk-index", introduced: (1, 0) };
 
+/// Optional: exit records may carry the timing payload (`FLAG_TIMING`, see
+/// [`crate::timing`]). Set by a writer created to record timing, so tools can tell without
+/// scanning; a reader that does not know it reads the file the same and skips the payloads.
+pub const TIMING: Feature = Feature { bit: 1, required: false, name: "timing", introduced: (1, 0) };
+
 /// Required: chunk payloads may be zstd-compressed (codec 1).
 pub const ZSTD: Feature = Feature { bit: 0, required: true, name: "zstd", introduced: (1, 0) };
 
@@ -40,7 +45,7 @@ pub const ZSTD: Feature = Feature { bit: 0, required: true, name: "zstd", introd
 pub const SEQ_DELTA: Feature = Feature { bit: 1, required: true, name: "seq-delta", introduced: (1, 0) };
 
 /// Every feature this reader implements.
-pub const KNOWN: &[Feature] = &[CHUNK_INDEX, ZSTD, SEQ_DELTA];
+pub const KNOWN: &[Feature] = &[CHUNK_INDEX, TIMING, ZSTD, SEQ_DELTA];
 
 /// Mask of the optional features this reader knows.
 pub fn known_compat_mask() -> u64 {

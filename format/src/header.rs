@@ -343,6 +343,11 @@ impl FileHeader {
     pub fn has_index(&self) -> bool {
         self.compat_features & features::CHUNK_INDEX.mask() != 0
     }
+
+    /// True when the writer announced per-exit timing payloads (an optional feature).
+    pub fn has_timing(&self) -> bool {
+        self.compat_features & features::TIMING.mask() != 0
+    }
 }
 
 #[cfg(test)]

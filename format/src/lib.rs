@@ -51,8 +51,10 @@ pub mod kind;
 pub mod layout;
 pub mod overview;
 mod owned;
+pub mod profile;
 mod reader;
 mod record;
+pub mod timing;
 mod verify;
 mod writer;
 

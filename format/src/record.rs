@@ -8,6 +8,7 @@
 //! copies nothing.
 
 use crate::kind;
+pub use crate::timing::{FLAG_TIMING, TIMING_PAYLOAD_SIZE, Timing};
 
 /// Size of the record header.
 pub const RECORD_HEADER_SIZE: usize = 24;
@@ -16,8 +17,8 @@ pub const MAX_RECORD_SIZE: usize = 1 << 20;
 
 /// Record flag: a [`RegsSample`] payload (32 bytes) follows the body's variable data.
 pub const FLAG_REGS: u32 = 1 << 0;
-/// Every flag this version knows.
-pub const KNOWN_FLAGS: u32 = FLAG_REGS;
+/// Every flag this version knows (`FLAG_TIMING`: see [`crate::timing`]).
+pub const KNOWN_FLAGS: u32 = FLAG_REGS | FLAG_TIMING;
 /// Size of the register-sample payload.
 pub const REGS_PAYLOAD_SIZE: usize = 32;
 
@@ -609,6 +610,8 @@ pub struct Record<'a> {
     pub body: Body<'a>,
     /// Register sample, when present.
     pub regs: Option<RegsSample>,
+    /// Timing payload, when present (exit records of a trace recorded with timing).
+    pub timing: Option<Timing>,
     /// What this version could not interpret.
     pub unknown: Unknown<'a>,
 }
@@ -616,12 +619,18 @@ pub struct Record<'a> {
 impl<'a> Record<'a> {
     /// A record with no register sample and nothing unknown.
     pub fn new(seq: u64, vcpu: u32, body: Body<'a>) -> Self {
-        Record { seq, vcpu, body, regs: None, unknown: Unknown::default() }
+        Record { seq, vcpu, body, regs: None, timing: None, unknown: Unknown::default() }
     }
 
     /// Adds a register sample.
     pub fn with_regs(mut self, regs: RegsSample) -> Self {
         self.regs = Some(regs);
+        self
+    }
+
+    /// Adds a timing payload.
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = Some(timing);
         self
     }
 }

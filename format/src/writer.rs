@@ -24,7 +24,7 @@ use crate::error::WriteError;
 use crate::features;
 use crate::header::FileHeader;
 use crate::index::{Index, IndexEntry, Trailer};
-use crate::record::{Body, MAX_RECORD_SIZE, Record, RegsSample, Unknown};
+use crate::record::{Body, MAX_RECORD_SIZE, Record, RegsSample, Timing, Unknown};
 
 /// When the writer makes data durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +71,9 @@ pub struct WriterOptions {
     pub trace_id: Option<[u8; 16]>,
     /// Creation time; now when `None`.
     pub created_unix_ns: Option<u64>,
+    /// The trace will carry per-exit timing payloads: sets the optional `timing` feature
+    /// in the header (a writer refuses timed records without it).
+    pub timing: bool,
 }
 
 impl Default for WriterOptions {
@@ -83,6 +86,7 @@ impl Default for WriterOptions {
             queue_depth: 4,
             trace_id: None,
             created_unix_ns: None,
+            timing: false,
         }
     }
 }
@@ -259,6 +263,14 @@ pub struct TraceWriter {
     last_err: Option<String>,
 }
 
+#[cold]
+fn timing_undeclared() -> WriteError {
+    WriteError::Unencodable {
+        field: "timing",
+        detail: "the trace's header does not announce the timing feature (WriterOptions::timing)".into(),
+    }
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -298,6 +310,9 @@ impl TraceWriter {
         opts: WriterOptions,
     ) -> Result<Self, WriteError> {
         let mut feats = vec![features::CHUNK_INDEX];
+        if opts.timing {
+            feats.push(features::TIMING);
+        }
         if opts.zstd_level.is_some() {
             feats.push(features::ZSTD);
             feats.push(features::SEQ_DELTA);
@@ -399,7 +414,28 @@ impl TraceWriter {
     #[inline]
     pub fn append(&mut self, vcpu: u32, body: Body<'_>, regs: Option<RegsSample>) -> Result<u64, WriteError> {
         let seq = self.next_seq;
-        let rec = Record { seq, vcpu, body, regs, unknown: Unknown::default() };
+        let rec = Record { seq, vcpu, body, regs, timing: None, unknown: Unknown::default() };
+        self.push(&rec)?;
+        Ok(seq)
+    }
+
+    /// Appends an exit record with its timing payload (see [`crate::timing`]).
+    ///
+    /// # Errors
+    /// The writer was not created with [`WriterOptions::timing`], or as for [`Self::append`].
+    #[inline]
+    pub fn append_timed(
+        &mut self,
+        vcpu: u32,
+        body: Body<'_>,
+        regs: Option<RegsSample>,
+        timing: Timing,
+    ) -> Result<u64, WriteError> {
+        if !self.header.has_timing() {
+            return Err(timing_undeclared());
+        }
+        let seq = self.next_seq;
+        let rec = Record { seq, vcpu, body, regs, timing: Some(timing), unknown: Unknown::default() };
         self.push(&rec)?;
         Ok(seq)
     }
@@ -410,6 +446,9 @@ impl TraceWriter {
     /// # Errors
     /// A sequence number not above the last one written, or as for [`Self::append`].
     pub fn append_record(&mut self, rec: &Record<'_>) -> Result<(), WriteError> {
+        if rec.timing.is_some() && !self.header.has_timing() {
+            return Err(timing_undeclared());
+        }
         if rec.seq < self.next_seq {
             return Err(WriteError::Unencodable {
                 field: "seq",

@@ -137,12 +137,21 @@ fn regs() -> impl Strategy<Value = Option<RegsSample>> {
     }))
 }
 
+fn timing() -> impl Strategy<Value = Option<Timing>> {
+    let handler =
+        prop_oneof![Just(vmrr_format::timing::TIME_CODE_NONE), 0u16..=vmrr_format::timing::MAX_TIME_CODE];
+    prop::option::of(
+        (handler, 0u16..=vmrr_format::timing::MAX_TIME_CODE)
+            .prop_map(|(prev_handler, guest)| Timing { prev_handler, guest }),
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn every_kind_round_trips(body in owned(), regs in regs(), seq in any::<u64>(), vcpu in any::<u32>()) {
-        let rec = Record { seq, vcpu, body: body.as_body(), regs, unknown: Unknown::default() };
+    fn every_kind_round_trips(body in owned(), regs in regs(), timing in timing(), seq in any::<u64>(), vcpu in any::<u32>()) {
+        let rec = Record { seq, vcpu, body: body.as_body(), regs, timing, unknown: Unknown::default() };
         let mut buf = Vec::new();
         let n = encode(&rec, &mut buf).expect("encodes");
         prop_assert_eq!(n, buf.len());

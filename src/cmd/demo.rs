@@ -56,6 +56,7 @@ pub fn run(dir: Option<&Path>, max_mem: u64) -> CliResult {
         no_snapshot: false,
         flight_recorder: false,
         keep: 3,
+        timing: false,
         json: false,
     };
     match super::record::run(&args) {

@@ -97,6 +97,10 @@ pub struct RecordArgs {
     /// Checkpoints the flight recorder keeps.
     #[arg(long, default_value_t = 3, requires = "flight_recorder")]
     pub keep: usize,
+    /// Record per-exit timing (handler time and time in the guest, from CLOCK_MONOTONIC)
+    /// for `vmrr profile` and `vmrr timeline`: 8 bytes per exit before compression.
+    #[arg(long)]
+    pub timing: bool,
     /// Print the run summary as JSON on stdout (the serial console then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -191,6 +195,7 @@ impl RecordArgs {
         WriterOptions {
             zstd_level: (!self.no_compress).then_some(self.zstd_level),
             sync: SyncMode::parse(&self.sync).unwrap_or_default(),
+            timing: self.timing,
             ..Default::default()
         }
     }

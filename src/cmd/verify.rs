@@ -11,7 +11,11 @@ use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 /// numbers kept; lost ranges stay gaps) and checks the result.
 fn repair(file: &Path, out: &Path, json: bool) -> CliResult {
     let mut r = TraceReader::open(file)?;
-    let opts = vmrr_format::WriterOptions { trace_id: Some(r.header().trace_id), ..Default::default() };
+    let opts = vmrr_format::WriterOptions {
+        trace_id: Some(r.header().trace_id),
+        timing: r.header().has_timing(),
+        ..Default::default()
+    };
     let mut w = vmrr_format::TraceWriter::create(out, opts)?;
     let (mut kept, mut damaged) = (0u64, 0u64);
     while let Some(item) = r.next_record() {

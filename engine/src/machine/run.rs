@@ -158,9 +158,17 @@ impl Machine {
     /// Enters the guest and handles the exit it makes on the bus, or `None` when
     /// `KVM_RUN` was interrupted by the watchdog (no exit happened, nothing to record).
     pub(crate) fn handle_next_exit(&mut self) -> Result<Option<Handled>, RunError> {
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.entering();
+        }
         let vcpu = self.vm.vcpu_mut();
         let exit = match vcpu.run() {
-            Ok(exit) => exit,
+            Ok(exit) => {
+                if let Some(rec) = self.recorder.as_mut() {
+                    rec.exited();
+                }
+                exit
+            }
             Err(e) if e.errno() == libc::EINTR => {
                 vcpu.set_kvm_immediate_exit(0);
                 return Ok(None);

@@ -1,10 +1,12 @@
-//! Recording: the recorder any VMM embeds in its vCPU loop, and the prelude every trace
-//! starts with.
+//! Recording: the recorder any VMM embeds in its vCPU loop, its per-exit clock, and the
+//! prelude every trace starts with.
 
+pub mod clock;
 pub mod prelude;
 pub mod recorder;
 
-pub use recorder::{Recorder, RecorderError};
+pub use clock::ExitClock;
+pub use recorder::{Recorder, RecorderError, RecorderOptions};
 
 /// A recording that has started: what its snapshots must carry.
 #[derive(Debug, Clone)]

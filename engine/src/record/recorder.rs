@@ -25,13 +25,49 @@
 //! rec.finish(vmrr_format::end_reason::HLT, 0)?;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Timing
+//!
+//! With [`RecorderOptions::timing`] (the default when the writer was created with
+//! `WriterOptions::timing`), every exit record also says how long the vCPU ran in
+//! `KVM_RUN` before the exit and how long the VMM took to handle the previous one
+//! (`docs/FORMAT.md` §5.4; `vmrr profile` reads them). The recorder cannot see `KVM_RUN`
+//! itself, so the VMM says when it enters and when it gets an exit: [`Recorder::entering`]
+//! just before `KVM_RUN`, [`Recorder::exited`] as soon as it returns with an exit, or
+//! [`Recorder::run`], which does both around `VcpuFd::run`:
+//!
+//! ```no_run
+//! # use vmrr_engine::{Recorder, RecorderOptions};
+//! # use vmrr_format::{TraceWriter, WriterOptions};
+//! # fn demo(kvm: &kvm_ioctls::Kvm, vcpu: &mut kvm_ioctls::VcpuFd) -> Result<(), Box<dyn std::error::Error>> {
+//! let opts = WriterOptions { timing: true, ..Default::default() };
+//! let writer = TraceWriter::create("run.vmrr".as_ref(), opts)?;
+//! let mut rec = Recorder::with_options(kvm, vcpu, 0, writer, RecorderOptions { timing: true })?;
+//! loop {
+//!     let halted = match rec.run(vcpu)? {
+//!         kvm_ioctls::VcpuExit::IoIn(_port, data) => { data.fill(0); false }
+//!         kvm_ioctls::VcpuExit::Hlt => true,
+//!         _ => false,
+//!     };
+//!     rec.record_exit()?;
+//!     if halted { break; }
+//! }
+//! rec.finish(vmrr_format::end_reason::HLT, 0)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Both calls cost one `CLOCK_MONOTONIC` read (vDSO, no syscall on hosts with a stable
+//! TSC); without timing they return at once. Handler time is everything between the exit
+//! and the next entry: the device model, the recorder itself, interrupt injection, and
+//! any work the VMM does there (vmrr's own checkpoints, waiting in `HLT` for a timer).
 
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vmrr_format::{
     Annotation, Body, Checkpoint, CpuidEntries, CpuidEntry, EndOfRun, Interrupt, TraceWriter, WriteError,
     WriterSummary,
 };
 
+use super::clock::ExitClock;
 use crate::exit::{RipConvention, RunView};
 use crate::kvm::cpuid;
 use crate::sys::run_page::RunPage;
@@ -51,6 +87,25 @@ pub enum RecorderError {
     /// `KVM_GET_VCPU_MMAP_SIZE` failed.
     #[error("KVM_GET_VCPU_MMAP_SIZE failed")]
     MmapSize(#[source] kvm_ioctls::Error),
+    /// Timing was asked for but the trace's header does not announce it.
+    #[error("timing asked for, but the trace writer was created without WriterOptions::timing")]
+    TimingUndeclared,
+}
+
+/// How a recorder records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecorderOptions {
+    /// Put a timing payload on every exit record (the writer must have been created with
+    /// `WriterOptions::timing`). The VMM then calls [`Recorder::entering`] and
+    /// [`Recorder::exited`] around `KVM_RUN`, or uses [`Recorder::run`].
+    pub timing: bool,
+}
+
+impl RecorderOptions {
+    /// Timing exactly when `writer`'s trace announces it.
+    pub fn for_writer(writer: &TraceWriter) -> Self {
+        RecorderOptions { timing: writer.header().has_timing() }
+    }
 }
 
 /// Records one vCPU's exits into a trace.
@@ -61,6 +116,7 @@ pub struct Recorder {
     conv: RipConvention,
     system_event_data: bool,
     exits: u64,
+    clock: Option<ExitClock>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -70,17 +126,79 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    /// A recorder for `vcpu` (numbered `vcpu_id` in the trace) writing to `writer`.
+    /// A recorder for `vcpu` (numbered `vcpu_id` in the trace) writing to `writer`; it
+    /// records timing when the writer's trace announces it
+    /// ([`RecorderOptions::for_writer`]).
     ///
     /// # Errors
     /// The `kvm_run` region cannot be mapped, or the host probe fails.
     pub fn new(kvm: &Kvm, vcpu: &VcpuFd, vcpu_id: u32, writer: TraceWriter) -> Result<Self, RecorderError> {
+        let opts = RecorderOptions::for_writer(&writer);
+        Self::with_options(kvm, vcpu, vcpu_id, writer, opts)
+    }
+
+    /// A recorder with explicit options.
+    ///
+    /// # Errors
+    /// As for [`Self::new`], and [`RecorderError::TimingUndeclared`] when timing is asked
+    /// for but the writer's header does not announce it.
+    pub fn with_options(
+        kvm: &Kvm,
+        vcpu: &VcpuFd,
+        vcpu_id: u32,
+        writer: TraceWriter,
+        opts: RecorderOptions,
+    ) -> Result<Self, RecorderError> {
+        if opts.timing && !writer.header().has_timing() {
+            return Err(RecorderError::TimingUndeclared);
+        }
         let size = kvm.get_vcpu_mmap_size().map_err(RecorderError::MmapSize)?;
         let run = RunPage::map(vcpu, size, false).map_err(RecorderError::Map)?;
         let conv = crate::kvm::probe::rip_convention().map_err(RecorderError::Probe)?;
         let system_event_data =
             kvm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_SYSTEM_EVENT_DATA)) > 0;
-        Ok(Recorder { writer, run, vcpu_id, conv, system_event_data, exits: 0 })
+        let clock = opts.timing.then(ExitClock::new);
+        Ok(Recorder { writer, run, vcpu_id, conv, system_event_data, exits: 0, clock })
+    }
+
+    /// True when exit records carry timing.
+    pub fn timing(&self) -> bool {
+        self.clock.is_some()
+    }
+
+    /// The VMM is about to call `KVM_RUN`: the handler of the last exit ends here. Only the
+    /// first call after an exit counts (a `KVM_RUN` interrupted by a signal before any exit
+    /// is re-entered without ending anything). Does nothing without timing.
+    #[inline]
+    pub fn entering(&mut self) {
+        if let Some(c) = self.clock.as_mut() {
+            c.entering();
+        }
+    }
+
+    /// `KVM_RUN` just returned with an exit: its handler starts here. Call it before
+    /// handling the exit; without it, the exit's instant is taken when it is recorded and
+    /// its handler time is not measured. Does nothing without timing.
+    #[inline]
+    pub fn exited(&mut self) {
+        if let Some(c) = self.clock.as_mut() {
+            c.exited();
+        }
+    }
+
+    /// Runs `vcpu` once with [`Self::entering`] before `KVM_RUN` and [`Self::exited`]
+    /// after it returns with an exit.
+    ///
+    /// # Errors
+    /// `KVM_RUN`'s error (`EINTR` when a signal interrupted it).
+    #[inline]
+    pub fn run<'a>(&mut self, vcpu: &'a mut VcpuFd) -> Result<VcpuExit<'a>, kvm_ioctls::Error> {
+        self.entering();
+        let exit = vcpu.run();
+        if exit.is_ok() {
+            self.exited();
+        }
+        exit
     }
 
     /// How this host reports RIP (recorded in every register sample).
@@ -104,7 +222,10 @@ impl Recorder {
         let body = view.body(self.system_event_data);
         let regs = view.regs_sample(self.conv);
         self.exits += 1;
-        self.writer.append(self.vcpu_id, body, regs)
+        match self.clock.as_mut() {
+            Some(c) => self.writer.append_timed(self.vcpu_id, body, regs, c.take()),
+            None => self.writer.append(self.vcpu_id, body, regs),
+        }
     }
 
     /// Records an interrupt injected before the next entry.
@@ -193,6 +314,12 @@ impl Recorder {
     /// # Errors
     /// The new writer already holds later records.
     pub fn replace_writer(&mut self, mut writer: TraceWriter) -> Result<TraceWriter, WriteError> {
+        if self.clock.is_some() && !writer.header().has_timing() {
+            return Err(WriteError::Unencodable {
+                field: "timing",
+                detail: "the new segment's writer does not announce timing (WriterOptions::timing)".into(),
+            });
+        }
         writer.continue_from(self.writer.next_seq())?;
         Ok(std::mem::replace(&mut self.writer, writer))
     }

@@ -11,6 +11,19 @@ pub struct Sink {
     /// Last byte written (the POST port answers reads with it).
     pub last: u8,
     echo: bool,
+    /// Test-only: time to spend on every access (a deliberately slow handler).
+    #[cfg(feature = "testing")]
+    delay: Option<std::time::Duration>,
+}
+
+/// Test-only (`testing` feature): `VMRR_TEST_SLOW_SINK=<sink name>:<microseconds>` makes that
+/// sink spend that long on every access, spinning (a slow handler whose cost a profile must
+/// show). `vmrr profile --vs` is tested with it.
+#[cfg(feature = "testing")]
+fn test_delay(name: &str) -> Option<std::time::Duration> {
+    let spec = std::env::var("VMRR_TEST_SLOW_SINK").ok()?;
+    let (sink, us) = spec.split_once(':')?;
+    (sink == name).then(|| us.parse().ok().map(std::time::Duration::from_micros))?
 }
 
 /// Names a sink may have (a snapshot names its sinks by these).
@@ -44,18 +57,40 @@ impl crate::persist::Persist for Sink {
                 value: s.name.len() as u64,
             },
         )?;
-        Ok(Sink { name, writes: s.writes, last: s.last, echo: s.echo })
+        let mut sink = Sink::with_echo(name, s.echo);
+        (sink.writes, sink.last) = (s.writes, s.last);
+        Ok(sink)
     }
 }
 
 impl Sink {
     /// A sink whose reads return zero.
     pub fn new(name: &'static str) -> Self {
-        Sink { name, writes: 0, last: 0, echo: false }
+        Self::with_echo(name, false)
     }
     /// A sink whose reads return the last byte written (the POST port).
     pub fn echoing(name: &'static str) -> Self {
-        Sink { name, writes: 0, last: 0, echo: true }
+        Self::with_echo(name, true)
+    }
+    fn with_echo(name: &'static str, echo: bool) -> Self {
+        Sink {
+            name,
+            writes: 0,
+            last: 0,
+            echo,
+            #[cfg(feature = "testing")]
+            delay: test_delay(name),
+        }
+    }
+    #[inline]
+    fn slow_down(&self) {
+        #[cfg(feature = "testing")]
+        if let Some(d) = self.delay {
+            let start = std::time::Instant::now();
+            while start.elapsed() < d {
+                std::hint::spin_loop();
+            }
+        }
     }
 }
 
@@ -64,9 +99,11 @@ impl Device for Sink {
         self.name
     }
     fn read(&mut self, _offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
+        self.slow_down();
         data.fill(if self.echo { self.last } else { 0 });
     }
     fn write(&mut self, _offset: u64, data: &[u8], _ctx: &mut DeviceCtx<'_>) {
+        self.slow_down();
         self.writes += 1;
         if let Some(&b) = data.first() {
             self.last = b;
