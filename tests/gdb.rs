@@ -418,3 +418,30 @@ fn real_mode_is_described_as_i8086_with_linear_addresses() {
     assert!(sec[3].contains("position: record 40"), "{out}");
     assert!(sec[4].contains("=> #40") || sec[4].contains("=> #41"), "{out}");
 }
+
+#[test]
+fn the_readme_session_on_the_demo_bundle_steps_back_out_of_the_failure() {
+    if !ready() {
+        return;
+    }
+    let d = tmp();
+    let dir = at(&d, "demo");
+    let o = vmrr(&["demo", "--dir", s(&dir)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = Stub::start(&dir.join("repro.vmrr")).gdb(&[
+        "continue",
+        "x/i $pc",
+        MARK,
+        "reverse-stepi",
+        "x/i $pc",
+        "info registers rip rdi",
+        MARK,
+        "stepi",
+        "x/i $pc",
+        "monitor where",
+    ]);
+    let sec = sections(&out);
+    assert!(sec[0].contains("SIGILL") && sec[0].contains("popcnt"), "{out}");
+    assert!(sec[1].contains("movabs") && reg(&sec[1], "rdi") == 0, "{out}");
+    assert!(sec[2].contains("popcnt") && sec[2].contains("position: record"), "{out}");
+}

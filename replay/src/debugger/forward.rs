@@ -110,11 +110,26 @@ impl Session {
             let counts = goal.counts();
             let on_breakpoint =
                 counts && !stops.exec.is_empty() && stops.exec.contains(&self.machine().linear_pc()?);
-            let stepped = goal.steps()
+            let mut stepped = goal.steps()
                 || self.force_steps
                 || on_breakpoint
                 || (counts && stops.watch_needs_steps(self.host_watches));
-            let armed = if counts {
+            if stepped && !vmrr_engine::machine::debug::host_steps_ring3() && self.machine().cpl()? == 3 {
+                // This host cannot single-step ring 3 (measured): the entry runs to the
+                // next exit, breakpoints on the debug registers. Points inside such a
+                // stretch are named by hits, not steps.
+                stepped = false;
+                self.ring3_unstepped += 1;
+            }
+            // Standing on a breakpoint that cannot be stepped over (ring 3 here), the entry
+            // runs without it: it fires again only after the next exit.
+            let step_over_by_disarming = on_breakpoint && !stepped;
+            let armed = if step_over_by_disarming {
+                let pc = self.machine().linear_pc()?;
+                let mut without = (*stops).clone();
+                without.exec.remove(&pc);
+                without.arm(false, self.host_watches)
+            } else if counts {
                 stops.arm(stepped, self.host_watches)
             } else {
                 StopSet::default().arm(stepped, false)
@@ -143,6 +158,11 @@ impl Session {
                         None
                     };
                     self.fired = fired;
+                    if records_steps && !step && fired.is_some() {
+                        // An unstepped entry (ring 3 here) stopped at a breakpoint: the
+                        // point is named by the hit.
+                        self.pos.hit(&stops);
+                    }
                     match (goal, fired) {
                         (Goal::Step, Some(f @ Fired::Watch(..))) => return Ok(f.stop()),
                         (Goal::Step, _) => return Ok(Stopped::Step),

@@ -149,6 +149,10 @@ pub struct Session {
     said_watch_steps: bool,
     /// On a divergence, single-step at most this many instructions looking for its cause.
     explain_steps: Option<u64>,
+    /// Entries that ran ring-3 code unstepped because this host cannot single-step it.
+    ring3_unstepped: u64,
+    /// The user was told ring 3 is not stepped here.
+    said_ring3: bool,
 }
 
 impl Session {
@@ -196,6 +200,8 @@ impl Session {
             survey_hit: None,
             said_watch_steps: false,
             explain_steps,
+            ring3_unstepped: 0,
+            said_ring3: false,
         };
         if s.opts.start == StartFrom::Rebuild {
             s.checkpoints.forget_trace();

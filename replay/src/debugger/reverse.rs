@@ -68,7 +68,25 @@ impl Session {
         if self.off_path() {
             return Ok(Stopped::Begin);
         }
-        let (record, steps) = self.here_in_steps(interrupted)?;
+        let ring3 = self.ring3_unstepped;
+        let out = self.reverse_step_inner(interrupted);
+        if self.ring3_unstepped > ring3 && !self.said_ring3 {
+            self.said_ring3 = true;
+            self.notes.push(
+                "vmrr: this host's KVM cannot single-step ring-3 guest code (measured): instructions there are not counted, so stepping back inside ring-3 code goes back to the last exit or breakpoint hit before it".into(),
+            );
+        }
+        out
+    }
+
+    fn reverse_step_inner(&mut self, interrupted: &mut dyn FnMut() -> bool) -> Result<Stopped, DebugError> {
+        let (record, steps, uncounted) = self.here_in_steps(interrupted)?;
+        if uncounted {
+            // Ring-3 code this host cannot step lies between the last counted boundary
+            // and here: back to that boundary.
+            let stop = self.goto(&Position::stepped(record, steps), interrupted)?;
+            return Ok(if stop == Stopped::Interrupted { stop } else { Stopped::Step });
+        }
         match self.prev_of(record, steps, interrupted)? {
             Some((r, k)) => {
                 let stop = self.goto(&Position::stepped(r, k), interrupted)?;
@@ -93,18 +111,26 @@ impl Session {
         }
         let stops = Arc::clone(&self.stops);
         // The common case needs no stepping: continuing stopped at the n-th hit of these
-        // very stops, so the one before is hit n - 1.
-        if let (false, [Leg::Hits { stops: s, n }]) = (self.at_failure(), self.pos.path.as_slice()) {
-            if **s == *stops && *n > 1 {
-                let target = Position {
-                    record: self.pos.record,
-                    path: vec![Leg::Hits { stops: stops.clone(), n: n - 1 }],
-                };
+        // very stops, so the one before is hit n - 1, or the record's own boundary, or
+        // an earlier stretch.
+        let same_hits = match (self.at_failure(), self.pos.path.as_slice()) {
+            (false, [Leg::Hits { stops: s, n }]) if **s == *stops => Some(*n),
+            _ => None,
+        };
+        if let Some(n) = same_hits {
+            let record = self.pos.record;
+            if n > 1 {
+                let target = Position { record, path: vec![Leg::Hits { stops: stops.clone(), n: n - 1 }] };
                 self.goto(&target, interrupted)?;
                 return Ok(self.stop_here(&stops));
             }
+            self.goto(&Position::at_record(record), interrupted)?;
+            if let Some(f) = self.fires_here(&stops)? {
+                return Ok(f.stop());
+            }
+            return self.reverse_cont_before(record, &stops, interrupted);
         }
-        let (record, steps) = self.here_in_steps(interrupted)?;
+        let (record, steps, _) = self.here_in_steps(interrupted)?;
         if !stops.is_empty() {
             // In this stretch: the boundaries from the record's up to here.
             self.goto(&Position::at_record(record), interrupted)?;
@@ -121,26 +147,39 @@ impl Session {
                 self.goto(&Position::stepped(record, i), interrupted)?;
                 return Ok(f.stop());
             }
-            // Earlier stretches: survey from each checkpoint back.
-            let mut upto = record;
-            while let Some(i) = self.checkpoints.before(upto) {
-                let from = self.checkpoints.list()[i].at;
-                self.restore(i)?;
-                let mut found = self.fires_here(&stops)?.map(|f| (Position::at_record(from), f));
-                match self.forward(&Goal::Survey(Arc::clone(&stops), upto), interrupted)? {
-                    Stopped::Step => {}
-                    Stopped::Interrupted => return Ok(Stopped::Interrupted),
-                    _ => return Err(DebugError::Lost(Position::at_record(upto).to_string())),
-                }
-                if let Some(h) = self.survey_hit.take() {
-                    found = Some(h);
-                }
-                if let Some((p, f)) = found {
-                    self.goto(&p, interrupted)?;
-                    return Ok(f.stop());
-                }
-                upto = from;
+            return self.reverse_cont_before(record, &stops, interrupted);
+        }
+        let start = self.start.clone();
+        self.goto(&start, interrupted)?;
+        Ok(Stopped::Begin)
+    }
+
+    /// Back to the last hit of `stops` before the boundary after `record` (surveying the
+    /// stretches from each checkpoint back), or to the start.
+    fn reverse_cont_before(
+        &mut self,
+        record: Option<u64>,
+        stops: &Arc<super::StopSet>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Stopped, DebugError> {
+        let mut upto = record;
+        while let Some(i) = self.checkpoints.before(upto) {
+            let from = self.checkpoints.list()[i].at;
+            self.restore(i)?;
+            let mut found = self.fires_here(stops)?.map(|f| (Position::at_record(from), f));
+            match self.forward(&Goal::Survey(Arc::clone(stops), upto), interrupted)? {
+                Stopped::Step => {}
+                Stopped::Interrupted => return Ok(Stopped::Interrupted),
+                _ => return Err(DebugError::Lost(Position::at_record(upto).to_string())),
             }
+            if let Some(h) = self.survey_hit.take() {
+                found = Some(h);
+            }
+            if let Some((p, f)) = found {
+                self.goto(&p, interrupted)?;
+                return Ok(f.stop());
+            }
+            upto = from;
         }
         let start = self.start.clone();
         self.goto(&start, interrupted)?;
@@ -175,31 +214,38 @@ impl Session {
     }
 
     /// The current point as a record and a number of boundaries after it (the failure:
-    /// the failing instruction's boundary, in the stretch before its record).
+    /// the failing instruction's boundary, in the stretch before its record), and whether
+    /// uncounted ring-3 code (on a host that cannot step it) lies between those boundaries
+    /// and the point.
     fn here_in_steps(
         &mut self,
         interrupted: &mut dyn FnMut() -> bool,
-    ) -> Result<(Option<u64>, u64), DebugError> {
+    ) -> Result<(Option<u64>, u64, bool), DebugError> {
         if self.at_failure() {
             let record = self.pos.record;
             let stretch = self.stretch_before(record, interrupted)?;
             let n = self.stretch_length(stretch.from, interrupted)?;
-            return Ok((stretch.from, n));
+            return Ok((stretch.from, n, false));
         }
         if let Some(k) = self.pos.steps() {
-            return Ok((self.pos.record, k));
+            return Ok((self.pos.record, k, false));
         }
         // Walk the path again, single-stepping, counting boundaries.
         let here = self.pos.clone();
         self.goto(&Position::at_record(here.record), interrupted)?;
         self.force_steps = true;
         let start = self.stepped;
+        let ring3 = self.ring3_unstepped;
         let walked = self.walk(&here, interrupted);
         self.force_steps = false;
         walked?;
         let k = self.stepped - start;
-        self.pos = Position::stepped(here.record, k);
-        Ok((here.record, k))
+        let uncounted = self.ring3_unstepped != ring3;
+        if !uncounted {
+            // The same point, named by its steps from now on.
+            self.pos = Position::stepped(here.record, k);
+        }
+        Ok((here.record, k, uncounted))
     }
 
     fn walk(&mut self, p: &Position, interrupted: &mut dyn FnMut() -> bool) -> Result<(), DebugError> {
@@ -271,14 +317,18 @@ impl Session {
             return Ok(*n);
         }
         self.goto(&Position::at_record(record), interrupted)?;
-        let mut n = 0;
+        // Count the boundaries single-stepping reached (ring-3 code on a host that cannot
+        // step it runs through uncounted).
+        let start = self.stepped;
         loop {
             let stop = self.forward(&Goal::Step, interrupted)?;
-            if self.pos.record != record || !matches!(stop, Stopped::Step | Stopped::Watch { .. }) {
+            if self.pos.record != record
+                || !matches!(stop, Stopped::Step | Stopped::Watch { .. } | Stopped::Breakpoint(_))
+            {
                 break;
             }
-            n += 1;
         }
+        let n = self.stepped - start;
         self.lengths.insert(record, n);
         Ok(n)
     }
