@@ -76,9 +76,18 @@ impl Stub {
 
     /// Runs gdb with `cmds` against the stub; returns what gdb printed. gdb detaches at the
     /// end, which ends the stub: it must exit 0.
-    fn gdb(mut self, cmds: &[&str]) -> String {
+    fn gdb(self, cmds: &[&str]) -> String {
+        self.gdb_with_file("", cmds)
+    }
+
+    /// As [`Stub::gdb`], with `file` (a gdb command loading symbols) before connecting.
+    fn gdb_with_file(mut self, file: &str, cmds: &[&str]) -> String {
         let mut args: Vec<String> =
             ["-nx", "-batch", "-ex", "set pagination off"].iter().map(|s| s.to_string()).collect();
+        if !file.is_empty() {
+            args.push("-ex".into());
+            args.push(file.to_string());
+        }
         args.push("-ex".into());
         args.push(format!("target remote {}", self.addr));
         for c in cmds {
@@ -444,4 +453,112 @@ fn the_readme_session_on_the_demo_bundle_steps_back_out_of_the_failure() {
     assert!(sec[0].contains("SIGILL") && sec[0].contains("popcnt"), "{out}");
     assert!(sec[1].contains("movabs") && reg(&sec[1], "rdi") == 0, "{out}");
     assert!(sec[2].contains("popcnt") && sec[2].contains("position: record"), "{out}");
+}
+
+/// A guest with line information: assembled by GNU as with `-g`, linked at 1 MiB, run
+/// from its flat image; gdb gets the ELF's symbols and lines.
+const SOURCE: &str = "        .text
+        .code64
+        .globl _start
+_start:
+        mov $4, %ecx
+again:
+        call work
+        dec %ecx
+        jnz again
+        mov $0, %eax
+        mov $0xf4, %dx
+        out %eax, %dx
+spin:
+        jmp spin
+
+        .globl work
+        .type work, @function
+work:
+        mov %ecx, %eax
+        add $0x30, %al
+        mov $0x5c0, %dx
+        out %al, %dx
+        ret
+        .size work, . - work
+";
+
+fn binutils(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd).args(args).current_dir(dir).status().is_ok_and(|s| s.success())
+    };
+    std::fs::write(dir.join("prog.s"), SOURCE).expect("source");
+    let ok = run("as", &["-g", "--64", "-o", "prog.o", "prog.s"])
+        && run("ld", &["-Ttext=0x100000", "-e", "_start", "-o", "prog.elf", "prog.o"])
+        && run("objcopy", &["-O", "binary", "prog.elf", "prog.bin"]);
+    if !ok {
+        assert!(
+            std::env::var("VMRR_REQUIRE_KVM").as_deref() != Ok("1"),
+            "VMRR_REQUIRE_KVM=1 but binutils (as, ld, objcopy) cannot build the guest"
+        );
+        eprintln!("skipped: binutils (as, ld, objcopy) are not installed");
+        return None;
+    }
+    Some((dir.join("prog.elf"), dir.join("prog.bin")))
+}
+
+#[test]
+fn gdb_derives_reverse_next_step_and_finish_from_a_guest_with_line_information() {
+    if !ready() {
+        return;
+    }
+    let d = tmp();
+    let Some((elf, bin)) = binutils(d.path()) else { return };
+    let trace = at(&d, "prog.vmrr");
+    let o = vmrr(&[
+        "record",
+        "--image",
+        s(&bin),
+        "--load-addr",
+        "0x100000",
+        "--entry",
+        "0x100000",
+        "--mode",
+        "long",
+        "-o",
+        s(&trace),
+        "--serial",
+        "none",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let file = format!("file {}", s(&elf));
+    let out = Stub::start(&trace).gdb_with_file(
+        &file,
+        &[
+            "break 8",
+            "continue",
+            "continue",
+            "info registers rcx",
+            MARK,
+            // Back over the call (and its port write): the call's line, same iteration.
+            "reverse-next",
+            "info registers rcx",
+            MARK,
+            "reverse-next",
+            "info registers rcx",
+            MARK,
+            "next",
+            "next",
+            MARK,
+            // Back into the function: its last line, then out to its caller.
+            "reverse-step",
+            "bt 1",
+            MARK,
+            "reverse-finish",
+        ],
+    );
+    let sec = sections(&out);
+    assert!(sec[0].contains("Breakpoint 1, again () at prog.s:8"), "{out}");
+    assert_eq!(reg(&sec[0], "rcx"), 3, "{out}");
+    assert!(sec[1].contains("7\t        call work"), "{out}");
+    assert_eq!(reg(&sec[1], "rcx"), 3, "{out}");
+    assert!(sec[2].contains("9\t        jnz again"), "{out}");
+    assert!(sec[3].contains("8\t        dec %ecx"), "{out}");
+    assert!(sec[4].contains("work () at prog.s:23"), "{out}");
+    assert!(sec[5].contains("again () at prog.s:7") || sec[5].contains("prog.s:7"), "{out}");
 }
