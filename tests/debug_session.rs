@@ -237,3 +237,32 @@ fn breakpoints_in_ring_3_code_are_returned_to() {
             || vmrr_engine::machine::debug::host_steps_ring3()
     );
 }
+
+#[test]
+fn the_session_checkpoints_as_it_goes_and_going_back_uses_them() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    // No checkpoint in the trace but its start.
+    let trace = record(&d, "interrupts", &["--iterations", "6"]);
+    let mut s = open(&trace);
+    s.set_checkpoint_interval(std::time::Duration::ZERO);
+    let mut forward = Vec::new();
+    loop {
+        forward.push(here(&s));
+        if s.step(&mut never()).expect("step") != Stopped::Step {
+            break;
+        }
+    }
+    forward.pop();
+    assert!(s.checkpoints_taken() > 5, "{} taken", s.checkpoints_taken());
+    let session: Vec<_> =
+        s.checkpoints().iter().filter(|c| c.origin == vmrr_replay::debugger::Origin::Session).collect();
+    assert!(!session.is_empty());
+    // Going back through session checkpoints lands on the same points.
+    for want in forward.iter().rev().take(60) {
+        s.reverse_step(&mut never()).expect("back");
+        assert_eq!(&here(&s), want);
+    }
+}

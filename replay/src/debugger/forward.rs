@@ -201,6 +201,7 @@ impl Session {
                     if let Some(stop) = self.apply_events()? {
                         return Ok(stop);
                     }
+                    self.maybe_checkpoint()?;
                     match goal {
                         Goal::Step => {
                             self.complete()?;
@@ -226,7 +227,6 @@ impl Session {
                         }
                         _ => {}
                     }
-                    self.maybe_checkpoint()?;
                 }
                 Event::Failure { seq } => {
                     self.crossed(before, Some(seq), true);
