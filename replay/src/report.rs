@@ -53,11 +53,30 @@ pub struct Divergence {
     pub cause: Option<String>,
     /// Instructions whose results bypass the trace, found by single-stepping to the
     /// divergence, most likely first.
-    pub suspects: Vec<crate::explain::Suspect>,
+    pub suspects: Vec<Suspect>,
     /// Why no suspect was found, and what the cause can be then.
     pub why_none: Option<String>,
     /// The search that looked for suspects (`None`: not searched).
     pub search: Option<Search>,
+}
+
+/// One instruction that may explain a divergence.
+#[derive(Debug, Clone, Serialize)]
+pub struct Suspect {
+    /// Where it is (guest RIP, hex).
+    pub rip: String,
+    /// The instruction in Intel syntax.
+    pub instruction: String,
+    /// Times it ran in the window searched.
+    pub count: u64,
+    /// Why its result can differ between recording and replay.
+    pub why: String,
+    /// What kind of value it reads.
+    #[serde(skip)]
+    pub source: vmrr_engine::disasm::Unrecorded,
+    /// The step at which it last ran (later is closer to the divergence).
+    #[serde(skip)]
+    pub last_step: u64,
 }
 
 /// A console's text before a divergence.

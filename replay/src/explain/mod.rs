@@ -21,7 +21,8 @@ use vmrr_engine::machine::debug::DebugStops;
 use vmrr_format::TraceReader;
 use vmrr_format::overview::TraceOverview;
 
-pub use suspects::{RecordingHost, Suspect};
+pub use crate::report::Suspect;
+pub use suspects::RecordingHost;
 
 use crate::error::ReplayError;
 use crate::options::{Options, StartFrom};

@@ -3,27 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use vmrr_engine::disasm::{Decoded, TIME_MSRS, Unrecorded};
 
-/// One instruction that may explain a divergence.
-#[derive(Debug, Clone, Serialize)]
-pub struct Suspect {
-    /// Where it is (guest RIP, hex).
-    pub rip: String,
-    /// The instruction in Intel syntax.
-    pub instruction: String,
-    /// Times it ran in the window searched.
-    pub count: u64,
-    /// Why its result can differ between recording and replay.
-    pub why: String,
-    /// What kind of value it reads.
-    #[serde(skip)]
-    pub source: Unrecorded,
-    /// The step at which it last ran (later is closer to the divergence).
-    #[serde(skip)]
-    pub last_step: u64,
-}
+use crate::report::Suspect;
 
 /// What the recording host let the guest see.
 #[derive(Debug, Clone, Copy, Default)]
