@@ -108,7 +108,7 @@ pub fn verify(reader: &mut TraceReader) -> Result<VerifyReport, ReadError> {
                     rep.damaged_chunks.push(Damage::from(&error));
                 }
             }
-            Err(e @ ReadError::Io { .. }) => return Err(e),
+            Err(e @ (ReadError::Io { .. } | ReadError::NotRegular { .. })) => return Err(e),
         }
     }
     rep.last_seq = prev;
@@ -259,7 +259,7 @@ pub fn stats(reader: &mut TraceReader) -> Result<Stats, ReadError> {
                     st.first_damage = Some(e.to_string());
                 }
             }
-            Err(e @ ReadError::Io { .. }) => return Err(e),
+            Err(e @ (ReadError::Io { .. } | ReadError::NotRegular { .. })) => return Err(e),
         }
     }
     for (k, c) in counts.iter().enumerate() {

@@ -207,7 +207,8 @@ pub struct DeviceEntry {
 /// The whole bus: devices, their placement, and pending interrupts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BusState {
-    /// Devices in bus order.
+    /// Devices in bus order (at most [`MAX_DEVICES`], refused while decoding beyond).
+    #[serde(deserialize_with = "vmrr_format::bounded::vec::<_, _, MAX_DEVICES>")]
     pub devices: Vec<DeviceEntry>,
     /// Pending direct vectors.
     pub pending_vectors: [u64; 4],

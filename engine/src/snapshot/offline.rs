@@ -24,13 +24,23 @@ fn write_state(path: &Path, state: &super::SnapshotState) -> Result<(), Snapshot
 /// Writes the newest snapshot of `chain` as one full snapshot into `out` (a snapshot
 /// directory): every page resolved through the chain, zero pages left as holes.
 ///
+/// `out` is checked before anything is written (see `vmrr_format::output`): it may not be
+/// a snapshot of the chain, and may exist only with `replace` and when it is a snapshot
+/// directory. The result is written into a uniquely named directory beside `out` and
+/// renamed into place when complete (exchanged atomically with an `out` it replaces), so
+/// a failure or a signal leaves nothing behind and nothing else is ever removed.
+///
 /// # Errors
-/// File-system failures.
-pub fn flatten(chain: &[StoredSnapshot], out: &Path) -> Result<(), SnapshotError> {
+/// `out` may not be written, or file-system failures.
+pub fn flatten(chain: &[StoredSnapshot], out: &Path, replace: bool) -> Result<(), SnapshotError> {
+    use vmrr_format::output::{self, OutputKind};
     let top = chain.last().ok_or(SnapshotError::EmptyChain)?;
-    let tmp = out.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(FileError::on("creating", &tmp))?;
+    let inputs: Vec<&Path> = chain.iter().map(|l| l.dir.as_path()).collect();
+    output::check(out, &inputs, replace, OutputKind::SnapshotDir)?;
+    let dir = output::directory_of(out);
+    let scratch = vmrr_format::scratch::Scratch::dir_in(dir, &output::scratch_prefix(out))
+        .map_err(FileError::on("creating a directory in", dir))?;
+    let tmp = scratch.path().to_path_buf();
     let mut state = top.state.clone();
     state.parent = None;
     let zero = vec![0u8; usize::try_from(PAGE_SIZE).unwrap_or(4096)];
@@ -101,10 +111,12 @@ pub fn flatten(chain: &[StoredSnapshot], out: &Path) -> Result<(), SnapshotError
         s.stored_pages = stored;
     }
     write_state(&tmp.join(STATE_FILE), &state)?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(FileError::on("replacing", out))?;
-    }
-    std::fs::rename(&tmp, out).map_err(FileError::on("renaming", &tmp))?;
+    scratch.publish(out, replace).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            SnapshotError::Output(vmrr_format::output::OutputError::Exists { out: out.to_path_buf() })
+        }
+        _ => SnapshotError::File(FileError { what: "renaming into", path: out.to_path_buf(), source }),
+    })?;
     Ok(())
 }
 

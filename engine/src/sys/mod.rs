@@ -10,11 +10,13 @@
 //!   pages.
 //! - [`vcpu_state`]: the `KVM_SET_XSAVE` wrapper.
 //! - [`vcpu_ioctl`]: vCPU ioctls kvm-ioctls does not wrap on x86 (`KVM_INTERRUPT`).
+//! - [`stop`]: dying of a caught signal after cleaning up.
 
 pub mod kick;
 pub mod mapping;
 pub mod memfd;
 pub mod run_page;
 pub mod slots;
+pub mod stop;
 pub mod vcpu_ioctl;
 pub mod vcpu_state;
