@@ -149,7 +149,7 @@ const BUNDLES: &[(&str, &[&str])] = &[
     ("trace-zeros-8gib.vmrrb", &["entry \"trace.vmrr\"", "not a trace", "bad file magic"]),
     ("memory-files-total-20gib.vmrrb", &["snapshot 0's memory files", "--max-mem-mib"]),
     ("snapshot-not-listed.vmrrb", &["snapshot 7, which the manifest does not list"]),
-    ("manifest-annotations-over-cap.vmrrb", &["more than 4096 annotations"]),
+    ("manifest-annotations-over-cap.vmrrb", &["manifest: more than 4096 elements, over the limit of 4096"]),
 ];
 
 #[test]

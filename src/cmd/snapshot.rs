@@ -143,9 +143,8 @@ pub fn run(cmd: &SnapshotCmd, max_mem: u64) -> CliResult {
             // The output first: nothing is read if it may not be written.
             vmrr_format::output::check(dst, &[src], *force, vmrr_format::output::OutputKind::SnapshotDir)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
-            let chain = snapshot::load_chain(src, max_mem).map_err(cli_err)?;
-            snapshot::flatten(&chain, dst, *force).map_err(cli_err)?;
-            println!("{}: full snapshot of {} ({} in the chain)", dst.display(), src.display(), chain.len());
+            let len = snapshot::flatten_dir(src, dst, *force, max_mem).map_err(cli_err)?;
+            println!("{}: full snapshot of {} ({} in the chain)", dst.display(), src.display(), len);
             Ok(())
         }
     }

@@ -198,11 +198,17 @@ impl Bus {
 pub struct DeviceEntry {
     /// The device's state.
     pub state: DeviceState,
-    /// Port ranges `(base, len, origin)`.
+    /// Port ranges `(base, len, origin)` (at most [`MAX_RANGES`], refused while decoding
+    /// beyond).
+    #[serde(deserialize_with = "vmrr_format::bounded::vec::<_, _, MAX_RANGES>")]
     pub pio: Vec<(u64, u64, u64)>,
-    /// MMIO ranges `(base, len, origin)`.
+    /// MMIO ranges `(base, len, origin)` (as for `pio`).
+    #[serde(deserialize_with = "vmrr_format::bounded::vec::<_, _, MAX_RANGES>")]
     pub mmio: Vec<(u64, u64, u64)>,
 }
+
+/// Most port or MMIO ranges one device's saved state may place it at.
+pub const MAX_RANGES: usize = 4096;
 
 /// The whole bus: devices, their placement, and pending interrupts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -212,8 +212,12 @@ impl ChainCheck {
             check_parent(child, &file, cs, &link, &p_dir)?;
             check_files(&p)?;
             file = p_dir.join(STATE_FILE);
+            // Kept only for the offsets of its own parent check: no bitmaps.
             let mut p = p;
             keep_slots_only(&mut p.state);
+            for s in &mut p.state.slots {
+                s.pages = Vec::new();
+            }
             child_state = Some(p.state);
             fresh.push((p_dir, link));
         };
@@ -223,6 +227,27 @@ impl ChainCheck {
             valid.insert(d, (l, len - i, base));
         }
         Ok(Checked { top, chain_len: len, base })
+    }
+
+    /// The directories of the chain of `dir` (validated by [`Self::top`] before), oldest
+    /// first.
+    pub fn dirs_of(&self, dir: &Path) -> Vec<PathBuf> {
+        let root = dir.parent().unwrap_or(Path::new("."));
+        let valid = self.valid.borrow();
+        let mut dirs = vec![dir.to_path_buf()];
+        let mut at = valid.get(dir).and_then(|(l, _, _)| l.parent);
+        while let Some(p) = at.filter(|_| dirs.len() < MAX_CHAIN) {
+            let d = snapshot_dir(root, p);
+            at = valid.get(&d).and_then(|(l, _, _)| l.parent);
+            dirs.push(d);
+        }
+        dirs.reverse();
+        dirs
+    }
+
+    /// Whether `state`, read again from `dir`, is still the snapshot validated there.
+    pub fn still_valid(&self, dir: &Path, state: &SnapshotState) -> bool {
+        self.valid.borrow().get(dir).is_some_and(|(l, _, _)| *l == Link::of(state))
     }
 
     /// As [`Self::top`], for a bundle writer's snapshot check

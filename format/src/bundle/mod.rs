@@ -221,7 +221,7 @@ impl BundleError {
             BundleError::Input(e) => !matches!(e, crate::input::InputError::Io { .. }),
             BundleError::GuestFile { .. } => false,
             BundleError::Trace(t) => match t.as_ref() {
-                crate::overview::OverviewError::Read(e) => e.decode_error().is_some(),
+                crate::overview::OverviewError::Read(e) => e.is_invalid_input(),
                 _ => true,
             },
             _ => true,
