@@ -149,6 +149,14 @@ const BUNDLES: &[(&str, &[&str])] = &[
     ("trace-zeros-8gib.vmrrb", &["entry \"trace.vmrr\"", "not a trace", "bad file magic"]),
     ("memory-files-total-20gib.vmrrb", &["snapshot 0's memory files", "--max-mem-mib"]),
     ("snapshot-not-listed.vmrrb", &["snapshot 7, which the manifest does not list"]),
+    (
+        "trace-damaged-inside.vmrrb",
+        &["trace-damaged-inside.vmrrb, entry trace.vmrr: at offset 0x50", "record size", "4294967288"],
+    ),
+    (
+        "state-invalid-inside.vmrrb",
+        &["state-invalid-inside.vmrrb, entry snapshots/snap-000000/state.bin: offset 0x", "regs.rip"],
+    ),
     ("manifest-annotations-over-cap.vmrrb", &["manifest: more than 4096 elements, over the limit of 4096"]),
 ];
 
@@ -156,7 +164,8 @@ const BUNDLES: &[(&str, &[&str])] = &[
 fn hostile_bundles_are_refused() {
     for (file, reason) in BUNDLES {
         let p = corpus(&format!("bundle/{file}"));
-        refused(&["replay", s(&p)], file, reason);
+        let m = refused_with(3, &["replay", s(&p)], file, reason, true);
+        assert!(!m.stderr.contains("vmrr-bundle-"), "no temporary path is named: {}", m.stderr);
     }
     // --max-mem-mib caps what a valid bundle may ask for (its guest has 2 MiB).
     let p = corpus("bundle/valid.vmrrb");
@@ -754,6 +763,47 @@ fn generate_bundles(dir: &Path, snapshot_root: &Path) {
     let mut m = man(vec![entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64)]);
     m.annotations = (0..5000).map(|i| (format!("k{i}"), String::new())).collect();
     w("manifest-annotations-over-cap.vmrrb", bundle(1, m, std::slice::from_ref(&z), true));
+    // Errors inside a bundle's files name the bundle and the entry, not where it was
+    // extracted: a damaged trace, and a snapshot state that fails validation.
+    let damaged = std::fs::read(dir.parent().unwrap().join("trace/record-size-4gib.vmrr")).unwrap();
+    w(
+        "trace-damaged-inside.vmrrb",
+        bundle(
+            1,
+            man(vec![entry("trace.vmrr", Storage::Zstd, damaged.len() as u64)]),
+            &[zstd::bulk::compress(&damaged, 3).unwrap()],
+            true,
+        ),
+    );
+    let bad_state = std::fs::read(snapshot_root.join("rip-not-canonical/snap-000000/state.bin")).unwrap();
+    let mem = std::fs::read(snapshot_root.join("base/snap-000000/mem-0.raw")).unwrap();
+    let mut m = man(vec![
+        entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
+        entry("snapshots/snap-000000/state.bin", Storage::Zstd, bad_state.len() as u64),
+        entry("snapshots/snap-000000/mem-0.raw", Storage::Sparse, mem.len() as u64),
+    ]);
+    m.snapshots = vec![0];
+    w(
+        "state-invalid-inside.vmrrb",
+        bundle(1, m, &[z.clone(), zstd::bulk::compress(&bad_state, 3).unwrap(), sparse_payload(&mem)], true),
+    );
+}
+
+/// A memory file as a bundle stores it: its non-zero pages as extents, then their bytes.
+fn sparse_payload(mem: &[u8]) -> Vec<u8> {
+    let (mut table, mut data, mut n) = (Vec::new(), Vec::new(), 0u64);
+    for (i, page) in mem.chunks(4096).enumerate() {
+        if page.iter().any(|&b| b != 0) {
+            table.extend_from_slice(&(i as u64 * 4096).to_le_bytes());
+            table.extend_from_slice(&(page.len() as u64).to_le_bytes());
+            data.extend_from_slice(page);
+            n += 1;
+        }
+    }
+    let mut p = n.to_le_bytes().to_vec();
+    p.extend(table);
+    p.extend(zstd::bulk::compress(&data, 3).unwrap());
+    p
 }
 
 /// A sparse memory payload with no extents (every page zero).

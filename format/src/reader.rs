@@ -188,6 +188,12 @@ impl TraceReader {
         self.index.as_ref()
     }
 
+    /// Takes the index out of the reader (which then seeks by scanning), so a caller
+    /// that needs it after reading holds one copy, not two.
+    pub fn take_index(&mut self) -> Option<Index> {
+        self.index.take()
+    }
+
     /// Why the index could not be used, when a trailer pointed at a damaged one.
     pub fn index_damage(&self) -> Option<&DecodeError> {
         self.index_damage.as_ref()

@@ -86,7 +86,8 @@ pub fn verify(reader: &mut TraceReader) -> Result<VerifyReport, ReadError> {
     if let Some(e) = reader.index_damage() {
         rep.damaged_chunks.push(Damage::from(e));
     }
-    let index = reader.index().cloned();
+    // Held once (taken, not cloned): it can be 64 MiB.
+    let index = reader.take_index();
     let mut prev: Option<u64> = None;
     while let Some(item) = reader.next_record() {
         match item {

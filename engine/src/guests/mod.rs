@@ -241,10 +241,13 @@ pub fn from_file(
 /// Not a regular file, larger than `max_len`, or unreadable.
 pub fn read_regular(path: &Path, max_len: u64) -> Result<Vec<u8>, LoadError> {
     use std::io::Read;
-    let (f, md) = vmrr_format::input::open_regular(path)?;
+    let (f, md) = vmrr_format::input::open_regular(path).map_err(|e| match e {
+        vmrr_format::input::InputError::Io { path, source } => LoadError::Read { path, source },
+        e => LoadError::Input(e),
+    })?;
     if md.len() > max_len {
         return Err(LoadError::Placement(format!(
-            "{} is {} bytes, larger than the {max_len} bytes it must fit",
+            "{} of {} bytes does not fit the {max_len} bytes it may take (the guest's memory, or the firmware limit)",
             path.display(),
             md.len()
         )));

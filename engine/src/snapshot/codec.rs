@@ -99,7 +99,13 @@ pub enum CodecError {
 }
 
 fn options() -> impl Options {
-    bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian().with_limit(MAX_STATE)
+    options_within(MAX_STATE)
+}
+
+/// The state encoding, reading at most `limit` bytes: every length prefix is checked
+/// against the bytes that remain before anything is allocated for it.
+fn options_within(limit: u64) -> impl Options {
+    bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian().with_limit(limit)
 }
 
 /// Serialises `v` (bincode, the state encoding).
@@ -208,7 +214,9 @@ impl<R: Read> Read for Counting<R> {
 /// Decodes a payload of `plen` bytes from `r`; every byte must be used.
 fn decode_payload<T: DeserializeOwned>(r: impl Read, plen: u64, name: &str) -> Result<T, CodecError> {
     let mut c = Counting { inner: r, read: 0 };
-    let v = options().deserialize_from(&mut c).map_err(|source| CodecError::Decode {
+    // Limited to the payload: a length prefix longer than what remains is refused before
+    // a buffer is sized from it (bincode's reader sizes its buffer first, then reads).
+    let v = options_within(plen).deserialize_from(&mut c).map_err(|source| CodecError::Decode {
         path: name.to_string(),
         offset: PAYLOAD_OFFSET + c.read,
         source,
