@@ -223,6 +223,18 @@ fn a_trace_naming_a_host_file_never_makes_replay_open_it() {
             assert!(m.max_rss_kib < 16 * 1024, "nothing was read: {} KiB", m.max_rss_kib);
         }
     }
+    // --max-mem-mib applies to a rebuilt guest too (its 2 MiB), before anything is read.
+    let d = tmp();
+    let img = at(&d, "img.bin");
+    std::fs::write(&img, [0xf4u8; 16]).unwrap();
+    let p = corpus("trace/names-etc-shadow.vmrr");
+    refused_with(
+        3,
+        &["replay", s(&p), "--image", s(&img), "--max-mem-mib", "1"],
+        "names-etc-shadow.vmrr",
+        &["2 MiB of memory, over the limit of 1 MiB (--max-mem-mib)"],
+        false,
+    );
     // The user's own --image that is not a regular file is refused as such.
     let p = corpus("trace/names-dev-zero.vmrr");
     refused(
@@ -835,4 +847,18 @@ fn generate_corpus() {
     generate_traces(&corpus("trace"));
     generate_snapshots(&corpus("snapshot"));
     generate_bundles(&corpus("bundle"), &corpus("snapshot"));
+}
+
+/// A parent directory holding another snapshot than its name says is refused, naming it.
+#[test]
+fn a_parent_must_be_the_snapshot_its_directory_names() {
+    let dir = corpus("snapshot/parent-impostor/snap-000001");
+    refused(&["snapshot", "info", s(&dir)], "snap-000000/state.bin", &["holds snapshot 5, not 0"]);
+    let out = tmp();
+    refused(
+        &["snapshot", "flatten", s(&dir), s(&at(&out, "flat"))],
+        "snap-000000/state.bin",
+        &["holds snapshot 5, not 0"],
+    );
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing written");
 }

@@ -30,8 +30,13 @@ pub enum ReplayError {
         source: vmrr_engine::kvm::cpuid::SetCpuidError,
     },
     /// The trace's description of its guest cannot be rebuilt (a file to pass, a budget).
-    #[error(transparent)]
-    Rebuild(#[from] vmrr_engine::session::RebuildError),
+    #[error("{trace}: {error}")]
+    Rebuild {
+        /// The trace.
+        trace: String,
+        /// What is missing or over the budget.
+        error: vmrr_engine::session::RebuildError,
+    },
     /// An input is not a regular file.
     #[error(transparent)]
     Input(#[from] vmrr_format::input::InputError),
@@ -84,7 +89,7 @@ impl ReplayError {
             ReplayError::Trace(e) => e.is_invalid_input(),
             ReplayError::Overview(OverviewError::Read(e)) => e.is_invalid_input(),
             ReplayError::Overview(_) | ReplayError::Unreplayable(_) | ReplayError::Cpuid { .. } => true,
-            ReplayError::Rebuild(e) => !e.is_usage(),
+            ReplayError::Rebuild { error, .. } => !error.is_usage(),
             ReplayError::Input(e) => !matches!(e, vmrr_format::input::InputError::Io { .. }),
             ReplayError::InBundle { inner, .. } => inner.is_invalid_input(),
             ReplayError::Snapshot(e) => e.is_invalid_input(),

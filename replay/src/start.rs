@@ -66,7 +66,8 @@ pub fn prepare(src: &Source, f: &TraceOverview, opts: &Options) -> Result<(Machi
         image: opts.image.as_deref().or(src.image.as_deref()),
         firmware: opts.firmware.as_deref().or(src.firmware.as_deref()),
     };
-    let cfg = vmrr_engine::session::from_annotations(&f.annotations, files, opts.max_mem)?;
+    let cfg = vmrr_engine::session::from_annotations(&f.annotations, files, opts.max_mem)
+        .map_err(|error| ReplayError::Rebuild { trace: src.trace.display().to_string(), error })?;
     let mut m = cfg.build(opts.serial.clone(), debugcon)?;
     if !f.cpuid.is_empty() {
         // The guest must see the CPUID it saw when recorded, not this host's.
