@@ -32,7 +32,7 @@ fn record(dir: &Path, guest: &str, extra: &[&str]) -> PathBuf {
 }
 
 fn open(trace: &Path) -> Session {
-    let src = source::open(trace, 1 << 30).expect("trace");
+    let src = source::open(trace, &vmrr_format::bundle::Budgets::memory_only(1 << 30)).expect("trace");
     Session::open(src, &Options::default(), Settings::default()).expect("session")
 }
 

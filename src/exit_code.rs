@@ -73,6 +73,15 @@ pub enum CliError {
     /// Replay could not run.
     #[error("{0}")]
     Replay(String),
+    /// A message whose exit code was decided where it was made (an error rewritten to name
+    /// a bundle's entries).
+    #[error("{message}")]
+    Coded {
+        /// Exit code.
+        code: u8,
+        /// The message, causes included.
+        message: String,
+    },
     /// The command already reported its outcome and only needs to exit with `code`.
     #[error("exit {code}")]
     Reported {
@@ -92,6 +101,7 @@ impl CliError {
                 USAGE
             }
             CliError::Trace(_) => INVALID_INPUT,
+            CliError::Coded { code, .. } => *code,
             CliError::Output { .. } | CliError::TraceWrite(_) => OUTPUT,
             CliError::Session(e) => session_code(e),
             CliError::Run(e) => run_code(e),
@@ -103,6 +113,7 @@ impl CliError {
                 vmrr_engine::snapshot::SnapshotError::Vm(_) | vmrr_engine::snapshot::SnapshotError::Kvm(_),
             ) => KVM_MISSING,
             CliError::Snapshot(vmrr_engine::snapshot::SnapshotError::File(_)) => OUTPUT,
+            CliError::Snapshot(vmrr_engine::snapshot::SnapshotError::Output(_)) => USAGE,
             CliError::Snapshot(_) => INTERNAL,
             CliError::Reported { code } => *code,
         }
@@ -127,6 +138,10 @@ fn session_code(e: &vmrr_engine::session::SessionError) -> u8 {
     use vmrr_engine::kvm::CreateVmError;
     use vmrr_engine::session::SessionError;
     match e {
+        // An image or firmware that is a FIFO, a device or a file of /proc: bad input.
+        SessionError::Config(vmrr_engine::session::ConfigError::Load(
+            vmrr_engine::guests::LoadError::Input(vmrr_format::input::InputError::NotRegular { .. }),
+        )) => INVALID_INPUT,
         SessionError::Config(_) => USAGE,
         SessionError::Vm(
             CreateVmError::OpenKvm(_) | CreateVmError::MissingCapability { .. } | CreateVmError::Kvm(_),

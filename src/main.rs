@@ -5,6 +5,7 @@
 mod bench;
 mod cmd;
 mod exit_code;
+mod stop;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,9 +16,13 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "vmrr", version, about, long_about = None)]
 struct Cli {
-    /// Largest guest memory a snapshot or bundle may ask for, in MiB.
+    /// Largest guest memory a snapshot, a bundle's snapshot or a rebuilt guest may have,
+    /// in MiB (a snapshot's memory files together).
     #[arg(long, global = true, default_value_t = 16384)]
     max_mem_mib: u64,
+    /// Most bytes extracting a bundle may write, all its files together, in MiB.
+    #[arg(long, global = true, default_value_t = 32768)]
+    max_extract_mib: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,13 +73,23 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
-    /// Pack a trace and the snapshots it needs into one checksummed, compressed file.
+    /// Pack a trace, the snapshots it needs and the guest image or firmware it runs into
+    /// one checksummed, compressed file.
     Pack {
         /// The trace.
         trace: PathBuf,
-        /// The bundle to write.
+        /// The bundle to write (refused when it exists, unless --force).
         #[arg(long, short)]
         out: PathBuf,
+        /// The guest image to ship, when it is no longer where the trace says it was.
+        #[arg(long, conflicts_with = "firmware")]
+        image: Option<PathBuf>,
+        /// The firmware to ship, when it is no longer where the trace says it was.
+        #[arg(long)]
+        firmware: Option<PathBuf>,
+        /// Replace an existing bundle (never an input, a directory or a special file).
+        #[arg(long)]
+        force: bool,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
@@ -101,28 +116,57 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Write every readable record into a new, intact trace (a recording killed or
-        /// damaged).
+        /// damaged); refused when OUT is the trace or exists, unless --force.
         #[arg(long, value_name = "OUT")]
         repair: Option<PathBuf>,
+        /// With --repair: replace an existing OUT (never the trace itself).
+        #[arg(long, requires = "repair")]
+        force: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let budgets = vmrr_format::bundle::Budgets {
+        max_mem: cli.max_mem_mib.saturating_mul(1 << 20),
+        max_extract: cli.max_extract_mib.saturating_mul(1 << 20),
+    };
+    // Commands that write temporary files remove them when told to stop.
+    let writes_scratch = matches!(
+        &cli.command,
+        Command::Replay(_)
+            | Command::Pack { .. }
+            | Command::Verify { repair: Some(_), .. }
+            | Command::Snapshot(_)
+    );
+    if writes_scratch {
+        if let Err(e) = stop::install() {
+            return exit_code::CliError::Replay(format!("cannot install signal handlers: {e}")).report();
+        }
+    }
     let res = match cli.command {
         Command::Inspect { file, from, count, json } => cmd::inspect::run(&file, from, count, json),
         Command::Stats { file, json } => cmd::stats::run(&file, json),
-        Command::Verify { file, json, repair } => cmd::verify::run(&file, json, repair.as_deref()),
+        Command::Verify { file, json, repair, force } => {
+            cmd::verify::run(&file, json, repair.as_deref(), force)
+        }
         Command::Record(args) => cmd::record::run(&args),
         Command::Profile(args) => cmd::profile::run(&args),
         Command::Timeline(args) => cmd::timeline::run(&args),
         Command::Guests { json } => cmd::guests::run(json),
         Command::Bench { quick, json, plot } => bench::run(quick, json, plot.as_deref()),
-        Command::Demo { dir } => cmd::demo::run(dir.as_deref(), cli.max_mem_mib.saturating_mul(1 << 20)),
-        Command::Pack { trace, out, json } => cmd::pack::run(&trace, &out, json),
-        Command::Replay(args) => cmd::replay::run(&args, cli.max_mem_mib.saturating_mul(1 << 20)),
-        Command::Snapshot(c) => cmd::snapshot::run(&c, cli.max_mem_mib.saturating_mul(1 << 20)),
+        Command::Demo { dir } => cmd::demo::run(dir.as_deref(), &budgets),
+        Command::Pack { trace, out, image, firmware, force, json } => {
+            cmd::pack::run(&trace, &out, image.or(firmware), force, json)
+        }
+        Command::Replay(args) => cmd::replay::run(&args, &budgets),
+        Command::Snapshot(c) => cmd::snapshot::run(&c, budgets.max_mem),
     };
+    // A stop signal that interrupted the command's system calls: die of it as the watcher
+    // would, rather than report what the interruption looked like.
+    if let Some(s) = stop::caught() {
+        stop::stop(s);
+    }
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => e.report(),

@@ -20,7 +20,7 @@ fn record(dir: &tempfile::TempDir, guest: &str, extra: &[&str]) -> PathBuf {
 }
 
 fn open(trace: &Path) -> Session {
-    let src = source::open(trace, 1 << 30).expect("trace opens");
+    let src = source::open(trace, &vmrr_format::bundle::Budgets::memory_only(1 << 30)).expect("trace opens");
     Session::open(src, &Options::default(), Settings::default()).expect("session opens")
 }
 

@@ -58,7 +58,8 @@ fn a_failure_leaves_a_bundle_of_the_last_checkpoints_that_reproduces_it() {
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("older dropped"), "{}", stderr(&o));
     assert!(!at(&d, "fr.flight").exists(), "the working directory is removed");
-    let m = vmrr_format::bundle::read_manifest(&out, u64::MAX).unwrap();
+    let m = vmrr_format::bundle::read_manifest(&out, &vmrr_format::bundle::Budgets::memory_only(u64::MAX))
+        .unwrap();
     // The last --keep checkpoints, and the failure-point snapshot taken at the failing exit.
     assert_eq!(m.snapshots.len(), 3, "the last --keep checkpoints and the failure point: {:?}", m.snapshots);
     assert_eq!(m.snapshots[1], m.snapshots[0] + 1);

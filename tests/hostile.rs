@@ -28,19 +28,30 @@ const RSS_LIMIT_KIB: u64 = 64 * 1024;
 // ---------------------------------------------------------------------------------------
 // The checks.
 
+/// Runs `vmrr args` without KVM and with a private, empty `$TMPDIR`; expects exit `code`,
+/// a line naming `file` and every one of `reason` (and a byte offset when `offset`), peak
+/// memory under the limit, and nothing left in `$TMPDIR`.
+fn refused_with(code: i32, args: &[&str], file: &str, reason: &[&str], offset: bool) -> Measured {
+    let scratch = tmp();
+    let m = MeasuredChild::spawn_with(args, &[("VMRR_DENY_KVM", "1"), ("TMPDIR", s(scratch.path()))]).wait();
+    let what = format!("vmrr {}", args.join(" "));
+    assert_eq!(m.code, Some(code), "{what}: exit {code} expected: {}", m.stderr);
+    // One line (an error on stderr, or `verify`'s damage report on stdout) says it all.
+    let out = format!("{}{}", String::from_utf8_lossy(&m.stdout), m.stderr);
+    let said = out.lines().any(|l| {
+        l.contains(file) && (!offset || l.contains("offset 0x")) && reason.iter().all(|r| l.contains(r))
+    });
+    assert!(said, "{what}: a line names {file}, an offset and {reason:?}:\n{out}");
+    assert!(m.max_rss_kib < RSS_LIMIT_KIB, "{what}: peak memory {} KiB", m.max_rss_kib);
+    let left: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "{what}: left in $TMPDIR: {left:?}");
+    m
+}
+
 /// Runs `vmrr args` without KVM; expects exit 3 and a message naming `file`, an offset and
 /// every one of `reason`.
 fn refused(args: &[&str], file: &str, reason: &[&str]) {
-    let m = MeasuredChild::spawn_with(args, &[("VMRR_DENY_KVM", "1")]).wait();
-    let what = format!("vmrr {}", args.join(" "));
-    assert_eq!(m.code, Some(3), "{what}: exit 3 expected: {}", m.stderr);
-    // One line (an error on stderr, or `verify`'s damage report on stdout) says it all.
-    let out = format!("{}{}", String::from_utf8_lossy(&m.stdout), m.stderr);
-    let said = out
-        .lines()
-        .any(|l| l.contains(file) && l.contains("offset 0x") && reason.iter().all(|r| l.contains(r)));
-    assert!(said, "{what}: a line names {file}, an offset and {reason:?}:\n{out}");
-    assert!(m.max_rss_kib < RSS_LIMIT_KIB, "{what}: peak memory {} KiB", m.max_rss_kib);
+    refused_with(3, args, file, reason, true);
 }
 
 /// (file, reason words) for the crafted traces.
@@ -79,6 +90,9 @@ const SNAPSHOTS: &[(&str, &[&str], &[&str])] = &[
     ("file-name-escape", &["not a plain file name"], &[]),
     ("future-major-2.0", &["2.0", "not readable"], &[]),
     ("payload-claims-1gib", &["payload"], &[]),
+    ("rip-not-canonical", &["vCPU 0", "regs.rip", "0x800000001000 is not canonical"], &[]),
+    ("annotations-over-cap", &["state does not decode", "over the limit of 4096"], &[]),
+    ("devices-over-cap", &["state does not decode", "over the limit of 64"], &[]),
     // The valid base snapshot, refused only because it asks for more memory than allowed.
     ("base", &["--max-mem-mib"], &["--max-mem-mib", "1"]),
 ];
@@ -131,17 +145,103 @@ const BUNDLES: &[(&str, &[&str])] = &[
     ("checksum-mismatch.vmrrb", &["checksum mismatch"]),
     ("duplicate-entry.vmrrb", &["appears twice"]),
     ("manifest-claims-1tib.vmrrb", &["manifest"]),
+    ("trace-claims-1tib.vmrrb", &["--max-extract-mib", "limit of 32768 MiB", "1048576 MiB"]),
+    ("trace-zeros-8gib.vmrrb", &["entry \"trace.vmrr\"", "not a trace", "bad file magic"]),
+    ("memory-files-total-20gib.vmrrb", &["snapshot 0's memory files", "--max-mem-mib"]),
+    ("snapshot-not-listed.vmrrb", &["snapshot 7, which the manifest does not list"]),
+    (
+        "trace-damaged-inside.vmrrb",
+        &["trace-damaged-inside.vmrrb, entry trace.vmrr: at offset 0x50", "record size", "4294967288"],
+    ),
+    (
+        "state-invalid-inside.vmrrb",
+        &["state-invalid-inside.vmrrb, entry snapshots/snap-000000/state.bin: offset 0x", "regs.rip"],
+    ),
+    ("manifest-annotations-over-cap.vmrrb", &["manifest: more than 4096 elements, over the limit of 4096"]),
 ];
 
 #[test]
 fn hostile_bundles_are_refused() {
     for (file, reason) in BUNDLES {
         let p = corpus(&format!("bundle/{file}"));
-        refused(&["replay", s(&p)], file, reason);
+        let m = refused_with(3, &["replay", s(&p)], file, reason, true);
+        assert!(!m.stderr.contains("vmrr-bundle-"), "no temporary path is named: {}", m.stderr);
     }
     // --max-mem-mib caps what a valid bundle may ask for (its guest has 2 MiB).
     let p = corpus("bundle/valid.vmrrb");
     refused(&["replay", s(&p), "--max-mem-mib", "1"], "valid.vmrrb", &["2 MiB", "--max-mem-mib"]);
+    // --max-extract-mib caps what extraction writes: the 8 GiB of zeros, and 2 GiB of
+    // memory pages (within --max-mem-mib), refused before a byte is written.
+    refused(
+        &["replay", s(&corpus("bundle/trace-zeros-8gib.vmrrb")), "--max-extract-mib", "4096"],
+        "trace-zeros-8gib.vmrrb",
+        &["limit of 4096 MiB (--max-extract-mib)", "8192 MiB"],
+    );
+    refused(
+        &["replay", s(&corpus("bundle/memory-pages-2gib.vmrrb")), "--max-extract-mib", "1024"],
+        "memory-pages-2gib.vmrrb",
+        &["limit of 1024 MiB (--max-extract-mib)", "mem-0.raw"],
+    );
+}
+
+/// Valid traces holding more than a reader keeps: 1 GiB of annotations, 2,000,000
+/// checkpoint records. `verify`, `stats` and `inspect` stream them in bounded memory;
+/// `replay` and `pack`, which keep them, refuse the trace naming the cap (and `pack`
+/// writes nothing).
+#[test]
+fn what_a_reader_keeps_is_capped() {
+    let cases: [(&str, &[&str]); 2] = [
+        ("annotations-1gib.vmrr", &["annotation bytes", "over the cap of 1048576 bytes"]),
+        ("checkpoints-2m.vmrr", &["checkpoint records", "over the cap of 100000"]),
+    ];
+    for (file, what) in cases {
+        let p = corpus(&format!("trace/{file}"));
+        for args in [vec!["verify", s(&p)], vec!["stats", s(&p)], vec!["inspect", s(&p)]] {
+            let m = MeasuredChild::spawn_quiet(&args).wait();
+            assert_eq!(m.code, Some(0), "vmrr {args:?}: {}", m.stderr);
+            assert!(m.max_rss_kib < RSS_LIMIT_KIB, "vmrr {args:?}: peak memory {} KiB", m.max_rss_kib);
+        }
+        refused_with(3, &["replay", s(&p)], file, what, false);
+        let d = tmp();
+        let out = at(&d, "b.vmrrb");
+        refused_with(3, &["pack", s(&p), "-o", s(&out)], file, what, false);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "pack wrote nothing");
+    }
+}
+
+/// A trace whose guest description names a host file (`/etc/shadow`, `/dev/zero`): replay
+/// never opens it, and says which flag gives the image (exit 2, before KVM).
+#[test]
+fn a_trace_naming_a_host_file_never_makes_replay_open_it() {
+    for (file, named) in [("names-etc-shadow.vmrr", "/etc/shadow"), ("names-dev-zero.vmrr", "/dev/zero")] {
+        let p = corpus(&format!("trace/{file}"));
+        for extra in [&[][..], &["--rebuild"][..]] {
+            let mut args = vec!["replay", s(&p)];
+            args.extend_from_slice(extra);
+            let m =
+                refused_with(2, &args, "--image FILE", &[named, "never opens a path a trace names"], false);
+            assert!(m.max_rss_kib < 16 * 1024, "nothing was read: {} KiB", m.max_rss_kib);
+        }
+    }
+    // --max-mem-mib applies to a rebuilt guest too (its 2 MiB), before anything is read.
+    let d = tmp();
+    let img = at(&d, "img.bin");
+    std::fs::write(&img, [0xf4u8; 16]).unwrap();
+    let p = corpus("trace/names-etc-shadow.vmrr");
+    refused_with(
+        3,
+        &["replay", s(&p), "--image", s(&img), "--max-mem-mib", "1"],
+        "names-etc-shadow.vmrr",
+        &["2 MiB of memory, over the limit of 1 MiB (--max-mem-mib)"],
+        false,
+    );
+    // The user's own --image that is not a regular file is refused as such.
+    let p = corpus("trace/names-dev-zero.vmrr");
+    refused(
+        &["replay", s(&p), "--image", "/dev/zero"],
+        "/dev/zero",
+        &["character device", "not a regular file"],
+    );
 }
 
 #[test]
@@ -155,14 +255,14 @@ fn unpacking_never_follows_a_symlink() {
     std::fs::create_dir_all(&target).unwrap();
     std::fs::create_dir_all(&elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, target.join("snapshots")).unwrap();
-    let e = vmrr_format::bundle::unpack(&corpus("bundle/valid.vmrrb"), &target, 1 << 30)
+    let e = vmrr_format::bundle::unpack(&corpus("bundle/valid.vmrrb"), &target, &Default::default())
         .expect_err("a planted symlink is refused");
     assert!(e.to_string().contains("snapshots"), "{e}");
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing was written through it");
     // And the same bundle unpacks into a clean directory.
     let clean = at(&d, "clean");
     std::fs::create_dir_all(&clean).unwrap();
-    vmrr_format::bundle::unpack(&corpus("bundle/valid.vmrrb"), &clean, 1 << 30).unwrap();
+    vmrr_format::bundle::unpack(&corpus("bundle/valid.vmrrb"), &clean, &Default::default()).unwrap();
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -316,6 +416,77 @@ fn generate_traces(dir: &Path) {
     let c = crc32c::crc32c(&t[n - 24..n - 8]);
     t[n - 8..n - 4].copy_from_slice(&c.to_le_bytes());
     w("index-claims-1tib.vmrr", t);
+
+    // 1 GiB of annotations (16,384 of 64 KiB) in a file of tens of KiB: every reader may
+    // stream them, none may keep them.
+    let big = |records: &mut dyn FnMut(&mut vmrr_format::TraceWriter)| {
+        let sink = vmrr_format::MemorySink::default();
+        let opts = vmrr_format::WriterOptions {
+            zstd_level: Some(9),
+            chunk_target: 15 << 20,
+            trace_id: Some([0x42; 16]),
+            created_unix_ns: Some(1_700_000_000_000_000_000),
+            ..Default::default()
+        };
+        let mut wr = vmrr_format::TraceWriter::with_sink(sink.clone(), "x".into(), opts).unwrap();
+        records(&mut wr);
+        wr.finish().unwrap();
+        sink.bytes()
+    };
+    let value = "a".repeat(vmrr_format::MAX_ANNOTATION_VALUE);
+    w(
+        "annotations-1gib.vmrr",
+        big(&mut |wr| {
+            for i in 0..16_384u32 {
+                let key = format!("x.{i}");
+                let a = vmrr_format::Annotation { key: &key, value: &value };
+                wr.append(0, vmrr_format::Body::Annotation(a), None).unwrap();
+            }
+        }),
+    );
+    // 2,000,000 checkpoint records.
+    w(
+        "checkpoints-2m.vmrr",
+        big(&mut |wr| {
+            for _ in 0..2_000_000u64 {
+                let c = vmrr_format::Checkpoint { snapshot_id: 0, exit_seq: 0, exits: 0 };
+                wr.append(0, vmrr_format::Body::Checkpoint(c), None).unwrap();
+            }
+        }),
+    );
+    // Traces whose guest description names host files: replay must never open them.
+    for (name, image) in [("names-etc-shadow.vmrr", "/etc/shadow"), ("names-dev-zero.vmrr", "/dev/zero")] {
+        w(name, trace_naming_image(image));
+    }
+}
+
+/// A trace of a flat real-mode image guest whose `vmrr.image` annotation names `image`,
+/// with one serial write.
+fn trace_naming_image(image: &str) -> Vec<u8> {
+    let sink = vmrr_format::MemorySink::default();
+    let mut wr = vmrr_format::TraceWriter::with_sink(sink.clone(), "x".into(), Default::default()).unwrap();
+    for (k, v) in [
+        ("vmrr.version", "0.1.0"),
+        ("vmrr.mem_bytes", "2097152"),
+        ("vmrr.cpuid", "deterministic"),
+        ("vmrr.image", image),
+        ("vmrr.load_addr", "0x1000"),
+        ("vmrr.entry", "0x1000"),
+        ("vmrr.mode", "real"),
+    ] {
+        wr.append(0, vmrr_format::Body::Annotation(vmrr_format::Annotation { key: k, value: v }), None)
+            .unwrap();
+    }
+    let io = vmrr_format::Io {
+        direction: vmrr_format::Direction::Out,
+        size: 1,
+        port: 0x3f8,
+        count: 1,
+        data: b"A",
+    };
+    wr.append(0, vmrr_format::Body::Io(io), None).unwrap();
+    wr.finish().unwrap();
+    sink.bytes()
 }
 
 fn write_state(dir: &Path, st: &SnapshotState) {
@@ -394,6 +565,48 @@ fn generate_snapshots(root: &Path) {
         reframe(&|b| b[16..24].copy_from_slice(&(1u64 << 30).to_le_bytes())),
     )
     .unwrap();
+
+    // A 64-bit vCPU whose RIP is not canonical (it would fault at once, or diverge).
+    let mut st = base.clone();
+    st.vcpus[0].regs.rip = 0x0000_8000_0000_1000;
+    write_state(&case("rip-not-canonical"), &st);
+    // A vCPU with CR0.PG set and CR0.PE clear: checksummed, decodes, and only KVM can
+    // tell it is impossible (KVM_SET_SREGS refuses it with EINVAL).
+    let mut st = base.clone();
+    st.vcpus[0].sregs.cr0 = 0x8000_0000;
+    write_state(&case("sregs-impossible"), &st);
+    copy_file(&base_dir.join("mem-0.raw"), &case("sregs-impossible").join("mem-0.raw"));
+    // Lists longer than a reader keeps, refused while decoding (their decoded form is
+    // larger than their encoding).
+    let mut st = base.clone();
+    st.annotations = (0..5000).map(|i| (format!("k{i}"), String::new())).collect();
+    write_state(&case("annotations-over-cap"), &st);
+    let mut st = base.clone();
+    let dev = st.bus.devices[0].clone();
+    st.bus.devices = vec![dev; 65];
+    write_state(&case("devices-over-cap"), &st);
+    // A chain whose parent directory holds another snapshot: snap-000001 says its parent
+    // is 0, and snap-000000 holds snapshot 5.
+    let root_of = root.join("parent-impostor");
+    let mut impostor = base.clone();
+    impostor.id = 5;
+    write_state(&root_of.join("snap-000000"), &impostor);
+    copy_file(&base_dir.join("mem-0.raw"), &root_of.join("snap-000000/mem-0.raw"));
+    let mut child = base.clone();
+    child.id = 1;
+    child.parent = Some(0);
+    for s in &mut child.slots {
+        s.full = false;
+        s.pages = vec![0; usize::try_from(s.page_count().div_ceil(64)).unwrap()];
+        s.stored_pages = 0;
+    }
+    write_state(&root_of.join("snap-000001"), &child);
+    copy_file(&base_dir.join("mem-0.raw"), &root_of.join("snap-000001/mem-0.raw"));
+}
+
+fn copy_file(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(from, to).unwrap();
 }
 
 /// A bundle: header, manifest, payloads, with `manifest` entries' offsets filled in.
@@ -439,11 +652,14 @@ fn generate_bundles(dir: &Path, snapshot_root: &Path) {
     let trace = at(&work, "t.vmrr");
     std::fs::copy(snapshot_root.join("base.vmrr"), &trace).unwrap();
     copy_dir(&snapshot_root.join("base"), &vmrr_engine::snapshot::dir_for_trace(&trace));
-    let o = vmrr(&["pack", s(&trace), "-o", s(&dir.join("valid.vmrrb"))]);
+    let o = vmrr(&["pack", s(&trace), "-o", s(&dir.join("valid.vmrrb")), "--force"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 
     let trace_bytes = std::fs::read(&trace).unwrap();
     let z = zstd::bulk::compress(&trace_bytes, 3).unwrap();
+    let state_bytes = std::fs::read(snapshot_root.join("base/snap-000000/state.bin")).unwrap();
+    let zs = zstd::bulk::compress(&state_bytes, 3).unwrap();
+    let state = || entry("snapshots/snap-000000/state.bin", Storage::Zstd, state_bytes.len() as u64);
     let man = |entries: Vec<Entry>| Manifest {
         trace_id: "42".repeat(16),
         annotations: vec![],
@@ -472,20 +688,26 @@ fn generate_bundles(dir: &Path, snapshot_root: &Path) {
     w("future-major-2.0.vmrrb", good(2));
     let mut m = man(vec![
         entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
+        state(),
         entry("snapshots/snap-000000/mem-0.raw", Storage::Sparse, 64 << 30),
     ]);
     m.snapshots = vec![0];
-    w("memory-over-limit.vmrrb", bundle(1, m, &[z.clone(), 0u64.to_le_bytes().to_vec()], true));
-    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+    w("memory-over-limit.vmrrb", bundle(1, m, &[z.clone(), zs.clone(), no_extents()], true));
+    // A valid trace header, then 64 MiB of zeros: past the header check, cut at 1001 bytes.
+    let hsize = usize::try_from(FileHeader::peek_size(&trace_bytes).unwrap()).unwrap();
+    let mut bytes = trace_bytes[..hsize].to_vec();
+    bytes.resize(64 << 20, 0);
+    let bomb = zstd::bulk::compress(&bytes, 19).unwrap();
     w("zstd-bomb.vmrrb", bundle(1, man(vec![entry("trace.vmrr", Storage::Zstd, 1000)]), &[bomb], true));
     let mut m = man(vec![
         entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
+        state(),
         entry("snapshots/snap-000000/mem-0.raw", Storage::Sparse, 2 << 20),
     ]);
     m.snapshots = vec![0];
     let mut ext = (1u64 << 60).to_le_bytes().to_vec();
     ext.extend_from_slice(&[0; 64]);
-    w("extents-overflow.vmrrb", bundle(1, m, &[z.clone(), ext], true));
+    w("extents-overflow.vmrrb", bundle(1, m, &[z.clone(), zs.clone(), ext], true));
     let mut m = man(vec![entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64)]);
     m.entries[0].offset = 1 << 40;
     m.entries[0].stored = z.len() as u64;
@@ -511,6 +733,111 @@ fn generate_bundles(dir: &Path, snapshot_root: &Path) {
     let c = crc32c::crc32c(&b[..28]);
     b[28..32].copy_from_slice(&c.to_le_bytes());
     w("manifest-claims-1tib.vmrrb", b);
+
+    // Disk: a trace entry claiming 1 TiB; one that really is 8 GiB of zeros (256 KiB
+    // stored); five memory files of 4 GiB each (each within --max-mem-mib, together
+    // not); a memory file whose one extent is 2 GiB of zero bytes to write.
+    w(
+        "trace-claims-1tib.vmrrb",
+        bundle(1, man(vec![entry("trace.vmrr", Storage::Zstd, 1 << 40)]), std::slice::from_ref(&z), true),
+    );
+    w(
+        "trace-zeros-8gib.vmrrb",
+        bundle(1, man(vec![entry("trace.vmrr", Storage::Zstd, 8 << 30)]), &[zeros_frame(8 << 30)], true),
+    );
+    let mut entries = vec![entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64), state()];
+    let mut payloads = vec![z.clone(), zs.clone()];
+    for slot in 0..5 {
+        entries.push(entry(&format!("snapshots/snap-000000/mem-{slot}.raw"), Storage::Sparse, 4 << 30));
+        payloads.push(no_extents());
+    }
+    let mut m = man(entries);
+    m.snapshots = vec![0];
+    w("memory-files-total-20gib.vmrrb", bundle(1, m, &payloads, true));
+    let mut m = man(vec![
+        entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
+        state(),
+        entry("snapshots/snap-000000/mem-0.raw", Storage::Sparse, 2 << 30),
+    ]);
+    m.snapshots = vec![0];
+    let mut one = 1u64.to_le_bytes().to_vec();
+    one.extend_from_slice(&0u64.to_le_bytes());
+    one.extend_from_slice(&(2u64 << 30).to_le_bytes());
+    one.extend(zeros_frame(2 << 30));
+    w("memory-pages-2gib.vmrrb", bundle(1, m, &[z.clone(), zs.clone(), one], true));
+    // Snapshot files of a snapshot the manifest does not list.
+    let m = man(vec![
+        entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
+        entry("snapshots/snap-000007/state.bin", Storage::Zstd, state_bytes.len() as u64),
+    ]);
+    w("snapshot-not-listed.vmrrb", bundle(1, m, &[z.clone(), zs.clone()], true));
+    // More annotations in the manifest than a reader keeps.
+    let mut m = man(vec![entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64)]);
+    m.annotations = (0..5000).map(|i| (format!("k{i}"), String::new())).collect();
+    w("manifest-annotations-over-cap.vmrrb", bundle(1, m, std::slice::from_ref(&z), true));
+    // Errors inside a bundle's files name the bundle and the entry, not where it was
+    // extracted: a damaged trace, and a snapshot state that fails validation.
+    let damaged = std::fs::read(dir.parent().unwrap().join("trace/record-size-4gib.vmrr")).unwrap();
+    w(
+        "trace-damaged-inside.vmrrb",
+        bundle(
+            1,
+            man(vec![entry("trace.vmrr", Storage::Zstd, damaged.len() as u64)]),
+            &[zstd::bulk::compress(&damaged, 3).unwrap()],
+            true,
+        ),
+    );
+    let bad_state = std::fs::read(snapshot_root.join("rip-not-canonical/snap-000000/state.bin")).unwrap();
+    let mem = std::fs::read(snapshot_root.join("base/snap-000000/mem-0.raw")).unwrap();
+    let mut m = man(vec![
+        entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
+        entry("snapshots/snap-000000/state.bin", Storage::Zstd, bad_state.len() as u64),
+        entry("snapshots/snap-000000/mem-0.raw", Storage::Sparse, mem.len() as u64),
+    ]);
+    m.snapshots = vec![0];
+    w(
+        "state-invalid-inside.vmrrb",
+        bundle(1, m, &[z.clone(), zstd::bulk::compress(&bad_state, 3).unwrap(), sparse_payload(&mem)], true),
+    );
+}
+
+/// A memory file as a bundle stores it: its non-zero pages as extents, then their bytes.
+fn sparse_payload(mem: &[u8]) -> Vec<u8> {
+    let (mut table, mut data, mut n) = (Vec::new(), Vec::new(), 0u64);
+    for (i, page) in mem.chunks(4096).enumerate() {
+        if page.iter().any(|&b| b != 0) {
+            table.extend_from_slice(&(i as u64 * 4096).to_le_bytes());
+            table.extend_from_slice(&(page.len() as u64).to_le_bytes());
+            data.extend_from_slice(page);
+            n += 1;
+        }
+    }
+    let mut p = n.to_le_bytes().to_vec();
+    p.extend(table);
+    p.extend(zstd::bulk::compress(&data, 3).unwrap());
+    p
+}
+
+/// A sparse memory payload with no extents (every page zero).
+fn no_extents() -> Vec<u8> {
+    let mut p = 0u64.to_le_bytes().to_vec();
+    p.extend(zstd::bulk::compress(&[], 3).unwrap());
+    p
+}
+
+/// One zstd frame of `len` zero bytes, compressed as it is produced.
+fn zeros_frame(len: u64) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    enc.set_pledged_src_size(Some(len)).unwrap();
+    let block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(block.len() as u64)).unwrap();
+        enc.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+    enc.finish().unwrap()
 }
 
 #[test]
@@ -520,4 +847,18 @@ fn generate_corpus() {
     generate_traces(&corpus("trace"));
     generate_snapshots(&corpus("snapshot"));
     generate_bundles(&corpus("bundle"), &corpus("snapshot"));
+}
+
+/// A parent directory holding another snapshot than its name says is refused, naming it.
+#[test]
+fn a_parent_must_be_the_snapshot_its_directory_names() {
+    let dir = corpus("snapshot/parent-impostor/snap-000001");
+    refused(&["snapshot", "info", s(&dir)], "snap-000000/state.bin", &["holds snapshot 5, not 0"]);
+    let out = tmp();
+    refused(
+        &["snapshot", "flatten", s(&dir), s(&at(&out, "flat"))],
+        "snap-000000/state.bin",
+        &["holds snapshot 5, not 0"],
+    );
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing written");
 }

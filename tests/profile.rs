@@ -180,17 +180,8 @@ fn vs_shows_the_slowed_handler_and_nothing_else_out_of_its_spread() {
         // Two recordings side by side on two shared cores: the slowed run keeps a CPU busier,
         // so its other handlers are preempted more (measured up to +37% at p50 under load).
         // The noise floor the test asks for covers that; the slowed handler is 5x and more.
-        let v = json_of(&vmrr(&[
-            "profile",
-            s(&a),
-            "--vs",
-            s(&b),
-            "--json",
-            "--top",
-            "0",
-            "--noise-floor",
-            "50",
-        ]));
+        let v =
+            json_of(&vmrr(&["profile", s(&a), "--vs", s(&b), "--json", "--top", "0", "--noise-floor", "50"]));
         v[format!("by_{by}")]
             .as_array()
             .unwrap()

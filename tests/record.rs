@@ -320,4 +320,15 @@ fn seabios_gets_to_trying_boot_devices() {
     assert!(recs.iter().any(|r| r.kind == "io" && (0x40..=0x43).contains(&r.json["port"].as_u64().unwrap())));
     assert!(recs.iter().any(|r| r.kind == "io" && r.json["port"] == 0x71));
     assert_eq!(recs.last().unwrap().json["reason"], "max_seconds");
+    // The bundle carries the firmware (replay never opens the path the trace names); the
+    // bare trace needs --firmware to be rebuilt.
+    let bundle = at(&d, "bios.vmrrb");
+    let o = vmrr(&["pack", s(&out), "-o", s(&bundle)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let m = vmrr_format::bundle::read_manifest(&bundle, &Default::default()).unwrap();
+    let bios_len = std::fs::metadata(bios).unwrap().len();
+    assert!(m.entries.iter().any(|e| e.name == "firmware.bin" && e.size == bios_len), "{m:?}");
+    let o = vmrr(&["replay", s(&out), "--rebuild", "--stall-seconds", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pass --firmware FILE"), "{}", stderr(&o));
 }

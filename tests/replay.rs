@@ -169,12 +169,24 @@ fn a_guest_image_changed_after_recording_diverges() {
         "none",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let (code, r) = replay_json(&trace, &["--rebuild"]);
+    // Replay never opens the path the trace names: the user passes the image.
+    let o = vmrr(&["replay", s(&trace), "--rebuild"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pass --image FILE") && stderr(&o).contains("prog.bin"), "{}", stderr(&o));
+    let (code, r) = replay_json(&trace, &["--rebuild", "--image", s(&img)]);
     assert_eq!((code, r["outcome"].as_str()), (Some(0), Some("completed")), "{r}");
+    // A bundle carries the image it was packed with: self-contained, checksummed.
+    let bundle = at(&d, "img.vmrrb");
+    let o = vmrr(&["pack", s(&trace), "-o", s(&bundle), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let m = vmrr_format::bundle::read_manifest(&bundle, &Default::default()).unwrap();
+    assert!(m.entries.iter().any(|e| e.name == "image.bin" && e.size == prog.len() as u64), "{m:?}");
     let mut changed = prog;
     changed[7] = b'C';
     std::fs::write(&img, changed).unwrap();
-    let (code, r) = replay_json(&trace, &["--rebuild"]);
+    let (code, r) = replay_json(&bundle, &["--rebuild"]);
+    assert_eq!((code, r["outcome"].as_str()), (Some(0), Some("completed")), "the bundle's own image: {r}");
+    let (code, r) = replay_json(&trace, &["--rebuild", "--image", s(&img)]);
     assert_eq!(code, Some(1), "{r}");
     assert!(r["divergence"]["reason"].as_str().unwrap().contains("data written"), "{r}");
     assert_eq!(r["divergence"]["actual"]["data"], "43");

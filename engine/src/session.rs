@@ -2,7 +2,7 @@
 //! touched; and the annotations that describe it in the trace, which replay reads back to
 //! rebuild the same machine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::devices::console::Console;
 use crate::guests::LoadError;
@@ -156,13 +156,13 @@ impl SessionConfig {
                 Ok(Prepared::Image(img))
             }
             GuestSpec::Image { path, load_addr, entry, mode } => {
-                let img = guests::from_file(path, *load_addr, *entry, *mode)?;
+                let img = guests::from_file(path, *load_addr, *entry, *mode, self.mem_bytes)?;
                 guests::check_placement(&img, &ram)?;
                 Ok(Prepared::Image(img))
             }
             GuestSpec::Firmware { path } => {
-                let bytes =
-                    std::fs::read(path).map_err(|source| LoadError::Read { path: path.clone(), source })?;
+                // Read at most one byte past the limit: a larger file is refused below.
+                let bytes = guests::read_regular(path, MAX_ROM + 1)?;
                 let len = bytes.len() as u64;
                 if len % 0x1000 != 0 || !(128 << 10..=MAX_ROM).contains(&len) {
                     return Err(ConfigError::Firmware(format!(
@@ -279,9 +279,64 @@ impl SessionConfig {
     }
 }
 
+/// The guest files a rebuild may use: given by the user (`--image`, `--firmware`) or
+/// carried by a bundle. Never a path a trace names.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuestFiles<'a> {
+    /// A flat image.
+    pub image: Option<&'a Path>,
+    /// A firmware ROM.
+    pub firmware: Option<&'a Path>,
+}
+
+/// Why a trace's annotations do not give a machine to rebuild.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// The `vmrr.*` annotations are missing or malformed.
+    #[error("the trace does not describe its guest: {0}")]
+    Undescribed(&'static str),
+    /// The guest is a flat image or firmware and no file for it was given.
+    #[error(
+        "the trace runs a guest {what} (recorded from {named:?} on its host); replay never opens a path a trace names: pass {flag} FILE with the {what} it was recorded with"
+    )]
+    NeedsFile {
+        /// `image` or `firmware`.
+        what: &'static str,
+        /// The flag to pass.
+        flag: &'static str,
+        /// The path the trace names (shown, never opened).
+        named: String,
+    },
+    /// The trace's guest memory is over the budget.
+    #[error("the trace's guest has {mib} MiB of memory, over the limit of {max_mib} MiB (--max-mem-mib)")]
+    Memory {
+        /// The guest's memory, MiB.
+        mib: u64,
+        /// The budget, MiB.
+        max_mib: u64,
+    },
+}
+
+impl RebuildError {
+    /// True when the user must pass a flag (a usage error), as opposed to an invalid trace.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, RebuildError::NeedsFile { .. })
+    }
+}
+
 /// Parses a `vmrr.*` annotation set back into a configuration (replay rebuilds the
-/// machine with it).
-pub fn from_annotations(a: &[(String, String)]) -> Option<SessionConfig> {
+/// machine with it). A flat image or firmware guest uses the file of `files` (the paths
+/// in `vmrr.image` / `vmrr.firmware` are where the recording host had them: shown in
+/// messages, never opened); a built-in guest needs none. The guest's memory must be at
+/// most `max_mem` bytes.
+///
+/// # Errors
+/// [`RebuildError`] saying what is missing or over the budget.
+pub fn from_annotations(
+    a: &[(String, String)],
+    files: GuestFiles<'_>,
+    max_mem: u64,
+) -> Result<SessionConfig, RebuildError> {
     let get = |k: &str| a.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let num = |s: &str| -> Option<u64> {
         match s.strip_prefix("0x") {
@@ -289,25 +344,42 @@ pub fn from_annotations(a: &[(String, String)]) -> Option<SessionConfig> {
             None => s.parse().ok(),
         }
     };
-    let mem_bytes = num(get("vmrr.mem_bytes")?)?;
-    let cpuid = CpuidProfile::parse(get("vmrr.cpuid").unwrap_or("deterministic"))?;
+    let need = |k: &'static str| get(k).ok_or(RebuildError::Undescribed(k));
+    let mem_bytes = num(need("vmrr.mem_bytes")?).ok_or(RebuildError::Undescribed("vmrr.mem_bytes"))?;
+    if mem_bytes > max_mem {
+        return Err(RebuildError::Memory { mib: mem_bytes >> 20, max_mib: max_mem >> 20 });
+    }
+    let cpuid = CpuidProfile::parse(get("vmrr.cpuid").unwrap_or("deterministic"))
+        .ok_or(RebuildError::Undescribed("vmrr.cpuid"))?;
     let guest = if let Some(name) = get("vmrr.guest") {
         GuestSpec::Builtin { name: name.to_string(), iterations: get("vmrr.iterations").and_then(num) }
-    } else if let Some(path) = get("vmrr.image") {
-        let mode = match get("vmrr.mode")? {
+    } else if let Some(named) = get("vmrr.image") {
+        let mode = match need("vmrr.mode")? {
             "real" => BootMode::Real,
             "long0" => BootMode::Long { ring: 0 },
             "long3" => BootMode::Long { ring: 3 },
-            _ => return None,
+            _ => return Err(RebuildError::Undescribed("vmrr.mode")),
         };
+        let path = files.image.ok_or_else(|| RebuildError::NeedsFile {
+            what: "image",
+            flag: "--image",
+            named: named.to_string(),
+        })?;
         GuestSpec::Image {
-            path: PathBuf::from(path),
-            load_addr: num(get("vmrr.load_addr")?)?,
-            entry: num(get("vmrr.entry")?)?,
+            path: path.to_path_buf(),
+            load_addr: num(need("vmrr.load_addr")?).ok_or(RebuildError::Undescribed("vmrr.load_addr"))?,
+            entry: num(need("vmrr.entry")?).ok_or(RebuildError::Undescribed("vmrr.entry"))?,
             mode,
         }
+    } else if let Some(named) = get("vmrr.firmware") {
+        let path = files.firmware.ok_or_else(|| RebuildError::NeedsFile {
+            what: "firmware",
+            flag: "--firmware",
+            named: named.to_string(),
+        })?;
+        GuestSpec::Firmware { path: path.to_path_buf() }
     } else {
-        GuestSpec::Firmware { path: PathBuf::from(get("vmrr.firmware")?) }
+        return Err(RebuildError::Undescribed("vmrr.guest, vmrr.image or vmrr.firmware"));
     };
-    Some(SessionConfig { guest, mem_bytes, cpuid, limits: Limits::default(), dirty_log: false })
+    Ok(SessionConfig { guest, mem_bytes, cpuid, limits: Limits::default(), dirty_log: false })
 }

@@ -190,7 +190,7 @@ fn an_incremental_chain_equals_a_full_snapshot_page_by_page() {
     let chain = snapshot::load_chain(&snapshot_dir(&inc, last.id), u64::MAX).unwrap();
     assert!(chain.len() >= 3);
     let flat = d.path().join("flat");
-    snapshot::flatten(&chain, &flat).unwrap();
+    snapshot::flatten(&chain, &flat, false).unwrap();
     let fl = snapshot::load(&flat, u64::MAX).unwrap();
     let fu = snapshot::load(&snapshot_dir(&full, 0), u64::MAX).unwrap();
     assert!(fl.state.parent.is_none());

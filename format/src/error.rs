@@ -258,6 +258,16 @@ pub enum ReadError {
         /// What is wrong, and where.
         error: DecodeError,
     },
+    /// The file is a FIFO, a device or a pseudo file (see `crate::input`): not read.
+    #[error(
+        "{path}: offset 0x0: {kind}, not a regular file: vmrr reads only regular files (copy it into one first)"
+    )]
+    NotRegular {
+        /// The file.
+        path: String,
+        /// What it is.
+        kind: &'static str,
+    },
 }
 
 impl ReadError {
@@ -265,8 +275,14 @@ impl ReadError {
     pub fn decode_error(&self) -> Option<&DecodeError> {
         match self {
             ReadError::Invalid { error, .. } => Some(error),
-            ReadError::Io { .. } => None,
+            ReadError::Io { .. } | ReadError::NotRegular { .. } => None,
         }
+    }
+
+    /// True when the file is damaged, invalid, or not a regular file (bad input), as
+    /// opposed to the operating system failing a read.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, ReadError::Invalid { .. } | ReadError::NotRegular { .. })
     }
 }
 

@@ -63,7 +63,8 @@ fn read_bundle_once(data: &[u8], check: &dyn Fn(&std::path::Path)) {
     if std::fs::write(&src, data).is_err() || std::fs::create_dir(&out).is_err() {
         return;
     }
-    let Ok(u) = bundle::unpack(&src, &out, 64 << 20) else { return };
+    let budgets = bundle::Budgets { max_mem: 64 << 20, max_extract: 256 << 20 };
+    let Ok(u) = bundle::unpack(&src, &out, &budgets) else { return };
     if bundle::arrange(&out).is_err() {
         return;
     }

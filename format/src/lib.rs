@@ -34,6 +34,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bounded;
 pub mod bundle;
 mod bytes;
 pub mod chunk;
@@ -47,13 +48,16 @@ pub mod features;
 pub mod fuzzing;
 pub mod header;
 pub mod index;
+pub mod input;
 pub mod kind;
 pub mod layout;
+pub mod output;
 pub mod overview;
 mod owned;
 pub mod profile;
 mod reader;
 mod record;
+pub mod scratch;
 pub mod timing;
 mod verify;
 mod writer;

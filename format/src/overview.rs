@@ -1,8 +1,18 @@
 //! One pass over a whole trace: what a replayer or a packer needs to know before it
 //! starts (the guest's description, the CPUID it saw, where the checkpoints are, how the
-//! run ended), in memory bounded by the [`Budget`] whatever the trace holds.
+//! run ended), in bounded memory whatever the trace holds: what is kept is capped
+//! ([`MAX_ANNOTATIONS`], [`MAX_ANNOTATION_BYTES`], [`MAX_CHECKPOINTS`]) and a trace over a
+//! cap is refused, naming it.
 
 use std::path::Path;
+
+/// Most annotation records a trace may hold (a recording writes about 30).
+pub const MAX_ANNOTATIONS: usize = 4096;
+/// Most bytes of annotation keys and values together (a recording writes about 2 KiB).
+pub const MAX_ANNOTATION_BYTES: usize = 1 << 20;
+/// Most checkpoint records a trace may hold (each is a snapshot directory on disk; a
+/// bundle holds at most 100,000 files).
+pub const MAX_CHECKPOINTS: usize = 100_000;
 
 use crate::{Body, CpuidEntry, DecodeError, EndOfRun, ReadError, TraceReader, end_reason, kind};
 
@@ -26,6 +36,8 @@ pub struct TraceOverview {
     pub annotations: Vec<(String, String)>,
     /// The CPUID set the guest saw.
     pub cpuid: Vec<CpuidEntry>,
+    /// The sequence number of the CPUID record (the last one, which is what counts).
+    pub cpuid_seq: Option<u64>,
     /// Checkpoints, in order.
     pub checkpoints: Vec<CheckpointMark>,
     /// The end-of-run record and its sequence number.
@@ -72,6 +84,20 @@ pub enum OverviewError {
     /// Damage in the middle: a later record is readable, so this is not a torn tail.
     #[error("the trace is damaged in the middle (later records are readable); `vmrr verify` shows what is")]
     DamagedMiddle(#[source] ReadError),
+    /// The trace holds more of something than a reader keeps.
+    #[error(
+        "{path}: record seq {seq}: {what} over the cap of {cap} (what a reader keeps of a trace; a recording stays far below)"
+    )]
+    OverCap {
+        /// The trace.
+        path: String,
+        /// The record that crossed the cap.
+        seq: u64,
+        /// What is counted.
+        what: &'static str,
+        /// The cap.
+        cap: String,
+    },
     /// Records are missing where no checkpoint starts a kept stretch.
     #[error("{path}: records {first}..={last} are missing")]
     Missing {
@@ -103,6 +129,7 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
         trace_id: r.header().trace_id,
         annotations: Vec::new(),
         cpuid: Vec::new(),
+        cpuid_seq: None,
         checkpoints: Vec::new(),
         end: None,
         exits: 0,
@@ -111,6 +138,13 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
         unfinished: r.index().is_none(),
     };
     let mut last: Option<u64> = None;
+    let mut annotation_bytes = 0usize;
+    let over = |seq: u64, what: &'static str, cap: String| OverviewError::OverCap {
+        path: path.display().to_string(),
+        seq,
+        what,
+        cap,
+    };
     while let Some(item) = r.next_record() {
         let rec = match item {
             Ok(rec) => rec,
@@ -144,13 +178,30 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
             f.last_exit_seq = Some(rec.seq);
         }
         match rec.body {
-            Body::Annotation(a) => f.annotations.push((a.key.to_string(), a.value.to_string())),
-            Body::Cpuid(c) => f.cpuid = c.iter().collect(),
-            Body::Checkpoint(c) => f.checkpoints.push(CheckpointMark {
-                record_seq: rec.seq,
-                snapshot_id: c.snapshot_id,
-                exits: c.exits,
-            }),
+            Body::Annotation(a) => {
+                annotation_bytes = annotation_bytes.saturating_add(a.key.len() + a.value.len());
+                if f.annotations.len() == MAX_ANNOTATIONS {
+                    return Err(over(rec.seq, "annotation records", MAX_ANNOTATIONS.to_string()));
+                }
+                if annotation_bytes > MAX_ANNOTATION_BYTES {
+                    return Err(over(rec.seq, "annotation bytes", format!("{MAX_ANNOTATION_BYTES} bytes")));
+                }
+                f.annotations.push((a.key.to_string(), a.value.to_string()));
+            }
+            Body::Cpuid(c) => {
+                f.cpuid = c.iter().collect();
+                f.cpuid_seq = Some(rec.seq);
+            }
+            Body::Checkpoint(c) => {
+                if f.checkpoints.len() == MAX_CHECKPOINTS {
+                    return Err(over(rec.seq, "checkpoint records", MAX_CHECKPOINTS.to_string()));
+                }
+                f.checkpoints.push(CheckpointMark {
+                    record_seq: rec.seq,
+                    snapshot_id: c.snapshot_id,
+                    exits: c.exits,
+                });
+            }
             Body::EndOfRun(e) => f.end = Some((rec.seq, e)),
             _ => {}
         }

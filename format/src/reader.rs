@@ -6,7 +6,6 @@
 //! intact, otherwise by scanning for the next valid chunk header), and reading resumes.
 //! Memory is bounded by one chunk (16 MiB raw at most) plus the index.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -69,9 +68,23 @@ impl TraceReader {
     /// I/O errors, or an invalid header (bad magic, future major version, unknown required
     /// feature, checksum).
     pub fn open(path: &Path) -> Result<Self, ReadError> {
-        let name = path.display().to_string();
-        let file =
-            File::open(path).map_err(|source| ReadError::Io { path: name.clone(), offset: 0, source })?;
+        Self::open_as(path, path.display().to_string())
+    }
+
+    /// Opens a trace file that messages call `name` (a trace extracted from a bundle is
+    /// named after the bundle and its entry, not its temporary path).
+    ///
+    /// # Errors
+    /// As for [`Self::open`].
+    pub fn open_as(path: &Path, name: String) -> Result<Self, ReadError> {
+        let file = crate::input::open_regular(path).map(|(f, _)| f).map_err(|e| match e {
+            crate::input::InputError::Io { source, .. } => {
+                ReadError::Io { path: name.clone(), offset: 0, source }
+            }
+            crate::input::InputError::NotRegular { kind, .. } => {
+                ReadError::NotRegular { path: name.clone(), kind }
+            }
+        })?;
         Self::from_source(Box::new(file), name)
     }
 
@@ -173,6 +186,12 @@ impl TraceReader {
     /// The index, when the file has a valid one.
     pub fn index(&self) -> Option<&Index> {
         self.index.as_ref()
+    }
+
+    /// Takes the index out of the reader (which then seeks by scanning), so a caller
+    /// that needs it after reading holds one copy, not two.
+    pub fn take_index(&mut self) -> Option<Index> {
+        self.index.take()
     }
 
     /// Why the index could not be used, when a trailer pointed at a damaged one.

@@ -86,7 +86,8 @@ pub fn verify(reader: &mut TraceReader) -> Result<VerifyReport, ReadError> {
     if let Some(e) = reader.index_damage() {
         rep.damaged_chunks.push(Damage::from(e));
     }
-    let index = reader.index().cloned();
+    // Held once (taken, not cloned): it can be 64 MiB.
+    let index = reader.take_index();
     let mut prev: Option<u64> = None;
     while let Some(item) = reader.next_record() {
         match item {
@@ -108,7 +109,7 @@ pub fn verify(reader: &mut TraceReader) -> Result<VerifyReport, ReadError> {
                     rep.damaged_chunks.push(Damage::from(&error));
                 }
             }
-            Err(e @ ReadError::Io { .. }) => return Err(e),
+            Err(e @ (ReadError::Io { .. } | ReadError::NotRegular { .. })) => return Err(e),
         }
     }
     rep.last_seq = prev;
@@ -259,7 +260,7 @@ pub fn stats(reader: &mut TraceReader) -> Result<Stats, ReadError> {
                     st.first_damage = Some(e.to_string());
                 }
             }
-            Err(e @ ReadError::Io { .. }) => return Err(e),
+            Err(e @ (ReadError::Io { .. } | ReadError::NotRegular { .. })) => return Err(e),
         }
     }
     for (k, c) in counts.iter().enumerate() {

@@ -19,8 +19,39 @@ pub enum ReplayError {
     #[error("{0}")]
     Unreplayable(String),
     /// The CPUID set the trace records cannot be given to a vCPU.
-    #[error("the trace's CPUID record cannot be given to a vCPU")]
-    Cpuid(#[from] vmrr_engine::kvm::cpuid::SetCpuidError),
+    #[error("{trace}: record seq {seq} (CPUID): KVM refuses the CPUID set this record holds")]
+    Cpuid {
+        /// The trace.
+        trace: String,
+        /// The CPUID record.
+        seq: u64,
+        /// KVM's refusal.
+        #[source]
+        source: vmrr_engine::kvm::cpuid::SetCpuidError,
+    },
+    /// The trace's description of its guest cannot be rebuilt (a file to pass, a budget).
+    #[error("{trace}: {error}")]
+    Rebuild {
+        /// The trace.
+        trace: String,
+        /// What is missing or over the budget.
+        error: vmrr_engine::session::RebuildError,
+    },
+    /// An input is not a regular file.
+    #[error(transparent)]
+    Input(#[from] vmrr_format::input::InputError),
+    /// The output may not be written.
+    #[error(transparent)]
+    Output(#[from] vmrr_format::output::OutputError),
+    /// An error about a bundle's extracted files, with its paths named as the bundle's
+    /// entries (see `Source::explain`).
+    #[error("{message}")]
+    InBundle {
+        /// The error and its causes, paths named as entries.
+        message: String,
+        /// The error itself.
+        inner: Box<ReplayError>,
+    },
     /// Building the machine failed.
     #[error(transparent)]
     Session(#[from] vmrr_engine::session::SessionError),
@@ -55,13 +86,27 @@ impl ReplayError {
     pub fn is_invalid_input(&self) -> bool {
         use vmrr_format::overview::OverviewError;
         match self {
-            ReplayError::Trace(e) => e.decode_error().is_some(),
-            ReplayError::Overview(OverviewError::Read(e)) => e.decode_error().is_some(),
-            ReplayError::Overview(_) | ReplayError::Unreplayable(_) | ReplayError::Cpuid(_) => true,
+            ReplayError::Trace(e) => e.is_invalid_input(),
+            ReplayError::Overview(OverviewError::Read(e)) => e.is_invalid_input(),
+            ReplayError::Overview(_) | ReplayError::Unreplayable(_) | ReplayError::Cpuid { .. } => true,
+            ReplayError::Rebuild { error, .. } => !error.is_usage(),
+            ReplayError::Input(e) => !matches!(e, vmrr_format::input::InputError::Io { .. }),
+            ReplayError::InBundle { inner, .. } => inner.is_invalid_input(),
             ReplayError::Snapshot(e) => e.is_invalid_input(),
             ReplayError::Bundle(e) => e.is_invalid_input(),
             ReplayError::Session(vmrr_engine::session::SessionError::Config(_)) => true,
             _ => false,
         }
     }
+}
+
+/// `e` and its causes, joined with ": ".
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
 }

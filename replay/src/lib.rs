@@ -13,7 +13,7 @@
 //! ```no_run
 //! use vmrr_replay::{Options, replay, source};
 //!
-//! let src = source::open("run.vmrr".as_ref(), 16 << 30)?;
+//! let src = source::open("run.vmrr".as_ref(), &Default::default())?;
 //! let report = replay(&src, &Options::default())?;
 //! println!("{}", report.human());
 //! # Ok::<(), Box<dyn std::error::Error>>(())

@@ -36,10 +36,15 @@ pub struct Options {
     pub strict_cpu: bool,
     /// Where the replayed guest's serial output goes.
     pub serial: Console,
-    /// Use this image instead of the one the trace names (`StartFrom::Rebuild`).
+    /// The flat image a rebuilt guest runs (a bundle carries its own; the path a trace
+    /// names is never opened).
     pub image: Option<PathBuf>,
-    /// Largest memory a snapshot may ask for.
+    /// The firmware a rebuilt guest runs (as for `image`).
+    pub firmware: Option<PathBuf>,
+    /// Largest guest memory a snapshot, or a rebuilt guest, may have.
     pub max_mem: u64,
+    /// Replace an existing `snapshot_at` directory (a vmrr snapshot directory only).
+    pub replace_output: bool,
     /// Give up when no exit happens for this long (a diverged guest may spin forever).
     pub stall: Duration,
     /// Show progress on stderr when it is a terminal.
@@ -63,7 +68,9 @@ impl Default for Options {
             strict_cpu: false,
             serial: Console::capture_only(),
             image: None,
-            max_mem: 16 << 30,
+            firmware: None,
+            max_mem: vmrr_format::bundle::DEFAULT_MAX_MEM,
+            replace_output: false,
             stall: Duration::from_secs(60),
             progress: false,
             explain_steps: Some(DEFAULT_EXPLAIN_STEPS),

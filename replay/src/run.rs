@@ -106,7 +106,7 @@ fn finish(
             exit_seq: at,
             annotations: &f.annotations,
         };
-        snapshot::take(r.machine_mut(), dir, &who)?;
+        snapshot::take_new(r.machine_mut(), dir, &who, opts.replace_output)?;
         snapshot_written = Some(dir.display().to_string());
     }
     // Every write the guest made to the serial port was checked byte for byte against the

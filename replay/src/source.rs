@@ -1,8 +1,17 @@
 //! What `vmrr replay SRC` accepts: a trace (with its `.snapshots` directory beside it), a
-//! directory holding one, or a bundle (extracted to a private temporary directory first).
+//! directory holding one, or a bundle (extracted into a private temporary directory first,
+//! within the extraction budgets, and removed when the source is dropped or the process is
+//! stopped by a signal).
+//!
+//! Only regular files are read (a FIFO, a device or a file of `/proc` is refused, see
+//! `vmrr_format::input`), and no path a trace or bundle names is ever opened: a bundle
+//! carries the guest image or firmware a rebuild needs; for a bare trace the user names it.
 
-use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use vmrr_format::bundle::{self, Budgets};
+use vmrr_format::scratch::Scratch;
 
 use crate::error::ReplayError;
 
@@ -13,14 +22,48 @@ pub struct Source {
     pub trace: PathBuf,
     /// Its snapshot directory, when there is one.
     pub snapshots: Option<PathBuf>,
+    /// The guest image a bundle carries.
+    pub image: Option<PathBuf>,
+    /// The firmware a bundle carries.
+    pub firmware: Option<PathBuf>,
+    /// The bundle the trace came from.
+    pub bundle: Option<PathBuf>,
     /// Where a bundle was extracted (removed on drop).
-    _extracted: Option<tempfile::TempDir>,
+    extracted: Option<Scratch>,
 }
 
 impl Source {
     /// A trace and an optional snapshot directory.
     pub fn new(trace: PathBuf, snapshots: Option<PathBuf>) -> Self {
-        Source { trace, snapshots, _extracted: None }
+        Source { trace, snapshots, image: None, firmware: None, bundle: None, extracted: None }
+    }
+
+    /// The files this source reads (what no output may be).
+    pub fn inputs(&self) -> Vec<&Path> {
+        let mut v: Vec<&Path> = vec![self.bundle.as_deref().unwrap_or(&self.trace)];
+        v.extend(self.snapshots.as_deref());
+        v
+    }
+
+    /// `e` with the paths of the extracted files named as what they are: the bundle and
+    /// its entry (`repro.vmrrb, entry snapshots/snap-000000/state.bin`), not a temporary
+    /// path that no longer exists when the message is read. Other sources: `e` itself.
+    pub fn explain(&self, e: ReplayError) -> ReplayError {
+        let (Some(bundle), Some(dir)) = (&self.bundle, &self.extracted) else { return e };
+        let b = bundle.display().to_string();
+        let tmp = dir.path().display().to_string();
+        let snapshots = vmrr_format::layout::snapshots_of(Path::new(bundle::TRACE_ENTRY));
+        let mut message = crate::error::chain(&e);
+        for (from, to) in [
+            (format!("{tmp}/{}/", snapshots.display()), format!("{b}, entry snapshots/")),
+            (format!("{tmp}/{}", bundle::TRACE_ENTRY), format!("{b}, entry {}", bundle::TRACE_ENTRY)),
+            (format!("{tmp}/{}", bundle::IMAGE_ENTRY), format!("{b}, entry {}", bundle::IMAGE_ENTRY)),
+            (format!("{tmp}/{}", bundle::FIRMWARE_ENTRY), format!("{b}, entry {}", bundle::FIRMWARE_ENTRY)),
+            (tmp.clone(), b.clone()),
+        ] {
+            message = message.replace(&from, &to);
+        }
+        ReplayError::InBundle { message, inner: Box::new(e) }
     }
 }
 
@@ -30,12 +73,14 @@ fn with_snapshots(trace: PathBuf) -> Source {
     Source::new(trace, snapshots)
 }
 
-/// Resolves `src`.
+/// Resolves `src`; a bundle is extracted within `budgets` into a private directory of the
+/// system's temporary directory (`$TMPDIR`).
 ///
 /// # Errors
-/// Nothing usable at `src`, or a damaged or hostile bundle.
-pub fn open(src: &Path, max_mem: u64) -> Result<Source, ReplayError> {
-    if src.is_dir() {
+/// Nothing usable at `src`, an input that is not a regular file, or a damaged, hostile or
+/// over-budget bundle.
+pub fn open(src: &Path, budgets: &Budgets) -> Result<Source, ReplayError> {
+    if vmrr_format::input::is_dir(src) {
         let traces: Vec<PathBuf> = std::fs::read_dir(src)
             .map_err(vmrr_format::FileError::on("reading", src))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -52,20 +97,23 @@ pub fn open(src: &Path, max_mem: u64) -> Result<Source, ReplayError> {
             ))),
         };
     }
+    let (f, md) = vmrr_format::input::open_regular(src)?;
     let mut magic = [0u8; 8];
-    let n = std::fs::File::open(src)
-        .and_then(|mut f| f.read(&mut magic))
-        .map_err(vmrr_format::FileError::on("opening", src))?;
-    if n == 8 && magic == vmrr_format::bundle::MAGIC {
-        let dir = tempfile::Builder::new()
-            .prefix("vmrr-bundle-")
-            .tempdir()
-            .map_err(vmrr_format::FileError::on("creating a directory to unpack", src))?;
-        let unpacked = vmrr_format::bundle::unpack(src, dir.path(), max_mem)?;
-        vmrr_format::bundle::arrange(dir.path())?;
-        let mut s = with_snapshots(unpacked.trace);
-        s._extracted = Some(dir);
-        return Ok(s);
+    let is_bundle =
+        md.len() >= 8 && f.read_exact_at(&mut magic, 0).is_ok() && magic == vmrr_format::bundle::MAGIC;
+    drop(f);
+    if !is_bundle {
+        return Ok(with_snapshots(src.to_path_buf()));
     }
-    Ok(with_snapshots(src.to_path_buf()))
+    let tmp = std::env::temp_dir();
+    let dir = Scratch::dir_in(&tmp, "vmrr-bundle-")
+        .map_err(vmrr_format::FileError::on("creating a directory to unpack into in", &tmp))?;
+    let unpacked = bundle::unpack(src, dir.path(), budgets)?;
+    bundle::arrange(dir.path())?;
+    let mut s = with_snapshots(unpacked.trace);
+    s.image = unpacked.image;
+    s.firmware = unpacked.firmware;
+    s.bundle = Some(src.to_path_buf());
+    s.extracted = Some(dir);
+    Ok(s)
 }

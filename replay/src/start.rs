@@ -60,16 +60,23 @@ pub fn prepare(src: &Source, f: &TraceOverview, opts: &Options) -> Result<(Machi
         let m = snapshot::restore(&chain, opts.serial.clone(), debugcon, opts.dirty_log)?;
         return Ok((m, Start { snapshot: Some(c.snapshot_id), seq: c.record_seq + 1 }));
     }
-    let mut cfg = vmrr_engine::session::from_annotations(&f.annotations)
-        .ok_or_else(|| unreplayable("the trace does not describe its guest (vmrr.* annotations missing)"))?;
+    // The guest file is the user's (`--image`, `--firmware`) or the bundle's: never a
+    // path the trace names.
+    let files = vmrr_engine::session::GuestFiles {
+        image: opts.image.as_deref().or(src.image.as_deref()),
+        firmware: opts.firmware.as_deref().or(src.firmware.as_deref()),
+    };
+    let mut cfg = vmrr_engine::session::from_annotations(&f.annotations, files, opts.max_mem)
+        .map_err(|error| ReplayError::Rebuild { trace: src.trace.display().to_string(), error })?;
     cfg.dirty_log = opts.dirty_log;
-    if let (Some(img), vmrr_engine::session::GuestSpec::Image { path, .. }) = (&opts.image, &mut cfg.guest) {
-        *path = img.clone();
-    }
     let mut m = cfg.build(opts.serial.clone(), debugcon)?;
     if !f.cpuid.is_empty() {
         // The guest must see the CPUID it saw when recorded, not this host's.
-        m.set_cpuid(&f.cpuid)?;
+        m.set_cpuid(&f.cpuid).map_err(|source| ReplayError::Cpuid {
+            trace: src.trace.display().to_string(),
+            seq: f.cpuid_seq.unwrap_or_default(),
+            source,
+        })?;
     }
     Ok((m, Start { snapshot: None, seq: 0 }))
 }

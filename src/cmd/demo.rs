@@ -17,7 +17,8 @@ fn step(n: u32, what: &str) {
 
 /// Runs the demo in `dir` (created; defaults to a new directory under the system's
 /// temporary directory, kept for inspection).
-pub fn run(dir: Option<&Path>, max_mem: u64) -> CliResult {
+pub fn run(dir: Option<&Path>, budgets: &vmrr_format::bundle::Budgets) -> CliResult {
+    let max_mem = budgets.max_mem;
     let t0 = Instant::now();
     let dir: PathBuf = match dir {
         Some(d) => d.to_path_buf(),
@@ -72,7 +73,8 @@ pub fn run(dir: Option<&Path>, max_mem: u64) -> CliResult {
 
     step(2, "pack the trace and its snapshots into one file to ship");
     let bundle = dir.join("repro.vmrr");
-    super::pack::run(&trace, &bundle, false)?;
+    // The demo's own directory: a bundle of an earlier run there is replaced.
+    super::pack::run(&trace, &bundle, None, true, false)?;
 
     let opts = |start| Options {
         start,
@@ -81,7 +83,7 @@ pub fn run(dir: Option<&Path>, max_mem: u64) -> CliResult {
         progress: false,
         ..Options::default()
     };
-    let src = source::open(&bundle, max_mem).map_err(super::replay_err)?;
+    let src = source::open(&bundle, budgets).map_err(super::replay_err)?;
     step(3, "replay the bundle from the start (no device, file or clock of the recording needed)");
     let from_start = replay(&src, &opts(StartFrom::Auto)).map_err(super::replay_err)?;
     println!(

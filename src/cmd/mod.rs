@@ -34,22 +34,36 @@ pub fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
     out_line(&mut out, &s).map(|_| ())
 }
 
-/// Maps a bundle error to the CLI's exit codes (damaged or invalid input: 3; the host: 6).
+/// Maps a bundle error to the CLI's exit codes (damaged, invalid or over-budget input: 3;
+/// an output that may not be written or an input file missing: 2; the host: 6).
 pub fn bundle_err(e: vmrr_format::bundle::BundleError) -> CliError {
-    if e.is_invalid_input() {
-        return CliError::Invalid(crate::exit_code::chain(&e));
-    }
-    match e {
-        vmrr_format::bundle::BundleError::File(f) => {
-            CliError::Output { context: format!("{} {}", f.what, f.path.display()), source: f.source }
+    use vmrr_format::bundle::BundleError;
+    let text = crate::exit_code::chain(&e);
+    let code = match &e {
+        BundleError::Output(_) => crate::exit_code::USAGE,
+        BundleError::Input(i) if i.is_not_found() => crate::exit_code::USAGE,
+        BundleError::GuestFile { source, .. } => {
+            match source.downcast_ref::<vmrr_format::input::InputError>() {
+                Some(i) if !i.is_not_found() && !matches!(i, vmrr_format::input::InputError::Io { .. }) => {
+                    crate::exit_code::INVALID_INPUT
+                }
+                _ => crate::exit_code::USAGE,
+            }
         }
-        other => CliError::Invalid(crate::exit_code::chain(&other)),
-    }
+        _ if e.is_invalid_input() => crate::exit_code::INVALID_INPUT,
+        _ => crate::exit_code::OUTPUT,
+    };
+    CliError::Coded { code, message: text }
 }
 
 /// Maps a replay error to the CLI's exit codes.
 pub fn replay_err(e: vmrr_replay::ReplayError) -> CliError {
     use vmrr_replay::ReplayError;
+    if let ReplayError::InBundle { message, inner } = e {
+        // The exit code is the inner error's; the message names the bundle's entries.
+        let code = replay_err(*inner).code();
+        return CliError::Coded { code, message };
+    }
     if e.is_invalid_input() {
         return CliError::Invalid(crate::exit_code::chain(&e));
     }
@@ -60,7 +74,15 @@ pub fn replay_err(e: vmrr_replay::ReplayError) -> CliError {
         ReplayError::Session(s) => CliError::Session(s),
         ReplayError::Run(r) => CliError::Run(r),
         ReplayError::Snapshot(s) => CliError::Snapshot(s),
-        other => CliError::Replay(other.to_string()),
+        ReplayError::Bundle(b) => bundle_err(b),
+        e @ (ReplayError::Rebuild { .. } | ReplayError::Output(_)) => {
+            CliError::Coded { code: crate::exit_code::USAGE, message: crate::exit_code::chain(&e) }
+        }
+        ReplayError::Input(i) if i.is_not_found() => CliError::Usage(crate::exit_code::chain(&i)),
+        ReplayError::File(f) if f.what.starts_with("creating") => {
+            CliError::Output { context: format!("{} {}", f.what, f.path.display()), source: f.source }
+        }
+        other => CliError::Replay(crate::exit_code::chain(&other)),
     }
 }
 

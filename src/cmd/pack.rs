@@ -1,17 +1,21 @@
 //! `vmrr pack`: one file to ship.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::print_json;
 use crate::exit_code::{CliError, CliResult};
 
-/// Packs `trace` (and the snapshots its checkpoints reference) into `out`.
-pub fn run(trace: &Path, out: &Path, json: bool) -> CliResult {
+/// Packs `trace`, the snapshots its checkpoints reference and the guest image or firmware
+/// it runs (`guest_file`, or the path the trace names: this is the recording host, and
+/// the file is the user's) into `out`; `force` replaces an existing bundle.
+pub fn run(trace: &Path, out: &Path, guest_file: Option<PathBuf>, force: bool, json: bool) -> CliResult {
     if !trace.exists() {
         return Err(CliError::Usage(format!("{}: no such file", trace.display())));
     }
-    let m = vmrr_format::bundle::pack(trace, out, &vmrr_engine::snapshot::check_chain)
-        .map_err(super::bundle_err)?;
+    let chains = vmrr_engine::snapshot::ChainCheck::new(u64::MAX);
+    let opts =
+        vmrr_format::bundle::PackOptions { check: &|dir| chains.check(dir), guest_file, replace: force };
+    let m = vmrr_format::bundle::pack(trace, out, &opts).map_err(super::bundle_err)?;
     let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     if json {
         print_json(&serde_json::json!({
@@ -20,11 +24,11 @@ pub fn run(trace: &Path, out: &Path, json: bool) -> CliResult {
         }))
     } else {
         println!(
-            "{}: {} bytes, {} files, snapshots {:?} (trace {})",
+            "{}: {} bytes, {} files, {} snapshots (trace {})",
             out.display(),
             size,
             m.entries.len(),
-            m.snapshots,
+            m.snapshots.len(),
             m.trace_id
         );
         Ok(())

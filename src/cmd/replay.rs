@@ -1,9 +1,11 @@
 //! `vmrr replay`: re-run a recorded guest and check it against its trace.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vmrr_engine::devices::console::Console;
+use vmrr_format::bundle::Budgets;
+use vmrr_format::output::{self, OutputKind};
 use vmrr_replay::{Options, StartFrom, replay, source};
 
 use super::print_json;
@@ -20,19 +22,27 @@ pub struct ReplayArgs {
     #[arg(long, value_parser = super::record::parse_u64)]
     pub goto: Option<u64>,
     /// With a sequence number and a directory: stop there and write a full snapshot of the
-    /// replayed machine into the directory.
+    /// replayed machine into the directory (refused when it exists, unless --force).
     #[arg(long, num_args = 2, value_names = ["SEQ", "DIR"], conflicts_with = "goto")]
     pub snapshot_at: Option<Vec<String>>,
     /// Start from this checkpoint (snapshot id).
     #[arg(long, conflicts_with = "rebuild")]
     pub from_checkpoint: Option<u64>,
-    /// Ignore snapshots: rebuild the guest from the trace's description (its image file,
-    /// built-in guest or firmware).
+    /// Ignore snapshots: rebuild the guest from the trace's description (a built-in
+    /// guest, or the image or firmware a bundle carries or --image / --firmware names).
     #[arg(long)]
     pub rebuild: bool,
-    /// With `--rebuild`: use this image instead of the one the trace names.
-    #[arg(long, requires = "rebuild")]
+    /// The flat image a rebuilt guest runs: needed to rebuild a bare trace recorded with
+    /// `--image` (vmrr never opens the path a trace names; a bundle carries its image).
+    #[arg(long, conflicts_with = "firmware")]
     pub image: Option<PathBuf>,
+    /// The firmware a rebuilt guest runs (as for --image).
+    #[arg(long)]
+    pub firmware: Option<PathBuf>,
+    /// Replace existing outputs (--snapshot-at DIR when it is a snapshot directory,
+    /// --serial FILE when it is a regular file); never an input.
+    #[arg(long)]
+    pub force: bool,
     /// Refuse to replay when this host lacks a CPU feature the recorded guest saw.
     #[arg(long)]
     pub strict_cpu: bool,
@@ -63,8 +73,22 @@ pub struct ReplayArgs {
     pub gdb: Option<String>,
 }
 
+/// Opens the serial output file `p`: new, or with `force` an existing regular file that is
+/// none of `inputs` (checked before anything is truncated).
+fn serial_file(p: &Path, inputs: &[&Path], force: bool) -> Result<std::fs::File, CliError> {
+    output::check(p, inputs, force, OutputKind::File).map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true);
+    if force {
+        o.create(true).truncate(true);
+    } else {
+        o.create_new(true);
+    }
+    o.open(p).map_err(|source| CliError::Output { context: format!("creating {}", p.display()), source })
+}
+
 /// Runs `vmrr replay`.
-pub fn run(args: &ReplayArgs, max_mem: u64) -> CliResult {
+pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
     let (goto, snapshot_at) = match &args.snapshot_at {
         Some(v) => {
             let seq = super::record::parse_u64(&v[0]).map_err(CliError::Usage)?;
@@ -72,13 +96,21 @@ pub fn run(args: &ReplayArgs, max_mem: u64) -> CliResult {
         }
         None => (args.goto, None),
     };
+    if !args.src.exists() {
+        return Err(CliError::Usage(format!("{}: no such file or directory", args.src.display())));
+    }
+    // Outputs are checked before anything is read or extracted.
+    let mut inputs: Vec<&Path> = vec![&args.src];
+    inputs.extend(args.image.as_deref());
+    inputs.extend(args.firmware.as_deref());
+    if let Some(dir) = &snapshot_at {
+        output::check(dir, &inputs, args.force, OutputKind::SnapshotDir)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+    }
     let serial = match args.serial.as_str() {
         "none" => Console::capture_only(),
         "-" => Console::with_output(Box::new(std::io::stderr())),
-        p => Console::with_output(Box::new(
-            std::fs::File::create(p)
-                .map_err(|source| CliError::Output { context: format!("creating {p}"), source })?,
-        )),
+        p => Console::with_output(Box::new(serial_file(Path::new(p), &inputs, args.force)?)),
     };
     let opts = Options {
         goto,
@@ -91,21 +123,20 @@ pub fn run(args: &ReplayArgs, max_mem: u64) -> CliResult {
         strict_cpu: args.strict_cpu,
         serial,
         image: args.image.clone(),
-        max_mem,
+        firmware: args.firmware.clone(),
+        max_mem: budgets.max_mem,
+        replace_output: args.force,
         stall: Duration::from_secs(args.stall_seconds.max(1)),
         progress: !args.json,
         explain_steps: (!args.no_explain).then_some(args.explain_steps),
         failure_point: !args.no_failure_point,
         dirty_log: args.gdb.is_some(),
     };
-    if !args.src.exists() {
-        return Err(CliError::Usage(format!("{}: no such file or directory", args.src.display())));
-    }
-    let src = source::open(&args.src, max_mem).map_err(super::replay_err)?;
+    let src = source::open(&args.src, budgets).map_err(super::replay_err)?;
     if let Some(addr) = &args.gdb {
         return debug(src, &opts, addr);
     }
-    let report = replay(&src, &opts).map_err(super::replay_err)?;
+    let report = replay(&src, &opts).map_err(|e| super::replay_err(src.explain(e)))?;
     if args.json {
         print_json(&report)?;
     } else {

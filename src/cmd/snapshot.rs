@@ -22,23 +22,38 @@ pub enum SnapshotCmd {
     Flatten {
         /// The (incremental) snapshot directory.
         src: PathBuf,
-        /// The directory to create.
+        /// The directory to create (refused when it exists, unless --force).
         dst: PathBuf,
+        /// Replace an existing DST that is a snapshot directory and not in SRC's chain.
+        #[arg(long)]
+        force: bool,
     },
 }
 
-/// Maps snapshot errors to CLI errors (damaged input: exit 3).
+/// Maps snapshot errors to CLI errors (damaged input: exit 3; an output that may not be
+/// written, or an input that does not exist: 2).
 pub fn cli_err(e: SnapshotError) -> CliError {
-    if e.is_invalid_input() { CliError::Invalid(e.to_string()) } else { CliError::Snapshot(e) }
+    match e {
+        SnapshotError::Output(o) => CliError::Usage(o.to_string()),
+        SnapshotError::Input(i) | SnapshotError::Codec(snapshot::codec::CodecError::Input(i))
+            if i.is_not_found() =>
+        {
+            CliError::Usage(crate::exit_code::chain(&i))
+        }
+        e if e.is_invalid_input() => CliError::Invalid(crate::exit_code::chain(&e)),
+        e => CliError::Snapshot(e),
+    }
 }
 
-fn info_json(l: &StoredSnapshot, chain: &[StoredSnapshot]) -> serde_json::Value {
+fn info_json(c: &snapshot::Checked) -> serde_json::Value {
+    let l: &StoredSnapshot = &c.top;
     let s = &l.state;
     serde_json::json!({
         "path": l.dir.display().to_string(),
         "id": s.id,
         "parent": s.parent,
-        "chain": chain.iter().map(|c| c.state.id).collect::<Vec<_>>(),
+        "chain_length": c.chain_len,
+        "base": c.base,
         "version": format!("{}.{}", snapshot::codec::MAJOR, snapshot::codec::MINOR),
         "trace_id": vmrr_format::describe::hex(&s.trace_id),
         "exit_seq": s.exit_seq,
@@ -56,7 +71,7 @@ fn info_json(l: &StoredSnapshot, chain: &[StoredSnapshot]) -> serde_json::Value 
 }
 
 fn snapshot_dirs(path: &Path) -> Result<Vec<PathBuf>, CliError> {
-    if path.join(snapshot::STATE_FILE).exists() {
+    if std::fs::symlink_metadata(path.join(snapshot::STATE_FILE)).is_ok() {
         return Ok(vec![path.to_path_buf()]);
     }
     let rd = std::fs::read_dir(path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
@@ -79,11 +94,12 @@ fn snapshot_dirs(path: &Path) -> Result<Vec<PathBuf>, CliError> {
 pub fn run(cmd: &SnapshotCmd, max_mem: u64) -> CliResult {
     match cmd {
         SnapshotCmd::Info { path, json } => {
+            // Every snapshot of a directory is read and validated once, whatever the
+            // chains (linear in their number).
+            let chains = snapshot::ChainCheck::new(max_mem);
             let mut out = Vec::new();
             for dir in snapshot_dirs(path)? {
-                let chain = snapshot::load_chain(&dir, max_mem).map_err(cli_err)?;
-                let Some(top) = chain.last() else { continue };
-                out.push(info_json(top, &chain));
+                out.push(info_json(&chains.top(&dir).map_err(cli_err)?));
             }
             if *json {
                 if out.len() == 1 { print_json(&out[0])? } else { print_json(&out)? }
@@ -95,7 +111,10 @@ pub fn run(cmd: &SnapshotCmd, max_mem: u64) -> CliResult {
                         v["id"],
                         v["version"].as_str().unwrap_or(""),
                         match v["parent"].as_u64() {
-                            Some(p) => format!("incremental on {p} (chain {})", v["chain"]),
+                            Some(p) => format!(
+                                "incremental on {p} (a chain of {} from full snapshot {})",
+                                v["chain_length"], v["base"]
+                            ),
                             None => "full".to_string(),
                         },
                         v["exits"],
@@ -120,10 +139,12 @@ pub fn run(cmd: &SnapshotCmd, max_mem: u64) -> CliResult {
             }
             Ok(())
         }
-        SnapshotCmd::Flatten { src, dst } => {
-            let chain = snapshot::load_chain(src, max_mem).map_err(cli_err)?;
-            snapshot::flatten(&chain, dst).map_err(cli_err)?;
-            println!("{}: full snapshot of {} ({} in the chain)", dst.display(), src.display(), chain.len());
+        SnapshotCmd::Flatten { src, dst, force } => {
+            // The output first: nothing is read if it may not be written.
+            vmrr_format::output::check(dst, &[src], *force, vmrr_format::output::OutputKind::SnapshotDir)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let len = snapshot::flatten_dir(src, dst, *force, max_mem).map_err(cli_err)?;
+            println!("{}: full snapshot of {} ({} in the chain)", dst.display(), src.display(), len);
             Ok(())
         }
     }

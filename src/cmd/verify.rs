@@ -8,15 +8,24 @@ use super::print_json;
 use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 
 /// Writes every readable record of `file` into a new trace `out` (same trace id, sequence
-/// numbers kept; lost ranges stay gaps) and checks the result.
-fn repair(file: &Path, out: &Path, json: bool) -> CliResult {
+/// numbers kept; lost ranges stay gaps) and checks the result. `out` may not be `file`
+/// (nor exist, unless `force`); it is written under a unique temporary name beside it and
+/// renamed into place once it verifies, so a failure or a signal leaves nothing behind.
+fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
+    use vmrr_format::output::{self, OutputKind};
+    output::check(out, &[file], force, OutputKind::File).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut r = TraceReader::open(file)?;
     let opts = vmrr_format::WriterOptions {
         trace_id: Some(r.header().trace_id),
         timing: r.header().has_timing(),
         ..Default::default()
     };
-    let mut w = vmrr_format::TraceWriter::create(out, opts)?;
+    let dir = output::directory_of(out);
+    let (tmp, f) =
+        vmrr_format::scratch::Scratch::file_in(dir, &output::scratch_prefix(out)).map_err(|source| {
+            CliError::Output { context: format!("creating a file in {}", dir.display()), source }
+        })?;
+    let mut w = vmrr_format::TraceWriter::with_sink(f, tmp.path().display().to_string(), opts)?;
     let (mut kept, mut damaged) = (0u64, 0u64);
     while let Some(item) = r.next_record() {
         match item {
@@ -29,8 +38,15 @@ fn repair(file: &Path, out: &Path, json: bool) -> CliResult {
         }
     }
     w.finish()?;
-    let mut check = TraceReader::open(out)?;
+    let mut check = TraceReader::open_as(tmp.path(), out.display().to_string())?;
     let rep = verify(&mut check)?;
+    drop(check);
+    tmp.publish(out, force).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            CliError::Usage(output::OutputError::Exists { out: out.to_path_buf() }.to_string())
+        }
+        _ => CliError::Output { context: format!("renaming into {}", out.display()), source },
+    })?;
     if json {
         print_json(&serde_json::json!({"repaired": out.display().to_string(), "records": kept,
             "damaged_regions_dropped": damaged, "ok": rep.ok, "sequence_gaps": rep.sequence_gaps}))?;
@@ -56,9 +72,9 @@ fn repair(file: &Path, out: &Path, json: bool) -> CliResult {
 
 /// Exit 0 when intact, 3 when damaged (with the report saying what is still readable).
 /// With `repair`, writes the readable records to a new trace instead.
-pub fn run(file: &Path, json: bool, repair_to: Option<&Path>) -> CliResult {
+pub fn run(file: &Path, json: bool, repair_to: Option<&Path>, force: bool) -> CliResult {
     if let Some(out) = repair_to {
-        return repair(file, out, json);
+        return repair(file, out, json, force);
     }
     let mut r = TraceReader::open(file)?;
     let rep = verify(&mut r)?;

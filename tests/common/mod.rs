@@ -82,6 +82,8 @@ pub fn summary(o: &Output) -> serde_json::Value {
 pub struct Measured {
     /// Exit code (`None` when killed by a signal).
     pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
     /// stdout.
     pub stdout: Vec<u8>,
     /// stderr as text.
@@ -104,22 +106,34 @@ impl MeasuredChild {
     }
 
     /// Starts `vmrr args` with extra environment variables.
-    #[allow(clippy::zombie_processes)] // reaped by `wait4` in `wait`, which std cannot see
     pub fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_full(args, env, true)
+    }
+
+    /// Starts `vmrr args` with its standard output thrown away (a command that prints a
+    /// lot: only its exit, stderr and memory matter).
+    pub fn spawn_quiet(args: &[&str]) -> Self {
+        Self::spawn_full(args, &[], false)
+    }
+
+    #[allow(clippy::zombie_processes)] // reaped by `wait4` in `wait`, which std cannot see
+    fn spawn_full(args: &[&str], env: &[(&str, &str)], keep_stdout: bool) -> Self {
         use std::io::Read;
         use std::process::Stdio;
         let mut child = Command::new(env!("CARGO_BIN_EXE_vmrr"))
             .args(args)
             .envs(env.iter().copied())
-            .stdout(Stdio::piped())
+            .stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::piped())
             .spawn()
             .expect("runs vmrr");
-        let mut out = child.stdout.take().expect("stdout");
+        let out = child.stdout.take();
         let mut err = child.stderr.take().expect("stderr");
         let out = std::thread::spawn(move || {
             let mut v = Vec::new();
-            let _ = out.read_to_end(&mut v);
+            if let Some(mut out) = out {
+                let _ = out.read_to_end(&mut v);
+            }
             v
         });
         let err = std::thread::spawn(move || {
@@ -135,8 +149,18 @@ impl MeasuredChild {
         u32::try_from(self.pid).expect("pid")
     }
 
+    /// Sends `signal` to the child.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: `pid` is our own unreaped child, so it names no other process.
+        unsafe {
+            libc::kill(self.pid, signal);
+        }
+    }
+
     /// Waits for the child: `wait4` gives the rusage of exactly this child, unlike
-    /// `RUSAGE_CHILDREN`, which mixes in every other test's children.
+    /// `RUSAGE_CHILDREN`, which mixes in every other test's children. (The child's peak
+    /// includes this process's own peak when it was started: spawning shares the address
+    /// space until `exec`. Tests that measure keep their own memory small.)
     pub fn wait(self) -> Measured {
         let mut status = 0;
         // SAFETY: all-zero is a valid `rusage`.
@@ -147,6 +171,7 @@ impl MeasuredChild {
         assert_eq!(r, self.pid, "wait4: {}", std::io::Error::last_os_error());
         Measured {
             code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+            signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
             stdout: self.out.join().expect("stdout reader"),
             stderr: String::from_utf8_lossy(&self.err.join().expect("stderr reader")).into_owned(),
             max_rss_kib: u64::try_from(ru.ru_maxrss).unwrap_or(0),

@@ -206,7 +206,14 @@ impl FlightRecorder {
     /// Assembling or packing failed.
     pub fn write_bundle(&self, out: &Path) -> Result<vmrr_format::bundle::Manifest, FlightError> {
         let trace = self.assemble(&self.dir.join("staging"))?;
-        Ok(vmrr_format::bundle::pack(&trace, out, &snapshot::check_chain)?)
+        let chains = snapshot::ChainCheck::new(u64::MAX);
+        let opts = vmrr_format::bundle::PackOptions {
+            check: &|dir| chains.check(dir),
+            guest_file: None,
+            // The recorder's own output, written again at each trigger.
+            replace: true,
+        };
+        Ok(vmrr_format::bundle::pack(&trace, out, &opts)?)
     }
 
     /// The flight directory.

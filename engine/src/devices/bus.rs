@@ -208,16 +208,23 @@ impl Bus {
 pub struct DeviceEntry {
     /// The device's state.
     pub state: DeviceState,
-    /// Port ranges `(base, len, origin)`.
+    /// Port ranges `(base, len, origin)` (at most [`MAX_RANGES`], refused while decoding
+    /// beyond).
+    #[serde(deserialize_with = "vmrr_format::bounded::vec::<_, _, MAX_RANGES>")]
     pub pio: Vec<(u64, u64, u64)>,
-    /// MMIO ranges `(base, len, origin)`.
+    /// MMIO ranges `(base, len, origin)` (as for `pio`).
+    #[serde(deserialize_with = "vmrr_format::bounded::vec::<_, _, MAX_RANGES>")]
     pub mmio: Vec<(u64, u64, u64)>,
 }
+
+/// Most port or MMIO ranges one device's saved state may place it at.
+pub const MAX_RANGES: usize = 4096;
 
 /// The whole bus: devices, their placement, and pending interrupts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BusState {
-    /// Devices in bus order.
+    /// Devices in bus order (at most [`MAX_DEVICES`], refused while decoding beyond).
+    #[serde(deserialize_with = "vmrr_format::bounded::vec::<_, _, MAX_DEVICES>")]
     pub devices: Vec<DeviceEntry>,
     /// Pending direct vectors.
     pub pending_vectors: [u64; 4],

@@ -41,6 +41,9 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// The image file is not a regular file (a FIFO, a device, a file of /proc).
+    #[error(transparent)]
+    Input(#[from] vmrr_format::input::InputError),
     /// The image or its placement does not fit guest memory.
     #[error("{0}")]
     Placement(String),
@@ -223,12 +226,19 @@ pub fn builtin(name: &str, params: &GuestParams) -> Result<GuestImage, LoadError
     })
 }
 
-/// Reads a flat binary image.
+/// Reads a flat binary image of at most `max_len` bytes (the guest's memory: a larger one
+/// cannot fit), from a regular file only; its size is checked before it is read.
 ///
 /// # Errors
-/// The file cannot be read.
-pub fn from_file(path: &Path, load_addr: u64, entry: u64, mode: BootMode) -> Result<GuestImage, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+/// The file cannot be read, is not a regular file, or is larger than `max_len`.
+pub fn from_file(
+    path: &Path,
+    load_addr: u64,
+    entry: u64,
+    mode: BootMode,
+    max_len: u64,
+) -> Result<GuestImage, LoadError> {
+    let bytes = read_regular(path, max_len)?;
     Ok(GuestImage {
         name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         bytes,
@@ -237,6 +247,34 @@ pub fn from_file(path: &Path, load_addr: u64, entry: u64, mode: BootMode) -> Res
         mode,
         stack: LONG_STACK,
     })
+}
+
+/// Reads all of `path`, a regular file of at most `max_len` bytes (checked before
+/// reading; the read stops at the cap should the file grow meanwhile).
+///
+/// # Errors
+/// Not a regular file, larger than `max_len`, or unreadable.
+pub fn read_regular(path: &Path, max_len: u64) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    let (f, md) = vmrr_format::input::open_regular(path).map_err(|e| match e {
+        vmrr_format::input::InputError::Io { path, source } => LoadError::Read { path, source },
+        e => LoadError::Input(e),
+    })?;
+    if md.len() > max_len {
+        return Err(LoadError::Placement(format!(
+            "{} of {} bytes does not fit the {max_len} bytes it may take (the guest's memory, or the firmware limit)",
+            path.display(),
+            md.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(md.len()).unwrap_or(0));
+    f.take(max_len.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+    if bytes.len() as u64 > max_len {
+        return Err(LoadError::Placement(format!("{} grew past {max_len} bytes while read", path.display())));
+    }
+    Ok(bytes)
 }
 
 /// Checks that `image` fits RAM of a VM with `slots` (before any KVM call).

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static USR1: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
@@ -23,4 +23,30 @@ pub fn sigusr1_flag() -> std::io::Result<Arc<AtomicBool>> {
     vmm_sys_util::signal::register_signal_handler(libc::SIGUSR1, on_usr1)
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
     Ok(flag)
+}
+
+static STOP: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop(signal: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Async-signal-safe: one atomic store. The first signal wins.
+    let _ = STOP.compare_exchange(0, signal, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// Catches SIGINT, SIGTERM and SIGHUP from now on: instead of ending the process at once,
+/// each records its number in the returned value (0 until one came). The caller watches it,
+/// cleans up and ends the process with [`die_of`] (a watcher thread: see the CLI).
+///
+/// # Errors
+/// `sigaction` failed.
+pub fn catch_stop_signals() -> std::io::Result<&'static AtomicI32> {
+    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        vmm_sys_util::signal::register_signal_handler(s, on_stop)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    }
+    Ok(&STOP)
+}
+
+/// Ends the process as `signal` would have (default action), after a caught stop signal.
+pub fn die_of(signal: i32) -> ! {
+    crate::sys::stop::die_of(signal)
 }

@@ -94,6 +94,40 @@ pub fn take(m: &mut Machine, dir: &Path, who: &Identity<'_>) -> Result<CaptureSt
     Ok(CaptureStats { pause: started.elapsed(), ..stats })
 }
 
+/// Takes a full snapshot `who` of `m` into `dir`, an output the user named (`vmrr replay
+/// --snapshot-at`): checked first (see `vmrr_format::output`: a new path, or with
+/// `replace` an existing snapshot directory), written under a unique temporary name beside
+/// it and renamed into place when complete. Nothing else is removed, ever.
+///
+/// # Errors
+/// `dir` may not be written, or KVM, vCPU-state or file-system failures; nothing is left
+/// behind.
+pub fn take_new(
+    m: &mut Machine,
+    dir: &Path,
+    who: &Identity<'_>,
+    replace: bool,
+) -> Result<CaptureStats, SnapshotError> {
+    use vmrr_format::output::{self, OutputKind};
+    let started = Instant::now();
+    if who.parent.is_some() {
+        return Err(SnapshotError::NoDirtyLog { what: "a snapshot outside a trace's chain" });
+    }
+    output::check(dir, &[], replace, OutputKind::SnapshotDir)?;
+    m.complete_pending_io()?;
+    let parent = output::directory_of(dir);
+    let scratch = vmrr_format::scratch::Scratch::dir_in(parent, &output::scratch_prefix(dir))
+        .map_err(FileError::on("creating a directory in", parent))?;
+    let stats = write_into(m, scratch.path(), who)?;
+    scratch.publish(dir, replace).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            SnapshotError::Output(vmrr_format::output::OutputError::Exists { out: dir.to_path_buf() })
+        }
+        _ => SnapshotError::File(FileError { what: "renaming into", path: dir.to_path_buf(), source }),
+    })?;
+    Ok(CaptureStats { pause: started.elapsed(), ..stats })
+}
+
 fn write_into(m: &mut Machine, dir: &Path, who: &Identity<'_>) -> Result<CaptureStats, SnapshotError> {
     let mut stats = CaptureStats::default();
     let vm = m.vm();

@@ -15,6 +15,7 @@
 //! (The trace has its own extensible format for exactly this reason.)
 
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use bincode::Options;
@@ -79,21 +80,32 @@ pub enum CodecError {
         computed: u64,
     },
     /// The payload does not decode as this version's state.
-    #[error("{path}: offset 0x18: state does not decode")]
+    #[error("{path}: offset {offset:#x}: state does not decode here")]
     Decode {
         /// The file.
         path: String,
+        /// Where decoding stopped: the first byte after the last field read.
+        offset: u64,
         /// bincode's error.
         #[source]
         source: bincode::Error,
     },
+    /// The file is not a regular file.
+    #[error(transparent)]
+    Input(#[from] vmrr_format::input::InputError),
     /// Encoding failed (a bug).
     #[error("cannot encode snapshot state")]
     Encode(#[source] bincode::Error),
 }
 
 fn options() -> impl Options {
-    bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian().with_limit(MAX_STATE)
+    options_within(MAX_STATE)
+}
+
+/// The state encoding, reading at most `limit` bytes: every length prefix is checked
+/// against the bytes that remain before anything is allocated for it.
+fn options_within(limit: u64) -> impl Options {
+    bincode::DefaultOptions::new().with_fixint_encoding().with_little_endian().with_limit(limit)
 }
 
 /// Serialises `v` (bincode, the state encoding).
@@ -126,24 +138,120 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads and checks a state file: size cap, magic, version, reserved field, CRC, then
-/// decodes. Nothing is decoded before every check passed.
+/// Reads and checks a state file: a regular file, size cap, magic, version, reserved
+/// field, CRC (read in blocks), then decodes it straight from the file. Nothing is decoded
+/// before every check passed, and the file's bytes are never held in memory beside the
+/// decoded state: loading costs about the state's own size.
 ///
 /// # Errors
 /// A [`CodecError`] naming the file, offset and reason.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, CodecError> {
     let name = path.display().to_string();
     let io = |what| vmrr_format::FileError::on(what, path);
-    let mut f = std::fs::File::open(path).map_err(io("opening"))?;
-    let len = f.metadata().map_err(io("reading"))?.len();
+    let (f, md) = vmrr_format::input::open_regular(path)?;
+    let len = md.len();
     let framing = |offset: u64, reason: String| CodecError::Framing { path: name.clone(), offset, reason };
     if len > MAX_STATE + (HEADER as u64) + 8 {
         return Err(framing(0, format!("file of {len} bytes exceeds the state limit of {MAX_STATE}")));
     }
-    let mut b = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    // `take`: the file may grow while it is read; never read past the cap.
-    (&mut f).take(MAX_STATE + (HEADER as u64) + 8).read_to_end(&mut b).map_err(io("reading"))?;
-    decode(&b, &name)
+    if len < (HEADER as u64) + 8 {
+        return Err(framing(0, format!("truncated: {len} bytes, the framing alone needs {}", HEADER + 8)));
+    }
+    let mut h = [0u8; HEADER];
+    f.read_exact_at(&mut h, 0).map_err(io("reading"))?;
+    let plen = check_header(&h, len, &name)?;
+    // The CRC over everything before it, in blocks.
+    let crc_at = len - 8;
+    let mut digest = CRC64.digest();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut p = 0u64;
+    while p < crc_at {
+        let n = usize::try_from((crc_at - p).min(buf.len() as u64)).unwrap_or(0);
+        f.read_exact_at(&mut buf[..n], p).map_err(io("reading"))?;
+        digest.update(&buf[..n]);
+        p += n as u64;
+    }
+    drop(buf);
+    let mut tail = [0u8; 8];
+    f.read_exact_at(&mut tail, crc_at).map_err(io("reading"))?;
+    let stored = u64::from_le_bytes(tail);
+    let computed = digest.finalize();
+    if stored != computed {
+        return Err(CodecError::Checksum { path: name, offset: crc_at, stored, computed });
+    }
+    let payload = std::io::BufReader::with_capacity(64 << 10, Positioned { file: &f, pos: HEADER as u64 });
+    decode_payload(payload.take(plen), plen, &name)
+}
+
+/// Reads a file from a position on, positionally.
+struct Positioned<'a> {
+    file: &'a std::fs::File,
+    pos: u64,
+}
+
+impl Read for Positioned<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Counts the bytes read through it (where a decode error happened).
+struct Counting<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Decodes a payload of `plen` bytes from `r`; every byte must be used.
+fn decode_payload<T: DeserializeOwned>(r: impl Read, plen: u64, name: &str) -> Result<T, CodecError> {
+    let mut c = Counting { inner: r, read: 0 };
+    // Limited to the payload: a length prefix longer than what remains is refused before
+    // a buffer is sized from it (bincode's reader sizes its buffer first, then reads).
+    let v = options_within(plen).deserialize_from(&mut c).map_err(|source| CodecError::Decode {
+        path: name.to_string(),
+        offset: PAYLOAD_OFFSET + c.read,
+        source,
+    })?;
+    if c.read != plen {
+        return Err(CodecError::Framing {
+            path: name.to_string(),
+            offset: PAYLOAD_OFFSET + c.read,
+            reason: format!("{} bytes after the state (payload_len {plen})", plen - c.read),
+        });
+    }
+    Ok(v)
+}
+
+/// Checks the header of a file of `len` bytes; returns `payload_len`.
+fn check_header(b: &[u8; HEADER], len: u64, name: &str) -> Result<u64, CodecError> {
+    if b[..8] != MAGIC {
+        return Err(CodecError::Magic { path: name.to_string() });
+    }
+    let major = u16::from_le_bytes([b[8], b[9]]);
+    let minor = u16::from_le_bytes([b[10], b[11]]);
+    if major != MAJOR {
+        return Err(CodecError::Version { path: name.to_string(), major, minor });
+    }
+    let framing =
+        |offset: u64, reason: String| CodecError::Framing { path: name.to_string(), offset, reason };
+    if b[12..16] != [0; 4] {
+        return Err(framing(12, "non-zero reserved field".into()));
+    }
+    let plen = u64::from_le_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]]);
+    let expect = (HEADER as u64).checked_add(plen).and_then(|v| v.checked_add(8));
+    if plen > MAX_STATE || expect != Some(len) {
+        return Err(framing(16, format!("payload_len {plen} disagrees with the file size {len}")));
+    }
+    Ok(plen)
 }
 
 /// Recomputes the CRC-64 at the end of state-file bytes (for fuzzing and crafted test
@@ -161,37 +269,22 @@ pub fn fix_checksum(b: &mut [u8]) -> bool {
 /// # Errors
 /// A [`CodecError`] naming the file, offset and reason.
 pub fn decode<T: DeserializeOwned>(b: &[u8], name: &str) -> Result<T, CodecError> {
-    let name = name.to_string();
-    let framing = |offset: u64, reason: String| CodecError::Framing { path: name.clone(), offset, reason };
-    if b.len() < HEADER + 8 {
-        return Err(framing(
-            0,
-            format!("truncated: {} bytes, the framing alone needs {}", b.len(), HEADER + 8),
-        ));
-    }
-    if b[..8] != MAGIC {
-        return Err(CodecError::Magic { path: name });
-    }
-    let major = u16::from_le_bytes([b[8], b[9]]);
-    let minor = u16::from_le_bytes([b[10], b[11]]);
-    if major != MAJOR {
-        return Err(CodecError::Version { path: name, major, minor });
-    }
-    if b[12..16] != [0; 4] {
-        return Err(framing(12, "non-zero reserved field".into()));
-    }
-    let plen = u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8]));
-    let expect = (HEADER as u64).checked_add(plen).and_then(|v| v.checked_add(8));
-    if plen > MAX_STATE || expect != Some(b.len() as u64) {
-        return Err(framing(16, format!("payload_len {plen} disagrees with the file size {}", b.len())));
-    }
+    let len = b.len() as u64;
+    let Some(h) = b.first_chunk::<HEADER>().filter(|_| b.len() >= HEADER + 8) else {
+        return Err(CodecError::Framing {
+            path: name.to_string(),
+            offset: 0,
+            reason: format!("truncated: {} bytes, the framing alone needs {}", b.len(), HEADER + 8),
+        });
+    };
+    let plen = check_header(h, len, name)?;
     let crc_at = b.len() - 8;
     let stored = u64::from_le_bytes(b[crc_at..].try_into().unwrap_or([0; 8]));
     let computed = CRC64.checksum(&b[..crc_at]);
     if stored != computed {
-        return Err(CodecError::Checksum { path: name, offset: crc_at as u64, stored, computed });
+        return Err(CodecError::Checksum { path: name.to_string(), offset: crc_at as u64, stored, computed });
     }
-    options().deserialize(&b[HEADER..crc_at]).map_err(|source| CodecError::Decode { path: name, source })
+    decode_payload(&b[HEADER..crc_at], plen, name)
 }
 
 #[cfg(test)]

@@ -38,6 +38,16 @@ pub enum SnapshotError {
     /// An OS call on a snapshot file failed.
     #[error(transparent)]
     File(#[from] vmrr_format::FileError),
+    /// The output may not be written (an input, or existing).
+    #[error(transparent)]
+    Output(#[from] vmrr_format::output::OutputError),
+    /// A snapshot file is not a regular file.
+    #[error(transparent)]
+    Input(#[from] vmrr_format::input::InputError),
+    /// KVM refused a vCPU field of the state as invalid (`EINVAL`): the state describes a
+    /// vCPU that cannot exist, although it passed every check vmrr can make itself.
+    #[error(transparent)]
+    Rejected(Box<RejectedField>),
     /// Creating the VM failed.
     #[error(transparent)]
     Vm(#[from] CreateVmError),
@@ -108,13 +118,36 @@ pub enum SnapshotError {
     },
 }
 
+/// A vCPU field KVM refused (see [`SnapshotError::Rejected`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: offset {offset:#x}: vCPU {vcpu} field {field}: KVM refuses it ({ioctl}): an impossible vCPU state", path.display())]
+pub struct RejectedField {
+    /// The state file.
+    pub path: PathBuf,
+    /// Offset of the field in it.
+    pub offset: u64,
+    /// The vCPU.
+    pub vcpu: usize,
+    /// The field (`sregs`, `msrs[3]`, ...).
+    pub field: String,
+    /// The ioctl that refused it.
+    pub ioctl: &'static str,
+    /// KVM's refusal.
+    #[source]
+    pub source: VcpuStateError,
+}
+
 impl SnapshotError {
     /// True when the cause is damaged or invalid input (CLI exit 3), as opposed to the host.
     pub fn is_invalid_input(&self) -> bool {
+        if let SnapshotError::Input(e) | SnapshotError::Codec(super::codec::CodecError::Input(e)) = self {
+            return !matches!(e, vmrr_format::input::InputError::Io { .. });
+        }
         matches!(
             self,
             SnapshotError::Codec(_)
                 | SnapshotError::Invalid { .. }
+                | SnapshotError::Rejected(_)
                 | SnapshotError::ShortFile { .. }
                 | SnapshotError::Device(_)
                 | SnapshotError::Vcpu(VcpuStateError::Layout { .. })

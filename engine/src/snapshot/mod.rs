@@ -45,10 +45,10 @@ pub mod state;
 
 use std::path::Path;
 
-pub use capture::{CaptureStats, Identity, take};
-pub use chain::{MAX_CHAIN, check_chain, load, load_chain};
-pub use error::SnapshotError;
-pub use offline::{flatten, squash};
+pub use capture::{CaptureStats, Identity, take, take_new};
+pub use chain::{ChainCheck, Checked, MAX_CHAIN, check_chain, load, load_chain};
+pub use error::{RejectedField, SnapshotError};
+pub use offline::{flatten, flatten_dir, squash};
 pub use overlay::MAX_OVERLAYS;
 pub use pages::bitmap_runs;
 pub use restore::{ResetStats, reset, restore, restore_into, restore_over};

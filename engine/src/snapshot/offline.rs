@@ -4,12 +4,12 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use vmrr_format::FileError;
 use vmrr_format::layout::STATE_FILE;
 
-use super::chain::load;
+use super::chain::{ChainCheck, load};
 use super::pages::{Zeros, copy_pages};
 use super::{SnapshotError, StoredSnapshot, codec};
 use crate::kvm::memory::PAGE_SIZE;
@@ -24,27 +24,118 @@ fn write_state(path: &Path, state: &super::SnapshotState) -> Result<(), Snapshot
 /// Writes the newest snapshot of `chain` as one full snapshot into `out` (a snapshot
 /// directory): every page resolved through the chain, zero pages left as holes.
 ///
+/// `out` is checked before anything is written (see `vmrr_format::output`): it may not be
+/// a snapshot of the chain, and may exist only with `replace` and when it is a snapshot
+/// directory. The result is written into a uniquely named directory beside `out` and
+/// renamed into place when complete (exchanged atomically with an `out` it replaces), so
+/// a failure or a signal leaves nothing behind and nothing else is ever removed.
+///
 /// # Errors
-/// File-system failures.
-pub fn flatten(chain: &[StoredSnapshot], out: &Path) -> Result<(), SnapshotError> {
+/// `out` may not be written, or file-system failures.
+pub fn flatten(chain: &[StoredSnapshot], out: &Path, replace: bool) -> Result<(), SnapshotError> {
     let top = chain.last().ok_or(SnapshotError::EmptyChain)?;
-    let tmp = out.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(FileError::on("creating", &tmp))?;
-    let mut state = top.state.clone();
+    let dirs: Vec<&Path> = chain.iter().map(|l| l.dir.as_path()).collect();
+    write_flat(top, &dirs, out, replace, |k| Ok(std::borrow::Cow::Borrowed(&chain[k])))
+}
+
+/// As [`flatten`], for the snapshot in `src` and its parents, holding one parent's state at
+/// a time (a chain of N large states costs about two states, not N): the chain is checked
+/// first ([`ChainCheck`]), then each parent is read again, in order, when its pages are
+/// copied (and must still be the snapshot checked). Returns the chain's length.
+///
+/// # Errors
+/// As for [`super::load_chain`] and [`flatten`].
+pub fn flatten_dir(src: &Path, out: &Path, replace: bool, max_mem: u64) -> Result<usize, SnapshotError> {
+    let check = ChainCheck::new(max_mem);
+    let checked = check.top(src)?;
+    let dirs = check.dirs_of(src);
+    let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    let top = &checked.top;
+    let last = dirs.len().saturating_sub(1);
+    write_flat(top, &refs, out, replace, |k| {
+        if k == last {
+            return Ok(std::borrow::Cow::Borrowed(top));
+        }
+        let l = load(&dirs[k], max_mem)?;
+        if !check.still_valid(&dirs[k], &l.state) {
+            return Err(SnapshotError::Invalid {
+                path: dirs[k].join(STATE_FILE),
+                error: super::state::InvalidState {
+                    offset: 0,
+                    reason: "changed while the chain was flattened".into(),
+                },
+            });
+        }
+        Ok(std::borrow::Cow::Owned(l))
+    })?;
+    Ok(dirs.len())
+}
+
+/// A copy of `s` without its slots' page bitmaps (what a full snapshot of it holds; the
+/// bitmaps can be most of a state's size).
+fn without_bitmaps(s: &super::SnapshotState) -> super::SnapshotState {
+    super::SnapshotState {
+        id: s.id,
+        parent: s.parent,
+        trace_id: s.trace_id,
+        exit_seq: s.exit_seq,
+        exits: s.exits,
+        interrupts: s.interrupts,
+        created_unix_ns: s.created_unix_ns,
+        vm: s.vm.clone(),
+        slots: s
+            .slots
+            .iter()
+            .map(|x| super::SlotState {
+                id: x.id,
+                gpa: x.gpa,
+                size: x.size,
+                kind: x.kind,
+                flags: x.flags,
+                file: x.file.clone(),
+                full: x.full,
+                pages: Vec::new(),
+                stored_pages: x.stored_pages,
+            })
+            .collect(),
+        vcpus: s.vcpus.clone(),
+        bus: s.bus.clone(),
+        annotations: s.annotations.clone(),
+    }
+}
+
+/// Writes `top` as a full snapshot into `out`, taking the chain's layers (`dirs`, oldest
+/// first; `layer(k)` gives layer `k`) one at a time, in order.
+fn write_flat<'a>(
+    top: &StoredSnapshot,
+    dirs: &[&Path],
+    out: &Path,
+    replace: bool,
+    mut layer: impl FnMut(usize) -> Result<std::borrow::Cow<'a, StoredSnapshot>, SnapshotError>,
+) -> Result<(), SnapshotError> {
+    use vmrr_format::output::{self, OutputKind};
+    output::check(out, dirs, replace, OutputKind::SnapshotDir)?;
+    let dir = output::directory_of(out);
+    let scratch = vmrr_format::scratch::Scratch::dir_in(dir, &output::scratch_prefix(out))
+        .map_err(FileError::on("creating a directory in", dir))?;
+    let tmp = scratch.path().to_path_buf();
+    let mut state = without_bitmaps(&top.state);
     state.parent = None;
-    let zero = vec![0u8; usize::try_from(PAGE_SIZE).unwrap_or(4096)];
-    for (i, s) in state.slots.iter_mut().enumerate() {
+    let mut dsts = Vec::with_capacity(state.slots.len());
+    for s in &state.slots {
         let dst_path = tmp.join(&s.file);
         let dst = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&dst_path)
             .map_err(FileError::on("creating", &dst_path))?;
         dst.set_len(s.size).map_err(FileError::on("sizing", &dst_path))?;
-        for l in chain {
+        dsts.push((dst_path, dst));
+    }
+    for k in 0..dirs.len() {
+        let l = layer(k)?;
+        for (i, (s, (dst_path, dst))) in state.slots.iter().zip(&dsts).enumerate() {
             let Some(src_slot) = l.state.slots.get(i) else { continue };
             let src_path = l.dir.join(&src_slot.file);
             let src = super::overlay::open(&src_path)?;
@@ -75,36 +166,41 @@ pub fn flatten(chain: &[StoredSnapshot], out: &Path) -> Result<(), SnapshotError
                     |p, bytes| {
                         Ok(dst
                             .write_all_at(bytes, p * PAGE_SIZE)
-                            .map_err(FileError::on("writing", &dst_path))?)
+                            .map_err(FileError::on("writing", dst_path))?)
                     },
                 )?;
             }
         }
+    }
+    let zero = vec![0u8; usize::try_from(PAGE_SIZE).unwrap_or(4096)];
+    for (s, (dst_path, dst)) in state.slots.iter_mut().zip(&dsts) {
         // Count the non-zero pages of the result.
         let mut page = vec![0u8; zero.len()];
         let mut stored = 0;
-        let data = vmrr_format::layout::populated_ranges(&dst, s.size)
-            .map_err(FileError::on("scanning", &dst_path))?;
+        let data = vmrr_format::layout::populated_ranges(dst, s.size)
+            .map_err(FileError::on("scanning", dst_path))?;
         for (o, n) in data {
             let mut p = o / PAGE_SIZE;
             while p * PAGE_SIZE < o + n && p < s.page_count() {
-                dst.read_exact_at(&mut page, p * PAGE_SIZE).map_err(FileError::on("reading", &dst_path))?;
+                dst.read_exact_at(&mut page, p * PAGE_SIZE).map_err(FileError::on("reading", dst_path))?;
                 if page != zero {
                     stored += 1;
                 }
                 p += 1;
             }
         }
-        dst.sync_all().map_err(FileError::on("syncing", &dst_path))?;
+        dst.sync_all().map_err(FileError::on("syncing", dst_path))?;
         s.full = true;
         s.pages = Vec::new();
         s.stored_pages = stored;
     }
     write_state(&tmp.join(STATE_FILE), &state)?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(FileError::on("replacing", out))?;
-    }
-    std::fs::rename(&tmp, out).map_err(FileError::on("renaming", &tmp))?;
+    scratch.publish(out, replace).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            SnapshotError::Output(vmrr_format::output::OutputError::Exists { out: out.to_path_buf() })
+        }
+        _ => SnapshotError::File(FileError { what: "renaming into", path: out.to_path_buf(), source }),
+    })?;
     Ok(())
 }
 

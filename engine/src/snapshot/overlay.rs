@@ -19,9 +19,10 @@ use vmrr_format::FileError;
 /// copied instead (the kernel limits mappings per process).
 pub const MAX_OVERLAYS: usize = 16_384;
 
-/// Opens a snapshot file for reading.
+/// Opens a snapshot file for reading: a regular file only (its descriptor's `fstat`
+/// decides, so a file swapped for a FIFO or device after the chain check is still refused).
 pub(crate) fn open(path: &Path) -> Result<Arc<File>, SnapshotError> {
-    Ok(File::open(path).map(Arc::new).map_err(FileError::on("opening", path))?)
+    Ok(vmrr_format::input::open_regular(path).map(|(f, _)| Arc::new(f))?)
 }
 
 /// Maps the chain's memory copy-on-write into new guest memory.

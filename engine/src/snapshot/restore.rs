@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::error::RejectedField;
 use super::overlay::{build_memory, copy_run, open, overlay_chain};
 use super::pages::bitmap_runs;
 use super::{SnapshotError, StoredSnapshot, take_dirty_log};
@@ -11,6 +12,7 @@ use crate::devices::console::Console;
 use crate::devices::state::BusArgs;
 use crate::kvm::cpuid::CpuidProfile;
 use crate::kvm::memory::{Mapping, SlotKind, SlotSpec};
+use crate::kvm::vcpu_state::VcpuStateError;
 use crate::kvm::vm::{EmptyVm, Vm, VmConfig};
 use crate::machine::Machine;
 use crate::persist::Persist;
@@ -51,8 +53,8 @@ pub fn restore_into(
         rom_size: st.vm.rom_size,
     };
     let vm = Vm::from_empty(empty, config, memory, false)?;
-    for v in &st.vcpus {
-        v.restore(vm.vcpu())?;
+    for (i, v) in st.vcpus.iter().enumerate() {
+        v.restore(vm.vcpu()).map_err(|e| refused(top, i, e))?;
     }
     let bus = Bus::restore(BusArgs { serial: serial.clone(), debugcon: debugcon.clone() }, &st.bus, 0)?;
     let mut m = Machine::with_bus(vm, bus, serial, debugcon)?;
@@ -124,6 +126,59 @@ pub fn restore_over(m: &mut Machine, chain: &[StoredSnapshot]) -> Result<Duratio
     Ok(t.elapsed())
 }
 
+/// A vCPU state KVM refused: `EINVAL` from a `KVM_SET_*` ioctl, or an MSR it does not
+/// take, means the state holds a value no vCPU can have (invalid input, naming the state
+/// file and the field); anything else is KVM failing.
+fn refused(top: &StoredSnapshot, i: usize, e: VcpuStateError) -> SnapshotError {
+    const FIELDS: &[(&str, &str)] = &[
+        ("KVM_SET_CPUID2", "cpuid"),
+        ("KVM_SET_MP_STATE", "mp_state"),
+        ("KVM_SET_REGS", "regs"),
+        ("KVM_SET_SREGS", "sregs"),
+        ("KVM_SET_FPU", "fpu"),
+        ("KVM_SET_XSAVE", "xsave"),
+        ("KVM_SET_XCRS", "xcrs"),
+        ("KVM_SET_DEBUGREGS", "debugregs"),
+        ("KVM_SET_MSRS", "msrs"),
+        ("KVM_SET_VCPU_EVENTS", "events"),
+    ];
+    let path = top.dir.join(vmrr_format::layout::STATE_FILE);
+    let st = &top.state;
+    match &e {
+        VcpuStateError::Kvm(k) if k.source.errno() == libc::EINVAL => {
+            let Some(&(ioctl, field)) = FIELDS.iter().find(|(n, _)| *n == k.what) else {
+                return SnapshotError::Vcpu(e);
+            };
+            let offset = st.vcpu_field_offset(i, field);
+            SnapshotError::Rejected(Box::new(RejectedField {
+                path,
+                offset,
+                vcpu: i,
+                field: field.into(),
+                ioctl,
+                source: e,
+            }))
+        }
+        VcpuStateError::Msr { set, .. } => {
+            // The list's length word and the entries before it encode as a shorter list.
+            let before = st
+                .vcpus
+                .get(i)
+                .map_or(0, |v| super::codec::encoded_len(&v.msrs.get(..*set).unwrap_or_default()));
+            let offset = st.vcpu_field_offset(i, "msrs") + before;
+            SnapshotError::Rejected(Box::new(RejectedField {
+                path,
+                offset,
+                vcpu: i,
+                field: format!("msrs[{set}]"),
+                ioctl: "KVM_SET_MSRS",
+                source: e,
+            }))
+        }
+        _ => SnapshotError::Vcpu(e),
+    }
+}
+
 /// What an in-place reset did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResetStats {
@@ -177,8 +232,8 @@ pub fn reset(m: &mut Machine, chain: &[StoredSnapshot]) -> Result<ResetStats, Sn
 /// Sets `top`'s vCPU state (its CPUID is the vCPU's already), device state and exit
 /// counters on a machine that keeps its VM: the last step of a reset or a restore over it.
 fn set_vcpu_and_devices(m: &mut Machine, top: &StoredSnapshot) -> Result<(), SnapshotError> {
-    for v in &top.state.vcpus {
-        v.restore_with(m.vm().vcpu(), false)?;
+    for (i, v) in top.state.vcpus.iter().enumerate() {
+        v.restore_with(m.vm().vcpu(), false).map_err(|e| refused(top, i, e))?;
     }
     let args = BusArgs { serial: m.serial().clone(), debugcon: m.debugcon().clone() };
     m.set_bus(Bus::restore(args, &top.state.bus, 0)?);

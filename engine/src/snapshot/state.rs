@@ -97,15 +97,25 @@ pub struct SnapshotState {
     pub created_unix_ns: u64,
     /// VM configuration.
     pub vm: VmState,
-    /// Memory slots.
+    /// Memory slots (at most [`MAX_SLOTS`], refused while decoding beyond).
+    #[serde(deserialize_with = "vmrr_format::bounded::vec::<_, _, MAX_SLOTS>")]
     pub slots: Vec<SlotState>,
-    /// vCPUs.
+    /// vCPUs (decoding refuses more than [`MAX_VCPUS_DECODED`]; validation, more than
+    /// [`MAX_VCPUS`]).
+    #[serde(deserialize_with = "vmrr_format::bounded::vec::<_, _, MAX_VCPUS_DECODED>")]
     pub vcpus: Vec<VcpuState>,
     /// Devices and pending interrupts.
     pub bus: BusState,
-    /// The run's annotations (how to rebuild the guest, where it ran).
+    /// The run's annotations (how to rebuild the guest, where it ran): as many as a trace
+    /// may hold, refused while decoding beyond.
+    #[serde(deserialize_with = "vmrr_format::bounded::pairs::<_, MAX_ANNOTATIONS, MAX_ANNOTATION_BYTES>")]
     pub annotations: Vec<(String, String)>,
 }
+
+/// Most vCPU states decoding accepts (validation then allows [`MAX_VCPUS`]).
+pub const MAX_VCPUS_DECODED: usize = 64;
+const MAX_ANNOTATIONS: usize = vmrr_format::overview::MAX_ANNOTATIONS;
+const MAX_ANNOTATION_BYTES: usize = vmrr_format::overview::MAX_ANNOTATION_BYTES;
 
 impl PartialEq for VcpuState {
     fn eq(&self, other: &Self) -> bool {
@@ -130,6 +140,24 @@ pub struct InvalidState {
 const SLOT_GPA: u64 = 4;
 const SLOT_SIZE: u64 = 12;
 const SLOT_FILE: u64 = 28;
+
+/// Why `v`'s RIP cannot be executed from, if it cannot: in 64-bit mode (EFER.LMA and a
+/// 64-bit code segment) it must be canonical (48-bit addresses, 57-bit with CR4.LA57);
+/// in any other mode it must fit 32 bits.
+fn rip_problem(v: &VcpuState) -> Option<String> {
+    const EFER_LMA: u64 = 1 << 10;
+    const CR4_LA57: u64 = 1 << 12;
+    let rip = v.regs.rip;
+    if v.sregs.efer & EFER_LMA != 0 && v.sregs.cs.l != 0 {
+        let bits = if v.sregs.cr4 & CR4_LA57 != 0 { 57 } else { 48 };
+        #[allow(clippy::cast_possible_wrap, clippy::cast_sign_loss)] // sign extension, bit for bit
+        let canonical = (((rip << (64 - bits)) as i64) >> (64 - bits)) as u64;
+        (canonical != rip).then(|| format!("{rip:#x} is not canonical ({bits}-bit addresses, 64-bit mode)"))
+    } else {
+        (rip > u64::from(u32::MAX))
+            .then(|| format!("{rip:#x} does not fit 32 bits (the vCPU is not in 64-bit mode)"))
+    }
+}
 
 fn safe_name(n: &str) -> bool {
     !n.is_empty()
@@ -168,6 +196,63 @@ impl SnapshotState {
         use crate::snapshot::codec::encoded_len;
         let before: u64 = self.vcpus.iter().take(i).map(encoded_len).sum();
         self.slots_offset() + encoded_len(&self.slots) + 8 + before
+    }
+
+    /// Byte offset of field `field` (a [`VcpuState`] field name: `regs`, `sregs`, `msrs`,
+    /// ...) of `vcpus[i]` in the state file; the vCPU's own offset for an unknown name.
+    pub fn vcpu_field_offset(&self, i: usize, field: &str) -> u64 {
+        use crate::snapshot::codec::encoded_len;
+        let at = self.vcpu_offset(i);
+        let Some(v) = self.vcpus.get(i) else { return at };
+        let before = match field {
+            "sizes" => 0,
+            "regs" => encoded_len(&v.sizes),
+            "sregs" => encoded_len(&(&v.sizes, &v.regs)),
+            "fpu" => encoded_len(&(&v.sizes, &v.regs, &v.sregs)),
+            "xsave" => encoded_len(&(&v.sizes, &v.regs, &v.sregs, &v.fpu)),
+            "xcrs" => encoded_len(&(&v.sizes, &v.regs, &v.sregs, &v.fpu, &v.xsave)),
+            "msrs" => encoded_len(&(&v.sizes, &v.regs, &v.sregs, &v.fpu, &v.xsave, &v.xcrs)),
+            "events" => encoded_len(&(&v.sizes, &v.regs, &v.sregs, &v.fpu, &v.xsave, &v.xcrs, &v.msrs)),
+            "mp_state" => {
+                encoded_len(&(&v.sizes, &v.regs, &v.sregs, &v.fpu, &v.xsave, &v.xcrs, &v.msrs, &v.events))
+            }
+            "debugregs" => encoded_len(&(
+                &v.sizes,
+                &v.regs,
+                &v.sregs,
+                &v.fpu,
+                &v.xsave,
+                &v.xcrs,
+                &v.msrs,
+                &v.events,
+                &v.mp_state,
+            )),
+            "cpuid" => encoded_len(&(
+                &v.sizes,
+                &v.regs,
+                &v.sregs,
+                &v.fpu,
+                &v.xsave,
+                &v.xcrs,
+                &v.msrs,
+                &v.events,
+                &v.mp_state,
+                &v.debugregs,
+            )),
+            _ => 0,
+        };
+        at + before
+    }
+
+    /// Byte offset of `vcpus[i].regs.rip` in the state file.
+    pub fn rip_offset(&self, i: usize) -> u64 {
+        use crate::snapshot::codec::encoded_len;
+        let Some(v) = self.vcpus.get(i) else { return self.vcpu_offset(i) };
+        // kvm_regs is stored as its bytes (after any length prefix); rip follows the 16
+        // general registers.
+        let prefix =
+            encoded_len(&v.regs).saturating_sub(std::mem::size_of::<kvm_bindings::kvm_regs>() as u64);
+        self.vcpu_field_offset(i, "regs") + prefix + 16 * 8
     }
 
     /// Byte offset of `parent` in the state file.
@@ -268,6 +353,9 @@ impl SnapshotState {
         }
         for (i, v) in self.vcpus.iter().enumerate() {
             v.validate().map_err(|e| InvalidState { offset: self.vcpu_offset(i), reason: e.to_string() })?;
+            if let Some(why) = rip_problem(v) {
+                return bad(self.rip_offset(i), format!("vCPU {i}: field regs.rip: {why}"));
+            }
         }
         let bus_at = self.vcpu_offset(self.vcpus.len());
         if self.bus.devices.len() > crate::devices::bus::MAX_DEVICES {

@@ -11,12 +11,14 @@
 //! - [`vcpu_state`]: the `KVM_SET_XSAVE` wrapper.
 //! - [`vcpu_ioctl`]: vCPU ioctls kvm-ioctls does not wrap on x86 (`KVM_INTERRUPT`).
 //! - [`tsc`]: the time-stamp counter (the recorder's per-exit clock).
+//! - [`stop`]: dying of a caught signal after cleaning up.
 
 pub mod kick;
 pub mod mapping;
 pub mod memfd;
 pub mod run_page;
 pub mod slots;
+pub mod stop;
 pub mod tsc;
 pub mod vcpu_ioctl;
 pub mod vcpu_state;

@@ -1,34 +1,82 @@
-//! Writing a bundle: the trace and every snapshot its checkpoint records reference,
-//! streamed through compression in bounded memory whatever the guest's size.
+//! Writing a bundle: the trace, every snapshot its checkpoint records reference, and the
+//! guest image or firmware it runs, streamed through compression in bounded memory
+//! whatever the guest's size.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::{
-    BundleError, Entry, HEADER, MAGIC, MAJOR, MINOR, Manifest, SNAPSHOTS_ENTRY, Storage, TRACE_ENTRY,
+    BundleError, Entry, FIRMWARE_ENTRY, HEADER, IMAGE_ENTRY, MAGIC, MAJOR, MAX_ENTRIES, MAX_FIRMWARE,
+    MAX_MANIFEST, MINOR, Manifest, SNAPSHOTS_ENTRY, Storage, TRACE_ENTRY,
 };
 use super::{file_err, sparse};
 use crate::layout;
+use crate::scratch::Scratch;
 
 /// Checks one snapshot directory (and its parent chain) before it is shipped; the engine
-/// provides it (`vmrr_engine::snapshot::load_chain`), so this crate needs no KVM.
+/// provides it (`vmrr_engine::snapshot::ChainCheck`), so this crate needs no KVM.
 pub type SnapshotCheck<'a> = &'a dyn Fn(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-/// Packs `trace` and every snapshot its checkpoint records reference into `out`, after
-/// `check` accepted each snapshot.
+/// How to pack.
+pub struct PackOptions<'a> {
+    /// Checks each snapshot the trace references.
+    pub check: SnapshotCheck<'a>,
+    /// The guest image or firmware to ship, instead of the path the trace names (which
+    /// is where it was when recorded, on this host).
+    pub guest_file: Option<PathBuf>,
+    /// Replace an existing bundle at the output path (`--force`; see [`crate::output`]).
+    pub replace: bool,
+}
+
+/// The guest file a trace's annotations name: (entry, what, flag, path).
+fn guest_file(
+    overview: &crate::overview::TraceOverview,
+    given: Option<&Path>,
+) -> Option<(&'static str, &'static str, &'static str, PathBuf)> {
+    let named = |k| overview.annotation(k).map(PathBuf::from);
+    if overview.annotation("vmrr.guest").is_some() {
+        return None;
+    }
+    if let Some(p) = named("vmrr.image") {
+        return Some((IMAGE_ENTRY, "image", "--image", given.map_or(p, Path::to_path_buf)));
+    }
+    named("vmrr.firmware")
+        .map(|p| (FIRMWARE_ENTRY, "firmware", "--firmware", given.map_or(p, Path::to_path_buf)))
+}
+
+/// Packs `trace`, every snapshot its checkpoint records reference (after `opts.check`
+/// accepted each), and the guest image or firmware it runs, into `out`. `out` is checked
+/// first (it must not be an input, nor exist unless `opts.replace`), written under a
+/// unique temporary name beside it, and renamed into place when complete: a failure
+/// leaves nothing behind and the previous `out` untouched.
 ///
 /// # Errors
-/// The trace or a snapshot is missing or damaged, or `out` cannot be written.
-pub fn pack(trace: &Path, out: &Path, check: SnapshotCheck<'_>) -> Result<Manifest, BundleError> {
+/// The trace, a snapshot or the guest file is missing, damaged or not a regular file, the
+/// bundle would exceed a reader's caps, `out` may not be written, or writing failed.
+pub fn pack(trace: &Path, out: &Path, opts: &PackOptions<'_>) -> Result<Manifest, BundleError> {
     let overview = crate::overview::scan(trace)?;
     let root = layout::snapshots_of(trace);
     let mut files: Vec<(String, PathBuf, Storage)> =
         vec![(TRACE_ENTRY.into(), trace.to_path_buf(), Storage::Zstd)];
+    if let Some((entry, what, flag, path)) = guest_file(&overview, opts.guest_file.as_deref()) {
+        let cap = if what == "firmware" { MAX_FIRMWARE } else { u64::MAX };
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| BundleError::GuestFile {
+            what,
+            flag,
+            path: path.clone(),
+            source,
+        };
+        let (_, md) = crate::input::open_regular(&path).map_err(|e| failed(e.into()))?;
+        if md.len() > cap {
+            return Err(failed(format!("{} bytes, over the limit of {cap}", md.len()).into()));
+        }
+        files.push((entry.into(), path.clone(), Storage::Zstd));
+    }
     let mut ids = Vec::new();
     for c in &overview.checkpoints {
         let dir = layout::snapshot_dir(&root, c.snapshot_id);
-        check(&dir).map_err(|source| BundleError::Snapshot { dir: dir.clone(), source })?;
+        (opts.check)(&dir).map_err(|source| BundleError::Snapshot { dir: dir.clone(), source })?;
         ids.push(c.snapshot_id);
         let base = format!("{SNAPSHOTS_ENTRY}/{}", layout::snapshot_dir_name(c.snapshot_id));
         files.push((format!("{base}/{}", layout::STATE_FILE), dir.join(layout::STATE_FILE), Storage::Zstd));
@@ -44,16 +92,34 @@ pub fn pack(trace: &Path, out: &Path, check: SnapshotCheck<'_>) -> Result<Manife
         for (slot, p) in mems {
             files.push((format!("{base}/{}", layout::memory_file_name(slot)), p, Storage::Sparse));
         }
+        if files.len() > MAX_ENTRIES {
+            return Err(BundleError::TooLarge {
+                path: trace.display().to_string(),
+                reason: format!(
+                    "the bundle would hold more than {MAX_ENTRIES} files (the most a reader accepts)"
+                ),
+            });
+        }
     }
-    let tmp = out.with_extension("tmp");
-    let mut body: Vec<Entry> = Vec::new();
-    let payload_path = tmp.with_extension("payload");
-    let payload = File::create(&payload_path).map_err(file_err("creating", &payload_path))?;
+    // Before anything is written: the output is none of the inputs, and not something
+    // that may not be replaced.
+    let inputs: Vec<&Path> = files.iter().map(|(_, p, _)| p.as_path()).collect();
+    crate::output::check(out, &inputs, opts.replace, crate::output::OutputKind::File)?;
+    let dir = crate::output::directory_of(out);
+    let prefix = crate::output::scratch_prefix(out);
+    let scratch = |what| {
+        let at = dir.join(format!("{prefix}{what}"));
+        move |source| BundleError::File(crate::FileError { what: "creating", path: at, source })
+    };
+    let (payload_tmp, payload) =
+        Scratch::file_in(dir, &format!("{prefix}payload-")).map_err(scratch("payload-*"))?;
+    let payload_path = payload_tmp.path().to_path_buf();
     let mut payload = std::io::BufWriter::with_capacity(1 << 20, payload);
+    let mut body: Vec<Entry> = Vec::new();
     let mut offset = 0u64;
     for (name, path, storage) in files {
-        let f = File::open(&path).map_err(file_err("opening", &path))?;
-        let size = f.metadata().map_err(file_err("reading", &path))?.len();
+        let (f, md) = crate::input::open_regular(&path)?;
+        let size = md.len();
         // Streamed: memory stays at a few buffers whatever the guest's size.
         let mut w = Summing { inner: &mut payload, len: 0, crc: 0 };
         match storage {
@@ -64,23 +130,45 @@ pub fn pack(trace: &Path, out: &Path, check: SnapshotCheck<'_>) -> Result<Manife
         body.push(Entry { name, size, storage, offset, stored, crc32c: crc });
         offset += stored;
     }
-    payload.flush().map_err(file_err("writing", &payload_path))?;
-    drop(payload);
+    let mut payload = payload.into_inner().map_err(|e| {
+        BundleError::File(crate::FileError {
+            what: "writing",
+            path: payload_path.clone(),
+            source: e.into_error(),
+        })
+    })?;
     let manifest = Manifest {
         trace_id: crate::describe::hex(&overview.trace_id),
         annotations: overview.annotations.clone(),
         snapshots: ids,
         entries: body,
     };
+    drop(overview);
     let (m, json) = place_entries(manifest)?;
-    let mut out_f = File::create(&tmp).map_err(file_err("creating", &tmp))?;
-    out_f.write_all(&header(&json)).map_err(file_err("writing", &tmp))?;
-    out_f.write_all(&json).map_err(file_err("writing", &tmp))?;
-    let mut payload = File::open(&payload_path).map_err(file_err("opening", &payload_path))?;
-    std::io::copy(&mut payload, &mut out_f).map_err(file_err("writing", &tmp))?;
-    out_f.sync_all().map_err(file_err("syncing", &tmp))?;
-    let _ = std::fs::remove_file(&payload_path);
-    std::fs::rename(&tmp, out).map_err(file_err("renaming", &tmp))?;
+    if json.len() as u64 > MAX_MANIFEST {
+        return Err(BundleError::TooLarge {
+            path: trace.display().to_string(),
+            reason: format!(
+                "the manifest would take {} bytes, over the {MAX_MANIFEST} a reader accepts",
+                json.len()
+            ),
+        });
+    }
+    let (tmp, mut out_f) = Scratch::file_in(dir, &prefix).map_err(scratch("*"))?;
+    let tmp_path = tmp.path().to_path_buf();
+    out_f.write_all(&header(&json)).map_err(file_err("writing", &tmp_path))?;
+    out_f.write_all(&json).map_err(file_err("writing", &tmp_path))?;
+    drop(json);
+    payload.seek(SeekFrom::Start(0)).map_err(file_err("reading", &payload_path))?;
+    std::io::copy(&mut payload, &mut out_f).map_err(file_err("writing", &tmp_path))?;
+    out_f.sync_all().map_err(file_err("syncing", &tmp_path))?;
+    drop(payload_tmp);
+    tmp.publish(out, opts.replace).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            BundleError::Output(crate::output::OutputError::Exists { out: out.to_path_buf() })
+        }
+        _ => BundleError::File(crate::FileError { what: "renaming into", path: out.to_path_buf(), source }),
+    })?;
     Ok(m)
 }
 

@@ -9,22 +9,28 @@ use std::path::Path;
 
 use super::payload::{BUF, Region, decoder};
 use super::{
-    BundleError, HEADER, MAGIC, MAJOR, MAX_ENTRIES, MAX_MANIFEST, Manifest, SNAPSHOTS_ENTRY, Storage,
+    Budgets, BundleError, EntryKind, FIRMWARE_ENTRY, HEADER, IMAGE_ENTRY, MAGIC, MAJOR, MAX_MANIFEST,
+    Manifest, SNAPSHOTS_ENTRY, Storage,
 };
-use super::{TRACE_ENTRY, Unpacked, allowed, file_err, invalid, sparse};
+use super::{TRACE_ENTRY, Unpacked, allowed, file_err, invalid, over_budget, sparse};
 
-/// Reads and checks a bundle's header and manifest.
+/// Reads and checks a bundle's header and manifest: names, sizes against their caps and
+/// `budgets.max_mem` (each snapshot's memory files together), snapshot entries against the
+/// snapshots the manifest lists, payloads inside the file.
 ///
 /// # Errors
-/// A damaged or hostile bundle.
-pub fn read_manifest(src: &Path, max_mem: u64) -> Result<Manifest, BundleError> {
-    let mut f = File::open(src).map_err(file_err("opening", src))?;
-    let len = f.metadata().map_err(file_err("reading", src))?.len();
+/// A damaged or hostile bundle, or one over a budget.
+pub fn read_manifest(src: &Path, budgets: &Budgets) -> Result<Manifest, BundleError> {
+    let (f, md) = crate::input::open_regular(src)?;
+    read_manifest_from(&f, md.len(), src, budgets)
+}
+
+fn read_manifest_from(f: &File, len: u64, src: &Path, budgets: &Budgets) -> Result<Manifest, BundleError> {
     let mut h = [0u8; 32];
     if len < HEADER {
         return Err(invalid(src, 0, format!("truncated: {len} bytes, the header needs {HEADER}")));
     }
-    f.read_exact(&mut h).map_err(file_err("reading", src))?;
+    f.read_exact_at(&mut h, 0).map_err(file_err("reading", src))?;
     if h[..8] != MAGIC {
         return Err(invalid(src, 0, "bad magic (not a vmrr bundle)"));
     }
@@ -48,44 +54,77 @@ pub fn read_manifest(src: &Path, max_mem: u64) -> Result<Manifest, BundleError> 
         ));
     }
     let mut json = vec![0u8; usize::try_from(mlen).unwrap_or(0)];
-    f.read_exact(&mut json).map_err(file_err("reading", src))?;
+    f.read_exact_at(&mut json, HEADER).map_err(file_err("reading", src))?;
     let mcrc = u32::from_le_bytes([h[24], h[25], h[26], h[27]]);
     if crc32c::crc32c(&json) != mcrc {
         return Err(invalid(src, HEADER, "manifest checksum mismatch"));
     }
     let m: Manifest =
         serde_json::from_slice(&json).map_err(|e| invalid(src, HEADER, format!("manifest: {e}")))?;
-    if m.entries.len() > MAX_ENTRIES {
-        return Err(invalid(
-            src,
-            HEADER,
-            format!("{} entries exceed the limit of {MAX_ENTRIES}", m.entries.len()),
-        ));
-    }
-    let mut names = std::collections::BTreeSet::new();
-    let mut total_mem: u64 = 0;
+    drop(json);
+    let mut names = std::collections::HashSet::with_capacity(m.entries.len());
+    let listed: std::collections::HashSet<u64> = m.snapshots.iter().copied().collect();
+    let mut states = std::collections::HashSet::new();
+    let mut memory: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     for e in &m.entries {
-        let cap = allowed(&e.name, max_mem).ok_or_else(|| {
+        let kind = allowed(&e.name).ok_or_else(|| {
             invalid(src, HEADER, format!("entry name {:?} is not part of a bundle's layout", e.name))
         })?;
         if !names.insert(e.name.as_str()) {
             return Err(invalid(src, HEADER, format!("entry {:?} appears twice", e.name)));
         }
-        if e.size > cap {
-            let why = if e.storage == Storage::Sparse {
-                format!(
-                    "entry {:?} asks for {} MiB of guest memory, over the limit of {} MiB (--max-mem-mib)",
-                    e.name,
-                    e.size >> 20,
-                    cap >> 20
-                )
-            } else {
-                format!("entry {:?} of {} bytes exceeds its limit of {cap}", e.name, e.size)
-            };
-            return Err(invalid(src, HEADER, why));
+        let want = if matches!(kind, EntryKind::Memory(_)) { Storage::Sparse } else { Storage::Zstd };
+        if e.storage != want {
+            return Err(invalid(src, HEADER, format!("entry {:?} must be stored {want:?}", e.name)));
         }
-        if e.storage == Storage::Sparse {
-            total_mem = total_mem.saturating_add(e.size);
+        let cap = kind.cap(budgets);
+        if e.size > cap {
+            return Err(match kind {
+                EntryKind::Memory(_) | EntryKind::Image => over_budget(
+                    src,
+                    HEADER,
+                    format!(
+                        "entry {:?} asks for {} MiB of guest memory, over the limit of {} MiB (--max-mem-mib)",
+                        e.name,
+                        e.size >> 20,
+                        cap >> 20
+                    ),
+                ),
+                _ => invalid(
+                    src,
+                    HEADER,
+                    format!("entry {:?} of {} bytes exceeds its limit of {cap}", e.name, e.size),
+                ),
+            });
+        }
+        match kind {
+            EntryKind::State(id) | EntryKind::Memory(id) if !listed.contains(&id) => {
+                return Err(invalid(
+                    src,
+                    HEADER,
+                    format!("entry {:?} belongs to snapshot {id}, which the manifest does not list", e.name),
+                ));
+            }
+            EntryKind::State(id) => {
+                states.insert(id);
+            }
+            EntryKind::Memory(id) => {
+                let total = memory.entry(id).or_default();
+                *total = total.saturating_add(e.size);
+                if *total > budgets.max_mem {
+                    return Err(over_budget(
+                        src,
+                        HEADER,
+                        format!(
+                            "snapshot {id}'s memory files total more than {} MiB (at entry {:?}), over the limit of {} MiB of guest memory (--max-mem-mib)",
+                            budgets.max_mem >> 20,
+                            e.name,
+                            budgets.max_mem >> 20
+                        ),
+                    ));
+                }
+            }
+            _ => {}
         }
         let end = e.offset.checked_add(e.stored);
         if e.offset < HEADER + mlen || end.is_none_or(|x| x > len) {
@@ -95,41 +134,86 @@ pub fn read_manifest(src: &Path, max_mem: u64) -> Result<Manifest, BundleError> 
     if !names.contains(TRACE_ENTRY) {
         return Err(invalid(src, HEADER, "no trace in the bundle"));
     }
-    if m.snapshots.is_empty() && total_mem > 0 {
-        return Err(invalid(src, HEADER, "memory files without snapshots"));
+    if names.contains(IMAGE_ENTRY) && names.contains(FIRMWARE_ENTRY) {
+        return Err(invalid(src, HEADER, "both a guest image and a firmware"));
+    }
+    if let Some(id) = m.snapshots.iter().find(|id| !states.contains(id)) {
+        return Err(invalid(src, HEADER, format!("snapshot {id} is listed but has no state entry")));
     }
     Ok(m)
 }
 
+/// Free bytes for an unprivileged writer on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Unpacks `src` into the existing, empty directory `dir`, validating everything (see the
-/// module docs). `max_mem` caps each memory file.
+/// module docs) and refusing, before anything is written, a bundle whose extraction would
+/// exceed `budgets` or the free space of `dir`'s file system.
 ///
 /// # Errors
-/// A damaged or hostile bundle; nothing is written outside `dir`.
-pub fn unpack(src: &Path, dir: &Path, max_mem: u64) -> Result<Unpacked, BundleError> {
-    let m = read_manifest(src, max_mem)?;
-    let f = File::open(src).map_err(file_err("opening", src))?;
+/// A damaged or hostile bundle, a budget exceeded, or too little space; nothing is written
+/// outside `dir`.
+pub fn unpack(src: &Path, dir: &Path, budgets: &Budgets) -> Result<Unpacked, BundleError> {
+    let (f, md) = crate::input::open_regular(src)?;
+    let m = read_manifest_from(&f, md.len(), src, budgets)?;
     let mut buf = vec![0u8; BUF];
+    // 1. What extraction will write, before any of it is.
+    let mut total = 0u64;
+    for e in &m.entries {
+        let bytes = match e.storage {
+            Storage::Zstd => e.size,
+            Storage::Sparse => sparse::stored_bytes(&f, e, src)?,
+        };
+        total = total.saturating_add(bytes);
+        if total > budgets.max_extract {
+            return Err(over_budget(
+                src,
+                HEADER,
+                format!(
+                    "extracting would write more than the limit of {} MiB (--max-extract-mib): {} MiB up to and including entry {:?}",
+                    budgets.max_extract >> 20,
+                    total >> 20,
+                    e.name,
+                ),
+            ));
+        }
+    }
+    if let Some(free) = free_bytes(dir) {
+        if total > free {
+            return Err(BundleError::NoSpace {
+                dir: dir.to_path_buf(),
+                need_mib: total.div_ceil(1 << 20),
+                free_mib: free >> 20,
+            });
+        }
+    }
+    // 2. The trace's header, decompressed alone: a bundle whose "trace" is not one (gigabytes
+    //    of zeros, another file) is refused before anything is written.
+    //    (Decoding bytes whose checksum is unchecked: a failure here is reported as the
+    //    checksum mismatch when it is one.)
+    if let Some(e) = m.entries.iter().find(|e| e.name == TRACE_ENTRY) {
+        if let Err(err) = check_trace_header(&f, e, src) {
+            check_crc(&f, e, src, &mut buf)?;
+            return Err(err);
+        }
+    }
+    // 3. Extract.
+    let mut made = std::collections::HashSet::new();
+    let mut written = 0u64;
     for e in &m.entries {
         // read_manifest checked that the payload lies inside the file.
         let end = e.offset + e.stored;
-        // 1. The checksum over the stored bytes, before any of them is decoded.
-        let mut crc = 0u32;
-        let mut p = e.offset;
-        while p < end {
-            let n = usize::try_from((end - p).min(BUF as u64)).unwrap_or(0);
-            f.read_exact_at(&mut buf[..n], p).map_err(file_err("reading", src))?;
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            p += n as u64;
-        }
-        if crc != e.crc32c {
-            return Err(invalid(src, e.offset, format!("entry {:?}: checksum mismatch", e.name)));
-        }
-        // 2. `e.name` passed `allowed`: relative, no `..`, only [a-z0-9._/-]. Files are
-        //    created new (an existing file or symlink there is an error, never followed).
+        // The checksum over the stored bytes, before any of them is decoded.
+        check_crc(&f, e, src, &mut buf)?;
+        // `e.name` passed `allowed`: relative, no `..`, only [a-z0-9._/-]. Files are
+        // created new (an existing file or symlink there is an error, never followed).
         let target = dir.join(&e.name);
-        if let Some(parent) = target.parent() {
+        if let Some(parent) = target.parent().filter(|p| !made.contains(*p)) {
             create_dirs_within(dir, parent).map_err(file_err("creating", parent))?;
+            made.insert(parent.to_path_buf());
         }
         let mut out = std::fs::OpenOptions::new()
             .write(true)
@@ -140,21 +224,68 @@ pub fn unpack(src: &Path, dir: &Path, max_mem: u64) -> Result<Unpacked, BundleEr
         match e.storage {
             Storage::Zstd => {
                 let mut dec = decoder(region).map_err(file_err("decompressing", &target))?;
-                let written = std::io::copy(&mut (&mut dec).take(e.size + 1), &mut out)
+                let n = std::io::copy(&mut (&mut dec).take(e.size + 1), &mut out)
                     .map_err(|err| invalid(src, e.offset, format!("entry {:?}: {err}", e.name)))?;
-                if written != e.size {
+                if n != e.size {
                     return Err(invalid(
                         src,
                         e.offset,
-                        format!("entry {:?}: {written} bytes, manifest says {}", e.name, e.size),
+                        format!("entry {:?}: {n} bytes, manifest says {}", e.name, e.size),
                     ));
                 }
+                written += n;
             }
-            Storage::Sparse => sparse::decode(&f, e, &out, src, &target, &mut buf)?,
+            Storage::Sparse => written += sparse::decode(&f, e, &out, src, &target, &mut buf)?,
         }
-        out.sync_all().map_err(file_err("syncing", &target))?;
+        // No fsync: the directory is private and is removed after the replay; a crash
+        // loses nothing the bundle does not still hold.
     }
-    Ok(Unpacked { trace: dir.join(TRACE_ENTRY), manifest: m })
+    let at = |name: &str| names_entry(&m, name).then(|| dir.join(name));
+    Ok(Unpacked {
+        trace: dir.join(TRACE_ENTRY),
+        image: at(IMAGE_ENTRY),
+        firmware: at(FIRMWARE_ENTRY),
+        manifest: m,
+        written,
+    })
+}
+
+/// Checks entry `e`'s CRC32C over its stored bytes (read in blocks into `buf`).
+fn check_crc(f: &File, e: &super::Entry, src: &Path, buf: &mut [u8]) -> Result<(), BundleError> {
+    let end = e.offset + e.stored;
+    let mut crc = 0u32;
+    let mut p = e.offset;
+    while p < end {
+        let n = usize::try_from((end - p).min(buf.len() as u64)).unwrap_or(0);
+        f.read_exact_at(&mut buf[..n], p).map_err(file_err("reading", src))?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        p += n as u64;
+    }
+    if crc != e.crc32c {
+        return Err(invalid(src, e.offset, format!("entry {:?}: checksum mismatch", e.name)));
+    }
+    Ok(())
+}
+
+/// Decompresses the first bytes of the trace entry `e` and checks them as a trace header
+/// (magic, byte order, size, version, features, checksum).
+fn check_trace_header(f: &File, e: &super::Entry, src: &Path) -> Result<(), BundleError> {
+    let bad = |r: String| invalid(src, e.offset, format!("entry {:?}: {r}", e.name));
+    let region = Region { file: f, pos: e.offset, end: e.offset + e.stored };
+    let mut dec = decoder(region).map_err(|err| bad(err.to_string()))?;
+    let want = e.size.min(u64::from(crate::header::MAX_HEADER_SIZE));
+    let mut head = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
+    (&mut dec).take(want).read_to_end(&mut head).map_err(|err| bad(err.to_string()))?;
+    let size = crate::FileHeader::peek_size(&head).map_err(|d| bad(format!("not a trace: {d}")))?;
+    let h = head
+        .get(..usize::try_from(size).unwrap_or(usize::MAX))
+        .ok_or_else(|| bad(format!("not a trace: its header of {size} bytes is cut short")))?;
+    crate::FileHeader::decode(h).map_err(|d| bad(format!("not a trace: {d}")))?;
+    Ok(())
+}
+
+fn names_entry(m: &Manifest, name: &str) -> bool {
+    m.entries.iter().any(|e| e.name == name)
 }
 
 /// Creates `path` and its missing parents, all inside `root`, refusing to pass through a

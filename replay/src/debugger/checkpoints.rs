@@ -60,7 +60,7 @@ impl Default for Policy {
 pub struct Checkpoints {
     list: Vec<Checkpoint>,
     trace_root: Option<PathBuf>,
-    dir: Option<tempfile::TempDir>,
+    dir: Option<vmrr_format::scratch::Scratch>,
     next_id: u64,
     taken: usize,
     policy: Policy,
@@ -193,7 +193,9 @@ impl Checkpoints {
         f: &TraceOverview,
     ) -> Result<Arc<Vec<StoredSnapshot>>, DebugError> {
         if self.dir.is_none() {
-            let d = tempfile::Builder::new().prefix("vmrr-debug-").tempdir().map_err(DebugError::TempDir)?;
+            // Removed when the session ends, or when vmrr is stopped by a signal.
+            let d = vmrr_format::scratch::Scratch::dir_in(&std::env::temp_dir(), "vmrr-debug-")
+                .map_err(DebugError::TempDir)?;
             self.dir = Some(d);
         }
         let root = self.dir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default();
