@@ -5,19 +5,10 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use vmrr_replay::debugger::{Position, Session, Settings, Stopped, WatchKind, WatchPoint};
 use vmrr_replay::{Options, source};
-
-fn record(dir: &tempfile::TempDir, guest: &str, extra: &[&str]) -> PathBuf {
-    let out = at(dir, &format!("{guest}.vmrr"));
-    let mut args = vec!["record", "--guest", guest, "-o", s(&out), "--serial", "none"];
-    args.extend_from_slice(extra);
-    let o = vmrr(&args);
-    assert!(matches!(o.status.code(), Some(0 | 5)), "{guest}: {}", stderr(&o));
-    out
-}
 
 fn open(trace: &Path) -> Session {
     let src = source::open(trace, &vmrr_format::bundle::Budgets::memory_only(1 << 30)).expect("trace opens");
@@ -36,11 +27,9 @@ fn never() -> impl FnMut() -> bool {
 
 #[test]
 fn stepping_back_visits_every_point_stepping_forward_did() {
-    if !require_kvm() {
+    let Some((_d, trace)) = recorded("interrupts", &["--iterations", "3", "--checkpoint-every", "3"]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "interrupts", &["--iterations", "3", "--checkpoint-every", "3"]);
+    };
     let mut s = open(&trace);
     let mut forward = Vec::new();
     loop {
@@ -64,11 +53,9 @@ fn stepping_back_visits_every_point_stepping_forward_did() {
 
 #[test]
 fn a_run_interrupted_anywhere_can_be_returned_to() {
-    if !require_kvm() {
+    let Some((_d, trace)) = recorded("interrupts", &["--iterations", "4", "--checkpoint-every", "4"]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "interrupts", &["--iterations", "4", "--checkpoint-every", "4"]);
+    };
     // A watchpoint that never fires makes `continue` single-step on this host (where
     // watchpoints are found by decoding) or run on the debug registers (elsewhere);
     // either way the interrupted point must be exact.
@@ -99,11 +86,9 @@ fn a_run_interrupted_anywhere_can_be_returned_to() {
 
 #[test]
 fn breakpoint_hits_are_returned_to_from_either_side() {
-    if !require_kvm() {
+    let Some((_d, trace)) = recorded("interrupts", &["--iterations", "4", "--checkpoint-every", "5"]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "interrupts", &["--iterations", "4", "--checkpoint-every", "5"]);
+    };
     let mut s = open(&trace);
     // Find the handler: the first instruction stepped into after an injection leaves the
     // stack 40 bytes (an interrupt frame) lower.
@@ -143,11 +128,9 @@ fn breakpoint_hits_are_returned_to_from_either_side() {
 
 #[test]
 fn a_write_leaves_the_recorded_path_and_goto_returns_to_it() {
-    if !require_kvm() {
+    let Some((_d, trace)) = recorded("emulation-failure", &["--checkpoint-every", "20"]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "emulation-failure", &["--checkpoint-every", "20"]);
+    };
     let mut s = open(&trace);
     for _ in 0..5 {
         s.step(&mut never()).expect("step");
@@ -176,11 +159,9 @@ fn a_write_leaves_the_recorded_path_and_goto_returns_to_it() {
 
 #[test]
 fn breakpoints_in_ring_3_code_are_returned_to() {
-    if !require_kvm() {
+    let Some((_d, trace)) = recorded("pio-storm", &["--iterations", "50"]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "pio-storm", &["--iterations", "50"]);
+    };
     let mut s = open(&trace);
     // The storm's loop writes a port: find its `out` by decoding from the entry.
     let mut out_insn = None;
@@ -245,7 +226,7 @@ fn the_session_checkpoints_as_it_goes_and_going_back_uses_them() {
     }
     let d = tmp();
     // No checkpoint in the trace but its start.
-    let trace = record(&d, "interrupts", &["--iterations", "6"]);
+    let trace = record_guest(&d, "interrupts", &["--iterations", "6"]);
     let mut s = open(&trace);
     s.set_checkpoint_interval(std::time::Duration::ZERO);
     let mut forward = Vec::new();

@@ -95,22 +95,14 @@ fn an_embedding_vmm_records_the_same_exits_as_the_engine() {
     image.extend_from_slice(b"!\r\n");
     std::fs::write(&img, &image).unwrap();
     let eng = at(&d, "engine.vmrr");
-    let o = vmrr(&[
-        "record",
-        "--image",
-        s(&img),
-        "--load-addr",
-        "0x7c00",
-        "--entry",
-        "0x7c00",
-        "--mode",
-        "real",
-        "-o",
-        s(&eng),
-        "--serial",
-        "none",
-        "--timing",
-    ]);
+    let o = vmrr(
+        &[
+            &["record"][..],
+            &image_args(&img, "0x7c00", "real"),
+            &["-o", s(&eng), "--serial", "none", "--timing"],
+        ]
+        .concat(),
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // Both carry timing on every exit, announced in the header.
     for p in [&raw, &eng] {

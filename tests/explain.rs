@@ -5,23 +5,7 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
-
-fn record(dir: &tempfile::TempDir, name: &str, extra: &[&str]) -> PathBuf {
-    let out = at(dir, &format!("{name}.vmrr"));
-    let mut args = vec!["record", "--guest", name, "-o", s(&out), "--serial", "none"];
-    args.extend_from_slice(extra);
-    let o = vmrr(&args);
-    assert!(matches!(o.status.code(), Some(0 | 5)), "{name}: {}", stderr(&o));
-    out
-}
-
-fn replay_json(src: &Path) -> (Option<i32>, serde_json::Value) {
-    let o = vmrr(&["replay", s(src), "--json"]);
-    let v =
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&o), stderr(&o)));
-    (o.status.code(), v)
-}
+use std::path::Path;
 
 /// The trace's own annotation `key`.
 fn annotation(trace: &Path, key: &str) -> Option<String> {
@@ -45,12 +29,10 @@ fn assert_names_rdtsc(d: &serde_json::Value) {
 
 #[test]
 fn a_guest_that_reads_the_tsc_diverges_and_the_report_names_rdtsc() {
-    if !require_kvm() {
+    let Some((_d, trace)) = recorded("tsc", &[]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "tsc", &[]);
-    let (code, r) = replay_json(&trace);
+    };
+    let (code, r) = replay_json(&trace, &[]);
     assert_eq!(code, Some(1), "{r}");
     assert_eq!(r["outcome"], "diverged");
     assert_eq!(r["path"], "diverged");
@@ -87,11 +69,9 @@ fn a_guest_that_reads_the_tsc_diverges_and_the_report_names_rdtsc() {
 
 #[test]
 fn a_failure_after_a_diverging_path_reproduces_from_the_failure_point() {
-    if !require_kvm() {
+    let Some((d, trace)) = recorded("tsc-fail", &[]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "tsc-fail", &[]);
+    };
     // The recording captured a snapshot at the failing exit: a checkpoint after it.
     let recs = records(&trace);
     let fatal = recs.iter().rposition(|r| r.kind == "internal_error").expect("the failing exit");
@@ -99,7 +79,7 @@ fn a_failure_after_a_diverging_path_reproduces_from_the_failure_point() {
         recs[fatal..].iter().any(|r| r.kind == "checkpoint"),
         "a failure-point checkpoint follows the failure"
     );
-    let (code, r) = replay_json(&trace);
+    let (code, r) = replay_json(&trace, &[]);
     assert_eq!(code, Some(0), "{r}");
     assert_eq!(r["outcome"], "reproduced");
     assert_eq!(r["path"], "diverged");
@@ -111,8 +91,8 @@ fn a_failure_after_a_diverging_path_reproduces_from_the_failure_point() {
     assert_eq!(fp["failure"]["disassembly"], "popcnt rax,[rdi]");
     assert_eq!(fp["snapshot"], recs.iter().filter(|r| r.kind == "checkpoint").count() as u64 - 1);
     // A trace whose failure reproduces on the path reports it from both.
-    let ok = record(&d, "emulation-failure", &[]);
-    let (code, r) = replay_json(&ok);
+    let ok = record_guest(&d, "emulation-failure", &[]);
+    let (code, r) = replay_json(&ok, &[]);
     assert_eq!(code, Some(0), "{r}");
     assert_eq!((r["outcome"].as_str(), r["path"].as_str()), (Some("reproduced"), Some("completed")));
     assert_eq!(r["failure_point"]["reproduced"], true);
@@ -123,11 +103,9 @@ fn a_failure_after_a_diverging_path_reproduces_from_the_failure_point() {
 
 #[test]
 fn an_edited_input_has_no_suspect_and_the_report_says_what_it_can_be() {
-    if !require_kvm() {
+    let Some((d, trace)) = recorded("hello-long", &[]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "hello-long", &[]);
+    };
     // Answer one of the guest's line-status reads with "transmitter busy": the guest polls
     // once more, so its next exit differs from the recording's.
     let edited = at(&d, "edited.vmrr");
@@ -140,7 +118,7 @@ fn an_edited_input_has_no_suspect_and_the_report_says_what_it_can_be() {
         }
         false
     });
-    let (code, r) = replay_json(&edited);
+    let (code, r) = replay_json(&edited, &[]);
     assert_eq!(code, Some(1), "{r}");
     let dv = &r["divergence"];
     assert!(dv["suspects"].as_array().unwrap().is_empty(), "{dv}");
@@ -154,14 +132,12 @@ fn seabios_replays_to_the_end_or_the_report_names_its_rdtsc() {
     if !require_kvm() {
         return;
     }
-    let bios = Path::new("/usr/share/seabios/bios.bin");
-    assert!(bios.exists(), "SeaBIOS is installed by .ci/run (apt-get install seabios)");
     let d = tmp();
     let out = at(&d, "bios.vmrr");
     let o = vmrr(&[
         "record",
         "--firmware",
-        s(bios),
+        s(seabios()),
         "-o",
         s(&out),
         "--max-exits",
@@ -173,7 +149,7 @@ fn seabios_replays_to_the_end_or_the_report_names_its_rdtsc() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let enforced = annotation(&out, "kvm.cpuid_enforced").expect("the trace records the host fact");
-    let (code, r) = replay_json(&out);
+    let (code, r) = replay_json(&out, &[]);
     if enforced == "false" {
         // The guest saw the TSC: SeaBIOS calibrates "CPU Mhz" with it.
         assert_eq!(code, Some(1), "{r}");

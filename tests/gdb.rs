@@ -29,13 +29,9 @@ fn ready() -> bool {
     }
 }
 
-fn record(dir: &tempfile::TempDir, guest: &str, extra: &[&str]) -> PathBuf {
-    let out = at(dir, &format!("{guest}.vmrr"));
-    let mut args = vec!["record", "--guest", guest, "-o", s(&out), "--serial", "none"];
-    args.extend_from_slice(extra);
-    let o = vmrr(&args);
-    assert!(matches!(o.status.code(), Some(0 | 5)), "{guest}: {}", stderr(&o));
-    out
+/// [`recorded`], when gdb is here too.
+fn recorded_with_gdb(guest: &str, extra: &[&str]) -> Option<(tempfile::TempDir, PathBuf)> {
+    if ready() { recorded(guest, extra) } else { None }
 }
 
 /// `vmrr replay SRC --gdb 127.0.0.1:0`, running.
@@ -74,14 +70,15 @@ impl Stub {
         Stub { child, addr, log }
     }
 
-    /// Runs gdb with `cmds` against the stub; returns what gdb printed. gdb detaches at the
-    /// end, which ends the stub: it must exit 0.
-    fn gdb(self, cmds: &[&str]) -> String {
-        self.gdb_with_file("", cmds)
+    /// Runs gdb script `script` against the stub (one command a line; blanks around them,
+    /// empty lines and `#` comments ignored; `--` for a section mark); returns what gdb
+    /// printed. gdb detaches at the end, which ends the stub: it must exit 0.
+    fn gdb(self, script: &str) -> String {
+        self.gdb_with_file("", script)
     }
 
     /// As [`Stub::gdb`], with `file` (a gdb command loading symbols) before connecting.
-    fn gdb_with_file(mut self, file: &str, cmds: &[&str]) -> String {
+    fn gdb_with_file(mut self, file: &str, script: &str) -> String {
         let mut args: Vec<String> =
             ["-nx", "-batch", "-ex", "set pagination off"].iter().map(|s| s.to_string()).collect();
         if !file.is_empty() {
@@ -90,9 +87,9 @@ impl Stub {
         }
         args.push("-ex".into());
         args.push(format!("target remote {}", self.addr));
-        for c in cmds {
+        for line in script.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
             args.push("-ex".into());
-            args.push((*c).to_string());
+            args.push(if line == "--" { MARK } else { line }.to_string());
         }
         // gdb prints a target's console output on stderr: both go to one file, in order.
         let out_path = std::env::temp_dir().join(format!(
@@ -179,26 +176,26 @@ fn first_record_with_rip<'a>(recs: &'a [Rec], kind: &str) -> &'a Rec {
 
 #[test]
 fn registers_at_a_breakpoint_are_the_recorded_ones() {
-    if !ready() {
+    let Some((_d, trace)) = recorded_with_gdb("emulation-failure", &["--checkpoint-every", "20"]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "emulation-failure", &["--checkpoint-every", "20"]);
+    };
     let recs = records(&trace);
     // A port write in the middle of the run: the guest stands at its recorded RIP with
     // its recorded RSP and RFLAGS.
     let io = first_record_with_rip(&recs, "io");
     let rip = io.rip.expect("rip");
-    let out = Stub::start(&trace).gdb(&[
-        "info registers rip rsp",
-        MARK,
-        &format!("hbreak *{rip:#x}"),
-        "continue",
-        MARK,
-        "info registers",
-        MARK,
-        "monitor where",
-    ]);
+    let out = Stub::start(&trace).gdb(&format!(
+        "
+        info registers rip rsp
+        --
+        hbreak *{rip:#x}
+        continue
+        --
+        info registers
+        --
+        monitor where
+        "
+    ));
     let sec = sections(&out);
     assert_eq!(reg(&sec[0], "rip"), 0x10_0000, "{out}");
     assert!(sec[1].contains("Breakpoint 1,"), "{out}");
@@ -210,45 +207,45 @@ fn registers_at_a_breakpoint_are_the_recorded_ones() {
 
 #[test]
 fn the_failure_stops_with_sigill_and_stepping_back_out_of_it_is_exact() {
-    if !ready() {
+    let Some((_d, trace)) = recorded_with_gdb("emulation-failure", &["--checkpoint-every", "20"]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "emulation-failure", &["--checkpoint-every", "20"]);
+    };
     let recs = records(&trace);
     let failing =
         recs.iter().rev().find(|r| r.kind == "internal_error").and_then(|r| r.rip).expect("failure rip");
     // The guest's second instruction runs once (after a 2-byte `xor eax, eax`).
     let early = 0x10_0002u64;
-    let out = Stub::start(&trace).gdb(&[
-        &format!("hbreak *{early:#x}"),
-        "info registers rip",
-        MARK,
-        "continue",
-        "continue",
-        MARK,
-        "x/i $pc",
-        "info registers",
-        MARK,
-        "reverse-stepi",
-        "x/i $pc",
-        MARK,
-        "info registers",
-        MARK,
-        "stepi",
-        "x/i $pc",
-        "info registers",
-        MARK,
-        "continue",
-        MARK,
-        "reverse-continue",
-        "info registers rip",
-        MARK,
-        "reverse-continue",
-        "info registers rip",
-        MARK,
-        "monitor records 3",
-    ]);
+    let out = Stub::start(&trace).gdb(&format!(
+        "
+        hbreak *{early:#x}
+        info registers rip
+        --
+        continue
+        continue
+        --
+        x/i $pc
+        info registers
+        --
+        reverse-stepi
+        x/i $pc
+        --
+        info registers
+        --
+        stepi
+        x/i $pc
+        info registers
+        --
+        continue
+        --
+        reverse-continue
+        info registers rip
+        --
+        reverse-continue
+        info registers rip
+        --
+        monitor records 3
+        "
+    ));
     let sec = sections(&out);
     assert!(sec[1].contains("Program received signal SIGILL, Illegal instruction."), "{out}");
     assert!(sec[2].contains("popcnt"), "{out}");
@@ -273,29 +270,30 @@ fn the_failure_stops_with_sigill_and_stepping_back_out_of_it_is_exact() {
 
     // The point reverse-stepi reached, reached forwards: the same registers.
     let before_rip = before.iter().find(|(n, _)| n == "rip").map(|(_, v)| *v).expect("rip");
-    let out2 =
-        Stub::start(&trace).gdb(&[&format!("hbreak *{before_rip:#x}"), "continue", MARK, "info registers"]);
+    let out2 = Stub::start(&trace).gdb(&format!("hbreak *{before_rip:#x}\ncontinue\n--\ninfo registers"));
     assert_eq!(gprs(&sections(&out2)[1]), before, "{out2}");
 }
 
 #[test]
 fn stepping_back_crosses_an_injected_interrupt_and_checkpoints_exactly() {
-    if !ready() {
+    let Some((_d, trace)) =
+        recorded_with_gdb("interrupts", &["--iterations", "4", "--checkpoint-every", "2"])
+    else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "interrupts", &["--iterations", "4", "--checkpoint-every", "2"]);
+    };
     let recs = records(&trace);
     // Where the guest halts waiting for its timer (RIP after `hlt`), and the handler its
     // IDT names for the timer's vector (read through gdb once the IDT is written).
     let hlt = recs.iter().find(|r| r.kind == "hlt").and_then(|r| r.rip).expect("a hlt exit");
     let gate = 0x1000 + 16 * 0x20;
-    let out = Stub::start(&trace).gdb(&[
-        &format!("hbreak *{hlt:#x}"),
-        "continue",
-        MARK,
-        &format!("x/4xw {gate:#x}"),
-    ]);
+    let out = Stub::start(&trace).gdb(&format!(
+        "
+        hbreak *{hlt:#x}
+        continue
+        --
+        x/4xw {gate:#x}
+        "
+    ));
     let words: Vec<u64> = sections(&out)[1]
         .split_whitespace()
         .filter(|w| w.starts_with("0x") && !w.ends_with(':'))
@@ -304,33 +302,35 @@ fn stepping_back_crosses_an_injected_interrupt_and_checkpoints_exactly() {
     assert!(words.len() >= 3, "{out}");
     let handler = (words[0] & 0xffff) | (words[1] & 0xffff_0000) | (words[2] << 32);
 
-    let out = Stub::start(&trace).gdb(&[
-        &format!("hbreak *{handler:#x}"),
-        "continue",
-        MARK,
-        "info registers",
-        "monitor where",
-        MARK,
-        "continue",
-        MARK,
-        "info registers",
-        "monitor where",
-        MARK,
-        "reverse-stepi",
-        "info registers",
-        MARK,
-        "stepi",
-        "info registers",
-        MARK,
-        "reverse-continue",
-        "info registers",
-        "monitor where",
-        MARK,
-        "reverse-stepi",
-        "info registers",
-        MARK,
-        "monitor checkpoints",
-    ]);
+    let out = Stub::start(&trace).gdb(&format!(
+        "
+        hbreak *{handler:#x}
+        continue
+        --
+        info registers
+        monitor where
+        --
+        continue
+        --
+        info registers
+        monitor where
+        --
+        reverse-stepi
+        info registers
+        --
+        stepi
+        info registers
+        --
+        reverse-continue
+        info registers
+        monitor where
+        --
+        reverse-stepi
+        info registers
+        --
+        monitor checkpoints
+        "
+    ));
     let sec = sections(&out);
     let record_of = |t: &str| -> u64 {
         t.lines()
@@ -371,21 +371,21 @@ fn stepping_back_crosses_an_injected_interrupt_and_checkpoints_exactly() {
 
 #[test]
 fn a_divergence_stops_with_its_cause_and_writes_leave_the_recorded_path() {
-    if !ready() {
+    let Some((_d, trace)) = recorded_with_gdb("tsc", &[]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "tsc", &[]);
-    let out = Stub::start(&trace).gdb(&[
-        "continue",
-        MARK,
-        "monitor report",
-        MARK,
-        "set $rax = 1",
-        "stepi",
-        MARK,
-        "monitor where",
-    ]);
+    };
+    let out = Stub::start(&trace).gdb(
+        "
+        continue
+        --
+        monitor report
+        --
+        set $rax = 1
+        stepi
+        --
+        monitor where
+        ",
+    );
     let sec = sections(&out);
     assert!(sec[0].contains("vmrr: the replay diverged from the recording at record"), "{out}");
     assert!(sec[0].contains("cause: the guest read the TSC"), "{out}");
@@ -397,26 +397,26 @@ fn a_divergence_stops_with_its_cause_and_writes_leave_the_recorded_path() {
 
 #[test]
 fn real_mode_is_described_as_i8086_with_linear_addresses() {
-    if !ready() {
+    let Some((_d, trace)) = recorded_with_gdb("hello", &[]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "hello", &[]);
-    let out = Stub::start(&trace).gdb(&[
-        "show architecture",
-        "x/i $pc",
-        MARK,
-        "stepi",
-        "stepi",
-        "info registers eip",
-        MARK,
-        "reverse-stepi",
-        "info registers eip",
-        MARK,
-        "monitor goto 40",
-        MARK,
-        "monitor records 2",
-    ]);
+    };
+    let out = Stub::start(&trace).gdb(
+        "
+        show architecture
+        x/i $pc
+        --
+        stepi
+        stepi
+        info registers eip
+        --
+        reverse-stepi
+        info registers eip
+        --
+        monitor goto 40
+        --
+        monitor records 2
+        ",
+    );
     let sec = sections(&out);
     assert!(sec[0].contains("i8086"), "{out}");
     // 16-bit decoding: `mov $imm16,%si` is three bytes.
@@ -437,18 +437,20 @@ fn the_readme_session_on_the_demo_bundle_steps_back_out_of_the_failure() {
     let dir = at(&d, "demo");
     let o = vmrr(&["demo", "--dir", s(&dir)]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let out = Stub::start(&dir.join("repro.vmrr")).gdb(&[
-        "continue",
-        "x/i $pc",
-        MARK,
-        "reverse-stepi",
-        "x/i $pc",
-        "info registers rip rdi",
-        MARK,
-        "stepi",
-        "x/i $pc",
-        "monitor where",
-    ]);
+    let out = Stub::start(&dir.join("repro.vmrr")).gdb(
+        "
+        continue
+        x/i $pc
+        --
+        reverse-stepi
+        x/i $pc
+        info registers rip rdi
+        --
+        stepi
+        x/i $pc
+        monitor where
+        ",
+    );
     let sec = sections(&out);
     assert!(sec[0].contains("SIGILL") && sec[0].contains("popcnt"), "{out}");
     assert!(sec[1].contains("movabs") && reg(&sec[1], "rdi") == 0, "{out}");
@@ -510,47 +512,36 @@ fn gdb_derives_reverse_next_step_and_finish_from_a_guest_with_line_information()
     let d = tmp();
     let Some((elf, bin)) = binutils(d.path()) else { return };
     let trace = at(&d, "prog.vmrr");
-    let o = vmrr(&[
-        "record",
-        "--image",
-        s(&bin),
-        "--load-addr",
-        "0x100000",
-        "--entry",
-        "0x100000",
-        "--mode",
-        "long",
-        "-o",
-        s(&trace),
-        "--serial",
-        "none",
-    ]);
+    let o = vmrr(
+        &[&["record"][..], &image_args(&bin, "0x100000", "long"), &["-o", s(&trace), "--serial", "none"]]
+            .concat(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let file = format!("file {}", s(&elf));
     let out = Stub::start(&trace).gdb_with_file(
         &file,
-        &[
-            "break 8",
-            "continue",
-            "continue",
-            "info registers rcx",
-            MARK,
-            // Back over the call (and its port write): the call's line, same iteration.
-            "reverse-next",
-            "info registers rcx",
-            MARK,
-            "reverse-next",
-            "info registers rcx",
-            MARK,
-            "next",
-            "next",
-            MARK,
-            // Back into the function: its last line, then out to its caller.
-            "reverse-step",
-            "bt 1",
-            MARK,
-            "reverse-finish",
-        ],
+        "
+        break 8
+        continue
+        continue
+        info registers rcx
+        --
+        # Back over the call (and its port write): the call's line, same iteration.
+        reverse-next
+        info registers rcx
+        --
+        reverse-next
+        info registers rcx
+        --
+        next
+        next
+        --
+        # Back into the function: its last line, then out to its caller.
+        reverse-step
+        bt 1
+        --
+        reverse-finish
+        ",
     );
     let sec = sections(&out);
     assert!(sec[0].contains("Breakpoint 1, again () at prog.s:8"), "{out}");

@@ -265,18 +265,6 @@ fn unpacking_never_follows_a_symlink() {
     vmrr_format::bundle::unpack(&corpus("bundle/valid.vmrrb"), &clean, &Default::default()).unwrap();
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), &dst).unwrap();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The generator.
 

@@ -99,18 +99,6 @@ fn mkfifo(p: &Path) {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {p:?}");
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), &dst).unwrap();
-        }
-    }
-}
-
 /// The valid base trace and its snapshot, copied into `d` as `name.vmrr` and
 /// `name.snapshots/`.
 fn base_copy(d: &tempfile::TempDir, name: &str) -> PathBuf {
@@ -360,17 +348,7 @@ fn slow_bundle(path: &Path, len: u64) {
         }
         m.entries[0].offset = off;
     };
-    let mut out = MAGIC.to_vec();
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
-    let c = crc32c::crc32c(&out);
-    out.extend_from_slice(&c.to_le_bytes());
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&payload);
-    std::fs::write(path, out).unwrap();
+    std::fs::write(path, bundle_bytes(&json, &payload)).unwrap();
 }
 
 /// Bytes of regular files under `dir`.
@@ -570,17 +548,7 @@ fn bundle_of_entries(path: &Path) {
         }
         base = 32 + json.len() as u64;
     };
-    let mut out = MAGIC.to_vec();
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
-    let c = crc32c::crc32c(&out);
-    out.extend_from_slice(&c.to_le_bytes());
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&payload);
-    std::fs::write(path, out).unwrap();
+    std::fs::write(path, bundle_bytes(&json, &payload)).unwrap();
 }
 
 /// Loading a snapshot costs about its state's size, and a chain of 8 of the largest states
@@ -687,4 +655,20 @@ fn a_cpuid_kvm_refuses_is_invalid_input() {
     std::fs::write(&trace, sink.bytes()).unwrap();
     let m = run_env(&["replay", s(&trace)], &[]);
     expect(&m, 3, &["cpuid.vmrr", "record seq 3 (CPUID)", "KVM refuses"], "cpuid");
+}
+
+/// A version 1.1 bundle: header (magic, version, reserved, manifest length and CRC, header
+/// CRC), the manifest `json`, then `payload`.
+fn bundle_bytes(json: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(json).to_le_bytes());
+    let c = crc32c::crc32c(&out);
+    out.extend_from_slice(&c.to_le_bytes());
+    out.extend_from_slice(json);
+    out.extend_from_slice(payload);
+    out
 }

@@ -146,26 +146,14 @@ fn vs_shows_the_slowed_handler_and_nothing_else_out_of_its_spread() {
     let (a, b) = (at(&d, "a.vmrr"), at(&d, "b.vmrr"));
     let args = |out: &Path| -> Vec<String> {
         [
-            "record",
-            "--image",
-            s(&image),
-            "--load-addr",
-            "0x100000",
-            "--entry",
-            "0x100000",
-            "--mode",
-            "long",
-            "--ring",
-            "3",
-            "-o",
-            s(out),
-            "--serial",
-            "none",
-            "--timing",
-            "--no-snapshot",
+            &["record"][..],
+            &image_args(&image, "0x100000", "long"),
+            &["--ring", "3", "-o", s(out), "--serial", "none", "--timing", "--no-snapshot"],
         ]
+        .concat()
+        .into_iter()
         .map(String::from)
-        .to_vec()
+        .collect()
     };
     let (aa, ba) = (args(&a), args(&b));
     let a_args: Vec<&str> = aa.iter().map(String::as_str).collect();

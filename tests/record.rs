@@ -195,34 +195,11 @@ fn bad_arguments_exit_2_before_kvm_is_touched() {
     std::fs::write(&small, [0xf4u8; 16]).unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec![
-                "--image",
-                "/no/such/image.bin",
-                "--load-addr",
-                "0x100000",
-                "--entry",
-                "0x100000",
-                "--mode",
-                "long",
-            ],
+            image_args(std::path::Path::new("/no/such/image.bin"), "0x100000", "long").to_vec(),
             "cannot read image",
         ),
         (vec!["--guest", "hello", "--mem-mib", "100000000"], "exceeds this host"),
-        (
-            vec![
-                "--image",
-                s(&img),
-                "--load-addr",
-                "0x100000",
-                "--entry",
-                "0x100000",
-                "--mode",
-                "long",
-                "--mem-mib",
-                "2",
-            ],
-            "does not fit",
-        ),
+        ([&image_args(&img, "0x100000", "long")[..], &["--mem-mib", "2"]].concat(), "does not fit"),
         (
             vec!["--image", s(&small), "--load-addr", "0x100000", "--entry", "0x200000", "--mode", "long"],
             "outside the image",
@@ -251,24 +228,14 @@ fn a_guest_spinning_without_exits_is_ended_by_max_seconds() {
     std::fs::write(&img, [0xeb, 0xfe]).unwrap(); // jmp $ (ring 3: runs natively everywhere)
     let out = at(&d, "spin.vmrr");
     let t = std::time::Instant::now();
-    let o = vmrr(&[
-        "record",
-        "--image",
-        s(&img),
-        "--load-addr",
-        "0x100000",
-        "--entry",
-        "0x100000",
-        "--mode",
-        "long",
-        "--ring",
-        "3",
-        "--max-seconds",
-        "1",
-        "-o",
-        s(&out),
-        "--json",
-    ]);
+    let o = vmrr(
+        &[
+            &["record"][..],
+            &image_args(&img, "0x100000", "long"),
+            &["--ring", "3", "--max-seconds", "1", "-o", s(&out), "--json"],
+        ]
+        .concat(),
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(t.elapsed() < std::time::Duration::from_secs(20));
     assert_eq!(summary(&o)["outcome"], "max_seconds");
@@ -292,8 +259,7 @@ fn seabios_gets_to_trying_boot_devices() {
     if !require_kvm() {
         return;
     }
-    let bios = std::path::Path::new("/usr/share/seabios/bios.bin");
-    assert!(bios.exists(), "SeaBIOS is installed by .ci/run (apt-get install seabios)");
+    let bios = seabios();
     let d = tmp();
     let out = at(&d, "bios.vmrr");
     let dcon = at(&d, "debugcon.txt");

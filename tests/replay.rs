@@ -3,27 +3,7 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
-
 use vmrr_format::{Body, TraceReader, TraceWriter, WriterOptions};
-
-fn record(dir: &tempfile::TempDir, name: &str, extra: &[&str]) -> PathBuf {
-    let out = at(dir, &format!("{name}.vmrr"));
-    let mut args = vec!["record", "--guest", name, "-o", s(&out), "--serial", "none"];
-    args.extend_from_slice(extra);
-    let o = vmrr(&args);
-    assert!(matches!(o.status.code(), Some(0 | 5)), "{name}: {}", stderr(&o));
-    out
-}
-
-fn replay_json(src: &Path, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
-    let mut args = vec!["replay", s(src), "--json"];
-    args.extend_from_slice(extra);
-    let o = vmrr(&args);
-    let v =
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&o), stderr(&o)));
-    (o.status.code(), v)
-}
 
 #[test]
 fn every_builtin_guest_records_packs_and_replays() {
@@ -45,7 +25,7 @@ fn every_builtin_guest_records_packs_and_replays() {
         ),
         ("emulation-failure", vec!["--checkpoint-every", "60"], "reproduced"),
     ] {
-        let trace = record(&d, name, &extra);
+        let trace = record_guest(&d, name, &extra);
         let recorded_exits = exits(&records(&trace)).len() as u64;
         let bundle = at(&d, &format!("{name}.bundle.vmrr"));
         let o = vmrr(&["pack", s(&trace), "-o", s(&bundle)]);
@@ -84,11 +64,9 @@ fn entropy_replays_byte_identical_output_that_differed_when_recorded() {
 
 #[test]
 fn an_emulation_failure_is_reproduced_offline_with_the_instruction_decoded() {
-    if !require_kvm() {
+    let Some((_d, trace)) = recorded("emulation-failure", &[]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "emulation-failure", &[]);
+    };
     let (code, r) = replay_json(&trace, &[]);
     assert_eq!(code, Some(0));
     assert_eq!(r["outcome"], "reproduced");
@@ -105,11 +83,9 @@ fn an_emulation_failure_is_reproduced_offline_with_the_instruction_decoded() {
 
 #[test]
 fn an_edited_input_diverges_right_after_it_with_exit_1() {
-    if !require_kvm() {
+    let Some((d, trace)) = recorded("hello-long", &[]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "hello-long", &[]);
+    };
     // The 5th poll of the UART line status: change "transmitter ready" (0x60) to "busy".
     let polls: Vec<u64> =
         records(&trace).iter().filter(|r| r.kind == "io" && r.json["port"] == 0x3fd).map(|r| r.seq).collect();
@@ -153,21 +129,10 @@ fn a_guest_image_changed_after_recording_diverges() {
     let prog = [0xba, 0xf8, 0x03, 0xb0, b'A', 0xee, 0xb0, b'B', 0xee, 0xb0, 0x00, 0xe6, 0xf4, 0xf4];
     std::fs::write(&img, prog).unwrap();
     let trace = at(&d, "img.vmrr");
-    let o = vmrr(&[
-        "record",
-        "--image",
-        s(&img),
-        "--load-addr",
-        "0x1000",
-        "--entry",
-        "0x1000",
-        "--mode",
-        "real",
-        "-o",
-        s(&trace),
-        "--serial",
-        "none",
-    ]);
+    let o = vmrr(
+        &[&["record"][..], &image_args(&img, "0x1000", "real"), &["-o", s(&trace), "--serial", "none"]]
+            .concat(),
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // Replay never opens the path the trace names: the user passes the image.
     let o = vmrr(&["replay", s(&trace), "--rebuild"]);
@@ -201,8 +166,11 @@ fn goto_from_a_late_checkpoint_and_snapshot_at() {
         return;
     }
     let d = tmp();
-    let trace =
-        record(&d, "memory-churn", &["--iterations", "3", "--mem-mib", "32", "--checkpoint-every", "40"]);
+    let trace = record_guest(
+        &d,
+        "memory-churn",
+        &["--iterations", "3", "--mem-mib", "32", "--checkpoint-every", "40"],
+    );
     let (_, full) = replay_json(&trace, &[]);
     assert_eq!(full["outcome"], "completed");
     // Replaying from the last checkpoint gives the same result as from the start.
@@ -256,11 +224,9 @@ fn goto_from_a_late_checkpoint_and_snapshot_at() {
 
 #[test]
 fn missing_cpu_features_warn_and_strict_cpu_refuses() {
-    if !require_kvm() {
+    let Some((d, trace)) = recorded("hello-long", &[]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "hello-long", &[]);
+    };
     let host = vmrr_replay::cpu_check::host_cpuid().unwrap();
     // A leaf-7 EBX feature this host lacks.
     let ebx7 = host.iter().find(|e| e.function == 7 && e.index == 0).map_or(0, |e| e.ebx);
@@ -297,11 +263,9 @@ fn missing_cpu_features_warn_and_strict_cpu_refuses() {
 
 #[test]
 fn damaged_bundles_are_refused_with_exit_3() {
-    if !require_kvm() {
+    let Some((d, trace)) = recorded("hello", &[]) else {
         return;
-    }
-    let d = tmp();
-    let trace = record(&d, "hello", &[]);
+    };
     let bundle = at(&d, "b.vmrr");
     assert_eq!(vmrr(&["pack", s(&trace), "-o", s(&bundle)]).status.code(), Some(0));
     let good = std::fs::read(&bundle).unwrap();
@@ -354,7 +318,7 @@ fn every_checkpoint_of_an_interrupt_guest_replays_including_one_right_before_an_
     let d = tmp();
     // A checkpoint every 2 exits lands between a `hlt` exit and the timer interrupt
     // injected after it: replay from there must see that the restored guest can take it.
-    let trace = record(&d, "interrupts", &["--iterations", "4", "--checkpoint-every", "2"]);
+    let trace = record_guest(&d, "interrupts", &["--iterations", "4", "--checkpoint-every", "2"]);
     let f = vmrr_format::overview::scan(&trace).unwrap();
     let recs = records(&trace);
     let before_injection = f

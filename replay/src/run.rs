@@ -51,17 +51,7 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
             if let Some(max_steps) = opts.explain_steps {
                 let limits = crate::explain::SearchLimits { max_steps, progress: opts.progress };
                 let e = crate::explain::explain(src, &f, opts, d.seq, d.after_input, limits)?;
-                d.cause = Some(e.cause);
-                d.suspects = e.suspects;
-                d.why_none = e.why_none;
-                d.search = Some(crate::report::Search {
-                    from_seq: e.from_seq,
-                    to_seq: e.to_seq,
-                    steps: e.steps,
-                    cut: e.cut,
-                    unstepped: e.unstepped,
-                    seconds: e.seconds,
-                });
+                e.explain(&mut d);
             }
             Stop::Diverged(d)
         }

@@ -1,5 +1,7 @@
 //! Small SVG charts (no dependencies): horizontal bars with labels and values.
 
+use vmrr_format::profile::svg::{self, esc};
+
 /// One bar.
 pub struct Bar {
     /// What the bar measures.
@@ -10,24 +12,13 @@ pub struct Bar {
     pub text: String,
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
 /// A horizontal bar chart.
 pub fn bars(title: &str, subtitle: &str, bars: &[Bar]) -> String {
     let (w, label_w, row) = (760.0, 220.0, 34.0);
     let h = 70.0 + row * bars.len() as f64 + 20.0;
     let max = bars.iter().map(|b| b.value).fold(0.0f64, f64::max).max(f64::MIN_POSITIVE);
     let palette = ["#3b6ea8", "#d9822b", "#4f9a5d", "#b3446c", "#7a5fb0", "#5a8f9e"];
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"16\" y=\"28\" font-size=\"18\" font-weight=\"bold\">{}</text>\n\
-         <text x=\"16\" y=\"50\" font-size=\"12\" fill=\"#555\">{}</text>\n",
-        esc(title),
-        esc(subtitle)
-    );
+    let mut s = svg::open(w, h, title, subtitle);
     for (i, b) in bars.iter().enumerate() {
         let y = 70.0 + row * i as f64;
         let len = (w - label_w - 120.0) * (b.value / max).clamp(0.0, 1.0);

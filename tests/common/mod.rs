@@ -8,6 +8,51 @@ use std::process::{Command, Output};
 pub use vmrr_engine::testing::require_kvm;
 use vmrr_format::{Body, Io, TraceReader, TraceWriter, WriterOptions};
 
+/// Records built-in `guest` into `DIR/GUEST.vmrr` (no console), asserting the run ended
+/// (0) or ended in the guest's fatal exit (5).
+pub fn record_guest(dir: &tempfile::TempDir, guest: &str, extra: &[&str]) -> PathBuf {
+    let out = at(dir, &format!("{guest}.vmrr"));
+    let mut args = vec!["record", "--guest", guest, "-o", s(&out), "--serial", "none"];
+    args.extend_from_slice(extra);
+    let o = vmrr(&args);
+    assert!(matches!(o.status.code(), Some(0 | 5)), "{guest}: {}", stderr(&o));
+    out
+}
+
+/// A fresh directory holding a recording of built-in `guest` ([`record_guest`]), when KVM
+/// is here; `None` once [`require_kvm`] said why it is not.
+pub fn recorded(guest: &str, extra: &[&str]) -> Option<(tempfile::TempDir, PathBuf)> {
+    if !require_kvm() {
+        return None;
+    }
+    let d = tmp();
+    let trace = record_guest(&d, guest, extra);
+    Some((d, trace))
+}
+
+/// `vmrr replay SRC --json EXTRA...`: its exit code and its JSON report.
+pub fn replay_json(src: &Path, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut args = vec!["replay", s(src), "--json"];
+    args.extend_from_slice(extra);
+    let o = vmrr(&args);
+    let v =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&o), stderr(&o)));
+    (o.status.code(), v)
+}
+
+/// `--image IMG --load-addr AT --entry AT --mode MODE`: a flat image loaded and entered at
+/// `at`, in `mode` (`real` or `long`).
+pub fn image_args<'a>(img: &'a Path, at: &'a str, mode: &'a str) -> [&'a str; 8] {
+    ["--image", s(img), "--load-addr", at, "--entry", at, "--mode", mode]
+}
+
+/// Debian's SeaBIOS (`.ci/run` installs it).
+pub fn seabios() -> &'static Path {
+    let bios = Path::new("/usr/share/seabios/bios.bin");
+    assert!(bios.exists(), "SeaBIOS is installed by .ci/run (apt-get install seabios)");
+    bios
+}
+
 /// Runs the `vmrr` binary.
 pub fn vmrr(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vmrr")).args(args).output().expect("runs vmrr")

@@ -204,43 +204,24 @@ impl SnapshotState {
         use crate::snapshot::codec::encoded_len;
         let at = self.vcpu_offset(i);
         let Some(v) = self.vcpus.get(i) else { return at };
-        let before = match field {
-            "sizes" => 0,
-            "regs" => encoded_len(&v.sizes),
-            "sregs" => encoded_len(&(&v.sizes, &v.regs)),
-            "fpu" => encoded_len(&(&v.sizes, &v.regs, &v.sregs)),
-            "xsave" => encoded_len(&(&v.sizes, &v.regs, &v.sregs, &v.fpu)),
-            "xcrs" => encoded_len(&(&v.sizes, &v.regs, &v.sregs, &v.fpu, &v.xsave)),
-            "msrs" => encoded_len(&(&v.sizes, &v.regs, &v.sregs, &v.fpu, &v.xsave, &v.xcrs)),
-            "events" => encoded_len(&(&v.sizes, &v.regs, &v.sregs, &v.fpu, &v.xsave, &v.xcrs, &v.msrs)),
-            "mp_state" => {
-                encoded_len(&(&v.sizes, &v.regs, &v.sregs, &v.fpu, &v.xsave, &v.xcrs, &v.msrs, &v.events))
-            }
-            "debugregs" => encoded_len(&(
-                &v.sizes,
-                &v.regs,
-                &v.sregs,
-                &v.fpu,
-                &v.xsave,
-                &v.xcrs,
-                &v.msrs,
-                &v.events,
-                &v.mp_state,
-            )),
-            "cpuid" => encoded_len(&(
-                &v.sizes,
-                &v.regs,
-                &v.sregs,
-                &v.fpu,
-                &v.xsave,
-                &v.xcrs,
-                &v.msrs,
-                &v.events,
-                &v.mp_state,
-                &v.debugregs,
-            )),
-            _ => 0,
-        };
+        // The fields in their order in the file, each with its encoded length.
+        let fields = [
+            ("sizes", encoded_len(&v.sizes)),
+            ("regs", encoded_len(&v.regs)),
+            ("sregs", encoded_len(&v.sregs)),
+            ("fpu", encoded_len(&v.fpu)),
+            ("xsave", encoded_len(&v.xsave)),
+            ("xcrs", encoded_len(&v.xcrs)),
+            ("msrs", encoded_len(&v.msrs)),
+            ("events", encoded_len(&v.events)),
+            ("mp_state", encoded_len(&v.mp_state)),
+            ("debugregs", encoded_len(&v.debugregs)),
+            ("cpuid", encoded_len(&v.cpuid)),
+        ];
+        if !fields.iter().any(|(name, _)| *name == field) {
+            return at;
+        }
+        let before: u64 = fields.iter().take_while(|(name, _)| *name != field).map(|(_, len)| len).sum();
         at + before
     }
 

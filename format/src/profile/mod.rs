@@ -34,7 +34,7 @@ mod key;
 mod profiler;
 mod rate;
 mod report;
-mod svg;
+pub mod svg;
 mod timeline;
 
 pub use axis::{Axes, MAX_AXES, Placed};

@@ -19,7 +19,8 @@ const PALETTE: [&str; 8] =
 /// Latency bins per decade.
 const PER_DECADE: f64 = 10.0;
 
-fn esc(s: &str) -> String {
+/// `s` with `&`, `<` and `>` escaped for SVG text.
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
@@ -30,16 +31,17 @@ fn nice_step(span: f64, n: f64) -> f64 {
     [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * p).find(|s| *s >= raw).unwrap_or(10.0 * p)
 }
 
-fn header(s: &mut String, title: &str, subtitle: &str) {
-    let _ = write!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\">\n\
+/// The opening of a `width` x `height` SVG picture on white with `title` and `subtitle`
+/// in its top left corner (the caller closes it with `</svg>`).
+pub fn open(width: f64, height: f64, title: &str, subtitle: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"16\" y=\"28\" font-size=\"18\" font-weight=\"bold\">{}</text>\n\
          <text x=\"16\" y=\"48\" font-size=\"12\" fill=\"#555\">{}</text>\n",
         esc(title),
         esc(subtitle)
-    );
+    )
 }
 
 /// Plot-area coordinates.
@@ -162,8 +164,7 @@ pub fn rate_svg(rate: &RateSeries, title: &str) -> String {
             String::new()
         }
     );
-    let mut s = String::new();
-    header(&mut s, title, &subtitle);
+    let mut s = open(W, H, title, &subtitle);
     let f = Frame::new();
     let max = series.iter().take(shown).flat_map(|x| x.per_s.iter().copied()).fold(0.0f64, f64::max).max(1.0);
     let ystep = nice_step(max, 5.0);
@@ -198,9 +199,9 @@ pub fn rate_svg(rate: &RateSeries, title: &str) -> String {
 pub fn latency_svg(table: &Table, title: &str, top: usize) -> String {
     let rows: Vec<_> =
         table.rows().into_iter().filter(|r| r.handler.count() > 0).take(top.min(PALETTE.len())).collect();
-    let mut s = String::new();
-    header(
-        &mut s,
+    let mut s = open(
+        W,
+        H,
         title,
         &format!(
             "handler time (exit to the next KVM_RUN) by {}: share of each key's exits per bin",

@@ -292,9 +292,7 @@ impl Session {
             {
                 Ok(e) => {
                     self.notes.push(format!("vmrr: cause: {}", e.cause));
-                    d.cause = Some(e.cause);
-                    d.suspects = e.suspects;
-                    d.why_none = e.why_none;
+                    e.explain(&mut d);
                 }
                 Err(e) => self.notes.push(format!("vmrr: the search for the divergence's cause failed: {e}")),
             }

@@ -22,6 +22,7 @@ use vmrr_format::TraceReader;
 use vmrr_format::overview::TraceOverview;
 
 pub use crate::report::Suspect;
+use crate::report::{Divergence, Search};
 pub use suspects::RecordingHost;
 
 use crate::error::ReplayError;
@@ -47,19 +48,18 @@ pub struct Explanation {
     pub suspects: Vec<Suspect>,
     /// Why nothing was found, and what it could be (when `suspects` is empty).
     pub why_none: Option<String>,
-    /// The records the last window covered (single-stepped from after `from_seq` on).
-    pub from_seq: u64,
-    /// Where the last search replay stopped (its own divergence or the end).
-    pub to_seq: u64,
-    /// Instructions single-stepped, all windows together.
-    pub steps: u64,
-    /// The step limit ended the search before it was done.
-    pub cut: bool,
-    /// Stretches between exits that ran ring-3 code unstepped, because this host's KVM
-    /// cannot single-step ring 3 (measured at start): suspects there go unseen.
-    pub unstepped: u64,
-    /// Seconds the search took.
-    pub seconds: f64,
+    /// What the search covered.
+    pub search: Search,
+}
+
+impl Explanation {
+    /// Writes the cause, the suspects and what the search covered into `d`.
+    pub fn explain(self, d: &mut Divergence) {
+        d.cause = Some(self.cause);
+        d.suspects = self.suspects;
+        d.why_none = self.why_none;
+        d.search = Some(self.search);
+    }
 }
 
 /// Searches for the cause of the divergence at record `seq` whose last input was
@@ -98,12 +98,14 @@ pub fn explain(
                 cause,
                 suspects,
                 why_none,
-                from_seq: from,
-                to_seq,
-                steps,
-                cut,
-                unstepped,
-                seconds: t0.elapsed().as_secs_f64(),
+                search: Search {
+                    from_seq: from,
+                    to_seq,
+                    steps,
+                    cut,
+                    unstepped,
+                    seconds: t0.elapsed().as_secs_f64(),
+                },
             });
         }
         // Nothing between the window's start and the divergence: look further back.
