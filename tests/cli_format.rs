@@ -119,3 +119,54 @@ fn future_minor_trace_reads_through_the_cli() {
     assert_eq!(recs[1]["kind"], "unknown_event");
     assert!(recs[0]["unknown"]["tail"].as_str().unwrap().len() == 32);
 }
+
+#[test]
+fn verify_calls_a_trace_without_index_intact_and_says_so() {
+    // A writer that died right after a chunk leaves no index: valid (FORMAT.md §2).
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("unfinished.vmrr");
+    let b = std::fs::read(data("serial-1.0.vmrr")).unwrap();
+    let n = b.len();
+    let index_offset = usize::try_from(u64::from_le_bytes(b[n - 24..n - 16].try_into().unwrap())).unwrap();
+    std::fs::write(&p, &b[..index_offset]).unwrap();
+    let out = vmrr(&["verify", s(&p), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["index"], "missing");
+    assert_eq!(v["damaged_chunks"].as_array().map(Vec::len), Some(0));
+    let human = vmrr(&["verify", s(&p)]);
+    assert_eq!(human.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&human.stdout).contains("no index"), "{human:?}");
+}
+
+#[test]
+fn inspect_prints_values_it_does_not_know_raw() {
+    use vmrr_format::{Body, EndOfRun, Interrupt, Record, TraceWriter, WriterOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("newer-values.vmrr");
+    let mut w = TraceWriter::create(&p, WriterOptions::default()).unwrap();
+    for (seq, body) in [
+        Body::Interrupt(Interrupt { vector: 0x20, source: 7 }),
+        Body::Interrupt(Interrupt { vector: 0, source: 1 }),
+        Body::EndOfRun(EndOfRun { reason: 13, exits: 0, status: 0 }),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        w.append_record(&Record::new(u64::try_from(seq).unwrap(), 0, body)).unwrap();
+    }
+    w.finish().unwrap();
+    let text = vmrr(&["inspect", s(&p)]);
+    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    let t = String::from_utf8_lossy(&text.stdout);
+    assert!(t.contains("source=7 (unknown)"), "{t}");
+    assert!(t.contains(" nmi"), "{t}");
+    assert!(t.contains("reason=13 (unknown)"), "{t}");
+    let recs = json_lines(&vmrr(&["inspect", s(&p), "--json"]));
+    assert_eq!(recs[0]["source"], "unknown");
+    assert_eq!(recs[0]["source_code"], 7);
+    assert_eq!(recs[1]["source"], "nmi");
+    assert_eq!(recs[2]["reason"], "unknown");
+    assert_eq!(recs[2]["reason_code"], 13);
+}

@@ -337,3 +337,41 @@ fn every_checkpoint_of_an_interrupt_guest_replays_including_one_right_before_an_
         );
     }
 }
+
+#[test]
+fn an_interrupt_replay_cannot_inject_is_refused_with_exit_3_naming_the_record() {
+    // FORMAT.md §6: an NMI, or a source a newer writer defined, is refused rather than
+    // injected as an external interrupt.
+    let Some((d, trace)) = recorded("interrupts", &["--iterations", "3"]) else {
+        return;
+    };
+    for (source, why) in [(1u32, "NMI"), (9, "not defined")] {
+        let edited = at(&d, &format!("source-{source}.vmrr"));
+        let mut r = TraceReader::open(&trace).unwrap();
+        let opts = WriterOptions { trace_id: Some(r.header().trace_id), ..Default::default() };
+        let mut w = TraceWriter::create(&edited, opts).unwrap();
+        let mut victim = None;
+        while let Some(item) = r.next_record() {
+            let mut rec = item.unwrap();
+            if let Body::Interrupt(mut i) = rec.body {
+                if victim.is_none() {
+                    victim = Some(rec.seq);
+                    i.source = source;
+                    rec.body = Body::Interrupt(i);
+                }
+            }
+            w.append_record(&rec).unwrap();
+        }
+        w.finish().unwrap();
+        let victim = victim.expect("the guest took an interrupt");
+        let o = vmrr(&["replay", s(&edited)]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(3), "{err}");
+        assert!(
+            err.contains(&format!("record seq {victim}"))
+                && err.contains(&format!("interrupt source {source}")),
+            "{err}"
+        );
+        assert!(err.contains(why), "{err}");
+    }
+}

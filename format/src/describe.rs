@@ -115,7 +115,8 @@ fn body_fields(body: &Body<'_>, m: &mut Map<String, Value>) {
         }
         Body::Interrupt(i) => {
             put("vector", json!(i.vector));
-            put("source", json!(if i.source == INTERRUPT_NMI { "nmi" } else { "external" }));
+            put("source", json!(interrupt_source_name(i.source)));
+            put("source_code", json!(i.source));
         }
         Body::InterruptWindow(w) => put("request", json!(w.request != 0)),
         Body::Checkpoint(c) => {
@@ -129,6 +130,7 @@ fn body_fields(body: &Body<'_>, m: &mut Map<String, Value>) {
         }
         Body::EndOfRun(e) => {
             put("reason", json!(end_reason::name(e.reason)));
+            put("reason_code", json!(e.reason));
             put("exits", json!(e.exits));
             put("status", json!(e.status));
         }
@@ -216,13 +218,19 @@ pub fn body_text(body: &Body<'_>) -> String {
         Body::Hypercall(h) => format!(" nr={:#x} ret={:#x}", h.nr, h.ret),
         Body::Debug(d) => format!(" exception={} pc={:#x}", d.exception, d.pc),
         Body::RawExit(r) => format!(" {} ({} bytes)", kind::kvm_exit_name(r.exit_reason), r.data.len()),
-        Body::Interrupt(i) => format!(" vector={:#x}", i.vector),
+        Body::Interrupt(i) => match interrupt_source_name(i.source) {
+            "unknown" => format!(" vector={:#x} source={} (unknown)", i.vector, i.source),
+            name => format!(" vector={:#x} {name}", i.vector),
+        },
         Body::InterruptWindow(w) => format!(" {}", if w.request != 0 { "requested" } else { "withdrawn" }),
         Body::Checkpoint(c) => {
             format!(" snapshot={} after seq {} ({} exits)", c.snapshot_id, c.exit_seq, c.exits)
         }
         Body::Annotation(a) => format!(" {}={}", a.key, a.value),
-        Body::EndOfRun(e) => format!(" {} exits={} status={}", end_reason::name(e.reason), e.exits, e.status),
+        Body::EndOfRun(e) => match end_reason::name(e.reason) {
+            "unknown" => format!(" reason={} (unknown) exits={} status={}", e.reason, e.exits, e.status),
+            name => format!(" {name} exits={} status={}", e.exits, e.status),
+        },
         Body::Cpuid(c) => format!(" {} entries", c.len()),
         Body::Unknown { kind, bytes, .. } => format!(" kind={kind:#x} ({} bytes)", bytes.len()),
     }
@@ -244,6 +252,16 @@ pub fn duration(ns: u64) -> String {
         format!("{x:.1}{unit}")
     } else {
         format!("{x:.2}{unit}")
+    }
+}
+
+/// `external`, `nmi`, or `unknown` for a source this version does not define (the raw
+/// value is printed beside it, never lost).
+fn interrupt_source_name(source: u32) -> &'static str {
+    match source {
+        INTERRUPT_EXTERNAL => "external",
+        INTERRUPT_NMI => "nmi",
+        _ => "unknown",
     }
 }
 

@@ -38,8 +38,10 @@ impl Damage {
 /// Result of [`verify`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
-    /// True when the whole file is intact: every chunk valid, no sequence gap, a valid
-    /// index that agrees with the chunks.
+    /// True when the file is intact: every chunk valid and, when there is an index, an
+    /// index that agrees with the chunks. A missing index (a writer that did not finish,
+    /// FORMAT.md §2) and gaps in sequence numbers between intact records (§4.1) do not make
+    /// a file damaged; both are reported.
     pub ok: bool,
     /// `"MAJOR.MINOR"`.
     pub format_version: String,
@@ -51,7 +53,9 @@ pub struct VerifyReport {
     pub damaged_chunks: Vec<Damage>,
     /// `"ok"`, `"missing"` (the writer did not finish) or `"damaged"`.
     pub index: String,
-    /// Ranges of sequence numbers missing between readable records (`[first, last]`).
+    /// Ranges of sequence numbers missing between readable records (`[first, last]`). Where
+    /// a damaged region lies between them, those records were lost; otherwise the writer
+    /// skipped the numbers (§4.1).
     pub sequence_gaps: Vec<[u64; 2]>,
     /// First and last readable sequence numbers.
     pub first_seq: Option<u64>,
@@ -127,7 +131,7 @@ pub fn verify(reader: &mut TraceReader) -> Result<VerifyReport, ReadError> {
             });
         }
     }
-    rep.ok = rep.damaged_chunks.is_empty() && rep.sequence_gaps.is_empty() && rep.index == "ok";
+    rep.ok = rep.damaged_chunks.is_empty() && rep.index != "damaged";
     Ok(rep)
 }
 

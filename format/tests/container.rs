@@ -212,3 +212,33 @@ fn index_that_lies_is_detected() {
     assert_eq!(rep.index, "damaged");
     assert_eq!(rep.records_readable, 3000);
 }
+
+#[test]
+fn an_unfinished_trace_that_ends_after_a_chunk_is_intact() {
+    // FORMAT.md §2 and §8.6: no index is not damage; the report says it is missing.
+    let bytes = trace(3000, true, false);
+    let mut r = TraceReader::from_bytes(bytes, "t").expect("reader");
+    let rep = verify(&mut r).expect("verify");
+    assert!(rep.ok, "{rep:?}");
+    assert_eq!(rep.index, "missing");
+    assert!(!rep.ended);
+    assert_eq!(rep.records_readable, 3000);
+    assert!(rep.damaged_chunks.is_empty() && rep.sequence_gaps.is_empty());
+}
+
+#[test]
+fn a_gap_in_sequence_numbers_is_listed_but_is_not_damage() {
+    // §4.1: a writer may skip numbers; verify lists the gap and calls the file intact.
+    let sink = MemorySink::default();
+    let opts = WriterOptions { sync: SyncMode::Never, ..Default::default() };
+    let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), opts).expect("writer");
+    for seq in [0u64, 1, 2, 10, 11] {
+        w.append_record(&Record::new(seq, 0, Body::Hlt)).expect("append");
+    }
+    w.finish().expect("finish");
+    let mut r = TraceReader::from_bytes(sink.bytes(), "t").expect("reader");
+    let rep = verify(&mut r).expect("verify");
+    assert!(rep.ok, "{rep:?}");
+    assert_eq!(rep.sequence_gaps, vec![[3, 9]]);
+    assert_eq!(rep.records_readable, 5);
+}

@@ -18,6 +18,22 @@ pub enum ReplayError {
     /// The trace does not say how to rebuild its machine, or asks for something invalid.
     #[error("{0}")]
     Unreplayable(String),
+    /// A record holds a value this replayer cannot apply (an NMI, an interrupt source a
+    /// newer writer defined, a vector above 255): applying something else in its place
+    /// would replay a different run.
+    #[error("{trace}: record seq {seq}: {field} {value}: {why}")]
+    UndefinedValue {
+        /// The trace.
+        trace: String,
+        /// The record.
+        seq: u64,
+        /// The field, as the format's specification names it.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+        /// Why it cannot be applied.
+        why: &'static str,
+    },
     /// The CPUID set the trace records cannot be given to a vCPU.
     #[error("{trace}: record seq {seq} (CPUID): KVM refuses the CPUID set this record holds")]
     Cpuid {
@@ -88,7 +104,10 @@ impl ReplayError {
         match self {
             ReplayError::Trace(e) => e.is_invalid_input(),
             ReplayError::Overview(OverviewError::Read(e)) => e.is_invalid_input(),
-            ReplayError::Overview(_) | ReplayError::Unreplayable(_) | ReplayError::Cpuid { .. } => true,
+            ReplayError::Overview(_)
+            | ReplayError::Unreplayable(_)
+            | ReplayError::UndefinedValue { .. }
+            | ReplayError::Cpuid { .. } => true,
             ReplayError::Rebuild { error, .. } => !error.is_usage(),
             ReplayError::Input(e) => !matches!(e, vmrr_format::input::InputError::Io { .. }),
             ReplayError::InBundle { inner, .. } => inner.is_invalid_input(),

@@ -82,7 +82,36 @@ impl RecordStream {
             let seq = rec.seq;
             let item = match rec.body {
                 Body::Interrupt(i) => {
-                    Recorded::Interrupt { seq, vector: u8::try_from(i.vector & 0xff).unwrap_or(0) }
+                    let refuse = |field, value, why| ReplayError::UndefinedValue {
+                        trace: self.reader.name().to_string(),
+                        seq,
+                        field,
+                        value,
+                        why,
+                    };
+                    // vmrr injects external interrupts only (`KVM_INTERRUPT`); an NMI or a
+                    // source a newer writer defined is refused, not replayed as another.
+                    match i.source {
+                        vmrr_format::INTERRUPT_EXTERNAL => {}
+                        vmrr_format::INTERRUPT_NMI => {
+                            return Err(refuse(
+                                "interrupt source",
+                                1,
+                                "an NMI; this replayer injects external interrupts only",
+                            ));
+                        }
+                        s => {
+                            return Err(refuse(
+                                "interrupt source",
+                                u64::from(s),
+                                "not defined by trace format 1.0",
+                            ));
+                        }
+                    }
+                    let vector = u8::try_from(i.vector).map_err(|_| {
+                        refuse("interrupt vector", u64::from(i.vector), "x86 vectors are 0..=255")
+                    })?;
+                    Recorded::Interrupt { seq, vector }
                 }
                 Body::InterruptWindow(w) => Recorded::Window { seq, request: w.request != 0 },
                 Body::Checkpoint(c) => Recorded::Checkpoint { seq, id: c.snapshot_id },

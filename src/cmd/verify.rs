@@ -17,6 +17,7 @@ fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
     let mut r = TraceReader::open(file)?;
     let opts = vmrr_format::WriterOptions {
         trace_id: Some(r.header().trace_id),
+        created_unix_ns: Some(r.header().created_unix_ns),
         timing: r.header().has_timing(),
         ..Default::default()
     };
@@ -63,11 +64,7 @@ fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
         );
     }
     // Gaps are what was lost; the file itself is intact.
-    if rep.damaged_chunks.is_empty() && rep.index == "ok" {
-        Ok(())
-    } else {
-        Err(CliError::Reported { code: INVALID_INPUT })
-    }
+    if rep.ok { Ok(()) } else { Err(CliError::Reported { code: INVALID_INPUT }) }
 }
 
 /// Exit 0 when intact, 3 when damaged (with the report saying what is still readable).
@@ -82,11 +79,20 @@ pub fn run(file: &Path, json: bool, repair_to: Option<&Path>, force: bool) -> Cl
         print_json(&rep)?;
     } else if rep.ok {
         println!(
-            "{}: ok, {} records, {} chunks, format {}",
+            "{}: ok, {} records, {} chunks, format {}{}{}",
             file.display(),
             rep.records_readable,
             rep.chunks_ok,
-            rep.format_version
+            rep.format_version,
+            if rep.index == "missing" {
+                "; no index (the writer did not finish; read by scanning)"
+            } else {
+                ""
+            },
+            match rep.sequence_gaps.len() {
+                0 => String::new(),
+                n => format!("; {n} gaps in sequence numbers"),
+            }
         );
     } else {
         eprintln!(
