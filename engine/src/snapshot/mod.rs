@@ -35,6 +35,7 @@
 
 mod capture;
 mod chain;
+mod changed;
 pub mod codec;
 mod error;
 mod offline;
@@ -51,7 +52,9 @@ pub use error::{RejectedField, SnapshotError};
 pub use offline::{flatten, flatten_dir, squash};
 pub use overlay::MAX_OVERLAYS;
 pub use pages::bitmap_runs;
-pub use restore::{ResetStats, reset, restore, restore_into, restore_over};
+pub use restore::{
+    Remap, ResetStats, RestoreOverStats, reset, restore, restore_into, restore_over, restore_over_with,
+};
 pub use state::{SlotState, SnapshotState, VmState};
 pub use vmrr_format::layout::{STATE_FILE, snapshot_dir, snapshots_of as dir_for_trace};
 
