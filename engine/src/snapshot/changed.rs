@@ -51,6 +51,14 @@ fn link_with(s: &StoredSnapshot, changed: Arc<Vec<Runs>>) -> OriginLink {
     }
 }
 
+/// Whether `link` is the snapshot `s`.
+pub(crate) fn is(link: &OriginLink, s: &StoredSnapshot) -> bool {
+    link.id == s.state.id
+        && link.trace_id == s.state.trace_id
+        && link.exit_seq == s.state.exit_seq
+        && link.dir == s.dir
+}
+
 /// An origin for memory that now equals `chain`'s newest snapshot.
 pub(crate) fn origin_of(chain: &[StoredSnapshot], mapped: bool, overlays: usize) -> Origin {
     Origin { links: chain.iter().map(link_of).collect(), mapped, overlays }
@@ -89,14 +97,19 @@ pub(crate) fn take_written(m: &Machine) -> Result<Vec<Option<Runs>>, SnapshotErr
 pub(crate) struct Changed {
     /// Per slot, the pages to set to the target's bytes.
     pub runs: Vec<Runs>,
-    /// The target as an origin's links.
-    pub links: Vec<OriginLink>,
+    /// The target as an origin's links; `None` when they are the origin's already.
+    pub links: Option<Vec<OriginLink>>,
 }
 
 impl Changed {
     /// Runs in all slots.
     pub fn run_count(&self) -> usize {
         self.runs.iter().map(Vec::len).sum()
+    }
+
+    /// The target's links, given the origin they were compared with.
+    pub fn links_from(self, origin: &Origin) -> Vec<OriginLink> {
+        self.links.unwrap_or_else(|| origin.links.clone())
     }
 }
 
@@ -111,10 +124,13 @@ pub(crate) fn changed(
 ) -> Option<Changed> {
     let origin = origin?;
     let written: Vec<&Runs> = written.iter().map(Option::as_ref).collect::<Option<_>>()?;
-    let shared =
-        origin.links.iter().zip(target).take_while(|(o, t)| o.same(&link_with(t, Arc::default()))).count();
+    let shared = origin.links.iter().zip(target).take_while(|(o, t)| is(o, t)).count();
     if shared == 0 {
         return None;
+    }
+    if shared == origin.links.len() && shared == target.len() {
+        // The same chain: only what was written since differs.
+        return Some(Changed { runs: written.into_iter().cloned().collect(), links: None });
     }
     let mut links: Vec<OriginLink> = origin.links[..shared].to_vec();
     links.extend(target[shared..].iter().map(link_of));
@@ -125,7 +141,7 @@ pub(crate) fn changed(
             union(ours.chain(theirs).map(Vec::as_slice).chain(written.get(i).map(|w| w.as_slice())))
         })
         .collect();
-    Some(Changed { runs, links })
+    Some(Changed { runs, links: Some(links) })
 }
 
 /// Splits `runs` of slot `slot` by the snapshot of `chain` that holds each page's bytes

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::changed::{Changed, changed, origin_of, sources, take_written};
+use super::changed::{Changed, changed, is, origin_of, sources, take_written};
 use super::error::RejectedField;
 use super::overlay::{MAX_OVERLAYS, build_memory, copy_run, open, overlay_chain};
 use super::{SnapshotError, StoredSnapshot};
@@ -152,10 +152,10 @@ pub fn restore_over_with(
     // Read (and cleared) whichever way the pages are remapped: a later reset or capture
     // must see only what is written after this restore.
     let written = take_written(m)?;
-    let origin = m.memory_origin().cloned();
-    let fits = |c: &Changed| origin.as_ref().is_some_and(|o| o.overlays + c.run_count() <= MAX_OVERLAYS);
+    let origin = m.memory_origin();
+    let fits = |c: &Changed| origin.is_some_and(|o| o.overlays + c.run_count() <= MAX_OVERLAYS);
     let plan = match how {
-        Remap::Changed => changed(origin.as_ref(), &written, chain).filter(fits),
+        Remap::Changed => changed(origin, &written, chain).filter(fits),
         Remap::Whole => None,
     };
     let mut stats = RestoreOverStats::default();
@@ -171,11 +171,8 @@ pub fn restore_over_with(
                     stats.pages += count;
                 }
             }
-            crate::machine::origin::Origin {
-                links: c.links,
-                mapped: o.mapped,
-                overlays: o.overlays + stats.runs,
-            }
+            let (mapped, overlays) = (o.mapped, o.overlays + stats.runs);
+            crate::machine::origin::Origin { links: c.links_from(o), mapped, overlays }
         }
         _ => {
             let mut files = Vec::with_capacity(base.state.slots.len());
@@ -282,23 +279,48 @@ pub fn reset(m: &mut Machine, chain: &[StoredSnapshot]) -> Result<ResetStats, Sn
         return Err(SnapshotError::NoDirtyLog { what: "an in-place reset" });
     }
     let written = take_written(m)?;
-    let origin = m.memory_origin().cloned();
-    let plan = changed(origin.as_ref(), &written, chain);
-    if origin.is_some() && plan.is_none() {
+    let origin = m.memory_origin();
+    let plan = changed(origin, &written, chain);
+    let Some(o) = origin else {
+        // No known origin: the machine came from `chain`'s newest snapshot (the caller's
+        // word), so what was written since is what differs.
+        let runs: Vec<Vec<(u64, u64)>> = written.into_iter().map(Option::unwrap_or_default).collect();
+        let dirty_pages = revert(m, chain, &runs, false)?;
+        m.set_memory_origin(Some(origin_of(chain, false, 0)));
+        set_vcpu_and_devices(m, top)?;
+        return Ok(ResetStats { dirty_pages, elapsed: t.elapsed() });
+    };
+    let Some(c) = plan else {
         // Memory from another full snapshot: nothing in common to keep.
         let s = restore_over_with(m, chain, Remap::Whole)?;
         return Ok(ResetStats { dirty_pages: s.pages, elapsed: t.elapsed() });
-    }
-    let target = super::changed::link_of(top);
-    let own = origin.as_ref().is_some_and(|o| o.mapped && o.top().is_some_and(|l| l.same(&target)));
-    let runs: Vec<Vec<(u64, u64)>> = match &plan {
-        Some(c) => c.runs.clone(),
-        None => written.into_iter().map(Option::unwrap_or_default).collect(),
     };
-    let mut dirty_pages = 0;
+    let own = o.mapped && o.top().is_some_and(|l| is(l, top));
+    let overlays = o.overlays;
+    let Changed { runs, links } = c;
+    let dirty_pages = revert(m, chain, &runs, own)?;
+    if let Some(links) = links {
+        // Another snapshot than the origin: pages copied from it lie over the origin's
+        // mapping, which a later discard would reveal.
+        m.set_memory_origin(Some(crate::machine::origin::Origin { links, mapped: own, overlays }));
+    }
+    reset_vcpu_and_devices(m, top)?;
+    Ok(ResetStats { dirty_pages, elapsed: t.elapsed() })
+}
+
+/// Sets pages `runs` (per slot) of `m` to `chain`'s newest bytes: discarding their private
+/// copies when `own` (the underlying mapping holds those bytes), else copying from the
+/// snapshot files. Returns the pages reverted.
+fn revert(
+    m: &Machine,
+    chain: &[StoredSnapshot],
+    runs: &[Vec<(u64, u64)>],
+    own: bool,
+) -> Result<u64, SnapshotError> {
+    let mut pages = 0;
     for (i, slot_runs) in runs.iter().enumerate() {
         let Some(slot) = m.memory().slots().get(i) else { continue };
-        dirty_pages += slot_runs.iter().map(|r| r.1).sum::<u64>();
+        pages += slot_runs.iter().map(|r| r.1).sum::<u64>();
         if own && slot.mapping() == Mapping::Private {
             for &(first, count) in slot_runs {
                 slot.discard(first, count)?;
@@ -314,15 +336,27 @@ pub fn reset(m: &mut Machine, chain: &[StoredSnapshot]) -> Result<ResetStats, Sn
         }
     }
     m.memory().clear_written();
-    let overlays = origin.as_ref().map_or(0, |o| o.overlays);
-    let links = match plan {
-        Some(c) => c.links,
-        None => chain.iter().map(super::changed::link_of).collect(),
-    };
-    let mapped = own || origin.as_ref().is_some_and(|o| o.mapped) && dirty_pages == 0;
-    m.set_memory_origin(Some(crate::machine::origin::Origin { links, mapped, overlays }));
-    set_vcpu_and_devices(m, top)?;
-    Ok(ResetStats { dirty_pages, elapsed: t.elapsed() })
+    Ok(pages)
+}
+
+/// As [`set_vcpu_and_devices`] for a reset, whose state KVM took before: the general
+/// registers and events go through `kvm_run`'s synced registers, applied by the
+/// `KVM_RUN` that refreshes the run state, two ioctls fewer. Where KVM did not apply them
+/// (the bits still set after that run), they are set by ioctl.
+fn reset_vcpu_and_devices(m: &mut Machine, top: &StoredSnapshot) -> Result<(), SnapshotError> {
+    let [v] = top.state.vcpus.as_slice() else { return set_vcpu_and_devices(m, top) };
+    if !m.stage_synced(&v.regs, &v.events) {
+        return set_vcpu_and_devices(m, top);
+    }
+    v.restore_unsynced(m.vm().vcpu()).map_err(|e| refused(top, 0, e))?;
+    let args = BusArgs { serial: m.serial().clone(), debugcon: m.debugcon().clone() };
+    m.set_bus(Bus::restore(args, &top.state.bus, 0)?);
+    m.set_counters(top.state.exits, top.state.interrupts);
+    m.refresh_run_state()?;
+    if m.synced_pending() {
+        return set_vcpu_and_devices(m, top);
+    }
+    Ok(())
 }
 
 /// Sets `top`'s vCPU state (its CPUID is the vCPU's already), device state and exit
