@@ -23,8 +23,14 @@ const NUMBERS: &[&str] = &[
     "seconds",
 ];
 /// Keys holding an object of memory size (MiB) -> ms.
-const BY_MEMORY: &[&str] =
-    &["restore_ms", "restore_warm_ms", "restore_remap_ms", "restore_remap_whole_ms", "memslot_ms"];
+const BY_MEMORY: &[&str] = &[
+    "restore_ms",
+    "restore_warm_ms",
+    "restore_remap_ms",
+    "restore_remap_whole_ms",
+    "restore_remap_load_ms",
+    "memslot_ms",
+];
 
 fn positive(v: &serde_json::Value, what: &str) -> f64 {
     let x = v.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {v}"));
