@@ -10,6 +10,7 @@ use super::memory::PAGE_SIZE;
 /// One bit per page of a slot, set by a userspace write, cleared by [`Self::take`].
 #[derive(Debug)]
 pub struct WrittenPages {
+    pages: u64,
     any: AtomicBool,
     bits: Vec<AtomicU64>,
 }
@@ -18,7 +19,11 @@ impl WrittenPages {
     /// Tracking for a slot of `pages` pages, none written.
     pub fn new(pages: u64) -> Self {
         let words = usize::try_from(pages.div_ceil(64)).unwrap_or(0);
-        WrittenPages { any: AtomicBool::new(false), bits: (0..words).map(|_| AtomicU64::new(0)).collect() }
+        WrittenPages {
+            pages,
+            any: AtomicBool::new(false),
+            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 
     /// Marks the pages overlapping bytes `[offset, offset + len)` of the slot.
@@ -27,7 +32,7 @@ impl WrittenPages {
             return;
         }
         let first = offset / PAGE_SIZE;
-        let last = (offset.saturating_add(len) - 1) / PAGE_SIZE;
+        let last = ((offset.saturating_add(len) - 1) / PAGE_SIZE).min(self.pages.saturating_sub(1));
         for p in first..=last {
             let Some(w) = usize::try_from(p / 64).ok().and_then(|w| self.bits.get(w)) else { break };
             w.fetch_or(1 << (p % 64), Ordering::Relaxed);
