@@ -10,6 +10,7 @@ use vm_memory::GuestAddress;
 use vmrr_format::FileError;
 use vmrr_format::layout::{STATE_FILE, memory_file_name};
 
+use super::changed::Runs;
 use super::pages::{Zeros, bitmap_runs, copy_pages};
 use super::state::{SlotState, SnapshotState, VmState};
 use super::{SnapshotError, codec, take_dirty_log};
@@ -138,7 +139,7 @@ fn write_into(
     m: &mut Machine,
     dir: &Path,
     who: &Identity<'_>,
-) -> Result<(CaptureStats, Vec<Vec<(u64, u64)>>), SnapshotError> {
+) -> Result<(CaptureStats, Vec<Runs>), SnapshotError> {
     let mut stats = CaptureStats::default();
     let mut changed = Vec::new();
     let vm = m.vm();
@@ -245,7 +246,7 @@ fn write_into(
 /// origin becomes the parent's chain plus it (or it alone, when full), or unknown when
 /// the parent is not the origin's newest snapshot. The slots' mappings are not the new
 /// snapshot's files.
-fn captured(m: &mut Machine, dir: &Path, who: &Identity<'_>, changed: Vec<Vec<(u64, u64)>>) {
+fn captured(m: &mut Machine, dir: &Path, who: &Identity<'_>, changed: Vec<Runs>) {
     let link = OriginLink {
         dir: dir.to_path_buf(),
         id: who.id,
