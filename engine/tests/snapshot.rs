@@ -267,7 +267,8 @@ fn in_place_reset_reverts_only_dirty_pages_and_state() {
             st.dirty_pages
         );
         assert_eq!(ram_hash(&r), h0, "round {round}: memory back to the snapshot");
-        assert_eq!(r.regs().unwrap().rip, regs0.rip);
+        // Every general register (staged in kvm_run's synced registers) is the snapshot's.
+        assert_eq!(r.regs().unwrap(), regs0, "round {round}: registers");
     }
     // After the last reset the guest still runs to its normal end.
     r.set_max_exits(None);
@@ -447,4 +448,96 @@ fn hostile_snapshots_are_refused_before_kvm() {
     // A memory cap below the snapshot's memory.
     let l = snapshot::load(&base, 16 << 20).expect_err("too much memory");
     assert!(l.to_string().contains("--max-mem-mib"));
+}
+
+/// Memory hash and registers of a fresh restore of `chain`: what a switch to it must give.
+fn reference(chain: &[snapshot::StoredSnapshot]) -> (u64, u64) {
+    let r =
+        snapshot::restore(chain, Console::capture_only(), Console::capture_only(), false).expect("restore");
+    (ram_hash(&r), r.regs().expect("regs").rip)
+}
+
+#[test]
+fn going_back_remaps_only_the_pages_that_differ() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("snaps");
+    let (mut m, mut cp) = checkpointed("memory-churn", Some(3), &root, 90);
+    assert_eq!(finish(&mut m, Some(&mut cp)).outcome, "guest_exit");
+    assert!(cp.taken.len() >= 3, "{} checkpoints", cp.taken.len());
+    let chain_of = |id| snapshot::load_chain(&snapshot_dir(&root, id), u64::MAX).expect("chain");
+    let (first, mid, last) = (cp.taken[0], cp.taken[cp.taken.len() / 2], cp.taken[cp.taken.len() - 1]);
+    let total: u64 = m.memory().slots().iter().map(|s| s.pages()).sum();
+
+    // A branch: from the middle checkpoint, run on and capture a sibling of its child.
+    let mut r = snapshot::restore(&chain_of(mid.id), Console::capture_only(), Console::capture_only(), true)
+        .expect("restore");
+    r.set_max_exits(Some(r.exits() + 40));
+    r.run().unwrap();
+    let branch = snapshot::Identity {
+        id: 100,
+        parent: Some(mid.id),
+        trace_id: [1; 16],
+        exit_seq: None,
+        annotations: &[],
+    };
+    snapshot::take(&mut r, &snapshot_dir(&root, 100), &branch).expect("branch capture");
+    assert_eq!(snapshot::load_chain(&snapshot_dir(&root, 100), u64::MAX).unwrap().len() as u64, mid.id + 2);
+
+    // Switching between chains that share their oldest snapshots remaps only what differs,
+    // and each switch gives exactly the memory and registers of a fresh restore.
+    for id in [last.id, first.id, 100, mid.id, last.id, 100] {
+        let chain = chain_of(id);
+        let want = reference(&chain);
+        // The guest runs a little first: its writes must be undone too.
+        r.set_max_exits(Some(r.exits() + 5));
+        r.run().unwrap();
+        let s = snapshot::restore_over(&mut r, &chain).expect("restore over");
+        assert!(!s.whole, "to {id}: remapped whole");
+        // memory-churn rewrites most of its memory between checkpoints: what differs is
+        // most pages, yet not one page more than the machine has.
+        assert!(s.pages > 0 && s.pages <= total, "to {id}: {} of {total} pages", s.pages);
+        assert_eq!((ram_hash(&r), r.regs().unwrap().rip), want, "to {id}");
+    }
+
+    // A page written from userspace (a debugger's memory write) differs too.
+    let chain = chain_of(mid.id);
+    let want = reference(&chain);
+    snapshot::restore_over(&mut r, &chain).unwrap();
+    let at = vmrr_engine::GuestAddress(MEM - 4096);
+    r.memory().write(at, b"not in any snapshot").unwrap();
+    assert_ne!(ram_hash(&r), want.0);
+    let s = snapshot::restore_over(&mut r, &chain).unwrap();
+    assert_eq!(s.pages, 1, "only the written page");
+    assert_eq!(ram_hash(&r), want.0);
+
+    // A capture in between moves the origin: a reset afterwards still reverts every page
+    // written since the snapshot it goes back to, not only those since the capture.
+    r.set_max_exits(Some(r.exits() + 30));
+    r.run().unwrap();
+    let again = snapshot::Identity {
+        id: 101,
+        parent: Some(mid.id),
+        trace_id: [1; 16],
+        exit_seq: None,
+        annotations: &[],
+    };
+    snapshot::take(&mut r, &snapshot_dir(&root, 101), &again).unwrap();
+    r.set_max_exits(Some(r.exits() + 30));
+    r.run().unwrap();
+    snapshot::reset(&mut r, &chain).unwrap();
+    assert_eq!(ram_hash(&r), want.0, "reset after a capture");
+
+    // Remapping every page gives the same memory.
+    for (id, how) in [(last.id, snapshot::Remap::Whole), (first.id, snapshot::Remap::Changed)] {
+        let chain = chain_of(id);
+        let s = snapshot::restore_over_with(&mut r, &chain, how).unwrap();
+        assert_eq!(s.whole, how == snapshot::Remap::Whole);
+        assert_eq!(ram_hash(&r), reference(&chain).0, "to {id} ({how:?})");
+    }
+    // The switched machine still runs the guest to its normal end.
+    r.set_max_exits(None);
+    assert!(matches!(r.run().unwrap().outcome, Outcome::GuestExit(0)));
 }

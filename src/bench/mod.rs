@@ -161,18 +161,17 @@ fn decode_rate(trace: &Path) -> Result<f64, CliError> {
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Restore latency: cold (a new VM created as part of the restore), warm (into a VM shell
-/// created beforehand, as a replay or fuzzing host would keep ready: slots still to
-/// register) and remap (into a machine of the same layout, its slots kept registered:
-/// [`snapshot::restore_over`]). Each includes loading and validating the snapshot. Median ms.
-fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64, f64), CliError> {
+/// Restore latency: cold (a new VM created as part of the restore) and warm (into a VM
+/// shell created beforehand, as a replay or fuzzing host would keep ready: slots still to
+/// register). Each includes loading and validating the snapshot. Median ms.
+fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64), CliError> {
     let root = dir.join(format!("restore-{mem_mib}"));
     let snap = snapshot_dir(&root, 0);
     {
         let mut m = build(&cfg("hello-long", None, mem_mib << 20, false))?;
         take_snapshot(&mut m, &snap, 0, None)?;
     }
-    let (mut times, mut warm, mut remap) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut times, mut warm) = (Vec::new(), Vec::new());
     for r in 0..reps {
         let t = Instant::now();
         let chain = snapshot::load_chain(&snap, u64::MAX).map_err(|e| err("load", e))?;
@@ -187,10 +186,6 @@ fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64, f64), 
                 .map_err(|e| err("restore", e))?;
         warm.push(t.elapsed().as_secs_f64() * 1000.0);
         drop(w);
-        let t = Instant::now();
-        let chain = snapshot::load_chain(&snap, u64::MAX).map_err(|e| err("load", e))?;
-        snapshot::restore_over(&mut m, &chain).map_err(|e| err("restore over", e))?;
-        remap.push(t.elapsed().as_secs_f64() * 1000.0);
         if r == 0 {
             // The restored guest runs: it prints its greeting and exits.
             let s = m.run()?;
@@ -200,7 +195,64 @@ fn restore_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<(f64, f64, f64), 
         }
     }
     let _ = std::fs::remove_dir_all(&root);
-    Ok((median(&mut times), median(&mut warm), median(&mut remap)))
+    Ok((median(&mut times), median(&mut warm)))
+}
+
+/// Pages that differ between the two snapshots [`remap_ms`] switches between.
+const REMAP_PAGES: u64 = 256;
+
+/// Restore over a kept machine when [`REMAP_PAGES`] pages differ: a machine switched back
+/// and forth between a snapshot and its incremental child (the guest dirtied those pages in
+/// between). Median ms of: loading and validating the chain (its page bitmaps grow with
+/// guest memory, one bit per page), `restore_over` remapping only what differs, and
+/// `restore_over` remapping every page (the cost before differences were tracked); and the
+/// pages the last changed-only restore remapped.
+fn remap_ms(mem_mib: u64, reps: usize, dir: &Path) -> Result<Remapped, CliError> {
+    let root = dir.join(format!("remap-{mem_mib}"));
+    {
+        let mut m = build(&cfg("dirty-pages", Some(REMAP_PAGES), mem_mib << 20, true))?;
+        m.set_max_exits(Some(1));
+        m.run()?;
+        take_snapshot(&mut m, &snapshot_dir(&root, 0), 0, None)?;
+        m.set_max_exits(Some(2));
+        m.run()?;
+        take_snapshot(&mut m, &snapshot_dir(&root, 1), 1, Some(0))?;
+    }
+    let load = |id| snapshot::load_chain(&snapshot_dir(&root, id), u64::MAX).map_err(|e| err("load", e));
+    let mut m = snapshot::restore(&load(0)?, Console::capture_only(), Console::capture_only(), true)
+        .map_err(|e| err("restore", e))?;
+    let (mut loading, mut changed, mut whole, mut pages) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for how in [snapshot::Remap::Changed, snapshot::Remap::Whole] {
+        for r in 0..2 * reps {
+            let t = Instant::now();
+            let chain = load(u64::from(r % 2 == 0))?;
+            loading.push(t.elapsed().as_secs_f64() * 1000.0);
+            let s = snapshot::restore_over_with(&mut m, &chain, how).map_err(|e| err("restore over", e))?;
+            let ms = s.elapsed.as_secs_f64() * 1000.0;
+            match how {
+                snapshot::Remap::Changed => {
+                    changed.push(ms);
+                    pages = s.pages;
+                }
+                snapshot::Remap::Whole => whole.push(ms),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(Remapped {
+        load: median(&mut loading),
+        changed: median(&mut changed),
+        whole: median(&mut whole),
+        pages,
+    })
+}
+
+/// What [`remap_ms`] measured.
+struct Remapped {
+    load: f64,
+    changed: f64,
+    whole: f64,
+    pages: u64,
 }
 
 /// What `KVM_SET_USER_MEMORY_REGION2` alone costs for `mem_mib` of RAM in a fresh VM (no
@@ -329,14 +381,19 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
             "replay_vs_record": median(&mut rvr),
         });
     }
-    let (mut restore, mut restore_warm, mut restore_remap, mut memslot) =
-        (json!({}), json!({}), json!({}), json!({}));
+    let (mut restore, mut restore_warm, mut restore_remap, mut restore_whole, mut restore_load, mut memslot) =
+        (json!({}), json!({}), json!({}), json!({}), json!({}), json!({}));
+    let mut remap_pages = 0;
     for mib in [128u64, 1024, 8192] {
         say(&format!("restore latency at {mib} MiB"));
-        let (cold, warm, remap) = restore_ms(mib, plan.reps.max(5), dir)?;
+        let (cold, warm) = restore_ms(mib, plan.reps.max(5), dir)?;
         restore[mib.to_string()] = json!(cold);
         restore_warm[mib.to_string()] = json!(warm);
-        restore_remap[mib.to_string()] = json!(remap);
+        let r = remap_ms(mib, plan.reps.max(5), dir)?;
+        restore_remap[mib.to_string()] = json!(r.changed);
+        restore_whole[mib.to_string()] = json!(r.whole);
+        restore_load[mib.to_string()] = json!(r.load);
+        remap_pages = r.pages;
         memslot[mib.to_string()] = json!(memslot_ms(mib, plan.reps.max(5))?);
     }
     let mut capture = json!({});
@@ -371,6 +428,9 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
         "restore_ms": restore,
         "restore_warm_ms": restore_warm,
         "restore_remap_ms": restore_remap,
+        "restore_remap_whole_ms": restore_whole,
+        "restore_remap_load_ms": restore_load,
+        "restore_remap_pages": remap_pages,
         "memslot_ms": memslot,
         "capture_pause_ms": capture,
         "capture_dirty_pages": capture_pages,
@@ -426,7 +486,9 @@ fn print_human(r: &Value) {
     for (k, what) in [
         ("restore_ms", "cold"),
         ("restore_warm_ms", "warm"),
-        ("restore_remap_ms", "remap"),
+        ("restore_remap_ms", "remap, changed pages"),
+        ("restore_remap_whole_ms", "remap, every page"),
+        ("restore_remap_load_ms", "remap's chain load"),
         ("memslot_ms", "KVM memslot alone"),
     ] {
         println!(
@@ -466,7 +528,8 @@ fn write_plots(dir: &Path, r: &Value) -> CliResult {
     for (key, what) in [
         ("restore_ms", "cold"),
         ("restore_warm_ms", "warm"),
-        ("restore_remap_ms", "remap"),
+        ("restore_remap_ms", "remap, changed pages"),
+        ("restore_remap_whole_ms", "remap, every page"),
         ("memslot_ms", "KVM memslot alone"),
     ] {
         for k in ["128", "1024", "8192"] {

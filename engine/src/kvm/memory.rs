@@ -19,6 +19,7 @@ use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryError, GuestMemoryMmap, GuestRegionMmap, MmapRegion,
 };
 
+use super::written::WrittenPages;
 use crate::sys::slots::VmSlots;
 
 /// Guest page size.
@@ -127,6 +128,7 @@ pub struct Slot {
     file: Arc<File>,
     mapping: Mapping,
     region: Arc<GuestRegionMmap>,
+    written: WrittenPages,
 }
 
 impl Slot {
@@ -194,6 +196,12 @@ impl Slot {
             0,
             self.pages(),
         ))
+    }
+
+    /// Takes the bitmap (one bit per page) of pages written from userspace since the last
+    /// call, clearing it; `None` when none were. KVM's dirty log does not see these writes.
+    pub fn take_written(&self) -> Option<Vec<u64>> {
+        self.written.take()
     }
 
     /// Discards the private copies of pages `[first, first + count)`: a privately mapped
@@ -287,7 +295,9 @@ impl GuestMemory {
             let region = Arc::new(map_file(&file, spec, mapping)?);
             let flags = if spec.kind == SlotKind::Rom { KVM_MEM_READONLY } else { 0 };
             regions.push(Arc::clone(&region));
-            slots.push(Slot { id: u32::try_from(i).unwrap_or(u32::MAX), spec, flags, file, mapping, region });
+            let written = WrittenPages::new(spec.size / PAGE_SIZE);
+            let id = u32::try_from(i).unwrap_or(u32::MAX);
+            slots.push(Slot { id, spec, flags, file, mapping, region, written });
         }
         let mem = GuestMemoryMmap::from_arc_regions(regions).map_err(MemoryError::Layout)?;
         Ok(GuestMemory { slots, mem, use_region2: true })
@@ -323,12 +333,27 @@ impl GuestMemory {
         &self.mem
     }
 
-    /// Writes `data` at `addr`.
+    /// Writes `data` at `addr`, marking the pages written (see [`Slot::take_written`]).
     ///
     /// # Errors
     /// The range is not all backed by memory (the error names the address).
     pub fn write(&self, addr: GuestAddress, data: &[u8]) -> Result<(), GuestMemoryError> {
+        let end = addr.0.saturating_add(data.len() as u64);
+        for s in &self.slots {
+            let (lo, hi) = (addr.0.max(s.spec.gpa.0), end.min(s.spec.end().0));
+            if lo < hi {
+                s.written.mark(lo - s.spec.gpa.0, hi - lo);
+            }
+        }
         self.mem.write_slice(data, addr)
+    }
+
+    /// Forgets every page written from userspace: the memory was just set as a whole (a
+    /// restore), so nothing differs from what it was set to.
+    pub(crate) fn clear_written(&self) {
+        for s in &self.slots {
+            s.written.clear();
+        }
     }
 
     /// Reads into `buf` from `addr`.

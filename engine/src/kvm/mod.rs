@@ -8,6 +8,7 @@ pub mod probe;
 pub mod system;
 pub mod vcpu_state;
 pub mod vm;
+mod written;
 
 pub use crate::sys::slots::VmSlots;
 pub use system::{KvmError, open_kvm};

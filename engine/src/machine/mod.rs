@@ -13,13 +13,14 @@ pub mod debug;
 mod fatal;
 mod inspect;
 mod live;
+pub mod origin;
 mod outcome;
 mod replay;
 mod run;
 pub mod signals;
 pub mod watchdog;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -49,7 +50,7 @@ pub struct Machine {
     debugcon: Console,
     recorder: Option<Recorder>,
     limits: Limits,
-    origin: Option<PathBuf>,
+    origin: Option<origin::Origin>,
     external_stop: Option<Arc<AtomicBool>>,
     run_page: RunPage,
     rip: RipConvention,
@@ -232,14 +233,20 @@ impl Machine {
         self.stop.clone()
     }
 
-    /// The snapshot directory this machine was restored from, if any.
+    /// The snapshot directory this machine's memory was last set to (a restore, a reset or
+    /// a capture), if any.
     pub fn origin(&self) -> Option<&Path> {
-        self.origin.as_deref()
+        self.origin.as_ref().and_then(|o| o.top()).map(|l| l.dir.as_path())
     }
 
-    /// Records where this machine's state came from (a restore).
-    pub(crate) fn set_origin(&mut self, dir: &Path) {
-        self.origin = Some(dir.to_path_buf());
+    /// The snapshot chain this machine's memory equals, apart from pages written since.
+    pub fn memory_origin(&self) -> Option<&origin::Origin> {
+        self.origin.as_ref()
+    }
+
+    /// Records what this machine's memory now equals (`None`: unknown).
+    pub(crate) fn set_memory_origin(&mut self, origin: Option<origin::Origin>) {
+        self.origin = origin;
     }
 
     /// Exits handled so far.

@@ -3,18 +3,21 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::GuestAddress;
 use vmrr_format::FileError;
 use vmrr_format::layout::{STATE_FILE, memory_file_name};
 
+use super::changed::Runs;
 use super::pages::{Zeros, bitmap_runs, copy_pages};
 use super::state::{SlotState, SnapshotState, VmState};
 use super::{SnapshotError, codec, take_dirty_log};
 use crate::kvm::memory::{Mapping, MemoryError, PAGE_SIZE, Slot, SlotKind};
 use crate::kvm::vcpu_state::VcpuState;
 use crate::machine::Machine;
+use crate::machine::origin::{Origin, OriginLink};
 use crate::persist::Persist;
 
 /// What a capture did.
@@ -79,7 +82,7 @@ pub fn take(m: &mut Machine, dir: &Path, who: &Identity<'_>) -> Result<CaptureSt
     std::fs::create_dir_all(root).map_err(FileError::on("creating", root))?;
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(FileError::on("creating", &tmp))?;
-    let stats = match write_into(m, &tmp, who) {
+    let (stats, changed) = match write_into(m, &tmp, who) {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -91,6 +94,7 @@ pub fn take(m: &mut Machine, dir: &Path, who: &Identity<'_>) -> Result<CaptureSt
     }
     std::fs::rename(&tmp, &final_dir).map_err(FileError::on("renaming", &tmp))?;
     File::open(root).and_then(|d| d.sync_all()).map_err(FileError::on("syncing", root))?;
+    captured(m, &final_dir, who, changed);
     Ok(CaptureStats { pause: started.elapsed(), ..stats })
 }
 
@@ -118,18 +122,26 @@ pub fn take_new(
     let parent = output::directory_of(dir);
     let scratch = vmrr_format::scratch::Scratch::dir_in(parent, &output::scratch_prefix(dir))
         .map_err(FileError::on("creating a directory in", parent))?;
-    let stats = write_into(m, scratch.path(), who)?;
+    let (stats, changed) = write_into(m, scratch.path(), who)?;
     scratch.publish(dir, replace).map_err(|source| match source.kind() {
         std::io::ErrorKind::AlreadyExists => {
             SnapshotError::Output(vmrr_format::output::OutputError::Exists { out: dir.to_path_buf() })
         }
         _ => SnapshotError::File(FileError { what: "renaming into", path: dir.to_path_buf(), source }),
     })?;
+    captured(m, dir, who, changed);
     Ok(CaptureStats { pause: started.elapsed(), ..stats })
 }
 
-fn write_into(m: &mut Machine, dir: &Path, who: &Identity<'_>) -> Result<CaptureStats, SnapshotError> {
+/// Writes the snapshot into `dir`; returns what it did and, per slot, the runs of pages
+/// it stored as changed (none for a full snapshot).
+fn write_into(
+    m: &mut Machine,
+    dir: &Path,
+    who: &Identity<'_>,
+) -> Result<(CaptureStats, Vec<Runs>), SnapshotError> {
     let mut stats = CaptureStats::default();
+    let mut changed = Vec::new();
     let vm = m.vm();
     let msrs = crate::kvm::vcpu_state::msr_list(vm.kvm(), vm.vcpu(), false)?;
     let vcpu = VcpuState::save(vm.vcpu(), &msrs)?;
@@ -144,7 +156,19 @@ fn write_into(m: &mut Machine, dir: &Path, who: &Identity<'_>) -> Result<Capture
         out.set_len(slot.spec().size).map_err(FileError::on("sizing", &path))?;
         let logged = dirty_log && slot.spec().kind == SlotKind::Ram;
         // Reading the dirty log also clears it: the next snapshot sees changes since this.
-        let dirty = if logged { Some(take_dirty_log(vm.fd(), slot)?) } else { None };
+        // KVM logs only the guest's writes; pages written from userspace (a debugger's
+        // memory write, a device's DMA in replay) are tracked beside it.
+        let user = slot.take_written();
+        let dirty = match (logged, user) {
+            (true, user) => {
+                let mut bitmap = take_dirty_log(vm.fd(), slot)?;
+                for (w, u) in bitmap.iter_mut().zip(user.unwrap_or_default()) {
+                    *w |= u;
+                }
+                Some(bitmap)
+            }
+            (false, user) => user,
+        };
         let (full, pages, runs) = match (who.parent, dirty) {
             (Some(_), Some(bitmap)) => {
                 let runs = bitmap_runs(&bitmap, slot.pages());
@@ -159,6 +183,7 @@ fn write_into(m: &mut Machine, dir: &Path, who: &Identity<'_>) -> Result<Capture
         };
         let gpa = slot.spec().gpa.0;
         let mut stored = 0;
+        changed.push(if full { Vec::new() } else { runs.clone() });
         for (first, count) in runs {
             stats.pages_considered += count;
             stored += copy_pages(
@@ -214,5 +239,35 @@ fn write_into(m: &mut Machine, dir: &Path, who: &Identity<'_>) -> Result<Capture
     f.write_all_at(&bytes, 0).map_err(FileError::on("writing", &path))?;
     f.sync_all().map_err(FileError::on("syncing", &path))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(FileError::on("syncing", dir))?;
-    Ok(stats)
+    Ok((stats, changed))
+}
+
+/// After snapshot `who` was published in `dir`: the machine's memory now equals it. Its
+/// origin becomes the parent's chain plus it (or it alone, when full), or unknown when
+/// the parent is not the origin's newest snapshot. The slots' mappings are not the new
+/// snapshot's files.
+fn captured(m: &mut Machine, dir: &Path, who: &Identity<'_>, changed: Vec<Runs>) {
+    let link = OriginLink {
+        dir: dir.to_path_buf(),
+        id: who.id,
+        trace_id: who.trace_id,
+        exit_seq: who.exit_seq,
+        changed: Arc::new(changed),
+    };
+    let old = m.memory_origin();
+    let overlays = old.map_or(0, |o| o.overlays);
+    let links = match (who.parent, old) {
+        (None, _) => Some(vec![link]),
+        (Some(p), Some(o))
+            if o.top().is_some_and(|t| {
+                t.id == p && t.trace_id == who.trace_id && t.dir.parent() == dir.parent()
+            }) =>
+        {
+            let mut links = o.links.clone();
+            links.push(link);
+            Some(links)
+        }
+        _ => None,
+    };
+    m.set_memory_origin(links.map(|links| Origin { links, mapped: false, overlays }));
 }

@@ -20,12 +20,17 @@
 //!   them. vmrr's own work does not grow with memory size; KVM's does (creating a memslot
 //!   allocates per-page metadata on a shadow-paging host, see docs/PERFORMANCE.md).
 //! - **Restore over** a machine of the same layout ([`restore_over`]) keeps the VM and its
-//!   registered slots and maps the snapshot's files at the same host addresses
+//!   registered slots and maps the snapshot's file pages at the same host addresses
 //!   (`MAP_FIXED`): no VM or memslot is created, the old translations are dropped by KVM's
 //!   MMU notifier, and any snapshot of that layout (not only the machine's own) can be
-//!   switched to. This is the restore a replay or fuzzing worker keeps a machine ready for.
-//! - **In-place reset** returns a running VM to its snapshot by discarding the private
-//!   copies of the pages dirtied since (one `madvise` per run): O(dirty pages).
+//!   switched to. Only the pages that may differ are remapped: the machine remembers the
+//!   chain its memory equals (its origin, see `changed`), so the pages changed past the
+//!   common ancestor of the two chains plus the pages written since (KVM's dirty log and
+//!   userspace writes) are all that moves. This is the restore a replay, debugging or
+//!   fuzzing worker keeps a machine ready for: its cost follows what changed.
+//! - **In-place reset** ([`reset`]) returns a running VM to its snapshot by discarding the
+//!   private copies of the pages dirtied since (one `madvise` per run): O(dirty pages). The
+//!   general registers and events go through `kvm_run`'s synced registers.
 //! - **Atomicity**: a snapshot is written to `snap-<id>.tmp`, every file synced, then
 //!   renamed; a crash leaves no directory that reads as a valid snapshot.
 //!
@@ -35,6 +40,7 @@
 
 mod capture;
 mod chain;
+mod changed;
 pub mod codec;
 mod error;
 mod offline;
@@ -51,7 +57,9 @@ pub use error::{RejectedField, SnapshotError};
 pub use offline::{flatten, flatten_dir, squash};
 pub use overlay::MAX_OVERLAYS;
 pub use pages::bitmap_runs;
-pub use restore::{ResetStats, reset, restore, restore_into, restore_over};
+pub use restore::{
+    Remap, ResetStats, RestoreOverStats, reset, restore, restore_into, restore_over, restore_over_with,
+};
 pub use state::{SlotState, SnapshotState, VmState};
 pub use vmrr_format::layout::{STATE_FILE, snapshot_dir, snapshots_of as dir_for_trace};
 

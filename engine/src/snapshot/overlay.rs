@@ -25,8 +25,18 @@ pub(crate) fn open(path: &Path) -> Result<Arc<File>, SnapshotError> {
     Ok(vmrr_format::input::open_regular(path).map(|(f, _)| Arc::new(f))?)
 }
 
+/// What mapping a chain over guest memory did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Overlaid {
+    /// File ranges mapped over the slots.
+    pub overlays: usize,
+    /// Whether some pages were copied instead of mapped (past [`MAX_OVERLAYS`]): their
+    /// underlying mapping is not the chain's file.
+    pub copied: bool,
+}
+
 /// Maps the chain's memory copy-on-write into new guest memory.
-pub(crate) fn build_memory(chain: &[StoredSnapshot]) -> Result<GuestMemory, SnapshotError> {
+pub(crate) fn build_memory(chain: &[StoredSnapshot]) -> Result<(GuestMemory, Overlaid), SnapshotError> {
     let base = chain.first().ok_or(SnapshotError::EmptyChain)?;
     let mut backed = Vec::new();
     for s in &base.state.slots {
@@ -34,8 +44,8 @@ pub(crate) fn build_memory(chain: &[StoredSnapshot]) -> Result<GuestMemory, Snap
         backed.push((spec, open(&base.dir.join(&s.file))?, Mapping::Private));
     }
     let mem = GuestMemory::from_backing(backed)?;
-    overlay_chain(chain, &mem, false)?;
-    Ok(mem)
+    let done = overlay_chain(chain, &mem, false)?;
+    Ok((mem, done))
 }
 
 /// Maps the chain over `mem`, whose slots are bound to the base snapshot's files: backs the
@@ -46,7 +56,8 @@ pub(crate) fn overlay_chain(
     chain: &[StoredSnapshot],
     mem: &GuestMemory,
     remap_base: bool,
-) -> Result<(), SnapshotError> {
+) -> Result<Overlaid, SnapshotError> {
+    let mut copied = false;
     let base = chain.first().ok_or(SnapshotError::EmptyChain)?;
     let newer = chain.get(1..).unwrap_or(&[]);
     let mut overlays: usize = newer.iter().flat_map(|l| l.state.slots.iter()).map(|s| s.runs().len()).sum();
@@ -68,11 +79,12 @@ pub(crate) fn overlay_chain(
                     slot.overlay_file(first, count, &file)?;
                 } else {
                     copy_run(&file, &path, mem, s, first, count)?;
+                    copied = true;
                 }
             }
         }
     }
-    Ok(())
+    Ok(Overlaid { overlays: overlays.min(MAX_OVERLAYS), copied })
 }
 
 /// Backs the holes of a base snapshot file with anonymous zero pages instead of the file:

@@ -3,15 +3,15 @@
 
 use std::time::{Duration, Instant};
 
+use super::changed::{Changed, changed, is, origin_of, sources, take_written};
 use super::error::RejectedField;
-use super::overlay::{build_memory, copy_run, open, overlay_chain};
-use super::pages::bitmap_runs;
-use super::{SnapshotError, StoredSnapshot, take_dirty_log};
+use super::overlay::{MAX_OVERLAYS, build_memory, copy_run, open, overlay_chain};
+use super::{SnapshotError, StoredSnapshot};
 use crate::devices::bus::Bus;
 use crate::devices::console::Console;
 use crate::devices::state::BusArgs;
 use crate::kvm::cpuid::CpuidProfile;
-use crate::kvm::memory::{Mapping, SlotKind, SlotSpec};
+use crate::kvm::memory::{Mapping, SlotSpec};
 use crate::kvm::vcpu_state::VcpuStateError;
 use crate::kvm::vm::{EmptyVm, Vm, VmConfig};
 use crate::machine::Machine;
@@ -45,7 +45,7 @@ pub fn restore_into(
 ) -> Result<Machine, SnapshotError> {
     let top = chain.last().ok_or(SnapshotError::EmptyChain)?;
     let st = &top.state;
-    let memory = build_memory(chain)?;
+    let (memory, done) = build_memory(chain)?;
     let config = VmConfig {
         mem_bytes: st.vm.mem_bytes,
         cpuid: CpuidProfile::parse(&st.vm.cpuid).unwrap_or_default(),
@@ -59,19 +59,50 @@ pub fn restore_into(
     let bus = Bus::restore(BusArgs { serial: serial.clone(), debugcon: debugcon.clone() }, &st.bus, 0)?;
     let mut m = Machine::with_bus(vm, bus, serial, debugcon)?;
     m.set_counters(st.exits, st.interrupts);
-    m.set_origin(&top.dir);
+    m.set_memory_origin(Some(origin_of(chain, !done.copied, done.overlays)));
     m.refresh_run_state()?;
     Ok(m)
 }
 
-/// Switches `m` to the newest snapshot of `chain` without touching KVM's memory slots: each
-/// slot's host range is mapped copy-on-write from the chain's files at the same address
-/// (`MAP_FIXED`), so the registered slots stay valid and KVM's MMU notifier drops the old
-/// translations; then vCPU and device state are set. The cost is a few `mmap`s per slot and
-/// the state ioctls, independent of guest memory size: this is the O(1) restore, for a host
-/// that keeps a machine of the snapshot's layout (a replay or fuzzing worker). [`restore`]
-/// instead creates the VM and registers its slots, which KVM does in time proportional to
-/// memory on a shadow-paging host (see docs/PERFORMANCE.md).
+/// What a restore over a kept machine did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreOverStats {
+    /// Pages mapped anew from the snapshot's files (with `whole`, every page of every slot).
+    pub pages: u64,
+    /// Runs of pages mapped.
+    pub runs: usize,
+    /// Whether every slot was remapped whole (see [`restore_over`] for when).
+    pub whole: bool,
+    /// Time taken.
+    pub elapsed: Duration,
+}
+
+/// How a restore over a kept machine chooses the pages it remaps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Remap {
+    /// Only the pages that may differ, when the machine's memory origin tells which
+    /// (else every page).
+    #[default]
+    Changed,
+    /// Every page of every slot (the cost before differences were tracked: for
+    /// comparison).
+    Whole,
+}
+
+/// Switches `m` to the newest snapshot of `chain` without touching KVM's memory slots:
+/// the snapshot's file pages are mapped copy-on-write over the slots' host ranges at the
+/// same addresses (`MAP_FIXED`), so the registered slots stay valid and KVM's MMU notifier
+/// drops the old translations; then vCPU and device state are set. For a host that keeps a
+/// machine of the snapshot's layout (a replay, debugging or fuzzing worker).
+///
+/// Only the pages that may differ are remapped: those changed past the common ancestor
+/// of the machine's memory origin (the chain it was last restored to, reset to or captured
+/// as: [`Machine::memory_origin`]) and of `chain`, plus those written since (KVM's dirty
+/// log and userspace writes). The cost follows those pages, not the guest's size. Every
+/// slot is remapped whole instead when that set cannot be known (no origin, another full
+/// snapshot, no dirty logging) or when the mappings it would add would pass
+/// [`MAX_OVERLAYS`](super::MAX_OVERLAYS) since the last whole remap; and with
+/// [`Remap::Whole`].
 ///
 /// The snapshot's slot layout must equal the machine's, and its CPUID the one the vCPU has
 /// (KVM refuses a different CPUID once a vCPU has run); otherwise nothing is changed and
@@ -81,7 +112,19 @@ pub fn restore_into(
 /// # Errors
 /// Layout or CPUID mismatch, mapping failures, KVM or state failures. After a failure past
 /// the layout check the machine's memory is undefined: drop it.
-pub fn restore_over(m: &mut Machine, chain: &[StoredSnapshot]) -> Result<Duration, SnapshotError> {
+pub fn restore_over(m: &mut Machine, chain: &[StoredSnapshot]) -> Result<RestoreOverStats, SnapshotError> {
+    restore_over_with(m, chain, Remap::Changed)
+}
+
+/// [`restore_over`], choosing how pages are remapped.
+///
+/// # Errors
+/// As for [`restore_over`].
+pub fn restore_over_with(
+    m: &mut Machine,
+    chain: &[StoredSnapshot],
+    how: Remap,
+) -> Result<RestoreOverStats, SnapshotError> {
     let t = Instant::now();
     let (Some(base), Some(top)) = (chain.first(), chain.last()) else {
         return Err(SnapshotError::EmptyChain);
@@ -106,24 +149,52 @@ pub fn restore_over(m: &mut Machine, chain: &[StoredSnapshot]) -> Result<Duratio
             .map_err(|source| SnapshotError::Cpuid { dir: top.dir.clone(), source })?;
     }
     m.complete_pending_io()?;
-    let mut files = Vec::with_capacity(base.state.slots.len());
-    for s in &base.state.slots {
-        files.push(open(&base.dir.join(&s.file))?);
-    }
-    for (i, file) in files.into_iter().enumerate() {
-        m.vm_mut().memory_mut().rebind(i, file);
-    }
-    // Every slot's whole range is mapped anew (MAP_FIXED at the registered address), once.
-    overlay_chain(chain, m.memory(), true)?;
-    if m.vm().config().dirty_log {
-        for slot in m.memory().slots().iter().filter(|s| s.spec().kind == SlotKind::Ram) {
-            // Reading the log clears it; its content (pages of the previous run) is moot.
-            take_dirty_log(m.vm().fd(), slot)?;
+    // Read (and cleared) whichever way the pages are remapped: a later reset or capture
+    // must see only what is written after this restore.
+    let written = take_written(m)?;
+    let origin = m.memory_origin();
+    let fits = |c: &Changed| origin.is_some_and(|o| o.overlays + c.run_count() <= MAX_OVERLAYS);
+    let plan = match how {
+        Remap::Changed => changed(origin, &written, chain).filter(fits),
+        Remap::Whole => None,
+    };
+    let mut stats = RestoreOverStats::default();
+    let new_origin = match (plan, origin) {
+        (Some(c), Some(o)) => {
+            for (i, runs) in c.runs.iter().enumerate() {
+                let Some(slot) = m.memory().slots().get(i) else { continue };
+                for (first, count, k) in sources(chain, i, runs)? {
+                    let Some(l) = chain.get(k) else { continue };
+                    let file = l.state.slots.get(i).map(|s| l.dir.join(&s.file)).unwrap_or_default();
+                    slot.overlay_file(first, count, &*open(&file)?)?;
+                    stats.runs += 1;
+                    stats.pages += count;
+                }
+            }
+            let (mapped, overlays) = (o.mapped, o.overlays + stats.runs);
+            crate::machine::origin::Origin { links: c.links_from(o), mapped, overlays }
         }
-    }
+        _ => {
+            let mut files = Vec::with_capacity(base.state.slots.len());
+            for s in &base.state.slots {
+                files.push(open(&base.dir.join(&s.file))?);
+            }
+            for (i, file) in files.into_iter().enumerate() {
+                m.vm_mut().memory_mut().rebind(i, file);
+            }
+            // Every slot's whole range is mapped anew (MAP_FIXED at the registered address), once.
+            let done = overlay_chain(chain, m.memory(), true)?;
+            stats.whole = true;
+            stats.runs = done.overlays;
+            stats.pages = m.memory().slots().iter().map(|s| s.pages()).sum();
+            origin_of(chain, !done.copied, done.overlays)
+        }
+    };
+    m.memory().clear_written();
+    m.set_memory_origin(Some(new_origin));
     set_vcpu_and_devices(m, top)?;
-    m.set_origin(&top.dir);
-    Ok(t.elapsed())
+    stats.elapsed = t.elapsed();
+    Ok(stats)
 }
 
 /// A vCPU state KVM refused: `EINVAL` from a `KVM_SET_*` ioctl, or an MSR it does not
@@ -188,9 +259,16 @@ pub struct ResetStats {
     pub elapsed: Duration,
 }
 
-/// Returns `m` to the newest snapshot of `chain` in place: reverts only the pages dirtied
-/// since (discarding private copies when `m` was restored from this snapshot, copying them
-/// back otherwise), then vCPU and device state.
+/// Returns `m` to the newest snapshot of `chain` in place, touching only the pages that
+/// differ: those written since its memory last equalled its origin (KVM's dirty log and
+/// userspace writes) and, when the origin is another snapshot of the same chain family,
+/// those changed past their common ancestor (as for [`restore_over`]). Where the pages'
+/// underlying mapping is already the snapshot's (the machine was restored from or over it
+/// and nothing was captured since), their private copies are discarded; otherwise the
+/// snapshot's bytes are copied back. Then vCPU and device state.
+///
+/// Without a known origin, the machine is taken to have come from `chain`'s newest
+/// snapshot and only the pages written since are reverted.
 ///
 /// # Errors
 /// The machine has no dirty logging, or a KVM/state failure.
@@ -200,33 +278,85 @@ pub fn reset(m: &mut Machine, chain: &[StoredSnapshot]) -> Result<ResetStats, Sn
     if !m.vm().config().dirty_log {
         return Err(SnapshotError::NoDirtyLog { what: "an in-place reset" });
     }
-    let own = m.origin() == Some(top.dir.as_path());
-    let mut dirty_pages = 0;
-    for (i, slot) in m.memory().slots().iter().enumerate() {
-        if slot.spec().kind != SlotKind::Ram {
+    let written = take_written(m)?;
+    let origin = m.memory_origin();
+    let plan = changed(origin, &written, chain);
+    let Some(o) = origin else {
+        // No known origin: the machine came from `chain`'s newest snapshot (the caller's
+        // word), so what was written since is what differs.
+        let runs: Vec<Vec<(u64, u64)>> = written.into_iter().map(Option::unwrap_or_default).collect();
+        let dirty_pages = revert(m, chain, &runs, false)?;
+        m.set_memory_origin(Some(origin_of(chain, false, 0)));
+        set_vcpu_and_devices(m, top)?;
+        return Ok(ResetStats { dirty_pages, elapsed: t.elapsed() });
+    };
+    let Some(c) = plan else {
+        // Memory from another full snapshot: nothing in common to keep.
+        let s = restore_over_with(m, chain, Remap::Whole)?;
+        return Ok(ResetStats { dirty_pages: s.pages, elapsed: t.elapsed() });
+    };
+    let own = o.mapped && o.top().is_some_and(|l| is(l, top));
+    let overlays = o.overlays;
+    let Changed { runs, links } = c;
+    let dirty_pages = revert(m, chain, &runs, own)?;
+    if let Some(links) = links {
+        // Another snapshot than the origin: pages copied from it lie over the origin's
+        // mapping, which a later discard would reveal.
+        m.set_memory_origin(Some(crate::machine::origin::Origin { links, mapped: own, overlays }));
+    }
+    reset_vcpu_and_devices(m, top)?;
+    Ok(ResetStats { dirty_pages, elapsed: t.elapsed() })
+}
+
+/// Sets pages `runs` (per slot) of `m` to `chain`'s newest bytes: discarding their private
+/// copies when `own` (the underlying mapping holds those bytes), else copying from the
+/// snapshot files. Returns the pages reverted.
+fn revert(
+    m: &Machine,
+    chain: &[StoredSnapshot],
+    runs: &[Vec<(u64, u64)>],
+    own: bool,
+) -> Result<u64, SnapshotError> {
+    let mut pages = 0;
+    for (i, slot_runs) in runs.iter().enumerate() {
+        let Some(slot) = m.memory().slots().get(i) else { continue };
+        pages += slot_runs.iter().map(|r| r.1).sum::<u64>();
+        if own && slot.mapping() == Mapping::Private {
+            for &(first, count) in slot_runs {
+                slot.discard(first, count)?;
+            }
             continue;
         }
-        let bitmap = take_dirty_log(m.vm().fd(), slot)?;
-        for (first, count) in bitmap_runs(&bitmap, slot.pages()) {
-            dirty_pages += count;
-            if own && slot.mapping() == Mapping::Private {
-                slot.discard(first, count)?;
+        for (first, count, k) in sources(chain, i, slot_runs)? {
+            let Some((l, s)) = chain.get(k).and_then(|l| l.state.slots.get(i).map(|s| (l, s))) else {
                 continue;
-            }
-            for p in first..first + count {
-                let (l, s) = chain
-                    .iter()
-                    .rev()
-                    .filter_map(|l| l.state.slots.get(i).map(|s| (l, s)))
-                    .find(|(_, s)| s.has_page(p))
-                    .ok_or(SnapshotError::PageMissing { slot: i, page: p })?;
-                let path = l.dir.join(&s.file);
-                copy_run(&*open(&path)?, &path, m.memory(), s, p, 1)?;
-            }
+            };
+            let path = l.dir.join(&s.file);
+            copy_run(&*open(&path)?, &path, m.memory(), s, first, count)?;
         }
     }
-    set_vcpu_and_devices(m, top)?;
-    Ok(ResetStats { dirty_pages, elapsed: t.elapsed() })
+    m.memory().clear_written();
+    Ok(pages)
+}
+
+/// As [`set_vcpu_and_devices`] for a reset, whose state KVM took before: the general
+/// registers and events go through `kvm_run`'s synced registers, applied by the
+/// `KVM_RUN` that refreshes the run state, two ioctls fewer. Where KVM did not apply them
+/// (the bits still set after that run), they are set by ioctl.
+fn reset_vcpu_and_devices(m: &mut Machine, top: &StoredSnapshot) -> Result<(), SnapshotError> {
+    let [v] = top.state.vcpus.as_slice() else { return set_vcpu_and_devices(m, top) };
+    if !m.stage_synced(&v.regs, &v.events) {
+        return set_vcpu_and_devices(m, top);
+    }
+    v.restore_unsynced(m.vm().vcpu()).map_err(|e| refused(top, 0, e))?;
+    let args = BusArgs { serial: m.serial().clone(), debugcon: m.debugcon().clone() };
+    m.set_bus(Bus::restore(args, &top.state.bus, 0)?);
+    m.set_counters(top.state.exits, top.state.interrupts);
+    m.refresh_run_state()?;
+    if m.synced_pending() {
+        return set_vcpu_and_devices(m, top);
+    }
+    Ok(())
 }
 
 /// Sets `top`'s vCPU state (its CPUID is the vCPU's already), device state and exit

@@ -39,8 +39,14 @@ pub mod off {
     pub const EXIT_LEN: usize = offset_of!(kvm_run, kvm_valid_regs) - EXIT;
     /// `__u64 kvm_valid_regs`.
     pub const VALID_REGS: usize = offset_of!(kvm_run, kvm_valid_regs);
+    /// `__u64 kvm_dirty_regs`.
+    pub const DIRTY_REGS: usize = offset_of!(kvm_run, kvm_dirty_regs);
     /// `union kvm_sync_regs s` (its first member is `struct kvm_regs`).
     pub const SYNC_REGS: usize = offset_of!(kvm_run, s);
+    /// `s.regs.sregs`.
+    pub const SYNC_SREGS: usize = SYNC_REGS + offset_of!(kvm_bindings::kvm_sync_regs, sregs);
+    /// `s.regs.events`.
+    pub const SYNC_EVENTS: usize = SYNC_REGS + offset_of!(kvm_bindings::kvm_sync_regs, events);
     /// Bytes of `struct kvm_run` itself (the port-I/O data page may follow).
     pub const SIZE: usize = size_of::<kvm_run>();
 
