@@ -167,6 +167,15 @@ impl Checkpointer {
         self
     }
 
+    /// Testing only: background writers start only when their capture is finished (see
+    /// `Background::defer_writes`).
+    #[cfg(feature = "testing")]
+    pub fn defer_background_writes(&mut self) {
+        if let Some(b) = self.background.as_mut() {
+            b.defer_writes();
+        }
+    }
+
     /// How checkpoints are captured: `"background"` or `"stop-world"`.
     pub fn capture_name(&self) -> &'static str {
         if self.background.is_some() { "background" } else { "stop-world" }

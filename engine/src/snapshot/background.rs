@@ -130,6 +130,17 @@ pub struct Background {
     stop: Arc<AtomicBool>,
     handler: Option<JoinHandle<()>>,
     budget_pages: u64,
+    /// Testing: writers start only when their capture is waited for.
+    defer: bool,
+}
+
+/// Holds a writer back until its capture is waited for (testing: every guest write after
+/// the pause then meets a page still to be written).
+type Gate = Arc<(Mutex<bool>, std::sync::Condvar)>;
+
+fn open_gate(g: &Gate) {
+    *lock(&g.0) = true;
+    g.1.notify_all();
 }
 
 impl std::fmt::Debug for Background {
@@ -143,6 +154,7 @@ impl std::fmt::Debug for Background {
 pub struct InFlight {
     writer: Option<JoinHandle<Result<CaptureStats, SnapshotError>>>,
     done: Arc<AtomicBool>,
+    gate: Option<Gate>,
 }
 
 impl InFlight {
@@ -157,6 +169,9 @@ impl InFlight {
     /// # Errors
     /// Writing failed (the temporary directory is removed; no snapshot claims to exist).
     pub fn wait(mut self) -> Result<CaptureStats, SnapshotError> {
+        if let Some(g) = self.gate.take() {
+            open_gate(&g);
+        }
         let Some(h) = self.writer.take() else {
             return Err(SnapshotError::Background(BackgroundError::Lost));
         };
@@ -183,7 +198,22 @@ impl Background {
                 .spawn(move || handle_faults(&uffd, &shared, &stop))
                 .map_err(BackgroundError::Thread)?
         };
-        Ok(Background { uffd, shared, stop, handler: Some(handler), budget_pages: budget_bytes / PAGE_SIZE })
+        Ok(Background {
+            uffd,
+            shared,
+            stop,
+            handler: Some(handler),
+            budget_pages: budget_bytes / PAGE_SIZE,
+            defer: false,
+        })
+    }
+
+    /// Testing only: each writer waits until its capture is waited for, so that every
+    /// guest write between a pause and the next wait meets a page still to be written
+    /// (saved within the budget, written by the fault handler beyond it).
+    #[cfg(feature = "testing")]
+    pub fn defer_writes(&mut self) {
+        self.defer = true;
     }
 
     /// Whether every slot of `m` can be captured in the background (memfd-backed, mapped
@@ -283,7 +313,9 @@ impl Background {
         };
         let pause = started.elapsed();
         let done = Arc::new(AtomicBool::new(false));
+        let gate: Option<Gate> = self.defer.then(|| Arc::new((Mutex::new(false), std::sync::Condvar::new())));
         let job = Job {
+            gate: gate.clone(),
             uffd: Arc::clone(&self.uffd),
             shared: Arc::clone(&self.shared),
             state,
@@ -300,7 +332,7 @@ impl Background {
             .spawn(move || job.run())
             .map_err(|e| SnapshotError::Background(BackgroundError::Thread(e)));
         match writer {
-            Ok(w) => Ok((InFlight { writer: Some(w), done }, pause)),
+            Ok(w) => Ok((InFlight { writer: Some(w), done, gate }, pause)),
             Err(e) => {
                 self.disarm_all();
                 Err(e)
@@ -408,6 +440,7 @@ fn keep_old_contents(c: &mut Capture, addr: u64) -> Option<Arc<GuestRegionMmap>>
 
 /// The writer thread's work.
 struct Job {
+    gate: Option<Gate>,
     uffd: Arc<Uffd>,
     shared: Arc<Shared>,
     state: super::state::SnapshotState,
@@ -422,6 +455,12 @@ struct Job {
 
 impl Job {
     fn run(mut self) -> Result<CaptureStats, SnapshotError> {
+        if let Some(g) = &self.gate {
+            let mut open = lock(&g.0);
+            while !*open {
+                open = g.1.wait(open).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
         let r = self.write();
         // Whatever happened, no page stays protected and no capture stays in flight.
         let capture = lock(&self.shared.capture).take();
