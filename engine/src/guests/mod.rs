@@ -176,6 +176,12 @@ pub const BUILTINS: &[Builtin] = &[
         default_iterations: Some(64),
     },
     Builtin {
+        name: "dirty-paced",
+        mode: BootMode::Long { ring: 3 },
+        about: "dirties N pages, exits, works ~1 ms, repeats forever (checkpoint-overhead benchmark; --max-exits)",
+        default_iterations: Some(64),
+    },
+    Builtin {
         name: "rewrite-window",
         mode: BootMode::Long { ring: 3 },
         about: "rewrites the same N pages every round, exiting once per round, forever (background checkpoints; end it with --max-exits)",
@@ -217,6 +223,7 @@ pub fn builtin(name: &str, params: &GuestParams) -> Result<GuestImage, LoadError
         "interrupts" => interrupts::build(LONG_LOAD, n),
         "memory-churn" => churn::build(LONG_LOAD, &ranges, n),
         "dirty-pages" => dirty::build(LONG_LOAD, low_end, n),
+        "dirty-paced" => dirty::build_paced(LONG_LOAD, low_end, n),
         "rewrite-window" => rewrite::build(LONG_LOAD, low_end, n),
         "tsc" => tsc::build(LONG_LOAD, n, false),
         "tsc-fail" => tsc::build(LONG_LOAD, n, true),
