@@ -242,7 +242,10 @@ fn capture_ms(pct: u64, reps: usize, dir: &Path, background: bool) -> Result<Cap
     m.run()?;
     take_snapshot(&mut m, &snapshot_dir(&root, 0), 0, None)?;
     let mut bg = if background {
-        Some(snapshot::Background::new(vmrr_engine::checkpoint::DEFAULT_BUFFER_BYTES).map_err(|e| err("background capture", e))?)
+        Some(
+            snapshot::Background::new(vmrr_engine::checkpoint::DEFAULT_BUFFER_BYTES)
+                .map_err(|e| err("background capture", e))?,
+        )
     } else {
         None
     };
@@ -254,7 +257,13 @@ fn capture_ms(pct: u64, reps: usize, dir: &Path, background: bool) -> Result<Cap
         let dir = snapshot_dir(&root, r);
         let s = match bg.as_mut() {
             Some(b) => {
-                let who = snapshot::Identity { id: r, parent: Some(r - 1), trace_id: [0; 16], exit_seq: None, annotations: &[] };
+                let who = snapshot::Identity {
+                    id: r,
+                    parent: Some(r - 1),
+                    trace_id: [0; 16],
+                    exit_seq: None,
+                    annotations: &[],
+                };
                 let (inflight, _) = b.start(&mut m, &dir, &who).map_err(|e| err("snapshot", e))?;
                 inflight.wait().map_err(|e| err("snapshot", e))?
             }
@@ -271,13 +280,18 @@ fn capture_ms(pct: u64, reps: usize, dir: &Path, background: bool) -> Result<Cap
 /// Pages per round of `dirty-paced` that make it dirty `target` pages per second of a
 /// 1 GiB guest on this host (measured: its rate is set by its fixed work per round).
 fn paced_pages(target: f64) -> Result<u64, CliError> {
-    let probe = 64u64;
-    let mut c = cfg("dirty-paced", Some(probe), 1 << 30, true);
-    c.limits.max_duration = Some(Duration::from_millis(700));
-    let mut m = build(&c)?;
-    let s = m.run()?;
-    let rate = s.exits as f64 * probe as f64 / s.elapsed.as_secs_f64().max(1e-9);
-    Ok(((probe as f64 * target / rate.max(1.0)).round() as u64).clamp(1, 1 << 16))
+    // Two steps: the rate is not quite proportional to the pages per round (each page
+    // costs a fault, the work between rounds is fixed).
+    let mut pages = 64u64;
+    for _ in 0..2 {
+        let mut c = cfg("dirty-paced", Some(pages), 1 << 30, true);
+        c.limits.max_duration = Some(Duration::from_millis(700));
+        let mut m = build(&c)?;
+        let s = m.run()?;
+        let rate = s.exits as f64 * pages as f64 / s.elapsed.as_secs_f64().max(1e-9);
+        pages = ((pages as f64 * target / rate.max(1.0)).round() as u64).clamp(1, 1 << 16);
+    }
+    Ok(pages)
 }
 
 /// One recording of `dirty-paced` (`pages` per round, 1 GiB) for `secs`, with a checkpoint
@@ -299,8 +313,9 @@ fn paced_run(
     let root = dir.join("paced.snapshots");
     let _ = std::fs::remove_dir_all(&root);
     let interval = mode.map(|_| Duration::from_secs(1));
-    let mut cp = Checkpointer::new(root.clone(), Policy { every_exits: None, interval }, rec.trace_id, vec![])
-        .with_capture(mode.unwrap_or(CaptureMode::StopWorld));
+    let mut cp =
+        Checkpointer::new(root.clone(), Policy { every_exits: None, interval }, rec.trace_id, vec![])
+            .with_capture(mode.unwrap_or(CaptureMode::StopWorld));
     cp.checkpoint(&mut m).map_err(|e| err("initial snapshot", e))?;
     let s = m.run_with(Some(&mut cp))?;
     cp.finish(&mut m).map_err(|e| err("checkpoint", e))?;
@@ -324,7 +339,12 @@ fn checkpoint_overhead(reps: usize, secs: f64, dir: &Path) -> Result<(f64, f64, 
     let (mut bg, mut sw, mut rate) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
         let (base, dirtied) = paced_run(pages, secs, None, dir)?;
-        let (b, _) = paced_run(pages, secs, Some(CaptureMode::Background { budget_bytes: DEFAULT_BUFFER_BYTES }), dir)?;
+        let (b, _) = paced_run(
+            pages,
+            secs,
+            Some(CaptureMode::Background { budget_bytes: DEFAULT_BUFFER_BYTES }),
+            dir,
+        )?;
         let (s, _) = paced_run(pages, secs, Some(CaptureMode::StopWorld), dir)?;
         bg.push(1.0 - ratio(b, base));
         sw.push(1.0 - ratio(s, base));

@@ -10,7 +10,8 @@
 //! through: the writing vCPU waits for that one page, which is the fall-back to pausing,
 //! counted as `pages_waited`. The writer takes a page's bytes from the copy set aside if
 //! there is one, otherwise from the memfd (still protected, so still as of the pause),
-//! and write-protection is lifted from each batch once it is read.
+//! and write-protection is lifted from each run of pages once it is read (one call per
+//! run: each makes KVM drop its mappings of the range).
 //!
 //! Durability is as for a stopped-world capture: the files and the directory are synced,
 //! then the temporary directory is renamed into place and its parent synced; only then is
@@ -42,6 +43,8 @@ const BATCH: u64 = 64;
 /// How long the fault handler waits for a fault before looking whether it should stop.
 const POLL: Duration = Duration::from_millis(50);
 const PAGE: usize = 4096;
+/// The writer thread's nice value.
+const WRITER_NICE: i32 = 10;
 
 /// Background capture could not be set up on this host or for this machine.
 #[derive(Debug, thiserror::Error)]
@@ -222,29 +225,25 @@ impl Background {
         m.vm().memory().slots().iter().all(|s| s.mapping() == Mapping::Shared)
     }
 
-    /// Registers `m`'s slots not registered yet.
+    /// Registers `m`'s slots for the capture about to start. A registered mapping costs
+    /// the guest an extra fault per page it first writes (the kernel maps it read-only to
+    /// notice writes), so slots are registered only while a capture is in flight.
     fn register(&self, m: &Machine) -> Result<Vec<SlotMap>, BackgroundError> {
         let mut maps = lock(&self.shared.maps);
         let mut out = Vec::new();
         for slot in m.vm().memory().slots() {
-            let base = slot.host_addr();
-            let known = maps.iter().find(|s| s.base == base && s.size == slot.spec().size).cloned();
-            let map = match known {
-                Some(k) => k,
-                None => {
-                    self.uffd
-                        .register(slot.region())
-                        .map_err(|source| BackgroundError::Register { slot: slot.id(), source })?;
-                    let k = SlotMap {
-                        base,
-                        size: slot.spec().size,
-                        region: Arc::clone(slot.region()),
-                        memfd: Arc::clone(slot.file()),
-                    };
-                    maps.push(k.clone());
-                    k
-                }
+            self.uffd
+                .register(slot.region())
+                .map_err(|source| BackgroundError::Register { slot: slot.id(), source })?;
+            let map = SlotMap {
+                base: slot.host_addr(),
+                size: slot.spec().size,
+                region: Arc::clone(slot.region()),
+                memfd: Arc::clone(slot.file()),
             };
+            if !maps.iter().any(|k| k.base == map.base && k.size == map.size) {
+                maps.push(map.clone());
+            }
             out.push(map);
         }
         Ok(out)
@@ -340,11 +339,12 @@ impl Background {
         }
     }
 
-    /// Lifts write-protection from every page of the capture in flight and drops it.
+    /// Lifts write-protection from every page of the capture in flight (unregistering its
+    /// slots) and drops it.
     fn disarm_all(&self) {
         if let Some(c) = lock(&self.shared.capture).take() {
             for s in &c.slots {
-                let _ = self.uffd.protect(&s.map.region, 0, s.map.size, false);
+                let _ = self.uffd.unregister(&s.map.region);
             }
         }
     }
@@ -455,6 +455,9 @@ struct Job {
 
 impl Job {
     fn run(mut self) -> Result<CaptureStats, SnapshotError> {
+        // The guest comes first: on a busy host the writer takes what CPU is left (the
+        // budget bounds what waiting costs in memory; beyond it the guest waits per page).
+        let _ = crate::sys::thread::set_current_nice(WRITER_NICE);
         if let Some(g) = &self.gate {
             let mut open = lock(&g.0);
             while !*open {
@@ -466,7 +469,8 @@ impl Job {
         let capture = lock(&self.shared.capture).take();
         if let Some(c) = &capture {
             for s in &c.slots {
-                let _ = self.uffd.protect(&s.map.region, 0, s.map.size, false);
+                // Lifts any protection left and stops write-notification of the slot.
+                let _ = self.uffd.unregister(&s.map.region);
             }
         }
         let r = r.and_then(|mut stats| {
@@ -509,18 +513,28 @@ impl Job {
                     self.batch(i, p, n, &mut buf)?;
                     p += n;
                 }
+                // Captured: the guest may write these pages freely from now on. Lifted
+                // once per run, not per batch: each call makes KVM drop its mappings of
+                // the range (an MMU-notifier invalidation), which the guest pays for.
+                if let Some(region) = lock(&self.shared.capture)
+                    .as_ref()
+                    .and_then(|c| c.slots.get(i))
+                    .map(|s| Arc::clone(&s.map.region))
+                {
+                    let _ = self.uffd.protect(&region, first * PAGE_SIZE, count * PAGE_SIZE, false);
+                }
             }
         }
         Ok(stats)
     }
 
     /// Captures pages `[p, p + n)` of slot `i`: reads them (taking copies set aside where
-    /// the guest already wrote), lifts their protection, writes the non-zero ones.
+    /// the guest already wrote) and writes the non-zero ones.
     fn batch(&self, i: usize, p: u64, n: u64, buf: &mut [u8]) -> Result<(), SnapshotError> {
         let len = PAGE * usize::try_from(n).unwrap_or(0);
         let chunk = buf.get_mut(..len).ok_or(SnapshotError::Background(BackgroundError::Lost))?;
         let mut take = vec![false; usize::try_from(n).unwrap_or(0)];
-        let (out, path, region) = {
+        let (out, path) = {
             let mut guard = lock(&self.shared.capture);
             let c = guard.as_mut().ok_or(SnapshotError::Background(BackgroundError::Lost))?;
             let Capture { slots, saved, .. } = c;
@@ -540,18 +554,28 @@ impl Job {
                     *t = true;
                 }
             }
-            (Arc::clone(&s.out), s.path.clone(), Arc::clone(&s.map.region))
+            (Arc::clone(&s.out), s.path.clone())
         };
-        // Captured: the guest may write these pages freely from now on.
-        let _ = self.uffd.protect(&region, p * PAGE_SIZE, n * PAGE_SIZE, false);
+        // Maximal runs of pages to store (taken here and not all zeros), one write each.
+        let keep: Vec<bool> = take
+            .iter()
+            .enumerate()
+            .map(|(k, t)| *t && chunk[k * PAGE..(k + 1) * PAGE].iter().any(|&b| b != 0))
+            .collect();
         let mut stored = 0;
-        for (k, t) in take.iter().enumerate() {
-            let page = &chunk[k * PAGE..(k + 1) * PAGE];
-            if *t && page.iter().any(|&b| b != 0) {
-                out.write_all_at(page, (p + k as u64) * PAGE_SIZE)
-                    .map_err(FileError::on("writing", &path))?;
-                stored += 1;
+        let mut k = 0;
+        while k < keep.len() {
+            if !keep[k] {
+                k += 1;
+                continue;
             }
+            let start = k;
+            while k < keep.len() && keep[k] {
+                k += 1;
+            }
+            out.write_all_at(&chunk[start * PAGE..k * PAGE], (p + start as u64) * PAGE_SIZE)
+                .map_err(FileError::on("writing", &path))?;
+            stored += (k - start) as u64;
         }
         if let Some(s) = lock(&self.shared.capture).as_mut().and_then(|c| c.slots.get_mut(i)) {
             s.stored += stored;

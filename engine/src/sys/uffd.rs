@@ -26,6 +26,8 @@ const UFFD_API: u64 = 0xaa;
 const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
 /// `_IOWR(0xaa, 0x00, struct uffdio_register)`.
 const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+/// `_IOR(0xaa, 0x01, struct uffdio_range)`.
+const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_aa01;
 /// `_IOWR(0xaa, 0x06, struct uffdio_writeprotect)`.
 const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xc018_aa06;
 
@@ -142,6 +144,20 @@ impl Uffd {
             ));
         }
         Ok(())
+    }
+
+    /// Unregisters all of `mapping`: write-protection is lifted from every page and the
+    /// threads blocked on it are woken.
+    ///
+    /// # Errors
+    /// The kernel refused.
+    pub fn unregister(&self, mapping: &MmapRegion) -> io::Result<()> {
+        let (start, len) = range(mapping, 0, mapping.size() as u64)?;
+        let mut r = UffdioRange { start, len };
+        // SAFETY: UFFDIO_UNREGISTER reads one `struct uffdio_range`, which `r` is. The
+        // range is exactly a live mapping of this process; unregistering changes no byte
+        // of it and only lifts protection, so every pointer into it stays valid.
+        check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_UNREGISTER, &mut r as *mut UffdioRange) })
     }
 
     /// Arms (`protect`) or disarms write-protection of `[offset, offset + len)` of
