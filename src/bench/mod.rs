@@ -289,7 +289,10 @@ fn paced_pages(target: f64) -> Result<u64, CliError> {
         let mut m = build(&c)?;
         let s = m.run()?;
         let rate = s.exits as f64 * pages as f64 / s.elapsed.as_secs_f64().max(1e-9);
-        pages = ((pages as f64 * target / rate.max(1.0)).round() as u64).clamp(1, 1 << 16);
+        // Clamped to 1..=65536 first: the cast is exact.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let next = (pages as f64 * target / rate.max(1.0)).round().clamp(1.0, 65536.0) as u64;
+        pages = next;
     }
     Ok(pages)
 }

@@ -178,7 +178,7 @@ impl InFlight {
         let Some(h) = self.writer.take() else {
             return Err(SnapshotError::Background(BackgroundError::Lost));
         };
-        h.join().unwrap_or_else(|_| Err(SnapshotError::Background(BackgroundError::Lost)))
+        h.join().unwrap_or(Err(SnapshotError::Background(BackgroundError::Lost)))
     }
 }
 

@@ -266,7 +266,7 @@ fn range(mapping: &MmapRegion, offset: u64, len: u64) -> io::Result<(u64, u64)> 
 pub fn probe() -> io::Result<()> {
     let uffd = Uffd::open()?;
     let file = super::memfd::create("vmrr-uffd-probe", PAGE)?;
-    let region = MmapRegion::from_file(vm_memory::FileOffset::new(file, 0), PAGE as usize)
+    let region = MmapRegion::from_file(vm_memory::FileOffset::new(file, 0), 4096)
         .map_err(io::Error::other)?;
     uffd.register(&region)?;
     uffd.protect(&region, 0, PAGE, true)?;
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn range_checks() {
-        let r = MmapRegion::new(2 * PAGE as usize).expect("anonymous mapping");
+        let r = MmapRegion::new(2 * 4096).expect("anonymous mapping");
         assert!(range(&r, 0, 2 * PAGE).is_ok());
         assert!(range(&r, PAGE, 2 * PAGE).is_err());
         assert!(range(&r, 1, PAGE).is_err());
