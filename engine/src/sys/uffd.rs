@@ -266,8 +266,8 @@ fn range(mapping: &MmapRegion, offset: u64, len: u64) -> io::Result<(u64, u64)> 
 pub fn probe() -> io::Result<()> {
     let uffd = Uffd::open()?;
     let file = super::memfd::create("vmrr-uffd-probe", PAGE)?;
-    let region = MmapRegion::from_file(vm_memory::FileOffset::new(file, 0), 4096)
-        .map_err(io::Error::other)?;
+    let region =
+        MmapRegion::from_file(vm_memory::FileOffset::new(file, 0), 4096).map_err(io::Error::other)?;
     uffd.register(&region)?;
     uffd.protect(&region, 0, PAGE, true)?;
     uffd.protect(&region, 0, PAGE, false)
