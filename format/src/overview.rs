@@ -245,3 +245,43 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
     }
     Ok(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Annotation, Checkpoint, Record, TraceWriter, WriterOptions};
+
+    /// Writes records with sequence numbers `seqs`; a `Some(position)` entry is a
+    /// checkpoint record whose `exit_seq` is that position, `None` an annotation.
+    fn trace(name: &str, recs: &[(u64, Option<u64>)]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("vmrr-overview-{}-{name}.vmrr", std::process::id()));
+        let mut w = TraceWriter::create(&path, WriterOptions::default()).expect("writer");
+        for (i, &(seq, cp)) in recs.iter().enumerate() {
+            let body = match cp {
+                Some(exit_seq) => Body::Checkpoint(Checkpoint { snapshot_id: i as u64, exit_seq, exits: 0 }),
+                None => Body::Annotation(Annotation { key: "k", value: "v" }),
+            };
+            w.append_record(&Record::new(seq, 0, body)).expect("append");
+        }
+        w.finish().expect("finish");
+        path
+    }
+
+    #[test]
+    fn a_gap_must_end_at_a_checkpoint_position() {
+        // Stopped world: the gap ends right before the checkpoint record.
+        let p = trace("before-record", &[(0, None), (1, None), (5, Some(4)), (6, None)]);
+        let f = scan(&p).expect("gap before a checkpoint record");
+        assert_eq!(f.checkpoints[0].at(), 5);
+        // Background: the kept stretch starts after the position; the record comes later.
+        let p2 = trace("late-record", &[(0, None), (1, None), (5, None), (6, None), (7, Some(4)), (8, None)]);
+        let f = scan(&p2).expect("gap before a later checkpoint's position");
+        assert_eq!((f.checkpoints[0].after_seq, f.checkpoints[0].at()), (4, 4));
+        // A gap no checkpoint explains is missing records.
+        let p3 = trace("unexplained", &[(0, None), (1, None), (5, None), (6, None), (7, Some(5))]);
+        assert!(matches!(scan(&p3), Err(OverviewError::Missing { first: 2, last: 4, .. })));
+        for p in [p, p2, p3] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
