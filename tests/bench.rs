@@ -67,8 +67,19 @@ fn quick_bench_reports_every_documented_figure() {
         }
     }
     for pct in ["1", "10"] {
-        positive(&r["capture_pause_ms"][pct], &format!("capture_pause_ms.{pct}"));
+        for k in ["capture_pause_ms", "capture_durable_ms", "capture_pause_stop_world_ms"] {
+            positive(&r[k][pct], &format!("{k}.{pct}"));
+        }
+        // A background capture is durable no sooner than its pause ends.
+        assert!(r["capture_durable_ms"][pct].as_f64() >= r["capture_pause_ms"][pct].as_f64());
     }
+    // Fractions of throughput lost: below 1 while the guest runs at all, maybe negative
+    // in noise.
+    for k in ["checkpoint_overhead", "checkpoint_overhead_stop_world"] {
+        let x = r[k].as_f64().unwrap_or_else(|| panic!("{k}: {}", r[k]));
+        assert!(x.is_finite() && x < 1.0 && x > -1.0, "{k} = {x}");
+    }
+    positive(&r["checkpoint_overhead_dirty_pct_per_s"], "checkpoint_overhead_dirty_pct_per_s");
     // 1% and 10% of a 1 GiB guest's pages were dirtied and captured.
     let pages = |p: &str| r["capture_dirty_pages"][p].as_u64().unwrap_or(0);
     assert!(pages("1") >= 2600 && pages("10") >= 26000, "{}", r["capture_dirty_pages"]);

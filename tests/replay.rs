@@ -375,3 +375,51 @@ fn an_interrupt_replay_cannot_inject_is_refused_with_exit_3_naming_the_record() 
         assert!(err.contains(why), "{err}");
     }
 }
+
+/// Background checkpoints (the default) append their record once the snapshot is durable,
+/// possibly after later exits; replay from each checkpoint must start at its position (the
+/// pause), not at its record, and reach the same end as with stopped-world checkpoints,
+/// whose record always follows its position.
+#[test]
+fn replay_starts_every_checkpoint_at_its_pause_background_or_stopped_world() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let common = ["--iterations", "3", "--mem-mib", "32", "--checkpoint-every", "40"];
+    for (name, extra) in [("background", vec![]), ("stop-world", vec!["--stop-world-checkpoints"])] {
+        let dir = at(&d, name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let trace = dir.join("churn.vmrr");
+        let mut args =
+            vec!["record", "--guest", "memory-churn", "-o", s(&trace), "--serial", "none", "--json"];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(&extra);
+        let o = vmrr(&args);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("run summary");
+        assert_eq!(summary["checkpoints"]["capture"], name, "{summary}");
+        let f = vmrr_format::overview::scan(&trace).expect("overview");
+        assert!(f.checkpoints.len() >= 4, "{name}: {} checkpoints", f.checkpoints.len());
+        for w in f.checkpoints.windows(2) {
+            assert!(w[0].after_seq < w[1].after_seq, "{name}: positions in order");
+            assert_eq!(w[1].exits - w[0].exits, 40, "{name}: one every 40 exits");
+        }
+        for c in &f.checkpoints {
+            assert!(c.record_seq > c.after_seq, "{name}: a record comes after its position");
+            if name == "stop-world" {
+                assert_eq!(c.record_seq, c.after_seq + 1, "a stopped-world record follows its position");
+            }
+            let id = c.snapshot_id.to_string();
+            let (code, r) = replay_json(&trace, &["--from-checkpoint", &id]);
+            assert_eq!(code, Some(0), "{name} checkpoint {id}: {r}");
+            assert_eq!(r["outcome"], "completed", "{name} checkpoint {id}: {r}");
+            assert_eq!(r["serial_output_matches"], true, "{name} checkpoint {id}");
+            assert_eq!(
+                r["exits_replayed"].as_u64().unwrap(),
+                f.exits - c.exits,
+                "{name} checkpoint {id}: {r}"
+            );
+        }
+    }
+}

@@ -17,14 +17,36 @@ pub const MAX_CHECKPOINTS: usize = 100_000;
 use crate::{Body, CpuidEntry, DecodeError, EndOfRun, ReadError, TraceReader, end_reason, kind};
 
 /// A checkpoint record.
+///
+/// A checkpoint's position is where the guest was paused: after record `after_seq`. A
+/// stopped-world checkpoint's record follows it directly (`record_seq == after_seq + 1`);
+/// a background checkpoint's record is appended only once its snapshot is durable, so
+/// later records (exits the guest made meanwhile) may come between. Replay starts from a
+/// checkpoint at [`CheckpointMark::at`], never at `record_seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointMark {
     /// The checkpoint record's own sequence number.
     pub record_seq: u64,
+    /// The last record before the snapshot (the record's `exit_seq`): its position.
+    pub after_seq: u64,
     /// Snapshot id.
     pub snapshot_id: u64,
     /// Exits before it.
     pub exits: u64,
+}
+
+impl CheckpointMark {
+    /// The last record whose effects a restore of this checkpoint holds, as a replay
+    /// position: the checkpoint's own record when it follows its position directly (a
+    /// stopped-world checkpoint), otherwise `after_seq` (a background one). Replay from
+    /// it continues with record `at() + 1`.
+    pub fn at(&self) -> u64 {
+        if self.record_seq == self.after_seq.saturating_add(1) || self.record_seq <= self.after_seq {
+            self.record_seq
+        } else {
+            self.after_seq
+        }
+    }
 }
 
 /// What a trace says about its run.
@@ -113,7 +135,10 @@ pub enum OverviewError {
 /// Reads the whole trace once.
 ///
 /// A flight recording keeps its prologue and the trace from its oldest kept checkpoint: a
-/// gap in sequence numbers is allowed only right before a checkpoint record.
+/// gap in sequence numbers is allowed only right before a checkpoint's position, that is
+/// right before a checkpoint record or before the record following the `exit_seq` of a
+/// checkpoint record that comes later (a background checkpoint's record is appended once
+/// its snapshot is durable).
 ///
 /// # Errors
 /// The trace is unreadable, or damaged other than a torn tail (which a killed writer
@@ -138,6 +163,8 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
         unfinished: r.index().is_none(),
     };
     let mut last: Option<u64> = None;
+    // Gaps `(first, last)` not yet justified by a checkpoint record.
+    let mut gaps: Vec<(u64, u64)> = Vec::new();
     let mut annotation_bytes = 0usize;
     let over = |seq: u64, what: &'static str, cap: String| OverviewError::OverCap {
         path: path.display().to_string(),
@@ -165,11 +192,14 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
         f.records += 1;
         if let Some(p) = last {
             if rec.seq != p + 1 && !matches!(rec.body, Body::Checkpoint(_)) {
-                return Err(OverviewError::Missing {
-                    path: path.display().to_string(),
-                    first: p + 1,
-                    last: rec.seq.saturating_sub(1),
-                });
+                if gaps.len() > MAX_CHECKPOINTS {
+                    return Err(OverviewError::Missing {
+                        path: path.display().to_string(),
+                        first: p + 1,
+                        last: rec.seq.saturating_sub(1),
+                    });
+                }
+                gaps.push((p + 1, rec.seq.saturating_sub(1)));
             }
         }
         last = Some(rec.seq);
@@ -198,6 +228,7 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
                 }
                 f.checkpoints.push(CheckpointMark {
                     record_seq: rec.seq,
+                    after_seq: c.exit_seq,
                     snapshot_id: c.snapshot_id,
                     exits: c.exits,
                 });
@@ -206,5 +237,51 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
             _ => {}
         }
     }
+    // A gap ending right before a checkpoint's position is what a flight recording keeps.
+    if let Some(&(first, last)) =
+        gaps.iter().find(|(_, end)| !f.checkpoints.iter().any(|c| c.after_seq == *end))
+    {
+        return Err(OverviewError::Missing { path: path.display().to_string(), first, last });
+    }
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Annotation, Checkpoint, Record, TraceWriter, WriterOptions};
+
+    /// Writes records with sequence numbers `seqs`; a `Some(position)` entry is a
+    /// checkpoint record whose `exit_seq` is that position, `None` an annotation.
+    fn trace(name: &str, recs: &[(u64, Option<u64>)]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("vmrr-overview-{}-{name}.vmrr", std::process::id()));
+        let mut w = TraceWriter::create(&path, WriterOptions::default()).expect("writer");
+        for (i, &(seq, cp)) in recs.iter().enumerate() {
+            let body = match cp {
+                Some(exit_seq) => Body::Checkpoint(Checkpoint { snapshot_id: i as u64, exit_seq, exits: 0 }),
+                None => Body::Annotation(Annotation { key: "k", value: "v" }),
+            };
+            w.append_record(&Record::new(seq, 0, body)).expect("append");
+        }
+        w.finish().expect("finish");
+        path
+    }
+
+    #[test]
+    fn a_gap_must_end_at_a_checkpoint_position() {
+        // Stopped world: the gap ends right before the checkpoint record.
+        let p = trace("before-record", &[(0, None), (1, None), (5, Some(4)), (6, None)]);
+        let f = scan(&p).expect("gap before a checkpoint record");
+        assert_eq!(f.checkpoints[0].at(), 5);
+        // Background: the kept stretch starts after the position; the record comes later.
+        let p2 = trace("late-record", &[(0, None), (1, None), (5, None), (6, None), (7, Some(4)), (8, None)]);
+        let f = scan(&p2).expect("gap before a later checkpoint's position");
+        assert_eq!((f.checkpoints[0].after_seq, f.checkpoints[0].at()), (4, 4));
+        // A gap no checkpoint explains is missing records.
+        let p3 = trace("unexplained", &[(0, None), (1, None), (5, None), (6, None), (7, Some(5))]);
+        assert!(matches!(scan(&p3), Err(OverviewError::Missing { first: 2, last: 4, .. })));
+        for p in [p, p2, p3] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }

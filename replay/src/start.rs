@@ -36,7 +36,7 @@ fn checkpoint(
                 src.snapshots.as_ref().is_some_and(|r| snapshot_dir(r, c.snapshot_id).is_dir())
             };
             Ok(match opts.goto {
-                Some(g) => f.checkpoints.iter().rev().filter(|c| c.record_seq <= g).find(present).copied(),
+                Some(g) => f.checkpoints.iter().rev().filter(|c| c.at() <= g).find(present).copied(),
                 None => f.checkpoints.iter().find(present).copied(),
             })
         }
@@ -58,7 +58,7 @@ pub fn prepare(src: &Source, f: &TraceOverview, opts: &Options) -> Result<(Machi
             return Err(unreplayable(format!("snapshot {} belongs to another trace", c.snapshot_id)));
         }
         let m = snapshot::restore(&chain, opts.serial.clone(), debugcon, opts.dirty_log)?;
-        return Ok((m, Start { snapshot: Some(c.snapshot_id), seq: c.record_seq + 1 }));
+        return Ok((m, Start { snapshot: Some(c.snapshot_id), seq: c.at() + 1 }));
     }
     // The guest file is the user's (`--image`, `--firmware`) or the bundle's: never a
     // path the trace names.

@@ -273,27 +273,139 @@ fn memslot_ms(mem_mib: u64, reps: usize) -> Result<f64, CliError> {
     Ok(median(&mut times))
 }
 
-fn capture_pause_ms(pct: u64, reps: usize, dir: &Path) -> Result<(f64, u64), CliError> {
+/// One capture figure: median pause and median time until durable (ms), pages captured.
+struct Capture {
+    pause_ms: f64,
+    durable_ms: f64,
+    pages: u64,
+}
+
+/// Incremental captures of a 1 GiB guest that dirtied `pct`% of its pages since the last:
+/// stopped-world (`background` false: the pause is the whole write and sync) or in the
+/// background (the pause arms write-protection; durable when the writer has synced and
+/// renamed the snapshot).
+fn capture_ms(pct: u64, reps: usize, dir: &Path, background: bool) -> Result<Capture, CliError> {
     let mem = 1u64 << 30;
     let pages = (mem - vmrr_engine::guests::CHURN_START) / 4096;
     let n = (pages * pct / 100).max(1);
     let mut m = build(&cfg("dirty-pages", Some(n), mem, true))?;
-    let root = dir.join(format!("capture-{pct}"));
+    let root = dir.join(format!("capture-{pct}-{}", if background { "bg" } else { "sw" }));
     m.set_max_exits(Some(1));
     m.run()?;
     take_snapshot(&mut m, &snapshot_dir(&root, 0), 0, None)?;
-    let mut pauses = Vec::new();
+    let mut bg = if background {
+        Some(
+            snapshot::Background::new(vmrr_engine::checkpoint::DEFAULT_BUFFER_BYTES)
+                .map_err(|e| err("background capture", e))?,
+        )
+    } else {
+        None
+    };
+    let (mut pauses, mut durable) = (Vec::new(), Vec::new());
     let mut dirty = 0;
     for r in 1..=reps as u64 {
         m.set_max_exits(Some(m.exits() + 1));
         m.run()?;
-        let s =
-            take_snapshot(&mut m, &snapshot_dir(&root, r), r, Some(r - 1)).map_err(|e| err("snapshot", e))?;
+        let dir = snapshot_dir(&root, r);
+        let s = match bg.as_mut() {
+            Some(b) => {
+                let who = snapshot::Identity {
+                    id: r,
+                    parent: Some(r - 1),
+                    trace_id: [0; 16],
+                    exit_seq: None,
+                    annotations: &[],
+                };
+                let (inflight, _) = b.start(&mut m, &dir, &who).map_err(|e| err("snapshot", e))?;
+                inflight.wait().map_err(|e| err("snapshot", e))?
+            }
+            None => take_snapshot(&mut m, &dir, r, Some(r - 1))?,
+        };
         dirty = s.pages_considered;
         pauses.push(s.pause.as_secs_f64() * 1000.0);
+        durable.push(s.durable.as_secs_f64() * 1000.0);
     }
     let _ = std::fs::remove_dir_all(&root);
-    Ok((median(&mut pauses), dirty))
+    Ok(Capture { pause_ms: median(&mut pauses), durable_ms: median(&mut durable), pages: dirty })
+}
+
+/// Pages per round of `dirty-paced` that make it dirty `target` pages per second of a
+/// 1 GiB guest on this host (measured: its rate is set by its fixed work per round).
+fn paced_pages(target: f64) -> Result<u64, CliError> {
+    // Two steps: the rate is not quite proportional to the pages per round (each page
+    // costs a fault, the work between rounds is fixed).
+    let mut pages = 64u64;
+    for _ in 0..2 {
+        let mut c = cfg("dirty-paced", Some(pages), 1 << 30, true);
+        c.limits.max_duration = Some(Duration::from_millis(700));
+        let mut m = build(&c)?;
+        let s = m.run()?;
+        let rate = s.exits as f64 * pages as f64 / s.elapsed.as_secs_f64().max(1e-9);
+        // Clamped to 1..=65536 first: the cast is exact.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let next = (pages as f64 * target / rate.max(1.0)).round().clamp(1.0, 65536.0) as u64;
+        pages = next;
+    }
+    Ok(pages)
+}
+
+/// One recording of `dirty-paced` (`pages` per round, 1 GiB) for `secs`, with a checkpoint
+/// every second captured as `mode` (`None`: no checkpoints, only the initial snapshot).
+/// Rounds of guest work per second, and pages dirtied per second.
+fn paced_run(
+    pages: u64,
+    secs: f64,
+    mode: Option<vmrr_engine::checkpoint::CaptureMode>,
+    dir: &Path,
+) -> Result<(f64, f64), CliError> {
+    use vmrr_engine::checkpoint::{CaptureMode, Checkpointer, Policy};
+    let mut c = cfg("dirty-paced", Some(pages), 1 << 30, true);
+    c.limits.max_duration = Some(Duration::from_secs_f64(secs));
+    let mut m = build(&c)?;
+    let trace = dir.join("paced.vmrr");
+    let w = TraceWriter::create(&trace, WriterOptions::default())?;
+    let rec = c.start_recording(&mut m, w)?;
+    let root = dir.join("paced.snapshots");
+    let _ = std::fs::remove_dir_all(&root);
+    let interval = mode.map(|_| Duration::from_secs(1));
+    let mut cp =
+        Checkpointer::new(root.clone(), Policy { every_exits: None, interval }, rec.trace_id, vec![])
+            .with_capture(mode.unwrap_or(CaptureMode::StopWorld));
+    cp.checkpoint(&mut m).map_err(|e| err("initial snapshot", e))?;
+    let s = m.run_with(Some(&mut cp))?;
+    cp.finish(&mut m).map_err(|e| err("checkpoint", e))?;
+    if let Some(r) = m.stop_recording() {
+        r.finish(s.outcome.end_reason(), s.outcome.status())?;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_file(&trace);
+    let t = s.elapsed.as_secs_f64().max(1e-9);
+    Ok((s.exits as f64 / t, s.exits as f64 * pages as f64 / t))
+}
+
+/// Throughput lost to a checkpoint every second by a guest dirtying 10% of 1 GiB per
+/// second, recorded: `1 - rounds/s with / rounds/s without`, for background and
+/// stopped-world capture (runs interleaved, medians); and the dirty rate achieved (% of
+/// memory per second, without checkpoints).
+fn checkpoint_overhead(reps: usize, secs: f64, dir: &Path) -> Result<(f64, f64, f64), CliError> {
+    use vmrr_engine::checkpoint::{CaptureMode, DEFAULT_BUFFER_BYTES};
+    let total = ((1u64 << 30) - vmrr_engine::guests::CHURN_START) as f64 / 4096.0;
+    let pages = paced_pages(total * 0.10)?;
+    let (mut bg, mut sw, mut rate) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let (base, dirtied) = paced_run(pages, secs, None, dir)?;
+        let (b, _) = paced_run(
+            pages,
+            secs,
+            Some(CaptureMode::Background { budget_bytes: DEFAULT_BUFFER_BYTES }),
+            dir,
+        )?;
+        let (s, _) = paced_run(pages, secs, Some(CaptureMode::StopWorld), dir)?;
+        bg.push(1.0 - ratio(b, base));
+        sw.push(1.0 - ratio(s, base));
+        rate.push(100.0 * dirtied / total);
+    }
+    Ok((median(&mut bg), median(&mut sw), median(&mut rate)))
 }
 
 fn resets(count: usize, dir: &Path) -> Result<(f64, f64, u64), CliError> {
@@ -396,14 +508,20 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
         remap_pages = r.pages;
         memslot[mib.to_string()] = json!(memslot_ms(mib, plan.reps.max(5))?);
     }
-    let mut capture = json!({});
-    let mut capture_pages = json!({});
+    let (mut capture, mut capture_durable, mut capture_sw, mut capture_pages) =
+        (json!({}), json!({}), json!({}), json!({}));
     for pct in [1u64, 10] {
-        say(&format!("capture pause at {pct}% dirty"));
-        let (ms, pages) = capture_pause_ms(pct, plan.reps, dir)?;
-        capture[pct.to_string()] = json!(ms);
-        capture_pages[pct.to_string()] = json!(pages);
+        say(&format!("capture pause at {pct}% dirty, background and stopped-world"));
+        let b = capture_ms(pct, plan.reps, dir, true)?;
+        let s = capture_ms(pct, plan.reps, dir, false)?;
+        capture[pct.to_string()] = json!(b.pause_ms);
+        capture_durable[pct.to_string()] = json!(b.durable_ms);
+        capture_sw[pct.to_string()] = json!(s.pause_ms);
+        capture_pages[pct.to_string()] = json!(b.pages.min(s.pages));
     }
+    say("checkpoint overhead: 10% of 1 GiB dirtied per second, a checkpoint every second");
+    let (cp_bg, cp_sw, cp_rate) =
+        checkpoint_overhead(if quick { 1 } else { 3 }, if quick { 3.0 } else { 5.0 }, dir)?;
     say("in-place resets at 64 dirty pages");
     let (rps, cycles, dirty) = resets(plan.resets, dir)?;
     let pio = &modes["pio-storm"];
@@ -433,7 +551,12 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
         "restore_remap_pages": remap_pages,
         "memslot_ms": memslot,
         "capture_pause_ms": capture,
+        "capture_durable_ms": capture_durable,
+        "capture_pause_stop_world_ms": capture_sw,
         "capture_dirty_pages": capture_pages,
+        "checkpoint_overhead": cp_bg,
+        "checkpoint_overhead_stop_world": cp_sw,
+        "checkpoint_overhead_dirty_pct_per_s": cp_rate,
         "resets_per_s": rps,
         "reset_cycles_per_s": cycles,
         "reset_dirty_pages": dirty,
@@ -499,9 +622,22 @@ fn print_human(r: &Value) {
         );
     }
     println!(
-        "  capture pause (1 GiB guest): 1% dirty {:.1} ms, 10% dirty {:.1} ms",
+        "  capture pause (1 GiB guest, background): 1% dirty {:.2} ms (durable {:.1} ms), 10% dirty {:.2} ms (durable {:.1} ms)",
         f(&r["capture_pause_ms"]["1"]),
-        f(&r["capture_pause_ms"]["10"])
+        f(&r["capture_durable_ms"]["1"]),
+        f(&r["capture_pause_ms"]["10"]),
+        f(&r["capture_durable_ms"]["10"])
+    );
+    println!(
+        "  capture pause (stopped world):           1% dirty {:.1} ms, 10% dirty {:.1} ms",
+        f(&r["capture_pause_stop_world_ms"]["1"]),
+        f(&r["capture_pause_stop_world_ms"]["10"])
+    );
+    println!(
+        "  checkpoint every second, guest dirtying {:.1}% of 1 GiB/s: throughput lost {:.1}% (background), {:.1}% (stopped world)",
+        f(&r["checkpoint_overhead_dirty_pct_per_s"]),
+        100.0 * f(&r["checkpoint_overhead"]),
+        100.0 * f(&r["checkpoint_overhead_stop_world"])
     );
     println!(
         "  in-place reset at {} dirty pages: {:.0} resets/s ({:.0} run+reset cycles/s)",

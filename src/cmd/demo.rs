@@ -54,6 +54,8 @@ pub fn run(dir: Option<&Path>, budgets: &vmrr_format::bundle::Budgets) -> CliRes
         sync: "chunk".into(),
         checkpoint_every: Some(60),
         checkpoint_interval_ms: None,
+        stop_world_checkpoints: false,
+        checkpoint_buffer_mib: 64,
         no_snapshot: false,
         flight_recorder: false,
         keep: 3,

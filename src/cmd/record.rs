@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vmrr_engine::checkpoint::{Checkpointer, Policy};
+use vmrr_engine::checkpoint::{CaptureMode, Checkpointer, Policy};
 use vmrr_engine::devices::console::Console;
 use vmrr_engine::guests::boot::BootMode;
 use vmrr_engine::kvm::cpuid::CpuidProfile;
@@ -84,6 +84,16 @@ pub struct RecordArgs {
     /// Take a checkpoint at the first exit after T milliseconds since the last one.
     #[arg(long)]
     pub checkpoint_interval_ms: Option<u64>,
+    /// Checkpoints stop the guest until every dirty page is written and synced (the
+    /// behaviour before background capture; by default the guest is paused only to
+    /// write-protect the pages, which a writer thread stores while it runs).
+    #[arg(long)]
+    pub stop_world_checkpoints: bool,
+    /// Background checkpoints: most MiB of old page contents held aside for pages the
+    /// guest writes before they are stored; beyond it the writing vCPU waits for its page
+    /// (`pages_waited` in the run summary).
+    #[arg(long, default_value_t = 64)]
+    pub checkpoint_buffer_mib: u64,
     /// Do not write snapshots (by default the initial state is saved next to the trace,
     /// in `<trace>.snapshots/`, so the trace can be replayed anywhere).
     #[arg(long, conflicts_with_all = ["checkpoint_every", "checkpoint_interval_ms"])]
@@ -190,6 +200,15 @@ impl RecordArgs {
         }
     }
 
+    /// How checkpoints capture memory.
+    pub fn capture_mode(&self) -> CaptureMode {
+        if self.stop_world_checkpoints {
+            CaptureMode::StopWorld
+        } else {
+            CaptureMode::Background { budget_bytes: self.checkpoint_buffer_mib.saturating_mul(1 << 20) }
+        }
+    }
+
     /// Writer options.
     pub fn writer_options(&self) -> WriterOptions {
         WriterOptions {
@@ -231,7 +250,15 @@ pub fn run(args: &RecordArgs) -> CliResult {
                     source,
                 })?;
             }
-            let mut cp = Checkpointer::new(root, args.policy(), recording.trace_id, recording.annotations);
+            let mut cp = Checkpointer::new(root, args.policy(), recording.trace_id, recording.annotations)
+                .with_capture(args.capture_mode());
+            if let Some(note) = cp.capture_note() {
+                eprintln!("vmrr: note: {note}");
+                if let Some(rec) = m.recorder_mut() {
+                    // The trace says how its checkpoints were taken, and why.
+                    let _ = rec.annotate("checkpoint.capture_note", note);
+                }
+            }
             if let Err(e) = cp.checkpoint(&mut m) {
                 let e = RunError::Hook { hook: "initial snapshot", exit: 0, source: Box::new(e) };
                 return Err(close_after_error(&mut m, e));
@@ -245,6 +272,10 @@ pub fn run(args: &RecordArgs) -> CliResult {
     };
     let summary = run.map_err(|e| close_after_error(&mut m, e))?;
     if let Some(cp) = checkpointer.as_mut() {
+        if let Err(e) = cp.finish(&mut m) {
+            let e = RunError::Hook { hook: "checkpoint", exit: summary.exits, source: Box::new(e) };
+            return Err(close_after_error(&mut m, e));
+        }
         if let Err(e) = cp.failure_point(&mut m, &summary.outcome) {
             let e =
                 RunError::Hook { hook: "failure-point snapshot", exit: summary.exits, source: Box::new(e) };
@@ -307,10 +338,18 @@ fn report(
 ) {
     let checkpoints = cp.map(|c| {
         let max_pause = c.taken.iter().map(|t| t.stats.pause).max().unwrap_or_default();
+        let max_durable = c.taken.iter().map(|t| t.stats.durable).max().unwrap_or_default();
+        let bg = c.background_totals();
         serde_json::json!({
             "dir": c.root().display().to_string(),
             "count": c.taken.len(),
             "max_pause_ms": max_pause.as_secs_f64() * 1000.0,
+            "max_durable_ms": max_durable.as_secs_f64() * 1000.0,
+            "capture": c.capture_name(),
+            "capture_note": c.capture_note(),
+            "pages_saved": bg.pages_saved,
+            "pages_waited": bg.pages_waited,
+            "peak_saved_pages": bg.peak_saved_pages,
             "ids": c.taken.iter().map(|t| t.id).collect::<Vec<_>>(),
         })
     });
@@ -363,11 +402,20 @@ fn report(
         }
         if let Some(c) = &checkpoints {
             line.push_str(&format!(
-                "; {} snapshot(s) in {} (longest pause {:.2} ms)",
+                "; {} snapshot(s) in {} ({} capture, longest pause {:.2} ms, longest until durable {:.2} ms",
                 c["count"],
                 c["dir"].as_str().unwrap_or(""),
-                c["max_pause_ms"].as_f64().unwrap_or(0.0)
+                c["capture"].as_str().unwrap_or(""),
+                c["max_pause_ms"].as_f64().unwrap_or(0.0),
+                c["max_durable_ms"].as_f64().unwrap_or(0.0)
             ));
+            let waited = c["pages_waited"].as_u64().unwrap_or(0);
+            if waited > 0 {
+                line.push_str(&format!(
+                    "; {waited} page(s) over --checkpoint-buffer-mib: the guest waited for them as if paused"
+                ));
+            }
+            line.push(')');
         }
         eprintln!("{line}");
     }
@@ -395,11 +443,23 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
         vmrr_engine::machine::signals::sigusr1_flag()
             .map_err(|e| CliError::Capability(format!("SIGUSR1: {e}")))?,
     );
-    let settings = FlightSettings { policy: args.policy(), keep: args.keep, opts: args.writer_options() };
+    let settings = FlightSettings {
+        policy: args.policy(),
+        keep: args.keep,
+        opts: args.writer_options(),
+        capture: args.capture_mode(),
+    };
     let mut fr = FlightRecorder::start(&mut m, dir.clone(), settings, &recording).map_err(|e| {
         close_after_error(&mut m, RunError::Hook { hook: "flight recorder", exit: 0, source: Box::new(e) })
     })?;
+    if let Some(note) = fr.checkpointer().capture_note() {
+        eprintln!("vmrr: note: {note}");
+    }
     let summary = m.run_with(Some(&mut fr)).map_err(|e| close_after_error(&mut m, e))?;
+    if let Err(e) = fr.finish(&mut m) {
+        let e = RunError::Hook { hook: "flight recorder", exit: summary.exits, source: Box::new(e) };
+        return Err(close_after_error(&mut m, e));
+    }
     if let Err(e) = fr.failure_point(&mut m, &summary.outcome) {
         let e = RunError::Hook { hook: "failure-point snapshot", exit: summary.exits, source: Box::new(e) };
         return Err(close_after_error(&mut m, e));
@@ -410,6 +470,19 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
     let triggered =
         summary.outcome.is_fatal() || matches!(summary.outcome, vmrr_engine::machine::Outcome::Stopped);
     let secs = summary.elapsed.as_secs_f64();
+    let cp = fr.checkpointer();
+    let bg = cp.background_totals();
+    let max_pause = cp.taken.iter().map(|t| t.stats.pause).max().unwrap_or_default();
+    eprintln!(
+        "vmrr: flight recorder: {} checkpoints ({} capture), longest pause {:.2} ms; {} page(s) set aside \
+         (peak {}), {} page(s) over --checkpoint-buffer-mib (pages_waited: the guest waited for them)",
+        cp.taken.len(),
+        cp.capture_name(),
+        max_pause.as_secs_f64() * 1000.0,
+        bg.pages_saved,
+        bg.peak_saved_pages,
+        bg.pages_waited
+    );
     if triggered {
         let man = fr.write_bundle(&out).map_err(|e| match e {
             FlightError::Pack(e) => super::bundle_err(e),

@@ -56,6 +56,8 @@ pub struct FlightSettings {
     pub keep: usize,
     /// How segments are written.
     pub opts: WriterOptions,
+    /// How checkpoints capture memory.
+    pub capture: crate::checkpoint::CaptureMode,
 }
 
 /// A flight recorder attached to a recording machine.
@@ -95,13 +97,14 @@ impl FlightRecorder {
         settings: FlightSettings,
         recording: &Recording,
     ) -> Result<Self, FlightError> {
-        let FlightSettings { policy, keep, opts } = settings;
+        let FlightSettings { policy, keep, opts, capture } = settings;
         let cp = Checkpointer::new(
             dir.join("snapshots"),
             policy,
             recording.trace_id,
             recording.annotations.clone(),
-        );
+        )
+        .with_capture(capture);
         let mut fr = FlightRecorder {
             dir,
             cp,
@@ -117,6 +120,8 @@ impl FlightRecorder {
 
     /// New segment, then a checkpoint as its first record; drops what falls out of `keep`.
     fn rotate(&mut self, m: &mut Machine) -> Result<(), FlightError> {
+        // The previous checkpoint's record belongs to its own segment: finish it there.
+        self.cp.finish(m)?;
         let id = self.cp.taken.last().map_or(0, |t| t.id + 1);
         let path = self.dir.join(format!("seg-{id:06}.vmrr"));
         let mut opts = self.opts.clone();
@@ -126,11 +131,15 @@ impl FlightRecorder {
             let old = rec.replace_writer(w)?;
             old.finish()?;
         }
-        let t = self.cp.checkpoint(m)?;
-        self.segments.push_back((t.id, path));
+        let new_id = self.cp.begin(m)?;
+        self.segments.push_back((new_id, path));
         while self.segments.len() > self.keep {
             let Some((old_id, old_seg)) = self.segments.pop_front() else { break };
-            let next_id = self.segments.front().map_or(t.id, |s| s.0);
+            let next_id = self.segments.front().map_or(new_id, |s| s.0);
+            if next_id == new_id {
+                // Folding into the capture in flight: it must be complete first.
+                self.cp.finish(m)?;
+            }
             let root = self.cp.root().to_path_buf();
             snapshot::squash(&snapshot::snapshot_dir(&root, old_id), &snapshot::snapshot_dir(&root, next_id))
                 .map_err(FlightError::Squash)?;
@@ -142,6 +151,21 @@ impl FlightRecorder {
 
     fn cp_trace_id(&self) -> [u8; 16] {
         self.cp.trace_id()
+    }
+
+    /// Finishes the background checkpoint in flight (its record goes into the current
+    /// segment). Call when the run ends, before [`Self::failure_point`] or assembling.
+    ///
+    /// # Errors
+    /// The snapshot or its record could not be written.
+    pub fn finish(&mut self, m: &mut Machine) -> Result<(), FlightError> {
+        self.cp.finish(m)?;
+        Ok(())
+    }
+
+    /// Its checkpointer (capture mode, checkpoints taken, background totals).
+    pub fn checkpointer(&self) -> &Checkpointer {
+        &self.cp
     }
 
     /// Takes the failure-point snapshot (see `Checkpointer::failure_point`) after a run
@@ -224,6 +248,11 @@ impl FlightRecorder {
 
 impl ExitHook for FlightRecorder {
     fn after_exit(&mut self, m: &mut Machine, exits: u64) -> Result<(), RunError> {
+        self.cp.poll(m).map_err(|e| RunError::Hook {
+            hook: "flight recorder",
+            exit: exits,
+            source: Box::new(e),
+        })?;
         if self.cp.due(exits) {
             self.rotate(m).map_err(|e| RunError::Hook {
                 hook: "flight recorder",

@@ -60,11 +60,55 @@ pub struct Taken {
     pub exits: u64,
     /// Last trace record before it.
     pub exit_seq: Option<u64>,
-    /// Capture statistics.
+    /// Capture statistics (`durable` measured from the pause to the record's sync).
     pub stats: CaptureStats,
 }
 
+/// How checkpoints capture memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// The guest stays paused until every page is written and synced.
+    StopWorld,
+    /// The guest is paused only to arm write-protection; pages are written while it runs,
+    /// with at most `budget_bytes` of old page contents held aside at once.
+    Background {
+        /// The budget for pages written by the guest before the writer reached them.
+        budget_bytes: u64,
+    },
+}
+
+/// Default budget of old page contents held aside by a background capture (64 MiB).
+pub const DEFAULT_BUFFER_BYTES: u64 = 64 << 20;
+
+/// A background capture whose snapshot is not yet durable.
+#[derive(Debug)]
+struct Pending {
+    inflight: snapshot::InFlight,
+    id: u64,
+    exit_seq: Option<u64>,
+    exits: u64,
+    started: Instant,
+}
+
+/// Totals over the background captures of a run (the flight recorder's summary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackgroundTotals {
+    /// Checkpoints written in the background.
+    pub captures: u64,
+    /// Pages whose old contents were set aside because the guest wrote them first.
+    pub pages_saved: u64,
+    /// Pages the guest wrote while the budget was spent: the vCPU waited for each.
+    pub pages_waited: u64,
+    /// Most pages held aside at once.
+    pub peak_saved_pages: u64,
+}
+
 /// Takes checkpoints into a snapshot directory.
+///
+/// With [`CaptureMode::Background`], [`Self::begin`] returns as soon as the guest may run
+/// again; the snapshot becomes durable later and only then is its checkpoint record
+/// appended to the trace ([`Self::poll`] after each exit, [`Self::finish`] at the end),
+/// carrying the pause's position (`exit_seq`), not the position where it is appended.
 #[derive(Debug)]
 pub struct Checkpointer {
     root: PathBuf,
@@ -73,12 +117,16 @@ pub struct Checkpointer {
     annotations: Vec<(String, String)>,
     next_id: u64,
     last_time: Instant,
+    background: Option<snapshot::Background>,
+    note: Option<String>,
+    pending: Option<Pending>,
     /// Checkpoints taken, in order.
     pub taken: Vec<Taken>,
 }
 
 impl Checkpointer {
-    /// Checkpoints into `root` (created if needed) for the trace `trace_id`.
+    /// Checkpoints into `root` (created if needed) for the trace `trace_id`, stopping the
+    /// guest while each is written (see [`Self::with_capture`]).
     pub fn new(
         root: PathBuf,
         policy: Policy,
@@ -92,8 +140,62 @@ impl Checkpointer {
             annotations,
             next_id: 0,
             last_time: Instant::now(),
+            background: None,
+            note: None,
+            pending: None,
             taken: Vec::new(),
         }
+    }
+
+    /// Captures as `mode` says. When background capture is asked for and this host cannot
+    /// write-protect guest memory, checkpoints stop the guest instead and
+    /// [`Self::capture_note`] says why.
+    pub fn with_capture(mut self, mode: CaptureMode) -> Self {
+        self.background = None;
+        self.note = None;
+        if let CaptureMode::Background { budget_bytes } = mode {
+            match snapshot::Background::new(budget_bytes) {
+                Ok(b) => self.background = Some(b),
+                Err(e) => {
+                    let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+                    self.note = Some(format!(
+                        "background checkpoints unavailable ({e}{cause}); checkpoints stop the guest while they write"
+                    ));
+                }
+            }
+        }
+        self
+    }
+
+    /// Testing only: background writers start only when their capture is finished (see
+    /// `Background::defer_writes`).
+    #[cfg(feature = "testing")]
+    pub fn defer_background_writes(&mut self) {
+        if let Some(b) = self.background.as_mut() {
+            b.defer_writes();
+        }
+    }
+
+    /// How checkpoints are captured: `"background"` or `"stop-world"`.
+    pub fn capture_name(&self) -> &'static str {
+        if self.background.is_some() { "background" } else { "stop-world" }
+    }
+
+    /// Why background capture was asked for and is not used, if so.
+    pub fn capture_note(&self) -> Option<&str> {
+        self.note.as_deref()
+    }
+
+    /// Totals over the background captures taken so far.
+    pub fn background_totals(&self) -> BackgroundTotals {
+        let mut t = BackgroundTotals::default();
+        for s in self.taken.iter().map(|t| t.stats).filter(|s| s.background) {
+            t.captures += 1;
+            t.pages_saved += s.pages_saved;
+            t.pages_waited += s.pages_waited;
+            t.peak_saved_pages = t.peak_saved_pages.max(s.peak_saved_pages);
+        }
+        t
     }
 
     /// The snapshot directory.
@@ -101,12 +203,88 @@ impl Checkpointer {
         &self.root
     }
 
-    /// Takes the next checkpoint now (the first is full, later ones incremental) and
-    /// records it in the trace when `m` is recording.
+    /// Takes the next checkpoint now (the first is full, later ones incremental), waits
+    /// until it is durable and records it in the trace when `m` is recording.
     ///
     /// # Errors
     /// The snapshot or its trace record could not be written.
     pub fn checkpoint(&mut self, m: &mut Machine) -> Result<Taken, CheckpointError> {
+        let id = self.begin(m)?;
+        self.finish(m)?;
+        self.taken.last().copied().filter(|t| t.id == id).ok_or(CheckpointError::Snapshot {
+            id,
+            source: SnapshotError::Background(snapshot::BackgroundError::Lost),
+        })
+    }
+
+    /// Starts the next checkpoint: returns its id once the guest may run again (at once
+    /// for a background capture, after the snapshot and its record are durable for a
+    /// stopped-world one). A previous background capture is finished first.
+    ///
+    /// # Errors
+    /// The snapshot or a trace record could not be written.
+    pub fn begin(&mut self, m: &mut Machine) -> Result<u64, CheckpointError> {
+        self.finish(m)?;
+        let id = self.next_id;
+        let background = self.background.as_mut().filter(|_| snapshot::Background::supports(m));
+        let Some(bg) = background else {
+            self.stop_world(m)?;
+            return Ok(id);
+        };
+        let parent = self.taken.last().map(|t| t.id);
+        let exit_seq = m.recorder().and_then(|r| r.next_seq().checked_sub(1));
+        let exits = m.exits();
+        let dir = snapshot::snapshot_dir(&self.root, id);
+        let who = snapshot::Identity {
+            id,
+            parent,
+            trace_id: self.trace_id,
+            exit_seq,
+            annotations: &self.annotations,
+        };
+        let started = Instant::now();
+        let (inflight, _pause) =
+            bg.start(m, &dir, &who).map_err(|source| CheckpointError::Snapshot { id, source })?;
+        self.pending = Some(Pending { inflight, id, exit_seq, exits, started });
+        self.next_id += 1;
+        self.last_time = Instant::now();
+        Ok(id)
+    }
+
+    /// Finishes the background capture in flight, if its snapshot is durable already.
+    ///
+    /// # Errors
+    /// As for [`Self::finish`].
+    pub fn poll(&mut self, m: &mut Machine) -> Result<(), CheckpointError> {
+        if self.pending.as_ref().is_some_and(|p| p.inflight.is_done()) {
+            self.finish(m)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the background capture in flight, if any, and once its snapshot is
+    /// durable appends its checkpoint record (at the pause's position) and syncs the trace.
+    ///
+    /// # Errors
+    /// The snapshot or its trace record could not be written.
+    pub fn finish(&mut self, m: &mut Machine) -> Result<Option<Taken>, CheckpointError> {
+        let Some(p) = self.pending.take() else { return Ok(None) };
+        let id = p.id;
+        let stats = p.inflight.wait().map_err(|source| CheckpointError::Snapshot { id, source })?;
+        if let Some(rec) = m.recorder_mut() {
+            let exit_seq = p.exit_seq.unwrap_or(0);
+            rec.record_checkpoint_at(id, exit_seq, p.exits)
+                .and_then(|_| rec.writer_mut().sync())
+                .map_err(|source| CheckpointError::Record { id, source })?;
+        }
+        let stats = CaptureStats { durable: p.started.elapsed().max(stats.durable), ..stats };
+        let t = Taken { id, exits: p.exits, exit_seq: p.exit_seq, stats };
+        self.taken.push(t);
+        Ok(Some(t))
+    }
+
+    /// A stopped-world checkpoint: written, synced and recorded before returning.
+    fn stop_world(&mut self, m: &mut Machine) -> Result<Taken, CheckpointError> {
         let id = self.next_id;
         let parent = self.taken.last().map(|t| t.id);
         let exit_seq = m.recorder().and_then(|r| r.next_seq().checked_sub(1));
@@ -147,10 +325,12 @@ impl Checkpointer {
         m: &mut Machine,
         outcome: &Outcome,
     ) -> Result<Option<Taken>, CheckpointError> {
+        self.finish(m)?;
         if !vmrr_format::end_reason::is_failure(outcome.end_reason()) {
             return Ok(None);
         }
-        self.checkpoint(m).map(Some)
+        // The guest will not run again: nothing to gain from writing in the background.
+        self.stop_world(m).map(Some)
     }
 
     /// The trace these checkpoints belong to.
@@ -167,12 +347,10 @@ impl Checkpointer {
 
 impl ExitHook for Checkpointer {
     fn after_exit(&mut self, m: &mut Machine, exits: u64) -> Result<(), RunError> {
+        let hook = |e| RunError::Hook { hook: "checkpoint", exit: exits, source: Box::new(e) };
+        self.poll(m).map_err(hook)?;
         if self.due(exits) {
-            self.checkpoint(m).map_err(|e| RunError::Hook {
-                hook: "checkpoint",
-                exit: exits,
-                source: Box::new(e),
-            })?;
+            self.begin(m).map_err(hook)?;
         }
         Ok(())
     }

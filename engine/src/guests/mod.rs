@@ -14,6 +14,7 @@ mod entropy;
 pub mod firmware;
 mod hello;
 mod interrupts;
+mod rewrite;
 mod storm;
 mod tsc;
 
@@ -174,6 +175,18 @@ pub const BUILTINS: &[Builtin] = &[
         about: "dirties N pages, exits, repeats forever (snapshot benchmarks; end it with --max-exits)",
         default_iterations: Some(64),
     },
+    Builtin {
+        name: "dirty-paced",
+        mode: BootMode::Long { ring: 3 },
+        about: "dirties N pages, exits, works ~1 ms, repeats forever (checkpoint-overhead benchmark; --max-exits)",
+        default_iterations: Some(64),
+    },
+    Builtin {
+        name: "rewrite-window",
+        mode: BootMode::Long { ring: 3 },
+        about: "rewrites the same N pages every round, exiting once per round, forever (background checkpoints; end it with --max-exits)",
+        default_iterations: Some(64),
+    },
 ];
 
 /// The built-in named `name`.
@@ -210,6 +223,8 @@ pub fn builtin(name: &str, params: &GuestParams) -> Result<GuestImage, LoadError
         "interrupts" => interrupts::build(LONG_LOAD, n),
         "memory-churn" => churn::build(LONG_LOAD, &ranges, n),
         "dirty-pages" => dirty::build(LONG_LOAD, low_end, n),
+        "dirty-paced" => dirty::build_paced(LONG_LOAD, low_end, n),
+        "rewrite-window" => rewrite::build(LONG_LOAD, low_end, n),
         "tsc" => tsc::build(LONG_LOAD, n, false),
         "tsc-fail" => tsc::build(LONG_LOAD, n, true),
         _ => emulation_failure::build(LONG_LOAD),

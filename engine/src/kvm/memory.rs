@@ -161,6 +161,10 @@ impl Slot {
     pub fn host_addr(&self) -> u64 {
         self.region.as_ptr() as u64
     }
+    /// The host mapping (for write-protecting it during a background capture).
+    pub(crate) fn region(&self) -> &Arc<GuestRegionMmap> {
+        &self.region
+    }
 
     fn remap_err(
         &self,

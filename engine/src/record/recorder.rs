@@ -298,6 +298,22 @@ impl Recorder {
         self.writer.append(self.vcpu_id, Body::Checkpoint(c), None)
     }
 
+    /// Records checkpoint `snapshot_id` taken earlier, after record `exit_seq` and
+    /// `exits` exits (a background capture's record, appended once its snapshot is
+    /// durable, which may be several records after its position).
+    ///
+    /// # Errors
+    /// The trace could not take the record.
+    pub fn record_checkpoint_at(
+        &mut self,
+        snapshot_id: u64,
+        exit_seq: u64,
+        exits: u64,
+    ) -> Result<u64, WriteError> {
+        let c = Checkpoint { snapshot_id, exit_seq, exits };
+        self.writer.append(self.vcpu_id, Body::Checkpoint(c), None)
+    }
+
     /// The trace's id (snapshots name their trace by it).
     pub fn trace_id(&self) -> [u8; 16] {
         self.writer.header().trace_id

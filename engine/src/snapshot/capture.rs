@@ -29,6 +29,19 @@ pub struct CaptureStats {
     pub pages_written: u64,
     /// Time the guest was paused for it.
     pub pause: Duration,
+    /// Time from the pause until the snapshot was durable (synced and renamed into
+    /// place); equal to `pause` for a stopped-world capture.
+    pub durable: Duration,
+    /// True when the pages were written in the background, the guest running.
+    pub background: bool,
+    /// Pages the guest wrote before they were written out, whose old contents were copied
+    /// aside (within the budget).
+    pub pages_saved: u64,
+    /// Pages the guest wrote before they were written out while the budget was spent:
+    /// the writing vCPU waited until that page was written (the fall-back to pausing).
+    pub pages_waited: u64,
+    /// Most pages held aside at once.
+    pub peak_saved_pages: u64,
 }
 
 /// Which snapshot a capture writes, and what it belongs to.
@@ -76,26 +89,17 @@ pub fn take(m: &mut Machine, dir: &Path, who: &Identity<'_>) -> Result<CaptureSt
         return Err(SnapshotError::NoDirtyLog { what: "an incremental snapshot" });
     }
     m.complete_pending_io()?;
-    let final_dir = dir.to_path_buf();
-    let root = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = final_dir.with_extension("tmp");
-    std::fs::create_dir_all(root).map_err(FileError::on("creating", root))?;
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).map_err(FileError::on("creating", &tmp))?;
-    let (stats, changed) = match write_into(m, &tmp, who) {
+    let (root, tmp) = scratch_for(dir)?;
+    let stats = match write_into(m, &tmp, dir, who) {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
     };
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(FileError::on("replacing", &final_dir))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(FileError::on("renaming", &tmp))?;
-    File::open(root).and_then(|d| d.sync_all()).map_err(FileError::on("syncing", root))?;
-    captured(m, &final_dir, who, changed);
-    Ok(CaptureStats { pause: started.elapsed(), ..stats })
+    publish(&tmp, dir, &root)?;
+    let pause = started.elapsed();
+    Ok(CaptureStats { pause, durable: pause, ..stats })
 }
 
 /// Takes a full snapshot `who` of `m` into `dir`, an output the user named (`vmrr replay
@@ -122,26 +126,72 @@ pub fn take_new(
     let parent = output::directory_of(dir);
     let scratch = vmrr_format::scratch::Scratch::dir_in(parent, &output::scratch_prefix(dir))
         .map_err(FileError::on("creating a directory in", parent))?;
-    let (stats, changed) = write_into(m, scratch.path(), who)?;
+    let stats = write_into(m, scratch.path(), dir, who)?;
     scratch.publish(dir, replace).map_err(|source| match source.kind() {
         std::io::ErrorKind::AlreadyExists => {
             SnapshotError::Output(vmrr_format::output::OutputError::Exists { out: dir.to_path_buf() })
         }
         _ => SnapshotError::File(FileError { what: "renaming into", path: dir.to_path_buf(), source }),
     })?;
-    captured(m, dir, who, changed);
-    Ok(CaptureStats { pause: started.elapsed(), ..stats })
+    let pause = started.elapsed();
+    Ok(CaptureStats { pause, durable: pause, ..stats })
 }
 
-/// Writes the snapshot into `dir`; returns what it did and, per slot, the runs of pages
-/// it stored as changed (none for a full snapshot).
-fn write_into(
-    m: &mut Machine,
-    dir: &Path,
-    who: &Identity<'_>,
-) -> Result<(CaptureStats, Vec<Runs>), SnapshotError> {
-    let mut stats = CaptureStats::default();
-    let mut changed = Vec::new();
+/// What a capture decided while the guest is paused: the state file's contents (with
+/// `stored_pages` still to count) and, per slot, the runs of pages to write.
+#[derive(Debug)]
+pub(super) struct Plan {
+    /// The state; each slot's `stored_pages` is filled in once its pages are written.
+    pub state: SnapshotState,
+    /// Per slot (same order as `state.slots`), the runs `(first_page, count)` to write.
+    pub runs: Vec<Vec<(u64, u64)>>,
+}
+
+/// Reads what a snapshot needs while the guest is paused: vCPU and device state, and for
+/// each slot the pages to store (reading, and so clearing, the dirty log and the
+/// userspace-written pages). From here the machine's memory origin is the snapshot, to be
+/// published as `final_dir`.
+pub(super) fn plan(m: &mut Machine, final_dir: &Path, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
+    let plan = plan_of(m, who)?;
+    let changed =
+        plan.state.slots.iter().zip(&plan.runs).map(|(s, r)| if s.full { Vec::new() } else { r.clone() });
+    captured(m, final_dir, who, changed.collect());
+    Ok(plan)
+}
+
+/// After the dirty log was read for snapshot `who` (to be published as `dir`): the
+/// machine's memory now equals it. Its origin becomes the parent's chain plus it (or it
+/// alone, when full), or unknown when the parent is not the origin's newest snapshot. The
+/// slots' mappings are not the new snapshot's files. Should the snapshot never be
+/// published, the origin still says which pages it changed over its parent, which is all a
+/// later restore uses of it.
+fn captured(m: &mut Machine, dir: &Path, who: &Identity<'_>, changed: Vec<Runs>) {
+    let link = OriginLink {
+        dir: dir.to_path_buf(),
+        id: who.id,
+        trace_id: who.trace_id,
+        exit_seq: who.exit_seq,
+        changed: Arc::new(changed),
+    };
+    let old = m.memory_origin();
+    let overlays = old.map_or(0, |o| o.overlays);
+    let links = match (who.parent, old) {
+        (None, _) => Some(vec![link]),
+        (Some(p), Some(o))
+            if o.top().is_some_and(|t| {
+                t.id == p && t.trace_id == who.trace_id && t.dir.parent() == dir.parent()
+            }) =>
+        {
+            let mut links = o.links.clone();
+            links.push(link);
+            Some(links)
+        }
+        _ => None,
+    };
+    m.set_memory_origin(links.map(|links| Origin { links, mapped: false, overlays }));
+}
+
+fn plan_of(m: &Machine, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
     let vm = m.vm();
     let msrs = crate::kvm::vcpu_state::msr_list(vm.kvm(), vm.vcpu(), false)?;
     let vcpu = VcpuState::save(vm.vcpu(), &msrs)?;
@@ -149,11 +199,8 @@ fn write_into(
     let bus = Persist::save(m.bus(), now);
     let dirty_log = vm.config().dirty_log;
     let mut slots = Vec::new();
+    let mut all_runs = Vec::new();
     for slot in vm.memory().slots() {
-        let name = memory_file_name(slot.id());
-        let path = dir.join(&name);
-        let out = File::create(&path).map_err(FileError::on("creating", &path))?;
-        out.set_len(slot.spec().size).map_err(FileError::on("sizing", &path))?;
         let logged = dirty_log && slot.spec().kind == SlotKind::Ram;
         // Reading the dirty log also clears it: the next snapshot sees changes since this.
         // KVM logs only the guest's writes; pages written from userspace (a debugger's
@@ -181,38 +228,18 @@ fn write_into(
             }
             (None, _) => (true, Vec::new(), populated_runs(slot)?),
         };
-        let gpa = slot.spec().gpa.0;
-        let mut stored = 0;
-        changed.push(if full { Vec::new() } else { runs.clone() });
-        for (first, count) in runs {
-            stats.pages_considered += count;
-            stored += copy_pages(
-                first,
-                count,
-                Zeros::Skip,
-                |p, buf| {
-                    vm.memory()
-                        .read(GuestAddress(gpa + p * PAGE_SIZE), buf)
-                        .map_err(|e| SnapshotError::Memory(MemoryError::Access(e)))
-                },
-                |p, bytes| {
-                    Ok(out.write_all_at(bytes, p * PAGE_SIZE).map_err(FileError::on("writing", &path))?)
-                },
-            )?;
-        }
-        stats.pages_written += stored;
-        out.sync_all().map_err(FileError::on("syncing", &path))?;
         slots.push(SlotState {
             id: slot.id(),
-            gpa,
+            gpa: slot.spec().gpa.0,
             size: slot.spec().size,
             kind: slot.spec().kind,
             flags: slot.flags() & !kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES,
-            file: name,
+            file: memory_file_name(slot.id()),
             full,
             pages,
-            stored_pages: stored,
+            stored_pages: 0,
         });
+        all_runs.push(runs);
     }
     let config = vm.config();
     let state = SnapshotState {
@@ -233,41 +260,88 @@ fn write_into(
         bus,
         annotations: who.annotations.to_vec(),
     };
-    let bytes = codec::frame(&codec::encode(&state)?);
+    Ok(Plan { state, runs: all_runs })
+}
+
+/// Creates slot `i`'s memory file in `dir`, sized as the slot (sparse).
+pub(super) fn create_memory_file(
+    dir: &Path,
+    slot: &SlotState,
+) -> Result<(File, std::path::PathBuf), SnapshotError> {
+    let path = dir.join(&slot.file);
+    let out = File::create(&path).map_err(FileError::on("creating", &path))?;
+    out.set_len(slot.size).map_err(FileError::on("sizing", &path))?;
+    Ok((out, path))
+}
+
+/// Writes the state file of `state` into `dir` and syncs it and the directory: the last
+/// step before a snapshot directory may be renamed into place.
+pub(super) fn finish_dir(dir: &Path, state: &SnapshotState) -> Result<(), SnapshotError> {
+    let bytes = codec::frame(&codec::encode(state)?);
     let path = dir.join(STATE_FILE);
     let f = File::create(&path).map_err(FileError::on("creating", &path))?;
     f.write_all_at(&bytes, 0).map_err(FileError::on("writing", &path))?;
     f.sync_all().map_err(FileError::on("syncing", &path))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(FileError::on("syncing", dir))?;
-    Ok((stats, changed))
+    Ok(())
 }
 
-/// After snapshot `who` was published in `dir`: the machine's memory now equals it. Its
-/// origin becomes the parent's chain plus it (or it alone, when full), or unknown when
-/// the parent is not the origin's newest snapshot. The slots' mappings are not the new
-/// snapshot's files.
-fn captured(m: &mut Machine, dir: &Path, who: &Identity<'_>, changed: Vec<Runs>) {
-    let link = OriginLink {
-        dir: dir.to_path_buf(),
-        id: who.id,
-        trace_id: who.trace_id,
-        exit_seq: who.exit_seq,
-        changed: Arc::new(changed),
-    };
-    let old = m.memory_origin();
-    let overlays = old.map_or(0, |o| o.overlays);
-    let links = match (who.parent, old) {
-        (None, _) => Some(vec![link]),
-        (Some(p), Some(o))
-            if o.top().is_some_and(|t| {
-                t.id == p && t.trace_id == who.trace_id && t.dir.parent() == dir.parent()
-            }) =>
-        {
-            let mut links = o.links.clone();
-            links.push(link);
-            Some(links)
+/// Renames the complete temporary directory `tmp` to `final_dir` (replacing what is
+/// there) and syncs their parent `root`: from then on the snapshot exists.
+pub(super) fn publish(tmp: &Path, final_dir: &Path, root: &Path) -> Result<(), SnapshotError> {
+    if final_dir.exists() {
+        std::fs::remove_dir_all(final_dir).map_err(FileError::on("replacing", final_dir))?;
+    }
+    std::fs::rename(tmp, final_dir).map_err(FileError::on("renaming", tmp))?;
+    File::open(root).and_then(|d| d.sync_all()).map_err(FileError::on("syncing", root))?;
+    Ok(())
+}
+
+/// Creates the empty temporary directory a snapshot into `dir` is written in:
+/// `(root, tmp)`.
+pub(super) fn scratch_for(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf), SnapshotError> {
+    let root = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let tmp = dir.with_extension("tmp");
+    std::fs::create_dir_all(&root).map_err(FileError::on("creating", &root))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(FileError::on("creating", &tmp))?;
+    Ok((root, tmp))
+}
+
+/// Writes snapshot `who`, to be published as `final_dir`, into the directory `dir`.
+fn write_into(
+    m: &mut Machine,
+    dir: &Path,
+    final_dir: &Path,
+    who: &Identity<'_>,
+) -> Result<CaptureStats, SnapshotError> {
+    let mut stats = CaptureStats::default();
+    let Plan { mut state, runs } = plan(m, final_dir, who)?;
+    let vm = m.vm();
+    for (slot, runs) in state.slots.iter_mut().zip(runs) {
+        let (out, path) = create_memory_file(dir, slot)?;
+        let gpa = slot.gpa;
+        let mut stored = 0;
+        for (first, count) in runs {
+            stats.pages_considered += count;
+            stored += copy_pages(
+                first,
+                count,
+                Zeros::Skip,
+                |p, buf| {
+                    vm.memory()
+                        .read(GuestAddress(gpa + p * PAGE_SIZE), buf)
+                        .map_err(|e| SnapshotError::Memory(MemoryError::Access(e)))
+                },
+                |p, bytes| {
+                    Ok(out.write_all_at(bytes, p * PAGE_SIZE).map_err(FileError::on("writing", &path))?)
+                },
+            )?;
         }
-        _ => None,
-    };
-    m.set_memory_origin(links.map(|links| Origin { links, mapped: false, overlays }));
+        stats.pages_written += stored;
+        slot.stored_pages = stored;
+        out.sync_all().map_err(FileError::on("syncing", &path))?;
+    }
+    finish_dir(dir, &state)?;
+    Ok(stats)
 }

@@ -108,6 +108,9 @@ pub enum SnapshotError {
         /// The newer snapshot's id.
         newer: u64,
     },
+    /// Background capture failed to set up or lost its capture.
+    #[error(transparent)]
+    Background(#[from] super::background::BackgroundError),
     /// A page to revert is held by no snapshot of the chain.
     #[error("page {page} of slot {slot} is in no snapshot of the chain")]
     PageMissing {

@@ -31,6 +31,10 @@
 //! - **In-place reset** ([`reset`]) returns a running VM to its snapshot by discarding the
 //!   private copies of the pages dirtied since (one `madvise` per run): O(dirty pages). The
 //!   general registers and events go through `kvm_run`'s synced registers.
+//! - **Background capture** ([`Background`]) pauses only to read the dirty log and the
+//!   vCPU/device state and to write-protect the pages to store (userfaultfd); a writer
+//!   thread stores them while the guest runs, the old contents of pages the guest writes
+//!   first set aside by a fault handler (see `background`).
 //! - **Atomicity**: a snapshot is written to `snap-<id>.tmp`, every file synced, then
 //!   renamed; a crash leaves no directory that reads as a valid snapshot.
 //!
@@ -38,6 +42,7 @@
 //! and every memory file checked to be at least as large as its slot before anything is
 //! mapped or reaches KVM.
 
+pub mod background;
 mod capture;
 mod chain;
 mod changed;
@@ -51,6 +56,7 @@ pub mod state;
 
 use std::path::Path;
 
+pub use background::{Background, BackgroundError, InFlight};
 pub use capture::{CaptureStats, Identity, take, take_new};
 pub use chain::{ChainCheck, Checked, MAX_CHAIN, check_chain, load, load_chain};
 pub use error::{RejectedField, SnapshotError};

@@ -11,6 +11,8 @@
 //! - [`vcpu_state`]: the `KVM_SET_XSAVE` wrapper.
 //! - [`vcpu_ioctl`]: vCPU ioctls kvm-ioctls does not wrap on x86 (`KVM_INTERRUPT`).
 //! - [`tsc`]: the time-stamp counter (the recorder's per-exit clock).
+//! - [`thread`]: lowering a helper thread's priority (the snapshot writer).
+//! - [`uffd`]: userfaultfd write-protection of guest memory (background checkpoints).
 //! - [`stop`]: dying of a caught signal after cleaning up.
 
 pub mod kick;
@@ -19,6 +21,8 @@ pub mod memfd;
 pub mod run_page;
 pub mod slots;
 pub mod stop;
+pub mod thread;
 pub mod tsc;
+pub mod uffd;
 pub mod vcpu_ioctl;
 pub mod vcpu_state;

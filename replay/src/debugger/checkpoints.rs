@@ -81,12 +81,12 @@ impl Checkpoints {
         let list = f
             .checkpoints
             .iter()
-            .filter(|c| c.record_seq <= last)
+            .filter(|c| c.at() <= last)
             .filter(|c| {
                 snapshots.is_some_and(|r| vmrr_format::layout::snapshot_dir(r, c.snapshot_id).is_dir())
             })
             .map(|c| Checkpoint {
-                at: Some(c.record_seq),
+                at: Some(c.at()),
                 origin: Origin::Trace,
                 snapshot_id: c.snapshot_id,
                 chain: None,

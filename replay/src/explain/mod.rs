@@ -126,7 +126,7 @@ fn earliest_start(src: &Source, f: &TraceOverview, opts: &Options) -> u64 {
                     .as_ref()
                     .is_some_and(|r| vmrr_format::layout::snapshot_dir(r, c.snapshot_id).is_dir())
             })
-            .map_or(0, |c| c.record_seq),
+            .map_or(0, |c| c.at()),
     }
 }
 
@@ -163,7 +163,7 @@ fn step_window(
             .checkpoints
             .iter()
             .rev()
-            .filter(|c| c.record_seq <= from)
+            .filter(|c| c.at() <= from)
             .find(|c| {
                 src.snapshots
                     .as_ref()
