@@ -268,7 +268,7 @@ fn timing_golden_reads_with_the_documented_payload() {
     let mut r = TraceReader::open(&data("timing-1.0.vmrr")).unwrap();
     assert!(r.header().has_timing());
     let f = r.header().features.iter().find(|f| f.name == "timing").expect("named in the feature table");
-    assert_eq!((f.bit, f.required, f.introduced), (1, false, (1, 0)));
+    assert_eq!((f.bit, f.class, f.introduced), (1, features::FeatureClass::Optional, (1, 0)));
     let mut seen = Vec::new();
     while let Some(rec) = r.next_record() {
         let rec = rec.unwrap();

@@ -64,8 +64,9 @@ mod writer;
 
 /// Major version this crate writes and reads.
 pub const VERSION_MAJOR: u16 = 1;
-/// Minor version this crate writes (it reads any minor of its major).
-pub const VERSION_MINOR: u16 = 0;
+/// Newest minor version this crate writes (it reads any minor of its major). A writer stamps
+/// the oldest version its file needs: 1.0 unless the file uses a 1.1 feature.
+pub const VERSION_MINOR: u16 = 1;
 
 pub use decode::{RecordError, decode, record_size};
 pub use encode::encode;
