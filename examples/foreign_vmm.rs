@@ -33,17 +33,17 @@ const CODE: u64 = 0x1000;
 /// The block device's request port.
 const BLOCK_PORT: u16 = 0x510;
 /// Where the device puts a block.
-const BUFFER: u64 = 0x8000;
+const BUFFER: u16 = 0x8000;
 /// Block size.
-const BLOCK: usize = 4096;
+const BLOCK: u16 = 4096;
 /// Blocks the guest reads.
 const BLOCKS: u8 = 4;
 /// The device's interrupt vector.
 const VECTOR: u8 = 0x30;
 /// Where the guest's interrupt handler is loaded.
-const HANDLER: u64 = 0x0f00;
+const HANDLER: u16 = 0x0f00;
 /// The flag the guest's interrupt handler sets.
-const FLAG: u64 = 0x600;
+const FLAG: u16 = 0x600;
 /// The console.
 const COM1: u16 = 0x3f8;
 
@@ -59,23 +59,23 @@ fn guest() -> Result<Vec<u8>, IcedError> {
     let mut decimal = a.create_label();
     let mut end = a.create_label();
     // IVT entry of VECTOR: the handler at 0000:HANDLER.
-    a.mov(word_ptr(u32::from(VECTOR) * 4), HANDLER as u32)?;
+    a.mov(word_ptr(u32::from(VECTOR) * 4), u32::from(HANDLER))?;
     a.mov(word_ptr(u32::from(VECTOR) * 4 + 2), 0u32)?;
     a.sti()?;
     a.xor(di, di)?; // block number
     a.set_label(&mut next)?;
-    a.mov(byte_ptr(FLAG), 0u32)?;
+    a.mov(byte_ptr(u32::from(FLAG)), 0u32)?;
     a.mov(ax, di)?;
     a.mov(dx, u32::from(BLOCK_PORT))?;
     a.out(dx, al)?;
     a.set_label(&mut wait)?;
-    a.cmp(byte_ptr(FLAG), 0u32)?;
+    a.cmp(byte_ptr(u32::from(FLAG)), 0u32)?;
     a.jne(got)?;
     a.hlt()?;
     a.jmp(wait)?;
     a.set_label(&mut got)?;
-    a.mov(si, BUFFER as u32)?;
-    a.mov(cx, (BLOCK / 2) as u32)?;
+    a.mov(si, u32::from(BUFFER))?;
+    a.mov(cx, u32::from(BLOCK / 2))?;
     a.xor(bx, bx)?;
     a.set_label(&mut sum)?;
     a.lodsw()?;
@@ -114,16 +114,16 @@ fn guest() -> Result<Vec<u8>, IcedError> {
 /// The interrupt handler: set the flag, return.
 fn handler() -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(16)?;
-    a.mov(byte_ptr(FLAG), 1u32)?;
+    a.mov(byte_ptr(u32::from(FLAG)), 1u32)?;
     a.iret()?;
-    a.assemble(HANDLER)
+    a.assemble(u64::from(HANDLER))
 }
 
 /// The block device's medium: block `n` is 4 KiB of xorshift output seeded by `n`.
 fn block_data(n: u8) -> Vec<u8> {
     let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(n).wrapping_mul(0x2545_f491_4f6c_dd1d);
-    let mut out = Vec::with_capacity(BLOCK);
-    while out.len() < BLOCK {
+    let mut out = Vec::with_capacity(usize::from(BLOCK));
+    while out.len() < usize::from(BLOCK) {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -165,10 +165,10 @@ impl BlockDevice {
     fn read_block(&self, n: u8, rec: &mut Embedded) -> Result<(), vm_memory::GuestMemoryError> {
         let data = block_data(n);
         if n % 2 == 0 {
-            self.dma.write_slice(&data, GuestAddress(BUFFER))
+            self.dma.write_slice(&data, GuestAddress(u64::from(BUFFER)))
         } else {
-            self.dma.inner().write_slice(&data, GuestAddress(BUFFER))?;
-            rec.record_guest_write(BUFFER, &data);
+            self.dma.inner().write_slice(&data, GuestAddress(u64::from(BUFFER)))?;
+            rec.record_guest_write(u64::from(BUFFER), &data);
             Ok(())
         }
     }
@@ -181,7 +181,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     vm.set_tss_address(0xfffb_d000)?;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)])?;
     mem.write_slice(&guest()?, GuestAddress(CODE))?;
-    mem.write_slice(&handler()?, GuestAddress(HANDLER))?;
+    mem.write_slice(&handler()?, GuestAddress(u64::from(HANDLER)))?;
     let host = mem.get_host_address(GuestAddress(0))?;
     let region = kvm_bindings::kvm_userspace_memory_region {
         slot: 0,
@@ -214,10 +214,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut halted = false;
         match rec.run(&mut vcpu)? {
             VcpuExit::IoOut(port, data) if (COM1..COM1 + 8).contains(&port) => {
-                serial.write((port - COM1) as u8, data.first().copied().unwrap_or(0))?;
+                serial.write(u8::try_from(port - COM1)?, data.first().copied().unwrap_or(0))?;
             }
             VcpuExit::IoIn(port, data) if (COM1..COM1 + 8).contains(&port) => {
-                data.fill(serial.read((port - COM1) as u8));
+                data.fill(serial.read(u8::try_from(port - COM1)?));
             }
             VcpuExit::IoOut(BLOCK_PORT, data) => {
                 let n = data.first().copied().unwrap_or(0);

@@ -12,8 +12,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, ReadVolatile
 /// drains it into `GUEST_WRITE` records at the next exit boundary.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct WriteLog {
-    inner: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    inner: Arc<Mutex<Vec<Noted>>>,
 }
+
+/// A write noted: its guest-physical address and its bytes.
+pub(crate) type Noted = (u64, Vec<u8>);
 
 impl WriteLog {
     /// Notes that `data` was written at `gpa`.
@@ -25,7 +28,7 @@ impl WriteLog {
     }
 
     /// Takes every write noted so far.
-    pub(crate) fn drain(&self) -> Vec<(u64, Vec<u8>)> {
+    pub(crate) fn drain(&self) -> Vec<Noted> {
         let mut v = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         std::mem::take(&mut *v)
     }
@@ -144,5 +147,50 @@ impl<M: GuestMemory> Bytes<GuestAddress> for RecordingMemory<M> {
 
     fn load<T: AtomicAccess>(&self, addr: GuestAddress, order: Ordering) -> Result<T, Self::E> {
         self.inner.load(addr, order)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn memory() -> (RecordingMemory<GuestMemoryMmap>, WriteLog) {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x4000)]).expect("anonymous memory");
+        let log = WriteLog::default();
+        (RecordingMemory::new(mem, log.clone()), log)
+    }
+
+    #[test]
+    fn every_write_through_the_wrapper_is_logged_in_order_and_reaches_memory() {
+        let (m, log) = memory();
+        m.write_slice(b"disk", GuestAddress(0x1000)).expect("in range");
+        m.write_obj(0x1122_3344u32, GuestAddress(0x2000)).expect("in range");
+        m.store(7u8, GuestAddress(0x3000), Ordering::Relaxed).expect("in range");
+        let mut src: &[u8] = b"packet";
+        m.read_exact_volatile_from(GuestAddress(0x3800), &mut src, 6).expect("in range");
+        let got = log.drain();
+        assert_eq!(
+            got,
+            vec![
+                (0x1000, b"disk".to_vec()),
+                (0x2000, 0x1122_3344u32.to_le_bytes().to_vec()),
+                (0x3000, vec![7]),
+                (0x3800, b"packet".to_vec()),
+            ]
+        );
+        let mut back = [0u8; 6];
+        m.inner().read_slice(&mut back, GuestAddress(0x3800)).expect("in range");
+        assert_eq!(&back, b"packet");
+        assert!(log.drain().is_empty(), "drained");
+    }
+
+    #[test]
+    fn reads_and_failed_writes_log_nothing() {
+        let (m, log) = memory();
+        let mut buf = [0u8; 4];
+        m.read_slice(&mut buf, GuestAddress(0)).expect("in range");
+        assert!(m.write_slice(b"x", GuestAddress(0x10_0000)).is_err());
+        assert!(log.drain().is_empty());
     }
 }
