@@ -160,3 +160,25 @@ fn without_one_guest_write_the_replay_diverges_where_the_guest_used_it() {
     assert_eq!(div["expected"]["port"], 0x3f8);
     assert!(div["seq"].as_u64().unwrap() >= dropped);
 }
+
+/// A trace with a replay-required feature this vmrr does not know: it reads (inspect,
+/// stats), but replay refuses it with exit 3, naming the bit, before touching KVM.
+#[test]
+fn an_unknown_replay_required_feature_is_read_but_not_replayed() {
+    let d = tmp();
+    let mut bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/guest-write-1.1.vmrr")).unwrap();
+    // replay_required_features (offset 72) = bit 3, then the header CRC again.
+    bytes[72..80].copy_from_slice(&(1u64 << 3).to_le_bytes());
+    let size = usize::try_from(u32::from_le_bytes(bytes[12..16].try_into().unwrap())).unwrap();
+    let crc = crc32c::crc32c(&bytes[..size - 4]);
+    bytes[size - 4..size].copy_from_slice(&crc.to_le_bytes());
+    let trace = at(&d, "future.vmrr");
+    std::fs::write(&trace, &bytes).unwrap();
+    let o = vmrr(&["inspect", s(&trace)]);
+    assert!(o.status.success(), "inspect reads it: {}", stderr(&o));
+    assert!(stdout(&o).contains("guest_write"), "{}", stdout(&o));
+    let o = vmrr(&["replay", s(&trace)]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("replay requires unknown feature (replay-required bit 3)"), "{}", stderr(&o));
+}

@@ -37,13 +37,7 @@ pub enum ReplayError {
     /// The trace uses a replay-required feature this replayer does not implement
     /// (`docs/FORMAT.md` §3): it reads, but replaying it without the feature would not be
     /// the recorded run. CLI exit 3, like any input this vmrr cannot take.
-    #[error(
-        "{trace}: replay requires feature {} (replay-required bit {bit}{}); this replayer implements format {}.{}: upgrade vmrr",
-        name.as_ref().map_or_else(|| "?".to_string(), |n| format!("'{n}'")),
-        introduced.map_or_else(String::new, |(a, b)| format!(", introduced in format {a}.{b}")),
-        vmrr_format::VERSION_MAJOR,
-        vmrr_format::VERSION_MINOR
-    )]
+    #[error("{trace}: {}", describe_replay_feature(*bit, name.as_deref(), *introduced))]
     UnknownReplayFeature {
         /// The trace.
         trace: String,
@@ -154,6 +148,16 @@ impl ReplayError {
             _ => false,
         }
     }
+}
+
+fn describe_replay_feature(bit: u8, name: Option<&str>, introduced: Option<(u16, u16)>) -> String {
+    let (maj, min) = (vmrr_format::VERSION_MAJOR, vmrr_format::VERSION_MINOR);
+    let feature = match name {
+        Some(n) => format!("feature '{n}' (replay-required bit {bit}"),
+        None => format!("unknown feature (replay-required bit {bit}"),
+    };
+    let since = introduced.map_or_else(String::new, |(a, b)| format!(", introduced in format {a}.{b}"));
+    format!("replay requires {feature}{since}); this replayer implements format {maj}.{min}: upgrade vmrr")
 }
 
 /// Refuses a trace whose header sets a replay-required feature this replayer lacks.
