@@ -87,8 +87,13 @@ impl FileHeader {
     /// A header for a new file using `features`, stamped with the oldest version that
     /// defines them all (1.0 unless a 1.1 feature is among them), in that version's layout.
     pub fn new(created_unix_ns: u64, trace_id: [u8; 16], features: &[Feature]) -> Self {
-        let (version_major, version_minor) =
-            features.iter().map(|f| f.introduced).fold((VERSION_MAJOR, 0), std::cmp::max);
+        // The replay-required word exists from 1.1 on, whatever its feature claims.
+        let floor = if features.iter().any(|f| f.class == FeatureClass::ReplayRequired) {
+            (VERSION_MAJOR, 1)
+        } else {
+            (VERSION_MAJOR, 0)
+        };
+        let (version_major, version_minor) = features.iter().map(|f| f.introduced).fold(floor, std::cmp::max);
         let mut h = FileHeader {
             header_size: 0,
             version_major,

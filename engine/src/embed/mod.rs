@@ -38,6 +38,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Memory is handed over as a `GuestMemoryMmap` only, never as raw host addresses: vmrr reads
+//! guest memory through it, so the API needs no `unsafe` from the VMM or from vmrr. A VMM
+//! that keeps raw mappings (an address and an fd per slot) wraps them once with
+//! vm-memory's `MmapRegion::build_raw` / `GuestRegionMmap::new`.
+//!
 //! Checkpoints are incremental (only the pages written since the previous snapshot) when
 //! every slot was registered with `KVM_MEM_LOG_DIRTY_PAGES` ([`GuestSlot::dirty_log`]):
 //! KVM's dirty log gives the pages the guest wrote, the recorded guest writes the pages
