@@ -187,7 +187,8 @@ impl Embedded {
     /// `<trace>.snapshots/`): writes the prelude (host annotations, the vCPU's CPUID), the
     /// initial snapshot of `memory` and the vCPU, and its checkpoint record. Call it after
     /// the VMM has loaded the guest and set the vCPU's registers and CPUID, before the
-    /// first `KVM_RUN`.
+    /// first `KVM_RUN`. It turns on `KVM_SYNC_X86_REGS` on the vCPU, so every exit record
+    /// carries a register sample (RIP, RSP, RFLAGS) that replay checks.
     ///
     /// # Errors
     /// A slot that is not a region of `memory`, the recorder's set-up, or the snapshot.
@@ -205,6 +206,7 @@ impl Embedded {
             }
         }
         let writer = TraceWriter::create(trace, WriterOptions { guest_writes: true, ..opts.writer })?;
+        parts.vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
         let mut recorder = Recorder::new(parts.kvm, parts.vcpu, 0, writer)?;
         let caps = crate::kvm::caps::HostCaps::query(parts.kvm);
         let mut annotations = crate::record::prelude::host_annotations(&caps, false);
