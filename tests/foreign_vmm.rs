@@ -13,6 +13,8 @@ use vmrr_format::{Body, TraceReader, TraceWriter, WriterOptions, kind};
 /// Runs the example VMM, recording into `trace`; returns its console output.
 fn record_foreign(trace: &Path) -> String {
     let bin = Path::new(env!("CARGO_BIN_EXE_vmrr")).with_file_name("examples").join("foreign_vmm");
+    // `cargo test` builds the examples; `cargo test --test foreign_vmm` alone does not
+    // rebuild it: run `cargo build --release --example foreign_vmm` first then.
     assert!(bin.exists(), "{} missing: cargo test builds the examples", bin.display());
     let o = std::process::Command::new(&bin).arg(trace).output().expect("runs the example VMM");
     assert!(o.status.success(), "foreign_vmm failed: {}", stderr(&o));
