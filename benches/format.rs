@@ -1,5 +1,6 @@
 //! Trace format micro-benchmarks: record encode/decode, whole-trace write and read with
-//! and without zstd, and chunk compression. Figures go to docs/PERFORMANCE.md.
+//! and without zstd, chunk compression, and guest-memory writes (DMA) of 4 KiB to 16 MiB.
+//! Figures go to docs/PERFORMANCE.md.
 //!
 //! `cargo bench --bench format`
 
@@ -140,9 +141,57 @@ fn chunk_compression(c: &mut Criterion) {
     g.finish();
 }
 
+/// A device's write: `len` bytes of which half are zero (a disk block or packet is rarely
+/// all entropy), the rest xorshift output.
+fn dma_data(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&(x & 0x00ff_00ff_00ff_00ff).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// `TraceWriter::append_guest_write` end to end (encode into the chunk buffer, split at
+/// `MAX_GUEST_WRITE_DATA`, the writer thread's compression and CRC, a null sink): the cost
+/// per byte a recorded DMA adds, throughput in bytes of guest data.
+fn guest_write(c: &mut Criterion) {
+    let mut g = c.benchmark_group("guest_write");
+    g.sample_size(10);
+    for (label, len) in [("4KiB", 4usize << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20), ("16MiB", 16 << 20)]
+    {
+        let data = dma_data(len);
+        // Enough writes per iteration to fill a few chunks at the small sizes.
+        let reps = (16usize << 20).div_ceil(len).min(256);
+        g.throughput(Throughput::Bytes(u64::try_from(len * reps).unwrap()));
+        for (name, level) in [("store", None), ("zstd3", Some(3))] {
+            g.bench_function(format!("{name}/{label}"), |b| {
+                b.iter(|| {
+                    let opts = WriterOptions {
+                        zstd_level: level,
+                        sync: SyncMode::Never,
+                        guest_writes: true,
+                        ..Default::default()
+                    };
+                    let mut w = TraceWriter::with_sink(NullSink, "bench".into(), opts).unwrap();
+                    for i in 0..reps {
+                        w.append_guest_write(0, 0x10_0000 * u64::try_from(i).unwrap(), &data).unwrap();
+                    }
+                    black_box(w.finish().unwrap())
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = record, trace_write, trace_read, chunk_compression
+    targets = record, trace_write, trace_read, chunk_compression, guest_write
 }
 criterion_main!(benches);

@@ -23,6 +23,19 @@ fn write_spec_example(w: &mut TraceWriter) {
     w.append(0, Body::EndOfRun(EndOfRun { reason: end_reason::HLT, exits: 2, status: 0 }), None).unwrap();
 }
 
+/// The records of the spec's 1.1 worked example (docs/FORMAT.md §10.1): the guest asks a
+/// device for data (OUT 0x510), the device writes "hello" at 0x8000, the run ends.
+fn write_guest_write_example(w: &mut TraceWriter) {
+    let io = Io { direction: Direction::Out, size: 1, port: 0x510, count: 1, data: &[1] };
+    w.append(0, Body::Io(io), None).unwrap();
+    w.append_guest_write(0, 0x8000, b"hello").unwrap();
+    w.append(0, Body::EndOfRun(EndOfRun { reason: end_reason::HLT, exits: 1, status: 0 }), None).unwrap();
+}
+
+fn guest_write_options() -> WriterOptions {
+    WriterOptions { guest_writes: true, trace_id: Some(*b"vmrr-guest-write"), ..spec_options() }
+}
+
 fn spec_options() -> WriterOptions {
     WriterOptions {
         zstd_level: None,
@@ -165,6 +178,60 @@ fn regenerate() {
 }
 
 #[test]
+#[ignore = "writes the 1.1 golden file; run deliberately"]
+fn regenerate_1_1() {
+    let mut w = TraceWriter::create(&data("guest-write-1.1.vmrr"), guest_write_options()).unwrap();
+    write_guest_write_example(&mut w);
+    w.finish().unwrap();
+}
+
+/// The 1.1 golden file: what this writer writes for a trace with guest writes, byte for
+/// byte; it reads back; and a 1.0 reader (this crate's header decoder restricted to 1.0)
+/// refuses it, naming the feature and the version that introduced it.
+#[test]
+fn guest_write_golden_is_1_1_and_a_1_0_reader_refuses_it_by_name() {
+    let golden = std::fs::read(data("guest-write-1.1.vmrr")).expect("golden file");
+    let sink = MemorySink::default();
+    let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), guest_write_options()).unwrap();
+    write_guest_write_example(&mut w);
+    w.finish().unwrap();
+    assert_eq!(sink.bytes(), golden, "writer output drifted from docs/FORMAT.md §10.1");
+
+    let mut r = TraceReader::open(&data("guest-write-1.1.vmrr")).unwrap();
+    let h = r.header().clone();
+    assert_eq!((h.version_major, h.version_minor), (1, 1));
+    assert!(h.has_guest_writes());
+    assert_eq!(h.replay_required_features, 0);
+    let mut seen = Vec::new();
+    while let Some(rec) = r.next_record() {
+        let rec = rec.unwrap();
+        if let Body::GuestWrite(g) = rec.body {
+            assert_eq!((g.gpa, g.data), (0x8000, &b"hello"[..]));
+            let j = describe::record_json(&rec);
+            assert_eq!(
+                (j["kind"].as_str(), j["gpa"].as_u64(), j["len"].as_u64()),
+                (Some("guest_write"), Some(0x8000), Some(5))
+            );
+            assert_eq!(j["data"], "68656c6c6f");
+        }
+        seen.push(kind::name(rec.body.kind()));
+    }
+    assert_eq!(seen, ["io", "guest_write", "end_of_run"]);
+
+    let err = header::FileHeader::decode_as(&golden, (1, 0)).expect_err("a 1.0 reader refuses it");
+    assert_eq!(
+        err.reason.to_string(),
+        "trace requires feature 'guest-write' (required bit 2, introduced in format 1.1); this reader implements format 1.0: upgrade vmrr"
+    );
+    // Every 1.0 golden file still reads as 1.0 under the same restriction.
+    for f in ["spec-example.vmrr", "serial-1.0.vmrr", "timing-1.0.vmrr"] {
+        let bytes = std::fs::read(data(f)).unwrap();
+        let h = header::FileHeader::decode_as(&bytes, (1, 0)).unwrap();
+        assert_eq!((h.version_major, h.version_minor), (1, 0), "{f}");
+    }
+}
+
+#[test]
 fn spec_example_is_byte_exact_and_reads() {
     let golden = std::fs::read(data("spec-example.vmrr")).expect("golden file");
     // This version's writer still produces exactly the bytes the spec documents.
@@ -268,7 +335,7 @@ fn timing_golden_reads_with_the_documented_payload() {
     let mut r = TraceReader::open(&data("timing-1.0.vmrr")).unwrap();
     assert!(r.header().has_timing());
     let f = r.header().features.iter().find(|f| f.name == "timing").expect("named in the feature table");
-    assert_eq!((f.bit, f.required, f.introduced), (1, false, (1, 0)));
+    assert_eq!((f.bit, f.class, f.introduced), (1, features::FeatureClass::Optional, (1, 0)));
     let mut seen = Vec::new();
     while let Some(rec) = r.next_record() {
         let rec = rec.unwrap();

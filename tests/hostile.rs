@@ -373,7 +373,12 @@ fn generate_traces(dir: &Path) {
     t.extend(chunk(CODEC_NONE, &ok, u32::try_from(ok.len()).unwrap(), 0, 1));
     w("future-major-2.0.vmrr", t);
     let mut h = header(&[]);
-    h.features.push(FeatureDesc { bit: 9, required: true, introduced: (1, 4), name: "quantum-zip".into() });
+    h.features.push(FeatureDesc {
+        bit: 9,
+        class: features::FeatureClass::Required,
+        introduced: (1, 4),
+        name: "quantum-zip".into(),
+    });
     h.incompat_features |= 1 << 9;
     h.header_size += 24;
     let mut t = h.encode();

@@ -14,7 +14,9 @@
 //! - [`machine`]: the run loop, the replay entry, fatal-exit reports;
 //! - [`snapshot`]: capture, restore (new VM, over a kept machine, in place), chains;
 //! - [`session`]: a run described by a configuration, and how replay rebuilds it;
-//! - [`checkpoint`]: checkpoints while recording, and the flight recorder.
+//! - [`checkpoint`]: checkpoints while recording, and the flight recorder;
+//! - [`embed`]: recording a VM another VMM runs (snapshots through its memory and vCPU fd,
+//!   the guest-memory writes of its devices), so vmrr replays it without that VMM.
 //!
 //! ```no_run
 //! use vmrr_engine::{guests, machine::Machine, kvm::{Vm, VmConfig}, devices::console::Console};
@@ -31,6 +33,7 @@
 pub mod checkpoint;
 pub mod devices;
 pub mod disasm;
+pub mod embed;
 pub mod exit;
 pub mod guests;
 pub mod kvm;

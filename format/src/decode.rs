@@ -241,6 +241,19 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), RecordError> {
             }
             Body::InterruptWindow(InterruptWindow { request })
         }
+        kind::GUEST_WRITE => {
+            pad_zero(12, 16, "guest_write reserved")?;
+            let gpa = f.u64(0)?;
+            var.len = want("guest_write len", u64::from(f.u32(8)?), 1)?;
+            let data = var.bytes(rec);
+            if gpa.checked_add(u64_from(data.len())).is_none() {
+                return Err(fail(
+                    RECORD_HEADER_SIZE,
+                    Reason::InvalidValue { field: "guest_write gpa + len", value: gpa },
+                ));
+            }
+            Body::GuestWrite(GuestWrite { gpa, data })
+        }
         kind::CHECKPOINT => {
             Body::Checkpoint(Checkpoint { snapshot_id: f.u64(0)?, exit_seq: f.u64(8)?, exits: f.u64(16)? })
         }

@@ -119,6 +119,11 @@ fn body_fields(body: &Body<'_>, m: &mut Map<String, Value>) {
             put("source_code", json!(i.source));
         }
         Body::InterruptWindow(w) => put("request", json!(w.request != 0)),
+        Body::GuestWrite(g) => {
+            put("gpa", json!(g.gpa));
+            put("len", json!(g.data.len()));
+            put("data", json!(hex(g.data)));
+        }
         Body::Checkpoint(c) => {
             put("snapshot_id", json!(c.snapshot_id));
             put("exit_seq", json!(c.exit_seq));
@@ -223,6 +228,7 @@ pub fn body_text(body: &Body<'_>) -> String {
             name => format!(" vector={:#x} {name}", i.vector),
         },
         Body::InterruptWindow(w) => format!(" {}", if w.request != 0 { "requested" } else { "withdrawn" }),
+        Body::GuestWrite(g) => format!(" gpa={:#x} len={} data={}", g.gpa, g.data.len(), short_hex(g.data)),
         Body::Checkpoint(c) => {
             format!(" snapshot={} after seq {} ({} exits)", c.snapshot_id, c.exit_seq, c.exits)
         }

@@ -248,6 +248,12 @@ fn plan(rec: &Record<'_>) -> Result<Plan, Bad> {
             count_u32("cpuid entry count", c.len())?;
             c.len() * CPUID_ENTRY_SIZE
         }
+        Body::GuestWrite(g) => {
+            if g.data.len() > MAX_GUEST_WRITE_DATA {
+                return Err(Bad::TooLarge(RECORD_HEADER_SIZE + 16 + pad8(g.data.len())));
+            }
+            g.data.len()
+        }
         _ => 0,
     };
     let mut flags = unknown.flags;
@@ -388,6 +394,11 @@ fn write(rec: &Record<'_>, plan: &Plan, dst: &mut [u8]) {
             s.u32(B + 4, i.source);
         }
         Body::InterruptWindow(w) => s.u32(B, w.request),
+        Body::GuestWrite(g) => {
+            s.u64(B, g.gpa);
+            s.u32(B + 8, u32::try_from(g.data.len()).unwrap_or(u32::MAX));
+            s.put(var, g.data);
+        }
         Body::Checkpoint(c) => {
             s.u64(B, c.snapshot_id);
             s.u64(B + 8, c.exit_seq);

@@ -128,7 +128,7 @@ pub enum Reason {
         supported_minor: u16,
     },
     /// The file requires a feature this reader does not implement.
-    #[error("{}", describe_unknown_feature(*bit, name.as_deref(), *introduced))]
+    #[error("{}", describe_unknown_feature(*bit, name.as_deref(), *introduced, *reader))]
     UnknownRequiredFeature {
         /// Feature bit in `incompat_features`.
         bit: u8,
@@ -136,6 +136,8 @@ pub enum Reason {
         name: Option<String>,
         /// The format version that introduced it, when the file's feature table says.
         introduced: Option<(u16, u16)>,
+        /// The format version the refusing reader implements.
+        reader: (u16, u16),
     },
     /// A chunk uses a compression codec this reader does not know.
     #[error("unknown chunk codec {codec}")]
@@ -195,8 +197,12 @@ pub enum Reason {
     },
 }
 
-fn describe_unknown_feature(bit: u8, name: Option<&str>, introduced: Option<(u16, u16)>) -> String {
-    let (maj, min) = (crate::VERSION_MAJOR, crate::VERSION_MINOR);
+fn describe_unknown_feature(
+    bit: u8,
+    name: Option<&str>,
+    introduced: Option<(u16, u16)>,
+    (maj, min): (u16, u16),
+) -> String {
     match (name, introduced) {
         (Some(n), Some((a, b))) => format!(
             "trace requires feature '{n}' (required bit {bit}, introduced in format {a}.{b}); this reader implements format {maj}.{min}: upgrade vmrr"

@@ -1,6 +1,6 @@
 //! The file header: magic, byte order, version, feature bitmaps, creation metadata.
 //!
-//! Layout (all little-endian; see `docs/FORMAT.md` §2):
+//! Layout (all little-endian; see `docs/FORMAT.md` §3):
 //!
 //! | off | size | field |
 //! |---|---|---|
@@ -14,24 +14,32 @@
 //! | 32 | 8 | `incompat_features` |
 //! | 40 | 8 | `created_unix_ns` |
 //! | 48 | 16 | `trace_id` |
-//! | 64 | 4 | `feature_table_offset` |
+//! | 64 | 4 | `feature_table_offset` (72 in 1.0, 80 from 1.1) |
 //! | 68 | 4 | `feature_count` |
+//! | 72 | 8 | `replay_required_features` (1.1; present when the table starts at 80 or later) |
 //! | ... | 24 each | feature descriptors |
 //! | `header_size-8` | 4 | reserved, zero |
 //! | `header_size-4` | 4 | CRC32C of bytes `[0, header_size-4)` |
+//!
+//! A writer stamps the oldest version that can read the file: a trace that uses no 1.1
+//! feature is written with the 1.0 layout, byte for byte as a 1.0 writer wrote it.
 
 use crate::bytes::{PutLe, all_zero, u64_from, usize_from};
 use crate::cursor::{u16_at, u32_at, u64_at};
 use crate::error::{DecodeError, Reason};
-use crate::features::{self, Feature};
+use crate::features::{self, Feature, FeatureClass};
 use crate::{VERSION_MAJOR, VERSION_MINOR};
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"VMRRTRC\0";
 /// Byte-order mark as written (little-endian bytes `0d 0c 0b 0a`).
 pub const BYTE_ORDER_MARK: u32 = 0x0a0b_0c0d;
-/// Size of the fixed part of the header in this version.
-pub const FIXED_SIZE: usize = 72;
+/// Size of the fixed part of the header in this version (1.1): the feature table starts here.
+pub const FIXED_SIZE: usize = 80;
+/// Size of the fixed part of a 1.0 header.
+pub const FIXED_SIZE_1_0: usize = 72;
+/// Offset of `replay_required_features` (format 1.1).
+pub const REPLAY_REQUIRED_OFFSET: usize = 72;
 /// Size of one feature descriptor.
 pub const FEATURE_DESC_SIZE: usize = 24;
 /// Largest header a reader accepts.
@@ -44,8 +52,8 @@ pub const MIN_HEADER_SIZE: u32 = 80;
 pub struct FeatureDesc {
     /// Bit number.
     pub bit: u8,
-    /// Required (incompat) or optional (compat).
-    pub required: bool,
+    /// Which bitmap the bit belongs to.
+    pub class: FeatureClass,
     /// Version that introduced it.
     pub introduced: (u16, u16),
     /// Name, as written.
@@ -65,6 +73,8 @@ pub struct FileHeader {
     pub compat_features: u64,
     /// Required features in use.
     pub incompat_features: u64,
+    /// Replay-required features in use (format 1.1; zero in a 1.0 header).
+    pub replay_required_features: u64,
     /// Creation time, nanoseconds since the Unix epoch.
     pub created_unix_ns: u64,
     /// Random identifier; snapshots name the trace they belong to by it.
@@ -74,34 +84,48 @@ pub struct FileHeader {
 }
 
 impl FileHeader {
-    /// A header for a new file written by this version.
+    /// A header for a new file using `features`, stamped with the oldest version that
+    /// defines them all (1.0 unless a 1.1 feature is among them), in that version's layout.
     pub fn new(created_unix_ns: u64, trace_id: [u8; 16], features: &[Feature]) -> Self {
+        // The replay-required word exists from 1.1 on, whatever its feature claims.
+        let floor = if features.iter().any(|f| f.class == FeatureClass::ReplayRequired) {
+            (VERSION_MAJOR, 1)
+        } else {
+            (VERSION_MAJOR, 0)
+        };
+        let (version_major, version_minor) = features.iter().map(|f| f.introduced).fold(floor, std::cmp::max);
         let mut h = FileHeader {
             header_size: 0,
-            version_major: VERSION_MAJOR,
-            version_minor: VERSION_MINOR,
+            version_major,
+            version_minor,
             compat_features: 0,
             incompat_features: 0,
+            replay_required_features: 0,
             created_unix_ns,
             trace_id,
             features: Vec::new(),
         };
         for f in features {
-            if f.required {
-                h.incompat_features |= f.mask();
-            } else {
-                h.compat_features |= f.mask();
+            match f.class {
+                FeatureClass::Optional => h.compat_features |= f.mask(),
+                FeatureClass::Required => h.incompat_features |= f.mask(),
+                FeatureClass::ReplayRequired => h.replay_required_features |= f.mask(),
             }
             h.features.push(FeatureDesc {
                 bit: f.bit,
-                required: f.required,
+                class: f.class,
                 introduced: f.introduced,
                 name: f.name.to_string(),
             });
         }
-        h.header_size =
-            u32::try_from(FIXED_SIZE + FEATURE_DESC_SIZE * h.features.len() + 8).unwrap_or(MAX_HEADER_SIZE);
+        h.header_size = u32::try_from(h.fixed_size() + FEATURE_DESC_SIZE * h.features.len() + 8)
+            .unwrap_or(MAX_HEADER_SIZE);
         h
+    }
+
+    /// The fixed part this header's version writes: 72 bytes in 1.0, 80 from 1.1.
+    pub fn fixed_size(&self) -> usize {
+        if (self.version_major, self.version_minor) <= (1, 0) { FIXED_SIZE_1_0 } else { FIXED_SIZE }
     }
 
     /// The trace id as 32 hex digits.
@@ -109,12 +133,14 @@ impl FileHeader {
         crate::describe::hex(&self.trace_id)
     }
 
-    /// Serialises the header (this version's layout).
+    /// Serialises the header in its version's layout (1.0: table at 72; 1.1: the
+    /// replay-required word at 72, table at 80).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(usize_from(self.header_size));
         out.extend_from_slice(&MAGIC);
         out.put_u32(BYTE_ORDER_MARK);
-        let size = FIXED_SIZE + FEATURE_DESC_SIZE * self.features.len() + 8;
+        let fixed = self.fixed_size();
+        let size = fixed + FEATURE_DESC_SIZE * self.features.len() + 8;
         out.put_u32(u32::try_from(size).unwrap_or(u32::MAX));
         out.put_u16(self.version_major);
         out.put_u16(self.version_minor);
@@ -123,11 +149,14 @@ impl FileHeader {
         out.put_u64(self.incompat_features);
         out.put_u64(self.created_unix_ns);
         out.extend_from_slice(&self.trace_id);
-        out.put_u32(u32::try_from(FIXED_SIZE).unwrap_or(0));
+        out.put_u32(u32::try_from(fixed).unwrap_or(0));
         out.put_u32(u32::try_from(self.features.len()).unwrap_or(0));
+        if fixed > FIXED_SIZE_1_0 {
+            out.put_u64(self.replay_required_features);
+        }
         for f in &self.features {
             out.put_u8(f.bit);
-            out.put_u8(u8::from(f.required));
+            out.put_u8(f.class.code());
             out.put_u16(f.introduced.0);
             out.put_u16(f.introduced.1);
             out.put_u16(0);
@@ -198,10 +227,23 @@ impl FileHeader {
     ///
     /// Checks, in order: magic and size, CRC, major version, reserved fields, feature
     /// table, and finally that every required feature is implemented by this reader.
+    /// Replay-required features are read, not checked: a replayer checks them with
+    /// [`Self::unknown_replay_required`].
     ///
     /// # Errors
     /// A [`DecodeError`] naming the offending field's offset.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_as(bytes, (VERSION_MAJOR, VERSION_MINOR))
+    }
+
+    /// Decodes as a reader implementing format `reader` (`(1, 0)` or `(1, 1)`) would: it
+    /// knows only the features introduced up to that version, and a 1.0 reader knows
+    /// neither the replay-required word nor descriptor class 2. This is how the tests show
+    /// what a vmrr 1.0 says of a 1.1 file; readers call [`Self::decode`].
+    ///
+    /// # Errors
+    /// As for [`Self::decode`].
+    pub fn decode_as(bytes: &[u8], reader: (u16, u16)) -> Result<Self, DecodeError> {
         let size = Self::peek_size(bytes)?;
         let size_us = usize_from(size);
         if bytes.len() < size_us {
@@ -222,15 +264,10 @@ impl FileHeader {
         }
         let major = u16_at(hdr, 16).unwrap_or(0);
         let minor = u16_at(hdr, 18).unwrap_or(0);
-        if major != VERSION_MAJOR {
+        if major != reader.0 {
             return Err(DecodeError::at(
                 16,
-                Reason::FutureMajor {
-                    major,
-                    minor,
-                    supported_major: VERSION_MAJOR,
-                    supported_minor: VERSION_MINOR,
-                },
+                Reason::FutureMajor { major, minor, supported_major: reader.0, supported_minor: reader.1 },
             ));
         }
         if !all_zero(&hdr[20..24]) {
@@ -249,7 +286,7 @@ impl FileHeader {
         trace_id.copy_from_slice(&hdr[48..64]);
         let table_off = usize_from(u32_at(hdr, 64).unwrap_or(0));
         let count = usize_from(u32_at(hdr, 68).unwrap_or(0));
-        if table_off < FIXED_SIZE || table_off % 8 != 0 {
+        if table_off < FIXED_SIZE_1_0 || table_off % 8 != 0 {
             return Err(DecodeError::at(
                 64,
                 Reason::InvalidValue { field: "feature_table_offset", value: u64_from(table_off) },
@@ -280,16 +317,15 @@ impl FileHeader {
                     Reason::InvalidValue { field: "feature bit", value: u64::from(bit) },
                 ));
             }
-            let required = match d[1] {
-                0 => false,
-                1 => true,
-                v => {
-                    return Err(DecodeError::at(
+            // Class 2 (replay-required) exists from 1.1 on; a 1.0 reader refuses it.
+            let class = FeatureClass::from_code(d[1])
+                .filter(|c| *c != FeatureClass::ReplayRequired || reader >= (1, 1))
+                .ok_or_else(|| {
+                    DecodeError::at(
                         off + 1,
-                        Reason::InvalidValue { field: "feature class", value: u64::from(v) },
-                    ));
-                }
-            };
+                        Reason::InvalidValue { field: "feature class", value: u64::from(d[1]) },
+                    )
+                })?;
             if !all_zero(&d[6..8]) {
                 return Err(DecodeError::at(
                     off + 6,
@@ -309,21 +345,33 @@ impl FileHeader {
                 .to_string();
             feats.push(FeatureDesc {
                 bit,
-                required,
+                class,
                 introduced: (u16_at(d, 2).unwrap_or(0), u16_at(d, 4).unwrap_or(0)),
                 name,
             });
         }
-        let unknown_required = incompat & !features::known_incompat_mask();
+        // The replay-required word exists when the writer left room for it before the table
+        // (1.1 and later); a 1.0 reader ignores those bytes.
+        let replay_required = if reader >= (1, 1) && table_off >= REPLAY_REQUIRED_OFFSET + 8 {
+            u64_at(hdr, REPLAY_REQUIRED_OFFSET).unwrap_or(0)
+        } else {
+            0
+        };
+        let known_required = features::KNOWN
+            .iter()
+            .filter(|f| f.required() && f.introduced <= reader)
+            .fold(0, |m, f| m | f.mask());
+        let unknown_required = incompat & !known_required;
         if unknown_required != 0 {
             let bit = u8::try_from(unknown_required.trailing_zeros()).unwrap_or(63);
-            let desc = feats.iter().find(|f| f.required && f.bit == bit);
+            let desc = feats.iter().find(|f| f.class == FeatureClass::Required && f.bit == bit);
             return Err(DecodeError::at(
                 32,
                 Reason::UnknownRequiredFeature {
                     bit,
                     name: desc.map(|d| d.name.clone()),
                     introduced: desc.map(|d| d.introduced),
+                    reader,
                 },
             ));
         }
@@ -333,6 +381,7 @@ impl FileHeader {
             version_minor: minor,
             compat_features: compat,
             incompat_features: incompat,
+            replay_required_features: replay_required,
             created_unix_ns: created,
             trace_id,
             features: feats,
@@ -347,6 +396,26 @@ impl FileHeader {
     /// True when the writer announced per-exit timing payloads (an optional feature).
     pub fn has_timing(&self) -> bool {
         self.compat_features & features::TIMING.mask() != 0
+    }
+
+    /// True when the trace may hold `GUEST_WRITE` records (the required `guest-write`
+    /// feature, format 1.1).
+    pub fn has_guest_writes(&self) -> bool {
+        self.incompat_features & features::GUEST_WRITE.mask() != 0
+    }
+
+    /// The replay-required features this replayer does not implement, as `(bit, name,
+    /// introduced)` from the feature table (`None` where the table does not name the bit),
+    /// lowest bit first. A replayer refuses the trace when this is not empty; other readers
+    /// read it.
+    pub fn unknown_replay_required(&self) -> Vec<(u8, Option<&FeatureDesc>)> {
+        let unknown = self.replay_required_features & !features::known_replay_required_mask();
+        (0u8..64)
+            .filter(|b| unknown & (1u64 << b) != 0)
+            .map(|bit| {
+                (bit, self.features.iter().find(|f| f.class == FeatureClass::ReplayRequired && f.bit == bit))
+            })
+            .collect()
     }
 }
 
@@ -386,6 +455,49 @@ mod tests {
         let crc = crc32c::crc32c(&bytes[..crc_off]);
         bytes[crc_off..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(FileHeader::decode(&bytes).expect("reads").version_minor, 9);
+    }
+
+    #[test]
+    fn a_trace_without_1_1_features_keeps_the_1_0_layout() {
+        let h = sample();
+        assert_eq!((h.version_major, h.version_minor), (1, 0));
+        let bytes = h.encode();
+        assert_eq!(u32_at(&bytes, 64), Some(72), "1.0 feature table offset");
+        assert_eq!(bytes.len(), 72 + 2 * 24 + 8);
+    }
+
+    #[test]
+    fn guest_writes_make_a_1_1_header_a_1_0_reader_refuses_by_name() {
+        let h = FileHeader::new(5, [1; 16], &[features::CHUNK_INDEX, features::GUEST_WRITE]);
+        assert_eq!((h.version_major, h.version_minor), (1, 1));
+        let bytes = h.encode();
+        assert_eq!(u32_at(&bytes, 64), Some(80), "1.1 feature table offset");
+        assert_eq!(u64_at(&bytes, 72), Some(0), "replay_required_features");
+        let back = FileHeader::decode(&bytes).expect("a 1.1 reader reads it");
+        assert_eq!(back, h);
+        assert!(back.has_guest_writes());
+        let err = FileHeader::decode_as(&bytes, (1, 0)).expect_err("a 1.0 reader refuses it");
+        let msg = err.to_string();
+        assert!(msg.contains("'guest-write'") && msg.contains("introduced in format 1.1"), "{msg}");
+        assert!(msg.contains("implements format 1.0"), "{msg}");
+    }
+
+    #[test]
+    fn replay_required_bits_are_read_and_reported_not_refused() {
+        let future =
+            Feature { bit: 3, class: FeatureClass::ReplayRequired, name: "vapour", introduced: (1, 4) };
+        let h = FileHeader::new(5, [1; 16], &[features::CHUNK_INDEX, future]);
+        let bytes = h.encode();
+        assert_eq!(u64_at(&bytes, 72), Some(1 << 3));
+        let back = FileHeader::decode(&bytes).expect("readers read it");
+        assert_eq!(back.replay_required_features, 1 << 3);
+        let unknown = back.unknown_replay_required();
+        assert_eq!(unknown.len(), 1);
+        assert_eq!(unknown[0].0, 3);
+        assert_eq!(unknown[0].1.map(|d| d.name.as_str()), Some("vapour"));
+        // A 1.0 reader does not know class 2: the descriptor makes the header invalid.
+        let err = FileHeader::decode_as(&bytes, (1, 0)).expect_err("1.0 refuses class 2");
+        assert!(matches!(err.reason, Reason::InvalidValue { field: "feature class", value: 2 }));
     }
 
     #[test]

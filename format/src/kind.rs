@@ -49,6 +49,9 @@ pub const END_OF_RUN: u16 = 0x8004;
 pub const CPUID: u16 = 0x8005;
 /// The VMM changed `request_interrupt_window` before re-entry.
 pub const INTERRUPT_WINDOW: u16 = 0x8006;
+/// The recording VMM's devices wrote into guest memory here (DMA), before re-entry
+/// (format 1.1, with the required `guest-write` feature).
+pub const GUEST_WRITE: u16 = 0x8007;
 
 /// True for exit kinds (known or not).
 pub const fn is_exit(kind: u16) -> bool {
@@ -78,6 +81,7 @@ pub fn name(kind: u16) -> &'static str {
         END_OF_RUN => "end_of_run",
         CPUID => "cpuid",
         INTERRUPT_WINDOW => "interrupt_window",
+        GUEST_WRITE => "guest_write",
         k if is_exit(k) => "unknown_exit",
         _ => "unknown_event",
     }

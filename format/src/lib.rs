@@ -10,9 +10,11 @@
 //! 3. a record shorter than this version's layout reads as zeros (an older writer), a
 //!    longer one is read for what is known and the rest is kept as raw bytes;
 //! 4. padding and reserved fields are explicit, written as zero and rejected otherwise;
-//! 5. the header carries a major.minor version and compat/incompat feature bitmaps: a
-//!    newer minor is read, a newer major or an unknown required feature is refused with a
-//!    message naming it.
+//! 5. the header carries a major.minor version and three feature bitmaps (optional,
+//!    replay-required, required): a newer minor is read, a newer major or an unknown
+//!    required feature is refused with a message naming it, and a replayer also refuses
+//!    an unknown replay-required feature; a writer stamps the oldest version its file
+//!    needs (1.1 only for a trace with guest-memory writes).
 //!
 //! The byte-level specification is `docs/FORMAT.md`. This crate has no KVM dependency: it
 //! builds and reads traces on any host.
@@ -64,8 +66,9 @@ mod writer;
 
 /// Major version this crate writes and reads.
 pub const VERSION_MAJOR: u16 = 1;
-/// Minor version this crate writes (it reads any minor of its major).
-pub const VERSION_MINOR: u16 = 0;
+/// Newest minor version this crate writes (it reads any minor of its major). A writer stamps
+/// the oldest version its file needs: 1.0 unless the file uses a 1.1 feature.
+pub const VERSION_MINOR: u16 = 1;
 
 pub use decode::{RecordError, decode, record_size};
 pub use encode::encode;

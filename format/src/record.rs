@@ -41,6 +41,7 @@ pub const fn body_size(kind: u16) -> Option<usize> {
         kind::END_OF_RUN => 24,
         kind::CPUID => 8,
         kind::INTERRUPT_WINDOW => 8,
+        kind::GUEST_WRITE => 16,
         _ => return None,
     })
 }
@@ -333,6 +334,21 @@ pub struct InterruptWindow {
     pub request: u32,
 }
 
+/// What the recording VMM's devices wrote into guest memory (DMA: a disk read, a network
+/// packet, a virtio ring update) after the preceding exit, before re-entry. Replay writes
+/// `data` at `gpa` at this point in the sequence; nothing of the recording VMM is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestWrite<'a> {
+    /// Guest physical address of the first byte.
+    pub gpa: u64,
+    /// The bytes written (at most [`MAX_GUEST_WRITE_DATA`]; `len` on disk).
+    pub data: &'a [u8],
+}
+
+/// Most bytes one `GUEST_WRITE` record holds: the record limit less its header (24) and
+/// fixed body (16). Larger writes are split into consecutive records.
+pub const MAX_GUEST_WRITE_DATA: usize = MAX_RECORD_SIZE - RECORD_HEADER_SIZE - 16;
+
 /// Key/value text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Annotation<'a> {
@@ -531,6 +547,8 @@ pub enum Body<'a> {
     Cpuid(CpuidEntries<'a>),
     /// Interrupt-window request changed.
     InterruptWindow(InterruptWindow),
+    /// Bytes a device wrote into guest memory.
+    GuestWrite(GuestWrite<'a>),
     /// A kind this version does not know: its header fields and everything after the
     /// header, kept verbatim.
     Unknown {
@@ -569,6 +587,7 @@ impl Body<'_> {
             Body::EndOfRun(_) => kind::END_OF_RUN,
             Body::Cpuid(_) => kind::CPUID,
             Body::InterruptWindow(_) => kind::INTERRUPT_WINDOW,
+            Body::GuestWrite(_) => kind::GUEST_WRITE,
             Body::Unknown { kind, .. } => *kind,
         }
     }

@@ -74,6 +74,11 @@ pub struct WriterOptions {
     /// The trace will carry per-exit timing payloads: sets the optional `timing` feature
     /// in the header (a writer refuses timed records without it).
     pub timing: bool,
+    /// The trace will carry `GUEST_WRITE` records (what an embedding VMM's devices wrote
+    /// into guest memory): sets the required `guest-write` feature, which makes the file
+    /// format 1.1 (a 1.0 reader refuses it by name). Without it the writer refuses guest
+    /// writes and the file stays 1.0.
+    pub guest_writes: bool,
 }
 
 impl Default for WriterOptions {
@@ -87,6 +92,7 @@ impl Default for WriterOptions {
             trace_id: None,
             created_unix_ns: None,
             timing: false,
+            guest_writes: false,
         }
     }
 }
@@ -271,6 +277,15 @@ fn timing_undeclared() -> WriteError {
     }
 }
 
+#[cold]
+fn guest_writes_undeclared() -> WriteError {
+    WriteError::Unencodable {
+        field: "guest_write",
+        detail: "the trace's header does not announce the guest-write feature (WriterOptions::guest_writes)"
+            .into(),
+    }
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -312,6 +327,9 @@ impl TraceWriter {
         let mut feats = vec![features::CHUNK_INDEX];
         if opts.timing {
             feats.push(features::TIMING);
+        }
+        if opts.guest_writes {
+            feats.push(features::GUEST_WRITE);
         }
         if opts.zstd_level.is_some() {
             feats.push(features::ZSTD);
@@ -413,9 +431,45 @@ impl TraceWriter {
     /// An unencodable record, or an earlier failure of the writer thread (a full disk).
     #[inline]
     pub fn append(&mut self, vcpu: u32, body: Body<'_>, regs: Option<RegsSample>) -> Result<u64, WriteError> {
+        if matches!(body, Body::GuestWrite(_)) && !self.header.has_guest_writes() {
+            return Err(guest_writes_undeclared());
+        }
         let seq = self.next_seq;
         let rec = Record { seq, vcpu, body, regs, timing: None, unknown: Unknown::default() };
         self.push(&rec)?;
+        Ok(seq)
+    }
+
+    /// Appends what a device wrote into guest memory at `gpa`: one `GUEST_WRITE` record,
+    /// or several consecutive ones of at most [`crate::MAX_GUEST_WRITE_DATA`] bytes each
+    /// for a larger write (replay applies them in order, which is the same). Returns the
+    /// sequence number of the last record. The cost is one copy of `data` into the chunk
+    /// buffer (then the writer thread's compression), bounded per byte.
+    ///
+    /// # Errors
+    /// The writer was not created with [`WriterOptions::guest_writes`], `gpa + data.len()`
+    /// overflows, or as for [`Self::append`].
+    pub fn append_guest_write(&mut self, vcpu: u32, gpa: u64, data: &[u8]) -> Result<u64, WriteError> {
+        if !self.header.has_guest_writes() {
+            return Err(guest_writes_undeclared());
+        }
+        if gpa.checked_add(u64_from(data.len())).is_none() {
+            return Err(WriteError::Unencodable {
+                field: "guest_write gpa",
+                detail: format!("{gpa:#x} + {} bytes overflows the address space", data.len()),
+            });
+        }
+        let mut seq = self.next_seq;
+        let mut at = gpa;
+        // An empty write is still one record: the VMM said it wrote nothing there.
+        let mut parts = data.chunks(crate::MAX_GUEST_WRITE_DATA).peekable();
+        if parts.peek().is_none() {
+            return self.append(vcpu, Body::GuestWrite(crate::GuestWrite { gpa, data }), None);
+        }
+        for part in parts {
+            seq = self.append(vcpu, Body::GuestWrite(crate::GuestWrite { gpa: at, data: part }), None)?;
+            at += u64_from(part.len());
+        }
         Ok(seq)
     }
 
@@ -448,6 +502,9 @@ impl TraceWriter {
     pub fn append_record(&mut self, rec: &Record<'_>) -> Result<(), WriteError> {
         if rec.timing.is_some() && !self.header.has_timing() {
             return Err(timing_undeclared());
+        }
+        if matches!(rec.body, Body::GuestWrite(_)) && !self.header.has_guest_writes() {
+            return Err(guest_writes_undeclared());
         }
         if rec.seq < self.next_seq {
             return Err(WriteError::Unencodable {

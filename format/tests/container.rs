@@ -242,3 +242,39 @@ fn a_gap_in_sequence_numbers_is_listed_but_is_not_damage() {
     assert_eq!(rep.sequence_gaps, vec![[3, 9]]);
     assert_eq!(rep.records_readable, 5);
 }
+
+/// Guest writes: a writer without `guest_writes` refuses them and stays 1.0; with it the
+/// file is 1.1 and a write larger than one record is split into consecutive records that
+/// read back as the same bytes at increasing addresses.
+#[test]
+fn guest_writes_split_read_back_and_need_the_feature() {
+    use vmrr_format::{Body, MAX_GUEST_WRITE_DATA, MemorySink, TraceReader, TraceWriter, WriterOptions};
+    let plain = MemorySink::default();
+    let mut w = TraceWriter::with_sink(plain.clone(), "plain".into(), WriterOptions::default()).unwrap();
+    assert_eq!(w.header().version_minor, 0);
+    let err = w.append_guest_write(0, 0x1000, b"x").unwrap_err();
+    assert!(err.to_string().contains("guest_writes"), "{err}");
+    w.finish().unwrap();
+
+    let sink = MemorySink::default();
+    let opts = WriterOptions { guest_writes: true, ..Default::default() };
+    let mut w = TraceWriter::with_sink(sink.clone(), "gw".into(), opts).unwrap();
+    assert_eq!(w.header().version_minor, 1);
+    let big: Vec<u8> = (0..MAX_GUEST_WRITE_DATA + 100).map(|i| u8::try_from(i % 251).unwrap()).collect();
+    let last = w.append_guest_write(0, 0x10_0000, &big).unwrap();
+    assert_eq!(last, 1, "two records");
+    assert!(w.append_guest_write(0, u64::MAX - 3, b"overflow").is_err());
+    w.finish().unwrap();
+
+    let mut r = TraceReader::from_bytes(sink.bytes(), "gw").unwrap();
+    let mut back = Vec::new();
+    let mut addrs = Vec::new();
+    while let Some(rec) = r.next_record() {
+        if let Body::GuestWrite(g) = rec.unwrap().body {
+            addrs.push(g.gpa);
+            back.extend_from_slice(g.data);
+        }
+    }
+    assert_eq!(addrs, [0x10_0000, 0x10_0000 + MAX_GUEST_WRITE_DATA as u64]);
+    assert_eq!(back, big);
+}

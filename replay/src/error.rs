@@ -34,6 +34,35 @@ pub enum ReplayError {
         /// Why it cannot be applied.
         why: &'static str,
     },
+    /// The trace uses a replay-required feature this replayer does not implement
+    /// (`docs/FORMAT.md` §3): it reads, but replaying it without the feature would not be
+    /// the recorded run. CLI exit 3, like any input this vmrr cannot take.
+    #[error("{trace}: {}", describe_replay_feature(*bit, name.as_deref(), *introduced))]
+    UnknownReplayFeature {
+        /// The trace.
+        trace: String,
+        /// The bit in `replay_required_features`.
+        bit: u8,
+        /// Its name, when the trace's feature table names it.
+        name: Option<String>,
+        /// The version that introduced it, when the table says.
+        introduced: Option<(u16, u16)>,
+    },
+    /// A recorded guest-memory write falls outside the replayed machine's memory.
+    #[error("{trace}: record seq {seq} (guest_write): {len} bytes at {gpa:#x} are not guest memory")]
+    GuestWrite {
+        /// The trace.
+        trace: String,
+        /// The record.
+        seq: u64,
+        /// Its address.
+        gpa: u64,
+        /// Its length.
+        len: usize,
+        /// Why the write failed.
+        #[source]
+        source: vmrr_engine::machine::AccessError,
+    },
     /// The CPUID set the trace records cannot be given to a vCPU.
     #[error("{trace}: record seq {seq} (CPUID): KVM refuses the CPUID set this record holds")]
     Cpuid {
@@ -107,6 +136,8 @@ impl ReplayError {
             ReplayError::Overview(_)
             | ReplayError::Unreplayable(_)
             | ReplayError::UndefinedValue { .. }
+            | ReplayError::UnknownReplayFeature { .. }
+            | ReplayError::GuestWrite { .. }
             | ReplayError::Cpuid { .. } => true,
             ReplayError::Rebuild { error, .. } => !error.is_usage(),
             ReplayError::Input(e) => !matches!(e, vmrr_format::input::InputError::Io { .. }),
@@ -116,6 +147,32 @@ impl ReplayError {
             ReplayError::Session(vmrr_engine::session::SessionError::Config(_)) => true,
             _ => false,
         }
+    }
+}
+
+fn describe_replay_feature(bit: u8, name: Option<&str>, introduced: Option<(u16, u16)>) -> String {
+    let (maj, min) = (vmrr_format::VERSION_MAJOR, vmrr_format::VERSION_MINOR);
+    let feature = match name {
+        Some(n) => format!("feature '{n}' (replay-required bit {bit}"),
+        None => format!("unknown feature (replay-required bit {bit}"),
+    };
+    let since = introduced.map_or_else(String::new, |(a, b)| format!(", introduced in format {a}.{b}"));
+    format!("replay requires {feature}{since}); this replayer implements format {maj}.{min}: upgrade vmrr")
+}
+
+/// Refuses a trace whose header sets a replay-required feature this replayer lacks.
+///
+/// # Errors
+/// [`ReplayError::UnknownReplayFeature`] naming the first such feature.
+pub fn check_replay_features(reader: &vmrr_format::TraceReader) -> Result<(), ReplayError> {
+    match reader.header().unknown_replay_required().first() {
+        None => Ok(()),
+        Some((bit, desc)) => Err(ReplayError::UnknownReplayFeature {
+            trace: reader.name().to_string(),
+            bit: *bit,
+            name: desc.map(|d| d.name.clone()),
+            introduced: desc.map(|d| d.introduced),
+        }),
     }
 }
 

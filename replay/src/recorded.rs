@@ -27,6 +27,16 @@ pub enum Recorded {
         /// The request.
         request: bool,
     },
+    /// Write these bytes into guest memory before re-entry (what a device of the recording
+    /// VMM wrote there).
+    GuestWrite {
+        /// Record sequence number.
+        seq: u64,
+        /// Guest physical address.
+        gpa: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
     /// A checkpoint was taken here.
     Checkpoint {
         /// Record sequence number.
@@ -50,6 +60,7 @@ impl Recorded {
             Recorded::Exit(e) => e.seq(),
             Recorded::Interrupt { seq, .. }
             | Recorded::Window { seq, .. }
+            | Recorded::GuestWrite { seq, .. }
             | Recorded::Checkpoint { seq, .. }
             | Recorded::End { seq, .. } => *seq,
         }
@@ -66,6 +77,11 @@ impl RecordStream {
     /// Records of `reader`, from its current position.
     pub fn new(reader: TraceReader) -> Self {
         RecordStream { reader, back: VecDeque::new() }
+    }
+
+    /// The trace's name.
+    pub fn trace_name(&self) -> &str {
+        self.reader.name()
     }
 
     /// The next thing to act on, skipping annotations, CPUID records and unknown events.
@@ -114,6 +130,7 @@ impl RecordStream {
                     Recorded::Interrupt { seq, vector }
                 }
                 Body::InterruptWindow(w) => Recorded::Window { seq, request: w.request != 0 },
+                Body::GuestWrite(g) => Recorded::GuestWrite { seq, gpa: g.gpa, data: g.data.to_vec() },
                 Body::Checkpoint(c) => Recorded::Checkpoint { seq, id: c.snapshot_id },
                 Body::EndOfRun(end) => Recorded::End { seq, end },
                 ref b if b.is_exit() => Recorded::Exit(RecordBuf::from_raw(raw, seq)),

@@ -21,6 +21,8 @@ use crate::source::Source;
 /// `strict_cpu`. A divergence is not an error: it is the report's outcome.
 pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
     let t0 = Instant::now();
+    // Before anything reaches KVM: a trace this replayer cannot replay faithfully.
+    crate::error::check_replay_features(&TraceReader::open(&src.trace)?)?;
     let f = overview::scan(&src.trace)?;
     let mut notes = crate::hosts::notes(&f);
     if f.unfinished {

@@ -19,8 +19,18 @@ fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
         trace_id: Some(r.header().trace_id),
         created_unix_ns: Some(r.header().created_unix_ns),
         timing: r.header().has_timing(),
+        guest_writes: r.header().has_guest_writes(),
         ..Default::default()
     };
+    if let Some((bit, desc)) = r.header().unknown_replay_required().first() {
+        // The repairer cannot vouch that a feature it does not know still describes the
+        // rewritten file, and dropping it would make the copy look replayable.
+        return Err(CliError::Usage(format!(
+            "{}: cannot repair: replay-required feature {} (bit {bit}) is unknown to this vmrr",
+            file.display(),
+            desc.map_or_else(|| "?".to_string(), |d| format!("'{}'", d.name)),
+        )));
+    }
     let dir = output::directory_of(out);
     let (tmp, f) =
         vmrr_format::scratch::Scratch::file_in(dir, &output::scratch_prefix(out)).map_err(|source| {

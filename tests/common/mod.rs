@@ -288,7 +288,11 @@ impl Rng {
 /// the writer, so it reads cleanly), keeping the trace id so its snapshots still match.
 pub fn rewrite(src: &Path, dst: &Path, mut edit: impl FnMut(u64, &mut Vec<u8>) -> bool) {
     let mut r = TraceReader::open(src).unwrap();
-    let opts = WriterOptions { trace_id: Some(r.header().trace_id), ..Default::default() };
+    let opts = WriterOptions {
+        trace_id: Some(r.header().trace_id),
+        guest_writes: r.header().has_guest_writes(),
+        ..Default::default()
+    };
     let mut w = TraceWriter::create(dst, opts).unwrap();
     while let Some(item) = r.next_record() {
         let rec = item.unwrap();

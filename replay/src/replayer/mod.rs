@@ -156,6 +156,7 @@ impl Replayer {
         exits_total: u64,
         opts: &Options,
     ) -> Result<Self, ReplayError> {
+        crate::error::check_replay_features(&trace)?;
         let mut records = RecordStream::new(trace);
         records.seek(start.seq)?;
         let stall = StallWatch::start(opts.stall)
@@ -273,6 +274,15 @@ impl Replayer {
                 self.delivering = Some(vector);
             }
             Recorded::Window { request, .. } => self.machine.set_interrupt_window(request)?,
+            Recorded::GuestWrite { gpa, data, .. } => {
+                self.machine.write_phys(gpa, &data).map_err(|source| ReplayError::GuestWrite {
+                    trace: self.records.trace_name().to_string(),
+                    seq,
+                    gpa,
+                    len: data.len(),
+                    source,
+                })?;
+            }
             Recorded::Checkpoint { .. } | Recorded::Exit(_) | Recorded::End { .. } => {}
         }
         self.consumed = Some(seq);

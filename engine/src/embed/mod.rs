@@ -1,0 +1,412 @@
+//! Recording a VM that another VMM runs, so that vmrr replays it without that VMM.
+//!
+//! [`crate::Recorder`] alone records a foreign vCPU loop's exits; replay needs three more
+//! things, which [`Embedded`] adds:
+//!
+//! - **The machine's starting point**: the VMM hands over its guest memory once (a
+//!   `vm_memory::GuestMemoryMmap` and the KVM slot of each region, [`slots_of`]) and
+//!   [`Embedded::start`] writes the initial snapshot, in the same format as vmrr's own
+//!   machine (`<trace>.snapshots/snap-000000`), with the vCPU state read from the VMM's
+//!   `VcpuFd`. [`Embedded::checkpoint`] adds snapshots on the way and
+//!   [`Embedded::finish`] the final one.
+//! - **What the devices wrote into guest memory** (DMA, which never exits): each write
+//!   becomes a `guest_write` record at its place in the exit sequence, through
+//!   [`Embedded::record_guest_write`] or through a [`RecordingMemory`], a `vm-memory`
+//!   wrapper that records every write a device makes through it.
+//! - **The interrupts**, injected from userspace at exit boundaries:
+//!   [`Embedded::inject_interrupt`] (or [`Embedded::record_interrupt`] for a VMM that
+//!   injects them itself).
+//!
+//! ```no_run
+//! use vmrr_engine::embed::{EmbedOptions, Embedded, VmParts, slots_of};
+//! # fn demo(kvm: &kvm_ioctls::Kvm, vm: &kvm_ioctls::VmFd, vcpu: &mut kvm_ioctls::VcpuFd,
+//! #         mem: &vm_memory::GuestMemoryMmap) -> Result<(), Box<dyn std::error::Error>> {
+//! let slots = slots_of(mem);
+//! let mut rec = Embedded::start(VmParts { kvm, vm, vcpu }, mem, &slots, "run.vmrr".as_ref(), EmbedOptions::default())?;
+//! let dma = rec.recording_memory(); // give this to the devices instead of `mem`
+//! loop {
+//!     match rec.run(vcpu)? {
+//!         kvm_ioctls::VcpuExit::IoIn(_port, data) => data.fill(0),
+//!         kvm_ioctls::VcpuExit::Hlt => break,
+//!         _ => {}
+//!     }
+//!     rec.record_exit()?;
+//! }
+//! rec.record_exit()?;
+//! # let _ = dma;
+//! rec.finish(VmParts { kvm, vm, vcpu }, vmrr_format::end_reason::HLT, 0)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Memory is handed over as a `GuestMemoryMmap` only, never as raw host addresses: vmrr reads
+//! guest memory through it, so the API needs no `unsafe` from the VMM or from vmrr. A VMM
+//! that keeps raw mappings (an address and an fd per slot) wraps them once with
+//! vm-memory's `MmapRegion::build_raw` / `GuestRegionMmap::new`.
+//!
+//! Checkpoints are incremental (only the pages written since the previous snapshot) when
+//! every slot was registered with `KVM_MEM_LOG_DIRTY_PAGES` ([`GuestSlot::dirty_log`]):
+//! KVM's dirty log gives the pages the guest wrote, the recorded guest writes the pages
+//! the devices wrote. Otherwise every checkpoint is a full copy of guest memory.
+
+mod memory;
+mod snapshot;
+
+use std::path::{Path, PathBuf};
+
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmrr_format::{TraceWriter, WriteError, WriterOptions, WriterSummary};
+
+pub use memory::RecordingMemory;
+
+use crate::devices::bus::{Bus, BusState};
+use crate::persist::Persist;
+use crate::record::{Recorder, RecorderError};
+use crate::snapshot::SnapshotError;
+
+/// The VMM's KVM objects, borrowed for a call.
+#[derive(Debug)]
+pub struct VmParts<'a> {
+    /// `/dev/kvm`.
+    pub kvm: &'a Kvm,
+    /// The VM.
+    pub vm: &'a VmFd,
+    /// Its one vCPU (vmrr replays single-vCPU guests).
+    pub vcpu: &'a mut VcpuFd,
+}
+
+/// One KVM memory slot of the VMM: which region of the guest memory it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestSlot {
+    /// The KVM slot number the VMM registered it as.
+    pub slot: u32,
+    /// Guest physical address.
+    pub gpa: u64,
+    /// Size in bytes (a multiple of 4 KiB).
+    pub size: u64,
+    /// Registered with `KVM_MEM_LOG_DIRTY_PAGES`: checkpoints read its dirty log.
+    pub dirty_log: bool,
+}
+
+/// The slots of `mem` as a VMM that registers region `i` as KVM slot `i`, without dirty
+/// logging, has them (set [`GuestSlot::dirty_log`] on the ones registered with it).
+pub fn slots_of(mem: &GuestMemoryMmap) -> Vec<GuestSlot> {
+    mem.iter()
+        .zip(0u32..)
+        .map(|(r, slot)| GuestSlot { slot, gpa: r.start_addr().0, size: r.len(), dirty_log: false })
+        .collect()
+}
+
+/// How an embedded recording is written.
+#[derive(Debug, Clone)]
+pub struct EmbedOptions {
+    /// The trace writer's settings; `guest_writes` is always set (the trace is format 1.1).
+    pub writer: WriterOptions,
+    /// Annotations to add to the trace's prelude (after the host's).
+    pub annotations: Vec<(String, String)>,
+    /// The port of the VMM's 16550 console, if it has one: replay shows what the guest
+    /// writes there as the replayed console (replay never answers the guest from a
+    /// device; the trace does).
+    pub console_port: Option<u16>,
+}
+
+impl Default for EmbedOptions {
+    fn default() -> Self {
+        EmbedOptions { writer: WriterOptions::default(), annotations: Vec::new(), console_port: Some(0x3f8) }
+    }
+}
+
+/// An embedded recording failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The recorder could not be set up.
+    #[error(transparent)]
+    Recorder(#[from] RecorderError),
+    /// The trace could not be written.
+    #[error("cannot write the trace")]
+    Write(#[from] WriteError),
+    /// A slot is not one region of the guest memory handed over.
+    #[error("slot {slot}: {gpa:#x}+{size:#x} is not a region of the guest memory handed over")]
+    Slot {
+        /// The slot.
+        slot: u32,
+        /// Its address.
+        gpa: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// A snapshot could not be taken.
+    #[error("cannot take snapshot {id}")]
+    Snapshot {
+        /// Its id.
+        id: u64,
+        /// Why.
+        #[source]
+        source: SnapshotError,
+    },
+    /// `KVM_RUN` failed.
+    #[error("KVM_RUN failed")]
+    Run(#[source] kvm_ioctls::Error),
+    /// `KVM_INTERRUPT` failed.
+    #[error("KVM_INTERRUPT of vector {vector:#x} failed")]
+    Interrupt {
+        /// The vector.
+        vector: u8,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A recording of a VM another VMM runs: see the module docs.
+pub struct Embedded {
+    recorder: Recorder,
+    memory: GuestMemoryMmap,
+    slots: Vec<GuestSlot>,
+    log: memory::WriteLog,
+    root: PathBuf,
+    annotations: Vec<(String, String)>,
+    msrs: Vec<u32>,
+    bus: BusState,
+    next_id: u64,
+    last_id: Option<u64>,
+    interrupts: u64,
+    /// Per slot: pages the devices wrote since the last snapshot (KVM's dirty log does not
+    /// see writes from userspace).
+    device_pages: Vec<Vec<u64>>,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded").field("root", &self.root).field("next_id", &self.next_id).finish()
+    }
+}
+
+impl Embedded {
+    /// Starts recording the VM of `parts` into `trace` (its snapshots go to
+    /// `<trace>.snapshots/`): writes the prelude (host annotations, the vCPU's CPUID), the
+    /// initial snapshot of `memory` and the vCPU, and its checkpoint record. Call it after
+    /// the VMM has loaded the guest and set the vCPU's registers and CPUID, before the
+    /// first `KVM_RUN`. It turns on `KVM_SYNC_X86_REGS` on the vCPU, so every exit record
+    /// carries a register sample (RIP, RSP, RFLAGS) that replay checks.
+    ///
+    /// # Errors
+    /// A slot that is not a region of `memory`, the recorder's set-up, or the snapshot.
+    pub fn start(
+        parts: VmParts<'_>,
+        memory: &GuestMemoryMmap,
+        slots: &[GuestSlot],
+        trace: &Path,
+        opts: EmbedOptions,
+    ) -> Result<Self, EmbedError> {
+        for s in slots {
+            let whole = memory.iter().any(|r| r.start_addr().0 == s.gpa && r.len() == s.size);
+            if !whole || s.size % crate::kvm::memory::PAGE_SIZE != 0 {
+                return Err(EmbedError::Slot { slot: s.slot, gpa: s.gpa, size: s.size });
+            }
+        }
+        let writer = TraceWriter::create(trace, WriterOptions { guest_writes: true, ..opts.writer })?;
+        parts.vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+        let mut recorder = Recorder::new(parts.kvm, parts.vcpu, 0, writer)?;
+        let caps = crate::kvm::caps::HostCaps::query(parts.kvm);
+        let mut annotations = crate::record::prelude::host_annotations(&caps, false);
+        annotations.push(("vmrr.recorder".into(), "embedded".into()));
+        annotations.extend(opts.annotations);
+        let cpuid = parts.vcpu.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(|e| {
+            EmbedError::Snapshot { id: 0, source: crate::kvm::KvmError::on("KVM_GET_CPUID2")(e).into() }
+        })?;
+        recorder.write_prelude(&annotations, &cpuid)?;
+        let msrs = crate::kvm::vcpu_state::msr_list(parts.kvm, parts.vcpu, false)
+            .map_err(|e| EmbedError::Snapshot { id: 0, source: e.into() })?;
+        let mut bus = Bus::new();
+        if let Some(port) = opts.console_port {
+            let serial =
+                crate::devices::legacy::serial::Serial::new(crate::devices::console::Console::capture_only());
+            bus.add_pio(port, 8, Box::new(serial));
+        }
+        let device_pages = slots.iter().map(|s| vec![0u64; words(s.size)]).collect();
+        let mut e = Embedded {
+            recorder,
+            memory: memory.clone(),
+            slots: slots.to_vec(),
+            log: memory::WriteLog::default(),
+            root: vmrr_format::layout::snapshots_of(trace),
+            annotations,
+            msrs,
+            bus: Persist::save(&bus, 0),
+            next_id: 0,
+            last_id: None,
+            interrupts: 0,
+            device_pages,
+        };
+        e.checkpoint(parts)?;
+        Ok(e)
+    }
+
+    /// A guest memory for the VMM's devices: writes through it are recorded (see
+    /// [`RecordingMemory`]).
+    pub fn recording_memory(&self) -> RecordingMemory<GuestMemoryMmap> {
+        RecordingMemory::new(self.memory.clone(), self.log.clone())
+    }
+
+    /// Runs the vCPU once (`KVM_RUN`), recording when it entered and exited. Guest writes
+    /// noted since the last exit was recorded are written to the trace first.
+    ///
+    /// # Errors
+    /// The writer's error, or `KVM_RUN`'s (`EINTR` when a signal interrupted it).
+    pub fn run<'v>(&mut self, vcpu: &'v mut VcpuFd) -> Result<VcpuExit<'v>, EmbedError> {
+        self.flush_guest_writes()?;
+        self.recorder.run(vcpu).map_err(EmbedError::Run)
+    }
+
+    /// Records the exit now in `kvm_run` with the VMM's reply (call it after handling the
+    /// exit, before the next `KVM_RUN`), then what the devices wrote into guest memory
+    /// while handling it.
+    ///
+    /// # Errors
+    /// The writer's error (a full disk).
+    pub fn record_exit(&mut self) -> Result<u64, EmbedError> {
+        let seq = self.recorder.record_exit()?;
+        self.flush_guest_writes()?;
+        Ok(seq)
+    }
+
+    /// Records that a device wrote `data` into guest memory at `gpa` (the VMM wrote it
+    /// itself). Written to the trace after the exit being handled, or before the next
+    /// entry: replay writes the same bytes at the same point.
+    pub fn record_guest_write(&mut self, gpa: u64, data: &[u8]) {
+        self.log.push(gpa, data.to_vec());
+    }
+
+    /// True when the vCPU can take an external interrupt at the next entry (interrupts
+    /// enabled and KVM ready for an injection): the condition replay checks too.
+    pub fn can_take_interrupt(&self) -> bool {
+        let v = self.recorder.view();
+        v.ready_for_interrupt_injection() && v.if_flag()
+    }
+
+    /// Injects external interrupt `vector` for the next entry (`KVM_INTERRUPT`) and records
+    /// it. Call only when [`Self::can_take_interrupt`]; otherwise request an interrupt
+    /// window and inject at the `IRQ_WINDOW_OPEN` exit.
+    ///
+    /// # Errors
+    /// The ioctl or the writer failed.
+    pub fn inject_interrupt(&mut self, vcpu: &VcpuFd, vector: u8) -> Result<(), EmbedError> {
+        self.flush_guest_writes()?;
+        crate::sys::vcpu_ioctl::interrupt(vcpu, vector)
+            .map_err(|source| EmbedError::Interrupt { vector, source })?;
+        self.record_interrupt(vector)
+    }
+
+    /// Records an external interrupt the VMM injected itself (`KVM_INTERRUPT`) before the
+    /// next entry.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn record_interrupt(&mut self, vector: u8) -> Result<(), EmbedError> {
+        self.flush_guest_writes()?;
+        self.recorder.record_interrupt(vector, vmrr_format::INTERRUPT_EXTERNAL)?;
+        self.interrupts += 1;
+        Ok(())
+    }
+
+    /// Takes a snapshot now (at an exit boundary, after [`Self::record_exit`]) and records
+    /// its checkpoint: incremental on the previous one when every slot logs dirty pages,
+    /// a full copy otherwise. Returns its id.
+    ///
+    /// # Errors
+    /// KVM, vCPU state or file-system failures, or the writer's.
+    pub fn checkpoint(&mut self, parts: VmParts<'_>) -> Result<u64, EmbedError> {
+        self.flush_guest_writes()?;
+        let id = self.next_id;
+        let incremental = self.last_id.is_some() && self.slots.iter().all(|s| s.dirty_log);
+        let parent = if incremental { self.last_id } else { None };
+        let exit_seq = self.recorder.next_seq().checked_sub(1);
+        let snap = snapshot::Capture {
+            kvm_vm: parts.vm,
+            vcpu: parts.vcpu,
+            memory: &self.memory,
+            slots: &self.slots,
+            device_pages: &self.device_pages,
+            msrs: &self.msrs,
+            bus: &self.bus,
+            exits: self.recorder.exits(),
+            interrupts: self.interrupts,
+        };
+        let who = crate::snapshot::Identity {
+            id,
+            parent,
+            trace_id: self.recorder.trace_id(),
+            exit_seq,
+            annotations: &self.annotations,
+        };
+        let dir = vmrr_format::layout::snapshot_dir(&self.root, id);
+        snap.write(&dir, &who, self.recorder.exits() > 0)
+            .map_err(|source| EmbedError::Snapshot { id, source })?;
+        for b in &mut self.device_pages {
+            b.iter_mut().for_each(|w| *w = 0);
+        }
+        self.recorder.record_checkpoint(id)?;
+        self.recorder.writer_mut().sync()?;
+        self.last_id = Some(id);
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    /// Ends the recording: writes the final snapshot (the machine as the run left it, so
+    /// a replay's end can be compared with it), the end-of-run record, and finishes the
+    /// trace.
+    ///
+    /// # Errors
+    /// As for [`Self::checkpoint`].
+    pub fn finish(
+        mut self,
+        parts: VmParts<'_>,
+        reason: u32,
+        status: u64,
+    ) -> Result<WriterSummary, EmbedError> {
+        self.checkpoint(parts)?;
+        Ok(self.recorder.finish(reason, status)?)
+    }
+
+    /// The id the next snapshot gets.
+    pub fn next_snapshot_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// The recorder (annotations, the trace's id, the writer).
+    pub fn recorder_mut(&mut self) -> &mut Recorder {
+        &mut self.recorder
+    }
+
+    /// Writes the guest writes noted so far, in order, and marks their pages for the next
+    /// incremental snapshot.
+    fn flush_guest_writes(&mut self) -> Result<(), WriteError> {
+        for (gpa, data) in self.log.drain() {
+            self.mark(gpa, data.len());
+            let writer = self.recorder.writer_mut();
+            writer.append_guest_write(0, gpa, &data)?;
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self, gpa: u64, len: usize) {
+        const PAGE: u64 = crate::kvm::memory::PAGE_SIZE;
+        let end = gpa.saturating_add(len as u64);
+        for (s, bits) in self.slots.iter().zip(self.device_pages.iter_mut()) {
+            let (lo, hi) = (gpa.max(s.gpa), end.min(s.gpa + s.size));
+            if lo >= hi {
+                continue;
+            }
+            for p in (lo - s.gpa) / PAGE..(hi - s.gpa).div_ceil(PAGE) {
+                if let Some(w) = usize::try_from(p / 64).ok().and_then(|i| bits.get_mut(i)) {
+                    *w |= 1 << (p % 64);
+                }
+            }
+        }
+    }
+}
+
+fn words(size: u64) -> usize {
+    usize::try_from((size / crate::kvm::memory::PAGE_SIZE).div_ceil(64)).unwrap_or(0)
+}
