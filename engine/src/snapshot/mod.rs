@@ -59,6 +59,7 @@ use std::path::Path;
 pub use background::{Background, BackgroundError, InFlight};
 pub use capture::{CaptureStats, Identity, take, take_new};
 pub use chain::{ChainCheck, Checked, MAX_CHAIN, check_chain, load, load_chain};
+pub use changed::forget_dirty_pages;
 pub use error::{RejectedField, SnapshotError};
 pub use offline::{flatten, flatten_dir, squash};
 pub use overlay::MAX_OVERLAYS;
