@@ -9,14 +9,14 @@ use std::path::Path;
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmrr_format::FileError;
-use vmrr_format::layout::{STATE_FILE, memory_file_name};
+use vmrr_format::layout::memory_file_name;
 
 use super::GuestSlot;
 use crate::devices::bus::BusState;
 use crate::kvm::KvmError;
 use crate::kvm::memory::{MemoryError, PAGE_SIZE, SlotKind};
 use crate::kvm::vcpu_state::VcpuState;
-use crate::snapshot::{Identity, SlotState, SnapshotError, SnapshotState, VmState, bitmap_runs, codec};
+use crate::snapshot::{Identity, SlotState, SnapshotError, SnapshotState, VmState, bitmap_runs};
 
 /// What one capture reads.
 pub(super) struct Capture<'a> {
@@ -140,13 +140,7 @@ impl Capture<'_> {
             bus: self.bus.clone(),
             annotations: who.annotations.to_vec(),
         };
-        let bytes = codec::frame(&codec::encode(&state)?);
-        let path = dir.join(STATE_FILE);
-        let f = File::create(&path).map_err(FileError::on("creating", &path))?;
-        f.write_all_at(&bytes, 0).map_err(FileError::on("writing", &path))?;
-        f.sync_all().map_err(FileError::on("syncing", &path))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(FileError::on("syncing", dir))?;
-        Ok(())
+        crate::snapshot::finish_dir(dir, &state)
     }
 
     /// Reads and clears KVM's dirty log of slot `s`.

@@ -276,7 +276,7 @@ pub(super) fn create_memory_file(
 
 /// Writes the state file of `state` into `dir` and syncs it and the directory: the last
 /// step before a snapshot directory may be renamed into place.
-pub(super) fn finish_dir(dir: &Path, state: &SnapshotState) -> Result<(), SnapshotError> {
+pub(crate) fn finish_dir(dir: &Path, state: &SnapshotState) -> Result<(), SnapshotError> {
     let bytes = codec::frame(&codec::encode(state)?);
     let path = dir.join(STATE_FILE);
     let f = File::create(&path).map_err(FileError::on("creating", &path))?;

@@ -57,6 +57,7 @@ pub mod state;
 use std::path::Path;
 
 pub use background::{Background, BackgroundError, InFlight};
+pub(crate) use capture::finish_dir;
 pub use capture::{CaptureStats, Identity, take, take_new};
 pub use chain::{ChainCheck, Checked, MAX_CHAIN, check_chain, load, load_chain};
 pub use changed::forget_dirty_pages;

@@ -11,9 +11,9 @@ use vm_memory::MmapRegion;
 
 const PAGE: u64 = 4096;
 
-/// The host address of `[offset, offset + len)` of `mapping`, after checking that the
-/// range is page-aligned, non-empty and inside the mapping.
-fn range(mapping: &MmapRegion, offset: u64, len: u64) -> io::Result<(*mut libc::c_void, usize)> {
+/// Checks that `[offset, offset + len)` is whole pages, non-empty and inside `mapping`:
+/// what makes an operation on that host range safe.
+pub(super) fn check_range(mapping: &MmapRegion, offset: u64, len: u64) -> io::Result<()> {
     let size = mapping.size() as u64;
     let inside = offset.checked_add(len).is_some_and(|end| end <= size);
     if !inside || len == 0 || offset % PAGE != 0 || len % PAGE != 0 {
@@ -22,6 +22,12 @@ fn range(mapping: &MmapRegion, offset: u64, len: u64) -> io::Result<(*mut libc::
             format!("range {offset:#x}+{len:#x} is not whole pages inside a mapping of {size:#x} bytes"),
         ));
     }
+    Ok(())
+}
+
+/// The host address of `[offset, offset + len)` of `mapping`, after [`check_range`].
+fn range(mapping: &MmapRegion, offset: u64, len: u64) -> io::Result<(*mut libc::c_void, usize)> {
+    check_range(mapping, offset, len)?;
     let l = usize::try_from(len).map_err(io::Error::other)?;
     let o = usize::try_from(offset).map_err(io::Error::other)?;
     Ok((mapping.as_ptr().wrapping_add(o).cast(), l))

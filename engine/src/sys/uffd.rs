@@ -247,14 +247,7 @@ impl Uffd {
 /// The host range `[offset, offset + len)` of `mapping`, checked to be whole pages inside
 /// it.
 fn range(mapping: &MmapRegion, offset: u64, len: u64) -> io::Result<(u64, u64)> {
-    let size = mapping.size() as u64;
-    let inside = offset.checked_add(len).is_some_and(|end| end <= size);
-    if !inside || len == 0 || offset % PAGE != 0 || len % PAGE != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("range {offset:#x}+{len:#x} is not whole pages inside a mapping of {size:#x} bytes"),
-        ));
-    }
+    super::mapping::check_range(mapping, offset, len)?;
     Ok((mapping.as_ptr() as u64 + offset, len))
 }
 
