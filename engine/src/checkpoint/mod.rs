@@ -124,6 +124,26 @@ pub struct Checkpointer {
     pub taken: Vec<Taken>,
 }
 
+/// The directory and identity of checkpoint `id`, taken now from `m`: incremental on the
+/// last checkpoint taken, after the last record written.
+fn next_snapshot<'a>(
+    root: &std::path::Path,
+    taken: &[Taken],
+    trace_id: [u8; 16],
+    annotations: &'a [(String, String)],
+    id: u64,
+    m: &Machine,
+) -> (PathBuf, snapshot::Identity<'a>) {
+    let who = snapshot::Identity {
+        id,
+        parent: taken.last().map(|t| t.id),
+        trace_id,
+        exit_seq: m.recorder().and_then(|r| r.next_seq().checked_sub(1)),
+        annotations,
+    };
+    (snapshot::snapshot_dir(root, id), who)
+}
+
 impl Checkpointer {
     /// Checkpoints into `root` (created if needed) for the trace `trace_id`, stopping the
     /// guest while each is written (see [`Self::with_capture`]).
@@ -231,17 +251,9 @@ impl Checkpointer {
             self.stop_world(m)?;
             return Ok(id);
         };
-        let parent = self.taken.last().map(|t| t.id);
-        let exit_seq = m.recorder().and_then(|r| r.next_seq().checked_sub(1));
         let exits = m.exits();
-        let dir = snapshot::snapshot_dir(&self.root, id);
-        let who = snapshot::Identity {
-            id,
-            parent,
-            trace_id: self.trace_id,
-            exit_seq,
-            annotations: &self.annotations,
-        };
+        let (dir, who) = next_snapshot(&self.root, &self.taken, self.trace_id, &self.annotations, id, m);
+        let exit_seq = who.exit_seq;
         let started = Instant::now();
         let (inflight, _pause) =
             bg.start(m, &dir, &who).map_err(|source| CheckpointError::Snapshot { id, source })?;
@@ -286,16 +298,8 @@ impl Checkpointer {
     /// A stopped-world checkpoint: written, synced and recorded before returning.
     fn stop_world(&mut self, m: &mut Machine) -> Result<Taken, CheckpointError> {
         let id = self.next_id;
-        let parent = self.taken.last().map(|t| t.id);
-        let exit_seq = m.recorder().and_then(|r| r.next_seq().checked_sub(1));
-        let dir = snapshot::snapshot_dir(&self.root, id);
-        let who = snapshot::Identity {
-            id,
-            parent,
-            trace_id: self.trace_id,
-            exit_seq,
-            annotations: &self.annotations,
-        };
+        let (dir, who) = next_snapshot(&self.root, &self.taken, self.trace_id, &self.annotations, id, m);
+        let exit_seq = who.exit_seq;
         let stats =
             snapshot::take(m, &dir, &who).map_err(|source| CheckpointError::Snapshot { id, source })?;
         if let Some(rec) = m.recorder_mut() {

@@ -563,19 +563,10 @@ impl Job {
             .map(|(k, t)| *t && chunk[k * PAGE..(k + 1) * PAGE].iter().any(|&b| b != 0))
             .collect();
         let mut stored = 0;
-        let mut k = 0;
-        while k < keep.len() {
-            if !keep[k] {
-                k += 1;
-                continue;
-            }
-            let start = k;
-            while k < keep.len() && keep[k] {
-                k += 1;
-            }
-            out.write_all_at(&chunk[start * PAGE..k * PAGE], (p + start as u64) * PAGE_SIZE)
+        for (start, end) in super::pages::true_runs(&keep) {
+            out.write_all_at(&chunk[start * PAGE..end * PAGE], (p + start as u64) * PAGE_SIZE)
                 .map_err(FileError::on("writing", &path))?;
-            stored += (k - start) as u64;
+            stored += (end - start) as u64;
         }
         if let Some(s) = lock(&self.shared.capture).as_mut().and_then(|c| c.slots.get_mut(i)) {
             s.stored += stored;

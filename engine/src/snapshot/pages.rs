@@ -36,6 +36,21 @@ pub fn bitmap_runs(bitmap: &[u64], pages: u64) -> Vec<(u64, u64)> {
     runs
 }
 
+/// Maximal runs `[start, end)` of `true` in `keep`, in order.
+pub(crate) fn true_runs(keep: &[bool]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut k = 0;
+    std::iter::from_fn(move || {
+        while k < keep.len() && !keep[k] {
+            k += 1;
+        }
+        let start = k;
+        while k < keep.len() && keep[k] {
+            k += 1;
+        }
+        (k > start).then_some((start, k))
+    })
+}
+
 /// Whether to write pages that hold only zeros.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Zeros {
@@ -72,18 +87,9 @@ pub(crate) fn copy_pages(
         } else {
             // Write maximal runs of non-zero pages.
             let pages: Vec<bool> = chunk.chunks(page).map(|c| c.iter().any(|&b| b != 0)).collect();
-            let mut i = 0;
-            while i < pages.len() {
-                if !pages[i] {
-                    i += 1;
-                    continue;
-                }
-                let s = i;
-                while i < pages.len() && pages[i] {
-                    i += 1;
-                }
-                write(p + s as u64, &chunk[s * page..i * page])?;
-                written += (i - s) as u64;
+            for (s, e) in true_runs(&pages) {
+                write(p + s as u64, &chunk[s * page..e * page])?;
+                written += (e - s) as u64;
             }
         }
         p += n;
@@ -105,6 +111,14 @@ mod tests {
         assert_eq!(bitmap_runs(&b, 200), vec![(63, 67), (197, 1)]);
         assert_eq!(bitmap_runs(&b, 197), vec![(63, 67)]);
         assert_eq!(bitmap_runs(&[u64::MAX], 10), vec![(0, 10)]);
+    }
+
+    #[test]
+    fn runs_of_kept_entries() {
+        let r: Vec<_> = true_runs(&[false, true, true, false, true]).collect();
+        assert_eq!(r, vec![(1, 3), (4, 5)]);
+        assert_eq!(true_runs(&[false, false]).count(), 0);
+        assert_eq!(true_runs(&[true, true]).collect::<Vec<_>>(), vec![(0, 2)]);
     }
 
     #[test]
