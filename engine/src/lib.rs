@@ -4,7 +4,8 @@
 //! and gives replay a narrow entry to drive a guest from a trace.
 //!
 //! Rooms, each importing only from those listed before it:
-//! - [`persist`], [`disasm`], and the private `sys` (all `unsafe` code, with safe owners);
+//! - [`persist`], [`disasm`], [`page`], and the private `sys` (all `unsafe` code, with safe
+//!   owners: the crate denies `unsafe` everywhere else);
 //! - [`exit`]: a `kvm_run` exit decoded into a trace record body, and answered;
 //! - [`devices`]: the bus and the devices; every nondeterministic input arrives by exit;
 //! - [`kvm`]: the VM, memory slots (`KVM_SET_USER_MEMORY_REGION2`), vCPU state, CPUID,
@@ -30,6 +31,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![deny(unsafe_code)]
+
 pub mod checkpoint;
 pub mod devices;
 pub mod disasm;
@@ -38,6 +41,7 @@ pub mod exit;
 pub mod guests;
 pub mod kvm;
 pub mod machine;
+pub mod page;
 pub mod persist;
 pub mod record;
 pub mod session;

@@ -201,7 +201,7 @@ impl Embedded {
     ) -> Result<Self, EmbedError> {
         for s in slots {
             let whole = memory.iter().any(|r| r.start_addr().0 == s.gpa && r.len() == s.size);
-            if !whole || s.size % crate::kvm::memory::PAGE_SIZE != 0 {
+            if !whole || s.size % crate::page::PAGE_SIZE != 0 {
                 return Err(EmbedError::Slot { slot: s.slot, gpa: s.gpa, size: s.size });
             }
         }
@@ -391,7 +391,7 @@ impl Embedded {
     }
 
     fn mark(&mut self, gpa: u64, len: usize) {
-        const PAGE: u64 = crate::kvm::memory::PAGE_SIZE;
+        use crate::page::PAGE_SIZE as PAGE;
         let end = gpa.saturating_add(len as u64);
         for (s, bits) in self.slots.iter().zip(self.device_pages.iter_mut()) {
             let (lo, hi) = (gpa.max(s.gpa), end.min(s.gpa + s.size));
@@ -408,5 +408,5 @@ impl Embedded {
 }
 
 fn words(size: u64) -> usize {
-    usize::try_from((size / crate::kvm::memory::PAGE_SIZE).div_ceil(64)).unwrap_or(0)
+    usize::try_from((size / crate::page::PAGE_SIZE).div_ceil(64)).unwrap_or(0)
 }

@@ -14,7 +14,8 @@ use vmrr_format::layout::memory_file_name;
 use super::GuestSlot;
 use crate::devices::bus::BusState;
 use crate::kvm::KvmError;
-use crate::kvm::memory::{MemoryError, PAGE_SIZE, SlotKind};
+use crate::kvm::memory::{MemoryError, SlotKind};
+use crate::page::PAGE_SIZE;
 use crate::kvm::vcpu_state::VcpuState;
 use crate::snapshot::{Identity, SlotState, SnapshotError, SnapshotState, VmState, bitmap_runs};
 

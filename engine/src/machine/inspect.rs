@@ -193,8 +193,7 @@ pub enum AccessError {
     Kvm(#[from] KvmError),
 }
 
-/// Bytes per page, for splitting linear accesses.
-const PAGE: u64 = 4096;
+use crate::page::PAGE_SIZE as PAGE;
 
 impl Machine {
     /// The guest-physical address of linear address `linear` through the vCPU's page

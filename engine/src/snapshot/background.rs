@@ -34,7 +34,8 @@ use super::SnapshotError;
 use super::capture::{
     CaptureStats, Identity, Plan, create_memory_file, finish_dir, plan, publish, scratch_for,
 };
-use crate::kvm::memory::{Mapping, PAGE_SIZE};
+use crate::kvm::memory::Mapping;
+use crate::page::{PAGE_BYTES as PAGE, PAGE_SIZE};
 use crate::machine::Machine;
 use crate::sys::uffd::{Fault, Uffd};
 
@@ -42,7 +43,6 @@ use crate::sys::uffd::{Fault, Uffd};
 const BATCH: u64 = 64;
 /// How long the fault handler waits for a fault before looking whether it should stop.
 const POLL: Duration = Duration::from_millis(50);
-const PAGE: usize = 4096;
 /// The writer thread's nice value.
 const WRITER_NICE: i32 = 10;
 

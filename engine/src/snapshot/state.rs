@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::devices::bus::BusState;
-use crate::kvm::memory::{PAGE_SIZE, SlotKind};
+use crate::kvm::memory::SlotKind;
+use crate::page::PAGE_SIZE;
 use crate::kvm::vcpu_state::VcpuState;
 
 /// Most memory slots a snapshot may describe.
