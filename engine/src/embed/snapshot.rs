@@ -15,8 +15,8 @@ use super::GuestSlot;
 use crate::devices::bus::BusState;
 use crate::kvm::KvmError;
 use crate::kvm::memory::{MemoryError, SlotKind};
-use crate::page::PAGE_SIZE;
 use crate::kvm::vcpu_state::VcpuState;
+use crate::page::PAGE_SIZE;
 use crate::snapshot::{Identity, SlotState, SnapshotError, SnapshotState, VmState, bitmap_runs};
 
 /// What one capture reads.

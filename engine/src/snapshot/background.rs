@@ -35,8 +35,8 @@ use super::capture::{
     CaptureStats, Identity, Plan, create_memory_file, finish_dir, plan, publish, scratch_for,
 };
 use crate::kvm::memory::Mapping;
-use crate::page::{PAGE_BYTES as PAGE, PAGE_SIZE};
 use crate::machine::Machine;
+use crate::page::{PAGE_BYTES as PAGE, PAGE_SIZE};
 use crate::sys::uffd::{Fault, Uffd};
 
 /// Pages read and written per batch by the writer.

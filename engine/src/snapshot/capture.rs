@@ -15,10 +15,10 @@ use super::pages::{Zeros, bitmap_runs, copy_pages};
 use super::state::{SlotState, SnapshotState, VmState};
 use super::{SnapshotError, codec, take_dirty_log};
 use crate::kvm::memory::{Mapping, MemoryError, Slot, SlotKind};
-use crate::page::PAGE_SIZE;
 use crate::kvm::vcpu_state::VcpuState;
 use crate::machine::Machine;
 use crate::machine::origin::{Origin, OriginLink};
+use crate::page::PAGE_SIZE;
 use crate::persist::Persist;
 
 /// What a capture did.

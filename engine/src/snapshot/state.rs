@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::devices::bus::BusState;
 use crate::kvm::memory::SlotKind;
-use crate::page::PAGE_SIZE;
 use crate::kvm::vcpu_state::VcpuState;
+use crate::page::PAGE_SIZE;
 
 /// Most memory slots a snapshot may describe.
 pub const MAX_SLOTS: usize = 32;
