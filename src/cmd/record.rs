@@ -306,7 +306,7 @@ fn build(cfg: &SessionConfig, serial: Console, debugcon: Console) -> Result<Mach
 fn close_after_error(m: &mut Machine, e: RunError) -> CliError {
     let reason = match &e {
         RunError::Trace(_) | RunError::Hook { .. } | RunError::Output(_) => end_reason::OUTPUT_ERROR,
-        RunError::Kvm(_) | RunError::Os { .. } => end_reason::VMM_ERROR,
+        RunError::Kvm(_) | RunError::Os { .. } | RunError::Answer(_) => end_reason::VMM_ERROR,
     };
     if let Some(rec) = m.stop_recording() {
         let exits = rec.exits();

@@ -286,7 +286,7 @@ impl Checkpointer {
         if let Some(rec) = m.recorder_mut() {
             let exit_seq = p.exit_seq.unwrap_or(0);
             rec.record_checkpoint_at(id, exit_seq, p.exits)
-                .and_then(|_| rec.writer_mut().sync())
+                .and_then(|_| rec.sync())
                 .map_err(|source| CheckpointError::Record { id, source })?;
         }
         let stats = CaptureStats { durable: p.started.elapsed().max(stats.durable), ..stats };
@@ -306,7 +306,7 @@ impl Checkpointer {
             // The checkpoint record is made durable together with its snapshot: a crash
             // after this point never leaves a snapshot the trace does not mention.
             rec.record_checkpoint(id)
-                .and_then(|_| rec.writer_mut().sync())
+                .and_then(|_| rec.sync())
                 .map_err(|source| CheckpointError::Record { id, source })?;
         }
         let t = Taken { id, exits: m.exits(), exit_seq, stats };

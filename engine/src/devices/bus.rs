@@ -1,10 +1,13 @@
-//! The device bus: maps port and MMIO ranges to devices and dispatches accesses.
+//! The device bus: maps port and MMIO ranges to devices, and hands each exit to what it
+//! addresses ([`Bus::handle_exit`], the one dispatch of exits to devices).
 
 use serde::{Deserialize, Serialize};
+use vmrr_format::{Body, Direction};
 
 use crate::devices::clock::Clock;
 use crate::devices::device::{DeviceCtx, StopRequest};
 use crate::devices::interrupts::Interrupts;
+use crate::devices::map;
 use crate::devices::state::{self, BusArgs, BusDevice, DeviceState};
 use crate::persist::{DeviceRestoreError, Persist};
 
@@ -31,18 +34,32 @@ pub struct BusStats {
     pub unclaimed_writes: u64,
 }
 
-/// Ports and MMIO ranges mapped to devices.
+/// What the devices answered to an exit ([`Bus::handle_exit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Nothing to answer: a write, or an exit that addresses no device.
+    Nothing,
+    /// An IN's or MMIO read's data: the first `n` bytes of the reply buffer.
+    Data(usize),
+    /// An RDMSR's value and a WRMSR's or RDMSR's #GP (`error` non-zero).
+    Msr {
+        /// The value read.
+        value: u64,
+        /// Non-zero for #GP.
+        error: u8,
+    },
+}
+
+/// Ports and MMIO ranges mapped to devices, the interrupt lines between them, and the
+/// host clock they read.
 #[derive(Default)]
 pub struct Bus {
     pio: Vec<Range>,
     mmio: Vec<Range>,
     devices: Vec<Box<dyn BusDevice>>,
-    /// Interrupt lines.
-    pub(crate) irq: Interrupts,
-    /// A stop requested by a device.
-    pub(crate) stop: Option<StopRequest>,
-    /// Host clocks.
-    pub(crate) clock: Clock,
+    irq: Interrupts,
+    stop: Option<StopRequest>,
+    clock: Clock,
     next_deadline: Option<u64>,
     stats: BusStats,
 }
@@ -55,6 +72,69 @@ impl Bus {
     /// An empty bus.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Hands an exit to what it addresses: port I/O and MMIO to the device at that port
+    /// or address (an unclaimed read answers all ones), RDMSR and WRMSR of vmrr's clock
+    /// MSR to the host clock, every other MSR #GP (what KVM itself does for an MSR it does
+    /// not know). An IN's or MMIO read's answer goes into `reply` (at most its length).
+    /// Other exits address nothing here. A recording run writes the answer into `kvm_run`;
+    /// replay, which answers from the trace, only lets the devices see the access.
+    pub fn handle_exit(&mut self, exit: &Body<'_>, reply: &mut [u8]) -> Answer {
+        match exit {
+            Body::Io(io) if io.direction == Direction::Out => {
+                self.pio_write(io.port, io.data);
+                Answer::Nothing
+            }
+            Body::Io(io) => {
+                let n = io.data.len().min(reply.len());
+                self.pio_read(io.port, &mut reply[..n]);
+                Answer::Data(n)
+            }
+            Body::Mmio(m) if m.is_write => {
+                self.mmio_write(m.phys_addr, m.bytes());
+                Answer::Nothing
+            }
+            Body::Mmio(m) => {
+                let n = m.bytes().len().min(reply.len());
+                self.mmio_read(m.phys_addr, &mut reply[..n]);
+                Answer::Data(n)
+            }
+            Body::RdMsr(m) if m.index == map::CLOCK_MSR => {
+                Answer::Msr { value: self.clock.realtime_ns(), error: 0 }
+            }
+            Body::RdMsr(m) => Answer::Msr { value: m.data, error: 1 },
+            Body::WrMsr(m) => Answer::Msr { value: m.data, error: u8::from(m.index != map::CLOCK_MSR) },
+            _ => Answer::Nothing,
+        }
+    }
+
+    /// The interrupt lines.
+    pub fn interrupts(&self) -> &Interrupts {
+        &self.irq
+    }
+
+    /// The interrupt lines, to acknowledge an injected interrupt.
+    pub fn interrupts_mut(&mut self) -> &mut Interrupts {
+        &mut self.irq
+    }
+
+    /// The stop a device asked for, if any.
+    pub fn stop_request(&self) -> Option<StopRequest> {
+        self.stop
+    }
+
+    /// The host clock the devices read.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Runs the timed work whose deadline has passed (see [`Self::poll`]); without a
+    /// deadline, not even the clock is read.
+    pub fn tick_due(&mut self) {
+        if self.next_deadline.is_some() {
+            self.poll(self.clock.now_ns());
+        }
     }
 
     fn add(&mut self, dev: Box<dyn BusDevice>) -> usize {

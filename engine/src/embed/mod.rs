@@ -347,7 +347,7 @@ impl Embedded {
             b.iter_mut().for_each(|w| *w = 0);
         }
         self.recorder.record_checkpoint(id)?;
-        self.recorder.writer_mut().sync()?;
+        self.recorder.sync()?;
         self.last_id = Some(id);
         self.next_id += 1;
         Ok(id)
@@ -384,8 +384,7 @@ impl Embedded {
     fn flush_guest_writes(&mut self) -> Result<(), WriteError> {
         for (gpa, data) in self.log.drain() {
             self.mark(gpa, data.len());
-            let writer = self.recorder.writer_mut();
-            writer.append_guest_write(0, gpa, &data)?;
+            self.recorder.record_guest_write(gpa, &data)?;
         }
         Ok(())
     }

@@ -39,15 +39,8 @@ impl Capture<'_> {
     pub(super) fn write(self, dir: &Path, who: &Identity<'_>, ran: bool) -> Result<(), SnapshotError> {
         if ran {
             // At an IN exit RAX is not written until the next KVM_RUN: complete it
-            // without entering the guest (KVM_RUN with immediate_exit returns EINTR).
-            self.vcpu.set_kvm_immediate_exit(1);
-            let r = self.vcpu.run().map(|_| ());
-            self.vcpu.set_kvm_immediate_exit(0);
-            match r {
-                Err(e) if e.errno() == libc::EINTR => {}
-                Err(e) => return Err(KvmError::on("completing pending I/O")(e).into()),
-                Ok(()) => {}
-            }
+            // without entering the guest.
+            crate::kvm::entry::complete_pending(self.vcpu)?;
         }
         let root = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let tmp = dir.with_extension("tmp");

@@ -11,6 +11,7 @@ use vmrr_format::{
     SystemEvent, Words,
 };
 
+use super::decoded::Exit;
 use crate::sys::run_page::off;
 
 /// `KVM_SYNC_X86_REGS`.
@@ -69,16 +70,6 @@ impl<'a> RunView<'a> {
     fn exit_u64(&self, at: usize) -> u64 {
         field!(self, read_u64, off::EXIT + at)
     }
-    /// `words` 64-bit words of the exit union from `at` on.
-    fn exit_words(&self, at: usize, words: usize) -> Words<'a> {
-        let start = off::EXIT + at;
-        Words::Le(Cursor::at(self.b, start).read_slice(8 * words).unwrap_or(&[]))
-    }
-    /// The whole exit union.
-    fn exit_bytes(&self) -> &'a [u8] {
-        Cursor::at(self.b, off::EXIT).read_slice(off::EXIT_LEN).unwrap_or(&[])
-    }
-
     /// Where an I/O exit's data lies in the page (`io.data_offset`).
     pub fn io_data_offset(&self) -> u64 {
         self.exit_u64(off::io::DATA_OFFSET)
@@ -97,13 +88,28 @@ impl<'a> RunView<'a> {
         ))
     }
 
-    /// The exit as a record body. `system_event_data` says whether the host's
-    /// `system_event.ndata` is valid (`KVM_CAP_SYSTEM_EVENT_DATA`): without it, no data
-    /// words are recorded rather than guessed.
+    /// The exit, decoded: its trace body and register sample. `system_event_data` says
+    /// whether the host's `system_event.ndata` is valid (`KVM_CAP_SYSTEM_EVENT_DATA`):
+    /// without it, no data words are recorded rather than guessed. `conv` is where this
+    /// host leaves RIP (see [`Self::regs_sample`]).
+    pub fn exit(&self, system_event_data: bool, conv: RipConvention) -> Exit {
+        let (body, span) = self.decode(system_event_data);
+        Exit::new(self.exit_reason(), body, span, self.regs_sample(conv))
+    }
+
+    /// The exit as a record body (see [`Self::exit`]).
     pub fn body(&self, system_event_data: bool) -> Body<'a> {
+        let (body, span) = self.decode(system_event_data);
+        Exit::new(self.exit_reason(), body, span, None).body(self.b)
+    }
+
+    /// The body's fixed fields, and where its variable-length part lies in the page.
+    fn decode(&self, system_event_data: bool) -> (Body<'static>, (usize, usize)) {
         use off::{debug, fail_entry, hypercall, internal, io, mmio, msr, system_event};
         let reason = self.exit_reason();
-        let raw = || Body::RawExit(RawExit { exit_reason: reason, data: self.exit_bytes() });
+        let raw = (Body::RawExit(RawExit { exit_reason: reason, data: &[] }), (off::EXIT, off::EXIT_LEN));
+        let fixed = |body| (body, (0, 0));
+        let words = |at: usize, n: usize| (off::EXIT + at, 8 * n.min(internal::MAX_DATA));
         match reason {
             kvm_bindings::KVM_EXIT_IO => {
                 let size = self.exit_u8(io::SIZE);
@@ -111,9 +117,12 @@ impl<'a> RunView<'a> {
                 let len = usize::from(size).saturating_mul(usize::try_from(count).unwrap_or(usize::MAX));
                 // The data's offset comes from the kernel: checked like any other input.
                 let at = usize::try_from(self.exit_u64(io::DATA_OFFSET)).unwrap_or(usize::MAX);
-                let Ok(data) = Cursor::at(self.b, at).read_slice(len) else { return raw() };
+                if Cursor::at(self.b, at).read_slice(len).is_err() {
+                    return raw;
+                }
                 let direction = if self.exit_u8(io::DIRECTION) == 0 { Direction::In } else { Direction::Out };
-                Body::Io(Io { direction, size, port: self.exit_u16(io::PORT), count, data })
+                let port = self.exit_u16(io::PORT);
+                (Body::Io(Io { direction, size, port, count, data: &[] }), (at, len))
             }
             kvm_bindings::KVM_EXIT_MMIO => {
                 let len = self.exit_u32(mmio::LEN).min(8);
@@ -121,28 +130,27 @@ impl<'a> RunView<'a> {
                 for (i, d) in data.iter_mut().enumerate().take(usize::try_from(len).unwrap_or(8)) {
                     *d = self.exit_u8(mmio::DATA + i);
                 }
-                Body::Mmio(Mmio {
+                fixed(Body::Mmio(Mmio {
                     phys_addr: self.exit_u64(mmio::PHYS_ADDR),
                     len,
                     is_write: self.exit_u8(mmio::IS_WRITE) != 0,
                     data,
-                })
+                }))
             }
-            kvm_bindings::KVM_EXIT_HLT => Body::Hlt,
-            kvm_bindings::KVM_EXIT_SHUTDOWN => Body::Shutdown,
-            kvm_bindings::KVM_EXIT_IRQ_WINDOW_OPEN => Body::IrqWindowOpen,
-            kvm_bindings::KVM_EXIT_INTR => Body::Intr,
-            kvm_bindings::KVM_EXIT_FAIL_ENTRY => Body::FailEntry(FailEntry {
+            kvm_bindings::KVM_EXIT_HLT => fixed(Body::Hlt),
+            kvm_bindings::KVM_EXIT_SHUTDOWN => fixed(Body::Shutdown),
+            kvm_bindings::KVM_EXIT_IRQ_WINDOW_OPEN => fixed(Body::IrqWindowOpen),
+            kvm_bindings::KVM_EXIT_INTR => fixed(Body::Intr),
+            kvm_bindings::KVM_EXIT_FAIL_ENTRY => fixed(Body::FailEntry(FailEntry {
                 hardware_entry_failure_reason: self.exit_u64(fail_entry::REASON),
                 cpu: self.exit_u32(fail_entry::CPU),
-            }),
+            })),
             kvm_bindings::KVM_EXIT_INTERNAL_ERROR => {
                 // internal.data has 16 words; a larger ndata is clamped to what exists.
                 let n = usize::try_from(self.exit_u32(internal::NDATA)).unwrap_or(usize::MAX);
-                Body::InternalError(InternalError {
-                    suberror: self.exit_u32(internal::SUBERROR),
-                    data: self.exit_words(internal::DATA, n.min(internal::MAX_DATA)),
-                })
+                let body =
+                    InternalError { suberror: self.exit_u32(internal::SUBERROR), data: Words::Le(&[]) };
+                (Body::InternalError(body), words(internal::DATA, n))
             }
             kvm_bindings::KVM_EXIT_SYSTEM_EVENT => {
                 let n = if system_event_data {
@@ -150,10 +158,9 @@ impl<'a> RunView<'a> {
                 } else {
                     0
                 };
-                Body::SystemEvent(SystemEvent {
-                    event_type: self.exit_u32(system_event::TYPE),
-                    data: self.exit_words(system_event::DATA, n.min(internal::MAX_DATA)),
-                })
+                let body =
+                    SystemEvent { event_type: self.exit_u32(system_event::TYPE), data: Words::Le(&[]) };
+                (Body::SystemEvent(body), words(system_event::DATA, n))
             }
             kvm_bindings::KVM_EXIT_X86_RDMSR | kvm_bindings::KVM_EXIT_X86_WRMSR => {
                 let m = Msr {
@@ -162,27 +169,31 @@ impl<'a> RunView<'a> {
                     data: self.exit_u64(msr::DATA),
                     error: self.exit_u8(msr::ERROR),
                 };
-                if reason == kvm_bindings::KVM_EXIT_X86_RDMSR { Body::RdMsr(m) } else { Body::WrMsr(m) }
+                fixed(if reason == kvm_bindings::KVM_EXIT_X86_RDMSR {
+                    Body::RdMsr(m)
+                } else {
+                    Body::WrMsr(m)
+                })
             }
             kvm_bindings::KVM_EXIT_HYPERCALL => {
                 let mut args = [0u64; 6];
                 for (i, a) in args.iter_mut().enumerate() {
                     *a = self.exit_u64(hypercall::ARGS + 8 * i);
                 }
-                Body::Hypercall(Hypercall {
+                fixed(Body::Hypercall(Hypercall {
                     nr: self.exit_u64(hypercall::NR),
                     args,
                     ret: self.exit_u64(hypercall::RET),
                     flags: self.exit_u64(hypercall::FLAGS),
-                })
+                }))
             }
-            kvm_bindings::KVM_EXIT_DEBUG => Body::Debug(DebugExit {
+            kvm_bindings::KVM_EXIT_DEBUG => fixed(Body::Debug(DebugExit {
                 exception: self.exit_u32(debug::EXCEPTION),
                 pc: self.exit_u64(debug::PC),
                 dr6: self.exit_u64(debug::DR6),
                 dr7: self.exit_u64(debug::DR7),
-            }),
-            _ => raw(),
+            })),
+            _ => raw,
         }
     }
 

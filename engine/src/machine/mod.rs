@@ -18,6 +18,7 @@ mod outcome;
 mod replay;
 mod run;
 pub mod signals;
+mod vcpu;
 pub mod watchdog;
 
 use std::path::Path;
@@ -33,7 +34,6 @@ pub use run::{ExitHook, RunError};
 
 use crate::devices::Bus;
 use crate::devices::console::Console;
-use crate::exit::RipConvention;
 use crate::guests::boot::{self, BootError, BootMode};
 use crate::guests::{self, GuestImage, LoadError};
 use crate::kvm::memory::GuestMemory;
@@ -48,18 +48,12 @@ pub struct Machine {
     bus: Bus,
     serial: Console,
     debugcon: Console,
-    recorder: Option<Recorder>,
+    /// The vCPU's per-exit state: its `kvm_run` page, the exit it stands at, its recorder.
+    cpu: vcpu::Vcpu,
     limits: Limits,
     origin: Option<origin::Origin>,
     external_stop: Option<Arc<AtomicBool>>,
-    run_page: RunPage,
-    rip: RipConvention,
-    exits: u64,
-    interrupts: u64,
-    window_requested: bool,
     stop: Option<StopHandle>,
-    /// Where devices' answers go when replay only shows them an access.
-    scratch: Vec<u8>,
     /// What the vCPU stops for besides its own exits.
     debug: debug::DebugStops,
     /// Running live ([`Machine::live_entry`]), the guest halted at its last exit.
@@ -68,7 +62,7 @@ pub struct Machine {
 
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Machine").field("vm", &self.vm).field("exits", &self.exits).finish()
+        f.debug_struct("Machine").field("vm", &self.vm).field("exits", &self.cpu.exits()).finish()
     }
 }
 
@@ -103,22 +97,18 @@ impl Machine {
     pub fn with_bus(vm: Vm, bus: Bus, serial: Console, debugcon: Console) -> Result<Self, BootMachineError> {
         let run_page =
             RunPage::map(vm.vcpu(), vm.caps().vcpu_mmap_size, true).map_err(BootMachineError::Map)?;
+        let rip = crate::kvm::probe::rip_convention().unwrap_or_default();
+        let cpu = vcpu::Vcpu::new(run_page, rip, vm.caps().system_event_data);
         Ok(Machine {
             vm,
             bus,
             serial,
             debugcon,
-            recorder: None,
+            cpu,
             limits: Limits::default(),
             origin: None,
             external_stop: None,
-            run_page,
-            rip: crate::kvm::probe::rip_convention().unwrap_or_default(),
-            exits: 0,
-            interrupts: 0,
-            window_requested: false,
             stop: None,
-            scratch: Vec::new(),
             debug: debug::DebugStops::default(),
             live_halted: false,
         })
@@ -152,6 +142,11 @@ impl Machine {
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemory {
         self.vm.memory()
+    }
+
+    /// The vCPU's per-exit state (a restore stages registers in its `kvm_run` page).
+    pub(crate) fn cpu_mut(&mut self) -> &mut vcpu::Vcpu {
+        &mut self.cpu
     }
 
     /// The device bus.
@@ -188,22 +183,22 @@ impl Machine {
 
     /// Starts recording every exit and injection with `recorder`.
     pub fn start_recording(&mut self, recorder: Recorder) {
-        self.recorder = Some(recorder);
+        self.cpu.set_recorder(Some(recorder));
     }
 
     /// The recorder, when recording.
     pub fn recorder(&self) -> Option<&Recorder> {
-        self.recorder.as_ref()
+        self.cpu.recorder()
     }
 
     /// The recorder, to record events beside the exits (checkpoints) or swap its writer.
     pub fn recorder_mut(&mut self) -> Option<&mut Recorder> {
-        self.recorder.as_mut()
+        self.cpu.recorder_mut()
     }
 
     /// Stops recording and hands the recorder back (to finish its trace).
     pub fn stop_recording(&mut self) -> Option<Recorder> {
-        self.recorder.take()
+        self.cpu.set_recorder(None)
     }
 
     /// The limits that end a run.
@@ -251,17 +246,16 @@ impl Machine {
 
     /// Exits handled so far.
     pub fn exits(&self) -> u64 {
-        self.exits
+        self.cpu.exits()
     }
 
     /// Interrupts injected so far.
     pub fn interrupts(&self) -> u64 {
-        self.interrupts
+        self.cpu.interrupts()
     }
 
     /// Sets the exit and interrupt counters (restore).
     pub(crate) fn set_counters(&mut self, exits: u64, interrupts: u64) {
-        self.exits = exits;
-        self.interrupts = interrupts;
+        self.cpu.set_counters(exits, interrupts);
     }
 }

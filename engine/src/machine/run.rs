@@ -6,13 +6,14 @@
 
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::VcpuExit;
+use vmrr_format::Body;
 
 use crate::devices::StopRequest;
+use crate::exit::answer::AnswerError;
 use crate::kvm::system::KvmError;
-use crate::kvm::vm::VMRR_CLOCK_MSR;
 use crate::machine::Machine;
 use crate::machine::outcome::{Outcome, RunSummary};
+use crate::machine::vcpu::InjectError;
 use crate::machine::watchdog::{Fired, Flags, Watchdog};
 
 /// Running the guest failed (as opposed to the guest failing, which is an outcome).
@@ -47,11 +48,23 @@ pub enum RunError {
     /// A device's output (the serial console file) could not be written.
     #[error("cannot write device output")]
     Output(#[source] std::io::Error),
+    /// An answer could not be written into `kvm_run`.
+    #[error("cannot answer the exit")]
+    Answer(#[from] AnswerError),
 }
 
 impl From<vmrr_format::WriteError> for RunError {
     fn from(e: vmrr_format::WriteError) -> Self {
         RunError::Trace(e)
+    }
+}
+
+impl From<InjectError> for RunError {
+    fn from(e: InjectError) -> Self {
+        match e {
+            InjectError::Kvm(source) => RunError::Os { what: "KVM_INTERRUPT", source },
+            InjectError::Trace(e) => RunError::Trace(e),
+        }
     }
 }
 
@@ -111,7 +124,7 @@ impl Machine {
             if let Some(fired) = flags.fired() {
                 break fired_outcome(fired);
             }
-            if self.limits.max_exits.is_some_and(|m| self.exits >= m) {
+            if self.limits.max_exits.is_some_and(|m| self.cpu.exits() >= m) {
                 break Outcome::MaxExits;
             }
             let (halted, ending) = match self.handle_next_exit()? {
@@ -120,28 +133,23 @@ impl Machine {
                 // Debug stops are not asked for in a run: an unexpected one ends it.
                 Some(Handled::Debug) => (false, Some(Ending::Unhandled)),
             };
-            self.exits += 1;
-            if let Some(rec) = self.recorder.as_mut() {
-                rec.record_exit()?;
-            }
+            self.cpu.count_exit();
+            self.cpu.record()?;
             if let Some(e) = ending {
                 break self.ending_outcome(e);
             }
-            if let Some(StopRequest::GuestExit(status)) = self.bus.stop {
+            if let Some(StopRequest::GuestExit(status)) = self.bus.stop_request() {
                 break Outcome::GuestExit(status);
             }
             if let Some(h) = hook.as_deref_mut() {
-                h.after_exit(self, self.exits)?;
+                h.after_exit(self, self.cpu.exits())?;
             }
             if halted {
                 if let Some(o) = self.wait_in_hlt(&flags)? {
                     break o;
                 }
-            } else if let Some(d) = self.bus.next_deadline() {
-                let now = self.bus.clock.now_ns();
-                if now >= d {
-                    self.bus.poll(now);
-                }
+            } else {
+                self.bus.tick_due();
             }
             self.inject()?;
         };
@@ -152,63 +160,29 @@ impl Machine {
         if let Some(e) = self.serial.take_error().or_else(|| self.debugcon.take_error()) {
             return Err(RunError::Output(e));
         }
-        Ok(RunSummary { outcome, exits: self.exits, interrupts: self.interrupts, elapsed: start.elapsed() })
+        let (exits, interrupts) = (self.cpu.exits(), self.cpu.interrupts());
+        Ok(RunSummary { outcome, exits, interrupts, elapsed: start.elapsed() })
     }
 
-    /// Enters the guest and handles the exit it makes on the bus, or `None` when
-    /// `KVM_RUN` was interrupted by the watchdog (no exit happened, nothing to record).
+    /// Enters the guest and hands the exit it makes to the devices, whose answer goes into
+    /// `kvm_run` and the decoded exit; `None` when `KVM_RUN` was interrupted by the
+    /// watchdog (no exit happened, nothing to record).
     pub(crate) fn handle_next_exit(&mut self) -> Result<Option<Handled>, RunError> {
-        if let Some(rec) = self.recorder.as_mut() {
-            rec.entering();
+        if !self.cpu.enter(self.vm.vcpu_mut())? {
+            return Ok(None);
         }
-        let vcpu = self.vm.vcpu_mut();
-        let exit = match vcpu.run() {
-            Ok(exit) => {
-                if let Some(rec) = self.recorder.as_mut() {
-                    rec.exited();
-                }
-                exit
-            }
-            Err(e) if e.errno() == libc::EINTR => {
-                vcpu.set_kvm_immediate_exit(0);
-                return Ok(None);
-            }
-            Err(source) => return Err(KvmError { what: "KVM_RUN", source }.into()),
+        let ending = match self.cpu.body() {
+            Body::Io(_) | Body::Mmio(_) | Body::RdMsr(_) | Body::WrMsr(_) => None,
+            Body::Hlt | Body::IrqWindowOpen | Body::Intr => None,
+            Body::Shutdown => Some(Ending::Shutdown),
+            Body::InternalError(_) => Some(Ending::InternalError),
+            Body::FailEntry(_) => Some(Ending::FailEntry),
+            Body::SystemEvent(e) => Some(Ending::SystemEvent(e.event_type)),
+            Body::Debug(_) => return Ok(Some(Handled::Debug)),
+            _ => Some(Ending::Unhandled),
         };
-        let bus = &mut self.bus;
-        let (mut halted, mut ending) = (false, None);
-        match exit {
-            VcpuExit::IoIn(port, data) => {
-                bus.pio_read(port, data);
-            }
-            VcpuExit::IoOut(port, data) => {
-                bus.pio_write(port, data);
-            }
-            VcpuExit::MmioRead(addr, data) => {
-                bus.mmio_read(addr, data);
-            }
-            VcpuExit::MmioWrite(addr, data) => {
-                bus.mmio_write(addr, data);
-            }
-            VcpuExit::Hlt => halted = true,
-            VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
-            VcpuExit::X86Rdmsr(msr) => {
-                if msr.index == VMRR_CLOCK_MSR {
-                    *msr.data = bus.clock.realtime_ns();
-                    *msr.error = 0;
-                } else {
-                    // What KVM itself does for an MSR it does not know: #GP.
-                    *msr.error = 1;
-                }
-            }
-            VcpuExit::X86Wrmsr(msr) => *msr.error = u8::from(msr.index != VMRR_CLOCK_MSR),
-            VcpuExit::Shutdown => ending = Some(Ending::Shutdown),
-            VcpuExit::InternalError => ending = Some(Ending::InternalError),
-            VcpuExit::FailEntry(..) => ending = Some(Ending::FailEntry),
-            VcpuExit::SystemEvent(t, _) => ending = Some(Ending::SystemEvent(t)),
-            VcpuExit::Debug(_) => return Ok(Some(Handled::Debug)),
-            _ => ending = Some(Ending::Unhandled),
-        }
+        let halted = self.cpu.exit().kind() == vmrr_format::kind::HLT;
+        self.cpu.serve(&mut self.bus)?;
         Ok(Some(Handled::Exit { halted, ending }))
     }
 
@@ -226,7 +200,7 @@ impl Machine {
             }
             Ending::FailEntry => Outcome::FailEntry(Box::new(self.fatal_report())),
             Ending::SystemEvent(t) => Outcome::SystemEvent(t),
-            Ending::Unhandled => Outcome::Unhandled(self.view().exit_reason()),
+            Ending::Unhandled => Outcome::Unhandled(self.cpu.exit().reason()),
         }
     }
 
@@ -234,24 +208,24 @@ impl Machine {
     /// fires (the wake-up interrupt is injected by the caller); with nothing that could
     /// wake it, the run is over.
     pub(crate) fn wait_in_hlt(&mut self, flags: &Flags) -> Result<Option<Outcome>, RunError> {
-        if !self.view().if_flag() {
+        if !self.cpu.view().if_flag() {
             return Ok(Some(Outcome::Halted));
         }
         loop {
-            if !self.bus.irq.is_empty() {
+            if !self.bus.interrupts().is_empty() {
                 return Ok(None);
             }
             let Some(deadline) = self.bus.next_deadline() else {
                 return Ok(Some(Outcome::Halted));
             };
-            let now = self.bus.clock.now_ns();
+            let now = self.bus.clock().now_ns();
             if now >= deadline {
                 self.bus.poll(now);
                 continue;
             }
-            if let Some(rec) = self.recorder.as_mut() {
+            if let Some(rec) = self.cpu.recorder_mut() {
                 // The guest is idle: let its last records reach the disk.
-                rec.writer_mut().poll_flush()?;
+                rec.poll_flush()?;
             }
             if let Some(fired) = flags.fired() {
                 return Ok(Some(fired_outcome(fired)));
@@ -262,21 +236,21 @@ impl Machine {
 
     /// Injects the highest pending interrupt if the vCPU can take it now; otherwise asks
     /// KVM for an interrupt-window exit. Both the injection and every change of the
-    /// window request are recorded.
+    /// window request are recorded. Interrupts are injected only here, at exit boundaries.
     pub(crate) fn inject(&mut self) -> Result<(), RunError> {
-        let window = match self.bus.irq.pending() {
+        let window = match self.bus.interrupts().pending() {
             None => false,
             Some(vector) => {
-                if self.can_take_interrupt() {
-                    self.bus.irq.acknowledge();
-                    self.inject_interrupt(vector)?;
+                if self.cpu.can_take_interrupt() {
+                    self.bus.interrupts_mut().acknowledge();
+                    self.cpu.inject(self.vm.vcpu(), vector)?;
                     false
                 } else {
                     true
                 }
             }
         };
-        self.set_interrupt_window(window)
+        Ok(self.cpu.set_interrupt_window(window)?)
     }
 }
 

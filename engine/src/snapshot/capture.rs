@@ -196,7 +196,7 @@ fn plan_of(m: &Machine, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
     let vm = m.vm();
     let msrs = crate::kvm::vcpu_state::msr_list(vm.kvm(), vm.vcpu(), false)?;
     let vcpu = VcpuState::save(vm.vcpu(), &msrs)?;
-    let now = m.bus().clock.now_ns();
+    let now = m.bus().clock().now_ns();
     let bus = Persist::save(m.bus(), now);
     let dirty_log = vm.config().dirty_log;
     let mut slots = Vec::new();
@@ -250,7 +250,7 @@ fn plan_of(m: &Machine, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
         exit_seq: who.exit_seq,
         exits: m.exits(),
         interrupts: m.interrupts(),
-        created_unix_ns: m.bus().clock.realtime_ns(),
+        created_unix_ns: m.bus().clock().realtime_ns(),
         vm: VmState {
             mem_bytes: config.mem_bytes,
             cpuid: config.cpuid.name().to_string(),
