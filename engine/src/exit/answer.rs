@@ -130,3 +130,118 @@ pub fn msr(page: &mut [u8], live: &mut Exit, value: u64, error: u8) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use vmrr_format::{Hypercall, Io, Mmio, Msr};
+
+    use super::*;
+    use crate::exit::page;
+    use crate::exit::{RipConvention, RunView};
+
+    fn decoded(p: &[u8]) -> Exit {
+        RunView::new(p).expect("page").exit(true, RipConvention::default())
+    }
+
+    /// Answers the exit `live` shows with `reply`; checks that the decoded exit, as
+    /// answered, is what decoding the page afresh gives; returns the answered body.
+    fn answered(live: Body<'_>, reply: Body<'_>) -> (Vec<u8>, Result<(), AnswerError>) {
+        let mut p = page::with(&live, None);
+        let mut e = decoded(&p);
+        let r = write(&mut p, &mut e, &reply);
+        assert_eq!(e.body(&p), decoded(&p).body(&p), "the decoded exit follows its page");
+        (p, r)
+    }
+
+    fn body(p: &[u8]) -> Body<'_> {
+        RunView::new(p).expect("page").body(true)
+    }
+
+    fn io(direction: Direction, data: &[u8]) -> Body<'_> {
+        let count = u32::try_from(data.len()).expect("short");
+        Body::Io(Io { direction, size: 1, port: 0x3f8, count, data })
+    }
+
+    fn mmio(is_write: bool, len: u32, data: [u8; 8]) -> Body<'static> {
+        Body::Mmio(Mmio { phys_addr: 0xd000_0000, len, is_write, data })
+    }
+
+    #[test]
+    fn an_in_reads_the_reply_and_all_ones_past_it() {
+        let (p, r) = answered(io(Direction::In, &[0; 4]), io(Direction::In, b"ab"));
+        r.expect("fits");
+        assert_eq!(body(&p), io(Direction::In, b"ab\xff\xff"));
+        assert_eq!(p[page::PIO..page::PIO + 4], *b"ab\xff\xff", "at the data offset");
+        let (p, r) = answered(io(Direction::In, &[0; 2]), io(Direction::In, b"wxyz"));
+        r.expect("fits");
+        assert_eq!(body(&p), io(Direction::In, b"wx"), "a longer reply is cut");
+    }
+
+    #[test]
+    fn an_mmio_read_gets_its_length_of_the_reply() {
+        let (p, r) = answered(mmio(false, 2, [0; 8]), mmio(false, 2, [7, 8, 9, 0, 0, 0, 0, 0]));
+        r.expect("fits");
+        assert_eq!(body(&p), mmio(false, 2, [7, 8, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(p[off::EXIT + off::mmio::DATA..][..3], [7, 8, 0]);
+    }
+
+    #[test]
+    fn msrs_and_hypercalls_get_their_values() {
+        let m = Msr { index: 0x10, reason: 8, data: 0, error: 0 };
+        let (p, r) = answered(Body::RdMsr(m), Body::RdMsr(Msr { data: 0xabcd, error: 1, ..m }));
+        r.expect("fits");
+        assert_eq!(body(&p), Body::RdMsr(Msr { data: 0xabcd, error: 1, ..m }));
+        let w = Msr { data: 0x55, ..m };
+        let (p, r) = answered(Body::WrMsr(w), Body::WrMsr(Msr { data: 0x66, error: 1, ..w }));
+        r.expect("fits");
+        assert_eq!(body(&p), Body::WrMsr(Msr { error: 1, ..w }), "only #GP is a WRMSR's answer");
+        let h = Hypercall { nr: 1, args: [0; 6], ret: 0, flags: 0 };
+        let (p, r) = answered(Body::Hypercall(h), Body::Hypercall(Hypercall { ret: 42, ..h }));
+        r.expect("fits");
+        assert_eq!(body(&p), Body::Hypercall(Hypercall { ret: 42, ..h }));
+    }
+
+    #[test]
+    fn exits_without_an_answer_are_left_as_they_are() {
+        for (live, reply) in [
+            (io(Direction::Out, b"hi"), io(Direction::Out, b"no")),
+            (mmio(true, 4, [1; 8]), mmio(true, 4, [2; 8])),
+            (Body::Hlt, Body::Hlt),
+        ] {
+            let before = page::with(&live, None);
+            let (p, r) = answered(live, reply);
+            r.expect("fits");
+            assert!(p == before, "{live:?}");
+        }
+    }
+
+    #[test]
+    fn a_reply_of_another_kind_or_direction_writes_nothing() {
+        let m = Msr { index: 0x10, reason: 8, data: 0, error: 0 };
+        for (live, reply) in [
+            (io(Direction::In, &[0]), io(Direction::Out, b"x")),
+            (mmio(false, 4, [0; 8]), mmio(true, 4, [1; 8])),
+            (Body::RdMsr(m), Body::WrMsr(m)),
+            (Body::Hlt, io(Direction::In, b"x")),
+        ] {
+            let before = page::with(&live, None);
+            assert!(!fits(&decoded(&before), &reply));
+            let (p, r) = answered(live, reply);
+            assert!(matches!(r, Err(AnswerError::Kind { .. })), "{live:?}");
+            assert!(p == before, "{live:?}");
+        }
+    }
+
+    #[test]
+    fn the_devices_answers_go_the_same_way() {
+        let mut p = page::with(&io(Direction::In, &[0; 3]), None);
+        let mut e = decoded(&p);
+        data(&mut p, &mut e, &[5]).expect("in");
+        assert_eq!(e.body(&p), io(Direction::In, &[5, 0xff, 0xff]));
+        let mut p = page::with(&Body::RdMsr(Msr { index: 0x10, reason: 8, data: 0, error: 0 }), None);
+        let mut e = decoded(&p);
+        msr(&mut p, &mut e, 9, 0).expect("rdmsr");
+        assert_eq!(e.body(&p), body(&p));
+        assert!(matches!(body(&p), Body::RdMsr(m) if m.data == 9));
+    }
+}

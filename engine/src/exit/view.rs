@@ -221,3 +221,116 @@ pub struct RipConvention {
     /// RIP is past the instruction at `KVM_EXIT_MMIO`.
     pub mmio_after: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use vmrr_format::{EmulationFailure, SUBERROR_EMULATION};
+
+    use super::*;
+    use crate::exit::page;
+
+    const CONV: RipConvention = RipConvention { io_after: true, mmio_after: false };
+
+    /// One exit of every kind the decoder structures, and a raw one.
+    fn every_exit() -> Vec<Body<'static>> {
+        const RAW: [u8; off::EXIT_LEN] = [0x5a; off::EXIT_LEN];
+        let msr = Msr { index: 0x5652_0001, reason: 8, data: 0x1122_3344_5566_7788, error: 0 };
+        let insn = [0x0f_u8, 0xb8, 0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0f, 0xf3, 0x48, 0, 0, 0, 0, 0];
+        let words: &'static [u8] = Box::leak(
+            [
+                1u64,
+                u64::from_le_bytes(insn[..8].try_into().unwrap()),
+                u64::from_le_bytes(insn[8..].try_into().unwrap()),
+            ]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+        );
+        vec![
+            Body::Io(Io { direction: Direction::In, size: 1, port: 0x3fd, count: 1, data: &[0x60] }),
+            Body::Io(Io { direction: Direction::Out, size: 2, port: 0x5c0, count: 3, data: b"abcdef" }),
+            Body::Mmio(Mmio {
+                phys_addr: 0xd000_0000,
+                len: 4,
+                is_write: false,
+                data: [1, 2, 3, 4, 0, 0, 0, 0],
+            }),
+            Body::Mmio(Mmio { phys_addr: 0xd000_0008, len: 8, is_write: true, data: [9; 8] }),
+            Body::Hlt,
+            Body::Shutdown,
+            Body::IrqWindowOpen,
+            Body::Intr,
+            Body::FailEntry(FailEntry { hardware_entry_failure_reason: 0x21, cpu: 1 }),
+            Body::InternalError(InternalError { suberror: SUBERROR_EMULATION, data: Words::Le(words) }),
+            Body::SystemEvent(SystemEvent { event_type: 2, data: Words::Le(&[7, 0, 0, 0, 0, 0, 0, 0]) }),
+            Body::RdMsr(msr),
+            Body::WrMsr(Msr { error: 1, ..msr }),
+            Body::Hypercall(Hypercall { nr: 12, args: [1, 2, 3, 4, 5, 6], ret: 0, flags: 1 }),
+            Body::Debug(DebugExit { exception: 1, pc: 0x10_0040, dr6: 0xffff_4ff0, dr7: 0x400 }),
+            Body::RawExit(RawExit { exit_reason: 0x99, data: &RAW }),
+        ]
+    }
+
+    #[test]
+    fn every_exit_kind_decodes_from_its_abi_layout() {
+        for b in every_exit() {
+            let p = page::with(&b, None);
+            let v = RunView::new(&p).expect("page");
+            assert_eq!(v.body(true), b, "{}", vmrr_format::kind::name(b.kind()));
+            let e = v.exit(true, CONV);
+            assert_eq!((e.body(&p), e.kind(), e.regs()), (b, b.kind(), None));
+        }
+    }
+
+    #[test]
+    fn an_emulation_failure_carries_the_instruction_bytes() {
+        let b = every_exit().into_iter().find(|b| matches!(b, Body::InternalError(_))).expect("listed");
+        let p = page::with(&b, None);
+        let Body::InternalError(e) = RunView::new(&p).expect("page").body(true) else { panic!("kind") };
+        let ef: EmulationFailure = e.emulation_failure().expect("suberror 1");
+        assert_eq!(ef.bytes()[..3], [0xb8, 0x07, 0x00]);
+        assert_eq!(usize::from(ef.insn_size), 0x0f);
+    }
+
+    #[test]
+    fn counts_from_the_kernel_are_checked() {
+        // ndata past the 16 words of the union is clamped to them.
+        let mut p =
+            page::with(&Body::InternalError(InternalError { suberror: 3, data: Words::Le(&[]) }), None);
+        p[off::EXIT + off::internal::NDATA..][..4].copy_from_slice(&1000u32.to_le_bytes());
+        let Body::InternalError(e) = RunView::new(&p).expect("page").body(true) else { panic!("kind") };
+        assert_eq!(e.data.len(), off::internal::MAX_DATA);
+        // System-event words are recorded only where the host says `ndata` is valid.
+        let se = every_exit().into_iter().find(|b| matches!(b, Body::SystemEvent(_))).expect("listed");
+        let p = page::with(&se, None);
+        let Body::SystemEvent(e) = RunView::new(&p).expect("page").body(false) else { panic!("kind") };
+        assert!(e.data.is_empty());
+        // Port-I/O data the page does not hold: the exit is kept raw, not cut.
+        let io = Io { direction: Direction::Out, size: 4, port: 0x80, count: 1, data: &[1, 2, 3, 4] };
+        let mut p = page::with(&Body::Io(io), None);
+        let past = p.len() as u64 - 2;
+        p[off::EXIT + off::io::DATA_OFFSET..][..8].copy_from_slice(&past.to_le_bytes());
+        let b = RunView::new(&p).expect("page").body(true);
+        assert!(matches!(b, Body::RawExit(r) if r.exit_reason == kvm_bindings::KVM_EXIT_IO), "{b:?}");
+        // A region shorter than `struct kvm_run` is refused.
+        assert!(RunView::new(&p[..off::SIZE - 1]).is_err());
+    }
+
+    #[test]
+    fn register_samples_say_where_rip_is() {
+        let regs = RegsSample { rip: 0x10_0004, rsp: 0x8_0000, rflags: 0x202, flags: 0 };
+        let after = RegsSample { flags: RegsSample::RIP_AFTER_INSN, ..regs };
+        for (b, want) in [
+            (Body::Io(Io { direction: Direction::Out, size: 1, port: 0x80, count: 1, data: &[0] }), after),
+            (Body::Mmio(Mmio { phys_addr: 0xd000_0000, len: 1, is_write: true, data: [0; 8] }), regs),
+            (Body::Hlt, after),
+            (Body::Shutdown, regs),
+        ] {
+            let p = page::with(&b, Some(regs));
+            assert_eq!(RunView::new(&p).expect("page").exit(true, CONV).regs(), Some(want));
+        }
+        let p = page::with(&Body::Hlt, None);
+        assert_eq!(RunView::new(&p).expect("page").exit(true, CONV).regs(), None, "KVM synced nothing");
+    }
+}
