@@ -163,8 +163,8 @@ fn fake_run_page() -> Vec<u8> {
     p
 }
 
-/// The vCPU thread's recording work per exit, as `Recorder::record_exit` does it (decode
-/// `kvm_run`, encode into the writer's chunk), without and with timing (the two clock
+/// The vCPU thread's recording work per exit, as the machine does it (decode `kvm_run`
+/// once, encode into the writer's chunk), without and with timing (the two clock
 /// reads of `entering`/`exited` and the payload). No KVM: the `kvm_run` bytes are fixed.
 fn record_timing(c: &mut Criterion) {
     use vmrr_engine::exit::{RipConvention, RunView};
@@ -186,8 +186,8 @@ fn record_timing(c: &mut Criterion) {
                         clock.entering();
                         clock.exited();
                     }
-                    let v = RunView::new(black_box(&page)).expect("page");
-                    let (body, regs) = (v.body(false), v.regs_sample(conv));
+                    let exit = RunView::new(black_box(&page)).expect("page").exit(false, conv);
+                    let (body, regs) = (exit.body(&page), exit.regs());
                     if timing {
                         w.append_timed(0, body, regs, clock.take()).expect("append");
                     } else {

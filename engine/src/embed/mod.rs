@@ -340,8 +340,9 @@ impl Embedded {
             exit_seq,
             annotations: &self.annotations,
         };
+        let mut snap = snap;
         let dir = vmrr_format::layout::snapshot_dir(&self.root, id);
-        snap.write(&dir, &who, self.recorder.exits() > 0)
+        crate::snapshot::capture(&mut snap, &dir, &who)
             .map_err(|source| EmbedError::Snapshot { id, source })?;
         for b in &mut self.device_pages {
             b.iter_mut().for_each(|w| *w = 0);
