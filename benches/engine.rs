@@ -12,6 +12,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vmrr_engine::devices::console::Console;
 use vmrr_engine::machine::Machine;
+use vmrr_engine::recording::{Runner, Snapshots};
 use vmrr_engine::session::{GuestSpec, SessionConfig};
 use vmrr_engine::snapshot::{self, snapshot_dir};
 use vmrr_format::{NullSink, TraceWriter, WriterOptions};
@@ -24,7 +25,7 @@ fn kvm() -> bool {
     ok
 }
 
-fn machine(guest: &str, it: Option<u64>, mem: u64, dirty: bool) -> Machine {
+fn config(guest: &str, it: Option<u64>, mem: u64, dirty: bool) -> SessionConfig {
     SessionConfig {
         guest: GuestSpec::Builtin { name: guest.into(), iterations: it },
         mem_bytes: mem,
@@ -32,8 +33,10 @@ fn machine(guest: &str, it: Option<u64>, mem: u64, dirty: bool) -> Machine {
         limits: Default::default(),
         dirty_log: dirty,
     }
-    .build(Console::capture_only(), Console::capture_only())
-    .expect("machine")
+}
+
+fn machine(guest: &str, it: Option<u64>, mem: u64, dirty: bool) -> Machine {
+    config(guest, it, mem, dirty).build(Console::capture_only(), Console::capture_only()).expect("machine")
 }
 
 const EXITS: u64 = 2000;
@@ -66,15 +69,14 @@ fn exits(c: &mut Criterion) {
         })
     });
     g.bench_function("pio_storm_recording", |b| {
+        let c = config("pio-storm", Some(EXITS), 128 << 20, false);
         b.iter(|| {
-            let mut m = machine("pio-storm", Some(EXITS), 128 << 20, false);
+            let m = c.build(Console::capture_only(), Console::capture_only()).expect("machine");
             let w =
                 TraceWriter::with_sink(NullSink, "bench".into(), WriterOptions::default()).expect("writer");
-            let rec = m.recorder_for(w).expect("recorder");
-            m.start_recording(rec);
-            let s = m.run().expect("run");
-            m.stop_recording().map(|r| r.finish(s.outcome.end_reason(), 0));
-            black_box(s.exits)
+            let mut r = Runner::start(m, &c, w, Snapshots::None).expect("recording");
+            let s = r.run().expect("run");
+            black_box(r.finish(s).expect("finish").summary.exits)
         })
     });
     g.finish();

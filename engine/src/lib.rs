@@ -16,6 +16,7 @@
 //! - [`snapshot`]: capture, restore (new VM, over a kept machine, in place), chains;
 //! - [`session`]: a run described by a configuration, and how replay rebuilds it;
 //! - [`checkpoint`]: checkpoints while recording, and the flight recorder;
+//! - [`recording`]: one recording from start to close (the mirror of `vmrr_replay::replay`);
 //! - [`embed`]: recording a VM another VMM runs (snapshots through its memory and vCPU fd,
 //!   the guest-memory writes of its devices), so vmrr replays it without that VMM.
 //!
@@ -44,6 +45,7 @@ pub mod machine;
 pub mod page;
 pub mod persist;
 pub mod record;
+pub mod recording;
 pub mod session;
 pub mod snapshot;
 mod sys;

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use vmrr_engine::devices::console::Console;
 use vmrr_engine::exit::{RipConvention, RunView};
-use vmrr_engine::machine::{Machine, Outcome, RunError};
+use vmrr_engine::machine::{ExitHook, Machine, Outcome, RunError};
+use vmrr_engine::recording::{Finished, RecordError, Runner, Snapshots};
 use vmrr_engine::session::{GuestSpec, SessionConfig};
 use vmrr_engine::snapshot::{self, snapshot_dir};
 use vmrr_format::{NullSink, TraceReader, TraceWriter, WriterOptions};
@@ -64,13 +65,27 @@ fn plain(guest: &str, n: u64) -> Result<f64, CliError> {
 /// Recording run into `trace`. Exits per second and the trace's stored bytes.
 fn record(guest: &str, n: u64, trace: &Path) -> Result<(f64, u64, u64), CliError> {
     let c = cfg(guest, Some(n), 128 << 20, false);
-    let mut m = build(&c)?;
     let w = TraceWriter::create(trace, WriterOptions::default())?;
-    c.start_recording(&mut m, w)?;
-    let s = m.run()?;
-    let sum = m.stop_recording().map(|r| r.finish(s.outcome.end_reason(), s.outcome.status())).transpose()?;
-    let stored = sum.map_or(0, |x| x.stored_bytes);
+    let done = recording(build(&c)?, &c, w, Snapshots::None, None)?;
+    let (s, stored) = (done.summary, done.trace.map_or(0, |x| x.stored_bytes));
     Ok((s.exits as f64 / s.elapsed.as_secs_f64(), stored, s.exits))
+}
+
+/// Records `m` (built from `c`) into `w` keeping `snapshots`, with `also` after each exit.
+fn recording(
+    m: Machine,
+    c: &SessionConfig,
+    w: TraceWriter,
+    snapshots: Snapshots,
+    also: Option<&mut dyn ExitHook>,
+) -> Result<Finished, CliError> {
+    let fail = |e: RecordError| match e {
+        RecordError::Start(e) => CliError::Recorder(e),
+        RecordError::Stopped { error, .. } => CliError::Run(error),
+    };
+    let mut r = Runner::start(m, c, w, snapshots).map_err(fail)?;
+    let s = r.run_with(also).map_err(fail)?;
+    r.finish(s).map_err(fail)
 }
 
 /// Replay of `trace` (guest rebuilt from the trace). Exits per second of the replay loop.
@@ -350,14 +365,11 @@ fn paced_pages(target: f64) -> Result<u64, CliError> {
     Ok(pages)
 }
 
-/// One recording of `dirty-paced` (`pages` per round, 1 GiB) for `secs`, with a checkpoint
-/// every second captured as `mode` (`None`: no checkpoints, only the initial snapshot).
-/// Rounds of guest work per second, and pages dirtied per second.
 /// Forgets the dirty log every second (what a checkpoint does to dirty tracking, without a
 /// snapshot).
 struct ForgetEverySecond(Instant);
 
-impl vmrr_engine::machine::ExitHook for ForgetEverySecond {
+impl ExitHook for ForgetEverySecond {
     fn after_exit(&mut self, m: &mut Machine, exit: u64) -> Result<(), RunError> {
         if self.0.elapsed() >= Duration::from_secs(1) {
             self.0 = Instant::now();
@@ -382,34 +394,32 @@ enum Every {
     Checkpoint(vmrr_engine::checkpoint::CaptureMode),
 }
 
+/// One recording of `dirty-paced` (`pages` per round, 1 GiB) for `secs`, doing `every`
+/// every second besides its initial snapshot. Rounds of guest work per second, and pages
+/// dirtied per second.
 fn paced_run(pages: u64, secs: f64, every: Every, dir: &Path) -> Result<(f64, f64), CliError> {
-    use vmrr_engine::checkpoint::{CaptureMode, Checkpointer, Policy};
-    let mode = match every {
-        Every::Checkpoint(m) => Some(m),
-        _ => None,
-    };
+    use vmrr_engine::checkpoint::{CaptureMode, Policy};
     let mut c = cfg("dirty-paced", Some(pages), 1 << 30, true);
     c.limits.max_duration = Some(Duration::from_secs_f64(secs));
-    let mut m = build(&c)?;
     let trace = dir.join("paced.vmrr");
     let w = TraceWriter::create(&trace, WriterOptions::default())?;
-    let rec = c.start_recording(&mut m, w)?;
     let root = dir.join("paced.snapshots");
     let _ = std::fs::remove_dir_all(&root);
-    let interval = mode.map(|_| Duration::from_secs(1));
-    let mut cp =
-        Checkpointer::new(root.clone(), Policy { every_exits: None, interval }, rec.trace_id, vec![])
-            .with_capture(mode.unwrap_or(CaptureMode::StopWorld));
-    cp.checkpoint(&mut m).map_err(|e| err("initial snapshot", e))?;
-    let mut forget = ForgetEverySecond(Instant::now());
-    let s = match every {
-        Every::ForgetDirtyLog => m.run_with(Some(&mut forget))?,
-        _ => m.run_with(Some(&mut cp))?,
+    let (capture, interval) = match every {
+        Every::Checkpoint(mode) => (mode, Some(Duration::from_secs(1))),
+        _ => (CaptureMode::StopWorld, None),
     };
-    cp.finish(&mut m).map_err(|e| err("checkpoint", e))?;
-    if let Some(r) = m.stop_recording() {
-        r.finish(s.outcome.end_reason(), s.outcome.status())?;
-    }
+    let snapshots = Snapshots::Checkpoints {
+        root: root.clone(),
+        policy: Policy { every_exits: None, interval },
+        capture,
+    };
+    let mut forget = ForgetEverySecond(Instant::now());
+    let also: Option<&mut dyn ExitHook> = match every {
+        Every::ForgetDirtyLog => Some(&mut forget),
+        _ => None,
+    };
+    let s = recording(build(&c)?, &c, w, snapshots, also)?.summary;
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_file(&trace);
     let t = s.elapsed.as_secs_f64().max(1e-9);
