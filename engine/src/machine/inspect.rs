@@ -175,17 +175,3 @@ impl Machine {
         Some((base + off) & 0xffff_ffff)
     }
 }
-
-impl Machine {
-    /// Gives the vCPU `entries` as its CPUID (a replay's guest must see the CPUID it saw
-    /// when recorded); before the first run only.
-    ///
-    /// # Errors
-    /// Too many entries, or KVM refused them.
-    pub fn set_cpuid(
-        &mut self,
-        entries: &[vmrr_format::CpuidEntry],
-    ) -> Result<(), crate::kvm::cpuid::SetCpuidError> {
-        crate::kvm::cpuid::set(self.vm.vcpu(), entries)
-    }
-}

@@ -1,18 +1,26 @@
-//! A machine: a VM, its device bus and consoles, and (when recording) a recorder.
+//! A machine: a VM, its device bus and consoles, and its vCPU's per-exit state (`vcpu`:
+//! the `kvm_run` page, the exit it stands at, decoded once, and its recorder).
 //!
-//! - [`run`](Machine::run): the run loop ([`run`] module), where devices answer exits and
-//!   interrupts are injected at exit boundaries.
-//! - The replay entry ([`Machine::run_to_exit`], [`Machine::exit`], [`Machine::answer`],
-//!   [`Machine::inject_recorded_interrupt`]): the trace answers instead of the devices.
-//! - [`FatalReport`]: what a failing guest was doing; [`Outcome`]: how a run ended.
-//! - Registers, instructions and guest memory as seen from outside ([`Machine::regs`],
-//!   [`Machine::instruction_at`], [`Machine::memory`]).
+//! Its methods by role, one file each:
+//! - **the machine itself** (here): building and booting it, its VM, memory, consoles,
+//!   counters, and the snapshot chain its memory equals ([`origin`]);
+//! - **recording** (`run`): [`Machine::run`] and [`Machine::run_with`], the run loop where
+//!   the devices answer exits and interrupts are injected at exit boundaries, its limits
+//!   and stop requests; `crate::recording::Runner` puts a trace's lifecycle around it;
+//! - **replay** (`replay`): [`Machine::run_to_exit`], [`Machine::exit`],
+//!   [`Machine::answer`], [`Machine::inject_recorded_interrupt`], ...: the trace answers
+//!   instead of the devices;
+//! - **inspection** (`inspect`, `fatal`): registers, instructions and guest memory as seen
+//!   from outside ([`Machine::regs`], [`Machine::instruction_at`], [`Machine::read_linear`]),
+//!   and [`FatalReport`], what a failing guest was doing;
+//! - **debugging** ([`debug`]): single-step and hardware stops, a debugger's register and
+//!   memory writes, and running live once those left the recorded path.
+//!
+//! [`Outcome`] says how a run ended; [`watchdog`] ends runs on time or request.
 
-mod alter;
 pub mod debug;
 mod fatal;
 mod inspect;
-mod live;
 pub mod origin;
 mod outcome;
 mod replay;
@@ -25,9 +33,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+pub use debug::LiveEntry;
 pub use fatal::FatalReport;
 pub use inspect::AccessError;
-pub use live::LiveEntry;
 pub use outcome::{Limits, Outcome, RunSummary};
 pub use replay::LiveExit;
 pub use run::{ExitHook, RunError};
@@ -39,7 +47,6 @@ use crate::guests::{self, GuestImage, LoadError};
 use crate::kvm::memory::GuestMemory;
 use crate::kvm::vm::Vm;
 use crate::machine::watchdog::StopHandle;
-use crate::record::Recorder;
 use crate::sys::run_page::RunPage;
 
 /// A VM with devices, ready to run.
@@ -167,65 +174,6 @@ impl Machine {
     /// Debug console (port 0x402) output.
     pub fn debugcon(&self) -> &Console {
         &self.debugcon
-    }
-
-    /// A recorder for this machine's vCPU, writing to `writer` (hand it to
-    /// [`Self::start_recording`], after its prelude).
-    ///
-    /// # Errors
-    /// The recorder cannot map the vCPU's `kvm_run` region.
-    pub fn recorder_for(
-        &self,
-        writer: vmrr_format::TraceWriter,
-    ) -> Result<Recorder, crate::record::RecorderError> {
-        Recorder::new(self.vm.kvm(), self.vm.vcpu(), 0, writer)
-    }
-
-    /// Starts recording every exit and injection with `recorder`.
-    pub fn start_recording(&mut self, recorder: Recorder) {
-        self.cpu.set_recorder(Some(recorder));
-    }
-
-    /// The recorder, when recording.
-    pub fn recorder(&self) -> Option<&Recorder> {
-        self.cpu.recorder()
-    }
-
-    /// The recorder, to record events beside the exits (checkpoints) or swap its writer.
-    pub fn recorder_mut(&mut self) -> Option<&mut Recorder> {
-        self.cpu.recorder_mut()
-    }
-
-    /// Stops recording and hands the recorder back (to finish its trace).
-    pub fn stop_recording(&mut self) -> Option<Recorder> {
-        self.cpu.set_recorder(None)
-    }
-
-    /// The limits that end a run.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
-    /// Sets the limits that end the next run.
-    pub fn set_limits(&mut self, limits: Limits) {
-        self.limits = limits;
-    }
-
-    /// Ends the next run after `max` exits in all (counting those already made), or
-    /// lifts the limit.
-    pub fn set_max_exits(&mut self, max: Option<u64>) {
-        self.limits.max_exits = max;
-    }
-
-    /// When set to true (by a signal handler, another thread), the run stops at the next
-    /// exit, kicking the vCPU if it spins.
-    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
-        self.external_stop = Some(flag);
-    }
-
-    /// A handle that stops the run from another thread (valid once `run` started).
-    pub fn stop_handle(&self) -> Option<StopHandle> {
-        self.stop.clone()
     }
 
     /// The snapshot directory this machine's memory was last set to (a restore, a reset or

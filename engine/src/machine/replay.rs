@@ -22,6 +22,18 @@ pub struct LiveExit<'a> {
 }
 
 impl Machine {
+    /// Gives the vCPU `entries` as its CPUID (a replay's guest must see the CPUID it saw
+    /// when recorded); before the first run only.
+    ///
+    /// # Errors
+    /// Too many entries, or KVM refused them.
+    pub fn set_cpuid(
+        &mut self,
+        entries: &[vmrr_format::CpuidEntry],
+    ) -> Result<(), crate::kvm::cpuid::SetCpuidError> {
+        crate::kvm::cpuid::set(self.vm.vcpu(), entries)
+    }
+
     /// Enters the guest until its next exit. `Ok(false)` when `KVM_RUN` was interrupted by
     /// a signal (a stall watchdog) before any exit.
     ///

@@ -1,9 +1,13 @@
-//! The run loop: per exit, handle it on the bus (or as an MSR access), record it with the
-//! reply, stop if a device, a fatal exit or a limit says so, then fire due timers and
-//! inject the highest pending interrupt if the vCPU can take it (else ask for an interrupt
-//! window). Interrupts are injected only here, at exit boundaries, and each injection is
-//! recorded right after the exit it follows, so replay can place it exactly.
+//! The recording role: the run loop, its limits and stop requests, and the recorder it
+//! feeds. Per exit: hand it to the devices (the one dispatch, `Bus::handle_exit`), record it
+//! with their answer, stop if a device, a fatal exit or a limit says so, then fire due
+//! timers and inject the highest pending interrupt if the vCPU can take it (else ask for an
+//! interrupt window). Interrupts are injected only here, at exit boundaries, and each
+//! injection is recorded right after the exit it follows, so replay can place it exactly.
+//! (`crate::recording::Runner` adds the trace's lifecycle and checkpoints around it.)
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use vmrr_format::Body;
@@ -12,9 +16,10 @@ use crate::devices::StopRequest;
 use crate::exit::answer::AnswerError;
 use crate::kvm::system::KvmError;
 use crate::machine::Machine;
-use crate::machine::outcome::{Outcome, RunSummary};
+use crate::machine::outcome::{Limits, Outcome, RunSummary};
 use crate::machine::vcpu::InjectError;
-use crate::machine::watchdog::{Fired, Flags, Watchdog};
+use crate::machine::watchdog::{Fired, Flags, StopHandle, Watchdog};
+use crate::record::Recorder;
 
 /// Running the guest failed (as opposed to the guest failing, which is an outcome).
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +106,60 @@ pub(crate) enum Ending {
 }
 
 impl Machine {
+    /// A recorder for this machine's vCPU, writing to `writer` (hand it to
+    /// [`Self::start_recording`], after its prelude).
+    ///
+    /// # Errors
+    /// The recorder cannot map the vCPU's `kvm_run` region.
+    pub(crate) fn recorder_for(
+        &self,
+        writer: vmrr_format::TraceWriter,
+    ) -> Result<Recorder, crate::record::RecorderError> {
+        Recorder::new(self.vm.kvm(), self.vm.vcpu(), 0, writer)
+    }
+
+    /// Starts recording every exit and injection with `recorder`.
+    pub(crate) fn start_recording(&mut self, recorder: Recorder) {
+        self.cpu.set_recorder(Some(recorder));
+    }
+
+    /// The recorder, to record events beside the exits (checkpoints) or swap its writer.
+    pub(crate) fn recorder_mut(&mut self) -> Option<&mut Recorder> {
+        self.cpu.recorder_mut()
+    }
+
+    /// Stops recording and hands the recorder back (to finish its trace).
+    pub(crate) fn stop_recording(&mut self) -> Option<Recorder> {
+        self.cpu.set_recorder(None)
+    }
+
+    /// The limits that end a run.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Sets the limits that end the next run.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Ends the next run after `max` exits in all (counting those already made), or
+    /// lifts the limit.
+    pub fn set_max_exits(&mut self, max: Option<u64>) {
+        self.limits.max_exits = max;
+    }
+
+    /// When set to true (by a signal handler, another thread), the run stops at the next
+    /// exit, kicking the vCPU if it spins.
+    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
+        self.external_stop = Some(flag);
+    }
+
+    /// A handle that stops the run from another thread (valid once `run` started).
+    pub fn stop_handle(&self) -> Option<StopHandle> {
+        self.stop.clone()
+    }
+
     /// Runs until the guest ends, fails, or a limit is reached.
     ///
     /// # Errors
@@ -119,7 +178,7 @@ impl Machine {
         let watchdog = Watchdog::start_with(self.limits.max_duration, self.external_stop.clone())
             .map_err(|source| RunError::Os { what: "starting the watchdog", source })?;
         self.stop = Some(watchdog.stop_handle());
-        let flags = std::sync::Arc::clone(&watchdog.flags);
+        let flags = Arc::clone(&watchdog.flags);
         let outcome = loop {
             if let Some(fired) = flags.fired() {
                 break fired_outcome(fired);

@@ -233,11 +233,6 @@ impl Vcpu {
     }
 
     /// The recorder, when recording.
-    pub(crate) fn recorder(&self) -> Option<&Recorder> {
-        self.recorder.as_ref()
-    }
-
-    /// The recorder, when recording.
     pub(crate) fn recorder_mut(&mut self) -> Option<&mut Recorder> {
         self.recorder.as_mut()
     }
