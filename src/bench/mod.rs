@@ -509,6 +509,31 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
             eprintln!("bench: {s}");
         }
     };
+    let mut report = json!({
+        "quick": quick,
+        "repetitions": plan.reps,
+        "storm_exits": plan.storm + 1,
+        "host": {"kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+                 "cpu": vmrr_engine::record::prelude::cpu_model(), "cpus": std::thread::available_parallelism().map_or(1, |n| n.get())},
+    });
+    exit_figures(&plan, dir, &say, &mut report)?;
+    restore_figures(&plan, dir, &say, &mut report)?;
+    checkpoint_figures(&plan, quick, dir, &say, &mut report)?;
+    report["seconds"] = json!(t0.elapsed().as_secs_f64());
+    if let Some(d) = plot_dir {
+        write_plots(d, &report)?;
+    }
+    if as_json {
+        crate::cmd::print_json(&report)?;
+    } else {
+        print_human(&report);
+    }
+    Ok(())
+}
+
+/// Exits: the KVM round trip, recording work without KVM, and each storm run plain,
+/// recorded and replayed (interleaved per repetition); the trace's cost.
+fn exit_figures(plan: &Plan, dir: &Path, say: &dyn Fn(&str), report: &mut Value) -> CliResult {
     say("exit floor");
     let mut floor: Vec<f64> = (0..plan.reps).map(|_| exit_floor(plan.floor)).collect::<Result<_, _>>()?;
     say("recording work without KVM");
@@ -548,6 +573,29 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
             "replay_vs_record": median(&mut rvr),
         });
     }
+    let pio = modes["pio-storm"].clone();
+    for (k, v) in [
+        ("exit_ns_floor", json!(median(&mut floor))),
+        ("record_ns_per_exit", json!(median(&mut rec_ns))),
+        ("record_ns_per_exit_sustained_zstd", json!(median(&mut rec_ns_z))),
+        ("plain_exits_per_s", pio["plain_exits_per_s"].clone()),
+        ("record_exits_per_s", pio["record_exits_per_s"].clone()),
+        ("replay_exits_per_s", pio["replay_exits_per_s"].clone()),
+        ("record_overhead", pio["record_overhead"].clone()),
+        ("replay_vs_record", pio["replay_vs_record"].clone()),
+        ("mmio", modes["mmio-storm"].clone()),
+        ("bytes_per_exit", json!(bytes_per_exit)),
+        ("raw_bytes_per_exit", json!(raw_per_exit)),
+        ("decode_records_per_s", json!(median(&mut decode))),
+    ] {
+        report[k] = v;
+    }
+    Ok(())
+}
+
+/// Restores at 128 MiB, 1 GiB and 8 GiB: cold, warm, over a kept machine, and KVM's
+/// memslot alone.
+fn restore_figures(plan: &Plan, dir: &Path, say: &dyn Fn(&str), report: &mut Value) -> CliResult {
     let (mut restore, mut restore_warm, mut restore_remap, mut restore_whole, mut restore_load, mut memslot) =
         (json!({}), json!({}), json!({}), json!({}), json!({}), json!({}));
     let mut remap_pages = 0;
@@ -563,6 +611,29 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
         remap_pages = r.pages;
         memslot[mib.to_string()] = json!(memslot_ms(mib, plan.reps.max(5))?);
     }
+    for (k, v) in [
+        ("restore_ms", restore),
+        ("restore_warm_ms", restore_warm),
+        ("restore_remap_ms", restore_remap),
+        ("restore_remap_whole_ms", restore_whole),
+        ("restore_remap_load_ms", restore_load),
+        ("restore_remap_pages", json!(remap_pages)),
+        ("memslot_ms", memslot),
+    ] {
+        report[k] = v;
+    }
+    Ok(())
+}
+
+/// Checkpoints: capture pauses at 1% and 10% dirty of 1 GiB, the throughput a checkpoint
+/// every second costs, and in-place resets.
+fn checkpoint_figures(
+    plan: &Plan,
+    quick: bool,
+    dir: &Path,
+    say: &dyn Fn(&str),
+    report: &mut Value,
+) -> CliResult {
     let (mut capture, mut capture_durable, mut capture_sw, mut capture_pages) =
         (json!({}), json!({}), json!({}), json!({}));
     for pct in [1u64, 10] {
@@ -578,52 +649,20 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
     let overhead = checkpoint_overhead(if quick { 1 } else { 3 }, if quick { 3.0 } else { 5.0 }, dir)?;
     say("in-place resets at 64 dirty pages");
     let (rps, cycles, dirty) = resets(plan.resets, dir)?;
-    let pio = &modes["pio-storm"];
-    let report = json!({
-        "quick": quick,
-        "repetitions": plan.reps,
-        "storm_exits": plan.storm + 1,
-        "host": {"kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-                 "cpu": vmrr_engine::record::prelude::cpu_model(), "cpus": std::thread::available_parallelism().map_or(1, |n| n.get())},
-        "exit_ns_floor": median(&mut floor),
-        "record_ns_per_exit": median(&mut rec_ns),
-        "record_ns_per_exit_sustained_zstd": median(&mut rec_ns_z),
-        "plain_exits_per_s": pio["plain_exits_per_s"],
-        "record_exits_per_s": pio["record_exits_per_s"],
-        "replay_exits_per_s": pio["replay_exits_per_s"],
-        "record_overhead": pio["record_overhead"],
-        "replay_vs_record": pio["replay_vs_record"],
-        "mmio": modes["mmio-storm"],
-        "bytes_per_exit": bytes_per_exit,
-        "raw_bytes_per_exit": raw_per_exit,
-        "decode_records_per_s": median(&mut decode),
-        "restore_ms": restore,
-        "restore_warm_ms": restore_warm,
-        "restore_remap_ms": restore_remap,
-        "restore_remap_whole_ms": restore_whole,
-        "restore_remap_load_ms": restore_load,
-        "restore_remap_pages": remap_pages,
-        "memslot_ms": memslot,
-        "capture_pause_ms": capture,
-        "capture_durable_ms": capture_durable,
-        "capture_pause_stop_world_ms": capture_sw,
-        "capture_dirty_pages": capture_pages,
-        "checkpoint_overhead": overhead.background,
-        "checkpoint_overhead_stop_world": overhead.stop_world,
-        "checkpoint_overhead_dirty_log_only": overhead.dirty_log,
-        "checkpoint_overhead_dirty_pct_per_s": overhead.rate,
-        "resets_per_s": rps,
-        "reset_cycles_per_s": cycles,
-        "reset_dirty_pages": dirty,
-        "seconds": t0.elapsed().as_secs_f64(),
-    });
-    if let Some(d) = plot_dir {
-        write_plots(d, &report)?;
-    }
-    if as_json {
-        crate::cmd::print_json(&report)?;
-    } else {
-        print_human(&report);
+    for (k, v) in [
+        ("capture_pause_ms", capture),
+        ("capture_durable_ms", capture_durable),
+        ("capture_pause_stop_world_ms", capture_sw),
+        ("capture_dirty_pages", capture_pages),
+        ("checkpoint_overhead", json!(overhead.background)),
+        ("checkpoint_overhead_stop_world", json!(overhead.stop_world)),
+        ("checkpoint_overhead_dirty_log_only", json!(overhead.dirty_log)),
+        ("checkpoint_overhead_dirty_pct_per_s", json!(overhead.rate)),
+        ("resets_per_s", json!(rps)),
+        ("reset_cycles_per_s", json!(cycles)),
+        ("reset_dirty_pages", json!(dirty)),
+    ] {
+        report[k] = v;
     }
     Ok(())
 }
