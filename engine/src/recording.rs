@@ -56,7 +56,7 @@ pub enum Snapshots {
 #[derive(Debug)]
 enum Keeper {
     None,
-    Checkpoints(Checkpointer),
+    Checkpoints(Box<Checkpointer>),
     Flight(Box<FlightRecorder>),
 }
 
@@ -167,7 +167,7 @@ impl Runner {
                     let _ = rec.annotate("checkpoint.capture_note", note);
                 }
                 cp.checkpoint(m).map_err(|e| hook("initial snapshot", 0, e))?;
-                Ok(Keeper::Checkpoints(cp))
+                Ok(Keeper::Checkpoints(Box::new(cp)))
             }
             Snapshots::Flight { dir, settings } => {
                 let fr = FlightRecorder::start(m, dir, settings, &recording)
@@ -186,7 +186,7 @@ impl Runner {
     pub fn checkpointer(&self) -> Option<&Checkpointer> {
         match &self.keeper {
             Keeper::None => None,
-            Keeper::Checkpoints(cp) => Some(cp),
+            Keeper::Checkpoints(cp) => Some(cp.as_ref()),
             Keeper::Flight(fr) => Some(fr.checkpointer()),
         }
     }
@@ -212,7 +212,7 @@ impl Runner {
     pub fn run_with(&mut self, also: Option<&mut dyn ExitHook>) -> Result<RunSummary, RecordError> {
         let keeper: Option<&mut dyn ExitHook> = match &mut self.keeper {
             Keeper::None => None,
-            Keeper::Checkpoints(cp) => Some(cp),
+            Keeper::Checkpoints(cp) => Some(cp.as_mut()),
             Keeper::Flight(fr) => Some(fr.as_mut()),
         };
         let run = match (keeper, also) {
@@ -262,7 +262,7 @@ impl Runner {
         };
         let (checkpoints, flight) = match self.keeper {
             Keeper::None => (None, None),
-            Keeper::Checkpoints(cp) => (Some(cp), None),
+            Keeper::Checkpoints(cp) => (Some(*cp), None),
             Keeper::Flight(fr) => (None, Some(fr)),
         };
         Ok(Finished { summary, trace, checkpoints, flight, machine: self.machine })
