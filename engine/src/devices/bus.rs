@@ -380,3 +380,57 @@ impl Persist for Bus {
         Ok(bus)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use vmrr_format::{Io, Mmio, Msr};
+
+    use super::*;
+    use crate::devices::pseudo::sink::Sink;
+
+    fn bus() -> Bus {
+        let mut bus = Bus::new();
+        bus.add_pio(0x80, 1, Box::new(Sink::echoing("post")));
+        bus.add_mmio(map::MMIO_SINK, 0x1000, Box::new(Sink::new("mmio-sink")));
+        bus
+    }
+
+    fn io(direction: Direction, port: u16, data: &[u8]) -> Body<'_> {
+        let count = u32::try_from(data.len()).expect("short");
+        Body::Io(Io { direction, size: 1, port, count, data })
+    }
+
+    #[test]
+    fn each_exit_goes_to_what_it_addresses() {
+        let mut b = bus();
+        let mut reply = [0u8; 8];
+        assert_eq!(b.handle_exit(&io(Direction::Out, 0x80, &[0x42]), &mut reply), Answer::Nothing);
+        assert_eq!(b.handle_exit(&io(Direction::In, 0x80, &[0; 2]), &mut reply), Answer::Data(2));
+        assert_eq!(reply[..2], [0x42, 0x42], "the POST port reads back what was written");
+        assert_eq!(b.handle_exit(&io(Direction::In, 0x81, &[0]), &mut reply), Answer::Data(1));
+        assert_eq!(reply[0], 0xff, "an unclaimed port reads all ones");
+        let read = Mmio { phys_addr: map::MMIO_SINK + 8, len: 4, is_write: false, data: [0; 8] };
+        reply.fill(7);
+        assert_eq!(b.handle_exit(&Body::Mmio(read), &mut reply), Answer::Data(4));
+        assert_eq!(reply[..5], [0, 0, 0, 0, 7]);
+        let write = Mmio { is_write: true, ..read };
+        assert_eq!(b.handle_exit(&Body::Mmio(write), &mut reply), Answer::Nothing);
+        assert_eq!(b.stats(), BusStats { unclaimed_reads: 1, unclaimed_writes: 0 });
+        assert_eq!(b.handle_exit(&Body::Hlt, &mut reply), Answer::Nothing);
+    }
+
+    #[test]
+    fn only_vmrrs_clock_msr_is_answered() {
+        let mut b = bus();
+        let mut reply = [0u8; 8];
+        let clock = Msr { index: map::CLOCK_MSR, reason: 8, data: 0, error: 0 };
+        let Answer::Msr { value, error: 0 } = b.handle_exit(&Body::RdMsr(clock), &mut reply) else {
+            panic!("the clock MSR reads")
+        };
+        assert!(value > 0, "host time");
+        let other = Msr { index: 0x10, data: 5, ..clock };
+        assert_eq!(b.handle_exit(&Body::RdMsr(other), &mut reply), Answer::Msr { value: 5, error: 1 });
+        assert_eq!(b.handle_exit(&Body::WrMsr(other), &mut reply), Answer::Msr { value: 5, error: 1 });
+        assert_eq!(b.handle_exit(&Body::WrMsr(clock), &mut reply), Answer::Msr { value: 0, error: 0 });
+    }
+}

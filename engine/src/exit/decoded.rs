@@ -19,6 +19,7 @@ pub struct Exit {
 }
 
 impl Exit {
+    #[inline]
     pub(super) fn new(
         reason: u32,
         body: Body<'static>,
@@ -30,6 +31,7 @@ impl Exit {
 
     /// The exit as a trace body; `page` is the `kvm_run` page it was decoded from (an IN
     /// shows the data it was answered with).
+    #[inline]
     pub fn body<'a>(&self, page: &'a [u8]) -> Body<'a> {
         let bytes = self.span.0.checked_add(self.span.1).and_then(|end| page.get(self.span.0..end));
         let bytes = bytes.unwrap_or(&[]);
@@ -43,6 +45,7 @@ impl Exit {
     }
 
     /// The record kind (`vmrr_format::kind`).
+    #[inline]
     pub fn kind(&self) -> u16 {
         self.body.kind()
     }
@@ -54,6 +57,7 @@ impl Exit {
 
     /// RIP, RSP and RFLAGS at the exit, with this host's RIP convention, when KVM synced
     /// them.
+    #[inline]
     pub fn regs(&self) -> Option<RegsSample> {
         self.regs
     }

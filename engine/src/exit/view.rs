@@ -35,6 +35,7 @@ impl<'a> RunView<'a> {
     ///
     /// # Errors
     /// Fewer bytes than `struct kvm_run`.
+    #[inline]
     pub fn new(bytes: &'a [u8]) -> Result<Self, ShortRead> {
         if bytes.len() < off::SIZE {
             return Err(ShortRead { offset: 0, need: off::SIZE, have: bytes.len() });
@@ -43,6 +44,7 @@ impl<'a> RunView<'a> {
     }
 
     /// `exit_reason`.
+    #[inline]
     pub fn exit_reason(&self) -> u32 {
         field!(self, read_u32, off::EXIT_REASON)
     }
@@ -58,15 +60,19 @@ impl<'a> RunView<'a> {
     }
 
     /// A field of the exit union: `at` is relative to it.
+    #[inline]
     fn exit_u8(&self, at: usize) -> u8 {
         field!(self, read_u8, off::EXIT + at)
     }
+    #[inline]
     fn exit_u16(&self, at: usize) -> u16 {
         field!(self, read_u16, off::EXIT + at)
     }
+    #[inline]
     fn exit_u32(&self, at: usize) -> u32 {
         field!(self, read_u32, off::EXIT + at)
     }
+    #[inline]
     fn exit_u64(&self, at: usize) -> u64 {
         field!(self, read_u64, off::EXIT + at)
     }
@@ -76,6 +82,7 @@ impl<'a> RunView<'a> {
     }
 
     /// RIP, RSP and RFLAGS from the synced registers, when KVM filled them.
+    #[inline]
     pub fn sync_regs(&self) -> Option<(u64, u64, u64)> {
         if field!(self, read_u64, off::VALID_REGS) & SYNC_X86_REGS == 0 {
             return None;
@@ -92,6 +99,7 @@ impl<'a> RunView<'a> {
     /// whether the host's `system_event.ndata` is valid (`KVM_CAP_SYSTEM_EVENT_DATA`):
     /// without it, no data words are recorded rather than guessed. `conv` is where this
     /// host leaves RIP (see [`Self::regs_sample`]).
+    #[inline]
     pub fn exit(&self, system_event_data: bool, conv: RipConvention) -> Exit {
         let (body, span) = self.decode(system_event_data);
         Exit::new(self.exit_reason(), body, span, self.regs_sample(conv))
@@ -104,6 +112,7 @@ impl<'a> RunView<'a> {
     }
 
     /// The body's fixed fields, and where its variable-length part lies in the page.
+    #[inline]
     fn decode(&self, system_event_data: bool) -> (Body<'static>, (usize, usize)) {
         use off::{debug, fail_entry, hypercall, internal, io, mmio, msr, system_event};
         let reason = self.exit_reason();
@@ -199,6 +208,7 @@ impl<'a> RunView<'a> {
 
     /// The register sample for this exit, with `RIP_AFTER_INSN` set when this host reports
     /// RIP past the exiting instruction for this kind of exit.
+    #[inline]
     pub fn regs_sample(&self, conv: RipConvention) -> Option<RegsSample> {
         let (rip, rsp, rflags) = self.sync_regs()?;
         let after = match self.exit_reason() {

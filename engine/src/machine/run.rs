@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use vmrr_format::Body;
+use vmrr_format::{Body, kind};
 
 use crate::devices::StopRequest;
 use crate::exit::answer::AnswerError;
@@ -230,17 +230,20 @@ impl Machine {
         if !self.cpu.enter(self.vm.vcpu_mut())? {
             return Ok(None);
         }
-        let ending = match self.cpu.body() {
-            Body::Io(_) | Body::Mmio(_) | Body::RdMsr(_) | Body::WrMsr(_) => None,
-            Body::Hlt | Body::IrqWindowOpen | Body::Intr => None,
-            Body::Shutdown => Some(Ending::Shutdown),
-            Body::InternalError(_) => Some(Ending::InternalError),
-            Body::FailEntry(_) => Some(Ending::FailEntry),
-            Body::SystemEvent(e) => Some(Ending::SystemEvent(e.event_type)),
-            Body::Debug(_) => return Ok(Some(Handled::Debug)),
+        let ending = match self.cpu.exit().kind() {
+            kind::IO | kind::MMIO | kind::X86_RDMSR | kind::X86_WRMSR => None,
+            kind::HLT | kind::IRQ_WINDOW_OPEN | kind::INTR => None,
+            kind::SHUTDOWN => Some(Ending::Shutdown),
+            kind::INTERNAL_ERROR => Some(Ending::InternalError),
+            kind::FAIL_ENTRY => Some(Ending::FailEntry),
+            kind::SYSTEM_EVENT => match self.cpu.body() {
+                Body::SystemEvent(e) => Some(Ending::SystemEvent(e.event_type)),
+                _ => Some(Ending::Unhandled),
+            },
+            kind::DEBUG => return Ok(Some(Handled::Debug)),
             _ => Some(Ending::Unhandled),
         };
-        let halted = self.cpu.exit().kind() == vmrr_format::kind::HLT;
+        let halted = self.cpu.exit().kind() == kind::HLT;
         self.cpu.serve(&mut self.bus)?;
         Ok(Some(Handled::Exit { halted, ending }))
     }
