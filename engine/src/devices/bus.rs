@@ -57,6 +57,12 @@ impl Bus {
         Self::default()
     }
 
+    /// An empty bus whose interrupt lines are `irq` (routed to KVM's in-kernel irqchip,
+    /// say).
+    pub fn with_interrupts(irq: Interrupts) -> Self {
+        Bus { irq, ..Self::default() }
+    }
+
     fn add(&mut self, dev: Box<dyn BusDevice>) -> usize {
         self.devices.push(dev);
         self.devices.len() - 1

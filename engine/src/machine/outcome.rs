@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use vmrr_format::end_reason;
 
+use crate::devices::StopRequest;
 use crate::machine::fatal::FatalReport;
 
 /// Limits that end a run cleanly.
@@ -40,6 +41,18 @@ pub enum Outcome {
     MaxDuration,
     /// Stopped on request.
     Stopped,
+}
+
+impl From<StopRequest> for Outcome {
+    /// The outcome a device's stop request ends the run with: a power-off or a reset is the
+    /// `KVM_EXIT_SYSTEM_EVENT` KVM itself would report for it.
+    fn from(stop: StopRequest) -> Self {
+        match stop {
+            StopRequest::GuestExit(status) => Outcome::GuestExit(status),
+            StopRequest::PowerOff => Outcome::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN),
+            StopRequest::Reset => Outcome::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_RESET),
+        }
+    }
 }
 
 impl Outcome {

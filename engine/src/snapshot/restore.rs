@@ -51,6 +51,7 @@ pub fn restore_into(
         cpuid: CpuidProfile::parse(&st.vm.cpuid).unwrap_or_default(),
         dirty_log,
         rom_size: st.vm.rom_size,
+        irqchip: crate::kvm::irqchip::IrqchipKind::User,
     };
     let vm = Vm::from_empty(empty, config, memory, false)?;
     for (i, v) in st.vcpus.iter().enumerate() {
