@@ -328,6 +328,10 @@ pub struct GuestFiles<'a> {
     pub image: Option<&'a Path>,
     /// A firmware ROM.
     pub firmware: Option<&'a Path>,
+    /// A Linux kernel.
+    pub kernel: Option<&'a Path>,
+    /// Its initramfs.
+    pub initrd: Option<&'a Path>,
 }
 
 /// Why a trace's annotations do not give a machine to rebuild.
@@ -348,6 +352,9 @@ pub enum RebuildError {
         /// The path the trace names (shown, never opened).
         named: String,
     },
+    /// A kernel or initramfs given is not the one recorded.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
     /// The trace's guest memory is over the budget.
     #[error("the trace's guest has {mib} MiB of memory, over the limit of {max_mib} MiB (--max-mem-mib)")]
     Memory {
@@ -361,7 +368,7 @@ pub enum RebuildError {
 impl RebuildError {
     /// True when the user must pass a flag (a usage error), as opposed to an invalid trace.
     pub fn is_usage(&self) -> bool {
-        matches!(self, RebuildError::NeedsFile { .. })
+        matches!(self, RebuildError::NeedsFile { .. } | RebuildError::Kernel(_))
     }
 }
 
@@ -419,8 +426,34 @@ pub fn from_annotations(
             named: named.to_string(),
         })?;
         GuestSpec::Firmware { path: path.to_path_buf() }
+    } else if let Some(named) = get("vmrr.kernel") {
+        let needs =
+            |what, flag, named: &str| RebuildError::NeedsFile { what, flag, named: named.to_string() };
+        let kernel = files.kernel.ok_or_else(|| needs("kernel", "--kernel", named))?;
+        if let Some(sha) = get("vmrr.kernel_sha256") {
+            crate::guests::linux::check_identity("kernel", kernel, sha)?;
+        }
+        let initrd = match get("vmrr.initrd") {
+            None => None,
+            Some(named) => {
+                let p = files.initrd.ok_or_else(|| needs("initramfs", "--initrd", named))?;
+                if let Some(sha) = get("vmrr.initrd_sha256") {
+                    crate::guests::linux::check_identity("initramfs", p, sha)?;
+                }
+                Some(p.to_path_buf())
+            }
+        };
+        let protocol = get("vmrr.boot_protocol")
+            .and_then(crate::guests::linux::BootProtocol::parse)
+            .ok_or(RebuildError::Undescribed("vmrr.boot_protocol"))?;
+        GuestSpec::Kernel(LinuxSpec {
+            kernel: kernel.to_path_buf(),
+            initrd,
+            cmdline: Some(need("vmrr.cmdline")?.to_string()),
+            protocol,
+        })
     } else {
-        return Err(RebuildError::Undescribed("vmrr.guest, vmrr.image or vmrr.firmware"));
+        return Err(RebuildError::Undescribed("vmrr.guest, vmrr.image, vmrr.firmware or vmrr.kernel"));
     };
     Ok(SessionConfig { guest, mem_bytes, cpuid, limits: Limits::default(), dirty_log: false })
 }

@@ -150,6 +150,9 @@ pub enum Path {
     Completed,
     /// The guest did something other than what the trace recorded.
     Diverged,
+    /// Not replayed: the recording says its path cannot replay deterministically
+    /// ([`Report::path_not_deterministic`]), and its failure point was run instead.
+    Skipped,
 }
 
 /// The failure-point snapshot, run on its own.
@@ -196,8 +199,11 @@ pub struct Report {
     /// Another reproduced fatal exit (internal error, triple fault, failed entry).
     pub failure: Option<FailureReport>,
     /// How the replay of the recorded path from its first snapshot ended: `completed`
-    /// (including a recorded failure that happened again) or `diverged`.
+    /// (including a recorded failure that happened again), `diverged`, or `skipped`.
     pub path: Path,
+    /// Why the recorded path cannot replay deterministically on any host (empty when it
+    /// can): said before anything else, since a divergence is then expected.
+    pub path_not_deterministic: Vec<String>,
     /// The failure-point snapshot of a recording that ended in a fatal exit, restored and
     /// run on its own (`None`: the trace has none).
     pub failure_point: Option<FailurePoint>,
@@ -219,6 +225,39 @@ pub struct Report {
     pub exits_per_s: f64,
 }
 
+/// The report of a replay that went straight to the failure point (the recorded path
+/// cannot replay deterministically): reproduced when the failure happened again there,
+/// else diverged.
+pub fn skipped_path(
+    fp: FailurePoint,
+    path_not_deterministic: Vec<String>,
+    notes: Vec<String>,
+    cpu_warnings: Vec<String>,
+    t0: std::time::Instant,
+) -> Report {
+    let outcome = if fp.reproduced { Outcome::Reproduced } else { Outcome::Diverged };
+    Report {
+        outcome,
+        exits_replayed: 0,
+        start: Start { snapshot: Some(fp.snapshot), seq: 0 },
+        stopped_at: None,
+        divergence: None,
+        emulation_failure: None,
+        failure: None,
+        path: Path::Skipped,
+        path_not_deterministic,
+        failure_point: Some(fp),
+        serial_output_matches: false,
+        serial_bytes: 0,
+        cpu_warnings,
+        notes,
+        snapshot_written: None,
+        seconds: t0.elapsed().as_secs_f64(),
+        loop_seconds: 0.0,
+        exits_per_s: 0.0,
+    }
+}
+
 fn hexu(v: u64) -> String {
     format!("{v:#x}")
 }
@@ -227,6 +266,12 @@ impl Report {
     /// A few lines for a person.
     pub fn human(&self) -> String {
         let mut s = String::new();
+        for why in &self.path_not_deterministic {
+            s.push_str(&format!("path: not deterministic: {why}\n"));
+        }
+        if self.path == Path::Skipped {
+            s.push_str("path: not replayed (--path replays it anyway, expecting a divergence); the failure point is what reproduces\n");
+        }
         if let Some(c) = self.divergence.as_ref().and_then(|d| d.cause.as_ref()) {
             s.push_str(&format!("cause: {c}\n"));
         }
@@ -234,18 +279,19 @@ impl Report {
             Some(id) => format!("snapshot {id}"),
             None => "the guest rebuilt from the trace".into(),
         };
-        s.push_str(&format!(
-            "replay: {} after {} exits from {start} (record {}) in {:.2} s ({:.0} exits/s)\n",
-            match self.outcome {
-                Outcome::Completed => "completed",
-                Outcome::Reproduced => "REPRODUCED the recorded failure",
-                Outcome::Diverged => "DIVERGED",
-            },
-            self.exits_replayed,
-            self.start.seq,
-            self.seconds,
-            self.exits_per_s
-        ));
+        let outcome = match self.outcome {
+            Outcome::Completed => "completed",
+            Outcome::Reproduced => "REPRODUCED the recorded failure",
+            Outcome::Diverged => "DIVERGED",
+        };
+        if self.path == Path::Skipped {
+            s.push_str(&format!("replay: {outcome} from the failure point in {:.2} s\n", self.seconds));
+        } else {
+            s.push_str(&format!(
+                "replay: {outcome} after {} exits from {start} (record {}) in {:.2} s ({:.0} exits/s)\n",
+                self.exits_replayed, self.start.seq, self.seconds, self.exits_per_s
+            ));
+        }
         for w in &self.cpu_warnings {
             s.push_str(&format!("  warning: this host lacks {w}, which the recorded guest saw\n"));
         }
@@ -283,7 +329,7 @@ impl Report {
         for n in &self.notes {
             s.push_str(&format!("  note: {n}\n"));
         }
-        if self.divergence.is_none() {
+        if self.divergence.is_none() && self.path != Path::Skipped {
             s.push_str(&format!(
                 "  serial output {}\n",
                 if self.serial_output_matches {

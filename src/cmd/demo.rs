@@ -80,7 +80,7 @@ pub fn run(dir: Option<&Path>, budgets: &vmrr_format::bundle::Budgets) -> CliRes
     step(2, "pack the trace and its snapshots into one file to ship");
     let bundle = dir.join("repro.vmrr");
     // The demo's own directory: a bundle of an earlier run there is replaced.
-    super::pack::run(&trace, &bundle, None, true, false)?;
+    super::pack::run(&trace, &bundle, None, None, true, false)?;
 
     let opts = |start| Options {
         start,

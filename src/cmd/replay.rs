@@ -37,8 +37,15 @@ pub struct ReplayArgs {
     #[arg(long, conflicts_with = "firmware")]
     pub image: Option<PathBuf>,
     /// The firmware a rebuilt guest runs (as for --image).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kernel")]
     pub firmware: Option<PathBuf>,
+    /// The kernel a rebuilt guest boots: needed to rebuild a bare trace recorded with
+    /// `--kernel` (checked against the SHA-256 the trace recorded; a bundle carries it).
+    #[arg(long, conflicts_with = "image")]
+    pub kernel: Option<PathBuf>,
+    /// The initramfs a rebuilt guest boots with (as for --kernel).
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
     /// Replace existing outputs (--snapshot-at DIR when it is a snapshot directory,
     /// --serial FILE when it is a regular file); never an input.
     #[arg(long)]
@@ -62,6 +69,11 @@ pub struct ReplayArgs {
     /// Do not run the failure-point snapshot of a trace that ended in a failure.
     #[arg(long)]
     pub no_failure_point: bool,
+    /// Replay the recorded path even when the recording says it cannot be deterministic
+    /// (a machine on KVM's in-kernel irqchip: by default such a trace goes straight to its
+    /// failure point).
+    #[arg(long)]
+    pub path: bool,
     /// Print the report as one JSON object.
     #[arg(long, conflicts_with = "gdb")]
     pub json: bool,
@@ -103,6 +115,8 @@ pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
     let mut inputs: Vec<&Path> = vec![&args.src];
     inputs.extend(args.image.as_deref());
     inputs.extend(args.firmware.as_deref());
+    inputs.extend(args.kernel.as_deref());
+    inputs.extend(args.initrd.as_deref());
     if let Some(dir) = &snapshot_at {
         output::check(dir, &inputs, args.force, OutputKind::SnapshotDir)
             .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -124,12 +138,15 @@ pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
         serial,
         image: args.image.clone(),
         firmware: args.firmware.clone(),
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
         max_mem: budgets.max_mem,
         replace_output: args.force,
         stall: Duration::from_secs(args.stall_seconds.max(1)),
         progress: !args.json,
         explain_steps: (!args.no_explain).then_some(args.explain_steps),
         failure_point: !args.no_failure_point,
+        force_path: args.path,
         dirty_log: args.gdb.is_some(),
     };
     let src = source::open(&args.src, budgets).map_err(super::replay_err)?;

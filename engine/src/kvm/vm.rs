@@ -239,7 +239,8 @@ impl Vm {
             .register(&mut slots, caps.user_memory2, config.dirty_log)
             .map_err(kvm_err("registering memory slots"))?;
         let cpuid = if set_cpuid {
-            let c = cpuid::build(&kvm, config.cpuid).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+            let c = cpuid::build(&kvm, config.cpuid, config.irqchip == IrqchipKind::Kernel)
+                .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
             vcpu.set_cpuid2(&c).map_err(kvm_err("KVM_SET_CPUID2"))?;
             c
         } else {

@@ -220,6 +220,18 @@ pub enum KernelError {
     /// The command line is too long or not one line.
     #[error("--cmdline: {0}")]
     Cmdline(String),
+    /// A kernel or initramfs given for a recording is not the one recorded.
+    #[error("{} is not the {what} this trace recorded: its SHA-256 is {found}, the recording's {recorded}", path.display())]
+    Identity {
+        /// `kernel` or `initramfs`.
+        what: &'static str,
+        /// The file given.
+        path: PathBuf,
+        /// The SHA-256 the trace recorded.
+        recorded: String,
+        /// The file's.
+        found: String,
+    },
     /// The protocol asked for cannot boot this kernel.
     #[error("kernel {path}: {reason}")]
     Protocol {
@@ -354,6 +366,32 @@ fn check_kernel_fits(
         )));
     }
     Ok(hi)
+}
+
+/// Checks that the file at `path` (a kernel, or an initramfs: `what`) has the SHA-256 a
+/// trace recorded.
+///
+/// # Errors
+/// The file cannot be read, or its SHA-256 differs ([`KernelError::Identity`]).
+pub fn check_identity(what: &'static str, path: &Path, recorded: &str) -> Result<(), KernelError> {
+    let bytes = crate::guests::read_regular(path, MAX_KERNEL_FILE.max(u64::from(u32::MAX)))?;
+    let found = FileIdentity::of(&bytes).sha256;
+    if found.eq_ignore_ascii_case(recorded) {
+        Ok(())
+    } else {
+        Err(KernelError::Identity { what, path: path.to_path_buf(), recorded: recorded.to_string(), found })
+    }
+}
+
+/// [`check_identity`] as a bundle's pack takes it (`vmrr_format::bundle::PackOptions`).
+///
+/// # Errors
+/// As [`check_identity`], boxed.
+pub fn check_identity_boxed(
+    path: &Path,
+    recorded: &str,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    check_identity("file", path, recorded).map_err(Into::into)
 }
 
 /// Checks a command line: one line of printable text, at most [`layout::CMDLINE_MAX`]
