@@ -59,6 +59,8 @@ pub struct Options {
     pub explain_steps: Option<u64>,
     /// Restore and run the failure-point snapshot of a trace that ended in a failure.
     pub failure_point: bool,
+    /// A kernel's symbols (`--system-map`): reports and gdb name addresses by them.
+    pub system_map: Option<std::sync::Arc<crate::symbols::SymbolMap>>,
     /// Replay the recorded path even when the recording says it cannot be deterministic
     /// (by default such a trace goes straight to its failure point, when it has one).
     pub force_path: bool,
@@ -86,6 +88,7 @@ impl Default for Options {
             explain_steps: Some(DEFAULT_EXPLAIN_STEPS),
             failure_point: true,
             force_path: false,
+            system_map: None,
             dirty_log: false,
         }
     }

@@ -77,6 +77,9 @@ pub struct Suspect {
     /// The step at which it last ran (later is closer to the divergence).
     #[serde(skip)]
     pub last_step: u64,
+    /// `function+offset` of `rip`, from `--system-map`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
 }
 
 /// A console's text before a divergence.
@@ -132,6 +135,12 @@ pub struct FailureReport {
     pub registers: serde_json::Value,
     /// The records that led there, oldest first.
     pub exits_before: Vec<serde_json::Value>,
+    /// `function+offset` of `rip`, from `--system-map`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    /// Registers that point into the kernel, named from `--system-map`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub register_symbols: std::collections::BTreeMap<String, String>,
 }
 
 impl FailureReport {
@@ -170,6 +179,9 @@ pub struct FailurePoint {
     pub detail: String,
     /// The failure, decoded, when it happened again.
     pub failure: Option<FailureReport>,
+    /// Why `--system-map` does not fit the recorded guest, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_map_warning: Option<String>,
 }
 
 /// Where the replay started.
@@ -317,13 +329,15 @@ impl Report {
             }
             if let Some(f) = &p.failure {
                 if let (Some(d), Some(n)) = (&f.disassembly, f.insn_len) {
+                    let sym = f.symbol.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
                     s.push_str(&format!(
-                        "    {} at rip {}: {d}  ({n} bytes: {})\n",
+                        "    {} at rip {}{sym}: {d}  ({n} bytes: {})\n",
                         f.exit,
                         hexu(f.rip),
                         f.insn_bytes
                     ));
                 }
+                s.push_str(&register_symbols(&f.register_symbols).replacen("  ", "    ", 1));
             }
         }
         for n in &self.notes {
@@ -373,7 +387,11 @@ impl Divergence {
             ));
         }
         for x in &d.suspects {
-            s.push_str(&format!("    {:>12}  {:<24} {:>6}x  {}\n", x.rip, x.instruction, x.count, x.why));
+            let sym = x.symbol.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
+            s.push_str(&format!(
+                "    {:>12}{sym}  {:<24} {:>6}x  {}\n",
+                x.rip, x.instruction, x.count, x.why
+            ));
         }
         if let Some(w) = &d.why_none {
             s.push_str(&format!("  {w}\n"));
@@ -389,7 +407,8 @@ impl FailureReport {
     pub fn human(&self) -> String {
         let f = self;
         let mut s = String::new();
-        s.push_str(&format!("  {} at rip {}: ", f.exit, hexu(f.rip)));
+        let sym = f.symbol.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
+        s.push_str(&format!("  {} at rip {}{sym}: ", f.exit, hexu(f.rip)));
         match (&f.disassembly, f.insn_len) {
             (Some(d), Some(n)) => s.push_str(&format!(
                 "{d}  ({n} bytes: {}; KVM reported a {}-byte fetch window)\n",
@@ -401,9 +420,19 @@ impl FailureReport {
             s.push_str(&format!("  accessing {}: {}\n", hexu(a), f.memory.as_deref().unwrap_or("?")));
         }
         s.push_str(&registers_table(&f.registers));
+        s.push_str(&register_symbols(&f.register_symbols));
         s.push_str(&format!("  {} exits led there (`--json` lists them)\n", f.exits_before.len()));
         s
     }
+}
+
+/// Registers that point into the kernel, one line: `rdi=some_data+0x40 ...`.
+fn register_symbols(m: &std::collections::BTreeMap<String, String>) -> String {
+    if m.is_empty() {
+        return String::new();
+    }
+    let v: Vec<String> = m.iter().map(|(r, n)| format!("{r}={n}")).collect();
+    format!("  pointing into the kernel: {}\n", v.join(" "))
 }
 
 /// Registers (as [`regs_json`] holds them) as a table of four columns.
@@ -434,4 +463,40 @@ pub fn regs_json(r: &kvm_bindings::kvm_regs) -> serde_json::Value {
         "r12": hexu(r.r12), "r13": hexu(r.r13), "r14": hexu(r.r14), "r15": hexu(r.r15),
         "rip": hexu(r.rip), "rflags": hexu(r.rflags),
     })
+}
+
+impl Report {
+    /// Names the failing RIPs, the suspects and the registers that point into the kernel
+    /// with `map` (`--system-map`).
+    pub fn symbolize(&mut self, map: &crate::symbols::SymbolMap) {
+        let fp = self.failure_point.as_mut().and_then(|p| p.failure.as_mut());
+        for f in self.emulation_failure.iter_mut().chain(self.failure.iter_mut()).chain(fp) {
+            f.symbolize(map);
+        }
+        if let Some(d) = self.divergence.as_mut() {
+            for x in &mut d.suspects {
+                let rip = u64::from_str_radix(x.rip.trim_start_matches("0x"), 16).ok();
+                x.symbol = rip.and_then(|r| map.name(r));
+            }
+        }
+    }
+}
+
+impl FailureReport {
+    /// Names `rip` and the registers that point into the kernel with `map`.
+    pub fn symbolize(&mut self, map: &crate::symbols::SymbolMap) {
+        self.symbol = map.name(self.rip);
+        self.register_symbols.clear();
+        let Some(regs) = self.registers.as_object() else { return };
+        for (name, v) in regs {
+            if name == "rip" || name == "rflags" {
+                continue;
+            }
+            let value = v.as_str().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok());
+            // Kernel addresses only: small numbers would all "point into" the first symbol.
+            if let Some(n) = value.filter(|a| *a >= 0xffff_8000_0000_0000).and_then(|a| map.name(a)) {
+                self.register_symbols.insert(name.clone(), n);
+            }
+        }
+    }
 }

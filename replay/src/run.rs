@@ -44,7 +44,8 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
         if let Some(mark) = f.failure_point() {
             // Straight to the failure point: the path would diverge, and say nothing new.
             let fp = crate::failure_point::run(src, &f, opts, mark)?;
-            return Ok(crate::report::skipped_path(fp, path_not_deterministic, notes, cpu_warnings, t0));
+            let report = crate::report::skipped_path(fp, path_not_deterministic, notes, cpu_warnings, t0);
+            return Ok(with_symbols(report, opts));
         }
     }
     let (machine, start) = crate::start::prepare(src, &f, opts)?;
@@ -73,7 +74,19 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
         _ => None,
     };
     let parts = ReportParts { notes, cpu_warnings, t0, loop_seconds, failure_point, path_not_deterministic };
-    finish(r, opts, stop, &f, start, parts)
+    finish(r, opts, stop, &f, start, parts).map(|r| with_symbols(r, opts))
+}
+
+/// The report with addresses named from `--system-map`, and the map's fit to the guest
+/// among the notes.
+fn with_symbols(mut report: Report, opts: &Options) -> Report {
+    if let Some(map) = &opts.system_map {
+        report.symbolize(map);
+        if let Some(w) = report.failure_point.as_ref().and_then(|p| p.system_map_warning.clone()) {
+            report.notes.push(w);
+        }
+    }
+    report
 }
 
 /// What the report needs besides the replayer.

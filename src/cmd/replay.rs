@@ -74,6 +74,12 @@ pub struct ReplayArgs {
     /// failure point).
     #[arg(long)]
     pub path: bool,
+    /// The guest kernel's System.map (Debian: /usr/lib/debug/boot/System.map-VERSION from
+    /// its -dbg package): reports name the failing RIP, the suspects and the registers
+    /// that point into the kernel as `function+offset`; with --gdb, `monitor sym` does
+    /// and an ELF symbol file is written for `symbol-file`.
+    #[arg(long, value_name = "FILE")]
+    pub system_map: Option<PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long, conflicts_with = "gdb")]
     pub json: bool,
@@ -117,6 +123,18 @@ pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
     inputs.extend(args.firmware.as_deref());
     inputs.extend(args.kernel.as_deref());
     inputs.extend(args.initrd.as_deref());
+    inputs.extend(args.system_map.as_deref());
+    // The map is read and checked before anything else.
+    let system_map = match &args.system_map {
+        None => None,
+        Some(p) if !p.exists() => {
+            return Err(CliError::Usage(format!("{}: no such file (--system-map)", p.display())));
+        }
+        Some(p) => Some(std::sync::Arc::new(
+            vmrr_replay::symbols::SymbolMap::read(p)
+                .map_err(|e| CliError::Invalid(crate::exit_code::chain(&e)))?,
+        )),
+    };
     if let Some(dir) = &snapshot_at {
         output::check(dir, &inputs, args.force, OutputKind::SnapshotDir)
             .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -147,6 +165,7 @@ pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
         explain_steps: (!args.no_explain).then_some(args.explain_steps),
         failure_point: !args.no_failure_point,
         force_path: args.path,
+        system_map,
         dirty_log: args.gdb.is_some(),
     };
     let src = source::open(&args.src, budgets).map_err(super::replay_err)?;
@@ -174,9 +193,27 @@ fn debug(src: vmrr_replay::source::Source, opts: &Options, addr: &str) -> CliRes
         other => CliError::Replay(crate::exit_code::chain(&other)),
     })?;
     let at = session.position().to_string();
+    // The symbols as an ELF file gdb loads, in a directory removed when vmrr exits.
+    let symbols = match session.system_map() {
+        None => None,
+        Some(map) => {
+            let tmp = std::env::temp_dir();
+            let dir = vmrr_format::scratch::Scratch::dir_in(&tmp, "vmrr-symbols-").map_err(|source| {
+                CliError::Output { context: format!("creating a directory in {}", tmp.display()), source }
+            })?;
+            let file = dir.path().join("kernel-symbols.elf");
+            std::fs::write(&file, map.to_elf()).map_err(|source| CliError::Output {
+                context: format!("writing {}", file.display()),
+                source,
+            })?;
+            Some((dir, file))
+        }
+    };
+    let sym_arg =
+        symbols.as_ref().map(|(_, f)| format!(" -ex 'symbol-file {}'", f.display())).unwrap_or_default();
     let ended = gdb::serve(session, addr, |a| {
         eprintln!("vmrr: replay ready at {at}; waiting for gdb on {a}");
-        eprintln!("vmrr:   gdb -ex 'target remote {a}'");
+        eprintln!("vmrr:   gdb{sym_arg} -ex 'target remote {a}'");
     })
     .map_err(|e| match e {
         GdbError::Listen { .. } => CliError::Usage(crate::exit_code::chain(&e)),

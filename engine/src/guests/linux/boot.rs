@@ -315,10 +315,12 @@ pub fn setup_vcpu(vcpu: &VcpuFd, mem: &GuestMemory, start: Start, lapic: bool) -
 /// Sets the delivery mode (bits 8-10) of a local vector table register.
 fn set_lvt(regs: &mut [std::ffi::c_char; 1024], at: usize, mode: u32) {
     let Some(r) = regs.get_mut(at..at + 4) else { return };
-    let bytes: [u8; 4] =
-        [r[0].cast_unsigned(), r[1].cast_unsigned(), r[2].cast_unsigned(), r[3].cast_unsigned()];
+    let mut bytes = [0u8; 4];
+    for (b, c) in bytes.iter_mut().zip(r.iter()) {
+        *b = u8::from_ne_bytes(c.to_ne_bytes());
+    }
     let v = (u32::from_le_bytes(bytes) & !0x700) | mode;
     for (d, s) in r.iter_mut().zip(v.to_le_bytes()) {
-        *d = s.cast_signed();
+        *d = std::ffi::c_char::from_ne_bytes([s]);
     }
 }
