@@ -40,7 +40,9 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
     }
     let path_not_deterministic = crate::hosts::path_limits(&f);
     let fp_wanted = opts.failure_point && opts.goto.is_none();
-    if !path_not_deterministic.is_empty() && !opts.force_path && fp_wanted {
+    // --rebuild and --from-checkpoint ask for the path: it is replayed (and diverges).
+    let path_asked = opts.force_path || opts.start != crate::options::StartFrom::Auto;
+    if !path_not_deterministic.is_empty() && !path_asked && fp_wanted {
         if let Some(mark) = f.failure_point() {
             // Straight to the failure point: the path would diverge, and say nothing new.
             let fp = crate::failure_point::run(src, &f, opts, mark)?;

@@ -259,7 +259,13 @@ pub fn run(args: &RecordArgs) -> CliResult {
     let serial = console(&args.serial, args.json)?;
     let debugcon = console(&args.debugcon, true)?;
     if cfg.cpuid == CpuidProfile::Host {
-        eprintln!("vmrr: warning: --cpuid host exposes TSC, RDRAND and RDSEED: replay may diverge");
+        if matches!(cfg.guest, GuestSpec::Kernel(_)) {
+            eprintln!(
+                "vmrr: note: the kernel sees this host's CPUID (Linux needs the TSC, which --cpuid deterministic hides): its path replay may diverge; a failure reproduces from its failure point"
+            );
+        } else {
+            eprintln!("vmrr: warning: --cpuid host exposes TSC, RDRAND and RDSEED: replay may diverge");
+        }
     }
     if args.flight_recorder {
         return flight(args, &cfg, serial, debugcon);
@@ -317,7 +323,7 @@ pub fn run(args: &RecordArgs) -> CliResult {
         None => None,
     };
     report(args, &summary, trace.as_ref(), checkpointer.as_ref());
-    if summary.outcome.is_fatal() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
+    if summary.outcome.is_guest_failure() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
 }
 
 /// A run that vmrr itself could not continue (a full disk, a failed ioctl) still leaves a
@@ -544,5 +550,5 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
             eprintln!("  {line}");
         }
     }
-    if summary.outcome.is_fatal() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
+    if summary.outcome.is_guest_failure() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
 }

@@ -95,6 +95,17 @@ impl Outcome {
         )
     }
 
+    /// True when the guest asked for a reset (a Linux guest after a panic, with vmrr's
+    /// default `panic=-1`): vmrr ends the run there rather than boot the guest again.
+    pub fn is_reset(&self) -> bool {
+        matches!(self, Outcome::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_RESET))
+    }
+
+    /// True when `vmrr record` exits 5: a fatal exit, or a reset the guest asked for.
+    pub fn is_guest_failure(&self) -> bool {
+        self.is_fatal() || self.is_reset()
+    }
+
     /// The fatal report, where there is one.
     pub fn report(&self) -> Option<&FatalReport> {
         match self {

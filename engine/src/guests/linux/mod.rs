@@ -44,6 +44,9 @@ pub const SERIAL_IRQ: u8 = 4;
 
 /// Largest kernel file read.
 pub const MAX_KERNEL_FILE: u64 = 256 << 20;
+/// Largest ELF a bzImage's payload may unpack to (a kernel is some tens of MiB; the cap
+/// stops a decompression bomb, whatever the guest's memory).
+pub const MAX_UNPACKED: u64 = 1 << 30;
 
 /// How the kernel is entered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -197,7 +200,7 @@ pub enum KernelError {
     #[error(transparent)]
     Read(#[from] LoadError),
     /// The kernel file is not a kernel vmrr can boot.
-    #[error("kernel {path}: {source}")]
+    #[error("kernel {}", path.display())]
     Image {
         /// The kernel file.
         path: PathBuf,
@@ -206,7 +209,7 @@ pub enum KernelError {
         source: image::ImageError,
     },
     /// The ELF (given or unpacked) is unusable.
-    #[error("kernel {path}: {source}")]
+    #[error("kernel {}", path.display())]
     Elf {
         /// The kernel file.
         path: PathBuf,
@@ -260,8 +263,8 @@ impl LinuxSpec {
         let file = crate::guests::read_regular(&self.kernel, MAX_KERNEL_FILE)?;
         let kernel_id = FileIdentity::of(&file);
         let path = || self.kernel.clone();
-        let unpacked =
-            image::unpack(&file, mem).map_err(|source| KernelError::Image { path: path(), source })?;
+        let unpacked = image::unpack(&file, MAX_UNPACKED)
+            .map_err(|source| KernelError::Image { path: path(), source })?;
         let mut version = image::is_bzimage(&file).then(|| image::bzimage_version(&file)).flatten();
         let setup_raw = image::is_bzimage(&file).then(|| image::setup_header_bytes(&file)).flatten();
         let (image, elf, setup, compression) = match unpacked {
@@ -288,6 +291,14 @@ impl LinuxSpec {
         let initrd = match &self.initrd {
             None => None,
             Some(p) => {
+                let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                if len > mem {
+                    return Err(KernelError::Placement(format!(
+                        "initramfs {} of {len} bytes is larger than the guest's memory ({} MiB): give more --mem-mib",
+                        p.display(),
+                        mem >> 20
+                    )));
+                }
                 let bytes = crate::guests::read_regular(p, mem)?;
                 let max = setup.as_ref().map_or(layout::INITRD_MAX_DEFAULT, |h| u64::from(h.initrd_addr_max));
                 if layout::initrd_at(bytes.len() as u64, low_end, max, kernel_end).is_none() {
