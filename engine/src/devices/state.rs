@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::devices::console::Console;
 use crate::devices::device::Device;
-use crate::devices::legacy::{cmos, pci, pic_ports, pit, serial};
+use crate::devices::legacy::{absent, acpi_pm, cmos, pci, pic_ports, pit, serial, uart};
 use crate::devices::pseudo::{clock_port, debug_exit, debugcon, entropy, sink, timer};
 use crate::persist::{DeviceRestoreError, Persist};
 
@@ -99,4 +99,10 @@ devices! {
     Cmos(cmos::CmosState) = cmos::Cmos, |_a| ();
     /// PCI configuration ports: the address register.
     PciConfig(u32) = pci::PciConfig, |_a| ();
+    /// 16550A with its interrupt (Linux guests).
+    Uart(uart::UartState) = uart::Uart, |a| a.serial.clone();
+    /// ACPI PM block (Linux guests).
+    AcpiPm(acpi_pm::AcpiPmState) = acpi_pm::AcpiPm, |_a| ();
+    /// Hardware answered as absent, by name.
+    Absent(String) = absent::Absent, |_a| ();
 }

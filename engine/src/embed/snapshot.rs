@@ -95,6 +95,7 @@ impl Source for Capture<'_> {
             vcpus: vec![vcpu],
             bus: self.bus.clone(),
             annotations: who.annotations.to_vec(),
+            kernel_irqchip: None,
         };
         Ok(Plan { state, runs })
     }

@@ -94,8 +94,8 @@ pub const X2APIC: FeatureBit = FeatureBit::new(1, None, ECX, 21, "x2apic");
 /// Bits the deterministic profile clears.
 pub const MASKED: &[FeatureBit] = &[RDRAND, RDSEED, TSC, TSC_DEADLINE, RDTSCP, INVARIANT_TSC];
 
-/// Bits cleared in every profile: the guest has no local APIC (vmrr runs without an
-/// in-kernel irqchip and injects interrupts from userspace).
+/// Bits cleared in every profile of a machine without KVM's in-kernel irqchip: the guest
+/// has no local APIC (vmrr injects its interrupts from userspace).
 pub const ABSENT: &[FeatureBit] = &[APIC, X2APIC];
 
 /// Every feature vmrr names: the ones above, and those a replay host must have when the
@@ -211,14 +211,15 @@ pub fn missing(recorded: &[vmrr_format::CpuidEntry], host: &[vmrr_format::CpuidE
     out
 }
 
-/// The CPUID set for `profile`.
+/// The CPUID set for `profile`; `lapic` when the VM has KVM's in-kernel irqchip (the
+/// local APIC then stays visible).
 ///
 /// # Errors
 /// `KVM_GET_SUPPORTED_CPUID`'s error.
-pub fn build(kvm: &Kvm, profile: CpuidProfile) -> Result<CpuId, kvm_ioctls::Error> {
+pub fn build(kvm: &Kvm, profile: CpuidProfile, lapic: bool) -> Result<CpuId, kvm_ioctls::Error> {
     let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
     for e in cpuid.as_mut_slice() {
-        for m in ABSENT {
+        for m in ABSENT.iter().filter(|_| !lapic) {
             if e.function == m.leaf && m.index.is_none_or(|i| i == e.index) {
                 *reg_mut(e, m.reg) &= !(1u32 << m.bit);
             }

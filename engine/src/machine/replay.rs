@@ -67,7 +67,10 @@ impl Machine {
     /// # Errors
     /// The reply does not fit the exit (nothing is written then).
     pub fn answer(&mut self, reply: &Body<'_>) -> Result<(), AnswerError> {
-        self.cpu.answer(reply, &mut self.bus)
+        self.cpu.answer(reply, &mut self.bus)?;
+        // Lines the devices raised while observing: the trace says which reach the guest.
+        self.bus.interrupts_mut().take_lines();
+        Ok(())
     }
 
     /// Whether the vCPU can take an external interrupt before its next entry

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use vmrr_format::{Body, kind};
 
-use crate::devices::StopRequest;
 use crate::exit::answer::AnswerError;
 use crate::kvm::system::KvmError;
 use crate::machine::Machine;
@@ -197,8 +196,8 @@ impl Machine {
             if let Some(e) = ending {
                 break self.ending_outcome(e);
             }
-            if let Some(StopRequest::GuestExit(status)) = self.bus.stop_request() {
-                break Outcome::GuestExit(status);
+            if let Some(stop) = self.bus.stop_request() {
+                break Outcome::from(stop);
             }
             if let Some(h) = hook.as_deref_mut() {
                 h.after_exit(self, self.cpu.exits())?;
@@ -210,6 +209,7 @@ impl Machine {
             } else {
                 self.bus.tick_due();
             }
+            self.deliver_lines()?;
             self.inject()?;
         };
         drop(watchdog);
@@ -294,6 +294,22 @@ impl Machine {
             }
             std::thread::sleep(Duration::from_nanos((deadline - now).min(10_000_000)));
         }
+    }
+
+    /// Hands the ISA lines devices raised to KVM's in-kernel irqchip, one pulse each (with
+    /// vmrr's own 8259 pair there are none: [`Self::inject`] delivers those).
+    ///
+    /// # Errors
+    /// `KVM_IRQ_LINE` failed.
+    pub(crate) fn deliver_lines(&mut self) -> Result<(), RunError> {
+        if !self.bus.interrupts().has_lines() {
+            return Ok(());
+        }
+        for line in self.bus.interrupts_mut().take_lines() {
+            self.vm.pulse_irq_line(u32::from(line))?;
+            self.cpu.count_interrupt();
+        }
+        Ok(())
     }
 
     /// Injects the highest pending interrupt if the vCPU can take it now; otherwise asks

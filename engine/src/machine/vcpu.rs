@@ -142,6 +142,12 @@ impl Vcpu {
         self.exits += 1;
     }
 
+    /// Counts an interrupt delivered without `KVM_INTERRUPT` (a line pulsed into KVM's
+    /// in-kernel irqchip).
+    pub(crate) fn count_interrupt(&mut self) {
+        self.interrupts += 1;
+    }
+
     /// Exits handled.
     pub(crate) fn exits(&self) -> u64 {
         self.exits
