@@ -5,6 +5,7 @@
 mod bench;
 mod cmd;
 mod exit_code;
+mod profile;
 mod stop;
 
 use std::path::PathBuf;

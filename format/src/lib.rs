@@ -36,6 +36,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod axis;
 pub mod bounded;
 pub mod bundle;
 mod bytes;
@@ -56,7 +57,6 @@ pub mod layout;
 pub mod output;
 pub mod overview;
 mod owned;
-pub mod profile;
 mod reader;
 mod record;
 pub mod scratch;

@@ -17,7 +17,7 @@
 //! scale is what lets zstd compress the payload: a nanosecond-exact duration has several
 //! bits of pure jitter that no compressor can remove, a time code keeps only the bits a
 //! profile needs. A histogram over time codes is therefore exact for the stored values
-//! (see [`crate::profile`]).
+//! (`vmrr profile`); [`crate::axis`] rebuilds the exits' instants from them.
 
 /// Record flag: a [`Timing`] payload (8 bytes) follows the register sample, if any.
 pub const FLAG_TIMING: u32 = 1 << 1;

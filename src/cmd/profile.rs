@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use vmrr_format::TraceReader;
 use vmrr_format::describe::duration;
-use vmrr_format::profile::{
+use crate::profile::{
     self, By, CompareRow, Profile, ProfileOptions, Table, Verdict, compare_tables, latency_svg, profile_json,
     rate_svg,
 };
