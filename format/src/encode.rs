@@ -235,7 +235,9 @@ fn plan(rec: &Record<'_>) -> Result<Plan, Bad> {
             data.len() * 8
         }
         Body::RawExit(r) => {
-            count_u32("raw exit length", r.data.len())?;
+            if r.data.len() > MAX_RAW_EXIT_DATA {
+                return Err(Bad::Layout("raw exit length", "longer than the 256-byte kvm_run exit union"));
+            }
             r.data.len()
         }
         Body::Annotation(a) => {

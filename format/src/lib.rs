@@ -40,6 +40,7 @@ pub mod axis;
 pub mod bounded;
 pub mod bundle;
 mod bytes;
+mod checksum;
 pub mod chunk;
 pub mod cursor;
 mod decode;

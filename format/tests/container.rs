@@ -153,6 +153,51 @@ fn damaged_chunk_header_resyncs_to_next_chunk() {
     assert_eq!(first_after, Some(next_h.first_seq), "resumed at chunk {next_off:#x}");
 }
 
+/// FORMAT.md §8.4: a chunk whose header is sealed (its CRC checks out) but holds an
+/// unknown flag bit, an unknown codec or a non-zero reserved word is damage, skipped by its
+/// size: the reader does not scan its payload for chunk magic. The damaged chunk here holds
+/// a complete, valid empty chunk header in its data, which a scan would resume at.
+#[test]
+fn a_sealed_chunk_with_an_unknown_flag_codec_or_reserved_word_is_skipped_by_its_size() {
+    // An empty chunk (no records) as a writer would seal it.
+    let mut decoy = Vec::new();
+    let empty = ChunkHeader {
+        header_size: 40,
+        codec: 0,
+        stored_size: 0,
+        raw_size: 0,
+        first_seq: 1_000_000,
+        record_count: 0,
+        payload_crc32c: crc32c::crc32c(&[]),
+        flags: 0,
+    };
+    empty.encode(&mut decoy);
+    for (field, value) in [(7usize, 0x80u8), (6, 9), (32, 1)] {
+        let sink = MemorySink::default();
+        let opts = WriterOptions { zstd_level: None, chunk_target: 256, sync: SyncMode::Never, ..Default::default() };
+        let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), opts).expect("writer");
+        for i in 0..30u64 {
+            let data: Vec<u8> = if i == 10 { decoy.clone() } else { vec![u8::try_from(i).unwrap(); 8] };
+            w.append(0, Body::RawExit(RawExit { exit_reason: 99, data: &data }), None).expect("append");
+        }
+        w.finish().expect("finish");
+        let mut bytes = sink.bytes();
+        let chunks = chunk_offsets(&bytes);
+        // The chunk holding the decoy, and the one after it.
+        let i = chunks.iter().rposition(|(_, h)| h.first_seq <= 10).expect("chunk");
+        let (off, h) = chunks[i];
+        let off = usize::try_from(off).unwrap();
+        bytes[off + field] = value;
+        let crc = crc32c::crc32c(&bytes[off..off + 36]);
+        bytes[off + 36..off + 40].copy_from_slice(&crc.to_le_bytes());
+        let (seqs, errs) = read_all(bytes);
+        assert_eq!(errs.len(), 1, "field {field}: one damaged chunk, nothing else: {errs:?}");
+        let lost: Vec<u64> = (h.first_seq..h.first_seq + u64::from(h.record_count)).collect();
+        let expect: Vec<u64> = (0..30).filter(|s| !lost.contains(s)).collect();
+        assert_eq!(seqs, expect, "field {field}: resumed at the next chunk");
+    }
+}
+
 #[test]
 fn future_major_file_is_refused_with_a_message() {
     let mut bytes = trace(10, true, true);
@@ -210,6 +255,27 @@ fn index_that_lies_is_detected() {
     let rep = verify(&mut r).unwrap();
     assert!(!rep.ok);
     assert_eq!(rep.index, "damaged");
+    assert_eq!(rep.records_readable, 3000);
+}
+
+#[test]
+fn an_index_entry_whose_sizes_disagree_with_its_chunk_is_damage() {
+    // FORMAT.md §8.5: all five fields an entry repeats from its chunk header are compared,
+    // the payload sizes too.
+    let mut bytes = trace(3000, true, true);
+    let n = bytes.len();
+    let ioff = usize::try_from(u64::from_le_bytes(bytes[n - 24..n - 16].try_into().unwrap())).unwrap();
+    let isize_ = usize::try_from(u64::from_le_bytes(bytes[n - 16..n - 8].try_into().unwrap())).unwrap();
+    let raw = ioff + 24 + 20;
+    let v = u32::from_le_bytes(bytes[raw..raw + 4].try_into().unwrap()) + 8;
+    bytes[raw..raw + 4].copy_from_slice(&v.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[ioff..ioff + isize_ - 4]);
+    bytes[ioff + isize_ - 4..ioff + isize_].copy_from_slice(&crc.to_le_bytes());
+    let mut r = TraceReader::from_bytes(bytes, "t").unwrap();
+    let rep = verify(&mut r).unwrap();
+    assert!(!rep.ok);
+    assert_eq!(rep.index, "damaged");
+    assert!(rep.damaged_chunks[0].reason.contains("disagrees"), "{rep:?}");
     assert_eq!(rep.records_readable, 3000);
 }
 
