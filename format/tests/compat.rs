@@ -269,3 +269,24 @@ fn a_raw_exit_longer_than_the_exit_union_is_invalid() {
     let mut out = Vec::new();
     assert!(encode(&Record::new(0, 0, Body::RawExit(RawExit { exit_reason: 99, data: &data })), &mut out).is_err());
 }
+
+/// FORMAT.md §6: a guest write's range `[gpa, gpa + len)` ends at a 64-bit value, so it may
+/// come up to, but not include, the last byte of the address space.
+#[test]
+fn a_guest_write_ends_below_the_top_of_the_address_space() {
+    let record = |gpa: u64, data: &[u8]| {
+        let mut rest = le64(&[gpa]);
+        rest.extend_from_slice(&u32::try_from(data.len()).unwrap().to_le_bytes());
+        rest.extend_from_slice(&[0; 4]);
+        rest.extend_from_slice(data);
+        rest.resize((rest.len() + 7) / 8 * 8, 0);
+        raw_record(0x8007, 16, 1, 0, 0, &rest)
+    };
+    let ok = record(u64::MAX - 4, b"abcd");
+    let (rec, _) = decode(&ok).expect("ends at 2^64 - 1");
+    assert!(matches!(rec.body, Body::GuestWrite(GuestWrite { gpa, data }) if gpa == u64::MAX - 4 && data == b"abcd"));
+    let err = decode(&record(u64::MAX - 3, b"abcd")).expect_err("would end at 2^64");
+    assert!(matches!(err.reason, Reason::InvalidValue { field: "guest_write gpa + len", .. }), "{err:?}");
+    let empty = record(u64::MAX, b"");
+    assert!(decode(&empty).is_ok(), "len 0 is valid at any gpa");
+}
