@@ -256,7 +256,7 @@ fn a_raw_exit_longer_than_the_exit_union_is_invalid() {
     let record = |len: u32| {
         let mut rest = 99u32.to_le_bytes().to_vec();
         rest.extend_from_slice(&len.to_le_bytes());
-        rest.resize(8 + (usize::try_from(len).unwrap() + 7) / 8 * 8, 0xaa);
+        rest.resize(8 + usize::try_from(len).unwrap().div_ceil(8) * 8, 0xaa);
         raw_record(0x7fff, 8, 1, 0, 0, &rest)
     };
     let full = record(256);
@@ -279,7 +279,7 @@ fn a_guest_write_ends_below_the_top_of_the_address_space() {
         rest.extend_from_slice(&u32::try_from(data.len()).unwrap().to_le_bytes());
         rest.extend_from_slice(&[0; 4]);
         rest.extend_from_slice(data);
-        rest.resize((rest.len() + 7) / 8 * 8, 0);
+        rest.resize(rest.len().div_ceil(8) * 8, 0);
         raw_record(0x8007, 16, 1, 0, 0, &rest)
     };
     let ok = record(u64::MAX - 4, b"abcd");
