@@ -307,6 +307,12 @@ impl TraceWriter {
         Ok(())
     }
 
+    /// True once the flush interval has passed without a chunk reaching the writer thread:
+    /// the next record, or [`Self::poll_flush`], closes the open chunk.
+    pub fn flush_due(&self) -> bool {
+        self.shared.flush_due.load(Ordering::Relaxed)
+    }
+
     /// Closes the open chunk if the flush interval has passed; call it when the guest is
     /// about to block (for example in `HLT`) so a quiet guest's last records reach disk.
     ///
