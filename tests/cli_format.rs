@@ -218,7 +218,8 @@ fn a_major_2_file_is_a_newer_version_not_a_corrupt_one() {
 /// words the spec gives.
 #[test]
 fn an_unnamed_required_bit_is_refused_by_number() {
-    let spec = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/FORMAT.md")).unwrap();
+    let spec =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/FORMAT.md")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("unnamed.vmrr");
     let mut h = vmrr_format::FileHeader::new(1, [3; 16], &[]);

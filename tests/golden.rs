@@ -15,7 +15,8 @@ fn data(name: &str) -> PathBuf {
 fn spec_section(from: &str, to: &str) -> String {
     let spec = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/FORMAT.md"))
         .expect("docs/FORMAT.md");
-    let start = spec.lines().position(|l| l.starts_with(from)).unwrap_or_else(|| panic!("no '{from}' in FORMAT.md"));
+    let start =
+        spec.lines().position(|l| l.starts_with(from)).unwrap_or_else(|| panic!("no '{from}' in FORMAT.md"));
     spec.lines().skip(start + 1).take_while(|l| !l.starts_with(to)).collect::<Vec<_>>().join("\n")
 }
 
@@ -275,7 +276,11 @@ fn spec_example_is_byte_exact_and_reads() {
     let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), spec_options()).unwrap();
     write_spec_example(&mut w);
     w.finish().unwrap();
-    assert_eq!(spec_bytes(&spec_section("## 10. Worked example", "Read it as follows")), golden, "FORMAT.md §10's dump");
+    assert_eq!(
+        spec_bytes(&spec_section("## 10. Worked example", "Read it as follows")),
+        golden,
+        "FORMAT.md §10's dump"
+    );
     assert_eq!(sink.bytes(), golden, "writer output drifted from docs/FORMAT.md §10");
     assert_eq!(golden.len(), 424);
 

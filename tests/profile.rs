@@ -75,7 +75,11 @@ fn profile_of_the_interrupts_guest_names_the_costliest_handler() {
     dist_is_ordered(&c["handler_ns"]);
     let g = |k: &str| p["summary"][k].as_u64().unwrap();
     assert_eq!(g("span_ns"), g("handler_ns") + g("guest_ns"), "{}", p["summary"]);
-    assert_eq!(g("handler_samples"), exits - 1, "every exit but the last carries its predecessor's handler time");
+    assert_eq!(
+        g("handler_samples"),
+        exits - 1,
+        "every exit but the last carries its predecessor's handler time"
+    );
     let secs = sum["seconds"].as_f64().unwrap();
     assert!((g("span_ns") as f64) < secs * 1e9, "span {} ns, run {secs} s", g("span_ns"));
     assert_eq!(p["by_kind"]["hlt"]["rank"], 1);

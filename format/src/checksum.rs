@@ -23,7 +23,11 @@ pub(crate) fn check(block: &[u8], crc_off: usize, what: &'static str, at: u64) -
     let (Some(covered), Some(stored)) = (block.get(..crc_off), u32_at(block, crc_off)) else {
         return Err(DecodeError::at(
             at,
-            Reason::Truncated { what, need: u64_from(crc_off.saturating_add(4)), have: u64_from(block.len()) },
+            Reason::Truncated {
+                what,
+                need: u64_from(crc_off.saturating_add(4)),
+                have: u64_from(block.len()),
+            },
         ));
     };
     let computed = crc32c::crc32c(covered);
@@ -50,6 +54,9 @@ mod tests {
         let e = check(&bad, bad.len() - 4, "thing", 100).expect_err("flipped");
         assert_eq!(e.location.offset, 100 + 9);
         assert!(matches!(e.reason, Reason::Checksum { what: "thing", .. }));
-        assert!(matches!(check(&bad[..5], 9, "thing", 0), Err(DecodeError { reason: Reason::Truncated { .. }, .. })));
+        assert!(matches!(
+            check(&bad[..5], 9, "thing", 0),
+            Err(DecodeError { reason: Reason::Truncated { .. }, .. })
+        ));
     }
 }

@@ -110,9 +110,17 @@ struct Head {
 impl Head {
     fn read(rec: &[u8]) -> Result<Self, RecordError> {
         let h = Fields { bytes: rec, base: 0, seq: None };
-        let head = Head { kind: h.u16(4)?, body_len: usize::from(h.u16(6)?), seq: h.u64(8)?, vcpu: h.u32(16)?, flags: h.u32(20)? };
+        let head = Head {
+            kind: h.u16(4)?,
+            body_len: usize::from(h.u16(6)?),
+            seq: h.u64(8)?,
+            vcpu: h.u32(16)?,
+            flags: h.u32(20)?,
+        };
         if head.body_len % 8 != 0 {
-            return Err(head.fail(6, Reason::Misaligned { what: "body_size", value: u64_from(head.body_len) }));
+            return Err(
+                head.fail(6, Reason::Misaligned { what: "body_size", value: u64_from(head.body_len) })
+            );
         }
         if head.body_end() > rec.len() {
             return Err(head.fail(
@@ -148,7 +156,14 @@ fn unknown_kind<'a>(rec: &'a [u8], head: &Head) -> Result<Record<'a>, RecordErro
         flags: head.flags,
         bytes: &rec[RECORD_HEADER_SIZE..],
     };
-    let mut record = Record { seq: head.seq, vcpu: head.vcpu, body, regs: None, timing: None, unknown: Unknown::default() };
+    let mut record = Record {
+        seq: head.seq,
+        vcpu: head.vcpu,
+        body,
+        regs: None,
+        timing: None,
+        unknown: Unknown::default(),
+    };
     if head.flags & !KNOWN_FLAGS != 0 {
         // Payloads of unknown flags follow the known ones: nothing can be located.
         return Ok(record);
@@ -245,7 +260,10 @@ impl<'a, 'b> Fixed<'a, 'b> {
             ));
         }
         let len = usize::try_from(needed).unwrap_or(usize::MAX);
-        Ok(Var { start: self.body_end, bytes: self.rec.get(self.body_end..self.body_end + len).unwrap_or(&[]) })
+        Ok(Var {
+            start: self.body_end,
+            bytes: self.rec.get(self.body_end..self.body_end + len).unwrap_or(&[]),
+        })
     }
 
     /// No variable data.
@@ -308,7 +326,11 @@ fn exit_body<'a>(kind: u16, f: &Fixed<'a, '_>) -> Result<(Body<'a>, Var<'a>), Re
         kind::RAW_EXIT => {
             let length = r.u32(4)?;
             if usize_from(length) > MAX_RAW_EXIT_DATA {
-                return Err(f.invalid(4, "raw exit length (the kvm_run exit union is 256 bytes)", length.into()));
+                return Err(f.invalid(
+                    4,
+                    "raw exit length (the kvm_run exit union is 256 bytes)",
+                    length.into(),
+                ));
             }
             let var = f.var("raw exit length", u64::from(length), 1)?;
             (Body::RawExit(RawExit { exit_reason: r.u32(0)?, data: var.bytes }), var)
@@ -413,8 +435,8 @@ fn annotation<'a>(f: &Fixed<'a, '_>) -> Result<(Body<'a>, Var<'a>), RecordError>
     let vlen = usize_from(r.u32(4)?);
     let var = f.var("annotation length", u64_from(klen) + u64_from(vlen), 1)?;
     let (k, v) = var.bytes.split_at(klen.min(var.bytes.len()));
-    let key =
-        std::str::from_utf8(k).map_err(|_| f.fail(var.start, Reason::InvalidUtf8 { field: "annotation key" }))?;
+    let key = std::str::from_utf8(k)
+        .map_err(|_| f.fail(var.start, Reason::InvalidUtf8 { field: "annotation key" }))?;
     let value = std::str::from_utf8(v)
         .map_err(|_| f.fail(var.start + klen, Reason::InvalidUtf8 { field: "annotation value" }))?;
     Ok((Body::Annotation(Annotation { key, value }), var))

@@ -386,7 +386,10 @@ fn feature_table(hdr: &[u8], reader: (u16, u16)) -> Result<Vec<FeatureDesc>, Dec
 fn feature_desc(d: &[u8], off: u64, reader: (u16, u16)) -> Result<FeatureDesc, DecodeError> {
     let bit = d[0];
     if bit >= 64 {
-        return Err(DecodeError::at(off, Reason::InvalidValue { field: "feature bit", value: u64::from(bit) }));
+        return Err(DecodeError::at(
+            off,
+            Reason::InvalidValue { field: "feature bit", value: u64::from(bit) },
+        ));
     }
     // Class 2 (replay-required) exists from 1.1 on; a 1.0 reader refuses it.
     let class = FeatureClass::from_code(d[1])
@@ -395,7 +398,10 @@ fn feature_desc(d: &[u8], off: u64, reader: (u16, u16)) -> Result<FeatureDesc, D
             DecodeError::at(off + 1, Reason::InvalidValue { field: "feature class", value: u64::from(d[1]) })
         })?;
     if !all_zero(&d[6..8]) {
-        return Err(DecodeError::at(off + 6, Reason::NonZeroPadding { what: "feature descriptor reserved field" }));
+        return Err(DecodeError::at(
+            off + 6,
+            Reason::NonZeroPadding { what: "feature descriptor reserved field" },
+        ));
     }
     let raw_name = &d[8..24];
     let end = raw_name.iter().position(|&b| b == 0).unwrap_or(16);
@@ -427,11 +433,7 @@ fn refuse_unknown_required(
     let desc = features.iter().find(|f| f.class == FeatureClass::Required && f.bit == bit);
     Err(DecodeError::at(
         32,
-        Reason::UnknownRequiredFeature {
-            bit,
-            named: desc.map(|d| (d.name.clone(), d.introduced)),
-            reader,
-        },
+        Reason::UnknownRequiredFeature { bit, named: desc.map(|d| (d.name.clone(), d.introduced)), reader },
     ))
 }
 
@@ -478,7 +480,10 @@ mod tests {
             err.reason.to_string(),
             "format version 2.3 is not readable: this reader supports major version 1 (up to 1.1); upgrade vmrr"
         );
-        assert!(matches!(FileHeader::peek_size(&bytes[..20]), Err(DecodeError { reason: Reason::FutureMajor { .. }, .. })));
+        assert!(matches!(
+            FileHeader::peek_size(&bytes[..20]),
+            Err(DecodeError { reason: Reason::FutureMajor { .. }, .. })
+        ));
         // The same bytes as a 1.x file are what they are: a bad size.
         bytes[16..18].copy_from_slice(&1u16.to_le_bytes());
         assert!(matches!(FileHeader::decode(&bytes).expect_err("size").reason, Reason::TooLarge { .. }));

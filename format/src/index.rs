@@ -262,7 +262,8 @@ mod tests {
     use super::*;
 
     fn one_entry() -> Index {
-        let e = IndexEntry { chunk_offset: 104, first_seq: 0, record_count: 4, raw_size: 192, stored_size: 192 };
+        let e =
+            IndexEntry { chunk_offset: 104, first_seq: 0, record_count: 4, raw_size: 192, stored_size: 192 };
         Index { entries: vec![e], record_count: 4 }
     }
 

@@ -242,12 +242,18 @@ fn known_payloads_of_an_unknown_kind_are_found_from_its_end() {
     // Payloads the record cannot hold after its body make it invalid (rule 2).
     let short = raw_record(40, 8, 11, 0, FLAG_REGS | FLAG_TIMING, &le64(&[7, 0, 0, 0]));
     let err = decode(&short).expect_err("refused");
-    assert!(matches!(err.reason, Reason::CountExceedsRecord { what: "payloads of known flags", .. }), "{err:?}");
+    assert!(
+        matches!(err.reason, Reason::CountExceedsRecord { what: "payloads of known flags", .. }),
+        "{err:?}"
+    );
     // An invalid time code found this way is refused like any other.
     let mut bad = bytes.clone();
     let n = bad.len();
     bad[n - 6..n - 4].copy_from_slice(&0x1000u16.to_le_bytes());
-    assert!(matches!(decode(&bad).expect_err("refused").reason, Reason::InvalidValue { field: "timing guest", .. }));
+    assert!(matches!(
+        decode(&bad).expect_err("refused").reason,
+        Reason::InvalidValue { field: "timing guest", .. }
+    ));
 }
 
 /// FORMAT.md §6: RAW_EXIT carries at most the 256-byte `kvm_run` exit union.
@@ -267,7 +273,10 @@ fn a_raw_exit_longer_than_the_exit_union_is_invalid() {
     assert!(matches!(err.reason, Reason::InvalidValue { value: 264, .. }), "{err:?}");
     let data = [0u8; 257];
     let mut out = Vec::new();
-    assert!(encode(&Record::new(0, 0, Body::RawExit(RawExit { exit_reason: 99, data: &data })), &mut out).is_err());
+    assert!(
+        encode(&Record::new(0, 0, Body::RawExit(RawExit { exit_reason: 99, data: &data })), &mut out)
+            .is_err()
+    );
 }
 
 /// FORMAT.md §6: a guest write's range `[gpa, gpa + len)` ends at a 64-bit value, so it may
@@ -284,7 +293,9 @@ fn a_guest_write_ends_below_the_top_of_the_address_space() {
     };
     let ok = record(u64::MAX - 4, b"abcd");
     let (rec, _) = decode(&ok).expect("ends at 2^64 - 1");
-    assert!(matches!(rec.body, Body::GuestWrite(GuestWrite { gpa, data }) if gpa == u64::MAX - 4 && data == b"abcd"));
+    assert!(
+        matches!(rec.body, Body::GuestWrite(GuestWrite { gpa, data }) if gpa == u64::MAX - 4 && data == b"abcd")
+    );
     let err = decode(&record(u64::MAX - 3, b"abcd")).expect_err("would end at 2^64");
     assert!(matches!(err.reason, Reason::InvalidValue { field: "guest_write gpa + len", .. }), "{err:?}");
     let empty = record(u64::MAX, b"");

@@ -174,7 +174,12 @@ fn a_sealed_chunk_with_an_unknown_flag_codec_or_reserved_word_is_skipped_by_its_
     empty.encode(&mut decoy);
     for (field, value) in [(7usize, 0x80u8), (6, 9), (32, 1)] {
         let sink = MemorySink::default();
-        let opts = WriterOptions { zstd_level: None, chunk_target: 256, sync: SyncMode::Never, ..Default::default() };
+        let opts = WriterOptions {
+            zstd_level: None,
+            chunk_target: 256,
+            sync: SyncMode::Never,
+            ..Default::default()
+        };
         let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), opts).expect("writer");
         for i in 0..30u64 {
             let data: Vec<u8> = if i == 10 { decoy.clone() } else { vec![u8::try_from(i).unwrap(); 8] };

@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use vmrr_format::TraceReader;
-use vmrr_format::describe::duration;
 use crate::profile::{
     self, By, CompareRow, Profile, ProfileOptions, Table, Verdict, compare_tables, latency_svg, profile_json,
     rate_svg,
 };
+use vmrr_format::TraceReader;
+use vmrr_format::describe::duration;
 
 use super::{out_line, print_json};
 use crate::exit_code::{CliError, CliResult, INVALID_INPUT};

@@ -4,9 +4,9 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
+use crate::profile::{Marker, TimelineOptions, write_timeline};
 use serde_json::{Value, json};
 use vmrr_format::TraceReader;
-use crate::profile::{Marker, TimelineOptions, write_timeline};
 
 use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 

@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use vmrr_format::kind;
 use vmrr_format::{Body, Record, end_reason};
 
-use vmrr_format::axis::{Axes, MAX_AXES, Placed};
 use super::blocks::BlockSampler;
 use super::histogram::Histogram;
 use super::key::{By, Key};
 use super::rate::RateSeries;
+use vmrr_format::axis::{Axes, MAX_AXES, Placed};
 
 /// Distinct keys a table keeps; exits of further keys are counted together as
 /// [`Key::Other`].
@@ -310,8 +310,8 @@ impl Profiler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmrr_format::{Checkpoint, Direction, Io, Record};
     use vmrr_format::timing::Timing;
+    use vmrr_format::{Checkpoint, Direction, Io, Record};
 
     fn io(port: u16) -> Body<'static> {
         Body::Io(Io { direction: Direction::Out, size: 1, port, count: 1, data: b"x" })

@@ -283,8 +283,8 @@ pub fn latency_svg(table: &Table, title: &str, top: usize) -> String {
 mod tests {
     use super::*;
     use crate::profile::{By, ProfileOptions, Profiler};
-    use vmrr_format::{Body, Direction, Io, Record};
     use vmrr_format::timing::Timing;
+    use vmrr_format::{Body, Direction, Io, Record};
 
     #[test]
     fn pictures_are_well_formed() {

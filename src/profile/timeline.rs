@@ -33,10 +33,10 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-use vmrr_format::axis::{Axes, MAX_AXES};
 use vmrr_format::ReadError;
-use vmrr_format::kind;
 use vmrr_format::TraceReader;
+use vmrr_format::axis::{Axes, MAX_AXES};
+use vmrr_format::kind;
 use vmrr_format::{Body, Record, end_reason};
 
 /// Timeline settings.
