@@ -1,4 +1,6 @@
-//! `vmrr record` end to end on real KVM: every built-in guest, read back from its trace.
+//! `vmrr record` end to end on real KVM: the first eight built-in guests (the TSC, dirtying
+//! and rewriting guests are recorded in `replay.rs`, which covers every one), images,
+//! firmware and limits, each read back from its trace.
 
 mod common;
 use common::*;
