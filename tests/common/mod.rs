@@ -250,7 +250,12 @@ impl MeasuredChild {
             // SAFETY: `pid` is our own unreaped child; `info` is valid for writes. WNOWAIT
             // leaves it to `wait4` below.
             let r = unsafe {
-                libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+                libc::waitid(
+                    libc::P_PID,
+                    libc::id_t::try_from(self.pid).expect("pid"),
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
             };
             if r == 0 {
                 break;
