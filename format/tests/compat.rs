@@ -239,6 +239,17 @@ fn known_payloads_of_an_unknown_kind_are_found_from_its_end() {
     let mut copy = Vec::new();
     encode(&rec, &mut copy).expect("encodes");
     assert_eq!(copy, bytes);
+    // A repairer copies it as it is, even into a trace without the timing feature: the
+    // payload is part of the bytes it does not interpret.
+    let sink = MemorySink::default();
+    let mut w = TraceWriter::with_sink(sink.clone(), "copy".into(), WriterOptions::default()).expect("writer");
+    let mut copied = rec;
+    copied.seq = 0;
+    w.append_record(&copied).expect("copied");
+    w.finish().expect("finish");
+    let mut r = TraceReader::from_bytes(sink.bytes(), "copy").expect("reads");
+    let back = r.next_record().expect("one record").expect("valid");
+    assert_eq!((back.body, back.regs, back.timing), (rec.body, rec.regs, rec.timing));
     // Payloads the record cannot hold after its body make it invalid (rule 2).
     let short = raw_record(40, 8, 11, 0, FLAG_REGS | FLAG_TIMING, &le64(&[7, 0, 0, 0]));
     let err = decode(&short).expect_err("refused");
