@@ -242,7 +242,8 @@ fn known_payloads_of_an_unknown_kind_are_found_from_its_end() {
     // A repairer copies it as it is, even into a trace without the timing feature: the
     // payload is part of the bytes it does not interpret.
     let sink = MemorySink::default();
-    let mut w = TraceWriter::with_sink(sink.clone(), "copy".into(), WriterOptions::default()).expect("writer");
+    let mut w =
+        TraceWriter::with_sink(sink.clone(), "copy".into(), WriterOptions::default()).expect("writer");
     let mut copied = rec;
     copied.seq = 0;
     w.append_record(&copied).expect("copied");
