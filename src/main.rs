@@ -92,8 +92,16 @@ enum Command {
         #[arg(long, conflicts_with = "firmware")]
         image: Option<PathBuf>,
         /// The firmware to ship, when it is no longer where the trace says it was.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kernel")]
         firmware: Option<PathBuf>,
+        /// The kernel to ship, when it is no longer where the trace says it was (checked
+        /// against the SHA-256 the trace recorded).
+        #[arg(long, conflicts_with = "image")]
+        kernel: Option<PathBuf>,
+        /// The initramfs to ship, when it is no longer where the trace says it was (checked
+        /// likewise).
+        #[arg(long)]
+        initrd: Option<PathBuf>,
         /// Replace an existing bundle (never an input, a directory or a special file).
         #[arg(long)]
         force: bool,
@@ -165,8 +173,8 @@ fn main() -> ExitCode {
             bench::run(quick, json, plot.as_deref(), allowance.map(std::time::Duration::from_secs_f64))
         }
         Command::Demo { dir } => cmd::demo::run(dir.as_deref(), &budgets),
-        Command::Pack { trace, out, image, firmware, force, json } => {
-            cmd::pack::run(&trace, &out, image.or(firmware), force, json)
+        Command::Pack { trace, out, image, firmware, kernel, initrd, force, json } => {
+            cmd::pack::run(&trace, &out, image.or(firmware).or(kernel), initrd, force, json)
         }
         Command::Replay(args) => cmd::replay::run(&args, &budgets),
         Command::Snapshot(c) => cmd::snapshot::run(&c, budgets.max_mem),

@@ -75,6 +75,7 @@ pub fn run(
             registers_match: false,
             detail: format!("the restored guest made no exit within {} s", STALL.as_secs()),
             failure: None,
+            system_map_warning: None,
         });
     }
     let live = m.exit();
@@ -96,5 +97,16 @@ pub fn run(
     };
     let failure = reproduced
         .then(|| crate::replayer::failure_report(&m, vec![vmrr_format::describe::record_json(&recorded)]));
-    Ok(FailurePoint { snapshot, reproduced, insn_bytes_match, registers_match, detail, failure })
+    // The failure point holds the kernel as it ran: the map must name its banner.
+    let system_map_warning =
+        opts.system_map.as_ref().and_then(|s| s.check_banner(|at, b| m.read_linear(at, b).is_ok()));
+    Ok(FailurePoint {
+        snapshot,
+        reproduced,
+        insn_bytes_match,
+        registers_match,
+        detail,
+        failure,
+        system_map_warning,
+    })
 }

@@ -36,6 +36,7 @@ pub mod report;
 mod run;
 pub mod source;
 mod start;
+pub mod symbols;
 
 pub use error::ReplayError;
 pub use options::{DEFAULT_EXPLAIN_STEPS, Options, StartFrom};

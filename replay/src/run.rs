@@ -38,6 +38,18 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
     if opts.strict_cpu && !cpu_warnings.is_empty() {
         return Err(ReplayError::CpuMismatch(cpu_warnings.join(", ")));
     }
+    let path_not_deterministic = crate::hosts::path_limits(&f);
+    let fp_wanted = opts.failure_point && opts.goto.is_none();
+    // --rebuild and --from-checkpoint ask for the path: it is replayed (and diverges).
+    let path_asked = opts.force_path || opts.start != crate::options::StartFrom::Auto;
+    if !path_not_deterministic.is_empty() && !path_asked && fp_wanted {
+        if let Some(mark) = f.failure_point() {
+            // Straight to the failure point: the path would diverge, and say nothing new.
+            let fp = crate::failure_point::run(src, &f, opts, mark)?;
+            let report = crate::report::skipped_path(fp, path_not_deterministic, notes, cpu_warnings, t0);
+            return Ok(with_symbols(report, opts));
+        }
+    }
     let (machine, start) = crate::start::prepare(src, &f, opts)?;
     let mut r = Replayer::new(machine, TraceReader::open(&src.trace)?, &start, f.exits, opts)?;
     let t_loop = Instant::now();
@@ -59,16 +71,30 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
         }
         other => other,
     };
-    let failure_point = match (f.failure_point(), opts.failure_point && opts.goto.is_none()) {
+    let failure_point = match (f.failure_point(), fp_wanted) {
         (Some(mark), true) => Some(crate::failure_point::run(src, &f, opts, mark)?),
         _ => None,
     };
-    finish(r, opts, stop, &f, start, ReportParts { notes, cpu_warnings, t0, loop_seconds, failure_point })
+    let parts = ReportParts { notes, cpu_warnings, t0, loop_seconds, failure_point, path_not_deterministic };
+    finish(r, opts, stop, &f, start, parts).map(|r| with_symbols(r, opts))
+}
+
+/// The report with addresses named from `--system-map`, and the map's fit to the guest
+/// among the notes.
+fn with_symbols(mut report: Report, opts: &Options) -> Report {
+    if let Some(map) = &opts.system_map {
+        report.symbolize(map);
+        if let Some(w) = report.failure_point.as_ref().and_then(|p| p.system_map_warning.clone()) {
+            report.notes.push(w);
+        }
+    }
+    report
 }
 
 /// What the report needs besides the replayer.
 struct ReportParts {
     failure_point: Option<crate::report::FailurePoint>,
+    path_not_deterministic: Vec<String>,
     notes: Vec<String>,
     cpu_warnings: Vec<String>,
     t0: Instant,
@@ -109,7 +135,7 @@ fn finish(
     let reproduced = r.failure().is_some() || parts.failure_point.as_ref().is_some_and(|p| p.reproduced);
     let outcome = match (reproduced, path) {
         (true, _) => Outcome::Reproduced,
-        (false, Path::Diverged) => Outcome::Diverged,
+        (false, Path::Diverged | Path::Skipped) => Outcome::Diverged,
         (false, Path::Completed) => Outcome::Completed,
     };
     let (emulation_failure, failure) = match r.failure().cloned() {
@@ -125,6 +151,7 @@ fn finish(
         emulation_failure,
         failure,
         path,
+        path_not_deterministic: parts.path_not_deterministic,
         failure_point: parts.failure_point,
         serial_output_matches,
         serial_bytes: r.machine().serial().total(),

@@ -26,6 +26,10 @@ pub struct Source {
     pub image: Option<PathBuf>,
     /// The firmware a bundle carries.
     pub firmware: Option<PathBuf>,
+    /// The kernel a bundle carries.
+    pub kernel: Option<PathBuf>,
+    /// The initramfs a bundle carries.
+    pub initrd: Option<PathBuf>,
     /// The bundle the trace came from.
     pub bundle: Option<PathBuf>,
     /// Where a bundle was extracted (removed on drop).
@@ -35,7 +39,16 @@ pub struct Source {
 impl Source {
     /// A trace and an optional snapshot directory.
     pub fn new(trace: PathBuf, snapshots: Option<PathBuf>) -> Self {
-        Source { trace, snapshots, image: None, firmware: None, bundle: None, extracted: None }
+        Source {
+            trace,
+            snapshots,
+            image: None,
+            firmware: None,
+            kernel: None,
+            initrd: None,
+            bundle: None,
+            extracted: None,
+        }
     }
 
     /// The files this source reads (what no output may be).
@@ -113,6 +126,8 @@ pub fn open(src: &Path, budgets: &Budgets) -> Result<Source, ReplayError> {
     let mut s = with_snapshots(unpacked.trace);
     s.image = unpacked.image;
     s.firmware = unpacked.firmware;
+    s.kernel = unpacked.kernel;
+    s.initrd = unpacked.initrd;
     s.bundle = Some(src.to_path_buf());
     s.extracted = Some(dir);
     Ok(s)
