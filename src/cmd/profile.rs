@@ -1,5 +1,5 @@
 //! `vmrr profile`: where exit-handling time goes (the CLI face of
-//! `vmrr_format::profile`): a table per exit kind, port, MMIO address or MSR, a comparison
+//! `crate::profile`): a table per exit kind, port, MMIO address or MSR, a comparison
 //! of two runs (`--vs`), and SVG pictures (`--svg`).
 
 use std::path::{Path, PathBuf};
