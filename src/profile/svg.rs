@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use super::profiler::Table;
 use super::rate::RateSeries;
-use crate::describe::duration;
-use crate::kind;
+use vmrr_format::describe::duration;
+use vmrr_format::kind;
 
 const W: f64 = 820.0;
 const H: f64 = 420.0;
@@ -225,7 +225,7 @@ pub fn latency_svg(table: &Table, title: &str, top: usize) -> String {
             let mut bins = vec![0.0; nb];
             let n = r.handler.count() as f64;
             for (code, c) in r.handler.buckets() {
-                let v = crate::timing::time_from_code(code).unwrap_or(1).max(1) as f64;
+                let v = vmrr_format::timing::time_from_code(code).unwrap_or(1).max(1) as f64;
                 let b = ((v.log10() - d0) * PER_DECADE).floor().clamp(0.0, nbins - 1.0);
                 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                 let b = b as usize;
@@ -283,8 +283,8 @@ pub fn latency_svg(table: &Table, title: &str, top: usize) -> String {
 mod tests {
     use super::*;
     use crate::profile::{By, ProfileOptions, Profiler};
-    use crate::record::{Body, Direction, Io, Record};
-    use crate::timing::Timing;
+    use vmrr_format::timing::Timing;
+    use vmrr_format::{Body, Direction, Io, Record};
 
     #[test]
     fn pictures_are_well_formed() {
