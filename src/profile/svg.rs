@@ -138,13 +138,32 @@ fn decade_label(ns: u64) -> String {
     }
 }
 
+/// A tick's count: `1.5k`, `2k`, `1.2M` (a decimal only where the value has one, so two
+/// ticks never read the same).
 fn count_label(v: f64) -> String {
+    let short = |x: f64, unit: &str| {
+        let s = format!("{x:.1}");
+        format!("{}{unit}", s.strip_suffix(".0").unwrap_or(&s))
+    };
     if v >= 1e6 {
-        format!("{:.1}M", v / 1e6)
+        short(v / 1e6, "M")
     } else if v >= 1e3 {
-        format!("{:.0}k", v / 1e3)
+        short(v / 1e3, "k")
     } else {
         format!("{v:.0}")
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::count_label;
+
+    #[test]
+    fn ticks_a_half_apart_read_differently() {
+        assert_eq!(count_label(1500.0), "1.5k");
+        assert_eq!(count_label(2000.0), "2k");
+        assert_eq!(count_label(250.0), "250");
+        assert_eq!(count_label(2_500_000.0), "2.5M");
     }
 }
 
