@@ -12,6 +12,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vmrr_engine::devices::console::Console;
 use vmrr_engine::machine::Machine;
+use vmrr_engine::recording::{Runner, Snapshots};
 use vmrr_engine::session::{GuestSpec, SessionConfig};
 use vmrr_engine::snapshot::{self, snapshot_dir};
 use vmrr_format::{NullSink, TraceWriter, WriterOptions};
@@ -24,7 +25,7 @@ fn kvm() -> bool {
     ok
 }
 
-fn machine(guest: &str, it: Option<u64>, mem: u64, dirty: bool) -> Machine {
+fn config(guest: &str, it: Option<u64>, mem: u64, dirty: bool) -> SessionConfig {
     SessionConfig {
         guest: GuestSpec::Builtin { name: guest.into(), iterations: it },
         mem_bytes: mem,
@@ -32,8 +33,10 @@ fn machine(guest: &str, it: Option<u64>, mem: u64, dirty: bool) -> Machine {
         limits: Default::default(),
         dirty_log: dirty,
     }
-    .build(Console::capture_only(), Console::capture_only())
-    .expect("machine")
+}
+
+fn machine(guest: &str, it: Option<u64>, mem: u64, dirty: bool) -> Machine {
+    config(guest, it, mem, dirty).build(Console::capture_only(), Console::capture_only()).expect("machine")
 }
 
 const EXITS: u64 = 2000;
@@ -66,15 +69,14 @@ fn exits(c: &mut Criterion) {
         })
     });
     g.bench_function("pio_storm_recording", |b| {
+        let c = config("pio-storm", Some(EXITS), 128 << 20, false);
         b.iter(|| {
-            let mut m = machine("pio-storm", Some(EXITS), 128 << 20, false);
+            let m = c.build(Console::capture_only(), Console::capture_only()).expect("machine");
             let w =
                 TraceWriter::with_sink(NullSink, "bench".into(), WriterOptions::default()).expect("writer");
-            let rec = m.recorder_for(w).expect("recorder");
-            m.start_recording(rec);
-            let s = m.run().expect("run");
-            m.stop_recording().map(|r| r.finish(s.outcome.end_reason(), 0));
-            black_box(s.exits)
+            let mut r = Runner::start(m, &c, w, Snapshots::None).expect("recording");
+            let s = r.run().expect("run");
+            black_box(r.finish(s).expect("finish").summary.exits)
         })
     });
     g.finish();
@@ -163,8 +165,8 @@ fn fake_run_page() -> Vec<u8> {
     p
 }
 
-/// The vCPU thread's recording work per exit, as `Recorder::record_exit` does it (decode
-/// `kvm_run`, encode into the writer's chunk), without and with timing (the two clock
+/// The vCPU thread's recording work per exit, as the machine does it (decode `kvm_run`
+/// once, encode into the writer's chunk), without and with timing (the two clock
 /// reads of `entering`/`exited` and the payload). No KVM: the `kvm_run` bytes are fixed.
 fn record_timing(c: &mut Criterion) {
     use vmrr_engine::exit::{RipConvention, RunView};
@@ -186,8 +188,8 @@ fn record_timing(c: &mut Criterion) {
                         clock.entering();
                         clock.exited();
                     }
-                    let v = RunView::new(black_box(&page)).expect("page");
-                    let (body, regs) = (v.body(false), v.regs_sample(conv));
+                    let exit = RunView::new(black_box(&page)).expect("page").exit(false, conv);
+                    let (body, regs) = (exit.body(&page), exit.regs());
                     if timing {
                         w.append_timed(0, body, regs, clock.take()).expect("append");
                     } else {

@@ -165,7 +165,7 @@ fn run_code(e: &vmrr_engine::machine::RunError) -> u8 {
     match e {
         RunError::Trace(_) | RunError::Output(_) | RunError::Hook { .. } => OUTPUT,
         RunError::Kvm(_) => KVM_MISSING,
-        RunError::Os { .. } => INTERNAL,
+        RunError::Os { .. } | RunError::Answer(_) => INTERNAL,
     }
 }
 

@@ -251,7 +251,7 @@ fn missing_cpu_features_warn_and_strict_cpu_refuses() {
     let Some((d, trace)) = recorded("hello-long", &[]) else {
         return;
     };
-    let host = vmrr_replay::cpu_check::host_cpuid().unwrap();
+    let host = vmrr_engine::kvm::cpuid::host_supported().unwrap();
     // A leaf-7 EBX feature this host lacks.
     let ebx7 = host.iter().find(|e| e.function == 7 && e.index == 0).map_or(0, |e| e.ebx);
     let bit = (0..32).find(|b| ebx7 & (1 << b) == 0).expect("some feature is absent");

@@ -4,7 +4,8 @@
 //! and gives replay a narrow entry to drive a guest from a trace.
 //!
 //! Rooms, each importing only from those listed before it:
-//! - [`persist`], [`disasm`], and the private `sys` (all `unsafe` code, with safe owners);
+//! - [`persist`], [`disasm`], [`page`], and the private `sys` (all `unsafe` code, with safe
+//!   owners: the crate denies `unsafe` everywhere else);
 //! - [`exit`]: a `kvm_run` exit decoded into a trace record body, and answered;
 //! - [`devices`]: the bus and the devices; every nondeterministic input arrives by exit;
 //! - [`kvm`]: the VM, memory slots (`KVM_SET_USER_MEMORY_REGION2`), vCPU state, CPUID,
@@ -15,6 +16,7 @@
 //! - [`snapshot`]: capture, restore (new VM, over a kept machine, in place), chains;
 //! - [`session`]: a run described by a configuration, and how replay rebuilds it;
 //! - [`checkpoint`]: checkpoints while recording, and the flight recorder;
+//! - [`recording`]: one recording from start to close (the mirror of `vmrr_replay::replay`);
 //! - [`embed`]: recording a VM another VMM runs (snapshots through its memory and vCPU fd,
 //!   the guest-memory writes of its devices), so vmrr replays it without that VMM.
 //!
@@ -30,6 +32,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![deny(unsafe_code)]
+
 pub mod checkpoint;
 pub mod devices;
 pub mod disasm;
@@ -38,8 +42,10 @@ pub mod exit;
 pub mod guests;
 pub mod kvm;
 pub mod machine;
+pub mod page;
 pub mod persist;
 pub mod record;
+pub mod recording;
 pub mod session;
 pub mod snapshot;
 mod sys;

@@ -123,7 +123,7 @@ impl SessionConfig {
     /// # Errors
     /// [`ConfigError`] naming the problem.
     pub fn prepare(&self) -> Result<Prepared, ConfigError> {
-        if self.mem_bytes < (2 << 20) || self.mem_bytes % crate::kvm::memory::PAGE_SIZE != 0 {
+        if self.mem_bytes < (2 << 20) || self.mem_bytes % crate::page::PAGE_SIZE != 0 {
             return Err(ConfigError::Memory(format!(
                 "guest memory must be a whole number of MiB, at least 2 MiB (got {} bytes)",
                 self.mem_bytes

@@ -21,7 +21,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod cpu_check;
 pub mod debugger;
 mod error;
 pub mod explain;

@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
+use vmrr_engine::kvm::cpuid;
 use vmrr_engine::snapshot;
 use vmrr_format::TraceReader;
 use vmrr_format::overview::{self, TraceOverview};
 
-use crate::cpu_check;
 use crate::error::ReplayError;
 use crate::options::Options;
 use crate::replayer::{Event, Replayer, Stop};
@@ -31,8 +31,8 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
                 .into(),
         );
     }
-    let cpu_warnings = match cpu_check::host_cpuid() {
-        Ok(host) => cpu_check::missing(&f.cpuid, &host),
+    let cpu_warnings = match cpuid::host_supported() {
+        Ok(host) => cpuid::missing(&f.cpuid, &host),
         Err(e) => vec![format!("(could not read this host's CPUID: {e})")],
     };
     if opts.strict_cpu && !cpu_warnings.is_empty() {

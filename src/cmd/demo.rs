@@ -32,40 +32,7 @@ pub fn run(dir: Option<&Path>, budgets: &vmrr_format::bundle::Budgets) -> CliRes
     println!("Everything is written to {}", dir.display());
 
     step(1, "record the guest on KVM, every exit into a trace, a checkpoint every 60 exits");
-    let args = RecordArgs {
-        guest: Some("emulation-failure".into()),
-        image: None,
-        load_addr: None,
-        entry: None,
-        mode: None,
-        ring: 0,
-        firmware: None,
-        kernel: None,
-        initrd: None,
-        cmdline: None,
-        boot_protocol: "auto".into(),
-        out: Some(trace.clone()),
-        no_trace: false,
-        iterations: None,
-        mem_mib: Some(64),
-        cpuid: Some("deterministic".into()),
-        max_exits: None,
-        max_seconds: Some(30.0),
-        serial: serial.display().to_string(),
-        debugcon: "none".into(),
-        zstd_level: 3,
-        no_compress: false,
-        sync: "chunk".into(),
-        checkpoint_every: Some(60),
-        checkpoint_interval_ms: None,
-        stop_world_checkpoints: false,
-        checkpoint_buffer_mib: 64,
-        no_snapshot: false,
-        flight_recorder: false,
-        keep: 3,
-        timing: false,
-        json: false,
-    };
+    let args = record_args(&trace, &serial);
     match super::record::run(&args) {
         Ok(()) => {}
         // The guest is meant to fail: exit code 5 is the expected outcome here.
@@ -126,19 +93,7 @@ pub fn run(dir: Option<&Path>, budgets: &vmrr_format::bundle::Budgets) -> CliRes
         None => println!("  the recording has no failure-point snapshot"),
     }
 
-    println!("\n--- the reproduced failure ---");
-    if let Some(f) = &from_last.emulation_failure {
-        println!("{} at rip {:#x}", f.exit, f.rip);
-        if let (Some(d), Some(n)) = (&f.disassembly, f.insn_len) {
-            println!(
-                "  {d}   ({n} bytes: {}; KVM reported a {}-byte fetch window)",
-                f.insn_bytes, f.insn_size
-            );
-        }
-        if let Some(a) = f.memory_operand {
-            println!("  accessing {a:#x}: {}", f.memory.as_deref().unwrap_or("?"));
-        }
-    }
+    print_failure(&from_last);
     println!(
         "\nvmrr demo: {} in {:.1} s. Try: vmrr inspect {} | tail; vmrr replay {}",
         if reproduced(&from_start, &from_last) {
@@ -154,6 +109,61 @@ pub fn run(dir: Option<&Path>, budgets: &vmrr_format::bundle::Budgets) -> CliRes
         Ok(())
     } else {
         Err(CliError::Reported { code: crate::exit_code::DIVERGED })
+    }
+}
+
+/// What `vmrr record` is asked in step 1: the failing guest, a checkpoint every 60 exits.
+fn record_args(trace: &Path, serial: &Path) -> RecordArgs {
+    RecordArgs {
+        guest: Some("emulation-failure".into()),
+        image: None,
+        load_addr: None,
+        entry: None,
+        mode: None,
+        ring: 0,
+        firmware: None,
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        boot_protocol: "auto".into(),
+        out: Some(trace.to_path_buf()),
+        no_trace: false,
+        iterations: None,
+        mem_mib: Some(64),
+        cpuid: Some("deterministic".into()),
+        max_exits: None,
+        max_seconds: Some(30.0),
+        serial: serial.display().to_string(),
+        debugcon: "none".into(),
+        zstd_level: 3,
+        no_compress: false,
+        sync: "chunk".into(),
+        checkpoint_every: Some(60),
+        checkpoint_interval_ms: None,
+        stop_world_checkpoints: false,
+        checkpoint_buffer_mib: 64,
+        no_snapshot: false,
+        flight_recorder: false,
+        keep: 3,
+        timing: false,
+        json: false,
+    }
+}
+
+/// The reproduced failure, decoded.
+fn print_failure(report: &vmrr_replay::Report) {
+    println!("\n--- the reproduced failure ---");
+    if let Some(f) = &report.emulation_failure {
+        println!("{} at rip {:#x}", f.exit, f.rip);
+        if let (Some(d), Some(n)) = (&f.disassembly, f.insn_len) {
+            println!(
+                "  {d}   ({n} bytes: {}; KVM reported a {}-byte fetch window)",
+                f.insn_bytes, f.insn_size
+            );
+        }
+        if let Some(a) = f.memory_operand {
+            println!("  accessing {a:#x}: {}", f.memory.as_deref().unwrap_or("?"));
+        }
     }
 }
 

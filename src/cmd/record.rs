@@ -12,6 +12,7 @@ use vmrr_engine::guests::linux::{BootProtocol, LinuxSpec};
 use vmrr_engine::kvm::cpuid::CpuidProfile;
 use vmrr_engine::machine::RunError;
 use vmrr_engine::machine::{Limits, Machine, RunSummary};
+use vmrr_engine::recording::{Closed, RecordError, Runner, Snapshots};
 use vmrr_engine::session::{GuestSpec, SessionConfig};
 use vmrr_engine::snapshot;
 use vmrr_format::{SyncMode, TraceWriter, WriterOptions, end_reason};
@@ -274,62 +275,39 @@ pub fn run(args: &RecordArgs) -> CliResult {
         (Some(path), false) => Some(TraceWriter::create(path, args.writer_options())?),
         _ => None,
     };
-    let mut m = build(&cfg, serial.clone(), debugcon.clone())?;
-    let mut checkpointer = None;
-    if let Some(w) = writer {
-        let recording = cfg.start_recording(&mut m, w)?;
-        if let (false, Some(out)) = (args.no_snapshot, &args.out) {
-            let root = snapshot::dir_for_trace(out);
-            if root.exists() {
-                std::fs::remove_dir_all(&root).map_err(|source| CliError::Output {
-                    context: format!("removing old {}", root.display()),
-                    source,
-                })?;
-            }
-            let mut cp = Checkpointer::new(root, args.policy(), recording.trace_id, recording.annotations)
-                .with_capture(args.capture_mode());
-            if let Some(note) = cp.capture_note() {
-                eprintln!("vmrr: note: {note}");
-                if let Some(rec) = m.recorder_mut() {
-                    // The trace says how its checkpoints were taken, and why.
-                    let _ = rec.annotate("checkpoint.capture_note", note);
+    let m = build(&cfg, serial.clone(), debugcon.clone())?;
+    let mut runner = match writer {
+        None => Runner::plain(m),
+        Some(w) => {
+            let snapshots = match (args.no_snapshot, &args.out) {
+                (false, Some(out)) => {
+                    let root = snapshot::dir_for_trace(out);
+                    if root.exists() {
+                        std::fs::remove_dir_all(&root).map_err(|source| CliError::Output {
+                            context: format!("removing old {}", root.display()),
+                            source,
+                        })?;
+                    }
+                    Snapshots::Checkpoints { root, policy: args.policy(), capture: args.capture_mode() }
                 }
-            }
-            if let Err(e) = cp.checkpoint(&mut m) {
-                let e = RunError::Hook { hook: "initial snapshot", exit: 0, source: Box::new(e) };
-                return Err(close_after_error(&mut m, e));
-            }
-            checkpointer = Some(cp);
+                _ => Snapshots::None,
+            };
+            Runner::start(m, &cfg, w, snapshots).map_err(stopped)?
         }
-    }
-    let run = match checkpointer.as_mut() {
-        Some(cp) => m.run_with(Some(cp)),
-        None => m.run(),
     };
-    let summary = run.map_err(|e| close_after_error(&mut m, e))?;
-    if let Some(cp) = checkpointer.as_mut() {
-        if let Err(e) = cp.finish(&mut m) {
-            let e = RunError::Hook { hook: "checkpoint", exit: summary.exits, source: Box::new(e) };
-            return Err(close_after_error(&mut m, e));
-        }
-        if let Err(e) = cp.failure_point(&mut m, &summary.outcome) {
-            let e =
-                RunError::Hook { hook: "failure-point snapshot", exit: summary.exits, source: Box::new(e) };
-            return Err(close_after_error(&mut m, e));
-        }
+    if let Some(note) = runner.capture_note() {
+        eprintln!("vmrr: note: {note}");
     }
-    let trace = match m.stop_recording() {
-        Some(rec) => Some(rec.finish(summary.outcome.end_reason(), summary.outcome.status())?),
-        None => None,
-    };
-    report(args, &summary, trace.as_ref(), checkpointer.as_ref());
-    if summary.outcome.is_guest_failure() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
+    let summary = runner.run().map_err(stopped)?;
+    let done = runner.finish(summary).map_err(stopped)?;
+    report(args, &done.summary, done.trace.as_ref(), done.checkpoints.as_ref());
+    if done.summary.outcome.is_guest_failure() {
+        Err(CliError::Reported { code: GUEST_FATAL })
+    } else {
+        Ok(())
+    }
 }
 
-/// A run that vmrr itself could not continue (a full disk, a failed ioctl) still leaves a
-/// complete trace: an END_OF_RUN record says why, then the index and trailer. When the
-/// trace itself can no longer be written, its writer has already sealed the file at the
-/// last complete chunk; either way `vmrr verify` passes on what is left.
 /// Builds the machine and prints the notes it made (fallbacks taken, capabilities missing).
 fn build(cfg: &SessionConfig, serial: Console, debugcon: Console) -> Result<Machine, CliError> {
     let m = cfg.build(serial, debugcon)?;
@@ -339,23 +317,24 @@ fn build(cfg: &SessionConfig, serial: Console, debugcon: Console) -> Result<Mach
     Ok(m)
 }
 
-fn close_after_error(m: &mut Machine, e: RunError) -> CliError {
-    let reason = match &e {
-        RunError::Trace(_) | RunError::Hook { .. } | RunError::Output(_) => end_reason::OUTPUT_ERROR,
-        RunError::Kvm(_) | RunError::Os { .. } => end_reason::VMM_ERROR,
+/// A recording that vmrr itself could not continue (a full disk, a failed ioctl) still
+/// leaves a complete trace: an END_OF_RUN record says why, then the index and trailer. When
+/// the trace itself can no longer be written, its writer has already sealed the file at the
+/// last complete chunk; either way `vmrr verify` passes on what is left. Says which.
+fn stopped(e: RecordError) -> CliError {
+    let (e, closed) = match e {
+        RecordError::Start(e) => return CliError::Recorder(e),
+        RecordError::Stopped { error, closed } => (error, closed),
     };
-    if let Some(rec) = m.stop_recording() {
-        let exits = rec.exits();
-        match rec.finish(reason, 0) {
-            Ok(t) => eprintln!(
-                "vmrr: recording stopped after {exits} exits; the trace was closed ({} records, {})",
-                t.records,
-                end_reason::name(reason)
-            ),
-            Err(_) => eprintln!(
-                "vmrr: recording stopped after {exits} exits; the trace was sealed at its last complete chunk"
-            ),
-        }
+    match closed {
+        Closed::NotRecording => {}
+        Closed::Closed { exits, records, reason } => eprintln!(
+            "vmrr: recording stopped after {exits} exits; the trace was closed ({records} records, {})",
+            end_reason::name(reason)
+        ),
+        Closed::Sealed { exits } => eprintln!(
+            "vmrr: recording stopped after {exits} exits; the trace was sealed at its last complete chunk"
+        ),
     }
     if crate::exit_code::is_disk_full(&e) {
         eprintln!(
@@ -474,7 +453,6 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
         .map_err(|source| CliError::Output { context: format!("creating {}", dir.display()), source })?;
     let mut m = build(cfg, serial, debugcon)?;
     let w = TraceWriter::create(&FlightRecorder::prologue_path(&dir), args.writer_options())?;
-    let recording = cfg.start_recording(&mut m, w)?;
     m.stop_when(
         vmrr_engine::machine::signals::sigusr1_flag()
             .map_err(|e| CliError::Capability(format!("SIGUSR1: {e}")))?,
@@ -485,24 +463,15 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
         opts: args.writer_options(),
         capture: args.capture_mode(),
     };
-    let mut fr = FlightRecorder::start(&mut m, dir.clone(), settings, &recording).map_err(|e| {
-        close_after_error(&mut m, RunError::Hook { hook: "flight recorder", exit: 0, source: Box::new(e) })
-    })?;
-    if let Some(note) = fr.checkpointer().capture_note() {
+    let mut runner =
+        Runner::start(m, cfg, w, Snapshots::Flight { dir: dir.clone(), settings }).map_err(stopped)?;
+    if let Some(note) = runner.capture_note() {
         eprintln!("vmrr: note: {note}");
     }
-    let summary = m.run_with(Some(&mut fr)).map_err(|e| close_after_error(&mut m, e))?;
-    if let Err(e) = fr.finish(&mut m) {
-        let e = RunError::Hook { hook: "flight recorder", exit: summary.exits, source: Box::new(e) };
-        return Err(close_after_error(&mut m, e));
-    }
-    if let Err(e) = fr.failure_point(&mut m, &summary.outcome) {
-        let e = RunError::Hook { hook: "failure-point snapshot", exit: summary.exits, source: Box::new(e) };
-        return Err(close_after_error(&mut m, e));
-    }
-    if let Some(rec) = m.stop_recording() {
-        rec.finish(summary.outcome.end_reason(), summary.outcome.status())?;
-    }
+    let summary = runner.run().map_err(stopped)?;
+    let done = runner.finish(summary).map_err(stopped)?;
+    let fr = done.flight.expect("a recording started with Snapshots::Flight is kept by its flight recorder");
+    let summary = done.summary;
     let triggered =
         summary.outcome.is_fatal() || matches!(summary.outcome, vmrr_engine::machine::Outcome::Stopped);
     let secs = summary.elapsed.as_secs_f64();

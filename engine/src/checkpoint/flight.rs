@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use vmrr_format::{TraceReader, TraceWriter, WriterOptions};
 
-use crate::checkpoint::{CheckpointError, Checkpointer, Policy};
+use crate::checkpoint::{CheckpointError, Checkpointed, Checkpointer, Policy};
 use crate::machine::{ExitHook, Machine, RunError};
 use crate::record::Recording;
 use crate::snapshot::{self, SnapshotError};
@@ -92,7 +92,7 @@ impl FlightRecorder {
     /// # Errors
     /// Snapshot or trace failures.
     pub fn start(
-        m: &mut Machine,
+        m: &mut dyn Checkpointed,
         dir: PathBuf,
         settings: FlightSettings,
         recording: &Recording,
@@ -119,7 +119,7 @@ impl FlightRecorder {
     }
 
     /// New segment, then a checkpoint as its first record; drops what falls out of `keep`.
-    fn rotate(&mut self, m: &mut Machine) -> Result<(), FlightError> {
+    fn rotate(&mut self, m: &mut dyn Checkpointed) -> Result<(), FlightError> {
         // The previous checkpoint's record belongs to its own segment: finish it there.
         self.cp.finish(m)?;
         let id = self.cp.taken.last().map_or(0, |t| t.id + 1);
@@ -127,7 +127,7 @@ impl FlightRecorder {
         let mut opts = self.opts.clone();
         opts.trace_id = Some(self.cp_trace_id());
         let w = TraceWriter::create(&path, opts)?;
-        if let Some(rec) = m.recorder_mut() {
+        if let Some(rec) = m.recorder() {
             let old = rec.replace_writer(w)?;
             old.finish()?;
         }
@@ -158,7 +158,7 @@ impl FlightRecorder {
     ///
     /// # Errors
     /// The snapshot or its record could not be written.
-    pub fn finish(&mut self, m: &mut Machine) -> Result<(), FlightError> {
+    pub fn finish(&mut self, m: &mut dyn Checkpointed) -> Result<(), FlightError> {
         self.cp.finish(m)?;
         Ok(())
     }
@@ -175,7 +175,7 @@ impl FlightRecorder {
     /// The snapshot or its record could not be written.
     pub fn failure_point(
         &mut self,
-        m: &mut Machine,
+        m: &mut dyn Checkpointed,
         outcome: &crate::machine::Outcome,
     ) -> Result<(), FlightError> {
         if let Some(t) = self.cp.failure_point(m, outcome)? {

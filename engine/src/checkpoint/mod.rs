@@ -1,16 +1,66 @@
 //! Checkpoints while running: snapshots taken at exit boundaries, each announced in the
-//! trace by a checkpoint record (snapshot id, the record sequence it follows, exits).
+//! trace by a checkpoint record (snapshot id, the record sequence it follows, exits), of
+//! vmrr's own machine or of a VM another VMM runs ([`Checkpointed`]).
 //!
 //! The first snapshot (id 0, before the first exit) is full; the following ones are
-//! incremental, each holding the pages dirtied since the previous one.
+//! incremental, each holding the pages dirtied since the previous one (where the VM logs
+//! dirty pages).
 
 pub mod flight;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::machine::{ExitHook, Machine, Outcome, RunError};
-use crate::snapshot::{self, CaptureStats, SnapshotError};
+use crate::record::Recorder;
+use crate::snapshot::{self, CaptureStats, Identity, SnapshotError};
+
+/// What checkpoints are taken of and recorded into: vmrr's own [`Machine`], or a VM another
+/// VMM runs (`crate::embed`).
+pub trait Checkpointed {
+    /// The recorder checkpoint records go to (`None`: snapshots only).
+    fn recorder(&mut self) -> Option<&mut Recorder>;
+
+    /// Exits so far.
+    fn exits(&self) -> u64;
+
+    /// Whether each checkpoint after the first is incremental on the one before (the VM
+    /// logs its dirty pages); otherwise every checkpoint is a full snapshot.
+    fn chains(&self) -> bool;
+
+    /// Captures snapshot `who` into `dir` with the guest stopped until it is durable.
+    ///
+    /// # Errors
+    /// KVM, vCPU state or file-system failures.
+    fn capture(&mut self, dir: &Path, who: &Identity<'_>) -> Result<CaptureStats, SnapshotError>;
+
+    /// vmrr's machine, whose memory background capture can write-protect (`None`:
+    /// checkpoints stop the guest).
+    fn machine(&mut self) -> Option<&mut Machine>;
+}
+
+impl Checkpointed for Machine {
+    fn recorder(&mut self) -> Option<&mut Recorder> {
+        self.recorder_mut()
+    }
+
+    fn exits(&self) -> u64 {
+        Machine::exits(self)
+    }
+
+    fn chains(&self) -> bool {
+        // Incremental snapshots need the dirty log; without it `snapshot::take` says so.
+        true
+    }
+
+    fn capture(&mut self, dir: &Path, who: &Identity<'_>) -> Result<CaptureStats, SnapshotError> {
+        snapshot::take(self, dir, who)
+    }
+
+    fn machine(&mut self) -> Option<&mut Machine> {
+        Some(self)
+    }
+}
 
 /// A checkpoint could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -124,19 +174,19 @@ pub struct Checkpointer {
     pub taken: Vec<Taken>,
 }
 
-/// The directory and identity of checkpoint `id`, taken now from `m`: incremental on the
-/// last checkpoint taken, after the last record written.
+/// The directory and identity of checkpoint `id`, taken now of `m`: incremental on the
+/// last checkpoint taken (when `m` chains them), after the last record written.
 fn next_snapshot<'a>(
     root: &std::path::Path,
     taken: &[Taken],
     trace_id: [u8; 16],
     annotations: &'a [(String, String)],
     id: u64,
-    m: &Machine,
+    m: &mut dyn Checkpointed,
 ) -> (PathBuf, snapshot::Identity<'a>) {
     let who = snapshot::Identity {
         id,
-        parent: taken.last().map(|t| t.id),
+        parent: taken.last().map(|t| t.id).filter(|_| m.chains()),
         trace_id,
         exit_seq: m.recorder().and_then(|r| r.next_seq().checked_sub(1)),
         annotations,
@@ -228,7 +278,7 @@ impl Checkpointer {
     ///
     /// # Errors
     /// The snapshot or its trace record could not be written.
-    pub fn checkpoint(&mut self, m: &mut Machine) -> Result<Taken, CheckpointError> {
+    pub fn checkpoint(&mut self, m: &mut dyn Checkpointed) -> Result<Taken, CheckpointError> {
         let id = self.begin(m)?;
         self.finish(m)?;
         self.taken.last().copied().filter(|t| t.id == id).ok_or(CheckpointError::Snapshot {
@@ -243,20 +293,20 @@ impl Checkpointer {
     ///
     /// # Errors
     /// The snapshot or a trace record could not be written.
-    pub fn begin(&mut self, m: &mut Machine) -> Result<u64, CheckpointError> {
+    pub fn begin(&mut self, m: &mut dyn Checkpointed) -> Result<u64, CheckpointError> {
         self.finish(m)?;
         let id = self.next_id;
-        let background = self.background.as_mut().filter(|_| snapshot::Background::supports(m));
-        let Some(bg) = background else {
+        let exits = m.exits();
+        let (dir, who) = next_snapshot(&self.root, &self.taken, self.trace_id, &self.annotations, id, m);
+        let machine = m.machine().filter(|m| snapshot::Background::supports(m));
+        let (Some(bg), Some(machine)) = (self.background.as_mut(), machine) else {
             self.stop_world(m)?;
             return Ok(id);
         };
-        let exits = m.exits();
-        let (dir, who) = next_snapshot(&self.root, &self.taken, self.trace_id, &self.annotations, id, m);
         let exit_seq = who.exit_seq;
         let started = Instant::now();
         let (inflight, _pause) =
-            bg.start(m, &dir, &who).map_err(|source| CheckpointError::Snapshot { id, source })?;
+            bg.start(machine, &dir, &who).map_err(|source| CheckpointError::Snapshot { id, source })?;
         self.pending = Some(Pending { inflight, id, exit_seq, exits, started });
         self.next_id += 1;
         self.last_time = Instant::now();
@@ -267,7 +317,7 @@ impl Checkpointer {
     ///
     /// # Errors
     /// As for [`Self::finish`].
-    pub fn poll(&mut self, m: &mut Machine) -> Result<(), CheckpointError> {
+    pub fn poll(&mut self, m: &mut dyn Checkpointed) -> Result<(), CheckpointError> {
         if self.pending.as_ref().is_some_and(|p| p.inflight.is_done()) {
             self.finish(m)?;
         }
@@ -279,14 +329,14 @@ impl Checkpointer {
     ///
     /// # Errors
     /// The snapshot or its trace record could not be written.
-    pub fn finish(&mut self, m: &mut Machine) -> Result<Option<Taken>, CheckpointError> {
+    pub fn finish(&mut self, m: &mut dyn Checkpointed) -> Result<Option<Taken>, CheckpointError> {
         let Some(p) = self.pending.take() else { return Ok(None) };
         let id = p.id;
         let stats = p.inflight.wait().map_err(|source| CheckpointError::Snapshot { id, source })?;
-        if let Some(rec) = m.recorder_mut() {
+        if let Some(rec) = m.recorder() {
             let exit_seq = p.exit_seq.unwrap_or(0);
             rec.record_checkpoint_at(id, exit_seq, p.exits)
-                .and_then(|_| rec.writer_mut().sync())
+                .and_then(|_| rec.sync())
                 .map_err(|source| CheckpointError::Record { id, source })?;
         }
         let stats = CaptureStats { durable: p.started.elapsed().max(stats.durable), ..stats };
@@ -296,17 +346,16 @@ impl Checkpointer {
     }
 
     /// A stopped-world checkpoint: written, synced and recorded before returning.
-    fn stop_world(&mut self, m: &mut Machine) -> Result<Taken, CheckpointError> {
+    fn stop_world(&mut self, m: &mut dyn Checkpointed) -> Result<Taken, CheckpointError> {
         let id = self.next_id;
         let (dir, who) = next_snapshot(&self.root, &self.taken, self.trace_id, &self.annotations, id, m);
         let exit_seq = who.exit_seq;
-        let stats =
-            snapshot::take(m, &dir, &who).map_err(|source| CheckpointError::Snapshot { id, source })?;
-        if let Some(rec) = m.recorder_mut() {
+        let stats = m.capture(&dir, &who).map_err(|source| CheckpointError::Snapshot { id, source })?;
+        if let Some(rec) = m.recorder() {
             // The checkpoint record is made durable together with its snapshot: a crash
             // after this point never leaves a snapshot the trace does not mention.
             rec.record_checkpoint(id)
-                .and_then(|_| rec.writer_mut().sync())
+                .and_then(|_| rec.sync())
                 .map_err(|source| CheckpointError::Record { id, source })?;
         }
         let t = Taken { id, exits: m.exits(), exit_seq, stats };
@@ -326,7 +375,7 @@ impl Checkpointer {
     /// As for [`Self::checkpoint`].
     pub fn failure_point(
         &mut self,
-        m: &mut Machine,
+        m: &mut dyn Checkpointed,
         outcome: &Outcome,
     ) -> Result<Option<Taken>, CheckpointError> {
         self.finish(m)?;
@@ -335,6 +384,11 @@ impl Checkpointer {
         }
         // The guest will not run again: nothing to gain from writing in the background.
         self.stop_world(m).map(Some)
+    }
+
+    /// The id the next checkpoint gets.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
     }
 
     /// The trace these checkpoints belong to.

@@ -1,10 +1,13 @@
-//! The device bus: maps port and MMIO ranges to devices and dispatches accesses.
+//! The device bus: maps port and MMIO ranges to devices, and hands each exit to what it
+//! addresses ([`Bus::handle_exit`], the one dispatch of exits to devices).
 
 use serde::{Deserialize, Serialize};
+use vmrr_format::{Body, Direction};
 
 use crate::devices::clock::Clock;
 use crate::devices::device::{DeviceCtx, StopRequest};
 use crate::devices::interrupts::Interrupts;
+use crate::devices::map;
 use crate::devices::state::{self, BusArgs, BusDevice, DeviceState};
 use crate::persist::{DeviceRestoreError, Persist};
 
@@ -31,18 +34,32 @@ pub struct BusStats {
     pub unclaimed_writes: u64,
 }
 
-/// Ports and MMIO ranges mapped to devices.
+/// What the devices answered to an exit ([`Bus::handle_exit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Nothing to answer: a write, or an exit that addresses no device.
+    Nothing,
+    /// An IN's or MMIO read's data: the first `n` bytes of the reply buffer.
+    Data(usize),
+    /// An RDMSR's value and a WRMSR's or RDMSR's #GP (`error` non-zero).
+    Msr {
+        /// The value read.
+        value: u64,
+        /// Non-zero for #GP.
+        error: u8,
+    },
+}
+
+/// Ports and MMIO ranges mapped to devices, the interrupt lines between them, and the
+/// host clock they read.
 #[derive(Default)]
 pub struct Bus {
     pio: Vec<Range>,
     mmio: Vec<Range>,
     devices: Vec<Box<dyn BusDevice>>,
-    /// Interrupt lines.
-    pub(crate) irq: Interrupts,
-    /// A stop requested by a device.
-    pub(crate) stop: Option<StopRequest>,
-    /// Host clocks.
-    pub(crate) clock: Clock,
+    irq: Interrupts,
+    stop: Option<StopRequest>,
+    clock: Clock,
     next_deadline: Option<u64>,
     stats: BusStats,
 }
@@ -55,6 +72,69 @@ impl Bus {
     /// An empty bus.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Hands an exit to what it addresses: port I/O and MMIO to the device at that port
+    /// or address (an unclaimed read answers all ones), RDMSR and WRMSR of vmrr's clock
+    /// MSR to the host clock, every other MSR #GP (what KVM itself does for an MSR it does
+    /// not know). An IN's or MMIO read's answer goes into `reply` (at most its length).
+    /// Other exits address nothing here. A recording run writes the answer into `kvm_run`;
+    /// replay, which answers from the trace, only lets the devices see the access.
+    pub fn handle_exit(&mut self, exit: &Body<'_>, reply: &mut [u8]) -> Answer {
+        match exit {
+            Body::Io(io) if io.direction == Direction::Out => {
+                self.pio_write(io.port, io.data);
+                Answer::Nothing
+            }
+            Body::Io(io) => {
+                let n = io.data.len().min(reply.len());
+                self.pio_read(io.port, &mut reply[..n]);
+                Answer::Data(n)
+            }
+            Body::Mmio(m) if m.is_write => {
+                self.mmio_write(m.phys_addr, m.bytes());
+                Answer::Nothing
+            }
+            Body::Mmio(m) => {
+                let n = m.bytes().len().min(reply.len());
+                self.mmio_read(m.phys_addr, &mut reply[..n]);
+                Answer::Data(n)
+            }
+            Body::RdMsr(m) if m.index == map::CLOCK_MSR => {
+                Answer::Msr { value: self.clock.realtime_ns(), error: 0 }
+            }
+            Body::RdMsr(m) => Answer::Msr { value: m.data, error: 1 },
+            Body::WrMsr(m) => Answer::Msr { value: m.data, error: u8::from(m.index != map::CLOCK_MSR) },
+            _ => Answer::Nothing,
+        }
+    }
+
+    /// The interrupt lines.
+    pub fn interrupts(&self) -> &Interrupts {
+        &self.irq
+    }
+
+    /// The interrupt lines, to acknowledge an injected interrupt.
+    pub fn interrupts_mut(&mut self) -> &mut Interrupts {
+        &mut self.irq
+    }
+
+    /// The stop a device asked for, if any.
+    pub fn stop_request(&self) -> Option<StopRequest> {
+        self.stop
+    }
+
+    /// The host clock the devices read.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Runs the timed work whose deadline has passed (see [`Self::poll`]); without a
+    /// deadline, not even the clock is read.
+    pub fn tick_due(&mut self) {
+        if self.next_deadline.is_some() {
+            self.poll(self.clock.now_ns());
+        }
     }
 
     /// Routes the bus's interrupt lines to KVM's in-kernel irqchip (a restored bus of such
@@ -310,5 +390,59 @@ impl Persist for Bus {
         bus.clock = Clock::default();
         bus.refresh_deadline();
         Ok(bus)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vmrr_format::{Io, Mmio, Msr};
+
+    use super::*;
+    use crate::devices::pseudo::sink::Sink;
+
+    fn bus() -> Bus {
+        let mut bus = Bus::new();
+        bus.add_pio(0x80, 1, Box::new(Sink::echoing("post")));
+        bus.add_mmio(map::MMIO_SINK, 0x1000, Box::new(Sink::new("mmio-sink")));
+        bus
+    }
+
+    fn io(direction: Direction, port: u16, data: &[u8]) -> Body<'_> {
+        let count = u32::try_from(data.len()).expect("short");
+        Body::Io(Io { direction, size: 1, port, count, data })
+    }
+
+    #[test]
+    fn each_exit_goes_to_what_it_addresses() {
+        let mut b = bus();
+        let mut reply = [0u8; 8];
+        assert_eq!(b.handle_exit(&io(Direction::Out, 0x80, &[0x42]), &mut reply), Answer::Nothing);
+        assert_eq!(b.handle_exit(&io(Direction::In, 0x80, &[0; 2]), &mut reply), Answer::Data(2));
+        assert_eq!(reply[..2], [0x42, 0x42], "the POST port reads back what was written");
+        assert_eq!(b.handle_exit(&io(Direction::In, 0x81, &[0]), &mut reply), Answer::Data(1));
+        assert_eq!(reply[0], 0xff, "an unclaimed port reads all ones");
+        let read = Mmio { phys_addr: map::MMIO_SINK + 8, len: 4, is_write: false, data: [0; 8] };
+        reply.fill(7);
+        assert_eq!(b.handle_exit(&Body::Mmio(read), &mut reply), Answer::Data(4));
+        assert_eq!(reply[..5], [0, 0, 0, 0, 7]);
+        let write = Mmio { is_write: true, ..read };
+        assert_eq!(b.handle_exit(&Body::Mmio(write), &mut reply), Answer::Nothing);
+        assert_eq!(b.stats(), BusStats { unclaimed_reads: 1, unclaimed_writes: 0 });
+        assert_eq!(b.handle_exit(&Body::Hlt, &mut reply), Answer::Nothing);
+    }
+
+    #[test]
+    fn only_vmrrs_clock_msr_is_answered() {
+        let mut b = bus();
+        let mut reply = [0u8; 8];
+        let clock = Msr { index: map::CLOCK_MSR, reason: 8, data: 0, error: 0 };
+        let Answer::Msr { value, error: 0 } = b.handle_exit(&Body::RdMsr(clock), &mut reply) else {
+            panic!("the clock MSR reads")
+        };
+        assert!(value > 0, "host time");
+        let other = Msr { index: 0x10, data: 5, ..clock };
+        assert_eq!(b.handle_exit(&Body::RdMsr(other), &mut reply), Answer::Msr { value: 5, error: 1 });
+        assert_eq!(b.handle_exit(&Body::WrMsr(other), &mut reply), Answer::Msr { value: 5, error: 1 });
+        assert_eq!(b.handle_exit(&Body::WrMsr(clock), &mut reply), Answer::Msr { value: 0, error: 0 });
     }
 }

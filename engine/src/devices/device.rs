@@ -43,3 +43,12 @@ pub trait Device: Send {
     /// Runs at the first exit at or after `deadline()`.
     fn tick(&mut self, now: u64, ctx: &mut DeviceCtx<'_>);
 }
+
+/// Answers a read of an 8-bit register: `value` in the first byte, zeros in the rest (a
+/// wider access to a byte-wide device reads its register in the low byte).
+pub fn reply_byte(data: &mut [u8], value: u8) {
+    data.fill(0);
+    if let Some(b) = data.first_mut() {
+        *b = value;
+    }
+}

@@ -19,7 +19,7 @@ pub mod legacy;
 pub mod pseudo;
 pub mod state;
 
-pub use bus::{Bus, DeviceId};
+pub use bus::{Answer, Bus, DeviceId};
 pub use clock::Clock;
 pub use device::{Device, DeviceCtx, StopRequest};
 pub use interrupts::Interrupts;
@@ -50,4 +50,7 @@ pub mod map {
     pub const MMIO_SINK: u64 = 0xd000_0000;
     /// An MMIO address nothing claims.
     pub const MMIO_UNCLAIMED: u64 = 0xd000_1000;
+    /// vmrr's clock MSR: RDMSR returns host time (ns); KVM's MSR filter sends it to
+    /// userspace.
+    pub const CLOCK_MSR: u32 = 0x5652_0001;
 }

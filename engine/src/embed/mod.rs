@@ -51,7 +51,7 @@
 mod memory;
 mod snapshot;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -59,10 +59,11 @@ use vmrr_format::{TraceWriter, WriteError, WriterOptions, WriterSummary};
 
 pub use memory::RecordingMemory;
 
+use crate::checkpoint::{CheckpointError, Checkpointed, Checkpointer, Policy};
 use crate::devices::bus::{Bus, BusState};
 use crate::persist::Persist;
 use crate::record::{Recorder, RecorderError};
-use crate::snapshot::SnapshotError;
+use crate::snapshot::{CaptureStats, Identity, SnapshotError};
 
 /// The VMM's KVM objects, borrowed for a call.
 #[derive(Debug)]
@@ -164,12 +165,10 @@ pub struct Embedded {
     memory: GuestMemoryMmap,
     slots: Vec<GuestSlot>,
     log: memory::WriteLog,
-    root: PathBuf,
-    annotations: Vec<(String, String)>,
+    /// Its snapshots, the same checkpoints vmrr's own machine takes (stopping the vCPU).
+    checkpoints: Checkpointer,
     msrs: Vec<u32>,
     bus: BusState,
-    next_id: u64,
-    last_id: Option<u64>,
     interrupts: u64,
     /// Per slot: pages the devices wrote since the last snapshot (KVM's dirty log does not
     /// see writes from userspace).
@@ -178,7 +177,10 @@ pub struct Embedded {
 
 impl std::fmt::Debug for Embedded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Embedded").field("root", &self.root).field("next_id", &self.next_id).finish()
+        f.debug_struct("Embedded")
+            .field("root", &self.checkpoints.root())
+            .field("next_id", &self.checkpoints.next_id())
+            .finish()
     }
 }
 
@@ -201,7 +203,7 @@ impl Embedded {
     ) -> Result<Self, EmbedError> {
         for s in slots {
             let whole = memory.iter().any(|r| r.start_addr().0 == s.gpa && r.len() == s.size);
-            if !whole || s.size % crate::kvm::memory::PAGE_SIZE != 0 {
+            if !whole || s.size % crate::page::PAGE_SIZE != 0 {
                 return Err(EmbedError::Slot { slot: s.slot, gpa: s.gpa, size: s.size });
             }
         }
@@ -225,17 +227,16 @@ impl Embedded {
             bus.add_pio(port, 8, Box::new(serial));
         }
         let device_pages = slots.iter().map(|s| vec![0u64; words(s.size)]).collect();
+        let root = vmrr_format::layout::snapshots_of(trace);
+        let checkpoints = Checkpointer::new(root, Policy::default(), recorder.trace_id(), annotations);
         let mut e = Embedded {
             recorder,
             memory: memory.clone(),
             slots: slots.to_vec(),
             log: memory::WriteLog::default(),
-            root: vmrr_format::layout::snapshots_of(trace),
-            annotations,
+            checkpoints,
             msrs,
             bus: Persist::save(&bus, 0),
-            next_id: 0,
-            last_id: None,
             interrupts: 0,
             device_pages,
         };
@@ -318,39 +319,30 @@ impl Embedded {
     /// KVM, vCPU state or file-system failures, or the writer's.
     pub fn checkpoint(&mut self, parts: VmParts<'_>) -> Result<u64, EmbedError> {
         self.flush_guest_writes()?;
-        let id = self.next_id;
-        let incremental = self.last_id.is_some() && self.slots.iter().all(|s| s.dirty_log);
-        let parent = if incremental { self.last_id } else { None };
-        let exit_seq = self.recorder.next_seq().checked_sub(1);
-        let snap = snapshot::Capture {
-            kvm_vm: parts.vm,
-            vcpu: parts.vcpu,
-            memory: &self.memory,
-            slots: &self.slots,
-            device_pages: &self.device_pages,
-            msrs: &self.msrs,
-            bus: &self.bus,
-            exits: self.recorder.exits(),
-            interrupts: self.interrupts,
+        let exits = self.recorder.exits();
+        let mut vm = Vm {
+            recorder: &mut self.recorder,
+            chains: self.slots.iter().all(|s| s.dirty_log),
+            capture: snapshot::Capture {
+                kvm_vm: parts.vm,
+                vcpu: parts.vcpu,
+                memory: &self.memory,
+                slots: &self.slots,
+                device_pages: &self.device_pages,
+                msrs: &self.msrs,
+                bus: &self.bus,
+                exits,
+                interrupts: self.interrupts,
+            },
         };
-        let who = crate::snapshot::Identity {
-            id,
-            parent,
-            trace_id: self.recorder.trace_id(),
-            exit_seq,
-            annotations: &self.annotations,
-        };
-        let dir = vmrr_format::layout::snapshot_dir(&self.root, id);
-        snap.write(&dir, &who, self.recorder.exits() > 0)
-            .map_err(|source| EmbedError::Snapshot { id, source })?;
+        let taken = self.checkpoints.checkpoint(&mut vm).map_err(|e| match e {
+            CheckpointError::Snapshot { id, source } => EmbedError::Snapshot { id, source },
+            CheckpointError::Record { source, .. } => EmbedError::Write(source),
+        })?;
         for b in &mut self.device_pages {
             b.iter_mut().for_each(|w| *w = 0);
         }
-        self.recorder.record_checkpoint(id)?;
-        self.recorder.writer_mut().sync()?;
-        self.last_id = Some(id);
-        self.next_id += 1;
-        Ok(id)
+        Ok(taken.id)
     }
 
     /// Ends the recording: writes the final snapshot (the machine as the run left it, so
@@ -371,7 +363,7 @@ impl Embedded {
 
     /// The id the next snapshot gets.
     pub fn next_snapshot_id(&self) -> u64 {
-        self.next_id
+        self.checkpoints.next_id()
     }
 
     /// The recorder (annotations, the trace's id, the writer).
@@ -384,14 +376,13 @@ impl Embedded {
     fn flush_guest_writes(&mut self) -> Result<(), WriteError> {
         for (gpa, data) in self.log.drain() {
             self.mark(gpa, data.len());
-            let writer = self.recorder.writer_mut();
-            writer.append_guest_write(0, gpa, &data)?;
+            self.recorder.record_guest_write(gpa, &data)?;
         }
         Ok(())
     }
 
     fn mark(&mut self, gpa: u64, len: usize) {
-        const PAGE: u64 = crate::kvm::memory::PAGE_SIZE;
+        use crate::page::PAGE_SIZE as PAGE;
         let end = gpa.saturating_add(len as u64);
         for (s, bits) in self.slots.iter().zip(self.device_pages.iter_mut()) {
             let (lo, hi) = (gpa.max(s.gpa), end.min(s.gpa + s.size));
@@ -407,6 +398,36 @@ impl Embedded {
     }
 }
 
+/// An embedded VM as its checkpoints see it, for one call: the recorder, whether its
+/// slots log dirty pages, and what a capture reads.
+struct Vm<'a> {
+    recorder: &'a mut Recorder,
+    chains: bool,
+    capture: snapshot::Capture<'a>,
+}
+
+impl Checkpointed for Vm<'_> {
+    fn recorder(&mut self) -> Option<&mut Recorder> {
+        Some(self.recorder)
+    }
+
+    fn exits(&self) -> u64 {
+        self.recorder.exits()
+    }
+
+    fn chains(&self) -> bool {
+        self.chains
+    }
+
+    fn capture(&mut self, dir: &Path, who: &Identity<'_>) -> Result<CaptureStats, SnapshotError> {
+        crate::snapshot::capture(&mut self.capture, dir, who)
+    }
+
+    fn machine(&mut self) -> Option<&mut crate::machine::Machine> {
+        None
+    }
+}
+
 fn words(size: u64) -> usize {
-    usize::try_from((size / crate::kvm::memory::PAGE_SIZE).div_ceil(64)).unwrap_or(0)
+    usize::try_from((size / crate::page::PAGE_SIZE).div_ceil(64)).unwrap_or(0)
 }

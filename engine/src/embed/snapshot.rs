@@ -1,22 +1,22 @@
-//! Snapshots of a VM another VMM runs, in the format of vmrr's own (see
-//! [`crate::snapshot`]): memory read through the VMM's `GuestMemoryMmap`, the vCPU state
-//! from its `VcpuFd`.
+//! Snapshots of a VM another VMM runs, in the format of vmrr's own and written by the same
+//! capture (`crate::snapshot::capture`): this module only says what it reads, memory
+//! through the VMM's `GuestMemoryMmap`, the vCPU state from its `VcpuFd`.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmrr_format::FileError;
 use vmrr_format::layout::memory_file_name;
 
 use super::GuestSlot;
 use crate::devices::bus::BusState;
 use crate::kvm::KvmError;
-use crate::kvm::memory::{MemoryError, PAGE_SIZE, SlotKind};
+use crate::kvm::memory::{MemoryError, SlotKind};
 use crate::kvm::vcpu_state::VcpuState;
-use crate::snapshot::{Identity, SlotState, SnapshotError, SnapshotState, VmState, bitmap_runs};
+use crate::page::PAGE_SIZE;
+use crate::snapshot::{
+    Identity, Plan, SlotState, SnapshotError, SnapshotState, Source, VmState, bitmap_runs,
+};
 
 /// What one capture reads.
 pub(super) struct Capture<'a> {
@@ -32,49 +32,21 @@ pub(super) struct Capture<'a> {
     pub interrupts: u64,
 }
 
-impl Capture<'_> {
-    /// Writes snapshot `who` into `dir` (through `<dir>.tmp`, renamed when complete and
-    /// synced). `ran`: the vCPU has run, so a pending I/O may need completing first.
-    pub(super) fn write(self, dir: &Path, who: &Identity<'_>, ran: bool) -> Result<(), SnapshotError> {
-        if ran {
-            // At an IN exit RAX is not written until the next KVM_RUN: complete it
-            // without entering the guest (KVM_RUN with immediate_exit returns EINTR).
-            self.vcpu.set_kvm_immediate_exit(1);
-            let r = self.vcpu.run().map(|_| ());
-            self.vcpu.set_kvm_immediate_exit(0);
-            match r {
-                Err(e) if e.errno() == libc::EINTR => {}
-                Err(e) => return Err(KvmError::on("completing pending I/O")(e).into()),
-                Ok(()) => {}
-            }
+impl Source for Capture<'_> {
+    fn complete_pending(&mut self) -> Result<(), SnapshotError> {
+        if self.exits > 0 {
+            // At an IN exit RAX is not written until the next KVM_RUN.
+            crate::kvm::entry::complete_pending(self.vcpu)?;
         }
-        let root = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let tmp = dir.with_extension("tmp");
-        std::fs::create_dir_all(root).map_err(FileError::on("creating", root))?;
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir(&tmp).map_err(FileError::on("creating", &tmp))?;
-        if let Err(e) = self.write_into(&tmp, who) {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(FileError::on("replacing", dir))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(FileError::on("renaming", &tmp))?;
-        File::open(root).and_then(|d| d.sync_all()).map_err(FileError::on("syncing", root))?;
         Ok(())
     }
 
-    fn write_into(&self, dir: &Path, who: &Identity<'_>) -> Result<(), SnapshotError> {
+    fn plan(&mut self, _final_dir: &Path, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
         let vcpu = VcpuState::save(self.vcpu, self.msrs)?;
         let mut slots = Vec::with_capacity(self.slots.len());
-        let mut page = vec![0u8; usize::try_from(PAGE_SIZE).unwrap_or(4096)];
+        let mut runs = Vec::with_capacity(self.slots.len());
         for (i, s) in self.slots.iter().enumerate() {
             let pages = s.size / PAGE_SIZE;
-            let name = memory_file_name(s.slot);
-            let path = dir.join(&name);
-            let out = File::create(&path).map_err(FileError::on("creating", &path))?;
-            out.set_len(s.size).map_err(FileError::on("sizing", &path))?;
             let (full, bitmap) = match who.parent {
                 None => {
                     if s.dirty_log {
@@ -91,33 +63,17 @@ impl Capture<'_> {
                     (false, bits)
                 }
             };
-            let runs = if full { vec![(0, pages)] } else { bitmap_runs(&bitmap, pages) };
-            let mut stored = 0;
-            for (first, count) in runs {
-                for p in first..first + count {
-                    self.memory
-                        .read_slice(&mut page, GuestAddress(s.gpa + p * PAGE_SIZE))
-                        .map_err(|e| SnapshotError::Memory(MemoryError::Access(e)))?;
-                    // A full snapshot leaves zero pages as holes; an incremental one stores
-                    // every changed page (a page that became zero must cover its parent's).
-                    if full && page.iter().all(|&b| b == 0) {
-                        continue;
-                    }
-                    out.write_all_at(&page, p * PAGE_SIZE).map_err(FileError::on("writing", &path))?;
-                    stored += 1;
-                }
-            }
-            out.sync_all().map_err(FileError::on("syncing", &path))?;
+            runs.push(if full { vec![(0, pages)] } else { bitmap_runs(&bitmap, pages) });
             slots.push(SlotState {
                 id: s.slot,
                 gpa: s.gpa,
                 size: s.size,
                 kind: SlotKind::Ram,
                 flags: 0,
-                file: name,
+                file: memory_file_name(s.slot),
                 full,
                 pages: bitmap,
-                stored_pages: stored,
+                stored_pages: 0,
             });
         }
         let state = SnapshotState {
@@ -141,9 +97,17 @@ impl Capture<'_> {
             annotations: who.annotations.to_vec(),
             kernel_irqchip: None,
         };
-        crate::snapshot::finish_dir(dir, &state)
+        Ok(Plan { state, runs })
     }
 
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        self.memory
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|e| SnapshotError::Memory(MemoryError::Access(e)))
+    }
+}
+
+impl Capture<'_> {
     /// Reads and clears KVM's dirty log of slot `s`.
     fn dirty_log(&self, s: &GuestSlot) -> Result<Vec<u64>, SnapshotError> {
         let size = usize::try_from(s.size).unwrap_or(0);

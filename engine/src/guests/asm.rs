@@ -1,5 +1,6 @@
-//! Assembly helpers shared by the built-in guests: console output over the 16550, hex
-//! printing and the debug-exit port, as 64-bit subroutines.
+//! What the 64-bit built-in guests share: their frame ([`long_mode`]: code, subroutines,
+//! data), console output over the 16550 and hex printing as subroutines ([`Lib`]), and
+//! the debug-exit port ([`exit`]).
 
 use iced_x86::IcedError;
 use iced_x86::code_asm::*;
@@ -84,13 +85,72 @@ impl Lib {
     }
 }
 
-/// Emits `lea rsi, [msg]; call puts`.
-pub fn print(a: &mut CodeAssembler, lib: &Lib, msg: CodeLabel) -> Result<(), IcedError> {
-    a.lea(rsi, ptr(msg))?;
-    a.call(lib.puts)
+/// A 64-bit built-in guest's shared frame: the guest's code, then the subroutines of
+/// [`Lib`], then its strings and data in the order they were declared.
+pub struct Program {
+    /// The shared subroutines.
+    pub lib: Lib,
+    data: Vec<(CodeLabel, Vec<u8>)>,
+}
+
+/// Assembles a 64-bit guest at `base`: `code` emits its instructions (ending with
+/// [`exit`] or a loop), declaring its strings and data with [`Program::text`] and
+/// [`Program::data`]; the subroutines and the data follow the code.
+///
+/// # Errors
+/// The assembler's.
+pub fn long_mode(
+    base: u64,
+    code: impl FnOnce(&mut CodeAssembler, &mut Program) -> Result<(), IcedError>,
+) -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut p = Program { lib: Lib::new(&mut a), data: Vec::new() };
+    code(&mut a, &mut p)?;
+    p.lib.emit(&mut a)?;
+    for (mut label, bytes) in p.data {
+        a.set_label(&mut label)?;
+        a.db(&bytes)?;
+    }
+    a.assemble(base)
+}
+
+impl Program {
+    /// A NUL-terminated string, placed after the code.
+    pub fn text(&mut self, a: &mut CodeAssembler, text: &str) -> CodeLabel {
+        let mut b = text.as_bytes().to_vec();
+        b.push(0);
+        self.data(a, &b)
+    }
+
+    /// Bytes placed after the code (a variable the guest writes, a descriptor).
+    pub fn data(&mut self, a: &mut CodeAssembler, bytes: &[u8]) -> CodeLabel {
+        let label = a.create_label();
+        self.data.push((label, bytes.to_vec()));
+        label
+    }
+
+    /// Emits `lea rsi, [msg]; call puts`.
+    ///
+    /// # Errors
+    /// The assembler's.
+    pub fn print(&self, a: &mut CodeAssembler, msg: CodeLabel) -> Result<(), IcedError> {
+        a.lea(rsi, ptr(msg))?;
+        a.call(self.lib.puts)
+    }
+
+    /// Emits `call puthex` (prints RAX as 16 hex digits).
+    ///
+    /// # Errors
+    /// The assembler's.
+    pub fn print_hex(&self, a: &mut CodeAssembler) -> Result<(), IcedError> {
+        a.call(self.lib.puthex)
+    }
 }
 
 /// Emits a write of `status` to the debug-exit port (ends the run).
+///
+/// # Errors
+/// The assembler's.
 pub fn exit(a: &mut CodeAssembler, status: u32) -> Result<(), IcedError> {
     a.mov(eax, status)?;
     a.mov(dx, u32::from(map::DEBUG_EXIT))?;
@@ -99,14 +159,4 @@ pub fn exit(a: &mut CodeAssembler, status: u32) -> Result<(), IcedError> {
     let mut spin = a.create_label();
     a.set_label(&mut spin)?;
     a.jmp(spin)
-}
-
-/// Emits a NUL-terminated string under a new label.
-pub fn string(a: &mut CodeAssembler, text: &str) -> Result<CodeLabel, IcedError> {
-    let mut l = a.create_label();
-    a.set_label(&mut l)?;
-    let mut b = text.as_bytes().to_vec();
-    b.push(0);
-    a.db(&b)?;
-    Ok(l)
 }

@@ -7,7 +7,7 @@
 use iced_x86::IcedError;
 use iced_x86::code_asm::*;
 
-use super::asm::{Lib, exit, print};
+use super::asm::{exit, long_mode};
 use crate::devices::map;
 
 /// The failing instruction, as assembled.
@@ -15,37 +15,29 @@ pub const FAILING: &str = "popcnt rax,[rdi]";
 
 /// Ring 0.
 pub fn build(base: u64) -> Result<Vec<u8>, IcedError> {
-    let mut a = CodeAssembler::new(64)?;
-    let lib = Lib::new(&mut a);
-    let mut msg = a.create_label();
-    let mut msg2 = a.create_label();
-    let mut nl = a.create_label();
-    let mut fib = a.create_label();
-    // fib(90) by iteration: rax, rbx = 0, 1
-    a.xor(eax, eax)?;
-    a.mov(ebx, 1)?;
-    a.mov(ecx, 90)?;
-    a.set_label(&mut fib)?;
-    a.mov(rdx, rax)?;
-    a.add(rdx, rbx)?;
-    a.mov(rax, rbx)?;
-    a.mov(rbx, rdx)?;
-    a.dec(ecx)?;
-    a.jnz(fib)?;
-    print(&mut a, &lib, msg)?;
-    a.call(lib.puthex)?;
-    print(&mut a, &lib, nl)?;
-    print(&mut a, &lib, msg2)?;
-    a.mov(rdi, map::MMIO_UNCLAIMED)?;
-    a.popcnt(rax, qword_ptr(rdi))?;
-    // Only reached on a host that emulates POPCNT on MMIO.
-    exit(&mut a, 1)?;
-    lib.emit(&mut a)?;
-    a.set_label(&mut msg)?;
-    a.db(b"fib(90) = 0x\0")?;
-    a.set_label(&mut msg2)?;
-    a.db(b"now: popcnt rax, [rdi] with rdi = 0xd0001000 (MMIO)\n\0")?;
-    a.set_label(&mut nl)?;
-    a.db(b"\n\0")?;
-    a.assemble(base)
+    long_mode(base, |a, p| {
+        let msg = p.text(a, "fib(90) = 0x");
+        let msg2 = p.text(a, "now: popcnt rax, [rdi] with rdi = 0xd0001000 (MMIO)\n");
+        let nl = p.text(a, "\n");
+        let mut fib = a.create_label();
+        // fib(90) by iteration: rax, rbx = 0, 1
+        a.xor(eax, eax)?;
+        a.mov(ebx, 1)?;
+        a.mov(ecx, 90)?;
+        a.set_label(&mut fib)?;
+        a.mov(rdx, rax)?;
+        a.add(rdx, rbx)?;
+        a.mov(rax, rbx)?;
+        a.mov(rbx, rdx)?;
+        a.dec(ecx)?;
+        a.jnz(fib)?;
+        p.print(a, msg)?;
+        p.print_hex(a)?;
+        p.print(a, nl)?;
+        p.print(a, msg2)?;
+        a.mov(rdi, map::MMIO_UNCLAIMED)?;
+        a.popcnt(rax, qword_ptr(rdi))?;
+        // Only reached on a host that emulates POPCNT on MMIO.
+        exit(a, 1)
+    })
 }

@@ -3,7 +3,7 @@
 use iced_x86::IcedError;
 use iced_x86::code_asm::*;
 
-use super::asm::{Lib, exit, print, string};
+use super::asm::{exit, long_mode};
 use crate::devices::map;
 
 /// The greeting the real-mode guest prints.
@@ -52,17 +52,9 @@ pub fn real() -> Result<Vec<u8>, IcedError> {
 
 /// 64-bit long mode: print, exit with status 0.
 pub fn long(base: u64) -> Result<Vec<u8>, IcedError> {
-    let mut a = CodeAssembler::new(64)?;
-    let lib = Lib::new(&mut a);
-    let mut msg = a.create_label();
-    a.lea(rsi, ptr(msg))?;
-    a.call(lib.puts)?;
-    exit(&mut a, 0)?;
-    lib.emit(&mut a)?;
-    a.set_label(&mut msg)?;
-    let mut text = LONG_TEXT.as_bytes().to_vec();
-    text.push(0);
-    a.db(&text)?;
-    let _ = (print, string);
-    a.assemble(base)
+    long_mode(base, |a, p| {
+        let msg = p.text(a, LONG_TEXT);
+        p.print(a, msg)?;
+        exit(a, 0)
+    })
 }

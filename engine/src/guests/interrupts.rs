@@ -4,7 +4,7 @@
 use iced_x86::IcedError;
 use iced_x86::code_asm::*;
 
-use super::asm::{Lib, exit, print};
+use super::asm::{exit, long_mode};
 use crate::devices::map;
 use crate::guests::boot::{CS_RING0, IDT_ADDR};
 
@@ -15,69 +15,59 @@ pub const PERIOD_US: u32 = 1000;
 
 /// Ring 0 (it owns the IDT); counts `n` interrupts.
 pub fn build(base: u64, n: u64) -> Result<Vec<u8>, IcedError> {
-    let mut a = CodeAssembler::new(64)?;
-    let lib = Lib::new(&mut a);
-    let mut handler = a.create_label();
-    let mut wait = a.create_label();
-    let mut msg = a.create_label();
-    let mut nl = a.create_label();
-    let mut counter = a.create_label();
-    let mut idtr = a.create_label();
-    // Gate for VECTOR: 64-bit interrupt gate, DPL 0, selector CS_RING0.
-    let gate = IDT_ADDR + 16 * u64::from(VECTOR);
-    a.lea(rax, ptr(handler))?;
-    a.mov(rdi, gate)?;
-    a.mov(word_ptr(rdi), ax)?;
-    a.mov(word_ptr(rdi + 2), u32::from(CS_RING0))?;
-    a.mov(word_ptr(rdi + 4), 0x8e00u32)?;
-    a.shr(rax, 16)?;
-    a.mov(word_ptr(rdi + 6), ax)?;
-    a.shr(rax, 16)?;
-    a.mov(dword_ptr(rdi + 8), eax)?;
-    a.mov(dword_ptr(rdi + 12), 0u32)?;
-    // IDTR = { limit 16 * 256 - 1, base IDT_ADDR }
-    a.lea(rdi, ptr(idtr))?;
-    a.mov(word_ptr(rdi), 0x0fffu32)?;
-    a.mov(rax, IDT_ADDR)?;
-    a.mov(qword_ptr(rdi + 2), rax)?;
-    a.lidt(ptr(idtr))?;
-    // Timer: vector, then period.
-    a.mov(dx, u32::from(map::TIMER + 4))?;
-    a.mov(eax, u32::from(VECTOR))?;
-    a.out(dx, eax)?;
-    a.mov(dx, u32::from(map::TIMER))?;
-    a.mov(eax, PERIOD_US)?;
-    a.out(dx, eax)?;
-    // Wait for n interrupts.
-    a.set_label(&mut wait)?;
-    a.sti()?;
-    a.hlt()?;
-    a.cli()?;
-    a.mov(rax, qword_ptr(counter))?;
-    a.mov(rcx, n)?;
-    a.cmp(rax, rcx)?;
-    a.jb(wait)?;
-    // Stop the timer and report.
-    a.mov(dx, u32::from(map::TIMER))?;
-    a.xor(eax, eax)?;
-    a.out(dx, eax)?;
-    print(&mut a, &lib, msg)?;
-    a.mov(rax, qword_ptr(counter))?;
-    a.call(lib.puthex)?;
-    print(&mut a, &lib, nl)?;
-    exit(&mut a, 0)?;
-    // The handler: count and return (no EOI: the timer is vmrr's, not an APIC).
-    a.set_label(&mut handler)?;
-    a.inc(qword_ptr(counter))?;
-    a.iretq()?;
-    lib.emit(&mut a)?;
-    a.set_label(&mut msg)?;
-    a.db(b"timer interrupts: \0")?;
-    a.set_label(&mut nl)?;
-    a.db(b"\n\0")?;
-    a.set_label(&mut counter)?;
-    a.dq(&[0])?;
-    a.set_label(&mut idtr)?;
-    a.dq(&[0, 0])?;
-    a.assemble(base)
+    long_mode(base, |a, p| {
+        let msg = p.text(a, "timer interrupts: ");
+        let nl = p.text(a, "\n");
+        let counter = p.data(a, &[0; 8]);
+        let idtr = p.data(a, &[0; 16]);
+        let mut handler = a.create_label();
+        let mut wait = a.create_label();
+        // Gate for VECTOR: 64-bit interrupt gate, DPL 0, selector CS_RING0.
+        let gate = IDT_ADDR + 16 * u64::from(VECTOR);
+        a.lea(rax, ptr(handler))?;
+        a.mov(rdi, gate)?;
+        a.mov(word_ptr(rdi), ax)?;
+        a.mov(word_ptr(rdi + 2), u32::from(CS_RING0))?;
+        a.mov(word_ptr(rdi + 4), 0x8e00u32)?;
+        a.shr(rax, 16)?;
+        a.mov(word_ptr(rdi + 6), ax)?;
+        a.shr(rax, 16)?;
+        a.mov(dword_ptr(rdi + 8), eax)?;
+        a.mov(dword_ptr(rdi + 12), 0u32)?;
+        // IDTR = { limit 16 * 256 - 1, base IDT_ADDR }
+        a.lea(rdi, ptr(idtr))?;
+        a.mov(word_ptr(rdi), 0x0fffu32)?;
+        a.mov(rax, IDT_ADDR)?;
+        a.mov(qword_ptr(rdi + 2), rax)?;
+        a.lidt(ptr(idtr))?;
+        // Timer: vector, then period.
+        a.mov(dx, u32::from(map::TIMER + 4))?;
+        a.mov(eax, u32::from(VECTOR))?;
+        a.out(dx, eax)?;
+        a.mov(dx, u32::from(map::TIMER))?;
+        a.mov(eax, PERIOD_US)?;
+        a.out(dx, eax)?;
+        // Wait for n interrupts.
+        a.set_label(&mut wait)?;
+        a.sti()?;
+        a.hlt()?;
+        a.cli()?;
+        a.mov(rax, qword_ptr(counter))?;
+        a.mov(rcx, n)?;
+        a.cmp(rax, rcx)?;
+        a.jb(wait)?;
+        // Stop the timer and report.
+        a.mov(dx, u32::from(map::TIMER))?;
+        a.xor(eax, eax)?;
+        a.out(dx, eax)?;
+        p.print(a, msg)?;
+        a.mov(rax, qword_ptr(counter))?;
+        p.print_hex(a)?;
+        p.print(a, nl)?;
+        exit(a, 0)?;
+        // The handler: count and return (no EOI: the timer is vmrr's, not an APIC).
+        a.set_label(&mut handler)?;
+        a.inc(qword_ptr(counter))?;
+        a.iretq()
+    })
 }

@@ -58,41 +58,158 @@ pub struct FeatureBit {
     pub name: &'static str,
 }
 
+impl FeatureBit {
+    const fn new(leaf: u32, index: Option<u32>, reg: u8, bit: u8, name: &'static str) -> Self {
+        FeatureBit { leaf, index, reg, bit, name }
+    }
+
+    /// Whether this bit lives in `reg` of the entry for (`leaf`, `index`).
+    fn in_word(&self, leaf: u32, index: Option<u32>, reg: u8) -> bool {
+        self.leaf == leaf && self.index == index && self.reg == reg
+    }
+}
+
+const EAX: u8 = 0;
+const EBX: u8 = 1;
+const ECX: u8 = 2;
+const EDX: u8 = 3;
+
+/// `rdrand`.
+pub const RDRAND: FeatureBit = FeatureBit::new(1, None, ECX, 30, "rdrand");
+/// `rdseed`.
+pub const RDSEED: FeatureBit = FeatureBit::new(7, Some(0), EBX, 18, "rdseed");
+/// `tsc`.
+pub const TSC: FeatureBit = FeatureBit::new(1, None, EDX, 4, "tsc");
+/// `tsc-deadline`.
+pub const TSC_DEADLINE: FeatureBit = FeatureBit::new(1, None, ECX, 24, "tsc-deadline");
+/// `rdtscp`.
+pub const RDTSCP: FeatureBit = FeatureBit::new(0x8000_0001, None, EDX, 27, "rdtscp");
+/// `invariant-tsc`.
+pub const INVARIANT_TSC: FeatureBit = FeatureBit::new(0x8000_0007, None, EDX, 8, "invariant-tsc");
+/// `apic`.
+pub const APIC: FeatureBit = FeatureBit::new(1, None, EDX, 9, "apic");
+/// `x2apic`.
+pub const X2APIC: FeatureBit = FeatureBit::new(1, None, ECX, 21, "x2apic");
+
 /// Bits the deterministic profile clears.
-pub const MASKED: &[FeatureBit] = &[
-    FeatureBit { leaf: 1, index: None, reg: 2, bit: 30, name: "rdrand" },
-    FeatureBit { leaf: 7, index: Some(0), reg: 1, bit: 18, name: "rdseed" },
-    FeatureBit { leaf: 1, index: None, reg: 3, bit: 4, name: "tsc" },
-    FeatureBit { leaf: 1, index: None, reg: 2, bit: 24, name: "tsc-deadline" },
-    FeatureBit { leaf: 0x8000_0001, index: None, reg: 3, bit: 27, name: "rdtscp" },
-    FeatureBit { leaf: 0x8000_0007, index: None, reg: 3, bit: 8, name: "invariant-tsc" },
+pub const MASKED: &[FeatureBit] = &[RDRAND, RDSEED, TSC, TSC_DEADLINE, RDTSCP, INVARIANT_TSC];
+
+/// Bits cleared in every profile of a machine without KVM's in-kernel irqchip: the guest
+/// has no local APIC (vmrr injects its interrupts from userspace).
+pub const ABSENT: &[FeatureBit] = &[APIC, X2APIC];
+
+/// Every feature vmrr names: the ones above, and those a replay host must have when the
+/// recorded guest saw them ([`missing`]).
+pub const FEATURES: &[FeatureBit] = &[
+    FeatureBit::new(1, None, ECX, 0, "sse3"),
+    FeatureBit::new(1, None, ECX, 1, "pclmulqdq"),
+    FeatureBit::new(1, None, ECX, 9, "ssse3"),
+    FeatureBit::new(1, None, ECX, 12, "fma"),
+    FeatureBit::new(1, None, ECX, 13, "cx16"),
+    FeatureBit::new(1, None, ECX, 19, "sse4.1"),
+    FeatureBit::new(1, None, ECX, 20, "sse4.2"),
+    X2APIC,
+    FeatureBit::new(1, None, ECX, 22, "movbe"),
+    FeatureBit::new(1, None, ECX, 23, "popcnt"),
+    TSC_DEADLINE,
+    FeatureBit::new(1, None, ECX, 25, "aes"),
+    FeatureBit::new(1, None, ECX, 26, "xsave"),
+    FeatureBit::new(1, None, ECX, 28, "avx"),
+    FeatureBit::new(1, None, ECX, 29, "f16c"),
+    RDRAND,
+    FeatureBit::new(1, None, EDX, 0, "fpu"),
+    TSC,
+    FeatureBit::new(1, None, EDX, 8, "cx8"),
+    APIC,
+    FeatureBit::new(1, None, EDX, 15, "cmov"),
+    FeatureBit::new(1, None, EDX, 23, "mmx"),
+    FeatureBit::new(1, None, EDX, 25, "sse"),
+    FeatureBit::new(1, None, EDX, 26, "sse2"),
+    FeatureBit::new(7, Some(0), EBX, 3, "bmi1"),
+    FeatureBit::new(7, Some(0), EBX, 5, "avx2"),
+    FeatureBit::new(7, Some(0), EBX, 8, "bmi2"),
+    FeatureBit::new(7, Some(0), EBX, 9, "erms"),
+    FeatureBit::new(7, Some(0), EBX, 16, "avx512f"),
+    FeatureBit::new(7, Some(0), EBX, 17, "avx512dq"),
+    RDSEED,
+    FeatureBit::new(7, Some(0), EBX, 19, "adx"),
+    FeatureBit::new(7, Some(0), EBX, 29, "sha"),
+    FeatureBit::new(7, Some(0), EBX, 30, "avx512bw"),
+    FeatureBit::new(7, Some(0), EBX, 31, "avx512vl"),
+    FeatureBit::new(7, Some(0), ECX, 1, "avx512vbmi"),
+    FeatureBit::new(7, Some(0), ECX, 8, "gfni"),
+    FeatureBit::new(7, Some(0), ECX, 9, "vaes"),
+    FeatureBit::new(7, Some(0), ECX, 10, "vpclmulqdq"),
+    FeatureBit::new(7, Some(0), EDX, 4, "fsrm"),
+    FeatureBit::new(0x8000_0001, None, ECX, 0, "lahf_lm"),
+    FeatureBit::new(0x8000_0001, None, ECX, 5, "abm"),
+    FeatureBit::new(0x8000_0001, None, EDX, 11, "syscall"),
+    FeatureBit::new(0x8000_0001, None, EDX, 20, "nx"),
+    FeatureBit::new(0x8000_0001, None, EDX, 26, "pdpe1gb"),
+    RDTSCP,
+    FeatureBit::new(0x8000_0001, None, EDX, 29, "lm"),
+    INVARIANT_TSC,
+    FeatureBit::new(0xd, Some(1), EAX, 0, "xsaveopt"),
+    FeatureBit::new(0xd, Some(1), EAX, 1, "xsavec"),
+    FeatureBit::new(0xd, Some(1), EAX, 3, "xsaves"),
+];
+
+/// The feature words a replay host is checked on: `(leaf, sub-leaf, register)`.
+const CHECKED_WORDS: &[(u32, Option<u32>, u8)] = &[
+    (1, None, ECX),
+    (1, None, EDX),
+    (7, Some(0), EBX),
+    (7, Some(0), ECX),
+    (7, Some(0), EDX),
+    (0x8000_0001, None, ECX),
+    (0x8000_0001, None, EDX),
+    (0xd, Some(1), EAX),
 ];
 
 fn reg_mut(e: &mut kvm_cpuid_entry2, reg: u8) -> &mut u32 {
     match reg {
-        0 => &mut e.eax,
-        1 => &mut e.ebx,
-        2 => &mut e.ecx,
+        EAX => &mut e.eax,
+        EBX => &mut e.ebx,
+        ECX => &mut e.ecx,
         _ => &mut e.edx,
     }
 }
 
-/// Reads register `reg` of an entry.
-pub fn reg(e: &kvm_cpuid_entry2, reg: u8) -> u32 {
+/// Register `reg` of a recorded entry.
+fn recorded_reg(e: &vmrr_format::CpuidEntry, reg: u8) -> u32 {
     match reg {
-        0 => e.eax,
-        1 => e.ebx,
-        2 => e.ecx,
+        EAX => e.eax,
+        EBX => e.ebx,
+        ECX => e.ecx,
         _ => e.edx,
     }
 }
 
-/// Bits cleared in every profile of a machine without KVM's in-kernel irqchip: the guest
-/// has no local APIC (vmrr injects its interrupts from userspace).
-pub const ABSENT: &[FeatureBit] = &[
-    FeatureBit { leaf: 1, index: None, reg: 3, bit: 9, name: "apic" },
-    FeatureBit { leaf: 1, index: None, reg: 2, bit: 21, name: "x2apic" },
-];
+/// Features set in `recorded` (the CPUID a recorded guest saw) that `host` (a replay
+/// host's supported CPUID) lacks, in the checked words: by name where [`FEATURES`] has
+/// one, as "leaf 0x7.0 ebx bit 16" otherwise.
+pub fn missing(recorded: &[vmrr_format::CpuidEntry], host: &[vmrr_format::CpuidEntry]) -> Vec<String> {
+    let find = |entries: &'_ [vmrr_format::CpuidEntry], leaf: u32, sub: Option<u32>| {
+        entries.iter().find(|e| e.function == leaf && sub.is_none_or(|s| s == e.index)).copied()
+    };
+    let mut out = Vec::new();
+    for &(leaf, sub, r) in CHECKED_WORDS {
+        let Some(rec) = find(recorded, leaf, sub) else { continue };
+        let have = find(host, leaf, sub).map_or(0, |h| recorded_reg(&h, r));
+        let lacking = recorded_reg(&rec, r) & !have;
+        for bit in (0..32u8).filter(|b| lacking & (1 << b) != 0) {
+            let name = FEATURES.iter().find(|f| f.in_word(leaf, sub, r) && f.bit == bit);
+            out.push(name.map_or_else(
+                || {
+                    let rn = ["eax", "ebx", "ecx", "edx"][usize::from(r.min(EDX))];
+                    format!("leaf {leaf:#x}.{} {rn} bit {bit}", sub.unwrap_or(0))
+                },
+                |f| f.name.to_string(),
+            ));
+        }
+    }
+    out
+}
 
 /// The CPUID set for `profile`; `lapic` when the VM has KVM's in-kernel irqchip (the
 /// local APIC then stays visible).
@@ -197,4 +314,36 @@ pub fn host_supported() -> Result<Vec<vmrr_format::CpuidEntry>, crate::kvm::syst
     let c =
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(KvmError::on("KVM_GET_SUPPORTED_CPUID"))?;
     Ok(to_format(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmrr_format::CpuidEntry;
+
+    #[test]
+    fn names_missing_features() {
+        let e = |edx, ebx| {
+            vec![
+                CpuidEntry { function: 1, edx, ..Default::default() },
+                CpuidEntry { function: 7, index: 0, ebx, ..Default::default() },
+            ]
+        };
+        let rec = e(1 << 26, (1 << 16) | (1 << 13));
+        let host = e(1 << 26, 0);
+        assert_eq!(missing(&rec, &host), vec!["leaf 0x7.0 ebx bit 13".to_string(), "avx512f".to_string()]);
+        assert!(missing(&host, &rec).is_empty());
+    }
+
+    #[test]
+    fn the_masks_are_named_features() {
+        for m in MASKED.iter().chain(ABSENT) {
+            let f = FEATURES.iter().find(|f| f.name == m.name).expect("every mask is a named feature");
+            assert!(f.in_word(m.leaf, m.index, m.reg) && f.bit == m.bit, "{}", m.name);
+        }
+        let mut names: Vec<_> = FEATURES.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FEATURES.len(), "names are unique");
+    }
 }

@@ -20,10 +20,9 @@ use vm_memory::{
 };
 
 use super::written::WrittenPages;
+use crate::page::PAGE_SIZE;
 use crate::sys::slots::VmSlots;
 
-/// Guest page size.
-pub const PAGE_SIZE: u64 = 4096;
 /// Start of the MMIO hole below 4 GiB.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// End of the MMIO hole (4 GiB).

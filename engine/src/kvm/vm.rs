@@ -16,8 +16,7 @@ use crate::sys::slots::VmSlots;
 
 /// Where KVM's real-mode TSS lives (three pages just below a 256 KiB ROM).
 pub const KVM_TSS_ADDR: usize = 0xfffb_d000;
-/// vmrr's clock MSR: RDMSR returns host time (ns); handled in userspace via the MSR filter.
-pub const VMRR_CLOCK_MSR: u32 = 0x5652_0001;
+pub use crate::devices::map::CLOCK_MSR as VMRR_CLOCK_MSR;
 
 /// Creating or configuring a VM failed.
 #[derive(Debug, thiserror::Error)]

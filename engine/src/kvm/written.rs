@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::memory::PAGE_SIZE;
+use crate::page::PAGE_SIZE;
 
 /// One bit per page of a slot, set by a userspace write, cleared by [`Self::take`].
 #[derive(Debug)]

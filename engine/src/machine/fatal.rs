@@ -90,8 +90,7 @@ impl Machine {
     /// What the guest was doing at the current (fatal) exit: KVM's data, the instruction
     /// decoded, registers.
     pub fn fatal_report(&self) -> FatalReport {
-        let view = self.view();
-        let reason = view.exit_reason();
+        let reason = self.cpu.exit().reason();
         let regs = self.vm.vcpu().get_regs().unwrap_or_default();
         let sregs = self.vm.vcpu().get_sregs().unwrap_or_default();
         let bits = disasm::bitness(&sregs);
@@ -109,7 +108,7 @@ impl Machine {
             memory_operand: None,
             regs,
         };
-        match view.body(self.vm.caps().system_event_data) {
+        match self.cpu.body() {
             vmrr_format::Body::InternalError(ie) => {
                 rep.suberror = ie.suberror;
                 rep.data = ie.data.iter().collect();

@@ -1,26 +1,15 @@
-//! Looking at the guest from outside: registers, the current exit's view, instructions at
-//! guest-virtual addresses, and completing the instruction an exit interrupted.
+//! Looking at the guest from outside (the inspection role): registers, instructions at
+//! guest-virtual addresses, guest memory by physical or linear address, interrupt
+//! handlers, the devices at a port or address.
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use vm_memory::GuestAddress;
-use vmrr_format::RegsSample;
 
 use crate::disasm;
-use crate::exit::RunView;
 use crate::kvm::system::KvmError;
 use crate::machine::Machine;
 
-/// `KVM_SYNC_X86_REGS`.
-const SYNC_X86_REGS: u64 = 1;
-/// `KVM_SYNC_X86_EVENTS`.
-const SYNC_X86_EVENTS: u64 = 4;
-
 impl Machine {
-    /// The current exit as `kvm_run` shows it.
-    pub(crate) fn view(&self) -> RunView<'_> {
-        RunView::new(self.run_page.bytes()).expect("the machine's kvm_run mapping holds struct kvm_run")
-    }
-
     /// General registers.
     ///
     /// # Errors
@@ -100,82 +89,6 @@ impl Machine {
     pub fn device_at_mmio(&self, addr: u64) -> Option<&'static str> {
         self.bus.device_at_mmio(addr)
     }
-
-    /// The register sample of the current exit.
-    pub fn regs_sample(&self) -> Option<RegsSample> {
-        self.view().regs_sample(self.rip)
-    }
-
-    /// Lets KVM finish the instruction the vCPU last exited for (an IN's RAX, an MMIO
-    /// read's destination, RIP past an OUT) without entering the guest: `KVM_RUN` with
-    /// `immediate_exit` set returns `EINTR` right after completing it. Needed before
-    /// reading vCPU state at an exit. Does nothing before the first run.
-    ///
-    /// # Errors
-    /// `KVM_RUN` failing with something other than `EINTR`.
-    pub fn complete_pending_io(&mut self) -> Result<(), KvmError> {
-        if self.exits == 0 {
-            return Ok(());
-        }
-        self.refresh_run_state()
-    }
-
-    /// Stages `regs` and `events` in the `kvm_run` page's synced registers and marks them
-    /// dirty (`KVM_SYNC_X86_REGS | KVM_SYNC_X86_EVENTS` in `kvm_dirty_regs`): the next
-    /// `KVM_RUN` sets them before anything else, as `KVM_SET_REGS` and
-    /// `KVM_SET_VCPU_EVENTS` would. Returns `false` (nothing staged) when the page is not
-    /// writable.
-    pub(crate) fn stage_synced(&mut self, regs: &kvm_regs, events: &kvm_bindings::kvm_vcpu_events) -> bool {
-        use crate::sys::run_page::off;
-        use zerocopy::IntoBytes;
-        let Some(page) = self.run_page.bytes_mut() else { return false };
-        let put = |page: &mut [u8], at: usize, b: &[u8]| match page.get_mut(at..at + b.len()) {
-            Some(dst) => {
-                dst.copy_from_slice(b);
-                true
-            }
-            None => false,
-        };
-        let dirty = page
-            .get(off::DIRTY_REGS..off::DIRTY_REGS + 8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map_or(0, u64::from_ne_bytes);
-        let mask = SYNC_X86_REGS | SYNC_X86_EVENTS;
-        put(page, off::SYNC_REGS, regs.as_bytes())
-            && put(page, off::SYNC_EVENTS, events.as_bytes())
-            && put(page, off::DIRTY_REGS, &(dirty | mask).to_ne_bytes())
-    }
-
-    /// Whether registers staged by [`Self::stage_synced`] are still waiting for a
-    /// `KVM_RUN` to apply them (KVM clears the bits it applied); clears the marks.
-    pub(crate) fn synced_pending(&mut self) -> bool {
-        use crate::sys::run_page::off;
-        let Some(page) = self.run_page.bytes_mut() else { return false };
-        let Some(b) = page.get_mut(off::DIRTY_REGS..off::DIRTY_REGS + 8) else { return false };
-        let dirty = <[u8; 8]>::try_from(&*b).map_or(0, u64::from_ne_bytes);
-        b.copy_from_slice(&0u64.to_ne_bytes());
-        dirty & (SYNC_X86_REGS | SYNC_X86_EVENTS) != 0
-    }
-
-    /// Has KVM rewrite the `kvm_run` page's view of the vCPU (the interrupt flag,
-    /// readiness for an injected interrupt) without entering the guest: `KVM_RUN` with
-    /// `immediate_exit` set, which also finishes an interrupted instruction. After a
-    /// restore the page still shows the vCPU as it was before; replay asks it whether the
-    /// guest can take an interrupt.
-    ///
-    /// # Errors
-    /// `KVM_RUN` failing with something other than `EINTR`.
-    pub fn refresh_run_state(&mut self) -> Result<(), KvmError> {
-        let vcpu = self.vm.vcpu_mut();
-        vcpu.set_kvm_immediate_exit(1);
-        let r = vcpu.run().map(|_| ());
-        vcpu.set_kvm_immediate_exit(0);
-        match r {
-            Err(e) if e.errno() == libc::EINTR => Ok(()),
-            Err(source) => Err(KvmError { what: "completing pending I/O", source }),
-            Ok(()) => Ok(()),
-        }
-    }
 }
 
 /// Reading or writing guest memory by address failed.
@@ -193,8 +106,7 @@ pub enum AccessError {
     Kvm(#[from] KvmError),
 }
 
-/// Bytes per page, for splitting linear accesses.
-const PAGE: u64 = 4096;
+use crate::page::PAGE_SIZE as PAGE;
 
 impl Machine {
     /// The guest-physical address of linear address `linear` through the vCPU's page
@@ -261,19 +173,5 @@ impl Machine {
         self.read_linear(sregs.gdt.base + selector, &mut d).ok()?;
         let base = u64::from(d[2]) | u64::from(d[3]) << 8 | u64::from(d[4]) << 16 | u64::from(d[7]) << 24;
         Some((base + off) & 0xffff_ffff)
-    }
-}
-
-impl Machine {
-    /// Gives the vCPU `entries` as its CPUID (a replay's guest must see the CPUID it saw
-    /// when recorded); before the first run only.
-    ///
-    /// # Errors
-    /// Too many entries, or KVM refused them.
-    pub fn set_cpuid(
-        &mut self,
-        entries: &[vmrr_format::CpuidEntry],
-    ) -> Result<(), crate::kvm::cpuid::SetCpuidError> {
-        crate::kvm::cpuid::set(self.vm.vcpu(), entries)
     }
 }

@@ -1,39 +1,47 @@
-//! A machine: a VM, its device bus and consoles, and (when recording) a recorder.
+//! A machine: a VM, its device bus and consoles, and its vCPU's per-exit state (`vcpu`:
+//! the `kvm_run` page, the exit it stands at, decoded once, and its recorder).
 //!
-//! - [`run`](Machine::run): the run loop ([`run`] module), where devices answer exits and
-//!   interrupts are injected at exit boundaries.
-//! - The replay entry ([`Machine::run_to_exit`], [`Machine::exit`], [`Machine::answer`],
-//!   [`Machine::inject_recorded_interrupt`]): the trace answers instead of the devices.
-//! - [`FatalReport`]: what a failing guest was doing; [`Outcome`]: how a run ended.
-//! - Registers, instructions and guest memory as seen from outside ([`Machine::regs`],
-//!   [`Machine::instruction_at`], [`Machine::memory`]).
+//! Its methods by role, one file each:
+//! - **the machine itself** (here): building and booting it, its VM, memory, consoles,
+//!   counters, and the snapshot chain its memory equals ([`origin`]);
+//! - **recording** (`run`): [`Machine::run`] and [`Machine::run_with`], the run loop where
+//!   the devices answer exits and interrupts are injected at exit boundaries, its limits
+//!   and stop requests; `crate::recording::Runner` puts a trace's lifecycle around it;
+//! - **replay** (`replay`): [`Machine::run_to_exit`], [`Machine::exit`],
+//!   [`Machine::answer`], [`Machine::inject_recorded_interrupt`], ...: the trace answers
+//!   instead of the devices;
+//! - **inspection** (`inspect`, `fatal`): registers, instructions and guest memory as seen
+//!   from outside ([`Machine::regs`], [`Machine::instruction_at`], [`Machine::read_linear`]),
+//!   and [`FatalReport`], what a failing guest was doing;
+//! - **debugging** ([`debug`]): single-step and hardware stops, a debugger's register and
+//!   memory writes, and running live once those left the recorded path.
+//!
+//! [`Outcome`] says how a run ended; [`watchdog`] ends runs on time or request.
 
-mod alter;
 pub mod debug;
 mod fatal;
 mod inspect;
-mod live;
 pub mod origin;
 mod outcome;
 mod replay;
 mod run;
 pub mod signals;
+mod vcpu;
 pub mod watchdog;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+pub use debug::LiveEntry;
 pub use fatal::FatalReport;
 pub use inspect::AccessError;
-pub use live::LiveEntry;
 pub use outcome::{Limits, Outcome, RunSummary};
 pub use replay::LiveExit;
 pub use run::{ExitHook, RunError};
 
 use crate::devices::Bus;
 use crate::devices::console::Console;
-use crate::exit::RipConvention;
 use crate::guests::boot::{self, BootError, BootMode};
 use crate::guests::linux::{self, PreparedKernel};
 use crate::guests::{self, GuestImage, LoadError};
@@ -41,7 +49,6 @@ use crate::kvm::irqchip::IrqchipKind;
 use crate::kvm::memory::GuestMemory;
 use crate::kvm::vm::Vm;
 use crate::machine::watchdog::StopHandle;
-use crate::record::Recorder;
 use crate::sys::run_page::RunPage;
 
 /// A VM with devices, ready to run.
@@ -50,18 +57,12 @@ pub struct Machine {
     bus: Bus,
     serial: Console,
     debugcon: Console,
-    recorder: Option<Recorder>,
+    /// The vCPU's per-exit state: its `kvm_run` page, the exit it stands at, its recorder.
+    cpu: vcpu::Vcpu,
     limits: Limits,
     origin: Option<origin::Origin>,
     external_stop: Option<Arc<AtomicBool>>,
-    run_page: RunPage,
-    rip: RipConvention,
-    exits: u64,
-    interrupts: u64,
-    window_requested: bool,
     stop: Option<StopHandle>,
-    /// Where devices' answers go when replay only shows them an access.
-    scratch: Vec<u8>,
     /// What the vCPU stops for besides its own exits.
     debug: debug::DebugStops,
     /// Running live ([`Machine::live_entry`]), the guest halted at its last exit.
@@ -72,7 +73,7 @@ pub struct Machine {
 
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Machine").field("vm", &self.vm).field("exits", &self.exits).finish()
+        f.debug_struct("Machine").field("vm", &self.vm).field("exits", &self.cpu.exits()).finish()
     }
 }
 
@@ -110,22 +111,18 @@ impl Machine {
     pub fn with_bus(vm: Vm, bus: Bus, serial: Console, debugcon: Console) -> Result<Self, BootMachineError> {
         let run_page =
             RunPage::map(vm.vcpu(), vm.caps().vcpu_mmap_size, true).map_err(BootMachineError::Map)?;
+        let rip = crate::kvm::probe::rip_convention().unwrap_or_default();
+        let cpu = vcpu::Vcpu::new(run_page, rip, vm.caps().system_event_data);
         Ok(Machine {
             vm,
             bus,
             serial,
             debugcon,
-            recorder: None,
+            cpu,
             limits: Limits::default(),
             origin: None,
             external_stop: None,
-            run_page,
-            rip: crate::kvm::probe::rip_convention().unwrap_or_default(),
-            exits: 0,
-            interrupts: 0,
-            window_requested: false,
             stop: None,
-            scratch: Vec::new(),
             debug: debug::DebugStops::default(),
             live_halted: false,
             guest_annotations: Vec::new(),
@@ -181,6 +178,11 @@ impl Machine {
         self.vm.memory()
     }
 
+    /// The vCPU's per-exit state (a restore stages registers in its `kvm_run` page).
+    pub(crate) fn cpu_mut(&mut self) -> &mut vcpu::Vcpu {
+        &mut self.cpu
+    }
+
     /// The device bus.
     pub(crate) fn bus(&self) -> &Bus {
         &self.bus
@@ -201,65 +203,6 @@ impl Machine {
         &self.debugcon
     }
 
-    /// A recorder for this machine's vCPU, writing to `writer` (hand it to
-    /// [`Self::start_recording`], after its prelude).
-    ///
-    /// # Errors
-    /// The recorder cannot map the vCPU's `kvm_run` region.
-    pub fn recorder_for(
-        &self,
-        writer: vmrr_format::TraceWriter,
-    ) -> Result<Recorder, crate::record::RecorderError> {
-        Recorder::new(self.vm.kvm(), self.vm.vcpu(), 0, writer)
-    }
-
-    /// Starts recording every exit and injection with `recorder`.
-    pub fn start_recording(&mut self, recorder: Recorder) {
-        self.recorder = Some(recorder);
-    }
-
-    /// The recorder, when recording.
-    pub fn recorder(&self) -> Option<&Recorder> {
-        self.recorder.as_ref()
-    }
-
-    /// The recorder, to record events beside the exits (checkpoints) or swap its writer.
-    pub fn recorder_mut(&mut self) -> Option<&mut Recorder> {
-        self.recorder.as_mut()
-    }
-
-    /// Stops recording and hands the recorder back (to finish its trace).
-    pub fn stop_recording(&mut self) -> Option<Recorder> {
-        self.recorder.take()
-    }
-
-    /// The limits that end a run.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
-    /// Sets the limits that end the next run.
-    pub fn set_limits(&mut self, limits: Limits) {
-        self.limits = limits;
-    }
-
-    /// Ends the next run after `max` exits in all (counting those already made), or
-    /// lifts the limit.
-    pub fn set_max_exits(&mut self, max: Option<u64>) {
-        self.limits.max_exits = max;
-    }
-
-    /// When set to true (by a signal handler, another thread), the run stops at the next
-    /// exit, kicking the vCPU if it spins.
-    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
-        self.external_stop = Some(flag);
-    }
-
-    /// A handle that stops the run from another thread (valid once `run` started).
-    pub fn stop_handle(&self) -> Option<StopHandle> {
-        self.stop.clone()
-    }
-
     /// The snapshot directory this machine's memory was last set to (a restore, a reset or
     /// a capture), if any.
     pub fn origin(&self) -> Option<&Path> {
@@ -278,17 +221,16 @@ impl Machine {
 
     /// Exits handled so far.
     pub fn exits(&self) -> u64 {
-        self.exits
+        self.cpu.exits()
     }
 
     /// Interrupts injected so far.
     pub fn interrupts(&self) -> u64 {
-        self.interrupts
+        self.cpu.interrupts()
     }
 
     /// Sets the exit and interrupt counters (restore).
     pub(crate) fn set_counters(&mut self, exits: u64, interrupts: u64) {
-        self.exits = exits;
-        self.interrupts = interrupts;
+        self.cpu.set_counters(exits, interrupts);
     }
 }

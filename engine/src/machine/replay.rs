@@ -1,11 +1,12 @@
 //! The narrow entry replay (and a debugger) drives: run to the guest's next exit, see what
 //! it did, answer it with the recorded reply while the devices observe the access, and
 //! inject interrupts where the trace says. No device answers, no timer fires, nothing is
-//! recorded: the trace does all of that.
+//! recorded: the trace does all of that. Each exit is decoded once, when `KVM_RUN`
+//! returns; [`Machine::exit`] and [`Machine::answer`] work on that decoded exit.
 
-use vmrr_format::{Body, Direction, RegsSample};
+use vmrr_format::{Body, RegsSample};
 
-use crate::exit::answer::{self, AnswerError};
+use crate::exit::answer::AnswerError;
 use crate::kvm::system::KvmError;
 use crate::machine::Machine;
 use crate::machine::run::RunError;
@@ -20,83 +21,62 @@ pub struct LiveExit<'a> {
     pub regs: Option<RegsSample>,
 }
 
-/// Largest access the devices observe in one go (a string I/O exit's data fits a page).
-const OBSERVE_MAX: usize = 4096;
-
 impl Machine {
+    /// Gives the vCPU `entries` as its CPUID (a replay's guest must see the CPUID it saw
+    /// when recorded); before the first run only.
+    ///
+    /// # Errors
+    /// Too many entries, or KVM refused them.
+    pub fn set_cpuid(
+        &mut self,
+        entries: &[vmrr_format::CpuidEntry],
+    ) -> Result<(), crate::kvm::cpuid::SetCpuidError> {
+        crate::kvm::cpuid::set(self.vm.vcpu(), entries)
+    }
+
     /// Enters the guest until its next exit. `Ok(false)` when `KVM_RUN` was interrupted by
     /// a signal (a stall watchdog) before any exit.
     ///
     /// # Errors
     /// `KVM_RUN` failed.
     pub fn run_to_exit(&mut self) -> Result<bool, RunError> {
-        let vcpu = self.vm.vcpu_mut();
-        match vcpu.run() {
-            Ok(_) => {
-                self.exits += 1;
-                Ok(true)
-            }
-            Err(e) if e.errno() == libc::EINTR => {
-                vcpu.set_kvm_immediate_exit(0);
-                Ok(false)
-            }
-            Err(source) => Err(KvmError { what: "KVM_RUN", source }.into()),
+        let exited = self.cpu.enter(self.vm.vcpu_mut())?;
+        if exited {
+            self.cpu.count_exit();
         }
+        Ok(exited)
     }
 
     /// The current exit.
     pub fn exit(&self) -> LiveExit<'_> {
-        let view = self.view();
-        LiveExit { body: view.body(self.vm.caps().system_event_data), regs: view.regs_sample(self.rip) }
+        LiveExit { body: self.cpu.body(), regs: self.cpu.exit().regs() }
+    }
+
+    /// Whether `reply` (a recorded exit's body) can answer the current exit: the same kind
+    /// and, for port I/O and MMIO, the same direction.
+    pub fn answer_fits(&self, reply: &Body<'_>) -> bool {
+        crate::exit::answer::fits(self.cpu.exit(), reply)
     }
 
     /// Answers the current exit with `reply` (the recorded exit's body): see
-    /// [`answer::write`]. Then the devices observe the access as answered (an OUT's bytes,
-    /// an IN of the answered length), so their guest-visible state stays in step with the
-    /// recording and a snapshot taken during replay holds it; what they would answer is
-    /// discarded.
+    /// [`crate::exit::answer::write`]. Then the devices observe the access as answered (an
+    /// OUT's bytes, an IN of the answered length), so their guest-visible state stays in
+    /// step with the recording and a snapshot taken during replay holds it; what they
+    /// would answer is discarded.
     ///
     /// # Errors
     /// The reply does not fit the exit (nothing is written then).
     pub fn answer(&mut self, reply: &Body<'_>) -> Result<(), AnswerError> {
-        answer::write(self.run_page.bytes_mut().ok_or(AnswerError::ReadOnly)?, reply)?;
-        self.observe();
-        Ok(())
-    }
-
-    /// Shows the current exit's access to the devices.
-    fn observe(&mut self) {
-        let view = crate::exit::RunView::new(self.run_page.bytes());
-        let Ok(view) = view else { return };
-        let scratch = &mut self.scratch;
-        match view.body(false) {
-            Body::Io(io) if io.direction == Direction::Out => {
-                self.bus.pio_write(io.port, io.data);
-            }
-            Body::Io(io) => {
-                let n = io.data.len().min(OBSERVE_MAX);
-                scratch.resize(scratch.len().max(n), 0);
-                self.bus.pio_read(io.port, &mut scratch[..n]);
-            }
-            Body::Mmio(m) if m.is_write => {
-                self.bus.mmio_write(m.phys_addr, m.bytes());
-            }
-            Body::Mmio(m) => {
-                let n = m.bytes().len();
-                scratch.resize(scratch.len().max(n), 0);
-                self.bus.mmio_read(m.phys_addr, &mut scratch[..n]);
-            }
-            _ => {}
-        }
+        self.cpu.answer(reply, &mut self.bus)?;
         // Lines the devices raised while observing: the trace says which reach the guest.
-        self.bus.irq.take_lines();
+        self.bus.interrupts_mut().take_lines();
+        Ok(())
     }
 
     /// Whether the vCPU can take an external interrupt before its next entry
     /// (`ready_for_interrupt_injection` and IF set).
     pub fn can_take_interrupt(&self) -> bool {
-        let v = self.view();
-        v.ready_for_interrupt_injection() && v.if_flag()
+        self.cpu.can_take_interrupt()
     }
 
     /// Injects `vector` because the trace says it was injected here: the interrupt lines
@@ -106,38 +86,40 @@ impl Machine {
     /// # Errors
     /// The ioctl or the trace failed.
     pub fn inject_recorded_interrupt(&mut self, vector: u8) -> Result<(), RunError> {
-        self.bus.irq.acknowledge_vector(vector);
-        self.inject_interrupt(vector)
+        self.bus.interrupts_mut().acknowledge_vector(vector);
+        Ok(self.cpu.inject(self.vm.vcpu(), vector)?)
     }
 
-    /// Queues external interrupt `vector` for the next entry (`KVM_INTERRUPT`) and records
-    /// it. The caller has checked that the vCPU can take it.
+    /// Sets or withdraws `request_interrupt_window` for the next entry, as the trace says.
     ///
     /// # Errors
-    /// The ioctl or the trace failed.
-    pub(crate) fn inject_interrupt(&mut self, vector: u8) -> Result<(), RunError> {
-        crate::sys::vcpu_ioctl::interrupt(self.vm.vcpu(), vector)
-            .map_err(|source| RunError::Os { what: "KVM_INTERRUPT", source })?;
-        self.interrupts += 1;
-        if let Some(rec) = self.recorder.as_mut() {
-            rec.record_interrupt(vector, vmrr_format::INTERRUPT_EXTERNAL)?;
-        }
-        Ok(())
-    }
-
-    /// Sets or withdraws `request_interrupt_window` for the next entry, recording changes.
-    ///
-    /// # Errors
-    /// The trace failed.
+    /// The trace failed (when the machine also records).
     pub fn set_interrupt_window(&mut self, request: bool) -> Result<(), RunError> {
-        if request == self.window_requested {
+        Ok(self.cpu.set_interrupt_window(request)?)
+    }
+
+    /// Lets KVM finish the instruction the vCPU last exited for (an IN's RAX, an MMIO
+    /// read's destination, RIP past an OUT) without entering the guest (see
+    /// [`crate::kvm::entry::complete_pending`]). Needed before reading vCPU state at an
+    /// exit. Does nothing before the first run.
+    ///
+    /// # Errors
+    /// `KVM_RUN` failing with something other than `EINTR`.
+    pub fn complete_pending_io(&mut self) -> Result<(), KvmError> {
+        if self.cpu.exits() == 0 {
             return Ok(());
         }
-        self.window_requested = request;
-        self.vm.vcpu_mut().get_kvm_run().request_interrupt_window = u8::from(request);
-        if let Some(rec) = self.recorder.as_mut() {
-            rec.record_window(request)?;
-        }
-        Ok(())
+        self.refresh_run_state()
+    }
+
+    /// Has KVM rewrite the `kvm_run` page's view of the vCPU (the interrupt flag,
+    /// readiness for an injected interrupt) without entering the guest, which also
+    /// finishes an interrupted instruction. After a restore the page still shows the vCPU
+    /// as it was before; replay asks it whether the guest can take an interrupt.
+    ///
+    /// # Errors
+    /// `KVM_RUN` failing with something other than `EINTR`.
+    pub fn refresh_run_state(&mut self) -> Result<(), KvmError> {
+        crate::kvm::entry::complete_pending(self.vm.vcpu_mut())
     }
 }

@@ -1,18 +1,24 @@
-//! The run loop: per exit, handle it on the bus (or as an MSR access), record it with the
-//! reply, stop if a device, a fatal exit or a limit says so, then fire due timers and
-//! inject the highest pending interrupt if the vCPU can take it (else ask for an interrupt
-//! window). Interrupts are injected only here, at exit boundaries, and each injection is
-//! recorded right after the exit it follows, so replay can place it exactly.
+//! The recording role: the run loop, its limits and stop requests, and the recorder it
+//! feeds. Per exit: hand it to the devices (the one dispatch, `Bus::handle_exit`), record it
+//! with their answer, stop if a device, a fatal exit or a limit says so, then fire due
+//! timers and inject the highest pending interrupt if the vCPU can take it (else ask for an
+//! interrupt window). Interrupts are injected only here, at exit boundaries, and each
+//! injection is recorded right after the exit it follows, so replay can place it exactly.
+//! (`crate::recording::Runner` adds the trace's lifecycle and checkpoints around it.)
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::VcpuExit;
+use vmrr_format::{Body, kind};
 
+use crate::exit::answer::AnswerError;
 use crate::kvm::system::KvmError;
-use crate::kvm::vm::VMRR_CLOCK_MSR;
 use crate::machine::Machine;
-use crate::machine::outcome::{Outcome, RunSummary};
-use crate::machine::watchdog::{Fired, Flags, Watchdog};
+use crate::machine::outcome::{Limits, Outcome, RunSummary};
+use crate::machine::vcpu::InjectError;
+use crate::machine::watchdog::{Fired, Flags, StopHandle, Watchdog};
+use crate::record::Recorder;
 
 /// Running the guest failed (as opposed to the guest failing, which is an outcome).
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +52,23 @@ pub enum RunError {
     /// A device's output (the serial console file) could not be written.
     #[error("cannot write device output")]
     Output(#[source] std::io::Error),
+    /// An answer could not be written into `kvm_run`.
+    #[error("cannot answer the exit")]
+    Answer(#[from] AnswerError),
 }
 
 impl From<vmrr_format::WriteError> for RunError {
     fn from(e: vmrr_format::WriteError) -> Self {
         RunError::Trace(e)
+    }
+}
+
+impl From<InjectError> for RunError {
+    fn from(e: InjectError) -> Self {
+        match e {
+            InjectError::Kvm(source) => RunError::Os { what: "KVM_INTERRUPT", source },
+            InjectError::Trace(e) => RunError::Trace(e),
+        }
     }
 }
 
@@ -87,6 +105,60 @@ pub(crate) enum Ending {
 }
 
 impl Machine {
+    /// A recorder for this machine's vCPU, writing to `writer` (hand it to
+    /// [`Self::start_recording`], after its prelude).
+    ///
+    /// # Errors
+    /// The recorder cannot map the vCPU's `kvm_run` region.
+    pub(crate) fn recorder_for(
+        &self,
+        writer: vmrr_format::TraceWriter,
+    ) -> Result<Recorder, crate::record::RecorderError> {
+        Recorder::new(self.vm.kvm(), self.vm.vcpu(), 0, writer)
+    }
+
+    /// Starts recording every exit and injection with `recorder`.
+    pub(crate) fn start_recording(&mut self, recorder: Recorder) {
+        self.cpu.set_recorder(Some(recorder));
+    }
+
+    /// The recorder, to record events beside the exits (checkpoints) or swap its writer.
+    pub(crate) fn recorder_mut(&mut self) -> Option<&mut Recorder> {
+        self.cpu.recorder_mut()
+    }
+
+    /// Stops recording and hands the recorder back (to finish its trace).
+    pub(crate) fn stop_recording(&mut self) -> Option<Recorder> {
+        self.cpu.set_recorder(None)
+    }
+
+    /// The limits that end a run.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Sets the limits that end the next run.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Ends the next run after `max` exits in all (counting those already made), or
+    /// lifts the limit.
+    pub fn set_max_exits(&mut self, max: Option<u64>) {
+        self.limits.max_exits = max;
+    }
+
+    /// When set to true (by a signal handler, another thread), the run stops at the next
+    /// exit, kicking the vCPU if it spins.
+    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
+        self.external_stop = Some(flag);
+    }
+
+    /// A handle that stops the run from another thread (valid once `run` started).
+    pub fn stop_handle(&self) -> Option<StopHandle> {
+        self.stop.clone()
+    }
+
     /// Runs until the guest ends, fails, or a limit is reached.
     ///
     /// # Errors
@@ -105,12 +177,12 @@ impl Machine {
         let watchdog = Watchdog::start_with(self.limits.max_duration, self.external_stop.clone())
             .map_err(|source| RunError::Os { what: "starting the watchdog", source })?;
         self.stop = Some(watchdog.stop_handle());
-        let flags = std::sync::Arc::clone(&watchdog.flags);
+        let flags = Arc::clone(&watchdog.flags);
         let outcome = loop {
             if let Some(fired) = flags.fired() {
                 break fired_outcome(fired);
             }
-            if self.limits.max_exits.is_some_and(|m| self.exits >= m) {
+            if self.limits.max_exits.is_some_and(|m| self.cpu.exits() >= m) {
                 break Outcome::MaxExits;
             }
             let (halted, ending) = match self.handle_next_exit()? {
@@ -119,28 +191,23 @@ impl Machine {
                 // Debug stops are not asked for in a run: an unexpected one ends it.
                 Some(Handled::Debug) => (false, Some(Ending::Unhandled)),
             };
-            self.exits += 1;
-            if let Some(rec) = self.recorder.as_mut() {
-                rec.record_exit()?;
-            }
+            self.cpu.count_exit();
+            self.cpu.record()?;
             if let Some(e) = ending {
                 break self.ending_outcome(e);
             }
-            if let Some(stop) = self.bus.stop {
+            if let Some(stop) = self.bus.stop_request() {
                 break Outcome::from(stop);
             }
             if let Some(h) = hook.as_deref_mut() {
-                h.after_exit(self, self.exits)?;
+                h.after_exit(self, self.cpu.exits())?;
             }
             if halted {
                 if let Some(o) = self.wait_in_hlt(&flags)? {
                     break o;
                 }
-            } else if let Some(d) = self.bus.next_deadline() {
-                let now = self.bus.clock.now_ns();
-                if now >= d {
-                    self.bus.poll(now);
-                }
+            } else {
+                self.bus.tick_due();
             }
             self.deliver_lines()?;
             self.inject()?;
@@ -152,63 +219,32 @@ impl Machine {
         if let Some(e) = self.serial.take_error().or_else(|| self.debugcon.take_error()) {
             return Err(RunError::Output(e));
         }
-        Ok(RunSummary { outcome, exits: self.exits, interrupts: self.interrupts, elapsed: start.elapsed() })
+        let (exits, interrupts) = (self.cpu.exits(), self.cpu.interrupts());
+        Ok(RunSummary { outcome, exits, interrupts, elapsed: start.elapsed() })
     }
 
-    /// Enters the guest and handles the exit it makes on the bus, or `None` when
-    /// `KVM_RUN` was interrupted by the watchdog (no exit happened, nothing to record).
+    /// Enters the guest and hands the exit it makes to the devices, whose answer goes into
+    /// `kvm_run` and the decoded exit; `None` when `KVM_RUN` was interrupted by the
+    /// watchdog (no exit happened, nothing to record).
     pub(crate) fn handle_next_exit(&mut self) -> Result<Option<Handled>, RunError> {
-        if let Some(rec) = self.recorder.as_mut() {
-            rec.entering();
+        if !self.cpu.enter(self.vm.vcpu_mut())? {
+            return Ok(None);
         }
-        let vcpu = self.vm.vcpu_mut();
-        let exit = match vcpu.run() {
-            Ok(exit) => {
-                if let Some(rec) = self.recorder.as_mut() {
-                    rec.exited();
-                }
-                exit
-            }
-            Err(e) if e.errno() == libc::EINTR => {
-                vcpu.set_kvm_immediate_exit(0);
-                return Ok(None);
-            }
-            Err(source) => return Err(KvmError { what: "KVM_RUN", source }.into()),
+        let ending = match self.cpu.exit().kind() {
+            kind::IO | kind::MMIO | kind::X86_RDMSR | kind::X86_WRMSR => None,
+            kind::HLT | kind::IRQ_WINDOW_OPEN | kind::INTR => None,
+            kind::SHUTDOWN => Some(Ending::Shutdown),
+            kind::INTERNAL_ERROR => Some(Ending::InternalError),
+            kind::FAIL_ENTRY => Some(Ending::FailEntry),
+            kind::SYSTEM_EVENT => match self.cpu.body() {
+                Body::SystemEvent(e) => Some(Ending::SystemEvent(e.event_type)),
+                _ => Some(Ending::Unhandled),
+            },
+            kind::DEBUG => return Ok(Some(Handled::Debug)),
+            _ => Some(Ending::Unhandled),
         };
-        let bus = &mut self.bus;
-        let (mut halted, mut ending) = (false, None);
-        match exit {
-            VcpuExit::IoIn(port, data) => {
-                bus.pio_read(port, data);
-            }
-            VcpuExit::IoOut(port, data) => {
-                bus.pio_write(port, data);
-            }
-            VcpuExit::MmioRead(addr, data) => {
-                bus.mmio_read(addr, data);
-            }
-            VcpuExit::MmioWrite(addr, data) => {
-                bus.mmio_write(addr, data);
-            }
-            VcpuExit::Hlt => halted = true,
-            VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
-            VcpuExit::X86Rdmsr(msr) => {
-                if msr.index == VMRR_CLOCK_MSR {
-                    *msr.data = bus.clock.realtime_ns();
-                    *msr.error = 0;
-                } else {
-                    // What KVM itself does for an MSR it does not know: #GP.
-                    *msr.error = 1;
-                }
-            }
-            VcpuExit::X86Wrmsr(msr) => *msr.error = u8::from(msr.index != VMRR_CLOCK_MSR),
-            VcpuExit::Shutdown => ending = Some(Ending::Shutdown),
-            VcpuExit::InternalError => ending = Some(Ending::InternalError),
-            VcpuExit::FailEntry(..) => ending = Some(Ending::FailEntry),
-            VcpuExit::SystemEvent(t, _) => ending = Some(Ending::SystemEvent(t)),
-            VcpuExit::Debug(_) => return Ok(Some(Handled::Debug)),
-            _ => ending = Some(Ending::Unhandled),
-        }
+        let halted = self.cpu.exit().kind() == kind::HLT;
+        self.cpu.serve(&mut self.bus)?;
         Ok(Some(Handled::Exit { halted, ending }))
     }
 
@@ -226,7 +262,7 @@ impl Machine {
             }
             Ending::FailEntry => Outcome::FailEntry(Box::new(self.fatal_report())),
             Ending::SystemEvent(t) => Outcome::SystemEvent(t),
-            Ending::Unhandled => Outcome::Unhandled(self.view().exit_reason()),
+            Ending::Unhandled => Outcome::Unhandled(self.cpu.exit().reason()),
         }
     }
 
@@ -234,24 +270,24 @@ impl Machine {
     /// fires (the wake-up interrupt is injected by the caller); with nothing that could
     /// wake it, the run is over.
     pub(crate) fn wait_in_hlt(&mut self, flags: &Flags) -> Result<Option<Outcome>, RunError> {
-        if !self.view().if_flag() {
+        if !self.cpu.view().if_flag() {
             return Ok(Some(Outcome::Halted));
         }
         loop {
-            if !self.bus.irq.is_empty() {
+            if !self.bus.interrupts().is_empty() {
                 return Ok(None);
             }
             let Some(deadline) = self.bus.next_deadline() else {
                 return Ok(Some(Outcome::Halted));
             };
-            let now = self.bus.clock.now_ns();
+            let now = self.bus.clock().now_ns();
             if now >= deadline {
                 self.bus.poll(now);
                 continue;
             }
-            if let Some(rec) = self.recorder.as_mut() {
+            if let Some(rec) = self.cpu.recorder_mut() {
                 // The guest is idle: let its last records reach the disk.
-                rec.writer_mut().poll_flush()?;
+                rec.poll_flush()?;
             }
             if let Some(fired) = flags.fired() {
                 return Ok(Some(fired_outcome(fired)));
@@ -266,33 +302,33 @@ impl Machine {
     /// # Errors
     /// `KVM_IRQ_LINE` failed.
     pub(crate) fn deliver_lines(&mut self) -> Result<(), RunError> {
-        if !self.bus.irq.has_lines() {
+        if !self.bus.interrupts().has_lines() {
             return Ok(());
         }
-        for line in self.bus.irq.take_lines() {
+        for line in self.bus.interrupts_mut().take_lines() {
             self.vm.pulse_irq_line(u32::from(line))?;
-            self.interrupts += 1;
+            self.cpu.count_interrupt();
         }
         Ok(())
     }
 
     /// Injects the highest pending interrupt if the vCPU can take it now; otherwise asks
     /// KVM for an interrupt-window exit. Both the injection and every change of the
-    /// window request are recorded.
+    /// window request are recorded. Interrupts are injected only here, at exit boundaries.
     pub(crate) fn inject(&mut self) -> Result<(), RunError> {
-        let window = match self.bus.irq.pending() {
+        let window = match self.bus.interrupts().pending() {
             None => false,
             Some(vector) => {
-                if self.can_take_interrupt() {
-                    self.bus.irq.acknowledge();
-                    self.inject_interrupt(vector)?;
+                if self.cpu.can_take_interrupt() {
+                    self.bus.interrupts_mut().acknowledge();
+                    self.cpu.inject(self.vm.vcpu(), vector)?;
                     false
                 } else {
                     true
                 }
             }
         };
-        self.set_interrupt_window(window)
+        Ok(self.cpu.set_interrupt_window(window)?)
     }
 }
 

@@ -63,8 +63,8 @@
 
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vmrr_format::{
-    Annotation, Body, Checkpoint, CpuidEntries, CpuidEntry, EndOfRun, Interrupt, TraceWriter, WriteError,
-    WriterSummary,
+    Annotation, Body, Checkpoint, CpuidEntries, CpuidEntry, EndOfRun, Interrupt, RegsSample, TraceWriter,
+    WriteError, WriterSummary,
 };
 
 use super::clock::ExitClock;
@@ -219,12 +219,34 @@ impl Recorder {
     #[inline]
     pub fn record_exit(&mut self) -> Result<u64, WriteError> {
         let view = RunView::new(self.run.bytes()).expect("RunPage::map checked that struct kvm_run fits");
-        let body = view.body(self.system_event_data);
-        let regs = view.regs_sample(self.conv);
-        self.exits += 1;
-        match self.clock.as_mut() {
-            Some(c) => self.writer.append_timed(self.vcpu_id, body, regs, c.take()),
-            None => self.writer.append(self.vcpu_id, body, regs),
+        let exit = view.exit(self.system_event_data, self.conv);
+        let body = exit.body(self.run.bytes());
+        Self::append_exit(&mut self.writer, &mut self.clock, &mut self.exits, self.vcpu_id, body, exit.regs())
+    }
+
+    /// Records an exit the caller decoded (with [`RunView::exit`]) and answered: the hot
+    /// path of a VMM that keeps the decoded exit, as vmrr's own machine does.
+    ///
+    /// # Errors
+    /// The writer's error (a full disk).
+    #[inline]
+    pub fn record(&mut self, body: Body<'_>, regs: Option<RegsSample>) -> Result<u64, WriteError> {
+        Self::append_exit(&mut self.writer, &mut self.clock, &mut self.exits, self.vcpu_id, body, regs)
+    }
+
+    #[inline]
+    fn append_exit(
+        writer: &mut TraceWriter,
+        clock: &mut Option<ExitClock>,
+        exits: &mut u64,
+        vcpu_id: u32,
+        body: Body<'_>,
+        regs: Option<RegsSample>,
+    ) -> Result<u64, WriteError> {
+        *exits += 1;
+        match clock.as_mut() {
+            Some(c) => writer.append_timed(vcpu_id, body, regs, c.take()),
+            None => writer.append(vcpu_id, body, regs),
         }
     }
 
@@ -345,9 +367,32 @@ impl Recorder {
         Ok(std::mem::replace(&mut self.writer, writer))
     }
 
-    /// The writer (to flush before the guest blocks, or to sync).
-    pub fn writer_mut(&mut self) -> &mut TraceWriter {
-        &mut self.writer
+    /// Records that a device wrote `data` into guest memory at `gpa` (a `guest_write`
+    /// record, split when longer than a record holds).
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn record_guest_write(&mut self, gpa: u64, data: &[u8]) -> Result<(), WriteError> {
+        self.writer.append_guest_write(self.vcpu_id, gpa, data).map(|_| ())
+    }
+
+    /// Waits until everything recorded so far is durable (written and synced), whatever
+    /// the writer's sync mode: a checkpoint's record is synced with its snapshot.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn sync(&mut self) -> Result<(), WriteError> {
+        self.writer.sync()
+    }
+
+    /// Hands the records buffered so far to the writer's thread once the writer's flush
+    /// interval has passed: call it when the guest is about to block (waiting in `HLT`), so
+    /// a quiet guest's last records reach the disk without waiting for a full chunk.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn poll_flush(&mut self) -> Result<(), WriteError> {
+        self.writer.poll_flush()
     }
 
     /// Records the end of the run and finishes the trace (index, trailer, sync).

@@ -34,15 +34,15 @@ use super::SnapshotError;
 use super::capture::{
     CaptureStats, Identity, Plan, create_memory_file, finish_dir, plan, publish, scratch_for,
 };
-use crate::kvm::memory::{Mapping, PAGE_SIZE};
+use crate::kvm::memory::Mapping;
 use crate::machine::Machine;
+use crate::page::{PAGE_BYTES as PAGE, PAGE_SIZE};
 use crate::sys::uffd::{Fault, Uffd};
 
 /// Pages read and written per batch by the writer.
 const BATCH: u64 = 64;
 /// How long the fault handler waits for a fault before looking whether it should stop.
 const POLL: Duration = Duration::from_millis(50);
-const PAGE: usize = 4096;
 /// The writer thread's nice value.
 const WRITER_NICE: i32 = 10;
 

@@ -16,10 +16,11 @@ use super::state::KernelIrqchip;
 use super::state::{SlotState, SnapshotState, VmState};
 use super::{SnapshotError, take_dirty_log};
 use crate::kvm::irqchip::{IrqchipKind, IrqchipState};
-use crate::kvm::memory::{Mapping, MemoryError, PAGE_SIZE, Slot, SlotKind};
+use crate::kvm::memory::{Mapping, MemoryError, Slot, SlotKind};
 use crate::kvm::vcpu_state::VcpuState;
 use crate::machine::Machine;
 use crate::machine::origin::{Origin, OriginLink};
+use crate::page::PAGE_SIZE;
 use crate::persist::Persist;
 
 /// What a capture did.
@@ -79,6 +80,49 @@ fn populated_runs(slot: &Slot) -> Result<Vec<(u64, u64)>, SnapshotError> {
         .collect())
 }
 
+/// What a stopped-world capture reads from a paused VM: vmrr's own [`Machine`], or a VM
+/// another VMM runs (`crate::embed`). The capture itself (a scratch directory, the page
+/// copies, the state file, publishing by rename) is [`write`], the same for both.
+pub(crate) trait Source {
+    /// Lets KVM finish the instruction the vCPU last exited for, so its saved registers
+    /// are those after it.
+    ///
+    /// # Errors
+    /// KVM's.
+    fn complete_pending(&mut self) -> Result<(), SnapshotError>;
+
+    /// The snapshot's state (each slot's `stored_pages` still to count) and, per slot,
+    /// the runs of pages to store; reading the dirty logs clears them. `final_dir` is
+    /// where the snapshot will be published.
+    ///
+    /// # Errors
+    /// KVM's, or the vCPU state's.
+    fn plan(&mut self, final_dir: &Path, who: &Identity<'_>) -> Result<Plan, SnapshotError>;
+
+    /// Fills `buf` with guest memory from guest-physical `gpa` on.
+    ///
+    /// # Errors
+    /// The range is not the VM's memory.
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), SnapshotError>;
+}
+
+impl Source for Machine {
+    fn complete_pending(&mut self) -> Result<(), SnapshotError> {
+        Ok(self.complete_pending_io()?)
+    }
+
+    fn plan(&mut self, final_dir: &Path, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
+        plan(self, final_dir, who)
+    }
+
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        self.vm()
+            .memory()
+            .read(GuestAddress(gpa), buf)
+            .map_err(|e| SnapshotError::Memory(MemoryError::Access(e)))
+    }
+}
+
 /// Takes snapshot `who` of `m` into the directory `dir` (normally `<root>/snap-<id>`;
 /// parents are found as its siblings): full when it has no parent, otherwise only the
 /// pages dirtied since the parent (requires dirty logging).
@@ -86,13 +130,27 @@ fn populated_runs(slot: &Slot) -> Result<Vec<(u64, u64)>, SnapshotError> {
 /// # Errors
 /// KVM, vCPU-state or file-system failures; the temporary directory is removed.
 pub fn take(m: &mut Machine, dir: &Path, who: &Identity<'_>) -> Result<CaptureStats, SnapshotError> {
-    let started = Instant::now();
     if who.parent.is_some() && !m.vm().config().dirty_log {
         return Err(SnapshotError::NoDirtyLog { what: "an incremental snapshot" });
     }
-    m.complete_pending_io()?;
+    write(m, dir, who)
+}
+
+/// Captures snapshot `who` of the paused VM `src` into `dir`: written under `<dir>.tmp`,
+/// every file synced, then renamed into place (replacing what is there) and the parent
+/// directory synced. The guest stays paused throughout.
+///
+/// # Errors
+/// KVM, vCPU-state or file-system failures; the temporary directory is removed.
+pub(crate) fn write(
+    src: &mut dyn Source,
+    dir: &Path,
+    who: &Identity<'_>,
+) -> Result<CaptureStats, SnapshotError> {
+    let started = Instant::now();
+    src.complete_pending()?;
     let (root, tmp) = scratch_for(dir)?;
-    let stats = match write_into(m, &tmp, dir, who) {
+    let stats = match write_into(src, &tmp, dir, who) {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -142,7 +200,7 @@ pub fn take_new(
 /// What a capture decided while the guest is paused: the state file's contents (with
 /// `stored_pages` still to count) and, per slot, the runs of pages to write.
 #[derive(Debug)]
-pub(super) struct Plan {
+pub(crate) struct Plan {
     /// The state; each slot's `stored_pages` is filled in once its pages are written.
     pub state: SnapshotState,
     /// Per slot (same order as `state.slots`), the runs `(first_page, count)` to write.
@@ -205,7 +263,7 @@ fn plan_of(m: &Machine, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
             lapics: vec![crate::kvm::vcpu_state::save_lapic(vm.vcpu())?],
         }),
     };
-    let now = m.bus().clock.now_ns();
+    let now = m.bus().clock().now_ns();
     let bus = Persist::save(m.bus(), now);
     let dirty_log = vm.config().dirty_log;
     let mut slots = Vec::new();
@@ -259,7 +317,7 @@ fn plan_of(m: &Machine, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
         exit_seq: who.exit_seq,
         exits: m.exits(),
         interrupts: m.interrupts(),
-        created_unix_ns: m.bus().clock.realtime_ns(),
+        created_unix_ns: m.bus().clock().realtime_ns(),
         vm: VmState {
             mem_bytes: config.mem_bytes,
             cpuid: config.cpuid.name().to_string(),
@@ -319,16 +377,17 @@ pub(super) fn scratch_for(dir: &Path) -> Result<(std::path::PathBuf, std::path::
     Ok((root, tmp))
 }
 
-/// Writes snapshot `who`, to be published as `final_dir`, into the directory `dir`.
+/// Writes snapshot `who` of `src`, to be published as `final_dir`, into the directory
+/// `dir`: each slot's runs of pages (zero pages left as holes, which read as zeros over a
+/// parent's pages too), then the state file.
 fn write_into(
-    m: &mut Machine,
+    src: &mut dyn Source,
     dir: &Path,
     final_dir: &Path,
     who: &Identity<'_>,
 ) -> Result<CaptureStats, SnapshotError> {
     let mut stats = CaptureStats::default();
-    let Plan { mut state, runs } = plan(m, final_dir, who)?;
-    let vm = m.vm();
+    let Plan { mut state, runs } = src.plan(final_dir, who)?;
     for (slot, runs) in state.slots.iter_mut().zip(runs) {
         let (out, path) = create_memory_file(dir, slot)?;
         let gpa = slot.gpa;
@@ -339,11 +398,7 @@ fn write_into(
                 first,
                 count,
                 Zeros::Skip,
-                |p, buf| {
-                    vm.memory()
-                        .read(GuestAddress(gpa + p * PAGE_SIZE), buf)
-                        .map_err(|e| SnapshotError::Memory(MemoryError::Access(e)))
-                },
+                |p, buf| src.read(gpa + p * PAGE_SIZE, buf),
                 |p, bytes| {
                     Ok(out.write_all_at(bytes, p * PAGE_SIZE).map_err(FileError::on("writing", &path))?)
                 },

@@ -394,6 +394,31 @@ pub fn decode_parts<T: DeserializeOwned, E: DeserializeOwned>(
 mod tests {
     use super::*;
 
+    /// A stateless device's state variant holds `()`, which this encoding writes as nothing:
+    /// its bytes are those of the unit variant it was before the device list became one.
+    #[test]
+    fn stateless_device_states_encode_as_unit_variants() {
+        use crate::devices::state::DeviceState;
+        #[derive(Serialize)]
+        enum Before {
+            #[allow(dead_code)]
+            Serial(crate::devices::legacy::serial::SerialState),
+            DebugCon,
+            #[allow(dead_code)]
+            DebugExit,
+            #[allow(dead_code)]
+            Sink(crate::devices::pseudo::sink::SinkState),
+            Entropy,
+        }
+        for (new, old) in
+            [(DeviceState::DebugCon(()), Before::DebugCon), (DeviceState::Entropy(()), Before::Entropy)]
+        {
+            let bytes = encode(&new).unwrap();
+            assert_eq!(bytes, encode(&old).unwrap());
+            assert_eq!(decode::<DeviceState>(&frame(&bytes), "test").unwrap(), new);
+        }
+    }
+
     #[test]
     fn frame_round_trip_and_refusals() {
         let d = tempfile::tempdir().unwrap();

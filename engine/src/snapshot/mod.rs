@@ -57,8 +57,8 @@ pub mod state;
 use std::path::Path;
 
 pub use background::{Background, BackgroundError, InFlight};
-pub(crate) use capture::finish_dir;
 pub use capture::{CaptureStats, Identity, take, take_new};
+pub(crate) use capture::{Plan, Source, write as capture};
 pub use chain::{ChainCheck, Checked, MAX_CHAIN, check_chain, load, load_chain};
 pub use changed::forget_dirty_pages;
 pub use error::{RejectedField, SnapshotError};

@@ -12,7 +12,7 @@ use vmrr_format::layout::STATE_FILE;
 use super::chain::{ChainCheck, load};
 use super::pages::{Zeros, copy_pages};
 use super::{SnapshotError, StoredSnapshot};
-use crate::kvm::memory::PAGE_SIZE;
+use crate::page::PAGE_SIZE;
 
 fn write_state(path: &Path, state: &super::SnapshotState) -> Result<(), SnapshotError> {
     let bytes = super::state::to_file_bytes(state)?;

@@ -12,7 +12,8 @@ use vm_memory::GuestAddress;
 use super::pages::{Zeros, copy_pages};
 use super::state::SlotState;
 use super::{SnapshotError, StoredSnapshot};
-use crate::kvm::memory::{GuestMemory, Mapping, PAGE_SIZE, Slot, SlotSpec};
+use crate::kvm::memory::{GuestMemory, Mapping, Slot, SlotSpec};
+use crate::page::PAGE_SIZE;
 use vmrr_format::FileError;
 
 /// Most copy-on-write overlays mapped when restoring a chain; beyond it, changed pages are

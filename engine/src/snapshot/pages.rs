@@ -1,7 +1,7 @@
 //! Pages: runs of set bits in a page bitmap, and the one loop that copies runs of pages
 //! between guest memory and snapshot files, 64 pages at a time.
 
-use crate::kvm::memory::PAGE_SIZE;
+use crate::page::PAGE_SIZE;
 use crate::snapshot::SnapshotError;
 
 /// Pages copied per read and write.

@@ -379,7 +379,7 @@ fn revert(
 /// (the bits still set after that run), they are set by ioctl.
 fn reset_vcpu_and_devices(m: &mut Machine, top: &StoredSnapshot) -> Result<(), SnapshotError> {
     let [v] = top.state.vcpus.as_slice() else { return set_vcpu_and_devices(m, top) };
-    if top.state.kernel_irqchip.is_some() || !m.stage_synced(&v.regs, &v.events) {
+    if top.state.kernel_irqchip.is_some() || !m.cpu_mut().stage_synced(&v.regs, &v.events) {
         return set_vcpu_and_devices(m, top);
     }
     v.restore_unsynced(m.vm().vcpu()).map_err(|e| refused(top, 0, e))?;
@@ -387,7 +387,7 @@ fn reset_vcpu_and_devices(m: &mut Machine, top: &StoredSnapshot) -> Result<(), S
     m.set_bus(Bus::restore(args, &top.state.bus, 0)?);
     m.set_counters(top.state.exits, top.state.interrupts);
     m.refresh_run_state()?;
-    if m.synced_pending() {
+    if m.cpu_mut().synced_pending() {
         return set_vcpu_and_devices(m, top);
     }
     Ok(())

@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::devices::bus::BusState;
-use crate::kvm::memory::{PAGE_SIZE, SlotKind};
+use crate::kvm::memory::SlotKind;
 use crate::kvm::vcpu_state::VcpuState;
+use crate::page::PAGE_SIZE;
 
 /// Most memory slots a snapshot may describe.
 pub const MAX_SLOTS: usize = 32;
@@ -298,12 +299,8 @@ impl SnapshotState {
         crate::snapshot::codec::PAYLOAD_OFFSET + 8
     }
 
-    /// Checks slots (alignment, sizes, overlaps, address width, file names, bitmaps),
-    /// vCPU count and states, and the total memory against `max_mem` bytes.
-    ///
-    /// # Errors
-    /// [`InvalidState`] naming the first problem.
-    pub fn validate(&self, max_mem: u64) -> Result<(), InvalidState> {
+    /// The slots' part of [`Self::validate`].
+    fn validate_slots(&self, max_mem: u64) -> Result<(), InvalidState> {
         let bad = |offset: u64, reason: String| Err(InvalidState { offset, reason });
         if self.slots.is_empty() || self.slots.len() > MAX_SLOTS {
             return bad(
@@ -385,6 +382,17 @@ impl SnapshotState {
         if let Some(w) = ids.windows(2).find(|w| w[0].0 == w[1].0) {
             return bad(self.slot_offset(w[1].1), format!("two slots share the id {}", w[0].0));
         }
+        Ok(())
+    }
+
+    /// Checks slots (alignment, sizes, overlaps, address width, file names, bitmaps),
+    /// vCPU count and states, and the total memory against `max_mem` bytes.
+    ///
+    /// # Errors
+    /// [`InvalidState`] naming the first problem.
+    pub fn validate(&self, max_mem: u64) -> Result<(), InvalidState> {
+        let bad = |offset: u64, reason: String| Err(InvalidState { offset, reason });
+        self.validate_slots(max_mem)?;
         if self.vcpus.is_empty() || self.vcpus.len() > MAX_VCPUS {
             let at = self.vcpu_offset(0) - 8;
             return bad(at, format!("vCPU count {} over the limit of {MAX_VCPUS}", self.vcpus.len()));

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 
 use vm_memory::MmapRegion;
 
-const PAGE: u64 = 4096;
+use crate::page::PAGE_SIZE as PAGE;
 
 /// Checks that `[offset, offset + len)` is whole pages, non-empty and inside `mapping`:
 /// what makes an operation on that host range safe.

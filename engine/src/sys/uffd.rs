@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use vm_memory::MmapRegion;
 
-const PAGE: u64 = 4096;
+use crate::page::PAGE_SIZE as PAGE;
 
 const UFFD_API: u64 = 0xaa;
 /// `_IOWR(0xaa, 0x3f, struct uffdio_api)`.

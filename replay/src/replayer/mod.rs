@@ -296,8 +296,9 @@ impl Replayer {
             let reason = "the trace continues after the fatal exit".into();
             return Ok(self.diverge(Found { seq: rec.seq(), reason, recorded: None, live: None }));
         }
-        let batch = IoBatch::of(&rec.record());
-        if let Some(batch) = batch {
+        // The record is decoded once, here.
+        let recorded = rec.record();
+        if let Some(batch) = IoBatch::of(&recorded) {
             return self.replay_io(batch, rec);
         }
         match self.enter()? {
@@ -308,15 +309,14 @@ impl Replayer {
             }
             Entered::Stalled => return Ok(self.stalled(rec.seq())),
         };
-        let recorded = rec.record();
-        // A reply of another kind does not fit the exit: nothing is answered, and the
-        // check below reports the difference.
-        let _ = self.machine.answer(&recorded.body);
-        let live = self.machine.exit();
-        let verdict = match match_exit(&recorded.body, &live.body) {
-            Verdict::Match => self.check_regs(recorded.regs, live.regs),
-            other => other,
+        let verdict = match self.answer(&recorded.body) {
+            Some(refused) => refused,
+            None => match match_exit(&recorded.body, &self.machine.exit().body) {
+                Verdict::Match => self.check_regs(recorded.regs, self.machine.exit().regs),
+                other => other,
+            },
         };
+        let live = self.machine.exit();
         if let Verdict::Mismatch(reason) = verdict {
             let found = Found { seq: rec.seq(), reason, recorded: Some(recorded.body), live: Some(live) };
             let d =
@@ -365,12 +365,14 @@ impl Replayer {
                 break;
             }
         }
-        let _ = self.machine.answer(&batch.body());
-        let live = self.machine.exit();
-        let verdict = match match_io(&mut batch, &live.body) {
-            Verdict::Match => self.check_regs(batch.regs, live.regs),
-            other => other,
+        let verdict = match self.answer(&batch.body()) {
+            Some(refused) => refused,
+            None => match match_io(&mut batch, &self.machine.exit().body) {
+                Verdict::Match => self.check_regs(batch.regs, self.machine.exit().regs),
+                other => other,
+            },
         };
+        let live = self.machine.exit();
         if let Verdict::Mismatch(reason) = verdict {
             let recorded = rec.record();
             let found = Found { seq, reason, recorded: Some(recorded.body), live: Some(live) };
@@ -390,6 +392,17 @@ impl Replayer {
         self.consumed = Some(last);
         self.complete_exit()?;
         Ok(Event::Exit { seq: last })
+    }
+
+    /// Answers the live exit with `reply` (the recorded exit's body) when it fits: the
+    /// same kind and direction. One that does not fit is not answered (matching the live
+    /// exit then reports the difference); an answer KVM's page refuses is a divergence.
+    fn answer(&mut self, reply: &Body<'_>) -> Option<Verdict> {
+        if !self.machine.answer_fits(reply) {
+            return None;
+        }
+        let refused = self.machine.answer(reply).err()?;
+        Some(Verdict::Mismatch(format!("the recorded reply cannot be given: {refused}")))
     }
 
     /// Runs the guest to its next exit or debug stop.

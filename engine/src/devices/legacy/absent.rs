@@ -3,6 +3,7 @@
 //! the bus's unclaimed default, so profiles and reports say what the guest looked for.
 
 use crate::devices::device::{Device, DeviceCtx};
+use crate::persist::{DeviceRestoreError, Persist};
 
 /// Names an absent device may have (a snapshot names them by these).
 pub const ABSENT_NAMES: &[&str] = &["i8042", "com2", "com3", "com4", "lpt1", "dma", "vga", "fdc", "ide"];
@@ -33,4 +34,24 @@ impl Device for Absent {
         None
     }
     fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
+}
+
+impl Persist for Absent {
+    /// Its name, one of [`ABSENT_NAMES`].
+    type State = String;
+    type ConstructorArgs = ();
+    type Error = DeviceRestoreError;
+    fn save(&self, _now: u64) -> String {
+        self.name.to_string()
+    }
+    fn restore((): (), name: &String, _now: u64) -> Result<Self, DeviceRestoreError> {
+        if !ABSENT_NAMES.contains(&name.as_str()) {
+            return Err(DeviceRestoreError::Invalid {
+                device: "absent",
+                field: "name",
+                value: name.len() as u64,
+            });
+        }
+        Ok(Absent::new(name))
+    }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::device::{Device, DeviceCtx};
+use crate::devices::device::{Device, DeviceCtx, reply_byte};
 
 /// CMOS state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,10 +108,7 @@ impl Device for Cmos {
                 _ => self.state.ram.get(usize::from(i)).copied().unwrap_or(0xff),
             }
         };
-        data.fill(0);
-        if let Some(b) = data.first_mut() {
-            *b = v;
-        }
+        reply_byte(data, v);
     }
     fn write(&mut self, offset: u64, data: &[u8], _ctx: &mut DeviceCtx<'_>) {
         let Some(&v) = data.first() else { return };

@@ -2,6 +2,7 @@
 //! the address register reads back, every configuration read returns all ones.
 
 use crate::devices::device::{Device, DeviceCtx};
+use crate::persist::{DeviceRestoreError, Persist};
 
 /// The PCI host's configuration ports.
 #[derive(Debug, Default)]
@@ -32,4 +33,17 @@ impl Device for PciConfig {
         None
     }
     fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
+}
+
+impl Persist for PciConfig {
+    /// The address register.
+    type State = u32;
+    type ConstructorArgs = ();
+    type Error = DeviceRestoreError;
+    fn save(&self, _now: u64) -> u32 {
+        self.address
+    }
+    fn restore((): (), address: &u32, _now: u64) -> Result<Self, DeviceRestoreError> {
+        Ok(PciConfig { address: *address })
+    }
 }

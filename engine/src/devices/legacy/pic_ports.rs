@@ -1,7 +1,8 @@
 //! The 8259 pair's I/O ports; the pair itself is [`super::pic::Pic`], held by the
 //! interrupt lines where injection can reach it.
 
-use crate::devices::device::{Device, DeviceCtx};
+use crate::devices::device::{Device, DeviceCtx, reply_byte};
+use crate::persist::{DeviceRestoreError, Persist};
 
 /// The PIC pair's ports (0x20-0x21 and, aliased, 0xa0-0xa1: offsets 0x80-0x81). The
 /// state lives in [`crate::devices::interrupts::Interrupts`], where injection can reach it.
@@ -21,10 +22,7 @@ impl Device for PicPorts {
             0x81 => pic.slave.imr,
             _ => 0xff,
         };
-        data.fill(0);
-        if let Some(b) = data.first_mut() {
-            *b = v;
-        }
+        reply_byte(data, v);
     }
     fn write(&mut self, offset: u64, data: &[u8], ctx: &mut DeviceCtx<'_>) {
         let Some(&v) = data.first() else { return };
@@ -41,4 +39,15 @@ impl Device for PicPorts {
         None
     }
     fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
+}
+
+impl Persist for PicPorts {
+    /// Nothing: the pair's state is the interrupt lines'.
+    type State = ();
+    type ConstructorArgs = ();
+    type Error = DeviceRestoreError;
+    fn save(&self, _now: u64) {}
+    fn restore((): (), (): &(), _now: u64) -> Result<Self, DeviceRestoreError> {
+        Ok(PicPorts)
+    }
 }

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::device::{Device, DeviceCtx};
+use crate::devices::device::{Device, DeviceCtx, reply_byte};
 
 /// Input clock in Hz.
 pub const PIT_HZ: u64 = 1_193_182;
@@ -235,10 +235,7 @@ impl Device for Pit {
             }
             _ => 0xff,
         };
-        data.fill(0);
-        if let Some(b) = data.first_mut() {
-            *b = v;
-        }
+        reply_byte(data, v);
     }
 
     fn write(&mut self, offset: u64, data: &[u8], ctx: &mut DeviceCtx<'_>) {

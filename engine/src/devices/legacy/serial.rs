@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::devices::console::Console;
-use crate::devices::device::{Device, DeviceCtx};
+use crate::devices::device::{Device, DeviceCtx, reply_byte};
 use crate::persist::{DeviceRestoreError, Persist};
 
 /// The UART's registers (its snapshot state).
@@ -59,10 +59,7 @@ impl Device for Serial {
             7 => self.state.scr,
             _ => 0xff,
         };
-        data.fill(0);
-        if let Some(b) = data.first_mut() {
-            *b = v;
-        }
+        reply_byte(data, v);
     }
 
     fn write(&mut self, offset: u64, data: &[u8], _ctx: &mut DeviceCtx<'_>) {

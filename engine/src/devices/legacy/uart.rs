@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::devices::console::Console;
-use crate::devices::device::{Device, DeviceCtx};
+use crate::devices::device::{Device, DeviceCtx, reply_byte};
 use crate::persist::{DeviceRestoreError, Persist};
 
 /// Counts the interrupts the model signals between two accesses.
@@ -101,10 +101,8 @@ impl Device for Uart {
     }
 
     fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut DeviceCtx<'_>) {
-        data.fill(0);
-        if let (Some(b), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
-            *b = self.model.read(off);
-        }
+        let value = u8::try_from(offset).map_or(0, |off| self.model.read(off));
+        reply_byte(data, value);
         self.raise_pending(ctx);
     }
 

@@ -1,6 +1,7 @@
 //! The debug-exit port: a write ends the run with the guest's status.
 
 use crate::devices::device::{Device, DeviceCtx, StopRequest};
+use crate::persist::{DeviceRestoreError, Persist};
 
 /// Debug-exit device.
 #[derive(Debug, Default)]
@@ -23,4 +24,15 @@ impl Device for DebugExit {
         None
     }
     fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
+}
+
+impl Persist for DebugExit {
+    /// Nothing: a write ends the run at once.
+    type State = ();
+    type ConstructorArgs = ();
+    type Error = DeviceRestoreError;
+    fn save(&self, _now: u64) {}
+    fn restore((): (), (): &(), _now: u64) -> Result<Self, DeviceRestoreError> {
+        Ok(DebugExit)
+    }
 }

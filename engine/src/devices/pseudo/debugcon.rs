@@ -1,7 +1,8 @@
 //! The QEMU debug console at port 0x402 (SeaBIOS logs here): every byte written is output.
 
 use crate::devices::console::Console;
-use crate::devices::device::{Device, DeviceCtx};
+use crate::devices::device::{Device, DeviceCtx, reply_byte};
+use crate::persist::{DeviceRestoreError, Persist};
 
 /// The QEMU debug console at 0x402: every byte written is output.
 pub struct DebugCon {
@@ -21,10 +22,7 @@ impl Device for DebugCon {
     }
     fn read(&mut self, _offset: u64, data: &mut [u8], _ctx: &mut DeviceCtx<'_>) {
         // QEMU answers 0xe9 so guests can detect the port.
-        data.fill(0);
-        if let Some(b) = data.first_mut() {
-            *b = 0xe9;
-        }
+        reply_byte(data, 0xe9);
     }
     fn write(&mut self, _offset: u64, data: &[u8], _ctx: &mut DeviceCtx<'_>) {
         for &b in data {
@@ -35,4 +33,15 @@ impl Device for DebugCon {
         None
     }
     fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
+}
+
+impl Persist for DebugCon {
+    /// Nothing: output goes to the console it is restored with.
+    type State = ();
+    type ConstructorArgs = Console;
+    type Error = DeviceRestoreError;
+    fn save(&self, _now: u64) {}
+    fn restore(console: Console, (): &(), _now: u64) -> Result<Self, DeviceRestoreError> {
+        Ok(DebugCon::new(console))
+    }
 }

@@ -4,6 +4,7 @@
 use std::io::Read;
 
 use crate::devices::device::{Device, DeviceCtx};
+use crate::persist::{DeviceRestoreError, Persist};
 
 /// Each read returns fresh host random bytes (`/dev/urandom`, opened at the first read).
 pub struct Entropy {
@@ -45,4 +46,15 @@ impl Device for Entropy {
         None
     }
     fn tick(&mut self, _now: u64, _ctx: &mut DeviceCtx<'_>) {}
+}
+
+impl Persist for Entropy {
+    /// Nothing: every read is fresh host randomness (replay answers from the trace).
+    type State = ();
+    type ConstructorArgs = ();
+    type Error = DeviceRestoreError;
+    fn save(&self, _now: u64) {}
+    fn restore((): (), (): &(), _now: u64) -> Result<Self, DeviceRestoreError> {
+        Ok(Entropy::default())
+    }
 }

@@ -12,7 +12,7 @@
 //! | `0x1000000` | the kernel (its ELF's physical addresses) |
 //! | top of low RAM | the initramfs, page-aligned, below the kernel's `initrd_addr_max` |
 
-use crate::kvm::memory::PAGE_SIZE;
+use crate::page::PAGE_SIZE;
 
 /// The Linux GDT.
 pub const GDT: u64 = 0x500;

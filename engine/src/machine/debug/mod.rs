@@ -1,8 +1,19 @@
-//! Guest debugging through `KVM_SET_GUEST_DEBUG`: single-stepping and hardware
-//! breakpoints and watchpoints (the debug registers DR0-DR3 and DR7). The vCPU then stops
-//! with `KVM_EXIT_DEBUG` (exception 1) besides its own exits. Hardware breakpoints and
-//! single-stepping work on every KVM; software breakpoints (`int3` written into guest
-//! memory) are not used: they change the guest's memory and, on some hosts, do not exit.
+//! The debugging role: what a debugger does to a machine besides looking at it.
+//!
+//! - Stops through `KVM_SET_GUEST_DEBUG` (here): single-stepping and hardware breakpoints
+//!   and watchpoints (the debug registers DR0-DR3 and DR7). The vCPU then stops with
+//!   `KVM_EXIT_DEBUG` (exception 1) besides its own exits. Hardware breakpoints and
+//!   single-stepping work on every KVM; software breakpoints (`int3` written into guest
+//!   memory) are not used: they change the guest's memory and, on some hosts, do not exit.
+//! - Changes to registers and memory: [`Machine::set_regs`], [`Machine::set_sregs`],
+//!   [`Machine::write_phys`], [`Machine::write_linear`].
+//! - Running live once those changes took the guest off its recorded path
+//!   ([`Machine::live_entry`]).
+
+mod alter;
+mod live;
+
+pub use live::LiveEntry;
 
 use kvm_bindings::{
     KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,

@@ -9,8 +9,7 @@ use crate::kvm::system::KvmError;
 use crate::machine::Machine;
 use crate::machine::inspect::AccessError;
 
-/// Bytes per page, for splitting linear writes.
-const PAGE: u64 = 4096;
+use crate::page::PAGE_SIZE as PAGE;
 
 impl Machine {
     /// Sets the general registers.

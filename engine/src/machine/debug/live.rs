@@ -39,20 +39,15 @@ impl Machine {
                 None => continue,
                 Some(Handled::Debug) => return Ok(LiveEntry::Debug),
                 Some(Handled::Exit { halted, ending }) => {
-                    self.exits += 1;
+                    self.cpu.count_exit();
                     if let Some(e) = ending {
                         return Ok(LiveEntry::Ended(self.ending_outcome(e)));
                     }
-                    if let Some(stop) = self.bus.stop {
+                    if let Some(stop) = self.bus.stop_request() {
                         return Ok(LiveEntry::Ended(Outcome::from(stop)));
                     }
                     self.live_halted = halted;
-                    if let Some(d) = self.bus.next_deadline() {
-                        let now = self.bus.clock.now_ns();
-                        if now >= d {
-                            self.bus.poll(now);
-                        }
-                    }
+                    self.bus.tick_due();
                     return Ok(LiveEntry::Exit);
                 }
             }
