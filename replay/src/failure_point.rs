@@ -75,6 +75,7 @@ pub fn run(
             registers_match: false,
             detail: format!("the restored guest made no exit within {} s", STALL.as_secs()),
             failure: None,
+            live_exit: None,
         });
     }
     let live = m.exit();
@@ -96,5 +97,6 @@ pub fn run(
     };
     let failure = reproduced
         .then(|| crate::replayer::failure_report(&m, vec![vmrr_format::describe::record_json(&recorded)]));
-    Ok(FailurePoint { snapshot, reproduced, insn_bytes_match, registers_match, detail, failure })
+    let live_exit = Some(vmrr_format::kind::name(live.body.kind()).to_string());
+    Ok(FailurePoint { snapshot, reproduced, insn_bytes_match, registers_match, detail, failure, live_exit })
 }

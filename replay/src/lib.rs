@@ -36,9 +36,11 @@ pub mod report;
 mod run;
 pub mod source;
 mod start;
+pub mod verdict;
 
 pub use error::ReplayError;
 pub use options::{DEFAULT_EXPLAIN_STEPS, Options, StartFrom};
 pub use replayer::{Event, Executed, Replayer, Stop};
 pub use report::{Outcome, Report};
 pub use run::replay;
+pub use verdict::Verdict;

@@ -167,6 +167,9 @@ pub struct FailurePoint {
     pub detail: String,
     /// The failure, decoded, when it happened again.
     pub failure: Option<FailureReport>,
+    /// The kind of exit the restored guest made (`internal_error`, `mmio`, ...; as `vmrr
+    /// inspect` names kinds), `None` when it made none within the stall limit.
+    pub live_exit: Option<String>,
 }
 
 /// Where the replay started.
@@ -183,6 +186,12 @@ pub struct Start {
 pub struct Report {
     /// How it ended.
     pub outcome: Outcome,
+    /// What it says about the repro (see [`crate::verdict`]): `reproduced`, `completed`,
+    /// `no_longer_fails` or `diverged`.
+    pub verdict: crate::verdict::Verdict,
+    /// The sequence number of the fatal exit the recorded run ended with, when it ended in
+    /// one.
+    pub recorded_failure: Option<u64>,
     /// Exits the replayed guest made.
     pub exits_replayed: u64,
     /// Where it started.
@@ -246,6 +255,11 @@ impl Report {
             self.seconds,
             self.exits_per_s
         ));
+        if self.verdict == crate::verdict::Verdict::NoLongerFails {
+            s.push_str(
+                "  verdict: no_longer_fails: the guest reached the recorded failure and ran on without it\n",
+            );
+        }
         for w in &self.cpu_warnings {
             s.push_str(&format!("  warning: this host lacks {w}, which the recorded guest saw\n"));
         }

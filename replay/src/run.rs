@@ -59,7 +59,17 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
         }
         other => other,
     };
-    let failure_point = match (f.failure_point(), opts.failure_point && opts.goto.is_none()) {
+    // A guest rebuilt from another image or firmware than the recorded one (a fix under
+    // test) is not the guest the failure-point snapshot holds: running that snapshot would
+    // test the recorded code again.
+    let replaced = opts.start == crate::options::StartFrom::Rebuild
+        && src.guest_replaced(opts.image.as_deref(), opts.firmware.as_deref());
+    if replaced && f.failure_point().is_some() {
+        notes.push(
+            "the guest was rebuilt from another image or firmware than the recorded one: the failure-point snapshot (the recorded code) was not run".into(),
+        );
+    }
+    let failure_point = match (f.failure_point(), opts.failure_point && opts.goto.is_none() && !replaced) {
         (Some(mark), true) => Some(crate::failure_point::run(src, &f, opts, mark)?),
         _ => None,
     };
@@ -116,8 +126,11 @@ fn finish(
         Some(rep) if rep.is_emulation_failure() => (Some(rep), None),
         other => (None, other),
     };
-    Ok(Report {
+    let recorded_failure = f.end.filter(|_| f.ended_in_failure() && opts.goto.is_none()).and(f.last_exit_seq);
+    let mut report = Report {
         outcome,
+        verdict: crate::verdict::Verdict::Completed,
+        recorded_failure,
         exits_replayed: r.exits_replayed(),
         start,
         stopped_at,
@@ -138,5 +151,7 @@ fn finish(
         } else {
             0.0
         },
-    })
+    };
+    report.verdict = crate::verdict::verdict(&report, recorded_failure);
+    Ok(report)
 }

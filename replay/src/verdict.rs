@@ -1,0 +1,85 @@
+//! A repro's verdict: what a corpus run reports for it, from one replay's report.
+//!
+//! A replay says how its path ended (`completed`, `diverged`) and whether the recorded
+//! failure happened again. A team replaying its customers' repros asks one more thing:
+//! when a recorded failure did not happen again, did the guest get to the failing
+//! instruction and run it without failing (a KVM or VMM fix works: `no_longer_fails`), or
+//! did the replay go somewhere else (`diverged`)?
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::Report;
+
+/// What a replay says about a repro.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The recorded failure happened again (on the replayed path or from the
+    /// failure-point snapshot).
+    Reproduced,
+    /// The trace recorded no failure and every recorded exit happened again.
+    Completed,
+    /// The recorded failure did not happen again, and the guest reached it: either the
+    /// path matched every record before the failing exit and the guest then made another,
+    /// non-fatal exit, or the failure-point snapshot, restored at the failing instruction,
+    /// ran without a fatal exit.
+    NoLongerFails,
+    /// The replayed guest did something the trace did not record, before any failure.
+    Diverged,
+}
+
+impl Verdict {
+    /// Every verdict, in the order reports list them.
+    pub const ALL: [Verdict; 4] =
+        [Verdict::Reproduced, Verdict::Completed, Verdict::NoLongerFails, Verdict::Diverged];
+
+    /// The verdict's name, as JSON spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Reproduced => "reproduced",
+            Verdict::Completed => "completed",
+            Verdict::NoLongerFails => "no_longer_fails",
+            Verdict::Diverged => "diverged",
+        }
+    }
+
+    /// The verdict named `s` (as [`Verdict::name`] spells it).
+    pub fn parse(s: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.name() == s)
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Exit kinds that end a guest (a recorded failure of another kind is still a failure).
+const FATAL_KINDS: [&str; 3] = ["internal_error", "fail_entry", "shutdown"];
+
+/// The verdict of `report`, a replay of a trace whose recorded run ended in a failure at
+/// exit record `failed_at` (`None`: no recorded failure, or a replay stopped early with
+/// `--goto`, which does not reach it).
+pub fn verdict(report: &Report, failed_at: Option<u64>) -> Verdict {
+    if report.outcome == crate::report::Outcome::Reproduced {
+        return Verdict::Reproduced;
+    }
+    let Some(fatal) = failed_at else {
+        return match report.divergence {
+            Some(_) => Verdict::Diverged,
+            None => Verdict::Completed,
+        };
+    };
+    // The path reached the failing exit, everything before it matched, and the guest made
+    // a different exit there that does not end it.
+    let ran_past_on_path = report.divergence.as_ref().is_some_and(|d| {
+        d.seq == fatal
+            && d.actual.get("kind").and_then(|k| k.as_str()).is_some_and(|k| !FATAL_KINDS.contains(&k))
+    });
+    // Restored at the failing instruction, the guest ran it without a fatal exit.
+    let ran_past_at_point = report.failure_point.as_ref().is_some_and(|p| {
+        !p.reproduced && p.live_exit.as_deref().is_none_or(|k| !FATAL_KINDS.contains(&k))
+    });
+    if ran_past_on_path || ran_past_at_point { Verdict::NoLongerFails } else { Verdict::Diverged }
+}
