@@ -3,6 +3,7 @@
 //! Exit codes are listed in [`exit_code`] and in the README.
 
 mod bench;
+mod ci;
 mod cmd;
 mod exit_code;
 mod stop;
@@ -108,6 +109,13 @@ enum Command {
     Profile(Box<cmd::profile::ProfileArgs>),
     /// Write a trace as Chrome trace-event JSON for Perfetto or chrome://tracing.
     Timeline(Box<cmd::timeline::TimelineArgs>),
+    /// Merge shard reports of a corpus (or segment reports of a trace) into one verdict,
+    /// one summary and one JUnit file.
+    Merge(Box<cmd::merge::MergeArgs>),
+    /// Print a ready manifest that replays a corpus in shards: a Kubernetes Indexed Job or
+    /// a GitHub Actions workflow.
+    #[command(subcommand)]
+    Ci(cmd::ci::CiCmd),
     /// Check a trace end to end; exit 3 when damaged.
     Verify {
         /// Trace file.
@@ -138,6 +146,7 @@ fn main() -> ExitCode {
             | Command::Pack { .. }
             | Command::Verify { repair: Some(_), .. }
             | Command::Snapshot(_)
+            | Command::Merge(_)
     );
     if writes_scratch {
         if let Err(e) = stop::install() {
@@ -161,6 +170,8 @@ fn main() -> ExitCode {
         }
         Command::Replay(args) => cmd::replay::run(&args, &budgets),
         Command::Snapshot(c) => cmd::snapshot::run(&c, budgets.max_mem),
+        Command::Merge(args) => cmd::merge::run(&args),
+        Command::Ci(c) => cmd::ci::run(&c),
     };
     // A stop signal that interrupted the command's system calls: die of it as the watcher
     // would, rather than report what the interruption looked like.

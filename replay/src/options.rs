@@ -57,6 +57,9 @@ pub struct Options {
     /// Log the replayed machine's dirty pages (a debugging session's checkpoints are then
     /// incremental).
     pub dirty_log: bool,
+    /// Check the replayed machine against every checkpoint it passes (memory pages, vCPU
+    /// and device state; see [`crate::segment`]); a difference is a divergence there.
+    pub verify_checkpoints: bool,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             explain_steps: Some(DEFAULT_EXPLAIN_STEPS),
             failure_point: true,
             dirty_log: false,
+            verify_checkpoints: false,
         }
     }
 }

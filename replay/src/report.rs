@@ -1,9 +1,9 @@
 //! The replay report: stable JSON for CI, and a human rendering.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How the replay ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// Every recorded exit was reproduced (up to `--goto`, when given).
@@ -26,7 +26,7 @@ impl Outcome {
 }
 
 /// Where the replayed run departed from the recorded one.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Divergence {
     /// Sequence number of the record that did not match.
     pub seq: u64,
@@ -61,7 +61,7 @@ pub struct Divergence {
 }
 
 /// One instruction that may explain a divergence.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Suspect {
     /// Where it is (guest RIP, hex).
     pub rip: String,
@@ -72,7 +72,7 @@ pub struct Suspect {
     /// Why its result can differ between recording and replay.
     pub why: String,
     /// What kind of value it reads.
-    #[serde(skip)]
+    #[serde(skip, default = "unknown_source")]
     pub source: vmrr_engine::disasm::Unrecorded,
     /// The step at which it last ran (later is closer to the divergence).
     #[serde(skip)]
@@ -80,16 +80,16 @@ pub struct Suspect {
 }
 
 /// A console's text before a divergence.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConsoleTail {
     /// Which console (`serial`, `debugcon`).
-    pub device: &'static str,
+    pub device: String,
     /// Its last line (at most 160 characters; the line being written when it diverged).
     pub text: String,
 }
 
 /// What the search for a divergence's cause covered.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Search {
     /// Single-stepping began after this record.
     pub from_seq: u64,
@@ -106,7 +106,7 @@ pub struct Search {
 }
 
 /// A reproduced failure.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailureReport {
     /// `KVM_EXIT_*` name.
     pub exit: String,
@@ -143,7 +143,7 @@ impl FailureReport {
 }
 
 /// How the replay of the recorded path ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Path {
     /// Every recorded exit happened again (to `--goto`, when given).
@@ -153,7 +153,7 @@ pub enum Path {
 }
 
 /// The failure-point snapshot, run on its own.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailurePoint {
     /// Its snapshot id.
     pub snapshot: u64,
@@ -173,7 +173,7 @@ pub struct FailurePoint {
 }
 
 /// Where the replay started.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Start {
     /// The snapshot restored, or `None` when the guest was rebuilt from the trace.
     pub snapshot: Option<u64>,
@@ -182,7 +182,7 @@ pub struct Start {
 }
 
 /// Everything `vmrr replay --json` prints.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// How it ended.
     pub outcome: Outcome,
@@ -226,6 +226,12 @@ pub struct Report {
     pub loop_seconds: f64,
     /// Exits per second of the replay loop.
     pub exits_per_s: f64,
+    /// A segment's replay (`--segment K`): which one, and the checkpoints it checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<crate::segment::SegmentInfo>,
+    /// Segments merged into this report (`--segments N`, `vmrr merge`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<crate::segment::SegmentInfo>,
 }
 
 fn hexu(v: u64) -> String {
@@ -402,4 +408,11 @@ pub fn regs_json(r: &kvm_bindings::kvm_regs) -> serde_json::Value {
         "r12": hexu(r.r12), "r13": hexu(r.r13), "r14": hexu(r.r14), "r15": hexu(r.r15),
         "rip": hexu(r.rip), "rflags": hexu(r.rflags),
     })
+}
+
+/// The kind given to a suspect read back from a JSON report, which does not carry it (it
+/// orders suspects and words the cause sentence before the report is written; a report
+/// read back keeps both).
+fn unknown_source() -> vmrr_engine::disasm::Unrecorded {
+    vmrr_engine::disasm::Unrecorded::Cpuid
 }

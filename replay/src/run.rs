@@ -10,7 +10,8 @@ use vmrr_format::overview::{self, TraceOverview};
 use crate::cpu_check;
 use crate::error::ReplayError;
 use crate::options::Options;
-use crate::replayer::{Event, Replayer, Stop};
+use crate::replayer::{Replayer, Stop};
+use crate::segment::{SegmentInfo, Span};
 use crate::report::{Outcome, Path, Report, Start};
 use crate::source::Source;
 
@@ -20,6 +21,30 @@ use crate::source::Source;
 /// The replay could not run: damaged input, KVM, a missing CPU feature with
 /// `strict_cpu`. A divergence is not an error: it is the report's outcome.
 pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
+    run(src, opts, None)
+}
+
+/// Replays segment `index` of `count` of `src` (see [`crate::segment`]): from its first
+/// checkpoint, checking the machine at each later checkpoint of its span, to the next
+/// segment's first checkpoint (the last segment: to the trace's end, failure point
+/// included). The report's `segment` says which and what was checked.
+///
+/// # Errors
+/// As for [`replay`]; also a trace that cannot be cut into `count` segments
+/// ([`ReplayError::Segments`]) and a checkpoint of the span whose snapshot is missing
+/// (named).
+pub fn replay_segment(src: &Source, opts: &Options, index: usize, count: usize) -> Result<Report, ReplayError> {
+    crate::error::check_replay_features(&TraceReader::open(&src.trace)?)?;
+    let f = overview::scan(&src.trace)?;
+    let spans = crate::segment::plan(&f, count)?;
+    let span = spans.into_iter().nth(index).ok_or_else(|| {
+        ReplayError::Segments(format!("segment {index} asked for; segments are numbered 0 to {}", count - 1))
+    })?;
+    crate::segment::require_snapshots(src, &span)?;
+    run(src, opts, Some(span))
+}
+
+fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, ReplayError> {
     let t0 = Instant::now();
     // Before anything reaches KVM: a trace this replayer cannot replay faithfully.
     crate::error::check_replay_features(&TraceReader::open(&src.trace)?)?;
@@ -38,17 +63,31 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
     if opts.strict_cpu && !cpu_warnings.is_empty() {
         return Err(ReplayError::CpuMismatch(cpu_warnings.join(", ")));
     }
+    let mut o = opts.clone();
+    if let Some(s) = &span {
+        o.start = crate::options::StartFrom::Checkpoint(s.from.snapshot_id);
+        o.goto = None;
+    }
+    // Checking a checkpoint compares the pages written since the last one: they are logged.
+    o.dirty_log |= span.is_some() || o.verify_checkpoints;
+    let opts = &o;
     let (machine, start) = crate::start::prepare(src, &f, opts)?;
     let mut r = Replayer::new(machine, TraceReader::open(&src.trace)?, &start, f.exits, opts)?;
-    let t_loop = Instant::now();
-    let stop = loop {
-        if let Event::Stopped(stop) = r.step()? {
-            break stop;
-        }
+    let (checks, end_at_last) = match &span {
+        Some(s) => (s.checks.clone(), !s.last),
+        None if opts.verify_checkpoints => (crate::segment::checks_after(&f, start.seq, opts.goto), false),
+        None => (Vec::new(), false),
     };
+    let t_loop = Instant::now();
+    let (stop, checked) = crate::segment::drive(&mut r, src, &f, opts, &checks, end_at_last)?;
     let loop_seconds = t_loop.elapsed().as_secs_f64();
     r.end_progress();
     let stop = match stop {
+        // A machine that differs from a checkpoint has no instruction to search for.
+        Stop::Diverged(mut d) if d.actual.is_null() && d.expected.get("checkpoint").is_some() => {
+            d.cause = None;
+            Stop::Diverged(d)
+        }
         Stop::Diverged(mut d) => {
             if let Some(max_steps) = opts.explain_steps {
                 let limits = crate::explain::SearchLimits { max_steps, progress: opts.progress };
@@ -59,6 +98,8 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
         }
         other => other,
     };
+    // A segment that ends before the trace's end does not reach the recorded failure.
+    let reaches_end = span.as_ref().is_none_or(|s| s.last) && opts.goto.is_none();
     // A guest rebuilt from another image or firmware than the recorded one (a fix under
     // test) is not the guest the failure-point snapshot holds: running that snapshot would
     // test the recorded code again.
@@ -69,15 +110,43 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
             "the guest was rebuilt from another image or firmware than the recorded one: the failure-point snapshot (the recorded code) was not run".into(),
         );
     }
-    let failure_point = match (f.failure_point(), opts.failure_point && opts.goto.is_none() && !replaced) {
+    let failure_point = match (f.failure_point(), opts.failure_point && reaches_end && !replaced) {
         (Some(mark), true) => Some(crate::failure_point::run(src, &f, opts, mark)?),
         _ => None,
     };
-    finish(r, opts, stop, &f, start, ReportParts { notes, cpu_warnings, t0, loop_seconds, failure_point })
+    let segment = span.map(|s| SegmentInfo {
+        index: s.index,
+        count: s.count,
+        trace_id: crate::segment::hex_id(&f.trace_id),
+        from_snapshot: s.from.snapshot_id,
+        to_snapshot: (!s.last).then(|| s.checks.last().map(|c| c.snapshot_id)).flatten(),
+        exits: s.exits,
+        checks: Vec::new(),
+        path: String::new(),
+        error: None,
+        seconds: 0.0,
+    });
+    let parts = ReportParts { notes, cpu_warnings, t0, loop_seconds, failure_point, reaches_end };
+    let mut report = finish(r, opts, stop, &f, start, parts)?;
+    if let Some(mut s) = segment {
+        s.checks = checked;
+        s.path = if report.path == Path::Diverged { "diverged" } else { "completed" }.into();
+        s.seconds = report.seconds;
+        report.segment = Some(s);
+    } else if opts.verify_checkpoints {
+        report.notes.push(format!(
+            "checked the machine against {} checkpoint{} on the way",
+            checked.len(),
+            if checked.len() == 1 { "" } else { "s" }
+        ));
+    }
+    Ok(report)
 }
 
 /// What the report needs besides the replayer.
 struct ReportParts {
+    /// Whether the replay ran to the trace's end (so a recorded failure counts).
+    reaches_end: bool,
     failure_point: Option<crate::report::FailurePoint>,
     notes: Vec<String>,
     cpu_warnings: Vec<String>,
@@ -126,7 +195,7 @@ fn finish(
         Some(rep) if rep.is_emulation_failure() => (Some(rep), None),
         other => (None, other),
     };
-    let recorded_failure = f.end.filter(|_| f.ended_in_failure() && opts.goto.is_none()).and(f.last_exit_seq);
+    let recorded_failure = f.end.filter(|_| f.ended_in_failure() && parts.reaches_end).and(f.last_exit_seq);
     let mut report = Report {
         outcome,
         verdict: crate::verdict::Verdict::Completed,
@@ -151,6 +220,8 @@ fn finish(
         } else {
             0.0
         },
+        segment: None,
+        segments: Vec::new(),
     };
     report.verdict = crate::verdict::verdict(&report, recorded_failure);
     Ok(report)

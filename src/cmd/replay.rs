@@ -71,6 +71,9 @@ pub struct ReplayArgs {
     /// docs/DEBUGGING.md.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["goto", "snapshot_at"])]
     pub gdb: Option<String>,
+    /// Corpora, shards and segments (see docs/CI.md).
+    #[command(flatten)]
+    pub ci: crate::ci::CorpusArgs,
 }
 
 /// Opens the serial output file `p`: new, or with `force` an existing regular file that is
@@ -89,6 +92,9 @@ fn serial_file(p: &Path, inputs: &[&Path], force: bool) -> Result<std::fs::File,
 
 /// Runs `vmrr replay`.
 pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
+    if let Some(done) = crate::ci::dispatch(args, budgets) {
+        return done;
+    }
     let (goto, snapshot_at) = match &args.snapshot_at {
         Some(v) => {
             let seq = super::record::parse_u64(&v[0]).map_err(CliError::Usage)?;
@@ -131,6 +137,7 @@ pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
         explain_steps: (!args.no_explain).then_some(args.explain_steps),
         failure_point: !args.no_failure_point,
         dirty_log: args.gdb.is_some(),
+        verify_checkpoints: args.ci.verify_checkpoints,
     };
     let src = source::open(&args.src, budgets).map_err(super::replay_err)?;
     if let Some(addr) = &args.gdb {
