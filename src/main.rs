@@ -94,6 +94,10 @@ enum Command {
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
+        /// Write one self-contained bundle per segment into the directory --out names
+        /// (`seg-K-of-N.vmrrb`): a runner replaying segment K fetches only its bundle.
+        #[arg(long, value_name = "N")]
+        segments: Option<usize>,
     },
     /// Inspect or flatten snapshots.
     #[command(subcommand)]
@@ -165,7 +169,11 @@ fn main() -> ExitCode {
         Command::Guests { json } => cmd::guests::run(json),
         Command::Bench { quick, json, plot } => bench::run(quick, json, plot.as_deref()),
         Command::Demo { dir } => cmd::demo::run(dir.as_deref(), &budgets),
-        Command::Pack { trace, out, image, firmware, force, json } => {
+        Command::Pack { trace, out, image, firmware, force, json, segments: Some(n) } => {
+            let _ = json;
+            ci::pack::run(&trace, &out, n, image.or(firmware), force, budgets.max_mem)
+        }
+        Command::Pack { trace, out, image, firmware, force, json, segments: None } => {
             cmd::pack::run(&trace, &out, image.or(firmware), force, json)
         }
         Command::Replay(args) => cmd::replay::run(&args, &budgets),

@@ -300,6 +300,9 @@ impl Report {
                 }
             }
         }
+        for seg in self.segment.iter().chain(&self.segments) {
+            s.push_str(&seg.human());
+        }
         for n in &self.notes {
             s.push_str(&format!("  note: {n}\n"));
         }

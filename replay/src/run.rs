@@ -63,6 +63,11 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
     if opts.strict_cpu && !cpu_warnings.is_empty() {
         return Err(ReplayError::CpuMismatch(cpu_warnings.join(", ")));
     }
+    // A segment's own trace (`vmrr pack --segments`) replays as that segment.
+    let span = span.or_else(|| crate::segment::of_segment_trace(&f));
+    if let Some(s) = &span {
+        crate::segment::require_snapshots(src, s)?;
+    }
     let mut o = opts.clone();
     if let Some(s) = &span {
         o.start = crate::options::StartFrom::Checkpoint(s.from.snapshot_id);
@@ -84,8 +89,14 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
     r.end_progress();
     let stop = match stop {
         // A machine that differs from a checkpoint has no instruction to search for.
-        Stop::Diverged(mut d) if d.actual.is_null() && d.expected.get("checkpoint").is_some() => {
-            d.cause = None;
+        Stop::Diverged(d) if d.actual.is_null() && d.expected.get("checkpoint").is_some() => Stop::Diverged(d),
+        // The guest reached the recorded failure's instruction and ran on: nothing before
+        // it differed, so there is no cause to search for.
+        Stop::Diverged(mut d) if reached_failure(&f, &d) => {
+            d.cause = Some(format!(
+                "the guest reached the instruction that failed at record {} when recording, and this host ran it without the failure",
+                d.seq
+            ));
             Stop::Diverged(d)
         }
         Stop::Diverged(mut d) => {
@@ -141,6 +152,14 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
         ));
     }
     Ok(report)
+}
+
+/// Whether divergence `d` is at the recorded run's fatal exit, the guest having made a
+/// non-fatal exit there instead.
+fn reached_failure(f: &TraceOverview, d: &crate::report::Divergence) -> bool {
+    f.ended_in_failure()
+        && f.last_exit_seq == Some(d.seq)
+        && d.actual.get("kind").and_then(|k| k.as_str()).is_some_and(|k| !crate::verdict::is_fatal(k))
 }
 
 /// What the report needs besides the replayer.

@@ -29,6 +29,30 @@ use crate::replayer::{Event, Replayer, Stop};
 use crate::report::{Divergence, Outcome, Path, Report, regs_json};
 use crate::source::Source;
 
+/// The annotation a segment's own trace carries (`vmrr pack --segments`): `K/N`.
+pub const SEGMENT_ANNOTATION: &str = "vmrr.segment";
+
+/// The span of a trace that is itself segment K of N (written by `vmrr pack --segments`,
+/// annotated `vmrr.segment`): its first checkpoint to its last, or to its end for the last
+/// segment. `None` for any other trace.
+pub(crate) fn of_segment_trace(f: &TraceOverview) -> Option<Span> {
+    let (k, n) = f.annotation(SEGMENT_ANNOTATION)?.split_once('/')?;
+    let (index, count): (usize, usize) = (k.parse().ok()?, n.parse().ok()?);
+    if index >= count {
+        return None;
+    }
+    let cuts = cuts(f);
+    let (from, rest) = cuts.split_first()?;
+    let last = index + 1 == count;
+    // The trace holds the segment's exits only (and, past its last checkpoint, a few of the
+    // next segment's when that checkpoint's record came late).
+    let exits = match rest.last() {
+        Some(c) if !last => c.exits.saturating_sub(from.exits),
+        _ => f.exits,
+    };
+    Some(Span { index, count, from: *from, checks: rest.to_vec(), last, exits })
+}
+
 /// One segment of a trace: where it starts, the checkpoints it checks, where it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Span {
@@ -91,6 +115,30 @@ pub struct SegmentInfo {
     pub error: Option<String>,
     /// Seconds it took.
     pub seconds: f64,
+}
+
+impl SegmentInfo {
+    /// One line for the segment, and one for a check that found a difference.
+    pub fn human(&self) -> String {
+        let to = self.to_snapshot.map_or_else(|| "the trace's end".to_string(), |t| format!("checkpoint {t}"));
+        let equal = self.checks.iter().filter(|c| c.equal).count();
+        let compare: f64 = self.checks.iter().map(|c| c.seconds).sum();
+        let mut s = format!(
+            "  segment {} of {}: checkpoint {} to {to}, {} exits, {}; {equal} of {} checkpoints equal (checked in {:.3} s), {:.2} s\n",
+            self.index,
+            self.count,
+            self.from_snapshot,
+            self.exits,
+            self.error.as_deref().unwrap_or(&self.path),
+            self.checks.len(),
+            compare,
+            self.seconds
+        );
+        for c in self.checks.iter().filter(|c| !c.equal) {
+            s.push_str(&format!("    checkpoint {} (record {}) differs: {}\n", c.snapshot, c.seq, c.differences));
+        }
+        s
+    }
 }
 
 /// The checkpoints that cut the trace: every checkpoint but the failure point, in order of

@@ -58,6 +58,11 @@ impl std::fmt::Display for Verdict {
 /// Exit kinds that end a guest (a recorded failure of another kind is still a failure).
 const FATAL_KINDS: [&str; 3] = ["internal_error", "fail_entry", "shutdown"];
 
+/// Whether an exit of kind `kind` (as `vmrr inspect` names kinds) ends the guest.
+pub fn is_fatal(kind: &str) -> bool {
+    FATAL_KINDS.contains(&kind)
+}
+
 /// The verdict of `report`, a replay of a trace whose recorded run ended in a failure at
 /// exit record `failed_at` (`None`: no recorded failure, or a replay stopped early with
 /// `--goto`, which does not reach it).

@@ -12,6 +12,7 @@ pub mod corpus;
 pub mod junit;
 pub mod manifests;
 pub mod outcome;
+pub mod pack;
 pub mod segments;
 pub mod shard;
 pub mod worker;
