@@ -40,7 +40,7 @@ pub fn replay_segment(src: &Source, opts: &Options, index: usize, count: usize) 
     let span = spans.into_iter().nth(index).ok_or_else(|| {
         ReplayError::Segments(format!("segment {index} asked for; segments are numbered 0 to {}", count - 1))
     })?;
-    crate::segment::require_snapshots(src, &span)?;
+    crate::segment::require_snapshots(src, &span, opts.max_mem)?;
     run(src, opts, Some(span))
 }
 
@@ -66,7 +66,7 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
     // A segment's own trace (`vmrr pack --segments`) replays as that segment.
     let span = span.or_else(|| crate::segment::of_segment_trace(&f));
     if let Some(s) = &span {
-        crate::segment::require_snapshots(src, s)?;
+        crate::segment::require_snapshots(src, s, opts.max_mem)?;
     }
     let mut o = opts.clone();
     if let Some(s) = &span {

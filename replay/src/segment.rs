@@ -212,9 +212,45 @@ pub(crate) fn checks_after(f: &TraceOverview, start_seq: u64, goto: Option<u64>)
     cuts(f).into_iter().filter(|c| c.at() >= start_seq && goto.is_none_or(|g| c.at() <= g)).collect()
 }
 
-/// Fails naming a checkpoint the segment needs whose snapshot is not there.
-pub(crate) fn require_snapshots(src: &Source, span: &Span) -> Result<(), ReplayError> {
+/// Most parents followed while checking that a snapshot's chain is there.
+const MAX_PARENTS: usize = snapshot::MAX_CHAIN;
+
+/// The first snapshot of `id`'s chain (itself, then its parents) whose directory is not
+/// there, if any.
+fn first_missing(root: &std::path::Path, id: u64, max_mem: u64) -> Option<(u64, std::path::PathBuf)> {
+    let mut at = id;
+    for _ in 0..MAX_PARENTS {
+        let dir = snapshot_dir(root, at);
+        if !dir.is_dir() {
+            return Some((at, dir));
+        }
+        // A damaged state is reported when the chain is loaded, with its own error.
+        match snapshot::load(&dir, max_mem).ok().and_then(|s| s.state.parent) {
+            Some(p) => at = p,
+            None => return None,
+        }
+    }
+    None
+}
+
+/// Fails naming a checkpoint the segment needs whose snapshot, or a snapshot its chain
+/// needs, is not there.
+pub(crate) fn require_snapshots(src: &Source, span: &Span, max_mem: u64) -> Result<(), ReplayError> {
     for c in std::iter::once(&span.from).chain(&span.checks) {
+        if let Some(root) = &src.snapshots {
+            if let Some((parent, dir)) = first_missing(root, c.snapshot_id, max_mem).filter(|(p, _)| *p != c.snapshot_id) {
+                return Err(ReplayError::Unreplayable(format!(
+                    "checkpoint {} (snapshot {}, at record {}) needs snapshot {parent}, its parent, which is missing ({}): segment {} of {} {} it",
+                    c.snapshot_id,
+                    c.snapshot_id,
+                    c.at(),
+                    dir.display(),
+                    span.index,
+                    span.count,
+                    if c == &span.from { "starts from" } else { "checks against" },
+                )));
+            }
+        }
         let dir = src.snapshots.as_ref().map(|r| snapshot_dir(r, c.snapshot_id));
         if !dir.as_ref().is_some_and(|d| d.is_dir()) {
             let at = dir.map_or_else(
