@@ -115,11 +115,11 @@ enum Command {
     Timeline(Box<cmd::timeline::TimelineArgs>),
     /// Merge shard reports of a corpus (or segment reports of a trace) into one verdict,
     /// one summary and one JUnit file.
-    Merge(Box<cmd::merge::MergeArgs>),
+    Merge(Box<ci::merge::MergeArgs>),
     /// Print a ready manifest that replays a corpus in shards: a Kubernetes Indexed Job or
     /// a GitHub Actions workflow.
     #[command(subcommand)]
-    Ci(cmd::ci::CiCmd),
+    Ci(ci::command::CiCmd),
     /// Check a trace end to end; exit 3 when damaged.
     Verify {
         /// Trace file.
@@ -176,10 +176,12 @@ fn main() -> ExitCode {
         Command::Pack { trace, out, image, firmware, force, json, segments: None } => {
             cmd::pack::run(&trace, &out, image.or(firmware), force, json)
         }
-        Command::Replay(args) => cmd::replay::run(&args, &budgets),
+        Command::Replay(args) => {
+            ci::dispatch(&args, &budgets).unwrap_or_else(|| cmd::replay::run(&args, &budgets))
+        }
         Command::Snapshot(c) => cmd::snapshot::run(&c, budgets.max_mem),
-        Command::Merge(args) => cmd::merge::run(&args),
-        Command::Ci(c) => cmd::ci::run(&c),
+        Command::Merge(args) => ci::merge::run(&args),
+        Command::Ci(c) => ci::command::run(&c),
     };
     // A stop signal that interrupted the command's system calls: die of it as the watcher
     // would, rather than report what the interruption looked like.

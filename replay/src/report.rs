@@ -25,6 +25,121 @@ impl Outcome {
     }
 }
 
+/// What a replay says about a repro.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The recorded failure happened again (on the replayed path or from the
+    /// failure-point snapshot).
+    Reproduced,
+    /// The trace recorded no failure and every recorded exit happened again.
+    Completed,
+    /// The recorded failure did not happen again, and the guest reached it: either the
+    /// path matched every record before the failing exit and the guest then made another,
+    /// non-fatal exit, or the failure-point snapshot, restored at the failing instruction,
+    /// ran without a fatal exit.
+    NoLongerFails,
+    /// The replayed guest did something the trace did not record, before any failure.
+    Diverged,
+}
+
+impl Verdict {
+    /// Every verdict, in the order reports list them.
+    pub const ALL: [Verdict; 4] =
+        [Verdict::Reproduced, Verdict::Completed, Verdict::NoLongerFails, Verdict::Diverged];
+
+    /// The verdict's name, as JSON spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Reproduced => "reproduced",
+            Verdict::Completed => "completed",
+            Verdict::NoLongerFails => "no_longer_fails",
+            Verdict::Diverged => "diverged",
+        }
+    }
+
+    /// The verdict named `s` (as [`Verdict::name`] spells it).
+    pub fn parse(s: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.name() == s)
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One check of the replayed machine against a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointCheck {
+    /// The checkpoint's snapshot id.
+    pub snapshot: u64,
+    /// Its position (the last record whose effects it holds).
+    pub seq: u64,
+    /// The machine equalled it.
+    pub equal: bool,
+    /// Pages compared (those that could differ, or every page when `whole`).
+    pub pages_compared: u64,
+    /// Pages that differed.
+    pub pages_differing: u64,
+    /// Every page was compared.
+    pub whole: bool,
+    /// What differed, in one line (empty when equal).
+    pub differences: String,
+    /// Seconds the check took (loading the snapshot's state and comparing).
+    pub seconds: f64,
+}
+
+/// What a segment's report says about the segment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    /// Its index (0-based).
+    pub index: usize,
+    /// The number of segments.
+    pub count: usize,
+    /// The trace's id (hex): segments of one trace only are merged.
+    pub trace_id: String,
+    /// The checkpoint it started from.
+    pub from_snapshot: u64,
+    /// The checkpoint it ended at (`None`: the trace's end).
+    pub to_snapshot: Option<u64>,
+    /// Exits recorded in it.
+    pub exits: u64,
+    /// The checks it made, in order.
+    pub checks: Vec<CheckpointCheck>,
+    /// How the segment ended: `completed`, `diverged`, or `error` (it could not run).
+    pub path: String,
+    /// Why it could not run (with `path` `error`).
+    pub error: Option<String>,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+impl SegmentInfo {
+    /// One line for the segment, and one for a check that found a difference.
+    pub fn human(&self) -> String {
+        let to = self.to_snapshot.map_or_else(|| "the trace's end".to_string(), |t| format!("checkpoint {t}"));
+        let equal = self.checks.iter().filter(|c| c.equal).count();
+        let compare: f64 = self.checks.iter().map(|c| c.seconds).sum();
+        let mut s = format!(
+            "  segment {} of {}: checkpoint {} to {to}, {} exits, {}; {equal} of {} checkpoints equal (checked in {:.3} s), {:.2} s\n",
+            self.index,
+            self.count,
+            self.from_snapshot,
+            self.exits,
+            self.error.as_deref().unwrap_or(&self.path),
+            self.checks.len(),
+            compare,
+            self.seconds
+        );
+        for c in self.checks.iter().filter(|c| !c.equal) {
+            s.push_str(&format!("    checkpoint {} (record {}) differs: {}\n", c.snapshot, c.seq, c.differences));
+        }
+        s
+    }
+}
+
 /// Where the replayed run departed from the recorded one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Divergence {
@@ -186,9 +301,9 @@ pub struct Start {
 pub struct Report {
     /// How it ended.
     pub outcome: Outcome,
-    /// What it says about the repro (see [`crate::verdict`]): `reproduced`, `completed`,
+    /// What it says about the repro (`vmrr_replay::verdict`): `reproduced`, `completed`,
     /// `no_longer_fails` or `diverged`.
-    pub verdict: crate::verdict::Verdict,
+    pub verdict: Verdict,
     /// The sequence number of the fatal exit the recorded run ended with, when it ended in
     /// one.
     pub recorded_failure: Option<u64>,
@@ -228,10 +343,10 @@ pub struct Report {
     pub exits_per_s: f64,
     /// A segment's replay (`--segment K`): which one, and the checkpoints it checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub segment: Option<crate::segment::SegmentInfo>,
+    pub segment: Option<SegmentInfo>,
     /// Segments merged into this report (`--segments N`, `vmrr merge`), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub segments: Vec<crate::segment::SegmentInfo>,
+    pub segments: Vec<SegmentInfo>,
 }
 
 fn hexu(v: u64) -> String {
@@ -261,7 +376,7 @@ impl Report {
             self.seconds,
             self.exits_per_s
         ));
-        if self.verdict == crate::verdict::Verdict::NoLongerFails {
+        if self.verdict == Verdict::NoLongerFails {
             s.push_str(
                 "  verdict: no_longer_fails: the guest reached the recorded failure and ran on without it\n",
             );

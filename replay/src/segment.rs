@@ -19,13 +19,13 @@
 
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use vmrr_engine::snapshot::{self, snapshot_dir};
 use vmrr_format::overview::{CheckpointMark, TraceOverview};
 
 use crate::error::ReplayError;
 use crate::options::Options;
 use crate::replayer::{Event, Replayer, Stop};
+pub use crate::report::{CheckpointCheck, SegmentInfo};
 use crate::report::{Divergence, Outcome, Path, Report, regs_json};
 use crate::source::Source;
 
@@ -69,76 +69,6 @@ pub struct Span {
     pub last: bool,
     /// Exits recorded in it.
     pub exits: u64,
-}
-
-/// One check of the replayed machine against a checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckpointCheck {
-    /// The checkpoint's snapshot id.
-    pub snapshot: u64,
-    /// Its position (the last record whose effects it holds).
-    pub seq: u64,
-    /// The machine equalled it.
-    pub equal: bool,
-    /// Pages compared (those that could differ, or every page when `whole`).
-    pub pages_compared: u64,
-    /// Pages that differed.
-    pub pages_differing: u64,
-    /// Every page was compared.
-    pub whole: bool,
-    /// What differed, in one line (empty when equal).
-    pub differences: String,
-    /// Seconds the check took (loading the snapshot's state and comparing).
-    pub seconds: f64,
-}
-
-/// What a segment's report says about the segment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SegmentInfo {
-    /// Its index (0-based).
-    pub index: usize,
-    /// The number of segments.
-    pub count: usize,
-    /// The trace's id (hex): segments of one trace only are merged.
-    pub trace_id: String,
-    /// The checkpoint it started from.
-    pub from_snapshot: u64,
-    /// The checkpoint it ended at (`None`: the trace's end).
-    pub to_snapshot: Option<u64>,
-    /// Exits recorded in it.
-    pub exits: u64,
-    /// The checks it made, in order.
-    pub checks: Vec<CheckpointCheck>,
-    /// How the segment ended: `completed`, `diverged`, or `error` (it could not run).
-    pub path: String,
-    /// Why it could not run (with `path` `error`).
-    pub error: Option<String>,
-    /// Seconds it took.
-    pub seconds: f64,
-}
-
-impl SegmentInfo {
-    /// One line for the segment, and one for a check that found a difference.
-    pub fn human(&self) -> String {
-        let to = self.to_snapshot.map_or_else(|| "the trace's end".to_string(), |t| format!("checkpoint {t}"));
-        let equal = self.checks.iter().filter(|c| c.equal).count();
-        let compare: f64 = self.checks.iter().map(|c| c.seconds).sum();
-        let mut s = format!(
-            "  segment {} of {}: checkpoint {} to {to}, {} exits, {}; {equal} of {} checkpoints equal (checked in {:.3} s), {:.2} s\n",
-            self.index,
-            self.count,
-            self.from_snapshot,
-            self.exits,
-            self.error.as_deref().unwrap_or(&self.path),
-            self.checks.len(),
-            compare,
-            self.seconds
-        );
-        for c in self.checks.iter().filter(|c| !c.equal) {
-            s.push_str(&format!("    checkpoint {} (record {}) differs: {}\n", c.snapshot, c.seq, c.differences));
-        }
-        s
-    }
 }
 
 /// The checkpoints that cut the trace: every checkpoint but the failure point, in order of

@@ -6,54 +6,8 @@
 //! instruction and run it without failing (a KVM or VMM fix works: `no_longer_fails`), or
 //! did the replay go somewhere else (`diverged`)?
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::report::Verdict;
 use crate::report::Report;
-
-/// What a replay says about a repro.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// The recorded failure happened again (on the replayed path or from the
-    /// failure-point snapshot).
-    Reproduced,
-    /// The trace recorded no failure and every recorded exit happened again.
-    Completed,
-    /// The recorded failure did not happen again, and the guest reached it: either the
-    /// path matched every record before the failing exit and the guest then made another,
-    /// non-fatal exit, or the failure-point snapshot, restored at the failing instruction,
-    /// ran without a fatal exit.
-    NoLongerFails,
-    /// The replayed guest did something the trace did not record, before any failure.
-    Diverged,
-}
-
-impl Verdict {
-    /// Every verdict, in the order reports list them.
-    pub const ALL: [Verdict; 4] =
-        [Verdict::Reproduced, Verdict::Completed, Verdict::NoLongerFails, Verdict::Diverged];
-
-    /// The verdict's name, as JSON spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Verdict::Reproduced => "reproduced",
-            Verdict::Completed => "completed",
-            Verdict::NoLongerFails => "no_longer_fails",
-            Verdict::Diverged => "diverged",
-        }
-    }
-
-    /// The verdict named `s` (as [`Verdict::name`] spells it).
-    pub fn parse(s: &str) -> Option<Verdict> {
-        Verdict::ALL.into_iter().find(|v| v.name() == s)
-    }
-}
-
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Exit kinds that end a guest (a recorded failure of another kind is still a failure).
 const FATAL_KINDS: [&str; 3] = ["internal_error", "fail_entry", "shutdown"];

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::corpus::Entry;
+use super::entries::Entry;
 use crate::exit_code::CliError;
 
 /// Kubernetes sets this in each pod of an Indexed Job (0-based).

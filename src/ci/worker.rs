@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use vmrr_format::bundle::Budgets;
 use vmrr_replay::Report;
 
-use super::corpus::Entry;
+use super::entries::Entry;
 use super::outcome::{EntryError, EntryResult};
 use crate::cmd::replay::ReplayArgs;
 use crate::exit_code::INTERNAL;

@@ -1,10 +1,9 @@
 //! One module per subcommand.
 
-pub mod ci;
+pub mod corpus_args;
 pub mod demo;
 pub mod guests;
 pub mod inspect;
-pub mod merge;
 pub mod pack;
 pub mod profile;
 pub mod record;

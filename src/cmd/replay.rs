@@ -73,7 +73,7 @@ pub struct ReplayArgs {
     pub gdb: Option<String>,
     /// Corpora, shards and segments (see docs/CI.md).
     #[command(flatten)]
-    pub ci: crate::ci::CorpusArgs,
+    pub ci: super::corpus_args::CorpusArgs,
 }
 
 /// Opens the serial output file `p`: new, or with `force` an existing regular file that is
@@ -92,9 +92,6 @@ fn serial_file(p: &Path, inputs: &[&Path], force: bool) -> Result<std::fs::File,
 
 /// Runs `vmrr replay`.
 pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
-    if let Some(done) = crate::ci::dispatch(args, budgets) {
-        return done;
-    }
     let (goto, snapshot_at) = match &args.snapshot_at {
         Some(v) => {
             let seq = super::record::parse_u64(&v[0]).map_err(CliError::Usage)?;

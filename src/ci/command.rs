@@ -1,7 +1,7 @@
 //! `vmrr ci kubernetes|github`: print a ready manifest that replays a corpus in shards
 //! and merges the reports (see docs/CI.md).
 
-use crate::ci::manifests::{CorpusSource, Github, KvmAccess, Kubernetes};
+use super::manifests::{CorpusSource, Github, KvmAccess, Kubernetes};
 use crate::exit_code::{CliError, CliResult};
 
 /// `vmrr ci` subcommands.
@@ -82,7 +82,7 @@ pub enum CiCmd {
 /// Runs `vmrr ci`.
 pub fn run(c: &CiCmd) -> CliResult {
     let check_fail_on = |v: &[String]| {
-        crate::ci::CorpusArgs { fail_on: v.to_vec(), ..Default::default() }.fail_on().map(|_| ())
+        super::CorpusArgs { fail_on: v.to_vec(), ..Default::default() }.fail_on().map(|_| ())
     };
     let text = match c {
         CiCmd::Kubernetes {
@@ -146,7 +146,7 @@ pub fn run(c: &CiCmd) -> CliResult {
     };
     let mut out = std::io::stdout().lock();
     for l in text.lines() {
-        if !super::out_line(&mut out, l)? {
+        if !crate::cmd::out_line(&mut out, l)? {
             break;
         }
     }

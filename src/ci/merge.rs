@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use vmrr_replay::{Report, Verdict};
 
-use crate::ci::outcome::{self, EntryResult, Line, Summary, entry_code};
+use super::outcome::{self, EntryResult, Line, Summary, entry_code};
 use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 
 /// `vmrr merge` arguments.
@@ -77,7 +77,7 @@ fn read(path: &Path) -> Result<Read, String> {
 
 /// Runs `vmrr merge`.
 pub fn run(args: &MergeArgs) -> CliResult {
-    let fail_on = crate::ci::CorpusArgs { fail_on: args.fail_on.clone(), ..Default::default() }.fail_on()?;
+    let fail_on = super::CorpusArgs { fail_on: args.fail_on.clone(), ..Default::default() }.fail_on()?;
     if let Some(j) = &args.junit {
         let inputs: Vec<&Path> = args.reports.iter().map(PathBuf::as_path).collect();
         vmrr_format::output::check(j, &inputs, args.force, vmrr_format::output::OutputKind::File)
@@ -109,7 +109,7 @@ fn merge_segments(segments: Vec<(PathBuf, Box<Report>)>, refused: Vec<String>, j
     let reports: Vec<Report> = segments.into_iter().map(|(_, r)| *r).collect();
     let merged = vmrr_replay::segment::merge(reports)
         .map_err(|e| CliError::Coded { code: INVALID_INPUT, message: e.to_string() })?;
-    let printed = crate::ci::segments::print_report(&merged, json);
+    let printed = super::segments::print_report(&merged, json);
     if !refused.is_empty() {
         return Err(CliError::Reported { code: INVALID_INPUT });
     }
@@ -180,7 +180,7 @@ fn merge_corpus(
         eprintln!("vmrr: error: {r}");
     }
     if let Some(j) = &args.junit {
-        crate::ci::junit::write(j, &results, &summary)?;
+        super::junit::write(j, &results, &summary)?;
     }
     match summary.exit_code {
         0 => Ok(()),
