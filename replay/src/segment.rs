@@ -425,3 +425,53 @@ pub fn merge(mut reports: Vec<Report>) -> Result<Report, MergeError> {
     merged.verdict = crate::verdict::verdict(&merged, merged.recorded_failure);
     Ok(merged)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trace of `exits` exits with a checkpoint after each of `at` exits (record seq =
+    /// exits, stopped-world).
+    fn trace(at: &[u64], exits: u64) -> TraceOverview {
+        TraceOverview {
+            trace_id: [7; 16],
+            annotations: Vec::new(),
+            cpuid: Vec::new(),
+            cpuid_seq: None,
+            checkpoints: at
+                .iter()
+                .enumerate()
+                .map(|(i, &e)| CheckpointMark { record_seq: e + 1, after_seq: e, snapshot_id: i as u64, exits: e })
+                .collect(),
+            end: None,
+            exits,
+            last_exit_seq: Some(exits),
+            records: exits + at.len() as u64,
+            unfinished: false,
+        }
+    }
+
+    #[test]
+    fn segments_are_contiguous_balanced_and_cover_every_checkpoint() {
+        let f = trace(&[0, 100, 200, 300, 400, 500, 600, 700], 800);
+        for n in 1..=8 {
+            let spans = plan(&f, n).unwrap();
+            assert_eq!(spans.len(), n);
+            assert_eq!(spans.iter().map(|s| s.exits).sum::<u64>(), 800);
+            for w in spans.windows(2) {
+                assert_eq!(w[0].checks.last(), Some(&w[1].from), "a segment ends where the next starts");
+            }
+            let checked: usize = spans.iter().map(|s| s.checks.len()).sum();
+            assert_eq!(checked, 8 - 1, "every checkpoint but the first is checked once");
+            if 8 % n == 0 {
+                assert!(spans.iter().all(|s| s.exits == 800 / n as u64), "{n}: {spans:?}");
+            }
+            assert!(spans.last().unwrap().last && spans.iter().rev().skip(1).all(|s| !s.last));
+        }
+        assert!(plan(&f, 0).is_err() && plan(&f, 9).is_err());
+        // Unequal intervals: the heavy one gets a segment of its own.
+        let f = trace(&[0, 10, 20, 30], 1000);
+        let spans = plan(&f, 2).unwrap();
+        assert_eq!((spans[0].exits, spans[1].exits), (30, 970));
+    }
+}
