@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use common::schema as corpus_schema;
 use common::*;
 
@@ -25,8 +24,21 @@ fn manifests_validate_against_the_published_schemas() {
         (
             "k8s",
             vec![
-                "ci", "kubernetes", "--image", image, "--corpus", "s3://bucket/repros", "--shards", "16",
-                "--parallelism", "8", "--kvm", "privileged", "--namespace", "ci", "--fail-on",
+                "ci",
+                "kubernetes",
+                "--image",
+                image,
+                "--corpus",
+                "s3://bucket/repros",
+                "--shards",
+                "16",
+                "--parallelism",
+                "8",
+                "--kvm",
+                "privileged",
+                "--namespace",
+                "ci",
+                "--fail-on",
                 "diverged,no_longer_fails",
             ],
         ),
@@ -54,7 +66,11 @@ fn manifests_validate_against_the_published_schemas() {
     // The validators are strict: a field Kubernetes or Actions does not know fails.
     let k = manifest(&["ci", "kubernetes", "--image", image, "--corpus", "pvc:repros"]);
     let bad = at(&d, "bad-k8s.yaml");
-    std::fs::write(&bad, k.replace("completionMode: Indexed", "completionMode: Indexed\n  completionCount: 4")).unwrap();
+    std::fs::write(
+        &bad,
+        k.replace("completionMode: Indexed", "completionMode: Indexed\n  completionCount: 4"),
+    )
+    .unwrap();
     assert!(!corpus_schema::passes(&py, "k8s", &bad), "an unknown Job field is refused");
     let g = manifest(&["ci", "github"]);
     let bad = at(&d, "bad-gh.yaml");

@@ -105,7 +105,16 @@ fn a_corpus_gives_each_repro_a_verdict_and_each_bad_entry_an_error() {
 
     let junit = at(&d, "junit.xml");
     let o = vmrr(&[
-        "replay", s(&corpus), "--rebuild", "--image", s(&fixed), "--jobs", "2", "--json", "--junit", s(&junit),
+        "replay",
+        s(&corpus),
+        "--rebuild",
+        "--image",
+        s(&fixed),
+        "--jobs",
+        "2",
+        "--json",
+        "--junit",
+        s(&junit),
     ]);
     let (entries, summary) = lines(&o.stdout);
     assert_eq!(o.status.code(), Some(3), "an entry that is no repro makes the run exit 3: {}", stderr(&o));
@@ -129,7 +138,13 @@ fn a_corpus_gives_each_repro_a_verdict_and_each_bad_entry_an_error() {
     }
     let counts = &summary["counts"];
     assert_eq!(
-        [&counts["reproduced"], &counts["completed"], &counts["no_longer_fails"], &counts["diverged"], &counts["error"]],
+        [
+            &counts["reproduced"],
+            &counts["completed"],
+            &counts["no_longer_fails"],
+            &counts["diverged"],
+            &counts["error"]
+        ],
         [1, 1, 1, 1, 2],
         "{summary}"
     );
@@ -181,7 +196,9 @@ fn shards_run_as_indexed_job_pods_merge_into_the_single_runs_verdicts() {
     let verdicts = |e: &[serde_json::Value]| {
         let mut v: Vec<(String, String)> = e
             .iter()
-            .map(|x| (x["path"].as_str().unwrap().to_string(), x["verdict"].as_str().unwrap_or("error").into()))
+            .map(|x| {
+                (x["path"].as_str().unwrap().to_string(), x["verdict"].as_str().unwrap_or("error").into())
+            })
             .collect();
         v.sort();
         v
@@ -207,7 +224,11 @@ fn shards_run_as_indexed_job_pods_merge_into_the_single_runs_verdicts() {
     let mut distinct = seen.clone();
     distinct.sort();
     distinct.dedup();
-    assert_eq!((seen.len(), distinct.len()), (6, 6), "the shards are disjoint and cover the corpus: {seen:?}");
+    assert_eq!(
+        (seen.len(), distinct.len()),
+        (6, 6),
+        "the shards are disjoint and cover the corpus: {seen:?}"
+    );
 
     let args: Vec<&str> = ["merge", "--json"].into_iter().chain(reports.iter().map(|p| s(p))).collect();
     let o = vmrr(&args);
@@ -224,11 +245,13 @@ fn shards_run_as_indexed_job_pods_merge_into_the_single_runs_verdicts() {
     let o = vmrr(&["merge", s(&reports[0]), s(&reports[1]), s(&reports[2]), s(&reports[0])]);
     assert!(stderr(&o).contains("was given already"), "{}", stderr(&o));
     let other = at(&d, "other.jsonl");
-    std::fs::write(&other, vmrr(&["replay", s(&corpus.join("hello.vmrrb")), "--jobs", "1", "--json"]).stdout).unwrap();
+    std::fs::write(&other, vmrr(&["replay", s(&corpus.join("hello.vmrrb")), "--jobs", "1", "--json"]).stdout)
+        .unwrap();
     let o = vmrr(&["merge", s(&reports[0]), s(&reports[1]), s(&reports[2]), s(&other)]);
     assert_eq!(o.status.code(), Some(3));
     assert!(stderr(&o).contains("other.jsonl: a report of another corpus"), "{}", stderr(&o));
-    let (merged, _) = lines(&vmrr(&["merge", "--json", s(&reports[0]), s(&reports[1]), s(&reports[2]), s(&other)]).stdout);
+    let (merged, _) =
+        lines(&vmrr(&["merge", "--json", s(&reports[0]), s(&reports[1]), s(&reports[2]), s(&other)]).stdout);
     assert_eq!(merged.len(), 6, "the other reports are still merged");
     let junk = at(&d, "junk.jsonl");
     std::fs::write(&junk, b"{\"no\": 1}\n").unwrap();
@@ -250,7 +273,8 @@ fn shards_run_as_indexed_job_pods_merge_into_the_single_runs_verdicts() {
 
 #[test]
 fn segments_give_the_sequential_replays_verdict_and_first_divergence() {
-    let Some((d, trace)) = recorded("pio-storm", &["--iterations", "2500", "--checkpoint-every", "500"]) else {
+    let Some((d, trace)) = recorded("pio-storm", &["--iterations", "2500", "--checkpoint-every", "500"])
+    else {
         return;
     };
     // Where the five segments lie (each checks against the next one's first checkpoint).
@@ -258,7 +282,10 @@ fn segments_give_the_sequential_replays_verdict_and_first_divergence() {
     assert_eq!((code, clean["verdict"].as_str()), (Some(0), Some("completed")), "{clean}");
     let segs = clean["segments"].as_array().unwrap();
     assert_eq!(segs.len(), 5);
-    let ends: Vec<u64> = segs[..4].iter().map(|s| s["checks"].as_array().unwrap().last().unwrap()["seq"].as_u64().unwrap()).collect();
+    let ends: Vec<u64> = segs[..4]
+        .iter()
+        .map(|s| s["checks"].as_array().unwrap().last().unwrap()["seq"].as_u64().unwrap())
+        .collect();
     for s in segs {
         assert!(s["checks"].as_array().unwrap().iter().all(|c| c["equal"] == true), "{s}");
     }
@@ -279,13 +306,23 @@ fn segments_give_the_sequential_replays_verdict_and_first_divergence() {
     let (code, par) = replay_json(&tampered, &["--no-explain", "--segments", "5", "--jobs", "2"]);
     assert_eq!((code, par["verdict"].as_str()), (Some(1), Some("diverged")), "{par}");
     assert_eq!(par["divergence"]["seq"], first, "same first divergence as the sequential replay");
-    let paths: Vec<&str> = par["segments"].as_array().unwrap().iter().map(|s| s["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> =
+        par["segments"].as_array().unwrap().iter().map(|s| s["path"].as_str().unwrap()).collect();
     assert_eq!(paths, ["completed", "completed", "diverged", "completed", "completed"]);
 
     // The segments run as separate processes (runners), merged.
     let mut files = Vec::new();
     for k in 0..5 {
-        let o = vmrr(&["replay", s(&tampered), "--no-explain", "--segments", "5", "--segment", &k.to_string(), "--json"]);
+        let o = vmrr(&[
+            "replay",
+            s(&tampered),
+            "--no-explain",
+            "--segments",
+            "5",
+            "--segment",
+            &k.to_string(),
+            "--json",
+        ]);
         assert_eq!(o.status.code(), Some(if k == 2 { 1 } else { 0 }), "{}", stderr(&o));
         let f = at(&d, &format!("seg-{k}.json"));
         std::fs::write(&f, &o.stdout).unwrap();
@@ -324,7 +361,11 @@ fn segments_give_the_sequential_replays_verdict_and_first_divergence() {
     std::fs::copy(&trace, &holed).unwrap();
     copy_dir(&vmrr_engine::snapshot::dir_for_trace(&trace), &vmrr_engine::snapshot::dir_for_trace(&holed));
     let third = segs[3]["from_snapshot"].as_u64().unwrap();
-    std::fs::remove_dir_all(vmrr_engine::snapshot::snapshot_dir(&vmrr_engine::snapshot::dir_for_trace(&holed), third)).unwrap();
+    std::fs::remove_dir_all(vmrr_engine::snapshot::snapshot_dir(
+        &vmrr_engine::snapshot::dir_for_trace(&holed),
+        third,
+    ))
+    .unwrap();
     let o = vmrr(&["replay", s(&holed), "--segments", "5", "--segment", "3"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains(&format!("checkpoint {third} (snapshot {third}")), "{}", stderr(&o));
@@ -332,15 +373,25 @@ fn segments_give_the_sequential_replays_verdict_and_first_divergence() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("segment 2 of 5") && stderr(&o).contains("segment 3 of 5"), "{}", stderr(&o));
     // Segment 4 starts from a snapshot incremental on the missing one: named as such.
-    assert!(stderr(&o).contains(&format!("needs snapshot {third}, its parent, which is missing")), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("needs snapshot {third}, its parent, which is missing")),
+        "{}",
+        stderr(&o)
+    );
     for k in [0, 1] {
-        assert!(stderr(&o).contains(&format!("segment {k} of 5: completed")), "the others ran: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("segment {k} of 5: completed")),
+            "the others ran: {}",
+            stderr(&o)
+        );
     }
 }
 
 #[test]
 fn a_machine_that_differs_from_a_checkpoint_is_a_divergence_there() {
-    let Some((d, trace)) = recorded("memory-churn", &["--iterations", "2", "--mem-mib", "16", "--checkpoint-every", "10"]) else {
+    let Some((d, trace)) =
+        recorded("memory-churn", &["--iterations", "2", "--mem-mib", "16", "--checkpoint-every", "10"])
+    else {
         return;
     };
     let (code, rep) = replay_json(&trace, &["--verify-checkpoints"]);
@@ -351,7 +402,12 @@ fn a_machine_that_differs_from_a_checkpoint_is_a_divergence_there() {
     let id = 3;
     let dir = vmrr_engine::snapshot::snapshot_dir(&snaps, id);
     let st = vmrr_engine::snapshot::load(&dir, u64::MAX).unwrap();
-    let slot = st.state.slots.iter().position(|s| s.stored_pages > 0 && !s.full).expect("an incremental slot with pages");
+    let slot = st
+        .state
+        .slots
+        .iter()
+        .position(|s| s.stored_pages > 0 && !s.full)
+        .expect("an incremental slot with pages");
     let page = (0..st.state.slots[slot].page_count()).find(|p| st.state.slots[slot].has_page(*p)).unwrap();
     let file = dir.join(&st.state.slots[slot].file);
     let mut bytes = std::fs::read(&file).unwrap();

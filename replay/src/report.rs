@@ -119,7 +119,8 @@ pub struct SegmentInfo {
 impl SegmentInfo {
     /// One line for the segment, and one for a check that found a difference.
     pub fn human(&self) -> String {
-        let to = self.to_snapshot.map_or_else(|| "the trace's end".to_string(), |t| format!("checkpoint {t}"));
+        let to =
+            self.to_snapshot.map_or_else(|| "the trace's end".to_string(), |t| format!("checkpoint {t}"));
         let equal = self.checks.iter().filter(|c| c.equal).count();
         let compare: f64 = self.checks.iter().map(|c| c.seconds).sum();
         let mut s = format!(
@@ -134,7 +135,10 @@ impl SegmentInfo {
             self.seconds
         );
         for c in self.checks.iter().filter(|c| !c.equal) {
-            s.push_str(&format!("    checkpoint {} (record {}) differs: {}\n", c.snapshot, c.seq, c.differences));
+            s.push_str(&format!(
+                "    checkpoint {} (record {}) differs: {}\n",
+                c.snapshot, c.seq, c.differences
+            ));
         }
         s
     }

@@ -11,8 +11,8 @@ use crate::cpu_check;
 use crate::error::ReplayError;
 use crate::options::Options;
 use crate::replayer::{Replayer, Stop};
-use crate::segment::{SegmentInfo, Span};
 use crate::report::{Outcome, Path, Report, Start};
+use crate::segment::{SegmentInfo, Span};
 use crate::source::Source;
 
 /// Replays `src`.
@@ -33,7 +33,12 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
 /// As for [`replay`]; also a trace that cannot be cut into `count` segments
 /// ([`ReplayError::Segments`]) and a checkpoint of the span whose snapshot is missing
 /// (named).
-pub fn replay_segment(src: &Source, opts: &Options, index: usize, count: usize) -> Result<Report, ReplayError> {
+pub fn replay_segment(
+    src: &Source,
+    opts: &Options,
+    index: usize,
+    count: usize,
+) -> Result<Report, ReplayError> {
     crate::error::check_replay_features(&TraceReader::open(&src.trace)?)?;
     let f = overview::scan(&src.trace)?;
     let spans = crate::segment::plan(&f, count)?;
@@ -89,7 +94,9 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
     r.end_progress();
     let stop = match stop {
         // A machine that differs from a checkpoint has no instruction to search for.
-        Stop::Diverged(d) if d.actual.is_null() && d.expected.get("checkpoint").is_some() => Stop::Diverged(d),
+        Stop::Diverged(d) if d.actual.is_null() && d.expected.get("checkpoint").is_some() => {
+            Stop::Diverged(d)
+        }
         // The guest reached the recorded failure's instruction and ran on: nothing before
         // it differed, so there is no cause to search for.
         Stop::Diverged(mut d) if reached_failure(&f, &d) => {

@@ -111,7 +111,8 @@ pub fn plan(f: &TraceOverview, n: usize) -> Result<Vec<Span>, ReplayError> {
         let remaining_segments = n - k;
         if k < n
             && remaining_intervals >= remaining_segments
-            && (acc.saturating_mul(n as u64) >= total.saturating_mul(k as u64) || remaining_intervals == remaining_segments)
+            && (acc.saturating_mul(n as u64) >= total.saturating_mul(k as u64)
+                || remaining_intervals == remaining_segments)
         {
             starts.push(i + 1);
         }
@@ -168,7 +169,9 @@ fn first_missing(root: &std::path::Path, id: u64, max_mem: u64) -> Option<(u64, 
 pub(crate) fn require_snapshots(src: &Source, span: &Span, max_mem: u64) -> Result<(), ReplayError> {
     for c in std::iter::once(&span.from).chain(&span.checks) {
         if let Some(root) = &src.snapshots {
-            if let Some((parent, dir)) = first_missing(root, c.snapshot_id, max_mem).filter(|(p, _)| *p != c.snapshot_id) {
+            if let Some((parent, dir)) =
+                first_missing(root, c.snapshot_id, max_mem).filter(|(p, _)| *p != c.snapshot_id)
+            {
                 return Err(ReplayError::Unreplayable(format!(
                     "checkpoint {} (snapshot {}, at record {}) needs snapshot {parent}, its parent, which is missing ({}): segment {} of {} {} it",
                     c.snapshot_id,
@@ -255,7 +258,10 @@ fn check_at(
     })?;
     let chain = snapshot::load_chain(&snapshot_dir(root, c.snapshot_id), opts.max_mem)?;
     if chain.last().is_some_and(|l| l.state.trace_id != f.trace_id) {
-        return Err(ReplayError::Unreplayable(format!("snapshot {} belongs to another trace", c.snapshot_id)));
+        return Err(ReplayError::Unreplayable(format!(
+            "snapshot {} belongs to another trace",
+            c.snapshot_id
+        )));
     }
     r.complete_pending()?;
     let diff = snapshot::compare(r.machine_mut(), &chain)?;
@@ -441,7 +447,12 @@ mod tests {
             checkpoints: at
                 .iter()
                 .enumerate()
-                .map(|(i, &e)| CheckpointMark { record_seq: e + 1, after_seq: e, snapshot_id: i as u64, exits: e })
+                .map(|(i, &e)| CheckpointMark {
+                    record_seq: e + 1,
+                    after_seq: e,
+                    snapshot_id: i as u64,
+                    exits: e,
+                })
                 .collect(),
             end: None,
             exits,

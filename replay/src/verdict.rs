@@ -6,8 +6,8 @@
 //! instruction and run it without failing (a KVM or VMM fix works: `no_longer_fails`), or
 //! did the replay go somewhere else (`diverged`)?
 
-pub use crate::report::Verdict;
 use crate::report::Report;
+pub use crate::report::Verdict;
 
 /// Exit kinds that end a guest (a recorded failure of another kind is still a failure).
 const FATAL_KINDS: [&str; 3] = ["internal_error", "fail_entry", "shutdown"];
@@ -37,8 +37,9 @@ pub fn verdict(report: &Report, failed_at: Option<u64>) -> Verdict {
             && d.actual.get("kind").and_then(|k| k.as_str()).is_some_and(|k| !FATAL_KINDS.contains(&k))
     });
     // Restored at the failing instruction, the guest ran it without a fatal exit.
-    let ran_past_at_point = report.failure_point.as_ref().is_some_and(|p| {
-        !p.reproduced && p.live_exit.as_deref().is_none_or(|k| !FATAL_KINDS.contains(&k))
-    });
+    let ran_past_at_point = report
+        .failure_point
+        .as_ref()
+        .is_some_and(|p| !p.reproduced && p.live_exit.as_deref().is_none_or(|k| !FATAL_KINDS.contains(&k)));
     if ran_past_on_path || ran_past_at_point { Verdict::NoLongerFails } else { Verdict::Diverged }
 }

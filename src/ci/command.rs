@@ -1,7 +1,7 @@
 //! `vmrr ci kubernetes|github`: print a ready manifest that replays a corpus in shards
 //! and merges the reports (see docs/CI.md).
 
-use super::manifests::{CorpusSource, Github, KvmAccess, Kubernetes};
+use super::manifests::{CorpusSource, Github, Kubernetes, KvmAccess};
 use crate::exit_code::{CliError, CliResult};
 
 /// `vmrr ci` subcommands.
@@ -81,9 +81,8 @@ pub enum CiCmd {
 
 /// Runs `vmrr ci`.
 pub fn run(c: &CiCmd) -> CliResult {
-    let check_fail_on = |v: &[String]| {
-        super::CorpusArgs { fail_on: v.to_vec(), ..Default::default() }.fail_on().map(|_| ())
-    };
+    let check_fail_on =
+        |v: &[String]| super::CorpusArgs { fail_on: v.to_vec(), ..Default::default() }.fail_on().map(|_| ());
     let text = match c {
         CiCmd::Kubernetes {
             image,
@@ -105,7 +104,9 @@ pub fn run(c: &CiCmd) -> CliResult {
             }
             let corpus = CorpusSource::parse(corpus)?;
             if matches!(corpus, CorpusSource::Path(_)) {
-                return Err(CliError::Usage("--corpus path:DIR is for `vmrr ci github`; use pvc:CLAIM".into()));
+                return Err(CliError::Usage(
+                    "--corpus path:DIR is for `vmrr ci github`; use pvc:CLAIM".into(),
+                ));
             }
             let k = Kubernetes {
                 name: name.clone(),

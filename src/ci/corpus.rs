@@ -38,7 +38,8 @@ pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
     for r in &mut results {
         r.exit_code = outcome::entry_code(r.verdict, r.error.as_ref(), &fail_on);
     }
-    let summary = Summary::new(&corpus, all.len(), shard, &results, &fail_on, jobs, t0.elapsed().as_secs_f64());
+    let summary =
+        Summary::new(&corpus, all.len(), shard, &results, &fail_on, jobs, t0.elapsed().as_secs_f64());
     outcome::print(&results, &summary, args.json)?;
     if let Some(j) = &c.junit {
         super::junit::write(j, &results, &summary)?;

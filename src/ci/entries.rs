@@ -33,8 +33,9 @@ pub fn is_corpus_dir(dir: &Path) -> bool {
     }
     let mut found = Vec::new();
     walk(dir, &mut found, 0);
-    let traces_here = found.iter().filter(|p| p.parent() == Some(dir) && p.extension().is_some_and(|x| x == "vmrr"));
-    !(found.len() == 1 && traces_here.count() == 1) && !found.is_empty()
+    // One trace directly inside `dir`, and nothing else: a trace's directory.
+    let one_trace = matches!(found.as_slice(), [t] if t.parent() == Some(dir) && t.extension().is_some_and(|x| x == "vmrr"));
+    !found.is_empty() && !one_trace
 }
 
 /// Directories below a corpus directory searched, at most.
@@ -104,7 +105,8 @@ pub fn discover(paths: &[PathBuf], budgets: &Budgets) -> Result<Vec<Entry>, CliE
 fn recorded_exits(path: &Path, budgets: &Budgets) -> Option<u64> {
     let (f, md) = vmrr_format::input::open_regular(path).ok()?;
     let mut magic = [0u8; 8];
-    let is_bundle = md.len() >= 8 && std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok()
+    let is_bundle = md.len() >= 8
+        && std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok()
         && magic == bundle::MAGIC;
     drop(f);
     if is_bundle {
@@ -150,4 +152,3 @@ pub fn corpus_id(entries: &[Entry]) -> String {
     }
     format!("{h:016x}")
 }
-

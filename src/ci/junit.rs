@@ -47,9 +47,9 @@ pub fn document(results: &[EntryResult], summary: &Summary) -> String {
             (None, _) => (1, 0),
         };
         let shard = summary.shard.map_or_else(|| "all".to_string(), |s| s.to_string());
-        let _ = write!(
+        let _ = writeln!(
             x,
-            "  <testsuite name=\"{}\" package=\"vmrr.replay\" id=\"{id}\" timestamp=\"{}\" hostname=\"{}\" tests=\"1\" failures=\"{failures}\" errors=\"{errors}\" time=\"{:.3}\">\n",
+            "  <testsuite name=\"{}\" package=\"vmrr.replay\" id=\"{id}\" timestamp=\"{}\" hostname=\"{}\" tests=\"1\" failures=\"{failures}\" errors=\"{errors}\" time=\"{:.3}\">",
             token(&r.path),
             esc(&r.started),
             token(&r.hostname),
@@ -66,7 +66,12 @@ pub fn document(results: &[EntryResult], summary: &Summary) -> String {
             let _ = writeln!(x, "      <property name=\"{name}\" value=\"{}\"/>", esc(&value));
         }
         x.push_str("    </properties>\n");
-        let _ = write!(x, "    <testcase name=\"{}\" classname=\"vmrr.replay\" time=\"{:.3}\"", token(&r.path), r.seconds);
+        let _ = write!(
+            x,
+            "    <testcase name=\"{}\" classname=\"vmrr.replay\" time=\"{:.3}\"",
+            token(&r.path),
+            r.seconds
+        );
         let text = r.text();
         match (&r.error, code) {
             (Some(e), _) => {

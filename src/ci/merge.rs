@@ -54,16 +54,18 @@ fn read(path: &Path) -> Result<Read, String> {
     std::io::Read::read_to_string(&mut std::io::BufReader::new(f), &mut text)
         .map_err(|e| format!("not text: {e}"))?;
     let first = text.lines().find(|l| !l.trim().is_empty()).ok_or("empty")?;
-    let v: serde_json::Value =
-        serde_json::from_str(first).map_err(|e| format!("line 1 is not JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(first).map_err(|e| format!("line 1 is not JSON: {e}"))?;
     if v.get("segment").is_some() {
-        let r: Report = serde_json::from_str(text.trim()).map_err(|e| format!("not a segment report: {e}"))?;
+        let r: Report =
+            serde_json::from_str(text.trim()).map_err(|e| format!("not a segment report: {e}"))?;
         return Ok(Read::Segment(Box::new(r)));
     }
     let mut entries = Vec::new();
     let mut summary = None;
     for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        match serde_json::from_str::<Line>(l).map_err(|e| format!("line {}: not a report line: {e}", i + 1))? {
+        match serde_json::from_str::<Line>(l)
+            .map_err(|e| format!("line {}: not a report line: {e}", i + 1))?
+        {
             Line::Entry { result, .. } => entries.push(*result),
             Line::Summary(s) => summary = Some(s),
         }
@@ -160,7 +162,8 @@ fn merge_corpus(
         results.extend(entries);
     }
     if let Some(n) = count {
-        let missing: Vec<String> = (0..n).filter(|i| !shards.contains(i)).map(|i| format!("{i}/{n}")).collect();
+        let missing: Vec<String> =
+            (0..n).filter(|i| !shards.contains(i)).map(|i| format!("{i}/{n}")).collect();
         if !missing.is_empty() {
             refused.push(format!("shards missing: {}", missing.join(", ")));
         }

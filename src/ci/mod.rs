@@ -20,11 +20,10 @@ pub mod segments;
 pub mod shard;
 pub mod worker;
 
-
-use vmrr_format::bundle::Budgets;
 pub use crate::cmd::corpus_args::CorpusArgs;
 use crate::cmd::replay::ReplayArgs;
 use crate::exit_code::{CliError, CliResult};
+use vmrr_format::bundle::Budgets;
 
 /// The number of jobs: the one asked for, else this host's cores.
 pub fn jobs(asked: Option<usize>) -> Result<usize, CliError> {

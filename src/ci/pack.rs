@@ -33,7 +33,14 @@ fn invalid(message: String) -> CliError {
 }
 
 /// Runs `vmrr pack TRACE --segments N -o DIR`.
-pub fn run(trace: &Path, dir: &Path, n: usize, guest_file: Option<PathBuf>, force: bool, max_mem: u64) -> CliResult {
+pub fn run(
+    trace: &Path,
+    dir: &Path,
+    n: usize,
+    guest_file: Option<PathBuf>,
+    force: bool,
+    max_mem: u64,
+) -> CliResult {
     if !trace.exists() {
         return Err(CliError::Usage(format!("{}: no such file", trace.display())));
     }
@@ -50,10 +57,10 @@ pub fn run(trace: &Path, dir: &Path, n: usize, guest_file: Option<PathBuf>, forc
         .map_err(|source| CliError::Output { context: format!("creating {}", dir.display()), source })?;
     let root = snapshot::dir_for_trace(trace);
     for s in &spans {
-        let staging = tempfile::Builder::new()
-            .prefix(".vmrr-segment-")
-            .tempdir_in(dir)
-            .map_err(|source| CliError::Output { context: format!("creating a directory in {}", dir.display()), source })?;
+        let staging =
+            tempfile::Builder::new().prefix(".vmrr-segment-").tempdir_in(dir).map_err(|source| {
+                CliError::Output { context: format!("creating a directory in {}", dir.display()), source }
+            })?;
         let seg_trace = staging.path().join("trace.vmrr");
         let kept = write_trace(trace, &seg_trace, s, &f)?;
         let seg_root = snapshot::dir_for_trace(&seg_trace);
@@ -77,11 +84,8 @@ fn write_trace(
     f: &vmrr_format::overview::TraceOverview,
 ) -> Result<Vec<CheckpointMark>, CliError> {
     let lo = s.from.record_seq.min(s.from.at() + 1);
-    let hi = if s.last {
-        u64::MAX
-    } else {
-        s.checks.iter().map(|c| c.record_seq.max(c.at())).max().unwrap_or(lo)
-    };
+    let hi =
+        if s.last { u64::MAX } else { s.checks.iter().map(|c| c.record_seq.max(c.at())).max().unwrap_or(lo) };
     let mut r = TraceReader::open(src).map_err(|e| invalid(crate::exit_code::chain(&e)))?;
     let opts = WriterOptions {
         trace_id: Some(r.header().trace_id),
@@ -89,7 +93,10 @@ fn write_trace(
         timing: r.header().has_timing(),
         ..Default::default()
     };
-    let werr = |e: vmrr_format::WriteError| CliError::Output { context: format!("writing {}", dst.display()), source: std::io::Error::other(e) };
+    let werr = |e: vmrr_format::WriteError| CliError::Output {
+        context: format!("writing {}", dst.display()),
+        source: std::io::Error::other(e),
+    };
     let mut w = TraceWriter::create(dst, opts).map_err(werr)?;
     let mut last = 0u64;
     let mut kept_ids = HashSet::new();
@@ -107,9 +114,12 @@ fn write_trace(
     }
     let place = format!("{}/{}", s.index, s.count);
     for (i, (key, value)) in
-        [(SEGMENT_KEY, place.as_str()), ("vmrr.segment.of", &vmrr_format::describe::hex(&f.trace_id))].into_iter().enumerate()
+        [(SEGMENT_KEY, place.as_str()), ("vmrr.segment.of", &vmrr_format::describe::hex(&f.trace_id))]
+            .into_iter()
+            .enumerate()
     {
-        let rec = Record::new(last + 1 + i as u64, 0, Body::Annotation(vmrr_format::Annotation { key, value }));
+        let rec =
+            Record::new(last + 1 + i as u64, 0, Body::Annotation(vmrr_format::Annotation { key, value }));
         w.append_record(&rec).map_err(werr)?;
     }
     w.finish().map_err(werr)?;
@@ -142,7 +152,9 @@ fn write_snapshots(src: &Path, dst: &Path, from: u64, kept: &[CheckpointMark], m
         match st.state.parent {
             Some(p) if id != from && have.contains(&p) => {
                 std::fs::create_dir_all(&to_dir).map_err(io(format!("creating {}", to_dir.display())))?;
-                for e in std::fs::read_dir(&from_dir).map_err(io(format!("reading {}", from_dir.display())))? {
+                for e in
+                    std::fs::read_dir(&from_dir).map_err(io(format!("reading {}", from_dir.display())))?
+                {
                     let e = e.map_err(io(format!("reading {}", from_dir.display())))?;
                     std::fs::copy(e.path(), to_dir.join(e.file_name()))
                         .map_err(io(format!("copying {}", e.path().display())))?;

@@ -101,10 +101,7 @@ pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
         }
     }
     if worst != 0 {
-        eprintln!(
-            "vmrr: {} of {n} segments could not be replayed; no merged report",
-            n - reports.len()
-        );
+        eprintln!("vmrr: {} of {n} segments could not be replayed; no merged report", n - reports.len());
         return Err(CliError::Reported { code: worst });
     }
     let mut merged = segment::merge(reports).map_err(|e| CliError::Replay(e.to_string()))?;
@@ -115,7 +112,8 @@ pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
 /// Runs the `n` segments as child processes, `jobs` at a time; their runs in order.
 fn run_segments(src: &std::path::Path, extra: &[String], n: usize, jobs: usize) -> Vec<super::worker::Run> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let out: Vec<std::sync::Mutex<Option<super::worker::Run>>> = (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    let out: Vec<std::sync::Mutex<Option<super::worker::Run>>> =
+        (0..n).map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
             s.spawn(|| {

@@ -111,9 +111,10 @@ impl Run {
         };
         match (self.code, self.signal, &self.report) {
             (Some(0 | 1), _, Some(_)) => None,
-            (_, Some(sig), _) => {
-                Some(EntryError { code: INTERNAL, message: format!("the replay process was killed by signal {sig}") })
-            }
+            (_, Some(sig), _) => Some(EntryError {
+                code: INTERNAL,
+                message: format!("the replay process was killed by signal {sig}"),
+            }),
             (Some(code), _, _) if code >= 2 => {
                 Some(EntryError { code: u8::try_from(code).unwrap_or(INTERNAL), message: message() })
             }

@@ -71,4 +71,3 @@ impl CorpusArgs {
             .collect()
     }
 }
-

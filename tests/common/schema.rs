@@ -12,7 +12,10 @@ pub fn schema_python() -> Option<PathBuf> {
     ];
     for p in candidates.into_iter().flatten() {
         let ok = Command::new(&p)
-            .args(["-c", "import xmlschema, kubernetes_validate, check_jsonschema, sphinxcontrib.test_reports"])
+            .args([
+                "-c",
+                "import xmlschema, kubernetes_validate, check_jsonschema, sphinxcontrib.test_reports",
+            ])
             .output()
             .is_ok_and(|o| o.status.success());
         if ok {
@@ -37,7 +40,6 @@ pub fn validate(py: &Path, kind: &str, file: &Path) {
         std::fs::read_to_string(file).unwrap_or_default()
     );
 }
-
 
 fn run(py: &Path, kind: &str, file: &Path) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ci/validate.py");

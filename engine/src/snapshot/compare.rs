@@ -105,7 +105,11 @@ pub fn compare(m: &mut Machine, chain: &[StoredSnapshot]) -> Result<StateDiff, S
         .collect();
     let have = m.memory().layout();
     if have != want || top.state.vcpus.len() != 1 {
-        return Err(SnapshotError::Layout { dir: top.dir.clone(), snapshot: want.len(), machine: have.len() });
+        return Err(SnapshotError::Layout {
+            dir: top.dir.clone(),
+            snapshot: want.len(),
+            machine: have.len(),
+        });
     }
     m.complete_pending_io()?;
     let mut diff = StateDiff::default();
