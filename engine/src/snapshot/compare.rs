@@ -23,7 +23,7 @@ use super::changed::{Runs, changed, origin_of, sources, take_written};
 use super::{SnapshotError, StoredSnapshot};
 use crate::devices::bus::BusState;
 use crate::devices::state::DeviceState;
-use crate::kvm::memory::{PAGE_SIZE, SlotSpec};
+use crate::kvm::memory::PAGE_SIZE;
 use crate::kvm::vcpu_state::VcpuState;
 use crate::machine::Machine;
 use crate::machine::origin::Origin;
@@ -94,23 +94,7 @@ impl StateDiff {
 /// The snapshot's slot layout or vCPU count differs from the machine's, a snapshot file
 /// cannot be read, or KVM failed.
 pub fn compare(m: &mut Machine, chain: &[StoredSnapshot]) -> Result<StateDiff, SnapshotError> {
-    let (Some(base), Some(top)) = (chain.first(), chain.last()) else {
-        return Err(SnapshotError::EmptyChain);
-    };
-    let want: Vec<SlotSpec> = base
-        .state
-        .slots
-        .iter()
-        .map(|s| SlotSpec { gpa: vm_memory::GuestAddress(s.gpa), size: s.size, kind: s.kind })
-        .collect();
-    let have = m.memory().layout();
-    if have != want || top.state.vcpus.len() != 1 {
-        return Err(SnapshotError::Layout {
-            dir: top.dir.clone(),
-            snapshot: want.len(),
-            machine: have.len(),
-        });
-    }
+    let (_, top) = super::restore::same_layout(m, chain)?;
     m.complete_pending_io()?;
     let mut diff = StateDiff::default();
     let written = take_written(m)?;
@@ -211,11 +195,7 @@ fn vcpu_differences(live: &VcpuState, saved: &VcpuState) -> Vec<String> {
         ("rip", a.rip, b.rip),
         ("rflags", a.rflags, b.rflags),
     ];
-    for (name, x, y) in regs {
-        if x != y {
-            out.push(format!("regs.{name}: machine {x:#x}, snapshot {y:#x}"));
-        }
-    }
+    differing(&mut out, "regs", &regs);
     let (s, t) = (&live.sregs, &saved.sregs);
     let sregs = [
         ("cr0", s.cr0, t.cr0),
@@ -226,11 +206,7 @@ fn vcpu_differences(live: &VcpuState, saved: &VcpuState) -> Vec<String> {
         ("efer", s.efer, t.efer),
         ("apic_base", s.apic_base, t.apic_base),
     ];
-    for (name, x, y) in sregs {
-        if x != y {
-            out.push(format!("sregs.{name}: machine {x:#x}, snapshot {y:#x}"));
-        }
-    }
+    differing(&mut out, "sregs", &sregs);
     let same = |x: &dyn erased::Encode, y: &dyn erased::Encode| x.bytes() == y.bytes();
     if !same(&s, &t) && !out.iter().any(|l| l.starts_with("sregs.")) {
         out.push("sregs: segment or descriptor-table registers".into());
@@ -265,6 +241,15 @@ fn vcpu_differences(live: &VcpuState, saved: &VcpuState) -> Vec<String> {
         }
     }
     out
+}
+
+/// Adds `group.name: machine X, snapshot Y` to `out` for each field that differs.
+fn differing(out: &mut Vec<String>, group: &str, fields: &[(&str, u64, u64)]) {
+    for (name, x, y) in fields {
+        if x != y {
+            out.push(format!("{group}.{name}: machine {x:#x}, snapshot {y:#x}"));
+        }
+    }
 }
 
 /// Byte images of kvm structs for comparison (they lack `PartialEq`), through the snapshot
