@@ -42,7 +42,9 @@ pub fn dispatch(args: &ReplayArgs, budgets: &Budgets) -> Option<CliResult> {
         Err(CliError::Usage(format!("{what} replays one source; it cannot be combined with a corpus")))
     };
     if c.segments.is_some() {
-        if c.corpus_flags() && !(c.more.is_empty() && c.shard.is_none() && c.fail_on.is_empty()) {
+        if c.corpus_flags()
+            && !(c.more.is_empty() && c.shard.is_none() && c.fail_on.is_empty() && c.junit.is_none())
+        {
             return Some(single_only("--segments"));
         }
         return Some(segments::run(args, budgets));
