@@ -100,22 +100,21 @@ pub fn plan(f: &TraceOverview, n: usize) -> Result<Vec<Span>, ReplayError> {
     let ends: Vec<u64> = cuts.iter().skip(1).map(|c| c.exits).chain([f.exits]).collect();
     let weights: Vec<u64> = cuts.iter().zip(&ends).map(|(c, e)| e.saturating_sub(c.exits)).collect();
     let total: u64 = weights.iter().sum();
-    // Greedy: close a segment once it holds its share, keeping an interval for each segment
-    // still to come.
-    let mut starts = vec![0usize];
-    let mut acc = 0u64;
+    // Segment k ends where the exits so far come closest to k/N of all (each segment keeps
+    // at least one interval).
+    let m = weights.len();
+    let mut prefix = vec![0u64; m + 1];
     for (i, w) in weights.iter().enumerate() {
-        acc += w;
-        let k = starts.len();
-        let remaining_intervals = weights.len() - (i + 1);
-        let remaining_segments = n - k;
-        if k < n
-            && remaining_intervals >= remaining_segments
-            && (acc.saturating_mul(n as u64) >= total.saturating_mul(k as u64)
-                || remaining_intervals == remaining_segments)
-        {
-            starts.push(i + 1);
-        }
+        prefix[i + 1] = prefix[i] + w;
+    }
+    let mut starts = vec![0usize];
+    for k in 1..n {
+        let lo = starts[k - 1] + 1;
+        let hi = m - (n - k);
+        let target = u128::from(total) * k as u128;
+        let off = |i: usize| (u128::from(prefix[i]) * n as u128).abs_diff(target);
+        let best = (lo..=hi).min_by_key(|&i| (off(i), i)).unwrap_or(lo);
+        starts.push(best);
     }
     let mut spans = Vec::with_capacity(n);
     for (k, &s) in starts.iter().enumerate() {
@@ -480,6 +479,11 @@ mod tests {
             assert!(spans.last().unwrap().last && spans.iter().rev().skip(1).all(|s| !s.last));
         }
         assert!(plan(&f, 0).is_err() && plan(&f, 9).is_err());
+        // Eight equal intervals and a last one of one exit: one interval each, the tiny one
+        // joining the last segment.
+        let f = trace(&[0, 125, 250, 375, 500, 625, 750, 875, 1000], 1001);
+        let exits: Vec<u64> = plan(&f, 8).unwrap().iter().map(|s| s.exits).collect();
+        assert_eq!(exits, [125, 125, 125, 125, 125, 125, 125, 126]);
         // Unequal intervals: the heavy one gets a segment of its own.
         let f = trace(&[0, 10, 20, 30], 1000);
         let spans = plan(&f, 2).unwrap();
