@@ -159,6 +159,10 @@ fn a_corpus_gives_each_repro_a_verdict_and_each_bad_entry_an_error() {
     assert!(x.contains("REPRODUCED the recorded failure"), "the report is the output: {x}");
     if let Some(py) = corpus_schema::schema_python() {
         corpus_schema::validate(&py, "junit", &junit);
+        // The schema is strict: a suite without its required hostname is refused.
+        let bad = at(&d, "bad-junit.xml");
+        std::fs::write(&bad, x.replacen(" hostname=\"", " host=\"", 1)).unwrap();
+        assert!(!corpus_schema::passes(&py, "junit", &bad));
     }
     // An existing JUnit file is not replaced without --force.
     let o = vmrr(&["replay", s(&corpus.join("hello.vmrrb")), "--junit", s(&junit)]);
