@@ -135,6 +135,7 @@ impl CliError {
 }
 
 fn session_code(e: &vmrr_engine::session::SessionError) -> u8 {
+    use vmrr_engine::guests::linux::KernelError;
     use vmrr_engine::kvm::CreateVmError;
     use vmrr_engine::session::SessionError;
     match e {
@@ -142,11 +143,20 @@ fn session_code(e: &vmrr_engine::session::SessionError) -> u8 {
         SessionError::Config(vmrr_engine::session::ConfigError::Load(
             vmrr_engine::guests::LoadError::Input(vmrr_format::input::InputError::NotRegular { .. }),
         )) => INVALID_INPUT,
+        // A kernel file that is not a kernel, or is damaged: bad input. One that does not
+        // fit, a command line too long, a protocol it cannot take: usage.
+        SessionError::Config(vmrr_engine::session::ConfigError::Kernel(
+            KernelError::Image { .. } | KernelError::Elf { .. },
+        )) => INVALID_INPUT,
+        SessionError::Config(vmrr_engine::session::ConfigError::Kernel(KernelError::Read(
+            vmrr_engine::guests::LoadError::Input(vmrr_format::input::InputError::NotRegular { .. }),
+        ))) => INVALID_INPUT,
         SessionError::Config(_) => USAGE,
         SessionError::Vm(
             CreateVmError::OpenKvm(_) | CreateVmError::MissingCapability { .. } | CreateVmError::Kvm(_),
         ) => KVM_MISSING,
-        SessionError::Vm(CreateVmError::Memory(_)) | SessionError::Boot(_) => INTERNAL,
+        SessionError::Vm(CreateVmError::Memory(_) | CreateVmError::Irqchip { .. })
+        | SessionError::Boot(_) => INTERNAL,
     }
 }
 

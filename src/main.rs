@@ -86,8 +86,16 @@ enum Command {
         #[arg(long, conflicts_with = "firmware")]
         image: Option<PathBuf>,
         /// The firmware to ship, when it is no longer where the trace says it was.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kernel")]
         firmware: Option<PathBuf>,
+        /// The kernel to ship, when it is no longer where the trace says it was (checked
+        /// against the SHA-256 the trace recorded).
+        #[arg(long, conflicts_with = "image")]
+        kernel: Option<PathBuf>,
+        /// The initramfs to ship, when it is no longer where the trace says it was (checked
+        /// likewise).
+        #[arg(long)]
+        initrd: Option<PathBuf>,
         /// Replace an existing bundle (never an input, a directory or a special file).
         #[arg(long)]
         force: bool,
@@ -169,12 +177,12 @@ fn main() -> ExitCode {
         Command::Guests { json } => cmd::guests::run(json),
         Command::Bench { quick, json, plot } => bench::run(quick, json, plot.as_deref()),
         Command::Demo { dir } => cmd::demo::run(dir.as_deref(), &budgets),
-        Command::Pack { trace, out, image, firmware, force, json, segments: Some(n) } => {
+        Command::Pack { trace, out, image, firmware, kernel, initrd, force, json, segments: Some(n) } => {
             let _ = json;
-            ci::pack::run(&trace, &out, n, image.or(firmware), force, budgets.max_mem)
+            ci::pack::run(&trace, &out, n, image.or(firmware).or(kernel), initrd, force, budgets.max_mem)
         }
-        Command::Pack { trace, out, image, firmware, force, json, segments: None } => {
-            cmd::pack::run(&trace, &out, image.or(firmware), force, json)
+        Command::Pack { trace, out, image, firmware, kernel, initrd, force, json, segments: None } => {
+            cmd::pack::run(&trace, &out, image.or(firmware).or(kernel), initrd, force, json)
         }
         Command::Replay(args) => {
             ci::dispatch(&args, &budgets).unwrap_or_else(|| cmd::replay::run(&args, &budgets))

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use crate::devices::console::Console;
 use crate::guests::LoadError;
 use crate::guests::boot::BootMode;
+use crate::guests::linux::{KernelError, LinuxSpec, PreparedKernel};
 use crate::guests::{self, GuestImage, GuestParams};
 use crate::kvm::cpuid::CpuidProfile;
+use crate::kvm::irqchip::IrqchipKind;
 use crate::kvm::memory::SlotKind;
 use crate::kvm::vm::CreateVmError;
 use crate::kvm::vm::{Vm, VmConfig};
@@ -42,6 +44,8 @@ pub enum GuestSpec {
         /// ROM file.
         path: PathBuf,
     },
+    /// A Linux kernel (with KVM's in-kernel irqchip and PIT).
+    Kernel(LinuxSpec),
 }
 
 /// Everything a run needs.
@@ -71,6 +75,9 @@ pub enum ConfigError {
     /// The firmware is unusable.
     #[error("{0}")]
     Firmware(String),
+    /// The kernel, initramfs or command line is unusable.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
 }
 
 /// Building the machine failed.
@@ -105,6 +112,8 @@ pub enum Prepared {
     Image(GuestImage),
     /// Firmware bytes.
     Firmware(Vec<u8>),
+    /// A kernel to load.
+    Kernel(Box<PreparedKernel>),
 }
 
 impl SessionConfig {
@@ -176,12 +185,28 @@ impl SessionConfig {
                 }
                 Ok(Prepared::Firmware(bytes))
             }
+            GuestSpec::Kernel(spec) => Ok(Prepared::Kernel(Box::new(spec.prepare(&ram)?))),
         }
     }
 
     /// The VM configuration (`rom_size` for firmware).
     pub fn vm_config(&self, rom_size: Option<u64>) -> VmConfig {
-        VmConfig { mem_bytes: self.mem_bytes, cpuid: self.cpuid, dirty_log: self.dirty_log, rom_size }
+        VmConfig {
+            mem_bytes: self.mem_bytes,
+            cpuid: self.cpuid,
+            dirty_log: self.dirty_log,
+            rom_size,
+            irqchip: self.irqchip(),
+        }
+    }
+
+    /// Where the interrupt controllers live: KVM's for a Linux kernel (it needs local
+    /// APICs and an IOAPIC), vmrr's own otherwise.
+    pub fn irqchip(&self) -> IrqchipKind {
+        match self.guest {
+            GuestSpec::Kernel(_) => IrqchipKind::Kernel,
+            _ => IrqchipKind::User,
+        }
     }
 
     /// Validates, creates the VM and boots the guest.
@@ -192,7 +217,7 @@ impl SessionConfig {
         let prepared = self.prepare()?;
         let rom_size = match &prepared {
             Prepared::Firmware(b) => Some(b.len() as u64),
-            Prepared::Image(_) => None,
+            Prepared::Image(_) | Prepared::Kernel(_) => None,
         };
         let mut vm = Vm::new(self.vm_config(rom_size))?;
         if crate::kvm::probe::host_facts().is_ok_and(|f| !f.cpuid_enforced) {
@@ -214,6 +239,12 @@ impl SessionConfig {
                 m.boot(img)?;
                 m
             }
+            Prepared::Kernel(k) => {
+                let bus = crate::guests::linux::bus(&serial, &debugcon, self.mem_bytes);
+                let mut m = Machine::with_bus(vm, bus, serial, debugcon)?;
+                m.boot_linux(k)?;
+                m
+            }
         };
         m.set_limits(self.limits);
         Ok(m)
@@ -227,7 +258,8 @@ impl SessionConfig {
     /// The recorder cannot attach, or the prelude cannot be written.
     pub fn start_recording(&self, m: &mut Machine, writer: TraceWriter) -> Result<Recording, RecorderError> {
         let mut rec = m.recorder_for(writer)?;
-        let annotations = self.annotations(m.vm());
+        let mut annotations = self.annotations(m.vm());
+        annotations.extend(m.guest_annotations().iter().cloned());
         rec.write_prelude(&annotations, m.vm().cpuid())?;
         let trace_id = rec.trace_id();
         m.start_recording(rec);
@@ -263,7 +295,16 @@ impl SessionConfig {
                 );
             }
             GuestSpec::Firmware { path } => put("vmrr.firmware", path.display().to_string()),
+            GuestSpec::Kernel(spec) => {
+                put("vmrr.kernel", spec.kernel.display().to_string());
+                if let Some(p) = &spec.initrd {
+                    put("vmrr.initrd", p.display().to_string());
+                }
+                put("vmrr.cmdline", spec.cmdline().to_string());
+                put("vmrr.boot_protocol", spec.protocol.name().to_string());
+            }
         }
+        put("vmrr.irqchip", self.irqchip().name().to_string());
         let slots: Vec<String> = vm
             .memory()
             .slots()
@@ -287,6 +328,10 @@ pub struct GuestFiles<'a> {
     pub image: Option<&'a Path>,
     /// A firmware ROM.
     pub firmware: Option<&'a Path>,
+    /// A Linux kernel.
+    pub kernel: Option<&'a Path>,
+    /// Its initramfs.
+    pub initrd: Option<&'a Path>,
 }
 
 /// Why a trace's annotations do not give a machine to rebuild.
@@ -307,6 +352,9 @@ pub enum RebuildError {
         /// The path the trace names (shown, never opened).
         named: String,
     },
+    /// A kernel or initramfs given is not the one recorded.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
     /// The trace's guest memory is over the budget.
     #[error("the trace's guest has {mib} MiB of memory, over the limit of {max_mib} MiB (--max-mem-mib)")]
     Memory {
@@ -320,7 +368,7 @@ pub enum RebuildError {
 impl RebuildError {
     /// True when the user must pass a flag (a usage error), as opposed to an invalid trace.
     pub fn is_usage(&self) -> bool {
-        matches!(self, RebuildError::NeedsFile { .. })
+        matches!(self, RebuildError::NeedsFile { .. } | RebuildError::Kernel(_))
     }
 }
 
@@ -378,8 +426,34 @@ pub fn from_annotations(
             named: named.to_string(),
         })?;
         GuestSpec::Firmware { path: path.to_path_buf() }
+    } else if let Some(named) = get("vmrr.kernel") {
+        let needs =
+            |what, flag, named: &str| RebuildError::NeedsFile { what, flag, named: named.to_string() };
+        let kernel = files.kernel.ok_or_else(|| needs("kernel", "--kernel", named))?;
+        if let Some(sha) = get("vmrr.kernel_sha256") {
+            crate::guests::linux::check_identity("kernel", kernel, sha)?;
+        }
+        let initrd = match get("vmrr.initrd") {
+            None => None,
+            Some(named) => {
+                let p = files.initrd.ok_or_else(|| needs("initramfs", "--initrd", named))?;
+                if let Some(sha) = get("vmrr.initrd_sha256") {
+                    crate::guests::linux::check_identity("initramfs", p, sha)?;
+                }
+                Some(p.to_path_buf())
+            }
+        };
+        let protocol = get("vmrr.boot_protocol")
+            .and_then(crate::guests::linux::BootProtocol::parse)
+            .ok_or(RebuildError::Undescribed("vmrr.boot_protocol"))?;
+        GuestSpec::Kernel(LinuxSpec {
+            kernel: kernel.to_path_buf(),
+            initrd,
+            cmdline: Some(need("vmrr.cmdline")?.to_string()),
+            protocol,
+        })
     } else {
-        return Err(RebuildError::Undescribed("vmrr.guest, vmrr.image or vmrr.firmware"));
+        return Err(RebuildError::Undescribed("vmrr.guest, vmrr.image, vmrr.firmware or vmrr.kernel"));
     };
     Ok(SessionConfig { guest, mem_bytes, cpuid, limits: Limits::default(), dirty_log: false })
 }

@@ -76,6 +76,7 @@ pub fn run(
             detail: format!("the restored guest made no exit within {} s", STALL.as_secs()),
             failure: None,
             live_exit: None,
+            system_map_warning: None,
         });
     }
     let live = m.exit();
@@ -98,5 +99,17 @@ pub fn run(
     let failure = reproduced
         .then(|| crate::replayer::failure_report(&m, vec![vmrr_format::describe::record_json(&recorded)]));
     let live_exit = Some(vmrr_format::kind::name(live.body.kind()).to_string());
-    Ok(FailurePoint { snapshot, reproduced, insn_bytes_match, registers_match, detail, failure, live_exit })
+    // The failure point holds the kernel as it ran: the map must name its banner.
+    let system_map_warning =
+        opts.system_map.as_ref().and_then(|s| s.check_banner(|at, b| m.read_linear(at, b).is_ok()));
+    Ok(FailurePoint {
+        snapshot,
+        reproduced,
+        insn_bytes_match,
+        registers_match,
+        detail,
+        failure,
+        live_exit,
+        system_map_warning,
+    })
 }

@@ -45,3 +45,16 @@ pub fn notes(f: &TraceOverview) -> Vec<String> {
     }
     notes
 }
+
+/// Why the recorded path cannot replay deterministically, whatever host replays it (empty
+/// when nothing in the recording rules it out): each reason one sentence.
+pub fn path_limits(f: &TraceOverview) -> Vec<String> {
+    let mut why = Vec::new();
+    if f.annotation("vmrr.irqchip") == Some("kernel") {
+        why.push(
+            "the machine ran on KVM's in-kernel irqchip and PIT: they deliver interrupts (timer ticks) inside KVM at instants no exit records, so the guest takes them elsewhere on replay"
+                .to_string(),
+        );
+    }
+    why
+}

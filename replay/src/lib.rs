@@ -37,6 +37,7 @@ mod run;
 pub mod segment;
 pub mod source;
 mod start;
+pub mod symbols;
 pub mod verdict;
 
 pub use error::ReplayError;

@@ -41,6 +41,11 @@ pub struct Options {
     pub image: Option<PathBuf>,
     /// The firmware a rebuilt guest runs (as for `image`).
     pub firmware: Option<PathBuf>,
+    /// The kernel a rebuilt guest boots (as for `image`; checked against the SHA-256 the
+    /// trace recorded).
+    pub kernel: Option<PathBuf>,
+    /// The initramfs a rebuilt guest boots with (likewise).
+    pub initrd: Option<PathBuf>,
     /// Largest guest memory a snapshot, or a rebuilt guest, may have.
     pub max_mem: u64,
     /// Replace an existing `snapshot_at` directory (a vmrr snapshot directory only).
@@ -54,6 +59,11 @@ pub struct Options {
     pub explain_steps: Option<u64>,
     /// Restore and run the failure-point snapshot of a trace that ended in a failure.
     pub failure_point: bool,
+    /// A kernel's symbols (`--system-map`): reports and gdb name addresses by them.
+    pub system_map: Option<std::sync::Arc<crate::symbols::SymbolMap>>,
+    /// Replay the recorded path even when the recording says it cannot be deterministic
+    /// (by default such a trace goes straight to its failure point, when it has one).
+    pub force_path: bool,
     /// Log the replayed machine's dirty pages (a debugging session's checkpoints are then
     /// incremental).
     pub dirty_log: bool,
@@ -72,12 +82,16 @@ impl Default for Options {
             serial: Console::capture_only(),
             image: None,
             firmware: None,
+            kernel: None,
+            initrd: None,
             max_mem: vmrr_format::bundle::DEFAULT_MAX_MEM,
             replace_output: false,
             stall: Duration::from_secs(60),
             progress: false,
             explain_steps: Some(DEFAULT_EXPLAIN_STEPS),
             failure_point: true,
+            force_path: false,
+            system_map: None,
             dirty_log: false,
             verify_checkpoints: false,
         }

@@ -196,6 +196,9 @@ pub struct Suspect {
     /// The step at which it last ran (later is closer to the divergence).
     #[serde(skip)]
     pub last_step: u64,
+    /// `function+offset` of `rip`, from `--system-map`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
 }
 
 /// A console's text before a divergence.
@@ -251,6 +254,12 @@ pub struct FailureReport {
     pub registers: serde_json::Value,
     /// The records that led there, oldest first.
     pub exits_before: Vec<serde_json::Value>,
+    /// `function+offset` of `rip`, from `--system-map`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    /// Registers that point into the kernel, named from `--system-map`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub register_symbols: std::collections::BTreeMap<String, String>,
 }
 
 impl FailureReport {
@@ -269,6 +278,9 @@ pub enum Path {
     Completed,
     /// The guest did something other than what the trace recorded.
     Diverged,
+    /// Not replayed: the recording says its path cannot replay deterministically
+    /// ([`Report::path_not_deterministic`]), and its failure point was run instead.
+    Skipped,
 }
 
 /// The failure-point snapshot, run on its own.
@@ -289,6 +301,9 @@ pub struct FailurePoint {
     /// The kind of exit the restored guest made (`internal_error`, `mmio`, ...; as `vmrr
     /// inspect` names kinds), `None` when it made none within the stall limit.
     pub live_exit: Option<String>,
+    /// Why `--system-map` does not fit the recorded guest, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_map_warning: Option<String>,
 }
 
 /// Where the replay started.
@@ -324,8 +339,11 @@ pub struct Report {
     /// Another reproduced fatal exit (internal error, triple fault, failed entry).
     pub failure: Option<FailureReport>,
     /// How the replay of the recorded path from its first snapshot ended: `completed`
-    /// (including a recorded failure that happened again) or `diverged`.
+    /// (including a recorded failure that happened again), `diverged`, or `skipped`.
     pub path: Path,
+    /// Why the recorded path cannot replay deterministically on any host (empty when it
+    /// can): said before anything else, since a divergence is then expected.
+    pub path_not_deterministic: Vec<String>,
     /// The failure-point snapshot of a recording that ended in a fatal exit, restored and
     /// run on its own (`None`: the trace has none).
     pub failure_point: Option<FailurePoint>,
@@ -353,6 +371,44 @@ pub struct Report {
     pub segments: Vec<SegmentInfo>,
 }
 
+/// The report of a replay that went straight to the failure point (the recorded path
+/// cannot replay deterministically): reproduced when the failure happened again there,
+/// else diverged.
+pub fn skipped_path(
+    fp: FailurePoint,
+    path_not_deterministic: Vec<String>,
+    notes: Vec<String>,
+    cpu_warnings: Vec<String>,
+    t0: std::time::Instant,
+) -> Report {
+    let outcome = if fp.reproduced { Outcome::Reproduced } else { Outcome::Diverged };
+    let verdict = if fp.reproduced { Verdict::Reproduced } else { Verdict::Diverged };
+    Report {
+        outcome,
+        verdict,
+        recorded_failure: None,
+        exits_replayed: 0,
+        start: Start { snapshot: Some(fp.snapshot), seq: 0 },
+        stopped_at: None,
+        divergence: None,
+        emulation_failure: None,
+        failure: None,
+        path: Path::Skipped,
+        path_not_deterministic,
+        failure_point: Some(fp),
+        serial_output_matches: false,
+        serial_bytes: 0,
+        cpu_warnings,
+        notes,
+        snapshot_written: None,
+        seconds: t0.elapsed().as_secs_f64(),
+        loop_seconds: 0.0,
+        exits_per_s: 0.0,
+        segment: None,
+        segments: Vec::new(),
+    }
+}
+
 fn hexu(v: u64) -> String {
     format!("{v:#x}")
 }
@@ -361,6 +417,12 @@ impl Report {
     /// A few lines for a person.
     pub fn human(&self) -> String {
         let mut s = String::new();
+        for why in &self.path_not_deterministic {
+            s.push_str(&format!("path: not deterministic: {why}\n"));
+        }
+        if self.path == Path::Skipped {
+            s.push_str("path: not replayed (--path replays it anyway, expecting a divergence); the failure point is what reproduces\n");
+        }
         if let Some(c) = self.divergence.as_ref().and_then(|d| d.cause.as_ref()) {
             s.push_str(&format!("cause: {c}\n"));
         }
@@ -368,18 +430,19 @@ impl Report {
             Some(id) => format!("snapshot {id}"),
             None => "the guest rebuilt from the trace".into(),
         };
-        s.push_str(&format!(
-            "replay: {} after {} exits from {start} (record {}) in {:.2} s ({:.0} exits/s)\n",
-            match self.outcome {
-                Outcome::Completed => "completed",
-                Outcome::Reproduced => "REPRODUCED the recorded failure",
-                Outcome::Diverged => "DIVERGED",
-            },
-            self.exits_replayed,
-            self.start.seq,
-            self.seconds,
-            self.exits_per_s
-        ));
+        let outcome = match self.outcome {
+            Outcome::Completed => "completed",
+            Outcome::Reproduced => "REPRODUCED the recorded failure",
+            Outcome::Diverged => "DIVERGED",
+        };
+        if self.path == Path::Skipped {
+            s.push_str(&format!("replay: {outcome} from the failure point in {:.2} s\n", self.seconds));
+        } else {
+            s.push_str(&format!(
+                "replay: {outcome} after {} exits from {start} (record {}) in {:.2} s ({:.0} exits/s)\n",
+                self.exits_replayed, self.start.seq, self.seconds, self.exits_per_s
+            ));
+        }
         if self.verdict == Verdict::NoLongerFails {
             s.push_str(
                 "  verdict: no_longer_fails: the guest reached the recorded failure and ran on without it\n",
@@ -410,13 +473,15 @@ impl Report {
             }
             if let Some(f) = &p.failure {
                 if let (Some(d), Some(n)) = (&f.disassembly, f.insn_len) {
+                    let sym = f.symbol.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
                     s.push_str(&format!(
-                        "    {} at rip {}: {d}  ({n} bytes: {})\n",
+                        "    {} at rip {}{sym}: {d}  ({n} bytes: {})\n",
                         f.exit,
                         hexu(f.rip),
                         f.insn_bytes
                     ));
                 }
+                s.push_str(&register_symbols(&f.register_symbols).replacen("  ", "    ", 1));
             }
         }
         for seg in self.segment.iter().chain(&self.segments) {
@@ -425,7 +490,7 @@ impl Report {
         for n in &self.notes {
             s.push_str(&format!("  note: {n}\n"));
         }
-        if self.divergence.is_none() {
+        if self.divergence.is_none() && self.path != Path::Skipped {
             s.push_str(&format!(
                 "  serial output {}\n",
                 if self.serial_output_matches {
@@ -469,7 +534,11 @@ impl Divergence {
             ));
         }
         for x in &d.suspects {
-            s.push_str(&format!("    {:>12}  {:<24} {:>6}x  {}\n", x.rip, x.instruction, x.count, x.why));
+            let sym = x.symbol.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
+            s.push_str(&format!(
+                "    {:>12}{sym}  {:<24} {:>6}x  {}\n",
+                x.rip, x.instruction, x.count, x.why
+            ));
         }
         if let Some(w) = &d.why_none {
             s.push_str(&format!("  {w}\n"));
@@ -485,7 +554,8 @@ impl FailureReport {
     pub fn human(&self) -> String {
         let f = self;
         let mut s = String::new();
-        s.push_str(&format!("  {} at rip {}: ", f.exit, hexu(f.rip)));
+        let sym = f.symbol.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
+        s.push_str(&format!("  {} at rip {}{sym}: ", f.exit, hexu(f.rip)));
         match (&f.disassembly, f.insn_len) {
             (Some(d), Some(n)) => s.push_str(&format!(
                 "{d}  ({n} bytes: {}; KVM reported a {}-byte fetch window)\n",
@@ -497,9 +567,19 @@ impl FailureReport {
             s.push_str(&format!("  accessing {}: {}\n", hexu(a), f.memory.as_deref().unwrap_or("?")));
         }
         s.push_str(&registers_table(&f.registers));
+        s.push_str(&register_symbols(&f.register_symbols));
         s.push_str(&format!("  {} exits led there (`--json` lists them)\n", f.exits_before.len()));
         s
     }
+}
+
+/// Registers that point into the kernel, one line: `rdi=some_data+0x40 ...`.
+fn register_symbols(m: &std::collections::BTreeMap<String, String>) -> String {
+    if m.is_empty() {
+        return String::new();
+    }
+    let v: Vec<String> = m.iter().map(|(r, n)| format!("{r}={n}")).collect();
+    format!("  pointing into the kernel: {}\n", v.join(" "))
 }
 
 /// Registers (as [`regs_json`] holds them) as a table of four columns.
@@ -537,4 +617,40 @@ pub fn regs_json(r: &kvm_bindings::kvm_regs) -> serde_json::Value {
 /// read back keeps both).
 fn unknown_source() -> vmrr_engine::disasm::Unrecorded {
     vmrr_engine::disasm::Unrecorded::Cpuid
+}
+
+impl Report {
+    /// Names the failing RIPs, the suspects and the registers that point into the kernel
+    /// with `map` (`--system-map`).
+    pub fn symbolize(&mut self, map: &crate::symbols::SymbolMap) {
+        let fp = self.failure_point.as_mut().and_then(|p| p.failure.as_mut());
+        for f in self.emulation_failure.iter_mut().chain(self.failure.iter_mut()).chain(fp) {
+            f.symbolize(map);
+        }
+        if let Some(d) = self.divergence.as_mut() {
+            for x in &mut d.suspects {
+                let rip = u64::from_str_radix(x.rip.trim_start_matches("0x"), 16).ok();
+                x.symbol = rip.and_then(|r| map.name(r));
+            }
+        }
+    }
+}
+
+impl FailureReport {
+    /// Names `rip` and the registers that point into the kernel with `map`.
+    pub fn symbolize(&mut self, map: &crate::symbols::SymbolMap) {
+        self.symbol = map.name(self.rip);
+        self.register_symbols.clear();
+        let Some(regs) = self.registers.as_object() else { return };
+        for (name, v) in regs {
+            if name == "rip" || name == "rflags" {
+                continue;
+            }
+            let value = v.as_str().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok());
+            // Kernel addresses only: small numbers would all "point into" the first symbol.
+            if let Some(n) = value.filter(|a| *a >= 0xffff_8000_0000_0000).and_then(|a| map.name(a)) {
+                self.register_symbols.insert(name.clone(), n);
+            }
+        }
+    }
 }

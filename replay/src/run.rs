@@ -81,6 +81,23 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
     // Checking a checkpoint compares the pages written since the last one: they are logged.
     o.dirty_log |= span.is_some() || o.verify_checkpoints;
     let opts = &o;
+    // A segment that ends before the trace's end does not reach the recorded failure.
+    let reaches_end = span.as_ref().is_none_or(|s| s.last) && opts.goto.is_none();
+    let path_not_deterministic = crate::hosts::path_limits(&f);
+    let fp_wanted = opts.failure_point && reaches_end;
+    // --rebuild and --from-checkpoint (and a segment) ask for the path: it is replayed (and
+    // diverges).
+    let path_asked = opts.force_path || opts.start != crate::options::StartFrom::Auto;
+    if !path_not_deterministic.is_empty() && !path_asked && fp_wanted {
+        if let Some(mark) = f.failure_point() {
+            // Straight to the failure point: the path would diverge, and say nothing new.
+            let fp = crate::failure_point::run(src, &f, opts, mark)?;
+            let mut report = crate::report::skipped_path(fp, path_not_deterministic, notes, cpu_warnings, t0);
+            report.recorded_failure = f.last_exit_seq;
+            report.verdict = crate::verdict::verdict(&report, report.recorded_failure);
+            return Ok(with_symbols(report, opts));
+        }
+    }
     let (machine, start) = crate::start::prepare(src, &f, opts)?;
     let mut r = Replayer::new(machine, TraceReader::open(&src.trace)?, &start, f.exits, opts)?;
     let (checks, end_at_last) = match &span {
@@ -116,19 +133,17 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
         }
         other => other,
     };
-    // A segment that ends before the trace's end does not reach the recorded failure.
-    let reaches_end = span.as_ref().is_none_or(|s| s.last) && opts.goto.is_none();
     // A guest rebuilt from another image or firmware than the recorded one (a fix under
     // test) is not the guest the failure-point snapshot holds: running that snapshot would
     // test the recorded code again.
     let replaced = opts.start == crate::options::StartFrom::Rebuild
-        && src.guest_replaced(opts.image.as_deref(), opts.firmware.as_deref());
+        && src.guest_replaced(opts.image.as_deref(), opts.firmware.as_deref(), opts.kernel.as_deref());
     if replaced && f.failure_point().is_some() {
         notes.push(
             "the guest was rebuilt from another image or firmware than the recorded one: the failure-point snapshot (the recorded code) was not run".into(),
         );
     }
-    let failure_point = match (f.failure_point(), opts.failure_point && reaches_end && !replaced) {
+    let failure_point = match (f.failure_point(), fp_wanted && !replaced) {
         (Some(mark), true) => Some(crate::failure_point::run(src, &f, opts, mark)?),
         _ => None,
     };
@@ -144,7 +159,15 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
         error: None,
         seconds: 0.0,
     });
-    let parts = ReportParts { notes, cpu_warnings, t0, loop_seconds, failure_point, reaches_end };
+    let parts = ReportParts {
+        notes,
+        cpu_warnings,
+        t0,
+        loop_seconds,
+        failure_point,
+        reaches_end,
+        path_not_deterministic,
+    };
     let mut report = finish(r, opts, stop, &f, start, parts)?;
     if let Some(mut s) = segment {
         s.checks = checked;
@@ -158,7 +181,7 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
             if checked.len() == 1 { "" } else { "s" }
         ));
     }
-    Ok(report)
+    Ok(with_symbols(report, opts))
 }
 
 /// Whether divergence `d` is at the recorded run's fatal exit, the guest having made a
@@ -169,11 +192,24 @@ fn reached_failure(f: &TraceOverview, d: &crate::report::Divergence) -> bool {
         && d.actual.get("kind").and_then(|k| k.as_str()).is_some_and(|k| !crate::verdict::is_fatal(k))
 }
 
+/// The report with addresses named from `--system-map`, and the map's fit to the guest
+/// among the notes.
+fn with_symbols(mut report: Report, opts: &Options) -> Report {
+    if let Some(map) = &opts.system_map {
+        report.symbolize(map);
+        if let Some(w) = report.failure_point.as_ref().and_then(|p| p.system_map_warning.clone()) {
+            report.notes.push(w);
+        }
+    }
+    report
+}
+
 /// What the report needs besides the replayer.
 struct ReportParts {
     /// Whether the replay ran to the trace's end (so a recorded failure counts).
     reaches_end: bool,
     failure_point: Option<crate::report::FailurePoint>,
+    path_not_deterministic: Vec<String>,
     notes: Vec<String>,
     cpu_warnings: Vec<String>,
     t0: Instant,
@@ -214,7 +250,7 @@ fn finish(
     let reproduced = r.failure().is_some() || parts.failure_point.as_ref().is_some_and(|p| p.reproduced);
     let outcome = match (reproduced, path) {
         (true, _) => Outcome::Reproduced,
-        (false, Path::Diverged) => Outcome::Diverged,
+        (false, Path::Diverged | Path::Skipped) => Outcome::Diverged,
         (false, Path::Completed) => Outcome::Completed,
     };
     let (emulation_failure, failure) = match r.failure().cloned() {
@@ -233,6 +269,7 @@ fn finish(
         emulation_failure,
         failure,
         path,
+        path_not_deterministic: parts.path_not_deterministic,
         failure_point: parts.failure_point,
         serial_output_matches,
         serial_bytes: r.machine().serial().total(),

@@ -401,7 +401,7 @@ pub fn merge(mut reports: Vec<Report>) -> Result<Report, MergeError> {
     let at_point = last.failure_point.as_ref().is_some_and(|p| p.reproduced);
     let outcome = match (on_path || at_point, path) {
         (true, _) => Outcome::Reproduced,
-        (false, Path::Diverged) => Outcome::Diverged,
+        (false, Path::Diverged | Path::Skipped) => Outcome::Diverged,
         (false, Path::Completed) => Outcome::Completed,
     };
     let mut merged = Report {
@@ -416,6 +416,7 @@ pub fn merge(mut reports: Vec<Report>) -> Result<Report, MergeError> {
         emulation_failure: last.emulation_failure.take(),
         failure: last.failure.take(),
         path,
+        path_not_deterministic: last.path_not_deterministic.clone(),
         failure_point: last.failure_point.take(),
         serial_bytes,
         cpu_warnings: last.cpu_warnings.clone(),

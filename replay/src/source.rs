@@ -26,6 +26,10 @@ pub struct Source {
     pub image: Option<PathBuf>,
     /// The firmware a bundle carries.
     pub firmware: Option<PathBuf>,
+    /// The kernel a bundle carries.
+    pub kernel: Option<PathBuf>,
+    /// The initramfs a bundle carries.
+    pub initrd: Option<PathBuf>,
     /// The bundle the trace came from.
     pub bundle: Option<PathBuf>,
     /// Where a bundle was extracted (removed on drop).
@@ -35,7 +39,16 @@ pub struct Source {
 impl Source {
     /// A trace and an optional snapshot directory.
     pub fn new(trace: PathBuf, snapshots: Option<PathBuf>) -> Self {
-        Source { trace, snapshots, image: None, firmware: None, bundle: None, extracted: None }
+        Source {
+            trace,
+            snapshots,
+            image: None,
+            firmware: None,
+            kernel: None,
+            initrd: None,
+            bundle: None,
+            extracted: None,
+        }
     }
 
     /// The files this source reads (what no output may be).
@@ -72,7 +85,12 @@ impl Source {
     /// the recording did: true when this source carries its own guest file (a bundle) and
     /// the user's differs from it byte for byte (a fixed firmware or image under test).
     /// Unreadable files count as different.
-    pub fn guest_replaced(&self, image: Option<&Path>, firmware: Option<&Path>) -> bool {
+    pub fn guest_replaced(
+        &self,
+        image: Option<&Path>,
+        firmware: Option<&Path>,
+        kernel: Option<&Path>,
+    ) -> bool {
         let differs = |given: Option<&Path>, ours: Option<&Path>| match (given, ours) {
             (Some(g), Some(o)) => match (std::fs::read(g), std::fs::read(o)) {
                 (Ok(a), Ok(b)) => a != b,
@@ -80,7 +98,9 @@ impl Source {
             },
             _ => false,
         };
-        differs(image, self.image.as_deref()) || differs(firmware, self.firmware.as_deref())
+        differs(image, self.image.as_deref())
+            || differs(firmware, self.firmware.as_deref())
+            || differs(kernel, self.kernel.as_deref())
     }
 }
 
@@ -130,6 +150,8 @@ pub fn open(src: &Path, budgets: &Budgets) -> Result<Source, ReplayError> {
     let mut s = with_snapshots(unpacked.trace);
     s.image = unpacked.image;
     s.firmware = unpacked.firmware;
+    s.kernel = unpacked.kernel;
+    s.initrd = unpacked.initrd;
     s.bundle = Some(src.to_path_buf());
     s.extracted = Some(dir);
     Ok(s)

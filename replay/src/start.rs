@@ -60,11 +60,13 @@ pub fn prepare(src: &Source, f: &TraceOverview, opts: &Options) -> Result<(Machi
         let m = snapshot::restore(&chain, opts.serial.clone(), debugcon, opts.dirty_log)?;
         return Ok((m, Start { snapshot: Some(c.snapshot_id), seq: c.at() + 1 }));
     }
-    // The guest file is the user's (`--image`, `--firmware`) or the bundle's: never a
-    // path the trace names.
+    // The guest file is the user's (`--image`, `--firmware`, `--kernel`, `--initrd`) or
+    // the bundle's: never a path the trace names.
     let files = vmrr_engine::session::GuestFiles {
         image: opts.image.as_deref().or(src.image.as_deref()),
         firmware: opts.firmware.as_deref().or(src.firmware.as_deref()),
+        kernel: opts.kernel.as_deref().or(src.kernel.as_deref()),
+        initrd: opts.initrd.as_deref().or(src.initrd.as_deref()),
     };
     let mut cfg = vmrr_engine::session::from_annotations(&f.annotations, files, opts.max_mem)
         .map_err(|error| ReplayError::Rebuild { trace: src.trace.display().to_string(), error })?;

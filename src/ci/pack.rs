@@ -38,6 +38,7 @@ pub fn run(
     dir: &Path,
     n: usize,
     guest_file: Option<PathBuf>,
+    initrd_file: Option<PathBuf>,
     force: bool,
     max_mem: u64,
 ) -> CliResult {
@@ -66,14 +67,24 @@ pub fn run(
         let seg_root = snapshot::dir_for_trace(&seg_trace);
         write_snapshots(&root, &seg_root, s.from.snapshot_id, &kept, max_mem)?;
         let out = dir.join(bundle_name(s.index, n));
-        crate::cmd::pack::run(&seg_trace, &out, guest_file.clone().or_else(|| guest_of(&f)), force, false)?;
+        crate::cmd::pack::run(
+            &seg_trace,
+            &out,
+            guest_file.clone().or_else(|| guest_of(&f)),
+            initrd_file.clone().or_else(|| f.annotation("vmrr.initrd").map(PathBuf::from)),
+            force,
+            false,
+        )?;
     }
     Ok(())
 }
 
 /// The guest file the original trace names (this is the recording host).
 fn guest_of(f: &vmrr_format::overview::TraceOverview) -> Option<PathBuf> {
-    f.annotation("vmrr.image").or(f.annotation("vmrr.firmware")).map(PathBuf::from)
+    f.annotation("vmrr.image")
+        .or(f.annotation("vmrr.firmware"))
+        .or(f.annotation("vmrr.kernel"))
+        .map(PathBuf::from)
 }
 
 /// Writes segment `s` of `src` as a trace at `dst`; returns the checkpoints it keeps.

@@ -30,12 +30,19 @@ pub fn forwarded(args: &ReplayArgs, budgets: &Budgets) -> Vec<String> {
         (args.no_explain, "--no-explain"),
         (args.no_failure_point, "--no-failure-point"),
         (args.ci.verify_checkpoints, "--verify-checkpoints"),
+        (args.path, "--path"),
     ] {
         if on {
             v.push(flag.into());
         }
     }
-    for (file, flag) in [(&args.image, "--image"), (&args.firmware, "--firmware")] {
+    for (file, flag) in [
+        (&args.image, "--image"),
+        (&args.firmware, "--firmware"),
+        (&args.kernel, "--kernel"),
+        (&args.initrd, "--initrd"),
+        (&args.system_map, "--system-map"),
+    ] {
         if let Some(f) = file {
             v.push(flag.into());
             v.push(f.display().to_string());

@@ -40,11 +40,15 @@ pub fn run(dir: Option<&Path>, budgets: &vmrr_format::bundle::Budgets) -> CliRes
         mode: None,
         ring: 0,
         firmware: None,
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        boot_protocol: "auto".into(),
         out: Some(trace.clone()),
         no_trace: false,
         iterations: None,
-        mem_mib: 64,
-        cpuid: "deterministic".into(),
+        mem_mib: Some(64),
+        cpuid: Some("deterministic".into()),
         max_exits: None,
         max_seconds: Some(30.0),
         serial: serial.display().to_string(),
@@ -76,7 +80,7 @@ pub fn run(dir: Option<&Path>, budgets: &vmrr_format::bundle::Budgets) -> CliRes
     step(2, "pack the trace and its snapshots into one file to ship");
     let bundle = dir.join("repro.vmrr");
     // The demo's own directory: a bundle of an earlier run there is replaced.
-    super::pack::run(&trace, &bundle, None, true, false)?;
+    super::pack::run(&trace, &bundle, None, None, true, false)?;
 
     let opts = |start| Options {
         start,

@@ -5,16 +5,30 @@ use std::path::{Path, PathBuf};
 use super::print_json;
 use crate::exit_code::{CliError, CliResult};
 
-/// Packs `trace`, the snapshots its checkpoints reference and the guest image or firmware
-/// it runs (`guest_file`, or the path the trace names: this is the recording host, and
-/// the file is the user's) into `out`; `force` replaces an existing bundle.
-pub fn run(trace: &Path, out: &Path, guest_file: Option<PathBuf>, force: bool, json: bool) -> CliResult {
+/// Packs `trace`, the snapshots its checkpoints reference and the guest image, firmware or
+/// kernel and initramfs it runs (`guest_file` and `initrd_file`, or the paths the trace
+/// names: this is the recording host, and the files are the user's; a kernel or initramfs
+/// is checked against the SHA-256 the trace recorded) into `out`; `force` replaces an
+/// existing bundle.
+pub fn run(
+    trace: &Path,
+    out: &Path,
+    guest_file: Option<PathBuf>,
+    initrd_file: Option<PathBuf>,
+    force: bool,
+    json: bool,
+) -> CliResult {
     if !trace.exists() {
         return Err(CliError::Usage(format!("{}: no such file", trace.display())));
     }
     let chains = vmrr_engine::snapshot::ChainCheck::new(u64::MAX);
-    let opts =
-        vmrr_format::bundle::PackOptions { check: &|dir| chains.check(dir), guest_file, replace: force };
+    let opts = vmrr_format::bundle::PackOptions {
+        check: &|dir| chains.check(dir),
+        guest_file,
+        initrd_file,
+        identity: Some(&vmrr_engine::guests::linux::check_identity_boxed),
+        replace: force,
+    };
     let m = vmrr_format::bundle::pack(trace, out, &opts).map_err(super::bundle_err)?;
     let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     if json {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use vmrr_engine::checkpoint::{CaptureMode, Checkpointer, Policy};
 use vmrr_engine::devices::console::Console;
 use vmrr_engine::guests::boot::BootMode;
+use vmrr_engine::guests::linux::{BootProtocol, LinuxSpec};
 use vmrr_engine::kvm::cpuid::CpuidProfile;
 use vmrr_engine::machine::RunError;
 use vmrr_engine::machine::{Limits, Machine, RunSummary};
@@ -22,10 +23,10 @@ use crate::exit_code::{CliError, CliResult, GUEST_FATAL};
 #[derive(clap::Args, Debug, Clone)]
 pub struct RecordArgs {
     /// A built-in guest (see `vmrr guests`).
-    #[arg(long, conflicts_with_all = ["image", "firmware"])]
+    #[arg(long, conflicts_with_all = ["image", "firmware", "kernel"])]
     pub guest: Option<String>,
     /// A flat binary image to run.
-    #[arg(long, conflicts_with = "firmware", requires_all = ["load_addr", "entry", "mode"])]
+    #[arg(long, conflicts_with_all = ["firmware", "kernel"], requires_all = ["load_addr", "entry", "mode"])]
     pub image: Option<PathBuf>,
     /// Guest-physical load address of `--image` (hex with 0x, or decimal).
     #[arg(long, value_parser = parse_u64)]
@@ -40,8 +41,24 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
     pub ring: u8,
     /// A BIOS ROM (e.g. /usr/share/seabios/bios.bin) started at the reset vector.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kernel")]
     pub firmware: Option<PathBuf>,
+    /// A Linux kernel: an ELF vmlinux, or a bzImage such as Debian's /boot/vmlinuz-*
+    /// (its lz4, gzip, xz or zstd payload is unpacked here and entered through PVH). Runs
+    /// with KVM's in-kernel irqchip and PIT, ACPI tables, and `--cpuid host` by default.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// The initramfs for `--kernel`.
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line, replacing vmrr's default (`vmrr record --help` shows it in
+    /// docs/LINUX.md: serial console, nokaslr, panic=-1, reboot=acpi).
+    #[arg(long, requires = "kernel")]
+    pub cmdline: Option<String>,
+    /// How `--kernel` is entered: auto (PVH when the ELF has the note, else the 64-bit
+    /// boot protocol), pvh, or linux64.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "pvh", "linux64"], requires = "kernel")]
+    pub boot_protocol: String,
     /// Trace file to write.
     #[arg(long, short, required_unless_present = "no_trace")]
     pub out: Option<PathBuf>,
@@ -51,12 +68,13 @@ pub struct RecordArgs {
     /// Iterations for guests that take them.
     #[arg(long)]
     pub iterations: Option<u64>,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 128)]
-    pub mem_mib: u64,
-    /// CPUID profile: deterministic (default) or host (warns: replay may diverge).
-    #[arg(long, default_value = "deterministic", value_parser = ["deterministic", "host"])]
-    pub cpuid: String,
+    /// Guest memory in MiB (default 128; 512 with --kernel).
+    #[arg(long)]
+    pub mem_mib: Option<u64>,
+    /// CPUID profile: deterministic (the default, except with --kernel: Linux needs the
+    /// TSC the deterministic profile hides) or host (warns: replay may diverge).
+    #[arg(long, value_parser = ["deterministic", "host"])]
+    pub cpuid: Option<String>,
     /// End the run after this many exits.
     #[arg(long)]
     pub max_exits: Option<u64>,
@@ -145,6 +163,12 @@ impl RecordArgs {
     /// Usage errors.
     pub fn session(&self) -> Result<SessionConfig, CliError> {
         let guest = match (&self.guest, &self.image, &self.firmware) {
+            (None, None, None) if self.kernel.is_some() => GuestSpec::Kernel(LinuxSpec {
+                kernel: self.kernel.clone().unwrap_or_default(),
+                initrd: self.initrd.clone(),
+                cmdline: self.cmdline.clone(),
+                protocol: BootProtocol::parse(&self.boot_protocol).unwrap_or_default(),
+            }),
             (Some(name), None, None) => {
                 GuestSpec::Builtin { name: name.clone(), iterations: self.iterations }
             }
@@ -164,12 +188,18 @@ impl RecordArgs {
                 }
             }
             (None, None, Some(path)) => GuestSpec::Firmware { path: path.clone() },
-            _ => return Err(CliError::Usage("give one of --guest, --image or --firmware".into())),
+            _ => return Err(CliError::Usage("give one of --guest, --image, --firmware or --kernel".into())),
         };
-        let mem_bytes = self
-            .mem_mib
+        let kernel = matches!(guest, GuestSpec::Kernel(_));
+        let mem_mib = self.mem_mib.unwrap_or(if kernel { 512 } else { 128 });
+        let mem_bytes = mem_mib
             .checked_mul(1 << 20)
-            .ok_or_else(|| CliError::Usage(format!("--mem-mib {} is too large", self.mem_mib)))?;
+            .ok_or_else(|| CliError::Usage(format!("--mem-mib {mem_mib} is too large")))?;
+        let cpuid = match self.cpuid.as_deref() {
+            Some(p) => CpuidProfile::parse(p).unwrap_or_default(),
+            None if kernel => CpuidProfile::Host,
+            None => CpuidProfile::Deterministic,
+        };
         let max_duration = match self.max_seconds {
             Some(s) if !(s > 0.0 && s.is_finite()) => {
                 return Err(CliError::Usage(format!("--max-seconds {s} must be positive")));
@@ -180,7 +210,7 @@ impl RecordArgs {
         Ok(SessionConfig {
             guest,
             mem_bytes,
-            cpuid: CpuidProfile::parse(&self.cpuid).unwrap_or_default(),
+            cpuid,
             limits: Limits { max_exits: self.max_exits, max_duration },
             // Snapshots after the first are incremental, the failure point's too.
             dirty_log: !self.no_snapshot && !self.no_trace,
@@ -229,7 +259,13 @@ pub fn run(args: &RecordArgs) -> CliResult {
     let serial = console(&args.serial, args.json)?;
     let debugcon = console(&args.debugcon, true)?;
     if cfg.cpuid == CpuidProfile::Host {
-        eprintln!("vmrr: warning: --cpuid host exposes TSC, RDRAND and RDSEED: replay may diverge");
+        if matches!(cfg.guest, GuestSpec::Kernel(_)) {
+            eprintln!(
+                "vmrr: note: the kernel sees this host's CPUID (Linux needs the TSC, which --cpuid deterministic hides): its path replay may diverge; a failure reproduces from its failure point"
+            );
+        } else {
+            eprintln!("vmrr: warning: --cpuid host exposes TSC, RDRAND and RDSEED: replay may diverge");
+        }
     }
     if args.flight_recorder {
         return flight(args, &cfg, serial, debugcon);
@@ -287,7 +323,7 @@ pub fn run(args: &RecordArgs) -> CliResult {
         None => None,
     };
     report(args, &summary, trace.as_ref(), checkpointer.as_ref());
-    if summary.outcome.is_fatal() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
+    if summary.outcome.is_guest_failure() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
 }
 
 /// A run that vmrr itself could not continue (a full disk, a failed ioctl) still leaves a
@@ -514,5 +550,5 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
             eprintln!("  {line}");
         }
     }
-    if summary.outcome.is_fatal() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
+    if summary.outcome.is_guest_failure() { Err(CliError::Reported { code: GUEST_FATAL }) } else { Ok(()) }
 }

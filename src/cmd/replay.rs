@@ -37,8 +37,15 @@ pub struct ReplayArgs {
     #[arg(long, conflicts_with = "firmware")]
     pub image: Option<PathBuf>,
     /// The firmware a rebuilt guest runs (as for --image).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kernel")]
     pub firmware: Option<PathBuf>,
+    /// The kernel a rebuilt guest boots: needed to rebuild a bare trace recorded with
+    /// `--kernel` (checked against the SHA-256 the trace recorded; a bundle carries it).
+    #[arg(long, conflicts_with = "image")]
+    pub kernel: Option<PathBuf>,
+    /// The initramfs a rebuilt guest boots with (as for --kernel).
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
     /// Replace existing outputs (--snapshot-at DIR when it is a snapshot directory,
     /// --serial FILE when it is a regular file); never an input.
     #[arg(long)]
@@ -62,6 +69,17 @@ pub struct ReplayArgs {
     /// Do not run the failure-point snapshot of a trace that ended in a failure.
     #[arg(long)]
     pub no_failure_point: bool,
+    /// Replay the recorded path even when the recording says it cannot be deterministic
+    /// (a machine on KVM's in-kernel irqchip: by default such a trace goes straight to its
+    /// failure point).
+    #[arg(long)]
+    pub path: bool,
+    /// The guest kernel's System.map (Debian: /usr/lib/debug/boot/System.map-VERSION from
+    /// its -dbg package): reports name the failing RIP, the suspects and the registers
+    /// that point into the kernel as `function+offset`; with --gdb, `monitor sym` does
+    /// and an ELF symbol file is written for `symbol-file`.
+    #[arg(long, value_name = "FILE")]
+    pub system_map: Option<PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long, conflicts_with = "gdb")]
     pub json: bool,
@@ -106,6 +124,20 @@ pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
     let mut inputs: Vec<&Path> = vec![&args.src];
     inputs.extend(args.image.as_deref());
     inputs.extend(args.firmware.as_deref());
+    inputs.extend(args.kernel.as_deref());
+    inputs.extend(args.initrd.as_deref());
+    inputs.extend(args.system_map.as_deref());
+    // The map is read and checked before anything else.
+    let system_map = match &args.system_map {
+        None => None,
+        Some(p) if !p.exists() => {
+            return Err(CliError::Usage(format!("{}: no such file (--system-map)", p.display())));
+        }
+        Some(p) => Some(std::sync::Arc::new(
+            vmrr_replay::symbols::SymbolMap::read(p)
+                .map_err(|e| CliError::Invalid(crate::exit_code::chain(&e)))?,
+        )),
+    };
     if let Some(dir) = &snapshot_at {
         output::check(dir, &inputs, args.force, OutputKind::SnapshotDir)
             .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -127,12 +159,16 @@ pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
         serial,
         image: args.image.clone(),
         firmware: args.firmware.clone(),
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
         max_mem: budgets.max_mem,
         replace_output: args.force,
         stall: Duration::from_secs(args.stall_seconds.max(1)),
         progress: !args.json,
         explain_steps: (!args.no_explain).then_some(args.explain_steps),
         failure_point: !args.no_failure_point,
+        force_path: args.path,
+        system_map,
         dirty_log: args.gdb.is_some(),
         verify_checkpoints: args.ci.verify_checkpoints,
     };
@@ -161,9 +197,27 @@ fn debug(src: vmrr_replay::source::Source, opts: &Options, addr: &str) -> CliRes
         other => CliError::Replay(crate::exit_code::chain(&other)),
     })?;
     let at = session.position().to_string();
+    // The symbols as an ELF file gdb loads, in a directory removed when vmrr exits.
+    let symbols = match session.system_map() {
+        None => None,
+        Some(map) => {
+            let tmp = std::env::temp_dir();
+            let dir = vmrr_format::scratch::Scratch::dir_in(&tmp, "vmrr-symbols-").map_err(|source| {
+                CliError::Output { context: format!("creating a directory in {}", tmp.display()), source }
+            })?;
+            let file = dir.path().join("kernel-symbols.elf");
+            std::fs::write(&file, map.to_elf()).map_err(|source| CliError::Output {
+                context: format!("writing {}", file.display()),
+                source,
+            })?;
+            Some((dir, file))
+        }
+    };
+    let sym_arg =
+        symbols.as_ref().map(|(_, f)| format!(" -ex 'symbol-file {}'", f.display())).unwrap_or_default();
     let ended = gdb::serve(session, addr, |a| {
         eprintln!("vmrr: replay ready at {at}; waiting for gdb on {a}");
-        eprintln!("vmrr:   gdb -ex 'target remote {a}'");
+        eprintln!("vmrr:   gdb{sym_arg} -ex 'target remote {a}'");
     })
     .map_err(|e| match e {
         GdbError::Listen { .. } => CliError::Usage(crate::exit_code::chain(&e)),

@@ -234,6 +234,8 @@ impl FlightRecorder {
         let opts = vmrr_format::bundle::PackOptions {
             check: &|dir| chains.check(dir),
             guest_file: None,
+            initrd_file: None,
+            identity: Some(&crate::guests::linux::check_identity_boxed),
             // The recorder's own output, written again at each trigger.
             replace: true,
         };

@@ -57,6 +57,18 @@ impl Bus {
         Self::default()
     }
 
+    /// Routes the bus's interrupt lines to KVM's in-kernel irqchip (a restored bus of such
+    /// a machine).
+    pub fn route_to_kernel(&mut self) {
+        self.irq.set_routing(crate::devices::interrupts::Routing::Kernel);
+    }
+
+    /// An empty bus whose interrupt lines are `irq` (routed to KVM's in-kernel irqchip,
+    /// say).
+    pub fn with_interrupts(irq: Interrupts) -> Self {
+        Bus { irq, ..Self::default() }
+    }
+
     fn add(&mut self, dev: Box<dyn BusDevice>) -> usize {
         self.devices.push(dev);
         self.devices.len() - 1

@@ -9,6 +9,11 @@ use crate::devices::interrupts::Interrupts;
 pub enum StopRequest {
     /// The guest wrote its exit status to the debug-exit port.
     GuestExit(u64),
+    /// The guest powered off (ACPI sleep state S5).
+    PowerOff,
+    /// The guest asked for a reset (the ACPI reset register). vmrr does not reboot a
+    /// guest: a second boot would bury the first one's state.
+    Reset,
 }
 
 /// What a device may touch while handling an access.

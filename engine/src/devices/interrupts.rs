@@ -1,17 +1,58 @@
-//! Pending interrupts, injected from userspace at exit boundaries (no in-kernel irqchip).
+//! Interrupt lines between devices and the vCPU: injected from userspace at exit
+//! boundaries (vmrr's own 8259 pair and direct vectors), or, with KVM's in-kernel irqchip,
+//! handed to KVM as ISA line pulses (`KVM_IRQ_LINE`).
 
 use crate::devices::legacy::pic::Pic;
 
+/// Where raised ISA lines go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Routing {
+    /// vmrr's 8259 pair, injected by the run loop.
+    #[default]
+    User,
+    /// KVM's in-kernel PIC and IOAPIC: the run loop pulses the line with `KVM_IRQ_LINE`.
+    Kernel,
+}
+
 /// Interrupts waiting for injection: vectors raised directly by vmrr's own devices, and
 /// ISA lines through the 8259 pair (firmware machines). The engine injects the highest
-/// pending vector when the vCPU is ready and records the injection.
+/// pending vector when the vCPU is ready and records the injection. With
+/// [`Routing::Kernel`], raised lines wait in [`Self::take_lines`] instead.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Interrupts {
     pending: [u64; 4],
     pic: Pic,
+    routing: Routing,
+    lines: Vec<u8>,
 }
 
 impl Interrupts {
+    /// Lines routed to KVM's in-kernel irqchip.
+    pub fn kernel_routed() -> Self {
+        Interrupts { routing: Routing::Kernel, ..Self::default() }
+    }
+
+    /// Where raised lines go.
+    pub fn routing(&self) -> Routing {
+        self.routing
+    }
+
+    /// Sets where raised lines go (a restored bus takes its machine's).
+    pub fn set_routing(&mut self, routing: Routing) {
+        self.routing = routing;
+    }
+
+    /// The lines raised since the last call, in order, for KVM's irqchip (empty with
+    /// [`Routing::User`]).
+    pub fn take_lines(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.lines)
+    }
+
+    /// Whether lines wait for KVM's irqchip.
+    pub fn has_lines(&self) -> bool {
+        !self.lines.is_empty()
+    }
+
     /// The 8259 pair.
     pub fn pic_mut(&mut self) -> &mut Pic {
         &mut self.pic
@@ -22,9 +63,12 @@ impl Interrupts {
         &self.pic
     }
 
-    /// A rising edge on ISA line `irq` (through the 8259 pair).
+    /// A rising edge on ISA line `irq`: through vmrr's 8259 pair, or queued for KVM's.
     pub fn raise_irq(&mut self, irq: u8) {
-        self.pic.raise(irq);
+        match self.routing {
+            Routing::User => self.pic.raise(irq),
+            Routing::Kernel => self.lines.push(irq),
+        }
     }
 
     /// Records that `vector` was injected (replay, where the trace chose it): the 8259 pair

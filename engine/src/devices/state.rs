@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::devices::console::Console;
 use crate::devices::device::Device;
-use crate::devices::legacy::{cmos, pci, pic_ports, pit, serial};
+use crate::devices::legacy::{absent, acpi_pm, cmos, pci, pic_ports, pit, serial, uart};
 use crate::devices::pseudo::{clock_port, debug_exit, debugcon, entropy, sink, timer};
 use crate::persist::{DeviceRestoreError, Persist};
 
@@ -37,6 +37,12 @@ pub enum DeviceState {
     Cmos(cmos::CmosState),
     /// PCI configuration ports: the address register.
     PciConfig(u32),
+    /// 16550A with its interrupt (Linux guests).
+    Uart(uart::UartState),
+    /// ACPI PM block (Linux guests).
+    AcpiPm(acpi_pm::AcpiPmState),
+    /// Hardware answered as absent, by name.
+    Absent(String),
 }
 
 impl DeviceState {
@@ -54,6 +60,9 @@ impl DeviceState {
             DeviceState::PicPorts => "PicPorts",
             DeviceState::Cmos(_) => "Cmos",
             DeviceState::PciConfig(_) => "PciConfig",
+            DeviceState::Uart(_) => "Uart",
+            DeviceState::AcpiPm(_) => "AcpiPm",
+            DeviceState::Absent(_) => "Absent",
         }
     }
 }
@@ -122,6 +131,22 @@ impl BusDevice for pci::PciConfig {
     }
 }
 
+impl BusDevice for uart::Uart {
+    fn state(&self, now: u64) -> DeviceState {
+        DeviceState::Uart(Persist::save(self, now))
+    }
+}
+impl BusDevice for acpi_pm::AcpiPm {
+    fn state(&self, now: u64) -> DeviceState {
+        DeviceState::AcpiPm(Persist::save(self, now))
+    }
+}
+impl BusDevice for absent::Absent {
+    fn state(&self, _now: u64) -> DeviceState {
+        DeviceState::Absent(self.name().to_string())
+    }
+}
+
 /// The live resources restored devices need.
 #[derive(Debug, Clone)]
 pub struct BusArgs {
@@ -152,5 +177,17 @@ pub fn restore(
         DeviceState::PicPorts => Box::new(pic_ports::PicPorts),
         DeviceState::Cmos(s) => Box::new(cmos::Cmos::restore((), s, now)?),
         DeviceState::PciConfig(a) => Box::new(pci::PciConfig { address: *a }),
+        DeviceState::Uart(s) => Box::new(uart::Uart::restore(args.serial.clone(), s, now)?),
+        DeviceState::AcpiPm(s) => Box::new(acpi_pm::AcpiPm::restore((), s, now)?),
+        DeviceState::Absent(name) => {
+            if !absent::ABSENT_NAMES.contains(&name.as_str()) {
+                return Err(DeviceRestoreError::Invalid {
+                    device: "absent",
+                    field: "name",
+                    value: name.len() as u64,
+                });
+            }
+            Box::new(absent::Absent::new(name))
+        }
     })
 }

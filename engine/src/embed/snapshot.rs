@@ -139,6 +139,7 @@ impl Capture<'_> {
             vcpus: vec![vcpu],
             bus: self.bus.clone(),
             annotations: who.annotations.to_vec(),
+            kernel_irqchip: None,
         };
         crate::snapshot::finish_dir(dir, &state)
     }

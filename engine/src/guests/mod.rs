@@ -14,6 +14,7 @@ mod entropy;
 pub mod firmware;
 mod hello;
 mod interrupts;
+pub mod linux;
 mod rewrite;
 mod storm;
 mod tsc;

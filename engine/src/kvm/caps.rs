@@ -27,6 +27,8 @@ pub struct HostCaps {
     pub readonly_mem: bool,
     /// `KVM_GET_VCPU_MMAP_SIZE`.
     pub vcpu_mmap_size: usize,
+    /// `KVM_CAP_IRQCHIP`: KVM's in-kernel PIC, IOAPIC and local APICs.
+    pub irqchip: bool,
 }
 
 impl HostCaps {
@@ -44,13 +46,14 @@ impl HostCaps {
             immediate_exit: has(KVM_CAP_IMMEDIATE_EXIT),
             readonly_mem: has(KVM_CAP_READONLY_MEM),
             vcpu_mmap_size: kvm.get_vcpu_mmap_size().unwrap_or(0),
+            irqchip: has(kvm_bindings::KVM_CAP_IRQCHIP),
         }
     }
 
     /// `key=value` pairs for the trace's annotations.
     pub fn describe(&self) -> String {
         format!(
-            "user_memory2={} exit_on_emulation_failure={} sync_regs={} user_space_msr={} msr_filter={} system_event_data={} immediate_exit={} readonly_mem={}",
+            "user_memory2={} exit_on_emulation_failure={} sync_regs={} user_space_msr={} msr_filter={} system_event_data={} immediate_exit={} readonly_mem={} irqchip={}",
             self.user_memory2,
             self.exit_on_emulation_failure,
             self.sync_regs,
@@ -58,7 +61,8 @@ impl HostCaps {
             self.msr_filter,
             self.system_event_data,
             self.immediate_exit,
-            self.readonly_mem
+            self.readonly_mem,
+            self.irqchip
         )
     }
 }

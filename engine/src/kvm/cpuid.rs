@@ -87,21 +87,22 @@ pub fn reg(e: &kvm_cpuid_entry2, reg: u8) -> u32 {
     }
 }
 
-/// Bits cleared in every profile: the guest has no local APIC (vmrr runs without an
-/// in-kernel irqchip and injects interrupts from userspace).
+/// Bits cleared in every profile of a machine without KVM's in-kernel irqchip: the guest
+/// has no local APIC (vmrr injects its interrupts from userspace).
 pub const ABSENT: &[FeatureBit] = &[
     FeatureBit { leaf: 1, index: None, reg: 3, bit: 9, name: "apic" },
     FeatureBit { leaf: 1, index: None, reg: 2, bit: 21, name: "x2apic" },
 ];
 
-/// The CPUID set for `profile`.
+/// The CPUID set for `profile`; `lapic` when the VM has KVM's in-kernel irqchip (the
+/// local APIC then stays visible).
 ///
 /// # Errors
 /// `KVM_GET_SUPPORTED_CPUID`'s error.
-pub fn build(kvm: &Kvm, profile: CpuidProfile) -> Result<CpuId, kvm_ioctls::Error> {
+pub fn build(kvm: &Kvm, profile: CpuidProfile, lapic: bool) -> Result<CpuId, kvm_ioctls::Error> {
     let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
     for e in cpuid.as_mut_slice() {
-        for m in ABSENT {
+        for m in ABSENT.iter().filter(|_| !lapic) {
             if e.function == m.leaf && m.index.is_none_or(|i| i == e.index) {
                 *reg_mut(e, m.reg) &= !(1u32 << m.bit);
             }

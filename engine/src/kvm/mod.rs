@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod cpuid;
+pub mod irqchip;
 pub mod memory;
 pub mod probe;
 pub mod system;

@@ -4,8 +4,9 @@
 //! (every index `KVM_GET_MSR_INDEX_LIST` reports that this vCPU can read, so TSC,
 //! IA32_XSS, SYSENTER, PAT and friends are all in; KVM's paravirtual MSRs are left out
 //! when the guest's CPUID does not expose KVM's features), pending events, MP state, debug
-//! registers, CPUID and the TSC frequency. No LAPIC: vmrr runs without an in-kernel
-//! irqchip.
+//! registers, CPUID and the TSC frequency. The local APIC, when the VM has KVM's in-kernel
+//! irqchip, is saved beside this state ([`save_lapic`]) and set by
+//! [`VcpuState::restore_with_lapic`].
 //!
 //! Restore order (measured to matter): CPUID, MP state, regs, sregs, FPU, XSAVE, XCRs,
 //! debug registers, MSRs (every one must be accepted), events.
@@ -15,11 +16,12 @@
 //! a mismatch.
 
 use kvm_bindings::{
-    CpuId, Msrs, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
-    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    CpuId, Msrs, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 use serde::{Deserialize, Serialize};
+use zerocopy::{FromBytes, IntoBytes};
 
 /// `kvm_fpu` as plain fields (kvm-bindings has no serde for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -193,6 +195,22 @@ fn is_kvm_pv_msr(i: u32) -> bool {
     (0x4b56_4d00..=0x4b56_4dff).contains(&i) || i == 0x11 || i == 0x12
 }
 
+/// The local APIC of `vcpu` (`kvm_lapic_state` bytes), for a VM with KVM's in-kernel
+/// irqchip.
+///
+/// # Errors
+/// `KVM_GET_LAPIC` failed.
+pub fn save_lapic(vcpu: &VcpuFd) -> Result<Vec<u8>, VcpuStateError> {
+    Ok(vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?.as_bytes().to_vec())
+}
+
+/// Whether the guest's CPUID (as the vCPU has it) offers KVM's paravirtual features
+/// (kvmclock, steal time...): their MSRs then belong in its state.
+pub fn guest_has_kvm_pv(vcpu: &VcpuFd) -> bool {
+    vcpu.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .is_ok_and(|c| c.as_slice().iter().any(|e| e.function == 0x4000_0001 && e.eax != 0))
+}
+
 /// The MSR indices worth saving on this vCPU: those KVM lists and this vCPU can read.
 ///
 /// # Errors
@@ -290,6 +308,21 @@ impl VcpuState {
         self.restore_with(vcpu, true)
     }
 
+    /// As [`Self::restore_with`], with the vCPU's local APIC (`kvm_lapic_state` bytes) when
+    /// the VM has KVM's in-kernel irqchip: set after the special registers (which hold the
+    /// APIC base) and before the MSRs (the TSC deadline lives in the APIC timer).
+    ///
+    /// # Errors
+    /// As for [`Self::restore`]; a LAPIC of the wrong size or refused by KVM.
+    pub fn restore_with_lapic(
+        &self,
+        vcpu: &VcpuFd,
+        set_cpuid: bool,
+        lapic: Option<&[u8]>,
+    ) -> Result<(), VcpuStateError> {
+        self.put_all(vcpu, set_cpuid, true, lapic)
+    }
+
     /// Sets this state's CPUID on `vcpu`. Once a vCPU has run, KVM accepts only the CPUID
     /// it already has (`EINVAL` otherwise), so this also checks that the state fits a vCPU
     /// that ran, before anything else about it changes.
@@ -325,6 +358,16 @@ impl VcpuState {
     }
 
     fn put(&self, vcpu: &VcpuFd, set_cpuid: bool, regs_and_events: bool) -> Result<(), VcpuStateError> {
+        self.put_all(vcpu, set_cpuid, regs_and_events, None)
+    }
+
+    fn put_all(
+        &self,
+        vcpu: &VcpuFd,
+        set_cpuid: bool,
+        regs_and_events: bool,
+        lapic: Option<&[u8]>,
+    ) -> Result<(), VcpuStateError> {
         self.validate()?;
         if set_cpuid {
             self.apply_cpuid(vcpu)?;
@@ -342,6 +385,14 @@ impl VcpuState {
         crate::sys::vcpu_state::set_xsave(vcpu, &xsave).map_err(kvm_err("KVM_SET_XSAVE"))?;
         vcpu.set_xcrs(&self.xcrs).map_err(kvm_err("KVM_SET_XCRS"))?;
         vcpu.set_debug_regs(&self.debugregs).map_err(kvm_err("KVM_SET_DEBUGREGS"))?;
+        if let Some(bytes) = lapic {
+            let l = kvm_lapic_state::read_from_bytes(bytes).map_err(|_| VcpuStateError::TooMany {
+                what: "LAPIC bytes (must be exactly)",
+                count: bytes.len(),
+                max: std::mem::size_of::<kvm_lapic_state>(),
+            })?;
+            vcpu.set_lapic(&l).map_err(kvm_err("KVM_SET_LAPIC"))?;
+        }
         let msrs = Msrs::from_entries(&self.msrs).map_err(|_| VcpuStateError::TooMany {
             what: "MSRs",
             count: self.msrs.len(),

@@ -1,4 +1,5 @@
-//! A KVM VM with one vCPU, memfd-backed region2 memory slots, and vmrr's capability set-up.
+//! A KVM VM with one vCPU, memfd-backed region2 memory slots, vmrr's capability set-up,
+//! and, when asked, KVM's in-kernel irqchip and PIT.
 
 use kvm_bindings::{
     CpuId, KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
@@ -8,6 +9,7 @@ use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlag
 
 use crate::kvm::caps::HostCaps;
 use crate::kvm::cpuid::{self, CpuidProfile};
+use crate::kvm::irqchip::{self, IrqchipKind};
 use crate::kvm::memory::{GuestMemory, MemoryError, SlotSpec, firmware_layout, ram_layout};
 use crate::kvm::system::{KvmError, open_kvm};
 use crate::sys::slots::VmSlots;
@@ -35,6 +37,14 @@ pub enum CreateVmError {
     /// Guest memory could not be set up.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// An empty VM made ahead of time has its interrupt controllers elsewhere.
+    #[error("the VM needs a {} irqchip but was created with a {} one", wanted.name(), created.name())]
+    Irqchip {
+        /// What the configuration asks for.
+        wanted: IrqchipKind,
+        /// What the empty VM has.
+        created: IrqchipKind,
+    },
 }
 
 /// VM settings.
@@ -48,11 +58,19 @@ pub struct VmConfig {
     pub dirty_log: bool,
     /// Firmware ROM size, when booting firmware (the layout then reserves the ROM slot).
     pub rom_size: Option<u64>,
+    /// Where the interrupt controllers live.
+    pub irqchip: IrqchipKind,
 }
 
 impl Default for VmConfig {
     fn default() -> Self {
-        VmConfig { mem_bytes: 128 << 20, cpuid: CpuidProfile::default(), dirty_log: false, rom_size: None }
+        VmConfig {
+            mem_bytes: 128 << 20,
+            cpuid: CpuidProfile::default(),
+            dirty_log: false,
+            rom_size: None,
+            irqchip: IrqchipKind::User,
+        }
     }
 }
 
@@ -66,6 +84,7 @@ pub struct EmptyVm {
     vcpu: VcpuFd,
     caps: HostCaps,
     notes: Vec<String>,
+    irqchip: IrqchipKind,
 }
 
 impl std::fmt::Debug for EmptyVm {
@@ -75,11 +94,20 @@ impl std::fmt::Debug for EmptyVm {
 }
 
 impl EmptyVm {
-    /// Creates an empty VM.
+    /// Creates an empty VM whose interrupts vmrr injects ([`IrqchipKind::User`]).
     ///
     /// # Errors
     /// `/dev/kvm` cannot be opened, a required capability is missing, or an ioctl fails.
     pub fn create() -> Result<Self, CreateVmError> {
+        Self::create_with(IrqchipKind::User)
+    }
+
+    /// Creates an empty VM with its interrupt controllers where `irqchip` says (KVM's
+    /// in-kernel irqchip and PIT are created before the vCPU, as KVM requires).
+    ///
+    /// # Errors
+    /// As for [`Self::create`], and `KVM_CREATE_IRQCHIP`/`KVM_CREATE_PIT2` failures.
+    pub fn create_with(irqchip: IrqchipKind) -> Result<Self, CreateVmError> {
         let kvm = open_kvm().map_err(CreateVmError::OpenKvm)?;
         let caps = HostCaps::query(&kvm);
         if !caps.sync_regs {
@@ -122,9 +150,20 @@ impl EmptyVm {
                 "userspace MSR handling is absent: vmrr's clock MSR raises #GP in the guest".to_string(),
             );
         }
+        if irqchip == IrqchipKind::Kernel {
+            if !caps.irqchip {
+                return Err(CreateVmError::MissingCapability { what: "KVM_CAP_IRQCHIP" });
+            }
+            irqchip::create(&fd)?;
+        }
         let mut vcpu = fd.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         vcpu.set_sync_valid_reg(SyncReg::Register);
-        Ok(EmptyVm { kvm, fd, vcpu, caps, notes })
+        Ok(EmptyVm { kvm, fd, vcpu, caps, notes, irqchip })
+    }
+
+    /// Where its interrupt controllers live.
+    pub fn irqchip(&self) -> IrqchipKind {
+        self.irqchip
     }
 }
 
@@ -176,7 +215,7 @@ impl Vm {
     /// # Errors
     /// KVM failures.
     pub fn with_memory(config: VmConfig, memory: GuestMemory) -> Result<Self, CreateVmError> {
-        Self::from_empty(EmptyVm::create()?, config, memory, true)
+        Self::from_empty(EmptyVm::create_with(config.irqchip)?, config, memory, true)
     }
 
     /// Finishes a VM from an [`EmptyVm`] created earlier: registers `memory` and, when
@@ -191,13 +230,17 @@ impl Vm {
         mut memory: GuestMemory,
         set_cpuid: bool,
     ) -> Result<Self, CreateVmError> {
-        let EmptyVm { kvm, fd, vcpu, caps, notes } = empty;
+        let EmptyVm { kvm, fd, vcpu, caps, notes, irqchip } = empty;
+        if irqchip != config.irqchip {
+            return Err(CreateVmError::Irqchip { wanted: config.irqchip, created: irqchip });
+        }
         let mut slots = VmSlots::new(fd);
         memory
             .register(&mut slots, caps.user_memory2, config.dirty_log)
             .map_err(kvm_err("registering memory slots"))?;
         let cpuid = if set_cpuid {
-            let c = cpuid::build(&kvm, config.cpuid).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+            let c = cpuid::build(&kvm, config.cpuid, config.irqchip == IrqchipKind::Kernel)
+                .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
             vcpu.set_cpuid2(&c).map_err(kvm_err("KVM_SET_CPUID2"))?;
             c
         } else {
@@ -259,5 +302,18 @@ impl Vm {
     /// The configuration.
     pub fn config(&self) -> &VmConfig {
         &self.config
+    }
+
+    /// Where the interrupt controllers live.
+    pub fn irqchip(&self) -> IrqchipKind {
+        self.config.irqchip
+    }
+
+    /// Pulses ISA line `gsi` on KVM's in-kernel irqchip.
+    ///
+    /// # Errors
+    /// `KVM_IRQ_LINE` failed (no in-kernel irqchip, say).
+    pub fn pulse_irq_line(&self, gsi: u32) -> Result<(), KvmError> {
+        irqchip::pulse(self.fd(), gsi)
     }
 }

@@ -2,7 +2,6 @@
 //! trace no longer applies, so the machine's own devices answer its exits and raise its
 //! interrupts, one entry at a time, as in a recorded run (nothing is recorded).
 
-use crate::devices::StopRequest;
 use crate::machine::Machine;
 use crate::machine::outcome::Outcome;
 use crate::machine::run::{Handled, RunError};
@@ -33,6 +32,7 @@ impl Machine {
             }
             self.live_halted = false;
         }
+        self.deliver_lines()?;
         self.inject()?;
         loop {
             match self.handle_next_exit()? {
@@ -43,8 +43,8 @@ impl Machine {
                     if let Some(e) = ending {
                         return Ok(LiveEntry::Ended(self.ending_outcome(e)));
                     }
-                    if let Some(StopRequest::GuestExit(status)) = self.bus.stop {
-                        return Ok(LiveEntry::Ended(Outcome::GuestExit(status)));
+                    if let Some(stop) = self.bus.stop {
+                        return Ok(LiveEntry::Ended(Outcome::from(stop)));
                     }
                     self.live_halted = halted;
                     if let Some(d) = self.bus.next_deadline() {

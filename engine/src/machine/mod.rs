@@ -35,7 +35,9 @@ use crate::devices::Bus;
 use crate::devices::console::Console;
 use crate::exit::RipConvention;
 use crate::guests::boot::{self, BootError, BootMode};
+use crate::guests::linux::{self, PreparedKernel};
 use crate::guests::{self, GuestImage, LoadError};
+use crate::kvm::irqchip::IrqchipKind;
 use crate::kvm::memory::GuestMemory;
 use crate::kvm::vm::Vm;
 use crate::machine::watchdog::StopHandle;
@@ -64,6 +66,8 @@ pub struct Machine {
     debug: debug::DebugStops,
     /// Running live ([`Machine::live_entry`]), the guest halted at its last exit.
     live_halted: bool,
+    /// What the booted guest is (a kernel's identity), for the trace's annotations.
+    guest_annotations: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -84,6 +88,9 @@ pub enum BootMachineError {
     /// Mapping the vCPU's `kvm_run` region failed.
     #[error("cannot map the vCPU's kvm_run region")]
     Map(#[source] std::io::Error),
+    /// Loading a Linux kernel failed.
+    #[error(transparent)]
+    Linux(#[from] linux::boot::LinuxLoadError),
 }
 
 impl Machine {
@@ -121,6 +128,7 @@ impl Machine {
             scratch: Vec::new(),
             debug: debug::DebugStops::default(),
             live_halted: false,
+            guest_annotations: Vec::new(),
         })
     }
 
@@ -137,6 +145,25 @@ impl Machine {
             }
         }
         Ok(())
+    }
+
+    /// Loads a Linux kernel (its initramfs, command line, ACPI tables and boot protocol
+    /// structures) and sets the vCPU up to enter it.
+    ///
+    /// # Errors
+    /// Loading failed, or vCPU set-up failed.
+    pub fn boot_linux(&mut self, k: &PreparedKernel) -> Result<(), BootMachineError> {
+        let start = linux::boot::load(self.vm.memory(), k, 1)?;
+        let lapic = self.vm.irqchip() == IrqchipKind::Kernel;
+        linux::boot::setup_vcpu(self.vm.vcpu(), self.vm.memory(), start, lapic)?;
+        self.guest_annotations = k.annotations();
+        Ok(())
+    }
+
+    /// What the booted guest is, as annotations (a kernel's identity); empty for vmrr's
+    /// own guests, whose annotations say it all.
+    pub fn guest_annotations(&self) -> &[(String, String)] {
+        &self.guest_annotations
     }
 
     /// The VM.

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use vmrr_format::end_reason;
 
+use crate::devices::StopRequest;
 use crate::machine::fatal::FatalReport;
 
 /// Limits that end a run cleanly.
@@ -40,6 +41,18 @@ pub enum Outcome {
     MaxDuration,
     /// Stopped on request.
     Stopped,
+}
+
+impl From<StopRequest> for Outcome {
+    /// The outcome a device's stop request ends the run with: a power-off or a reset is the
+    /// `KVM_EXIT_SYSTEM_EVENT` KVM itself would report for it.
+    fn from(stop: StopRequest) -> Self {
+        match stop {
+            StopRequest::GuestExit(status) => Outcome::GuestExit(status),
+            StopRequest::PowerOff => Outcome::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN),
+            StopRequest::Reset => Outcome::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_RESET),
+        }
+    }
 }
 
 impl Outcome {
@@ -80,6 +93,17 @@ impl Outcome {
                 | Outcome::FailEntry(_)
                 | Outcome::Unhandled(_)
         )
+    }
+
+    /// True when the guest asked for a reset (a Linux guest after a panic, with vmrr's
+    /// default `panic=-1`): vmrr ends the run there rather than boot the guest again.
+    pub fn is_reset(&self) -> bool {
+        matches!(self, Outcome::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_RESET))
+    }
+
+    /// True when `vmrr record` exits 5: a fatal exit, or a reset the guest asked for.
+    pub fn is_guest_failure(&self) -> bool {
+        self.is_fatal() || self.is_reset()
     }
 
     /// The fatal report, where there is one.

@@ -88,6 +88,8 @@ impl Machine {
             }
             _ => {}
         }
+        // Lines the devices raised while observing: the trace says which reach the guest.
+        self.bus.irq.take_lines();
     }
 
     /// Whether the vCPU can take an external interrupt before its next entry

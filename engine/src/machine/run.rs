@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuExit;
 
-use crate::devices::StopRequest;
 use crate::kvm::system::KvmError;
 use crate::kvm::vm::VMRR_CLOCK_MSR;
 use crate::machine::Machine;
@@ -127,8 +126,8 @@ impl Machine {
             if let Some(e) = ending {
                 break self.ending_outcome(e);
             }
-            if let Some(StopRequest::GuestExit(status)) = self.bus.stop {
-                break Outcome::GuestExit(status);
+            if let Some(stop) = self.bus.stop {
+                break Outcome::from(stop);
             }
             if let Some(h) = hook.as_deref_mut() {
                 h.after_exit(self, self.exits)?;
@@ -143,6 +142,7 @@ impl Machine {
                     self.bus.poll(now);
                 }
             }
+            self.deliver_lines()?;
             self.inject()?;
         };
         drop(watchdog);
@@ -258,6 +258,22 @@ impl Machine {
             }
             std::thread::sleep(Duration::from_nanos((deadline - now).min(10_000_000)));
         }
+    }
+
+    /// Hands the ISA lines devices raised to KVM's in-kernel irqchip, one pulse each (with
+    /// vmrr's own 8259 pair there are none: [`Self::inject`] delivers those).
+    ///
+    /// # Errors
+    /// `KVM_IRQ_LINE` failed.
+    pub(crate) fn deliver_lines(&mut self) -> Result<(), RunError> {
+        if !self.bus.irq.has_lines() {
+            return Ok(());
+        }
+        for line in self.bus.irq.take_lines() {
+            self.vm.pulse_irq_line(u32::from(line))?;
+            self.interrupts += 1;
+        }
+        Ok(())
     }
 
     /// Injects the highest pending interrupt if the vCPU can take it now; otherwise asks

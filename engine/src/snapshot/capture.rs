@@ -12,8 +12,10 @@ use vmrr_format::layout::{STATE_FILE, memory_file_name};
 
 use super::changed::Runs;
 use super::pages::{Zeros, bitmap_runs, copy_pages};
+use super::state::KernelIrqchip;
 use super::state::{SlotState, SnapshotState, VmState};
-use super::{SnapshotError, codec, take_dirty_log};
+use super::{SnapshotError, take_dirty_log};
+use crate::kvm::irqchip::{IrqchipKind, IrqchipState};
 use crate::kvm::memory::{Mapping, MemoryError, PAGE_SIZE, Slot, SlotKind};
 use crate::kvm::vcpu_state::VcpuState;
 use crate::machine::Machine;
@@ -193,8 +195,16 @@ fn captured(m: &mut Machine, dir: &Path, who: &Identity<'_>, changed: Vec<Runs>)
 
 fn plan_of(m: &Machine, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
     let vm = m.vm();
-    let msrs = crate::kvm::vcpu_state::msr_list(vm.kvm(), vm.vcpu(), false)?;
+    let pv = crate::kvm::vcpu_state::guest_has_kvm_pv(vm.vcpu());
+    let msrs = crate::kvm::vcpu_state::msr_list(vm.kvm(), vm.vcpu(), pv)?;
     let vcpu = VcpuState::save(vm.vcpu(), &msrs)?;
+    let kernel_irqchip = match vm.irqchip() {
+        IrqchipKind::User => None,
+        IrqchipKind::Kernel => Some(KernelIrqchip {
+            chip: IrqchipState::save(vm.fd())?,
+            lapics: vec![crate::kvm::vcpu_state::save_lapic(vm.vcpu())?],
+        }),
+    };
     let now = m.bus().clock.now_ns();
     let bus = Persist::save(m.bus(), now);
     let dirty_log = vm.config().dirty_log;
@@ -259,6 +269,7 @@ fn plan_of(m: &Machine, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
         vcpus: vec![vcpu],
         bus,
         annotations: who.annotations.to_vec(),
+        kernel_irqchip,
     };
     Ok(Plan { state, runs: all_runs })
 }
@@ -277,7 +288,7 @@ pub(super) fn create_memory_file(
 /// Writes the state file of `state` into `dir` and syncs it and the directory: the last
 /// step before a snapshot directory may be renamed into place.
 pub(crate) fn finish_dir(dir: &Path, state: &SnapshotState) -> Result<(), SnapshotError> {
-    let bytes = codec::frame(&codec::encode(state)?);
+    let bytes = super::state::to_file_bytes(state)?;
     let path = dir.join(STATE_FILE);
     let f = File::create(&path).map_err(FileError::on("creating", &path))?;
     f.write_all_at(&bytes, 0).map_err(FileError::on("writing", &path))?;

@@ -32,7 +32,7 @@ fn invalid(path: PathBuf, offset: u64, reason: String) -> SnapshotError {
 /// Damaged, hostile or unreadable state.
 pub fn load(dir: &Path, max_mem: u64) -> Result<StoredSnapshot, SnapshotError> {
     let path = dir.join(STATE_FILE);
-    let state: SnapshotState = codec::read(&path)?;
+    let state: SnapshotState = super::state::read_file(&path)?;
     state.validate(max_mem).map_err(|error| SnapshotError::Invalid { path, error })?;
     Ok(StoredSnapshot { dir: dir.to_path_buf(), state })
 }

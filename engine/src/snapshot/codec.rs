@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | 0 | 8 | magic `"VMRRSNAP"` |
 //! | 8 | 2 | `major` (1) |
-//! | 10 | 2 | `minor` (0) |
+//! | 10 | 2 | `minor` (0 or 1) |
 //! | 12 | 4 | reserved, zero |
 //! | 16 | 8 | `payload_len` (at most [`MAX_STATE`]) |
 //! | 24 | `payload_len` | bincode 1.3 (fixed-width integers, little-endian) of the state |
@@ -13,6 +13,11 @@
 //! bincode is not self-describing, so any change to the state's types is a new major
 //! version, and a reader refuses every major but its own with a message naming both.
 //! (The trace has its own extensible format for exactly this reason.)
+//!
+//! Minor 1 appends: the payload is the minor-0 value followed by a second bincode value
+//! (an extension the minor-0 reader does not know, such as KVM's in-kernel irqchip). A
+//! writer writes minor 0, byte for byte as before, whenever it has no extension; a
+//! minor-0 reader refuses a minor-1 file ("N bytes after the state"), never misreads it.
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -26,8 +31,10 @@ use serde::de::DeserializeOwned;
 pub const MAGIC: [u8; 8] = *b"VMRRSNAP";
 /// Major version written and read.
 pub const MAJOR: u16 = 1;
-/// Minor version written.
+/// Minor version written when there is no extension.
 pub const MINOR: u16 = 0;
+/// Newest minor version read (1: an extension follows the state).
+pub const MINOR_MAX: u16 = 1;
 /// Largest payload accepted (checked before anything is allocated or decoded).
 pub const MAX_STATE: u64 = 64 << 20;
 const HEADER: usize = 24;
@@ -48,6 +55,18 @@ pub enum CodecError {
     Magic {
         /// The state file.
         path: String,
+    },
+    /// A newer minor version than this reader knows.
+    #[error(
+        "{path}: offset 0xa: snapshot state version {major}.{minor} is newer than this vmrr reads ({MAJOR}.0 to {MAJOR}.{MINOR_MAX}): it may hold state this vmrr cannot restore; use a newer vmrr"
+    )]
+    Minor {
+        /// The state file.
+        path: String,
+        /// The major version the file has.
+        major: u16,
+        /// The minor version the file has.
+        minor: u16,
     },
     /// A different major version.
     #[error(
@@ -128,12 +147,17 @@ pub fn encoded_len<T: Serialize>(v: &T) -> u64 {
 /// Offset of the payload in a state file.
 pub const PAYLOAD_OFFSET: u64 = HEADER as u64;
 
-/// Frames `payload` (header, payload, CRC).
+/// Frames `payload` as minor 0 (header, payload, CRC).
 pub fn frame(payload: &[u8]) -> Vec<u8> {
+    frame_minor(payload, MINOR)
+}
+
+/// Frames `payload` with minor version `minor`.
+pub fn frame_minor(payload: &[u8], minor: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + payload.len() + 8);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&MAJOR.to_le_bytes());
-    out.extend_from_slice(&MINOR.to_le_bytes());
+    out.extend_from_slice(&minor.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(payload);
@@ -151,6 +175,22 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 /// # Errors
 /// A [`CodecError`] naming the file, offset and reason.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, CodecError> {
+    let (v, ext) = read_parts::<T, ()>(path)?;
+    match ext {
+        None => Ok(v),
+        Some(()) => Err(CodecError::Minor { path: path.display().to_string(), major: MAJOR, minor: 1 }),
+    }
+}
+
+/// As [`read`], for a state that may carry an extension: a minor-0 file gives `(T, None)`,
+/// a minor-1 file `(T, Some(E))` (the extension decoded after the state, every payload
+/// byte used).
+///
+/// # Errors
+/// As for [`read`]; a minor above [`MINOR_MAX`] is [`CodecError::Minor`].
+pub fn read_parts<T: DeserializeOwned, E: DeserializeOwned>(
+    path: &Path,
+) -> Result<(T, Option<E>), CodecError> {
     let name = path.display().to_string();
     let io = |what| vmrr_format::FileError::on(what, path);
     let (f, md) = vmrr_format::input::open_regular(path)?;
@@ -170,7 +210,7 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, CodecError> {
         f.read_exact_at(&mut bytes, 0).map_err(io("reading"))?;
         let mut h = [0u8; HEADER];
         h.copy_from_slice(&bytes[..HEADER]);
-        let plen = check_header(&h, len, &name)?;
+        let (plen, minor) = check_header(&h, len, &name)?;
         let crc_at = bytes.len() - 8;
         let stored = u64::from_le_bytes(bytes[crc_at..].try_into().unwrap_or_default());
         let computed = CRC64.checksum(&bytes[..crc_at]);
@@ -180,14 +220,16 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, CodecError> {
         let payload = bytes.get(HEADER..crc_at).unwrap_or_default();
         // Decoded from the slice (a page bitmap's words at memory speed); only a payload
         // that fails is decoded again through the counting reader, to name the offset.
-        if let Ok(v) = options_within(plen).reject_trailing_bytes().deserialize(payload) {
-            return Ok(v);
+        if minor == 0 {
+            if let Ok(v) = options_within(plen).reject_trailing_bytes().deserialize(payload) {
+                return Ok((v, None));
+            }
         }
-        return decode_payload(payload, plen, &name);
+        return decode_payload(payload, plen, minor, &name);
     }
     let mut h = [0u8; HEADER];
     f.read_exact_at(&mut h, 0).map_err(io("reading"))?;
-    let plen = check_header(&h, len, &name)?;
+    let (plen, minor) = check_header(&h, len, &name)?;
     // The CRC over everything before it, in blocks.
     let crc_at = len - 8;
     let mut digest = CRC64.digest();
@@ -208,7 +250,7 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, CodecError> {
         return Err(CodecError::Checksum { path: name, offset: crc_at, stored, computed });
     }
     let payload = std::io::BufReader::with_capacity(64 << 10, Positioned { file: &f, pos: HEADER as u64 });
-    decode_payload(payload.take(plen), plen, &name)
+    decode_payload(payload.take(plen), plen, minor, &name)
 }
 
 /// Reads a file from a position on, positionally.
@@ -239,8 +281,14 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Decodes a payload of `plen` bytes from `r`; every byte must be used.
-fn decode_payload<T: DeserializeOwned>(r: impl Read, plen: u64, name: &str) -> Result<T, CodecError> {
+/// Decodes a payload of `plen` bytes from `r`: the state, then (minor 1) its extension;
+/// every byte must be used.
+fn decode_payload<T: DeserializeOwned, E: DeserializeOwned>(
+    r: impl Read,
+    plen: u64,
+    minor: u16,
+    name: &str,
+) -> Result<(T, Option<E>), CodecError> {
     let mut c = Counting { inner: r, read: 0 };
     // Limited to the payload: a length prefix longer than what remains is refused before
     // a buffer is sized from it (bincode's reader sizes its buffer first, then reads).
@@ -249,6 +297,16 @@ fn decode_payload<T: DeserializeOwned>(r: impl Read, plen: u64, name: &str) -> R
         offset: PAYLOAD_OFFSET + c.read,
         source,
     })?;
+    let ext = if minor >= 1 {
+        let left = plen.saturating_sub(c.read);
+        Some(options_within(left).deserialize_from(&mut c).map_err(|source| CodecError::Decode {
+            path: name.to_string(),
+            offset: PAYLOAD_OFFSET + c.read,
+            source,
+        })?)
+    } else {
+        None
+    };
     if c.read != plen {
         return Err(CodecError::Framing {
             path: name.to_string(),
@@ -256,11 +314,11 @@ fn decode_payload<T: DeserializeOwned>(r: impl Read, plen: u64, name: &str) -> R
             reason: format!("{} bytes after the state (payload_len {plen})", plen - c.read),
         });
     }
-    Ok(v)
+    Ok((v, ext))
 }
 
-/// Checks the header of a file of `len` bytes; returns `payload_len`.
-fn check_header(b: &[u8; HEADER], len: u64, name: &str) -> Result<u64, CodecError> {
+/// Checks the header of a file of `len` bytes; returns `payload_len` and the minor version.
+fn check_header(b: &[u8; HEADER], len: u64, name: &str) -> Result<(u64, u16), CodecError> {
     if b[..8] != MAGIC {
         return Err(CodecError::Magic { path: name.to_string() });
     }
@@ -268,6 +326,9 @@ fn check_header(b: &[u8; HEADER], len: u64, name: &str) -> Result<u64, CodecErro
     let minor = u16::from_le_bytes([b[10], b[11]]);
     if major != MAJOR {
         return Err(CodecError::Version { path: name.to_string(), major, minor });
+    }
+    if minor > MINOR_MAX {
+        return Err(CodecError::Minor { path: name.to_string(), major, minor });
     }
     let framing =
         |offset: u64, reason: String| CodecError::Framing { path: name.to_string(), offset, reason };
@@ -279,7 +340,7 @@ fn check_header(b: &[u8; HEADER], len: u64, name: &str) -> Result<u64, CodecErro
     if plen > MAX_STATE || expect != Some(len) {
         return Err(framing(16, format!("payload_len {plen} disagrees with the file size {len}")));
     }
-    Ok(plen)
+    Ok((plen, minor))
 }
 
 /// Recomputes the CRC-64 at the end of state-file bytes (for fuzzing and crafted test
@@ -297,6 +358,20 @@ pub fn fix_checksum(b: &mut [u8]) -> bool {
 /// # Errors
 /// A [`CodecError`] naming the file, offset and reason.
 pub fn decode<T: DeserializeOwned>(b: &[u8], name: &str) -> Result<T, CodecError> {
+    match decode_parts::<T, ()>(b, name)? {
+        (v, None) => Ok(v),
+        (_, Some(())) => Err(CodecError::Minor { path: name.to_string(), major: MAJOR, minor: 1 }),
+    }
+}
+
+/// As [`decode`], for a state that may carry an extension (see [`read_parts`]).
+///
+/// # Errors
+/// A [`CodecError`] naming the file, offset and reason.
+pub fn decode_parts<T: DeserializeOwned, E: DeserializeOwned>(
+    b: &[u8],
+    name: &str,
+) -> Result<(T, Option<E>), CodecError> {
     let len = b.len() as u64;
     let Some(h) = b.first_chunk::<HEADER>().filter(|_| b.len() >= HEADER + 8) else {
         return Err(CodecError::Framing {
@@ -305,14 +380,14 @@ pub fn decode<T: DeserializeOwned>(b: &[u8], name: &str) -> Result<T, CodecError
             reason: format!("truncated: {} bytes, the framing alone needs {}", b.len(), HEADER + 8),
         });
     };
-    let plen = check_header(h, len, name)?;
+    let (plen, minor) = check_header(h, len, name)?;
     let crc_at = b.len() - 8;
     let stored = u64::from_le_bytes(b[crc_at..].try_into().unwrap_or([0; 8]));
     let computed = CRC64.checksum(&b[..crc_at]);
     if stored != computed {
         return Err(CodecError::Checksum { path: name.to_string(), offset: crc_at as u64, stored, computed });
     }
-    decode_payload(&b[HEADER..crc_at], plen, name)
+    decode_payload(&b[HEADER..crc_at], plen, minor, name)
 }
 
 #[cfg(test)]

@@ -66,6 +66,15 @@ pub enum SnapshotError {
     /// Guest memory could not be read, written or remapped.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The saved state of KVM's in-kernel irqchip is unusable (sizes) or refused.
+    #[error("{}: KVM's in-kernel irqchip state", path.display())]
+    Irqchip {
+        /// The state file.
+        path: PathBuf,
+        /// What KVM or the size check said.
+        #[source]
+        source: crate::kvm::irqchip::IrqchipStateError,
+    },
     /// An operation was given no snapshot.
     #[error("a snapshot chain needs at least one snapshot")]
     EmptyChain,
@@ -153,6 +162,7 @@ impl SnapshotError {
                 | SnapshotError::Rejected(_)
                 | SnapshotError::ShortFile { .. }
                 | SnapshotError::Device(_)
+                | SnapshotError::Irqchip { .. }
                 | SnapshotError::Vcpu(VcpuStateError::Layout { .. })
                 | SnapshotError::Vcpu(VcpuStateError::TooMany { .. })
         )

@@ -91,7 +91,7 @@ pub struct StoredSnapshot {
 /// mutations reach the decoder and the validation behind the checksum.
 pub fn fuzz_state(data: &[u8]) {
     let check = |b: &[u8]| {
-        if let Ok(st) = codec::decode::<SnapshotState>(b, "fuzz") {
+        if let Ok(st) = state::decode_file(b, "fuzz") {
             if st.validate(16 << 30).is_ok() {
                 // Offsets of everything a message could name.
                 let _ = (st.slot_offset(st.slots.len()), st.vcpu_offset(st.vcpus.len()));

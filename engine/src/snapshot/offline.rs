@@ -11,11 +11,11 @@ use vmrr_format::layout::STATE_FILE;
 
 use super::chain::{ChainCheck, load};
 use super::pages::{Zeros, copy_pages};
-use super::{SnapshotError, StoredSnapshot, codec};
+use super::{SnapshotError, StoredSnapshot};
 use crate::kvm::memory::PAGE_SIZE;
 
 fn write_state(path: &Path, state: &super::SnapshotState) -> Result<(), SnapshotError> {
-    let bytes = codec::frame(&codec::encode(state)?);
+    let bytes = super::state::to_file_bytes(state)?;
     std::fs::write(path, bytes).map_err(FileError::on("writing", path))?;
     File::open(path).and_then(|f| f.sync_all()).map_err(FileError::on("syncing", path))?;
     Ok(())
@@ -101,6 +101,7 @@ fn without_bitmaps(s: &super::SnapshotState) -> super::SnapshotState {
         vcpus: s.vcpus.clone(),
         bus: s.bus.clone(),
         annotations: s.annotations.clone(),
+        kernel_irqchip: s.kernel_irqchip.clone(),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::devices::bus::Bus;
 use crate::devices::console::Console;
 use crate::devices::state::BusArgs;
 use crate::kvm::cpuid::CpuidProfile;
+use crate::kvm::irqchip::IrqchipKind;
 use crate::kvm::memory::{Mapping, SlotSpec};
 use crate::kvm::vcpu_state::VcpuStateError;
 use crate::kvm::vm::{EmptyVm, Vm, VmConfig};
@@ -28,7 +29,38 @@ pub fn restore(
     debugcon: Console,
     dirty_log: bool,
 ) -> Result<Machine, SnapshotError> {
-    restore_into(EmptyVm::create()?, chain, serial, debugcon, dirty_log)
+    let irqchip = irqchip_of(chain.last().ok_or(SnapshotError::EmptyChain)?);
+    restore_into(EmptyVm::create_with(irqchip)?, chain, serial, debugcon, dirty_log)
+}
+
+/// Where a snapshot's machine has its interrupt controllers.
+pub fn irqchip_of(s: &StoredSnapshot) -> IrqchipKind {
+    if s.state.kernel_irqchip.is_some() { IrqchipKind::Kernel } else { IrqchipKind::User }
+}
+
+/// Sets the in-kernel irqchip's VM-wide state (PIC pair, IOAPIC, PIT, clock) from `top`,
+/// when it has one.
+fn restore_chip(vm: &Vm, top: &StoredSnapshot) -> Result<(), SnapshotError> {
+    let Some(k) = &top.state.kernel_irqchip else { return Ok(()) };
+    k.chip.restore(vm.fd()).map_err(|source| SnapshotError::Irqchip {
+        path: top.dir.join(vmrr_format::layout::STATE_FILE),
+        source,
+    })
+}
+
+/// Vcpu `i`'s saved local APIC, when the snapshot has KVM's in-kernel irqchip.
+fn lapic_of(top: &StoredSnapshot, i: usize) -> Option<&[u8]> {
+    top.state.kernel_irqchip.as_ref().and_then(|k| k.lapics.get(i)).map(Vec::as_slice)
+}
+
+/// The bus of `top`, its interrupt lines routed where the machine's irqchip is.
+fn bus_of(top: &StoredSnapshot, serial: &Console, debugcon: &Console) -> Result<Bus, SnapshotError> {
+    let args = BusArgs { serial: serial.clone(), debugcon: debugcon.clone() };
+    let mut bus = Bus::restore(args, &top.state.bus, 0)?;
+    if irqchip_of(top) == IrqchipKind::Kernel {
+        bus.route_to_kernel();
+    }
+    Ok(bus)
 }
 
 /// As [`restore`], into an [`EmptyVm`] created ahead of time: what remains is mapping the
@@ -51,12 +83,14 @@ pub fn restore_into(
         cpuid: CpuidProfile::parse(&st.vm.cpuid).unwrap_or_default(),
         dirty_log,
         rom_size: st.vm.rom_size,
+        irqchip: irqchip_of(top),
     };
     let vm = Vm::from_empty(empty, config, memory, false)?;
+    restore_chip(&vm, top)?;
     for (i, v) in st.vcpus.iter().enumerate() {
-        v.restore(vm.vcpu()).map_err(|e| refused(top, i, e))?;
+        v.restore_with_lapic(vm.vcpu(), true, lapic_of(top, i)).map_err(|e| refused(top, i, e))?;
     }
-    let bus = Bus::restore(BusArgs { serial: serial.clone(), debugcon: debugcon.clone() }, &st.bus, 0)?;
+    let bus = bus_of(top, &serial, &debugcon)?;
     let mut m = Machine::with_bus(vm, bus, serial, debugcon)?;
     m.set_counters(st.exits, st.interrupts);
     m.set_memory_origin(Some(origin_of(chain, !done.copied, done.overlays)));
@@ -358,7 +392,7 @@ fn revert(
 /// (the bits still set after that run), they are set by ioctl.
 fn reset_vcpu_and_devices(m: &mut Machine, top: &StoredSnapshot) -> Result<(), SnapshotError> {
     let [v] = top.state.vcpus.as_slice() else { return set_vcpu_and_devices(m, top) };
-    if !m.stage_synced(&v.regs, &v.events) {
+    if top.state.kernel_irqchip.is_some() || !m.stage_synced(&v.regs, &v.events) {
         return set_vcpu_and_devices(m, top);
     }
     v.restore_unsynced(m.vm().vcpu()).map_err(|e| refused(top, 0, e))?;
@@ -375,11 +409,17 @@ fn reset_vcpu_and_devices(m: &mut Machine, top: &StoredSnapshot) -> Result<(), S
 /// Sets `top`'s vCPU state (its CPUID is the vCPU's already), device state and exit
 /// counters on a machine that keeps its VM: the last step of a reset or a restore over it.
 fn set_vcpu_and_devices(m: &mut Machine, top: &StoredSnapshot) -> Result<(), SnapshotError> {
-    for (i, v) in top.state.vcpus.iter().enumerate() {
-        v.restore_with(m.vm().vcpu(), false).map_err(|e| refused(top, i, e))?;
+    if irqchip_of(top) != m.vm().irqchip() {
+        return Err(SnapshotError::Vm(crate::kvm::CreateVmError::Irqchip {
+            wanted: irqchip_of(top),
+            created: m.vm().irqchip(),
+        }));
     }
-    let args = BusArgs { serial: m.serial().clone(), debugcon: m.debugcon().clone() };
-    m.set_bus(Bus::restore(args, &top.state.bus, 0)?);
+    restore_chip(m.vm(), top)?;
+    for (i, v) in top.state.vcpus.iter().enumerate() {
+        v.restore_with_lapic(m.vm().vcpu(), false, lapic_of(top, i)).map_err(|e| refused(top, i, e))?;
+    }
+    m.set_bus(bus_of(top, m.serial(), m.debugcon())?);
     m.set_counters(top.state.exits, top.state.interrupts);
     m.refresh_run_state()?;
     Ok(())

@@ -110,6 +110,63 @@ pub struct SnapshotState {
     /// may hold, refused while decoding beyond.
     #[serde(deserialize_with = "vmrr_format::bounded::pairs::<_, MAX_ANNOTATIONS, MAX_ANNOTATION_BYTES>")]
     pub annotations: Vec<(String, String)>,
+    /// KVM's in-kernel irqchip, when the machine has one: stored as the state file's
+    /// minor-1 extension, after everything above (a machine without one writes minor 0,
+    /// byte for byte what earlier versions wrote).
+    #[serde(skip)]
+    pub kernel_irqchip: Option<KernelIrqchip>,
+}
+
+/// The state of KVM's in-kernel irqchip: VM-wide (PIC pair, IOAPIC, PIT, KVM clock) and
+/// each vCPU's local APIC (`kvm_lapic_state`, in `vcpus` order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelIrqchip {
+    /// PIC pair, IOAPIC, PIT and clock.
+    pub chip: crate::kvm::irqchip::IrqchipState,
+    /// Local APIC registers per vCPU (decoding refuses more than [`MAX_VCPUS_DECODED`]).
+    #[serde(deserialize_with = "vmrr_format::bounded::vec::<_, _, MAX_VCPUS_DECODED>")]
+    pub lapics: Vec<Vec<u8>>,
+}
+
+/// The minor-1 extension of a state file (see [`KernelIrqchip`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Extension {
+    kernel_irqchip: Option<KernelIrqchip>,
+}
+
+/// The bytes of `state`'s state file: minor 0 without an extension, minor 1 with one.
+///
+/// # Errors
+/// Encoding failed (a bug).
+pub fn to_file_bytes(state: &SnapshotState) -> Result<Vec<u8>, super::codec::CodecError> {
+    use super::codec::{encode, frame, frame_minor};
+    Ok(match &state.kernel_irqchip {
+        None => frame(&encode(state)?),
+        Some(k) => {
+            let ext = Extension { kernel_irqchip: Some(k.clone()) };
+            frame_minor(&encode(&(state, ext))?, 1)
+        }
+    })
+}
+
+/// Reads the state file at `path` (either minor).
+///
+/// # Errors
+/// As [`super::codec::read`].
+pub fn read_file(path: &std::path::Path) -> Result<SnapshotState, super::codec::CodecError> {
+    let (mut st, ext) = super::codec::read_parts::<SnapshotState, Extension>(path)?;
+    st.kernel_irqchip = ext.and_then(|e| e.kernel_irqchip);
+    Ok(st)
+}
+
+/// Decodes state-file bytes (either minor); `name` is for messages.
+///
+/// # Errors
+/// As [`super::codec::decode`].
+pub fn decode_file(b: &[u8], name: &str) -> Result<SnapshotState, super::codec::CodecError> {
+    let (mut st, ext) = super::codec::decode_parts::<SnapshotState, Extension>(b, name)?;
+    st.kernel_irqchip = ext.and_then(|e| e.kernel_irqchip);
+    Ok(st)
 }
 
 /// Most vCPU states decoding accepts (validation then allows [`MAX_VCPUS`]).
@@ -347,6 +404,25 @@ impl SnapshotState {
                 self.parent_offset(),
                 "a snapshot with a parent stores changed pages; one without stores all".into(),
             );
+        }
+        if let Some(k) = &self.kernel_irqchip {
+            // The extension follows the minor-0 state in the payload.
+            let at = crate::snapshot::codec::PAYLOAD_OFFSET + crate::snapshot::codec::encoded_len(self);
+            if k.lapics.len() != self.vcpus.len() {
+                return bad(
+                    at,
+                    format!(
+                        "{} local APIC states for {} vCPUs (field kernel_irqchip.lapics)",
+                        k.lapics.len(),
+                        self.vcpus.len()
+                    ),
+                );
+            }
+            let lapic = std::mem::size_of::<kvm_bindings::kvm_lapic_state>();
+            if let Some(i) = k.lapics.iter().position(|l| l.len() != lapic) {
+                return bad(at, format!("vCPU {i}: field kernel_irqchip.lapics[{i}]: not {lapic} bytes"));
+            }
+            k.chip.validate().map_err(|e| InvalidState { offset: at, reason: e.to_string() })?;
         }
         Ok(())
     }

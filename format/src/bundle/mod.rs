@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | 0 | 8 | magic `"VMRRBNDL"` |
 //! | 8 | 2 | major (1) |
-//! | 10 | 2 | minor (0) |
+//! | 10 | 2 | minor (1; 2 when the bundle carries a kernel) |
 //! | 12 | 4 | reserved, zero |
 //! | 16 | 8 | `manifest_len` (at most 16 MiB) |
 //! | 24 | 4 | CRC32C of the manifest |
@@ -22,7 +22,8 @@
 //! Each entry is a file of the unpacked layout (`trace.vmrr`,
 //! `snapshots/snap-NNNNNN/state.bin`, `snapshots/snap-NNNNNN/mem-N.raw`, and the guest's
 //! `image.bin` or `firmware.bin` when the trace runs a flat image or firmware: since
-//! format 1.1) stored as one zstd frame, except memory files, stored sparse: the non-zero
+//! format 1.1; `kernel.bin` and `initrd.bin` when it boots a Linux kernel: since 1.2)
+//! stored as one zstd frame, except memory files, stored sparse: the non-zero
 //! 4 KiB pages as `(offset, length)` extents plus one zstd frame of their bytes. Every
 //! payload has a CRC32C.
 //!
@@ -56,8 +57,12 @@ pub use unpack::{arrange, read_manifest, unpack};
 pub const MAGIC: [u8; 8] = *b"VMRRBNDL";
 /// Major version.
 pub const MAJOR: u16 = 1;
-/// Minor version (1: the guest's image or firmware may travel as an entry).
+/// Minor version of a bundle without a kernel (1: the guest's image or firmware may
+/// travel as an entry).
 pub const MINOR: u16 = 1;
+/// Minor version of a bundle that carries a kernel (and initramfs): 1.2. A 1.1 reader
+/// refuses it, naming the entry it does not know.
+pub const MINOR_KERNEL: u16 = 2;
 const HEADER: u64 = 32;
 /// Largest manifest accepted.
 pub const MAX_MANIFEST: u64 = 16 << 20;
@@ -70,6 +75,8 @@ pub const MAX_TRACE: u64 = 1 << 40;
 pub const MAX_STATE: u64 = (64 << 20) + 64;
 /// Largest firmware entry accepted (the engine's ROM limit).
 pub const MAX_FIRMWARE: u64 = 16 << 20;
+/// Largest kernel entry accepted (the engine's kernel-file limit).
+pub const MAX_KERNEL: u64 = 256 << 20;
 const PAGE: u64 = 4096;
 
 use crate::overview::{MAX_ANNOTATION_BYTES, MAX_ANNOTATIONS};
@@ -80,6 +87,10 @@ pub const TRACE_ENTRY: &str = "trace.vmrr";
 pub const IMAGE_ENTRY: &str = "image.bin";
 /// The firmware's name inside a bundle (a trace recorded with `--firmware`).
 pub const FIRMWARE_ENTRY: &str = "firmware.bin";
+/// The kernel's name inside a bundle (a trace recorded with `--kernel`).
+pub const KERNEL_ENTRY: &str = "kernel.bin";
+/// The initramfs's name inside a bundle (a trace recorded with `--initrd`).
+pub const INITRD_ENTRY: &str = "initrd.bin";
 /// The snapshots directory's name inside a bundle.
 const SNAPSHOTS_ENTRY: &str = "snapshots";
 
@@ -287,6 +298,10 @@ pub struct Unpacked {
     pub image: Option<PathBuf>,
     /// The firmware, when the bundle carries one.
     pub firmware: Option<PathBuf>,
+    /// The kernel, when the bundle carries one.
+    pub kernel: Option<PathBuf>,
+    /// The initramfs, when the bundle carries one.
+    pub initrd: Option<PathBuf>,
     /// The manifest.
     pub manifest: Manifest,
     /// Bytes written.
@@ -299,6 +314,8 @@ enum EntryKind {
     Trace,
     Image,
     Firmware,
+    Kernel,
+    Initrd,
     State(u64),
     Memory(u64),
 }
@@ -308,8 +325,9 @@ impl EntryKind {
     fn cap(self, budgets: &Budgets) -> u64 {
         match self {
             EntryKind::Trace => MAX_TRACE,
-            EntryKind::Image | EntryKind::Memory(_) => budgets.max_mem,
+            EntryKind::Image | EntryKind::Initrd | EntryKind::Memory(_) => budgets.max_mem,
             EntryKind::Firmware => MAX_FIRMWARE,
+            EntryKind::Kernel => MAX_KERNEL,
             EntryKind::State(_) => MAX_STATE,
         }
     }
@@ -321,6 +339,8 @@ fn allowed(name: &str) -> Option<EntryKind> {
         TRACE_ENTRY => return Some(EntryKind::Trace),
         IMAGE_ENTRY => return Some(EntryKind::Image),
         FIRMWARE_ENTRY => return Some(EntryKind::Firmware),
+        KERNEL_ENTRY => return Some(EntryKind::Kernel),
+        INITRD_ENTRY => return Some(EntryKind::Initrd),
         _ => {}
     }
     let rest = name.strip_prefix(SNAPSHOTS_ENTRY)?.strip_prefix("/snap-")?;

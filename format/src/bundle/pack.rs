@@ -7,8 +7,9 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::{
-    BundleError, Entry, FIRMWARE_ENTRY, HEADER, IMAGE_ENTRY, MAGIC, MAJOR, MAX_ENTRIES, MAX_FIRMWARE,
-    MAX_MANIFEST, MINOR, Manifest, SNAPSHOTS_ENTRY, Storage, TRACE_ENTRY,
+    BundleError, Entry, FIRMWARE_ENTRY, HEADER, IMAGE_ENTRY, INITRD_ENTRY, KERNEL_ENTRY, MAGIC, MAJOR,
+    MAX_ENTRIES, MAX_FIRMWARE, MAX_KERNEL, MAX_MANIFEST, MINOR, MINOR_KERNEL, Manifest, SNAPSHOTS_ENTRY,
+    Storage, TRACE_ENTRY,
 };
 use super::{file_err, sparse};
 use crate::layout;
@@ -18,31 +19,95 @@ use crate::scratch::Scratch;
 /// provides it (`vmrr_engine::snapshot::ChainCheck`), so this crate needs no KVM.
 pub type SnapshotCheck<'a> = &'a dyn Fn(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
+/// Checks `(file, recorded sha256)`; an error says why the file is not the recorded one.
+pub type IdentityCheck<'a> = &'a dyn Fn(&Path, &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
 /// How to pack.
 pub struct PackOptions<'a> {
     /// Checks each snapshot the trace references.
     pub check: SnapshotCheck<'a>,
-    /// The guest image or firmware to ship, instead of the path the trace names (which
-    /// is where it was when recorded, on this host).
+    /// The guest image, firmware or kernel to ship, instead of the path the trace names
+    /// (which is where it was when recorded, on this host).
     pub guest_file: Option<PathBuf>,
+    /// The initramfs to ship, instead of the path the trace names.
+    pub initrd_file: Option<PathBuf>,
+    /// Checks a kernel or initramfs file against the identity the trace recorded
+    /// (`vmrr.kernel_sha256`, `vmrr.initrd_sha256`): the engine provides it, so a file
+    /// replaced since the recording is not shipped as if it were the recorded one.
+    pub identity: Option<IdentityCheck<'a>>,
     /// Replace an existing bundle at the output path (`--force`; see [`crate::output`]).
     pub replace: bool,
 }
 
-/// The guest file a trace's annotations name: (entry, what, flag, path).
-fn guest_file(
+/// A guest file a trace runs: its entry, what it is, the flag that names it, its path, its
+/// size cap, and the annotation holding its recorded SHA-256 (if any).
+struct GuestFile {
+    entry: &'static str,
+    what: &'static str,
+    flag: &'static str,
+    path: PathBuf,
+    cap: u64,
+    sha256_key: Option<&'static str>,
+}
+
+/// The guest files a trace's annotations name (a flat image, a firmware, or a kernel and
+/// its initramfs), at the paths given instead where there are some.
+fn guest_files(
     overview: &crate::overview::TraceOverview,
     given: Option<&Path>,
-) -> Option<(&'static str, &'static str, &'static str, PathBuf)> {
+    given_initrd: Option<&Path>,
+) -> Vec<GuestFile> {
     let named = |k| overview.annotation(k).map(PathBuf::from);
+    let pick = |p: PathBuf, g: Option<&Path>| g.map_or(p, Path::to_path_buf);
     if overview.annotation("vmrr.guest").is_some() {
-        return None;
+        return Vec::new();
     }
     if let Some(p) = named("vmrr.image") {
-        return Some((IMAGE_ENTRY, "image", "--image", given.map_or(p, Path::to_path_buf)));
+        let path = pick(p, given);
+        return vec![GuestFile {
+            entry: IMAGE_ENTRY,
+            what: "image",
+            flag: "--image",
+            path,
+            cap: u64::MAX,
+            sha256_key: None,
+        }];
     }
-    named("vmrr.firmware")
-        .map(|p| (FIRMWARE_ENTRY, "firmware", "--firmware", given.map_or(p, Path::to_path_buf)))
+    if let Some(p) = named("vmrr.firmware") {
+        let path = pick(p, given);
+        return vec![GuestFile {
+            entry: FIRMWARE_ENTRY,
+            what: "firmware",
+            flag: "--firmware",
+            path,
+            cap: MAX_FIRMWARE,
+            sha256_key: None,
+        }];
+    }
+    let mut files = Vec::new();
+    if let Some(p) = named("vmrr.kernel") {
+        let path = pick(p, given);
+        files.push(GuestFile {
+            entry: KERNEL_ENTRY,
+            what: "kernel",
+            flag: "--kernel",
+            path,
+            cap: MAX_KERNEL,
+            sha256_key: Some("vmrr.kernel_sha256"),
+        });
+    }
+    if let Some(p) = named("vmrr.initrd") {
+        let path = pick(p, given_initrd);
+        files.push(GuestFile {
+            entry: INITRD_ENTRY,
+            what: "initramfs",
+            flag: "--initrd",
+            path,
+            cap: u64::MAX,
+            sha256_key: Some("vmrr.initrd_sha256"),
+        });
+    }
+    files
 }
 
 /// Packs `trace`, every snapshot its checkpoint records reference (after `opts.check`
@@ -59,19 +124,27 @@ pub fn pack(trace: &Path, out: &Path, opts: &PackOptions<'_>) -> Result<Manifest
     let root = layout::snapshots_of(trace);
     let mut files: Vec<(String, PathBuf, Storage)> =
         vec![(TRACE_ENTRY.into(), trace.to_path_buf(), Storage::Zstd)];
-    if let Some((entry, what, flag, path)) = guest_file(&overview, opts.guest_file.as_deref()) {
-        let cap = if what == "firmware" { MAX_FIRMWARE } else { u64::MAX };
+    let mut minor = MINOR;
+    for g in guest_files(&overview, opts.guest_file.as_deref(), opts.initrd_file.as_deref()) {
         let failed = |source: Box<dyn std::error::Error + Send + Sync>| BundleError::GuestFile {
-            what,
-            flag,
-            path: path.clone(),
+            what: g.what,
+            flag: g.flag,
+            path: g.path.clone(),
             source,
         };
-        let (_, md) = crate::input::open_regular(&path).map_err(|e| failed(e.into()))?;
-        if md.len() > cap {
-            return Err(failed(format!("{} bytes, over the limit of {cap}", md.len()).into()));
+        let (_, md) = crate::input::open_regular(&g.path).map_err(|e| failed(e.into()))?;
+        if md.len() > g.cap {
+            return Err(failed(format!("{} bytes, over the limit of {}", md.len(), g.cap).into()));
         }
-        files.push((entry.into(), path.clone(), Storage::Zstd));
+        if let (Some(key), Some(check)) = (g.sha256_key, opts.identity) {
+            if let Some(sha) = overview.annotation(key) {
+                check(&g.path, sha).map_err(failed)?;
+            }
+        }
+        if g.entry == KERNEL_ENTRY {
+            minor = MINOR_KERNEL;
+        }
+        files.push((g.entry.into(), g.path.clone(), Storage::Zstd));
     }
     let mut ids = Vec::new();
     for c in &overview.checkpoints {
@@ -157,7 +230,7 @@ pub fn pack(trace: &Path, out: &Path, opts: &PackOptions<'_>) -> Result<Manifest
     }
     let (tmp, mut out_f) = Scratch::file_in(dir, &prefix).map_err(scratch("*"))?;
     let tmp_path = tmp.path().to_path_buf();
-    out_f.write_all(&header(&json)).map_err(file_err("writing", &tmp_path))?;
+    out_f.write_all(&header(&json, minor)).map_err(file_err("writing", &tmp_path))?;
     out_f.write_all(&json).map_err(file_err("writing", &tmp_path))?;
     drop(json);
     payload.seek(SeekFrom::Start(0)).map_err(file_err("reading", &payload_path))?;
@@ -211,11 +284,11 @@ fn place_entries(manifest: Manifest) -> Result<(Manifest, Vec<u8>), BundleError>
 }
 
 /// The 32-byte header for a manifest.
-fn header(json: &[u8]) -> Vec<u8> {
+fn header(json: &[u8], minor: u16) -> Vec<u8> {
     let mut hdr = Vec::with_capacity(32);
     hdr.extend_from_slice(&MAGIC);
     hdr.extend_from_slice(&MAJOR.to_le_bytes());
-    hdr.extend_from_slice(&MINOR.to_le_bytes());
+    hdr.extend_from_slice(&minor.to_le_bytes());
     hdr.extend_from_slice(&[0; 4]);
     hdr.extend_from_slice(&(json.len() as u64).to_le_bytes());
     hdr.extend_from_slice(&crc32c::crc32c(json).to_le_bytes());

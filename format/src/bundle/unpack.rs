@@ -9,8 +9,8 @@ use std::path::Path;
 
 use super::payload::{BUF, Region, decoder};
 use super::{
-    Budgets, BundleError, EntryKind, FIRMWARE_ENTRY, HEADER, IMAGE_ENTRY, MAGIC, MAJOR, MAX_MANIFEST,
-    Manifest, SNAPSHOTS_ENTRY, Storage,
+    Budgets, BundleError, EntryKind, FIRMWARE_ENTRY, HEADER, IMAGE_ENTRY, INITRD_ENTRY, KERNEL_ENTRY, MAGIC,
+    MAJOR, MAX_MANIFEST, Manifest, SNAPSHOTS_ENTRY, Storage,
 };
 use super::{TRACE_ENTRY, Unpacked, allowed, file_err, invalid, over_budget, sparse};
 
@@ -80,7 +80,7 @@ fn read_manifest_from(f: &File, len: u64, src: &Path, budgets: &Budgets) -> Resu
         let cap = kind.cap(budgets);
         if e.size > cap {
             return Err(match kind {
-                EntryKind::Memory(_) | EntryKind::Image => over_budget(
+                EntryKind::Memory(_) | EntryKind::Image | EntryKind::Initrd => over_budget(
                     src,
                     HEADER,
                     format!(
@@ -134,8 +134,12 @@ fn read_manifest_from(f: &File, len: u64, src: &Path, budgets: &Budgets) -> Resu
     if !names.contains(TRACE_ENTRY) {
         return Err(invalid(src, HEADER, "no trace in the bundle"));
     }
-    if names.contains(IMAGE_ENTRY) && names.contains(FIRMWARE_ENTRY) {
-        return Err(invalid(src, HEADER, "both a guest image and a firmware"));
+    let guests = [IMAGE_ENTRY, FIRMWARE_ENTRY, KERNEL_ENTRY].iter().filter(|n| names.contains(**n)).count();
+    if guests > 1 {
+        return Err(invalid(src, HEADER, "more than one of a guest image, a firmware and a kernel"));
+    }
+    if names.contains(INITRD_ENTRY) && !names.contains(KERNEL_ENTRY) {
+        return Err(invalid(src, HEADER, "an initramfs without a kernel"));
     }
     if let Some(id) = m.snapshots.iter().find(|id| !states.contains(id)) {
         return Err(invalid(src, HEADER, format!("snapshot {id} is listed but has no state entry")));
@@ -245,6 +249,8 @@ pub fn unpack(src: &Path, dir: &Path, budgets: &Budgets) -> Result<Unpacked, Bun
         trace: dir.join(TRACE_ENTRY),
         image: at(IMAGE_ENTRY),
         firmware: at(FIRMWARE_ENTRY),
+        kernel: at(KERNEL_ENTRY),
+        initrd: at(INITRD_ENTRY),
         manifest: m,
         written,
     })

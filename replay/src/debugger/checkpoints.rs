@@ -105,6 +105,31 @@ impl Checkpoints {
         }
     }
 
+    /// Only the failure-point snapshot `mark`, placed right before the fatal exit it was
+    /// taken at: a session over a trace whose path cannot replay deterministically starts
+    /// (and stops going back) there.
+    pub fn at_failure_point(
+        f: &TraceOverview,
+        snapshots: Option<&Path>,
+        policy: Policy,
+        max_mem: u64,
+        mark: vmrr_format::overview::CheckpointMark,
+    ) -> Self {
+        let mut c = Self::of_trace(f, snapshots, policy, max_mem);
+        let present =
+            snapshots.is_some_and(|r| vmrr_format::layout::snapshot_dir(r, mark.snapshot_id).is_dir());
+        c.list = match (f.last_exit_seq, present) {
+            (Some(last), true) => vec![Checkpoint {
+                at: last.checked_sub(1),
+                origin: Origin::Trace,
+                snapshot_id: mark.snapshot_id,
+                chain: None,
+            }],
+            _ => Vec::new(),
+        };
+        c
+    }
+
     /// Drops the trace's checkpoints (a session that rebuilds the guest from the trace).
     pub fn forget_trace(&mut self) {
         self.list.retain(|c| c.origin == Origin::Session);

@@ -174,8 +174,22 @@ impl Session {
             dirty_log: true,
             ..opts.clone()
         };
-        let checkpoints =
-            Checkpoints::of_trace(&overview, src.snapshots.as_deref(), settings.policy, opts.max_mem);
+        let limits = crate::hosts::path_limits(&overview);
+        // A path that cannot replay deterministically is not debugged: the session starts
+        // at the failure point, before the failing instruction.
+        let failure_start = overview
+            .failure_point()
+            .filter(|_| !limits.is_empty() && !opts.force_path && opts.start == StartFrom::Auto);
+        let checkpoints = match failure_start {
+            Some(mark) => Checkpoints::at_failure_point(
+                &overview,
+                src.snapshots.as_deref(),
+                settings.policy,
+                opts.max_mem,
+                mark,
+            ),
+            None => Checkpoints::of_trace(&overview, src.snapshots.as_deref(), settings.policy, opts.max_mem),
+        };
         let mut s = Session {
             src,
             overview,
@@ -205,6 +219,15 @@ impl Session {
         };
         if s.opts.start == StartFrom::Rebuild {
             s.checkpoints.forget_trace();
+        }
+        if let (Some(mark), false) = (failure_start, s.checkpoints.list().is_empty()) {
+            for why in &limits {
+                s.notes.push(format!("vmrr: the recorded path cannot replay deterministically: {why}"));
+            }
+            s.notes.push(format!(
+                "vmrr: debugging starts at the failure point (snapshot {}), before the failing instruction: `continue` or `stepi` runs it again; going back stops here",
+                mark.snapshot_id
+            ));
         }
         if s.checkpoints.list().is_empty() {
             let (machine, start) = crate::start::prepare(&s.src, &s.overview, &s.opts)?;
@@ -277,6 +300,11 @@ impl Session {
     /// Where replay starts: going back stops here.
     pub fn start(&self) -> &Position {
         &self.start
+    }
+
+    /// The kernel symbols given with `--system-map`.
+    pub fn system_map(&self) -> Option<&crate::symbols::SymbolMap> {
+        self.opts.system_map.as_deref()
     }
 
     /// The trace's overview.

@@ -44,6 +44,7 @@ impl Collector {
             why,
             source,
             last_step: step,
+            symbol: None,
         });
         e.count += 1;
         e.last_step = step;

@@ -20,6 +20,7 @@ vmrr monitor commands:
   report                the divergence or failure report
   phys on|off           gdb's memory addresses are guest-physical (on) or linear (off)
   xp ADDR [LEN]         guest-physical memory, in hex
+  sym ADDR|NAME         the kernel symbol at ADDR (function+offset), or NAME's address (--system-map)
   help                  this text";
 
 /// gdb drops a `monitor` command that says nothing for 2 s: say something every second.
@@ -124,6 +125,7 @@ impl MonitorCmd for GdbTarget {
                     outputln!(out, "no divergence or failure reached yet");
                 }
             }
+            Some("sym") => self.show_symbol(words.next(), &mut out),
             Some("phys") => {
                 match words.next() {
                     Some("on") => self.phys = true,
@@ -216,6 +218,30 @@ impl GdbTarget {
         }
         if let Some(at) = s.left_path_at() {
             outputln!(out, "  running live since a write at {at}: nothing comes from the trace");
+        }
+    }
+}
+
+impl GdbTarget {
+    /// `monitor sym ADDR|NAME`.
+    fn show_symbol(&self, arg: Option<&str>, out: &mut ConsoleOutput<'_>) {
+        let Some(map) = self.session.system_map() else {
+            outputln!(out, "no symbols: replay with --system-map FILE (the guest kernel's System.map)");
+            return;
+        };
+        let Some(arg) = arg else {
+            outputln!(out, "usage: monitor sym ADDR|NAME");
+            return;
+        };
+        match parse_u64(arg) {
+            Some(addr) => match map.name(addr) {
+                Some(n) => outputln!(out, "{addr:#x} is {n}"),
+                None => outputln!(out, "{addr:#x} is outside the kernel's symbols"),
+            },
+            None => match map.address_of(arg) {
+                Some(a) => outputln!(out, "{arg} is at {a:#x}"),
+                None => outputln!(out, "no symbol {arg}"),
+            },
         }
     }
 }

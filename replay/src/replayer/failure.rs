@@ -42,5 +42,7 @@ pub(crate) fn decode(m: &Machine, exits_before: Vec<serde_json::Value>) -> Failu
         memory,
         registers: regs_json(&r.regs),
         exits_before,
+        symbol: None,
+        register_symbols: std::collections::BTreeMap::new(),
     }
 }
