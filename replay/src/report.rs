@@ -197,7 +197,7 @@ pub struct Suspect {
     #[serde(skip)]
     pub last_step: u64,
     /// `function+offset` of `rip`, from `--system-map`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symbol: Option<String>,
 }
 
@@ -255,10 +255,10 @@ pub struct FailureReport {
     /// The records that led there, oldest first.
     pub exits_before: Vec<serde_json::Value>,
     /// `function+offset` of `rip`, from `--system-map`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symbol: Option<String>,
     /// Registers that point into the kernel, named from `--system-map`.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub register_symbols: std::collections::BTreeMap<String, String>,
 }
 
@@ -302,7 +302,7 @@ pub struct FailurePoint {
     /// inspect` names kinds), `None` when it made none within the stall limit.
     pub live_exit: Option<String>,
     /// Why `--system-map` does not fit the recorded guest, when it does not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_map_warning: Option<String>,
 }
 
