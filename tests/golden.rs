@@ -10,10 +10,46 @@ fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
 }
 
+/// The text of docs/FORMAT.md between the line starting with `from` and the next line
+/// starting with `to`.
+fn spec_section(from: &str, to: &str) -> String {
+    let spec = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/FORMAT.md"))
+        .expect("docs/FORMAT.md");
+    let start =
+        spec.lines().position(|l| l.starts_with(from)).unwrap_or_else(|| panic!("no '{from}' in FORMAT.md"));
+    spec.lines().skip(start + 1).take_while(|l| !l.starts_with(to)).collect::<Vec<_>>().join("\n")
+}
+
+/// The bytes of the first fenced block of `section` written as hex: `xxd -g 1` lines
+/// (`OFFSET: bytes  text`, offsets checked to follow each other) or lines of hex bytes
+/// followed by a comment. The spec is the reference: the golden files must be these bytes.
+fn spec_bytes(section: &str) -> Vec<u8> {
+    let block = section.split("```").nth(1).expect("a fenced block in the section");
+    let mut bytes = Vec::new();
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        let rest = match line.split_once(": ") {
+            Some((off, rest)) if off.len() == 8 && off.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                assert_eq!(usize::from_str_radix(off, 16).unwrap(), bytes.len(), "xxd offset of '{line}'");
+                rest
+            }
+            _ => line,
+        };
+        // Hex byte tokens up to the first that is not one (the text or comment after them).
+        for tok in rest.split(' ').filter(|t| !t.is_empty()) {
+            match (tok.len(), u8::from_str_radix(tok, 16)) {
+                (2, Ok(b)) => bytes.push(b),
+                _ => break,
+            }
+        }
+    }
+    assert!(!bytes.is_empty(), "no hex bytes in the block");
+    bytes
+}
+
 const SPEC_TRACE_ID: [u8; 16] = *b"vmrr-spec-exampl";
 const SPEC_CREATED: u64 = 1_795_392_000_000_000_000; // 2026-11-23T00:00:00Z
 
-/// The records of the spec's worked example (docs/FORMAT.md §8).
+/// The records of the spec's worked example (docs/FORMAT.md §10).
 fn write_spec_example(w: &mut TraceWriter) {
     w.append(0, Body::Annotation(Annotation { key: "guest", value: "hello" }), None).unwrap();
     let io = Io { direction: Direction::Out, size: 1, port: 0x3f8, count: 1, data: b"H" };
@@ -195,6 +231,7 @@ fn guest_write_golden_is_1_1_and_a_1_0_reader_refuses_it_by_name() {
     let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), guest_write_options()).unwrap();
     write_guest_write_example(&mut w);
     w.finish().unwrap();
+    assert_eq!(spec_bytes(&spec_section("### 10.1", "What differs")), golden, "FORMAT.md §10.1's dump");
     assert_eq!(sink.bytes(), golden, "writer output drifted from docs/FORMAT.md §10.1");
 
     let mut r = TraceReader::open(&data("guest-write-1.1.vmrr")).unwrap();
@@ -239,7 +276,12 @@ fn spec_example_is_byte_exact_and_reads() {
     let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), spec_options()).unwrap();
     write_spec_example(&mut w);
     w.finish().unwrap();
-    assert_eq!(sink.bytes(), golden, "writer output drifted from docs/FORMAT.md §8");
+    assert_eq!(
+        spec_bytes(&spec_section("## 10. Worked example", "Read it as follows")),
+        golden,
+        "FORMAT.md §10's dump"
+    );
+    assert_eq!(sink.bytes(), golden, "writer output drifted from docs/FORMAT.md §10");
     assert_eq!(golden.len(), 424);
 
     let mut r = TraceReader::open(&data("spec-example.vmrr")).unwrap();
@@ -297,19 +339,12 @@ fn future_minor_golden_reads_known_parts() {
 }
 
 /// The record of docs/FORMAT.md §5.4's worked example: the THR write of 'o' with its
-/// register sample and timing payload.
-const TIMED_RECORD: [u8; 80] = [
-    0x50, 0x00, 0x00, 0x00, 0x02, 0x00, 0x08, 0x00, // size 80, kind IO, body 8
-    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // seq 0
-    0x00, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, // vcpu 0, flags REGS | TIMING
-    0x01, 0x01, 0xf8, 0x03, 0x01, 0x00, 0x00, 0x00, // out, size 1, port 0x3f8, count 1
-    0x6f, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 'o', padded
-    0x08, 0x7c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // rip 0x7c08
-    0x00, 0x70, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // rsp 0x7000
-    0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // rflags 2
-    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // RIP_AFTER_INSN
-    0x37, 0x01, 0x82, 0x01, 0x00, 0x00, 0x00, 0x00, // prev_handler 0x137, guest 0x182, reserved
-];
+/// register sample and timing payload, as the spec shows it.
+fn timed_record() -> Vec<u8> {
+    let bytes = spec_bytes(&spec_section("**Worked example.**", "## 6."));
+    assert_eq!(bytes.len(), 80);
+    bytes
+}
 
 #[test]
 fn timing_golden_reads_with_the_documented_payload() {
@@ -322,8 +357,9 @@ fn timing_golden_reads_with_the_documented_payload() {
     let rec = Record::new(0, 0, Body::Io(io)).with_regs(regs).with_timing(t);
     let mut bytes = Vec::new();
     encode(&rec, &mut bytes).unwrap();
-    assert_eq!(bytes, TIMED_RECORD);
-    assert_eq!(decode(&TIMED_RECORD).unwrap().0, rec);
+    let spec = timed_record();
+    assert_eq!(bytes, spec);
+    assert_eq!(decode(&spec).unwrap().0, rec);
 
     // The golden file: written by this writer, read with the same content forever.
     let sink = MemorySink::default();
@@ -346,7 +382,7 @@ fn timing_golden_reads_with_the_documented_payload() {
             let mut raw = Vec::new();
             encode(&rec, &mut raw).unwrap();
             raw[8..16].copy_from_slice(&0u64.to_le_bytes());
-            assert_eq!(raw, TIMED_RECORD);
+            assert_eq!(raw, spec);
         }
     }
     assert_eq!(

@@ -856,3 +856,23 @@ fn a_parent_must_be_the_snapshot_its_directory_names() {
     );
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing written");
 }
+
+/// The positive control of every case in this file and in `hostile_io.rs`: a valid trace
+/// under the same lock gets through validation and fails only where KVM is opened, with
+/// the lock's error. A refusal under the lock therefore shows that the input was refused
+/// before KVM, not that the lock refuses everything. With KVM, the same replay without the
+/// lock completes.
+#[test]
+fn the_kvm_lock_stops_a_valid_trace_only_at_kvm() {
+    let d = tmp();
+    let trace = at(&d, "valid.vmrr");
+    std::fs::copy(corpus("snapshot/base.vmrr"), &trace).unwrap();
+    copy_dir(&corpus("snapshot/base"), &vmrr_engine::snapshot::dir_for_trace(&trace));
+    let locked = refused_with(4, &["replay", s(&trace)], "/dev/kvm", &["Permission denied"], false);
+    assert!(!locked.stderr.contains("offset 0x"), "nothing invalid was found: {}", locked.stderr);
+    if require_kvm() {
+        let (code, report) = replay_json(&trace, &[]);
+        assert_eq!(code, Some(0), "{report}");
+        assert_eq!(report["outcome"], "completed", "{report}");
+    }
+}

@@ -24,8 +24,12 @@ fn corpus(rel: &str) -> PathBuf {
 /// Peak memory allowed for a command on these inputs, KiB.
 const RSS_LIMIT_KIB: u64 = 64 * 1024;
 
-/// Runs `vmrr args` without KVM and a private `$TMPDIR`, killing it after 30 s (a command
-/// that waits forever fails the test instead of hanging it).
+/// Runs `vmrr args` without KVM and a private `$TMPDIR`. A command that waits forever is
+/// killed after [`HANG_GUARD`] and fails the test instead of hanging it; that bound is no
+/// claim about speed (what a command must not do is counted: memory, bytes, calls).
+/// Far beyond any run of these tests on a loaded machine: only a hang reaches it.
+const HANG_GUARD: Duration = Duration::from_secs(600);
+
 fn run(args: &[&str]) -> Measured {
     run_env(args, &[("VMRR_DENY_KVM", "1")])
 }
@@ -45,7 +49,7 @@ fn run_in(args: &[&str], env: &[(&str, &str)], scratch: tempfile::TempDir) -> Me
     let watchdog = std::thread::spawn(move || {
         let t = Instant::now();
         while !d2.load(std::sync::atomic::Ordering::Relaxed) {
-            if t.elapsed() > Duration::from_secs(30) {
+            if t.elapsed() > HANG_GUARD {
                 // SAFETY: `pid` is our unreaped child (reaped only by `wait` below).
                 unsafe { libc::kill(i32::try_from(pid).unwrap(), libc::SIGKILL) };
                 return true;
@@ -56,7 +60,7 @@ fn run_in(args: &[&str], env: &[(&str, &str)], scratch: tempfile::TempDir) -> Me
     });
     let m = child.wait();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(!watchdog.join().unwrap(), "vmrr {args:?} did not end within 30 s");
+    assert!(!watchdog.join().unwrap(), "vmrr {args:?} hung (killed after {HANG_GUARD:?})");
     let left: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().flatten().map(|e| e.path()).collect();
     assert!(left.is_empty(), "vmrr {args:?} left in $TMPDIR: {left:?}");
     m
@@ -162,9 +166,9 @@ fn fifos_devices_and_proc_files_are_refused_without_waiting() {
     assert!(!flat.exists() && !out.exists(), "no output was written");
 }
 
-/// `snapshot info` over a directory of 2,000 chained snapshots reads each state once
-/// (it took minutes when every snapshot's chain was loaded again), and `flatten` of the
-/// newest holds one parent at a time.
+/// `snapshot info` over a directory of 2,000 chained snapshots reads each state once (it
+/// took minutes when every snapshot's chain was loaded again), and `flatten` of the newest
+/// holds one parent at a time: counted in bytes and read calls the kernel saw, not time.
 #[test]
 fn a_chain_of_2000_snapshots_is_read_once() {
     let d = tmp();
@@ -203,12 +207,28 @@ fn a_chain_of_2000_snapshots_is_read_once() {
     assert_eq!(all[1999]["chain_length"], 2000);
     assert_eq!(all[1999]["base"], 0);
     assert!(m.max_rss_kib < RSS_LIMIT_KIB, "peak memory {} KiB", m.max_rss_kib);
-    println!("snapshot info over {N} chained snapshots: {took:?}, {} KiB peak", m.max_rss_kib);
+    println!("snapshot info over {N} chained snapshots: {took:?}, {} KiB peak, {:?}", m.max_rss_kib, m.io);
+    // What the program reads besides the states (its own files under /proc, ...).
+    const OTHER_BYTES: u64 = 64 << 10;
+    const OTHER_CALLS: u64 = 64;
+    let states: u64 =
+        (0..N).map(|id| std::fs::metadata(root.join(format!("snap-{id:06}/state.bin"))).unwrap().len()).sum();
+    assert!(
+        m.io.read_bytes <= states + OTHER_BYTES,
+        "each state read once: {:?}, states {states} bytes",
+        m.io
+    );
+    assert!(m.io.read_calls <= N + OTHER_CALLS, "one read per state: {:?}", m.io);
     let flat = at(&d, "flat");
     let t = Instant::now();
     let m = run(&["snapshot", "flatten", s(&root.join("snap-001999")), s(&flat)]);
     assert_eq!(m.code, Some(0), "{}", m.stderr);
-    println!("flatten of a chain of {N}: {:?}, {} KiB peak", t.elapsed(), m.max_rss_kib);
+    println!("flatten of a chain of {N}: {:?}, {} KiB peak, {:?}", t.elapsed(), m.max_rss_kib, m.io);
+    // Linear: every state twice (the chain checked, then each parent loaded in turn) and the
+    // base memory once.
+    let mem_bytes = std::fs::metadata(&mem).unwrap().len();
+    assert!(m.io.read_bytes <= 2 * states + mem_bytes + OTHER_BYTES, "{:?}, states {states} bytes", m.io);
+    assert!(m.io.read_calls <= 2 * N + OTHER_CALLS + mem_bytes / 4096, "{:?}", m.io);
     assert!(m.max_rss_kib < RSS_LIMIT_KIB, "peak memory {} KiB", m.max_rss_kib);
     let mut after = tree(d.path());
     after.retain(|p, _| !p.starts_with(&flat));
@@ -380,7 +400,7 @@ fn a_stopped_extraction_leaves_nothing_behind() {
         // Wait until extraction has written something, then stop it.
         let t = Instant::now();
         while bytes_under(scratch.path()) < (4 << 20) {
-            assert!(t.elapsed() < Duration::from_secs(30), "{name}: extraction never started");
+            assert!(t.elapsed() < HANG_GUARD, "{name}: extraction never started (hang)");
             std::thread::sleep(Duration::from_millis(1));
         }
         child.signal(signal);
@@ -404,7 +424,7 @@ fn a_stopped_repair_leaves_nothing_behind() {
         MeasuredChild::spawn(&["verify", s(&corpus("trace/annotations-1gib.vmrr")), "--repair", s(&out)]);
     let t = Instant::now();
     while bytes_under(d.path()) == 0 {
-        assert!(t.elapsed() < Duration::from_secs(30), "repair never started");
+        assert!(t.elapsed() < HANG_GUARD, "repair never started (hang)");
         std::thread::sleep(Duration::from_millis(1));
     }
     child.signal(libc::SIGTERM);
@@ -580,10 +600,12 @@ fn a_chain_of_the_largest_states_costs_about_one_state() {
     }
 }
 
-/// A bundle of 100,000 entries (the most accepted) opens in time linear in its entries:
-/// no sync per file, each directory created once.
+/// A bundle of 100,000 entries (the most accepted) is extracted and replayed with work
+/// linear in its entries: a bounded number of read and write calls per entry, each entry's
+/// bytes read and written about once (counted by the kernel; its time is in
+/// docs/RELIABILITY.md, measured, not asserted).
 #[test]
-fn a_bundle_of_100000_entries_opens_in_seconds() {
+fn a_bundle_of_100000_entries_is_opened_with_work_linear_in_its_entries() {
     if !require_kvm() {
         return;
     }
@@ -602,7 +624,18 @@ fn a_bundle_of_100000_entries_opens_in_seconds() {
     assert_eq!(m.code, Some(0), "{}", m.stderr);
     let r: serde_json::Value = serde_json::from_slice(&m.stdout).unwrap();
     assert_eq!(r["outcome"], "completed", "{r}");
-    println!("replay of a bundle of 100,000 entries: {took:?}, {} KiB peak", m.max_rss_kib);
+    println!("replay of a bundle of 100,000 entries: {took:?}, {} KiB peak, {:?}", m.max_rss_kib, m.io);
+    let manifest = vmrr_format::bundle::read_manifest(&bundle, &Default::default()).unwrap();
+    let entries = manifest.entries.len() as u64;
+    let extracted: u64 = manifest.entries.iter().map(|e| e.size).sum();
+    let bundle_bytes = std::fs::metadata(&bundle).unwrap().len();
+    println!("{entries} entries, {extracted} bytes extracted from {bundle_bytes}");
+    assert_eq!(entries, 100_000);
+    // Measured: about 4 read calls per entry (its checksum, its decompression) and the
+    // bundle read about once; the replay itself reads the trace and one snapshot.
+    assert!(m.io.read_calls <= 8 * entries, "{:?}", m.io);
+    assert!(m.io.read_bytes <= 2 * bundle_bytes + (8 << 20), "{:?}", m.io);
+    assert!(m.io.write_calls <= 8 * entries && m.io.write_bytes <= extracted + (8 << 20), "{:?}", m.io);
     assert!(m.max_rss_kib < 2 * RSS_LIMIT_KIB, "peak memory {} KiB", m.max_rss_kib);
 }
 

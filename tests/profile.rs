@@ -66,16 +66,22 @@ fn profile_of_the_interrupts_guest_names_the_costliest_handler() {
             dist_is_ordered(&k["handler_ns"]);
         }
     }
-    // The guest halts between timer interrupts (1 ms apart): vmrr's HLT handler waits for
-    // the timer, so it is the costliest handler and takes most of the run; the times are
-    // real: the run spans at least the 10 timer periods it counted.
+    // The guest halts between timer interrupts: vmrr's HLT handler waits for the timer, so
+    // it is the costliest handler. The time axis adds up (FORMAT.md §5.4: one vCPU's span is
+    // the sum of its handler and guest times as stored), and it is the recording's own
+    // time: no longer than the run the recorder measured on its clock.
     let c = &p["costliest"]["handler"];
     assert_eq!(c["key"], "hlt", "{p}");
     dist_is_ordered(&c["handler_ns"]);
-    assert!(c["handler_ns"]["p50"].as_u64().unwrap() > 100_000, "{c}");
-    let span = p["summary"]["span_ns"].as_u64().unwrap();
+    let g = |k: &str| p["summary"][k].as_u64().unwrap();
+    assert_eq!(g("span_ns"), g("handler_ns") + g("guest_ns"), "{}", p["summary"]);
+    assert_eq!(
+        g("handler_samples"),
+        exits - 1,
+        "every exit but the last carries its predecessor's handler time"
+    );
     let secs = sum["seconds"].as_f64().unwrap();
-    assert!(span >= 9_000_000 && (span as f64) < secs * 1e9, "span {span} ns, run {secs} s");
+    assert!((g("span_ns") as f64) < secs * 1e9, "span {} ns, run {secs} s", g("span_ns"));
     assert_eq!(p["by_kind"]["hlt"]["rank"], 1);
     // The costliest device is a port of the timer or the serial console.
     let dev = &p["costliest"]["device"];

@@ -1,4 +1,6 @@
-//! `vmrr record` end to end on real KVM: every built-in guest, read back from its trace.
+//! `vmrr record` end to end on real KVM: the first eight built-in guests (the TSC, dirtying
+//! and rewriting guests are recorded in `replay.rs`, which covers every one), images,
+//! firmware and limits, each read back from its trace.
 
 mod common;
 use common::*;
@@ -227,7 +229,6 @@ fn a_guest_spinning_without_exits_is_ended_by_max_seconds() {
     let img = at(&d, "spin.bin");
     std::fs::write(&img, [0xeb, 0xfe]).unwrap(); // jmp $ (ring 3: runs natively everywhere)
     let out = at(&d, "spin.vmrr");
-    let t = std::time::Instant::now();
     let o = vmrr(
         &[
             &["record"][..],
@@ -237,8 +238,11 @@ fn a_guest_spinning_without_exits_is_ended_by_max_seconds() {
         .concat(),
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(t.elapsed() < std::time::Duration::from_secs(20));
-    assert_eq!(summary(&o)["outcome"], "max_seconds");
+    // The limit ended the run (not its own end, which never comes), and not before it was
+    // reached: a lower bound no load can break.
+    let sum = summary(&o);
+    assert_eq!(sum["outcome"], "max_seconds");
+    assert!(sum["seconds"].as_f64().unwrap() >= 1.0, "{sum}");
     assert_eq!(records(&out).last().unwrap().json["reason"], "max_seconds");
 }
 
@@ -269,8 +273,11 @@ fn seabios_gets_to_trying_boot_devices() {
         s(bios),
         "-o",
         s(&out),
-        "--max-seconds",
-        "12",
+        // SeaBIOS reaches its boot devices in about 2,700 exits on this host (most of them
+        // its debug console's bytes; its delays wait in HLT for timer interrupts, which
+        // exit as often however fast the host is): the bound is work, not time.
+        "--max-exits",
+        "3000",
         "--debugcon",
         s(&dcon),
         "--serial",
@@ -285,7 +292,7 @@ fn seabios_gets_to_trying_boot_devices() {
     assert!(recs.iter().filter(|r| r.kind == "interrupt").count() > 10, "PIT interrupts through the PIC");
     assert!(recs.iter().any(|r| r.kind == "io" && (0x40..=0x43).contains(&r.json["port"].as_u64().unwrap())));
     assert!(recs.iter().any(|r| r.kind == "io" && r.json["port"] == 0x71));
-    assert_eq!(recs.last().unwrap().json["reason"], "max_seconds");
+    assert_eq!(recs.last().unwrap().json["reason"], "max_exits");
     // The bundle carries the firmware (replay never opens the path the trace names); the
     // bare trace needs --firmware to be rebuilt.
     let bundle = at(&d, "bios.vmrrb");

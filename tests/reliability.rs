@@ -95,7 +95,14 @@ fn a_full_disk_ends_the_run_cleanly_and_keeps_what_was_written() {
     let _fs = match TinyFs::mount(&mnt, "640k") {
         Ok(f) => f,
         Err(why) => {
-            eprintln!("skipping the disk-full test: {why} (needs root to mount a small tmpfs)");
+            // Strict runs (CI) fail rather than skip, as for a missing /dev/kvm.
+            assert!(
+                std::env::var("VMRR_REQUIRE_KVM").as_deref() != Ok("1"),
+                "VMRR_REQUIRE_KVM=1 but the disk-full test cannot mount its tmpfs: {why} (needs root)"
+            );
+            eprintln!(
+                "skipped: the disk-full test cannot mount a small tmpfs: {why} (needs root); set VMRR_REQUIRE_KVM=1 to fail instead"
+            );
             return;
         }
     };

@@ -1,8 +1,12 @@
 //! Background checkpoints on real KVM: the guest rewrites every page a checkpoint stores
-//! right after the pause, and the snapshots must still equal, byte for byte, those a
-//! stopped-world capture takes of the same run (memory files, page bitmaps, registers);
-//! over the budget the writing vCPU waits and the snapshot stays exact; a capture that
-//! never finishes leaves no snapshot that claims to be complete.
+//! right after the pause, and the snapshots must still equal those a stopped-world capture
+//! takes of the same run: memory as a restore sees it, byte for byte; every part of the
+//! vCPU state (general, segment and control registers, FPU, XSAVE, XCRs, MSRs, pending
+//! events, MP state, debug registers, CPUID, TSC rate; the TSC MSR aside, which is the
+//! host's clock at each capture and only has to move forward); the devices' state; slot
+//! layout; and page sets (the background set within the stopped-world one). Over the
+//! budget the writing vCPU waits and the snapshot stays exact; a capture that never
+//! finishes leaves no snapshot that claims to be complete.
 
 use std::path::Path;
 
@@ -91,9 +95,27 @@ fn same_snapshot(a: &Path, b: &Path, id: u64, ia: &mut Image, ib: &mut Image) {
     let sb = snapshot::load(&db, u64::MAX).expect("stopped-world snapshot loads");
     assert_eq!(sa.state.exits, sb.state.exits, "snapshot {id}: exits");
     assert_eq!(sa.state.exit_seq, sb.state.exit_seq, "snapshot {id}: position");
-    let (va, vb) = (&sa.state.vcpus[0], &sb.state.vcpus[0]);
-    assert_eq!(codec::encode(&va.regs).unwrap(), codec::encode(&vb.regs).unwrap(), "snapshot {id}: regs");
-    assert_eq!(codec::encode(&va.sregs).unwrap(), codec::encode(&vb.sregs).unwrap(), "snapshot {id}: sregs");
+    assert_eq!(sa.state.interrupts, sb.state.interrupts, "snapshot {id}: interrupts");
+    assert_eq!(sa.state.vm, sb.state.vm, "snapshot {id}: vm");
+    assert_eq!(sa.state.parent, sb.state.parent, "snapshot {id}: parent");
+    same_vcpus(&sa.state, &sb.state, id);
+    assert!(encoded(&sa.state.bus) == encoded(&sb.state.bus), "snapshot {id}: device state");
+    assert_eq!(sa.state.slots.len(), sb.state.slots.len(), "snapshot {id}: slots");
+    for (x, y) in sa.state.slots.iter().zip(&sb.state.slots) {
+        let layout = |s: &snapshot::SlotState| (s.id, s.gpa, s.size, s.kind, s.flags, s.full, s.pages.len());
+        assert_eq!(layout(x), layout(y), "snapshot {id}: slot layout");
+        let extra = x.pages.iter().zip(&y.pages).position(|(p, q)| p & !q != 0);
+        assert!(
+            extra.is_none(),
+            "snapshot {id} slot {}: stores pages the stopped world did not (word {extra:?})",
+            x.id
+        );
+        assert!(
+            x.changed_pages() > 0 || x.full,
+            "snapshot {id} slot {}: the rewritten window is stored",
+            x.id
+        );
+    }
     ia.apply(a, id);
     ib.apply(b, id);
     assert_eq!(ia.0.len(), ib.0.len());
@@ -104,6 +126,74 @@ fn same_snapshot(a: &Path, b: &Path, id: u64, ia: &mut Image, ib: &mut Image) {
             "snapshot {id} slot {slot}: memory differs from the stopped-world capture at page {first_diff:?}"
         );
     }
+}
+
+fn encoded<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    codec::encode(v).expect("encodes")
+}
+
+/// IA32_TSC: the host's time-stamp counter when the state was saved.
+const MSR_IA32_TSC: u32 = 0x10;
+
+/// Every part of the vCPU state is the same, the TSC's value aside (two runs, two moments).
+fn same_vcpus(a: &snapshot::SnapshotState, b: &snapshot::SnapshotState, id: u64) {
+    assert_eq!(a.vcpus.len(), b.vcpus.len(), "snapshot {id}: vCPUs");
+    for (va, vb) in a.vcpus.iter().zip(&b.vcpus) {
+        for (what, x, y) in [
+            ("struct sizes", encoded(&va.sizes), encoded(&vb.sizes)),
+            ("regs", encoded(&va.regs), encoded(&vb.regs)),
+            ("sregs", encoded(&va.sregs), encoded(&vb.sregs)),
+            ("fpu", encoded(&va.fpu), encoded(&vb.fpu)),
+            ("xsave", encoded(&va.xsave), encoded(&vb.xsave)),
+            ("xcrs", encoded(&va.xcrs), encoded(&vb.xcrs)),
+            ("events", encoded(&va.events), encoded(&vb.events)),
+            ("mp_state", encoded(&va.mp_state), encoded(&vb.mp_state)),
+            ("debugregs", encoded(&va.debugregs), encoded(&vb.debugregs)),
+            ("tsc_khz", encoded(&va.tsc_khz), encoded(&vb.tsc_khz)),
+        ] {
+            assert!(x == y, "snapshot {id}: {what} differs from the stopped-world capture");
+        }
+        assert_eq!(cpuid_apart_from_apic_ids(va), cpuid_apart_from_apic_ids(vb), "snapshot {id}: cpuid");
+        assert!(!va.msrs.is_empty(), "snapshot {id}: MSRs saved");
+        assert_eq!(va.msrs.len(), vb.msrs.len(), "snapshot {id}: MSR count");
+        for (m, n) in va.msrs.iter().zip(&vb.msrs) {
+            assert_eq!(m.index, n.index, "snapshot {id}: MSR list");
+            if m.index != MSR_IA32_TSC {
+                assert_eq!(m.data, n.data, "snapshot {id}: MSR {:#x}", m.index);
+            }
+        }
+    }
+}
+
+/// The CPUID entries with the APIC ID fields cleared (leaf 1 EBX bits 31:24, leaves 0xB
+/// and 0x1F EDX). On this host they hold the APIC ID of the host CPU the process happened
+/// to run on when it created the vCPU (measured: 0 or 1 from one run to the next): a
+/// determinism gap in the CPUID model, not in capture, reported to be fixed there.
+fn cpuid_apart_from_apic_ids(v: &vmrr_engine::kvm::vcpu_state::VcpuState) -> Vec<u8> {
+    let mut entries = v.cpuid.clone();
+    for e in &mut entries {
+        match e.function {
+            1 => e.ebx &= 0x00ff_ffff,
+            0xb | 0x1f => e.edx = 0,
+            _ => {}
+        }
+    }
+    encoded(&entries)
+}
+
+/// The TSC each snapshot of `root` saved only moves forward.
+fn tsc_moves_forward(root: &Path, n: usize) {
+    let tsc = |id: u64| {
+        let s = snapshot::load(&snapshot_dir(root, id), u64::MAX).expect("loads");
+        s.state.vcpus[0]
+            .msrs
+            .iter()
+            .find(|m| m.index == MSR_IA32_TSC)
+            .map(|m| m.data)
+            .expect("IA32_TSC saved")
+    };
+    let values: Vec<u64> = (0..n as u64).map(tsc).collect();
+    assert!(values.windows(2).all(|w| w[1] > w[0]), "{values:x?}");
 }
 
 /// Compares every snapshot of both roots.
@@ -125,7 +215,7 @@ fn round_in(root: &Path, id: u64) -> u64 {
 }
 
 #[test]
-fn background_snapshots_equal_stopped_world_ones_byte_for_byte() {
+fn background_snapshots_equal_stopped_world_ones_in_every_part() {
     if !require_kvm() {
         return;
     }
@@ -142,6 +232,7 @@ fn background_snapshots_equal_stopped_world_ones_byte_for_byte() {
         assert_eq!(cp.taken.len(), n, "{name}");
         assert!(cp.taken.iter().skip(1).all(|t| t.stats.background), "{name}");
         same_snapshots(&bg, &stopped, n);
+        tsc_moves_forward(&bg, n);
         let totals = cp.background_totals();
         assert_eq!(totals.pages_waited, 0, "{name}: the budget holds a whole window");
         if defer {

@@ -17,6 +17,7 @@
 //! The payload follows the header and is zero-padded to a multiple of 8.
 
 use crate::bytes::{PutLe, all_zero, u64_from, usize_from};
+use crate::checksum;
 use crate::cursor::{u16_at, u32_at, u64_at};
 use crate::decode::{self, RecordError};
 use crate::error::{DecodeError, Location, Reason};
@@ -83,8 +84,7 @@ impl ChunkHeader {
         out.put_u32(self.record_count);
         out.put_u32(self.payload_crc32c);
         out.put_u32(0);
-        let crc = crc32c::crc32c(&out[start..]);
-        out.put_u32(crc);
+        checksum::seal(out, start);
     }
 
     /// How many header bytes to read, from the first 8 bytes at `offset`: validates the
@@ -130,6 +130,26 @@ impl ChunkHeader {
     /// # Errors
     /// A [`DecodeError`] at the offending field.
     pub fn decode(bytes: &[u8], offset: u64) -> Result<Self, DecodeError> {
+        let h = Self::sealed(bytes, offset)?;
+        let header = Self::fields(h);
+        header.check_size(offset)?;
+        header.check_rest(h, offset)?;
+        Ok(header)
+    }
+
+    /// The size of the chunk at `offset` (header, payload and padding) when its header is
+    /// sealed (magic, `header_size` and CRC check out) and its `stored_size` is within the
+    /// format's limit, even if another field is invalid (unknown flag bits or codec, a
+    /// non-zero reserved word): such a chunk is damage a reader skips by this size, which
+    /// the checksum vouches for, rather than by scanning (FORMAT.md §8.4).
+    pub fn sealed_size(bytes: &[u8], offset: u64) -> Option<u64> {
+        let header = Self::fields(Self::sealed(bytes, offset).ok()?);
+        header.check_size(offset).ok()?;
+        Some(header.total_size())
+    }
+
+    /// The header's bytes once magic, `header_size` and the header CRC check out.
+    fn sealed(bytes: &[u8], offset: u64) -> Result<&[u8], DecodeError> {
         let hs = Self::peek_size(bytes, offset)?;
         let Some(h) = bytes.get(..hs) else {
             return Err(DecodeError::at(
@@ -137,69 +157,74 @@ impl ChunkHeader {
                 Reason::Truncated { what: "chunk header", need: u64_from(hs), have: u64_from(bytes.len()) },
             ));
         };
-        let stored = u32_at(h, hs - 4).unwrap_or(0);
-        let computed = crc32c::crc32c(&h[..hs - 4]);
-        if stored != computed {
+        checksum::check(h, hs - 4, "chunk header", offset)?;
+        Ok(h)
+    }
+
+    /// The fields of a sealed header, unchecked.
+    fn fields(h: &[u8]) -> Self {
+        ChunkHeader {
+            header_size: u16::try_from(h.len()).unwrap_or(u16::MAX),
+            codec: h[6],
+            stored_size: u32_at(h, 8).unwrap_or(0),
+            raw_size: u32_at(h, 12).unwrap_or(0),
+            first_seq: u64_at(h, 16).unwrap_or(0),
+            record_count: u32_at(h, 24).unwrap_or(0),
+            payload_crc32c: u32_at(h, 28).unwrap_or(0),
+            flags: h[7],
+        }
+    }
+
+    /// The stored size, which places the next chunk, within the format's limit.
+    fn check_size(&self, offset: u64) -> Result<(), DecodeError> {
+        if self.stored_size > MAX_CHUNK_STORED {
             return Err(DecodeError::at(
-                offset + u64_from(hs - 4),
-                Reason::Checksum { what: "chunk header", stored, computed },
+                offset + 8,
+                Reason::TooLarge {
+                    what: "chunk stored_size",
+                    size: u64::from(self.stored_size),
+                    max: u64::from(MAX_CHUNK_STORED),
+                },
             ));
         }
-        if h[7] & !KNOWN_CHUNK_FLAGS != 0 {
+        Ok(())
+    }
+
+    /// Every other field: flags, reserved word, codec, decoded size.
+    fn check_rest(&self, h: &[u8], offset: u64) -> Result<(), DecodeError> {
+        if self.flags & !KNOWN_CHUNK_FLAGS != 0 {
             return Err(DecodeError::at(
                 offset + 7,
-                Reason::InvalidValue { field: "chunk flags (unknown bits)", value: u64::from(h[7]) },
+                Reason::InvalidValue { field: "chunk flags (unknown bits)", value: u64::from(self.flags) },
             ));
         }
         if !all_zero(&h[32..36]) {
             return Err(DecodeError::at(offset + 32, Reason::NonZeroPadding { what: "chunk reserved word" }));
         }
-        let codec = h[6];
-        if codec != CODEC_NONE && codec != CODEC_ZSTD {
-            return Err(DecodeError::at(offset + 6, Reason::UnknownCodec { codec }));
+        if self.codec != CODEC_NONE && self.codec != CODEC_ZSTD {
+            return Err(DecodeError::at(offset + 6, Reason::UnknownCodec { codec: self.codec }));
         }
-        let stored_size = u32_at(h, 8).unwrap_or(0);
-        let raw_size = u32_at(h, 12).unwrap_or(0);
-        if raw_size > MAX_CHUNK_RAW {
+        if self.raw_size > MAX_CHUNK_RAW {
             return Err(DecodeError::at(
                 offset + 12,
                 Reason::TooLarge {
                     what: "chunk raw_size",
-                    size: u64::from(raw_size),
+                    size: u64::from(self.raw_size),
                     max: u64::from(MAX_CHUNK_RAW),
                 },
             ));
         }
-        if stored_size > MAX_CHUNK_STORED {
-            return Err(DecodeError::at(
-                offset + 8,
-                Reason::TooLarge {
-                    what: "chunk stored_size",
-                    size: u64::from(stored_size),
-                    max: u64::from(MAX_CHUNK_STORED),
-                },
-            ));
-        }
-        if codec == CODEC_NONE && stored_size != raw_size {
+        if self.codec == CODEC_NONE && self.stored_size != self.raw_size {
             return Err(DecodeError::at(
                 offset + 8,
                 Reason::ChunkMismatch {
                     what: "stored_size of an uncompressed chunk",
-                    expected: u64::from(raw_size),
-                    found: u64::from(stored_size),
+                    expected: u64::from(self.raw_size),
+                    found: u64::from(self.stored_size),
                 },
             ));
         }
-        Ok(ChunkHeader {
-            header_size: u16::try_from(hs).unwrap_or(u16::MAX),
-            codec,
-            stored_size,
-            raw_size,
-            first_seq: u64_at(h, 16).unwrap_or(0),
-            record_count: u32_at(h, 24).unwrap_or(0),
-            payload_crc32c: u32_at(h, 28).unwrap_or(0),
-            flags: h[7],
-        })
+        Ok(())
     }
 }
 

@@ -21,7 +21,8 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// JSON object for one record: `seq`, `vcpu`, `kind`, the kind's fields, `regs` when
-/// sampled, and `unknown` (hex) when a newer writer's parts were kept.
+/// sampled (with every `sample_flags` bit, known or not), and `unknown` (hex) when a newer
+/// writer's parts were kept.
 pub fn record_json(rec: &Record<'_>) -> Value {
     let mut m = Map::new();
     m.insert("seq".into(), json!(rec.seq));
@@ -31,7 +32,8 @@ pub fn record_json(rec: &Record<'_>) -> Value {
     if let Some(r) = rec.regs {
         m.insert(
             "regs".into(),
-            json!({"rip": r.rip, "rsp": r.rsp, "rflags": r.rflags, "rip_after_insn": r.flags & RegsSample::RIP_AFTER_INSN != 0}),
+            json!({"rip": r.rip, "rsp": r.rsp, "rflags": r.rflags, "sample_flags": r.flags,
+                   "rip_after_insn": r.flags & RegsSample::RIP_AFTER_INSN != 0}),
         );
     }
     if let Some(t) = rec.timing {
@@ -170,6 +172,10 @@ pub fn record_line(rec: &Record<'_>) -> String {
         s.push_str(&format!(" rip={:#x}", r.rip));
         if r.flags & RegsSample::RIP_AFTER_INSN != 0 {
             s.push('+');
+        }
+        if r.flags & !RegsSample::RIP_AFTER_INSN != 0 {
+            // Bits a later version defines: shown, never dropped (FORMAT.md §5.2).
+            s.push_str(&format!(" sample_flags={:#x}", r.flags));
         }
     }
     if let Some(t) = rec.timing {

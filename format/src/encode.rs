@@ -235,7 +235,9 @@ fn plan(rec: &Record<'_>) -> Result<Plan, Bad> {
             data.len() * 8
         }
         Body::RawExit(r) => {
-            count_u32("raw exit length", r.data.len())?;
+            if r.data.len() > MAX_RAW_EXIT_DATA {
+                return Err(Bad::Layout("raw exit length", "longer than the 256-byte kvm_run exit union"));
+            }
             r.data.len()
         }
         Body::Annotation(a) => {
@@ -324,10 +326,26 @@ impl Slot<'_> {
     }
 }
 
-/// Writes `rec` into `dst`, which is exactly `plan.total` zero bytes.
+/// Writes `rec` into `dst`, which is exactly `plan.total` zero bytes: the header, the
+/// kind's body and variable data, then (for a kind this version knows) the unknown body
+/// bytes, the payloads and the unknown tail.
 #[inline(always)]
 fn write(rec: &Record<'_>, plan: &Plan, dst: &mut [u8]) {
     let mut s = Slot(dst);
+    write_header(rec, plan, &mut s);
+    if let Body::Unknown { bytes, .. } = &rec.body {
+        // Opaque: re-emitted exactly as read, payloads included.
+        s.put(RECORD_HEADER_SIZE, bytes);
+        return;
+    }
+    let var = RECORD_HEADER_SIZE + plan.body_len;
+    write_body(&rec.body, var, &mut s);
+    s.put(RECORD_HEADER_SIZE + plan.known_body, rec.unknown.body);
+    write_payloads(rec, var + pad8(plan.var_len), &mut s);
+}
+
+#[inline(always)]
+fn write_header(rec: &Record<'_>, plan: &Plan, s: &mut Slot<'_>) {
     // The plan bounded every length by MAX_RECORD_SIZE (1 MiB) and body_len by u16::MAX.
     s.u32(0, u32::try_from(plan.total).unwrap_or(u32::MAX));
     s.u16(4, rec.body.kind());
@@ -335,9 +353,13 @@ fn write(rec: &Record<'_>, plan: &Plan, dst: &mut [u8]) {
     s.u64(8, rec.seq);
     s.u32(16, rec.vcpu);
     s.u32(20, plan.flags);
+}
+
+/// The kind's fields at their offsets from the body's start, and its variable data at `var`.
+#[inline(always)]
+fn write_body(body: &Body<'_>, var: usize, s: &mut Slot<'_>) {
     const B: usize = RECORD_HEADER_SIZE;
-    let var = B + plan.body_len;
-    match &rec.body {
+    match body {
         Body::Io(io) => {
             s.u8(B, io.direction.raw());
             s.u8(B + 1, io.size);
@@ -426,14 +448,13 @@ fn write(rec: &Record<'_>, plan: &Plan, dst: &mut [u8]) {
                 }
             }
         }
-        Body::Unknown { bytes, .. } => {
-            // Opaque: re-emitted exactly as read.
-            s.put(B, bytes);
-            return;
-        }
+        Body::Unknown { .. } => {}
     }
-    s.put(B + plan.known_body, rec.unknown.body);
-    let mut pos = var + pad8(plan.var_len);
+}
+
+/// The payloads of the known flags from `pos`, in ascending bit order, then the unknown tail.
+#[inline(always)]
+fn write_payloads(rec: &Record<'_>, mut pos: usize, s: &mut Slot<'_>) {
     if let Some(r) = rec.regs {
         s.u64(pos, r.rip);
         s.u64(pos + 8, r.rsp);

@@ -128,14 +128,13 @@ pub enum Reason {
         supported_minor: u16,
     },
     /// The file requires a feature this reader does not implement.
-    #[error("{}", describe_unknown_feature(*bit, name.as_deref(), *introduced, *reader))]
+    #[error("{}", describe_unknown_feature(*bit, named.as_ref(), *reader))]
     UnknownRequiredFeature {
         /// Feature bit in `incompat_features`.
         bit: u8,
-        /// The feature's name, when the file's feature table names it.
-        name: Option<String>,
-        /// The format version that introduced it, when the file's feature table says.
-        introduced: Option<(u16, u16)>,
+        /// The feature's name and the format version that introduced it, when the file's
+        /// feature table has a descriptor for the bit.
+        named: Option<(String, (u16, u16))>,
         /// The format version the refusing reader implements.
         reader: (u16, u16),
     },
@@ -162,6 +161,18 @@ pub enum Reason {
         needed: u64,
         /// Bytes left in the record.
         available: u64,
+    },
+    /// A count of fixed-size entries does not fill the bytes its structure holds for them.
+    #[error("{what} {count} x {unit} bytes fills {} bytes, but {available} bytes of entries are there", count.saturating_mul(u64::from(*unit)))]
+    CountMismatch {
+        /// Which count.
+        what: &'static str,
+        /// The count claimed.
+        count: u64,
+        /// Bytes per entry.
+        unit: u32,
+        /// Bytes the structure holds for the entries.
+        available: u32,
     },
     /// A field holds a value outside its domain.
     #[error("invalid {field}: {value:#x}")]
@@ -197,23 +208,14 @@ pub enum Reason {
     },
 }
 
-fn describe_unknown_feature(
-    bit: u8,
-    name: Option<&str>,
-    introduced: Option<(u16, u16)>,
-    (maj, min): (u16, u16),
-) -> String {
-    match (name, introduced) {
-        (Some(n), Some((a, b))) => format!(
-            "trace requires feature '{n}' (required bit {bit}, introduced in format {a}.{b}); this reader implements format {maj}.{min}: upgrade vmrr"
-        ),
-        (Some(n), None) => format!(
-            "trace requires feature '{n}' (required bit {bit}); this reader implements format {maj}.{min}: upgrade vmrr"
-        ),
-        _ => format!(
-            "trace requires unknown feature bit {bit} (from a format newer than {maj}.{min}); upgrade vmrr"
-        ),
-    }
+/// The refusal FORMAT.md §3 words: by name when a descriptor names the bit, by number
+/// otherwise.
+fn describe_unknown_feature(bit: u8, named: Option<&(String, (u16, u16))>, (maj, min): (u16, u16)) -> String {
+    let feature = match named {
+        Some((n, (a, b))) => format!("feature '{n}' (required bit {bit}, introduced in format {a}.{b})"),
+        None => format!("unknown feature (required bit {bit})"),
+    };
+    format!("trace requires {feature}; this reader implements format {maj}.{min}: upgrade vmrr")
 }
 
 /// A decode failure: where and why.

@@ -25,6 +25,7 @@
 //! feature is written with the 1.0 layout, byte for byte as a 1.0 writer wrote it.
 
 use crate::bytes::{PutLe, all_zero, u64_from, usize_from};
+use crate::checksum;
 use crate::cursor::{u16_at, u32_at, u64_at};
 use crate::error::{DecodeError, Reason};
 use crate::features::{self, Feature, FeatureClass};
@@ -46,6 +47,9 @@ pub const FEATURE_DESC_SIZE: usize = 24;
 pub const MAX_HEADER_SIZE: u32 = 4096;
 /// Smallest valid header: fixed part plus the reserved word and CRC.
 pub const MIN_HEADER_SIZE: u32 = 80;
+/// Bytes every major version keeps as they are here (magic, byte order, `header_size`,
+/// version): what a reader needs to refuse a file of another major.
+pub const PREFIX_SIZE: usize = 20;
 
 /// A feature descriptor as found in a file's feature table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,21 +170,39 @@ impl FileHeader {
             out.extend_from_slice(&name);
         }
         out.put_u32(0);
-        let crc = crc32c::crc32c(&out);
-        out.put_u32(crc);
+        checksum::seal(&mut out, 0);
         out
     }
 
-    /// Reads the `header_size` field from the first 16 bytes, validating magic and byte
-    /// order, so the caller knows how many bytes to read (bounded by [`MAX_HEADER_SIZE`]).
+    /// Reads the `header_size` field from the first [`PREFIX_SIZE`] bytes, validating magic,
+    /// byte order and major version, so the caller knows how many bytes to read (bounded by
+    /// [`MAX_HEADER_SIZE`]).
     ///
     /// # Errors
-    /// Bad magic, wrong byte order, or a size outside `80..=4096` / not a multiple of 8.
+    /// Bad magic, wrong byte order, another major version (whatever its header size), or a
+    /// size outside `80..=4096` / not a multiple of 8.
     pub fn peek_size(prefix: &[u8]) -> Result<u32, DecodeError> {
-        if prefix.len() < 16 {
+        Self::peek_size_as(prefix, (VERSION_MAJOR, VERSION_MINOR))
+    }
+
+    /// [`Self::peek_size`] for a reader implementing format `reader`.
+    ///
+    /// The first [`PREFIX_SIZE`] bytes (magic, byte order, header size, version) are the
+    /// same in every major version, so the version is checked before anything whose layout
+    /// a newer major may change: the header size's limits and the checksum. A 2.0 file is
+    /// therefore refused as a newer version, never as a corrupt 1.x file.
+    ///
+    /// # Errors
+    /// As for [`Self::peek_size`].
+    pub fn peek_size_as(prefix: &[u8], reader: (u16, u16)) -> Result<u32, DecodeError> {
+        if prefix.len() < PREFIX_SIZE {
             return Err(DecodeError::at(
                 0,
-                Reason::Truncated { what: "file header", need: 16, have: u64_from(prefix.len()) },
+                Reason::Truncated {
+                    what: "file header",
+                    need: u64_from(PREFIX_SIZE),
+                    have: u64_from(prefix.len()),
+                },
             ));
         }
         if prefix[..8] != MAGIC {
@@ -193,42 +215,42 @@ impl FileHeader {
         if bom != BYTE_ORDER_MARK {
             return Err(DecodeError::at(8, Reason::ByteOrder { found: bom }));
         }
-        let size = u32_at(prefix, 12).unwrap_or(0);
-        if size > MAX_HEADER_SIZE {
+        let major = u16_at(prefix, 16).unwrap_or(0);
+        if major != reader.0 {
+            let minor = u16_at(prefix, 18).unwrap_or(0);
             return Err(DecodeError::at(
-                12,
-                Reason::TooLarge {
-                    what: "header_size",
-                    size: u64::from(size),
-                    max: u64::from(MAX_HEADER_SIZE),
-                },
+                16,
+                Reason::FutureMajor { major, minor, supported_major: reader.0, supported_minor: reader.1 },
             ));
+        }
+        let size = u32_at(prefix, 12).unwrap_or(0);
+        let limit = |reason| Err(DecodeError::at(12, reason));
+        if size > MAX_HEADER_SIZE {
+            return limit(Reason::TooLarge {
+                what: "header_size",
+                size: u64::from(size),
+                max: u64::from(MAX_HEADER_SIZE),
+            });
         }
         if size < MIN_HEADER_SIZE {
-            return Err(DecodeError::at(
-                12,
-                Reason::TooSmall {
-                    what: "header_size",
-                    size: u64::from(size),
-                    min: u64::from(MIN_HEADER_SIZE),
-                },
-            ));
+            return limit(Reason::TooSmall {
+                what: "header_size",
+                size: u64::from(size),
+                min: u64::from(MIN_HEADER_SIZE),
+            });
         }
         if size % 8 != 0 {
-            return Err(DecodeError::at(
-                12,
-                Reason::Misaligned { what: "header_size", value: u64::from(size) },
-            ));
+            return limit(Reason::Misaligned { what: "header_size", value: u64::from(size) });
         }
         Ok(size)
     }
 
     /// Decodes and validates a complete header of `peek_size` bytes.
     ///
-    /// Checks, in order: magic and size, CRC, major version, reserved fields, feature
-    /// table, and finally that every required feature is implemented by this reader.
-    /// Replay-required features are read, not checked: a replayer checks them with
-    /// [`Self::unknown_replay_required`].
+    /// Checks, in order: magic, byte order and major version, header size, CRC, reserved
+    /// fields, feature table, and finally that every required feature is implemented by
+    /// this reader. Replay-required features are read, not checked: a replayer checks them
+    /// with [`Self::unknown_replay_required`].
     ///
     /// # Errors
     /// A [`DecodeError`] naming the offending field's offset.
@@ -244,112 +266,18 @@ impl FileHeader {
     /// # Errors
     /// As for [`Self::decode`].
     pub fn decode_as(bytes: &[u8], reader: (u16, u16)) -> Result<Self, DecodeError> {
-        let size = Self::peek_size(bytes)?;
-        let size_us = usize_from(size);
-        if bytes.len() < size_us {
-            return Err(DecodeError::at(
+        let size = Self::peek_size_as(bytes, reader)?;
+        let hdr = bytes.get(..usize_from(size)).ok_or_else(|| {
+            DecodeError::at(
                 0,
                 Reason::Truncated { what: "file header", need: u64::from(size), have: u64_from(bytes.len()) },
-            ));
-        }
-        let hdr = &bytes[..size_us];
-        let crc_off = size_us - 4;
-        let stored = u32_at(hdr, crc_off).unwrap_or(0);
-        let computed = crc32c::crc32c(&hdr[..crc_off]);
-        if stored != computed {
-            return Err(DecodeError::at(
-                u64_from(crc_off),
-                Reason::Checksum { what: "file header", stored, computed },
-            ));
-        }
-        let major = u16_at(hdr, 16).unwrap_or(0);
-        let minor = u16_at(hdr, 18).unwrap_or(0);
-        if major != reader.0 {
-            return Err(DecodeError::at(
-                16,
-                Reason::FutureMajor { major, minor, supported_major: reader.0, supported_minor: reader.1 },
-            ));
-        }
-        if !all_zero(&hdr[20..24]) {
-            return Err(DecodeError::at(20, Reason::NonZeroPadding { what: "header reserved word" }));
-        }
-        if !all_zero(&hdr[crc_off - 4..crc_off]) {
-            return Err(DecodeError::at(
-                u64_from(crc_off - 4),
-                Reason::NonZeroPadding { what: "header reserved word before the CRC" },
-            ));
-        }
-        let compat = u64_at(hdr, 24).unwrap_or(0);
-        let incompat = u64_at(hdr, 32).unwrap_or(0);
-        let created = u64_at(hdr, 40).unwrap_or(0);
-        let mut trace_id = [0u8; 16];
-        trace_id.copy_from_slice(&hdr[48..64]);
+            )
+        })?;
+        let crc_off = hdr.len() - 4;
+        checksum::check(hdr, crc_off, "file header", 0)?;
+        check_reserved(hdr)?;
+        let features = feature_table(hdr, reader)?;
         let table_off = usize_from(u32_at(hdr, 64).unwrap_or(0));
-        let count = usize_from(u32_at(hdr, 68).unwrap_or(0));
-        if table_off < FIXED_SIZE_1_0 || table_off % 8 != 0 {
-            return Err(DecodeError::at(
-                64,
-                Reason::InvalidValue { field: "feature_table_offset", value: u64_from(table_off) },
-            ));
-        }
-        let table_end = count
-            .checked_mul(FEATURE_DESC_SIZE)
-            .and_then(|n| n.checked_add(table_off))
-            .filter(|&end| end <= crc_off - 4)
-            .ok_or_else(|| {
-                DecodeError::at(
-                    68,
-                    Reason::CountExceedsRecord {
-                        what: "feature_count",
-                        count: u64_from(count),
-                        needed: u64_from(count.saturating_mul(FEATURE_DESC_SIZE)),
-                        available: u64_from((crc_off - 4).saturating_sub(table_off)),
-                    },
-                )
-            })?;
-        let mut feats = Vec::with_capacity(count);
-        for (i, d) in hdr[table_off..table_end].chunks_exact(FEATURE_DESC_SIZE).enumerate() {
-            let off = u64_from(table_off + i * FEATURE_DESC_SIZE);
-            let bit = d[0];
-            if bit >= 64 {
-                return Err(DecodeError::at(
-                    off,
-                    Reason::InvalidValue { field: "feature bit", value: u64::from(bit) },
-                ));
-            }
-            // Class 2 (replay-required) exists from 1.1 on; a 1.0 reader refuses it.
-            let class = FeatureClass::from_code(d[1])
-                .filter(|c| *c != FeatureClass::ReplayRequired || reader >= (1, 1))
-                .ok_or_else(|| {
-                    DecodeError::at(
-                        off + 1,
-                        Reason::InvalidValue { field: "feature class", value: u64::from(d[1]) },
-                    )
-                })?;
-            if !all_zero(&d[6..8]) {
-                return Err(DecodeError::at(
-                    off + 6,
-                    Reason::NonZeroPadding { what: "feature descriptor reserved field" },
-                ));
-            }
-            let raw_name = &d[8..24];
-            let end = raw_name.iter().position(|&b| b == 0).unwrap_or(16);
-            if !all_zero(&raw_name[end..]) {
-                return Err(DecodeError::at(
-                    off + 8,
-                    Reason::NonZeroPadding { what: "feature name padding" },
-                ));
-            }
-            let name = std::str::from_utf8(&raw_name[..end])
-                .map_err(|_| DecodeError::at(off + 8, Reason::InvalidUtf8 { field: "feature name" }))?
-                .to_string();
-            feats.push(FeatureDesc {
-                bit,
-                class,
-                introduced: (u16_at(d, 2).unwrap_or(0), u16_at(d, 4).unwrap_or(0)),
-                name,
-            });
-        }
         // The replay-required word exists when the writer left room for it before the table
         // (1.1 and later); a 1.0 reader ignores those bytes.
         let replay_required = if reader >= (1, 1) && table_off >= REPLAY_REQUIRED_OFFSET + 8 {
@@ -357,34 +285,20 @@ impl FileHeader {
         } else {
             0
         };
-        let known_required = features::KNOWN
-            .iter()
-            .filter(|f| f.required() && f.introduced <= reader)
-            .fold(0, |m, f| m | f.mask());
-        let unknown_required = incompat & !known_required;
-        if unknown_required != 0 {
-            let bit = u8::try_from(unknown_required.trailing_zeros()).unwrap_or(63);
-            let desc = feats.iter().find(|f| f.class == FeatureClass::Required && f.bit == bit);
-            return Err(DecodeError::at(
-                32,
-                Reason::UnknownRequiredFeature {
-                    bit,
-                    name: desc.map(|d| d.name.clone()),
-                    introduced: desc.map(|d| d.introduced),
-                    reader,
-                },
-            ));
-        }
+        let incompat_features = u64_at(hdr, 32).unwrap_or(0);
+        refuse_unknown_required(incompat_features, &features, reader)?;
+        let mut trace_id = [0u8; 16];
+        trace_id.copy_from_slice(&hdr[48..64]);
         Ok(FileHeader {
             header_size: size,
-            version_major: major,
-            version_minor: minor,
-            compat_features: compat,
-            incompat_features: incompat,
+            version_major: u16_at(hdr, 16).unwrap_or(0),
+            version_minor: u16_at(hdr, 18).unwrap_or(0),
+            compat_features: u64_at(hdr, 24).unwrap_or(0),
+            incompat_features,
             replay_required_features: replay_required,
-            created_unix_ns: created,
+            created_unix_ns: u64_at(hdr, 40).unwrap_or(0),
             trace_id,
-            features: feats,
+            features,
         })
     }
 
@@ -419,6 +333,110 @@ impl FileHeader {
     }
 }
 
+/// The two reserved words: after the version, and before the CRC.
+fn check_reserved(hdr: &[u8]) -> Result<(), DecodeError> {
+    if !all_zero(&hdr[20..24]) {
+        return Err(DecodeError::at(20, Reason::NonZeroPadding { what: "header reserved word" }));
+    }
+    let before_crc = hdr.len() - 8;
+    if !all_zero(&hdr[before_crc..before_crc + 4]) {
+        return Err(DecodeError::at(
+            u64_from(before_crc),
+            Reason::NonZeroPadding { what: "header reserved word before the CRC" },
+        ));
+    }
+    Ok(())
+}
+
+/// The feature table: where it lies (at or after 72, 8-aligned, ending at or before the
+/// reserved word) and each descriptor.
+fn feature_table(hdr: &[u8], reader: (u16, u16)) -> Result<Vec<FeatureDesc>, DecodeError> {
+    let table_off = usize_from(u32_at(hdr, 64).unwrap_or(0));
+    let count = usize_from(u32_at(hdr, 68).unwrap_or(0));
+    if table_off < FIXED_SIZE_1_0 || table_off % 8 != 0 {
+        return Err(DecodeError::at(
+            64,
+            Reason::InvalidValue { field: "feature_table_offset", value: u64_from(table_off) },
+        ));
+    }
+    let room_end = hdr.len() - 8;
+    let table_end = count
+        .checked_mul(FEATURE_DESC_SIZE)
+        .and_then(|n| n.checked_add(table_off))
+        .filter(|&end| end <= room_end)
+        .ok_or_else(|| {
+            DecodeError::at(
+                68,
+                Reason::CountExceedsRecord {
+                    what: "feature_count",
+                    count: u64_from(count),
+                    needed: u64_from(count.saturating_mul(FEATURE_DESC_SIZE)),
+                    available: u64_from(room_end.saturating_sub(table_off)),
+                },
+            )
+        })?;
+    hdr[table_off..table_end]
+        .chunks_exact(FEATURE_DESC_SIZE)
+        .enumerate()
+        .map(|(i, d)| feature_desc(d, u64_from(table_off + i * FEATURE_DESC_SIZE), reader))
+        .collect()
+}
+
+/// One 24-byte descriptor found at header offset `off`.
+fn feature_desc(d: &[u8], off: u64, reader: (u16, u16)) -> Result<FeatureDesc, DecodeError> {
+    let bit = d[0];
+    if bit >= 64 {
+        return Err(DecodeError::at(
+            off,
+            Reason::InvalidValue { field: "feature bit", value: u64::from(bit) },
+        ));
+    }
+    // Class 2 (replay-required) exists from 1.1 on; a 1.0 reader refuses it.
+    let class = FeatureClass::from_code(d[1])
+        .filter(|c| *c != FeatureClass::ReplayRequired || reader >= (1, 1))
+        .ok_or_else(|| {
+            DecodeError::at(off + 1, Reason::InvalidValue { field: "feature class", value: u64::from(d[1]) })
+        })?;
+    if !all_zero(&d[6..8]) {
+        return Err(DecodeError::at(
+            off + 6,
+            Reason::NonZeroPadding { what: "feature descriptor reserved field" },
+        ));
+    }
+    let raw_name = &d[8..24];
+    let end = raw_name.iter().position(|&b| b == 0).unwrap_or(16);
+    if !all_zero(&raw_name[end..]) {
+        return Err(DecodeError::at(off + 8, Reason::NonZeroPadding { what: "feature name padding" }));
+    }
+    let name = std::str::from_utf8(&raw_name[..end])
+        .map_err(|_| DecodeError::at(off + 8, Reason::InvalidUtf8 { field: "feature name" }))?
+        .to_string();
+    Ok(FeatureDesc { bit, class, introduced: (u16_at(d, 2).unwrap_or(0), u16_at(d, 4).unwrap_or(0)), name })
+}
+
+/// Refuses a required bit this reader does not implement (the lowest one), named by its
+/// descriptor when the table has one, by number otherwise.
+fn refuse_unknown_required(
+    incompat: u64,
+    features: &[FeatureDesc],
+    reader: (u16, u16),
+) -> Result<(), DecodeError> {
+    let known = features::KNOWN
+        .iter()
+        .filter(|f| f.required() && f.introduced <= reader)
+        .fold(0, |m, f| m | f.mask());
+    let unknown = incompat & !known;
+    if unknown == 0 {
+        return Ok(());
+    }
+    let bit = u8::try_from(unknown.trailing_zeros()).unwrap_or(63);
+    let desc = features.iter().find(|f| f.class == FeatureClass::Required && f.bit == bit);
+    Err(DecodeError::at(
+        32,
+        Reason::UnknownRequiredFeature { bit, named: desc.map(|d| (d.name.clone(), d.introduced)), reader },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,6 +463,46 @@ mod tests {
         let err = FileHeader::decode(&bytes).expect_err("refused");
         assert!(matches!(err.reason, Reason::FutureMajor { major: 2, .. }));
         assert!(err.to_string().contains("2.0"), "{err}");
+    }
+
+    #[test]
+    fn another_major_is_refused_as_such_before_its_size_and_checksum() {
+        // A 2.0 file may lay its header out anew: a larger header, a checksum elsewhere.
+        // Only the first 20 bytes are shared by every major, and they are enough.
+        let mut bytes = sample().encode();
+        bytes[12..16].copy_from_slice(&8192u32.to_le_bytes());
+        bytes[16..20].copy_from_slice(&[2, 0, 3, 0]);
+        let crc_off = bytes.len() - 4;
+        bytes[crc_off] ^= 0xff;
+        let err = FileHeader::decode(&bytes).expect_err("refused");
+        assert_eq!(err.location.offset, 16);
+        assert_eq!(
+            err.reason.to_string(),
+            "format version 2.3 is not readable: this reader supports major version 1 (up to 1.1); upgrade vmrr"
+        );
+        assert!(matches!(
+            FileHeader::peek_size(&bytes[..20]),
+            Err(DecodeError { reason: Reason::FutureMajor { .. }, .. })
+        ));
+        // The same bytes as a 1.x file are what they are: a bad size.
+        bytes[16..18].copy_from_slice(&1u16.to_le_bytes());
+        assert!(matches!(FileHeader::decode(&bytes).expect_err("size").reason, Reason::TooLarge { .. }));
+    }
+
+    #[test]
+    fn an_unknown_required_bit_is_named_by_its_descriptor_or_its_number() {
+        let future = Feature { bit: 6, class: FeatureClass::Required, name: "warp", introduced: (1, 7) };
+        let named = FileHeader::new(5, [1; 16], &[features::CHUNK_INDEX, future]).encode();
+        assert_eq!(
+            FileHeader::decode(&named).expect_err("refused").reason.to_string(),
+            "trace requires feature 'warp' (required bit 6, introduced in format 1.7); this reader implements format 1.1: upgrade vmrr"
+        );
+        let mut h = FileHeader::new(5, [1; 16], &[features::CHUNK_INDEX]);
+        h.incompat_features |= 1 << 6;
+        assert_eq!(
+            FileHeader::decode(&h.encode()).expect_err("refused").reason.to_string(),
+            "trace requires unknown feature (required bit 6); this reader implements format 1.1: upgrade vmrr"
+        );
     }
 
     #[test]

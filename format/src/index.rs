@@ -20,6 +20,7 @@
 //! crc32c u32` (of the 16 bytes before it), magic `"VEND"`.
 
 use crate::bytes::{PutLe, all_zero, u64_from, usize_from};
+use crate::checksum;
 use crate::cursor::{u16_at, u32_at, u64_at};
 use crate::error::{DecodeError, Reason};
 
@@ -87,12 +88,13 @@ impl Index {
             out.put_u32(0);
         }
         out.put_u32(0);
-        let crc = crc32c::crc32c(&out[start..]);
-        out.put_u32(crc);
+        checksum::seal(out, start);
     }
 
-    /// Decodes an index block found at file `offset`. `data_end` is where chunks end (the
-    /// index offset): every entry must point before it, in increasing order.
+    /// Decodes an index block found at file `offset` (where chunks end) in a file whose
+    /// header is `header_size` bytes: every entry must point between the two, in increasing
+    /// order. Entry bytes past the 32 this version knows belong to later versions and are
+    /// ignored.
     ///
     /// # Errors
     /// Any structural problem, at its offset.
@@ -115,11 +117,7 @@ impl Index {
             ));
         }
         let crc_off = b.len() - 4;
-        let stored = u32_at(b, crc_off).unwrap_or(0);
-        let computed = crc32c::crc32c(&b[..crc_off]);
-        if stored != computed {
-            return Err(DecodeError::at(at(crc_off), Reason::Checksum { what: "index", stored, computed }));
-        }
+        checksum::check(b, crc_off, "index", offset)?;
         let esize = usize::from(u16_at(b, 4).unwrap_or(0));
         if esize < INDEX_ENTRY_SIZE || esize % 8 != 0 {
             return Err(DecodeError::at(
@@ -135,11 +133,11 @@ impl Index {
         if count.checked_mul(u64_from(esize)) != Some(avail) {
             return Err(DecodeError::at(
                 at(8),
-                Reason::CountExceedsRecord {
+                Reason::CountMismatch {
                     what: "index entry_count",
                     count,
-                    needed: count.saturating_mul(u64_from(esize)),
-                    available: avail,
+                    unit: u32::from(u16_at(b, 4).unwrap_or(0)),
+                    available: u32::try_from(avail).unwrap_or(u32::MAX),
                 },
             ));
         }
@@ -203,8 +201,7 @@ impl Trailer {
         let start = out.len();
         out.put_u64(self.index_offset);
         out.put_u64(self.index_size);
-        let crc = crc32c::crc32c(&out[start..]);
-        out.put_u32(crc);
+        checksum::seal(out, start);
         out.extend_from_slice(&TRAILER_MAGIC);
     }
 
@@ -220,7 +217,7 @@ impl Trailer {
         if b.len() != TRAILER_SIZE || b[20..24] != TRAILER_MAGIC {
             return Ok(None);
         }
-        if u32_at(b, 16).is_none_or(|stored| crc32c::crc32c(&b[..16]) != stored) {
+        if checksum::check(b, 16, "trailer", 0).is_err() {
             return Ok(None);
         }
         let at = file_len.saturating_sub(u64_from(TRAILER_SIZE));
@@ -257,5 +254,63 @@ impl Trailer {
     /// The index size as `usize` (bounded by [`MAX_INDEX_SIZE`]).
     pub fn index_len(&self) -> usize {
         usize_from(u32::try_from(self.index_size).unwrap_or(u32::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_entry() -> Index {
+        let e =
+            IndexEntry { chunk_offset: 104, first_seq: 0, record_count: 4, raw_size: 192, stored_size: 192 };
+        Index { entries: vec![e], record_count: 4 }
+    }
+
+    #[test]
+    fn round_trip_and_size_formula() {
+        let ix = one_entry();
+        let mut b = Vec::new();
+        ix.encode(&mut b);
+        // index_size = 24 + entry_size x entry_count + 8
+        assert_eq!(b.len(), 24 + 32 + 8);
+        assert_eq!(Index::decode(&b, 0x150, 104).expect("decodes"), ix);
+    }
+
+    #[test]
+    fn entry_bytes_past_32_are_a_later_version_s_and_ignored() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&INDEX_MAGIC);
+        b.put_u16(40);
+        b.put_u16(0);
+        b.put_u64(1);
+        b.put_u64(4);
+        for v in [104u64, 0] {
+            b.put_u64(v);
+        }
+        for v in [4u32, 192, 192, 0] {
+            b.put_u32(v);
+        }
+        b.put_u64(0xdead_beef); // a later version's field
+        b.put_u32(0);
+        checksum::seal(&mut b, 0);
+        assert_eq!(Index::decode(&b, 0x150, 104).expect("decodes"), one_entry());
+    }
+
+    #[test]
+    fn a_count_that_does_not_fill_the_index_says_so() {
+        let mut b = Vec::new();
+        one_entry().encode(&mut b);
+        // Eight more bytes of entries than entry_count x entry_size.
+        b.truncate(b.len() - 8);
+        b.extend_from_slice(&[0; 8]);
+        b.put_u32(0);
+        checksum::seal(&mut b, 0);
+        let e = Index::decode(&b, 0x150, 104).expect_err("refused");
+        assert_eq!(e.location.offset, 0x158);
+        assert_eq!(
+            e.reason.to_string(),
+            "index entry_count 1 x 32 bytes fills 32 bytes, but 40 bytes of entries are there"
+        );
     }
 }

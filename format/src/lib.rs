@@ -36,9 +36,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod axis;
 pub mod bounded;
 pub mod bundle;
 mod bytes;
+mod checksum;
 pub mod chunk;
 pub mod cursor;
 mod decode;
@@ -56,7 +58,6 @@ pub mod layout;
 pub mod output;
 pub mod overview;
 mod owned;
-pub mod profile;
 mod reader;
 mod record;
 pub mod scratch;

@@ -12,7 +12,7 @@ use std::path::Path;
 use crate::bytes::{u64_from, usize_from};
 use crate::chunk::{self, CHUNK_MAGIC, ChunkCursor, ChunkHeader, MAX_CHUNK_HEADER_SIZE, Step};
 use crate::error::{DecodeError, Location, ReadError, Reason};
-use crate::header::{FileHeader, MAX_HEADER_SIZE};
+use crate::header::{FileHeader, MAX_HEADER_SIZE, PREFIX_SIZE};
 use crate::index::{Index, TRAILER_SIZE, Trailer};
 use crate::record::Record;
 
@@ -104,7 +104,7 @@ impl TraceReader {
         let io = |offset, source| ReadError::Io { path: name.clone(), offset, source };
         let file_len = src.seek(SeekFrom::End(0)).map_err(|e| io(0, e))?;
         let invalid = |error| ReadError::Invalid { path: name.clone(), error };
-        let mut prefix = vec![0u8; 16.min(usize::try_from(file_len).unwrap_or(16))];
+        let mut prefix = vec![0u8; PREFIX_SIZE.min(usize::try_from(file_len).unwrap_or(PREFIX_SIZE))];
         read_at(&mut src, 0, &mut prefix).map_err(|e| io(0, e))?;
         let hsize = FileHeader::peek_size(&prefix).map_err(invalid)?;
         debug_assert!(hsize <= MAX_HEADER_SIZE);
@@ -284,7 +284,12 @@ impl TraceReader {
         let header = match ChunkHeader::decode(&hb, at) {
             Ok(h) => h,
             Err(e) => {
-                self.resync(at + 8)?;
+                // A sealed header with an invalid field is skipped by its size; one whose
+                // bytes or size cannot be trusted, by scanning for the next valid header.
+                match ChunkHeader::sealed_size(&hb, at).filter(|&total| total <= avail) {
+                    Some(total) => self.pos = at + total,
+                    None => self.resync(at + 8)?,
+                }
                 return Ok(Some(Err(e)));
             }
         };

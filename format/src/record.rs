@@ -291,12 +291,15 @@ pub struct DebugExit {
     pub dr7: u64,
 }
 
+/// Most bytes a [`RawExit`] carries: the size of `kvm_run`'s exit union.
+pub const MAX_RAW_EXIT_DATA: usize = 256;
+
 /// An exit this version does not structure: the exit reason and raw union bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawExit<'a> {
     /// `kvm_run.exit_reason`.
     pub exit_reason: u32,
-    /// The bytes of the `kvm_run` exit union.
+    /// The bytes of the `kvm_run` exit union (at most [`MAX_RAW_EXIT_DATA`]).
     pub data: &'a [u8],
 }
 
@@ -550,7 +553,8 @@ pub enum Body<'a> {
     /// Bytes a device wrote into guest memory.
     GuestWrite(GuestWrite<'a>),
     /// A kind this version does not know: its header fields and everything after the
-    /// header, kept verbatim.
+    /// header, kept verbatim (payloads included: a copy re-emits `bytes`, not the record's
+    /// `regs` and `timing`, which are what a reader located in them; FORMAT.md §5.2).
     Unknown {
         /// The kind.
         kind: u16,

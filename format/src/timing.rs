@@ -17,7 +17,7 @@
 //! scale is what lets zstd compress the payload: a nanosecond-exact duration has several
 //! bits of pure jitter that no compressor can remove, a time code keeps only the bits a
 //! profile needs. A histogram over time codes is therefore exact for the stored values
-//! (see [`crate::profile`]).
+//! (`vmrr profile`); [`crate::axis`] rebuilds the exits' instants from them.
 
 /// Record flag: a [`Timing`] payload (8 bytes) follows the register sample, if any.
 pub const FLAG_TIMING: u32 = 1 << 1;
@@ -25,7 +25,8 @@ pub const FLAG_TIMING: u32 = 1 << 1;
 pub const TIMING_PAYLOAD_SIZE: usize = 8;
 /// The time code meaning "not measured" (only valid for `prev_handler`).
 pub const TIME_CODE_NONE: u16 = 0xffff;
-/// The largest valid time code (durations up to 2^64 - 1 ns).
+/// The largest valid time code: 127 x 2^57 ns. Durations of 127.5 x 2^57 ns or more
+/// saturate to it (FORMAT.md §5.4).
 pub const MAX_TIME_CODE: u16 = 3775;
 /// Durations below this are stored exactly.
 const EXACT_BELOW: u64 = 128;
@@ -167,5 +168,18 @@ mod tests {
         assert_eq!(time_code(129), 129);
         assert_eq!(time_code(130), 129); // 129 lies halfway between 128 and 130: up
         assert_eq!(time_from_code(time_code(255)), Some(256));
+    }
+
+    #[test]
+    fn saturation_starts_at_127_and_a_half_times_2_to_the_57() {
+        let unit = 1u64 << 57;
+        assert_eq!(time_from_code(MAX_TIME_CODE), Some(127 * unit));
+        // Below 127.5 x 2^57 the nearest code is exact rounding; from there on, saturation.
+        assert_eq!(time_code(127 * unit + unit / 2 - 1), MAX_TIME_CODE);
+        assert_eq!(time_code(126 * unit + unit / 2 - 1), MAX_TIME_CODE - 1);
+        assert_eq!(time_code(126 * unit + unit / 2), MAX_TIME_CODE, "ties round up");
+        for v in [127 * unit + unit / 2, u64::MAX - 1, u64::MAX] {
+            assert_eq!(time_code(v), MAX_TIME_CODE, "{v:#x} saturates");
+        }
     }
 }

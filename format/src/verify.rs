@@ -150,19 +150,21 @@ fn index_disagreement(
             listed.next();
         }
         match listed.next() {
-            Some(e)
-                if e.chunk_offset == info.offset
-                    && e.first_seq == info.header.first_seq
-                    && e.record_count == info.header.record_count => {}
+            Some(e) if entry_agrees(e, &info) => {}
             Some(e) => {
+                let h = &info.header;
                 return Ok(Some(format!(
-                    "index entry at chunk {:#x} (seq {}, {} records) disagrees with the chunk at {:#x} (seq {}, {} records)",
+                    "index entry at chunk {:#x} (seq {}, {} records, raw {} / stored {} bytes) disagrees with the chunk at {:#x} (seq {}, {} records, raw {} / stored {} bytes)",
                     e.chunk_offset,
                     e.first_seq,
                     e.record_count,
+                    e.raw_size,
+                    e.stored_size,
                     info.offset,
-                    info.header.first_seq,
-                    info.header.record_count
+                    h.first_seq,
+                    h.record_count,
+                    h.raw_size,
+                    h.stored_size
                 )));
             }
             None => return Ok(Some(format!("chunk at {:#x} is missing from the index", info.offset))),
@@ -173,6 +175,14 @@ fn index_disagreement(
         return Ok(Some(format!("index record_count {} but its entries sum to {total}", ix.record_count)));
     }
     Ok(None)
+}
+
+/// An index entry agrees with the chunk header found at its offset when all five fields
+/// it repeats are equal (FORMAT.md §8.5).
+fn entry_agrees(e: &crate::index::IndexEntry, found: &crate::reader::ChunkInfo) -> bool {
+    let h = &found.header;
+    (e.chunk_offset, e.first_seq, e.record_count, e.raw_size, e.stored_size)
+        == (found.offset, h.first_seq, h.record_count, h.raw_size, h.stored_size)
 }
 
 /// Result of [`stats`].

@@ -115,9 +115,11 @@ fn unannounced_trailing_bytes_are_refused() {
 
 #[test]
 fn unknown_kind_is_kept_whole() {
-    let bytes = raw_record(0x8123, 8, 9, 2, 3, &le64(&[42, 43]));
+    // Flag bit 5 is unknown: nothing in the record can be located, all of it is kept.
+    let bytes = raw_record(0x8123, 8, 9, 2, 1 << 5 | 3, &le64(&[42, 43]));
     let (rec, _) = decode(&bytes).expect("reads");
-    assert!(matches!(rec.body, Body::Unknown { kind: 0x8123, body_size: 8, flags: 3, .. }));
+    assert!(matches!(rec.body, Body::Unknown { kind: 0x8123, body_size: 8, flags: 0x23, .. }));
+    assert_eq!((rec.regs, rec.timing), (None, None));
     let mut copy = Vec::new();
     encode(&rec, &mut copy).expect("encodes");
     assert_eq!(copy, bytes);
@@ -185,7 +187,7 @@ fn unknown_required_feature_is_refused_by_name_and_version() {
     // Without a descriptor the bit is still refused.
     let h = header_bytes(0, 1 << 9, &[], 1, 0);
     let err = FileHeader::decode(&h).expect_err("refused");
-    assert!(matches!(err.reason, Reason::UnknownRequiredFeature { bit: 9, name: None, .. }));
+    assert!(matches!(err.reason, Reason::UnknownRequiredFeature { bit: 9, named: None, .. }));
 }
 
 #[test]
@@ -213,4 +215,101 @@ fn crc_matches_independent_implementation() {
     let h = FileHeader::new(0, [0; 16], &[]).encode();
     let n = h.len();
     assert_eq!(crc32c_of(&h[..n - 4]).to_le_bytes(), h[n - 4..]);
+}
+
+/// FORMAT.md §5.2: with no unknown flag set, the unknown tail is empty, so the payloads of
+/// known flags are a record's last bytes, whatever its kind: a reader finds the register
+/// sample and the timing of an exit kind it does not know from the record's end.
+#[test]
+fn known_payloads_of_an_unknown_kind_are_found_from_its_end() {
+    let timing = Timing::from_ns(Some(950), 2_100);
+    // Kind 40 (a future exit), body 8, 8 bytes of variable data, REGS, TIMING.
+    let mut rest = le64(&[7, 0xabcd]);
+    rest.extend_from_slice(&le64(&[0x7c08, 0x7000, 2, 1]));
+    rest.extend_from_slice(&timing.prev_handler.to_le_bytes());
+    rest.extend_from_slice(&timing.guest.to_le_bytes());
+    rest.extend_from_slice(&[0; 4]);
+    let bytes = raw_record(40, 8, 11, 0, FLAG_REGS | FLAG_TIMING, &rest);
+    let (rec, _) = decode(&bytes).expect("reads");
+    assert!(matches!(rec.body, Body::Unknown { kind: 40, .. }));
+    assert!(rec.body.is_exit());
+    assert_eq!(rec.regs, Some(RegsSample { rip: 0x7c08, rsp: 0x7000, rflags: 2, flags: 1 }));
+    assert_eq!(rec.timing, Some(timing));
+    // A copy is still the record as read, byte for byte.
+    let mut copy = Vec::new();
+    encode(&rec, &mut copy).expect("encodes");
+    assert_eq!(copy, bytes);
+    // A repairer copies it as it is, even into a trace without the timing feature: the
+    // payload is part of the bytes it does not interpret.
+    let sink = MemorySink::default();
+    let mut w =
+        TraceWriter::with_sink(sink.clone(), "copy".into(), WriterOptions::default()).expect("writer");
+    let mut copied = rec;
+    copied.seq = 0;
+    w.append_record(&copied).expect("copied");
+    w.finish().expect("finish");
+    let mut r = TraceReader::from_bytes(sink.bytes(), "copy").expect("reads");
+    let back = r.next_record().expect("one record").expect("valid");
+    assert_eq!((back.body, back.regs, back.timing), (rec.body, rec.regs, rec.timing));
+    // Payloads the record cannot hold after its body make it invalid (rule 2).
+    let short = raw_record(40, 8, 11, 0, FLAG_REGS | FLAG_TIMING, &le64(&[7, 0, 0, 0]));
+    let err = decode(&short).expect_err("refused");
+    assert!(
+        matches!(err.reason, Reason::CountExceedsRecord { what: "payloads of known flags", .. }),
+        "{err:?}"
+    );
+    // An invalid time code found this way is refused like any other.
+    let mut bad = bytes.clone();
+    let n = bad.len();
+    bad[n - 6..n - 4].copy_from_slice(&0x1000u16.to_le_bytes());
+    assert!(matches!(
+        decode(&bad).expect_err("refused").reason,
+        Reason::InvalidValue { field: "timing guest", .. }
+    ));
+}
+
+/// FORMAT.md §6: RAW_EXIT carries at most the 256-byte `kvm_run` exit union.
+#[test]
+fn a_raw_exit_longer_than_the_exit_union_is_invalid() {
+    let record = |len: u32| {
+        let mut rest = 99u32.to_le_bytes().to_vec();
+        rest.extend_from_slice(&len.to_le_bytes());
+        rest.resize(8 + usize::try_from(len).unwrap().div_ceil(8) * 8, 0xaa);
+        raw_record(0x7fff, 8, 1, 0, 0, &rest)
+    };
+    let full = record(256);
+    let (rec, _) = decode(&full).expect("256 bytes read");
+    assert!(matches!(rec.body, Body::RawExit(RawExit { exit_reason: 99, data }) if data.len() == 256));
+    let err = decode(&record(264)).expect_err("264 refused");
+    assert_eq!(err.offset, 28);
+    assert!(matches!(err.reason, Reason::InvalidValue { value: 264, .. }), "{err:?}");
+    let data = [0u8; 257];
+    let mut out = Vec::new();
+    assert!(
+        encode(&Record::new(0, 0, Body::RawExit(RawExit { exit_reason: 99, data: &data })), &mut out)
+            .is_err()
+    );
+}
+
+/// FORMAT.md §6: a guest write's range `[gpa, gpa + len)` ends at a 64-bit value, so it may
+/// come up to, but not include, the last byte of the address space.
+#[test]
+fn a_guest_write_ends_below_the_top_of_the_address_space() {
+    let record = |gpa: u64, data: &[u8]| {
+        let mut rest = le64(&[gpa]);
+        rest.extend_from_slice(&u32::try_from(data.len()).unwrap().to_le_bytes());
+        rest.extend_from_slice(&[0; 4]);
+        rest.extend_from_slice(data);
+        rest.resize(rest.len().div_ceil(8) * 8, 0);
+        raw_record(0x8007, 16, 1, 0, 0, &rest)
+    };
+    let ok = record(u64::MAX - 4, b"abcd");
+    let (rec, _) = decode(&ok).expect("ends at 2^64 - 1");
+    assert!(
+        matches!(rec.body, Body::GuestWrite(GuestWrite { gpa, data }) if gpa == u64::MAX - 4 && data == b"abcd")
+    );
+    let err = decode(&record(u64::MAX - 3, b"abcd")).expect_err("would end at 2^64");
+    assert!(matches!(err.reason, Reason::InvalidValue { field: "guest_write gpa + len", .. }), "{err:?}");
+    let empty = record(u64::MAX, b"");
+    assert!(decode(&empty).is_ok(), "len 0 is valid at any gpa");
 }

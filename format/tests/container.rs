@@ -153,6 +153,56 @@ fn damaged_chunk_header_resyncs_to_next_chunk() {
     assert_eq!(first_after, Some(next_h.first_seq), "resumed at chunk {next_off:#x}");
 }
 
+/// FORMAT.md §8.4: a chunk whose header is sealed (its CRC checks out) but holds an
+/// unknown flag bit, an unknown codec or a non-zero reserved word is damage, skipped by its
+/// size: the reader does not scan its payload for chunk magic. The damaged chunk here holds
+/// a complete, valid empty chunk header in its data, which a scan would resume at.
+#[test]
+fn a_sealed_chunk_with_an_unknown_flag_codec_or_reserved_word_is_skipped_by_its_size() {
+    // An empty chunk (no records) as a writer would seal it.
+    let mut decoy = Vec::new();
+    let empty = ChunkHeader {
+        header_size: 40,
+        codec: 0,
+        stored_size: 0,
+        raw_size: 0,
+        first_seq: 1_000_000,
+        record_count: 0,
+        payload_crc32c: crc32c::crc32c(&[]),
+        flags: 0,
+    };
+    empty.encode(&mut decoy);
+    for (field, value) in [(7usize, 0x80u8), (6, 9), (32, 1)] {
+        let sink = MemorySink::default();
+        let opts = WriterOptions {
+            zstd_level: None,
+            chunk_target: 256,
+            sync: SyncMode::Never,
+            ..Default::default()
+        };
+        let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), opts).expect("writer");
+        for i in 0..30u64 {
+            let data: Vec<u8> = if i == 10 { decoy.clone() } else { vec![u8::try_from(i).unwrap(); 8] };
+            w.append(0, Body::RawExit(RawExit { exit_reason: 99, data: &data }), None).expect("append");
+        }
+        w.finish().expect("finish");
+        let mut bytes = sink.bytes();
+        let chunks = chunk_offsets(&bytes);
+        // The chunk holding the decoy, and the one after it.
+        let i = chunks.iter().rposition(|(_, h)| h.first_seq <= 10).expect("chunk");
+        let (off, h) = chunks[i];
+        let off = usize::try_from(off).unwrap();
+        bytes[off + field] = value;
+        let crc = crc32c::crc32c(&bytes[off..off + 36]);
+        bytes[off + 36..off + 40].copy_from_slice(&crc.to_le_bytes());
+        let (seqs, errs) = read_all(bytes);
+        assert_eq!(errs.len(), 1, "field {field}: one damaged chunk, nothing else: {errs:?}");
+        let lost: Vec<u64> = (h.first_seq..h.first_seq + u64::from(h.record_count)).collect();
+        let expect: Vec<u64> = (0..30).filter(|s| !lost.contains(s)).collect();
+        assert_eq!(seqs, expect, "field {field}: resumed at the next chunk");
+    }
+}
+
 #[test]
 fn future_major_file_is_refused_with_a_message() {
     let mut bytes = trace(10, true, true);
@@ -192,25 +242,49 @@ fn stats_counts_kinds() {
     assert_eq!(st.format_version, "1.0");
 }
 
-#[test]
-fn index_that_lies_is_detected() {
-    let mut bytes = trace(3000, true, true);
-    // Rewrite the index's record_count and an entry's count consistently, with a valid CRC:
-    // the index then disagrees with the chunks it lists.
+/// Adds `by` to the little-endian integer of `width` bytes at `at` of the index block of
+/// the finished trace `bytes`, then seals the index again: a lie its checksum covers.
+fn edit_index(bytes: &mut [u8], edits: &[(usize, usize, u64)]) {
     let n = bytes.len();
     let ioff = usize::try_from(u64::from_le_bytes(bytes[n - 24..n - 16].try_into().unwrap())).unwrap();
     let isize_ = usize::try_from(u64::from_le_bytes(bytes[n - 16..n - 8].try_into().unwrap())).unwrap();
-    let total = u64::from_le_bytes(bytes[ioff + 16..ioff + 24].try_into().unwrap()) + 1;
-    bytes[ioff + 16..ioff + 24].copy_from_slice(&total.to_le_bytes());
-    let c0 = u32::from_le_bytes(bytes[ioff + 24 + 16..ioff + 24 + 20].try_into().unwrap()) + 1;
-    bytes[ioff + 24 + 16..ioff + 24 + 20].copy_from_slice(&c0.to_le_bytes());
+    for &(at, width, by) in edits {
+        let field = &mut bytes[ioff + at..ioff + at + width];
+        let mut v = [0u8; 8];
+        v[..width].copy_from_slice(field);
+        field.copy_from_slice(&(u64::from_le_bytes(v) + by).to_le_bytes()[..width]);
+    }
     let crc = crc32c::crc32c(&bytes[ioff..ioff + isize_ - 4]);
     bytes[ioff + isize_ - 4..ioff + isize_].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Verifies `bytes`: the index is damaged, and every record still reads.
+fn index_damaged(bytes: Vec<u8>) -> VerifyReport {
     let mut r = TraceReader::from_bytes(bytes, "t").unwrap();
     let rep = verify(&mut r).unwrap();
     assert!(!rep.ok);
     assert_eq!(rep.index, "damaged");
     assert_eq!(rep.records_readable, 3000);
+    rep
+}
+
+#[test]
+fn index_that_lies_is_detected() {
+    let mut bytes = trace(3000, true, true);
+    // The index's record_count and the first entry's count, consistently: the index then
+    // disagrees with the chunks it lists.
+    edit_index(&mut bytes, &[(16, 8, 1), (24 + 16, 4, 1)]);
+    index_damaged(bytes);
+}
+
+#[test]
+fn an_index_entry_whose_sizes_disagree_with_its_chunk_is_damage() {
+    // FORMAT.md §8.5: all five fields an entry repeats from its chunk header are compared,
+    // the payload sizes too: here the first entry's raw_size.
+    let mut bytes = trace(3000, true, true);
+    edit_index(&mut bytes, &[(24 + 20, 4, 8)]);
+    let rep = index_damaged(bytes);
+    assert!(rep.damaged_chunks[0].reason.contains("disagrees"), "{rep:?}");
 }
 
 #[test]

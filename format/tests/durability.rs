@@ -70,6 +70,17 @@ impl LoggingSink {
     }
 }
 
+/// Waits until `cond` holds. The conditions waited for are events the writer causes
+/// (its thread noticing the flush interval, writing a chunk), not durations: the bound is
+/// a hang guard only, far beyond any load.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(600), "hang: {what} never happened");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn writer(sync: SyncMode, flush_interval: Duration) -> (TraceWriter, LoggingSink) {
     let sink = LoggingSink::default();
     let opts = WriterOptions { sync, chunk_target: 4096, flush_interval, ..Default::default() };
@@ -125,16 +136,12 @@ fn never_does_not_sync_until_finish_but_still_hands_chunks_to_the_kernel() {
     let (mut w, sink) = writer(SyncMode::Never, Duration::from_millis(20));
     let header_len = sink.len();
     append(&mut w, 0);
-    // The flush interval passes with the guest idle; the next record closes the chunk.
-    std::thread::sleep(Duration::from_millis(80));
+    // The flush interval passes with the guest idle; the writer thread notices...
+    wait_until("the flush interval noticed", || w.flush_due());
+    assert_eq!(sink.len(), header_len, "nothing written before a record closes the chunk");
+    // ...and the next record closes the chunk, which the writer thread writes (no sync).
     append(&mut w, 1);
-    // ...and the writer thread writes it (no sync) shortly after.
-    let mut waited = 0;
-    while sink.len() == header_len && waited < 200 {
-        std::thread::sleep(Duration::from_millis(10));
-        waited += 1;
-    }
-    assert!(sink.len() > header_len, "a chunk reached the kernel within the flush interval");
+    wait_until("the closed chunk written", || sink.len() > header_len);
     for i in 2..3000 {
         append(&mut w, i);
     }
@@ -148,14 +155,11 @@ fn never_does_not_sync_until_finish_but_still_hands_chunks_to_the_kernel() {
 fn poll_flush_closes_an_idle_chunk() {
     let (mut w, sink) = writer(SyncMode::Chunk, Duration::from_millis(20));
     append(&mut w, 0);
-    std::thread::sleep(Duration::from_millis(80));
+    wait_until("the flush interval noticed", || w.flush_due());
+    assert_eq!(sink.durable_records(), 0);
     // What the engine calls while the guest halts: no new record needed.
     w.poll_flush().unwrap();
-    let mut waited = 0;
-    while sink.durable_records() == 0 && waited < 200 {
-        std::thread::sleep(Duration::from_millis(10));
-        waited += 1;
-    }
+    wait_until("the idle chunk written and synced", || sink.durable_records() > 0);
     assert_eq!(sink.durable_records(), 1, "the idle chunk was written and synced");
     w.finish().unwrap();
 }

@@ -118,7 +118,8 @@ fn owned() -> impl Strategy<Value = Owned> {
             .prop_map(|(a, b, c, d)| Owned::Hypercall(a, b, c, d)),
         (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>())
             .prop_map(|(a, b, c, d)| Owned::Debug(a, b, c, d)),
-        (any::<u32>(), prop::collection::vec(any::<u8>(), 0..300)).prop_map(|(a, b)| Owned::Raw(a, b)),
+        (any::<u32>(), prop::collection::vec(any::<u8>(), 0..=MAX_RAW_EXIT_DATA))
+            .prop_map(|(a, b)| Owned::Raw(a, b)),
         (any::<u32>(), any::<u32>()).prop_map(|(a, b)| Owned::Interrupt(a, b)),
         any::<bool>().prop_map(Owned::Window),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c)| Owned::Checkpoint(a, b, c)),

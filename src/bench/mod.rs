@@ -1,7 +1,11 @@
 //! `vmrr bench`: every figure measured side by side in one process, medians over
 //! repetitions, modes interleaved within each repetition so that their ratios share the
-//! machine's noise. See docs/PERFORMANCE.md for what each figure means.
+//! machine's noise (`interleave`), each compared figure with its 95% confidence interval
+//! (`interval`), repeated until the intervals are narrower than 2 points or the time
+//! allowance is spent. See docs/PERFORMANCE.md for what each figure means.
 
+mod interleave;
+mod interval;
 mod plot;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +20,8 @@ use vmrr_engine::snapshot::{self, snapshot_dir};
 use vmrr_format::{NullSink, TraceReader, TraceWriter, WriterOptions};
 
 use crate::exit_code::{CliError, CliResult};
+use interleave::{Allowance, Compared, Difference, interleaved};
+use interval::{Estimate, estimate};
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +31,15 @@ struct Plan {
     floor: u64,
     encode: u64,
     resets: usize,
+    /// Each exit storm's plain/record/replay comparison.
+    storms: Allowance,
+    /// The checkpoint-overhead comparison (its runs last `paced_secs` each).
+    overhead: Allowance,
+    paced_secs: f64,
 }
+
+/// The widest interval a compared figure may have: 2 points of a fraction.
+const TWO_POINTS: f64 = 0.02;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -418,41 +432,61 @@ fn paced_run(pages: u64, secs: f64, every: Every, dir: &Path) -> Result<(f64, f6
 /// Throughput lost to a checkpoint every second by a guest dirtying 10% of 1 GiB per
 /// second, recorded: `1 - rounds/s with / rounds/s without`, for background and
 /// stopped-world capture, and for the dirty log alone read and forgotten every second (KVM
-/// write-protecting the pages again: the part no capture design avoids) (runs interleaved,
-/// medians); and the dirty rate achieved (% of memory per second, without checkpoints).
-fn checkpoint_overhead(reps: usize, secs: f64, dir: &Path) -> Result<Overhead, CliError> {
+/// write-protecting the pages again: the part no capture design avoids); and background
+/// against the dirty log alone. The four runs of a repetition are interleaved (see
+/// `interleave`); the dirty rate achieved is the run without checkpoints'.
+fn checkpoint_overhead(allow: Allowance, secs: f64, dir: &Path) -> Result<Overhead, CliError> {
     use vmrr_engine::checkpoint::{CaptureMode, DEFAULT_BUFFER_BYTES};
     let total = ((1u64 << 30) - vmrr_engine::guests::CHURN_START) as f64 / 4096.0;
     let pages = paced_pages(total * 0.10)?;
-    let (mut bg, mut sw, mut log, mut rate) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let background = CaptureMode::Background { budget_bytes: DEFAULT_BUFFER_BYTES };
-    for _ in 0..reps {
-        let (base, dirtied) = paced_run(pages, secs, Every::Nothing, dir)?;
-        let (b, _) = paced_run(pages, secs, Every::Checkpoint(background), dir)?;
-        let (s, _) = paced_run(pages, secs, Every::Checkpoint(CaptureMode::StopWorld), dir)?;
-        let (l, _) = paced_run(pages, secs, Every::ForgetDirtyLog, dir)?;
-        bg.push(1.0 - ratio(b, base));
-        sw.push(1.0 - ratio(s, base));
-        log.push(1.0 - ratio(l, base));
-        rate.push(100.0 * dirtied / total);
-    }
-    Ok(Overhead {
-        background: median(&mut bg),
-        stop_world: median(&mut sw),
-        dirty_log: median(&mut log),
-        rate: median(&mut rate),
-    })
+    let modes = [
+        Every::Nothing,
+        Every::Checkpoint(background),
+        Every::Checkpoint(CaptureMode::StopWorld),
+        Every::ForgetDirtyLog,
+    ];
+    let mut rate = Vec::new();
+    let c = interleaved(
+        modes.len(),
+        allow,
+        &[
+            Difference { name: "checkpoint_overhead", of: |m| lost(m, 1) },
+            Difference { name: "checkpoint_overhead_stop_world", of: |m| lost(m, 2) },
+            Difference { name: "checkpoint_overhead_dirty_log_only", of: |m| lost(m, 3) },
+            Difference {
+                name: "checkpoint_overhead_background_vs_dirty_log",
+                of: |m| lost(m, 1) - lost(m, 3),
+            },
+        ],
+        |mode, _| {
+            let (rounds, dirtied) = paced_run(pages, secs, modes[mode], dir)?;
+            if mode == 0 {
+                rate.push(100.0 * dirtied / total);
+            }
+            Ok(rounds)
+        },
+    )?;
+    Ok(Overhead { compared: c, rate: estimate(&rate).median })
+}
+
+/// Throughput lost by mode `i` of a checkpoint-overhead repetition against mode 0 (no
+/// checkpoints).
+fn lost(m: &[f64], i: usize) -> f64 {
+    1.0 - ratio(m[i], m[0])
 }
 
 /// What [`checkpoint_overhead`] measured.
 struct Overhead {
-    background: f64,
-    stop_world: f64,
-    dirty_log: f64,
+    compared: Compared,
     rate: f64,
 }
 
-fn resets(count: usize, dir: &Path) -> Result<(f64, f64, u64), CliError> {
+/// In-place resets at 64 dirty pages, `count` of them in 10 blocks or more: resets per
+/// second (a block's rate is one over its median reset time; the figure is the median block
+/// and its interval), run-and-reset cycles per second, and the dirty pages each reset
+/// found.
+fn resets(count: usize, dir: &Path) -> Result<(Estimate, f64, u64), CliError> {
     let mut m = build(&cfg("dirty-pages", Some(64), 128 << 20, true))?;
     let root = dir.join("reset");
     m.set_max_exits(Some(1));
@@ -462,10 +496,12 @@ fn resets(count: usize, dir: &Path) -> Result<(f64, f64, u64), CliError> {
     let chain = snapshot::load_chain(&snapshot_dir(&root, 0), u64::MAX).map_err(|e| err("load", e))?;
     let mut m = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), true)
         .map_err(|e| err("restore", e))?;
-    let mut times = Vec::with_capacity(count);
+    let block = (count / 20).max(10);
+    let mut rates = Vec::new();
+    let mut times = Vec::with_capacity(block);
     let mut dirty = 0;
     let t0 = Instant::now();
-    for _ in 0..count {
+    for i in 0..count.max(10 * block) {
         // The guest dirties 64 pages and exits...
         while !m.run_to_exit()? {}
         // ...and goes back to the snapshot.
@@ -473,10 +509,24 @@ fn resets(count: usize, dir: &Path) -> Result<(f64, f64, u64), CliError> {
         let st = snapshot::reset(&mut m, &chain).map_err(|e| err("reset", e))?;
         times.push(t.elapsed().as_secs_f64());
         dirty = st.dirty_pages;
+        if (i + 1) % block == 0 {
+            rates.push(1.0 / median(&mut times));
+            times.clear();
+        }
     }
-    let cycle = count as f64 / t0.elapsed().as_secs_f64();
+    let cycle = count.max(10 * block) as f64 / t0.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&root);
-    Ok((1.0 / median(&mut times), cycle, dirty))
+    Ok((estimate(&rates), cycle, dirty))
+}
+
+/// The interval of `e` as JSON: `[low, high]`, or `null` with too few values for one.
+fn ci(e: &Estimate) -> Value {
+    e.ci95.map_or(Value::Null, |(lo, hi)| json!([lo, hi]))
+}
+
+/// What a comparison's JSON says about its repetitions.
+fn interval_note(c: &Compared) -> Value {
+    json!({"repetitions": c.modes.first().map_or(0, Vec::len), "within_2_points": c.converged, "seconds": c.seconds})
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -484,12 +534,42 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 /// Runs the benchmark.
-pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
-    let plan = if quick {
-        Plan { reps: 3, storm: 10_000, floor: 10_000, encode: 2_000_000, resets: 200 }
+pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>, allowance: Option<Duration>) -> CliResult {
+    let storms = |min_reps, time| Allowance { min_reps, max_reps: 400, time, width: TWO_POINTS };
+    let mut plan = if quick {
+        Plan {
+            reps: 3,
+            storm: 10_000,
+            floor: 10_000,
+            encode: 2_000_000,
+            resets: 200,
+            storms: storms(interval::MIN_VALUES, Duration::from_secs(10)),
+            // One repetition: the quick run shows the figures, not their intervals.
+            overhead: Allowance { min_reps: 1, max_reps: 1, time: Duration::ZERO, width: TWO_POINTS },
+            paced_secs: 3.0,
+        }
     } else {
-        Plan { reps: 7, storm: 60_000, floor: 50_000, encode: 10_000_000, resets: 2000 }
+        Plan {
+            reps: 7,
+            storm: 60_000,
+            floor: 50_000,
+            encode: 10_000_000,
+            resets: 2000,
+            storms: storms(7, Duration::from_secs(180)),
+            overhead: Allowance {
+                min_reps: interval::MIN_VALUES,
+                max_reps: 200,
+                time: Duration::from_secs(1200),
+                width: TWO_POINTS,
+            },
+            paced_secs: 5.0,
+        }
     };
+    if let Some(t) = allowance {
+        plan.storms.time = t;
+        plan.overhead.time = t;
+        plan.overhead.max_reps = plan.overhead.max_reps.max(plan.overhead.min_reps);
+    }
     let t0 = Instant::now();
     let work = tempfile::Builder::new().prefix("vmrr-bench-").tempdir().map_err(|e| err("temp dir", e))?;
     let dir = work.path();
@@ -510,32 +590,57 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
         rec_ns_z.push(record_work(plan.encode, true)?.0);
     }
     let mut modes: Value = json!({});
+    let mut intervals: Value = json!({});
     let mut bytes_per_exit = 0.0;
     let mut decode = Vec::new();
     for guest in ["pio-storm", "mmio-storm"] {
-        say(&format!("{guest}: plain, record, replay x{}", plan.reps));
-        let (mut p, mut r, mut rp, mut over, mut rvr) = (vec![], vec![], vec![], vec![], vec![]);
-        for i in 0..plan.reps {
-            let trace = dir.join(format!("{guest}-{i}.vmrr"));
-            let a = plain(guest, plan.storm)?;
-            let (b, stored, exits) = record(guest, plan.storm, &trace)?;
-            let c = replay(&trace)?;
-            if guest == "pio-storm" {
-                bytes_per_exit = stored as f64 / exits as f64;
-                decode.push(decode_rate(&trace)?);
-            }
-            let _ = std::fs::remove_file(&trace);
-            p.push(a);
-            r.push(b);
-            rp.push(c);
-            over.push(1.0 - ratio(b, a));
-            rvr.push(ratio(c, b));
+        say(&format!("{guest}: plain, record, replay, interleaved until the intervals are within 2 points"));
+        // The replay mode replays the trace the record mode wrote last (in this repetition
+        // or the one before: the first repetition records first).
+        let mut latest: Option<PathBuf> = None;
+        let c = interleaved(
+            3,
+            plan.storms,
+            &[
+                Difference { name: "record_overhead", of: |m| 1.0 - ratio(m[1], m[0]) },
+                Difference { name: "replay_vs_record", of: |m| ratio(m[2], m[1]) },
+            ],
+            |mode, rep| match mode {
+                0 => plain(guest, plan.storm),
+                1 => {
+                    let p = dir.join(format!("{guest}-{rep}.vmrr"));
+                    let (rate, stored, exits) = record(guest, plan.storm, &p)?;
+                    if guest == "pio-storm" {
+                        bytes_per_exit = stored as f64 / exits as f64;
+                    }
+                    if let Some(old) = latest.replace(p) {
+                        let _ = std::fs::remove_file(old);
+                    }
+                    Ok(rate)
+                }
+                _ => {
+                    let p = latest.clone().ok_or_else(|| err("replay", "no trace recorded yet"))?;
+                    let r = replay(&p)?;
+                    if guest == "pio-storm" {
+                        decode.push(decode_rate(&p)?);
+                    }
+                    Ok(r)
+                }
+            },
+        )?;
+        if let Some(old) = latest.take() {
+            let _ = std::fs::remove_file(old);
         }
+        let (p, r, rp) = (c.mode(0), c.mode(1), c.mode(2));
+        let (over, rvr) = (c.difference("record_overhead"), c.difference("replay_vs_record"));
         modes[guest] = json!({
-            "plain_exits_per_s": median(&mut p), "record_exits_per_s": median(&mut r),
-            "replay_exits_per_s": median(&mut rp), "record_overhead": median(&mut over),
-            "replay_vs_record": median(&mut rvr),
+            "plain_exits_per_s": p.median, "plain_exits_per_s_ci95": ci(&p),
+            "record_exits_per_s": r.median, "record_exits_per_s_ci95": ci(&r),
+            "replay_exits_per_s": rp.median, "replay_exits_per_s_ci95": ci(&rp),
+            "record_overhead": over.median, "record_overhead_ci95": ci(&over),
+            "replay_vs_record": rvr.median, "replay_vs_record_ci95": ci(&rvr),
         });
+        intervals[guest] = interval_note(&c);
     }
     let (mut restore, mut restore_warm, mut restore_remap, mut restore_whole, mut restore_load, mut memslot) =
         (json!({}), json!({}), json!({}), json!({}), json!({}), json!({}));
@@ -564,7 +669,9 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
         capture_pages[pct.to_string()] = json!(b.pages.min(s.pages));
     }
     say("checkpoint overhead: 10% of 1 GiB dirtied per second, a checkpoint every second");
-    let overhead = checkpoint_overhead(if quick { 1 } else { 3 }, if quick { 3.0 } else { 5.0 }, dir)?;
+    let overhead = checkpoint_overhead(plan.overhead, plan.paced_secs, dir)?;
+    intervals["checkpoint_overhead"] = interval_note(&overhead.compared);
+    let over = |k: &str| overhead.compared.difference(k);
     say("in-place resets at 64 dirty pages");
     let (rps, cycles, dirty) = resets(plan.resets, dir)?;
     let pio = &modes["pio-storm"];
@@ -597,15 +704,35 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>) -> CliResult {
         "capture_durable_ms": capture_durable,
         "capture_pause_stop_world_ms": capture_sw,
         "capture_dirty_pages": capture_pages,
-        "checkpoint_overhead": overhead.background,
-        "checkpoint_overhead_stop_world": overhead.stop_world,
-        "checkpoint_overhead_dirty_log_only": overhead.dirty_log,
         "checkpoint_overhead_dirty_pct_per_s": overhead.rate,
-        "resets_per_s": rps,
+        "intervals": intervals,
+        "resets_per_s": rps.median,
+        "resets_per_s_ci95": ci(&rps),
         "reset_cycles_per_s": cycles,
         "reset_dirty_pages": dirty,
         "seconds": t0.elapsed().as_secs_f64(),
     });
+    let mut report = report;
+    // The pio storm's figures and their intervals at the top level, as before.
+    for k in [
+        "plain_exits_per_s",
+        "record_exits_per_s",
+        "replay_exits_per_s",
+        "record_overhead",
+        "replay_vs_record",
+    ] {
+        report[format!("{k}_ci95")] = pio[format!("{k}_ci95")].clone();
+    }
+    for k in [
+        "checkpoint_overhead",
+        "checkpoint_overhead_stop_world",
+        "checkpoint_overhead_dirty_log_only",
+        "checkpoint_overhead_background_vs_dirty_log",
+    ] {
+        let e = over(k);
+        report[k] = json!(e.median);
+        report[format!("{k}_ci95")] = ci(&e);
+    }
     if let Some(d) = plot_dir {
         write_plots(d, &report)?;
     }
@@ -623,7 +750,7 @@ fn f(v: &Value) -> f64 {
 
 fn print_human(r: &Value) {
     println!(
-        "vmrr bench ({}; {} repetitions, medians; {:.0} s)",
+        "vmrr bench ({}; {} repetitions of absolute figures, medians; compared figures with their 95% intervals; {:.0} s)",
         if r["quick"] == true { "quick" } else { "full" },
         r["repetitions"],
         f(&r["seconds"])
@@ -637,12 +764,14 @@ fn print_human(r: &Value) {
     );
     for (name, m) in [("pio-storm", r.clone()), ("mmio-storm", r["mmio"].clone())] {
         println!(
-            "  {name:<10} plain {:>8.0}/s  record {:>8.0}/s  replay {:>8.0}/s  overhead {:>5.1}%  replay/record {:.2}",
+            "  {name:<10} plain {:>8.0}/s  record {:>8.0}/s  replay {:>8.0}/s  overhead {}  replay/record {:.2} {}  ({})",
             f(&m["plain_exits_per_s"]),
             f(&m["record_exits_per_s"]),
             f(&m["replay_exits_per_s"]),
-            100.0 * f(&m["record_overhead"]),
-            f(&m["replay_vs_record"])
+            pct_ci(&m["record_overhead"], &m["record_overhead_ci95"]),
+            f(&m["replay_vs_record"]),
+            ratio_ci(&m["replay_vs_record_ci95"]),
+            reps_note(&r["intervals"][name])
         );
     }
     println!(
@@ -677,19 +806,55 @@ fn print_human(r: &Value) {
         f(&r["capture_pause_stop_world_ms"]["1"]),
         f(&r["capture_pause_stop_world_ms"]["10"])
     );
+    let k = |key: &str| pct_ci(&r[key], &r[format!("{key}_ci95")]);
     println!(
-        "  checkpoint every second, guest dirtying {:.1}% of 1 GiB/s: throughput lost {:.1}% (background), {:.1}% (stopped world), {:.1}% (dirty log alone)",
+        "  checkpoint every second, guest dirtying {:.1}% of 1 GiB/s: throughput lost {} (background), {} (stopped world), {} (dirty log alone); background - dirty log alone {}  ({})",
         f(&r["checkpoint_overhead_dirty_pct_per_s"]),
-        100.0 * f(&r["checkpoint_overhead"]),
-        100.0 * f(&r["checkpoint_overhead_stop_world"]),
-        100.0 * f(&r["checkpoint_overhead_dirty_log_only"])
+        k("checkpoint_overhead"),
+        k("checkpoint_overhead_stop_world"),
+        k("checkpoint_overhead_dirty_log_only"),
+        k("checkpoint_overhead_background_vs_dirty_log"),
+        reps_note(&r["intervals"]["checkpoint_overhead"])
     );
+    let resets_ci = match r["resets_per_s_ci95"].as_array().map(|a| (f(&a[0]), f(&a[1]))) {
+        Some((lo, hi)) => format!(" [{lo:.0}, {hi:.0}]"),
+        None => String::new(),
+    };
     println!(
-        "  in-place reset at {} dirty pages: {:.0} resets/s ({:.0} run+reset cycles/s)",
+        "  in-place reset at {} dirty pages: {:.0}{resets_ci} resets/s ({:.0} run+reset cycles/s)",
         r["reset_dirty_pages"],
         f(&r["resets_per_s"]),
         f(&r["reset_cycles_per_s"])
     );
+}
+
+/// A fraction as a percentage with its 95% interval: `5.1% [3.2, 7.0]`, or `5.1% [no
+/// interval]` with too few repetitions.
+fn pct_ci(v: &Value, ci: &Value) -> String {
+    match ci.as_array().map(|a| (f(&a[0]), f(&a[1]))) {
+        Some((lo, hi)) => format!("{:.1}% [{:.1}, {:.1}]", 100.0 * f(v), 100.0 * lo, 100.0 * hi),
+        None => format!("{:.1}% [no interval]", 100.0 * f(v)),
+    }
+}
+
+/// A ratio's 95% interval: `[0.93, 0.98]`, or nothing without one.
+fn ratio_ci(ci: &Value) -> String {
+    match ci.as_array().map(|a| (f(&a[0]), f(&a[1]))) {
+        Some((lo, hi)) => format!("[{lo:.2}, {hi:.2}]"),
+        None => "[no interval]".into(),
+    }
+}
+
+/// `12 repetitions, within 2 points` or `... not within 2 points in the allowance`.
+fn reps_note(i: &Value) -> String {
+    let n = i["repetitions"].as_u64().unwrap_or(0);
+    if n < interval::MIN_VALUES as u64 {
+        format!("{n} repetitions: too few for an interval")
+    } else if i["within_2_points"] == true {
+        format!("{n} repetitions, intervals within 2 points")
+    } else {
+        format!("{n} repetitions, intervals not within 2 points in the time allowed")
+    }
 }
 
 fn write_plots(dir: &Path, r: &Value) -> CliResult {

@@ -1,6 +1,6 @@
 //! Small SVG charts (no dependencies): horizontal bars with labels and values.
 
-use vmrr_format::profile::svg::{self, esc};
+use crate::profile::svg::{self, esc};
 
 /// One bar.
 pub struct Bar {

@@ -8,8 +8,9 @@ use vmrr_format::{ReadError, TraceReader, describe};
 use super::out_line;
 use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 
-/// Prints records `from..from+count`. Damaged regions are reported on stderr and skipped;
-/// the exit code is then 3 after everything readable was printed.
+/// Prints records `from..from+count`. Damaged regions (and a damaged trailer or index) are
+/// reported on stderr and skipped; the exit code is then 3 after everything readable was
+/// printed.
 pub fn run(file: &Path, from: Option<u64>, count: Option<u64>, json: bool) -> CliResult {
     let mut r = TraceReader::open(file)?;
     if let Some(seq) = from {
@@ -17,7 +18,13 @@ pub fn run(file: &Path, from: Option<u64>, count: Option<u64>, json: bool) -> Cl
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut printed = 0u64;
+    // A trailer or index that fails its own checks is damage too (FORMAT.md §8.7), though
+    // every record still reads by scanning.
     let mut damaged = false;
+    if let Some(e) = r.index_damage() {
+        damaged = true;
+        eprintln!("vmrr: damaged: {}", ReadError::Invalid { path: r.name().to_string(), error: e.clone() });
+    }
     while count.is_none_or(|c| printed < c) {
         let Some(item) = r.next_record() else { break };
         match item {

@@ -1,15 +1,15 @@
 //! `vmrr profile`: where exit-handling time goes (the CLI face of
-//! `vmrr_format::profile`): a table per exit kind, port, MMIO address or MSR, a comparison
+//! `crate::profile`): a table per exit kind, port, MMIO address or MSR, a comparison
 //! of two runs (`--vs`), and SVG pictures (`--svg`).
 
 use std::path::{Path, PathBuf};
 
-use vmrr_format::TraceReader;
-use vmrr_format::describe::duration;
-use vmrr_format::profile::{
+use crate::profile::{
     self, By, CompareRow, Profile, ProfileOptions, Table, Verdict, compare_tables, latency_svg, profile_json,
     rate_svg,
 };
+use vmrr_format::TraceReader;
+use vmrr_format::describe::duration;
 
 use super::{out_line, print_json};
 use crate::exit_code::{CliError, CliResult, INVALID_INPUT};

@@ -1,12 +1,12 @@
 //! `vmrr timeline`: a trace as Chrome trace-event JSON for Perfetto and `chrome://tracing`
-//! (`vmrr_format::profile::write_timeline` does the work).
+//! (`crate::profile::write_timeline` does the work).
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
+use crate::profile::{Marker, TimelineOptions, write_timeline};
 use serde_json::{Value, json};
 use vmrr_format::TraceReader;
-use vmrr_format::profile::{Marker, TimelineOptions, write_timeline};
 
 use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 
@@ -106,8 +106,8 @@ pub fn run(args: &TimelineArgs) -> CliResult {
     let mut summary = None;
     super::write_file_atomically(&args.out, |w| {
         let s = write_timeline(&mut reader, &markers, &opts, w).map_err(|e| match e {
-            vmrr_format::profile::TimelineError::Read(r) => CliError::Trace(r),
-            vmrr_format::profile::TimelineError::Write(source) => {
+            crate::profile::TimelineError::Read(r) => CliError::Trace(r),
+            crate::profile::TimelineError::Write(source) => {
                 CliError::Output { context: format!("writing {}", args.out.display()), source }
             }
         })?;

@@ -25,11 +25,15 @@ fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
     if let Some((bit, desc)) = r.header().unknown_replay_required().first() {
         // The repairer cannot vouch that a feature it does not know still describes the
         // rewritten file, and dropping it would make the copy look replayable.
-        return Err(CliError::Usage(format!(
-            "{}: cannot repair: replay-required feature {} (bit {bit}) is unknown to this vmrr",
-            file.display(),
-            desc.map_or_else(|| "?".to_string(), |d| format!("'{}'", d.name)),
-        )));
+        // Exit 3, as for every trace that needs a feature this vmrr lacks (README).
+        return Err(CliError::Coded {
+            code: INVALID_INPUT,
+            message: format!(
+                "{}: cannot repair: replay-required feature {} (bit {bit}) is unknown to this vmrr",
+                file.display(),
+                desc.map_or_else(|| "?".to_string(), |d| format!("'{}'", d.name)),
+            ),
+        });
     }
     let dir = output::directory_of(out);
     let (tmp, f) =

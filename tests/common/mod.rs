@@ -137,6 +137,42 @@ pub struct Measured {
     pub stderr: String,
     /// Peak resident set of the child, KiB (`ru_maxrss` from `wait4`).
     pub max_rss_kib: u64,
+    /// What the child read and wrote, as the kernel counted it (`/proc/PID/io`, read when
+    /// it had exited and before it was reaped): the work done, whatever the time taken.
+    pub io: ChildIo,
+}
+
+/// A process's read and write system calls and the bytes they moved (`rchar`, `syscr`,
+/// `wchar`, `syscw` of `/proc/PID/io`; files, pipes and sockets alike, page cache
+/// included, memory mappings not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChildIo {
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Read calls.
+    pub read_calls: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Write calls.
+    pub write_calls: u64,
+}
+
+impl ChildIo {
+    fn of(pid: libc::pid_t) -> Self {
+        let text =
+            std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io of the exited child");
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc/{pid}/io: {text}"))
+        };
+        ChildIo {
+            read_bytes: field("rchar"),
+            read_calls: field("syscr"),
+            write_bytes: field("wchar"),
+            write_calls: field("syscw"),
+        }
+    }
 }
 
 /// A running `vmrr` whose own peak memory is measured when it ends.
@@ -209,6 +245,27 @@ impl MeasuredChild {
     /// includes this process's own peak when it was started: spawning shares the address
     /// space until `exec`. Tests that measure keep their own memory small.)
     pub fn wait(self) -> Measured {
+        // Wait for the exit without reaping, so that its counters can still be read.
+        // SAFETY: all-zero is a valid `siginfo_t`.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: `pid` is our own unreaped child; `info` is valid for writes. WNOWAIT
+            // leaves it to `wait4` below.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    libc::id_t::try_from(self.pid).expect("pid"),
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "waitid: {e}");
+        }
+        let io = ChildIo::of(self.pid);
         let mut status = 0;
         // SAFETY: all-zero is a valid `rusage`.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -222,6 +279,7 @@ impl MeasuredChild {
             stdout: self.out.join().expect("stdout reader"),
             stderr: String::from_utf8_lossy(&self.err.join().expect("stderr reader")).into_owned(),
             max_rss_kib: u64::try_from(ru.ru_maxrss).unwrap_or(0),
+            io,
         }
     }
 }

@@ -208,7 +208,7 @@ impl ExitClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmrr_format::profile::Axes;
+    use vmrr_format::axis::Axes;
 
     #[test]
     fn payloads_rebuild_the_exit_instants_without_drift() {

@@ -121,59 +121,10 @@ fn guest_files(
 /// bundle would exceed a reader's caps, `out` may not be written, or writing failed.
 pub fn pack(trace: &Path, out: &Path, opts: &PackOptions<'_>) -> Result<Manifest, BundleError> {
     let overview = crate::overview::scan(trace)?;
-    let root = layout::snapshots_of(trace);
     let mut files: Vec<(String, PathBuf, Storage)> =
         vec![(TRACE_ENTRY.into(), trace.to_path_buf(), Storage::Zstd)];
-    let mut minor = MINOR;
-    for g in guest_files(&overview, opts.guest_file.as_deref(), opts.initrd_file.as_deref()) {
-        let failed = |source: Box<dyn std::error::Error + Send + Sync>| BundleError::GuestFile {
-            what: g.what,
-            flag: g.flag,
-            path: g.path.clone(),
-            source,
-        };
-        let (_, md) = crate::input::open_regular(&g.path).map_err(|e| failed(e.into()))?;
-        if md.len() > g.cap {
-            return Err(failed(format!("{} bytes, over the limit of {}", md.len(), g.cap).into()));
-        }
-        if let (Some(key), Some(check)) = (g.sha256_key, opts.identity) {
-            if let Some(sha) = overview.annotation(key) {
-                check(&g.path, sha).map_err(failed)?;
-            }
-        }
-        if g.entry == KERNEL_ENTRY {
-            minor = MINOR_KERNEL;
-        }
-        files.push((g.entry.into(), g.path.clone(), Storage::Zstd));
-    }
-    let mut ids = Vec::new();
-    for c in &overview.checkpoints {
-        let dir = layout::snapshot_dir(&root, c.snapshot_id);
-        (opts.check)(&dir).map_err(|source| BundleError::Snapshot { dir: dir.clone(), source })?;
-        ids.push(c.snapshot_id);
-        let base = format!("{SNAPSHOTS_ENTRY}/{}", layout::snapshot_dir_name(c.snapshot_id));
-        files.push((format!("{base}/{}", layout::STATE_FILE), dir.join(layout::STATE_FILE), Storage::Zstd));
-        let rd = std::fs::read_dir(&dir).map_err(file_err("reading", &dir))?;
-        let mut mems: Vec<(u32, PathBuf)> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter_map(|p| {
-                let slot = layout::memory_file_slot(p.file_name()?.to_str()?)?;
-                Some((slot, p))
-            })
-            .collect();
-        mems.sort();
-        for (slot, p) in mems {
-            files.push((format!("{base}/{}", layout::memory_file_name(slot)), p, Storage::Sparse));
-        }
-        if files.len() > MAX_ENTRIES {
-            return Err(BundleError::TooLarge {
-                path: trace.display().to_string(),
-                reason: format!(
-                    "the bundle would hold more than {MAX_ENTRIES} files (the most a reader accepts)"
-                ),
-            });
-        }
-    }
+    let minor = guest_entries(&overview, opts, &mut files)?;
+    let ids = snapshot_entries(&overview, trace, opts, &mut files)?;
     // Before anything is written: the output is none of the inputs, and not something
     // that may not be replaced.
     let inputs: Vec<&Path> = files.iter().map(|(_, p, _)| p.as_path()).collect();
@@ -244,6 +195,79 @@ pub fn pack(trace: &Path, out: &Path, opts: &PackOptions<'_>) -> Result<Manifest
         _ => BundleError::File(crate::FileError { what: "renaming into", path: out.to_path_buf(), source }),
     })?;
     Ok(m)
+}
+
+/// Adds the guest files the trace runs (image or firmware, kernel and initramfs) to
+/// `files`, each a regular file within its cap and, where the trace recorded its SHA-256,
+/// the same file; returns the bundle minor version they need.
+fn guest_entries(
+    overview: &crate::overview::TraceOverview,
+    opts: &PackOptions<'_>,
+    files: &mut Vec<(String, PathBuf, Storage)>,
+) -> Result<u16, BundleError> {
+    let mut minor = MINOR;
+    for g in guest_files(overview, opts.guest_file.as_deref(), opts.initrd_file.as_deref()) {
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| BundleError::GuestFile {
+            what: g.what,
+            flag: g.flag,
+            path: g.path.clone(),
+            source,
+        };
+        let (_, md) = crate::input::open_regular(&g.path).map_err(|e| failed(e.into()))?;
+        if md.len() > g.cap {
+            return Err(failed(format!("{} bytes, over the limit of {}", md.len(), g.cap).into()));
+        }
+        if let (Some(key), Some(check)) = (g.sha256_key, opts.identity) {
+            if let Some(sha) = overview.annotation(key) {
+                check(&g.path, sha).map_err(failed)?;
+            }
+        }
+        if g.entry == KERNEL_ENTRY {
+            minor = MINOR_KERNEL;
+        }
+        files.push((g.entry.into(), g.path.clone(), Storage::Zstd));
+    }
+    Ok(minor)
+}
+
+/// Adds every snapshot the trace's checkpoint records reference (its state and memory
+/// files, after `opts.check` accepted it) to `files`; returns their ids.
+fn snapshot_entries(
+    overview: &crate::overview::TraceOverview,
+    trace: &Path,
+    opts: &PackOptions<'_>,
+    files: &mut Vec<(String, PathBuf, Storage)>,
+) -> Result<Vec<u64>, BundleError> {
+    let root = layout::snapshots_of(trace);
+    let mut ids = Vec::new();
+    for c in &overview.checkpoints {
+        let dir = layout::snapshot_dir(&root, c.snapshot_id);
+        (opts.check)(&dir).map_err(|source| BundleError::Snapshot { dir: dir.clone(), source })?;
+        ids.push(c.snapshot_id);
+        let base = format!("{SNAPSHOTS_ENTRY}/{}", layout::snapshot_dir_name(c.snapshot_id));
+        files.push((format!("{base}/{}", layout::STATE_FILE), dir.join(layout::STATE_FILE), Storage::Zstd));
+        let rd = std::fs::read_dir(&dir).map_err(file_err("reading", &dir))?;
+        let mut mems: Vec<(u32, PathBuf)> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| {
+                let slot = layout::memory_file_slot(p.file_name()?.to_str()?)?;
+                Some((slot, p))
+            })
+            .collect();
+        mems.sort();
+        for (slot, p) in mems {
+            files.push((format!("{base}/{}", layout::memory_file_name(slot)), p, Storage::Sparse));
+        }
+        if files.len() > MAX_ENTRIES {
+            return Err(BundleError::TooLarge {
+                path: trace.display().to_string(),
+                reason: format!(
+                    "the bundle would hold more than {MAX_ENTRIES} files (the most a reader accepts)"
+                ),
+            });
+        }
+    }
+    Ok(ids)
 }
 
 /// Streams `f` (`size` bytes) into `out` as one zstd frame.

@@ -26,6 +26,14 @@ pub fn read_manifest(src: &Path, budgets: &Budgets) -> Result<Manifest, BundleEr
 }
 
 fn read_manifest_from(f: &File, len: u64, src: &Path, budgets: &Budgets) -> Result<Manifest, BundleError> {
+    let (m, manifest_end) = read_raw_manifest(f, len, src)?;
+    check_entries(&m, manifest_end, len, src, budgets)?;
+    Ok(m)
+}
+
+/// The header checked (magic, checksum, version, reserved field, manifest size) and the
+/// manifest read, checksummed and parsed; returns it and where the payload starts.
+fn read_raw_manifest(f: &File, len: u64, src: &Path) -> Result<(Manifest, u64), BundleError> {
     let mut h = [0u8; 32];
     if len < HEADER {
         return Err(invalid(src, 0, format!("truncated: {len} bytes, the header needs {HEADER}")));
@@ -61,7 +69,20 @@ fn read_manifest_from(f: &File, len: u64, src: &Path, budgets: &Budgets) -> Resu
     }
     let m: Manifest =
         serde_json::from_slice(&json).map_err(|e| invalid(src, HEADER, format!("manifest: {e}")))?;
-    drop(json);
+    Ok((m, HEADER + mlen))
+}
+
+/// Every entry of `m` (in a file of `len` bytes whose payload starts at `manifest_end`):
+/// a name of the layout, listed once, stored the way its kind is, within its cap and the
+/// budgets, of a listed snapshot, inside the payload; and the set of entries a bundle of
+/// one guest.
+fn check_entries(
+    m: &Manifest,
+    manifest_end: u64,
+    len: u64,
+    src: &Path,
+    budgets: &Budgets,
+) -> Result<(), BundleError> {
     let mut names = std::collections::HashSet::with_capacity(m.entries.len());
     let listed: std::collections::HashSet<u64> = m.snapshots.iter().copied().collect();
     let mut states = std::collections::HashSet::new();
@@ -77,26 +98,7 @@ fn read_manifest_from(f: &File, len: u64, src: &Path, budgets: &Budgets) -> Resu
         if e.storage != want {
             return Err(invalid(src, HEADER, format!("entry {:?} must be stored {want:?}", e.name)));
         }
-        let cap = kind.cap(budgets);
-        if e.size > cap {
-            return Err(match kind {
-                EntryKind::Memory(_) | EntryKind::Image | EntryKind::Initrd => over_budget(
-                    src,
-                    HEADER,
-                    format!(
-                        "entry {:?} asks for {} MiB of guest memory, over the limit of {} MiB (--max-mem-mib)",
-                        e.name,
-                        e.size >> 20,
-                        cap >> 20
-                    ),
-                ),
-                _ => invalid(
-                    src,
-                    HEADER,
-                    format!("entry {:?} of {} bytes exceeds its limit of {cap}", e.name, e.size),
-                ),
-            });
-        }
+        entry_within_cap(e, kind, src, budgets)?;
         match kind {
             EntryKind::State(id) | EntryKind::Memory(id) if !listed.contains(&id) => {
                 return Err(invalid(
@@ -127,7 +129,7 @@ fn read_manifest_from(f: &File, len: u64, src: &Path, budgets: &Budgets) -> Resu
             _ => {}
         }
         let end = e.offset.checked_add(e.stored);
-        if e.offset < HEADER + mlen || end.is_none_or(|x| x > len) {
+        if e.offset < manifest_end || end.is_none_or(|x| x > len) {
             return Err(invalid(src, e.offset, format!("entry {:?} lies outside the file", e.name)));
         }
     }
@@ -144,7 +146,35 @@ fn read_manifest_from(f: &File, len: u64, src: &Path, budgets: &Budgets) -> Resu
     if let Some(id) = m.snapshots.iter().find(|id| !states.contains(id)) {
         return Err(invalid(src, HEADER, format!("snapshot {id} is listed but has no state entry")));
     }
-    Ok(m)
+    Ok(())
+}
+
+/// Entry `e`, of `kind`, is no larger than its cap (guest memory's against `--max-mem-mib`).
+fn entry_within_cap(
+    e: &super::Entry,
+    kind: EntryKind,
+    src: &Path,
+    budgets: &Budgets,
+) -> Result<(), BundleError> {
+    let cap = kind.cap(budgets);
+    if e.size <= cap {
+        return Ok(());
+    }
+    Err(match kind {
+        EntryKind::Memory(_) | EntryKind::Image | EntryKind::Initrd => over_budget(
+            src,
+            HEADER,
+            format!(
+                "entry {:?} asks for {} MiB of guest memory, over the limit of {} MiB (--max-mem-mib)",
+                e.name,
+                e.size >> 20,
+                cap >> 20
+            ),
+        ),
+        _ => {
+            invalid(src, HEADER, format!("entry {:?} of {} bytes exceeds its limit of {cap}", e.name, e.size))
+        }
+    })
 }
 
 /// Free bytes for an unprivileged writer on the file system holding `dir`.

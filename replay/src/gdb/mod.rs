@@ -3,6 +3,7 @@
 //! connect (the replay keeps its place); `detach` or `kill` ends the session.
 
 mod arch;
+mod breakpoints;
 mod conn;
 mod monitor;
 mod target;

@@ -2,8 +2,6 @@
 //! breakpoints and watchpoints, and the moves gdb asks for (forward and reverse), carried
 //! out by the [`Session`].
 
-use std::collections::BTreeSet;
-
 use gdbstub::common::Signal;
 use gdbstub::stub::SingleThreadStopReason;
 use gdbstub::target::ext::base::BaseOps;
@@ -27,6 +25,7 @@ use gdbstub_arch::x86::reg::X87FpuInternalRegs;
 use kvm_bindings::kvm_regs;
 
 use super::arch::{Layout, SysRegs, VmrrRegs, VmrrX86, target_xml};
+use super::breakpoints::{CodeBreakpoints, Inserted};
 use super::conn::InterruptWatch;
 use crate::debugger::{DebugError, FailureKind, Session, Stopped, WatchKind, WatchPoint};
 
@@ -55,10 +54,8 @@ pub struct GdbTarget {
     layout: Layout,
     real_mode: bool,
     pending: Option<Move>,
-    /// Breakpoints gdb inserted as software ones (reported as such).
-    sw: BTreeSet<u64>,
-    /// Breakpoints gdb inserted as hardware ones.
-    hw: BTreeSet<u64>,
+    /// Code breakpoints, by the kind gdb inserted.
+    breakpoints: CodeBreakpoints,
     /// Memory addresses are guest-physical (`monitor phys on`).
     pub(super) phys: bool,
     /// Messages of the target's own for the next stop.
@@ -73,8 +70,7 @@ impl GdbTarget {
             layout: Layout::Amd64,
             real_mode: false,
             pending: None,
-            sw: BTreeSet::new(),
-            hw: BTreeSet::new(),
+            breakpoints: CodeBreakpoints::default(),
             phys: false,
             notes_extra: Vec::new(),
         }
@@ -90,8 +86,7 @@ impl GdbTarget {
         self.layout = if long { Layout::Amd64 } else { Layout::I386 };
         self.real_mode = sregs.is_some_and(|s| s.cr0 & CR0_PE == 0);
         self.session.clear_stops();
-        self.sw.clear();
-        self.hw.clear();
+        self.breakpoints.clear();
         self.pending = None;
     }
 
@@ -133,7 +128,7 @@ impl GdbTarget {
         use SingleThreadStopReason as R;
         match stop {
             Stopped::Step => R::DoneStep,
-            Stopped::Breakpoint(a) if self.sw.contains(a) => R::SwBreak(()),
+            Stopped::Breakpoint(a) if self.breakpoints.is_software(*a) => R::SwBreak(()),
             Stopped::Breakpoint(_) => R::HwBreak(()),
             Stopped::Watch { watch, addr } => R::Watch {
                 tid: (),
@@ -368,42 +363,24 @@ impl Breakpoints for GdbTarget {
     }
 }
 
-// Software breakpoints are kept like hardware ones (a debug register, or RIP compared
-// while single-stepping): writing `int3` would change the replayed memory, and on some
-// hosts `int3` does not exit at all.
+// Both kinds are kept the same way (`breakpoints.rs`).
 impl SwBreakpoint for GdbTarget {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let ok = self.session.add_breakpoint(addr);
-        if ok {
-            self.sw.insert(addr);
-        }
-        Ok(ok)
+        Ok(self.breakpoints.insert(&mut self.session, addr, Inserted::Software))
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let had = self.sw.remove(&addr);
-        if !self.hw.contains(&addr) {
-            self.session.remove_breakpoint(addr);
-        }
-        Ok(had)
+        Ok(self.breakpoints.remove(&mut self.session, addr, Inserted::Software))
     }
 }
 
 impl HwBreakpoint for GdbTarget {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let ok = self.session.add_breakpoint(addr);
-        if ok {
-            self.hw.insert(addr);
-        }
-        Ok(ok)
+        Ok(self.breakpoints.insert(&mut self.session, addr, Inserted::Hardware))
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let had = self.hw.remove(&addr);
-        if !self.sw.contains(&addr) {
-            self.session.remove_breakpoint(addr);
-        }
-        Ok(had)
+        Ok(self.breakpoints.remove(&mut self.session, addr, Inserted::Hardware))
     }
 }
 

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use super::profiler::Table;
 use super::rate::RateSeries;
-use crate::describe::duration;
-use crate::kind;
+use vmrr_format::describe::duration;
+use vmrr_format::kind;
 
 const W: f64 = 820.0;
 const H: f64 = 420.0;
@@ -138,13 +138,32 @@ fn decade_label(ns: u64) -> String {
     }
 }
 
+/// A tick's count: `1.5k`, `2k`, `1.2M` (a decimal only where the value has one, so two
+/// ticks never read the same).
 fn count_label(v: f64) -> String {
+    let short = |x: f64, unit: &str| {
+        let s = format!("{x:.1}");
+        format!("{}{unit}", s.strip_suffix(".0").unwrap_or(&s))
+    };
     if v >= 1e6 {
-        format!("{:.1}M", v / 1e6)
+        short(v / 1e6, "M")
     } else if v >= 1e3 {
-        format!("{:.0}k", v / 1e3)
+        short(v / 1e3, "k")
     } else {
         format!("{v:.0}")
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::count_label;
+
+    #[test]
+    fn ticks_a_half_apart_read_differently() {
+        assert_eq!(count_label(1500.0), "1.5k");
+        assert_eq!(count_label(2000.0), "2k");
+        assert_eq!(count_label(250.0), "250");
+        assert_eq!(count_label(2_500_000.0), "2.5M");
     }
 }
 
@@ -225,7 +244,7 @@ pub fn latency_svg(table: &Table, title: &str, top: usize) -> String {
             let mut bins = vec![0.0; nb];
             let n = r.handler.count() as f64;
             for (code, c) in r.handler.buckets() {
-                let v = crate::timing::time_from_code(code).unwrap_or(1).max(1) as f64;
+                let v = vmrr_format::timing::time_from_code(code).unwrap_or(1).max(1) as f64;
                 let b = ((v.log10() - d0) * PER_DECADE).floor().clamp(0.0, nbins - 1.0);
                 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                 let b = b as usize;
@@ -283,8 +302,8 @@ pub fn latency_svg(table: &Table, title: &str, top: usize) -> String {
 mod tests {
     use super::*;
     use crate::profile::{By, ProfileOptions, Profiler};
-    use crate::record::{Body, Direction, Io, Record};
-    use crate::timing::Timing;
+    use vmrr_format::timing::Timing;
+    use vmrr_format::{Body, Direction, Io, Record};
 
     #[test]
     fn pictures_are_well_formed() {

@@ -1,9 +1,11 @@
 //! Exit instants rebuilt from timing payloads, one time axis per vCPU (`docs/FORMAT.md`
 //! §5.4): each timed exit lies `prev_handler + guest` after the vCPU's previous one, and
-//! a vCPU's axis starts (0) at its first entry into the guest.
+//! a vCPU's axis starts (0) at its first entry into the guest. Only exit records are on
+//! the axis: a timing payload on an event is read and ignored.
 
 use std::collections::BTreeMap;
 
+use crate::record::Record;
 use crate::timing::Timing;
 
 /// vCPUs whose axes are followed; exits of further vCPUs are counted but not placed.
@@ -44,6 +46,16 @@ impl Axes {
         Some(Placed { at_ns, guest_ns, prev_handler_ns, prev_entry_ns })
     }
 
+    /// Places `rec` when it is a timed exit record; an event (a payload on one is read and
+    /// ignored) or an untimed exit is not on the axis.
+    #[inline]
+    pub fn place_record(&mut self, rec: &Record<'_>) -> Option<Placed> {
+        match rec.timing {
+            Some(t) if rec.body.is_exit() => self.place(rec.vcpu, &t),
+            _ => None,
+        }
+    }
+
     /// The last exit instant of `vcpu`, if it had one.
     pub fn last(&self, vcpu: u32) -> Option<u64> {
         self.last_exit.get(&vcpu).copied()
@@ -74,5 +86,17 @@ mod tests {
         assert_eq!(p.at_ns, 200);
         assert_eq!(a.place(1, &Timing::from_ns(None, 7)).unwrap().at_ns, 7);
         assert_eq!(a.end(), 200);
+    }
+
+    #[test]
+    fn only_exit_records_are_on_the_axis() {
+        use crate::record::{Body, Interrupt};
+        let t = Timing::from_ns(None, 100);
+        let mut a = Axes::default();
+        let event = Record::new(0, 0, Body::Interrupt(Interrupt { vector: 32, source: 0 })).with_timing(t);
+        assert_eq!(a.place_record(&event), None);
+        assert_eq!(a.last(0), None);
+        assert_eq!(a.place_record(&Record::new(1, 0, Body::Hlt)), None);
+        assert_eq!(a.place_record(&Record::new(2, 0, Body::Hlt).with_timing(t)).map(|p| p.at_ns), Some(100));
     }
 }

@@ -3,7 +3,7 @@
 //! stored durations are exact, in bounded memory (at most 59 blocks of 64 counters, 30 KiB,
 //! allocated only for the magnitudes that occur: a few KiB for a typical handler).
 
-use crate::timing::{MAX_TIME_CODE, time_code, time_from_code};
+use vmrr_format::timing::{MAX_TIME_CODE, time_from_code};
 
 /// Buckets per block (one exponent's mantissas).
 const BLOCK: usize = 64;
@@ -52,8 +52,9 @@ impl Histogram {
     }
 
     /// Adds one duration in nanoseconds (rounded to its time code).
+    #[cfg(test)]
     pub fn record_ns(&mut self, ns: u64) {
-        self.record_code(time_code(ns));
+        self.record_code(vmrr_format::timing::time_code(ns));
     }
 
     /// Durations recorded.
@@ -111,6 +112,7 @@ impl Histogram {
     }
 
     /// Adds every count of `other`.
+    #[cfg(test)]
     pub fn merge(&mut self, other: &Histogram) {
         for (code, n) in other.buckets() {
             self.add(code, n);
@@ -130,6 +132,7 @@ pub(crate) fn rank(q: f64, n: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmrr_format::timing::time_code;
 
     #[test]
     fn percentiles_are_exact_for_stored_values() {

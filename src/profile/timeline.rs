@@ -33,11 +33,11 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-use super::axis::{Axes, MAX_AXES};
-use crate::error::ReadError;
-use crate::kind;
-use crate::reader::TraceReader;
-use crate::record::{Body, Record, end_reason};
+use vmrr_format::ReadError;
+use vmrr_format::TraceReader;
+use vmrr_format::axis::{Axes, MAX_AXES};
+use vmrr_format::kind;
+use vmrr_format::{Body, Record, end_reason};
 
 /// Timeline settings.
 #[derive(Debug, Clone)]
@@ -378,7 +378,7 @@ impl State<'_> {
                     if !aggregated && p.instants.len() < MAX_INSTANTS_PER_EXIT {
                         p.instants.push((
                             format!("interrupt {:#x}", i.vector),
-                            json!({"seq": rec.seq, "vector": i.vector, "nmi": i.source == crate::record::INTERRUPT_NMI}),
+                            json!({"seq": rec.seq, "vector": i.vector, "nmi": i.source == vmrr_format::INTERRUPT_NMI}),
                         ));
                     }
                 }

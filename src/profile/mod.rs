@@ -10,23 +10,10 @@
 //! - [`rate_svg`], [`latency_svg`]: pictures; [`write_timeline`]: Chrome trace-event JSON
 //!   for Perfetto.
 //!
-//! ```
-//! use vmrr_format::profile::{By, ProfileOptions, Profiler};
-//! use vmrr_format::{Body, Direction, Io, Record, Timing};
-//!
-//! let mut p = Profiler::new(&ProfileOptions { by: vec![By::Port], ..Default::default() });
-//! for seq in 0..3 {
-//!     let io = Io { direction: Direction::Out, size: 1, port: 0x3f8, count: 1, data: b"x" };
-//!     let t = Timing::from_ns((seq > 0).then_some(1_500), 40_000);
-//!     p.observe(&Record::new(seq, 0, Body::Io(io)).with_timing(t));
-//! }
-//! let prof = p.finish();
-//! let serial = &prof.table(By::Port).unwrap().rows()[0];
-//! assert_eq!(serial.key.to_string(), "0x3f8:out");
-//! assert_eq!(serial.handler.quantile_ns(0.5), Some(1_504)); // 1.5 us, as stored (time code)
-//! ```
+//! The exits' instants come from [`vmrr_format::axis`], the format's time-axis rule.
+//! This room is the CLI's own (`vmrr profile`, `vmrr timeline`, the bench's pictures):
+//! the format crate keeps only the format.
 
-mod axis;
 pub mod blocks;
 mod compare;
 mod histogram;
@@ -37,20 +24,15 @@ mod report;
 pub mod svg;
 mod timeline;
 
-pub use axis::{Axes, MAX_AXES, Placed};
-pub use compare::{
-    CompareRow, DEFAULT_NOISE_FLOOR, MIN_BLOCKS, RESAMPLES, Verdict, bootstrap_ratio_ci, compare_tables,
-};
-pub use histogram::Histogram;
-pub use key::{By, Key};
-pub use profiler::{DEFAULT_MAX_KEYS, Profile, ProfileOptions, Profiler, Row, Summary, Table};
-pub use rate::{MAX_BINS, MAX_SERIES, RateSeries, Series};
-pub use report::{Dist, RowReport, profile_json, table_report};
+pub use compare::{CompareRow, Verdict, compare_tables};
+pub use key::By;
+pub use profiler::{Profile, ProfileOptions, Profiler, Row, Table};
+pub use report::{Dist, profile_json};
 pub use svg::{latency_svg, rate_svg};
-pub use timeline::{Marker, TimelineError, TimelineOptions, TimelineSummary, write_timeline};
+pub use timeline::{Marker, TimelineError, TimelineOptions, write_timeline};
 
-use crate::error::ReadError;
-use crate::reader::TraceReader;
+use vmrr_format::ReadError;
+use vmrr_format::TraceReader;
 
 /// What a trace's damage did to a pass over it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -96,4 +78,24 @@ pub fn profile_trace(
         }
     }
     Ok((p.finish(), damage))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmrr_format::{Body, Direction, Io, Record, Timing};
+
+    #[test]
+    fn a_serial_port_profile() {
+        let mut p = Profiler::new(&ProfileOptions { by: vec![By::Port], ..Default::default() });
+        for seq in 0..3 {
+            let io = Io { direction: Direction::Out, size: 1, port: 0x3f8, count: 1, data: b"x" };
+            let t = Timing::from_ns((seq > 0).then_some(1_500), 40_000);
+            p.observe(&Record::new(seq, 0, Body::Io(io)).with_timing(t));
+        }
+        let prof = p.finish();
+        let serial = &prof.table(By::Port).expect("by port").rows()[0];
+        assert_eq!(serial.key.to_string(), "0x3f8:out");
+        assert_eq!(serial.handler.quantile_ns(0.5), Some(1_504)); // 1.5 us, as stored (time code)
+    }
 }

@@ -3,14 +3,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::kind;
-use crate::record::{Body, Record, end_reason};
+use vmrr_format::kind;
+use vmrr_format::{Body, Record, end_reason};
 
-use super::axis::{Axes, MAX_AXES, Placed};
 use super::blocks::BlockSampler;
 use super::histogram::Histogram;
 use super::key::{By, Key};
 use super::rate::RateSeries;
+use vmrr_format::axis::{Axes, MAX_AXES, Placed};
 
 /// Distinct keys a table keeps; exits of further keys are counted together as
 /// [`Key::Other`].
@@ -258,7 +258,7 @@ impl Profiler {
         if self.vcpus.len() < MAX_AXES && self.vcpus.insert(rec.vcpu) {
             self.summary.vcpus = self.vcpus.len() as u64;
         }
-        let placed = rec.timing.and_then(|t| self.axes.place(rec.vcpu, &t));
+        let placed = self.axes.place_record(rec);
         let previous = if self.pending.len() < MAX_AXES || self.pending.contains_key(&rec.vcpu) {
             self.pending.insert(rec.vcpu, Pending { rows, checkpointed: false })
         } else {
@@ -310,8 +310,8 @@ impl Profiler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Checkpoint, Direction, Io, Record};
-    use crate::timing::Timing;
+    use vmrr_format::timing::Timing;
+    use vmrr_format::{Checkpoint, Direction, Io, Record};
 
     fn io(port: u16) -> Body<'static> {
         Body::Io(Io { direction: Direction::Out, size: 1, port, count: 1, data: b"x" })
@@ -347,7 +347,7 @@ mod tests {
         assert_eq!(prof.summary.exits, 22);
         assert_eq!(prof.summary.timed_exits, 22);
         // 90 us is stored as its time code: 90,112 ns.
-        let stored = crate::timing::time_from_code(crate::timing::time_code(90_000)).unwrap();
+        let stored = vmrr_format::timing::time_from_code(vmrr_format::timing::time_code(90_000)).unwrap();
         assert_eq!(prof.summary.span_ns, 22 * 1000 + 10 * 520 + stored);
         assert_eq!(prof.table(By::Kind).unwrap().rows()[0].guest.count(), 22);
     }

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use crate::kind;
-use crate::record::{Body, Direction};
+use vmrr_format::kind;
+use vmrr_format::{Body, Direction};
 
 /// A grouping of exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,7 +100,7 @@ impl fmt::Display for Key {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Io, Mmio, Msr};
+    use vmrr_format::{Io, Mmio, Msr};
 
     #[test]
     fn keys_and_names() {

@@ -93,11 +93,6 @@ impl RateSeries {
         self.bins.len()
     }
 
-    /// True when no exit was placed.
-    pub fn is_empty(&self) -> bool {
-        self.bins.is_empty()
-    }
-
     /// Every series, busiest first.
     pub fn series(&self) -> Vec<Series> {
         let per_s = 1e9 / self.bin_ns as f64;

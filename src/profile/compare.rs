@@ -24,7 +24,7 @@ use super::blocks::{BlockSampler, SIZES};
 use super::key::Key;
 use super::profiler::{Row, Table};
 use super::report::Dist;
-use crate::timing::time_from_code;
+use vmrr_format::timing::time_from_code;
 
 /// Bootstrap resamples per key.
 pub const RESAMPLES: usize = 2_000;
@@ -55,22 +55,6 @@ pub enum Verdict {
     OnlyInA,
     /// The key occurs in B only.
     OnlyInB,
-}
-
-impl Verdict {
-    /// Snake-case name (as in JSON).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Verdict::Slower => "slower",
-            Verdict::Faster => "faster",
-            Verdict::WithinSpread => "within_spread",
-            Verdict::WithinNoise => "within_noise",
-            Verdict::TooFewSamples => "too_few_samples",
-            Verdict::NoTiming => "no_timing",
-            Verdict::OnlyInA => "only_in_a",
-            Verdict::OnlyInB => "only_in_b",
-        }
-    }
 }
 
 /// One key in both runs.
