@@ -3,6 +3,7 @@
 //! Exit codes are listed in [`exit_code`] and in the README.
 
 mod bench;
+mod ci;
 mod cmd;
 mod exit_code;
 mod profile;
@@ -108,6 +109,10 @@ enum Command {
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
+        /// Write one self-contained bundle per segment into the directory --out names
+        /// (`seg-K-of-N.vmrrb`): a runner replaying segment K fetches only its bundle.
+        #[arg(long, value_name = "N")]
+        segments: Option<usize>,
     },
     /// Inspect or flatten snapshots.
     #[command(subcommand)]
@@ -123,6 +128,13 @@ enum Command {
     Profile(Box<cmd::profile::ProfileArgs>),
     /// Write a trace as Chrome trace-event JSON for Perfetto or chrome://tracing.
     Timeline(Box<cmd::timeline::TimelineArgs>),
+    /// Merge shard reports of a corpus (or segment reports of a trace) into one verdict,
+    /// one summary and one JUnit file.
+    Merge(Box<ci::merge::MergeArgs>),
+    /// Print a ready manifest that replays a corpus in shards: a Kubernetes Indexed Job or
+    /// a GitHub Actions workflow.
+    #[command(subcommand)]
+    Ci(ci::command::CiCmd),
     /// Check a trace end to end; exit 3 when damaged.
     Verify {
         /// Trace file.
@@ -153,6 +165,7 @@ fn main() -> ExitCode {
             | Command::Pack { .. }
             | Command::Verify { repair: Some(_), .. }
             | Command::Snapshot(_)
+            | Command::Merge(_)
     );
     if writes_scratch {
         if let Err(e) = stop::install() {
@@ -173,11 +186,19 @@ fn main() -> ExitCode {
             bench::run(quick, json, plot.as_deref(), allowance.map(std::time::Duration::from_secs_f64))
         }
         Command::Demo { dir } => cmd::demo::run(dir.as_deref(), &budgets),
-        Command::Pack { trace, out, image, firmware, kernel, initrd, force, json } => {
+        Command::Pack { trace, out, image, firmware, kernel, initrd, force, json, segments: Some(n) } => {
+            let _ = json;
+            ci::pack::run(&trace, &out, n, image.or(firmware).or(kernel), initrd, force, budgets.max_mem)
+        }
+        Command::Pack { trace, out, image, firmware, kernel, initrd, force, json, segments: None } => {
             cmd::pack::run(&trace, &out, image.or(firmware).or(kernel), initrd, force, json)
         }
-        Command::Replay(args) => cmd::replay::run(&args, &budgets),
+        Command::Replay(args) => {
+            ci::dispatch(&args, &budgets).unwrap_or_else(|| cmd::replay::run(&args, &budgets))
+        }
         Command::Snapshot(c) => cmd::snapshot::run(&c, budgets.max_mem),
+        Command::Merge(args) => ci::merge::run(&args),
+        Command::Ci(c) => ci::command::run(&c),
     };
     // A stop signal that interrupted the command's system calls: die of it as the watcher
     // would, rather than report what the interruption looked like.

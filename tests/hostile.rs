@@ -658,6 +658,7 @@ fn generate_bundles(dir: &Path, snapshot_root: &Path) {
         annotations: vec![],
         snapshots: vec![],
         entries,
+        exits: None,
     };
     let one = |name: &str| {
         bundle(

@@ -359,6 +359,7 @@ fn slow_bundle(path: &Path, len: u64) {
             stored: payload.len() as u64,
             crc32c: crc32c::crc32c(&payload),
         }],
+        exits: None,
     };
     let json = loop {
         let json = serde_json::to_vec(&m).unwrap();
@@ -554,8 +555,13 @@ fn bundle_of_entries(path: &Path) {
         }
     }
     assert_eq!(entries.len(), 100_000);
-    let mut m =
-        Manifest { trace_id: "42".repeat(16), annotations: vec![], snapshots: (0..100).collect(), entries };
+    let mut m = Manifest {
+        trace_id: "42".repeat(16),
+        annotations: vec![],
+        snapshots: (0..100).collect(),
+        entries,
+        exits: None,
+    };
     let rel: Vec<u64> = m.entries.iter().map(|e| e.offset).collect();
     let mut base = 0u64;
     let json = loop {

@@ -18,6 +18,9 @@ pub enum ReplayError {
     /// The trace does not say how to rebuild its machine, or asks for something invalid.
     #[error("{0}")]
     Unreplayable(String),
+    /// Segments asked for that this trace cannot be cut into (a usage error, CLI exit 2).
+    #[error("{0}")]
+    Segments(String),
     /// A record holds a value this replayer cannot apply (an NMI, an interrupt source a
     /// newer writer defined, a vector above 255): applying something else in its place
     /// would replay a different run.

@@ -75,6 +75,7 @@ pub fn run(
             registers_match: false,
             detail: format!("the restored guest made no exit within {} s", STALL.as_secs()),
             failure: None,
+            live_exit: None,
             system_map_warning: None,
         });
     }
@@ -97,6 +98,7 @@ pub fn run(
     };
     let failure = reproduced
         .then(|| crate::replayer::failure_report(&m, vec![vmrr_format::describe::record_json(&recorded)]));
+    let live_exit = Some(vmrr_format::kind::name(live.body.kind()).to_string());
     // The failure point holds the kernel as it ran: the map must name its banner.
     let system_map_warning =
         opts.system_map.as_ref().and_then(|s| s.check_banner(|at, b| m.read_linear(at, b).is_ok()));
@@ -107,6 +109,7 @@ pub fn run(
         registers_match,
         detail,
         failure,
+        live_exit,
         system_map_warning,
     })
 }

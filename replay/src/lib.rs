@@ -33,12 +33,15 @@ pub mod recorded;
 mod replayer;
 pub mod report;
 mod run;
+pub mod segment;
 pub mod source;
 mod start;
 pub mod symbols;
+pub mod verdict;
 
 pub use error::ReplayError;
 pub use options::{DEFAULT_EXPLAIN_STEPS, Options, StartFrom};
 pub use replayer::{Event, Executed, Replayer, Stop};
 pub use report::{Outcome, Report};
-pub use run::replay;
+pub use run::{replay, replay_segment};
+pub use verdict::Verdict;

@@ -67,6 +67,9 @@ pub struct Options {
     /// Log the replayed machine's dirty pages (a debugging session's checkpoints are then
     /// incremental).
     pub dirty_log: bool,
+    /// Check the replayed machine against every checkpoint it passes (memory pages, vCPU
+    /// and device state; see [`crate::segment`]); a difference is a divergence there.
+    pub verify_checkpoints: bool,
 }
 
 impl Default for Options {
@@ -90,6 +93,7 @@ impl Default for Options {
             force_path: false,
             system_map: None,
             dirty_log: false,
+            verify_checkpoints: false,
         }
     }
 }

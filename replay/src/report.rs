@@ -1,9 +1,9 @@
 //! The replay report: stable JSON for CI, and a human rendering.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How the replay ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// Every recorded exit was reproduced (up to `--goto`, when given).
@@ -25,8 +25,127 @@ impl Outcome {
     }
 }
 
+/// What a replay says about a repro.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The recorded failure happened again (on the replayed path or from the
+    /// failure-point snapshot).
+    Reproduced,
+    /// The trace recorded no failure and every recorded exit happened again.
+    Completed,
+    /// The recorded failure did not happen again, and the guest reached it: either the
+    /// path matched every record before the failing exit and the guest then made another,
+    /// non-fatal exit, or the failure-point snapshot, restored at the failing instruction,
+    /// ran without a fatal exit.
+    NoLongerFails,
+    /// The replayed guest did something the trace did not record, before any failure.
+    Diverged,
+}
+
+impl Verdict {
+    /// Every verdict, in the order reports list them.
+    pub const ALL: [Verdict; 4] =
+        [Verdict::Reproduced, Verdict::Completed, Verdict::NoLongerFails, Verdict::Diverged];
+
+    /// The verdict's name, as JSON spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Reproduced => "reproduced",
+            Verdict::Completed => "completed",
+            Verdict::NoLongerFails => "no_longer_fails",
+            Verdict::Diverged => "diverged",
+        }
+    }
+
+    /// The verdict named `s` (as [`Verdict::name`] spells it).
+    pub fn parse(s: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.name() == s)
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One check of the replayed machine against a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointCheck {
+    /// The checkpoint's snapshot id.
+    pub snapshot: u64,
+    /// Its position (the last record whose effects it holds).
+    pub seq: u64,
+    /// The machine equalled it.
+    pub equal: bool,
+    /// Pages compared (those that could differ, or every page when `whole`).
+    pub pages_compared: u64,
+    /// Pages that differed.
+    pub pages_differing: u64,
+    /// Every page was compared.
+    pub whole: bool,
+    /// What differed, in one line (empty when equal).
+    pub differences: String,
+    /// Seconds the check took (loading the snapshot's state and comparing).
+    pub seconds: f64,
+}
+
+/// What a segment's report says about the segment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    /// Its index (0-based).
+    pub index: usize,
+    /// The number of segments.
+    pub count: usize,
+    /// The trace's id (hex): segments of one trace only are merged.
+    pub trace_id: String,
+    /// The checkpoint it started from.
+    pub from_snapshot: u64,
+    /// The checkpoint it ended at (`None`: the trace's end).
+    pub to_snapshot: Option<u64>,
+    /// Exits recorded in it.
+    pub exits: u64,
+    /// The checks it made, in order.
+    pub checks: Vec<CheckpointCheck>,
+    /// How the segment ended: `completed`, `diverged`, or `error` (it could not run).
+    pub path: String,
+    /// Why it could not run (with `path` `error`).
+    pub error: Option<String>,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+impl SegmentInfo {
+    /// One line for the segment, and one for a check that found a difference.
+    pub fn human(&self) -> String {
+        let to =
+            self.to_snapshot.map_or_else(|| "the trace's end".to_string(), |t| format!("checkpoint {t}"));
+        let equal = self.checks.iter().filter(|c| c.equal).count();
+        let compare: f64 = self.checks.iter().map(|c| c.seconds).sum();
+        let mut s = format!(
+            "  segment {} of {}: checkpoint {} to {to}, {} exits, {}; {equal} of {} checkpoints equal (checked in {:.3} s), {:.2} s\n",
+            self.index,
+            self.count,
+            self.from_snapshot,
+            self.exits,
+            self.error.as_deref().unwrap_or(&self.path),
+            self.checks.len(),
+            compare,
+            self.seconds
+        );
+        for c in self.checks.iter().filter(|c| !c.equal) {
+            s.push_str(&format!(
+                "    checkpoint {} (record {}) differs: {}\n",
+                c.snapshot, c.seq, c.differences
+            ));
+        }
+        s
+    }
+}
+
 /// Where the replayed run departed from the recorded one.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Divergence {
     /// Sequence number of the record that did not match.
     pub seq: u64,
@@ -61,7 +180,7 @@ pub struct Divergence {
 }
 
 /// One instruction that may explain a divergence.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Suspect {
     /// Where it is (guest RIP, hex).
     pub rip: String,
@@ -72,27 +191,27 @@ pub struct Suspect {
     /// Why its result can differ between recording and replay.
     pub why: String,
     /// What kind of value it reads.
-    #[serde(skip)]
+    #[serde(skip, default = "unknown_source")]
     pub source: vmrr_engine::disasm::Unrecorded,
     /// The step at which it last ran (later is closer to the divergence).
     #[serde(skip)]
     pub last_step: u64,
     /// `function+offset` of `rip`, from `--system-map`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symbol: Option<String>,
 }
 
 /// A console's text before a divergence.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConsoleTail {
     /// Which console (`serial`, `debugcon`).
-    pub device: &'static str,
+    pub device: String,
     /// Its last line (at most 160 characters; the line being written when it diverged).
     pub text: String,
 }
 
 /// What the search for a divergence's cause covered.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Search {
     /// Single-stepping began after this record.
     pub from_seq: u64,
@@ -109,7 +228,7 @@ pub struct Search {
 }
 
 /// A reproduced failure.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailureReport {
     /// `KVM_EXIT_*` name.
     pub exit: String,
@@ -136,10 +255,10 @@ pub struct FailureReport {
     /// The records that led there, oldest first.
     pub exits_before: Vec<serde_json::Value>,
     /// `function+offset` of `rip`, from `--system-map`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symbol: Option<String>,
     /// Registers that point into the kernel, named from `--system-map`.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub register_symbols: std::collections::BTreeMap<String, String>,
 }
 
@@ -152,7 +271,7 @@ impl FailureReport {
 }
 
 /// How the replay of the recorded path ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Path {
     /// Every recorded exit happened again (to `--goto`, when given).
@@ -165,7 +284,7 @@ pub enum Path {
 }
 
 /// The failure-point snapshot, run on its own.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailurePoint {
     /// Its snapshot id.
     pub snapshot: u64,
@@ -179,13 +298,16 @@ pub struct FailurePoint {
     pub detail: String,
     /// The failure, decoded, when it happened again.
     pub failure: Option<FailureReport>,
+    /// The kind of exit the restored guest made (`internal_error`, `mmio`, ...; as `vmrr
+    /// inspect` names kinds), `None` when it made none within the stall limit.
+    pub live_exit: Option<String>,
     /// Why `--system-map` does not fit the recorded guest, when it does not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_map_warning: Option<String>,
 }
 
 /// Where the replay started.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Start {
     /// The snapshot restored, or `None` when the guest was rebuilt from the trace.
     pub snapshot: Option<u64>,
@@ -194,10 +316,16 @@ pub struct Start {
 }
 
 /// Everything `vmrr replay --json` prints.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// How it ended.
     pub outcome: Outcome,
+    /// What it says about the repro (`vmrr_replay::verdict`): `reproduced`, `completed`,
+    /// `no_longer_fails` or `diverged`.
+    pub verdict: Verdict,
+    /// The sequence number of the fatal exit the recorded run ended with, when it ended in
+    /// one.
+    pub recorded_failure: Option<u64>,
     /// Exits the replayed guest made.
     pub exits_replayed: u64,
     /// Where it started.
@@ -235,6 +363,12 @@ pub struct Report {
     pub loop_seconds: f64,
     /// Exits per second of the replay loop.
     pub exits_per_s: f64,
+    /// A segment's replay (`--segment K`): which one, and the checkpoints it checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<SegmentInfo>,
+    /// Segments merged into this report (`--segments N`, `vmrr merge`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<SegmentInfo>,
 }
 
 /// The report of a replay that went straight to the failure point (the recorded path
@@ -248,8 +382,11 @@ pub fn skipped_path(
     t0: std::time::Instant,
 ) -> Report {
     let outcome = if fp.reproduced { Outcome::Reproduced } else { Outcome::Diverged };
+    let verdict = if fp.reproduced { Verdict::Reproduced } else { Verdict::Diverged };
     Report {
         outcome,
+        verdict,
+        recorded_failure: None,
         exits_replayed: 0,
         start: Start { snapshot: Some(fp.snapshot), seq: 0 },
         stopped_at: None,
@@ -267,6 +404,8 @@ pub fn skipped_path(
         seconds: t0.elapsed().as_secs_f64(),
         loop_seconds: 0.0,
         exits_per_s: 0.0,
+        segment: None,
+        segments: Vec::new(),
     }
 }
 
@@ -304,6 +443,11 @@ impl Report {
                 self.exits_replayed, self.start.seq, self.seconds, self.exits_per_s
             ));
         }
+        if self.verdict == Verdict::NoLongerFails {
+            s.push_str(
+                "  verdict: no_longer_fails: the guest reached the recorded failure and ran on without it\n",
+            );
+        }
         for w in &self.cpu_warnings {
             s.push_str(&format!("  warning: this host lacks {w}, which the recorded guest saw\n"));
         }
@@ -339,6 +483,9 @@ impl Report {
                 }
                 s.push_str(&register_symbols(&f.register_symbols).replacen("  ", "    ", 1));
             }
+        }
+        for seg in self.segment.iter().chain(&self.segments) {
+            s.push_str(&seg.human());
         }
         for n in &self.notes {
             s.push_str(&format!("  note: {n}\n"));
@@ -463,6 +610,13 @@ pub fn regs_json(r: &kvm_bindings::kvm_regs) -> serde_json::Value {
         "r12": hexu(r.r12), "r13": hexu(r.r13), "r14": hexu(r.r14), "r15": hexu(r.r15),
         "rip": hexu(r.rip), "rflags": hexu(r.rflags),
     })
+}
+
+/// The kind given to a suspect read back from a JSON report, which does not carry it (it
+/// orders suspects and words the cause sentence before the report is written; a report
+/// read back keeps both).
+fn unknown_source() -> vmrr_engine::disasm::Unrecorded {
+    vmrr_engine::disasm::Unrecorded::Cpuid
 }
 
 impl Report {

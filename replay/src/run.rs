@@ -10,8 +10,9 @@ use vmrr_format::overview::{self, TraceOverview};
 
 use crate::error::ReplayError;
 use crate::options::Options;
-use crate::replayer::{Event, Replayer, Stop};
+use crate::replayer::{Replayer, Stop};
 use crate::report::{Outcome, Path, Report, Start};
+use crate::segment::{SegmentInfo, Span};
 use crate::source::Source;
 
 /// Replays `src`.
@@ -20,6 +21,35 @@ use crate::source::Source;
 /// The replay could not run: damaged input, KVM, a missing CPU feature with
 /// `strict_cpu`. A divergence is not an error: it is the report's outcome.
 pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
+    run(src, opts, None)
+}
+
+/// Replays segment `index` of `count` of `src` (see [`crate::segment`]): from its first
+/// checkpoint, checking the machine at each later checkpoint of its span, to the next
+/// segment's first checkpoint (the last segment: to the trace's end, failure point
+/// included). The report's `segment` says which and what was checked.
+///
+/// # Errors
+/// As for [`replay`]; also a trace that cannot be cut into `count` segments
+/// ([`ReplayError::Segments`]) and a checkpoint of the span whose snapshot is missing
+/// (named).
+pub fn replay_segment(
+    src: &Source,
+    opts: &Options,
+    index: usize,
+    count: usize,
+) -> Result<Report, ReplayError> {
+    crate::error::check_replay_features(&TraceReader::open(&src.trace)?)?;
+    let f = overview::scan(&src.trace)?;
+    let spans = crate::segment::plan(&f, count)?;
+    let span = spans.into_iter().nth(index).ok_or_else(|| {
+        ReplayError::Segments(format!("segment {index} asked for; segments are numbered 0 to {}", count - 1))
+    })?;
+    crate::segment::require_snapshots(src, &span, opts.max_mem)?;
+    run(src, opts, Some(span))
+}
+
+fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, ReplayError> {
     let t0 = Instant::now();
     // Before anything reaches KVM: a trace this replayer cannot replay faithfully.
     crate::error::check_replay_features(&TraceReader::open(&src.trace)?)?;
@@ -38,29 +68,61 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
     if opts.strict_cpu && !cpu_warnings.is_empty() {
         return Err(ReplayError::CpuMismatch(cpu_warnings.join(", ")));
     }
+    // A segment's own trace (`vmrr pack --segments`) replays as that segment.
+    let span = span.or_else(|| crate::segment::of_segment_trace(&f));
+    if let Some(s) = &span {
+        crate::segment::require_snapshots(src, s, opts.max_mem)?;
+    }
+    let mut o = opts.clone();
+    if let Some(s) = &span {
+        o.start = crate::options::StartFrom::Checkpoint(s.from.snapshot_id);
+        o.goto = None;
+    }
+    // Checking a checkpoint compares the pages written since the last one: they are logged.
+    o.dirty_log |= span.is_some() || o.verify_checkpoints;
+    let opts = &o;
+    // A segment that ends before the trace's end does not reach the recorded failure.
+    let reaches_end = span.as_ref().is_none_or(|s| s.last) && opts.goto.is_none();
     let path_not_deterministic = crate::hosts::path_limits(&f);
-    let fp_wanted = opts.failure_point && opts.goto.is_none();
-    // --rebuild and --from-checkpoint ask for the path: it is replayed (and diverges).
+    let fp_wanted = opts.failure_point && reaches_end;
+    // --rebuild and --from-checkpoint (and a segment) ask for the path: it is replayed (and
+    // diverges).
     let path_asked = opts.force_path || opts.start != crate::options::StartFrom::Auto;
     if !path_not_deterministic.is_empty() && !path_asked && fp_wanted {
         if let Some(mark) = f.failure_point() {
             // Straight to the failure point: the path would diverge, and say nothing new.
             let fp = crate::failure_point::run(src, &f, opts, mark)?;
-            let report = crate::report::skipped_path(fp, path_not_deterministic, notes, cpu_warnings, t0);
+            let mut report = crate::report::skipped_path(fp, path_not_deterministic, notes, cpu_warnings, t0);
+            report.recorded_failure = f.last_exit_seq;
+            report.verdict = crate::verdict::verdict(&report, report.recorded_failure);
             return Ok(with_symbols(report, opts));
         }
     }
     let (machine, start) = crate::start::prepare(src, &f, opts)?;
     let mut r = Replayer::new(machine, TraceReader::open(&src.trace)?, &start, f.exits, opts)?;
-    let t_loop = Instant::now();
-    let stop = loop {
-        if let Event::Stopped(stop) = r.step()? {
-            break stop;
-        }
+    let (checks, end_at_last) = match &span {
+        Some(s) => (s.checks.clone(), !s.last),
+        None if opts.verify_checkpoints => (crate::segment::checks_after(&f, start.seq, opts.goto), false),
+        None => (Vec::new(), false),
     };
+    let t_loop = Instant::now();
+    let (stop, checked) = crate::segment::drive(&mut r, src, &f, opts, &checks, end_at_last)?;
     let loop_seconds = t_loop.elapsed().as_secs_f64();
     r.end_progress();
     let stop = match stop {
+        // A machine that differs from a checkpoint has no instruction to search for.
+        Stop::Diverged(d) if d.actual.is_null() && d.expected.get("checkpoint").is_some() => {
+            Stop::Diverged(d)
+        }
+        // The guest reached the recorded failure's instruction and ran on: nothing before
+        // it differed, so there is no cause to search for.
+        Stop::Diverged(mut d) if reached_failure(&f, &d) => {
+            d.cause = Some(format!(
+                "the guest reached the instruction that failed at record {} when recording, and this host ran it without the failure",
+                d.seq
+            ));
+            Stop::Diverged(d)
+        }
         Stop::Diverged(mut d) => {
             if let Some(max_steps) = opts.explain_steps {
                 let limits = crate::explain::SearchLimits { max_steps, progress: opts.progress };
@@ -71,12 +133,63 @@ pub fn replay(src: &Source, opts: &Options) -> Result<Report, ReplayError> {
         }
         other => other,
     };
-    let failure_point = match (f.failure_point(), fp_wanted) {
+    // A guest rebuilt from another image or firmware than the recorded one (a fix under
+    // test) is not the guest the failure-point snapshot holds: running that snapshot would
+    // test the recorded code again.
+    let replaced = opts.start == crate::options::StartFrom::Rebuild
+        && src.guest_replaced(opts.image.as_deref(), opts.firmware.as_deref(), opts.kernel.as_deref());
+    if replaced && f.failure_point().is_some() {
+        notes.push(
+            "the guest was rebuilt from another image or firmware than the recorded one: the failure-point snapshot (the recorded code) was not run".into(),
+        );
+    }
+    let failure_point = match (f.failure_point(), fp_wanted && !replaced) {
         (Some(mark), true) => Some(crate::failure_point::run(src, &f, opts, mark)?),
         _ => None,
     };
-    let parts = ReportParts { notes, cpu_warnings, t0, loop_seconds, failure_point, path_not_deterministic };
-    finish(r, opts, stop, &f, start, parts).map(|r| with_symbols(r, opts))
+    let segment = span.map(|s| SegmentInfo {
+        index: s.index,
+        count: s.count,
+        trace_id: crate::segment::hex_id(&f.trace_id),
+        from_snapshot: s.from.snapshot_id,
+        to_snapshot: (!s.last).then(|| s.checks.last().map(|c| c.snapshot_id)).flatten(),
+        exits: s.exits,
+        checks: Vec::new(),
+        path: String::new(),
+        error: None,
+        seconds: 0.0,
+    });
+    let parts = ReportParts {
+        notes,
+        cpu_warnings,
+        t0,
+        loop_seconds,
+        failure_point,
+        reaches_end,
+        path_not_deterministic,
+    };
+    let mut report = finish(r, opts, stop, &f, start, parts)?;
+    if let Some(mut s) = segment {
+        s.checks = checked;
+        s.path = if report.path == Path::Diverged { "diverged" } else { "completed" }.into();
+        s.seconds = report.seconds;
+        report.segment = Some(s);
+    } else if opts.verify_checkpoints {
+        report.notes.push(format!(
+            "checked the machine against {} checkpoint{} on the way",
+            checked.len(),
+            if checked.len() == 1 { "" } else { "s" }
+        ));
+    }
+    Ok(with_symbols(report, opts))
+}
+
+/// Whether divergence `d` is at the recorded run's fatal exit, the guest having made a
+/// non-fatal exit there instead.
+fn reached_failure(f: &TraceOverview, d: &crate::report::Divergence) -> bool {
+    f.ended_in_failure()
+        && f.last_exit_seq == Some(d.seq)
+        && d.actual.get("kind").and_then(|k| k.as_str()).is_some_and(|k| !crate::verdict::is_fatal(k))
 }
 
 /// The report with addresses named from `--system-map`, and the map's fit to the guest
@@ -93,6 +206,8 @@ fn with_symbols(mut report: Report, opts: &Options) -> Report {
 
 /// What the report needs besides the replayer.
 struct ReportParts {
+    /// Whether the replay ran to the trace's end (so a recorded failure counts).
+    reaches_end: bool,
     failure_point: Option<crate::report::FailurePoint>,
     path_not_deterministic: Vec<String>,
     notes: Vec<String>,
@@ -142,8 +257,11 @@ fn finish(
         Some(rep) if rep.is_emulation_failure() => (Some(rep), None),
         other => (None, other),
     };
-    Ok(Report {
+    let recorded_failure = f.end.filter(|_| f.ended_in_failure() && parts.reaches_end).and(f.last_exit_seq);
+    let mut report = Report {
         outcome,
+        verdict: crate::verdict::Verdict::Completed,
+        recorded_failure,
         exits_replayed: r.exits_replayed(),
         start,
         stopped_at,
@@ -165,5 +283,9 @@ fn finish(
         } else {
             0.0
         },
-    })
+        segment: None,
+        segments: Vec::new(),
+    };
+    report.verdict = crate::verdict::verdict(&report, recorded_failure);
+    Ok(report)
 }

@@ -80,6 +80,30 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Whether a guest rebuilt with the user's `image` or `firmware` runs other code than
+    /// the recording did: true when this source carries its own guest file (a bundle) and
+    /// the user's differs from it byte for byte (a fixed firmware or image under test).
+    /// Unreadable files count as different.
+    pub fn guest_replaced(
+        &self,
+        image: Option<&Path>,
+        firmware: Option<&Path>,
+        kernel: Option<&Path>,
+    ) -> bool {
+        let differs = |given: Option<&Path>, ours: Option<&Path>| match (given, ours) {
+            (Some(g), Some(o)) => match (std::fs::read(g), std::fs::read(o)) {
+                (Ok(a), Ok(b)) => a != b,
+                _ => true,
+            },
+            _ => false,
+        };
+        differs(image, self.image.as_deref())
+            || differs(firmware, self.firmware.as_deref())
+            || differs(kernel, self.kernel.as_deref())
+    }
+}
+
 fn with_snapshots(trace: PathBuf) -> Source {
     let s = vmrr_format::layout::snapshots_of(&trace);
     let snapshots = s.is_dir().then_some(s);

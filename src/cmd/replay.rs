@@ -89,6 +89,9 @@ pub struct ReplayArgs {
     /// docs/DEBUGGING.md.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["goto", "snapshot_at"])]
     pub gdb: Option<String>,
+    /// Corpora, shards and segments (see docs/CI.md).
+    #[command(flatten)]
+    pub ci: super::corpus_args::CorpusArgs,
 }
 
 /// Opens the serial output file `p`: new, or with `force` an existing regular file that is
@@ -167,6 +170,7 @@ pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
         force_path: args.path,
         system_map,
         dirty_log: args.gdb.is_some(),
+        verify_checkpoints: args.ci.verify_checkpoints,
     };
     let src = source::open(&args.src, budgets).map_err(super::replay_err)?;
     if let Some(addr) = &args.gdb {

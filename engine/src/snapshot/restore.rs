@@ -160,23 +160,7 @@ pub fn restore_over_with(
     how: Remap,
 ) -> Result<RestoreOverStats, SnapshotError> {
     let t = Instant::now();
-    let (Some(base), Some(top)) = (chain.first(), chain.last()) else {
-        return Err(SnapshotError::EmptyChain);
-    };
-    let have = m.memory().layout();
-    let want: Vec<SlotSpec> = base
-        .state
-        .slots
-        .iter()
-        .map(|s| SlotSpec { gpa: vm_memory::GuestAddress(s.gpa), size: s.size, kind: s.kind })
-        .collect();
-    if have != want || top.state.vcpus.len() != 1 {
-        return Err(SnapshotError::Layout {
-            dir: top.dir.clone(),
-            snapshot: want.len(),
-            machine: have.len(),
-        });
-    }
+    let (base, top) = same_layout(m, chain)?;
     if let Some(v) = top.state.vcpus.first() {
         v.validate()?;
         v.apply_cpuid(m.vm().vcpu())
@@ -229,6 +213,35 @@ pub fn restore_over_with(
     set_vcpu_and_devices(m, top)?;
     stats.elapsed = t.elapsed();
     Ok(stats)
+}
+
+/// The chain's oldest and newest snapshots, once checked to have `m`'s slot layout and
+/// one vCPU.
+///
+/// # Errors
+/// An empty chain, or another layout.
+pub(crate) fn same_layout<'a>(
+    m: &Machine,
+    chain: &'a [StoredSnapshot],
+) -> Result<(&'a StoredSnapshot, &'a StoredSnapshot), SnapshotError> {
+    let (Some(base), Some(top)) = (chain.first(), chain.last()) else {
+        return Err(SnapshotError::EmptyChain);
+    };
+    let have = m.memory().layout();
+    let want: Vec<SlotSpec> = base
+        .state
+        .slots
+        .iter()
+        .map(|s| SlotSpec { gpa: vm_memory::GuestAddress(s.gpa), size: s.size, kind: s.kind })
+        .collect();
+    if have != want || top.state.vcpus.len() != 1 {
+        return Err(SnapshotError::Layout {
+            dir: top.dir.clone(),
+            snapshot: want.len(),
+            machine: have.len(),
+        });
+    }
+    Ok((base, top))
 }
 
 /// A vCPU state KVM refused: `EINVAL` from a `KVM_SET_*` ioctl, or an MSR it does not

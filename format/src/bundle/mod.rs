@@ -283,6 +283,10 @@ pub struct Manifest {
     /// The files (at most [`MAX_ENTRIES`], checked while decoding).
     #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_ENTRIES>")]
     pub entries: Vec<Entry>,
+    /// Exit records in the trace (written since bundle 1.1 by this vmrr; absent in older
+    /// bundles): what a corpus run balances its shards by without unpacking the trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exits: Option<u64>,
 }
 
 /// What [`unpack`] produced.

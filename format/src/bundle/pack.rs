@@ -166,6 +166,7 @@ pub fn pack(trace: &Path, out: &Path, opts: &PackOptions<'_>) -> Result<Manifest
         annotations: overview.annotations.clone(),
         snapshots: ids,
         entries: body,
+        exits: Some(overview.exits),
     };
     drop(overview);
     let (m, json) = place_entries(manifest)?;

@@ -140,5 +140,5 @@ fn console(m: &Machine, port: Option<u16>) -> Option<ConsoleTail> {
         text[..text.len().saturating_sub(1)].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let line = &text[line_start..];
     let line = &line[line.len().saturating_sub(160)..];
-    Some(ConsoleTail { device, text: String::from_utf8_lossy(line).into_owned() })
+    Some(ConsoleTail { device: device.into(), text: String::from_utf8_lossy(line).into_owned() })
 }

@@ -184,6 +184,12 @@ impl Replayer {
         })
     }
 
+    /// Sets where the replay stops next (`None`: at the trace's end). After a
+    /// [`Stop::Goto`], stepping again goes on from the record after it.
+    pub fn set_goto(&mut self, goto: Option<u64>) {
+        self.goto = goto;
+    }
+
     /// The replayed machine.
     pub fn machine(&self) -> &Machine {
         &self.machine
@@ -223,6 +229,8 @@ impl Replayer {
         }
         let Some(item) = self.records.next_recorded()? else { return Ok(Event::Stopped(Stop::End)) };
         if let Some(g) = self.goto.filter(|g| item.seq() > *g) {
+            // Kept for a replay that goes on past `g` ([`Replayer::set_goto`]).
+            self.records.push_front(item);
             return Ok(Event::Stopped(Stop::Goto(g)));
         }
         match item {
