@@ -23,10 +23,10 @@ use super::changed::{Runs, changed, origin_of, sources, take_written};
 use super::{SnapshotError, StoredSnapshot};
 use crate::devices::bus::BusState;
 use crate::devices::state::DeviceState;
-use crate::page::PAGE_SIZE;
 use crate::kvm::vcpu_state::VcpuState;
 use crate::machine::Machine;
 use crate::machine::origin::Origin;
+use crate::page::PAGE_SIZE;
 use crate::persist::Persist;
 
 /// MSRs whose values follow the host's clock, not the guest: IA32_TSC, IA32_TSC_ADJUST,
