@@ -366,6 +366,15 @@ fn report(
             "pages_waited": bg.pages_waited,
             "peak_saved_pages": bg.peak_saved_pages,
             "ids": c.taken.iter().map(|t| t.id).collect::<Vec<_>>(),
+            "taken": c.taken.iter().map(|t| serde_json::json!({
+                "id": t.id,
+                "exits": t.exits,
+                "pause_ms": t.stats.pause.as_secs_f64() * 1000.0,
+                "durable_ms": t.stats.durable.as_secs_f64() * 1000.0,
+                "pages_considered": t.stats.pages_considered,
+                "pages_written": t.stats.pages_written,
+                "background": t.stats.background,
+            })).collect::<Vec<_>>(),
         })
     });
     let secs = s.elapsed.as_secs_f64();
