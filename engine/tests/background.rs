@@ -151,7 +151,15 @@ fn same_vcpus(a: &snapshot::SnapshotState, b: &snapshot::SnapshotState, id: u64)
             ("debugregs", encoded(&va.debugregs), encoded(&vb.debugregs)),
             ("tsc_khz", encoded(&va.tsc_khz), encoded(&vb.tsc_khz)),
         ] {
-            assert!(x == y, "snapshot {id}: {what} differs from the stopped-world capture");
+            let at = x.iter().zip(&y).position(|(p, q)| p != q);
+            assert!(
+                x == y,
+                "snapshot {id}: {what} differs from the stopped-world capture (lengths {} and {}, first byte {at:?}: {:02x?} against {:02x?})",
+                x.len(),
+                y.len(),
+                at.map(|i| &x[i.saturating_sub(8)..(i + 24).min(x.len())]),
+                at.map(|i| &y[i.saturating_sub(8)..(i + 24).min(y.len())]),
+            );
         }
         assert_eq!(cpuid_apart_from_apic_ids(va), cpuid_apart_from_apic_ids(vb), "snapshot {id}: cpuid");
         assert!(!va.msrs.is_empty(), "snapshot {id}: MSRs saved");
