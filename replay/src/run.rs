@@ -54,6 +54,11 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
     // Before anything reaches KVM: a trace this replayer cannot replay faithfully.
     crate::error::check_replay_features(&TraceReader::open(&src.trace)?)?;
     let f = overview::scan(&src.trace)?;
+    if let (Some(seq), Some(last)) = (opts.goto, f.last_seq) {
+        if seq > last && span.is_none() {
+            return Err(ReplayError::PastEnd { trace: src.trace.display().to_string(), seq, last });
+        }
+    }
     let (mut notes, cpu_warnings) = host_notes(&f, opts)?;
     // A segment's own trace (`vmrr pack --segments`) replays as that segment.
     let span = span.or_else(|| crate::segment::of_segment_trace(&f));
@@ -82,7 +87,7 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
             let mut report = crate::report::skipped_path(fp, path_not_deterministic, notes, cpu_warnings, t0);
             report.recorded_failure = f.last_exit_seq;
             report.verdict = crate::verdict::verdict(&report, report.recorded_failure);
-            return Ok(with_symbols(report, opts));
+            return Ok(with_symbols(report, &f, opts));
         }
     }
     let (machine, start) = crate::start::prepare(src, &f, opts)?;
@@ -134,7 +139,7 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
             if checked.len() == 1 { "" } else { "s" }
         ));
     }
-    Ok(with_symbols(report, opts))
+    Ok(with_symbols(report, &f, opts))
 }
 
 /// What the report says about the trace and this host before replay starts: notes, and
@@ -212,9 +217,10 @@ fn reached_failure(f: &TraceOverview, d: &crate::report::Divergence) -> bool {
         && d.actual.get("kind").and_then(|k| k.as_str()).is_some_and(|k| !crate::verdict::is_fatal(k))
 }
 
-/// The report with addresses named from `--system-map`, and the map's fit to the guest
-/// among the notes.
-fn with_symbols(mut report: Report, opts: &Options) -> Report {
+/// The report with its trace's id, addresses named from `--system-map`, and the map's
+/// fit to the guest among the notes.
+fn with_symbols(mut report: Report, f: &TraceOverview, opts: &Options) -> Report {
+    report.trace_id = crate::segment::hex_id(&f.trace_id);
     if let Some(map) = &opts.system_map {
         report.symbolize(map);
         if let Some(w) = report.failure_point.as_ref().and_then(|p| p.system_map_warning.clone()) {
@@ -303,6 +309,7 @@ fn finish(
         } else {
             0.0
         },
+        trace_id: String::new(),
         segment: None,
         segments: Vec::new(),
     };

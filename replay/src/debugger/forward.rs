@@ -16,7 +16,7 @@ use vmrr_engine::disasm::{self, MemAccess};
 use vmrr_engine::machine::debug::{DebugHit, DebugStops};
 
 use super::stops::{Armed, Fired, StopSet};
-use super::{DebugError, FailureKind, Session, Stopped, Stretch, Terminal};
+use super::{DebugError, FailureKind, Position, Session, Stopped, Stretch, Terminal};
 use crate::replayer::{Event, Stop};
 
 /// What a forward run is for.
@@ -349,6 +349,16 @@ impl Session {
         let kind = report.as_ref().map_or(FailureKind::InternalError, kind_of);
         if let Some(r) = report {
             self.terminal = Some(Terminal::Failure(kind, Box::new(r)));
+        }
+        // One name for the failure point: the failing instruction's boundary, in steps
+        // after the record before it, when the stretch's length is known.
+        let known = self
+            .failure_at
+            .clone()
+            .or_else(|| self.lengths.get(&before).map(|&n| Position::stepped(before, n)));
+        if let Some(p) = known {
+            self.failure_at = Some(p.clone());
+            self.pos = p;
         }
         Stopped::Failure(kind)
     }

@@ -12,7 +12,7 @@ use crate::debugger::{Origin, Stopped};
 const HELP: &str = "\
 vmrr monitor commands:
   where                 the replay's position: record, instructions since it, nearest checkpoint
-  goto SEQ              go to the boundary right after record SEQ (then `flushregs`)
+  goto SEQ              go to the boundary right after record SEQ (then `maintenance flush register-cache`)
   records [N]           the N records up to the current one and 2 after it, decoded (default 8)
   checkpoints           the checkpoints going back can restore
   checkpoint            take a checkpoint here (at a record's boundary)
@@ -94,6 +94,14 @@ impl GdbTarget {
     /// `monitor goto SEQ`: to the boundary right after record `seq`, saying something
     /// every second on the way.
     fn monitor_goto(&mut self, seq: u64, out: &mut ConsoleOutput<'_>) {
+        if let Some(last) = self.session.overview().last_seq.filter(|&last| seq > last) {
+            outputln!(
+                out,
+                "there is no record {seq}: the trace ends at record {last} (`monitor goto {last}` goes there); staying at {}",
+                self.session.position()
+            );
+            return;
+        }
         let t0 = Instant::now();
         let mut last = Instant::now();
         let mut keepalive = || {
@@ -107,7 +115,11 @@ impl GdbTarget {
         let stop = self.session.goto_record(seq, &mut keepalive);
         match stop {
             Ok(Stopped::Step) => {}
-            Ok(Stopped::End) => outputln!(out, "the trace ends before record {seq}"),
+            Ok(Stopped::End) => outputln!(
+                out,
+                "the replay ended before record {seq}: the trace ends at record {}",
+                self.session.overview().last_seq.map_or("?".into(), |l| l.to_string())
+            ),
             Ok(Stopped::Failure(_)) => {
                 outputln!(out, "the recorded failure comes first (record {seq})")
             }
@@ -119,7 +131,7 @@ impl GdbTarget {
             outputln!(out, "{n}");
         }
         self.show_where(out);
-        outputln!(out, "(gdb still shows the registers of before: run `flushregs`)");
+        outputln!(out, "(gdb still shows the registers of before: run `maintenance flush register-cache`)");
     }
 
     /// `monitor checkpoints`.
@@ -174,6 +186,9 @@ impl GdbTarget {
 
 impl GdbTarget {
     fn show_where(&mut self, out: &mut ConsoleOutput<'_>) {
+        if let Err(e) = self.session.settle_position(&mut || false) {
+            outputln!(out, "vmrr: {e}");
+        }
         let s = &self.session;
         let p = s.position();
         let record = p.record.map_or("none (before the first record)".into(), |r| r.to_string());
@@ -217,6 +232,11 @@ impl GdbTarget {
         }
         if s.at_failure() {
             outputln!(out, "  at the recorded failure (`monitor report`)");
+        } else if s.at_failing_instruction() {
+            outputln!(
+                out,
+                "  at the instruction that failed when recording: `stepi` or `continue` runs it again"
+            );
         }
         if s.divergence().is_some() {
             outputln!(out, "  the replay diverged here (`monitor report`)");
