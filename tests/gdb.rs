@@ -457,6 +457,200 @@ fn the_readme_session_on_the_demo_bundle_steps_back_out_of_the_failure() {
     assert!(sec[2].contains("popcnt") && sec[2].contains("position: record"), "{out}");
 }
 
+/// The demo's bundle (`vmrr demo --dir DIR`), for the README's sessions.
+fn demo_bundle(d: &tempfile::TempDir) -> PathBuf {
+    let dir = at(d, "demo");
+    let o = vmrr(&["demo", "--dir", s(&dir)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    ["repro.vmrrb", "repro.vmrr"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("the demo wrote no bundle in {}", dir.display()))
+}
+
+/// The position `monitor where` printed (its `position:` line).
+fn position(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("position: "))
+        .unwrap_or_else(|| panic!("no position in:\n{text}"))
+        .to_string()
+}
+
+/// The record a position names (`record N ...`).
+fn record_of(position: &str) -> u64 {
+    position
+        .strip_prefix("record ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no record in {position:?}"))
+}
+
+/// The value gdb printed for a watchpoint (`New value = N`, or `Value = N` for a read).
+fn watched_value(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("New value = ").or_else(|| l.strip_prefix("Value = ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no watched value in:\n{text}"))
+}
+
+#[test]
+fn reverse_watchpoints_stop_at_each_writer_in_reverse_order_including_the_last() {
+    if !ready() {
+        return;
+    }
+    let d = tmp();
+    let bundle = demo_bundle(&d);
+    // Forward: every write to the stack slot, then the failure; back: each write again,
+    // the last one first, standing at the instruction that made it.
+    let script = [
+        "watch *(long*)0x7fff8",
+        "--",
+        "continue\nx/i $pc\nmonitor where\n--\n".repeat(4).as_str(),
+        "continue",
+        "--",
+        "reverse-continue\nx/i $pc\nmonitor where\n--\n".repeat(4).as_str(),
+        "reverse-continue",
+    ]
+    .join("\n");
+    let out = Stub::start(&bundle).gdb(&script);
+    let sec = sections(&out);
+    let forward: Vec<(u64, u64, String)> = sec[1..5]
+        .iter()
+        .map(|t| {
+            assert!(t.contains("Hardware watchpoint 1"), "{out}");
+            (reg_pc(t), watched_value(t), position(t))
+        })
+        .collect();
+    assert!(sec[5].contains("SIGILL"), "{out}");
+    let backward = &sec[6..10];
+    for (i, t) in backward.iter().enumerate() {
+        // The i-th stop back is the (4 - i)-th write forward: the same record, and the
+        // instruction there is the `call` whose return address is the value written,
+        // calling where the forward stop stood.
+        let (fwd_pc, fwd_value, fwd_pos) = &forward[3 - i];
+        assert!(t.contains("Hardware watchpoint 1"), "stop {i} back is not the watchpoint:\n{out}");
+        assert!(t.contains(&format!("call   {fwd_pc:#x}")), "stop {i} back is not the writer:\n{out}");
+        assert_eq!(record_of(&position(t)), record_of(fwd_pos), "{out}");
+        // gdb shows the value before the write as the new one.
+        let before = if i == 3 { 0 } else { forward[2 - i].1 };
+        assert_eq!(watched_value(t), before, "{out}");
+        assert_ne!(watched_value(t), *fwd_value, "{out}");
+    }
+    assert!(sec[10].contains("No more reverse-execution history."), "{out}");
+}
+
+/// The PC gdb stopped at (`0x... in ?? ()` or the `=>` line of `x/i $pc`).
+fn reg_pc(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("=> "))
+        .and_then(|l| l.split(':').next())
+        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| panic!("no pc in:\n{text}"))
+}
+
+#[test]
+fn read_and_access_watchpoints_go_back_from_the_failure() {
+    if !ready() {
+        return;
+    }
+    let d = tmp();
+    let bundle = demo_bundle(&d);
+    for (cmd, says) in
+        [("rwatch", "Hardware read watchpoint 1"), ("awatch", "Hardware access (read/write) watchpoint 1")]
+    {
+        let out = Stub::start(&bundle).gdb(&format!(
+            "
+            continue
+            {cmd} *(long*)0x7fff8
+            --
+            reverse-continue
+            x/i $pc
+            monitor where
+            --
+            reverse-continue
+            x/i $pc
+            --
+            continue
+            x/i $pc
+            "
+        ));
+        let sec = sections(&out);
+        assert!(sec[0].contains("SIGILL"), "{out}");
+        assert!(!out.contains("SIGABRT") && !out.contains("did not reach it again"), "{cmd}:\n{out}");
+        // The last access before the failure is the `ret` that read the return address:
+        // the stop stands at it.
+        assert!(sec[1].contains(says) && sec[1].contains("ret"), "{cmd}:\n{out}");
+        let first = record_of(&position(&sec[1]));
+        assert!(sec[2].contains(says), "{cmd}:\n{out}");
+        // Forward again from an access's instruction: the boundary right after it.
+        let back_pc = reg_pc(&sec[2]);
+        assert!(sec[3].contains(says), "{cmd}:\n{out}");
+        assert!(reg_pc(&sec[3]) != back_pc, "{cmd}:\n{out}");
+        assert!(first > 0, "{out}");
+    }
+}
+
+#[test]
+fn the_failure_point_has_one_name_however_it_was_reached() {
+    if !ready() {
+        return;
+    }
+    let d = tmp();
+    let bundle = demo_bundle(&d);
+    let out = Stub::start(&bundle).gdb(
+        "
+        continue
+        --
+        monitor where
+        --
+        reverse-stepi
+        stepi
+        --
+        monitor where
+        --
+        stepi
+        --
+        monitor where
+        ",
+    );
+    let sec = sections(&out);
+    assert!(sec[0].contains("SIGILL"), "{out}");
+    let by_continue = position(&sec[1]);
+    assert!(sec[1].contains("at the recorded failure"), "{out}");
+    let by_stepping = position(&sec[3]);
+    assert_eq!(by_continue, by_stepping, "{out}");
+    assert!(by_continue.ends_with(" instructions"), "{out}");
+    assert!(sec[3].contains("at the instruction that failed when recording"), "{out}");
+    assert!(sec[4].contains("SIGILL"), "{out}");
+    assert_eq!(position(&sec[5]), by_continue, "{out}");
+    assert!(sec[5].contains("at the recorded failure"), "{out}");
+}
+
+#[test]
+fn monitor_goto_says_where_the_trace_ends_and_names_gdbs_command_to_flush_registers() {
+    let Some((_d, trace)) = recorded_with_gdb("hello", &[]) else {
+        return;
+    };
+    let out = Stub::start(&trace).gdb(
+        "
+        monitor goto 20
+        --
+        monitor help
+        --
+        monitor goto 99999
+        ",
+    );
+    let sec = sections(&out);
+    // Past the end: where the trace ends, and the session stays where it was.
+    assert!(sec[2].contains("there is no record 99999: the trace ends at record"), "{out}");
+    assert!(sec[2].contains("staying at record 20"), "{out}");
+    assert!(sec[0].contains("position: record 20"), "{out}");
+    assert!(sec[0].contains("maintenance flush register-cache"), "{out}");
+    assert!(sec[1].contains("maintenance flush register-cache"), "{out}");
+    assert!(!out.contains("flushregs"), "{out}");
+}
+
 /// A guest with line information: assembled by GNU as with `-g`, linked at 1 MiB, run
 /// from its flat image; gdb gets the ELF's symbols and lines.
 const SOURCE: &str = "        .text

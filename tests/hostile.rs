@@ -387,7 +387,13 @@ fn generate_traces(dir: &Path) {
     let mut t = trace_of(std::slice::from_ref(&ok));
     t[12..16].copy_from_slice(&0x7fff_fff8u32.to_le_bytes());
     w("header-size-huge.vmrr", t);
+    generate_traces_claiming_more_than_they_hold(dir);
+}
 
+/// Traces whose index, annotations or checkpoints are more than any reader may keep, and
+/// traces naming host files.
+fn generate_traces_claiming_more_than_they_hold(dir: &Path) {
+    let w = |name: &str, bytes: Vec<u8>| std::fs::write(dir.join(name), bytes).unwrap();
     // A complete trace whose trailer claims a 1 TiB index.
     let sink = vmrr_format::MemorySink::default();
     let mut wr = vmrr_format::TraceWriter::with_sink(sink.clone(), "x".into(), Default::default()).unwrap();
@@ -639,7 +645,6 @@ fn entry(name: &str, storage: Storage, size: u64) -> Entry {
 
 fn generate_bundles(dir: &Path, snapshot_root: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    let w = |name: &str, bytes: Vec<u8>| std::fs::write(dir.join(name), bytes).unwrap();
     // A valid bundle of the base snapshot's trace.
     let work = tmp();
     let trace = at(&work, "t.vmrr");
@@ -647,110 +652,149 @@ fn generate_bundles(dir: &Path, snapshot_root: &Path) {
     copy_dir(&snapshot_root.join("base"), &vmrr_engine::snapshot::dir_for_trace(&trace));
     let o = vmrr(&["pack", s(&trace), "-o", s(&dir.join("valid.vmrrb")), "--force"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-
     let trace_bytes = std::fs::read(&trace).unwrap();
-    let z = zstd::bulk::compress(&trace_bytes, 3).unwrap();
     let state_bytes = std::fs::read(snapshot_root.join("base/snap-000000/state.bin")).unwrap();
-    let zs = zstd::bulk::compress(&state_bytes, 3).unwrap();
-    let state = || entry("snapshots/snap-000000/state.bin", Storage::Zstd, state_bytes.len() as u64);
-    let man = |entries: Vec<Entry>| Manifest {
-        trace_id: "42".repeat(16),
-        annotations: vec![],
-        snapshots: vec![],
-        entries,
-        exits: None,
+    let p = BundleParts {
+        dir,
+        snapshot_root,
+        z: zstd::bulk::compress(&trace_bytes, 3).unwrap(),
+        zs: zstd::bulk::compress(&state_bytes, 3).unwrap(),
+        trace_bytes,
+        state_bytes,
     };
-    let one = |name: &str| {
+    bundles_with_bad_names_and_structure(&p);
+    bundles_over_the_disk_budgets(&p);
+    bundles_damaged_inside(&p);
+}
+
+/// What the hostile bundles are made of: a valid trace and snapshot state, compressed.
+struct BundleParts<'a> {
+    dir: &'a Path,
+    snapshot_root: &'a Path,
+    trace_bytes: Vec<u8>,
+    /// The trace, compressed.
+    z: Vec<u8>,
+    state_bytes: Vec<u8>,
+    /// The state, compressed.
+    zs: Vec<u8>,
+}
+
+impl BundleParts<'_> {
+    fn w(&self, name: &str, bytes: Vec<u8>) {
+        std::fs::write(self.dir.join(name), bytes).unwrap();
+    }
+
+    fn state(&self) -> Entry {
+        entry("snapshots/snap-000000/state.bin", Storage::Zstd, self.state_bytes.len() as u64)
+    }
+
+    fn man(&self, entries: Vec<Entry>) -> Manifest {
+        Manifest { trace_id: "42".repeat(16), annotations: vec![], snapshots: vec![], entries, exits: None }
+    }
+
+    /// The trace alone, under entry `name`.
+    fn one(&self, name: &str) -> Vec<u8> {
         bundle(
             1,
-            man(vec![entry(name, Storage::Zstd, trace_bytes.len() as u64)]),
-            std::slice::from_ref(&z),
+            self.man(vec![entry(name, Storage::Zstd, self.trace_bytes.len() as u64)]),
+            std::slice::from_ref(&self.z),
             true,
         )
-    };
-    w("name-dotdot.vmrrb", one("../escape.vmrr"));
-    w("name-absolute.vmrrb", one("/tmp/vmrr-escape"));
-    w("name-nested-dotdot.vmrrb", one("snapshots/snap-000000/../../../x"));
-    let good = |major: u16| {
+    }
+
+    /// The trace alone, in a bundle of format `major`.
+    fn good(&self, major: u16) -> Vec<u8> {
         bundle(
             major,
-            man(vec![entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64)]),
-            std::slice::from_ref(&z),
+            self.man(vec![entry("trace.vmrr", Storage::Zstd, self.trace_bytes.len() as u64)]),
+            std::slice::from_ref(&self.z),
             true,
         )
-    };
-    w("future-major-2.0.vmrrb", good(2));
-    let mut m = man(vec![
-        entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
-        state(),
+    }
+}
+
+/// Entry names escaping the directory, a future format, budgets in the manifest, offsets
+/// and checksums that do not hold.
+fn bundles_with_bad_names_and_structure(p: &BundleParts<'_>) {
+    p.w("name-dotdot.vmrrb", p.one("../escape.vmrr"));
+    p.w("name-absolute.vmrrb", p.one("/tmp/vmrr-escape"));
+    p.w("name-nested-dotdot.vmrrb", p.one("snapshots/snap-000000/../../../x"));
+    p.w("future-major-2.0.vmrrb", p.good(2));
+    let mut m = p.man(vec![
+        entry("trace.vmrr", Storage::Zstd, p.trace_bytes.len() as u64),
+        p.state(),
         entry("snapshots/snap-000000/mem-0.raw", Storage::Sparse, 64 << 30),
     ]);
     m.snapshots = vec![0];
-    w("memory-over-limit.vmrrb", bundle(1, m, &[z.clone(), zs.clone(), no_extents()], true));
+    p.w("memory-over-limit.vmrrb", bundle(1, m, &[p.z.clone(), p.zs.clone(), no_extents()], true));
     // A valid trace header, then 64 MiB of zeros: past the header check, cut at 1001 bytes.
-    let hsize = usize::try_from(FileHeader::peek_size(&trace_bytes).unwrap()).unwrap();
-    let mut bytes = trace_bytes[..hsize].to_vec();
+    let hsize = usize::try_from(FileHeader::peek_size(&p.trace_bytes).unwrap()).unwrap();
+    let mut bytes = p.trace_bytes[..hsize].to_vec();
     bytes.resize(64 << 20, 0);
     let bomb = zstd::bulk::compress(&bytes, 19).unwrap();
-    w("zstd-bomb.vmrrb", bundle(1, man(vec![entry("trace.vmrr", Storage::Zstd, 1000)]), &[bomb], true));
-    let mut m = man(vec![
-        entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
-        state(),
+    p.w("zstd-bomb.vmrrb", bundle(1, p.man(vec![entry("trace.vmrr", Storage::Zstd, 1000)]), &[bomb], true));
+    let mut m = p.man(vec![
+        entry("trace.vmrr", Storage::Zstd, p.trace_bytes.len() as u64),
+        p.state(),
         entry("snapshots/snap-000000/mem-0.raw", Storage::Sparse, 2 << 20),
     ]);
     m.snapshots = vec![0];
     let mut ext = (1u64 << 60).to_le_bytes().to_vec();
     ext.extend_from_slice(&[0; 64]);
-    w("extents-overflow.vmrrb", bundle(1, m, &[z.clone(), zs.clone(), ext], true));
-    let mut m = man(vec![entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64)]);
+    p.w("extents-overflow.vmrrb", bundle(1, m, &[p.z.clone(), p.zs.clone(), ext], true));
+    let mut m = p.man(vec![entry("trace.vmrr", Storage::Zstd, p.trace_bytes.len() as u64)]);
     m.entries[0].offset = 1 << 40;
-    m.entries[0].stored = z.len() as u64;
-    w("entry-outside-file.vmrrb", bundle(1, m, std::slice::from_ref(&z), false));
-    let mut b = good(1);
+    m.entries[0].stored = p.z.len() as u64;
+    p.w("entry-outside-file.vmrrb", bundle(1, m, std::slice::from_ref(&p.z), false));
+    let mut b = p.good(1);
     let n = b.len();
     b[n - 10] ^= 0xff;
-    w("checksum-mismatch.vmrrb", b);
-    w(
+    p.w("checksum-mismatch.vmrrb", b);
+    p.w(
         "duplicate-entry.vmrrb",
         bundle(
             1,
-            man(vec![
-                entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
-                entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
+            p.man(vec![
+                entry("trace.vmrr", Storage::Zstd, p.trace_bytes.len() as u64),
+                entry("trace.vmrr", Storage::Zstd, p.trace_bytes.len() as u64),
             ]),
-            &[z.clone(), z.clone()],
+            &[p.z.clone(), p.z.clone()],
             true,
         ),
     );
-    let mut b = good(1);
+    let mut b = p.good(1);
     b[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
     let c = crc32c::crc32c(&b[..28]);
     b[28..32].copy_from_slice(&c.to_le_bytes());
-    w("manifest-claims-1tib.vmrrb", b);
+    p.w("manifest-claims-1tib.vmrrb", b);
+}
 
+/// Sizes claimed or really written past the disk and memory budgets; manifests over
+/// their caps.
+fn bundles_over_the_disk_budgets(p: &BundleParts<'_>) {
     // Disk: a trace entry claiming 1 TiB; one that really is 8 GiB of zeros (256 KiB
     // stored); five memory files of 4 GiB each (each within --max-mem-mib, together
     // not); a memory file whose one extent is 2 GiB of zero bytes to write.
-    w(
+    p.w(
         "trace-claims-1tib.vmrrb",
-        bundle(1, man(vec![entry("trace.vmrr", Storage::Zstd, 1 << 40)]), std::slice::from_ref(&z), true),
+        bundle(1, p.man(vec![entry("trace.vmrr", Storage::Zstd, 1 << 40)]), std::slice::from_ref(&p.z), true),
     );
-    w(
+    p.w(
         "trace-zeros-8gib.vmrrb",
-        bundle(1, man(vec![entry("trace.vmrr", Storage::Zstd, 8 << 30)]), &[zeros_frame(8 << 30)], true),
+        bundle(1, p.man(vec![entry("trace.vmrr", Storage::Zstd, 8 << 30)]), &[zeros_frame(8 << 30)], true),
     );
-    let mut entries = vec![entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64), state()];
-    let mut payloads = vec![z.clone(), zs.clone()];
+    let mut entries = vec![entry("trace.vmrr", Storage::Zstd, p.trace_bytes.len() as u64), p.state()];
+    let mut payloads = vec![p.z.clone(), p.zs.clone()];
     for slot in 0..5 {
         entries.push(entry(&format!("snapshots/snap-000000/mem-{slot}.raw"), Storage::Sparse, 4 << 30));
         payloads.push(no_extents());
     }
-    let mut m = man(entries);
+    let mut m = p.man(entries);
     m.snapshots = vec![0];
-    w("memory-files-total-20gib.vmrrb", bundle(1, m, &payloads, true));
-    let mut m = man(vec![
-        entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
-        state(),
+    p.w("memory-files-total-20gib.vmrrb", bundle(1, m, &payloads, true));
+    let mut m = p.man(vec![
+        entry("trace.vmrr", Storage::Zstd, p.trace_bytes.len() as u64),
+        p.state(),
         entry("snapshots/snap-000000/mem-0.raw", Storage::Sparse, 2 << 30),
     ]);
     m.snapshots = vec![0];
@@ -758,44 +802,52 @@ fn generate_bundles(dir: &Path, snapshot_root: &Path) {
     one.extend_from_slice(&0u64.to_le_bytes());
     one.extend_from_slice(&(2u64 << 30).to_le_bytes());
     one.extend(zeros_frame(2 << 30));
-    w("memory-pages-2gib.vmrrb", bundle(1, m, &[z.clone(), zs.clone(), one], true));
+    p.w("memory-pages-2gib.vmrrb", bundle(1, m, &[p.z.clone(), p.zs.clone(), one], true));
     // Snapshot files of a snapshot the manifest does not list.
-    let m = man(vec![
-        entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
-        entry("snapshots/snap-000007/state.bin", Storage::Zstd, state_bytes.len() as u64),
+    let m = p.man(vec![
+        entry("trace.vmrr", Storage::Zstd, p.trace_bytes.len() as u64),
+        entry("snapshots/snap-000007/state.bin", Storage::Zstd, p.state_bytes.len() as u64),
     ]);
-    w("snapshot-not-listed.vmrrb", bundle(1, m, &[z.clone(), zs.clone()], true));
+    p.w("snapshot-not-listed.vmrrb", bundle(1, m, &[p.z.clone(), p.zs.clone()], true));
     // More annotations in the manifest than a reader keeps.
-    let mut m = man(vec![entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64)]);
+    let mut m = p.man(vec![entry("trace.vmrr", Storage::Zstd, p.trace_bytes.len() as u64)]);
     m.annotations = (0..5000).map(|i| (format!("k{i}"), String::new())).collect();
-    w("manifest-annotations-over-cap.vmrrb", bundle(1, m, std::slice::from_ref(&z), true));
+    p.w("manifest-annotations-over-cap.vmrrb", bundle(1, m, std::slice::from_ref(&p.z), true));
+}
+
+/// Damage inside a bundle's files: errors name the bundle and the entry.
+fn bundles_damaged_inside(p: &BundleParts<'_>) {
     // Errors inside a bundle's files name the bundle and the entry, not where it was
     // extracted: a damaged trace, and a snapshot state that fails validation.
-    let damaged = std::fs::read(dir.parent().unwrap().join("trace/record-size-4gib.vmrr")).unwrap();
-    w(
+    let damaged = std::fs::read(p.dir.parent().unwrap().join("trace/record-size-4gib.vmrr")).unwrap();
+    p.w(
         "trace-damaged-inside.vmrrb",
         bundle(
             1,
-            man(vec![entry("trace.vmrr", Storage::Zstd, damaged.len() as u64)]),
+            p.man(vec![entry("trace.vmrr", Storage::Zstd, damaged.len() as u64)]),
             &[zstd::bulk::compress(&damaged, 3).unwrap()],
             true,
         ),
     );
-    let bad_state = std::fs::read(snapshot_root.join("rip-not-canonical/snap-000000/state.bin")).unwrap();
-    let mem = std::fs::read(snapshot_root.join("base/snap-000000/mem-0.raw")).unwrap();
-    let mut m = man(vec![
-        entry("trace.vmrr", Storage::Zstd, trace_bytes.len() as u64),
+    let bad_state = std::fs::read(p.snapshot_root.join("rip-not-canonical/snap-000000/state.bin")).unwrap();
+    let mem = std::fs::read(p.snapshot_root.join("base/snap-000000/mem-0.raw")).unwrap();
+    let mut m = p.man(vec![
+        entry("trace.vmrr", Storage::Zstd, p.trace_bytes.len() as u64),
         entry("snapshots/snap-000000/state.bin", Storage::Zstd, bad_state.len() as u64),
         entry("snapshots/snap-000000/mem-0.raw", Storage::Sparse, mem.len() as u64),
     ]);
     m.snapshots = vec![0];
-    w(
+    p.w(
         "state-invalid-inside.vmrrb",
-        bundle(1, m, &[z.clone(), zstd::bulk::compress(&bad_state, 3).unwrap(), sparse_payload(&mem)], true),
+        bundle(
+            1,
+            m,
+            &[p.z.clone(), zstd::bulk::compress(&bad_state, 3).unwrap(), sparse_payload(&mem)],
+            true,
+        ),
     );
 }
 
-/// A memory file as a bundle stores it: its non-zero pages as extents, then their bytes.
 fn sparse_payload(mem: &[u8]) -> Vec<u8> {
     let (mut table, mut data, mut n) = (Vec::new(), Vec::new(), 0u64);
     for (i, page) in mem.chunks(4096).enumerate() {

@@ -70,6 +70,8 @@ pub struct TraceOverview {
     pub last_exit_seq: Option<u64>,
     /// Records of every kind.
     pub records: u64,
+    /// The last record's sequence number (`None`: no record).
+    pub last_seq: Option<u64>,
     /// The file has no index or a torn last chunk (its writer did not finish); what is
     /// intact was read.
     pub unfinished: bool,
@@ -160,6 +162,7 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
         exits: 0,
         last_exit_seq: None,
         records: 0,
+        last_seq: None,
         unfinished: r.index().is_none(),
     };
     let mut last: Option<u64> = None;
@@ -203,6 +206,7 @@ pub fn scan(path: &Path) -> Result<TraceOverview, OverviewError> {
             }
         }
         last = Some(rec.seq);
+        f.last_seq = last;
         if kind::is_exit(rec.body.kind()) {
             f.exits += 1;
             f.last_exit_seq = Some(rec.seq);

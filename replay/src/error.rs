@@ -112,6 +112,16 @@ pub enum ReplayError {
     /// A record read from the trace could not be kept (a bug: what reads writes back).
     #[error("cannot keep a record read from the trace")]
     Copy(#[source] vmrr_format::WriteError),
+    /// `--goto` or `--snapshot-at` names a record the trace does not reach.
+    #[error("{trace}: there is no record {seq} to stop at: the trace ends at record {last}")]
+    PastEnd {
+        /// The trace.
+        trace: String,
+        /// The record asked for.
+        seq: u64,
+        /// The trace's last record.
+        last: u64,
+    },
     /// The replay host lacks a CPU feature the recorded guest saw (with `--strict-cpu`).
     #[error("the replay host lacks CPU features the recorded guest saw: {0}")]
     CpuMismatch(String),

@@ -318,6 +318,11 @@ pub struct Start {
 /// Everything `vmrr replay --json` prints.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// The replayed trace's id (hex, as `vmrr inspect` and `vmrr pack` print it): what
+    /// `vmrr timeline --replay-report` checks a report against. Absent from reports of
+    /// older vmrr.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
     /// How it ended.
     pub outcome: Outcome,
     /// What it says about the repro (`vmrr_replay::verdict`): `reproduced`, `completed`,
@@ -404,6 +409,7 @@ pub fn skipped_path(
         seconds: t0.elapsed().as_secs_f64(),
         loop_seconds: 0.0,
         exits_per_s: 0.0,
+        trace_id: String::new(),
         segment: None,
         segments: Vec::new(),
     }
@@ -437,6 +443,11 @@ impl Report {
         };
         if self.path == Path::Skipped {
             s.push_str(&format!("replay: {outcome} from the failure point in {:.2} s\n", self.seconds));
+        } else if let (Some(at), None) = (self.stopped_at, &self.divergence) {
+            s.push_str(&format!(
+                "replay: stopped at record {at} (--goto) after {} exits from {start} (record {}) in {:.2} s ({:.0} exits/s)\n",
+                self.exits_replayed, self.start.seq, self.seconds, self.exits_per_s
+            ));
         } else {
             s.push_str(&format!(
                 "replay: {outcome} after {} exits from {start} (record {}) in {:.2} s ({:.0} exits/s)\n",
@@ -490,9 +501,10 @@ impl Report {
         for n in &self.notes {
             s.push_str(&format!("  note: {n}\n"));
         }
+        let upto = self.stopped_at.map(|at| format!(" up to record {at}")).unwrap_or_default();
         if self.divergence.is_none() && self.path != Path::Skipped {
             s.push_str(&format!(
-                "  serial output {}\n",
+                "  serial output {}{upto}\n",
                 if self.serial_output_matches {
                     "matches the recording"
                 } else {

@@ -54,20 +54,12 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
     // Before anything reaches KVM: a trace this replayer cannot replay faithfully.
     crate::error::check_replay_features(&TraceReader::open(&src.trace)?)?;
     let f = overview::scan(&src.trace)?;
-    let mut notes = crate::hosts::notes(&f);
-    if f.unfinished {
-        notes.push(
-            "the trace's writer did not finish (no index or a torn last chunk): replaying what is intact"
-                .into(),
-        );
+    if let (Some(seq), Some(last)) = (opts.goto, f.last_seq) {
+        if seq > last && span.is_none() {
+            return Err(ReplayError::PastEnd { trace: src.trace.display().to_string(), seq, last });
+        }
     }
-    let cpu_warnings = match cpuid::host_supported() {
-        Ok(host) => cpuid::missing(&f.cpuid, &host),
-        Err(e) => vec![format!("(could not read this host's CPUID: {e})")],
-    };
-    if opts.strict_cpu && !cpu_warnings.is_empty() {
-        return Err(ReplayError::CpuMismatch(cpu_warnings.join(", ")));
-    }
+    let (mut notes, cpu_warnings) = host_notes(&f, opts)?;
     // A segment's own trace (`vmrr pack --segments`) replays as that segment.
     let span = span.or_else(|| crate::segment::of_segment_trace(&f));
     if let Some(s) = &span {
@@ -95,7 +87,7 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
             let mut report = crate::report::skipped_path(fp, path_not_deterministic, notes, cpu_warnings, t0);
             report.recorded_failure = f.last_exit_seq;
             report.verdict = crate::verdict::verdict(&report, report.recorded_failure);
-            return Ok(with_symbols(report, opts));
+            return Ok(with_symbols(report, &f, opts));
         }
     }
     let (machine, start) = crate::start::prepare(src, &f, opts)?;
@@ -109,30 +101,7 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
     let (stop, checked) = crate::segment::drive(&mut r, src, &f, opts, &checks, end_at_last)?;
     let loop_seconds = t_loop.elapsed().as_secs_f64();
     r.end_progress();
-    let stop = match stop {
-        // A machine that differs from a checkpoint has no instruction to search for.
-        Stop::Diverged(d) if d.actual.is_null() && d.expected.get("checkpoint").is_some() => {
-            Stop::Diverged(d)
-        }
-        // The guest reached the recorded failure's instruction and ran on: nothing before
-        // it differed, so there is no cause to search for.
-        Stop::Diverged(mut d) if reached_failure(&f, &d) => {
-            d.cause = Some(format!(
-                "the guest reached the instruction that failed at record {} when recording, and this host ran it without the failure",
-                d.seq
-            ));
-            Stop::Diverged(d)
-        }
-        Stop::Diverged(mut d) => {
-            if let Some(max_steps) = opts.explain_steps {
-                let limits = crate::explain::SearchLimits { max_steps, progress: opts.progress };
-                let e = crate::explain::explain(src, &f, opts, d.seq, d.after_input, limits)?;
-                e.explain(&mut d);
-            }
-            Stop::Diverged(d)
-        }
-        other => other,
-    };
+    let stop = explained(stop, src, &f, opts)?;
     // A guest rebuilt from another image or firmware than the recorded one (a fix under
     // test) is not the guest the failure-point snapshot holds: running that snapshot would
     // test the recorded code again.
@@ -147,18 +116,7 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
         (Some(mark), true) => Some(crate::failure_point::run(src, &f, opts, mark)?),
         _ => None,
     };
-    let segment = span.map(|s| SegmentInfo {
-        index: s.index,
-        count: s.count,
-        trace_id: crate::segment::hex_id(&f.trace_id),
-        from_snapshot: s.from.snapshot_id,
-        to_snapshot: (!s.last).then(|| s.checks.last().map(|c| c.snapshot_id)).flatten(),
-        exits: s.exits,
-        checks: Vec::new(),
-        path: String::new(),
-        error: None,
-        seconds: 0.0,
-    });
+    let segment = span.map(|s| segment_info(&s, &f));
     let parts = ReportParts {
         notes,
         cpu_warnings,
@@ -181,7 +139,74 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
             if checked.len() == 1 { "" } else { "s" }
         ));
     }
-    Ok(with_symbols(report, opts))
+    Ok(with_symbols(report, &f, opts))
+}
+
+/// What the report says about the trace and this host before replay starts: notes, and
+/// the CPU features the recorded guest saw that this host lacks (an error with
+/// `strict_cpu`).
+fn host_notes(f: &TraceOverview, opts: &Options) -> Result<(Vec<String>, Vec<String>), ReplayError> {
+    let mut notes = crate::hosts::notes(f);
+    if f.unfinished {
+        notes.push(
+            "the trace's writer did not finish (no index or a torn last chunk): replaying what is intact"
+                .into(),
+        );
+    }
+    let cpu_warnings = match cpuid::host_supported() {
+        Ok(host) => cpuid::missing(&f.cpuid, &host),
+        Err(e) => vec![format!("(could not read this host's CPUID: {e})")],
+    };
+    if opts.strict_cpu && !cpu_warnings.is_empty() {
+        return Err(ReplayError::CpuMismatch(cpu_warnings.join(", ")));
+    }
+    Ok((notes, cpu_warnings))
+}
+
+/// The stop, a divergence given its cause: searched for (within `explain_steps`), or
+/// none to search for (a checkpoint that differs; the recorded failure's instruction run
+/// without failing).
+fn explained(stop: Stop, src: &Source, f: &TraceOverview, opts: &Options) -> Result<Stop, ReplayError> {
+    Ok(match stop {
+        // A machine that differs from a checkpoint has no instruction to search for.
+        Stop::Diverged(d) if d.actual.is_null() && d.expected.get("checkpoint").is_some() => {
+            Stop::Diverged(d)
+        }
+        // The guest reached the recorded failure's instruction and ran on: nothing before
+        // it differed, so there is no cause to search for.
+        Stop::Diverged(mut d) if reached_failure(f, &d) => {
+            d.cause = Some(format!(
+                "the guest reached the instruction that failed at record {} when recording, and this host ran it without the failure",
+                d.seq
+            ));
+            Stop::Diverged(d)
+        }
+        Stop::Diverged(mut d) => {
+            if let Some(max_steps) = opts.explain_steps {
+                let limits = crate::explain::SearchLimits { max_steps, progress: opts.progress };
+                let e = crate::explain::explain(src, f, opts, d.seq, d.after_input, limits)?;
+                e.explain(&mut d);
+            }
+            Stop::Diverged(d)
+        }
+        other => other,
+    })
+}
+
+/// What a segment's report says about it before it ran.
+fn segment_info(s: &Span, f: &TraceOverview) -> SegmentInfo {
+    SegmentInfo {
+        index: s.index,
+        count: s.count,
+        trace_id: crate::segment::hex_id(&f.trace_id),
+        from_snapshot: s.from.snapshot_id,
+        to_snapshot: (!s.last).then(|| s.checks.last().map(|c| c.snapshot_id)).flatten(),
+        exits: s.exits,
+        checks: Vec::new(),
+        path: String::new(),
+        error: None,
+        seconds: 0.0,
+    }
 }
 
 /// Whether divergence `d` is at the recorded run's fatal exit, the guest having made a
@@ -192,9 +217,10 @@ fn reached_failure(f: &TraceOverview, d: &crate::report::Divergence) -> bool {
         && d.actual.get("kind").and_then(|k| k.as_str()).is_some_and(|k| !crate::verdict::is_fatal(k))
 }
 
-/// The report with addresses named from `--system-map`, and the map's fit to the guest
-/// among the notes.
-fn with_symbols(mut report: Report, opts: &Options) -> Report {
+/// The report with its trace's id, addresses named from `--system-map`, and the map's
+/// fit to the guest among the notes.
+fn with_symbols(mut report: Report, f: &TraceOverview, opts: &Options) -> Report {
+    report.trace_id = crate::segment::hex_id(&f.trace_id);
     if let Some(map) = &opts.system_map {
         report.symbolize(map);
         if let Some(w) = report.failure_point.as_ref().and_then(|p| p.system_map_warning.clone()) {
@@ -283,6 +309,7 @@ fn finish(
         } else {
             0.0
         },
+        trace_id: String::new(),
         segment: None,
         segments: Vec::new(),
     };

@@ -425,6 +425,7 @@ pub fn merge(mut reports: Vec<Report>) -> Result<Report, MergeError> {
         seconds,
         loop_seconds,
         exits_per_s: if loop_seconds > 0.0 { exits_replayed as f64 / loop_seconds } else { 0.0 },
+        trace_id: last.trace_id.clone(),
         segment: None,
         segments,
     };
@@ -458,6 +459,7 @@ mod tests {
             exits,
             last_exit_seq: Some(exits),
             records: exits + at.len() as u64,
+            last_seq: Some(exits + at.len() as u64),
             unfinished: false,
         }
     }

@@ -27,12 +27,32 @@ pub struct TimelineArgs {
     pub aggregate_above: u64,
 }
 
+/// Why a replay report cannot mark this trace's timeline (exit 2: the arguments do not
+/// belong together).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayReportError {
+    /// The report is of another trace: its records would be marked on the wrong run.
+    #[error(
+        "{report}: a replay report of trace {report_trace}, not of {trace} (trace {trace_id}): give the report `vmrr replay {trace} --json` wrote"
+    )]
+    OtherTrace {
+        /// The report.
+        report: PathBuf,
+        /// The trace id it names.
+        report_trace: String,
+        /// The trace given.
+        trace: PathBuf,
+        /// Its id.
+        trace_id: String,
+    },
+}
+
 /// Largest replay report read (a report holds a few dozen records).
 const MAX_REPORT_BYTES: u64 = 16 << 20;
 
 /// Markers from a replay report: the divergence at its record, a reproduced failure at
 /// the last record.
-fn markers(path: &Path) -> Result<Vec<Marker>, CliError> {
+fn markers(path: &Path, trace: &Path, trace_id: &str) -> Result<Vec<Marker>, CliError> {
     let f = std::fs::File::open(path)
         .map_err(|e| CliError::Usage(format!("cannot open the replay report {}: {e}", path.display())))?;
     let mut text = String::new();
@@ -59,6 +79,16 @@ fn markers(path: &Path) -> Result<Vec<Marker>, CliError> {
             path.display()
         )));
     };
+    // A report of older vmrr names no trace: it cannot be checked.
+    if let Some(id) = v.get("trace_id").and_then(Value::as_str).filter(|id| *id != trace_id) {
+        let e = ReplayReportError::OtherTrace {
+            report: path.to_path_buf(),
+            report_trace: id.to_string(),
+            trace: trace.to_path_buf(),
+            trace_id: trace_id.to_string(),
+        };
+        return Err(CliError::Coded { code: crate::exit_code::USAGE, message: e.to_string() });
+    }
     let mut out = Vec::new();
     if let Some(d) = v.get("divergence").filter(|d| !d.is_null()) {
         let seq = d.get("seq").and_then(Value::as_u64).ok_or_else(|| {
@@ -95,7 +125,10 @@ pub fn run(args: &TimelineArgs) -> CliResult {
     super::check_output_is_not_input(&args.out, &inputs)?;
     let mut reader = TraceReader::open(&args.trace)?;
     let markers = match &args.replay_report {
-        Some(p) => markers(p)?,
+        Some(p) => {
+            let id: String = reader.header().trace_id.iter().map(|b| format!("{b:02x}")).collect();
+            markers(p, &args.trace, &id)?
+        }
         None => Vec::new(),
     };
     let opts = TimelineOptions {

@@ -9,13 +9,14 @@
 //! looks at what came back: a debug stop (a boundary), an exit or event (a new record), the
 //! recorded failure, the end, or a divergence.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use vmrr_engine::disasm::{self, MemAccess};
-use vmrr_engine::machine::debug::DebugStops;
+use vmrr_engine::machine::debug::{DebugHit, DebugStops};
 
-use super::stops::{Fired, StopSet};
-use super::{DebugError, FailureKind, Session, Stopped, Stretch, Terminal};
+use super::stops::{Armed, Fired, StopSet};
+use super::{DebugError, FailureKind, Position, Session, Stopped, Stretch, Terminal};
 use crate::replayer::{Event, Stop};
 
 /// What a forward run is for.
@@ -51,6 +52,62 @@ impl Goal {
 /// How often (in replay steps) a long run asks whether the user interrupted it.
 const POLL_EVERY: u32 = 16;
 
+/// One forward run in progress: what it looks for and what it counted.
+struct Run<'g> {
+    goal: &'g Goal,
+    /// The breakpoints and watchpoints it looks for (none for a run that does not count).
+    stops: Arc<StopSet>,
+    /// Boundaries single-stepped.
+    steps: u64,
+    /// Hits of `stops` (for [`Goal::Hits`]).
+    hits: u64,
+    /// Entries into the guest (a poll of the user now and then).
+    polls: u32,
+    /// A run that looks for stops records hits in the position, not the steps between
+    /// them: these count the steps since the last mark (the start, a record, a hit) and
+    /// whether every entry since was single-stepped, so an interrupted run can still say
+    /// exactly where it stopped.
+    since_mark: u64,
+    stepped_since_mark: bool,
+    /// Whether each step is recorded in the position.
+    records_steps: bool,
+}
+
+impl<'g> Run<'g> {
+    fn new(goal: &'g Goal, session_stops: &Arc<StopSet>) -> Self {
+        let stops = match goal {
+            Goal::Step | Goal::Continue => Arc::clone(session_stops),
+            Goal::Hits(s, _) | Goal::Survey(s, _) => Arc::clone(s),
+            Goal::Record(_) | Goal::Steps(_) => Arc::new(StopSet::default()),
+        };
+        Run {
+            goal,
+            stops,
+            steps: 0,
+            hits: 0,
+            polls: 0,
+            since_mark: 0,
+            stepped_since_mark: true,
+            records_steps: matches!(goal, Goal::Step | Goal::Steps(_)),
+        }
+    }
+
+    /// A record or a hit marks the position afresh.
+    fn mark(&mut self) {
+        (self.since_mark, self.stepped_since_mark) = (0, true);
+    }
+}
+
+/// How the guest is entered once.
+struct Entry {
+    /// Single-stepped.
+    stepped: bool,
+    /// The debug registers set and what each holds.
+    armed: Armed,
+    /// The memory accesses of the instruction about to run (a stepped entry watching).
+    accesses: Vec<MemAccess>,
+}
+
 impl Session {
     /// Runs forward toward `goal`; `interrupted` is asked now and then whether the user
     /// wants the run to stop.
@@ -73,180 +130,237 @@ impl Session {
         if let Some(t) = &self.terminal {
             return Ok(t.stop());
         }
-        let stops = match goal {
-            Goal::Step | Goal::Continue => Arc::clone(&self.stops),
-            Goal::Hits(s, _) | Goal::Survey(s, _) => Arc::clone(s),
-            Goal::Record(_) | Goal::Steps(_) => Arc::new(StopSet::default()),
-        };
+        let mut run = Run::new(goal, &self.stops);
         self.survey_hit = None;
         self.fired = None;
-        let (mut steps, mut hits, mut polls) = (0u64, 0u64, 0u32);
-        // A run that looks for stops records hits in the position, not the steps between
-        // them: these count the steps since the last mark (the start, a record, a hit)
-        // and whether every entry since was single-stepped, so an interrupted run can
-        // still say exactly where it stopped.
-        let (mut since_mark, mut stepped_since_mark) = (0u64, true);
-        let records_steps = matches!(goal, Goal::Step | Goal::Steps(_));
         loop {
-            match goal {
-                Goal::Record(r) | Goal::Survey(_, r) if self.pos.record >= *r && self.pos.path.is_empty() => {
-                    self.complete()?;
-                    return Ok(Stopped::Step);
-                }
-                Goal::Steps(n) if steps == *n => return Ok(Stopped::Step),
-                _ => {}
+            if let Some(stop) = self.goal_reached(&run)? {
+                return Ok(stop);
             }
-            polls += 1;
-            let representable = records_steps || since_mark == 0 || stepped_since_mark;
-            if representable && polls % POLL_EVERY == 0 && interrupted() {
-                if !records_steps && since_mark > 0 {
-                    for _ in 0..since_mark {
-                        self.pos.step();
-                    }
-                }
-                self.complete()?;
-                return Ok(Stopped::Interrupted);
+            if let Some(stop) = self.poll(&mut run, interrupted)? {
+                return Ok(stop);
             }
-            let counts = goal.counts();
-            let on_breakpoint =
-                counts && !stops.exec.is_empty() && stops.exec.contains(&self.machine().linear_pc()?);
-            let mut stepped = goal.steps()
-                || self.force_steps
-                || on_breakpoint
-                || (counts && stops.watch_needs_steps(self.host_watches));
-            if stepped && !vmrr_engine::machine::debug::host_steps_ring3() && self.machine().cpl()? == 3 {
-                // This host cannot single-step ring 3 (measured): the entry runs to the
-                // next exit, breakpoints on the debug registers. Points inside such a
-                // stretch are named by hits, not steps.
-                stepped = false;
-                self.ring3_unstepped += 1;
-            }
-            // Standing on a breakpoint that cannot be stepped over (ring 3 here), the entry
-            // runs without it: it fires again only after the next exit.
-            let step_over_by_disarming = on_breakpoint && !stepped;
-            let armed = if step_over_by_disarming {
-                let pc = self.machine().linear_pc()?;
-                let mut without = (*stops).clone();
-                without.exec.remove(&pc);
-                without.arm(false, self.host_watches)
-            } else if counts {
-                stops.arm(stepped, self.host_watches)
-            } else {
-                StopSet::default().arm(stepped, false)
-            };
-            self.arm(armed.stops)?;
-            let accesses =
-                if stepped && counts && !stops.watch.is_empty() { self.next_accesses() } else { Vec::new() };
+            let entry = self.enter(&run)?;
             let before = self.pos.record;
             let event = self.replayer_mut().step()?;
-            match event {
-                Event::Debug { step, hit, .. } => {
-                    if step {
-                        if records_steps {
-                            self.pos.step();
-                        }
-                        self.stepped += 1;
-                        steps += 1;
-                        since_mark += 1;
-                    } else if hit.hw == 0 {
-                        continue;
-                    }
-                    stepped_since_mark &= stepped;
-                    let fired = if counts {
-                        stops.fired(self.machine().linear_pc()?, hit, &armed, &accesses)
-                    } else {
-                        None
-                    };
-                    self.fired = fired;
-                    if records_steps && !step && fired.is_some() {
-                        // An unstepped entry (ring 3 here) stopped at a breakpoint: the
-                        // point is named by the hit.
-                        self.pos.hit(&stops);
-                    }
-                    match (goal, fired) {
-                        (Goal::Step, Some(f @ Fired::Watch(..))) => return Ok(f.stop()),
-                        (Goal::Step, _) => return Ok(Stopped::Step),
-                        (Goal::Continue, Some(f)) => {
-                            self.pos.hit(&stops);
-                            return Ok(f.stop());
-                        }
-                        (Goal::Hits(_, n), Some(_)) => {
-                            hits += 1;
-                            self.pos.hit(&stops);
-                            (since_mark, stepped_since_mark) = (0, true);
-                            if hits == *n {
-                                return Ok(Stopped::Step);
-                            }
-                        }
-                        (Goal::Survey(..), Some(f)) => {
-                            self.pos.hit(&stops);
-                            (since_mark, stepped_since_mark) = (0, true);
-                            self.survey_hit = Some((self.pos.clone(), f));
-                        }
-                        _ => {}
-                    }
-                }
+            let flow = match event {
+                Event::Debug { step, hit, .. } => self.on_debug(&mut run, &entry, step, hit)?,
                 Event::Exit { .. } | Event::Applied { .. } => {
-                    let (record, _) = self.replayer().position();
-                    if record == before {
-                        // Part of a string I/O batch: the instruction goes on.
-                        continue;
-                    }
-                    let ran = matches!(event, Event::Exit { .. });
-                    self.crossed(before, record, ran);
-                    (since_mark, stepped_since_mark) = (0, true);
-                    if !ran {
-                        continue;
-                    }
-                    if let Some(stop) = self.apply_events()? {
-                        return Ok(stop);
-                    }
-                    self.maybe_checkpoint()?;
-                    match goal {
-                        Goal::Step => {
-                            self.complete()?;
-                            return Ok(Stopped::Step);
-                        }
-                        Goal::Steps(_) | Goal::Hits(..) => {
-                            return Err(DebugError::Lost(format!("{} (an exit came first)", self.pos)));
-                        }
-                        Goal::Continue | Goal::Survey(..) if !stops.exec.is_empty() => {
-                            if let Goal::Survey(_, until) = goal {
-                                if self.pos.record >= *until {
-                                    continue;
-                                }
-                            }
-                            self.complete()?;
-                            let pc = self.machine().linear_pc()?;
-                            if stops.exec.contains(&pc) {
-                                if matches!(goal, Goal::Continue) {
-                                    return Ok(Stopped::Breakpoint(pc));
-                                }
-                                self.survey_hit = Some((self.pos.clone(), Fired::Breakpoint(pc)));
-                            }
-                        }
-                        _ => {}
-                    }
+                    self.on_record(&mut run, before, matches!(event, Event::Exit { .. }))?
                 }
-                Event::Failure { seq } => {
-                    self.crossed(before, Some(seq), true);
-                    let report = self.replayer().failure().cloned();
-                    let kind = report.as_ref().map_or(FailureKind::InternalError, kind_of);
-                    if let Some(r) = report {
-                        self.terminal = Some(Terminal::Failure(kind, Box::new(r)));
-                    }
-                    return Ok(Stopped::Failure(kind));
-                }
+                Event::Failure { seq } => ControlFlow::Break(self.on_failure(before, seq)),
                 Event::Stopped(Stop::End | Stop::Goto(_)) => {
                     self.terminal = Some(Terminal::End);
-                    return Ok(Stopped::End);
+                    ControlFlow::Break(Stopped::End)
                 }
                 Event::Stopped(Stop::Diverged(d)) => {
                     self.diverged(d);
-                    return Ok(Stopped::Diverged);
+                    ControlFlow::Break(Stopped::Diverged)
                 }
+            };
+            if let ControlFlow::Break(stop) = flow {
+                return Ok(stop);
             }
         }
+    }
+
+    /// The stop when the run's goal is reached before the next entry.
+    fn goal_reached(&mut self, run: &Run<'_>) -> Result<Option<Stopped>, DebugError> {
+        match run.goal {
+            Goal::Record(r) | Goal::Survey(_, r) if self.pos.record >= *r && self.pos.path.is_empty() => {
+                self.complete()?;
+                Ok(Some(Stopped::Step))
+            }
+            Goal::Steps(n) if run.steps == *n => Ok(Some(Stopped::Step)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Asks the user now and then whether to stop, where the point can be named.
+    fn poll(
+        &mut self,
+        run: &mut Run<'_>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<Stopped>, DebugError> {
+        run.polls += 1;
+        let representable = run.records_steps || run.since_mark == 0 || run.stepped_since_mark;
+        if !(representable && run.polls % POLL_EVERY == 0 && interrupted()) {
+            return Ok(None);
+        }
+        if !run.records_steps && run.since_mark > 0 {
+            for _ in 0..run.since_mark {
+                self.pos.step();
+            }
+        }
+        self.complete()?;
+        Ok(Some(Stopped::Interrupted))
+    }
+
+    /// Decides how the guest is entered next (single-stepped or not, which debug
+    /// registers) and sets the registers.
+    fn enter(&mut self, run: &Run<'_>) -> Result<Entry, DebugError> {
+        let (goal, stops) = (run.goal, &run.stops);
+        let counts = goal.counts();
+        let on_breakpoint =
+            counts && !stops.exec.is_empty() && stops.exec.contains(&self.machine().linear_pc()?);
+        let mut stepped = goal.steps()
+            || self.force_steps
+            || on_breakpoint
+            || (counts && stops.watch_needs_steps(self.host_watches));
+        if stepped && !vmrr_engine::machine::debug::host_steps_ring3() && self.machine().cpl()? == 3 {
+            // This host cannot single-step ring 3 (measured): the entry runs to the next
+            // exit, breakpoints on the debug registers. Points inside such a stretch are
+            // named by hits, not steps.
+            stepped = false;
+            self.ring3_unstepped += 1;
+        }
+        // Standing on a breakpoint that cannot be stepped over (ring 3 here), the entry
+        // runs without it: it fires again only after the next exit.
+        let step_over_by_disarming = on_breakpoint && !stepped;
+        let armed = if step_over_by_disarming {
+            let pc = self.machine().linear_pc()?;
+            let mut without = (**stops).clone();
+            without.exec.remove(&pc);
+            without.arm(false, self.host_watches)
+        } else if counts {
+            stops.arm(stepped, self.host_watches)
+        } else {
+            StopSet::default().arm(stepped, false)
+        };
+        self.arm(armed.stops)?;
+        let accesses =
+            if stepped && counts && !stops.watch.is_empty() { self.next_accesses() } else { Vec::new() };
+        Ok(Entry { stepped, armed, accesses })
+    }
+
+    /// A debug stop: one boundary single-stepped, or a hardware breakpoint or watchpoint.
+    fn on_debug(
+        &mut self,
+        run: &mut Run<'_>,
+        entry: &Entry,
+        step: bool,
+        hit: DebugHit,
+    ) -> Result<ControlFlow<Stopped>, DebugError> {
+        if step {
+            if run.records_steps {
+                self.pos.step();
+            }
+            self.stepped += 1;
+            run.steps += 1;
+            run.since_mark += 1;
+        } else if hit.hw == 0 {
+            return Ok(ControlFlow::Continue(()));
+        }
+        run.stepped_since_mark &= entry.stepped;
+        let fired = if run.goal.counts() {
+            run.stops.fired(self.machine().linear_pc()?, hit, &entry.armed, &entry.accesses)
+        } else {
+            None
+        };
+        self.fired = fired;
+        if run.records_steps && !step && fired.is_some() {
+            // An unstepped entry (ring 3 here) stopped at a breakpoint: the point is
+            // named by the hit.
+            self.pos.hit(&run.stops);
+        }
+        Ok(match (run.goal, fired) {
+            (Goal::Step, Some(f @ Fired::Watch(..))) => ControlFlow::Break(f.stop()),
+            (Goal::Step, _) => ControlFlow::Break(Stopped::Step),
+            (Goal::Continue, Some(f)) => {
+                self.pos.hit(&run.stops);
+                ControlFlow::Break(f.stop())
+            }
+            (Goal::Hits(_, n), Some(_)) => {
+                run.hits += 1;
+                self.pos.hit(&run.stops);
+                run.mark();
+                if run.hits == *n { ControlFlow::Break(Stopped::Step) } else { ControlFlow::Continue(()) }
+            }
+            (Goal::Survey(..), Some(f)) => {
+                self.pos.hit(&run.stops);
+                run.mark();
+                self.survey_hit = Some((self.pos.clone(), f));
+                ControlFlow::Continue(())
+            }
+            _ => ControlFlow::Continue(()),
+        })
+    }
+
+    /// A recorded exit happened again (`ran`) or an event was applied: a new record.
+    fn on_record(
+        &mut self,
+        run: &mut Run<'_>,
+        before: Option<u64>,
+        ran: bool,
+    ) -> Result<ControlFlow<Stopped>, DebugError> {
+        let (record, _) = self.replayer().position();
+        if record == before {
+            // Part of a string I/O batch: the instruction goes on.
+            return Ok(ControlFlow::Continue(()));
+        }
+        self.crossed(before, record, ran);
+        run.mark();
+        if !ran {
+            return Ok(ControlFlow::Continue(()));
+        }
+        if let Some(stop) = self.apply_events()? {
+            return Ok(ControlFlow::Break(stop));
+        }
+        self.maybe_checkpoint()?;
+        match run.goal {
+            Goal::Step => {
+                self.complete()?;
+                Ok(ControlFlow::Break(Stopped::Step))
+            }
+            Goal::Steps(_) | Goal::Hits(..) => {
+                Err(DebugError::Lost(format!("{} (an exit came first)", self.pos)))
+            }
+            Goal::Continue | Goal::Survey(..) if !run.stops.exec.is_empty() => {
+                self.breakpoint_after_exit(run)
+            }
+            _ => Ok(ControlFlow::Continue(())),
+        }
+    }
+
+    /// After an exit, a run looking for breakpoints checks the boundary the exit left the
+    /// guest at (the debug registers did not see it: the instruction was emulated).
+    fn breakpoint_after_exit(&mut self, run: &Run<'_>) -> Result<ControlFlow<Stopped>, DebugError> {
+        if let Goal::Survey(_, until) = run.goal {
+            if self.pos.record >= *until {
+                return Ok(ControlFlow::Continue(()));
+            }
+        }
+        self.complete()?;
+        let pc = self.machine().linear_pc()?;
+        if run.stops.exec.contains(&pc) {
+            if matches!(run.goal, Goal::Continue) {
+                return Ok(ControlFlow::Break(Stopped::Breakpoint(pc)));
+            }
+            self.survey_hit = Some((self.pos.clone(), Fired::Breakpoint(pc)));
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// The recorded fatal exit happened again: the guest stands at the failing
+    /// instruction, for good.
+    fn on_failure(&mut self, before: Option<u64>, seq: u64) -> Stopped {
+        self.crossed(before, Some(seq), true);
+        let report = self.replayer().failure().cloned();
+        let kind = report.as_ref().map_or(FailureKind::InternalError, kind_of);
+        if let Some(r) = report {
+            self.terminal = Some(Terminal::Failure(kind, Box::new(r)));
+        }
+        // One name for the failure point: the failing instruction's boundary, in steps
+        // after the record before it, when the stretch's length is known.
+        let known = self
+            .failure_at
+            .clone()
+            .or_else(|| self.lengths.get(&before).map(|&n| Position::stepped(before, n)));
+        if let Some(p) = known {
+            self.failure_at = Some(p.clone());
+            self.pos = p;
+        }
+        Stopped::Failure(kind)
     }
 
     /// The replay crossed from the boundary after `from` to the one after `to`: the path

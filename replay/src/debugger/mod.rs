@@ -129,6 +129,9 @@ pub struct Session {
     /// instruction that ends it.
     lengths: HashMap<Option<u64>, u64>,
     terminal: Option<Terminal>,
+    /// The failing instruction's boundary, named by its steps after the record before it,
+    /// once known: the recorded failure's one name, however it was reached.
+    failure_at: Option<Position>,
     /// Set once a write from the debugger left the recorded path: where it did.
     live: Option<Position>,
     /// Messages for the user at the next stop.
@@ -204,6 +207,7 @@ impl Session {
             before: HashMap::new(),
             lengths: HashMap::new(),
             terminal: None,
+            failure_at: None,
             live: None,
             notes: Vec::new(),
             armed: None,
@@ -401,6 +405,26 @@ impl Session {
     /// instruction, which did not complete).
     pub fn at_failure(&self) -> bool {
         matches!(self.terminal, Some(Terminal::Failure(..))) && self.live.is_none()
+    }
+
+    /// Whether the session stands at the failing instruction's boundary without having
+    /// run it (reached by stepping): the recorded failure is the next thing that happens.
+    pub fn at_failing_instruction(&self) -> bool {
+        !self.at_failure() && self.live.is_none() && self.failure_at.as_ref() == Some(&self.pos)
+    }
+
+    /// Names the current point the way reverse execution does, so that one point has one
+    /// name however it was reached: at the recorded failure, the failing instruction's
+    /// boundary counted in instructions after the record before it (learnt once, by
+    /// single-stepping that stretch from the checkpoint before it).
+    ///
+    /// # Errors
+    /// Replay errors.
+    pub fn settle_position(&mut self, interrupted: &mut dyn FnMut() -> bool) -> Result<(), DebugError> {
+        if self.at_failure() {
+            self.failing_boundary(interrupted)?;
+        }
+        Ok(())
     }
 
     /// Where a write from the debugger left the recorded path, if one did.

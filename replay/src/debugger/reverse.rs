@@ -100,8 +100,12 @@ impl Session {
         }
     }
 
-    /// Back to the last boundary before this one where a breakpoint or watchpoint fires,
-    /// or to the start.
+    /// Back to the last point before this one where a breakpoint or watchpoint stops a
+    /// reverse run, or to the start. A breakpoint stops at its boundary (before the
+    /// instruction there runs), as forwards. A watchpoint stops before the instruction
+    /// that made the access (the writer, for `watch`): going back, that instruction is
+    /// where the watched value changes. So from the boundary right after an access, the
+    /// first stop back is one instruction back, at the access's instruction.
     ///
     /// # Errors
     /// Replay errors.
@@ -110,48 +114,93 @@ impl Session {
             return Ok(Stopped::Begin);
         }
         let stops = Arc::clone(&self.stops);
+        if stops.is_empty() {
+            let start = self.start.clone();
+            self.goto(&start, interrupted)?;
+            return Ok(Stopped::Begin);
+        }
         // The common case needs no stepping: continuing stopped at the n-th hit of these
-        // very stops, so the one before is hit n - 1, or the record's own boundary, or
-        // an earlier stretch.
+        // very stops, so the one before is this hit's access, or hit n - 1, or the
+        // record's own boundary, or an earlier stretch.
         let same_hits = match (self.at_failure(), self.pos.path.as_slice()) {
             (false, [Leg::Hits { stops: s, n }]) if **s == *stops => Some(*n),
             _ => None,
         };
         if let Some(n) = same_hits {
-            let record = self.pos.record;
-            if n > 1 {
-                let target = Position { record, path: vec![Leg::Hits { stops: stops.clone(), n: n - 1 }] };
-                self.goto(&target, interrupted)?;
-                return Ok(self.stop_here(&stops));
-            }
-            self.goto(&Position::at_record(record), interrupted)?;
-            if let Some(f) = self.fires_here(&stops)? {
-                return Ok(f.stop());
-            }
-            return self.reverse_cont_before(record, &stops, interrupted);
+            return self.reverse_cont_from_hit(n, &stops, interrupted);
         }
         let (record, steps, _) = self.here_in_steps(interrupted)?;
-        if !stops.is_empty() {
-            // In this stretch: the boundaries from the record's up to here.
-            self.goto(&Position::at_record(record), interrupted)?;
-            let mut last = self.fires_here(&stops)?.map(|f| (0, f));
-            for i in 1..steps {
-                if self.forward(&Goal::Step, interrupted)? != Stopped::Step {
-                    return Err(DebugError::Lost(Position::stepped(record, i).to_string()));
-                }
-                if let Some(f) = self.fired {
-                    last = Some((i, f));
-                }
+        // In this stretch: the boundaries from the record's up to here.
+        self.goto(&Position::at_record(record), interrupted)?;
+        let mut last = self.fires_here(&stops)?.map(|f| (0, f));
+        for i in 1..=steps {
+            match self.forward(&Goal::Step, interrupted)? {
+                Stopped::Step | Stopped::Watch { .. } => {}
+                Stopped::Interrupted => return Ok(Stopped::Interrupted),
+                _ => return Err(DebugError::Lost(Position::stepped(record, i).to_string())),
             }
-            if let Some((i, f)) = last {
-                self.goto(&Position::stepped(record, i), interrupted)?;
-                return Ok(f.stop());
+            match self.fired {
+                // An access by the instruction that led to boundary i: it stops at i - 1,
+                // before here even when i is here.
+                Some(f @ Fired::Watch(..)) => last = Some((i - 1, f)),
+                Some(f @ Fired::Breakpoint(_)) if i < steps => last = Some((i, f)),
+                _ => {}
             }
-            return self.reverse_cont_before(record, &stops, interrupted);
         }
-        let start = self.start.clone();
-        self.goto(&start, interrupted)?;
-        Ok(Stopped::Begin)
+        if let Some((i, f)) = last {
+            let stop = self.goto(&Position::stepped(record, i), interrupted)?;
+            return Ok(if stop == Stopped::Interrupted { stop } else { f.stop() });
+        }
+        self.reverse_cont_before(record, &stops, interrupted)
+    }
+
+    /// [`Session::reverse_cont`] from the `n`-th hit of `stops` after the record.
+    fn reverse_cont_from_hit(
+        &mut self,
+        n: u64,
+        stops: &Arc<super::StopSet>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Stopped, DebugError> {
+        let record = self.pos.record;
+        if let Some(f @ Fired::Watch(..)) = self.fired {
+            // Right after an access: back to the instruction that made it.
+            return self.reverse_stop(None, f, interrupted);
+        }
+        if n > 1 {
+            let target = Position { record, path: vec![Leg::Hits { stops: Arc::clone(stops), n: n - 1 }] };
+            self.goto(&target, interrupted)?;
+            return match self.fired.take().or_else(|| self.fires_here(stops).ok().flatten()) {
+                Some(f) => self.reverse_stop(None, f, interrupted),
+                None => Ok(Stopped::Step),
+            };
+        }
+        self.goto(&Position::at_record(record), interrupted)?;
+        if let Some(f) = self.fires_here(stops)? {
+            return Ok(f.stop());
+        }
+        self.reverse_cont_before(record, stops, interrupted)
+    }
+
+    /// The stop a reverse run makes at the hit `at` (or here) where `f` fired: there for
+    /// a breakpoint; one instruction back for a watchpoint, before the instruction that
+    /// made the access.
+    fn reverse_stop(
+        &mut self,
+        at: Option<&Position>,
+        f: Fired,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Stopped, DebugError> {
+        if let Some(p) = at {
+            if self.goto(p, interrupted)? == Stopped::Interrupted {
+                return Ok(Stopped::Interrupted);
+            }
+        }
+        if let Fired::Watch(..) = f {
+            if self.reverse_step_inner(interrupted)? == Stopped::Interrupted {
+                return Ok(Stopped::Interrupted);
+            }
+        }
+        Ok(f.stop())
     }
 
     /// Back to the last hit of `stops` before the boundary after `record` (surveying the
@@ -176,8 +225,7 @@ impl Session {
                 found = Some(h);
             }
             if let Some((p, f)) = found {
-                self.goto(&p, interrupted)?;
-                return Ok(f.stop());
+                return self.reverse_stop(Some(&p), f, interrupted);
             }
             upto = from;
         }
@@ -205,14 +253,6 @@ impl Session {
         Ok(stops.exec.contains(&pc).then_some(Fired::Breakpoint(pc)))
     }
 
-    /// The stop to report at a hit reached again.
-    fn stop_here(&mut self, stops: &super::StopSet) -> Stopped {
-        match self.fired.take().or_else(|| self.fires_here(stops).ok().flatten()) {
-            Some(f) => f.stop(),
-            None => Stopped::Step,
-        }
-    }
-
     /// The current point as a record and a number of boundaries after it (the failure:
     /// the failing instruction's boundary, in the stretch before its record), and whether
     /// uncounted ring-3 code (on a host that cannot step it) lies between those boundaries
@@ -222,10 +262,8 @@ impl Session {
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<(Option<u64>, u64, bool), DebugError> {
         if self.at_failure() {
-            let record = self.pos.record;
-            let stretch = self.stretch_before(record, interrupted)?;
-            let n = self.stretch_length(stretch.from, interrupted)?;
-            return Ok((stretch.from, n, false));
+            let (record, n) = self.failing_boundary(interrupted)?;
+            return Ok((record, n, false));
         }
         if let Some(k) = self.pos.steps() {
             return Ok((self.pos.record, k, false));
@@ -246,6 +284,26 @@ impl Session {
             self.pos = Position::stepped(here.record, k);
         }
         Ok((here.record, k, uncounted))
+    }
+
+    /// The failing instruction's boundary as a record and a number of boundaries after
+    /// it: learnt once (the stretch before the failure, single-stepped), then the name of
+    /// the failure point.
+    pub(super) fn failing_boundary(
+        &mut self,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<(Option<u64>, u64), DebugError> {
+        if let Some((record, Some(k))) = self.failure_at.as_ref().map(|p| (p.record, p.steps())) {
+            return Ok((record, k));
+        }
+        let stretch = self.stretch_before(self.pos.record, interrupted)?;
+        let n = self.stretch_length(stretch.from, interrupted)?;
+        let p = Position::stepped(stretch.from, n);
+        if self.at_failure() {
+            self.pos = p.clone();
+        }
+        self.failure_at = Some(p);
+        Ok((stretch.from, n))
     }
 
     fn walk(&mut self, p: &Position, interrupted: &mut dyn FnMut() -> bool) -> Result<(), DebugError> {

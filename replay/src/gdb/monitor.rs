@@ -12,7 +12,7 @@ use crate::debugger::{Origin, Stopped};
 const HELP: &str = "\
 vmrr monitor commands:
   where                 the replay's position: record, instructions since it, nearest checkpoint
-  goto SEQ              go to the boundary right after record SEQ (then `flushregs`)
+  goto SEQ              go to the boundary right after record SEQ (then `maintenance flush register-cache`)
   records [N]           the N records up to the current one and 2 after it, decoded (default 8)
   checkpoints           the checkpoints going back can restore
   checkpoint            take a checkpoint here (at a record's boundary)
@@ -30,44 +30,13 @@ impl MonitorCmd for GdbTarget {
     fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), TargetFailed> {
         let cmd = String::from_utf8_lossy(cmd);
         let mut words = cmd.split_whitespace();
+        let out = &mut out;
         match words.next() {
-            Some("where") | None => self.show_where(&mut out),
-            Some("goto") => {
-                let Some(seq) = words.next().and_then(parse_u64) else {
-                    outputln!(out, "usage: monitor goto SEQ");
-                    return Ok(());
-                };
-                let t0 = Instant::now();
-                let mut last = Instant::now();
-                let mut keepalive = || {
-                    if last.elapsed() >= KEEPALIVE {
-                        last = Instant::now();
-                        outputln!(
-                            out,
-                            "vmrr: replaying to record {seq} ({:.0} s)",
-                            t0.elapsed().as_secs_f64()
-                        );
-                        out.flush();
-                    }
-                    false
-                };
-                let stop = self.session.goto_record(seq, &mut keepalive);
-                match stop {
-                    Ok(Stopped::Step) => {}
-                    Ok(Stopped::End) => outputln!(out, "the trace ends before record {seq}"),
-                    Ok(Stopped::Failure(_)) => {
-                        outputln!(out, "the recorded failure comes first (record {seq})")
-                    }
-                    Ok(Stopped::Diverged) => outputln!(out, "the replay diverged before record {seq}"),
-                    Ok(other) => outputln!(out, "stopped: {other:?}"),
-                    Err(e) => outputln!(out, "vmrr: goto failed: {e}"),
-                }
-                for n in self.take_notes() {
-                    outputln!(out, "{n}");
-                }
-                self.show_where(&mut out);
-                outputln!(out, "(gdb still shows the registers of before: run `flushregs`)");
-            }
+            Some("where") | None => self.show_where(out),
+            Some("goto") => match words.next().and_then(parse_u64) {
+                Some(seq) => self.monitor_goto(seq, out),
+                None => outputln!(out, "usage: monitor goto SEQ"),
+            },
             Some("records") => {
                 let n = words.next().and_then(parse_u64).unwrap_or(8);
                 match self.session.records_around(n.saturating_sub(1), 2) {
@@ -79,25 +48,7 @@ impl MonitorCmd for GdbTarget {
                     Err(e) => outputln!(out, "vmrr: {e}"),
                 }
             }
-            Some("checkpoints") => {
-                let p = self.session.policy();
-                outputln!(
-                    out,
-                    "{} checkpoints ({} taken by this session; one every {} ms of replay, at most {}):",
-                    self.session.checkpoints().len(),
-                    self.session.checkpoints_taken(),
-                    p.every.as_millis(),
-                    p.max
-                );
-                for c in self.session.checkpoints() {
-                    let at = c.at.map_or("the start".to_string(), |r| format!("record {r}"));
-                    let who = match c.origin {
-                        Origin::Trace => format!("trace snapshot {}", c.snapshot_id),
-                        Origin::Session => "session".to_string(),
-                    };
-                    outputln!(out, "  after {at:<16} {who}");
-                }
-            }
+            Some("checkpoints") => self.show_checkpoints(out),
             Some("checkpoint") => match self.session.checkpoint_here() {
                 Ok(true) => outputln!(out, "checkpoint at {}", self.session.position()),
                 Ok(false) => outputln!(
@@ -114,18 +65,8 @@ impl MonitorCmd for GdbTarget {
                 }
                 None => outputln!(out, "usage: monitor checkpoint-interval MS"),
             },
-            Some("report") => {
-                if let Some(d) = self.session.divergence() {
-                    outputln!(out, "DIVERGED:");
-                    out.write_raw(d.human().as_bytes());
-                } else if let Some(f) = self.session.failure() {
-                    outputln!(out, "REPRODUCED the recorded failure:");
-                    out.write_raw(f.human().as_bytes());
-                } else {
-                    outputln!(out, "no divergence or failure reached yet");
-                }
-            }
-            Some("sym") => self.show_symbol(words.next(), &mut out),
+            Some("report") => self.show_report(out),
+            Some("sym") => self.show_symbol(words.next(), out),
             Some("phys") => {
                 match words.next() {
                     Some("on") => self.phys = true,
@@ -138,28 +79,10 @@ impl MonitorCmd for GdbTarget {
                     if self.phys { "guest-physical" } else { "linear (through the guest's page tables)" }
                 );
             }
-            Some("xp") => {
-                let (Some(addr), len) = (words.next().and_then(parse_u64), words.next().and_then(parse_u64))
-                else {
-                    outputln!(out, "usage: monitor xp ADDR [LEN]");
-                    return Ok(());
-                };
-                let len = usize::try_from(len.unwrap_or(64).min(4096)).unwrap_or(64);
-                let mut buf = vec![0u8; len];
-                match self.session.machine().read_phys(addr, &mut buf) {
-                    Ok(()) => {
-                        for (i, row) in buf.chunks(16).enumerate() {
-                            outputln!(
-                                out,
-                                "{:#014x}: {}",
-                                addr + 16 * i as u64,
-                                vmrr_format::describe::hex(row)
-                            );
-                        }
-                    }
-                    Err(e) => outputln!(out, "{e}"),
-                }
-            }
+            Some("xp") => match (words.next().and_then(parse_u64), words.next().and_then(parse_u64)) {
+                (Some(addr), len) => self.show_phys_memory(addr, len, out),
+                _ => outputln!(out, "usage: monitor xp ADDR [LEN]"),
+            },
             Some("help") => outputln!(out, "{HELP}"),
             Some(other) => outputln!(out, "unknown monitor command {other:?}\n{HELP}"),
         }
@@ -168,7 +91,104 @@ impl MonitorCmd for GdbTarget {
 }
 
 impl GdbTarget {
+    /// `monitor goto SEQ`: to the boundary right after record `seq`, saying something
+    /// every second on the way.
+    fn monitor_goto(&mut self, seq: u64, out: &mut ConsoleOutput<'_>) {
+        if let Some(last) = self.session.overview().last_seq.filter(|&last| seq > last) {
+            outputln!(
+                out,
+                "there is no record {seq}: the trace ends at record {last} (`monitor goto {last}` goes there); staying at {}",
+                self.session.position()
+            );
+            return;
+        }
+        let t0 = Instant::now();
+        let mut last = Instant::now();
+        let mut keepalive = || {
+            if last.elapsed() >= KEEPALIVE {
+                last = Instant::now();
+                outputln!(out, "vmrr: replaying to record {seq} ({:.0} s)", t0.elapsed().as_secs_f64());
+                out.flush();
+            }
+            false
+        };
+        let stop = self.session.goto_record(seq, &mut keepalive);
+        match stop {
+            Ok(Stopped::Step) => {}
+            Ok(Stopped::End) => outputln!(
+                out,
+                "the replay ended before record {seq}: the trace ends at record {}",
+                self.session.overview().last_seq.map_or("?".into(), |l| l.to_string())
+            ),
+            Ok(Stopped::Failure(_)) => {
+                outputln!(out, "the recorded failure comes first (record {seq})")
+            }
+            Ok(Stopped::Diverged) => outputln!(out, "the replay diverged before record {seq}"),
+            Ok(other) => outputln!(out, "stopped: {other:?}"),
+            Err(e) => outputln!(out, "vmrr: goto failed: {e}"),
+        }
+        for n in self.take_notes() {
+            outputln!(out, "{n}");
+        }
+        self.show_where(out);
+        outputln!(out, "(gdb still shows the registers of before: run `maintenance flush register-cache`)");
+    }
+
+    /// `monitor checkpoints`.
+    fn show_checkpoints(&self, out: &mut ConsoleOutput<'_>) {
+        let p = self.session.policy();
+        outputln!(
+            out,
+            "{} checkpoints ({} taken by this session; one every {} ms of replay, at most {}):",
+            self.session.checkpoints().len(),
+            self.session.checkpoints_taken(),
+            p.every.as_millis(),
+            p.max
+        );
+        for c in self.session.checkpoints() {
+            let at = c.at.map_or("the start".to_string(), |r| format!("record {r}"));
+            let who = match c.origin {
+                Origin::Trace => format!("trace snapshot {}", c.snapshot_id),
+                Origin::Session => "session".to_string(),
+            };
+            outputln!(out, "  after {at:<16} {who}");
+        }
+    }
+
+    /// `monitor report`: the divergence or the failure, once reached.
+    fn show_report(&self, out: &mut ConsoleOutput<'_>) {
+        if let Some(d) = self.session.divergence() {
+            outputln!(out, "DIVERGED:");
+            out.write_raw(d.human().as_bytes());
+        } else if let Some(f) = self.session.failure() {
+            outputln!(out, "REPRODUCED the recorded failure:");
+            out.write_raw(f.human().as_bytes());
+        } else {
+            outputln!(out, "no divergence or failure reached yet");
+        }
+    }
+
+    /// `monitor xp ADDR [LEN]`: guest-physical memory in hex (64 bytes unless told, at
+    /// most 4096).
+    fn show_phys_memory(&self, addr: u64, len: Option<u64>, out: &mut ConsoleOutput<'_>) {
+        let len = usize::try_from(len.unwrap_or(64).min(4096)).unwrap_or(64);
+        let mut buf = vec![0u8; len];
+        match self.session.machine().read_phys(addr, &mut buf) {
+            Ok(()) => {
+                for (i, row) in buf.chunks(16).enumerate() {
+                    outputln!(out, "{:#014x}: {}", addr + 16 * i as u64, vmrr_format::describe::hex(row));
+                }
+            }
+            Err(e) => outputln!(out, "{e}"),
+        }
+    }
+}
+
+impl GdbTarget {
     fn show_where(&mut self, out: &mut ConsoleOutput<'_>) {
+        if let Err(e) = self.session.settle_position(&mut || false) {
+            outputln!(out, "vmrr: {e}");
+        }
         let s = &self.session;
         let p = s.position();
         let record = p.record.map_or("none (before the first record)".into(), |r| r.to_string());
@@ -212,6 +232,11 @@ impl GdbTarget {
         }
         if s.at_failure() {
             outputln!(out, "  at the recorded failure (`monitor report`)");
+        } else if s.at_failing_instruction() {
+            outputln!(
+                out,
+                "  at the instruction that failed when recording: `stepi` or `continue` runs it again"
+            );
         }
         if s.divergence().is_some() {
             outputln!(out, "  the replay diverged here (`monitor report`)");
