@@ -210,6 +210,7 @@ fn goto_from_a_late_checkpoint_and_snapshot_at() {
     let (code, g) = replay_json(&trace, &["--goto", &target.to_string()]);
     assert_eq!(code, Some(0), "{g}");
     assert_eq!(g["stopped_at"], target);
+    assert_eq!(g["outcome"], "stopped", "stopped where asked, not completed: {g}");
     assert!(g["start"]["seq"].as_u64().unwrap() <= target);
     assert!(g["start"]["snapshot"].as_u64().unwrap() > 0, "started from a checkpoint, not the beginning");
     // --snapshot-at writes a snapshot a debugging session can start from.

@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
-    /// Every recorded exit was reproduced (up to `--goto`, when given).
+    /// Every recorded exit was reproduced.
     Completed,
+    /// `--goto SEQ` (or `--snapshot-at SEQ`): every recorded exit up to SEQ was reproduced
+    /// and the replay stopped there, as asked; what lies after SEQ was not replayed.
+    Stopped,
     /// The recorded failure (emulation failure, internal error, triple fault, failed entry)
     /// happened again.
     Reproduced,
@@ -16,10 +19,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// CLI exit code: 0 completed or reproduced, 1 diverged.
+    /// CLI exit code: 0 completed, stopped where asked, or reproduced; 1 diverged.
     pub fn exit_code(self) -> u8 {
         match self {
-            Outcome::Completed | Outcome::Reproduced => 0,
+            Outcome::Completed | Outcome::Stopped | Outcome::Reproduced => 0,
             Outcome::Diverged => 1,
         }
     }
@@ -438,6 +441,7 @@ impl Report {
         };
         let outcome = match self.outcome {
             Outcome::Completed => "completed",
+            Outcome::Stopped => "stopped where asked",
             Outcome::Reproduced => "REPRODUCED the recorded failure",
             Outcome::Diverged => "DIVERGED",
         };

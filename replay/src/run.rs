@@ -277,6 +277,7 @@ fn finish(
     let outcome = match (reproduced, path) {
         (true, _) => Outcome::Reproduced,
         (false, Path::Diverged | Path::Skipped) => Outcome::Diverged,
+        (false, Path::Completed) if stopped_at.is_some() => Outcome::Stopped,
         (false, Path::Completed) => Outcome::Completed,
     };
     let (emulation_failure, failure) = match r.failure().cloned() {

@@ -177,6 +177,7 @@ fn reproduced(from_start: &vmrr_replay::Report, from_last: &vmrr_replay::Report)
 fn outcome(o: Outcome) -> &'static str {
     match o {
         Outcome::Completed => "completed",
+        Outcome::Stopped => "stopped where asked",
         Outcome::Reproduced => "reproduced the emulation failure",
         Outcome::Diverged => "DIVERGED",
     }
