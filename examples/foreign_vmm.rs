@@ -25,6 +25,7 @@ use kvm_ioctls::{Kvm, VcpuExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vm_superio::{Serial, Trigger};
 use vmrr_engine::embed::{EmbedOptions, Embedded, RecordingMemory, VmParts, slots_of};
+use vmrr_engine::kvm::cpuid::CpuidProfile;
 
 /// Guest memory: 1 MiB at 0.
 const MEM_SIZE: usize = 1 << 20;
@@ -194,7 +195,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // until the end of `main`, after the VM and its vCPU are used for the last time.
     unsafe { vm.set_user_memory_region(region)? };
     let mut vcpu = vm.create_vcpu(0)?;
-    vcpu.set_cpuid2(&kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?)?;
     let mut sregs = vcpu.get_sregs()?;
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
@@ -205,7 +205,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut slots = slots_of(&mem);
     slots.iter_mut().for_each(|s| s.dirty_log = true);
     let parts = VmParts { kvm: &kvm, vm: &vm, vcpu: &mut vcpu };
-    let mut rec = Embedded::start(parts, &mem, &slots, out.as_ref(), EmbedOptions::default())?;
+    // The guest's CPUID: the deterministic profile (no RDRAND, no TSC, no kvmclock: nothing
+    // that steers the guest without an exit). `start` gives it to the vCPU and records it.
+    let cpuid = vmrr_engine::kvm::cpuid::build(&kvm, CpuidProfile::Deterministic, false)?;
+    let opts = EmbedOptions { cpuid: Some(cpuid), ..EmbedOptions::default() };
+    let mut rec = Embedded::start(parts, &mem, &slots, out.as_ref(), opts)?;
     let block = BlockDevice { dma: rec.recording_memory() };
     let mut serial = Serial::new(NoIrq, Stdout);
     let mut irq_pending = false;

@@ -191,3 +191,43 @@ fn an_unknown_replay_required_feature_is_read_but_not_replayed() {
     assert!(stderr(&o).contains("cannot repair"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+/// The CPUID records of a trace, in order (the prelude has one).
+fn recorded_cpuid(trace: &Path) -> Vec<vmrr_format::CpuidEntry> {
+    let mut r = TraceReader::open(trace).unwrap();
+    let mut out = Vec::new();
+    while let Some(rec) = r.next_record() {
+        if let Body::Cpuid(c) = rec.unwrap().body {
+            out.extend(c.iter());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_foreign_vmm_recording_replays_on_its_own_host_without_cpu_warnings() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let trace = at(&d, "f.vmrr");
+    record_foreign(&trace);
+    // The trace holds the CPUID the guest was given (the deterministic profile the example
+    // passes), not what KVM_GET_CPUID2 reads back.
+    let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
+    let given =
+        vmrr_engine::kvm::cpuid::build(&kvm, vmrr_engine::kvm::cpuid::CpuidProfile::Deterministic, false)
+            .expect("the deterministic profile");
+    assert_eq!(recorded_cpuid(&trace), vmrr_engine::kvm::cpuid::to_format(&given));
+    // Replayed on the host that recorded it: nothing the guest saw is missing here...
+    let (code, rep) = replay_json(&trace, &[]);
+    assert_eq!(code, Some(0), "{rep}");
+    assert_eq!(rep["cpu_warnings"], serde_json::json!([]), "{rep}");
+    // ... so a replay that refuses a host lacking a feature accepts this one.
+    let (code, rep) = replay_json(&trace, &["--strict-cpu"]);
+    assert_eq!(code, Some(0), "{rep}");
+    assert_eq!(rep["outcome"], "completed", "{rep}");
+    let o = vmrr(&["replay", s(&trace)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("warning"), "{}", stdout(&o));
+}

@@ -53,6 +53,7 @@ mod snapshot;
 
 use std::path::Path;
 
+use kvm_bindings::CpuId;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmrr_format::{TraceWriter, WriteError, WriterOptions, WriterSummary};
@@ -61,6 +62,8 @@ pub use memory::RecordingMemory;
 
 use crate::checkpoint::{CheckpointError, Checkpointed, Checkpointer, Policy};
 use crate::devices::bus::{Bus, BusState};
+use crate::kvm::KvmError;
+use crate::kvm::cpuid::{self, CpuidProfile};
 use crate::persist::Persist;
 use crate::record::{Recorder, RecorderError};
 use crate::snapshot::{CaptureStats, Identity, SnapshotError};
@@ -109,11 +112,25 @@ pub struct EmbedOptions {
     /// writes there as the replayed console (replay never answers the guest from a
     /// device; the trace does).
     pub console_port: Option<u16>,
+    /// The CPUID the guest is given. [`Embedded::start`] sets it on the vCPU
+    /// (`KVM_SET_CPUID2`) and records that same set, so the trace holds what the guest was
+    /// given (not what `KVM_GET_CPUID2` reads back, which on some hosts holds more bits
+    /// than were set) and replay compares it with the replay host's supported CPUID, like
+    /// with like. `None` (the default): the deterministic profile,
+    /// [`crate::kvm::cpuid::build`]`(kvm, `[`CpuidProfile::Deterministic`]`, false)`, the
+    /// one vmrr's own machine gives its guests. A VMM that builds its own set passes it
+    /// here rather than setting it itself: `start` replaces a CPUID set before it.
+    pub cpuid: Option<CpuId>,
 }
 
 impl Default for EmbedOptions {
     fn default() -> Self {
-        EmbedOptions { writer: WriterOptions::default(), annotations: Vec::new(), console_port: Some(0x3f8) }
+        EmbedOptions {
+            writer: WriterOptions::default(),
+            annotations: Vec::new(),
+            console_port: Some(0x3f8),
+            cpuid: None,
+        }
     }
 }
 
@@ -145,6 +162,10 @@ pub enum EmbedError {
         #[source]
         source: SnapshotError,
     },
+    /// The guest's CPUID could not be built (`KVM_GET_SUPPORTED_CPUID`) or given to the
+    /// vCPU (`KVM_SET_CPUID2`).
+    #[error("cannot give the vCPU its CPUID")]
+    Cpuid(#[source] KvmError),
     /// `KVM_RUN` failed.
     #[error("KVM_RUN failed")]
     Run(#[source] kvm_ioctls::Error),
@@ -186,10 +207,10 @@ impl std::fmt::Debug for Embedded {
 
 impl Embedded {
     /// Starts recording the VM of `parts` into `trace` (its snapshots go to
-    /// `<trace>.snapshots/`): writes the prelude (host annotations, the vCPU's CPUID), the
-    /// initial snapshot of `memory` and the vCPU, and its checkpoint record. Call it after
-    /// the VMM has loaded the guest and set the vCPU's registers and CPUID, before the
-    /// first `KVM_RUN`. It turns on `KVM_SYNC_X86_REGS` on the vCPU, so every exit record
+    /// `<trace>.snapshots/`): gives the vCPU its CPUID ([`EmbedOptions::cpuid`]), writes
+    /// the prelude (host annotations, that CPUID), the initial snapshot of `memory` and the
+    /// vCPU, and its checkpoint record. Call it after the VMM has loaded the guest and set
+    /// the vCPU's registers, before the first `KVM_RUN`. It turns on `KVM_SYNC_X86_REGS` on the vCPU, so every exit record
     /// carries a register sample (RIP, RSP, RFLAGS) that replay checks.
     ///
     /// # Errors
@@ -214,9 +235,13 @@ impl Embedded {
         let mut annotations = crate::record::prelude::host_annotations(&caps, false);
         annotations.push(("vmrr.recorder".into(), "embedded".into()));
         annotations.extend(opts.annotations);
-        let cpuid = parts.vcpu.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(|e| {
-            EmbedError::Snapshot { id: 0, source: crate::kvm::KvmError::on("KVM_GET_CPUID2")(e).into() }
-        })?;
+        let cpuid = match opts.cpuid {
+            Some(c) => c,
+            None => cpuid::build(parts.kvm, CpuidProfile::Deterministic, false)
+                .map_err(|e| EmbedError::Cpuid(KvmError::on("KVM_GET_SUPPORTED_CPUID")(e)))?,
+        };
+        parts.vcpu.set_cpuid2(&cpuid).map_err(|e| EmbedError::Cpuid(KvmError::on("KVM_SET_CPUID2")(e)))?;
+        // What the guest was given, not a read-back: see `EmbedOptions::cpuid`.
         recorder.write_prelude(&annotations, &cpuid)?;
         let msrs = crate::kvm::vcpu_state::msr_list(parts.kvm, parts.vcpu, false)
             .map_err(|e| EmbedError::Snapshot { id: 0, source: e.into() })?;
