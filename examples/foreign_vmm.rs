@@ -68,7 +68,11 @@ fn guest() -> Result<Vec<u8>, IcedError> {
     a.mov(byte_ptr(u32::from(FLAG)), 0u32)?;
     a.mov(ax, di)?;
     a.mov(dx, u32::from(BLOCK_PORT))?;
+    // Interrupts off while asking for the block: the VMM cannot inject at this exit and
+    // requests an interrupt window, which opens after the `sti`.
+    a.cli()?;
     a.out(dx, al)?;
+    a.sti()?;
     a.set_label(&mut wait)?;
     a.cmp(byte_ptr(u32::from(FLAG)), 0u32)?;
     a.jne(got)?;
@@ -232,15 +236,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             VcpuExit::IoIn(_, data) => data.fill(0xff),
             VcpuExit::IoOut(..) => {}
             VcpuExit::Hlt => halted = true,
+            VcpuExit::IrqWindowOpen => {} // the guest can take the pending interrupt now
             other => return Err(format!("unexpected exit {other:?}").into()),
         }
         rec.record_exit()?;
         // Interrupts are injected from userspace, at exit boundaries, when the guest can
         // take them: the determinism contract replay relies on.
         if irq_pending && rec.can_take_interrupt() {
+            rec.request_interrupt_window(&mut vcpu, false)?;
             rec.inject_interrupt(&vcpu, VECTOR)?;
             irq_pending = false;
-        } else if halted && !irq_pending {
+        } else if irq_pending {
+            // Not now (interrupts off): KVM exits when the guest can take it; both the
+            // request and that exit are recorded, so replay injects at the same point.
+            rec.request_interrupt_window(&mut vcpu, true)?;
+        } else if halted {
             break;
         }
         if blocks_read == 2 && rec.next_snapshot_id() == 1 {
@@ -248,7 +258,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let summary =
-        rec.finish(VmParts { kvm: &kvm, vm: &vm, vcpu: &mut vcpu }, vmrr_format::end_reason::HLT, 0)?;
+        rec.finish(VmParts { kvm: &kvm, vm: &vm, vcpu: &mut vcpu }, vmrr_engine::embed::end_reason::HLT, 0)?;
     eprintln!("recorded {} records into {out}", summary.records);
     Ok(())
 }

@@ -63,6 +63,9 @@ fn a_foreign_vmm_recording_replays_without_that_vmm() {
     assert_eq!(st["format_version"], "1.1");
     assert_eq!(st["by_kind"]["guest_write"], 4, "one per block: {st}");
     assert_eq!(st["by_kind"]["interrupt"], 4, "{st}");
+    // Each block is asked for with interrupts off: the VMM requests a window and
+    // withdraws it when it injects, both recorded (replayed below).
+    assert_eq!(st["by_kind"]["interrupt_window"], 8, "{st}");
     // Its snapshots read like vmrr's own.
     let snaps = vmrr_engine::snapshot::dir_for_trace(&trace);
     let info = vmrr(&["snapshot", "info", s(&snaps.join("snap-000002"))]);
