@@ -25,6 +25,7 @@ use kvm_ioctls::{Kvm, VcpuExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vm_superio::{Serial, Trigger};
 use vmrr_engine::embed::{EmbedOptions, Embedded, RecordingMemory, VmParts, slots_of};
+use vmrr_engine::kvm::cpuid::CpuidProfile;
 
 /// Guest memory: 1 MiB at 0.
 const MEM_SIZE: usize = 1 << 20;
@@ -67,7 +68,11 @@ fn guest() -> Result<Vec<u8>, IcedError> {
     a.mov(byte_ptr(u32::from(FLAG)), 0u32)?;
     a.mov(ax, di)?;
     a.mov(dx, u32::from(BLOCK_PORT))?;
+    // Interrupts off while asking for the block: the VMM cannot inject at this exit and
+    // requests an interrupt window, which opens after the `sti`.
+    a.cli()?;
     a.out(dx, al)?;
+    a.sti()?;
     a.set_label(&mut wait)?;
     a.cmp(byte_ptr(u32::from(FLAG)), 0u32)?;
     a.jne(got)?;
@@ -194,7 +199,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // until the end of `main`, after the VM and its vCPU are used for the last time.
     unsafe { vm.set_user_memory_region(region)? };
     let mut vcpu = vm.create_vcpu(0)?;
-    vcpu.set_cpuid2(&kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?)?;
     let mut sregs = vcpu.get_sregs()?;
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
@@ -205,7 +209,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut slots = slots_of(&mem);
     slots.iter_mut().for_each(|s| s.dirty_log = true);
     let parts = VmParts { kvm: &kvm, vm: &vm, vcpu: &mut vcpu };
-    let mut rec = Embedded::start(parts, &mem, &slots, out.as_ref(), EmbedOptions::default())?;
+    // The guest's CPUID: the deterministic profile (no RDRAND, no TSC, no kvmclock: nothing
+    // that steers the guest without an exit). `start` gives it to the vCPU and records it.
+    let cpuid = vmrr_engine::kvm::cpuid::build(&kvm, CpuidProfile::Deterministic, false)?;
+    let opts = EmbedOptions { cpuid: Some(cpuid), ..EmbedOptions::default() };
+    let mut rec = Embedded::start(parts, &mem, &slots, out.as_ref(), opts)?;
     let block = BlockDevice { dma: rec.recording_memory() };
     let mut serial = Serial::new(NoIrq, Stdout);
     let mut irq_pending = false;
@@ -228,15 +236,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             VcpuExit::IoIn(_, data) => data.fill(0xff),
             VcpuExit::IoOut(..) => {}
             VcpuExit::Hlt => halted = true,
+            VcpuExit::IrqWindowOpen => {} // the guest can take the pending interrupt now
             other => return Err(format!("unexpected exit {other:?}").into()),
         }
         rec.record_exit()?;
         // Interrupts are injected from userspace, at exit boundaries, when the guest can
         // take them: the determinism contract replay relies on.
         if irq_pending && rec.can_take_interrupt() {
+            rec.request_interrupt_window(&mut vcpu, false)?;
             rec.inject_interrupt(&vcpu, VECTOR)?;
             irq_pending = false;
-        } else if halted && !irq_pending {
+        } else if irq_pending {
+            // Not now (interrupts off): KVM exits when the guest can take it; both the
+            // request and that exit are recorded, so replay injects at the same point.
+            rec.request_interrupt_window(&mut vcpu, true)?;
+        } else if halted {
             break;
         }
         if blocks_read == 2 && rec.next_snapshot_id() == 1 {
@@ -244,7 +258,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let summary =
-        rec.finish(VmParts { kvm: &kvm, vm: &vm, vcpu: &mut vcpu }, vmrr_format::end_reason::HLT, 0)?;
+        rec.finish(VmParts { kvm: &kvm, vm: &vm, vcpu: &mut vcpu }, vmrr_engine::embed::end_reason::HLT, 0)?;
     eprintln!("recorded {} records into {out}", summary.records);
     Ok(())
 }

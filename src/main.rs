@@ -14,16 +14,20 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The `--help` heading of the limits every command puts on hostile input, apart from the
+/// command's own options.
+const BUDGETS: &str = "Input budgets (limits on hostile input, every command)";
+
 /// vmrr: record-and-replay and snapshots for KVM virtual machines.
 #[derive(Parser, Debug)]
 #[command(name = "vmrr", version, about, long_about = None)]
 struct Cli {
     /// Largest guest memory a snapshot, a bundle's snapshot or a rebuilt guest may have,
     /// in MiB (a snapshot's memory files together).
-    #[arg(long, global = true, default_value_t = 16384)]
+    #[arg(long, global = true, default_value_t = 16384, value_name = "MIB", help_heading = BUDGETS)]
     max_mem_mib: u64,
     /// Most bytes extracting a bundle may write, all its files together, in MiB.
-    #[arg(long, global = true, default_value_t = 32768)]
+    #[arg(long, global = true, default_value_t = 32768, value_name = "MIB", help_heading = BUDGETS)]
     max_extract_mib: u64,
     #[command(subcommand)]
     command: Command,
@@ -32,12 +36,14 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Record a failing guest, pack it, and reproduce the failure from the bundle.
+    #[command(display_order = 14)]
     Demo {
         /// Where to put the trace, snapshots and bundle (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
     /// Print a trace's records, one per line.
+    #[command(display_order = 6)]
     Inspect {
         /// Trace file.
         file: PathBuf,
@@ -47,32 +53,42 @@ enum Command {
         /// Number of records to print.
         #[arg(long)]
         count: Option<u64>,
-        /// One JSON object per line.
+        /// Print JSON on stdout instead of text.
+        ///
+        /// One object per record, one per line.
         #[arg(long)]
         json: bool,
     },
     /// Summarise a trace: records per kind, sizes, compression.
+    #[command(display_order = 7)]
     Stats {
         /// Trace file.
         file: PathBuf,
-        /// One JSON object.
+        /// Print JSON on stdout instead of text.
+        ///
+        /// One object.
         #[arg(long)]
         json: bool,
     },
     /// Run a guest on KVM and record every exit into a trace.
+    #[command(display_order = 1)]
     Record(Box<cmd::record::RecordArgs>),
     /// Replay a recorded guest deterministically and check it against its trace.
+    #[command(display_order = 2)]
     Replay(Box<cmd::replay::ReplayArgs>),
     /// Measure exit throughput (plain, record, replay), trace cost, snapshot cost.
+    #[command(display_order = 13)]
     Bench {
         /// Fewer repetitions (every figure still reported); under a minute.
         #[arg(long)]
         quick: bool,
-        /// One JSON object with every figure.
+        /// Print JSON on stdout instead of text.
+        ///
+        /// One object with every figure.
         #[arg(long)]
         json: bool,
         /// Write SVG charts into this directory.
-        #[arg(long)]
+        #[arg(long = "svg", alias = "plot", value_name = "DIR")]
         plot: Option<PathBuf>,
         /// Seconds each comparison (an exit storm's modes, the checkpoint overhead) may keep
         /// repeating to bring its 95% intervals within 2 points (default: 10 s per storm
@@ -83,6 +99,7 @@ enum Command {
     },
     /// Pack a trace, the snapshots it needs and the guest image or firmware it runs into
     /// one checksummed, compressed file.
+    #[command(display_order = 5)]
     Pack {
         /// The trace.
         trace: PathBuf,
@@ -106,7 +123,9 @@ enum Command {
         /// Replace an existing bundle (never an input, a directory or a special file).
         #[arg(long)]
         force: bool,
-        /// Print a JSON summary.
+        /// Print JSON on stdout instead of text.
+        ///
+        /// One object: the bundle, its size, entries and snapshots.
         #[arg(long)]
         json: bool,
         /// Write one self-contained bundle per segment into the directory --out names
@@ -115,31 +134,40 @@ enum Command {
         segments: Option<usize>,
     },
     /// Inspect or flatten snapshots.
-    #[command(subcommand)]
+    #[command(subcommand, display_order = 9)]
     Snapshot(cmd::snapshot::SnapshotCmd),
     /// List the built-in guests.
+    #[command(display_order = 10)]
     Guests {
-        /// As JSON.
+        /// Print JSON on stdout instead of text.
+        ///
+        /// One array of the guests.
         #[arg(long)]
         json: bool,
     },
     /// Where exit-handling time goes: per exit kind, port, MMIO address or MSR (count,
     /// share, handler time percentiles, guest time), two runs compared (`--vs`), pictures.
+    #[command(display_order = 11)]
     Profile(Box<cmd::profile::ProfileArgs>),
     /// Write a trace as Chrome trace-event JSON for Perfetto or chrome://tracing.
+    #[command(display_order = 12)]
     Timeline(Box<cmd::timeline::TimelineArgs>),
     /// Merge shard reports of a corpus (or segment reports of a trace) into one verdict,
     /// one summary and one JUnit file.
+    #[command(display_order = 3)]
     Merge(Box<ci::merge::MergeArgs>),
     /// Print a ready manifest that replays a corpus in shards: a Kubernetes Indexed Job or
     /// a GitHub Actions workflow.
-    #[command(subcommand)]
+    #[command(subcommand, display_order = 4)]
     Ci(ci::command::CiCmd),
     /// Check a trace end to end; exit 3 when damaged.
+    #[command(display_order = 8)]
     Verify {
         /// Trace file.
         file: PathBuf,
-        /// One JSON object.
+        /// Print JSON on stdout instead of text.
+        ///
+        /// One object: the verification report.
         #[arg(long)]
         json: bool,
         /// Write every readable record into a new, intact trace (a recording killed or
@@ -158,16 +186,9 @@ fn main() -> ExitCode {
         max_mem: cli.max_mem_mib.saturating_mul(1 << 20),
         max_extract: cli.max_extract_mib.saturating_mul(1 << 20),
     };
-    // Commands that write temporary files remove them when told to stop.
-    let writes_scratch = matches!(
-        &cli.command,
-        Command::Replay(_)
-            | Command::Pack { .. }
-            | Command::Verify { repair: Some(_), .. }
-            | Command::Snapshot(_)
-            | Command::Merge(_)
-    );
-    if writes_scratch {
+    // Told to stop, or reading a closed pipe, a command removes its temporary files and
+    // ends quietly (`stop`); `record` keeps the default (its trace survives any kill).
+    if !matches!(&cli.command, Command::Record(_)) {
         if let Err(e) = stop::install() {
             return exit_code::CliError::Replay(format!("cannot install signal handlers: {e}")).report();
         }

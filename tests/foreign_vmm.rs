@@ -63,6 +63,9 @@ fn a_foreign_vmm_recording_replays_without_that_vmm() {
     assert_eq!(st["format_version"], "1.1");
     assert_eq!(st["by_kind"]["guest_write"], 4, "one per block: {st}");
     assert_eq!(st["by_kind"]["interrupt"], 4, "{st}");
+    // Each block is asked for with interrupts off: the VMM requests a window and
+    // withdraws it when it injects, both recorded (replayed below).
+    assert_eq!(st["by_kind"]["interrupt_window"], 8, "{st}");
     // Its snapshots read like vmrr's own.
     let snaps = vmrr_engine::snapshot::dir_for_trace(&trace);
     let info = vmrr(&["snapshot", "info", s(&snaps.join("snap-000002"))]);
@@ -190,4 +193,57 @@ fn an_unknown_replay_required_feature_is_read_but_not_replayed() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot repair"), "{}", stderr(&o));
     assert!(!out.exists());
+}
+
+/// The CPUID records of a trace, in order (the prelude has one), without the APIC ids
+/// (leaf 1 EBX[31:24], leaves 0xb and 0x1f EDX): KVM_GET_SUPPORTED_CPUID reports those of
+/// the host CPU the ioctl ran on.
+fn recorded_cpuid(trace: &Path) -> Vec<vmrr_format::CpuidEntry> {
+    let mut r = TraceReader::open(trace).unwrap();
+    let mut out = Vec::new();
+    while let Some(rec) = r.next_record() {
+        if let Body::Cpuid(c) = rec.unwrap().body {
+            out.extend(c.iter());
+        }
+    }
+    without_apic_ids(out)
+}
+
+fn without_apic_ids(mut entries: Vec<vmrr_format::CpuidEntry>) -> Vec<vmrr_format::CpuidEntry> {
+    for e in &mut entries {
+        match e.function {
+            1 => e.ebx &= 0x00ff_ffff,
+            0xb | 0x1f => e.edx = 0,
+            _ => {}
+        }
+    }
+    entries
+}
+
+#[test]
+fn a_foreign_vmm_recording_replays_on_its_own_host_without_cpu_warnings() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let trace = at(&d, "f.vmrr");
+    record_foreign(&trace);
+    // The trace holds the CPUID the guest was given (the deterministic profile the example
+    // passes), not what KVM_GET_CPUID2 reads back.
+    let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
+    let given =
+        vmrr_engine::kvm::cpuid::build(&kvm, vmrr_engine::kvm::cpuid::CpuidProfile::Deterministic, false)
+            .expect("the deterministic profile");
+    assert_eq!(recorded_cpuid(&trace), without_apic_ids(vmrr_engine::kvm::cpuid::to_format(&given)));
+    // Replayed on the host that recorded it: nothing the guest saw is missing here...
+    let (code, rep) = replay_json(&trace, &[]);
+    assert_eq!(code, Some(0), "{rep}");
+    assert_eq!(rep["cpu_warnings"], serde_json::json!([]), "{rep}");
+    // ... so a replay that refuses a host lacking a feature accepts this one.
+    let (code, rep) = replay_json(&trace, &["--strict-cpu"]);
+    assert_eq!(code, Some(0), "{rep}");
+    assert_eq!(rep["outcome"], "completed", "{rep}");
+    let o = vmrr(&["replay", s(&trace)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("warning"), "{}", stdout(&o));
 }

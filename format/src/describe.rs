@@ -280,3 +280,33 @@ fn interrupt_source_name(source: u32) -> &'static str {
 fn short_hex(b: &[u8]) -> String {
     if b.len() <= 32 { hex(b) } else { format!("{}..({} bytes)", hex(&b[..32]), b.len()) }
 }
+
+/// `n` and `noun`, in the plural unless `n` is 1: `1 exit`, `2 exits`, `0 entries`: how
+/// every count in vmrr's text output is written.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        return format!("1 {noun}");
+    }
+    let plural = match noun.strip_suffix('y') {
+        Some(stem) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{stem}ies"),
+        _ if noun.ends_with(['s', 'x']) || noun.ends_with("ch") || noun.ends_with("sh") => {
+            format!("{noun}es")
+        }
+        _ => format!("{noun}s"),
+    };
+    format!("{n} {plural}")
+}
+
+#[cfg(test)]
+mod count_tests {
+    #[test]
+    fn counts_are_singular_only_for_one() {
+        use super::count;
+        assert_eq!(count(1, "exit"), "1 exit");
+        assert_eq!(count(0, "exit"), "0 exits");
+        assert_eq!(count(2, "entry"), "2 entries");
+        assert_eq!(count(3, "key"), "3 keys");
+        assert_eq!(count(2, "index"), "2 indexes");
+        assert_eq!(count(1, "vCPU"), "1 vCPU");
+    }
+}

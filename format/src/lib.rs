@@ -58,6 +58,7 @@ pub mod layout;
 pub mod output;
 pub mod overview;
 mod owned;
+pub mod progress;
 mod reader;
 mod record;
 pub mod scratch;

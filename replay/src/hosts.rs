@@ -10,16 +10,20 @@ pub fn notes(f: &TraceOverview) -> Vec<String> {
     let there = |k: &str| f.annotation(k);
     let mine = |k: &str| here.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let mut notes = Vec::new();
-    if there("kvm.cpuid_enforced") == Some("false") {
-        notes.push(
+    // One note for the two hosts' CPUID masks.
+    match (there("kvm.cpuid_enforced") == Some("false"), mine("kvm.cpuid_enforced") == Some("false")) {
+        (true, true) => notes.push(
+            "recorded on a host that does not enforce CPUID masks, and replayed on one: the guest sees the host's CPUID, TSC and RDRAND, whose values no trace holds"
+                .to_string(),
+        ),
+        (true, false) => notes.push(
             "recorded on a host that does not enforce CPUID masks: the guest could see the TSC and RDRAND, whose values no trace holds"
                 .to_string(),
-        );
-    }
-    if mine("kvm.cpuid_enforced") == Some("false") {
-        notes.push(
+        ),
+        (false, true) => notes.push(
             "this host does not enforce CPUID masks: the replayed guest sees this host's CPUID, not the recorded set".to_string(),
-        );
+        ),
+        (false, false) => {}
     }
     for (key, what) in [("host.cpu", "CPU"), ("host.kernel", "kernel")] {
         if let (Some(a), Some(b)) = (there(key), mine(key)) {

@@ -454,8 +454,11 @@ impl Report {
             ));
         } else {
             s.push_str(&format!(
-                "replay: {outcome} after {} exits from {start} (record {}) in {:.2} s ({:.0} exits/s)\n",
-                self.exits_replayed, self.start.seq, self.seconds, self.exits_per_s
+                "replay: {outcome} after {} from {start} (record {}) in {:.2} s ({:.0} exits/s)\n",
+                vmrr_format::describe::count(self.exits_replayed, "exit"),
+                self.start.seq,
+                self.seconds,
+                self.exits_per_s
             ));
         }
         if self.verdict == Verdict::NoLongerFails {

@@ -20,10 +20,12 @@ pub struct MergeArgs {
     /// Reports: shard reports of one corpus, or segment reports of one trace.
     #[arg(required = true, value_name = "REPORT")]
     pub reports: Vec<PathBuf>,
-    /// Print JSON lines (as `vmrr replay --json` does for a corpus) instead of the table.
+    /// Print JSON on stdout instead of text.
+    ///
+    /// One object per line, as `vmrr replay --json` prints for a corpus.
     #[arg(long)]
     pub json: bool,
-    /// Also write a JUnit XML file of the merged corpus.
+    /// Also write a JUnit XML file of the merged corpus (a file: `-` is not stdout here).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
     /// Verdicts that fail the run (exit 1), comma-separated [default: diverged].

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Instant, SystemTime};
 
 use vmrr_format::bundle::Budgets;
+use vmrr_format::progress::{Progress, Unit};
 use vmrr_replay::Report;
 
 use super::entries::Entry;
@@ -160,8 +161,8 @@ pub fn utc(t: SystemTime) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// Replays `entries`, `jobs` at a time; results in the entries' order. Prints a line per
-/// finished repro on stderr when `progress`.
+/// Replays `entries`, `jobs` at a time; results in the entries' order. With `progress`, on
+/// a terminal, a bar of the repros done and a line per finished repro above it.
 pub fn run_all(entries: &[Entry], extra: &[String], jobs: usize, progress: bool) -> Vec<EntryResult> {
     let queue: Arc<Mutex<VecDeque<(usize, Entry)>>> =
         Arc::new(Mutex::new(entries.iter().cloned().enumerate().collect()));
@@ -200,12 +201,14 @@ pub fn run_all(entries: &[Entry], extra: &[String], jobs: usize, progress: bool)
         .collect();
     drop(tx);
     let mut out: Vec<Option<EntryResult>> = vec![None; entries.len()];
-    let mut done = 0;
+    let bar = if progress {
+        Progress::bar("corpus", entries.len() as u64, Unit::Count("repros"))
+    } else {
+        Progress::hidden()
+    };
     for (i, r) in rx {
-        done += 1;
-        if progress {
-            eprintln!("[{done}/{}] {:<16} {} ({:.1} s)", entries.len(), r.status(), r.path, r.seconds);
-        }
+        bar.println(&format!("{:<16} {} ({:.1} s)", r.status(), r.path, r.seconds));
+        bar.inc(1);
         if let Some(slot) = out.get_mut(i) {
             *slot = Some(r);
         }

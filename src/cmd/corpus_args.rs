@@ -23,7 +23,8 @@ pub struct CorpusArgs {
     /// JOB_COMPLETIONS are used when set.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
-    /// Also write a JUnit XML file: one test case per repro, its report as output.
+    /// Also write a JUnit XML file: one test case per repro, its report as output (a file:
+    /// `-` is not stdout here).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
     /// Verdicts that fail the run (exit 1), comma-separated [default: diverged].

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use vmrr_format::describe::count;
+
 use super::print_json;
 use crate::exit_code::{CliError, CliResult};
 
@@ -29,7 +31,9 @@ pub fn run(
         identity: Some(&vmrr_engine::guests::linux::check_identity_boxed),
         replace: force,
     };
+    let bar = vmrr_format::progress::Progress::for_file("packing", trace);
     let m = vmrr_format::bundle::pack(trace, out, &opts).map_err(super::bundle_err)?;
+    drop(bar);
     let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     if json {
         print_json(&serde_json::json!({
@@ -38,11 +42,11 @@ pub fn run(
         }))
     } else {
         println!(
-            "{}: {} bytes, {} files, {} snapshots (trace {})",
+            "{}: {}, {}, {} (trace {})",
             out.display(),
-            size,
-            m.entries.len(),
-            m.snapshots.len(),
+            count(size, "byte"),
+            count(m.entries.len() as u64, "file"),
+            count(m.snapshots.len() as u64, "snapshot"),
             m.trace_id
         );
         Ok(())

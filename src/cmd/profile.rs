@@ -9,7 +9,7 @@ use crate::profile::{
     rate_svg,
 };
 use vmrr_format::TraceReader;
-use vmrr_format::describe::duration;
+use vmrr_format::describe::{count, duration};
 
 use super::{out_line, print_json};
 use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
@@ -19,7 +19,9 @@ use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 pub struct ProfileArgs {
     /// The trace (recorded with `--timing` for times; without, counts only).
     pub trace: PathBuf,
-    /// One JSON object (every grouping: `by_kind`, `by_port`, `by_mmio`, `by_msr`).
+    /// Print JSON on stdout instead of text.
+    ///
+    /// One object with every grouping: `by_kind`, `by_port`, `by_mmio`, `by_msr`.
     #[arg(long)]
     pub json: bool,
     /// The grouping the table shows.
@@ -54,7 +56,7 @@ fn read(path: &Path, blocks: bool) -> Result<Read, CliError> {
     let (profile, damage) = profile::profile_trace(&mut r, &opts)?;
     let damage = damage.first.map(|first| match damage.regions {
         0 => format!("{first} (`vmrr verify` shows it)"),
-        n => format!("{first} ({n} damaged region(s) skipped; `vmrr verify` shows them)"),
+        n => format!("{first} ({} skipped; `vmrr verify` shows them)", count(n, "damaged region")),
     });
     Ok(Read { path: path.to_path_buf(), profile, damage })
 }
@@ -164,11 +166,11 @@ fn print_profile(a: &Read, by: By, top: Option<usize>) -> CliResult {
     let mut lines = Vec::new();
     let busy = s.handler_ns.saturating_add(s.guest_ns).max(1) as f64;
     lines.push(format!(
-        "{}: {} exits ({} timed) on {} vCPU(s){}",
+        "{}: {} ({} timed) on {}{}",
         a.path.display(),
-        s.exits,
+        count(s.exits, "exit"),
         s.timed_exits,
-        s.vcpus,
+        count(s.vcpus, "vCPU"),
         if s.timed_exits > 0 {
             format!(
                 " over {}; handlers {} of the time, guest {}",
@@ -186,29 +188,29 @@ fn print_profile(a: &Read, by: By, top: Option<usize>) -> CliResult {
     for (label, c) in ["costliest handler", "costliest device"].into_iter().zip(costliest(&a.profile)) {
         if let Some((b, r)) = c {
             lines.push(format!(
-                "{label}: {} {} (p50 {}, p99 {}, max {}, {} in {} exits)",
+                "{label}: {} {} (p50 {}, p99 {}, max {}, {} in {})",
                 b.name(),
                 r.key,
                 opt_dur(r.handler.quantile_ns(0.5)),
                 opt_dur(r.handler.quantile_ns(0.99)),
                 opt_dur(r.handler.max_ns()),
                 duration(r.handler.total_ns()),
-                r.count
+                count(r.count, "exit")
             ));
         }
     }
     let cp = &a.profile.checkpoints;
     if cp.count() > 0 {
         lines.push(format!(
-            "{} exit(s) were followed by a checkpoint: their handler time ({} in all) is counted apart",
-            cp.count(),
+            "{} followed by a checkpoint: their handler time ({} in all) is counted apart",
+            if cp.count() == 1 { "1 exit was".to_string() } else { format!("{} exits were", cp.count()) },
             duration(cp.total_ns())
         ));
     }
     if s.missing_records > 0 {
         lines.push(format!(
-            "{} record(s) missing (sequence gaps): handler times across them are not counted",
-            s.missing_records
+            "{} missing (sequence gaps): handler times across them are not counted",
+            count(s.missing_records, "record")
         ));
     }
     let table = a.profile.table(by).unwrap_or(&a.profile.tables[0]);
@@ -216,10 +218,12 @@ fn print_profile(a: &Read, by: By, top: Option<usize>) -> CliResult {
     let shown = top.unwrap_or(rows.len()).min(rows.len());
     lines.push(String::new());
     lines.push(format!(
-        "by {}, sorted by total handler time ({} of {} keys){}:",
+        "by {}, sorted by {} ({} of {}){}:",
         by.name(),
+        // Without timing every total is zero: the rows are in the order of their counts.
+        if s.timed_exits > 0 { "total handler time" } else { "count" },
         shown,
-        rows.len(),
+        count(rows.len() as u64, "key"),
         if table.folded() { "; keys past the limit are folded into (other)" } else { "" }
     ));
     lines.push(format!(

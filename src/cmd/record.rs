@@ -15,6 +15,8 @@ use vmrr_engine::machine::{Limits, Machine, RunSummary};
 use vmrr_engine::recording::{Closed, RecordError, Runner, Snapshots};
 use vmrr_engine::session::{GuestSpec, SessionConfig};
 use vmrr_engine::snapshot;
+use vmrr_format::describe::count;
+use vmrr_format::progress::Progress;
 use vmrr_format::{SyncMode, TraceWriter, WriterOptions, end_reason};
 
 use super::print_json;
@@ -85,7 +87,8 @@ pub struct RecordArgs {
     /// Serial console output: `-` (stdout), `none`, or a file.
     #[arg(long, default_value = "-")]
     pub serial: String,
-    /// Debug console (port 0x402) output: `-` (stderr), `none` (default), or a file.
+    /// Debug console (port 0x402) output: `-` (stderr here, not stdout: stdout carries the
+    /// serial console), `none` (default), or a file.
     #[arg(long, default_value = "none")]
     pub debugcon: String,
     /// zstd level for trace chunks.
@@ -130,7 +133,9 @@ pub struct RecordArgs {
     /// for `vmrr profile` and `vmrr timeline`: 8 bytes per exit before compression.
     #[arg(long)]
     pub timing: bool,
-    /// Print the run summary as JSON on stdout (the serial console then goes to stderr).
+    /// Print JSON on stdout instead of text.
+    ///
+    /// One object: the run summary. The serial console then goes to stderr.
     #[arg(long)]
     pub json: bool,
 }
@@ -298,7 +303,10 @@ pub fn run(args: &RecordArgs) -> CliResult {
     if let Some(note) = runner.capture_note() {
         eprintln!("vmrr: note: {note}");
     }
+    // A recording bounded by --max-seconds shows how much of it has run (on a terminal).
+    let bar = cfg.limits.max_duration.map_or_else(Progress::hidden, |d| Progress::timed("recording", d));
     let summary = runner.run().map_err(stopped)?;
+    drop(bar);
     let done = runner.finish(summary).map_err(stopped)?;
     report(args, &done.summary, done.trace.as_ref(), done.checkpoints.as_ref());
     if done.summary.outcome.is_guest_failure() {
@@ -329,11 +337,14 @@ fn stopped(e: RecordError) -> CliError {
     match closed {
         Closed::NotRecording => {}
         Closed::Closed { exits, records, reason } => eprintln!(
-            "vmrr: recording stopped after {exits} exits; the trace was closed ({records} records, {})",
+            "vmrr: recording stopped after {}; the trace was closed ({}, {})",
+            count(exits, "exit"),
+            count(records, "record"),
             end_reason::name(reason)
         ),
         Closed::Sealed { exits } => eprintln!(
-            "vmrr: recording stopped after {exits} exits; the trace was sealed at its last complete chunk"
+            "vmrr: recording stopped after {}; the trace was sealed at its last complete chunk",
+            count(exits, "exit")
         ),
     }
     if crate::exit_code::is_disk_full(&e) {
@@ -405,10 +416,10 @@ fn report(
         let _ = print_json(&v);
     } else {
         let mut line = format!(
-            "vmrr: {} after {} exits ({} interrupts) in {:.3} s ({:.0} exits/s)",
+            "vmrr: {} after {} ({}) in {:.3} s ({:.0} exits/s)",
             s.outcome.name(),
-            s.exits,
-            s.interrupts,
+            count(s.exits, "exit"),
+            count(s.interrupts, "interrupt"),
             secs,
             rate
         );
@@ -417,17 +428,17 @@ fn report(
         }
         if let (Some(t), Some(p)) = (trace, &args.out) {
             line.push_str(&format!(
-                "; trace {}: {} records, {} bytes ({:.2} bytes/exit)",
+                "; trace {}: {}, {} ({:.2} bytes/exit)",
                 p.display(),
-                t.records,
-                t.file_bytes,
+                count(t.records, "record"),
+                count(t.file_bytes, "byte"),
                 t.stored_bytes as f64 / s.exits.max(1) as f64
             ));
         }
         if let Some(c) = &checkpoints {
             line.push_str(&format!(
-                "; {} snapshot(s) in {} ({} capture, longest pause {:.2} ms, longest until durable {:.2} ms",
-                c["count"],
+                "; {} in {} ({} capture, longest pause {:.2} ms, longest until durable {:.2} ms",
+                count(c["count"].as_u64().unwrap_or(0), "snapshot"),
                 c["dir"].as_str().unwrap_or(""),
                 c["capture"].as_str().unwrap_or(""),
                 c["max_pause_ms"].as_f64().unwrap_or(0.0),
@@ -436,7 +447,8 @@ fn report(
             let waited = c["pages_waited"].as_u64().unwrap_or(0);
             if waited > 0 {
                 line.push_str(&format!(
-                    "; {waited} page(s) over --checkpoint-buffer-mib: the guest waited for them as if paused"
+                    "; {} over --checkpoint-buffer-mib: the guest waited for them as if paused",
+                    count(waited, "page")
                 ));
             }
             line.push(')');
@@ -477,7 +489,10 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
     if let Some(note) = runner.capture_note() {
         eprintln!("vmrr: note: {note}");
     }
+    // A recording bounded by --max-seconds shows how much of it has run (on a terminal).
+    let bar = cfg.limits.max_duration.map_or_else(Progress::hidden, |d| Progress::timed("recording", d));
     let summary = runner.run().map_err(stopped)?;
+    drop(bar);
     let done = runner.finish(summary).map_err(stopped)?;
     let fr = done.flight.expect("a recording started with Snapshots::Flight is kept by its flight recorder");
     let summary = done.summary;
@@ -488,14 +503,14 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
     let bg = cp.background_totals();
     let max_pause = cp.taken.iter().map(|t| t.stats.pause).max().unwrap_or_default();
     eprintln!(
-        "vmrr: flight recorder: {} checkpoints ({} capture), longest pause {:.2} ms; {} page(s) set aside \
-         (peak {}), {} page(s) over --checkpoint-buffer-mib (pages_waited: the guest waited for them)",
-        cp.taken.len(),
+        "vmrr: flight recorder: {} ({} capture), longest pause {:.2} ms; {} set aside \
+         (peak {}), {} over --checkpoint-buffer-mib (pages_waited: the guest waited for them)",
+        count(cp.taken.len() as u64, "checkpoint"),
         cp.capture_name(),
         max_pause.as_secs_f64() * 1000.0,
-        bg.pages_saved,
+        count(bg.pages_saved, "page"),
         bg.peak_saved_pages,
-        bg.pages_waited
+        count(bg.pages_waited, "page")
     );
     if triggered {
         let man = fr.write_bundle(&out).map_err(|e| match e {
@@ -508,9 +523,9 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
         })?;
         let _ = std::fs::remove_dir_all(&dir);
         eprintln!(
-            "vmrr: flight recorder: {} after {} exits in {secs:.1} s; bundle {} holds checkpoints {:?} ({} older dropped)",
+            "vmrr: flight recorder: {} after {} in {secs:.1} s; bundle {} holds checkpoints {:?} ({} older dropped)",
             summary.outcome.name(),
-            summary.exits,
+            count(summary.exits, "exit"),
             out.display(),
             man.snapshots,
             fr.dropped
@@ -518,9 +533,9 @@ fn flight(args: &RecordArgs, cfg: &SessionConfig, serial: Console, debugcon: Con
     } else {
         let _ = std::fs::remove_dir_all(&dir);
         eprintln!(
-            "vmrr: flight recorder: {} after {} exits in {secs:.1} s; no failure, nothing kept",
+            "vmrr: flight recorder: {} after {} in {secs:.1} s; no failure, nothing kept",
             summary.outcome.name(),
-            summary.exits
+            count(summary.exits, "exit")
         );
     }
     if let Some(r) = summary.outcome.report() {

@@ -53,7 +53,8 @@ pub struct ReplayArgs {
     /// Refuse to replay when this host lacks a CPU feature the recorded guest saw.
     #[arg(long)]
     pub strict_cpu: bool,
-    /// The replayed guest's serial output: `none` (default), `-` (stderr), or a file.
+    /// The replayed guest's serial output: `none` (default), `-` (stderr here, not stdout:
+    /// stdout carries the report), or a file.
     #[arg(long, default_value = "none")]
     pub serial: String,
     /// Give up when the replayed guest makes no exit for this many seconds.
@@ -80,7 +81,10 @@ pub struct ReplayArgs {
     /// and an ELF symbol file is written for `symbol-file`.
     #[arg(long, value_name = "FILE")]
     pub system_map: Option<PathBuf>,
-    /// Print the report as one JSON object.
+    /// Print JSON on stdout instead of text.
+    ///
+    /// One object: the report (docs/REPLAY.md lists its keys); for a corpus, one per repro
+    /// and one line of summary.
     #[arg(long, conflicts_with = "gdb")]
     pub json: bool,
     /// Serve the replay to gdb on this address (e.g. `127.0.0.1:1234`; port 0 picks a

@@ -14,7 +14,9 @@ pub enum SnapshotCmd {
     Info {
         /// A snapshot directory (`snap-NNNNNN`) or a snapshots root (`run.snapshots`).
         path: PathBuf,
-        /// As JSON.
+        /// Print JSON on stdout instead of text.
+        ///
+        /// One object: what the snapshot holds.
         #[arg(long)]
         json: bool,
     },

@@ -15,7 +15,7 @@ use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 pub struct TimelineArgs {
     /// The trace.
     pub trace: PathBuf,
-    /// The JSON file to write.
+    /// The JSON file to write (a file: `-` is not stdout here).
     #[arg(long, short)]
     pub out: PathBuf,
     /// A `vmrr replay --json` report of this trace: its divergence (and reproduced

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use vmrr_format::describe::count;
 use vmrr_format::{TraceReader, verify};
 
 use super::print_json;
@@ -67,13 +68,15 @@ fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
             "damaged_regions_dropped": damaged, "ok": rep.ok, "sequence_gaps": rep.sequence_gaps}))?;
     } else {
         println!(
-            "{}: {kept} readable records of {} written ({damaged} damaged regions dropped){}",
+            "{}: {} of {} written ({} dropped){}",
             out.display(),
+            count(kept, "readable record"),
             file.display(),
+            count(damaged, "damaged region"),
             if rep.sequence_gaps.is_empty() {
                 String::new()
             } else {
-                format!("; {} gaps", rep.sequence_gaps.len())
+                format!("; {}", count(rep.sequence_gaps.len() as u64, "gap"))
             }
         );
     }
@@ -88,15 +91,17 @@ pub fn run(file: &Path, json: bool, repair_to: Option<&Path>, force: bool) -> Cl
         return repair(file, out, json, force);
     }
     let mut r = TraceReader::open(file)?;
+    let bar = vmrr_format::progress::Progress::for_file("verifying", file);
     let rep = verify(&mut r)?;
+    drop(bar);
     if json {
         print_json(&rep)?;
     } else if rep.ok {
         println!(
-            "{}: ok, {} records, {} chunks, format {}{}{}",
+            "{}: ok, {}, {}, format {}{}{}",
             file.display(),
-            rep.records_readable,
-            rep.chunks_ok,
+            count(rep.records_readable, "record"),
+            count(rep.chunks_ok, "chunk"),
             rep.format_version,
             if rep.index == "missing" {
                 "; no index (the writer did not finish; read by scanning)"
@@ -105,15 +110,15 @@ pub fn run(file: &Path, json: bool, repair_to: Option<&Path>, force: bool) -> Cl
             },
             match rep.sequence_gaps.len() {
                 0 => String::new(),
-                n => format!("; {n} gaps in sequence numbers"),
+                n => format!("; {} in sequence numbers", count(n as u64, "gap")),
             }
         );
     } else {
         eprintln!(
-            "{}: damaged: {} records readable, {} chunks intact, index {}",
+            "{}: damaged: {} readable, {} intact, index {}",
             file.display(),
-            rep.records_readable,
-            rep.chunks_ok,
+            count(rep.records_readable, "record"),
+            count(rep.chunks_ok, "chunk"),
             rep.index
         );
         for d in &rep.damaged_chunks {

@@ -4,7 +4,7 @@
 //!
 //! - [`Profiler`]: one pass over the records, into [`Table`]s by kind, port, MMIO address
 //!   and MSR: count, share, handler time (exit to the next `KVM_RUN`) and guest time
-//!   (time in `KVM_RUN` before the exit) as [`Histogram`]s with exact percentiles of the
+//!   (time in `KVM_RUN` before the exit) as [`histogram::Histogram`]s with exact percentiles of the
 //!   stored durations; [`profile_json`] is `vmrr profile --json`.
 //! - [`compare_tables`]: two runs side by side with a block-bootstrap noise test.
 //! - [`rate_svg`], [`latency_svg`]: pictures; [`write_timeline`]: Chrome trace-event JSON

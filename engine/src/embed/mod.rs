@@ -15,7 +15,12 @@
 //!   wrapper that records every write a device makes through it.
 //! - **The interrupts**, injected from userspace at exit boundaries:
 //!   [`Embedded::inject_interrupt`] (or [`Embedded::record_interrupt`] for a VMM that
-//!   injects them itself).
+//!   injects them itself), and the interrupt-window requests that time them
+//!   ([`Embedded::request_interrupt_window`]).
+//!
+//! Everything an embedder names comes from this crate: [`end_reason`], [`WriterOptions`]
+//! and [`WriterSummary`] are re-exported here, so a VMM needs no `vmrr-format` dependency
+//! of its own.
 //!
 //! ```no_run
 //! use vmrr_engine::embed::{EmbedOptions, Embedded, VmParts, slots_of};
@@ -34,9 +39,61 @@
 //! }
 //! rec.record_exit()?;
 //! # let _ = dma;
-//! rec.finish(VmParts { kvm, vm, vcpu }, vmrr_format::end_reason::HLT, 0)?;
+//! rec.finish(VmParts { kvm, vm, vcpu }, vmrr_engine::embed::end_reason::HLT, 0)?;
 //! # Ok(()) }
 //! ```
+//!
+//! # The guest's CPUID
+//!
+//! Give the guest [`crate::kvm::cpuid::build`]`(kvm, `[`CpuidProfile::Deterministic`]`,
+//! false)`, which is what [`EmbedOptions::cpuid`] defaults to: the host's supported set
+//! without RDRAND and RDSEED (random numbers that never exit), the TSC family (TSC,
+//! RDTSCP, invariant TSC, TSC deadline: guests that honour CPUID then use a timer that
+//! exits) and KVM's paravirtual clock (written into guest memory with no exit), and
+//! without the local APIC (`false`: interrupts come from userspace, see below). Nothing
+//! the guest then reads bypasses the trace, and its path replays. [`CpuidProfile::Host`]
+//! hides none of them: the recording works, but a guest that reads the TSC or RDRAND
+//! diverges in replay where it used the value. `start` sets the CPUID on the vCPU and
+//! records that same set; replay gives the guest the recorded set and warns (or, with
+//! `--strict-cpu`, refuses) when its host lacks a feature the set holds. On a host that
+//! does not enforce CPUID masks (the trace's `kvm.cpuid_enforced=false`) the guest sees
+//! the host's bits whatever the set says; replay notes it.
+//!
+//! # Interrupts and interrupt windows
+//!
+//! Inject an interrupt only at an exit boundary (after [`Embedded::record_exit`], before
+//! the next [`Embedded::run`]) and only when [`Embedded::can_take_interrupt`] says the
+//! guest can take it. When it cannot (interrupts disabled, an instruction shadow), call
+//! [`Embedded::request_interrupt_window`]`(vcpu, true)`: it sets `request_interrupt_window`
+//! in `kvm_run` and records an `interrupt_window` record, so KVM exits with
+//! `KVM_EXIT_IRQ_WINDOW_OPEN` as soon as the guest can take one. Record that exit like any
+//! other, inject, and withdraw the request (`false`, recorded too). Replay sets and clears
+//! the flag at the same records, so the window exit and the injection happen at the same
+//! instruction. A VMM that sets `request_interrupt_window` itself must record each change
+//! with [`Recorder::record_window`] through [`Embedded::recorder_mut`], or replay
+//! diverges at the first window exit.
+//!
+//! # Memory slots
+//!
+//! Register the slots with `KVM_SET_USER_MEMORY_REGION` or `KVM_SET_USER_MEMORY_REGION2`:
+//! vmrr only reads guest memory through the `GuestMemoryMmap` handed over and, for
+//! checkpoints, each slot's dirty log by slot number (`KVM_GET_DIRTY_LOG`), which both
+//! ioctls set up alike. A replay maps the memory its own way and never needs the VMM's
+//! slot layout beyond what the snapshot records.
+//!
+//! # Ending the recording
+//!
+//! [`Embedded::finish`]`(parts, reason, status)` writes the final snapshot and the trace's
+//! `END_OF_RUN` record: `reason` is one of [`end_reason`] (why the run ended: the guest
+//! halted for good, [`end_reason::HLT`]; wrote its exit status,
+//! [`end_reason::GUEST_EXIT`]; failed, [`end_reason::EMULATION_FAILURE`],
+//! [`end_reason::INTERNAL_ERROR`], [`end_reason::SHUTDOWN`] or
+//! [`end_reason::FAIL_ENTRY`]; the VMM stopped it, [`end_reason::STOPPED`] or
+//! [`end_reason::VMM_ERROR`]), and `status` is the guest's exit status with
+//! `GUEST_EXIT` (0 otherwise). A failure reason ([`end_reason::is_failure`]) makes the
+//! trace a repro: replay then checks that the failure happens again and reports
+//! `reproduced` or `no_longer_fails`; any other reason makes a replay that matches every
+//! exit `completed`. `vmrr inspect` and `vmrr stats` show both.
 //!
 //! Memory is handed over as a `GuestMemoryMmap` only, never as raw host addresses: vmrr reads
 //! guest memory through it, so the API needs no `unsafe` from the VMM or from vmrr. A VMM
@@ -53,14 +110,20 @@ mod snapshot;
 
 use std::path::Path;
 
+use kvm_bindings::CpuId;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmrr_format::{TraceWriter, WriteError, WriterOptions, WriterSummary};
+use vmrr_format::{TraceWriter, WriteError};
 
 pub use memory::RecordingMemory;
+/// Why a run ended, for [`Embedded::finish`] (the trace format's `END_OF_RUN` reasons).
+pub use vmrr_format::end_reason;
+pub use vmrr_format::{WriterOptions, WriterSummary};
 
 use crate::checkpoint::{CheckpointError, Checkpointed, Checkpointer, Policy};
 use crate::devices::bus::{Bus, BusState};
+use crate::kvm::KvmError;
+use crate::kvm::cpuid::{self, CpuidProfile};
 use crate::persist::Persist;
 use crate::record::{Recorder, RecorderError};
 use crate::snapshot::{CaptureStats, Identity, SnapshotError};
@@ -109,11 +172,25 @@ pub struct EmbedOptions {
     /// writes there as the replayed console (replay never answers the guest from a
     /// device; the trace does).
     pub console_port: Option<u16>,
+    /// The CPUID the guest is given. [`Embedded::start`] sets it on the vCPU
+    /// (`KVM_SET_CPUID2`) and records that same set, so the trace holds what the guest was
+    /// given (not what `KVM_GET_CPUID2` reads back, which on some hosts holds more bits
+    /// than were set) and replay compares it with the replay host's supported CPUID, like
+    /// with like. `None` (the default): the deterministic profile,
+    /// [`crate::kvm::cpuid::build`]`(kvm, `[`CpuidProfile::Deterministic`]`, false)`, the
+    /// one vmrr's own machine gives its guests. A VMM that builds its own set passes it
+    /// here rather than setting it itself: `start` replaces a CPUID set before it.
+    pub cpuid: Option<CpuId>,
 }
 
 impl Default for EmbedOptions {
     fn default() -> Self {
-        EmbedOptions { writer: WriterOptions::default(), annotations: Vec::new(), console_port: Some(0x3f8) }
+        EmbedOptions {
+            writer: WriterOptions::default(),
+            annotations: Vec::new(),
+            console_port: Some(0x3f8),
+            cpuid: None,
+        }
     }
 }
 
@@ -145,6 +222,10 @@ pub enum EmbedError {
         #[source]
         source: SnapshotError,
     },
+    /// The guest's CPUID could not be built (`KVM_GET_SUPPORTED_CPUID`) or given to the
+    /// vCPU (`KVM_SET_CPUID2`).
+    #[error("cannot give the vCPU its CPUID")]
+    Cpuid(#[source] KvmError),
     /// `KVM_RUN` failed.
     #[error("KVM_RUN failed")]
     Run(#[source] kvm_ioctls::Error),
@@ -170,6 +251,8 @@ pub struct Embedded {
     msrs: Vec<u32>,
     bus: BusState,
     interrupts: u64,
+    /// Whether `request_interrupt_window` is set for the next entries.
+    window: bool,
     /// Per slot: pages the devices wrote since the last snapshot (KVM's dirty log does not
     /// see writes from userspace).
     device_pages: Vec<Vec<u64>>,
@@ -186,10 +269,10 @@ impl std::fmt::Debug for Embedded {
 
 impl Embedded {
     /// Starts recording the VM of `parts` into `trace` (its snapshots go to
-    /// `<trace>.snapshots/`): writes the prelude (host annotations, the vCPU's CPUID), the
-    /// initial snapshot of `memory` and the vCPU, and its checkpoint record. Call it after
-    /// the VMM has loaded the guest and set the vCPU's registers and CPUID, before the
-    /// first `KVM_RUN`. It turns on `KVM_SYNC_X86_REGS` on the vCPU, so every exit record
+    /// `<trace>.snapshots/`): gives the vCPU its CPUID ([`EmbedOptions::cpuid`]), writes
+    /// the prelude (host annotations, that CPUID), the initial snapshot of `memory` and the
+    /// vCPU, and its checkpoint record. Call it after the VMM has loaded the guest and set
+    /// the vCPU's registers, before the first `KVM_RUN`. It turns on `KVM_SYNC_X86_REGS` on the vCPU, so every exit record
     /// carries a register sample (RIP, RSP, RFLAGS) that replay checks.
     ///
     /// # Errors
@@ -214,9 +297,13 @@ impl Embedded {
         let mut annotations = crate::record::prelude::host_annotations(&caps, false);
         annotations.push(("vmrr.recorder".into(), "embedded".into()));
         annotations.extend(opts.annotations);
-        let cpuid = parts.vcpu.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(|e| {
-            EmbedError::Snapshot { id: 0, source: crate::kvm::KvmError::on("KVM_GET_CPUID2")(e).into() }
-        })?;
+        let cpuid = match opts.cpuid {
+            Some(c) => c,
+            None => cpuid::build(parts.kvm, CpuidProfile::Deterministic, false)
+                .map_err(|e| EmbedError::Cpuid(KvmError::on("KVM_GET_SUPPORTED_CPUID")(e)))?,
+        };
+        parts.vcpu.set_cpuid2(&cpuid).map_err(|e| EmbedError::Cpuid(KvmError::on("KVM_SET_CPUID2")(e)))?;
+        // What the guest was given, not a read-back: see `EmbedOptions::cpuid`.
         recorder.write_prelude(&annotations, &cpuid)?;
         let msrs = crate::kvm::vcpu_state::msr_list(parts.kvm, parts.vcpu, false)
             .map_err(|e| EmbedError::Snapshot { id: 0, source: e.into() })?;
@@ -238,6 +325,7 @@ impl Embedded {
             msrs,
             bus: Persist::save(&bus, 0),
             interrupts: 0,
+            window: false,
             device_pages,
         };
         e.checkpoint(parts)?;
@@ -299,6 +387,25 @@ impl Embedded {
         self.record_interrupt(vector)
     }
 
+    /// Asks KVM to exit with `KVM_EXIT_IRQ_WINDOW_OPEN` as soon as the guest can take an
+    /// interrupt (`request`), or withdraws the request: sets `request_interrupt_window` in
+    /// the vCPU's `kvm_run` for the next entries and records the change (an
+    /// `interrupt_window` record), which replay applies at the same point. Call it at an
+    /// exit boundary; asking for what is already set records nothing.
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn request_interrupt_window(&mut self, vcpu: &mut VcpuFd, request: bool) -> Result<(), EmbedError> {
+        self.flush_guest_writes()?;
+        if request == self.window {
+            return Ok(());
+        }
+        vcpu.get_kvm_run().request_interrupt_window = u8::from(request);
+        self.recorder.record_window(request)?;
+        self.window = request;
+        Ok(())
+    }
+
     /// Records an external interrupt the VMM injected itself (`KVM_INTERRUPT`) before the
     /// next entry.
     ///
@@ -347,7 +454,9 @@ impl Embedded {
 
     /// Ends the recording: writes the final snapshot (the machine as the run left it, so
     /// a replay's end can be compared with it), the end-of-run record, and finishes the
-    /// trace.
+    /// trace. `reason` is one of [`end_reason`] and `status` the guest's exit status with
+    /// [`end_reason::GUEST_EXIT`] (0 otherwise): see "Ending the recording" in the module
+    /// docs for what replay makes of them.
     ///
     /// # Errors
     /// As for [`Self::checkpoint`].

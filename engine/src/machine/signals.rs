@@ -32,14 +32,15 @@ extern "C" fn on_stop(signal: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
     let _ = STOP.compare_exchange(0, signal, Ordering::Relaxed, Ordering::Relaxed);
 }
 
-/// Catches SIGINT, SIGTERM and SIGHUP from now on: instead of ending the process at once,
+/// Catches SIGINT, SIGTERM, SIGHUP and SIGPIPE (the reader of stdout went away: `vmrr
+/// inspect X | head -1`) from now on: instead of ending the process at once,
 /// each records its number in the returned value (0 until one came). The caller watches it,
 /// cleans up and ends the process with [`die_of`] (a watcher thread: see the CLI).
 ///
 /// # Errors
 /// `sigaction` failed.
 pub fn catch_stop_signals() -> std::io::Result<&'static AtomicI32> {
-    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE] {
         vmm_sys_util::signal::register_signal_handler(s, on_stop)
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
     }
@@ -50,3 +51,6 @@ pub fn catch_stop_signals() -> std::io::Result<&'static AtomicI32> {
 pub fn die_of(signal: i32) -> ! {
     crate::sys::stop::die_of(signal)
 }
+
+/// SIGPIPE: the signal a write to a closed pipe raises.
+pub const CLOSED_PIPE: i32 = libc::SIGPIPE;

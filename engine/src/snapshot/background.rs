@@ -2,7 +2,7 @@
 //! device state, and to write-protect the pages the snapshot stores; a writer thread then
 //! copies those pages into the snapshot's files while the guest runs.
 //!
-//! What keeps the snapshot exact is userfaultfd write-protection ([`crate::sys::uffd`]):
+//! What keeps the snapshot exact is userfaultfd write-protection (`engine/src/sys/uffd.rs`):
 //! a guest write (through KVM or any thread of the VMM) to a page not yet written out
 //! blocks, and a fault-handler thread copies the page's old contents aside (at most
 //! `budget` pages at once) before it lets the write through. When the budget is spent,

@@ -21,7 +21,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 
 /// Offsets in `struct kvm_run` (x86-64), derived from kvm-bindings' definition. Offsets in
-/// the exit union are relative to [`EXIT`].
+/// the exit union are relative to [`off::EXIT`].
 pub mod off {
     use super::*;
 

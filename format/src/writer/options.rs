@@ -6,7 +6,7 @@ use std::time::Duration;
 /// When the writer makes data durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
-    /// Never `fsync` until [`TraceWriter::finish`]. Each chunk is handed to the kernel when
+    /// Never `fsync` until [`crate::TraceWriter::finish`]. Each chunk is handed to the kernel when
     /// it is written, so a killed process loses at most the open chunk (bounded by the
     /// flush interval); a host crash may lose what the page cache held.
     Never,
@@ -40,7 +40,7 @@ pub struct WriterOptions {
     /// When written records are synced to the disk (see [`SyncMode`]).
     pub sync: SyncMode,
     /// A chunk open longer than this is closed at the next record (or by
-    /// [`TraceWriter::poll_flush`]), bounding what a crash loses in time.
+    /// [`crate::TraceWriter::poll_flush`]), bounding what a crash loses in time.
     pub flush_interval: Duration,
     /// Chunks that may wait for the writer thread.
     pub queue_depth: usize,

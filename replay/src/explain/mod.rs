@@ -13,13 +13,13 @@
 
 mod suspects;
 
-use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 use serde::Serialize;
 use vmrr_engine::machine::debug::DebugStops;
 use vmrr_format::TraceReader;
 use vmrr_format::overview::TraceOverview;
+use vmrr_format::progress::{Progress, Unit};
 
 pub use crate::report::Suspect;
 use crate::report::{Divergence, Search};
@@ -181,14 +181,17 @@ fn step_window(
     };
     let (machine, first) = crate::start::prepare(src, f, &search_opts)?;
     let mut r = Replayer::new(machine, TraceReader::open(&src.trace)?, &first, f.exits, &search_opts)?;
-    let show = progress && std::io::stderr().is_terminal();
+    let bar = if progress {
+        Progress::spinner("explaining the divergence:", Unit::Count("instructions stepped"))
+    } else {
+        Progress::hidden()
+    };
     // Replay normally to the window's start, then single-step. A window that starts
     // before what this replay can see is stepped from the replay's start.
     let begin_now = first.seq > from;
     let mut last = first.seq;
     let mut stepping = false;
     let mut steps = 0u64;
-    let mut shown = Instant::now();
     loop {
         if !stepping && (begin_now || r.position().0.is_some_and(|s| s >= from)) {
             r.set_debug_stops(DebugStops { single_step: true, ..DebugStops::default() })?;
@@ -200,15 +203,8 @@ fn step_window(
                 let ecx =
                     r.machine().regs().map(|g| u32::try_from(g.rcx & 0xffff_ffff).unwrap_or(0)).unwrap_or(0);
                 collector.saw(e.rip, &e.insn, ecx, steps_before + steps);
-                if show && shown.elapsed().as_millis() > 250 {
-                    shown = Instant::now();
-                    eprint!("\rexplaining the divergence: {} instructions stepped", steps_before + steps);
-                    let _ = std::io::stderr().flush();
-                }
+                bar.set(steps_before + steps);
                 if steps >= budget {
-                    if show {
-                        eprintln!();
-                    }
                     let to_seq = r.position().0.unwrap_or(last);
                     return Ok(Window { to_seq, steps, cut: true, unstepped: r.unstepped() });
                 }
@@ -226,9 +222,6 @@ fn step_window(
             }
             Event::Stopped(_) => break,
         }
-    }
-    if show && steps > 0 {
-        eprintln!();
     }
     Ok(Window { to_seq: last, steps, cut: false, unstepped: r.unstepped() })
 }

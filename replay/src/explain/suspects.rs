@@ -35,7 +35,7 @@ impl Collector {
         let why = match source {
             Unrecorded::MsrRead if !TIME_MSRS.contains(&ecx) => return,
             Unrecorded::Cpuid if self.host.cpuid_enforced != Some(false) => return,
-            _ => why(source, ecx, self.host),
+            _ => why(source, ecx),
         };
         let e = self.found.entry((rip, insn.text.clone())).or_insert_with(|| Suspect {
             rip: format!("{rip:#x}"),
@@ -64,22 +64,21 @@ impl Collector {
     }
 }
 
+/// What the cause adds when the recording host let the guest see a feature the
+/// deterministic profile hides: said once, in the cause, with what to do about it.
 fn cpuid_note(host: RecordingHost) -> &'static str {
     if host.cpuid_enforced == Some(false) {
-        " and the recording host let the guest see it (it does not enforce CPUID masks)"
+        ", and the recording host showed it to the guest (it does not enforce CPUID masks): record and replay on a host that does (VMX/SVM), or expect this divergence"
     } else {
         ""
     }
 }
 
 /// One sentence: why this kind of instruction's result differs between runs.
-fn why(source: Unrecorded, ecx: u32, host: RecordingHost) -> String {
+fn why(source: Unrecorded, ecx: u32) -> String {
     match source {
-        Unrecorded::Tsc => format!("the TSC does not exit under KVM, so replay reads another value{}", cpuid_note(host)),
-        Unrecorded::Random => format!(
-            "RDRAND and RDSEED do not exit under KVM, so replay gets other random numbers{}",
-            cpuid_note(host)
-        ),
+        Unrecorded::Tsc => "the TSC does not exit under KVM, so replay reads another value".into(),
+        Unrecorded::Random => "RDRAND and RDSEED do not exit under KVM, so replay gets other random numbers".into(),
         Unrecorded::TscAux => "RDPID returns IA32_TSC_AUX, which the host sets and which does not exit".into(),
         Unrecorded::Pmc => "RDPMC reads a performance counter, which does not exit".into(),
         Unrecorded::MsrRead => format!("KVM answers RDMSR of {ecx:#x} in the kernel from the host's clock"),

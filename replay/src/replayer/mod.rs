@@ -14,13 +14,13 @@ pub(crate) use failure::decode as failure_report;
 use divergence::Found;
 
 use std::collections::VecDeque;
-use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmrr_engine::disasm::Decoded;
 use vmrr_engine::machine::Machine;
 use vmrr_engine::machine::debug::{DebugHit, DebugStops, HwStop, Watch};
 use vmrr_engine::machine::watchdog::StallWatch;
+use vmrr_format::progress::{Progress, Unit};
 use vmrr_format::{Body, Direction, RecordBuf, TraceReader};
 
 use crate::error::ReplayError;
@@ -117,7 +117,6 @@ pub struct Replayer {
     records: RecordStream,
     goto: Option<u64>,
     stall_limit: Duration,
-    exits_total: u64,
     /// The last exits that matched, oldest first.
     history: VecDeque<RecordBuf>,
     /// The most recent recorded input the guest consumed (an IN, MMIO read, RDMSR or
@@ -141,7 +140,8 @@ pub struct Replayer {
     failure: Option<FailureReport>,
     exits_replayed: u64,
     stall: StallWatch,
-    progress: Option<Instant>,
+    /// Exits replayed so far, on a terminal (`vmrr_format::progress`).
+    progress: Progress,
 }
 
 impl Replayer {
@@ -161,14 +161,16 @@ impl Replayer {
         records.seek(start.seq)?;
         let stall = StallWatch::start(opts.stall)
             .map_err(|source| ReplayError::Os { what: "starting the replay's stall guard", source })?;
-        let progress =
-            (opts.progress && std::io::stderr().is_terminal() && exits_total > 100_000).then(Instant::now);
+        let progress = if opts.progress && exits_total > 100_000 {
+            Progress::bar("replay", exits_total, Unit::Count("exits"))
+        } else {
+            Progress::hidden()
+        };
         Ok(Replayer {
             machine,
             records,
             goto: opts.goto,
             stall_limit: opts.stall,
-            exits_total,
             history: VecDeque::new(),
             last_input: None,
             waiting: None,
@@ -210,11 +212,9 @@ impl Replayer {
         self.failure.as_ref()
     }
 
-    /// Ends the progress line on a terminal, if one was shown.
+    /// Clears the progress bar on a terminal, if one was shown.
     pub fn end_progress(&mut self) {
-        if self.progress.take().is_some() {
-            eprintln!();
-        }
+        self.progress = Progress::hidden();
     }
 
     /// Does the next recorded thing.
@@ -598,9 +598,6 @@ impl Replayer {
     }
 
     fn show_progress(&mut self) {
-        if self.progress.is_some_and(|l| l.elapsed() > Duration::from_millis(250)) {
-            self.progress = Some(Instant::now());
-            eprint!("\rreplay: {} / {} exits", self.exits_replayed, self.exits_total);
-        }
+        self.progress.set(self.exits_replayed);
     }
 }
