@@ -6,6 +6,7 @@ mod bench;
 mod ci;
 mod cmd;
 mod exit_code;
+mod output;
 mod profile;
 mod stop;
 
@@ -36,6 +37,9 @@ enum Command {
         /// Where to put the trace, snapshots and bundle (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Replace the files of an earlier demo in --dir.
+        #[arg(long, requires = "dir")]
+        force: bool,
     },
     /// Print a trace's records, one per line.
     Inspect {
@@ -74,6 +78,9 @@ enum Command {
         /// Write SVG charts into this directory.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// With --plot: replace the charts that exist in the directory.
+        #[arg(long, requires = "plot")]
+        force: bool,
         /// Seconds each comparison (an exit storm's modes, the checkpoint overhead) may keep
         /// repeating to bring its 95% intervals within 2 points (default: 10 s per storm
         /// and one repetition of the checkpoint overhead with --quick; 180 s per storm and
@@ -182,10 +189,10 @@ fn main() -> ExitCode {
         Command::Profile(args) => cmd::profile::run(&args),
         Command::Timeline(args) => cmd::timeline::run(&args),
         Command::Guests { json } => cmd::guests::run(json),
-        Command::Bench { quick, json, plot, allowance } => {
-            bench::run(quick, json, plot.as_deref(), allowance.map(std::time::Duration::from_secs_f64))
+        Command::Bench { quick, json, plot, force, allowance } => {
+            bench::run(quick, json, plot.as_deref(), force, allowance.map(std::time::Duration::from_secs_f64))
         }
-        Command::Demo { dir } => cmd::demo::run(dir.as_deref(), &budgets),
+        Command::Demo { dir, force } => cmd::demo::run(dir.as_deref(), force, &budgets),
         Command::Pack { trace, out, image, firmware, kernel, initrd, force, json, segments: Some(n) } => {
             let _ = json;
             ci::pack::run(&trace, &out, n, image.or(firmware).or(kernel), initrd, force, budgets.max_mem)

@@ -25,6 +25,9 @@ pub struct TimelineArgs {
     /// Aggregate per time window above this many exits.
     #[arg(long, default_value_t = 200_000)]
     pub aggregate_above: u64,
+    /// Replace an existing --out file (never an input, a directory or a special file).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Largest replay report read (a report holds a few dozen records).
@@ -92,7 +95,7 @@ pub fn run(args: &TimelineArgs) -> CliResult {
     if let Some(r) = &args.replay_report {
         inputs.push(r);
     }
-    super::check_output_is_not_input(&args.out, &inputs)?;
+    crate::output::check_file(&args.out, &inputs, args.force)?;
     let mut reader = TraceReader::open(&args.trace)?;
     let markers = match &args.replay_report {
         Some(p) => markers(p)?,
@@ -104,7 +107,7 @@ pub fn run(args: &TimelineArgs) -> CliResult {
         ..Default::default()
     };
     let mut summary = None;
-    super::write_file_atomically(&args.out, |w| {
+    crate::output::write_file(&args.out, &inputs, args.force, |w| {
         let s = write_timeline(&mut reader, &markers, &opts, w).map_err(|e| match e {
             crate::profile::TimelineError::Read(r) => CliError::Trace(r),
             crate::profile::TimelineError::Write(source) => {

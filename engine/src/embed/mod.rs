@@ -109,11 +109,20 @@ pub struct EmbedOptions {
     /// writes there as the replayed console (replay never answers the guest from a
     /// device; the trace does).
     pub console_port: Option<u16>,
+    /// Replace a trace that exists at the output and its snapshots directory (only vmrr's:
+    /// never a directory or another kind of file); by default an existing one is refused
+    /// ([`EmbedError::Output`]), as `vmrr record` refuses it without `--force`.
+    pub replace: bool,
 }
 
 impl Default for EmbedOptions {
     fn default() -> Self {
-        EmbedOptions { writer: WriterOptions::default(), annotations: Vec::new(), console_port: Some(0x3f8) }
+        EmbedOptions {
+            writer: WriterOptions::default(),
+            annotations: Vec::new(),
+            console_port: Some(0x3f8),
+            replace: false,
+        }
     }
 }
 
@@ -126,6 +135,10 @@ pub enum EmbedError {
     /// The trace could not be written.
     #[error("cannot write the trace")]
     Write(#[from] WriteError),
+    /// The output may not be written: the trace or its snapshots directory exists (and
+    /// `replace` is off), or is not vmrr's.
+    #[error("cannot record there")]
+    Output(#[from] vmrr_format::output::PrepareError),
     /// A slot is not one region of the guest memory handed over.
     #[error("slot {slot}: {gpa:#x}+{size:#x} is not a region of the guest memory handed over")]
     Slot {
@@ -186,14 +199,16 @@ impl std::fmt::Debug for Embedded {
 
 impl Embedded {
     /// Starts recording the VM of `parts` into `trace` (its snapshots go to
-    /// `<trace>.snapshots/`): writes the prelude (host annotations, the vCPU's CPUID), the
+    /// `<trace>.snapshots/`: `run.vmrr.snapshots/` for `run.vmrr`; neither may exist unless
+    /// [`EmbedOptions::replace`]): writes the prelude (host annotations, the vCPU's CPUID), the
     /// initial snapshot of `memory` and the vCPU, and its checkpoint record. Call it after
     /// the VMM has loaded the guest and set the vCPU's registers and CPUID, before the
     /// first `KVM_RUN`. It turns on `KVM_SYNC_X86_REGS` on the vCPU, so every exit record
     /// carries a register sample (RIP, RSP, RFLAGS) that replay checks.
     ///
     /// # Errors
-    /// A slot that is not a region of `memory`, the recorder's set-up, or the snapshot.
+    /// An output that exists ([`EmbedError::Output`]), a slot that is not a region of
+    /// `memory`, the recorder's set-up, or the snapshot.
     pub fn start(
         parts: VmParts<'_>,
         memory: &GuestMemoryMmap,
@@ -207,7 +222,8 @@ impl Embedded {
                 return Err(EmbedError::Slot { slot: s.slot, gpa: s.gpa, size: s.size });
             }
         }
-        let writer = TraceWriter::create(trace, WriterOptions { guest_writes: true, ..opts.writer })?;
+        vmrr_format::output::prepare_trace(trace, opts.replace, true)?;
+        let writer = TraceWriter::create_new(trace, WriterOptions { guest_writes: true, ..opts.writer })?;
         parts.vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
         let mut recorder = Recorder::new(parts.kvm, parts.vcpu, 0, writer)?;
         let caps = crate::kvm::caps::HostCaps::query(parts.kvm);

@@ -119,3 +119,15 @@ pub(crate) fn take_dirty_log(
 pub fn is_snapshot_dir(path: &Path) -> bool {
     path.join(STATE_FILE).exists()
 }
+
+/// The memory files the state file `state` references, as `(file name, slot size)`: what a
+/// bundle's reader may extract for that snapshot (`vmrr_format::bundle::StateFiles`).
+///
+/// # Errors
+/// The state cannot be read or decoded.
+pub fn memory_files(
+    state: &std::path::Path,
+) -> Result<Vec<(String, u64)>, Box<dyn std::error::Error + Send + Sync>> {
+    let st: SnapshotState = codec::read(state)?;
+    Ok(st.slots.iter().map(|s| (s.file.clone(), s.size)).collect())
+}
