@@ -165,12 +165,18 @@ fn main() -> ExitCode {
         max_mem: cli.max_mem_mib.saturating_mul(1 << 20),
         max_extract: cli.max_extract_mib.saturating_mul(1 << 20),
     };
-    // Commands that write temporary files remove them when told to stop.
+    cmd::trace_file::set_budgets(budgets);
+    // Commands that write temporary files (a bundle's trace extracted included) remove
+    // them when told to stop.
     let writes_scratch = matches!(
         &cli.command,
         Command::Replay(_)
             | Command::Pack { .. }
-            | Command::Verify { repair: Some(_), .. }
+            | Command::Verify { .. }
+            | Command::Inspect { .. }
+            | Command::Stats { .. }
+            | Command::Profile(_)
+            | Command::Timeline(_)
             | Command::Snapshot(_)
             | Command::Merge(_)
     );

@@ -11,6 +11,7 @@ pub mod replay;
 pub mod snapshot;
 pub mod stats;
 pub mod timeline;
+pub mod trace_file;
 pub mod verify;
 
 use std::io::Write;

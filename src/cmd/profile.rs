@@ -8,7 +8,6 @@ use crate::profile::{
     self, By, CompareRow, Profile, ProfileOptions, Table, Verdict, compare_tables, latency_svg, profile_json,
     rate_svg,
 };
-use vmrr_format::TraceReader;
 use vmrr_format::describe::duration;
 
 use super::{out_line, print_json};
@@ -52,7 +51,8 @@ struct Read {
 }
 
 fn read(path: &Path, blocks: bool) -> Result<Read, CliError> {
-    let mut r = TraceReader::open(path)?;
+    let t = super::trace_file::TraceFile::open(path)?;
+    let mut r = t.reader()?;
     let opts = ProfileOptions { by: By::ALL.to_vec(), blocks, ..Default::default() };
     let (profile, damage) = profile::profile_trace(&mut r, &opts)?;
     let damage = damage.first.map(|first| match damage.regions {

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use crate::profile::{Marker, TimelineOptions, write_timeline};
 use serde_json::{Value, json};
-use vmrr_format::TraceReader;
 
 use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 
@@ -96,7 +95,8 @@ pub fn run(args: &TimelineArgs) -> CliResult {
         inputs.push(r);
     }
     crate::output::check_file(&args.out, &inputs, args.force)?;
-    let mut reader = TraceReader::open(&args.trace)?;
+    let t = super::trace_file::TraceFile::open(&args.trace)?;
+    let mut reader = t.reader()?;
     let markers = match &args.replay_report {
         Some(p) => markers(p)?,
         None => Vec::new(),
