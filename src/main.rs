@@ -159,6 +159,20 @@ enum Command {
     },
 }
 
+/// The file a command reads first, for the one "no such file" message.
+fn input_of(c: &Command) -> Option<&std::path::Path> {
+    match c {
+        Command::Inspect { file, .. } | Command::Stats { file, .. } | Command::Verify { file, .. } => {
+            Some(file)
+        }
+        Command::Pack { trace, .. } => Some(trace),
+        Command::Profile(a) => Some(&a.trace),
+        Command::Timeline(a) => Some(&a.trace),
+        Command::Replay(a) => Some(&a.src),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let budgets = vmrr_format::bundle::Budgets {
@@ -184,6 +198,10 @@ fn main() -> ExitCode {
         if let Err(e) = stop::install() {
             return exit_code::CliError::Replay(format!("cannot install signal handlers: {e}")).report();
         }
+    }
+    // One message for a missing input, whichever command reads it.
+    if let Some(p) = input_of(&cli.command).filter(|p| std::fs::symlink_metadata(p).is_err()) {
+        return exit_code::CliError::Usage(format!("{}: no such file", p.display())).report();
     }
     let res = match cli.command {
         Command::Inspect { file, from, count, json } => cmd::inspect::run(&file, from, count, json),

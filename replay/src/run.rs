@@ -57,7 +57,8 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
     let mut notes = crate::hosts::notes(&f);
     if f.unfinished {
         notes.push(
-            "the trace's writer did not finish (no index or a torn last chunk): replaying what is intact"
+            "the trace's writer did not finish (no index or a torn last chunk): replaying what is intact \
+             (`vmrr verify TRACE --repair OUT` writes an intact copy)"
                 .into(),
         );
     }

@@ -125,13 +125,17 @@ pub fn open(src: &Path, budgets: &Budgets) -> Result<Source, ReplayError> {
             .collect();
         return match traces.as_slice() {
             [t] => Ok(with_snapshots(t.clone())),
-            [] => {
-                Err(ReplayError::Unreplayable(format!("{}: no .vmrr trace in this directory", src.display())))
+            [] => Err(ReplayError::Source(format!("{}: no .vmrr trace in this directory", src.display()))),
+            many => {
+                let mut names: Vec<String> = many.iter().map(|p| p.display().to_string()).collect();
+                names.sort();
+                Err(ReplayError::Source(format!(
+                    "{}: {} .vmrr traces in this directory; name one: {}",
+                    src.display(),
+                    names.len(),
+                    names.join(", ")
+                )))
             }
-            _ => Err(ReplayError::Unreplayable(format!(
-                "{}: more than one .vmrr trace; name one",
-                src.display()
-            ))),
         };
     }
     let (f, md) = vmrr_format::input::open_regular(src)?;

@@ -76,7 +76,10 @@ pub fn replay_err(e: vmrr_replay::ReplayError) -> CliError {
         ReplayError::Run(r) => CliError::Run(r),
         ReplayError::Snapshot(s) => CliError::Snapshot(s),
         ReplayError::Bundle(b) => bundle_err(b),
-        e @ (ReplayError::Rebuild { .. } | ReplayError::Output(_) | ReplayError::Segments(_)) => {
+        e @ (ReplayError::Rebuild { .. }
+        | ReplayError::Output(_)
+        | ReplayError::Segments(_)
+        | ReplayError::Source(_)) => {
             CliError::Coded { code: crate::exit_code::USAGE, message: crate::exit_code::chain(&e) }
         }
         ReplayError::Input(i) if i.is_not_found() => CliError::Usage(crate::exit_code::chain(&i)),

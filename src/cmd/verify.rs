@@ -42,10 +42,12 @@ fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
         })?;
     let mut w = vmrr_format::TraceWriter::with_sink(f, tmp.path().display().to_string(), opts)?;
     let (mut kept, mut damaged) = (0u64, 0u64);
+    let mut first_seq = None;
     while let Some(item) = r.next_record() {
         match item {
             Ok(rec) => {
                 w.append_record(&rec)?;
+                first_seq.get_or_insert(rec.seq);
                 kept += 1;
             }
             Err(vmrr_format::ReadError::Invalid { .. }) => damaged += 1,
@@ -75,6 +77,20 @@ fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
             } else {
                 format!("; {} gaps", rep.sequence_gaps.len())
             }
+        );
+    }
+    if let Some(first) = first_seq.filter(|s| *s > 0) {
+        eprintln!(
+            "vmrr: records 0..={} were lost with the first chunk, and with them the trace's prelude (the guest \
+             to rebuild, its CPUID): {} replays only from a checkpoint after them. Put the original's snapshots \
+             beside it ({} as {}) and run `vmrr replay {}`.",
+            first - 1,
+            out.display(),
+            vmrr_format::layout::find_snapshots(file)
+                .unwrap_or_else(|| vmrr_format::layout::snapshots_of(file))
+                .display(),
+            vmrr_format::layout::snapshots_of(out).display(),
+            out.display()
         );
     }
     // Gaps are what was lost; the file itself is intact.
@@ -136,6 +152,10 @@ pub fn run(file: &Path, json: bool, repair_to: Option<&Path>, force: bool) -> Cl
         for [a, b] in &rep.sequence_gaps {
             eprintln!("  records {a}..={b} missing");
         }
+        eprintln!(
+            "vmrr: to keep what is readable, write it into a new trace: vmrr verify {} --repair OUT",
+            file.display()
+        );
     }
     if rep.ok { Ok(()) } else { Err(CliError::Reported { code: INVALID_INPUT }) }
 }

@@ -6,7 +6,7 @@
 //! - **The machine's starting point**: the VMM hands over its guest memory once (a
 //!   `vm_memory::GuestMemoryMmap` and the KVM slot of each region, [`slots_of`]) and
 //!   [`Embedded::start`] writes the initial snapshot, in the same format as vmrr's own
-//!   machine (`<trace>.snapshots/snap-000000`), with the vCPU state read from the VMM's
+//!   machine (`<trace>.snapshots/snap-000000`: `run.vmrr.snapshots/` for `run.vmrr`), with the vCPU state read from the VMM's
 //!   `VcpuFd`. [`Embedded::checkpoint`] adds snapshots on the way and
 //!   [`Embedded::finish`] the final one.
 //! - **What the devices wrote into guest memory** (DMA, which never exits): each write

@@ -2,9 +2,9 @@
 //! entry checked (CRC before decompression, sizes against the manifest) while it is
 //! extracted into a directory of its own.
 //!
-//! Only what is used is extracted: the trace, the guest files, the snapshots the trace's
-//! checkpoint records name and the memory files their states name. Anything else in the
-//! manifest is refused, naming the entry, before it is written. Runs of zero bytes are
+//! Only what is used is extracted: the trace, the guest files, the snapshots the manifest
+//! lists and the memory files their states name (given a reader of states). Any other
+//! memory entry is refused, naming the entry, before it is written. Runs of zero bytes are
 //! left as holes: an entry of gigabytes of zeros costs no disk.
 
 use std::fs::File;
@@ -254,10 +254,13 @@ pub fn unpack(
     for e in rest {
         written += extract(&f, e, src, dir, &mut made, &mut buf)?;
     }
-    let used = used_snapshots(&m, dir, src)?;
+    let used = match states {
+        Some(states) => used_snapshots(&m, dir, states),
+        None => None,
+    };
     for e in memory {
-        if let Some(states) = states {
-            referenced_memory(e, dir, src, &used, states)?;
+        if let Some(used) = &used {
+            referenced_memory(e, src, used)?;
         }
         written += extract(&f, e, src, dir, &mut made, &mut buf)?;
     }
@@ -377,52 +380,29 @@ fn copy_holes(from: &mut impl Read, out: &File, buf: &mut [u8]) -> std::io::Resu
     }
 }
 
-/// The snapshots the extracted trace's checkpoint records name; every snapshot the
-/// manifest lists must be one of them. A trace that cannot be scanned is left to its
-/// reader to report: then the manifest's list stands.
-fn used_snapshots(
-    m: &Manifest,
-    dir: &Path,
-    src: &Path,
-) -> Result<std::collections::HashSet<u64>, BundleError> {
-    let listed: std::collections::HashSet<u64> = m.snapshots.iter().copied().collect();
-    let Ok(overview) = crate::overview::scan(&dir.join(TRACE_ENTRY)) else { return Ok(listed) };
-    let named: std::collections::HashSet<u64> = overview.checkpoints.iter().map(|c| c.snapshot_id).collect();
-    if let Some(id) = m.snapshots.iter().find(|id| !named.contains(id)) {
-        let entry = format!(
-            "{SNAPSHOTS_ENTRY}/{}/{}",
-            crate::layout::snapshot_dir_name(*id),
-            crate::layout::STATE_FILE
-        );
-        let e = m.entries.iter().find(|e| e.name == entry);
-        return Err(invalid(
-            src,
-            e.map_or(HEADER, |e| e.offset),
-            format!(
-                "entry {entry:?}: snapshot {id} is not one the trace's checkpoints name: nothing uses it"
-            ),
-        ));
+/// The memory files each used snapshot references, by snapshot.
+type Used = std::collections::HashMap<u64, Vec<(String, u64)>>;
+
+/// The memory files each snapshot the manifest lists references, read from the states
+/// just extracted. `None` when a state cannot be read: its reader reports why.
+fn used_snapshots(m: &Manifest, dir: &Path, states: super::StateFiles<'_>) -> Option<Used> {
+    let root = dir.join(SNAPSHOTS_ENTRY);
+    let mut used = Used::new();
+    for id in &m.snapshots {
+        let state = crate::layout::snapshot_dir(&root, *id).join(crate::layout::STATE_FILE);
+        used.insert(*id, states(&state).ok()?.files);
     }
-    Ok(listed)
+    Some(used)
 }
 
 /// The memory entry `e` is a file its snapshot's state references (of no more bytes than
 /// the state says).
-fn referenced_memory(
-    e: &super::Entry,
-    dir: &Path,
-    src: &Path,
-    used: &std::collections::HashSet<u64>,
-    states: super::StateFiles<'_>,
-) -> Result<(), BundleError> {
+fn referenced_memory(e: &super::Entry, src: &Path, used: &Used) -> Result<(), BundleError> {
     let Some(EntryKind::Memory(id)) = allowed(&e.name) else { return Ok(()) };
     let bad = |r: String| invalid(src, e.offset, format!("entry {:?}: {r}", e.name));
-    if !used.contains(&id) {
-        return Err(bad(format!("snapshot {id} is not used")));
-    }
-    let snap = crate::layout::snapshot_dir(&dir.join(SNAPSHOTS_ENTRY), id);
-    let files = states(&snap.join(crate::layout::STATE_FILE))
-        .map_err(|err| bad(format!("snapshot {id}'s state cannot be read: {err}")))?;
+    let Some(files) = used.get(&id) else {
+        return Err(bad(format!("snapshot {id} is not used: nothing uses it")));
+    };
     let name = e.name.rsplit('/').next().unwrap_or_default();
     match files.iter().find(|(f, _)| f == name) {
         None => Err(bad(format!("snapshot {id}'s state references no such memory file: nothing uses it"))),
