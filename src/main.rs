@@ -6,6 +6,7 @@ mod bench;
 mod ci;
 mod cmd;
 mod exit_code;
+mod output;
 mod profile;
 mod stop;
 
@@ -41,6 +42,9 @@ enum Command {
         /// Where to put the trace, snapshots and bundle (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Replace the files of an earlier demo in --dir.
+        #[arg(long, requires = "dir")]
+        force: bool,
     },
     /// Print a trace's records, one per line.
     #[command(display_order = 6)]
@@ -90,6 +94,9 @@ enum Command {
         /// Write SVG charts into this directory.
         #[arg(long = "svg", alias = "plot", value_name = "DIR")]
         plot: Option<PathBuf>,
+        /// With --svg: replace the charts that exist in the directory.
+        #[arg(long, requires = "plot")]
+        force: bool,
         /// Seconds each comparison (an exit storm's modes, the checkpoint overhead) may keep
         /// repeating to bring its 95% intervals within 2 points (default: 10 s per storm
         /// and one repetition of the checkpoint overhead with --quick; 180 s per storm and
@@ -180,18 +187,37 @@ enum Command {
     },
 }
 
+/// The file a command reads first, for the one "no such file" message.
+fn input_of(c: &Command) -> Option<&std::path::Path> {
+    match c {
+        Command::Inspect { file, .. } | Command::Stats { file, .. } | Command::Verify { file, .. } => {
+            Some(file)
+        }
+        Command::Pack { trace, .. } => Some(trace),
+        Command::Profile(a) => Some(&a.trace),
+        Command::Timeline(a) => Some(&a.trace),
+        Command::Replay(a) => Some(&a.src),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let budgets = vmrr_format::bundle::Budgets {
         max_mem: cli.max_mem_mib.saturating_mul(1 << 20),
         max_extract: cli.max_extract_mib.saturating_mul(1 << 20),
     };
+    cmd::trace_file::set_budgets(budgets);
     // Told to stop, or reading a closed pipe, a command removes its temporary files and
     // ends quietly (`stop`); `record` keeps the default (its trace survives any kill).
     if !matches!(&cli.command, Command::Record(_)) {
         if let Err(e) = stop::install() {
             return exit_code::CliError::Replay(format!("cannot install signal handlers: {e}")).report();
         }
+    }
+    // One message for a missing input, whichever command reads it.
+    if let Some(p) = input_of(&cli.command).filter(|p| std::fs::symlink_metadata(p).is_err()) {
+        return exit_code::CliError::Usage(format!("{}: no such file", p.display())).report();
     }
     let res = match cli.command {
         Command::Inspect { file, from, count, json } => cmd::inspect::run(&file, from, count, json),
@@ -203,10 +229,10 @@ fn main() -> ExitCode {
         Command::Profile(args) => cmd::profile::run(&args),
         Command::Timeline(args) => cmd::timeline::run(&args),
         Command::Guests { json } => cmd::guests::run(json),
-        Command::Bench { quick, json, plot, allowance } => {
-            bench::run(quick, json, plot.as_deref(), allowance.map(std::time::Duration::from_secs_f64))
+        Command::Bench { quick, json, plot, force, allowance } => {
+            bench::run(quick, json, plot.as_deref(), force, allowance.map(std::time::Duration::from_secs_f64))
         }
-        Command::Demo { dir } => cmd::demo::run(dir.as_deref(), &budgets),
+        Command::Demo { dir, force } => cmd::demo::run(dir.as_deref(), force, &budgets),
         Command::Pack { trace, out, image, firmware, kernel, initrd, force, json, segments: Some(n) } => {
             let _ = json;
             ci::pack::run(&trace, &out, n, image.or(firmware).or(kernel), initrd, force, budgets.max_mem)

@@ -20,5 +20,5 @@ fn demo_reproduces_the_failure_from_the_start_the_last_checkpoint_and_the_failur
         "{out}"
     );
     assert!(out.contains("popcnt rax,[rdi]"));
-    assert!(at(&d, "repro.vmrr").exists() && at(&d, "demo.vmrr").exists());
+    assert!(at(&d, "repro.vmrrb").exists() && at(&d, "demo.vmrr").exists());
 }

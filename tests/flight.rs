@@ -57,7 +57,7 @@ fn a_failure_leaves_a_bundle_of_the_last_checkpoints_that_reproduces_it() {
     ]);
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("older dropped"), "{}", stderr(&o));
-    assert!(!at(&d, "fr.flight").exists(), "the working directory is removed");
+    assert!(!at(&d, "fr.vmrr.flight").exists(), "the working directory is removed");
     let m = vmrr_format::bundle::read_manifest(&out, &vmrr_format::bundle::Budgets::memory_only(u64::MAX))
         .unwrap();
     // The last --keep checkpoints, and the failure-point snapshot taken at the failing exit.
@@ -82,7 +82,7 @@ fn sigusr1_writes_a_bundle_and_disk_stays_bounded_on_a_long_run() {
     }
     let d = tmp();
     let out = at(&d, "long.vmrr");
-    let flight = at(&d, "long.flight");
+    let flight = at(&d, "long.vmrr.flight");
     let child = Command::new(env!("CARGO_BIN_EXE_vmrr"))
         .args([
             "record",
@@ -145,5 +145,5 @@ fn a_clean_end_keeps_nothing() {
         vmrr(&["record", "--guest", "hello-long", "--flight-recorder", "-o", s(&out), "--serial", "none"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("nothing kept"));
-    assert!(!out.exists() && !at(&d, "ok.flight").exists());
+    assert!(!out.exists() && !at(&d, "ok.vmrr.flight").exists());
 }

@@ -247,3 +247,25 @@ fn a_foreign_vmm_recording_replays_on_its_own_host_without_cpu_warnings() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stdout(&o).contains("warning"), "{}", stdout(&o));
 }
+
+/// `Embedded::start` follows vmrr's output rule: an existing trace (or its snapshots
+/// directory) is refused, not replaced; the trace is unchanged.
+#[test]
+fn an_embedded_recording_never_replaces_a_trace() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let trace = at(&d, "f.vmrr");
+    record_foreign(&trace);
+    let before = std::fs::read(&trace).unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_vmrr")).with_file_name("examples").join("foreign_vmm");
+    let o = std::process::Command::new(&bin).arg(&trace).output().expect("runs the example VMM");
+    assert!(!o.status.success(), "a second recording into {} was refused", trace.display());
+    assert!(stderr(&o).contains("Exists"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&trace).unwrap(), before, "the trace is unchanged");
+    // Its snapshots directory alone is refused as well.
+    std::fs::remove_file(&trace).unwrap();
+    let o = std::process::Command::new(&bin).arg(&trace).output().expect("runs the example VMM");
+    assert!(!o.status.success() && !trace.exists(), "{}", stderr(&o));
+}

@@ -437,7 +437,7 @@ fn the_readme_session_on_the_demo_bundle_steps_back_out_of_the_failure() {
     let dir = at(&d, "demo");
     let o = vmrr(&["demo", "--dir", s(&dir)]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let out = Stub::start(&dir.join("repro.vmrr")).gdb(
+    let out = Stub::start(&dir.join("repro.vmrrb")).gdb(
         "
         continue
         x/i $pc

@@ -255,14 +255,14 @@ fn unpacking_never_follows_a_symlink() {
     std::fs::create_dir_all(&target).unwrap();
     std::fs::create_dir_all(&elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, target.join("snapshots")).unwrap();
-    let e = vmrr_format::bundle::unpack(&corpus("bundle/valid.vmrrb"), &target, &Default::default())
+    let e = vmrr_format::bundle::unpack(&corpus("bundle/valid.vmrrb"), &target, &Default::default(), None)
         .expect_err("a planted symlink is refused");
     assert!(e.to_string().contains("snapshots"), "{e}");
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing was written through it");
     // And the same bundle unpacks into a clean directory.
     let clean = at(&d, "clean");
     std::fs::create_dir_all(&clean).unwrap();
-    vmrr_format::bundle::unpack(&corpus("bundle/valid.vmrrb"), &clean, &Default::default()).unwrap();
+    vmrr_format::bundle::unpack(&corpus("bundle/valid.vmrrb"), &clean, &Default::default(), None).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ fn read_bundle_once(data: &[u8], check: &dyn Fn(&std::path::Path)) {
         return;
     }
     let budgets = bundle::Budgets { max_mem: 64 << 20, max_extract: 256 << 20 };
-    let Ok(u) = bundle::unpack(&src, &out, &budgets) else { return };
+    let Ok(u) = bundle::unpack(&src, &out, &budgets, None) else { return };
     if bundle::arrange(&out).is_err() {
         return;
     }

@@ -18,6 +18,10 @@ pub enum ReplayError {
     /// The trace does not say how to rebuild its machine, or asks for something invalid.
     #[error("{0}")]
     Unreplayable(String),
+    /// A directory given as the source holds no trace, or several (a usage error, CLI exit
+    /// 2: the message lists them).
+    #[error("{0}")]
+    Source(String),
     /// Segments asked for that this trace cannot be cut into (a usage error, CLI exit 2).
     #[error("{0}")]
     Segments(String),

@@ -149,7 +149,8 @@ fn host_notes(f: &TraceOverview, opts: &Options) -> Result<(Vec<String>, Vec<Str
     let mut notes = crate::hosts::notes(f);
     if f.unfinished {
         notes.push(
-            "the trace's writer did not finish (no index or a torn last chunk): replaying what is intact"
+            "the trace's writer did not finish (no index or a torn last chunk): replaying what is intact \
+             (`vmrr verify TRACE --repair OUT` writes an intact copy)"
                 .into(),
         );
     }

@@ -1,4 +1,5 @@
-//! What `vmrr replay SRC` accepts: a trace (with its `.snapshots` directory beside it), a
+//! What `vmrr replay SRC` accepts: a trace (with its snapshots directory beside it,
+//! `run.vmrr.snapshots`, or `run.snapshots` for a trace recorded before), a
 //! directory holding one, or a bundle (extracted into a private temporary directory first,
 //! within the extraction budgets, and removed when the source is dropped or the process is
 //! stopped by a signal).
@@ -105,8 +106,7 @@ impl Source {
 }
 
 fn with_snapshots(trace: PathBuf) -> Source {
-    let s = vmrr_format::layout::snapshots_of(&trace);
-    let snapshots = s.is_dir().then_some(s);
+    let snapshots = vmrr_format::layout::find_snapshots(&trace);
     Source::new(trace, snapshots)
 }
 
@@ -125,13 +125,17 @@ pub fn open(src: &Path, budgets: &Budgets) -> Result<Source, ReplayError> {
             .collect();
         return match traces.as_slice() {
             [t] => Ok(with_snapshots(t.clone())),
-            [] => {
-                Err(ReplayError::Unreplayable(format!("{}: no .vmrr trace in this directory", src.display())))
+            [] => Err(ReplayError::Source(format!("{}: no .vmrr trace in this directory", src.display()))),
+            many => {
+                let mut names: Vec<String> = many.iter().map(|p| p.display().to_string()).collect();
+                names.sort();
+                Err(ReplayError::Source(format!(
+                    "{}: {} .vmrr traces in this directory; name one: {}",
+                    src.display(),
+                    names.len(),
+                    names.join(", ")
+                )))
             }
-            _ => Err(ReplayError::Unreplayable(format!(
-                "{}: more than one .vmrr trace; name one",
-                src.display()
-            ))),
         };
     }
     let (f, md) = vmrr_format::input::open_regular(src)?;
@@ -145,7 +149,7 @@ pub fn open(src: &Path, budgets: &Budgets) -> Result<Source, ReplayError> {
     let tmp = std::env::temp_dir();
     let dir = Scratch::dir_in(&tmp, "vmrr-bundle-")
         .map_err(vmrr_format::FileError::on("creating a directory to unpack into in", &tmp))?;
-    let unpacked = bundle::unpack(src, dir.path(), budgets)?;
+    let unpacked = bundle::unpack(src, dir.path(), budgets, Some(&vmrr_engine::snapshot::memory_files))?;
     bundle::arrange(dir.path())?;
     let mut s = with_snapshots(unpacked.trace);
     s.image = unpacked.image;

@@ -545,7 +545,20 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 /// Runs the benchmark.
-pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>, allowance: Option<Duration>) -> CliResult {
+pub fn run(
+    quick: bool,
+    as_json: bool,
+    plot_dir: Option<&Path>,
+    force: bool,
+    allowance: Option<Duration>,
+) -> CliResult {
+    // The output rule, checked before the minutes of measuring.
+    if let Some(d) = plot_dir {
+        crate::output::directory(d)?;
+        for name in PLOTS {
+            crate::output::check_file(&d.join(name), &[], force)?;
+        }
+    }
     let plan = plan(quick, allowance);
     let t0 = Instant::now();
     let work = tempfile::Builder::new().prefix("vmrr-bench-").tempdir().map_err(|e| err("temp dir", e))?;
@@ -569,7 +582,7 @@ pub fn run(quick: bool, as_json: bool, plot_dir: Option<&Path>, allowance: Optio
     report["intervals"] = intervals;
     report["seconds"] = json!(t0.elapsed().as_secs_f64());
     if let Some(d) = plot_dir {
-        write_plots(d, &report)?;
+        write_plots(d, &report, force)?;
     }
     if as_json {
         crate::cmd::print_json(&report)?;
@@ -923,9 +936,10 @@ fn reps_note(i: &Value) -> String {
     }
 }
 
-fn write_plots(dir: &Path, r: &Value) -> CliResult {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| CliError::Output { context: format!("creating {}", dir.display()), source })?;
+/// The charts `--plot` writes.
+const PLOTS: [&str; 3] = ["throughput.svg", "restore.svg", "bytes-per-exit.svg"];
+
+fn write_plots(dir: &Path, r: &Value, force: bool) -> CliResult {
     let b = |label: &str, value: f64, text: String| plot::Bar { label: label.into(), value, text };
     let mut tp = Vec::new();
     for (g, m) in [("pio", r.clone()), ("mmio", r["mmio"].clone())] {
@@ -970,9 +984,7 @@ fn write_plots(dir: &Path, r: &Value) -> CliResult {
         ),
         ("bytes-per-exit.svg", plot::bars("Trace bytes per exit (pio-storm)", &host, &bytes)),
     ] {
-        let p: PathBuf = dir.join(name);
-        std::fs::write(&p, svg)
-            .map_err(|source| CliError::Output { context: format!("writing {}", p.display()), source })?;
+        crate::output::write_bytes(&dir.join(name), &[], force, svg.as_bytes())?;
     }
     let _ = Duration::ZERO;
     Ok(())

@@ -42,7 +42,7 @@ pub fn run(args: &ReplayArgs, budgets: &Budgets) -> CliResult {
         Summary::new(&corpus, all.len(), shard, &results, &fail_on, jobs, t0.elapsed().as_secs_f64());
     outcome::print(&results, &summary, args.json)?;
     if let Some(j) = &c.junit {
-        super::junit::write(j, &results, &summary)?;
+        super::junit::write(j, &results, &summary, args.force)?;
     }
     match summary.exit_code {
         0 => Ok(()),

@@ -105,9 +105,9 @@ pub fn document(results: &[EntryResult], summary: &Summary) -> String {
 /// Writes the JUnit document to `path` (atomically: a temporary file renamed into place).
 ///
 /// # Errors
-/// The file could not be written.
-pub fn write(path: &Path, results: &[EntryResult], summary: &Summary) -> Result<(), CliError> {
-    crate::cmd::write_atomically(path, document(results, summary).as_bytes())
+/// The file exists (without `force`) or could not be written.
+pub fn write(path: &Path, results: &[EntryResult], summary: &Summary, force: bool) -> Result<(), CliError> {
+    crate::output::write_bytes(path, &[], force, document(results, summary).as_bytes())
 }
 
 #[cfg(test)]

@@ -185,7 +185,7 @@ fn merge_corpus(
         eprintln!("vmrr: error: {r}");
     }
     if let Some(j) = &args.junit {
-        super::junit::write(j, &results, &summary)?;
+        super::junit::write(j, &results, &summary, args.force)?;
     }
     match summary.exit_code {
         0 => Ok(()),

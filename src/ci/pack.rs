@@ -51,12 +51,12 @@ pub fn run(
             dir.display()
         )));
     }
-    crate::cmd::check_output_is_not_input(dir, &[trace])?;
+    crate::output::not_an_input(dir, &[trace])?;
     let f = vmrr_format::overview::scan(trace).map_err(|e| invalid(crate::exit_code::chain(&e)))?;
     let spans = vmrr_replay::segment::plan(&f, n).map_err(|e| CliError::Usage(e.to_string()))?;
     std::fs::create_dir_all(dir)
         .map_err(|source| CliError::Output { context: format!("creating {}", dir.display()), source })?;
-    let root = snapshot::dir_for_trace(trace);
+    let root = vmrr_format::layout::find_snapshots(trace).unwrap_or_else(|| snapshot::dir_for_trace(trace));
     for s in &spans {
         let staging =
             tempfile::Builder::new().prefix(".vmrr-segment-").tempdir_in(dir).map_err(|source| {

@@ -16,23 +16,38 @@ fn step(n: u32, what: &str) {
 }
 
 /// Runs the demo in `dir` (created; defaults to a new directory under the system's
-/// temporary directory, kept for inspection).
-pub fn run(dir: Option<&Path>, budgets: &vmrr_format::bundle::Budgets) -> CliResult {
+/// temporary directory, kept for inspection). The files of an earlier demo there are
+/// replaced only with `force`.
+pub fn run(dir: Option<&Path>, force: bool, budgets: &vmrr_format::bundle::Budgets) -> CliResult {
     let max_mem = budgets.max_mem;
     let t0 = Instant::now();
     let dir: PathBuf = match dir {
-        Some(d) => d.to_path_buf(),
-        None => std::env::temp_dir().join(format!("vmrr-demo-{}", std::process::id())),
+        Some(d) => {
+            crate::output::directory(d)?;
+            d.to_path_buf()
+        }
+        None => tempfile::Builder::new()
+            .prefix("vmrr-demo-")
+            .tempdir()
+            .map_err(|source| CliError::Output {
+                context: "creating a directory for the demo".into(),
+                source,
+            })?
+            .keep(),
     };
-    std::fs::create_dir_all(&dir)
-        .map_err(|source| CliError::Output { context: format!("creating {}", dir.display()), source })?;
     let trace = dir.join("demo.vmrr");
     let serial = dir.join("serial.txt");
+    let bundle = dir.join("repro.vmrrb");
+    // The output rule, before anything is written: an earlier demo's files only with --force.
+    vmrr_format::output::check_trace(&trace, &[], force, true).map_err(crate::output::refused)?;
+    for f in [&serial, &bundle] {
+        crate::output::check_file(f, &[], force)?;
+    }
     println!("vmrr demo: a guest does some work, then runs an instruction KVM cannot emulate.");
     println!("Everything is written to {}", dir.display());
 
     step(1, "record the guest on KVM, every exit into a trace, a checkpoint every 60 exits");
-    let args = record_args(&trace, &serial);
+    let args = RecordArgs { force, ..record_args(&trace, &serial) };
     match super::record::run(&args) {
         Ok(()) => {}
         // The guest is meant to fail: exit code 5 is the expected outcome here.
@@ -45,9 +60,7 @@ pub fn run(dir: Option<&Path>, budgets: &vmrr_format::bundle::Budgets) -> CliRes
     }
 
     step(2, "pack the trace and its snapshots into one file to ship");
-    let bundle = dir.join("repro.vmrr");
-    // The demo's own directory: a bundle of an earlier run there is replaced.
-    super::pack::run(&trace, &bundle, None, None, true, false)?;
+    super::pack::run(&trace, &bundle, None, None, force, false)?;
 
     let opts = |start| Options {
         start,
@@ -127,6 +140,7 @@ fn record_args(trace: &Path, serial: &Path) -> RecordArgs {
         cmdline: None,
         boot_protocol: "auto".into(),
         out: Some(trace.to_path_buf()),
+        force: false,
         no_trace: false,
         iterations: None,
         mem_mib: Some(64),

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use vmrr_format::{ReadError, TraceReader, describe};
+use vmrr_format::{ReadError, describe};
 
 use super::out_line;
 use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
@@ -12,7 +12,8 @@ use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 /// reported on stderr and skipped; the exit code is then 3 after everything readable was
 /// printed.
 pub fn run(file: &Path, from: Option<u64>, count: Option<u64>, json: bool) -> CliResult {
-    let mut r = TraceReader::open(file)?;
+    let t = super::trace_file::TraceFile::open(file)?;
+    let mut r = t.reader()?;
     if let Some(seq) = from {
         r.seek_seq(seq)?;
     }

@@ -11,10 +11,10 @@ pub mod replay;
 pub mod snapshot;
 pub mod stats;
 pub mod timeline;
+pub mod trace_file;
 pub mod verify;
 
 use std::io::Write;
-use std::path::Path;
 
 use crate::exit_code::CliError;
 
@@ -79,7 +79,8 @@ pub fn replay_err(e: vmrr_replay::ReplayError) -> CliError {
         e @ (ReplayError::Rebuild { .. }
         | ReplayError::Output(_)
         | ReplayError::Segments(_)
-        | ReplayError::PastEnd { .. }) => {
+        | ReplayError::PastEnd { .. }
+        | ReplayError::Source(_)) => {
             CliError::Coded { code: crate::exit_code::USAGE, message: crate::exit_code::chain(&e) }
         }
         ReplayError::Input(i) if i.is_not_found() => CliError::Usage(crate::exit_code::chain(&i)),
@@ -88,50 +89,4 @@ pub fn replay_err(e: vmrr_replay::ReplayError) -> CliError {
         }
         other => CliError::Replay(crate::exit_code::chain(&other)),
     }
-}
-
-/// Refuses an output path that names one of the inputs (the same file by another name
-/// included): writing it would destroy what is being read.
-pub fn check_output_is_not_input(out: &Path, inputs: &[&Path]) -> Result<(), CliError> {
-    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    };
-    match inputs.iter().find(|i| same(out, i)) {
-        Some(i) => Err(CliError::Usage(format!("the output {} is the input {}", out.display(), i.display()))),
-        None => Ok(()),
-    }
-}
-
-/// Creates `path` through a temporary file beside it, renamed into place once `fill`
-/// succeeded: a failed or interrupted write leaves no partial file behind.
-pub fn write_file_atomically(
-    path: &Path,
-    fill: impl FnOnce(&mut dyn Write) -> Result<(), CliError>,
-) -> Result<(), CliError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let err = |context: String| move |source| CliError::Output { context, source };
-    let tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(err(format!("creating a file in {}", dir.display())))?;
-    let mut w = std::io::BufWriter::new(tmp);
-    fill(&mut w)?;
-    let tmp = w.into_inner().map_err(|e| CliError::Output {
-        context: format!("writing {}", path.display()),
-        source: e.into_error(),
-    })?;
-    tmp.as_file().sync_all().map_err(err(format!("syncing {}", path.display())))?;
-    tmp.persist(path)
-        .map_err(|e| CliError::Output { context: format!("creating {}", path.display()), source: e.error })?;
-    Ok(())
-}
-
-/// [`write_file_atomically`] with the whole content at hand.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    write_file_atomically(path, |w| {
-        w.write_all(bytes)
-            .map_err(|source| CliError::Output { context: format!("writing {}", path.display()), source })
-    })
 }

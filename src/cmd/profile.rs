@@ -8,7 +8,6 @@ use crate::profile::{
     self, By, CompareRow, Profile, ProfileOptions, Table, Verdict, compare_tables, latency_svg, profile_json,
     rate_svg,
 };
-use vmrr_format::TraceReader;
 use vmrr_format::describe::{count, duration};
 
 use super::{out_line, print_json};
@@ -41,6 +40,9 @@ pub struct ProfileArgs {
     /// Write `exit-rate.svg` and `handler-latency.svg` (of TRACE) into this directory.
     #[arg(long, value_name = "DIR")]
     pub svg: Option<PathBuf>,
+    /// With --svg: replace the SVG files that exist in DIR.
+    #[arg(long, requires = "svg")]
+    pub force: bool,
 }
 
 /// What was read from one trace.
@@ -51,7 +53,8 @@ struct Read {
 }
 
 fn read(path: &Path, blocks: bool) -> Result<Read, CliError> {
-    let mut r = TraceReader::open(path)?;
+    let t = super::trace_file::TraceFile::open(path)?;
+    let mut r = t.reader()?;
     let opts = ProfileOptions { by: By::ALL.to_vec(), blocks, ..Default::default() };
     let (profile, damage) = profile::profile_trace(&mut r, &opts)?;
     let damage = damage.first.map(|first| match damage.regions {
@@ -75,8 +78,9 @@ pub fn run(args: &ProfileArgs) -> CliResult {
     if let Some(dir) = &args.svg {
         let mut inputs: Vec<&Path> = vec![&args.trace];
         inputs.extend(args.vs.as_deref());
+        crate::output::directory(dir)?;
         for file in [RATE_SVG, LATENCY_SVG] {
-            super::check_output_is_not_input(&dir.join(file), &inputs)?;
+            crate::output::check_file(&dir.join(file), &inputs, args.force)?;
         }
     }
     let a = read(&args.trace, args.vs.is_some())?;
@@ -85,7 +89,7 @@ pub fn run(args: &ProfileArgs) -> CliResult {
         None => None,
     };
     if let Some(dir) = &args.svg {
-        write_svgs(dir, &a, by)?;
+        write_svgs(dir, &a, by, args.force)?;
     }
     match (&b, args.json) {
         (None, true) => {
@@ -111,9 +115,7 @@ pub fn run(args: &ProfileArgs) -> CliResult {
 const RATE_SVG: &str = "exit-rate.svg";
 const LATENCY_SVG: &str = "handler-latency.svg";
 
-fn write_svgs(dir: &Path, a: &Read, by: By) -> CliResult {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| CliError::Output { context: format!("creating {}", dir.display()), source })?;
+fn write_svgs(dir: &Path, a: &Read, by: By, force: bool) -> CliResult {
     let name = a.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let table = a.profile.table(by).unwrap_or(&a.profile.tables[0]);
     let files = [
@@ -121,7 +123,7 @@ fn write_svgs(dir: &Path, a: &Read, by: By) -> CliResult {
         (LATENCY_SVG, latency_svg(table, &format!("Handler latency by {}: {name}", by.name()), 8)),
     ];
     for (file, svg) in files {
-        super::write_atomically(&dir.join(file), svg.as_bytes())?;
+        crate::output::write_bytes(&dir.join(file), &[&a.path], force, svg.as_bytes())?;
     }
     eprintln!("vmrr: wrote {} and {} in {}", RATE_SVG, LATENCY_SVG, dir.display());
     Ok(())

@@ -65,6 +65,10 @@ pub struct RecordArgs {
     /// Trace file to write.
     #[arg(long, short, required_unless_present = "no_trace")]
     pub out: Option<PathBuf>,
+    /// Replace an existing trace at --out and its snapshots directory (only vmrr's: never a
+    /// directory, another kind of file or an input).
+    #[arg(long)]
+    pub force: bool,
     /// Run without recording (the benchmark baseline).
     #[arg(long, conflicts_with = "out")]
     pub no_trace: bool,
@@ -117,7 +121,8 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = 64)]
     pub checkpoint_buffer_mib: u64,
     /// Do not write snapshots (by default the initial state is saved next to the trace,
-    /// in `<trace>.snapshots/`, so the trace can be replayed anywhere).
+    /// in `<trace>.snapshots/`: `run.vmrr.snapshots/` for `run.vmrr`, so the trace can be
+    /// replayed anywhere).
     #[arg(long, conflicts_with_all = ["checkpoint_every", "checkpoint_interval_ms"])]
     pub no_snapshot: bool,
     /// Flight recorder: keep only the last `--keep` checkpoints and the trace since the
@@ -259,6 +264,7 @@ impl RecordArgs {
 /// Runs `vmrr record`.
 pub fn run(args: &RecordArgs) -> CliResult {
     let cfg = args.session()?;
+    check_outputs(args, &cfg)?;
     // Configuration problems (missing image, memory too large, bad placement) are found
     // here, before the output file is created and before KVM is touched.
     cfg.prepare().map_err(|e| CliError::Session(e.into()))?;
@@ -277,7 +283,10 @@ pub fn run(args: &RecordArgs) -> CliResult {
         return flight(args, &cfg, serial, debugcon);
     }
     let writer = match (&args.out, args.no_trace) {
-        (Some(path), false) => Some(TraceWriter::create(path, args.writer_options())?),
+        (Some(path), false) => {
+            vmrr_format::output::prepare_trace(path, args.force, !args.no_snapshot).map_err(prepare_err)?;
+            Some(TraceWriter::create_new(path, args.writer_options())?)
+        }
         _ => None,
     };
     let m = build(&cfg, serial.clone(), debugcon.clone())?;
@@ -287,12 +296,6 @@ pub fn run(args: &RecordArgs) -> CliResult {
             let snapshots = match (args.no_snapshot, &args.out) {
                 (false, Some(out)) => {
                     let root = snapshot::dir_for_trace(out);
-                    if root.exists() {
-                        std::fs::remove_dir_all(&root).map_err(|source| CliError::Output {
-                            context: format!("removing old {}", root.display()),
-                            source,
-                        })?;
-                    }
                     Snapshots::Checkpoints { root, policy: args.policy(), capture: args.capture_mode() }
                 }
                 _ => Snapshots::None,
@@ -313,6 +316,40 @@ pub fn run(args: &RecordArgs) -> CliResult {
         Err(CliError::Reported { code: GUEST_FATAL })
     } else {
         Ok(())
+    }
+}
+
+/// The output rule (`vmrr_format::output`), checked before the guest is built: the trace
+/// and its snapshots directory, or the flight recorder's bundle, exist only with --force
+/// and never are an input (the guest's files).
+fn check_outputs(args: &RecordArgs, cfg: &SessionConfig) -> CliResult {
+    use vmrr_format::output::{self, OutputKind};
+    let Some(out) = args.out.as_deref().filter(|_| !args.no_trace) else { return Ok(()) };
+    let inputs: Vec<&std::path::Path> = match &cfg.guest {
+        GuestSpec::Kernel(k) => {
+            [Some(k.kernel.as_path()), k.initrd.as_deref()].into_iter().flatten().collect()
+        }
+        GuestSpec::Image { path, .. } | GuestSpec::Firmware { path } => vec![path.as_path()],
+        GuestSpec::Builtin { .. } => Vec::new(),
+    };
+    let refused = |e: output::OutputError| CliError::Usage(e.to_string());
+    if args.flight_recorder {
+        output::check(out, &inputs, args.force, OutputKind::File).map_err(refused)?;
+        let staging = vmrr_engine::checkpoint::flight::FlightRecorder::dir_for(out);
+        if staging.exists() && !args.force {
+            return Err(refused(output::OutputError::Exists { out: staging }));
+        }
+        return Ok(());
+    }
+    output::check_trace(out, &inputs, args.force, !args.no_snapshot).map_err(refused)
+}
+
+fn prepare_err(e: vmrr_format::output::PrepareError) -> CliError {
+    match e {
+        vmrr_format::output::PrepareError::Refused(e) => CliError::Usage(e.to_string()),
+        vmrr_format::output::PrepareError::Remove { path, source } => {
+            CliError::Output { context: format!("removing {}", path.display()), source }
+        }
     }
 }
 

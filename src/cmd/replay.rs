@@ -14,7 +14,7 @@ use crate::exit_code::{CliError, CliResult};
 /// `vmrr replay` arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReplayArgs {
-    /// A trace (its snapshots beside it in `<trace>.snapshots/`), a directory holding one,
+    /// A trace (its snapshots beside it in `<trace>.snapshots/`: `run.vmrr.snapshots/`), a directory holding one,
     /// or a bundle made by `vmrr pack`.
     pub src: PathBuf,
     /// Stop after the record with this sequence number (starting from the nearest

@@ -12,7 +12,7 @@ use crate::exit_code::{CliError, CliResult};
 pub enum SnapshotCmd {
     /// Show what a snapshot (or every snapshot of a trace's directory) holds.
     Info {
-        /// A snapshot directory (`snap-NNNNNN`) or a snapshots root (`run.snapshots`).
+        /// A snapshot directory (`snap-NNNNNN`) or a snapshots root (`run.vmrr.snapshots`).
         path: PathBuf,
         /// Print JSON on stdout instead of text.
         ///
@@ -145,9 +145,30 @@ pub fn run(cmd: &SnapshotCmd, max_mem: u64) -> CliResult {
             // The output first: nothing is read if it may not be written.
             vmrr_format::output::check(dst, &[src], *force, vmrr_format::output::OutputKind::SnapshotDir)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
+            if let Some(newest) = newest_snapshot_in(src) {
+                return Err(CliError::Usage(format!(
+                    "{}: a snapshots directory, not a snapshot: name the snapshot to flatten, e.g. the newest, {}",
+                    src.display(),
+                    newest.display()
+                )));
+            }
             let len = snapshot::flatten_dir(src, dst, *force, max_mem).map_err(cli_err)?;
             println!("{}: full snapshot of {} ({} in the chain)", dst.display(), src.display(), len);
             Ok(())
         }
     }
+}
+
+/// The newest snapshot (`snap-NNNNNN`) in `dir` when `dir` is a snapshots directory (it
+/// holds snapshots and no state of its own); `None` otherwise.
+fn newest_snapshot_in(dir: &std::path::Path) -> Option<PathBuf> {
+    if dir.join(vmrr_format::layout::STATE_FILE).exists() {
+        return None;
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(vmrr_format::layout::is_snapshot_dir_name))
+        .map(|e| e.path())
+        .max()
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use vmrr_format::{TraceReader, stats};
+use vmrr_format::stats;
 
 use super::print_json;
 use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
@@ -10,7 +10,8 @@ use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 /// Prints the summary of what is readable; exit 3 (naming the first problem) when damaged
 /// regions had to be skipped or the index is damaged.
 pub fn run(file: &Path, json: bool) -> CliResult {
-    let mut r = TraceReader::open(file)?;
+    let t = super::trace_file::TraceFile::open(file)?;
+    let mut r = t.reader()?;
     let st = stats(&mut r)?;
     if json {
         print_json(&st)?;

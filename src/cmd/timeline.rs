@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use crate::profile::{Marker, TimelineOptions, write_timeline};
 use serde_json::{Value, json};
-use vmrr_format::TraceReader;
 
 use crate::exit_code::{CliError, CliResult, INVALID_INPUT};
 
@@ -25,6 +24,9 @@ pub struct TimelineArgs {
     /// Aggregate per time window above this many exits.
     #[arg(long, default_value_t = 200_000)]
     pub aggregate_above: u64,
+    /// Replace an existing --out file (never an input, a directory or a special file).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Why a replay report cannot mark this trace's timeline (exit 2: the arguments do not
@@ -122,8 +124,9 @@ pub fn run(args: &TimelineArgs) -> CliResult {
     if let Some(r) = &args.replay_report {
         inputs.push(r);
     }
-    super::check_output_is_not_input(&args.out, &inputs)?;
-    let mut reader = TraceReader::open(&args.trace)?;
+    crate::output::check_file(&args.out, &inputs, args.force)?;
+    let t = super::trace_file::TraceFile::open(&args.trace)?;
+    let mut reader = t.reader()?;
     let markers = match &args.replay_report {
         Some(p) => {
             let id: String = reader.header().trace_id.iter().map(|b| format!("{b:02x}")).collect();
@@ -137,7 +140,7 @@ pub fn run(args: &TimelineArgs) -> CliResult {
         ..Default::default()
     };
     let mut summary = None;
-    super::write_file_atomically(&args.out, |w| {
+    crate::output::write_file(&args.out, &inputs, args.force, |w| {
         let s = write_timeline(&mut reader, &markers, &opts, w).map_err(|e| match e {
             crate::profile::TimelineError::Read(r) => CliError::Trace(r),
             crate::profile::TimelineError::Write(source) => {

@@ -43,10 +43,12 @@ fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
         })?;
     let mut w = vmrr_format::TraceWriter::with_sink(f, tmp.path().display().to_string(), opts)?;
     let (mut kept, mut damaged) = (0u64, 0u64);
+    let mut first_seq = None;
     while let Some(item) = r.next_record() {
         match item {
             Ok(rec) => {
                 w.append_record(&rec)?;
+                first_seq.get_or_insert(rec.seq);
                 kept += 1;
             }
             Err(vmrr_format::ReadError::Invalid { .. }) => damaged += 1,
@@ -80,6 +82,20 @@ fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
             }
         );
     }
+    if let Some(first) = first_seq.filter(|s| *s > 0) {
+        eprintln!(
+            "vmrr: records 0..={} were lost with the first chunk, and with them the trace's prelude (the guest \
+             to rebuild, its CPUID): {} replays only from a checkpoint after them. Put the original's snapshots \
+             beside it ({} as {}) and run `vmrr replay {}`.",
+            first - 1,
+            out.display(),
+            vmrr_format::layout::find_snapshots(file)
+                .unwrap_or_else(|| vmrr_format::layout::snapshots_of(file))
+                .display(),
+            vmrr_format::layout::snapshots_of(out).display(),
+            out.display()
+        );
+    }
     // Gaps are what was lost; the file itself is intact.
     if rep.ok { Ok(()) } else { Err(CliError::Reported { code: INVALID_INPUT }) }
 }
@@ -87,8 +103,19 @@ fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
 /// Exit 0 when intact, 3 when damaged (with the report saying what is still readable).
 /// With `repair`, writes the readable records to a new trace instead.
 pub fn run(file: &Path, json: bool, repair_to: Option<&Path>, force: bool) -> CliResult {
+    let bundled = super::trace_file::is_bundle(file);
     if let Some(out) = repair_to {
+        if bundled {
+            return Err(CliError::Usage(format!(
+                "{}: a bundle: --repair writes a trace from a trace (`vmrr verify {}` checks the bundle)",
+                file.display(),
+                file.display()
+            )));
+        }
         return repair(file, out, json, force);
+    }
+    if bundled {
+        return verify_bundle(file, json);
     }
     let mut r = TraceReader::open(file)?;
     let bar = vmrr_format::progress::Progress::for_file("verifying", file);
@@ -129,6 +156,58 @@ pub fn run(file: &Path, json: bool, repair_to: Option<&Path>, force: bool) -> Cl
         }
         for [a, b] in &rep.sequence_gaps {
             eprintln!("  records {a}..={b} missing");
+        }
+        eprintln!(
+            "vmrr: to keep what is readable, write it into a new trace: vmrr verify {} --repair OUT",
+            file.display()
+        );
+    }
+    if rep.ok { Ok(()) } else { Err(CliError::Reported { code: INVALID_INPUT }) }
+}
+
+/// A bundle: its manifest and every entry (checksums, sizes, and that the trace or a
+/// snapshot references it: what extracting it for a replay checks), its trace end to end,
+/// and each snapshot with its chain. Exit 3 naming the entry at fault.
+fn verify_bundle(file: &Path, json: bool) -> CliResult {
+    use vmrr_format::bundle;
+    let budgets = super::trace_file::budgets();
+    let dir = super::trace_file::scratch_dir()?;
+    let u = bundle::unpack(file, dir.path(), &budgets, Some(&vmrr_engine::snapshot::memory_files))
+        .map_err(super::bundle_err)?;
+    bundle::arrange(dir.path()).map_err(super::bundle_err)?;
+    let name = format!("{}, entry {}", file.display(), bundle::TRACE_ENTRY);
+    let mut r = TraceReader::open_as(&u.trace, name.clone())?;
+    let rep = verify(&mut r)?;
+    let chains = vmrr_engine::snapshot::ChainCheck::new(budgets.max_mem);
+    let root = vmrr_format::layout::snapshots_of(&u.trace);
+    for id in &u.manifest.snapshots {
+        let snap = vmrr_format::layout::snapshot_dir(&root, *id);
+        chains.check(&snap).map_err(|e| {
+            let entry = format!("snapshots/{}", vmrr_format::layout::snapshot_dir_name(*id));
+            let text = crate::exit_code::chain(e.as_ref()).replace(&snap.display().to_string(), &entry);
+            CliError::Invalid(format!("{}, entry {entry}: {text}", file.display()))
+        })?;
+    }
+    if json {
+        print_json(&serde_json::json!({"bundle": file.display().to_string(), "ok": rep.ok,
+            "entries": u.manifest.entries.len(), "snapshots": u.manifest.snapshots, "trace": rep}))?;
+    } else if rep.ok {
+        println!(
+            "{}: ok, {} entries (checksums, sizes, references), {} snapshots and their chains; trace: {} records, {} chunks, format {}",
+            file.display(),
+            u.manifest.entries.len(),
+            u.manifest.snapshots.len(),
+            rep.records_readable,
+            rep.chunks_ok,
+            rep.format_version
+        );
+    } else {
+        eprintln!(
+            "{name}: damaged: {} records readable, {} chunks intact",
+            rep.records_readable, rep.chunks_ok
+        );
+        for d in &rep.damaged_chunks {
+            eprintln!("  {name}: offset {:#x}: {}", d.offset, d.reason);
         }
     }
     if rep.ok { Ok(()) } else { Err(CliError::Reported { code: INVALID_INPUT }) }

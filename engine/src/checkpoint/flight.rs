@@ -75,9 +75,12 @@ pub struct FlightRecorder {
 }
 
 impl FlightRecorder {
-    /// The directory for a flight recording whose bundle goes to `out`.
+    /// The directory for a flight recording whose bundle goes to `out`: its whole name
+    /// and `.flight` (`fr.vmrrb` -> `fr.vmrrb.flight`), so two outputs never share one.
     pub fn dir_for(out: &Path) -> PathBuf {
-        out.with_extension("flight")
+        let mut s = out.as_os_str().to_owned();
+        s.push(".flight");
+        PathBuf::from(s)
     }
 
     /// The prologue trace path (record annotations and CPUID into a writer created on it,

@@ -6,7 +6,7 @@
 //! - **The machine's starting point**: the VMM hands over its guest memory once (a
 //!   `vm_memory::GuestMemoryMmap` and the KVM slot of each region, [`slots_of`]) and
 //!   [`Embedded::start`] writes the initial snapshot, in the same format as vmrr's own
-//!   machine (`<trace>.snapshots/snap-000000`), with the vCPU state read from the VMM's
+//!   machine (`<trace>.snapshots/snap-000000`: `run.vmrr.snapshots/` for `run.vmrr`), with the vCPU state read from the VMM's
 //!   `VcpuFd`. [`Embedded::checkpoint`] adds snapshots on the way and
 //!   [`Embedded::finish`] the final one.
 //! - **What the devices wrote into guest memory** (DMA, which never exits): each write
@@ -181,6 +181,10 @@ pub struct EmbedOptions {
     /// one vmrr's own machine gives its guests. A VMM that builds its own set passes it
     /// here rather than setting it itself: `start` replaces a CPUID set before it.
     pub cpuid: Option<CpuId>,
+    /// Replace a trace that exists at the output and its snapshots directory (only vmrr's:
+    /// never a directory or another kind of file); by default an existing one is refused
+    /// ([`EmbedError::Output`]), as `vmrr record` refuses it without `--force`.
+    pub replace: bool,
 }
 
 impl Default for EmbedOptions {
@@ -190,6 +194,7 @@ impl Default for EmbedOptions {
             annotations: Vec::new(),
             console_port: Some(0x3f8),
             cpuid: None,
+            replace: false,
         }
     }
 }
@@ -203,6 +208,10 @@ pub enum EmbedError {
     /// The trace could not be written.
     #[error("cannot write the trace")]
     Write(#[from] WriteError),
+    /// The output may not be written: the trace or its snapshots directory exists (and
+    /// `replace` is off), or is not vmrr's.
+    #[error("cannot record there")]
+    Output(#[from] vmrr_format::output::PrepareError),
     /// A slot is not one region of the guest memory handed over.
     #[error("slot {slot}: {gpa:#x}+{size:#x} is not a region of the guest memory handed over")]
     Slot {
@@ -269,14 +278,17 @@ impl std::fmt::Debug for Embedded {
 
 impl Embedded {
     /// Starts recording the VM of `parts` into `trace` (its snapshots go to
-    /// `<trace>.snapshots/`): gives the vCPU its CPUID ([`EmbedOptions::cpuid`]), writes
-    /// the prelude (host annotations, that CPUID), the initial snapshot of `memory` and the
-    /// vCPU, and its checkpoint record. Call it after the VMM has loaded the guest and set
-    /// the vCPU's registers, before the first `KVM_RUN`. It turns on `KVM_SYNC_X86_REGS` on the vCPU, so every exit record
+    /// `run.vmrr.snapshots/` for `run.vmrr`; neither may exist unless
+    /// [`EmbedOptions::replace`]): gives the vCPU its CPUID ([`EmbedOptions::cpuid`]),
+    /// writes the prelude (host annotations, that CPUID), the initial snapshot of `memory`
+    /// and the vCPU, and its checkpoint record. Call it after the VMM has loaded the guest
+    /// and set the vCPU's registers, before the first `KVM_RUN`. It turns on
+    /// `KVM_SYNC_X86_REGS` on the vCPU, so every exit record
     /// carries a register sample (RIP, RSP, RFLAGS) that replay checks.
     ///
     /// # Errors
-    /// A slot that is not a region of `memory`, the recorder's set-up, or the snapshot.
+    /// An output that exists ([`EmbedError::Output`]), a slot that is not a region of
+    /// `memory`, the recorder's set-up, or the snapshot.
     pub fn start(
         parts: VmParts<'_>,
         memory: &GuestMemoryMmap,
@@ -290,7 +302,8 @@ impl Embedded {
                 return Err(EmbedError::Slot { slot: s.slot, gpa: s.gpa, size: s.size });
             }
         }
-        let writer = TraceWriter::create(trace, WriterOptions { guest_writes: true, ..opts.writer })?;
+        vmrr_format::output::prepare_trace(trace, opts.replace, true)?;
+        let writer = TraceWriter::create_new(trace, WriterOptions { guest_writes: true, ..opts.writer })?;
         parts.vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
         let mut recorder = Recorder::new(parts.kvm, parts.vcpu, 0, writer)?;
         let caps = crate::kvm::caps::HostCaps::query(parts.kvm);

@@ -1,13 +1,14 @@
 //! Copy-on-write snapshots of memory slots, vCPU and device state.
 //!
-//! On disk, a trace `run.vmrr` keeps its snapshots in `run.snapshots/`, one directory per
+//! On disk, a trace `run.vmrr` keeps its snapshots in `run.vmrr.snapshots/` (traces recorded
+//! before: `run.snapshots/`, still read), one directory per
 //! snapshot, `snap-<id>` (six digits):
 //!
 //! ```text
-//! run.snapshots/snap-000000/state.bin     state (see codec): slots, vCPU, devices, chain
-//! run.snapshots/snap-000000/mem-0.raw     slot 0: its bytes at their offsets, sparse
-//! run.snapshots/snap-000003/state.bin     an incremental snapshot: parent 2
-//! run.snapshots/snap-000003/mem-0.raw     only the pages changed since snapshot 2
+//! run.vmrr.snapshots/snap-000000/state.bin     state (see codec): slots, vCPU, devices, chain
+//! run.vmrr.snapshots/snap-000000/mem-0.raw     slot 0: its bytes at their offsets, sparse
+//! run.vmrr.snapshots/snap-000003/state.bin     an incremental snapshot: parent 2
+//! run.vmrr.snapshots/snap-000003/mem-0.raw     only the pages changed since snapshot 2
 //! ```
 //!
 //! - **Capture** ([`take`]) writes the first snapshot in full (only populated, non-zero pages; the
@@ -118,4 +119,20 @@ pub(crate) fn take_dirty_log(
 /// `true` when `path` is a snapshot directory (it holds a state file).
 pub fn is_snapshot_dir(path: &Path) -> bool {
     path.join(STATE_FILE).exists()
+}
+
+/// What the state file `state` references: its parent and its memory files as `(file
+/// name, slot size)`: what a bundle's reader may extract for that snapshot
+/// (`vmrr_format::bundle::StateFiles`).
+///
+/// # Errors
+/// The state cannot be read or decoded.
+pub fn memory_files(
+    state: &std::path::Path,
+) -> Result<vmrr_format::bundle::StateRefs, Box<dyn std::error::Error + Send + Sync>> {
+    let st: SnapshotState = codec::read(state)?;
+    Ok(vmrr_format::bundle::StateRefs {
+        parent: st.parent,
+        files: st.slots.iter().map(|s| (s.file.clone(), s.size)).collect(),
+    })
 }

@@ -51,7 +51,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use pack::{PackOptions, SnapshotCheck, pack};
-pub use unpack::{arrange, read_manifest, unpack};
+pub use unpack::{arrange, read_manifest, unpack, unpack_trace};
 
 /// Bundle magic.
 pub const MAGIC: [u8; 8] = *b"VMRRBNDL";
@@ -98,6 +98,21 @@ const SNAPSHOTS_ENTRY: &str = "snapshots";
 pub const DEFAULT_MAX_MEM: u64 = 16 << 30;
 /// Default of [`Budgets::max_extract`]: 32 GiB (`--max-extract-mib 32768`).
 pub const DEFAULT_MAX_EXTRACT: u64 = 32 << 30;
+
+/// What a snapshot's state file references: its parent, and its memory files as
+/// `(file name, size in bytes)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateRefs {
+    /// The snapshot it is incremental on.
+    pub parent: Option<u64>,
+    /// Its memory files.
+    pub files: Vec<(String, u64)>,
+}
+
+/// Reads a state file's [`StateRefs`]: how [`unpack`] learns which snapshots and memory
+/// entries are used (the state's encoding is the engine's, which this crate does not read).
+pub type StateFiles<'a> =
+    &'a dyn Fn(&std::path::Path) -> Result<StateRefs, Box<dyn std::error::Error + Send + Sync>>;
 
 /// What unpacking a bundle may cost, whatever the bundle says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

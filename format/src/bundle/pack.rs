@@ -120,6 +120,9 @@ fn guest_files(
 /// The trace, a snapshot or the guest file is missing, damaged or not a regular file, the
 /// bundle would exceed a reader's caps, `out` may not be written, or writing failed.
 pub fn pack(trace: &Path, out: &Path, opts: &PackOptions<'_>) -> Result<Manifest, BundleError> {
+    // The output checked against the trace before anything is read: `pack X -o X` is
+    // refused as such, not as whatever reading X would have found first.
+    crate::output::check(out, &[trace], opts.replace, crate::output::OutputKind::File)?;
     let overview = crate::overview::scan(trace)?;
     let mut files: Vec<(String, PathBuf, Storage)> =
         vec![(TRACE_ENTRY.into(), trace.to_path_buf(), Storage::Zstd)];
@@ -238,7 +241,7 @@ fn snapshot_entries(
     opts: &PackOptions<'_>,
     files: &mut Vec<(String, PathBuf, Storage)>,
 ) -> Result<Vec<u64>, BundleError> {
-    let root = layout::snapshots_of(trace);
+    let root = layout::find_snapshots(trace).unwrap_or_else(|| layout::snapshots_of(trace));
     let mut ids = Vec::new();
     for c in &overview.checkpoints {
         let dir = layout::snapshot_dir(&root, c.snapshot_id);

@@ -171,7 +171,10 @@ pub(super) fn decode(
         while p < s + l {
             let want = usize::try_from((s + l - p).min(buf.len() as u64)).unwrap_or(0);
             dec.read_exact(&mut buf[..want]).map_err(|err| bad(format!("page data at {p:#x}: {err}")))?;
-            out.write_all_at(&buf[..want], p).map_err(file_err("writing", target))?;
+            // Zeros stay a hole (the file was sized above).
+            if buf[..want].iter().any(|b| *b != 0) {
+                out.write_all_at(&buf[..want], p).map_err(file_err("writing", target))?;
+            }
             p += want as u64;
             written += want as u64;
         }

@@ -1,6 +1,11 @@
 //! Reading a bundle: the header and manifest checked before anything is written, then each
 //! entry checked (CRC before decompression, sizes against the manifest) while it is
 //! extracted into a directory of its own.
+//!
+//! Only what is used is extracted: the trace, the guest files, the snapshots the manifest
+//! lists and the memory files their states name (given a reader of states). Any other
+//! memory entry is refused, naming the entry, before it is written. Runs of zero bytes are
+//! left as holes: an entry of gigabytes of zeros costs no disk.
 
 use std::fs::File;
 use std::io::Read;
@@ -185,12 +190,18 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 
 /// Unpacks `src` into the existing, empty directory `dir`, validating everything (see the
 /// module docs) and refusing, before anything is written, a bundle whose extraction would
-/// exceed `budgets` or the free space of `dir`'s file system.
+/// exceed `budgets` or the free space of `dir`'s file system. With `states`, each memory
+/// entry must be a file its snapshot's state references, no larger than it says.
 ///
 /// # Errors
-/// A damaged or hostile bundle, a budget exceeded, or too little space; nothing is written
-/// outside `dir`.
-pub fn unpack(src: &Path, dir: &Path, budgets: &Budgets) -> Result<Unpacked, BundleError> {
+/// A damaged or hostile bundle (an entry nothing references included), a budget exceeded,
+/// or too little space; nothing is written outside `dir`.
+pub fn unpack(
+    src: &Path,
+    dir: &Path,
+    budgets: &Budgets,
+    states: Option<super::StateFiles<'_>>,
+) -> Result<Unpacked, BundleError> {
     let (f, md) = crate::input::open_regular(src)?;
     let m = read_manifest_from(&f, md.len(), src, budgets)?;
     let mut buf = vec![0u8; BUF];
@@ -234,45 +245,24 @@ pub fn unpack(src: &Path, dir: &Path, budgets: &Budgets) -> Result<Unpacked, Bun
             return Err(err);
         }
     }
-    // 3. Extract.
+    // 3. Extract: the trace, guest files and states first; then the memory files the
+    //    states reference, once what references them is known.
     let mut made = std::collections::HashSet::new();
     let mut written = 0u64;
-    for e in &m.entries {
-        // read_manifest checked that the payload lies inside the file.
-        let end = e.offset + e.stored;
-        // The checksum over the stored bytes, before any of them is decoded.
-        check_crc(&f, e, src, &mut buf)?;
-        // `e.name` passed `allowed`: relative, no `..`, only [a-z0-9._/-]. Files are
-        // created new (an existing file or symlink there is an error, never followed).
-        let target = dir.join(&e.name);
-        if let Some(parent) = target.parent().filter(|p| !made.contains(*p)) {
-            create_dirs_within(dir, parent).map_err(file_err("creating", parent))?;
-            made.insert(parent.to_path_buf());
+    let (memory, rest): (Vec<_>, Vec<_>) =
+        m.entries.iter().partition(|e| matches!(allowed(&e.name), Some(EntryKind::Memory(_))));
+    for e in rest {
+        written += extract(&f, e, src, dir, &mut made, &mut buf)?;
+    }
+    let used = match states {
+        Some(states) => used_snapshots(&m, dir, states),
+        None => None,
+    };
+    for e in memory {
+        if let Some(used) = &used {
+            referenced_memory(e, src, used)?;
         }
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&target)
-            .map_err(file_err("creating", &target))?;
-        let region = Region { file: &f, pos: e.offset, end };
-        match e.storage {
-            Storage::Zstd => {
-                let mut dec = decoder(region).map_err(file_err("decompressing", &target))?;
-                let n = std::io::copy(&mut (&mut dec).take(e.size + 1), &mut out)
-                    .map_err(|err| invalid(src, e.offset, format!("entry {:?}: {err}", e.name)))?;
-                if n != e.size {
-                    return Err(invalid(
-                        src,
-                        e.offset,
-                        format!("entry {:?}: {n} bytes, manifest says {}", e.name, e.size),
-                    ));
-                }
-                written += n;
-            }
-            Storage::Sparse => written += sparse::decode(&f, e, &out, src, &target, &mut buf)?,
-        }
-        // No fsync: the directory is private and is removed after the replay; a crash
-        // loses nothing the bundle does not still hold.
+        written += extract(&f, e, src, dir, &mut made, &mut buf)?;
     }
     let at = |name: &str| names_entry(&m, name).then(|| dir.join(name));
     Ok(Unpacked {
@@ -284,6 +274,143 @@ pub fn unpack(src: &Path, dir: &Path, budgets: &Budgets) -> Result<Unpacked, Bun
         manifest: m,
         written,
     })
+}
+
+/// Extracts the trace entry of `src` alone into the existing, empty directory `dir` (for
+/// commands that read only the trace: `inspect`, `stats`, `profile`, `timeline`); the
+/// header and manifest are checked as [`unpack`] checks them. Returns the trace's path.
+///
+/// # Errors
+/// A damaged or hostile bundle, or a trace larger than `budgets.max_extract`.
+pub fn unpack_trace(src: &Path, dir: &Path, budgets: &Budgets) -> Result<std::path::PathBuf, BundleError> {
+    let (f, md) = crate::input::open_regular(src)?;
+    let m = read_manifest_from(&f, md.len(), src, budgets)?;
+    let Some(e) = m.entries.iter().find(|e| e.name == TRACE_ENTRY) else {
+        return Err(invalid(src, HEADER, "no trace in the bundle"));
+    };
+    if e.size > budgets.max_extract {
+        return Err(over_budget(
+            src,
+            HEADER,
+            format!(
+                "entry {TRACE_ENTRY:?} of {} MiB is over the limit of {} MiB (--max-extract-mib)",
+                e.size >> 20,
+                budgets.max_extract >> 20
+            ),
+        ));
+    }
+    let mut buf = vec![0u8; BUF];
+    if let Err(err) = check_trace_header(&f, e, src) {
+        check_crc(&f, e, src, &mut buf)?;
+        return Err(err);
+    }
+    extract(&f, e, src, dir, &mut std::collections::HashSet::new(), &mut buf)?;
+    Ok(dir.join(TRACE_ENTRY))
+}
+
+/// Extracts entry `e` into `dir` (its checksum first, then its bytes, zero runs left as
+/// holes); returns the bytes it holds.
+fn extract(
+    f: &File,
+    e: &super::Entry,
+    src: &Path,
+    dir: &Path,
+    made: &mut std::collections::HashSet<std::path::PathBuf>,
+    buf: &mut [u8],
+) -> Result<u64, BundleError> {
+    // read_manifest checked that the payload lies inside the file.
+    let end = e.offset + e.stored;
+    // The checksum over the stored bytes, before any of them is decoded.
+    check_crc(f, e, src, buf)?;
+    // `e.name` passed `allowed`: relative, no `..`, only [a-z0-9._/-]. Files are
+    // created new (an existing file or symlink there is an error, never followed).
+    let target = dir.join(&e.name);
+    if let Some(parent) = target.parent().filter(|p| !made.contains(*p)) {
+        create_dirs_within(dir, parent).map_err(file_err("creating", parent))?;
+        made.insert(parent.to_path_buf());
+    }
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&target)
+        .map_err(file_err("creating", &target))?;
+    let region = Region { file: f, pos: e.offset, end };
+    // No fsync: the directory is private and is removed after the replay; a crash loses
+    // nothing the bundle does not still hold.
+    match e.storage {
+        Storage::Zstd => {
+            let mut dec = decoder(region).map_err(file_err("decompressing", &target))?;
+            let n = copy_holes(&mut (&mut dec).take(e.size + 1), &out, buf)
+                .map_err(|err| invalid(src, e.offset, format!("entry {:?}: {err}", e.name)))?;
+            if n != e.size {
+                return Err(invalid(
+                    src,
+                    e.offset,
+                    format!("entry {:?}: {n} bytes, manifest says {}", e.name, e.size),
+                ));
+            }
+            out.set_len(n).map_err(file_err("sizing", &target))?;
+            Ok(n)
+        }
+        Storage::Sparse => sparse::decode(f, e, &out, src, &target, buf),
+    }
+}
+
+/// Copies `from` into `out` block by block, leaving blocks of zeros as holes (the file is
+/// sized by the caller); returns the bytes read.
+fn copy_holes(from: &mut impl Read, out: &File, buf: &mut [u8]) -> std::io::Result<u64> {
+    let mut pos = 0u64;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match from.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Ok(pos);
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            out.write_all_at(&buf[..n], pos)?;
+        }
+        pos += n as u64;
+    }
+}
+
+/// The memory files each used snapshot references, by snapshot.
+type Used = std::collections::HashMap<u64, Vec<(String, u64)>>;
+
+/// The memory files each snapshot the manifest lists references, read from the states
+/// just extracted. `None` when a state cannot be read: its reader reports why.
+fn used_snapshots(m: &Manifest, dir: &Path, states: super::StateFiles<'_>) -> Option<Used> {
+    let root = dir.join(SNAPSHOTS_ENTRY);
+    let mut used = Used::new();
+    for id in &m.snapshots {
+        let state = crate::layout::snapshot_dir(&root, *id).join(crate::layout::STATE_FILE);
+        used.insert(*id, states(&state).ok()?.files);
+    }
+    Some(used)
+}
+
+/// The memory entry `e` is a file its snapshot's state references (of no more bytes than
+/// the state says).
+fn referenced_memory(e: &super::Entry, src: &Path, used: &Used) -> Result<(), BundleError> {
+    let Some(EntryKind::Memory(id)) = allowed(&e.name) else { return Ok(()) };
+    let bad = |r: String| invalid(src, e.offset, format!("entry {:?}: {r}", e.name));
+    let Some(files) = used.get(&id) else {
+        return Err(bad(format!("snapshot {id} is not used: nothing uses it")));
+    };
+    let name = e.name.rsplit('/').next().unwrap_or_default();
+    match files.iter().find(|(f, _)| f == name) {
+        None => Err(bad(format!("snapshot {id}'s state references no such memory file: nothing uses it"))),
+        Some((_, size)) if e.size > *size => {
+            Err(bad(format!("{} bytes, but snapshot {id}'s state says its slot holds {size}", e.size)))
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// Checks entry `e`'s CRC32C over its stored bytes (read in blocks into `buf`).

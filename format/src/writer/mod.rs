@@ -95,6 +95,22 @@ impl TraceWriter {
         Self::with_sink(file, name, opts)
     }
 
+    /// Creates `path`, which must not exist (`O_EXCL`), and starts writing a trace to it:
+    /// how a recording's trace is created once its output was checked
+    /// ([`crate::output::prepare_trace`]).
+    ///
+    /// # Errors
+    /// [`WriteError::Io`] when the file exists or cannot be created, or the header written.
+    pub fn create_new(path: &Path, opts: WriterOptions) -> Result<Self, WriteError> {
+        let name = path.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|source| WriteError::Io { path: name.clone(), source })?;
+        Self::with_sink(file, name, opts)
+    }
+
     /// Starts writing a trace to any sink; `name` is used in error messages.
     ///
     /// # Errors
