@@ -11,6 +11,7 @@ pub mod system;
 pub mod vcpu_state;
 pub mod vm;
 mod written;
+pub mod xsave;
 
 pub use crate::sys::slots::VmSlots;
 pub use system::{KvmError, open_kvm};
