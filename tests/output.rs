@@ -175,3 +175,34 @@ fn every_writer_refuses_an_existing_output() {
     // A second demo in the same directory: refused, naming the trace.
     refused(&vmrr(&["demo", "--dir", s(&demo)]), &demo.join("demo.vmrr"), "demo --dir again");
 }
+
+/// `record --serial FILE` (and `--debugcon FILE`) follow the same rule: a console log that
+/// exists is the user's, replaced only with `--force`.
+#[test]
+fn a_console_file_that_exists_needs_force() {
+    if !require_kvm() {
+        return;
+    }
+    let d = tmp();
+    let log = at(&d, "console.log");
+    std::fs::write(&log, b"yesterday's boot\n").unwrap();
+    let a = at(&d, "a.vmrr");
+    let o = hello_to_console(&a, &log, &[]);
+    refused(&o, &log, "record --serial over a file");
+    assert_eq!(std::fs::read(&log).unwrap(), b"yesterday's boot\n", "the log is unchanged");
+    assert!(!a.exists(), "refused before anything was written");
+    let o = hello_to_console(&a, &log, &["--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed = std::fs::read_to_string(&log).unwrap();
+    assert!(!printed.contains("yesterday") && !printed.is_empty(), "{printed}");
+    // The trace itself is no console file.
+    let b = at(&d, "b.vmrr");
+    let o = hello_to_console(&b, &b, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+fn hello_to_console(out: &Path, console: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["record", "--guest", "hello", "-o", s(out), "--serial", s(console)];
+    args.extend_from_slice(extra);
+    vmrr(&args)
+}

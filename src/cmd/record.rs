@@ -1,6 +1,5 @@
 //! `vmrr record`: run a guest on KVM and record every exit.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -154,17 +153,47 @@ pub fn parse_u64(s: &str) -> Result<u64, String> {
     r.map_err(|e| format!("{s}: {e}"))
 }
 
-fn console(spec: &str, default_stderr: bool) -> Result<Console, CliError> {
+/// A console file follows the output rule (never an existing file, nor an input or the
+/// trace, without `--force`); it is written as the guest prints, at its own name, so what
+/// the guest printed before a crash of vmrr is there.
+fn console(
+    spec: &str,
+    default_stderr: bool,
+    args: &RecordArgs,
+    cfg: &SessionConfig,
+) -> Result<Console, CliError> {
     Ok(match spec {
         "none" => Console::capture_only(),
         "-" if default_stderr => Console::with_output(Box::new(std::io::stderr())),
         "-" => Console::with_output(Box::new(std::io::stdout())),
         path => {
-            let f = File::create(path)
+            let mut inputs = guest_inputs(cfg);
+            inputs.extend(args.out.as_deref());
+            crate::output::check_file(std::path::Path::new(path), &inputs, args.force)?;
+            let mut open = std::fs::OpenOptions::new();
+            open.write(true);
+            if args.force {
+                open.create(true).truncate(true);
+            } else {
+                open.create_new(true);
+            }
+            let f = open
+                .open(path)
                 .map_err(|source| CliError::Output { context: format!("creating {path}"), source })?;
             Console::with_output(Box::new(std::io::BufWriter::new(f)))
         }
     })
+}
+
+/// The guest's files: inputs no output may be.
+fn guest_inputs(cfg: &SessionConfig) -> Vec<&std::path::Path> {
+    match &cfg.guest {
+        GuestSpec::Kernel(k) => {
+            [Some(k.kernel.as_path()), k.initrd.as_deref()].into_iter().flatten().collect()
+        }
+        GuestSpec::Image { path, .. } | GuestSpec::Firmware { path } => vec![path.as_path()],
+        GuestSpec::Builtin { .. } => Vec::new(),
+    }
 }
 
 impl RecordArgs {
@@ -268,8 +297,8 @@ pub fn run(args: &RecordArgs) -> CliResult {
     // Configuration problems (missing image, memory too large, bad placement) are found
     // here, before the output file is created and before KVM is touched.
     cfg.prepare().map_err(|e| CliError::Session(e.into()))?;
-    let serial = console(&args.serial, args.json)?;
-    let debugcon = console(&args.debugcon, true)?;
+    let serial = console(&args.serial, args.json, args, &cfg)?;
+    let debugcon = console(&args.debugcon, true, args, &cfg)?;
     if cfg.cpuid == CpuidProfile::Host {
         if matches!(cfg.guest, GuestSpec::Kernel(_)) {
             eprintln!(
@@ -325,13 +354,7 @@ pub fn run(args: &RecordArgs) -> CliResult {
 fn check_outputs(args: &RecordArgs, cfg: &SessionConfig) -> CliResult {
     use vmrr_format::output::{self, OutputKind};
     let Some(out) = args.out.as_deref().filter(|_| !args.no_trace) else { return Ok(()) };
-    let inputs: Vec<&std::path::Path> = match &cfg.guest {
-        GuestSpec::Kernel(k) => {
-            [Some(k.kernel.as_path()), k.initrd.as_deref()].into_iter().flatten().collect()
-        }
-        GuestSpec::Image { path, .. } | GuestSpec::Firmware { path } => vec![path.as_path()],
-        GuestSpec::Builtin { .. } => Vec::new(),
-    };
+    let inputs = guest_inputs(cfg);
     let refused = |e: output::OutputError| CliError::Usage(e.to_string());
     if args.flight_recorder {
         output::check(out, &inputs, args.force, OutputKind::File).map_err(refused)?;
