@@ -77,6 +77,7 @@ pub const MAX_STATE: u64 = (64 << 20) + 64;
 pub const MAX_FIRMWARE: u64 = 16 << 20;
 /// Largest kernel entry accepted (the engine's kernel-file limit).
 pub const MAX_KERNEL: u64 = 256 << 20;
+/// The page of memory files: holes and extents are whole pages of this size.
 const PAGE: u64 = 4096;
 
 use crate::overview::{MAX_ANNOTATION_BYTES, MAX_ANNOTATIONS};

@@ -9,7 +9,8 @@ use std::path::Path;
 use super::payload::{BUF, Region, decoder};
 use super::{BundleError, Entry, PAGE, file_err, invalid};
 
-const PAGE_BYTES: usize = 4096;
+/// [`PAGE`] as a length.
+const PAGE_BYTES: usize = PAGE as usize;
 
 /// Extents of non-zero pages, then one zstd frame of their bytes, streamed into `out`.
 pub(super) fn encode(f: &File, size: u64, path: &Path, out: &mut impl Write) -> Result<(), BundleError> {
