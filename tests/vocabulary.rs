@@ -199,7 +199,14 @@ fn one_of_a_thing_is_written_in_the_singular() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains(" after 1 exit (0 interrupts) in "), "{}", stderr(&o));
     assert!(stderr(&o).contains("; 1 snapshot in "), "{}", stderr(&o));
-    for text in [&profile, &replay, &pack, &stderr(&o)] {
+    // A checkpoint taken after one exit.
+    let c = at(&d, "c.vmrr");
+    let rec =
+        vmrr(&["record", "--guest", "pio-storm", "--max-exits", "3", "--checkpoint-every", "1", "-o", s(&c)]);
+    assert!(rec.status.success(), "{}", stderr(&rec));
+    let info = line(&["snapshot", "info", s(&c.with_extension("vmrr.snapshots").join("snap-000001"))]);
+    assert!(info.contains(", after 1 exit (record seq "), "{info}");
+    for text in [&profile, &replay, &pack, &stderr(&o), &info] {
         assert!(!text.contains("(s)"), "{text}");
     }
 }

@@ -928,7 +928,7 @@ fn ratio_ci(ci: &Value) -> String {
 fn reps_note(i: &Value) -> String {
     let n = i["repetitions"].as_u64().unwrap_or(0);
     if n < interval::MIN_VALUES as u64 {
-        format!("{n} repetitions: too few for an interval")
+        format!("{}: too few for an interval", vmrr_format::describe::count(n, "repetition"))
     } else if i["within_2_points"] == true {
         format!("{n} repetitions, intervals within 2 points")
     } else {

@@ -83,7 +83,10 @@ impl EntryResult {
                     None => format!("the recorded failure happened again{how}"),
                 }
             }
-            Verdict::Completed => format!("{} exits replayed, every one as recorded", r.exits_replayed),
+            Verdict::Completed => format!(
+                "{} replayed, every one as recorded",
+                vmrr_format::describe::count(r.exits_replayed, "exit")
+            ),
             Verdict::Diverged => match &r.divergence {
                 Some(d) => match &d.cause {
                     Some(c) => format!("at record {}: {}; cause: {c}", d.seq, d.summary),
@@ -213,7 +216,7 @@ impl Summary {
         let c = &self.counts;
         let scope = match (self.shard, self.merged_shards.len()) {
             (Some(s), _) => format!(" (shard {s} of a corpus of {})", self.corpus_entries),
-            (None, n) if n > 0 => format!(" ({n} shards merged)"),
+            (None, n) if n > 0 => format!(" ({} merged)", vmrr_format::describe::count(n as u64, "shard")),
             _ => String::new(),
         };
         format!(

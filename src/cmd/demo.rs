@@ -73,9 +73,9 @@ pub fn run(dir: Option<&Path>, force: bool, budgets: &vmrr_format::bundle::Budge
     step(3, "replay the bundle from the start (no device, file or clock of the recording needed)");
     let from_start = replay(&src, &opts(StartFrom::Auto)).map_err(super::replay_err)?;
     println!(
-        "  {} after {} exits from snapshot {}; serial output matches: {}",
+        "  {} after {} from snapshot {}; serial output matches: {}",
         outcome(from_start.outcome),
-        from_start.exits_replayed,
+        vmrr_format::describe::count(from_start.exits_replayed, "exit"),
         from_start.start.snapshot.map_or("none (rebuilt)".to_string(), |s| s.to_string()),
         from_start.serial_output_matches
     );
@@ -88,9 +88,9 @@ pub fn run(dir: Option<&Path>, force: bool, budgets: &vmrr_format::bundle::Budge
     let from_last = replay(&src, &Options { failure_point: false, ..opts(StartFrom::Checkpoint(last)) })
         .map_err(super::replay_err)?;
     println!(
-        "  {} after {} exits from snapshot {last}",
+        "  {} after {} from snapshot {last}",
         outcome(from_last.outcome),
-        from_last.exits_replayed
+        vmrr_format::describe::count(from_last.exits_replayed, "exit")
     );
 
     step(5, "restore the snapshot taken at the failing exit and run it: it fails again at once");

@@ -108,7 +108,7 @@ pub fn run(cmd: &SnapshotCmd, max_mem: u64) -> CliResult {
             } else {
                 for v in &out {
                     println!(
-                        "{}: snapshot {} (format {}), {}, after {} exits (record seq {}), trace {}",
+                        "{}: snapshot {} (format {}), {}, after {} (record seq {}), trace {}",
                         v["path"].as_str().unwrap_or(""),
                         v["id"],
                         v["version"].as_str().unwrap_or(""),
@@ -119,18 +119,18 @@ pub fn run(cmd: &SnapshotCmd, max_mem: u64) -> CliResult {
                             ),
                             None => "full".to_string(),
                         },
-                        v["exits"],
+                        vmrr_format::describe::count(v["exits"].as_u64().unwrap_or(0), "exit"),
                         v["exit_seq"],
                         v["trace_id"].as_str().unwrap_or("")
                     );
                     for s in v["slots"].as_array().into_iter().flatten() {
                         println!(
-                            "  slot {} {} at {:#x}, {} MiB: {} pages changed, {} stored",
+                            "  slot {} {} at {:#x}, {} MiB: {} changed, {} stored",
                             s["id"],
                             s["kind"].as_str().unwrap_or(""),
                             s["gpa"].as_u64().unwrap_or(0),
                             s["size"].as_u64().unwrap_or(0) >> 20,
-                            s["changed_pages"],
+                            vmrr_format::describe::count(s["changed_pages"].as_u64().unwrap_or(0), "page"),
                             s["stored_pages"]
                         );
                     }
