@@ -78,7 +78,9 @@ pub const MAX_FIRMWARE: u64 = 16 << 20;
 /// Largest kernel entry accepted (the engine's kernel-file limit).
 pub const MAX_KERNEL: u64 = 256 << 20;
 /// The page of memory files: holes and extents are whole pages of this size.
-const PAGE: u64 = 4096;
+const PAGE_BYTES: usize = 4096;
+/// [`PAGE_BYTES`] as a file offset.
+const PAGE: u64 = PAGE_BYTES as u64;
 
 use crate::overview::{MAX_ANNOTATION_BYTES, MAX_ANNOTATIONS};
 

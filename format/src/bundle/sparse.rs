@@ -7,10 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::payload::{BUF, Region, decoder};
-use super::{BundleError, Entry, PAGE, file_err, invalid};
-
-/// [`PAGE`] as a length.
-const PAGE_BYTES: usize = PAGE as usize;
+use super::{BundleError, Entry, PAGE, PAGE_BYTES, file_err, invalid};
 
 /// Extents of non-zero pages, then one zstd frame of their bytes, streamed into `out`.
 pub(super) fn encode(f: &File, size: u64, path: &Path, out: &mut impl Write) -> Result<(), BundleError> {
