@@ -4,7 +4,7 @@
 //! |---|---|
 //! | 0 | success; replay `completed`, or `reproduced` (the recorded failure happened again, on the path or from the failure point) |
 //! | 1 | replay `diverged` (and a recorded failure did not happen again) |
-//! | 2 | usage error (bad arguments, missing input file, an output that is an input, exists without `--force` or is a directory, a directory holding several traces), before KVM is touched |
+//! | 2 | usage error (bad arguments, missing input file, an output that is an input, exists without `--force` or is a directory, a directory where one trace is asked for), before KVM is touched |
 //! | 3 | damaged or invalid input (trace, snapshot, bundle), or a trace this vmrr cannot take: a required feature it lacks (any command), a replay-required feature it lacks (`replay`) |
 //! | 4 | KVM or a capability vmrr needs is missing |
 //! | 5 | the recorded guest ended in a fatal exit (emulation failure, internal error, triple fault) |

@@ -70,3 +70,27 @@ fn flatten_of_a_snapshots_directory_says_to_name_a_snapshot() {
     assert!(stderr(&o).contains("name the snapshot") && stderr(&o).contains("snap-0000"), "{}", stderr(&o));
     assert!(!at(&d, "flat").exists());
 }
+
+/// A directory where one trace is asked for is a usage error that lists what it holds.
+#[test]
+fn a_directory_of_traces_is_a_usage_error_that_lists_them() {
+    let Some((d, trace)) = recorded("hello", &[]) else {
+        return;
+    };
+    let dir = trace.parent().expect("the trace's directory").to_path_buf();
+    std::fs::copy(&trace, dir.join("second.vmrr")).unwrap();
+    for cmd in ["inspect", "stats", "verify", "profile"] {
+        let o = vmrr(&[cmd, s(&dir)]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
+        let e = stderr(&o);
+        let name = trace.file_name().unwrap().to_str().unwrap();
+        assert!(
+            e.contains("is a directory holding 2 traces or bundles")
+                && e.contains(name)
+                && e.contains("second.vmrr"),
+            "{cmd}: {e}"
+        );
+    }
+    let o = vmrr(&["timeline", s(&dir), "-o", s(&at(&d, "t.json"))]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -34,6 +34,43 @@ pub fn is_bundle(path: &Path) -> bool {
     md.len() >= 8 && f.read_exact_at(&mut magic, 0).is_ok() && magic == bundle::MAGIC
 }
 
+/// Refuses a directory where one trace is asked for: a usage error (exit 2) that lists
+/// the traces and bundles it holds (its own entries, not its subdirectories), so the user
+/// can name one.
+///
+/// # Errors
+/// `path` is a directory.
+pub fn not_a_directory(path: &Path) -> Result<(), CliError> {
+    if !path.is_dir() {
+        return Ok(());
+    }
+    let mut held: Vec<String> = std::fs::read_dir(path)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".vmrr") || n.ends_with(".vmrrb"))
+                .collect()
+        })
+        .unwrap_or_default();
+    held.sort();
+    const SHOWN: usize = 8;
+    let named = match held.len() {
+        0 => "no trace or bundle".to_string(),
+        n => {
+            let list = held.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+            let more = if n > SHOWN { format!(", and {} more", n - SHOWN) } else { String::new() };
+            let what =
+                if n == 1 { "1 trace or bundle".to_string() } else { format!("{n} traces or bundles") };
+            format!("{what} ({list}{more})")
+        }
+    };
+    Err(CliError::Usage(format!(
+        "{} is a directory holding {named}: name one trace or bundle",
+        path.display()
+    )))
+}
+
 /// A new private directory to extract a bundle into.
 pub fn scratch_dir() -> Result<Scratch, CliError> {
     let tmp = std::env::temp_dir();
@@ -56,6 +93,7 @@ impl TraceFile {
     /// # Errors
     /// A damaged or hostile bundle (exit 3), or the temporary directory.
     pub fn open(file: &Path) -> Result<TraceFile, CliError> {
+        not_a_directory(file)?;
         if !is_bundle(file) {
             return Ok(TraceFile {
                 path: file.to_path_buf(),

@@ -103,6 +103,7 @@ fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
 /// Exit 0 when intact, 3 when damaged (with the report saying what is still readable).
 /// With `repair`, writes the readable records to a new trace instead.
 pub fn run(file: &Path, json: bool, repair_to: Option<&Path>, force: bool) -> CliResult {
+    super::trace_file::not_a_directory(file)?;
     let bundled = super::trace_file::is_bundle(file);
     if let Some(out) = repair_to {
         if bundled {
