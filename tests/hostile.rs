@@ -12,7 +12,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 
 use vmrr_engine::snapshot::{SnapshotState, codec};
-use vmrr_format::bundle::{Entry, MAGIC, Manifest, Storage};
+use vmrr_format::bundle::{Entry, Manifest, Storage};
 use vmrr_format::chunk::{CHUNK_HEADER_SIZE, CODEC_NONE, CODEC_ZSTD, ChunkHeader};
 use vmrr_format::header::{FeatureDesc, FileHeader};
 use vmrr_format::{features, kind};
@@ -608,35 +608,9 @@ fn copy_file(from: &Path, to: &Path) {
     std::fs::copy(from, to).unwrap();
 }
 
-/// A bundle: header, manifest, payloads, with `manifest` entries' offsets filled in.
-fn bundle(major: u16, mut m: Manifest, payloads: &[Vec<u8>], fix_offsets: bool) -> Vec<u8> {
-    let mut json = serde_json::to_vec(&m).unwrap();
-    if fix_offsets {
-        for _ in 0..4 {
-            let mut off = 32 + json.len() as u64;
-            for (e, p) in m.entries.iter_mut().zip(payloads) {
-                e.offset = off;
-                e.stored = p.len() as u64;
-                e.crc32c = crc32c::crc32c(p);
-                off += p.len() as u64;
-            }
-            json = serde_json::to_vec(&m).unwrap();
-        }
-    }
-    let mut out = Vec::new();
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&major.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
-    let c = crc32c::crc32c(&out);
-    out.extend_from_slice(&c.to_le_bytes());
-    out.extend_from_slice(&json);
-    for p in payloads {
-        out.extend_from_slice(p);
-    }
-    out
+/// A bundle of bundle format `major`.0 ([`bundle_bytes`]).
+fn bundle(major: u16, m: Manifest, payloads: &[Vec<u8>], fix_offsets: bool) -> Vec<u8> {
+    bundle_bytes(major, 0, m, payloads, fix_offsets)
 }
 
 fn entry(name: &str, storage: Storage, size: u64) -> Entry {

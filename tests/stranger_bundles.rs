@@ -8,36 +8,11 @@ use common::*;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use vmrr_format::bundle::{Budgets, Entry, MAGIC, Manifest, Storage};
+use vmrr_format::bundle::{Budgets, Entry, Manifest, Storage};
 
-/// A bundle file: header, manifest, payloads; the entries' offsets, sizes and checksums
-/// filled in from `payloads`.
-fn bundle(mut m: Manifest, payloads: &[Vec<u8>]) -> Vec<u8> {
-    let mut json = serde_json::to_vec(&m).unwrap();
-    for _ in 0..4 {
-        let mut off = 32 + json.len() as u64;
-        for (e, p) in m.entries.iter_mut().zip(payloads) {
-            e.offset = off;
-            e.stored = p.len() as u64;
-            e.crc32c = crc32c::crc32c(p);
-            off += p.len() as u64;
-        }
-        json = serde_json::to_vec(&m).unwrap();
-    }
-    let mut out = Vec::new();
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&vmrr_format::bundle::MAJOR.to_le_bytes());
-    out.extend_from_slice(&vmrr_format::bundle::MINOR.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
-    let c = crc32c::crc32c(&out);
-    out.extend_from_slice(&c.to_le_bytes());
-    out.extend_from_slice(&json);
-    for p in payloads {
-        out.extend_from_slice(p);
-    }
-    out
+/// A bundle of this vmrr's bundle format, entries filled in ([`bundle_bytes`]).
+fn bundle(m: Manifest, payloads: &[Vec<u8>]) -> Vec<u8> {
+    bundle_bytes(vmrr_format::bundle::MAJOR, vmrr_format::bundle::MINOR, m, payloads, true)
 }
 
 /// A sparse memory payload of one extent `[0, len)` of zeros, compressed as produced.

@@ -389,3 +389,43 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A bundle file written by hand: header (format `major`.`minor`), manifest, payloads.
+/// With `fix_offsets`, each entry's offset, stored size and CRC32C are filled in from
+/// `payloads` (repeated until the manifest's own length settles); without it the manifest
+/// is written as given (a bundle whose entries lie).
+pub fn bundle_bytes(
+    major: u16,
+    minor: u16,
+    mut m: vmrr_format::bundle::Manifest,
+    payloads: &[Vec<u8>],
+    fix_offsets: bool,
+) -> Vec<u8> {
+    let mut json = serde_json::to_vec(&m).unwrap();
+    if fix_offsets {
+        for _ in 0..4 {
+            let mut off = 32 + json.len() as u64;
+            for (e, p) in m.entries.iter_mut().zip(payloads) {
+                e.offset = off;
+                e.stored = p.len() as u64;
+                e.crc32c = crc32c::crc32c(p);
+                off += p.len() as u64;
+            }
+            json = serde_json::to_vec(&m).unwrap();
+        }
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&vmrr_format::bundle::MAGIC);
+    out.extend_from_slice(&major.to_le_bytes());
+    out.extend_from_slice(&minor.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
+    let c = crc32c::crc32c(&out);
+    out.extend_from_slice(&c.to_le_bytes());
+    out.extend_from_slice(&json);
+    for p in payloads {
+        out.extend_from_slice(p);
+    }
+    out
+}
