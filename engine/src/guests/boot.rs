@@ -145,7 +145,10 @@ pub fn write_long_mode_tables(mem: &GuestMemory) -> Result<u64, BootError> {
     Ok(PML4_ADDR)
 }
 
-fn segment(selector: u16, code: bool, dpl: u8) -> kvm_segment {
+/// A flat segment (base 0, 4 GiB, page-granular, present, accessed): execute/read code or
+/// read/write data at privilege `dpl`, with the descriptor's D/B bit `db` and L bit `long`
+/// (a 64-bit code segment).
+pub(crate) fn flat_segment(selector: u16, code: bool, dpl: u8, db: bool, long: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
@@ -153,9 +156,9 @@ fn segment(selector: u16, code: bool, dpl: u8) -> kvm_segment {
         type_: if code { 11 } else { 3 },
         present: 1,
         dpl,
-        db: u8::from(!code),
+        db: u8::from(db),
         s: 1,
-        l: u8::from(code),
+        l: u8::from(long),
         g: 1,
         avl: 0,
         unusable: 0,
@@ -178,8 +181,8 @@ pub fn setup_long_mode(
     let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
     let user = ring == 3;
     let (cs, ds, dpl) = if user { (CS_RING3, DS_RING3, 3) } else { (CS_RING0, DS_RING0, 0) };
-    sregs.cs = segment(cs, true, dpl);
-    let data = segment(ds, false, dpl);
+    sregs.cs = flat_segment(cs, true, dpl, false, true);
+    let data = flat_segment(ds, false, dpl, true, false);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use vm_memory::GuestAddress;
 
 use crate::guests::boot::{BootMode, LONG_MODE_FREE};
-use crate::kvm::memory::{GuestMemory, MMIO_HOLE_START, SlotKind};
+use crate::kvm::memory::{GuestMemory, MMIO_HOLE_START};
 
 pub use churn::CHURN_START;
 pub use emulation_failure::FAILING as EMULATION_FAILURE_INSN;
@@ -335,12 +335,7 @@ fn describe(ram: &[(u64, u64)]) -> String {
 /// # Errors
 /// The range is not backed.
 pub fn load(mem: &GuestMemory, image: &GuestImage) -> Result<(), LoadError> {
-    let ram: Vec<(u64, u64)> = mem
-        .slots()
-        .iter()
-        .filter(|s| s.spec().kind == SlotKind::Ram)
-        .map(|s| (s.spec().gpa.0, s.spec().end().0))
-        .collect();
+    let ram = mem.ram_ranges();
     check_placement(image, &ram)?;
     mem.write(GuestAddress(image.load_addr), &image.bytes).map_err(LoadError::GuestMemory)
 }

@@ -321,6 +321,16 @@ impl GuestMemory {
         self.slots.iter().filter(|s| s.spec.kind == SlotKind::Ram).map(|s| s.spec.size).sum()
     }
 
+    /// The guest-physical ranges backed by RAM, `(start, end)` with `end` exclusive, in
+    /// slot order.
+    pub fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        self.slots
+            .iter()
+            .filter(|s| s.spec.kind == SlotKind::Ram)
+            .map(|s| (s.spec.gpa.0, s.spec.end().0))
+            .collect()
+    }
+
     /// Highest guest-physical address backed by RAM, plus one.
     pub fn ram_end(&self) -> GuestAddress {
         self.slots

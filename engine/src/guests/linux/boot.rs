@@ -17,8 +17,8 @@ use vm_memory::{ByteValued, GuestAddress};
 
 use super::layout::{self, E820};
 use super::{Entry, PreparedKernel, acpi};
-use crate::guests::boot::BootError;
-use crate::kvm::memory::{GuestMemory, SlotKind};
+use crate::guests::boot::{BootError, flat_segment};
+use crate::kvm::memory::GuestMemory;
 use crate::kvm::system::KvmError;
 
 /// `hvm_start_info.magic`.
@@ -110,12 +110,7 @@ pub fn load(mem: &GuestMemory, k: &PreparedKernel, vcpus: u32) -> Result<Start, 
     mem.write(GuestAddress(layout::CMDLINE), &cmdline).map_err(mem_err("the command line"))?;
     let rsdp = acpi::write(mem, layout::ACPI, vcpus).map_err(mem_err("the ACPI tables"))?;
     write_gdt(mem, matches!(k.entry, Entry::Pvh { .. })).map_err(mem_err("the GDT"))?;
-    let ram: Vec<(u64, u64)> = mem
-        .slots()
-        .iter()
-        .filter(|s| s.spec().kind == SlotKind::Ram)
-        .map(|s| (s.spec().gpa.0, s.spec().end().0))
-        .collect();
+    let ram = mem.ram_ranges();
     let map = layout::memory_map(&ram);
     let low_end = ram.iter().find(|r| r.0 == 0).map_or(0, |r| r.1);
     let max = k.setup.as_ref().map_or(layout::INITRD_MAX_DEFAULT, |h| u64::from(h.initrd_addr_max));
@@ -222,24 +217,6 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BootError {
     move |source| BootError::Kvm(KvmError { what, source })
 }
 
-fn flat(selector: u16, code: bool, long: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: 1,
-        dpl: 0,
-        db: u8::from(!long),
-        s: 1,
-        l: u8::from(long && code),
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 /// Gives the boot vCPU the state `start` needs: segments and control registers of the
 /// protocol, the boot structure's address, the FPU's reset state, write-back MTRRs and,
 /// with an in-kernel local APIC, LINT0 as ExtINT and LINT1 as NMI (what firmware leaves).
@@ -249,8 +226,9 @@ fn flat(selector: u16, code: bool, long: bool) -> kvm_segment {
 pub fn setup_vcpu(vcpu: &VcpuFd, mem: &GuestMemory, start: Start, lapic: bool) -> Result<(), BootError> {
     let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
     let long = matches!(start, Start::Long { .. });
-    sregs.cs = flat(layout::BOOT_CS, true, long);
-    let data = flat(layout::BOOT_DS, false, long);
+    // 32-bit (PVH) segments have D/B set; 64-bit ones have it clear, and L on code.
+    sregs.cs = flat_segment(layout::BOOT_CS, true, 0, !long, long);
+    let data = flat_segment(layout::BOOT_DS, false, 0, !long, false);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
