@@ -43,6 +43,7 @@ mod bytes;
 mod checksum;
 pub mod chunk;
 pub mod cursor;
+pub mod date;
 mod decode;
 pub mod describe;
 mod encode;
