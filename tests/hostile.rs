@@ -772,10 +772,7 @@ fn bundles_over_the_disk_budgets(p: &BundleParts<'_>) {
         entry("snapshots/snap-000000/mem-0.raw", Storage::Sparse, 2 << 30),
     ]);
     m.snapshots = vec![0];
-    let mut one = 1u64.to_le_bytes().to_vec();
-    one.extend_from_slice(&0u64.to_le_bytes());
-    one.extend_from_slice(&(2u64 << 30).to_le_bytes());
-    one.extend(zeros_frame(2 << 30));
+    let one = zeros_extent(2 << 30);
     p.w("memory-pages-2gib.vmrrb", bundle(1, m, &[p.z.clone(), p.zs.clone(), one], true));
     // Snapshot files of a snapshot the manifest does not list.
     let m = p.man(vec![
@@ -843,21 +840,6 @@ fn no_extents() -> Vec<u8> {
     let mut p = 0u64.to_le_bytes().to_vec();
     p.extend(zstd::bulk::compress(&[], 3).unwrap());
     p
-}
-
-/// One zstd frame of `len` zero bytes, compressed as it is produced.
-fn zeros_frame(len: u64) -> Vec<u8> {
-    use std::io::Write;
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-    enc.set_pledged_src_size(Some(len)).unwrap();
-    let block = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = usize::try_from(left.min(block.len() as u64)).unwrap();
-        enc.write_all(&block[..n]).unwrap();
-        left -= n as u64;
-    }
-    enc.finish().unwrap()
 }
 
 #[test]

@@ -15,24 +15,6 @@ fn bundle(m: Manifest, payloads: &[Vec<u8>]) -> Vec<u8> {
     bundle_bytes(vmrr_format::bundle::MAJOR, vmrr_format::bundle::MINOR, m, payloads, true)
 }
 
-/// A sparse memory payload of one extent `[0, len)` of zeros, compressed as produced.
-fn zeros_extent(len: u64) -> Vec<u8> {
-    use std::io::Write;
-    let mut p = 1u64.to_le_bytes().to_vec();
-    p.extend_from_slice(&0u64.to_le_bytes());
-    p.extend_from_slice(&len.to_le_bytes());
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-    let block = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = usize::try_from(left.min(block.len() as u64)).unwrap();
-        enc.write_all(&block[..n]).unwrap();
-        left -= n as u64;
-    }
-    p.extend(enc.finish().unwrap());
-    p
-}
-
 /// A recording of `hello` packed into `DIR/hello.vmrrb`: its manifest and each entry's
 /// stored bytes.
 fn packed(d: &tempfile::TempDir) -> (Manifest, Vec<Vec<u8>>) {

@@ -429,3 +429,29 @@ pub fn bundle_bytes(
     }
     out
 }
+
+/// One zstd frame of `len` zero bytes (its size declared), compressed as it is produced:
+/// a payload that claims far more than it takes.
+pub fn zeros_frame(len: u64) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    enc.set_pledged_src_size(Some(len)).unwrap();
+    let block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(block.len() as u64)).unwrap();
+        enc.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+    enc.finish().unwrap()
+}
+
+/// A sparse memory-file payload (as a bundle stores it) of one extent `[0, len)` of
+/// zeros: the extent table, then [`zeros_frame`].
+pub fn zeros_extent(len: u64) -> Vec<u8> {
+    let mut p = 1u64.to_le_bytes().to_vec();
+    p.extend_from_slice(&0u64.to_le_bytes());
+    p.extend_from_slice(&len.to_le_bytes());
+    p.extend(zeros_frame(len));
+    p
+}
