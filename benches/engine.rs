@@ -32,6 +32,8 @@ fn config(guest: &str, it: Option<u64>, mem: u64, dirty: bool) -> SessionConfig 
         cpuid: Default::default(),
         limits: Default::default(),
         dirty_log: dirty,
+        vcpus: 1,
+        irqchip: None,
     }
 }
 

@@ -153,7 +153,10 @@ fn session_code(e: &vmrr_engine::session::SessionError) -> u8 {
         ))) => INVALID_INPUT,
         SessionError::Config(_) => USAGE,
         SessionError::Vm(
-            CreateVmError::OpenKvm(_) | CreateVmError::MissingCapability { .. } | CreateVmError::Kvm(_),
+            CreateVmError::OpenKvm(_)
+            | CreateVmError::MissingCapability { .. }
+            | CreateVmError::Kvm(_)
+            | CreateVmError::Vcpus(_),
         ) => KVM_MISSING,
         SessionError::Vm(CreateVmError::Memory(_) | CreateVmError::Irqchip { .. })
         | SessionError::Boot(_) => INTERNAL,

@@ -61,6 +61,11 @@ pub struct SessionConfig {
     pub limits: Limits,
     /// Dirty logging (checkpoints).
     pub dirty_log: bool,
+    /// vCPUs (1 to [`crate::kvm::vm::MAX_VCPUS`]).
+    pub vcpus: u32,
+    /// Where the interrupt controllers live; `None`: KVM's for a Linux kernel or several
+    /// vCPUs, vmrr's own otherwise.
+    pub irqchip: Option<IrqchipKind>,
 }
 
 /// A problem with the configuration, found before KVM is touched (CLI exit code 2).
@@ -197,15 +202,18 @@ impl SessionConfig {
             dirty_log: self.dirty_log,
             rom_size,
             irqchip: self.irqchip(),
+            vcpus: self.vcpus,
         }
     }
 
-    /// Where the interrupt controllers live: KVM's for a Linux kernel (it needs local
-    /// APICs and an IOAPIC), vmrr's own otherwise.
+    /// Where the interrupt controllers live: as asked, else KVM's for a Linux kernel (it
+    /// needs local APICs and an IOAPIC) or several vCPUs, vmrr's own otherwise.
     pub fn irqchip(&self) -> IrqchipKind {
-        match self.guest {
-            GuestSpec::Kernel(_) => IrqchipKind::Kernel,
-            _ => IrqchipKind::User,
+        match (self.irqchip, &self.guest) {
+            (Some(k), _) => k,
+            (None, GuestSpec::Kernel(_)) => IrqchipKind::Kernel,
+            (None, _) if self.vcpus > 1 => IrqchipKind::Kernel,
+            (None, _) => IrqchipKind::User,
         }
     }
 
@@ -305,6 +313,9 @@ impl SessionConfig {
             }
         }
         put("vmrr.irqchip", self.irqchip().name().to_string());
+        if self.vcpus > 1 {
+            put("vmrr.vcpus", self.vcpus.to_string());
+        }
         let slots: Vec<String> = vm
             .memory()
             .slots()
@@ -455,5 +466,17 @@ pub fn from_annotations(
     } else {
         return Err(RebuildError::Undescribed("vmrr.guest, vmrr.image, vmrr.firmware or vmrr.kernel"));
     };
-    Ok(SessionConfig { guest, mem_bytes, cpuid, limits: Limits::default(), dirty_log: false })
+    let vcpus = match get("vmrr.vcpus") {
+        None => 1,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=crate::kvm::vm::MAX_VCPUS).contains(n))
+            .ok_or(RebuildError::Undescribed("vmrr.vcpus"))?,
+    };
+    let irqchip = match get("vmrr.irqchip") {
+        None => None,
+        Some(k) => Some(IrqchipKind::parse(k).ok_or(RebuildError::Undescribed("vmrr.irqchip"))?),
+    };
+    Ok(SessionConfig { guest, mem_bytes, cpuid, limits: Limits::default(), dirty_log: false, vcpus, irqchip })
 }

@@ -30,6 +30,8 @@ fn machine() -> Machine {
         cpuid: Default::default(),
         limits: Limits { max_exits: Some(EXITS), max_duration: None },
         dirty_log: true,
+        vcpus: 1,
+        irqchip: None,
     }
     .build(Console::capture_only(), Console::capture_only())
     .expect("machine")

@@ -21,6 +21,8 @@ fn config(guest: &str, iterations: Option<u64>) -> SessionConfig {
         cpuid: Default::default(),
         limits: Default::default(),
         dirty_log: true,
+        vcpus: 1,
+        irqchip: None,
     }
 }
 

@@ -62,6 +62,8 @@ fn cfg(guest: &str, iterations: Option<u64>, mem_bytes: u64, dirty_log: bool) ->
         cpuid: Default::default(),
         limits: Default::default(),
         dirty_log,
+        vcpus: 1,
+        irqchip: None,
     }
 }
 

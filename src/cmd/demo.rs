@@ -146,6 +146,8 @@ fn record_args(trace: &Path, serial: &Path) -> RecordArgs {
         mem_mib: Some(64),
         cpuid: Some("deterministic".into()),
         max_exits: None,
+        vcpus: 1,
+        irqchip: None,
         max_seconds: Some(30.0),
         serial: serial.display().to_string(),
         debugcon: "none".into(),

@@ -9,6 +9,7 @@ use vmrr_engine::devices::console::Console;
 use vmrr_engine::guests::boot::BootMode;
 use vmrr_engine::guests::linux::{BootProtocol, LinuxSpec};
 use vmrr_engine::kvm::cpuid::CpuidProfile;
+use vmrr_engine::kvm::irqchip::IrqchipKind;
 use vmrr_engine::machine::RunError;
 use vmrr_engine::machine::{Limits, Machine, RunSummary};
 use vmrr_engine::recording::{Closed, RecordError, Runner, Snapshots};
@@ -81,7 +82,18 @@ pub struct RecordArgs {
     /// TSC the deterministic profile hides) or host (warns: replay may diverge).
     #[arg(long, value_parser = ["deterministic", "host"])]
     pub cpuid: Option<String>,
-    /// End the run after this many exits.
+    /// vCPUs (1 to 8). More than one needs KVM's in-kernel irqchip (the default then); each
+    /// vCPU runs on its own thread and records its own exits.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub vcpus: u32,
+    /// Where the interrupt controllers live: `user` (vmrr's own 8259 pair; interrupts
+    /// injected at exits and recorded: the path replays) or `kernel` (KVM's in-kernel
+    /// PIC, IOAPIC, local APICs and PIT: Linux and several vCPUs need it; a failure
+    /// reproduces from its failure point). Default: `kernel` with --kernel or --vcpus above
+    /// 1, `user` otherwise.
+    #[arg(long, value_parser = ["user", "kernel"])]
+    pub irqchip: Option<String>,
+    /// End the run after this many exits (of all vCPUs).
     #[arg(long)]
     pub max_exits: Option<u64>,
     /// End the run after this many seconds.
@@ -247,10 +259,24 @@ impl RecordArgs {
             Some(s) => Some(Duration::from_secs_f64(s)),
             None => None,
         };
+        let irqchip = self.irqchip.as_deref().and_then(IrqchipKind::parse);
+        if self.vcpus > 1 && irqchip == Some(IrqchipKind::User) {
+            return Err(CliError::Usage(format!(
+                "--vcpus {} needs --irqchip kernel: the APs are started by their local APICs (INIT/SIPI)",
+                self.vcpus
+            )));
+        }
+        if kernel && irqchip == Some(IrqchipKind::User) {
+            return Err(CliError::Usage(
+                "--kernel needs --irqchip kernel: Linux uses the local APICs and the IOAPIC".into(),
+            ));
+        }
         Ok(SessionConfig {
             guest,
             mem_bytes,
             cpuid,
+            vcpus: self.vcpus,
+            irqchip,
             limits: Limits { max_exits: self.max_exits, max_duration },
             // Snapshots after the first are incremental, the failure point's too.
             dirty_log: !self.no_snapshot && !self.no_trace,

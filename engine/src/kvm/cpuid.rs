@@ -242,6 +242,46 @@ pub fn build(kvm: &Kvm, profile: CpuidProfile, lapic: bool) -> Result<CpuId, kvm
     Ok(cpuid)
 }
 
+/// `cpuid` as vCPU `index` of `count` sees it: its initial APIC ID (leaf 1 EBX[31:24],
+/// leaves 0xB and 0x1F EDX), and a topology of `count` single-thread cores in one package
+/// (leaf 1's logical-processor count and HTT bit, leaf 4's cores per package, leaves 0xB
+/// and 0x1F's levels). KVM gives vCPU `index` the local APIC ID `index`; the CPUID the guest
+/// reads must agree with it and with the MADT, or Linux numbers its CPUs inconsistently.
+/// With `count` 1 the set is returned unchanged.
+pub fn for_vcpu(cpuid: &CpuId, index: u32, count: u32) -> CpuId {
+    let mut c = cpuid.clone();
+    if count <= 1 {
+        return c;
+    }
+    // Bits of the APIC ID that number cores: enough for `count`.
+    let shift = u32::BITS - (count - 1).leading_zeros();
+    for e in c.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0x0000_ffff) | (index << 24) | (count.min(255) << 16);
+                e.edx |= 1 << 28;
+            }
+            4 if e.eax & 0x1f != 0 => {
+                e.eax = (e.eax & 0x03ff_ffff) | ((count - 1).min(63) << 26);
+            }
+            0xb | 0x1f => {
+                // ECX: level type (1 SMT, 2 core, 0 none) in 15:8, the sub-leaf in 7:0.
+                let (eax, ebx, ecx) = match e.index {
+                    0 => (0, 1, 0x100),
+                    1 => (shift, count, 0x201),
+                    i => (0, 0, i & 0xff),
+                };
+                e.eax = eax;
+                e.ebx = ebx;
+                e.ecx = ecx;
+                e.edx = index;
+            }
+            _ => {}
+        }
+    }
+    c
+}
+
 /// The entries as trace records hold them.
 pub fn to_format(cpuid: &CpuId) -> Vec<vmrr_format::CpuidEntry> {
     cpuid

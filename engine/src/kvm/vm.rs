@@ -1,10 +1,12 @@
-//! A KVM VM with one vCPU, memfd-backed region2 memory slots, vmrr's capability set-up,
+//! A KVM VM with one vCPU or several, memfd-backed region2 memory slots, vmrr's capability set-up,
 //! and, when asked, KVM's in-kernel irqchip and PIT.
 
 use kvm_bindings::{
     CpuId, KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
     KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap,
 };
+use std::sync::{Arc, Mutex};
+
 use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, SyncReg, VcpuFd, VmFd};
 
 use crate::kvm::caps::HostCaps;
@@ -36,6 +38,9 @@ pub enum CreateVmError {
     /// Guest memory could not be set up.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// More vCPUs than vmrr runs, or several without KVM's in-kernel irqchip.
+    #[error("{0}")]
+    Vcpus(String),
     /// An empty VM made ahead of time has its interrupt controllers elsewhere.
     #[error("the VM needs a {} irqchip but was created with a {} one", wanted.name(), created.name())]
     Irqchip {
@@ -59,7 +64,12 @@ pub struct VmConfig {
     pub rom_size: Option<u64>,
     /// Where the interrupt controllers live.
     pub irqchip: IrqchipKind,
+    /// vCPUs (1 to [`MAX_VCPUS`]; more than one needs [`IrqchipKind::Kernel`]).
+    pub vcpus: u32,
 }
+
+/// Most vCPUs a vmrr machine runs.
+pub const MAX_VCPUS: u32 = 8;
 
 impl Default for VmConfig {
     fn default() -> Self {
@@ -69,6 +79,7 @@ impl Default for VmConfig {
             dirty_log: false,
             rom_size: None,
             irqchip: IrqchipKind::User,
+            vcpus: 1,
         }
     }
 }
@@ -81,6 +92,7 @@ pub struct EmptyVm {
     kvm: Kvm,
     fd: VmFd,
     vcpu: VcpuFd,
+    aps: Vec<VcpuFd>,
     caps: HostCaps,
     notes: Vec<String>,
     irqchip: IrqchipKind,
@@ -107,6 +119,17 @@ impl EmptyVm {
     /// # Errors
     /// As for [`Self::create`], and `KVM_CREATE_IRQCHIP`/`KVM_CREATE_PIT2` failures.
     pub fn create_with(irqchip: IrqchipKind) -> Result<Self, CreateVmError> {
+        Self::create_for(irqchip, 1)
+    }
+
+    /// Creates an empty VM with `vcpus` vCPUs (ids 0 to `vcpus - 1`, 0 the bootstrap
+    /// processor) and its interrupt controllers where `irqchip` says. Several vCPUs need
+    /// KVM's in-kernel irqchip: their local APICs start the APs (INIT/SIPI).
+    ///
+    /// # Errors
+    /// As for [`Self::create_with`], and a vCPU count out of range for vmrr or the host.
+    pub fn create_for(irqchip: IrqchipKind, vcpus: u32) -> Result<Self, CreateVmError> {
+        check_vcpus(irqchip, vcpus)?;
         let kvm = open_kvm().map_err(CreateVmError::OpenKvm)?;
         let caps = HostCaps::query(&kvm);
         if !caps.sync_regs {
@@ -155,9 +178,24 @@ impl EmptyVm {
             }
             irqchip::create(&fd)?;
         }
+        let host_max = kvm.get_max_vcpus();
+        if usize::try_from(vcpus).is_ok_and(|n| n > host_max) {
+            return Err(CreateVmError::Vcpus(format!("{vcpus} vCPUs asked for; this host's KVM allows {host_max}")));
+        }
         let mut vcpu = fd.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         vcpu.set_sync_valid_reg(SyncReg::Register);
-        Ok(EmptyVm { kvm, fd, vcpu, caps, notes, irqchip })
+        let mut aps = Vec::new();
+        for id in 1..u64::from(vcpus) {
+            let mut ap = fd.create_vcpu(id).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            ap.set_sync_valid_reg(SyncReg::Register);
+            aps.push(ap);
+        }
+        Ok(EmptyVm { kvm, fd, vcpu, aps, caps, notes, irqchip })
+    }
+
+    /// Its vCPUs.
+    pub fn vcpus(&self) -> u32 {
+        u32::try_from(self.aps.len() + 1).unwrap_or(u32::MAX)
     }
 
     /// Where its interrupt controllers live.
@@ -166,12 +204,16 @@ impl EmptyVm {
     }
 }
 
-/// A VM with one vCPU.
+/// A VM with one vCPU or several. vCPU 0 (the bootstrap processor) is the machine's own;
+/// each other one (an AP) sits behind a mutex, held by the thread that runs it while it is
+/// in `KVM_RUN` or handling an exit, and by whoever reads or sets its state while it is
+/// parked (a checkpoint, a restore).
 ///
-/// Field order is drop order: the vCPU, then the VM (whose slots hold their host mappings
+/// Field order is drop order: the vCPUs, then the VM (whose slots hold their host mappings
 /// until after the VM is closed), then guest memory.
 pub struct Vm {
     vcpu: VcpuFd,
+    aps: Vec<Arc<Mutex<VcpuFd>>>,
     slots: VmSlots,
     memory: GuestMemory,
     kvm: Kvm,
@@ -185,6 +227,27 @@ impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vm").field("caps", &self.caps).field("config", &self.config).finish()
     }
+}
+
+/// An AP's mutex was poisoned: the thread running it panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("vCPU {vcpu}'s thread panicked")]
+pub struct VcpuLockError {
+    /// The vCPU.
+    pub vcpu: u32,
+}
+
+/// A vCPU count vmrr can run with `irqchip`.
+fn check_vcpus(irqchip: IrqchipKind, vcpus: u32) -> Result<(), CreateVmError> {
+    if !(1..=MAX_VCPUS).contains(&vcpus) {
+        return Err(CreateVmError::Vcpus(format!("{vcpus} vCPUs: vmrr runs 1 to {MAX_VCPUS}")));
+    }
+    if vcpus > 1 && irqchip != IrqchipKind::Kernel {
+        return Err(CreateVmError::Vcpus(format!(
+            "{vcpus} vCPUs need KVM's in-kernel irqchip (--irqchip kernel): their local APICs start them"
+        )));
+    }
+    Ok(())
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CreateVmError {
@@ -214,7 +277,7 @@ impl Vm {
     /// # Errors
     /// KVM failures.
     pub fn with_memory(config: VmConfig, memory: GuestMemory) -> Result<Self, CreateVmError> {
-        Self::from_empty(EmptyVm::create_with(config.irqchip)?, config, memory, true)
+        Self::from_empty(EmptyVm::create_for(config.irqchip, config.vcpus)?, config, memory, true)
     }
 
     /// Finishes a VM from an [`EmptyVm`] created earlier: registers `memory` and, when
@@ -229,9 +292,16 @@ impl Vm {
         mut memory: GuestMemory,
         set_cpuid: bool,
     ) -> Result<Self, CreateVmError> {
-        let EmptyVm { kvm, fd, vcpu, caps, notes, irqchip } = empty;
+        let EmptyVm { kvm, fd, vcpu, aps, caps, notes, irqchip } = empty;
         if irqchip != config.irqchip {
             return Err(CreateVmError::Irqchip { wanted: config.irqchip, created: irqchip });
+        }
+        let count = u32::try_from(aps.len() + 1).unwrap_or(u32::MAX);
+        if count != config.vcpus {
+            return Err(CreateVmError::Vcpus(format!(
+                "the VM needs {} vCPUs but was created with {count}",
+                config.vcpus
+            )));
         }
         let mut slots = VmSlots::new(fd);
         memory
@@ -240,12 +310,43 @@ impl Vm {
         let cpuid = if set_cpuid {
             let c = cpuid::build(&kvm, config.cpuid, config.irqchip == IrqchipKind::Kernel)
                 .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-            vcpu.set_cpuid2(&c).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            vcpu.set_cpuid2(&cpuid::for_vcpu(&c, 0, count)).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            for (i, ap) in (1..).zip(&aps) {
+                ap.set_cpuid2(&cpuid::for_vcpu(&c, i, count)).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            }
             c
         } else {
             CpuId::new(0).map_err(|_| CreateVmError::MissingCapability { what: "an empty CPUID set" })?
         };
-        Ok(Vm { vcpu, slots, memory, kvm, caps, cpuid, notes, config })
+        let aps = aps.into_iter().map(|a| Arc::new(Mutex::new(a))).collect();
+        Ok(Vm { vcpu, aps, slots, memory, kvm, caps, cpuid, notes, config })
+    }
+
+    /// vCPUs in all (the bootstrap processor and the APs).
+    pub fn vcpu_count(&self) -> u32 {
+        u32::try_from(self.aps.len() + 1).unwrap_or(u32::MAX)
+    }
+
+    /// The APs (vCPUs 1 and up), each behind the mutex its thread holds while it runs.
+    pub(crate) fn aps(&self) -> &[Arc<Mutex<VcpuFd>>] {
+        &self.aps
+    }
+
+    /// Calls `f` with each vCPU in index order, locking each AP's mutex in turn (its
+    /// thread must be parked: see [`Vm`]). Stops at the first error.
+    ///
+    /// # Errors
+    /// `f`'s, or a poisoned AP mutex (its thread panicked) as [`VcpuLockError`].
+    pub(crate) fn each_vcpu<E: From<VcpuLockError>>(
+        &self,
+        mut f: impl FnMut(u32, &VcpuFd) -> Result<(), E>,
+    ) -> Result<(), E> {
+        f(0, &self.vcpu)?;
+        for (i, ap) in (1..).zip(&self.aps) {
+            let g = ap.lock().map_err(|_| VcpuLockError { vcpu: i })?;
+            f(i, &g)?;
+        }
+        Ok(())
     }
 
     /// The vCPU.

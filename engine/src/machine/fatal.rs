@@ -36,6 +36,8 @@ pub struct FatalReport {
     pub memory_operand: Option<u64>,
     /// General registers.
     pub regs: kvm_bindings::kvm_regs,
+    /// The vCPU that failed (0: the bootstrap processor, the only one of most machines).
+    pub vcpu: u32,
 }
 
 impl FatalReport {
@@ -90,9 +92,21 @@ impl Machine {
     /// What the guest was doing at the current (fatal) exit: KVM's data, the instruction
     /// decoded, registers.
     pub fn fatal_report(&self) -> FatalReport {
-        let reason = self.cpu.exit().reason();
-        let regs = self.vm.vcpu().get_regs().unwrap_or_default();
-        let sregs = self.vm.vcpu().get_sregs().unwrap_or_default();
+        report(0, self.vm.vcpu(), &self.cpu, self.vm.memory())
+    }
+}
+
+/// What vCPU `index` (`fd`, its per-exit state `cpu`) was doing at its current fatal exit.
+pub(crate) fn report(
+    index: u32,
+    fd: &kvm_ioctls::VcpuFd,
+    cpu: &crate::machine::vcpu::Vcpu,
+    memory: &crate::kvm::memory::GuestMemory,
+) -> FatalReport {
+    {
+        let reason = cpu.exit().reason();
+        let regs = fd.get_regs().unwrap_or_default();
+        let sregs = fd.get_sregs().unwrap_or_default();
         let bits = disasm::bitness(&sregs);
         let mut rep = FatalReport {
             exit_reason: reason,
@@ -107,8 +121,9 @@ impl Machine {
             insn_len: None,
             memory_operand: None,
             regs,
+            vcpu: index,
         };
-        match self.cpu.body() {
+        match cpu.body() {
             vmrr_format::Body::InternalError(ie) => {
                 rep.suberror = ie.suberror;
                 rep.data = ie.data.iter().collect();
@@ -127,16 +142,14 @@ impl Machine {
         if rep.insn_bytes.is_empty() {
             // Fetch the bytes at RIP ourselves (triple faults, entry failures).
             let linear = if bits == 16 { sregs.cs.base + (regs.rip & 0xffff) } else { regs.rip };
-            let phys = self
-                .vm
-                .vcpu()
+            let phys = fd
                 .translate_gva(linear)
                 .ok()
                 .filter(|t| t.valid != 0)
                 .map(|t| t.physical_address);
             let mut buf = [0u8; 15];
             if let Some(p) = phys {
-                if self.vm.memory().read(GuestAddress(p), &mut buf).is_ok() {
+                if memory.read(GuestAddress(p), &mut buf).is_ok() {
                     rep.insn_bytes = buf.to_vec();
                 }
             }

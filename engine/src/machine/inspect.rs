@@ -82,12 +82,12 @@ impl Machine {
 
     /// The name of the device at `port` (`serial`, `debugcon`), if one claims it.
     pub fn device_at_port(&self, port: u16) -> Option<&'static str> {
-        self.bus.device_at_port(port)
+        self.bus().device_at_port(port)
     }
 
     /// The name of the device at guest-physical `addr`, if one claims it.
     pub fn device_at_mmio(&self, addr: u64) -> Option<&'static str> {
-        self.bus.device_at_mmio(addr)
+        self.bus().device_at_mmio(addr)
     }
 }
 

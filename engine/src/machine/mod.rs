@@ -18,6 +18,7 @@
 //!
 //! [`Outcome`] says how a run ended; [`watchdog`] ends runs on time or request.
 
+mod aps;
 pub mod debug;
 mod fatal;
 mod inspect;
@@ -30,8 +31,8 @@ mod vcpu;
 pub mod watchdog;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 pub use debug::LiveEntry;
 pub use fatal::FatalReport;
@@ -54,11 +55,19 @@ use crate::sys::run_page::RunPage;
 /// A VM with devices, ready to run.
 pub struct Machine {
     vm: Vm,
-    bus: Bus,
+    /// The devices: shared with the APs' threads, which answer their own exits.
+    bus: Arc<Mutex<Bus>>,
     serial: Console,
     debugcon: Console,
-    /// The vCPU's per-exit state: its `kvm_run` page, the exit it stands at, its recorder.
+    /// The bootstrap processor's per-exit state: its `kvm_run` page, the exit it stands
+    /// at, its recorder.
     cpu: vcpu::Vcpu,
+    /// The APs (vCPUs 1 and up), each run on its own thread during a run.
+    aps: Vec<aps::ApCpu>,
+    /// The APs' threads while a run goes on.
+    team: Option<aps::Team>,
+    /// A handle on the VM for the APs' threads (`KVM_IRQ_LINE`), made at the first run.
+    vm_handle: Option<Arc<kvm_ioctls::VmFd>>,
     limits: Limits,
     origin: Option<origin::Origin>,
     external_stop: Option<Arc<AtomicBool>>,
@@ -113,9 +122,19 @@ impl Machine {
             RunPage::map(vm.vcpu(), vm.caps().vcpu_mmap_size, true).map_err(BootMachineError::Map)?;
         let rip = crate::kvm::probe::rip_convention().unwrap_or_default();
         let cpu = vcpu::Vcpu::new(run_page, rip, vm.caps().system_event_data);
+        let mut ap_cpus = Vec::new();
+        for (index, fd) in (1..).zip(vm.aps()) {
+            let page = RunPage::map(&aps::lock(fd), vm.caps().vcpu_mmap_size, true)
+                .map_err(BootMachineError::Map)?;
+            let cpu = vcpu::Vcpu::new(page, rip, vm.caps().system_event_data);
+            ap_cpus.push(aps::ApCpu { index, fd: Arc::clone(fd), cpu: Arc::new(Mutex::new(cpu)) });
+        }
         Ok(Machine {
+            aps: ap_cpus,
+            team: None,
+            vm_handle: None,
             vm,
-            bus,
+            bus: Arc::new(Mutex::new(bus)),
             serial,
             debugcon,
             cpu,
@@ -150,7 +169,7 @@ impl Machine {
     /// # Errors
     /// Loading failed, or vCPU set-up failed.
     pub fn boot_linux(&mut self, k: &PreparedKernel) -> Result<(), BootMachineError> {
-        let start = linux::boot::load(self.vm.memory(), k, 1)?;
+        let start = linux::boot::load(self.vm.memory(), k, self.vm.vcpu_count())?;
         let lapic = self.vm.irqchip() == IrqchipKind::Kernel;
         linux::boot::setup_vcpu(self.vm.vcpu(), self.vm.memory(), start, lapic)?;
         self.guest_annotations = k.annotations();
@@ -183,14 +202,15 @@ impl Machine {
         &mut self.cpu
     }
 
-    /// The device bus.
-    pub(crate) fn bus(&self) -> &Bus {
-        &self.bus
+    /// The device bus, locked (uncontended but for the APs' threads of a run with
+    /// several vCPUs; a thread that panicked holding it leaves it as it was).
+    pub(crate) fn bus(&self) -> MutexGuard<'_, Bus> {
+        lock_bus(&self.bus)
     }
 
     /// Replaces the device bus (a restore).
     pub(crate) fn set_bus(&mut self, bus: Bus) {
-        self.bus = bus;
+        *self.bus() = bus;
     }
 
     /// Serial console output.
@@ -219,18 +239,32 @@ impl Machine {
         self.origin = origin;
     }
 
-    /// Exits handled so far.
+    /// Exits handled so far, by every vCPU.
     pub fn exits(&self) -> u64 {
-        self.cpu.exits()
+        self.cpu.exits() + self.aps.iter().map(|a| aps::lock(&a.cpu).exits()).sum::<u64>()
     }
 
-    /// Interrupts injected so far.
+    /// Interrupts injected (or lines pulsed) so far, by every vCPU.
     pub fn interrupts(&self) -> u64 {
-        self.cpu.interrupts()
+        self.cpu.interrupts() + self.aps.iter().map(|a| aps::lock(&a.cpu).interrupts()).sum::<u64>()
     }
 
-    /// Sets the exit and interrupt counters (restore).
+    /// Sets the exit and interrupt counters (restore): the totals go to the bootstrap
+    /// processor's, the APs' start again from 0.
     pub(crate) fn set_counters(&mut self, exits: u64, interrupts: u64) {
         self.cpu.set_counters(exits, interrupts);
+        for a in &self.aps {
+            aps::lock(&a.cpu).set_counters(0, 0);
+        }
     }
+
+    /// vCPUs in all.
+    pub fn vcpu_count(&self) -> u32 {
+        self.vm.vcpu_count()
+    }
+}
+
+/// Locks `bus` (see [`Machine::bus`]).
+pub(crate) fn lock_bus(bus: &Mutex<Bus>) -> MutexGuard<'_, Bus> {
+    bus.lock().unwrap_or_else(PoisonError::into_inner)
 }

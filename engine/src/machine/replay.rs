@@ -67,9 +67,9 @@ impl Machine {
     /// # Errors
     /// The reply does not fit the exit (nothing is written then).
     pub fn answer(&mut self, reply: &Body<'_>) -> Result<(), AnswerError> {
-        self.cpu.answer(reply, &mut self.bus)?;
+        self.cpu.answer(reply, &mut crate::machine::lock_bus(&self.bus))?;
         // Lines the devices raised while observing: the trace says which reach the guest.
-        self.bus.interrupts_mut().take_lines();
+        self.bus().interrupts_mut().take_lines();
         Ok(())
     }
 
@@ -86,7 +86,7 @@ impl Machine {
     /// # Errors
     /// The ioctl or the trace failed.
     pub fn inject_recorded_interrupt(&mut self, vector: u8) -> Result<(), RunError> {
-        self.bus.interrupts_mut().acknowledge_vector(vector);
+        self.bus().interrupts_mut().acknowledge_vector(vector);
         Ok(self.cpu.inject(self.vm.vcpu(), vector)?)
     }
 
@@ -106,6 +106,17 @@ impl Machine {
     /// # Errors
     /// `KVM_RUN` failing with something other than `EINTR`.
     pub fn complete_pending_io(&mut self) -> Result<(), KvmError> {
+        // The APs first: parked (their threads, during a run), then completed as the
+        // bootstrap processor is.
+        if let Some(t) = &self.team {
+            t.pause();
+        }
+        for a in &self.aps {
+            let mut fd = super::aps::lock(&a.fd);
+            if super::aps::lock(&a.cpu).exits() > 0 {
+                crate::kvm::entry::complete_pending(&mut fd)?;
+            }
+        }
         if self.cpu.exits() == 0 {
             return Ok(());
         }

@@ -14,7 +14,7 @@ use vmrr_format::{Body, kind};
 
 use crate::exit::answer::AnswerError;
 use crate::kvm::system::KvmError;
-use crate::machine::Machine;
+use crate::machine::{Machine, aps};
 use crate::machine::outcome::{Limits, Outcome, RunSummary};
 use crate::machine::vcpu::InjectError;
 use crate::machine::watchdog::{Fired, Flags, StopHandle, Watchdog};
@@ -96,6 +96,7 @@ pub(crate) enum Handled {
 }
 
 /// A run-ending exit, before it is recorded and reported.
+#[derive(Debug)]
 pub(crate) enum Ending {
     Shutdown,
     InternalError,
@@ -172,17 +173,42 @@ impl Machine {
     ///
     /// # Errors
     /// As for [`Self::run`], and the hook's errors.
-    pub fn run_with(&mut self, mut hook: Option<&mut dyn ExitHook>) -> Result<RunSummary, RunError> {
+    pub fn run_with(&mut self, hook: Option<&mut dyn ExitHook>) -> Result<RunSummary, RunError> {
         let start = Instant::now();
         let watchdog = Watchdog::start_with(self.limits.max_duration, self.external_stop.clone())
             .map_err(|source| RunError::Os { what: "starting the watchdog", source })?;
         self.stop = Some(watchdog.stop_handle());
         let flags = Arc::clone(&watchdog.flags);
-        let outcome = loop {
+        let looped = match self.start_team(watchdog.stop_handle()) {
+            Ok(()) => self.run_loop(&flags, hook),
+            Err(e) => Err(e),
+        };
+        let outcome = self.end_team(looped);
+        drop(watchdog);
+        self.stop = None;
+        let outcome = outcome?;
+        self.serial.flush();
+        self.debugcon.flush();
+        if let Some(e) = self.serial.take_error().or_else(|| self.debugcon.take_error()) {
+            return Err(RunError::Output(e));
+        }
+        let (exits, interrupts) = (self.exits(), self.interrupts());
+        Ok(RunSummary { outcome, exits, interrupts, elapsed: start.elapsed() })
+    }
+
+    /// The bootstrap processor's loop (see the module docs); with APs, it also ends when
+    /// one of them ended the run ([`Self::end_team`] says how).
+    fn run_loop(&mut self, flags: &Flags, mut hook: Option<&mut dyn ExitHook>) -> Result<Outcome, RunError> {
+        Ok(loop {
+            if self.team.as_ref().is_some_and(aps::Team::ended) {
+                // Replaced by the AP's own end in `end_team`.
+                break Outcome::Stopped;
+            }
             if let Some(fired) = flags.fired() {
                 break fired_outcome(fired);
             }
-            if self.limits.max_exits.is_some_and(|m| self.cpu.exits() >= m) {
+            let total = self.cpu.exits() + self.team.as_ref().map_or(0, aps::Team::exits);
+            if self.limits.max_exits.is_some_and(|m| total >= m) {
                 break Outcome::MaxExits;
             }
             let (halted, ending) = match self.handle_next_exit()? {
@@ -196,31 +222,76 @@ impl Machine {
             if let Some(e) = ending {
                 break self.ending_outcome(e);
             }
-            if let Some(stop) = self.bus.stop_request() {
+            if let Some(stop) = self.bus().stop_request() {
                 break Outcome::from(stop);
             }
             if let Some(h) = hook.as_deref_mut() {
-                h.after_exit(self, self.cpu.exits())?;
+                let exits = self.cpu.exits() + self.team.as_ref().map_or(0, aps::Team::exits);
+                h.after_exit(self, exits)?;
+                // A checkpoint paused the APs to read them.
+                if let Some(t) = &self.team {
+                    t.resume();
+                }
             }
             if halted {
-                if let Some(o) = self.wait_in_hlt(&flags)? {
+                if let Some(o) = self.wait_in_hlt(flags)? {
                     break o;
                 }
             } else {
-                self.bus.tick_due();
+                self.bus().tick_due();
             }
             self.deliver_lines()?;
             self.inject()?;
-        };
-        drop(watchdog);
-        self.stop = None;
-        self.serial.flush();
-        self.debugcon.flush();
-        if let Some(e) = self.serial.take_error().or_else(|| self.debugcon.take_error()) {
-            return Err(RunError::Output(e));
+        })
+    }
+
+    /// Starts the APs' threads, if the machine has APs.
+    fn start_team(&mut self, stop: StopHandle) -> Result<(), RunError> {
+        if self.aps.is_empty() {
+            return Ok(());
         }
-        let (exits, interrupts) = (self.cpu.exits(), self.cpu.interrupts());
-        Ok(RunSummary { outcome, exits, interrupts, elapsed: start.elapsed() })
+        let vm = match &self.vm_handle {
+            Some(h) => Arc::clone(h),
+            None => {
+                let h = crate::sys::vm_handle::duplicate(self.vm.kvm(), self.vm.fd())
+                    .map_err(|source| RunError::Os { what: "duplicating the VM handle", source })?;
+                let h = Arc::new(h);
+                self.vm_handle = Some(Arc::clone(&h));
+                h
+            }
+        };
+        let devices = aps::Devices { bus: Arc::clone(&self.bus), vm };
+        self.team = Some(aps::Team::start(&self.aps, &devices, stop)?);
+        Ok(())
+    }
+
+    /// Stops the APs' threads after the loop ended as `looped` says: all parked at an exit
+    /// boundary, then joined. When an AP ended the run, its end is the run's: its failure
+    /// (read from its vCPU now, before anything else touches it), its device's stop
+    /// request, or the error vmrr met on its thread.
+    fn end_team(&mut self, looped: Result<Outcome, RunError>) -> Result<Outcome, RunError> {
+        let Some(mut team) = self.team.take() else { return looped };
+        team.pause();
+        let end = team.take_end();
+        team.stop();
+        let by_ap = matches!(looped, Ok(Outcome::Stopped)) && end.is_some();
+        match (looped, end) {
+            (Err(e), _) | (Ok(_), Some(aps::ApEnd::Error(e))) => Err(e),
+            (Ok(_), Some(aps::ApEnd::Exit { vcpu, ending })) if by_ap => Ok(self.ap_outcome(vcpu, ending)),
+            (Ok(_), Some(aps::ApEnd::Stop(s))) if by_ap => Ok(Outcome::from(s)),
+            (Ok(o), _) => Ok(o),
+        }
+    }
+
+    /// The outcome of AP `vcpu`'s run-ending exit.
+    fn ap_outcome(&self, vcpu: u32, e: Ending) -> Outcome {
+        let Some(ap) = self.aps.iter().find(|a| a.index == vcpu) else {
+            return Outcome::Stopped;
+        };
+        let fd = aps::lock(&ap.fd);
+        let cpu = aps::lock(&ap.cpu);
+        let reason = cpu.exit().reason();
+        outcome_of(e, || crate::machine::fatal::report(vcpu, &fd, &cpu, self.vm.memory()), reason)
     }
 
     /// Enters the guest and hands the exit it makes to the devices, whose answer goes into
@@ -230,40 +301,17 @@ impl Machine {
         if !self.cpu.enter(self.vm.vcpu_mut())? {
             return Ok(None);
         }
-        let ending = match self.cpu.exit().kind() {
-            kind::IO | kind::MMIO | kind::X86_RDMSR | kind::X86_WRMSR => None,
-            kind::HLT | kind::IRQ_WINDOW_OPEN | kind::INTR => None,
-            kind::SHUTDOWN => Some(Ending::Shutdown),
-            kind::INTERNAL_ERROR => Some(Ending::InternalError),
-            kind::FAIL_ENTRY => Some(Ending::FailEntry),
-            kind::SYSTEM_EVENT => match self.cpu.body() {
-                Body::SystemEvent(e) => Some(Ending::SystemEvent(e.event_type)),
-                _ => Some(Ending::Unhandled),
-            },
-            kind::DEBUG => return Ok(Some(Handled::Debug)),
-            _ => Some(Ending::Unhandled),
+        let Some(ending) = ending_of(&self.cpu) else {
+            return Ok(Some(Handled::Debug));
         };
         let halted = self.cpu.exit().kind() == kind::HLT;
-        self.cpu.serve(&mut self.bus)?;
+        self.cpu.serve(&mut crate::machine::lock_bus(&self.bus))?;
         Ok(Some(Handled::Exit { halted, ending }))
     }
 
     /// The outcome of a run-ending exit, its fatal report read now that it is recorded.
     pub(crate) fn ending_outcome(&self, e: Ending) -> Outcome {
-        match e {
-            Ending::Shutdown => Outcome::Shutdown(Box::new(self.fatal_report())),
-            Ending::InternalError => {
-                let r = self.fatal_report();
-                if r.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
-                    Outcome::EmulationFailure(Box::new(r))
-                } else {
-                    Outcome::InternalError(Box::new(r))
-                }
-            }
-            Ending::FailEntry => Outcome::FailEntry(Box::new(self.fatal_report())),
-            Ending::SystemEvent(t) => Outcome::SystemEvent(t),
-            Ending::Unhandled => Outcome::Unhandled(self.cpu.exit().reason()),
-        }
+        outcome_of(e, || self.fatal_report(), self.cpu.exit().reason())
     }
 
     /// The guest executed HLT. With interrupts enabled and a timer armed, sleep until it
@@ -274,15 +322,15 @@ impl Machine {
             return Ok(Some(Outcome::Halted));
         }
         loop {
-            if !self.bus.interrupts().is_empty() {
+            if !self.bus().interrupts().is_empty() {
                 return Ok(None);
             }
-            let Some(deadline) = self.bus.next_deadline() else {
+            let Some(deadline) = self.bus().next_deadline() else {
                 return Ok(Some(Outcome::Halted));
             };
-            let now = self.bus.clock().now_ns();
+            let now = self.bus().clock().now_ns();
             if now >= deadline {
-                self.bus.poll(now);
+                self.bus().poll(now);
                 continue;
             }
             if let Some(rec) = self.cpu.recorder_mut() {
@@ -302,10 +350,11 @@ impl Machine {
     /// # Errors
     /// `KVM_IRQ_LINE` failed.
     pub(crate) fn deliver_lines(&mut self) -> Result<(), RunError> {
-        if !self.bus.interrupts().has_lines() {
+        if !self.bus().interrupts().has_lines() {
             return Ok(());
         }
-        for line in self.bus.interrupts_mut().take_lines() {
+        let lines = self.bus().interrupts_mut().take_lines();
+        for line in lines {
             self.vm.pulse_irq_line(u32::from(line))?;
             self.cpu.count_interrupt();
         }
@@ -316,11 +365,12 @@ impl Machine {
     /// KVM for an interrupt-window exit. Both the injection and every change of the
     /// window request are recorded. Interrupts are injected only here, at exit boundaries.
     pub(crate) fn inject(&mut self) -> Result<(), RunError> {
-        let window = match self.bus.interrupts().pending() {
+        let pending = self.bus().interrupts().pending();
+        let window = match pending {
             None => false,
             Some(vector) => {
                 if self.cpu.can_take_interrupt() {
-                    self.bus.interrupts_mut().acknowledge();
+                    self.bus().interrupts_mut().acknowledge();
                     self.cpu.inject(self.vm.vcpu(), vector)?;
                     false
                 } else {
@@ -330,6 +380,43 @@ impl Machine {
         };
         Ok(self.cpu.set_interrupt_window(window)?)
     }
+}
+
+/// The outcome of a run-ending exit of kind `e`, with `report` saying what the vCPU was
+/// doing and `reason` its raw exit reason.
+fn outcome_of(e: Ending, report: impl Fn() -> crate::machine::FatalReport, reason: u32) -> Outcome {
+    match e {
+        Ending::Shutdown => Outcome::Shutdown(Box::new(report())),
+        Ending::InternalError => {
+            let r = report();
+            if r.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
+                Outcome::EmulationFailure(Box::new(r))
+            } else {
+                Outcome::InternalError(Box::new(r))
+            }
+        }
+        Ending::FailEntry => Outcome::FailEntry(Box::new(report())),
+        Ending::SystemEvent(t) => Outcome::SystemEvent(t),
+        Ending::Unhandled => Outcome::Unhandled(reason),
+    }
+}
+
+/// Whether the exit `cpu` stands at ends the run (`Some(Some(..))`), is one the devices
+/// handle (`Some(None)`), or is a debug stop (`None`).
+pub(crate) fn ending_of(cpu: &crate::machine::vcpu::Vcpu) -> Option<Option<Ending>> {
+    Some(match cpu.exit().kind() {
+        kind::IO | kind::MMIO | kind::X86_RDMSR | kind::X86_WRMSR => None,
+        kind::HLT | kind::IRQ_WINDOW_OPEN | kind::INTR => None,
+        kind::SHUTDOWN => Some(Ending::Shutdown),
+        kind::INTERNAL_ERROR => Some(Ending::InternalError),
+        kind::FAIL_ENTRY => Some(Ending::FailEntry),
+        kind::SYSTEM_EVENT => match cpu.body() {
+            Body::SystemEvent(e) => Some(Ending::SystemEvent(e.event_type)),
+            _ => Some(Ending::Unhandled),
+        },
+        kind::DEBUG => return None,
+        _ => Some(Ending::Unhandled),
+    })
 }
 
 fn fired_outcome(fired: Fired) -> Outcome {

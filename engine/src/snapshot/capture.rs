@@ -255,16 +255,26 @@ fn plan_of(m: &Machine, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
     let vm = m.vm();
     let pv = crate::kvm::vcpu_state::guest_has_kvm_pv(vm.vcpu());
     let msrs = crate::kvm::vcpu_state::msr_list(vm.kvm(), vm.vcpu(), pv)?;
-    let vcpu = VcpuState::save(vm.vcpu(), &msrs)?;
+    // Every vCPU, in index order; the APs' threads are parked (the caller stopped them).
+    let kernel = vm.irqchip() == IrqchipKind::Kernel;
+    let mut vcpus = Vec::new();
+    let mut lapics = Vec::new();
+    vm.each_vcpu(|_, fd| -> Result<(), SnapshotError> {
+        vcpus.push(VcpuState::save(fd, &msrs)?);
+        if kernel {
+            lapics.push(crate::kvm::vcpu_state::save_lapic(fd)?);
+        }
+        Ok(())
+    })?;
     let kernel_irqchip = match vm.irqchip() {
         IrqchipKind::User => None,
-        IrqchipKind::Kernel => Some(KernelIrqchip {
-            chip: IrqchipState::save(vm.fd())?,
-            lapics: vec![crate::kvm::vcpu_state::save_lapic(vm.vcpu())?],
-        }),
+        IrqchipKind::Kernel => Some(KernelIrqchip { chip: IrqchipState::save(vm.fd())?, lapics }),
     };
-    let now = m.bus().clock().now_ns();
-    let bus = Persist::save(m.bus(), now);
+    let bus = {
+        let b = m.bus();
+        let now = b.clock().now_ns();
+        Persist::save(&*b, now)
+    };
     let dirty_log = vm.config().dirty_log;
     let mut slots = Vec::new();
     let mut all_runs = Vec::new();
@@ -324,7 +334,7 @@ fn plan_of(m: &Machine, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
             rom_size: config.rom_size,
         },
         slots,
-        vcpus: vec![vcpu],
+        vcpus,
         bus,
         annotations: who.annotations.to_vec(),
         kernel_irqchip,

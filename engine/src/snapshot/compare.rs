@@ -123,8 +123,12 @@ pub fn compare(m: &mut Machine, chain: &[StoredSnapshot]) -> Result<StateDiff, S
     if let Some(saved) = top.state.vcpus.first() {
         diff.vcpu = vcpu_differences(&live, saved);
     }
-    let now = m.bus().clock().now_ns();
-    diff.devices = device_differences(&Persist::save(m.bus(), now), &top.state.bus);
+    let saved = {
+        let b = m.bus();
+        let now = b.clock().now_ns();
+        Persist::save(&*b, now)
+    };
+    diff.devices = device_differences(&saved, &top.state.bus);
     Ok(diff)
 }
 

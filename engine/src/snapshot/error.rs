@@ -57,6 +57,9 @@ pub enum SnapshotError {
     /// vCPU state could not be saved or restored.
     #[error(transparent)]
     Vcpu(#[from] VcpuStateError),
+    /// An AP's thread panicked while holding it.
+    #[error(transparent)]
+    VcpuLock(#[from] crate::kvm::vm::VcpuLockError),
     /// Device state could not be restored.
     #[error(transparent)]
     Device(#[from] DeviceRestoreError),

@@ -29,8 +29,9 @@ pub fn restore(
     debugcon: Console,
     dirty_log: bool,
 ) -> Result<Machine, SnapshotError> {
-    let irqchip = irqchip_of(chain.last().ok_or(SnapshotError::EmptyChain)?);
-    restore_into(EmptyVm::create_with(irqchip)?, chain, serial, debugcon, dirty_log)
+    let top = chain.last().ok_or(SnapshotError::EmptyChain)?;
+    let vcpus = u32::try_from(top.state.vcpus.len()).unwrap_or(u32::MAX);
+    restore_into(EmptyVm::create_for(irqchip_of(top), vcpus)?, chain, serial, debugcon, dirty_log)
 }
 
 /// Where a snapshot's machine has its interrupt controllers.
@@ -49,6 +50,25 @@ fn restore_chip(vm: &Vm, top: &StoredSnapshot) -> Result<(), SnapshotError> {
 }
 
 /// Vcpu `i`'s saved local APIC, when the snapshot has KVM's in-kernel irqchip.
+/// Sets every vCPU of `vm` to `top`'s state, in index order (each AP's thread parked), the
+/// saved CPUID too when `set_cpuid` (a new VM).
+fn set_vcpus(vm: &Vm, top: &StoredSnapshot, set_cpuid: bool) -> Result<(), SnapshotError> {
+    let saved = top.state.vcpus.len();
+    if usize::try_from(vm.vcpu_count()).ok() != Some(saved) {
+        return Err(SnapshotError::Vm(crate::kvm::CreateVmError::Vcpus(format!(
+            "the snapshot holds {saved} vCPUs, the machine has {}",
+            vm.vcpu_count()
+        ))));
+    }
+    vm.each_vcpu(|i, fd| {
+        let i = usize::try_from(i).unwrap_or(usize::MAX);
+        match top.state.vcpus.get(i) {
+            Some(v) => v.restore_with_lapic(fd, set_cpuid, lapic_of(top, i)).map_err(|e| refused(top, i, e)),
+            None => Ok(()),
+        }
+    })
+}
+
 fn lapic_of(top: &StoredSnapshot, i: usize) -> Option<&[u8]> {
     top.state.kernel_irqchip.as_ref().and_then(|k| k.lapics.get(i)).map(Vec::as_slice)
 }
@@ -84,12 +104,11 @@ pub fn restore_into(
         dirty_log,
         rom_size: st.vm.rom_size,
         irqchip: irqchip_of(top),
+        vcpus: u32::try_from(st.vcpus.len()).unwrap_or(u32::MAX),
     };
     let vm = Vm::from_empty(empty, config, memory, false)?;
     restore_chip(&vm, top)?;
-    for (i, v) in st.vcpus.iter().enumerate() {
-        v.restore_with_lapic(vm.vcpu(), true, lapic_of(top, i)).map_err(|e| refused(top, i, e))?;
-    }
+    set_vcpus(&vm, top, true)?;
     let bus = bus_of(top, &serial, &debugcon)?;
     let mut m = Machine::with_bus(vm, bus, serial, debugcon)?;
     m.set_counters(st.exits, st.interrupts);
@@ -416,9 +435,7 @@ fn set_vcpu_and_devices(m: &mut Machine, top: &StoredSnapshot) -> Result<(), Sna
         }));
     }
     restore_chip(m.vm(), top)?;
-    for (i, v) in top.state.vcpus.iter().enumerate() {
-        v.restore_with_lapic(m.vm().vcpu(), false, lapic_of(top, i)).map_err(|e| refused(top, i, e))?;
-    }
+    set_vcpus(m.vm(), top, false)?;
     m.set_bus(bus_of(top, m.serial(), m.debugcon())?);
     m.set_counters(top.state.exits, top.state.interrupts);
     m.refresh_run_state()?;

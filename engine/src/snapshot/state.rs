@@ -9,8 +9,8 @@ use crate::page::PAGE_SIZE;
 
 /// Most memory slots a snapshot may describe.
 pub const MAX_SLOTS: usize = 32;
-/// Most vCPUs this engine restores.
-pub const MAX_VCPUS: usize = 1;
+/// Most vCPUs this engine restores (a vmrr machine's limit).
+pub const MAX_VCPUS: usize = crate::kvm::vm::MAX_VCPUS as usize;
 /// Highest guest-physical address bit allowed (52-bit physical addresses).
 pub const MAX_PHYS_BITS: u32 = 52;
 
@@ -402,6 +402,16 @@ impl SnapshotState {
             if let Some(why) = rip_problem(v) {
                 return bad(self.rip_offset(i), format!("vCPU {i}: field regs.rip: {why}"));
             }
+        }
+        if self.vcpus.len() > 1 && self.kernel_irqchip.is_none() {
+            let at = self.vcpu_offset(0) - 8;
+            return bad(
+                at,
+                format!(
+                    "{} vCPUs without KVM's in-kernel irqchip (field kernel_irqchip): vmrr cannot create that machine",
+                    self.vcpus.len()
+                ),
+            );
         }
         let bus_at = self.vcpu_offset(self.vcpus.len());
         if self.bus.devices.len() > crate::devices::bus::MAX_DEVICES {

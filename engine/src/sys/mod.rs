@@ -14,6 +14,7 @@
 //! - [`thread`]: lowering a helper thread's priority (the snapshot writer).
 //! - [`uffd`]: userfaultfd write-protection of guest memory (background checkpoints).
 //! - [`stop`]: dying of a caught signal after cleaning up.
+//! - [`vm_handle`]: a second handle on a VM (the APs' threads raise interrupt lines).
 
 // The one room where the crate's `#![deny(unsafe_code)]` is lifted.
 #![allow(unsafe_code)]
@@ -29,3 +30,4 @@ pub mod tsc;
 pub mod uffd;
 pub mod vcpu_ioctl;
 pub mod vcpu_state;
+pub mod vm_handle;

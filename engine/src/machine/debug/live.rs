@@ -43,11 +43,11 @@ impl Machine {
                     if let Some(e) = ending {
                         return Ok(LiveEntry::Ended(self.ending_outcome(e)));
                     }
-                    if let Some(stop) = self.bus.stop_request() {
+                    if let Some(stop) = self.bus().stop_request() {
                         return Ok(LiveEntry::Ended(Outcome::from(stop)));
                     }
                     self.live_halted = halted;
-                    self.bus.tick_due();
+                    self.bus().tick_due();
                     return Ok(LiveEntry::Exit);
                 }
             }
