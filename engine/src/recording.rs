@@ -232,6 +232,9 @@ impl Runner {
     /// A snapshot or the trace could not be written; the trace is then closed.
     pub fn finish(mut self, summary: RunSummary) -> Result<Finished, RecordError> {
         let exits = summary.exits;
+        if let Err(e) = self.annotate_failure(&summary) {
+            return Err(self.close(RunError::Trace(e)));
+        }
         let kept = match &mut self.keeper {
             Keeper::None => Ok(()),
             Keeper::Checkpoints(cp) => cp
@@ -266,6 +269,24 @@ impl Runner {
             Keeper::Flight(fr) => (None, Some(fr)),
         };
         Ok(Finished { summary, trace, checkpoints, flight, machine: self.machine })
+    }
+
+    /// Says which vCPU failed and which record is its failing exit, on a machine with
+    /// several vCPUs (`failure.vcpu`, `failure.seq`; REPLAY.md): replay runs that vCPU from
+    /// the failure point and compares it with that record.
+    fn annotate_failure(&mut self, summary: &RunSummary) -> Result<(), vmrr_format::WriteError> {
+        let Some(report) = summary.outcome.report() else { return Ok(()) };
+        if self.machine.vcpu_count() < 2 {
+            return Ok(());
+        }
+        let (vcpu, seq) = (report.vcpu.to_string(), report.seq.map(|s| s.to_string()));
+        if let Some(rec) = self.machine.recorder_mut() {
+            rec.annotate("failure.vcpu", &vcpu)?;
+            if let Some(seq) = seq {
+                rec.annotate("failure.seq", &seq)?;
+            }
+        }
+        Ok(())
     }
 
     /// Closes the trace after `error`: an end record saying vmrr's output failed

@@ -42,8 +42,20 @@ pub fn run(
         )));
     }
     let mut m = snapshot::restore(&chain, Console::capture_only(), Console::capture_only(), false)?;
-    // The recorded fatal exit.
-    let Some(last) = f.last_exit_seq else {
+    let vcpus = m.vcpu_count();
+    // The vCPU that failed (several vCPUs: `failure.vcpu`) and its fatal exit (`failure.seq`;
+    // with one vCPU, the last exit).
+    let note = |k: &str| f.annotations.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let vcpu = match note("failure.vcpu") {
+        None => 0,
+        Some(v) => v.parse::<u32>().ok().filter(|v| *v < vcpus).ok_or_else(|| {
+            ReplayError::Unreplayable(format!(
+                "annotation failure.vcpu = {v:?} names no vCPU of the failure point's {vcpus}"
+            ))
+        })?,
+    };
+    m.focus(vcpu).map_err(|e| ReplayError::Unreplayable(e.to_string()))?;
+    let Some(last) = note("failure.seq").and_then(|s| s.parse::<u64>().ok()).or(f.last_exit_seq) else {
         return Err(ReplayError::Unreplayable("the trace records no exit".into()));
     };
     let mut reader = TraceReader::open(&src.trace)?;
@@ -70,6 +82,8 @@ pub fn run(
     if !ran {
         return Ok(FailurePoint {
             snapshot,
+            vcpu,
+            vcpus,
             reproduced: false,
             insn_bytes_match: false,
             registers_match: false,
@@ -104,6 +118,8 @@ pub fn run(
         opts.system_map.as_ref().and_then(|s| s.check_banner(|at, b| m.read_linear(at, b).is_ok()));
     Ok(FailurePoint {
         snapshot,
+        vcpu,
+        vcpus,
         reproduced,
         insn_bytes_match,
         registers_match,

@@ -291,6 +291,12 @@ pub enum Path {
 pub struct FailurePoint {
     /// Its snapshot id.
     pub snapshot: u64,
+    /// The vCPU that failed and was run from it (0 on a machine with one vCPU).
+    #[serde(default)]
+    pub vcpu: u32,
+    /// vCPUs the snapshot holds (all restored; only `vcpu` runs).
+    #[serde(default = "one")]
+    pub vcpus: u32,
     /// The recorded failure happened again from it.
     pub reproduced: bool,
     /// The failing instruction's bytes are the recorded ones.
@@ -307,6 +313,10 @@ pub struct FailurePoint {
     /// Why `--system-map` does not fit the recorded guest, when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_map_warning: Option<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Where the replay started.
@@ -476,8 +486,9 @@ impl Report {
             s.push_str(&f.human());
         }
         if let Some(p) = &self.failure_point {
+            let which = if p.vcpus > 1 { format!(", vCPU {} of {}", p.vcpu, p.vcpus) } else { String::new() };
             s.push_str(&format!(
-                "  failure point (snapshot {}): {}{}\n",
+                "  failure point (snapshot {}{which}): {}{}\n",
                 p.snapshot,
                 if p.reproduced { "REPRODUCED: " } else { "not reproduced: " },
                 p.detail

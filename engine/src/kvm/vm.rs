@@ -212,8 +212,13 @@ impl EmptyVm {
 /// Field order is drop order: the vCPUs, then the VM (whose slots hold their host mappings
 /// until after the VM is closed), then guest memory.
 pub struct Vm {
+    /// The focused vCPU (see [`Vm::focus`]): vCPU 0 unless a replay or a debugger chose
+    /// another.
     vcpu: VcpuFd,
+    /// The others, in index order with the focused one's place taken by vCPU 0.
     aps: Vec<Arc<Mutex<VcpuFd>>>,
+    /// Which vCPU `vcpu` is.
+    focus: u32,
     slots: VmSlots,
     memory: GuestMemory,
     kvm: Kvm,
@@ -319,7 +324,7 @@ impl Vm {
             CpuId::new(0).map_err(|_| CreateVmError::MissingCapability { what: "an empty CPUID set" })?
         };
         let aps = aps.into_iter().map(|a| Arc::new(Mutex::new(a))).collect();
-        Ok(Vm { vcpu, aps, slots, memory, kvm, caps, cpuid, notes, config })
+        Ok(Vm { vcpu, aps, focus: 0, slots, memory, kvm, caps, cpuid, notes, config })
     }
 
     /// vCPUs in all (the bootstrap processor and the APs).
@@ -332,6 +337,48 @@ impl Vm {
         &self.aps
     }
 
+    /// Makes vCPU `index` the focused one, the one [`Vm::vcpu`] gives (swapping places
+    /// with the one focused before): how a replay runs the vCPU that failed, and a
+    /// debugger shows one vCPU's registers and view of memory. No AP thread may be running.
+    ///
+    /// # Errors
+    /// `index` is not a vCPU of this VM, or an AP's mutex is poisoned.
+    pub(crate) fn focus(&mut self, index: u32) -> Result<(), VcpuLockError> {
+        if index == self.focus {
+            return Ok(());
+        }
+        if index >= self.vcpu_count() {
+            return Err(VcpuLockError { vcpu: index });
+        }
+        // Back to vCPU 0 first, then to `index`.
+        if self.focus != 0 {
+            let slot = self.slot_of(self.focus).ok_or(VcpuLockError { vcpu: self.focus })?;
+            let mut g = slot.lock().map_err(|_| VcpuLockError { vcpu: self.focus })?;
+            std::mem::swap(&mut self.vcpu, &mut g);
+            drop(g);
+            self.focus = 0;
+        }
+        if index != 0 {
+            let slot = self.slot_of(index).ok_or(VcpuLockError { vcpu: index })?;
+            let mut g = slot.lock().map_err(|_| VcpuLockError { vcpu: index })?;
+            std::mem::swap(&mut self.vcpu, &mut g);
+            drop(g);
+            self.focus = index;
+        }
+        Ok(())
+    }
+
+    /// The AP slot vCPU `index` (not 0) lives in when vCPU 0 is focused.
+    fn slot_of(&self, index: u32) -> Option<Arc<Mutex<VcpuFd>>> {
+        let i = usize::try_from(index.checked_sub(1)?).ok()?;
+        self.aps.get(i).cloned()
+    }
+
+    /// The focused vCPU's index.
+    pub fn focused(&self) -> u32 {
+        self.focus
+    }
+
     /// Calls `f` with each vCPU in index order, locking each AP's mutex in turn (its
     /// thread must be parked: see [`Vm`]). Stops at the first error.
     ///
@@ -341,8 +388,14 @@ impl Vm {
         &self,
         mut f: impl FnMut(u32, &VcpuFd) -> Result<(), E>,
     ) -> Result<(), E> {
-        f(0, &self.vcpu)?;
-        for (i, ap) in (1..).zip(&self.aps) {
+        for i in 0..self.vcpu_count() {
+            if i == self.focus {
+                f(i, &self.vcpu)?;
+                continue;
+            }
+            // vCPU 0 sits in the focused one's slot.
+            let slot = if i == 0 { self.focus } else { i };
+            let ap = self.slot_of(slot).ok_or(VcpuLockError { vcpu: i })?;
             let g = ap.lock().map_err(|_| VcpuLockError { vcpu: i })?;
             f(i, &g)?;
         }

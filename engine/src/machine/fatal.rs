@@ -38,6 +38,8 @@ pub struct FatalReport {
     pub regs: kvm_bindings::kvm_regs,
     /// The vCPU that failed (0: the bootstrap processor, the only one of most machines).
     pub vcpu: u32,
+    /// The sequence number of the failing exit's trace record, when recorded.
+    pub seq: Option<u64>,
 }
 
 impl FatalReport {
@@ -92,7 +94,7 @@ impl Machine {
     /// What the guest was doing at the current (fatal) exit: KVM's data, the instruction
     /// decoded, registers.
     pub fn fatal_report(&self) -> FatalReport {
-        report(0, self.vm.vcpu(), &self.cpu, self.vm.memory())
+        report(self.vm.focused(), self.vm.vcpu(), &self.cpu, self.vm.memory())
     }
 }
 
@@ -122,6 +124,7 @@ pub(crate) fn report(
             memory_operand: None,
             regs,
             vcpu: index,
+            seq: cpu.last_seq(),
         };
         match cpu.body() {
             vmrr_format::Body::InternalError(ie) => {

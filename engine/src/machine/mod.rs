@@ -262,6 +262,38 @@ impl Machine {
     pub fn vcpu_count(&self) -> u32 {
         self.vm.vcpu_count()
     }
+
+    /// Makes vCPU `index` the one the machine's single-vCPU methods act on (running to its
+    /// next exit, its exit, registers, instructions, memory through its page tables, its
+    /// fatal report): how a replay runs the vCPU that failed and a debugger switches
+    /// threads. Between runs only.
+    ///
+    /// # Errors
+    /// `index` is not one of the machine's vCPUs.
+    pub fn focus(&mut self, index: u32) -> Result<(), crate::kvm::vm::VcpuLockError> {
+        let before = self.vm.focused();
+        if index == before {
+            return Ok(());
+        }
+        if self.team.is_some() || index >= self.vm.vcpu_count() {
+            return Err(crate::kvm::vm::VcpuLockError { vcpu: index });
+        }
+        self.vm.focus(index)?;
+        let slot = |i: u32| usize::try_from(i).ok().and_then(|i| i.checked_sub(1)).and_then(|i| self.aps.get(i));
+        if let Some(ap) = slot(before) {
+            std::mem::swap(&mut self.cpu, &mut aps::lock(&ap.cpu));
+        }
+        if let Some(ap) = slot(index) {
+            std::mem::swap(&mut self.cpu, &mut aps::lock(&ap.cpu));
+        }
+        Ok(())
+    }
+
+    /// The vCPU the machine's single-vCPU methods act on (0 unless [`Self::focus`] chose
+    /// another).
+    pub fn focused(&self) -> u32 {
+        self.vm.focused()
+    }
 }
 
 /// Locks `bus` (see [`Machine::bus`]).

@@ -250,6 +250,8 @@ impl Machine {
         if self.aps.is_empty() {
             return Ok(());
         }
+        // The threads run the vCPUs their slots are labelled with.
+        self.focus(0).map_err(|e| RunError::Os { what: "focusing vCPU 0", source: std::io::Error::other(e) })?;
         let vm = match &self.vm_handle {
             Some(h) => Arc::clone(h),
             None => {

@@ -34,6 +34,8 @@ pub(crate) struct Vcpu {
     exits: u64,
     interrupts: u64,
     window_requested: bool,
+    /// The sequence number of the last exit recorded.
+    last_seq: Option<u64>,
     /// Where the devices' answers go: the largest access one exit makes (string I/O
     /// fills at most the port-I/O data page).
     reply: Box<[u8]>,
@@ -55,6 +57,7 @@ impl Vcpu {
             exits: 0,
             interrupts: 0,
             window_requested: false,
+            last_seq: None,
             reply: vec![0; PAGE_BYTES].into_boxed_slice(),
         }
     }
@@ -132,9 +135,14 @@ impl Vcpu {
     #[inline]
     pub(crate) fn record(&mut self) -> Result<(), WriteError> {
         if let Some(rec) = self.recorder.as_mut() {
-            rec.record(self.exit.body(self.page.bytes()), self.exit.regs())?;
+            self.last_seq = Some(rec.record(self.exit.body(self.page.bytes()), self.exit.regs())?);
         }
         Ok(())
+    }
+
+    /// The sequence number of the last exit recorded, if any.
+    pub(crate) fn last_seq(&self) -> Option<u64> {
+        self.last_seq
     }
 
     /// Counts an exit handled.
