@@ -29,7 +29,12 @@ fn cpus() -> [Cpu; 3] {
             guest_ns: 500,
         },
         Cpu {
-            body: Body::Mmio(Mmio { phys_addr: 0xd000_0000, len: 4, is_write: true, data: [1, 0, 0, 0, 0, 0, 0, 0] }),
+            body: Body::Mmio(Mmio {
+                phys_addr: 0xd000_0000,
+                len: 4,
+                is_write: true,
+                data: [1, 0, 0, 0, 0, 0, 0, 0],
+            }),
             handler_ns: 2000,
             guest_ns: 250,
         },
@@ -57,7 +62,8 @@ struct Expected {
 /// thread 0 writing guest memory and device thread 1 changing an IRQ line (an event kind
 /// this reader does not know, as format 1.2's is to it).
 fn write_trace(path: &Path) -> Expected {
-    let opts = WriterOptions { timing: true, guest_writes: true, sync: SyncMode::Never, ..Default::default() };
+    let opts =
+        WriterOptions { timing: true, guest_writes: true, sync: SyncMode::Never, ..Default::default() };
     let mut w = TraceWriter::create(path, opts).unwrap();
     let cpus = cpus();
     let mut e = Expected::default();
@@ -73,7 +79,7 @@ fn write_trace(path: &Path) -> Expected {
             let c = &cpus[v];
             let first = e.exits[v] == 0;
             let t = Timing::from_ns((!first).then_some(c.handler_ns), c.guest_ns);
-            w.append_timed(v as u32, c.body.clone(), None, t).unwrap();
+            w.append_timed(u32::try_from(v).unwrap(), c.body, None, t).unwrap();
             last[v] += if first { 0 } else { stored(c.handler_ns) } + stored(c.guest_ns);
             e.instants[v].push(last[v]);
             e.exits[v] += 1;
@@ -123,10 +129,16 @@ fn profile_by_vcpu_has_one_row_per_vcpu_with_its_own_times() {
         // Every exit but the vCPU's last has its handler time, all equal to this vCPU's.
         let h = &r["handler_ns"];
         assert_eq!(h["samples"], e.exits[v] - 1, "{r}");
-        assert_eq!((h["min"].as_u64(), h["max"].as_u64()), (Some(stored(c.handler_ns)), Some(stored(c.handler_ns))));
+        assert_eq!(
+            (h["min"].as_u64(), h["max"].as_u64()),
+            (Some(stored(c.handler_ns)), Some(stored(c.handler_ns)))
+        );
         let g = &r["guest_ns"];
         assert_eq!(g["samples"], e.exits[v], "{r}");
-        assert_eq!((g["min"].as_u64(), g["max"].as_u64()), (Some(stored(c.guest_ns)), Some(stored(c.guest_ns))));
+        assert_eq!(
+            (g["min"].as_u64(), g["max"].as_u64()),
+            (Some(stored(c.guest_ns)), Some(stored(c.guest_ns)))
+        );
     }
     // The rows add up to the exits and rank by handler time: vCPU 0 has 29 x 1 us, vCPU 1
     // 19 x 2 us, vCPU 2 9 x 4 us.
@@ -153,7 +165,9 @@ fn profile_by_vcpu_has_one_row_per_vcpu_with_its_own_times() {
     let rows = c["by_vcpu"].as_array().expect("by_vcpu");
     let counts: BTreeMap<&str, (u64, u64)> = rows
         .iter()
-        .map(|r| (r["key"].as_str().unwrap(), (r["count_a"].as_u64().unwrap(), r["count_b"].as_u64().unwrap())))
+        .map(|r| {
+            (r["key"].as_str().unwrap(), (r["count_a"].as_u64().unwrap(), r["count_b"].as_u64().unwrap()))
+        })
         .collect();
     assert_eq!(counts, BTreeMap::from([("vcpu0", (30, 30)), ("vcpu1", (20, 20)), ("vcpu2", (10, 10))]));
     let o = vmrr(&["profile", s(&trace), "--vs", s(&trace), "--by", "vcpu"]);
@@ -165,7 +179,8 @@ fn profile_by_vcpu_has_one_row_per_vcpu_with_its_own_times() {
 fn one_vcpu_is_one_row() {
     let d = tmp();
     let trace = at(&d, "one.vmrr");
-    let mut w = TraceWriter::create(&trace, WriterOptions { sync: SyncMode::Never, ..Default::default() }).unwrap();
+    let mut w =
+        TraceWriter::create(&trace, WriterOptions { sync: SyncMode::Never, ..Default::default() }).unwrap();
     for _ in 0..5 {
         w.append(0, Body::Hlt, None).unwrap();
     }
@@ -220,15 +235,22 @@ fn timeline_has_a_track_per_vcpu_and_per_device_thread() {
         // Each slice lasts its handler time (the vCPU's last has none).
         let c = &cpus()[cpu];
         let durs: Vec<f64> = slices.iter().map(|s| s["dur"].as_f64().unwrap()).collect();
-        assert!(durs[..durs.len() - 1].iter().all(|d| (d - stored(c.handler_ns) as f64 / 1000.0).abs() < 1e-6));
+        assert!(
+            durs[..durs.len() - 1].iter().all(|d| (d - stored(c.handler_ns) as f64 / 1000.0).abs() < 1e-6)
+        );
         assert_eq!(durs.last(), Some(&0.0));
     }
-    assert!(events.iter().filter(|e| e["ph"] == "X").all(|e| e["tid"].as_u64().unwrap() <= 3), "no exit on a device track");
+    assert!(
+        events.iter().filter(|e| e["ph"] == "X").all(|e| e["tid"].as_u64().unwrap() <= 3),
+        "no exit on a device track"
+    );
     // Device events: instants on their thread's track, at the latest exit of any vCPU.
     let device: Vec<(u64, String, f64)> = events
         .iter()
         .filter(|e| e["ph"] == "i" && e["tid"].as_u64().unwrap() > dev)
-        .map(|e| (e["tid"].as_u64().unwrap(), e["name"].as_str().unwrap().to_string(), e["ts"].as_f64().unwrap()))
+        .map(|e| {
+            (e["tid"].as_u64().unwrap(), e["name"].as_str().unwrap().to_string(), e["ts"].as_f64().unwrap())
+        })
         .collect();
     assert_eq!(device.len(), e.device.len(), "{device:?}");
     for ((tid, name, ts), (want_tid, want_name, want_ns)) in device.iter().zip(&e.device) {
@@ -236,7 +258,11 @@ fn timeline_has_a_track_per_vcpu_and_per_device_thread() {
         assert!((ts - *want_ns as f64 / 1000.0).abs() < 1e-6, "{name}: {ts} us, want {want_ns} ns");
     }
     let write = events.iter().find(|e| e["name"] == "guest write").unwrap();
-    assert_eq!((write["args"]["gpa"].as_u64(), write["args"]["len"].as_u64()), (Some(0x8004), Some(5)), "{write}");
+    assert_eq!(
+        (write["args"]["gpa"].as_u64(), write["args"]["len"].as_u64()),
+        (Some(0x8004), Some(5)),
+        "{write}"
+    );
     // A rate counter per vCPU, none for the device threads.
     let counters: std::collections::BTreeSet<&str> =
         events.iter().filter(|e| e["ph"] == "C").map(|e| e["name"].as_str().unwrap()).collect();
@@ -253,14 +279,15 @@ fn aggregated_timeline_keeps_the_tracks_and_counts_every_exit() {
     let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let events = v["traceEvents"].as_array().unwrap();
     assert!(v["otherData"]["mode"].as_str().unwrap().starts_with("aggregated"));
-    for cpu in 0..3u64 {
+    for cpu in 0..3usize {
         let exits: u64 = events
             .iter()
-            .filter(|e| e["ph"] == "X" && e["tid"] == cpu + 1)
+            .filter(|e| e["ph"] == "X" && e["tid"] == cpu as u64 + 1)
             .map(|e| e["args"]["exits"].as_u64().unwrap())
             .sum();
-        assert_eq!(exits, e.exits[cpu as usize], "vCPU {cpu}");
+        assert_eq!(exits, e.exits[cpu], "vCPU {cpu}");
     }
-    let device = events.iter().filter(|e| e["ph"] == "i" && e["tid"].as_u64().unwrap() > u64::from(DEVICE)).count();
+    let device =
+        events.iter().filter(|e| e["ph"] == "i" && e["tid"].as_u64().unwrap() > u64::from(DEVICE)).count();
     assert_eq!(device, e.device.len());
 }

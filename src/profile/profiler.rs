@@ -385,10 +385,10 @@ mod tests {
         assert_eq!((lo.handler.count(), lo.handler.max_ns()), (9, Some(20)));
         let vcpus = prof.table(By::Vcpu).unwrap();
         let rows = vcpus.rows();
-        assert_eq!(rows.iter().map(|r| (r.key, r.count)).collect::<Vec<_>>(), [
-            (Key::Vcpu(0), 10),
-            (Key::Vcpu(1), 10)
-        ]);
+        assert_eq!(
+            rows.iter().map(|r| (r.key, r.count)).collect::<Vec<_>>(),
+            [(Key::Vcpu(0), 10), (Key::Vcpu(1), 10)]
+        );
         assert_eq!(rows[0].handler.total_ns(), 9 * 500);
         assert_eq!((prof.summary.vcpus, prof.summary.exits, prof.summary.records), (2, 20, 21));
         // Each vCPU's axis: 10 guest times and 9 handlers; the span is the longer one.

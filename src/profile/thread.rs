@@ -22,7 +22,11 @@ impl Thread {
     /// The thread of a record's raw `vcpu` field.
     #[inline]
     pub const fn of(vcpu: u32) -> Thread {
-        if vcpu >= DEVICE_THREAD_BASE { Thread::Device(vcpu - DEVICE_THREAD_BASE) } else { Thread::Vcpu(vcpu) }
+        if vcpu >= DEVICE_THREAD_BASE {
+            Thread::Device(vcpu - DEVICE_THREAD_BASE)
+        } else {
+            Thread::Vcpu(vcpu)
+        }
     }
 
     /// True for a device thread.

@@ -351,7 +351,8 @@ struct State<'m> {
 
 fn exit_name(body: &Body<'_>) -> String {
     let k = kind::name(body.kind());
-    let detail = [super::By::Port, super::By::Mmio, super::By::Msr].into_iter().find_map(|b| b.body_key(body));
+    let detail =
+        [super::By::Port, super::By::Mmio, super::By::Msr].into_iter().find_map(|b| b.body_key(body));
     match detail {
         Some(key) => format!("{k} {key}"),
         None => k.to_string(),
@@ -468,7 +469,9 @@ impl State<'_> {
                 format!("interrupt {:#x}", i.vector),
                 json!({"seq": rec.seq, "vector": i.vector, "nmi": i.source == vmrr_format::INTERRUPT_NMI}),
             ),
-            Body::Unknown { .. } => (format!("{} {k:#06x}", kind::name(k)), json!({"seq": rec.seq, "kind": k})),
+            Body::Unknown { .. } => {
+                (format!("{} {k:#06x}", kind::name(k)), json!({"seq": rec.seq, "kind": k}))
+            }
             _ => (kind::name(k).to_string(), json!({"seq": rec.seq})),
         };
         let at = self.now(rec);
@@ -691,12 +694,10 @@ fn flush_window(
     let mut at = start as f64;
     for (k, n, handler) in &win.kinds {
         let dur = *handler as f64 * scale;
-        w.event(
-            &json!({"name": kind::name(*k), "cat": "exits", "ph": "X", "pid": 1, "tid": tid(vcpu),
+        w.event(&json!({"name": kind::name(*k), "cat": "exits", "ph": "X", "pid": 1, "tid": tid(vcpu),
                         "ts": at / 1000.0, "dur": dur / 1000.0,
                         "args": {"exits": n, "handler_ns_total": handler, "window_us": window_ns / 1000,
-                                 "interrupts": win.interrupts, "aggregated": true}}),
-        )?;
+                                 "interrupts": win.interrupts, "aggregated": true}}))?;
         at += dur;
     }
     Ok(())
