@@ -152,11 +152,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Where exit-handling time goes: per exit kind, port, MMIO address or MSR (count,
+    /// Where exit-handling time goes: per exit kind, port, MMIO address, MSR or vCPU (count,
     /// share, handler time percentiles, guest time), two runs compared (`--vs`), pictures.
     #[command(display_order = 11)]
     Profile(Box<cmd::profile::ProfileArgs>),
-    /// Write a trace as Chrome trace-event JSON for Perfetto or chrome://tracing.
+    /// Write a trace as Chrome trace-event JSON for Perfetto or chrome://tracing: a track
+    /// per vCPU and per device thread.
     #[command(display_order = 12)]
     Timeline(Box<cmd::timeline::TimelineArgs>),
     /// Merge shard reports of a corpus (or segment reports of a trace) into one verdict,

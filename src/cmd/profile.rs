@@ -1,5 +1,5 @@
 //! `vmrr profile`: where exit-handling time goes (the CLI face of
-//! `crate::profile`): a table per exit kind, port, MMIO address or MSR, a comparison
+//! `crate::profile`): a table per exit kind, port, MMIO address, MSR or vCPU, a comparison
 //! of two runs (`--vs`), and SVG pictures (`--svg`).
 
 use std::path::{Path, PathBuf};
@@ -20,11 +20,12 @@ pub struct ProfileArgs {
     pub trace: PathBuf,
     /// Print JSON on stdout instead of text.
     ///
-    /// One object with every grouping: `by_kind`, `by_port`, `by_mmio`, `by_msr`.
+    /// One object with every grouping: `by_kind`, `by_port`, `by_mmio`, `by_msr`, `by_vcpu`.
     #[arg(long)]
     pub json: bool,
-    /// The grouping the table shows.
-    #[arg(long, default_value = "kind", value_parser = ["kind", "port", "mmio", "msr"])]
+    /// The grouping the table shows: exit kind, port, MMIO address, MSR, or the vCPU that
+    /// exited (one row per vCPU: `vcpu0`, `vcpu1`, ...).
+    #[arg(long, default_value = "kind", value_parser = ["kind", "port", "mmio", "msr", "vcpu"])]
     pub by: String,
     /// Rows per table (0: all).
     #[arg(long, default_value_t = 20)]

@@ -21,7 +21,8 @@ pub struct TimelineArgs {
     /// failure) become instant events at the records they name.
     #[arg(long, value_name = "REPORT")]
     pub replay_report: Option<PathBuf>,
-    /// Aggregate per time window above this many exits.
+    /// Aggregate per time window above this many exits, interrupts and device-thread
+    /// events together.
     #[arg(long, default_value_t = 200_000)]
     pub aggregate_above: u64,
     /// Replace an existing --out file (never an input, a directory or a special file).

@@ -2,15 +2,16 @@
 //! from a trace that can be kept, compared and shipped. No KVM needed: a VMM's own tools
 //! can use it on traces its embedded recorder wrote.
 //!
-//! - [`Profiler`]: one pass over the records, into [`Table`]s by kind, port, MMIO address
-//!   and MSR: count, share, handler time (exit to the next `KVM_RUN`) and guest time
+//! - [`Profiler`]: one pass over the records, into [`Table`]s by kind, port, MMIO address,
+//!   MSR and vCPU: count, share, handler time (exit to the next `KVM_RUN`) and guest time
 //!   (time in `KVM_RUN` before the exit) as [`histogram::Histogram`]s with exact percentiles of the
 //!   stored durations; [`profile_json`] is `vmrr profile --json`.
 //! - [`compare_tables`]: two runs side by side with a block-bootstrap noise test.
 //! - [`rate_svg`], [`latency_svg`]: pictures; [`write_timeline`]: Chrome trace-event JSON
 //!   for Perfetto.
 //!
-//! The exits' instants come from [`vmrr_format::axis`], the format's time-axis rule.
+//! The exits' instants come from [`vmrr_format::axis`], the format's time-axis rule, one
+//! axis per vCPU; [`thread`] tells vCPUs from device threads (format 1.2).
 //! This room is the CLI's own (`vmrr profile`, `vmrr timeline`, the bench's pictures):
 //! the format crate keeps only the format.
 
@@ -22,6 +23,7 @@ mod profiler;
 mod rate;
 mod report;
 pub mod svg;
+pub mod thread;
 mod timeline;
 
 pub use compare::{CompareRow, Verdict, compare_tables};

@@ -1,5 +1,11 @@
 //! The aggregation: one pass over a trace's records, into tables of exits per kind, port,
-//! MMIO address and MSR with their handler and guest times.
+//! MMIO address, MSR and vCPU with their handler and guest times.
+//!
+//! Each vCPU is followed on its own: its exits on its own time axis
+//! ([`vmrr_format::axis`]), and an exit's handler time (which travels in the vCPU's next
+//! exit record) goes to that vCPU's previous exit, whatever other vCPUs exited in
+//! between. Records of device threads ([`super::thread`]) are events: they count as
+//! records and nothing else.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -125,11 +131,14 @@ impl Table {
     }
 }
 
+/// An exit's row in each table (at most one table per grouping).
+type Rows = [Option<usize>; By::ALL.len()];
+
 /// The previous exit of a vCPU, waiting for its handler time (in the next exit's record).
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     /// Its row in each table (`None` where the table does not group it).
-    rows: [Option<usize>; 4],
+    rows: Rows,
     /// A checkpoint was taken before the vCPU re-entered.
     checkpointed: bool,
 }
@@ -247,9 +256,9 @@ impl Profiler {
     #[inline]
     fn exit(&mut self, rec: &Record<'_>) {
         self.summary.exits += 1;
-        let mut rows = [None; 4];
+        let mut rows: Rows = [None; By::ALL.len()];
         for (t, slot) in self.tables.iter_mut().zip(rows.iter_mut()) {
-            if let Some(key) = t.by.key(&rec.body) {
+            if let Some(key) = t.by.key(rec) {
                 let i = t.row_of(key);
                 t.rows[i].count += 1;
                 *slot = Some(i);
@@ -274,7 +283,7 @@ impl Profiler {
         }
     }
 
-    fn guest(&mut self, rows: &[Option<usize>; 4], code: u16, p: Placed) {
+    fn guest(&mut self, rows: &Rows, code: u16, p: Placed) {
         self.summary.guest_ns = self.summary.guest_ns.saturating_add(p.guest_ns);
         for (t, r) in self.tables.iter_mut().zip(rows) {
             if let Some(i) = r {
@@ -350,6 +359,40 @@ mod tests {
         let stored = vmrr_format::timing::time_from_code(vmrr_format::timing::time_code(90_000)).unwrap();
         assert_eq!(prof.summary.span_ns, 22 * 1000 + 10 * 520 + stored);
         assert_eq!(prof.table(By::Kind).unwrap().rows()[0].guest.count(), 22);
+    }
+
+    #[test]
+    fn each_vcpu_keeps_its_own_handler_times_and_axis() {
+        let mut p = Profiler::new(&ProfileOptions { by: vec![By::Port, By::Vcpu], ..Default::default() });
+        // vCPU 0 exits at port 0x10 (handlers of 500 ns), vCPU 1 at 0x20 (20 ns),
+        // interleaved: each handler time belongs to its own vCPU's previous exit.
+        let mut seq = 0;
+        for i in 0..10u64 {
+            for (vcpu, port, h) in [(0, 0x10, 500), (1, 0x20, 20)] {
+                let t = Timing::from_ns((i > 0).then_some(h), 1000);
+                p.observe(&Record::new(seq, vcpu, io(port)).with_timing(t));
+                seq += 1;
+            }
+        }
+        // A device thread's event is no exit and no vCPU.
+        let dev = super::super::thread::DEVICE_THREAD_BASE;
+        p.observe(&Record::new(seq, dev, Body::Interrupt(vmrr_format::Interrupt { vector: 1, source: 0 })));
+        let prof = p.finish();
+        let ports = prof.table(By::Port).unwrap();
+        let hi = ports.get(&Key::Port { port: 0x10, out: true }).unwrap();
+        assert_eq!((hi.handler.count(), hi.handler.quantile_ns(0.0)), (9, Some(500)));
+        let lo = ports.get(&Key::Port { port: 0x20, out: true }).unwrap();
+        assert_eq!((lo.handler.count(), lo.handler.max_ns()), (9, Some(20)));
+        let vcpus = prof.table(By::Vcpu).unwrap();
+        let rows = vcpus.rows();
+        assert_eq!(
+            rows.iter().map(|r| (r.key, r.count)).collect::<Vec<_>>(),
+            [(Key::Vcpu(0), 10), (Key::Vcpu(1), 10)]
+        );
+        assert_eq!(rows[0].handler.total_ns(), 9 * 500);
+        assert_eq!((prof.summary.vcpus, prof.summary.exits, prof.summary.records), (2, 20, 21));
+        // Each vCPU's axis: 10 guest times and 9 handlers; the span is the longer one.
+        assert_eq!(prof.summary.span_ns, 10 * 1000 + 9 * 500);
     }
 
     #[test]

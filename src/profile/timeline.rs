@@ -1,7 +1,10 @@
 //! A trace as a timeline: Chrome trace-event JSON, which Perfetto (ui.perfetto.dev, its
 //! trace processor) and `chrome://tracing` open.
 //!
-//! - One process (`pid` 1) for the trace, one thread track per vCPU (`tid` = vCPU + 1).
+//! - One process (`pid` 1) for the trace, one thread track per vCPU (`tid` = vCPU + 1,
+//!   named `vCPU 0`, `vCPU 1`, ...) and one per device thread of the VMM (a record's `vcpu`
+//!   field from [`super::thread::DEVICE_THREAD_BASE`] on, format 1.2: `tid` = that field + 1, named
+//!   `device 0`, `device 1`, ...), each named by a `thread_name` metadata event.
 //! - Every exit is a complete slice (`ph: "X"`) starting when `KVM_RUN` returned with it,
 //!   lasting its handler time (exit to the next `KVM_RUN`); the gaps between slices are
 //!   guest time. Named by kind, with the port, MMIO address or MSR (`io 0x3f8:out`).
@@ -10,6 +13,9 @@
 //!   trace's `end_of_run` when it is a failure), and any [`Marker`] the caller adds (a
 //!   replay's divergence).
 //! - A counter (`ph: "C"`) per vCPU: exits per second per kind.
+//! - Device threads have events only, no exits and no time axis of their own: each event
+//!   (a guest write, an IRQ line change, ...) is an instant on its thread's track, at the
+//!   latest exit instant of any vCPU so far (at its record on the sequence axis).
 //!
 //! **Bounded output.** Up to [`TimelineOptions::aggregate_above`] exits and interrupts
 //! together (200,000) every exit is a slice and every interrupt an instant. Above it, exits
@@ -18,8 +24,8 @@
 //! one slice per kind, laid back to back from the window's start, each as long as that
 //! kind's summed handler time in the window (scaled down to fit when the sum exceeds the
 //! window), with the exit count, true handler total and interrupts in `args`; interrupts
-//! become counts instead of instants. Checkpoint and gap instants stop at 10,000 each (a
-//! last instant gives the count). The file says so in `otherData`. The writer streams:
+//! become counts instead of instants. Checkpoint and gap instants stop at 10,000 each, and
+//! so do device-thread instants when aggregating (a last instant gives the count). The file says so in `otherData`. The writer streams:
 //! memory is a few records per vCPU, whatever the trace's length.
 //!
 //! A trace without timing gets a sequence axis (1 us per record) and zero-length slices,
@@ -28,7 +34,7 @@
 //! Two passes over the trace: the first finds its length (to choose the mode and window),
 //! the second writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
 use serde_json::{Value, json};
@@ -38,6 +44,8 @@ use vmrr_format::TraceReader;
 use vmrr_format::axis::{Axes, MAX_AXES};
 use vmrr_format::kind;
 use vmrr_format::{Body, Record, end_reason};
+
+use super::thread::Thread;
 
 /// Timeline settings.
 #[derive(Debug, Clone)]
@@ -107,13 +115,14 @@ pub enum TimelineError {
 struct Scan {
     exits: u64,
     interrupts: u64,
+    device_events: u64,
     vcpus: u64,
     timed: bool,
     span_ns: u64,
 }
 
 fn scan(reader: &mut TraceReader) -> Result<Scan, ReadError> {
-    let mut s = Scan { exits: 0, interrupts: 0, vcpus: 0, timed: false, span_ns: 0 };
+    let mut s = Scan { exits: 0, interrupts: 0, device_events: 0, vcpus: 0, timed: false, span_ns: 0 };
     let mut axes = Axes::default();
     let mut vcpus = std::collections::BTreeSet::new();
     let mut last_seq = 0;
@@ -124,6 +133,10 @@ fn scan(reader: &mut TraceReader) -> Result<Scan, ReadError> {
             Err(e) => return Err(e),
         };
         last_seq = rec.seq;
+        if Thread::of(rec.vcpu).is_device() {
+            s.device_events += 1;
+            continue;
+        }
         if vcpus.len() < MAX_AXES {
             vcpus.insert(rec.vcpu);
         }
@@ -177,9 +190,10 @@ pub fn write_timeline(
     reader.rewind();
     let sc = scan(reader)?;
     reader.rewind();
-    // Interrupts become instants one by one unless aggregated: they count towards the
-    // limit too. Windows are sized over every vCPU's axis together.
-    let aggregated = sc.exits.saturating_add(sc.interrupts) > opts.aggregate_above;
+    // Interrupts and device-thread events become instants one by one unless aggregated:
+    // they count towards the limit too. Windows are sized over every vCPU's axis together.
+    let aggregated =
+        sc.exits.saturating_add(sc.interrupts).saturating_add(sc.device_events) > opts.aggregate_above;
     let span_all = sc.span_ns.saturating_mul(sc.vcpus.max(1));
     let window_ns = window_for(span_all, if aggregated { opts.max_windows } else { opts.counter_points });
     let time_axis = if sc.timed { "monotonic" } else { "sequence" };
@@ -214,6 +228,7 @@ pub fn write_timeline(
         window_ns,
         axes: Axes::default(),
         vcpus: BTreeMap::new(),
+        named: BTreeSet::new(),
         last_seq: None,
         markers: {
             let mut m: Vec<&Marker> = markers.iter().collect();
@@ -225,6 +240,7 @@ pub fn write_timeline(
         exits: 0,
         gaps: 0,
         checkpoints: 0,
+        device_events: 0,
     };
     while let Some(item) = reader.next_record() {
         match item {
@@ -274,6 +290,8 @@ const MAX_INSTANTS_PER_EXIT: usize = 64;
 const MAX_GAP_EVENTS: u64 = 10_000;
 /// Checkpoint instants written; more are counted in the last one.
 const MAX_CHECKPOINT_EVENTS: u64 = 10_000;
+/// Device-thread instants written when aggregating; more are counted in the last one.
+const MAX_DEVICE_EVENTS: u64 = 10_000;
 
 /// An exit whose handler time is not known yet.
 struct Pending {
@@ -311,7 +329,6 @@ impl Window {
 struct Vcpu {
     pending: Option<Pending>,
     window: Window,
-    named: bool,
 }
 
 struct State<'m> {
@@ -320,6 +337,8 @@ struct State<'m> {
     window_ns: u64,
     axes: Axes,
     vcpus: BTreeMap<u32, Vcpu>,
+    /// Tracks whose `thread_name` was written (by raw `vcpu` field).
+    named: BTreeSet<u32>,
     last_seq: Option<u64>,
     markers: Vec<&'m Marker>,
     next_marker: usize,
@@ -327,38 +346,53 @@ struct State<'m> {
     exits: u64,
     gaps: u64,
     checkpoints: u64,
+    device_events: u64,
 }
 
 fn exit_name(body: &Body<'_>) -> String {
     let k = kind::name(body.kind());
-    let detail = [super::By::Port, super::By::Mmio, super::By::Msr].into_iter().find_map(|b| b.key(body));
+    let detail =
+        [super::By::Port, super::By::Mmio, super::By::Msr].into_iter().find_map(|b| b.body_key(body));
     match detail {
         Some(key) => format!("{k} {key}"),
         None => k.to_string(),
     }
 }
 
+/// The track of a record's thread: its raw `vcpu` field + 1 (vCPU `n` is `n + 1`, device
+/// thread `n` is `0x8000_0001 + n`, after every vCPU).
+fn tid(vcpu: u32) -> u64 {
+    u64::from(vcpu) + 1
+}
+
 impl State<'_> {
-    fn tid(vcpu: u32) -> u64 {
-        u64::from(vcpu) + 1
+    /// Names the track of `id` (once; at most [`MAX_AXES`] vCPU and [`MAX_AXES`]
+    /// device tracks are named, later ones stay unnamed).
+    fn track(&mut self, id: u32, w: &mut Writer<'_>) -> Result<(), TimelineError> {
+        if self.named.contains(&id) || self.named.len() >= 2 * MAX_AXES {
+            return Ok(());
+        }
+        self.named.insert(id);
+        w.event(&json!({"name": "thread_name", "ph": "M", "pid": 1, "tid": tid(id),
+                        "args": {"name": Thread::of(id).track_name()}}))
     }
 
     fn vcpu<'s>(&'s mut self, id: u32, w: &mut Writer<'_>) -> Result<Option<&'s mut Vcpu>, TimelineError> {
         if !self.vcpus.contains_key(&id) && self.vcpus.len() >= MAX_AXES {
             return Ok(None);
         }
-        let v = self.vcpus.entry(id).or_default();
-        if !v.named {
-            v.named = true;
-            w.event(&json!({"name": "thread_name", "ph": "M", "pid": 1, "tid": Self::tid(id),
-                            "args": {"name": format!("vCPU {id}")}}))?;
-        }
-        Ok(Some(v))
+        self.track(id, w)?;
+        Ok(Some(self.vcpus.entry(id).or_default()))
     }
 
-    /// The time of the latest exit of `vcpu` (where events after it are placed).
+    /// Where an event after the latest exit of its vCPU is placed: at that exit. A device
+    /// thread has no axis: its events go at the latest exit of any vCPU.
     fn now(&self, rec: &Record<'_>) -> u64 {
-        if self.timed { self.axes.last(rec.vcpu).unwrap_or(0) } else { rec.seq.saturating_mul(1000) }
+        match (self.timed, Thread::of(rec.vcpu)) {
+            (false, _) => rec.seq.saturating_mul(1000),
+            (true, Thread::Device(_)) => self.axes.end(),
+            (true, Thread::Vcpu(_)) => self.axes.last(rec.vcpu).unwrap_or(0),
+        }
     }
 
     fn record(&mut self, rec: &Record<'_>, w: &mut Writer<'_>) -> Result<(), TimelineError> {
@@ -369,6 +403,11 @@ impl State<'_> {
         }
         self.last_seq = Some(rec.seq);
         let id = rec.vcpu;
+        match &rec.body {
+            Body::EndOfRun(_) => {}
+            _ if Thread::of(id).is_device() => return self.device_event(rec, w),
+            _ => {}
+        }
         match &rec.body {
             b if kind::is_exit(b.kind()) => self.exit(rec, w)?,
             Body::Interrupt(i) => {
@@ -400,6 +439,7 @@ impl State<'_> {
             Body::EndOfRun(e) if end_reason::is_failure(e.reason) => {
                 let at = self.now(rec);
                 self.flush_vcpu(id, w)?;
+                self.track(id, w)?;
                 let name = format!("failure: {}", end_reason::name(e.reason));
                 instant(
                     w,
@@ -414,12 +454,39 @@ impl State<'_> {
         self.markers_up_to(rec, w)
     }
 
+    /// An event of a device thread: an instant on its track.
+    fn device_event(&mut self, rec: &Record<'_>, w: &mut Writer<'_>) -> Result<(), TimelineError> {
+        self.device_events += 1;
+        if self.aggregated && self.device_events > MAX_DEVICE_EVENTS {
+            return self.markers_up_to(rec, w);
+        }
+        let k = rec.body.kind();
+        let (name, args) = match &rec.body {
+            Body::GuestWrite(g) => {
+                ("guest write".to_string(), json!({"seq": rec.seq, "gpa": g.gpa, "len": g.data.len()}))
+            }
+            Body::Interrupt(i) => (
+                format!("interrupt {:#x}", i.vector),
+                json!({"seq": rec.seq, "vector": i.vector, "nmi": i.source == vmrr_format::INTERRUPT_NMI}),
+            ),
+            Body::Unknown { .. } => {
+                (format!("{} {k:#06x}", kind::name(k)), json!({"seq": rec.seq, "kind": k}))
+            }
+            _ => (kind::name(k).to_string(), json!({"seq": rec.seq})),
+        };
+        let at = self.now(rec);
+        self.track(rec.vcpu, w)?;
+        instant(w, rec.vcpu, at, &name, args)?;
+        self.markers_up_to(rec, w)
+    }
+
     fn markers_up_to(&mut self, rec: &Record<'_>, w: &mut Writer<'_>) -> Result<(), TimelineError> {
-        while let Some(m) = self.markers.get(self.next_marker) {
+        while let Some(m) = self.markers.get(self.next_marker).copied() {
             if m.seq.is_none_or(|s| s > rec.seq) {
                 break;
             }
             let at = self.now(rec);
+            self.track(rec.vcpu, w)?;
             instant(w, rec.vcpu, at, &m.name, m.args.clone())?;
             self.next_marker += 1;
         }
@@ -440,6 +507,7 @@ impl State<'_> {
         self.gaps += 1;
         if self.gaps <= MAX_GAP_EVENTS {
             let at = self.now(rec);
+            self.track(rec.vcpu, w)?;
             instant(
                 w,
                 rec.vcpu,
@@ -500,7 +568,7 @@ impl State<'_> {
                 Some(h) => args["handler_ns"] = json!(h),
                 None => args["handler_ns"] = Value::Null,
             }
-            w.event(&json!({"name": p.name, "cat": "exit", "ph": "X", "pid": 1, "tid": Self::tid(id),
+            w.event(&json!({"name": p.name, "cat": "exit", "ph": "X", "pid": 1, "tid": tid(id),
                             "ts": us(p.at_ns), "dur": us(handler.unwrap_or(0)), "args": args}))?;
             for (name, args) in p.instants {
                 instant(w, id, entry, &name, args)?;
@@ -545,6 +613,13 @@ impl State<'_> {
             }
         }
         let end = if self.timed { self.axes.end() } else { self.last_seq.unwrap_or(0).saturating_mul(1000) };
+        if self.next_marker < self.markers.len()
+            || self.checkpoints > MAX_CHECKPOINT_EVENTS
+            || self.gaps > MAX_GAP_EVENTS
+            || (self.aggregated && self.device_events > MAX_DEVICE_EVENTS)
+        {
+            self.track(0, w)?;
+        }
         for m in self.markers.iter().skip(self.next_marker) {
             let mut args = m.args.clone();
             if let Some(seq) = m.seq {
@@ -564,12 +639,21 @@ impl State<'_> {
         if self.gaps > MAX_GAP_EVENTS {
             instant(w, 0, end, "more records missing", json!({"gaps": self.gaps, "drawn": MAX_GAP_EVENTS}))?;
         }
+        if self.aggregated && self.device_events > MAX_DEVICE_EVENTS {
+            instant(
+                w,
+                0,
+                end,
+                "more device events",
+                json!({"events": self.device_events, "drawn": MAX_DEVICE_EVENTS}),
+            )?;
+        }
         Ok(())
     }
 }
 
 fn instant(w: &mut Writer<'_>, vcpu: u32, at_ns: u64, name: &str, args: Value) -> Result<(), TimelineError> {
-    w.event(&json!({"name": name, "cat": "event", "ph": "i", "s": "t", "pid": 1, "tid": u64::from(vcpu) + 1,
+    w.event(&json!({"name": name, "cat": "event", "ph": "i", "s": "t", "pid": 1, "tid": tid(vcpu),
                     "ts": us(at_ns), "args": args}))
 }
 
@@ -589,7 +673,7 @@ fn counter(
         args.insert("exits".into(), json!(0));
     }
     w.event(
-        &json!({"name": format!("exits/s vCPU {vcpu}"), "ph": "C", "pid": 1, "ts": us(at_ns), "args": args}),
+        &json!({"name": format!("exits/s {}", Thread::of(vcpu).track_name()), "ph": "C", "pid": 1, "ts": us(at_ns), "args": args}),
     )
 }
 
@@ -610,12 +694,10 @@ fn flush_window(
     let mut at = start as f64;
     for (k, n, handler) in &win.kinds {
         let dur = *handler as f64 * scale;
-        w.event(
-            &json!({"name": kind::name(*k), "cat": "exits", "ph": "X", "pid": 1, "tid": u64::from(vcpu) + 1,
+        w.event(&json!({"name": kind::name(*k), "cat": "exits", "ph": "X", "pid": 1, "tid": tid(vcpu),
                         "ts": at / 1000.0, "dur": dur / 1000.0,
                         "args": {"exits": n, "handler_ns_total": handler, "window_us": window_ns / 1000,
-                                 "interrupts": win.interrupts, "aggregated": true}}),
-        )?;
+                                 "interrupts": win.interrupts, "aggregated": true}}))?;
         at += dur;
     }
     Ok(())
