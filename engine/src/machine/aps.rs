@@ -53,6 +53,17 @@ pub(crate) struct ApCpu {
     pub(crate) fd: Arc<Mutex<VcpuFd>>,
     /// Its `kvm_run` page, the exit it stands at, its recorder.
     pub(crate) cpu: Arc<Mutex<Vcpu>>,
+    /// Its exit and interrupt counts as of its last exit, readable while it runs.
+    pub(crate) counts: Arc<Counts>,
+}
+
+/// An AP's counters, mirrored after each of its exits.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    /// Exits handled.
+    pub(crate) exits: AtomicU64,
+    /// Lines pulsed.
+    pub(crate) interrupts: AtomicU64,
 }
 
 /// Why an AP ended the run.
@@ -316,6 +327,8 @@ impl Worker {
             irqchip::pulse(&self.vm, u32::from(line))?;
             cpu.count_interrupt();
         }
+        self.ap.counts.exits.store(cpu.exits(), Ordering::Relaxed);
+        self.ap.counts.interrupts.store(cpu.interrupts(), Ordering::Relaxed);
         Ok(match (ending, stop) {
             (Some(ending), _) => Some(ApEnd::Exit { vcpu: self.ap.index, ending }),
             (None, Some(s)) => Some(ApEnd::Stop(s)),

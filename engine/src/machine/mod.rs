@@ -127,7 +127,12 @@ impl Machine {
             let page = RunPage::map(&aps::lock(fd), vm.caps().vcpu_mmap_size, true)
                 .map_err(BootMachineError::Map)?;
             let cpu = vcpu::Vcpu::new(page, rip, vm.caps().system_event_data);
-            ap_cpus.push(aps::ApCpu { index, fd: Arc::clone(fd), cpu: Arc::new(Mutex::new(cpu)) });
+            ap_cpus.push(aps::ApCpu {
+                index,
+                fd: Arc::clone(fd),
+                cpu: Arc::new(Mutex::new(cpu)),
+                counts: Arc::default(),
+            });
         }
         Ok(Machine {
             aps: ap_cpus,
@@ -241,12 +246,14 @@ impl Machine {
 
     /// Exits handled so far, by every vCPU.
     pub fn exits(&self) -> u64 {
-        self.cpu.exits() + self.aps.iter().map(|a| aps::lock(&a.cpu).exits()).sum::<u64>()
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.cpu.exits() + self.aps.iter().map(|a| a.counts.exits.load(relaxed)).sum::<u64>()
     }
 
     /// Interrupts injected (or lines pulsed) so far, by every vCPU.
     pub fn interrupts(&self) -> u64 {
-        self.cpu.interrupts() + self.aps.iter().map(|a| aps::lock(&a.cpu).interrupts()).sum::<u64>()
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.cpu.interrupts() + self.aps.iter().map(|a| a.counts.interrupts.load(relaxed)).sum::<u64>()
     }
 
     /// Sets the exit and interrupt counters (restore): the totals go to the bootstrap
@@ -255,6 +262,8 @@ impl Machine {
         self.cpu.set_counters(exits, interrupts);
         for a in &self.aps {
             aps::lock(&a.cpu).set_counters(0, 0);
+            a.counts.exits.store(0, std::sync::atomic::Ordering::Relaxed);
+            a.counts.interrupts.store(0, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -285,6 +294,11 @@ impl Machine {
         }
         if let Some(ap) = slot(index) {
             std::mem::swap(&mut self.cpu, &mut aps::lock(&ap.cpu));
+        }
+        for ap in &self.aps {
+            let cpu = aps::lock(&ap.cpu);
+            ap.counts.exits.store(cpu.exits(), std::sync::atomic::Ordering::Relaxed);
+            ap.counts.interrupts.store(cpu.interrupts(), std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }
