@@ -149,6 +149,78 @@ fn debian_kernel_boot_is_recorded_and_its_end_reproduced_elsewhere() {
     profile_names_what_the_kernel_used(&d, &trace);
 }
 
+/// Records the kernel on `vcpus` vCPUs (128 MiB) into `d/NAME.vmrr`: the summary and the
+/// console.
+fn boot(d: &tempfile::TempDir, kernel: &Path, initrd: &Path, vcpus: &str) -> (std::process::Output, String) {
+    let trace = at(d, &format!("boot{vcpus}.vmrr"));
+    let serial = at(d, &format!("boot{vcpus}.serial"));
+    let o = vmrr(&[
+        "record",
+        "--kernel",
+        s(kernel),
+        "--initrd",
+        s(initrd),
+        "--vcpus",
+        vcpus,
+        "--mem-mib",
+        "128",
+        "--max-seconds",
+        "200",
+        "-o",
+        s(&trace),
+        "--serial",
+        s(&serial),
+        "--json",
+    ]);
+    (o, std::fs::read_to_string(&serial).unwrap_or_default())
+}
+
+/// Linux on two vCPUs (KVM's in-kernel irqchip, an ACPI MADT listing both, the AP started
+/// by the kernel through INIT/SIPI when it gets that far) goes exactly as far as on one:
+/// the same end, at the same instruction; its failure reproduces from the failure point,
+/// whose snapshot holds both vCPUs, on the vCPU that failed.
+#[test]
+fn debian_kernel_on_two_vcpus_goes_as_far_as_on_one() {
+    if !require_kvm() {
+        return;
+    }
+    let Some(kernel) = kernel() else { return };
+    let d = tmp();
+    let Some(initrd) = initramfs(d.path()) else { return };
+    // Both boots at once: the machine has two cores.
+    let (one, two) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| boot(&d, &kernel, &initrd, "1"));
+        let b = sc.spawn(|| boot(&d, &kernel, &initrd, "2"));
+        (a.join().expect("one vCPU"), b.join().expect("two vCPUs"))
+    });
+    let (s1, s2) = (json(&one.0), json(&two.0));
+    assert!(two.1.contains("smpboot: Allowing 2 CPUs"), "the kernel sees both CPUs in the MADT: {}", two.1);
+    assert_eq!(one.0.status.code(), two.0.status.code(), "{s1}\n{s2}");
+    assert_eq!(s1["outcome"], s2["outcome"], "{s1}\n{s2}");
+    match two.0.status.code() {
+        Some(5) => {
+            let rip = |s: &serde_json::Value| s["emulation_failure"]["rip"].as_u64();
+            assert!(rip(&s2).is_some(), "{s2}");
+            assert_eq!(rip(&s1), rip(&s2), "the same failing instruction: {s1}\n{s2}");
+            let trace = at(&d, "boot2.vmrr");
+            let o = vmrr(&["replay", s(&trace), "--kernel", s(&kernel), "--initrd", s(&initrd), "--json"]);
+            let r = json(&o);
+            assert_eq!(r["outcome"], "reproduced", "{r}");
+            assert!(r["path_not_deterministic"][0].is_string(), "said before any work: {r}");
+            let fp = &r["failure_point"];
+            assert_eq!(fp["vcpus"], 2, "{r}");
+            assert_eq!(fp["vcpu"], s2["emulation_failure"]["vcpu"], "{r}");
+            assert_eq!(fp["registers_match"], true, "{r}");
+            assert_eq!(fp["failure"]["rip"].as_u64(), rip(&s2), "{r}");
+        }
+        Some(0) => {
+            assert!(two.1.contains(MARKER), "/init ran on two vCPUs: {}", two.1);
+            assert!(two.1.contains("smp: Brought up 1 node, 2 CPUs"), "the AP came up: {}", two.1);
+        }
+        other => panic!("vmrr record --vcpus 2: exit {other:?}: {}", stderr(&two.0)),
+    }
+}
+
 /// An emulation failure: packed, replayed from the bundle in another directory (with no
 /// kernel file around: the bundle carries it), reproduced and named; gdb stops there.
 fn failure_reproduces_elsewhere(

@@ -497,7 +497,7 @@ fn report(
             "checkpoints": checkpoints,
             "emulation_failure": s.outcome.report().map(|r| serde_json::json!({
                 "rip": r.rip, "insn_bytes": vmrr_format::describe::hex(r.insn()),
-                "disassembly": r.disassembly })),
+                "disassembly": r.disassembly, "vcpu": r.vcpu })),
         });
         let _ = print_json(&v);
     } else {

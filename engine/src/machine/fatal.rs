@@ -52,12 +52,8 @@ impl FatalReport {
 
 impl fmt::Display for FatalReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "exit reason {} ({})",
-            self.exit_reason,
-            vmrr_format::kind::kvm_exit_name(self.exit_reason)
-        )?;
+        let on = if self.vcpu > 0 { format!(" on vCPU {}", self.vcpu) } else { String::new() };
+        writeln!(f, "exit reason {} ({}){on}", self.exit_reason, vmrr_format::kind::kvm_exit_name(self.exit_reason))?;
         if self.exit_reason == kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
             let what = if self.suberror == 1 { "KVM_INTERNAL_ERROR_EMULATION" } else { "" };
             writeln!(f, "suberror {} {what}, flags {:#x}", self.suberror, self.flags)?;
