@@ -420,8 +420,11 @@ fn hostile_snapshots_are_refused_before_kvm() {
     let e = hostile(&base, |s| s.slots[0].size = 1 << 60, |_| {});
     let t = msg(e);
     assert!(t.contains("physical address space") || t.contains("limit"), "{t}");
+    let e = hostile(&base, |s| s.vcpus.extend(std::iter::repeat_n(s.vcpus[0].clone(), 8)), |_| {});
+    assert!(msg(e).contains("vCPU count 9 over the limit of 8"));
     let e = hostile(&base, |s| s.vcpus.push(s.vcpus[0].clone()), |_| {});
-    assert!(msg(e).contains("vCPU count 2 over the limit"));
+    let t = msg(e);
+    assert!(t.contains("2 vCPUs without KVM's in-kernel irqchip (field kernel_irqchip)"), "{t}");
     let e = hostile(&base, |s| s.slots[0].file = "../../etc/passwd".into(), |_| {});
     assert!(msg(e).contains("not a plain file name"));
     let e = hostile(

@@ -180,7 +180,9 @@ impl EmptyVm {
         }
         let host_max = kvm.get_max_vcpus();
         if usize::try_from(vcpus).is_ok_and(|n| n > host_max) {
-            return Err(CreateVmError::Vcpus(format!("{vcpus} vCPUs asked for; this host's KVM allows {host_max}")));
+            return Err(CreateVmError::Vcpus(format!(
+                "{vcpus} vCPUs asked for; this host's KVM allows {host_max}"
+            )));
         }
         let mut vcpu = fd.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         vcpu.set_sync_valid_reg(SyncReg::Register);

@@ -53,7 +53,12 @@ impl FatalReport {
 impl fmt::Display for FatalReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let on = if self.vcpu > 0 { format!(" on vCPU {}", self.vcpu) } else { String::new() };
-        writeln!(f, "exit reason {} ({}){on}", self.exit_reason, vmrr_format::kind::kvm_exit_name(self.exit_reason))?;
+        writeln!(
+            f,
+            "exit reason {} ({}){on}",
+            self.exit_reason,
+            vmrr_format::kind::kvm_exit_name(self.exit_reason)
+        )?;
         if self.exit_reason == kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
             let what = if self.suberror == 1 { "KVM_INTERNAL_ERROR_EMULATION" } else { "" };
             writeln!(f, "suberror {} {what}, flags {:#x}", self.suberror, self.flags)?;
@@ -141,11 +146,7 @@ pub(crate) fn report(
         if rep.insn_bytes.is_empty() {
             // Fetch the bytes at RIP ourselves (triple faults, entry failures).
             let linear = if bits == 16 { sregs.cs.base + (regs.rip & 0xffff) } else { regs.rip };
-            let phys = fd
-                .translate_gva(linear)
-                .ok()
-                .filter(|t| t.valid != 0)
-                .map(|t| t.physical_address);
+            let phys = fd.translate_gva(linear).ok().filter(|t| t.valid != 0).map(|t| t.physical_address);
             let mut buf = [0u8; 15];
             if let Some(p) = phys {
                 if memory.read(GuestAddress(p), &mut buf).is_ok() {

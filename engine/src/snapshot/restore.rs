@@ -31,7 +31,25 @@ pub fn restore(
 ) -> Result<Machine, SnapshotError> {
     let top = chain.last().ok_or(SnapshotError::EmptyChain)?;
     let vcpus = u32::try_from(top.state.vcpus.len()).unwrap_or(u32::MAX);
+    host_allows(top)?;
     restore_into(EmptyVm::create_for(irqchip_of(top), vcpus)?, chain, serial, debugcon, dirty_log)
+}
+
+/// Refuses a snapshot with more vCPUs than this host's KVM creates, naming its state file
+/// and field (a snapshot from a larger host, or a hostile one).
+fn host_allows(top: &StoredSnapshot) -> Result<(), SnapshotError> {
+    let Ok(kvm) = crate::kvm::system::open_kvm() else { return Ok(()) };
+    let (n, max) = (top.state.vcpus.len(), kvm.get_max_vcpus());
+    if n <= max {
+        return Ok(());
+    }
+    Err(SnapshotError::Invalid {
+        path: top.dir.join(vmrr_format::layout::STATE_FILE),
+        error: crate::snapshot::state::InvalidState {
+            offset: top.state.vcpu_offset(0).saturating_sub(8),
+            reason: format!("field vcpus: {n} vCPUs, but this host's KVM creates at most {max}"),
+        },
+    })
 }
 
 /// Where a snapshot's machine has its interrupt controllers.
