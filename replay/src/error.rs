@@ -18,6 +18,25 @@ pub enum ReplayError {
     /// The trace does not say how to rebuild its machine, or asks for something invalid.
     #[error("{0}")]
     Unreplayable(String),
+    /// The trace ran several vCPUs: its path cannot be replayed (REPLAY.md), and either
+    /// the path was asked for (`path_asked`: CLI exit 2) or the trace holds no failure to
+    /// reproduce from its failure point (CLI exit 3: nothing this vmrr can check).
+    #[error(
+        "{trace}: recorded on {vcpus} vCPUs: {}",
+        if *path_asked {
+            "its path cannot be replayed (the vCPUs' interleaving between exits is not recorded); only a failure point reproduces"
+        } else {
+            "its path cannot be replayed (the vCPUs' interleaving between exits is not recorded), and it ended without a failure: no failure point to reproduce"
+        }
+    )]
+    SeveralVcpus {
+        /// The trace.
+        trace: String,
+        /// Its vCPUs.
+        vcpus: u32,
+        /// `--path`, `--rebuild` or `--from-checkpoint` asked for the path.
+        path_asked: bool,
+    },
     /// A directory given as the source holds no trace, or several (a usage error, CLI exit
     /// 2: the message lists them).
     #[error("{0}")]
@@ -156,6 +175,7 @@ impl ReplayError {
             | ReplayError::UnknownReplayFeature { .. }
             | ReplayError::GuestWrite { .. }
             | ReplayError::Cpuid { .. } => true,
+            ReplayError::SeveralVcpus { path_asked, .. } => !path_asked,
             ReplayError::Rebuild { error, .. } => !error.is_usage(),
             ReplayError::Input(e) => !matches!(e, vmrr_format::input::InputError::Io { .. }),
             ReplayError::InBundle { inner, .. } => inner.is_invalid_input(),

@@ -54,6 +54,15 @@ pub fn notes(f: &TraceOverview) -> Vec<String> {
 /// when nothing in the recording rules it out): each reason one sentence.
 pub fn path_limits(f: &TraceOverview) -> Vec<String> {
     let mut why = Vec::new();
+    if let Some(n) = f.annotation("vmrr.vcpus").filter(|n| *n != "1") {
+        let pmu = match f.annotation("host.pmu") {
+            Some(p) => format!("host.pmu: {p}"),
+            None => "the trace does not say whether the host had one".to_string(),
+        };
+        why.push(format!(
+            "the machine ran {n} vCPUs: what they did to shared memory between exits (locks, counters) happened at instants no exit records, and no instruction counter placed them ({pmu})"
+        ));
+    }
     if f.annotation("vmrr.irqchip") == Some("kernel") {
         why.push(
             "the machine ran on KVM's in-kernel irqchip and PIT: they deliver interrupts (timer ticks) inside KVM at instants no exit records, so the guest takes them elsewhere on replay"

@@ -440,7 +440,11 @@ impl Report {
             s.push_str(&format!("path: not deterministic: {why}\n"));
         }
         if self.path == Path::Skipped {
-            s.push_str("path: not replayed (--path replays it anyway, expecting a divergence); the failure point is what reproduces\n");
+            if self.failure_point.as_ref().is_some_and(|p| p.vcpus > 1) {
+                s.push_str("path: not replayed (several vCPUs: it cannot be); the failure point is what reproduces\n");
+            } else {
+                s.push_str("path: not replayed (--path replays it anyway, expecting a divergence); the failure point is what reproduces\n");
+            }
         }
         if let Some(c) = self.divergence.as_ref().and_then(|d| d.cause.as_ref()) {
             s.push_str(&format!("cause: {c}\n"));

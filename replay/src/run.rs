@@ -80,6 +80,14 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
     // --rebuild and --from-checkpoint (and a segment) ask for the path: it is replayed (and
     // diverges).
     let path_asked = opts.force_path || opts.start != crate::options::StartFrom::Auto;
+    let vcpus = f.annotation("vmrr.vcpus").and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
+    if vcpus > 1 && (path_asked || !fp_wanted || f.failure_point().is_none()) {
+        return Err(ReplayError::SeveralVcpus {
+            trace: src.trace.display().to_string(),
+            vcpus,
+            path_asked: path_asked || (!opts.failure_point && f.failure_point().is_some()),
+        });
+    }
     if !path_not_deterministic.is_empty() && !path_asked && fp_wanted {
         if let Some(mark) = f.failure_point() {
             // Straight to the failure point: the path would diverge, and say nothing new.

@@ -80,6 +80,7 @@ pub fn replay_err(e: vmrr_replay::ReplayError) -> CliError {
         | ReplayError::Output(_)
         | ReplayError::Segments(_)
         | ReplayError::PastEnd { .. }
+        | ReplayError::SeveralVcpus { .. }
         | ReplayError::Source(_)) => {
             CliError::Coded { code: crate::exit_code::USAGE, message: crate::exit_code::chain(&e) }
         }
