@@ -232,6 +232,20 @@ impl TraceStream {
         &self.inner.header
     }
 
+    /// The sequence number the trace's next record will take (from any stream).
+    pub fn next_seq(&self) -> u64 {
+        self.inner.next_seq.load(Ordering::SeqCst)
+    }
+
+    /// Collects every stream's records and waits until they are durable (see
+    /// [`SharedTrace::sync`]).
+    ///
+    /// # Errors
+    /// As for [`SharedTrace::sync`].
+    pub fn sync(&mut self) -> Result<(), WriteError> {
+        self.inner.collect(TraceWriter::sync)
+    }
+
     /// Appends a record and returns its sequence number (see [`TraceWriter::append`]).
     ///
     /// # Errors
