@@ -13,7 +13,8 @@ fn run(
 ) -> (vmrr_engine::machine::RunSummary, String) {
     let vm = Vm::new(VmConfig::default()).expect("vm");
     let mut m = Machine::new(vm, Console::capture_only(), Console::capture_only()).expect("machine");
-    let image = guests::builtin(name, &GuestParams { iterations, mem_bytes: 128 << 20 }).expect("image");
+    let image =
+        guests::builtin(name, &GuestParams { iterations, mem_bytes: 128 << 20, vcpus: 1 }).expect("image");
     m.boot(&image).expect("boot");
     // The time limit is a hang guard: every guest here ends on its own or at `max_exits`.
     m.set_limits(Limits { max_duration: Some(std::time::Duration::from_secs(600)), max_exits });
