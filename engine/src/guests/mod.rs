@@ -442,3 +442,64 @@ pub fn load(mem: &GuestMemory, image: &GuestImage) -> Result<(), LoadError> {
     check_placement(image, &ram)?;
     mem.write(GuestAddress(image.load_addr), &image.bytes).map_err(LoadError::GuestMemory)
 }
+
+#[cfg(test)]
+mod tests {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+
+    use super::*;
+
+    fn params(vcpus: u32) -> GuestParams {
+        GuestParams { iterations: None, mem_bytes: 64 << 20, vcpus }
+    }
+
+    #[test]
+    fn smp_guests_assemble_for_1_2_4_8_vcpus_and_fit_below_the_ap_stacks() {
+        for vcpus in [1, 2, 4, 8] {
+            for name in ["smp-counter", "smp-fail"] {
+                if name == "smp-fail" && vcpus == 1 {
+                    continue;
+                }
+                let img = builtin(name, &params(vcpus)).expect(name);
+                assert_eq!(img.load_addr, LONG_LOAD);
+                assert!(LONG_LOAD + img.bytes.len() as u64 <= smp::layout::AP_STACKS, "{name}");
+                check_placement(&img, &[(0, 64 << 20)]).expect("placement");
+            }
+        }
+    }
+
+    #[test]
+    fn one_vcpu_smp_counter_starts_no_ap() {
+        let one = builtin("smp-counter", &params(1)).expect("1");
+        let two = builtin("smp-counter", &params(2)).expect("2");
+        let tramp = smp::trampoline::trampoline().expect("trampoline");
+        let holds = |img: &GuestImage| img.bytes.windows(tramp.len()).any(|w| w == tramp.as_slice());
+        assert!(!holds(&one));
+        assert!(holds(&two));
+    }
+
+    #[test]
+    fn smp_fail_runs_popcnt_on_mmio() {
+        let img = builtin("smp-fail", &params(2)).expect("2");
+        let mut d = Decoder::with_ip(64, &img.bytes, img.load_addr, DecoderOptions::NONE);
+        let popcnt = d.iter().find(|i| i.mnemonic() == Mnemonic::Popcnt).expect("popcnt");
+        assert_eq!(popcnt.to_string(), SMP_FAIL_INSN);
+    }
+
+    #[test]
+    fn vcpu_counts_outside_a_guests_range_are_refused_naming_it() {
+        let e = builtin("smp-fail", &params(1)).expect_err("1 vCPU");
+        assert!(matches!(e, LoadError::Vcpus { name: "smp-fail", vcpus: 1, min: 2, .. }), "{e:?}");
+        assert!(e.to_string().contains("smp-fail"), "{e}");
+        let too_many = smp::layout::MAX_VCPUS + 1;
+        assert!(matches!(builtin("smp-counter", &params(too_many)), Err(LoadError::Vcpus { .. })));
+        assert!(matches!(builtin("hello", &params(0)), Err(LoadError::Vcpus { .. })));
+        builtin("hello", &params(4)).expect("a one-vCPU guest leaves the others waiting");
+    }
+
+    #[test]
+    fn smp_guests_refuse_memory_without_room_for_the_ap_stacks() {
+        let p = GuestParams { iterations: None, mem_bytes: 2 << 20, vcpus: 2 };
+        assert!(matches!(builtin("smp-counter", &p), Err(LoadError::Placement(_))));
+    }
+}

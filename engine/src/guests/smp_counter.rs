@@ -1,6 +1,6 @@
 //! `smp-counter`: every vCPU (the BSP included) adds 1 to a shared counter N times, each
-//! addition under a spinlock, then prints `cpu K: S` (its index and its share, in
-//! decimal) under a print lock; the BSP waits for all, checks the counter equals vCPUs × N
+//! addition under a spinlock, then prints `cpu K: S` (K its APIC ID, which vmrr makes
+//! its vCPU index; S its share; both in decimal) under a print lock; the BSP waits for all, checks the counter equals vCPUs × N
 //! and prints `total: T ok` (exit status 0) or `total: T WRONG` (status 1). The APs end
 //! halted with interrupts off. With one vCPU no AP is started.
 
@@ -66,7 +66,7 @@ pub fn build(base: u64, vcpus: u32, n: u64) -> Result<Vec<u8>, TrampolineError> 
         a.hlt()?;
         a.jmp(park)?;
 
-        // work: EBX = index. R12 counts this vCPU's share, R13 the additions left.
+        // work: EBX = APIC ID. R12 counts this vCPU's share, R13 the additions left.
         a.set_label(&mut work)?;
         a.xor(r12d, r12d)?;
         a.mov(r13, n)?;

@@ -26,7 +26,8 @@ pub const LONG_OFFSET: u64 = 0x80;
 pub const MAILBOX: u64 = TRAMPOLINE + 0xf00;
 /// Mailbox offset of the AP entry address (u64) the trampoline jumps to.
 pub const MAILBOX_ENTRY: u64 = 0;
-/// Mailbox offset of the next AP index (u32, the BSP sets it to 1; `lock xadd` by APs).
+/// Mailbox offset of the next AP stack slot (u32, the BSP sets it to 1; each AP takes one
+/// with `lock xadd`, in the order they arrive).
 pub const MAILBOX_NEXT_INDEX: u64 = 8;
 /// Mailbox offset of the number of APs that checked in (u32, the BSP waits on it).
 pub const MAILBOX_CHECKED_IN: u64 = 12;
@@ -38,13 +39,15 @@ pub const MAX_VCPUS: u32 = 64;
 pub const AP_STACK_SIZE: u64 = 0x2000;
 /// log2 of [`AP_STACK_SIZE`] (the trampoline shifts the index by it).
 pub const AP_STACK_SHIFT: u32 = AP_STACK_SIZE.trailing_zeros();
-/// Base of the AP stacks: AP `i` (1..[`MAX_VCPUS`]) starts with RSP =
+/// Base of the AP stacks: the AP that took slot `i` (1..[`MAX_VCPUS`]) starts with RSP =
 /// `AP_STACKS + i * AP_STACK_SIZE`, so its stack is the `AP_STACK_SIZE` bytes below.
 pub const AP_STACKS: u64 = 0x20_0000;
 /// End of the AP stacks (the top of the last AP's stack).
 pub const AP_STACKS_END: u64 = AP_STACKS + (MAX_VCPUS as u64 - 1) * AP_STACK_SIZE;
 /// The local APIC's MMIO base (xAPIC mode, the reset value of IA32_APIC_BASE).
 pub const LAPIC_BASE: u64 = 0xfee0_0000;
+/// Local APIC register: the APIC ID, in bits 24..32 (vmrr gives vCPU `i` APIC ID `i`).
+pub const LAPIC_ID: u64 = 0x20;
 /// Local APIC register: spurious-interrupt vector (bit 8 enables the APIC in software).
 pub const LAPIC_SVR: u64 = 0xf0;
 /// Local APIC register: interrupt command, low half (writing it sends the IPI).
@@ -68,3 +71,40 @@ pub const SIPI_DELAY_LOOPS: u32 = 1_000;
 pub const MSR_EFER: u32 = 0xc000_0080;
 /// CR3 the APs load: the BSP's identity page tables.
 pub const AP_CR3: u64 = PML4_ADDR;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guests::boot::{GDT_ADDR, GDT_LIMIT, IDT_ADDR, LONG_MODE_FREE, TSS_ADDR};
+    use crate::guests::{LONG_LOAD, LONG_STACK, REAL_LOAD};
+
+    #[test]
+    fn trampoline_page_is_a_sipi_page_clear_of_the_boot_layout() {
+        assert_eq!(TRAMPOLINE % 0x1000, 0);
+        assert!(TRAMPOLINE + TRAMPOLINE_PAGE <= 0x10_0000);
+        assert_eq!(u64::from(SIPI_VECTOR) << 12, TRAMPOLINE);
+        let page = TRAMPOLINE..TRAMPOLINE + TRAMPOLINE_PAGE;
+        // GDT, IDT page, TSS with its 8 KiB I/O bitmap, a boot sector, the page tables.
+        let others = [
+            (GDT_ADDR, GDT_ADDR + u64::from(GDT_LIMIT) + 1),
+            (IDT_ADDR, IDT_ADDR + 0x1000),
+            (TSS_ADDR, TSS_ADDR + 0x68 + 8192 + 1),
+            (REAL_LOAD, REAL_LOAD + 512),
+            (PML4_ADDR, LONG_MODE_FREE),
+        ];
+        for (s, e) in others {
+            assert!(e <= page.start || s >= page.end, "{s:#x}..{e:#x} overlaps the trampoline page");
+        }
+        assert!(page.end <= LONG_STACK - 0x1000, "the BSP stack grows down from {LONG_STACK:#x}");
+        assert!(MAILBOX >= TRAMPOLINE && MAILBOX + MAILBOX_SIZE <= page.end);
+    }
+
+    #[test]
+    fn ap_stacks_lie_above_the_image_and_below_the_mmio_hole() {
+        assert_eq!(1u64 << AP_STACK_SHIFT, AP_STACK_SIZE);
+        assert!(AP_STACKS >= LONG_LOAD + 0x10_0000, "a MiB left for the image");
+        assert!(AP_STACKS_END <= crate::kvm::memory::MMIO_HOLE_START);
+        assert!(i32::try_from(AP_STACKS_END).is_ok(), "the trampoline adds it as an imm32");
+        assert!(LAPIC_BASE >= crate::kvm::memory::MMIO_HOLE_START);
+    }
+}

@@ -10,21 +10,18 @@ use iced_x86::code_asm::*;
 /// # Errors
 /// The assembler's.
 pub fn acquire(a: &mut CodeAssembler, lock: CodeLabel) -> Result<(), IcedError> {
-    let mut retry = a.create_label();
     let mut spin = a.create_label();
-    let mut done = a.create_label();
-    a.set_label(&mut retry)?;
-    a.mov(eax, 1)?;
-    a.xchg(dword_ptr(lock), eax)?;
-    a.test(eax, eax)?;
-    a.jz(done)?;
+    let mut try_take = a.create_label();
+    a.jmp(try_take)?;
     a.set_label(&mut spin)?;
     a.pause()?;
     a.cmp(dword_ptr(lock), 0)?;
     a.jne(spin)?;
-    a.jmp(retry)?;
-    a.set_label(&mut done)?;
-    Ok(())
+    a.set_label(&mut try_take)?;
+    a.mov(eax, 1)?;
+    a.xchg(dword_ptr(lock), eax)?;
+    a.test(eax, eax)?;
+    a.jnz(spin)
 }
 
 /// Emits releasing the lock at `lock` (a plain store: x86 keeps stores in order).

@@ -9,9 +9,10 @@
 //! [`layout::TRAMPOLINE`], fills the mailbox after it (the AP entry address, the next AP
 //! index, the check-in count), enables its local APIC and sends INIT, then SIPI twice,
 //! to all but itself. Each AP starts in real mode at the trampoline, switches straight to
-//! long mode with the BSP's GDT and page tables, takes an index (1, 2, ...) with
-//! `lock xadd`, sets RSP to its own stack, checks in and jumps to the entry with its index
-//! in EBX. The BSP waits until all of them have checked in.
+//! long mode with the BSP's GDT and page tables, takes a stack slot (1, 2, ... in the
+//! order the APs arrive) with `lock xadd`, sets RSP to that stack, checks in and jumps to
+//! the entry with its APIC ID (vmrr's vCPU index) in EBX. The BSP waits until all of them
+//! have checked in.
 
 pub mod decimal;
 pub mod layout;

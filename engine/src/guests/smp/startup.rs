@@ -12,7 +12,7 @@ use super::layout::{
 use crate::guests::asm::Program;
 
 /// Emits the BSP's start-up of `vcpus - 1` APs, each to continue at `ap_entry` with its
-/// index (1..`vcpus`) in EBX and its own stack; `trampoline` is the bytes of
+/// APIC ID in EBX (vmrr's vCPU index: 1..`vcpus`) and its own stack; `trampoline` is the bytes of
 /// [`super::trampoline::trampoline`]. Returns once all have checked in (it waits as long
 /// as that takes). Emits nothing for one vCPU. Clobbers RAX, RCX, RDX, RSI, RDI.
 ///
