@@ -16,8 +16,13 @@ mod hello;
 mod interrupts;
 pub mod linux;
 mod rewrite;
+// The smp code casts fixed layout constants (offsets, page numbers) that its layout
+// tests bound; none is derived from input.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
 pub mod smp;
+#[allow(clippy::cast_possible_truncation)]
 mod smp_counter;
+#[allow(clippy::cast_possible_truncation)]
 mod smp_fail;
 mod storm;
 mod tsc;
