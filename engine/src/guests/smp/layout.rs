@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn trampoline_page_is_a_sipi_page_clear_of_the_boot_layout() {
         assert_eq!(TRAMPOLINE % 0x1000, 0);
-        assert!(TRAMPOLINE + TRAMPOLINE_PAGE <= 0x10_0000);
+        const { assert!(TRAMPOLINE + TRAMPOLINE_PAGE <= 0x10_0000) };
         assert_eq!(u64::from(SIPI_VECTOR) << 12, TRAMPOLINE);
         let page = TRAMPOLINE..TRAMPOLINE + TRAMPOLINE_PAGE;
         // GDT, IDT page, TSS with its 8 KiB I/O bitmap, a boot sector, the page tables.
@@ -102,9 +102,9 @@ mod tests {
     #[test]
     fn ap_stacks_lie_above_the_image_and_below_the_mmio_hole() {
         assert_eq!(1u64 << AP_STACK_SHIFT, AP_STACK_SIZE);
-        assert!(AP_STACKS >= LONG_LOAD + 0x10_0000, "a MiB left for the image");
-        assert!(AP_STACKS_END <= crate::kvm::memory::MMIO_HOLE_START);
+        const { assert!(AP_STACKS >= LONG_LOAD + 0x10_0000, "a MiB left for the image") };
+        const { assert!(AP_STACKS_END <= crate::kvm::memory::MMIO_HOLE_START) };
         assert!(i32::try_from(AP_STACKS_END).is_ok(), "the trampoline adds it as an imm32");
-        assert!(LAPIC_BASE >= crate::kvm::memory::MMIO_HOLE_START);
+        const { assert!(LAPIC_BASE >= crate::kvm::memory::MMIO_HOLE_START) };
     }
 }
