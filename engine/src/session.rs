@@ -158,7 +158,7 @@ impl SessionConfig {
             GuestSpec::Builtin { name, iterations } => {
                 let img = guests::builtin(
                     name,
-                    &GuestParams { iterations: *iterations, mem_bytes: self.mem_bytes, vcpus: 1 },
+                    &GuestParams { iterations: *iterations, mem_bytes: self.mem_bytes, vcpus: self.vcpus },
                 )?;
                 guests::check_placement(&img, &ram)?;
                 if name == "memory-churn" && self.mem_bytes <= guests::CHURN_START {
