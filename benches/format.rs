@@ -1,5 +1,6 @@
 //! Trace format micro-benchmarks: record encode/decode, whole-trace write and read with
-//! and without zstd, chunk compression, and guest-memory writes (DMA) of 4 KiB to 16 MiB.
+//! and without zstd, chunk compression, guest-memory writes (DMA) of 4 KiB to 16 MiB, and
+//! appends from 1, 2 and 4 threads at once through a `SharedTrace` (`record_threads`).
 //! Figures go to docs/PERFORMANCE.md.
 //!
 //! `cargo bench --bench format`
@@ -189,9 +190,54 @@ fn guest_write(c: &mut Criterion) {
     g.finish();
 }
 
+/// Appending from several threads at once into one [`SharedTrace`] (a `NullSink`, stored
+/// chunks): the cost per record with 1, 2 and 4 threads, each appending `N / threads` IO
+/// exits through its own stream, beside the plain [`TraceWriter`] on one thread.
+fn record_threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("record_threads");
+    g.throughput(Throughput::Elements(N));
+    let opts = || WriterOptions { zstd_level: None, sync: SyncMode::Never, threads: true, ..Default::default() };
+    let append_n = |n: u64, vcpu: u32, mut put: Box<dyn FnMut(u32, Body<'_>, Option<RegsSample>) + '_>| {
+        for i in 0..n {
+            let (d, r) = io_body(i);
+            let io = Io { direction: Direction::Out, size: 1, port: 0x3f8, count: 1, data: &d };
+            put(vcpu, Body::Io(io), Some(r));
+        }
+    };
+    g.bench_function("writer_1", |b| {
+        b.iter(|| {
+            let mut w = TraceWriter::with_sink(NullSink, "bench".into(), opts()).unwrap();
+            append_n(N, 0, Box::new(|v, body, r| drop(w.append(v, body, r).unwrap())));
+            black_box(w.finish().unwrap())
+        })
+    });
+    for threads in [1u32, 2, 4] {
+        g.bench_function(format!("shared_{threads}"), |b| {
+            b.iter(|| {
+                let shared =
+                    TraceWriter::with_sink(NullSink, "bench".into(), opts()).unwrap().into_shared();
+                std::thread::scope(|s| {
+                    for t in 0..threads {
+                        let mut stream = shared.stream();
+                        s.spawn(move || {
+                            append_n(
+                                N / u64::from(threads),
+                                t,
+                                Box::new(|v, body, r| drop(stream.append(v, body, r).unwrap())),
+                            );
+                        });
+                    }
+                });
+                black_box(shared.finish().unwrap())
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = record, trace_write, trace_read, chunk_compression, guest_write
+    targets = record, trace_write, trace_read, chunk_compression, guest_write, record_threads
 }
 criterion_main!(benches);
