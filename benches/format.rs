@@ -196,7 +196,8 @@ fn guest_write(c: &mut Criterion) {
 fn record_threads(c: &mut Criterion) {
     let mut g = c.benchmark_group("record_threads");
     g.throughput(Throughput::Elements(N));
-    let opts = || WriterOptions { zstd_level: None, sync: SyncMode::Never, threads: true, ..Default::default() };
+    let opts =
+        || WriterOptions { zstd_level: None, sync: SyncMode::Never, threads: true, ..Default::default() };
     let append_n = |n: u64, vcpu: u32, mut put: Box<dyn FnMut(u32, Body<'_>, Option<RegsSample>) + '_>| {
         for i in 0..n {
             let (d, r) = io_body(i);
@@ -214,8 +215,7 @@ fn record_threads(c: &mut Criterion) {
     for threads in [1u32, 2, 4] {
         g.bench_function(format!("shared_{threads}"), |b| {
             b.iter(|| {
-                let shared =
-                    TraceWriter::with_sink(NullSink, "bench".into(), opts()).unwrap().into_shared();
+                let shared = TraceWriter::with_sink(NullSink, "bench".into(), opts()).unwrap().into_shared();
                 std::thread::scope(|s| {
                     for t in 0..threads {
                         let mut stream = shared.stream();

@@ -276,7 +276,11 @@ fn irq_line_golden_is_1_2_a_1_1_reader_reads_and_a_1_1_replayer_refuses() {
                 j.to_string(),
                 r#"{"device":0,"gsi":5,"kind":"irq_line","level":"pulse","seq":1,"vcpu":2147483648,"via":"irqfd"}"#
             );
-            assert!(describe::record_line(&rec).contains("device0 irq_line"), "{}", describe::record_line(&rec));
+            assert!(
+                describe::record_line(&rec).contains("device0 irq_line"),
+                "{}",
+                describe::record_line(&rec)
+            );
         }
         seen.push((rec.seq, rec.vcpu, kind::name(rec.body.kind())));
     }

@@ -391,7 +391,11 @@ pub enum Appender {
 impl Appender {
     /// Classifies a record header's `vcpu` field.
     pub const fn of(vcpu: u32) -> Self {
-        if vcpu >= DEVICE_THREAD_BASE { Appender::Device(vcpu - DEVICE_THREAD_BASE) } else { Appender::Vcpu(vcpu) }
+        if vcpu >= DEVICE_THREAD_BASE {
+            Appender::Device(vcpu - DEVICE_THREAD_BASE)
+        } else {
+            Appender::Vcpu(vcpu)
+        }
     }
 
     /// The record header's `vcpu` field for this appender (device numbers wrap into

@@ -173,7 +173,7 @@ proptest! {
     fn traces_round_trip(bodies in prop::collection::vec((owned(), regs()), 1..200),
                          level in prop::option::of(-1i32..4), chunk in 4096usize..20000) {
         let sink = MemorySink::default();
-        let opts = WriterOptions { zstd_level: level, chunk_target: chunk, sync: SyncMode::Never, ..Default::default() };
+        let opts = WriterOptions { zstd_level: level, chunk_target: chunk, sync: SyncMode::Never, irq_lines: true, ..Default::default() };
         let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), opts).expect("writer");
         for (i, (b, r)) in bodies.iter().enumerate() {
             let seq = w.append(u32::try_from(i % 3).unwrap(), b.as_body(), *r).expect("append");

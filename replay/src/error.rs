@@ -207,12 +207,7 @@ fn describe_replay_feature(
 /// what vmrr 1.1 says of a 1.2 file (`docs/FORMAT.md` §11).
 pub fn replay_feature_refusal(header: &vmrr_format::FileHeader, implements: (u16, u16)) -> Option<String> {
     header.unknown_replay_required_as(implements).first().map(|(bit, desc)| {
-        describe_replay_feature(
-            *bit,
-            desc.map(|d| d.name.as_str()),
-            desc.map(|d| d.introduced),
-            implements,
-        )
+        describe_replay_feature(*bit, desc.map(|d| d.name.as_str()), desc.map(|d| d.introduced), implements)
     })
 }
 

@@ -310,7 +310,6 @@ pub(crate) fn guest_write_parts(
 }
 
 impl TraceWriter {
-
     /// Appends an exit record with its timing payload (see [`crate::timing`]).
     ///
     /// # Errors
