@@ -208,7 +208,13 @@ fn record_threads(c: &mut Criterion) {
     g.bench_function("writer_1", |b| {
         b.iter(|| {
             let mut w = TraceWriter::with_sink(NullSink, "bench".into(), opts()).unwrap();
-            append_n(N, 0, Box::new(|v, body, r| drop(w.append(v, body, r).unwrap())));
+            append_n(
+                N,
+                0,
+                Box::new(|v, body, r| {
+                    w.append(v, body, r).unwrap();
+                }),
+            );
             black_box(w.finish().unwrap())
         })
     });
@@ -223,7 +229,9 @@ fn record_threads(c: &mut Criterion) {
                             append_n(
                                 N / u64::from(threads),
                                 t,
-                                Box::new(|v, body, r| drop(stream.append(v, body, r).unwrap())),
+                                Box::new(|v, body, r| {
+                                    stream.append(v, body, r).unwrap();
+                                }),
                             );
                         });
                     }
