@@ -190,6 +190,9 @@ fn guest_write(c: &mut Criterion) {
     g.finish();
 }
 
+/// Appends one record (to a writer or a stream).
+type Put<'a> = Box<dyn FnMut(u32, Body<'_>, Option<RegsSample>) + 'a>;
+
 /// Appending from several threads at once into one [`SharedTrace`] (a `NullSink`, stored
 /// chunks): the cost per record with 1, 2 and 4 threads, each appending `N / threads` IO
 /// exits through its own stream, beside the plain [`TraceWriter`] on one thread.
@@ -198,7 +201,7 @@ fn record_threads(c: &mut Criterion) {
     g.throughput(Throughput::Elements(N));
     let opts =
         || WriterOptions { zstd_level: None, sync: SyncMode::Never, threads: true, ..Default::default() };
-    let append_n = |n: u64, vcpu: u32, mut put: Box<dyn FnMut(u32, Body<'_>, Option<RegsSample>) + '_>| {
+    let append_n = |n: u64, vcpu: u32, mut put: Put<'_>| {
         for i in 0..n {
             let (d, r) = io_body(i);
             let io = Io { direction: Direction::Out, size: 1, port: 0x3f8, count: 1, data: &d };
