@@ -132,7 +132,7 @@ impl Machine {
             return Ok(());
         }
         self.focus(0).map_err(|e| crate::record::RecorderError::Probe(e.to_string()))?;
-        let (recorder, trace) = recorder.into_shared(self.aps.len() + 1)?;
+        let (recorder, trace) = recorder.into_shared()?;
         for ap in &self.aps {
             let fd = aps::lock(&ap.fd);
             let r = Recorder::on_stream(self.vm.kvm(), &fd, ap.index, trace.stream())?;
