@@ -317,6 +317,10 @@ impl RecordArgs {
             zstd_level: (!self.no_compress).then_some(self.zstd_level),
             sync: SyncMode::parse(&self.sync).unwrap_or_default(),
             timing: self.timing,
+            // Several vCPUs append from their own threads; lines pulsed into KVM's
+            // in-kernel irqchip are recorded (format 1.2).
+            threads: self.vcpus > 1,
+            irq_lines: self.vcpus > 1 || self.kernel.is_some() || self.irqchip.as_deref() == Some("kernel"),
             ..Default::default()
         }
     }
