@@ -107,6 +107,25 @@ impl EmbeddedVcpu {
         Ok(seq)
     }
 
+    /// The [`super::end_reason`] of the exit now in `kvm_run` when it is a failure that ends
+    /// the run and makes the trace a repro (an emulation failure, another internal error,
+    /// a triple fault, a failed entry), `None` for any other exit.
+    pub fn failure(&self) -> Option<u32> {
+        use vmrr_format::{Body, end_reason, kind};
+        let view = self.recorder.view();
+        match u16::try_from(view.exit_reason()).ok()? {
+            kind::SHUTDOWN => Some(end_reason::SHUTDOWN),
+            kind::FAIL_ENTRY => Some(end_reason::FAIL_ENTRY),
+            kind::INTERNAL_ERROR => match view.body(false) {
+                Body::InternalError(e) if e.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => {
+                    Some(end_reason::EMULATION_FAILURE)
+                }
+                _ => Some(end_reason::INTERNAL_ERROR),
+            },
+            _ => None,
+        }
+    }
+
     /// Readies the vCPU for a checkpoint or the end: completes the I/O of the exit it
     /// stands at (at an `IN` exit RAX is written by the next `KVM_RUN`: one with
     /// `immediate_exit` set, which returns at once). Call it on the vCPU's thread, after
