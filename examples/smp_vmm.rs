@@ -370,7 +370,9 @@ fn trampoline(ap_entry: u64) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
 fn tables(mem: &GuestMemoryMmap, handler: u64) -> Result<(), vm_memory::GuestMemoryError> {
     let put = |gpa: u64, v: u64| mem.write_obj(v, GuestAddress(gpa));
     let tss_low = 0x0000_8900_0000_0067 | ((TSS & 0xff_ffff) << 16) | (((TSS >> 24) & 0xff) << 56);
-    for (i, e) in [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, tss_low, TSS >> 32].into_iter().enumerate() {
+    for (i, e) in
+        [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, tss_low, TSS >> 32].into_iter().enumerate()
+    {
         put(GDT + 8 * i as u64, e)?;
     }
     mem.write_obj(39u16, GuestAddress(TRAMPOLINE_GDTR))?;
@@ -414,7 +416,8 @@ fn boot_bsp(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
     sregs.cs = segment(0x08, true);
     let data = segment(0x10, false);
     (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-    sregs.tr = kvm_segment { base: TSS, limit: 0x67, selector: 0x18, type_: 11, present: 1, ..Default::default() };
+    sregs.tr =
+        kvm_segment { base: TSS, limit: 0x67, selector: 0x18, type_: 11, present: 1, ..Default::default() };
     sregs.gdt = kvm_dtable { base: GDT, limit: 39, ..Default::default() };
     sregs.idt = kvm_dtable { base: IDT, limit: 0xfff, ..Default::default() };
     sregs.cr0 = 0x8000_0033; // PG, NE, ET, MP, PE
@@ -509,7 +512,12 @@ fn vcpu_thread(
 
 /// The device thread: for each doorbell, the request's line into guest memory through the
 /// recording memory, then the interrupt through the irqfd.
-fn device_thread(dev: DeviceThread, doorbell: EventFd, irq: EventFd, stop: Arc<AtomicBool>) -> Result<u32, Error> {
+fn device_thread(
+    dev: DeviceThread,
+    doorbell: EventFd,
+    irq: EventFd,
+    stop: Arc<AtomicBool>,
+) -> Result<u32, Error> {
     let memory = dev.memory();
     let mut served = 0u32;
     loop {

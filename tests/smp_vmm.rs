@@ -28,8 +28,13 @@ fn record_smp(trace: &Path) -> String {
     stdout(&o)
 }
 
-/// `(vcpu, gpa, data)` of every guest_write record, and every annotation, in order.
-fn writes_and_notes(trace: &Path) -> (Vec<(u32, u64, Vec<u8>)>, Vec<(u32, String, String)>) {
+/// A guest_write record: `(vcpu, gpa, data)`.
+type Write = (u32, u64, Vec<u8>);
+/// An annotation record: `(vcpu, key, value)`.
+type Note = (u32, String, String);
+
+/// Every guest_write record and every annotation, in order.
+fn writes_and_notes(trace: &Path) -> (Vec<Write>, Vec<Note>) {
     let mut r = TraceReader::open(trace).unwrap();
     let (mut writes, mut notes) = (Vec::new(), Vec::new());
     while let Some(rec) = r.next_record() {
@@ -43,7 +48,7 @@ fn writes_and_notes(trace: &Path) -> (Vec<(u32, u64, Vec<u8>)>, Vec<(u32, String
     (writes, notes)
 }
 
-fn note<'a>(notes: &'a [(u32, String, String)], key: &str) -> Option<&'a str> {
+fn note<'a>(notes: &'a [Note], key: &str) -> Option<&'a str> {
     notes.iter().rev().find(|n| n.1 == key).map(|n| n.2.as_str())
 }
 
@@ -56,7 +61,10 @@ fn an_smp_vmm_failure_reproduces_on_its_ap_without_that_vmm() {
     let trace = at(&d, "s.vmrr");
     let console = record_smp(&trace);
     for k in 0..3 {
-        assert!(console.contains(&format!("bsp: device served request {k} on thread 0x80000000")), "{console}");
+        assert!(
+            console.contains(&format!("bsp: device served request {k} on thread 0x80000000")),
+            "{console}"
+        );
     }
     assert!(console.contains("ap: now popcnt rax, [rdi] on MMIO"), "{console}");
 

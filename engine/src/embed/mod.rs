@@ -95,6 +95,46 @@
 //! `reproduced` or `no_longer_fails`; any other reason makes a replay that matches every
 //! exit `completed`. `vmrr inspect` and `vmrr stats` show both.
 //!
+//! # Several vCPUs, KVM's irqchip, ioeventfds and irqfds
+//!
+//! A VMM that runs one thread per vCPU on KVM's in-kernel irqchip (`KVM_CREATE_IRQCHIP`,
+//! `KVM_CREATE_PIT2`) records with [`Embedded::start_smp`]`(`[`SmpParts`]`, memory, slots,
+//! trace, opts)`, which returns the recording and one [`EmbeddedVcpu`] per vCPU. The trace
+//! is shared: each vCPU thread records through its own handle, on its own stream (no lock
+//! shared with another thread on the per-record path):
+//!
+//! - a vCPU thread calls [`EmbeddedVcpu::run`] and [`EmbeddedVcpu::record_exit`] around each
+//!   exit, as with one vCPU ([`EmbeddedVcpu::failure`] says whether the exit is a failure
+//!   that ends the run), and [`EmbeddedVcpu::park`] before it stops for a checkpoint or the
+//!   end (it completes the exit's pending I/O). A vCPU halted inside KVM never exits on its
+//!   own: the VMM kicks it out of `KVM_RUN` with the [`Kicker`] its thread took
+//!   ([`EmbeddedVcpu::kicker`]), and `KVM_RUN` returns `EINTR` (an AP woken by INIT/SIPI
+//!   returns `EAGAIN` once): no exit to record, run again or park;
+//! - a device thread gets a [`DeviceThread`] ([`Embedded::device_thread`]): writes through
+//!   its [`DeviceThread::memory`] (a [`RecordingMemory`]) or
+//!   [`DeviceThread::record_guest_write`] become `guest_write` records of that device thread
+//!   (`vcpu` = [`DEVICE_THREAD_BASE`]` + n`), written at the instant it wrote;
+//!   [`DeviceThread::record_irqfd`] records an interrupt it raised through an irqfd (an
+//!   annotation, [`IRQFD_ANNOTATION`] = the GSI, until the format's `IRQ_LINE` record is
+//!   wired here). An ioeventfd's doorbell is consumed inside KVM: nothing exits, nothing
+//!   is recorded; the device thread's answer (its writes, its interrupt) is;
+//! - with every vCPU thread parked and the device threads quiet,
+//!   [`Embedded::checkpoint_smp`] snapshots every vCPU, each local APIC and the PIC,
+//!   IOAPIC, PIT and KVM clock, and [`Embedded::finish_smp`] names the failed vCPU and its
+//!   failing exit's record (`failure.vcpu`, `failure.seq`), takes the final (failure-point)
+//!   snapshot and ends the trace.
+//!
+//! The prelude says `vmrr.vcpus` = N and `vmrr.irqchip` = `kernel`, and replay acts on it:
+//! such a recording's **path is not replayed deterministically** (KVM delivers the irqfds'
+//! and timers' interrupts at instants no exit records, the vCPUs' interleaving on shared
+//! memory is not recorded, a device thread's write lands at an instant of its own), and
+//! `vmrr replay` says so and goes to the failure point: it restores the failure-point
+//! snapshot into a fresh VM with the same vCPUs and irqchip and runs the failing vCPU,
+//! which reproduces the failure (`docs/REPLAY.md`, "Another VMM on several vCPUs"). The
+//! single-vCPU calls ([`Embedded::run`], [`Embedded::inject_interrupt`],
+//! [`Embedded::checkpoint`], [`Embedded::finish`]) are for [`Embedded::start`]'s
+//! recordings only.
+//!
 //! Memory is handed over as a `GuestMemoryMmap` only, never as raw host addresses: vmrr reads
 //! guest memory through it, so the API needs no `unsafe` from the VMM or from vmrr. A VMM
 //! that keeps raw mappings (an address and an fd per slot) wraps them once with
@@ -120,7 +160,7 @@ use vmrr_format::{TraceWriter, WriteError};
 
 use marks::PageMarks;
 pub use memory::RecordingMemory;
-pub use smp::{DEVICE_THREAD_BASE, DeviceThread, EmbeddedVcpu, Kicker, SmpParts};
+pub use smp::{DEVICE_THREAD_BASE, DeviceThread, EmbeddedVcpu, IRQFD_ANNOTATION, Kicker, SmpParts};
 /// Why a run ended, for [`Embedded::finish`] (the trace format's `END_OF_RUN` reasons).
 pub use vmrr_format::end_reason;
 pub use vmrr_format::{WriterOptions, WriterSummary};

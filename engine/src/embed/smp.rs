@@ -191,8 +191,10 @@ impl DeviceThread {
     /// # Errors
     /// The writer's error.
     pub fn record_irqfd(&self, gsi: u32) -> Result<(), EmbedError> {
-        let body =
-            vmrr_format::Body::Annotation(vmrr_format::Annotation { key: IRQFD_ANNOTATION, value: &gsi.to_string() });
+        let body = vmrr_format::Body::Annotation(vmrr_format::Annotation {
+            key: IRQFD_ANNOTATION,
+            value: &gsi.to_string(),
+        });
         let mut s = self.stream.stream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         s.append(self.stream.vcpu, body, None)?;
         Ok(())

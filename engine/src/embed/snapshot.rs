@@ -13,10 +13,10 @@ use super::GuestSlot;
 use crate::devices::bus::BusState;
 use crate::kvm::KvmError;
 use crate::kvm::irqchip::IrqchipState;
-use crate::snapshot::state::KernelIrqchip;
 use crate::kvm::memory::{MemoryError, SlotKind};
 use crate::kvm::vcpu_state::VcpuState;
 use crate::page::PAGE_SIZE;
+use crate::snapshot::state::KernelIrqchip;
 use crate::snapshot::{
     Identity, Plan, SlotState, SnapshotError, SnapshotState, Source, VmState, bitmap_runs,
 };
