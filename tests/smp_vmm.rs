@@ -12,7 +12,8 @@ use std::path::Path;
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmrr_engine::embed::{
-    DEVICE_THREAD_BASE, EmbedError, EmbedOptions, Embedded, SmpParts, VmParts, end_reason, slots_of,
+    DEVICE_THREAD_BASE, EmbedError, EmbedOptions, Embedded, IRQFD_ANNOTATION, IRQFD_ANNOTATIONS_MAX,
+    SmpParts, VmParts, end_reason, slots_of,
 };
 use vmrr_format::{Body, TraceReader};
 
@@ -155,6 +156,10 @@ fn device_thread_writes_are_records_of_that_device_thread() {
         sc.spawn(|| {
             mem.write_slice(b"packet", GuestAddress(0x6000)).unwrap();
             second.record_guest_write(0x6000, b"packet").unwrap();
+            // Interrupts through an irqfd: annotations, as many as a trace reader keeps.
+            for _ in 0..IRQFD_ANNOTATIONS_MAX + 10 {
+                second.record_irqfd(21).unwrap();
+            }
         });
     });
     // A checkpoint needs every vCPU.
@@ -177,6 +182,9 @@ fn device_thread_writes_are_records_of_that_device_thread() {
     assert_eq!(writes.len(), 3, "{writes:?}");
     assert_eq!(note(&notes, "vmrr.vcpus"), Some("2"));
     assert_eq!(note(&notes, "failure.vcpu"), None, "no failure named");
+    let irqs = notes.iter().filter(|n| n.1 == IRQFD_ANNOTATION).collect::<Vec<_>>();
+    assert_eq!(irqs.len(), IRQFD_ANNOTATIONS_MAX as usize);
+    assert!(irqs.iter().all(|n| n.0 == DEVICE_THREAD_BASE + 1 && n.2 == "21"));
 
     // Both snapshots hold every vCPU, each local APIC and the irqchip; the final one the
     // device threads' bytes.

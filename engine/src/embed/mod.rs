@@ -160,7 +160,9 @@ use vmrr_format::{TraceWriter, WriteError};
 
 use marks::PageMarks;
 pub use memory::RecordingMemory;
-pub use smp::{DEVICE_THREAD_BASE, DeviceThread, EmbeddedVcpu, IRQFD_ANNOTATION, Kicker, SmpParts};
+pub use smp::{
+    DEVICE_THREAD_BASE, DeviceThread, EmbeddedVcpu, IRQFD_ANNOTATION, IRQFD_ANNOTATIONS_MAX, Kicker, SmpParts,
+};
 /// Why a run ended, for [`Embedded::finish`] (the trace format's `END_OF_RUN` reasons).
 pub use vmrr_format::end_reason;
 pub use vmrr_format::{WriterOptions, WriterSummary};

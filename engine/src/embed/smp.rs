@@ -29,6 +29,11 @@ pub const DEVICE_THREAD_BASE: u32 = 0x8000_0000;
 /// format's `IRQ_LINE` record is available here: its value is the GSI.
 pub const IRQFD_ANNOTATION: &str = "embed.irqfd";
 
+/// How many [`IRQFD_ANNOTATION`]s one device thread records at most: a trace reader keeps
+/// at most `vmrr_format::overview::MAX_ANNOTATIONS` annotation records, and a busy device
+/// must not push a trace over it. Later interrupts are not recorded.
+pub const IRQFD_ANNOTATIONS_MAX: u32 = 256;
+
 /// The VMM's KVM objects on several vCPUs, borrowed for a call.
 #[derive(Debug, Clone, Copy)]
 pub struct SmpParts<'a> {
@@ -160,6 +165,8 @@ impl EmbeddedVcpu {
 pub struct DeviceThread {
     stream: Arc<DeviceStream>,
     memory: RecordingMemory<GuestMemoryMmap>,
+    /// Interrupts recorded ([`IRQFD_ANNOTATIONS_MAX`] at most).
+    irqs: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl DeviceThread {
@@ -186,11 +193,16 @@ impl DeviceThread {
     /// writing the eventfd). KVM delivers that interrupt inside the kernel at an instant no
     /// exit records, so replay does not inject it: the record says what happened and
     /// where, for the reader. Until the trace format's `IRQ_LINE` record is available
-    /// here it is an annotation, key [`IRQFD_ANNOTATION`], value the GSI in decimal.
+    /// here it is an annotation, key [`IRQFD_ANNOTATION`], value the GSI in decimal, for
+    /// the first [`IRQFD_ANNOTATIONS_MAX`] interrupts of this device thread (later ones
+    /// record nothing).
     ///
     /// # Errors
     /// The writer's error.
     pub fn record_irqfd(&self, gsi: u32) -> Result<(), EmbedError> {
+        if self.irqs.fetch_add(1, Ordering::SeqCst) >= IRQFD_ANNOTATIONS_MAX {
+            return Ok(());
+        }
         let body = vmrr_format::Body::Annotation(vmrr_format::Annotation {
             key: IRQFD_ANNOTATION,
             value: &gsi.to_string(),
@@ -266,7 +278,7 @@ impl Embedded {
             pages: Arc::clone(&self.device_pages),
         });
         let memory = RecordingMemory::new(self.memory.clone(), Sink::Stream(Arc::clone(&stream)));
-        Ok(DeviceThread { stream, memory })
+        Ok(DeviceThread { stream, memory, irqs: Arc::default() })
     }
 
     /// Takes a snapshot of every vCPU, each local APIC, the PIC, IOAPIC, PIT and KVM clock,
