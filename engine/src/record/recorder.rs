@@ -392,6 +392,12 @@ impl Recorder {
         self.exits
     }
 
+    /// Sets the count of exits its checkpoint and end records say (a recorder that keeps a
+    /// shared trace for vCPU threads recording on their own streams: their total).
+    pub(crate) fn set_exits(&mut self, exits: u64) {
+        self.exits = exits;
+    }
+
     /// Sequence number the next record gets.
     pub fn next_seq(&self) -> u64 {
         self.writer.next_seq()
