@@ -12,8 +12,7 @@ use std::path::Path;
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmrr_engine::embed::{
-    DEVICE_THREAD_BASE, EmbedError, EmbedOptions, Embedded, IRQFD_ANNOTATION, IRQFD_ANNOTATIONS_MAX,
-    SmpParts, VmParts, end_reason, slots_of,
+    DEVICE_THREAD_BASE, EmbedError, EmbedOptions, Embedded, SmpParts, VmParts, end_reason, slots_of,
 };
 use vmrr_format::{Body, TraceReader};
 
@@ -35,6 +34,9 @@ type Write = (u32, u64, Vec<u8>);
 type Note = (u32, String, String);
 
 /// Every guest_write record and every annotation, in order.
+/// What [`writes_and_notes`] lists an irqfd interrupt as.
+const IRQFD: &str = "irq_line via irqfd";
+
 fn writes_and_notes(trace: &Path) -> (Vec<Write>, Vec<Note>) {
     let mut r = TraceReader::open(trace).unwrap();
     let (mut writes, mut notes) = (Vec::new(), Vec::new());
@@ -43,6 +45,12 @@ fn writes_and_notes(trace: &Path) -> (Vec<Write>, Vec<Note>) {
         match rec.body {
             Body::GuestWrite(w) => writes.push((rec.vcpu, w.gpa, w.data.to_vec())),
             Body::Annotation(a) => notes.push((rec.vcpu, a.key.to_string(), a.value.to_string())),
+            // An interrupt a device thread raised through an irqfd (format 1.2 IRQ_LINE).
+            Body::IrqLine(l)
+                if l.via == vmrr_format::IRQ_VIA_IRQFD && l.level == vmrr_format::IRQ_LEVEL_PULSE =>
+            {
+                notes.push((rec.vcpu, IRQFD.to_string(), l.gsi.to_string()))
+            }
             _ => {}
         }
     }
@@ -82,7 +90,7 @@ fn an_smp_vmm_failure_reproduces_on_its_ap_without_that_vmm() {
         assert_eq!(*gpa, 0xa000);
         assert!(data.starts_with(format!("device served request {k}").as_bytes()), "{data:?}");
     }
-    let irqs: Vec<_> = notes.iter().filter(|n| n.1 == "embed.irqfd").collect();
+    let irqs: Vec<_> = notes.iter().filter(|n| n.1 == IRQFD).collect();
     assert_eq!(irqs.len(), 3, "{irqs:?}");
     assert!(irqs.iter().all(|n| n.0 == DEVICE_THREAD_BASE && n.2 == "20"), "{irqs:?}");
     let failed_at: u64 = note(&notes, "failure.seq").unwrap().parse().unwrap();
@@ -156,8 +164,8 @@ fn device_thread_writes_are_records_of_that_device_thread() {
         sc.spawn(|| {
             mem.write_slice(b"packet", GuestAddress(0x6000)).unwrap();
             second.record_guest_write(0x6000, b"packet").unwrap();
-            // Interrupts through an irqfd: annotations, as many as a trace reader keeps.
-            for _ in 0..IRQFD_ANNOTATIONS_MAX + 10 {
+            // Interrupts through an irqfd: each one an IRQ_LINE record of this thread.
+            for _ in 0..300 {
                 second.record_irqfd(21).unwrap();
             }
         });
@@ -182,8 +190,8 @@ fn device_thread_writes_are_records_of_that_device_thread() {
     assert_eq!(writes.len(), 3, "{writes:?}");
     assert_eq!(note(&notes, "vmrr.vcpus"), Some("2"));
     assert_eq!(note(&notes, "failure.vcpu"), None, "no failure named");
-    let irqs = notes.iter().filter(|n| n.1 == IRQFD_ANNOTATION).collect::<Vec<_>>();
-    assert_eq!(irqs.len(), IRQFD_ANNOTATIONS_MAX as usize);
+    let irqs = notes.iter().filter(|n| n.1 == IRQFD).collect::<Vec<_>>();
+    assert_eq!(irqs.len(), 300);
     assert!(irqs.iter().all(|n| n.0 == DEVICE_THREAD_BASE + 1 && n.2 == "21"));
 
     // Both snapshots hold every vCPU, each local APIC and the irqchip; the final one the

@@ -115,8 +115,7 @@
 //!   [`DeviceThread::record_guest_write`] become `guest_write` records of that device thread
 //!   (`vcpu` = [`DEVICE_THREAD_BASE`]` + n`), written at the instant it wrote;
 //!   [`DeviceThread::record_irqfd`] records an interrupt it raised through an irqfd (an
-//!   annotation, [`IRQFD_ANNOTATION`] = the GSI, until the format's `IRQ_LINE` record is
-//!   wired here). An ioeventfd's doorbell is consumed inside KVM: nothing exits, nothing
+//!   `IRQ_LINE` record, format 1.2). An ioeventfd's doorbell is consumed inside KVM: nothing exits, nothing
 //!   is recorded; the device thread's answer (its writes, its interrupt) is;
 //! - with every vCPU thread parked and the device threads quiet,
 //!   [`Embedded::checkpoint_smp`] snapshots every vCPU, each local APIC and the PIC,
@@ -160,9 +159,7 @@ use vmrr_format::{TraceWriter, WriteError};
 
 use marks::PageMarks;
 pub use memory::RecordingMemory;
-pub use smp::{
-    DEVICE_THREAD_BASE, DeviceThread, EmbeddedVcpu, IRQFD_ANNOTATION, IRQFD_ANNOTATIONS_MAX, Kicker, SmpParts,
-};
+pub use smp::{DEVICE_THREAD_BASE, DeviceThread, EmbeddedVcpu, Kicker, SmpParts};
 /// Why a run ended, for [`Embedded::finish`] (the trace format's `END_OF_RUN` reasons).
 pub use vmrr_format::end_reason;
 pub use vmrr_format::{WriterOptions, WriterSummary};
@@ -392,7 +389,10 @@ impl Embedded {
             }
         }
         vmrr_format::output::prepare_trace(trace, opts.replace, true)?;
-        let writer = TraceWriter::create_new(trace, WriterOptions { guest_writes: true, ..opts.writer })?;
+        let writer = TraceWriter::create_new(
+            trace,
+            WriterOptions { guest_writes: true, threads: smp, irq_lines: smp, ..opts.writer },
+        )?;
         let mut recorder = Recorder::new(kvm, vcpu0, 0, writer)?;
         let caps = crate::kvm::caps::HostCaps::query(kvm);
         let mut annotations = crate::record::prelude::host_annotations(&caps, false);
@@ -426,7 +426,7 @@ impl Embedded {
         let root = vmrr_format::layout::snapshots_of(trace);
         let checkpoints = Checkpointer::new(root, Policy::default(), recorder.trace_id(), annotations);
         let (recorder, shared) = if smp {
-            let (r, t) = recorder.into_shared(vcpus.len() + 1)?;
+            let (r, t) = recorder.into_shared()?;
             (r, Some(t))
         } else {
             (recorder, None)

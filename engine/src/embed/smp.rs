@@ -21,18 +21,7 @@ use crate::record::Recorder;
 
 /// The first `vcpu` value of a record that names a device thread (trace format 1.2):
 /// device thread `n` records as `DEVICE_THREAD_BASE + n`, vCPUs as their index below it.
-// vmrr-format does not export this constant yet; it is defined here only, and the
-// profiler's copy (src/profile/thread.rs) says the same value.
-pub const DEVICE_THREAD_BASE: u32 = 0x8000_0000;
-
-/// The annotation a device thread's interrupt through an irqfd records, until the trace
-/// format's `IRQ_LINE` record is available here: its value is the GSI.
-pub const IRQFD_ANNOTATION: &str = "embed.irqfd";
-
-/// How many [`IRQFD_ANNOTATION`]s one device thread records at most: a trace reader keeps
-/// at most `vmrr_format::overview::MAX_ANNOTATIONS` annotation records, and a busy device
-/// must not push a trace over it. Later interrupts are not recorded.
-pub const IRQFD_ANNOTATIONS_MAX: u32 = 256;
+pub use vmrr_format::DEVICE_THREAD_BASE;
 
 /// The VMM's KVM objects on several vCPUs, borrowed for a call.
 #[derive(Debug, Clone, Copy)]
@@ -165,7 +154,7 @@ impl EmbeddedVcpu {
 pub struct DeviceThread {
     stream: Arc<DeviceStream>,
     memory: RecordingMemory<GuestMemoryMmap>,
-    /// Interrupts recorded ([`IRQFD_ANNOTATIONS_MAX`] at most).
+    /// Interrupts recorded.
     irqs: Arc<std::sync::atomic::AtomicU32>,
 }
 
@@ -192,23 +181,20 @@ impl DeviceThread {
     /// Records that the device raised GSI `gsi` through an irqfd (call it right after
     /// writing the eventfd). KVM delivers that interrupt inside the kernel at an instant no
     /// exit records, so replay does not inject it: the record says what happened and
-    /// where, for the reader. Until the trace format's `IRQ_LINE` record is available
-    /// here it is an annotation, key [`IRQFD_ANNOTATION`], value the GSI in decimal, for
-    /// the first [`IRQFD_ANNOTATIONS_MAX`] interrupts of this device thread (later ones
-    /// record nothing).
+    /// where, for the reader: an `IRQ_LINE` record (format 1.2) of this device thread,
+    /// `level` pulse, `via` irqfd.
     ///
     /// # Errors
     /// The writer's error.
     pub fn record_irqfd(&self, gsi: u32) -> Result<(), EmbedError> {
-        if self.irqs.fetch_add(1, Ordering::SeqCst) >= IRQFD_ANNOTATIONS_MAX {
-            return Ok(());
-        }
-        let body = vmrr_format::Body::Annotation(vmrr_format::Annotation {
-            key: IRQFD_ANNOTATION,
-            value: &gsi.to_string(),
-        });
+        self.irqs.fetch_add(1, Ordering::Relaxed);
+        let line = vmrr_format::IrqLine {
+            gsi,
+            level: vmrr_format::IRQ_LEVEL_PULSE,
+            via: vmrr_format::IRQ_VIA_IRQFD,
+        };
         let mut s = self.stream.stream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        s.append(self.stream.vcpu, body, None)?;
+        s.append(self.stream.vcpu, vmrr_format::Body::IrqLine(line), None)?;
         Ok(())
     }
 
