@@ -17,7 +17,7 @@ mod common;
 use common::linux::{MARKER, initramfs, kernel, strict, system_map};
 use common::*;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 fn json(o: &std::process::Output) -> serde_json::Value {
