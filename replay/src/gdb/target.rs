@@ -113,13 +113,19 @@ impl GdbTarget {
     /// Carries out the move gdb asked for; returns the stop to report (in the thread of
     /// the vCPU that runs, when there are several).
     pub fn run_pending(&mut self, watch: &mut InterruptWatch) -> MultiThreadStopReason<u64> {
-        let stop = match self.pending.take().unwrap_or(Move::Step) {
+        let mut interrupted = || watch.interrupted();
+        let moved = match self.pending.take().unwrap_or(Move::Step) {
+            Move::Step => self.session.step(&mut interrupted),
+            Move::Continue => self.session.cont(&mut interrupted),
+            Move::ReverseStep => self.session.reverse_step(&mut interrupted),
+            Move::ReverseContinue => self.session.reverse_cont(&mut interrupted),
             Move::Refused { tid, why } => {
+                // Signal 0: gdb says "Thread N stopped.", and passes nothing back.
                 self.session_note(why);
                 return MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGZERO };
             }
-            m => self.run_move(m, watch),
         };
+        let stop = self.moved(moved);
         if self.threaded() { super::threads::in_thread(stop, self.running_tid()) } else { stop.into() }
     }
 
@@ -129,14 +135,8 @@ impl GdbTarget {
         if self.threaded() { super::threads::in_thread(sigint, self.running_tid()) } else { sigint.into() }
     }
 
-    fn run_move(&mut self, m: Move, watch: &mut InterruptWatch) -> SingleThreadStopReason<u64> {
-        let mut interrupted = || watch.interrupted();
-        let moved = match m {
-            Move::Step | Move::Refused { .. } => self.session.step(&mut interrupted),
-            Move::Continue => self.session.cont(&mut interrupted),
-            Move::ReverseStep => self.session.reverse_step(&mut interrupted),
-            Move::ReverseContinue => self.session.reverse_cont(&mut interrupted),
-        };
+    /// The stop a move ended in (its failure said on the console, as SIGABRT).
+    fn moved(&mut self, moved: Result<Stopped, DebugError>) -> SingleThreadStopReason<u64> {
         match moved {
             Ok(stop) => self.reason(&stop),
             Err(e) => {

@@ -87,6 +87,12 @@ impl GdbTarget {
         vcpu_of(tid) == self.session.running_vcpu()
     }
 
+    /// `tid`'s vCPU; a thread gdb made up is a non-fatal error (not the session's end).
+    fn vcpu(&self, tid: Tid) -> TargetResult<u32, Self> {
+        let v = vcpu_of(tid);
+        if v < self.session.vcpu_count() { Ok(v) } else { Err(TargetError::NonFatal) }
+    }
+
     /// Moves nothing: `tid` stops, and the user is told why.
     fn refuse(&mut self, tid: Tid, what: &str) {
         let running = self.session.running_vcpu();
@@ -106,7 +112,7 @@ impl GdbTarget {
 impl MultiThreadBase for GdbTarget {
     fn read_registers(&mut self, regs: &mut VmrrRegs, tid: Tid) -> TargetResult<(), Self> {
         let (layout, linear) = (self.layout, self.runs(tid));
-        let r = self.session.on_vcpu(vcpu_of(tid), |s| super::target::read_regs(s, layout, linear));
+        let r = self.session.on_vcpu(self.vcpu(tid)?, |s| super::target::read_regs(s, layout, linear));
         *regs = r.and_then(|r| r).map_err(fatal)?;
         Ok(())
     }
@@ -114,21 +120,21 @@ impl MultiThreadBase for GdbTarget {
     fn write_registers(&mut self, regs: &VmrrRegs, tid: Tid) -> TargetResult<(), Self> {
         let (layout, linear) = (self.layout, self.runs(tid));
         self.session
-            .on_vcpu(vcpu_of(tid), |s| super::target::write_regs(s, layout, regs, linear))
+            .on_vcpu(self.vcpu(tid)?, |s| super::target::write_regs(s, layout, regs, linear))
             .map_err(fatal)?
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
         let phys = self.phys;
         self.session
-            .on_vcpu(vcpu_of(tid), |s| super::target::read_memory(s, phys, start, data))
+            .on_vcpu(self.vcpu(tid)?, |s| super::target::read_memory(s, phys, start, data))
             .map_err(fatal)?
     }
 
     fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
         let phys = self.phys;
         self.session
-            .on_vcpu(vcpu_of(tid), |s| super::target::write_memory(s, phys, start, data))
+            .on_vcpu(self.vcpu(tid)?, |s| super::target::write_memory(s, phys, start, data))
             .map_err(fatal)?
     }
 
@@ -232,5 +238,33 @@ impl ReverseCont<Tid> for GdbTarget {
     fn reverse_cont(&mut self) -> Result<(), Self::Error> {
         self.pending = Some(Move::ReverseContinue);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gdbstub::target::ext::base::reverse_exec::ReplayLogPosition;
+
+    #[test]
+    fn threads_are_vcpus_plus_one_and_stops_name_the_running_one() {
+        assert_eq!(tid_of(0).get(), 1);
+        assert_eq!(vcpu_of(tid_of(3)), 3);
+        let t = tid_of(1);
+        assert!(matches!(
+            in_thread(SingleThreadStopReason::Signal(Signal::SIGILL), t),
+            MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGILL } if tid == t
+        ));
+        assert!(matches!(
+            in_thread(SingleThreadStopReason::DoneStep, t),
+            MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGTRAP } if tid == t
+        ));
+        assert!(
+            matches!(in_thread(SingleThreadStopReason::HwBreak(()), t), MultiThreadStopReason::HwBreak(x) if x == t)
+        );
+        assert!(matches!(
+            in_thread(SingleThreadStopReason::ReplayLog { tid: None, pos: ReplayLogPosition::Begin }, t),
+            MultiThreadStopReason::ReplayLog { tid: Some(x), pos: ReplayLogPosition::Begin } if x == t
+        ));
     }
 }
