@@ -17,6 +17,9 @@ pub enum DebugError {
     /// A KVM call failed.
     #[error(transparent)]
     Kvm(#[from] vmrr_engine::kvm::KvmError),
+    /// Switching to another vCPU failed (its thread panicked, or there is no such vCPU).
+    #[error("switching vCPUs")]
+    Vcpu(#[from] vmrr_engine::kvm::vm::VcpuLockError),
     /// The session's temporary directory could not be created.
     #[error("cannot create the session's checkpoint directory")]
     TempDir(#[source] std::io::Error),

@@ -20,6 +20,7 @@ mod live;
 mod position;
 mod reverse;
 mod stops;
+mod vcpus;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -152,6 +153,9 @@ pub struct Session {
     said_watch_steps: bool,
     /// On a divergence, single-step at most this many instructions looking for its cause.
     explain_steps: Option<u64>,
+    /// The vCPU that runs (the one that failed, at a failure point of several vCPUs: see
+    /// `vcpus.rs`); the others never run.
+    vcpu: u32,
     /// Entries that ran ring-3 code unstepped because this host cannot single-step it.
     ring3_unstepped: u64,
     /// The user was told ring 3 is not stepped here.
@@ -218,9 +222,13 @@ impl Session {
             survey_hit: None,
             said_watch_steps: false,
             explain_steps,
+            vcpu: 0,
             ring3_unstepped: 0,
             said_ring3: false,
         };
+        let at_failure_point = failure_start.is_some() && !s.checkpoints.list().is_empty();
+        let path_asked = s.opts.force_path || s.opts.start != StartFrom::Auto;
+        s.vcpu = vcpus::running_vcpu(&s.overview, &s.src.trace, at_failure_point, path_asked)?;
         if s.opts.start == StartFrom::Rebuild {
             s.checkpoints.forget_trace();
         }
@@ -524,7 +532,8 @@ impl Session {
     }
 
     /// Starts replaying `machine` at `start`.
-    fn resume(&mut self, machine: Machine, start: &Start) -> Result<(), DebugError> {
+    fn resume(&mut self, mut machine: Machine, start: &Start) -> Result<(), DebugError> {
+        machine.focus(self.vcpu)?;
         let trace = TraceReader::open(&self.src.trace).map_err(crate::ReplayError::from)?;
         let r = Replayer::new(machine, trace, start, self.overview.exits, &self.opts)?;
         self.pos = Position::at_record(r.position().0);

@@ -7,13 +7,13 @@ mod breakpoints;
 mod conn;
 mod monitor;
 mod target;
+mod threads;
 
 use std::net::{SocketAddr, TcpListener};
 
-use gdbstub::common::Signal;
 use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
-use gdbstub::stub::{DisconnectReason, GdbStub, SingleThreadStopReason};
+use gdbstub::stub::{DisconnectReason, GdbStub};
 
 use crate::debugger::Session;
 use conn::{BufferedTcp, InterruptWatch};
@@ -102,7 +102,8 @@ fn serve_one(
                 g.report_stop(target, stop)
             }
             GdbStubStateMachine::CtrlCInterrupt(g) => {
-                g.interrupt_handled(target, Some(SingleThreadStopReason::<u64>::Signal(Signal::SIGINT)))
+                let stop = target.interrupt_stop();
+                g.interrupt_handled(target, Some(stop))
             }
             GdbStubStateMachine::Disconnected(g) => return Ok(Some(g.get_reason())),
         };

@@ -3,7 +3,8 @@
 //! out by the [`Session`].
 
 use gdbstub::common::Signal;
-use gdbstub::stub::SingleThreadStopReason;
+use gdbstub::common::Tid;
+use gdbstub::stub::{MultiThreadStopReason, SingleThreadStopReason};
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::base::reverse_exec::{
     ReplayLogPosition, ReverseCont, ReverseContOps, ReverseStep, ReverseStepOps,
@@ -35,12 +36,18 @@ const EFAULT: u8 = 14;
 const EIO: u8 = 5;
 
 /// What gdb asked the target to do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Move {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Move {
     Step,
     Continue,
     ReverseStep,
     ReverseContinue,
+    /// A move no vCPU can make (running a vCPU other than the one the session runs):
+    /// nothing moves, the thread gdb asked about (`tid`) stops, and `why` is said.
+    Refused {
+        tid: Tid,
+        why: String,
+    },
 }
 
 /// A fatal error of the gdb connection's target.
@@ -51,9 +58,11 @@ pub struct TargetFailed(#[source] pub DebugError);
 /// The replay as gdb sees it.
 pub struct GdbTarget {
     pub(super) session: Session,
-    layout: Layout,
+    pub(super) layout: Layout,
     real_mode: bool,
-    pending: Option<Move>,
+    pub(super) pending: Option<Move>,
+    /// Several vCPUs: what gdb's last `vCont` asked of each thread (`threads.rs`).
+    pub(super) resume: super::threads::ResumeActions,
     /// Code breakpoints, by the kind gdb inserted.
     breakpoints: CodeBreakpoints,
     /// Memory addresses are guest-physical (`monitor phys on`).
@@ -70,6 +79,7 @@ impl GdbTarget {
             layout: Layout::Amd64,
             real_mode: false,
             pending: None,
+            resume: super::threads::ResumeActions::default(),
             breakpoints: CodeBreakpoints::default(),
             phys: false,
             notes_extra: Vec::new(),
@@ -95,15 +105,38 @@ impl GdbTarget {
         (self.layout, self.real_mode)
     }
 
-    /// Carries out the move gdb asked for; returns the stop to report.
-    pub fn run_pending(&mut self, watch: &mut InterruptWatch) -> SingleThreadStopReason<u64> {
+    /// Whether gdb is shown several threads (one per vCPU) rather than one.
+    pub(super) fn threaded(&self) -> bool {
+        self.session.vcpu_count() > 1
+    }
+
+    /// Carries out the move gdb asked for; returns the stop to report (in the thread of
+    /// the vCPU that runs, when there are several).
+    pub fn run_pending(&mut self, watch: &mut InterruptWatch) -> MultiThreadStopReason<u64> {
         let mut interrupted = || watch.interrupted();
         let moved = match self.pending.take().unwrap_or(Move::Step) {
             Move::Step => self.session.step(&mut interrupted),
             Move::Continue => self.session.cont(&mut interrupted),
             Move::ReverseStep => self.session.reverse_step(&mut interrupted),
             Move::ReverseContinue => self.session.reverse_cont(&mut interrupted),
+            Move::Refused { tid, why } => {
+                // Signal 0: gdb says "Thread N stopped.", and passes nothing back.
+                self.session_note(why);
+                return MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGZERO };
+            }
         };
+        let stop = self.moved(moved);
+        if self.threaded() { super::threads::in_thread(stop, self.running_tid()) } else { stop.into() }
+    }
+
+    /// The stop gdb's interrupt (Ctrl-C) is reported as.
+    pub fn interrupt_stop(&self) -> MultiThreadStopReason<u64> {
+        let sigint = SingleThreadStopReason::Signal(Signal::SIGINT);
+        if self.threaded() { super::threads::in_thread(sigint, self.running_tid()) } else { sigint.into() }
+    }
+
+    /// The stop a move ended in (its failure said on the console, as SIGABRT).
+    fn moved(&mut self, moved: Result<Stopped, DebugError>) -> SingleThreadStopReason<u64> {
         match moved {
             Ok(stop) => self.reason(&stop),
             Err(e) => {
@@ -119,7 +152,7 @@ impl GdbTarget {
         }
     }
 
-    fn session_note(&mut self, text: String) {
+    pub(super) fn session_note(&mut self, text: String) {
         eprintln!("{text}");
         self.notes_extra.push(text);
     }
@@ -160,55 +193,63 @@ impl GdbTarget {
     }
 
     fn read_regs(&self) -> Result<VmrrRegs, DebugError> {
-        let m = self.session.machine();
-        let r = m.regs()?;
-        let s = m.sregs()?;
-        let f = m.fpu()?;
-        let mut out = VmrrRegs { layout: self.layout, ..VmrrRegs::default() };
-        out.core.regs = [
-            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13,
-            r.r14, r.r15,
-        ];
-        out.core.rip = m.linear_pc()?;
-        out.core.eflags = u32::try_from(r.rflags & 0xffff_ffff).unwrap_or(0);
-        let seg = &mut out.core.segments;
-        seg.cs = u32::from(s.cs.selector);
-        seg.ss = u32::from(s.ss.selector);
-        seg.ds = u32::from(s.ds.selector);
-        seg.es = u32::from(s.es.selector);
-        seg.fs = u32::from(s.fs.selector);
-        seg.gs = u32::from(s.gs.selector);
-        for (st, fpr) in out.core.st.iter_mut().zip(f.fpr.iter()) {
-            st.copy_from_slice(&fpr[..10]);
-        }
-        // KVM keeps the abridged tag (a bit per register, set when valid); gdb shows the
-        // full one (two bits per register, 11 when empty).
-        let ftag = (0..8).fold(0u32, |t, i| if f.ftwx & (1 << i) == 0 { t | (0b11 << (2 * i)) } else { t });
-        out.core.fpu = X87FpuInternalRegs {
-            fctrl: u32::from(f.fcw),
-            fstat: u32::from(f.fsw),
-            ftag,
-            fiseg: 0,
-            fioff: u32::try_from(f.last_ip & 0xffff_ffff).unwrap_or(0),
-            foseg: 0,
-            fooff: u32::try_from(f.last_dp & 0xffff_ffff).unwrap_or(0),
-            fop: u32::from(f.last_opcode),
-        };
-        for (x, k) in out.core.xmm.iter_mut().zip(f.xmm.iter()) {
-            *x = u128::from_le_bytes(*k);
-        }
-        out.core.mxcsr = f.mxcsr;
-        out.sys = SysRegs {
-            fs_base: s.fs.base,
-            gs_base: s.gs.base,
-            cr0: s.cr0,
-            cr2: s.cr2,
-            cr3: s.cr3,
-            cr4: s.cr4,
-            efer: s.efer,
-        };
-        Ok(out)
+        read_regs(&self.session, self.layout, true)
     }
+}
+
+/// The registers of the vCPU `session`'s views are on, in `layout`. `linear_pc`: the
+/// program counter as a linear address (see `arch.rs`); otherwise RIP as the vCPU holds it
+/// (a vCPU other than the one the connection was described from, whose mode may differ:
+/// `threads.rs`).
+pub(super) fn read_regs(session: &Session, layout: Layout, linear_pc: bool) -> Result<VmrrRegs, DebugError> {
+    let m = session.machine();
+    let r = m.regs()?;
+    let s = m.sregs()?;
+    let f = m.fpu()?;
+    let mut out = VmrrRegs { layout, ..VmrrRegs::default() };
+    out.core.regs = [
+        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13,
+        r.r14, r.r15,
+    ];
+    out.core.rip = if linear_pc { m.linear_pc()? } else { r.rip };
+    out.core.eflags = u32::try_from(r.rflags & 0xffff_ffff).unwrap_or(0);
+    let seg = &mut out.core.segments;
+    seg.cs = u32::from(s.cs.selector);
+    seg.ss = u32::from(s.ss.selector);
+    seg.ds = u32::from(s.ds.selector);
+    seg.es = u32::from(s.es.selector);
+    seg.fs = u32::from(s.fs.selector);
+    seg.gs = u32::from(s.gs.selector);
+    for (st, fpr) in out.core.st.iter_mut().zip(f.fpr.iter()) {
+        st.copy_from_slice(&fpr[..10]);
+    }
+    // KVM keeps the abridged tag (a bit per register, set when valid); gdb shows the
+    // full one (two bits per register, 11 when empty).
+    let ftag = (0..8).fold(0u32, |t, i| if f.ftwx & (1 << i) == 0 { t | (0b11 << (2 * i)) } else { t });
+    out.core.fpu = X87FpuInternalRegs {
+        fctrl: u32::from(f.fcw),
+        fstat: u32::from(f.fsw),
+        ftag,
+        fiseg: 0,
+        fioff: u32::try_from(f.last_ip & 0xffff_ffff).unwrap_or(0),
+        foseg: 0,
+        fooff: u32::try_from(f.last_dp & 0xffff_ffff).unwrap_or(0),
+        fop: u32::from(f.last_opcode),
+    };
+    for (x, k) in out.core.xmm.iter_mut().zip(f.xmm.iter()) {
+        *x = u128::from_le_bytes(*k);
+    }
+    out.core.mxcsr = f.mxcsr;
+    out.sys = SysRegs {
+        fs_base: s.fs.base,
+        gs_base: s.gs.base,
+        cr0: s.cr0,
+        cr2: s.cr2,
+        cr3: s.cr3,
+        cr4: s.cr4,
+        efer: s.efer,
+    };
+    Ok(out)
 }
 
 impl Target for GdbTarget {
@@ -217,7 +258,8 @@ impl Target for GdbTarget {
 
     #[inline(always)]
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
-        BaseOps::SingleThread(self)
+        // One vCPU is one thread, as it always was; several are one thread each.
+        if self.threaded() { BaseOps::MultiThread(self) } else { BaseOps::SingleThread(self) }
     }
 
     #[inline(always)]
@@ -245,60 +287,102 @@ impl SingleThreadBase for GdbTarget {
     }
 
     fn write_registers(&mut self, regs: &VmrrRegs) -> TargetResult<(), Self> {
-        let now = self.read_regs().map_err(|e| TargetError::Fatal(TargetFailed(e)))?;
-        let core_same = now.core.regs == regs.core.regs
-            && now.core.rip == regs.core.rip
-            && now.core.eflags == regs.core.eflags;
-        let sys_same = regs.layout != Layout::Amd64 || now.sys == regs.sys;
-        if core_same && sys_same {
-            // gdb writes every register back after changing none of them: stay on the
-            // recorded path.
-            return Ok(());
-        }
-        let m = self.session.machine();
-        let mut k: kvm_regs = m.regs().map_err(|_| TargetError::Errno(EIO))?;
-        let mut s = m.sregs().map_err(|_| TargetError::Errno(EIO))?;
-        let g = &regs.core.regs;
-        [k.rax, k.rbx, k.rcx, k.rdx, k.rsi, k.rdi, k.rbp, k.rsp] =
-            [g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]];
-        [k.r8, k.r9, k.r10, k.r11, k.r12, k.r13, k.r14, k.r15] =
-            [g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]];
-        // gdb's PC is linear: back to an offset in CS outside 64-bit mode.
-        k.rip = if vmrr_engine::disasm::bitness(&s) == 64 {
-            regs.core.rip
-        } else {
-            regs.core.rip.wrapping_sub(s.cs.base) & 0xffff_ffff
-        };
-        k.rflags = (k.rflags & !0xffff_ffff) | u64::from(regs.core.eflags);
-        let sregs = (!sys_same).then(|| {
-            let x = &regs.sys;
-            (s.fs.base, s.gs.base, s.cr0, s.cr2, s.cr3, s.cr4, s.efer) =
-                (x.fs_base, x.gs_base, x.cr0, x.cr2, x.cr3, x.cr4, x.efer);
-            s
-        });
-        self.session.write_regs(&k, sregs.as_ref()).map_err(|_| TargetError::Errno(EIO))
+        write_regs(&mut self.session, self.layout, regs, true)
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
-        let m = self.session.machine();
-        let r = if self.phys { m.read_phys(start, data) } else { m.read_linear(start, data) };
-        r.map_err(|_| TargetError::Errno(EFAULT))?;
-        Ok(data.len())
+        self.read_memory(start, data)
     }
 
     fn write_addrs(&mut self, start: u64, data: &[u8]) -> TargetResult<(), Self> {
-        let r = if self.phys {
-            self.session.write_phys(start, data)
-        } else {
-            self.session.write_memory(start, data)
-        };
-        r.map_err(|_| TargetError::Errno(EFAULT))
+        self.write_memory(start, data)
     }
 
     #[inline(always)]
     fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
         Some(self)
     }
+}
+
+/// Writes `regs` to the vCPU `session`'s views are on (nothing when they are the registers
+/// it has). `linear_pc` as for [`read_regs`].
+pub(super) fn write_regs(
+    session: &mut Session,
+    layout: Layout,
+    regs: &VmrrRegs,
+    linear_pc: bool,
+) -> TargetResult<(), GdbTarget> {
+    let now = read_regs(session, layout, linear_pc).map_err(|e| TargetError::Fatal(TargetFailed(e)))?;
+    let core_same = now.core.regs == regs.core.regs
+        && now.core.rip == regs.core.rip
+        && now.core.eflags == regs.core.eflags;
+    let sys_same = regs.layout != Layout::Amd64 || now.sys == regs.sys;
+    if core_same && sys_same {
+        // gdb writes every register back after changing none of them: stay on the
+        // recorded path.
+        return Ok(());
+    }
+    let m = session.machine();
+    let mut k: kvm_regs = m.regs().map_err(|_| TargetError::Errno(EIO))?;
+    let mut s = m.sregs().map_err(|_| TargetError::Errno(EIO))?;
+    let g = &regs.core.regs;
+    [k.rax, k.rbx, k.rcx, k.rdx, k.rsi, k.rdi, k.rbp, k.rsp] =
+        [g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]];
+    [k.r8, k.r9, k.r10, k.r11, k.r12, k.r13, k.r14, k.r15] =
+        [g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]];
+    // gdb's PC is linear: back to an offset in CS outside 64-bit mode.
+    k.rip = if !linear_pc || vmrr_engine::disasm::bitness(&s) == 64 {
+        regs.core.rip
+    } else {
+        regs.core.rip.wrapping_sub(s.cs.base) & 0xffff_ffff
+    };
+    k.rflags = (k.rflags & !0xffff_ffff) | u64::from(regs.core.eflags);
+    let sregs = (!sys_same).then(|| {
+        let x = &regs.sys;
+        (s.fs.base, s.gs.base, s.cr0, s.cr2, s.cr3, s.cr4, s.efer) =
+            (x.fs_base, x.gs_base, x.cr0, x.cr2, x.cr3, x.cr4, x.efer);
+        s
+    });
+    session.write_regs(&k, sregs.as_ref()).map_err(|_| TargetError::Errno(EIO))
+}
+
+impl GdbTarget {
+    /// Reads memory as the vCPU the session's views are on sees it (or guest-physical,
+    /// `monitor phys on`).
+    pub(super) fn read_memory(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
+        read_memory(&self.session, self.phys, start, data)
+    }
+
+    /// Writes memory as the vCPU the session's views are on sees it.
+    pub(super) fn write_memory(&mut self, start: u64, data: &[u8]) -> TargetResult<(), Self> {
+        write_memory(&mut self.session, self.phys, start, data)
+    }
+}
+
+/// Reads memory through the page tables of the vCPU `session`'s views are on (or
+/// guest-physical, `phys`).
+pub(super) fn read_memory(
+    session: &Session,
+    phys: bool,
+    start: u64,
+    data: &mut [u8],
+) -> TargetResult<usize, GdbTarget> {
+    let m = session.machine();
+    let r = if phys { m.read_phys(start, data) } else { m.read_linear(start, data) };
+    r.map_err(|_| TargetError::Errno(EFAULT))?;
+    Ok(data.len())
+}
+
+/// Writes memory through the page tables of the vCPU `session`'s views are on (or
+/// guest-physical, `phys`).
+pub(super) fn write_memory(
+    session: &mut Session,
+    phys: bool,
+    start: u64,
+    data: &[u8],
+) -> TargetResult<(), GdbTarget> {
+    let r = if phys { session.write_phys(start, data) } else { session.write_memory(start, data) };
+    r.map_err(|_| TargetError::Errno(EFAULT))
 }
 
 impl SingleThreadResume for GdbTarget {
