@@ -77,7 +77,7 @@ pub(crate) fn take_written(m: &Machine) -> Result<Vec<Option<Runs>>, SnapshotErr
         }
         match (slot.spec().kind, logged) {
             (SlotKind::Ram, true) => {
-                runs.push(bitmap_runs(&take_dirty_log(m.vm().fd(), slot)?, slot.pages()))
+                runs.push(take_dirty_log(m.vm(), slot)?.runs(slot.pages()))
             }
             (SlotKind::Ram, false) => {
                 out.push(None);

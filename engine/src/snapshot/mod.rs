@@ -106,14 +106,13 @@ pub fn fuzz_state(data: &[u8]) {
     }
 }
 
-/// Reads and clears KVM's dirty log of `slot`: a bitmap of the pages written since the last
-/// read, one bit per page.
+/// The pages of `slot` the guest wrote since the last call for it (KVM's dirty ring or
+/// bitmap, whichever the VM uses: [`crate::kvm::dirty::DirtyLog`]), read and forgotten.
 pub(crate) fn take_dirty_log(
-    vm: &kvm_ioctls::VmFd,
+    vm: &crate::kvm::Vm,
     slot: &crate::kvm::memory::Slot,
-) -> Result<Vec<u64>, SnapshotError> {
-    let size = usize::try_from(slot.spec().size).unwrap_or(0);
-    Ok(vm.get_dirty_log(slot.id(), size).map_err(crate::kvm::system::KvmError::on("KVM_GET_DIRTY_LOG"))?)
+) -> Result<crate::kvm::dirty::DirtyPages, SnapshotError> {
+    Ok(vm.dirty().take(vm.fd(), slot)?)
 }
 
 /// `true` when `path` is a snapshot directory (it holds a state file).
