@@ -81,6 +81,18 @@ pub struct StoredSnapshot {
     pub dir: std::path::PathBuf,
     /// Its state.
     pub state: SnapshotState,
+    /// Per slot, the runs of pages it changed over its parent (none when full), from its
+    /// page bitmaps once at load: a restore over a kept machine then costs the pages that
+    /// differ, not a scan of every slot's bitmap.
+    pub(crate) changed: std::sync::Arc<Vec<changed::Runs>>,
+}
+
+impl StoredSnapshot {
+    /// A loaded snapshot of `state` in `dir`.
+    pub(crate) fn new(dir: std::path::PathBuf, state: SnapshotState) -> Self {
+        let changed = state.slots.iter().map(|s| if s.full { Vec::new() } else { s.runs() }).collect();
+        StoredSnapshot { dir, state, changed: std::sync::Arc::new(changed) }
+    }
 }
 
 #[cfg(feature = "testing")]
