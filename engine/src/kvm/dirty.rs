@@ -87,6 +87,8 @@ pub enum DirtyPages {
     Bitmap(Vec<u64>),
     /// Page indices, sorted, without repeats (the ring's answer).
     Sorted(Vec<u64>),
+    /// Every page: which ones changed is not known (KVM overran the ring).
+    All,
 }
 
 impl DirtyPages {
@@ -105,6 +107,7 @@ impl DirtyPages {
                 }
                 runs
             }
+            DirtyPages::All => vec![(0, pages)],
         }
     }
 
@@ -122,6 +125,13 @@ impl DirtyPages {
                 }
                 b
             }
+            DirtyPages::All => {
+                let mut b = vec![u64::MAX; usize::try_from(pages / 64).unwrap_or(0)];
+                if pages % 64 != 0 {
+                    b.push((1 << (pages % 64)) - 1);
+                }
+                b
+            }
         }
     }
 }
@@ -134,6 +144,9 @@ struct Rings {
     /// Per KVM slot number (`kvm_dirty_gfn.slot`), page indices harvested and not yet
     /// taken; sorted and deduplicated when taken, or when repeats pile up.
     pending: HashMap<u32, Pending>,
+    /// KVM overran a ring: pages were lost, so each slot's next answer is every page.
+    /// Holds the slots answered so since the last overrun.
+    overrun: Option<std::collections::HashSet<u32>>,
 }
 
 #[derive(Debug, Default)]
@@ -240,6 +253,30 @@ impl DirtyLog {
         Ok(n)
     }
 
+    /// What a vCPU does at `KVM_EXIT_DIRTY_RING_FULL`: [`Self::harvest`]. When there was
+    /// nothing to collect, KVM overran a ring (see [`DirtyRing::resync`]): the rings are
+    /// brought back in step with KVM, and since pages were lost, each slot's next
+    /// [`Self::take`] answers every page. Returns the entries collected or skipped (0: the
+    /// ring cannot be freed, and re-entering would exit again).
+    ///
+    /// # Errors
+    /// `KVM_RESET_DIRTY_RINGS` failed.
+    pub(crate) fn ring_full(&self) -> Result<u64, KvmError> {
+        let n = self.harvest()?;
+        let Some(vm) = &self.vm else { return Ok(n) };
+        if n > 0 {
+            return Ok(n);
+        }
+        let mut g = self.lock();
+        let skipped: u64 = g.rings.iter_mut().map(|r| u64::from(r.resync())).sum();
+        g.overrun = Some(Default::default());
+        let n = skipped + g.harvest();
+        if n > 0 {
+            dirty_ring::reset(vm).map_err(io_kvm("KVM_RESET_DIRTY_RINGS"))?;
+        }
+        Ok(n)
+    }
+
     /// The pages of `slot` written by the guest since the last call for it, and forgets
     /// them: with the ring, every vCPU's ring is harvested first (the vCPUs should be
     /// parked, so nothing is written between the harvest and the answer); with the
@@ -254,6 +291,11 @@ impl DirtyLog {
         self.harvest()?;
         let mut g = self.lock();
         let mut p = g.pending.remove(&slot.id()).unwrap_or_default().pages;
+        if let Some(answered) = &mut g.overrun {
+            if answered.insert(slot.id()) {
+                return Ok(DirtyPages::All);
+            }
+        }
         p.sort_unstable();
         p.dedup();
         Ok(DirtyPages::Sorted(p))
@@ -271,14 +313,22 @@ pub fn take_bitmap(vm: &VmFd, id: u32, size: u64) -> Result<Vec<u64>, KvmError> 
 
 impl Rings {
     fn empty() -> Self {
-        Rings { rings: Vec::new(), pending: HashMap::new() }
+        Rings { rings: Vec::new(), pending: HashMap::new(), overrun: None }
     }
 
     fn harvest(&mut self) -> u64 {
-        let Rings { rings, pending } = self;
+        let Rings { rings, pending, overrun } = self;
         let mut n = 0u64;
+        let mut full = false;
         for ring in rings.iter_mut() {
-            n += u64::from(ring.harvest(|slot, page| pending.entry(slot).or_default().pages.push(page)));
+            let got = ring.harvest(|slot, page| pending.entry(slot).or_default().pages.push(page));
+            // KVM stops a vCPU short of a full ring (its soft limit): a whole ring's worth
+            // at once means it went past, overwriting entries not yet collected.
+            full |= got == ring.entries();
+            n += u64::from(got);
+        }
+        if full {
+            *overrun = Some(Default::default());
         }
         if n > 0 {
             // A page is pushed again each time it is dirtied after a reset: keep repeats
@@ -307,6 +357,10 @@ mod tests {
         let b = d.into_bitmap(130);
         assert_eq!(b, vec![0b100111, 0b11, 0]);
         assert_eq!(DirtyPages::Bitmap(b).runs(130), vec![(0, 3), (5, 1), (64, 2)]);
+        // Unknown (an overrun ring): every page of the slot, none past it.
+        assert_eq!(DirtyPages::All.runs(130), vec![(0, 130)]);
+        assert_eq!(DirtyPages::All.into_bitmap(130), vec![u64::MAX, u64::MAX, 0b11]);
+        assert_eq!(DirtyPages::All.into_bitmap(128), vec![u64::MAX, u64::MAX]);
     }
 
     #[test]

@@ -99,7 +99,13 @@ impl Vcpu {
             // at other points, must not expect one), and the guest ran no instruction.
             match &self.dirty {
                 Some(d) if self.view().exit_reason() == kvm_bindings::KVM_EXIT_DIRTY_RING_FULL => {
-                    d.harvest()?;
+                    if d.ring_full()? == 0 {
+                        // Nothing KVM would take back: entering again would exit again.
+                        return Err(KvmError {
+                            what: "freeing a full dirty ring",
+                            source: kvm_ioctls::Error::new(libc::ENOSPC),
+                        });
+                    }
                 }
                 _ => break,
             }

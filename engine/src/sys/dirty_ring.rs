@@ -142,6 +142,32 @@ impl DirtyRing {
     }
 }
 
+impl DirtyRing {
+    /// Brings the fetch index back to where KVM pushes after KVM overran the ring (pushed
+    /// more entries than it holds between two resets, which its soft limit should prevent
+    /// but an instruction emulated in one go can do): entries KVM left invalid (flags 0)
+    /// from the fetch index on are marked collected, up to the first one KVM published or
+    /// a whole ring, so that `KVM_RESET_DIRTY_RINGS` can move past them. Their contents
+    /// were lost in the overrun. Returns how many were skipped.
+    pub fn resync(&mut self) -> u32 {
+        let mut n = 0;
+        while n < self.entries {
+            let i = usize::try_from(self.fetch % self.entries).unwrap_or(0);
+            // SAFETY: as in `harvest`: `i < entries` lies inside the mapping.
+            let e = unsafe { self.base.as_ptr().add(i) };
+            // SAFETY: as in `harvest`: the aligned flags word, accessed only atomically.
+            let flags = unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*e).flags)) };
+            if flags.load(Ordering::Acquire) & GFN_DIRTY != 0 {
+                break;
+            }
+            flags.store(GFN_RESET, Ordering::Release);
+            self.fetch = self.fetch.wrapping_add(1);
+            n += 1;
+        }
+        n
+    }
+}
+
 impl Drop for DirtyRing {
     fn drop(&mut self) {
         let len = usize::try_from(u64::from(self.entries) * u64::from(ENTRY_BYTES)).unwrap_or(0);
