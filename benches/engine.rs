@@ -104,7 +104,7 @@ fn dirty_bitmap(c: &mut Criterion) {
 
 /// Harvesting the pages a guest dirtied (what a checkpoint's pause and a reset read):
 /// KVM's dirty ring against the bitmap, 1 GiB of guest memory with 1% and 10% of its pages
-/// dirtied by the `dirty-pages` guest between two harvests. Only the harvest is timed (the
+/// dirtied by the `dirty-pages` guest between two harvests, and 256 pages of 8 GiB. Only the harvest is timed (the
 /// guest's round is not); each sample is one harvest.
 fn dirty_harvest(c: &mut Criterion) {
     use vmrr_engine::kvm::dirty::DirtyTracking;
@@ -114,15 +114,19 @@ fn dirty_harvest(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("dirty_harvest");
     g.sampling_mode(criterion::SamplingMode::Flat);
-    let mem = 1u64 << 30;
-    for pct in [1u64, 10] {
-        let n = mem / 4096 * pct / 100;
+    for (mem, n, label) in [
+        (1u64 << 30, (1u64 << 30) / 4096 / 100, "1gib_1pct"),
+        (1 << 30, (1 << 30) / 4096 / 10, "1gib_10pct"),
+        // The restore benchmark's case: few pages of a large guest.
+        (8 << 30, 256, "8gib_256pages"),
+    ] {
         for (name, tracking) in [("bitmap", DirtyTracking::Bitmap), ("ring", DirtyTracking::Auto)] {
             let c = config("dirty-pages", Some(n), mem, true);
-            let mut m =
-                c.build_tracking(Console::capture_only(), Console::capture_only(), tracking).expect("machine");
+            let mut m = c
+                .build_tracking(Console::capture_only(), Console::capture_only(), tracking)
+                .expect("machine");
             g.throughput(Throughput::Elements(n));
-            g.bench_function(format!("1gib_{pct}pct_{name}"), |b| {
+            g.bench_function(format!("{label}_{name}"), |b| {
                 b.iter_custom(|iters| {
                     let mut spent = Duration::ZERO;
                     for _ in 0..iters {

@@ -310,7 +310,10 @@ impl Embedded {
         let mut annotations = crate::record::prelude::host_annotations(&caps, false);
         annotations.push(("vmrr.recorder".into(), "embedded".into()));
         let logged = slots.iter().any(|s| s.dirty_log);
-        annotations.push(crate::record::prelude::dirty_log_annotation(logged, crate::kvm::dirty::DirtyMethod::Bitmap));
+        annotations.push(crate::record::prelude::dirty_log_annotation(
+            logged,
+            crate::kvm::dirty::DirtyMethod::Bitmap,
+        ));
         annotations.extend(opts.annotations);
         let cpuid = match opts.cpuid {
             Some(c) => c,

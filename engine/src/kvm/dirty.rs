@@ -14,7 +14,6 @@
 //!
 //! KVM uses one or the other for a VM: with the ring on, `KVM_GET_DIRTY_LOG` fails.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use kvm_bindings::{KVM_CAP_DIRTY_LOG_RING, KVM_CAP_DIRTY_LOG_RING_ACQ_REL};
@@ -142,8 +141,9 @@ struct Rings {
     /// One per vCPU, in index order.
     rings: Vec<DirtyRing>,
     /// Per KVM slot number (`kvm_dirty_gfn.slot`), page indices harvested and not yet
-    /// taken; sorted and deduplicated when taken, or when repeats pile up.
-    pending: HashMap<u32, Pending>,
+    /// taken; sorted and deduplicated when taken, or when repeats pile up. A list: a VM
+    /// has a few slots, and a search of three beats hashing at every entry.
+    pending: Vec<(u32, Pending)>,
     /// KVM overran a ring: pages were lost, so each slot's next answer is every page.
     /// Holds the slots answered so since the last overrun.
     overrun: Option<std::collections::HashSet<u32>>,
@@ -192,25 +192,34 @@ impl DirtyLog {
         let bitmap = DirtyLog { method: DirtyMethod::Bitmap, vm: None, rings: Mutex::new(Rings::empty()) };
         let Some(entries) = entries else { return Ok(bitmap) };
         let max = |cap: u32| kvm.check_extension_raw(libc::c_ulong::from(cap));
-        let (cap, acq_rel, max_bytes) = match (max(KVM_CAP_DIRTY_LOG_RING_ACQ_REL), max(KVM_CAP_DIRTY_LOG_RING)) {
-            (b, _) if b > 0 => (KVM_CAP_DIRTY_LOG_RING_ACQ_REL, true, b),
-            (_, b) if b > 0 => (KVM_CAP_DIRTY_LOG_RING, false, b),
-            _ => {
-                if want != DirtyTracking::Auto {
-                    notes.push("KVM_CAP_DIRTY_LOG_RING is absent: dirty pages come from the bitmap".into());
+        let (cap, acq_rel, max_bytes) =
+            match (max(KVM_CAP_DIRTY_LOG_RING_ACQ_REL), max(KVM_CAP_DIRTY_LOG_RING)) {
+                (b, _) if b > 0 => (KVM_CAP_DIRTY_LOG_RING_ACQ_REL, true, b),
+                (_, b) if b > 0 => (KVM_CAP_DIRTY_LOG_RING, false, b),
+                _ => {
+                    if want != DirtyTracking::Auto {
+                        notes.push(
+                            "KVM_CAP_DIRTY_LOG_RING is absent: dirty pages come from the bitmap".into(),
+                        );
+                    }
+                    return Ok(bitmap);
                 }
-                return Ok(bitmap);
-            }
-        };
+            };
         let host_most = u32::try_from(max_bytes).unwrap_or(u32::MAX) / dirty_ring::ENTRY_BYTES;
         let entries = entries.min(host_most).max(MIN_RING_ENTRIES);
         if !entries.is_power_of_two() {
             notes.push(format!("a dirty ring of {entries} entries is not a power of two: using the bitmap"));
             return Ok(bitmap);
         }
-        dirty_ring::enable(vm, cap, entries).map_err(|source| KvmError { what: "enabling the dirty ring", source })?;
-        let handle = crate::sys::vm_handle::duplicate(kvm, vm).map_err(io_kvm("duplicating the VM handle"))?;
-        Ok(DirtyLog { method: DirtyMethod::Ring { entries, acq_rel }, vm: Some(handle), rings: Mutex::new(Rings::empty()) })
+        dirty_ring::enable(vm, cap, entries)
+            .map_err(|source| KvmError { what: "enabling the dirty ring", source })?;
+        let handle =
+            crate::sys::vm_handle::duplicate(kvm, vm).map_err(io_kvm("duplicating the VM handle"))?;
+        Ok(DirtyLog {
+            method: DirtyMethod::Ring { entries, acq_rel },
+            vm: Some(handle),
+            rings: Mutex::new(Rings::empty()),
+        })
     }
 
     /// Maps `vcpu`'s ring (call right after creating each vCPU, in index order); nothing
@@ -290,7 +299,11 @@ impl DirtyLog {
         }
         self.harvest()?;
         let mut g = self.lock();
-        let mut p = g.pending.remove(&slot.id()).unwrap_or_default().pages;
+        let id = slot.id();
+        let mut p = match g.pending.iter().position(|(s, _)| *s == id) {
+            Some(i) => g.pending.swap_remove(i).1.pages,
+            None => Vec::new(),
+        };
         if let Some(answered) = &mut g.overrun {
             if answered.insert(slot.id()) {
                 return Ok(DirtyPages::All);
@@ -313,7 +326,7 @@ pub fn take_bitmap(vm: &VmFd, id: u32, size: u64) -> Result<Vec<u64>, KvmError> 
 
 impl Rings {
     fn empty() -> Self {
-        Rings { rings: Vec::new(), pending: HashMap::new(), overrun: None }
+        Rings { rings: Vec::new(), pending: Vec::new(), overrun: None }
     }
 
     fn harvest(&mut self) -> u64 {
@@ -321,7 +334,7 @@ impl Rings {
         let mut n = 0u64;
         let mut full = false;
         for ring in rings.iter_mut() {
-            let got = ring.harvest(|slot, page| pending.entry(slot).or_default().pages.push(page));
+            let got = ring.harvest(|slot, page| pending_of(pending, slot).push(page));
             // KVM stops a vCPU short of a full ring (its soft limit): a whole ring's worth
             // at once means it went past, overwriting entries not yet collected.
             full |= got == ring.entries();
@@ -334,7 +347,7 @@ impl Rings {
             // A page is pushed again each time it is dirtied after a reset: keep repeats
             // from piling up between takes.
             let most = rings.first().map_or(0, |r| usize::try_from(r.entries()).unwrap_or(usize::MAX));
-            for p in pending.values_mut() {
+            for (_, p) in pending.iter_mut() {
                 if p.pages.len() > 2 * p.clean.max(most) {
                     p.pages.sort_unstable();
                     p.pages.dedup();
@@ -344,6 +357,18 @@ impl Rings {
         }
         n
     }
+}
+
+/// The pending pages of `slot`, made empty when new; the last slot used is checked first.
+fn pending_of(pending: &mut Vec<(u32, Pending)>, slot: u32) -> &mut Vec<u64> {
+    let i = match pending.iter().rposition(|(s, _)| *s == slot) {
+        Some(i) => i,
+        None => {
+            pending.push((slot, Pending::default()));
+            pending.len() - 1
+        }
+    };
+    &mut pending[i].1.pages
 }
 
 #[cfg(test)]

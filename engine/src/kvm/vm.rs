@@ -142,7 +142,11 @@ impl EmptyVm {
     ///
     /// # Errors
     /// As for [`Self::create_for`], and the ring refused or not mapped.
-    pub fn create_tracking(irqchip: IrqchipKind, vcpus: u32, dirty: DirtyTracking) -> Result<Self, CreateVmError> {
+    pub fn create_tracking(
+        irqchip: IrqchipKind,
+        vcpus: u32,
+        dirty: DirtyTracking,
+    ) -> Result<Self, CreateVmError> {
         check_vcpus(irqchip, vcpus)?;
         let kvm = open_kvm().map_err(CreateVmError::OpenKvm)?;
         let caps = HostCaps::query(&kvm);
@@ -194,7 +198,9 @@ impl EmptyVm {
         }
         let host_max = kvm.get_max_vcpus();
         if usize::try_from(vcpus).is_ok_and(|n| n > host_max) {
-            return Err(CreateVmError::Vcpus(format!("{vcpus} vCPUs asked for; this host's KVM allows {host_max}")));
+            return Err(CreateVmError::Vcpus(format!(
+                "{vcpus} vCPUs asked for; this host's KVM allows {host_max}"
+            )));
         }
         // The ring before any vCPU (KVM refuses it after); each vCPU's ring mapped as it is made.
         let mut dirty = DirtyLog::enable(&kvm, &fd, dirty, &mut notes)?;
@@ -485,7 +491,10 @@ impl Vm {
     ///
     /// # Errors
     /// KVM's (`KVM_GET_DIRTY_LOG` on a slot without dirty logging, say).
-    pub fn take_dirty(&self, slot: &crate::kvm::memory::Slot) -> Result<crate::kvm::dirty::DirtyPages, KvmError> {
+    pub fn take_dirty(
+        &self,
+        slot: &crate::kvm::memory::Slot,
+    ) -> Result<crate::kvm::dirty::DirtyPages, KvmError> {
         self.dirty.take(self.fd(), slot)
     }
 

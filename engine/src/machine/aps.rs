@@ -132,14 +132,15 @@ impl Team {
                 vm: Arc::clone(&devices.vm),
                 shared: Arc::clone(&team.shared),
             };
-            let spawned = std::thread::Builder::new().name(format!("vmrr-vcpu{}", ap.index)).spawn(move || {
-                let kicker = Kicker::current();
-                let ok = kicker.is_ok();
-                let _ = tx.send(kicker);
-                if ok {
-                    worker.run();
-                }
-            });
+            let spawned =
+                std::thread::Builder::new().name(format!("vmrr-vcpu{}", ap.index)).spawn(move || {
+                    let kicker = Kicker::current();
+                    let ok = kicker.is_ok();
+                    let _ = tx.send(kicker);
+                    if ok {
+                        worker.run();
+                    }
+                });
             let os = |what, source| RunError::Os { what, source };
             let thread = match spawned {
                 Ok(t) => t,
@@ -205,7 +206,12 @@ impl Team {
             }
             b = lock(&self.shared.board);
             if !done(&b, n) {
-                b = self.shared.changed.wait_timeout(b, KICK_INTERVAL).unwrap_or_else(PoisonError::into_inner).0;
+                b = self
+                    .shared
+                    .changed
+                    .wait_timeout(b, KICK_INTERVAL)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
         }
     }
@@ -306,7 +312,8 @@ impl Worker {
         let (lines, stop) = {
             let mut bus = crate::machine::lock_bus(&self.bus);
             cpu.serve(&mut bus)?;
-            let lines = if bus.interrupts().has_lines() { bus.interrupts_mut().take_lines() } else { Vec::new() };
+            let lines =
+                if bus.interrupts().has_lines() { bus.interrupts_mut().take_lines() } else { Vec::new() };
             (lines, bus.stop_request())
         };
         cpu.count_exit();

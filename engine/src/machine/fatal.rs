@@ -145,11 +145,7 @@ pub(crate) fn report(
         if rep.insn_bytes.is_empty() {
             // Fetch the bytes at RIP ourselves (triple faults, entry failures).
             let linear = if bits == 16 { sregs.cs.base + (regs.rip & 0xffff) } else { regs.rip };
-            let phys = fd
-                .translate_gva(linear)
-                .ok()
-                .filter(|t| t.valid != 0)
-                .map(|t| t.physical_address);
+            let phys = fd.translate_gva(linear).ok().filter(|t| t.valid != 0).map(|t| t.physical_address);
             let mut buf = [0u8; 15];
             if let Some(p) = phys {
                 if memory.read(GuestAddress(p), &mut buf).is_ok() {

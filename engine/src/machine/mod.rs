@@ -281,7 +281,8 @@ impl Machine {
             return Err(crate::kvm::vm::VcpuLockError { vcpu: index });
         }
         self.vm.focus(index)?;
-        let slot = |i: u32| usize::try_from(i).ok().and_then(|i| i.checked_sub(1)).and_then(|i| self.aps.get(i));
+        let slot =
+            |i: u32| usize::try_from(i).ok().and_then(|i| i.checked_sub(1)).and_then(|i| self.aps.get(i));
         if let Some(ap) = slot(before) {
             std::mem::swap(&mut self.cpu, &mut aps::lock(&ap.cpu));
         }

@@ -14,10 +14,10 @@ use vmrr_format::{Body, kind};
 
 use crate::exit::answer::AnswerError;
 use crate::kvm::system::KvmError;
-use crate::machine::{Machine, aps};
 use crate::machine::outcome::{Limits, Outcome, RunSummary};
 use crate::machine::vcpu::InjectError;
 use crate::machine::watchdog::{Fired, Flags, StopHandle, Watchdog};
+use crate::machine::{Machine, aps};
 use crate::record::Recorder;
 
 /// Running the guest failed (as opposed to the guest failing, which is an outcome).
@@ -251,7 +251,8 @@ impl Machine {
             return Ok(());
         }
         // The threads run the vCPUs their slots are labelled with.
-        self.focus(0).map_err(|e| RunError::Os { what: "focusing vCPU 0", source: std::io::Error::other(e) })?;
+        self.focus(0)
+            .map_err(|e| RunError::Os { what: "focusing vCPU 0", source: std::io::Error::other(e) })?;
         let vm = match &self.vm_handle {
             Some(h) => Arc::clone(h),
             None => {

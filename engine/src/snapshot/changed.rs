@@ -75,9 +75,7 @@ pub(crate) fn take_written(m: &Machine) -> Result<Vec<Option<Runs>>, SnapshotErr
             runs.push(bitmap_runs(&b, slot.pages()));
         }
         match (slot.spec().kind, logged) {
-            (SlotKind::Ram, true) => {
-                runs.push(take_dirty_log(m.vm(), slot)?.runs(slot.pages()))
-            }
+            (SlotKind::Ram, true) => runs.push(take_dirty_log(m.vm(), slot)?.runs(slot.pages())),
             (SlotKind::Ram, false) => {
                 out.push(None);
                 continue;

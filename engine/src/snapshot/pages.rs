@@ -1,8 +1,8 @@
 //! Pages: runs of set bits in a page bitmap (`crate::page::bitmap_runs`), and the one loop that copies runs of pages
 //! between guest memory and snapshot files, 64 pages at a time.
 
-pub use crate::page::bitmap_runs;
 use crate::page::PAGE_SIZE;
+pub use crate::page::bitmap_runs;
 use crate::snapshot::SnapshotError;
 
 /// Pages copied per read and write.

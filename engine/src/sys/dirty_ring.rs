@@ -80,7 +80,8 @@ impl DirtyRing {
     /// `mmap`'s (`EINVAL` when the ring is not enabled on the VM).
     pub fn map(vcpu: &VcpuFd, entries: u32) -> io::Result<Self> {
         // SAFETY: sysconf reads no memory of this process.
-        let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).map_err(io::Error::other)?;
+        let page_size =
+            u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).map_err(io::Error::other)?;
         let len = usize::try_from(u64::from(entries) * u64::from(ENTRY_BYTES)).map_err(io::Error::other)?;
         let offset = libc::off_t::try_from(u64::from(KVM_DIRTY_LOG_PAGE_OFFSET) * page_size)
             .map_err(io::Error::other)?;
@@ -100,7 +101,8 @@ impl DirtyRing {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base = NonNull::new(p.cast::<kvm_dirty_gfn>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let base =
+            NonNull::new(p.cast::<kvm_dirty_gfn>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(DirtyRing { base, entries, fetch: 0 })
     }
 
@@ -131,7 +133,10 @@ impl DirtyRing {
             // write them again until the entry is reset; volatile, since the memory is
             // shared with the kernel.
             let (slot, offset) = unsafe {
-                (std::ptr::read_volatile(std::ptr::addr_of!((*e).slot)), std::ptr::read_volatile(std::ptr::addr_of!((*e).offset)))
+                (
+                    std::ptr::read_volatile(std::ptr::addr_of!((*e).slot)),
+                    std::ptr::read_volatile(std::ptr::addr_of!((*e).offset)),
+                )
             };
             f(slot, offset);
             flags.store(GFN_RESET, Ordering::Release);
