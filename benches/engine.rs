@@ -1,6 +1,7 @@
 //! Engine micro-benchmarks on real KVM: one exit round trip, exit throughput with and
 //! without recording (same group, so the ratio is measured side by side), the dirty-bitmap
-//! scan, snapshot restore and in-place reset. Without /dev/kvm they print why and skip.
+//! scan, harvesting dirty pages through KVM's dirty ring and bitmap, snapshot restore and
+//! in-place reset. Without /dev/kvm they print why and skip.
 //! `record_timing` needs no KVM: the recorder's work per exit with and without per-exit
 //! timing, side by side.
 //!
@@ -97,6 +98,50 @@ fn dirty_bitmap(c: &mut Criterion) {
         g.bench_function(format!("scan_1gib_{pct}pct"), |b| {
             b.iter(|| black_box(snapshot::bitmap_runs(black_box(&bm), pages).len()))
         });
+    }
+    g.finish();
+}
+
+/// Harvesting the pages a guest dirtied (what a checkpoint's pause and a reset read):
+/// KVM's dirty ring against the bitmap, 1 GiB of guest memory with 1% and 10% of its pages
+/// dirtied by the `dirty-pages` guest between two harvests, and 256 pages of 8 GiB. Only the harvest is timed (the
+/// guest's round is not); each sample is one harvest.
+fn dirty_harvest(c: &mut Criterion) {
+    use vmrr_engine::kvm::dirty::DirtyTracking;
+    use vmrr_engine::kvm::memory::SlotKind;
+    if !kvm() {
+        return;
+    }
+    let mut g = c.benchmark_group("dirty_harvest");
+    g.sampling_mode(criterion::SamplingMode::Flat);
+    for (mem, n, label) in [
+        (1u64 << 30, (1u64 << 30) / 4096 / 100, "1gib_1pct"),
+        (1 << 30, (1 << 30) / 4096 / 10, "1gib_10pct"),
+        // The restore benchmark's case: few pages of a large guest.
+        (8 << 30, 256, "8gib_256pages"),
+    ] {
+        for (name, tracking) in [("bitmap", DirtyTracking::Bitmap), ("ring", DirtyTracking::Auto)] {
+            let c = config("dirty-pages", Some(n), mem, true);
+            let mut m = c
+                .build_tracking(Console::capture_only(), Console::capture_only(), tracking)
+                .expect("machine");
+            g.throughput(Throughput::Elements(n));
+            g.bench_function(format!("{label}_{name}"), |b| {
+                b.iter_custom(|iters| {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iters {
+                        m.set_max_exits(Some(m.exits() + 1));
+                        m.run().expect("run");
+                        let t = std::time::Instant::now();
+                        for s in m.memory().slots().iter().filter(|s| s.spec().kind == SlotKind::Ram) {
+                            black_box(m.vm().take_dirty(s).expect("dirty pages").runs(s.pages()).len());
+                        }
+                        spent += t.elapsed();
+                    }
+                    spent
+                })
+            });
+        }
     }
     g.finish();
 }
@@ -232,8 +277,14 @@ criterion_group! {
     targets = exits, dirty_bitmap, snapshots
 }
 criterion_group! {
+    name = harvest;
+    // One guest round (~0.1-1 s of emulated writes) per harvest: as few as criterion allows.
+    config = Criterion::default().sample_size(10).measurement_time(Duration::from_millis(1)).warm_up_time(Duration::from_millis(1));
+    targets = dirty_harvest
+}
+criterion_group! {
     name = recording;
     config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(5));
     targets = record_timing
 }
-criterion_main!(benches, recording);
+criterion_main!(benches, harvest, recording);

@@ -203,6 +203,7 @@ impl SessionConfig {
             rom_size,
             irqchip: self.irqchip(),
             vcpus: self.vcpus,
+            dirty_tracking: crate::kvm::dirty::DirtyTracking::Auto,
         }
     }
 
@@ -222,12 +223,26 @@ impl SessionConfig {
     /// # Errors
     /// Configuration problems first (before KVM), then KVM and boot failures.
     pub fn build(&self, serial: Console, debugcon: Console) -> Result<Machine, SessionError> {
+        self.build_tracking(serial, debugcon, crate::kvm::dirty::DirtyTracking::Auto)
+    }
+
+    /// As [`Self::build`], tracking dirty pages as `dirty` says (a test of the bitmap
+    /// fallback, or of a small ring that fills).
+    ///
+    /// # Errors
+    /// As for [`Self::build`].
+    pub fn build_tracking(
+        &self,
+        serial: Console,
+        debugcon: Console,
+        dirty: crate::kvm::dirty::DirtyTracking,
+    ) -> Result<Machine, SessionError> {
         let prepared = self.prepare()?;
         let rom_size = match &prepared {
             Prepared::Firmware(b) => Some(b.len() as u64),
             Prepared::Image(_) | Prepared::Kernel(_) => None,
         };
-        let mut vm = Vm::new(self.vm_config(rom_size))?;
+        let mut vm = Vm::new(VmConfig { dirty_tracking: dirty, ..self.vm_config(rom_size) })?;
         if crate::kvm::probe::host_facts().is_ok_and(|f| !f.cpuid_enforced) {
             vm.add_note(
                 "this host does not apply KVM_SET_CPUID2 to the guest's CPUID instruction (measured): \
@@ -327,6 +342,7 @@ impl SessionConfig {
             .collect();
         put("vmrr.slots", slots.join(" "));
         a.extend(crate::record::prelude::host_annotations(vm.caps(), vm.memory().uses_region2()));
+        a.push(crate::record::prelude::dirty_log_annotation(vm.config().dirty_log, vm.dirty().method()));
         a
     }
 }

@@ -401,6 +401,11 @@ impl Embedded {
             annotations.push(("vmrr.vcpus".into(), vcpus.len().to_string()));
             annotations.push(("vmrr.irqchip".into(), "kernel".into()));
         }
+        let logged = slots.iter().any(|s| s.dirty_log);
+        annotations.push(crate::record::prelude::dirty_log_annotation(
+            logged,
+            crate::kvm::dirty::DirtyMethod::Bitmap,
+        ));
         annotations.extend(opts.annotations);
         let cpuid = match opts.cpuid {
             Some(c) => c,

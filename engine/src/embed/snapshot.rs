@@ -11,7 +11,6 @@ use vmrr_format::layout::memory_file_name;
 
 use super::GuestSlot;
 use crate::devices::bus::BusState;
-use crate::kvm::KvmError;
 use crate::kvm::irqchip::IrqchipState;
 use crate::kvm::memory::{MemoryError, SlotKind};
 use crate::kvm::vcpu_state::VcpuState;
@@ -134,7 +133,7 @@ impl Source for Capture<'_> {
 impl Capture<'_> {
     /// Reads and clears KVM's dirty log of slot `s`.
     fn dirty_log(&self, s: &GuestSlot) -> Result<Vec<u64>, SnapshotError> {
-        let size = usize::try_from(s.size).unwrap_or(0);
-        Ok(self.kvm_vm.get_dirty_log(s.slot, size).map_err(KvmError::on("KVM_GET_DIRTY_LOG"))?)
+        // Another VMM made the vCPUs, so the ring cannot be turned on: always the bitmap.
+        Ok(crate::kvm::dirty::take_bitmap(self.kvm_vm, s.slot, s.size)?)
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod cpuid;
+pub mod dirty;
 pub mod entry;
 pub mod irqchip;
 pub mod memory;

@@ -11,6 +11,7 @@ use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlag
 
 use crate::kvm::caps::HostCaps;
 use crate::kvm::cpuid::{self, CpuidProfile};
+use crate::kvm::dirty::{DirtyLog, DirtyTracking};
 use crate::kvm::irqchip::{self, IrqchipKind};
 use crate::kvm::memory::{GuestMemory, MemoryError, SlotSpec, firmware_layout, ram_layout};
 use crate::kvm::system::{KvmError, open_kvm};
@@ -66,6 +67,8 @@ pub struct VmConfig {
     pub irqchip: IrqchipKind,
     /// vCPUs (1 to [`MAX_VCPUS`]; more than one needs [`IrqchipKind::Kernel`]).
     pub vcpus: u32,
+    /// How dirty pages are tracked when `dirty_log` is on (KVM's dirty ring or bitmap).
+    pub dirty_tracking: DirtyTracking,
 }
 
 /// Most vCPUs a vmrr machine runs.
@@ -80,6 +83,7 @@ impl Default for VmConfig {
             rom_size: None,
             irqchip: IrqchipKind::User,
             vcpus: 1,
+            dirty_tracking: DirtyTracking::Auto,
         }
     }
 }
@@ -96,6 +100,7 @@ pub struct EmptyVm {
     caps: HostCaps,
     notes: Vec<String>,
     irqchip: IrqchipKind,
+    dirty: DirtyLog,
 }
 
 impl std::fmt::Debug for EmptyVm {
@@ -129,6 +134,19 @@ impl EmptyVm {
     /// # Errors
     /// As for [`Self::create_with`], and a vCPU count out of range for vmrr or the host.
     pub fn create_for(irqchip: IrqchipKind, vcpus: u32) -> Result<Self, CreateVmError> {
+        Self::create_tracking(irqchip, vcpus, DirtyTracking::Auto)
+    }
+
+    /// As [`Self::create_for`], tracking dirty pages as `dirty` says (the dirty ring must
+    /// be turned on before any vCPU exists, so this is decided here).
+    ///
+    /// # Errors
+    /// As for [`Self::create_for`], and the ring refused or not mapped.
+    pub fn create_tracking(
+        irqchip: IrqchipKind,
+        vcpus: u32,
+        dirty: DirtyTracking,
+    ) -> Result<Self, CreateVmError> {
         check_vcpus(irqchip, vcpus)?;
         let kvm = open_kvm().map_err(CreateVmError::OpenKvm)?;
         let caps = HostCaps::query(&kvm);
@@ -184,15 +202,19 @@ impl EmptyVm {
                 "{vcpus} vCPUs asked for; this host's KVM allows {host_max}"
             )));
         }
+        // The ring before any vCPU (KVM refuses it after); each vCPU's ring mapped as it is made.
+        let mut dirty = DirtyLog::enable(&kvm, &fd, dirty, &mut notes)?;
         let mut vcpu = fd.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         vcpu.set_sync_valid_reg(SyncReg::Register);
+        dirty.add_vcpu(&vcpu)?;
         let mut aps = Vec::new();
         for id in 1..u64::from(vcpus) {
             let mut ap = fd.create_vcpu(id).map_err(kvm_err("KVM_CREATE_VCPU"))?;
             ap.set_sync_valid_reg(SyncReg::Register);
+            dirty.add_vcpu(&ap)?;
             aps.push(ap);
         }
-        Ok(EmptyVm { kvm, fd, vcpu, aps, caps, notes, irqchip })
+        Ok(EmptyVm { kvm, fd, vcpu, aps, caps, notes, irqchip, dirty })
     }
 
     /// Its vCPUs.
@@ -228,6 +250,8 @@ pub struct Vm {
     cpuid: CpuId,
     notes: Vec<String>,
     config: VmConfig,
+    /// Where dirty pages come from (the ring's mappings, one per vCPU).
+    dirty: Arc<DirtyLog>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -284,7 +308,8 @@ impl Vm {
     /// # Errors
     /// KVM failures.
     pub fn with_memory(config: VmConfig, memory: GuestMemory) -> Result<Self, CreateVmError> {
-        Self::from_empty(EmptyVm::create_for(config.irqchip, config.vcpus)?, config, memory, true)
+        let empty = EmptyVm::create_tracking(config.irqchip, config.vcpus, config.dirty_tracking)?;
+        Self::from_empty(empty, config, memory, true)
     }
 
     /// Finishes a VM from an [`EmptyVm`] created earlier: registers `memory` and, when
@@ -299,7 +324,7 @@ impl Vm {
         mut memory: GuestMemory,
         set_cpuid: bool,
     ) -> Result<Self, CreateVmError> {
-        let EmptyVm { kvm, fd, vcpu, aps, caps, notes, irqchip } = empty;
+        let EmptyVm { kvm, fd, vcpu, aps, caps, notes, irqchip, dirty } = empty;
         if irqchip != config.irqchip {
             return Err(CreateVmError::Irqchip { wanted: config.irqchip, created: irqchip });
         }
@@ -326,7 +351,8 @@ impl Vm {
             CpuId::new(0).map_err(|_| CreateVmError::MissingCapability { what: "an empty CPUID set" })?
         };
         let aps = aps.into_iter().map(|a| Arc::new(Mutex::new(a))).collect();
-        Ok(Vm { vcpu, aps, focus: 0, slots, memory, kvm, caps, cpuid, notes, config })
+        let dirty = Arc::new(dirty);
+        Ok(Vm { vcpu, aps, focus: 0, slots, memory, kvm, caps, cpuid, notes, config, dirty })
     }
 
     /// vCPUs in all (the bootstrap processor and the APs).
@@ -452,6 +478,24 @@ impl Vm {
     /// Adds a note for the user.
     pub fn add_note(&mut self, note: String) {
         self.notes.push(note);
+    }
+
+    /// Where the guest's dirty pages come from (the ring or the bitmap).
+    pub fn dirty(&self) -> &Arc<DirtyLog> {
+        &self.dirty
+    }
+
+    /// The pages of `slot` the guest wrote since the last call for it (and since the
+    /// last snapshot, reset or restore over this VM, which take them too), forgotten
+    /// once returned. The vCPUs should be parked.
+    ///
+    /// # Errors
+    /// KVM's (`KVM_GET_DIRTY_LOG` on a slot without dirty logging, say).
+    pub fn take_dirty(
+        &self,
+        slot: &crate::kvm::memory::Slot,
+    ) -> Result<crate::kvm::dirty::DirtyPages, KvmError> {
+        self.dirty.take(self.fd(), slot)
     }
 
     /// The configuration.

@@ -121,12 +121,14 @@ impl Machine {
         let run_page =
             RunPage::map(vm.vcpu(), vm.caps().vcpu_mmap_size, true).map_err(BootMachineError::Map)?;
         let rip = crate::kvm::probe::rip_convention().unwrap_or_default();
-        let cpu = vcpu::Vcpu::new(run_page, rip, vm.caps().system_event_data);
+        let mut cpu = vcpu::Vcpu::new(run_page, rip, vm.caps().system_event_data);
+        cpu.set_dirty_log(Arc::clone(vm.dirty()));
         let mut ap_cpus = Vec::new();
         for (index, fd) in (1..).zip(vm.aps()) {
             let page = RunPage::map(&aps::lock(fd), vm.caps().vcpu_mmap_size, true)
                 .map_err(BootMachineError::Map)?;
-            let cpu = vcpu::Vcpu::new(page, rip, vm.caps().system_event_data);
+            let mut cpu = vcpu::Vcpu::new(page, rip, vm.caps().system_event_data);
+            cpu.set_dirty_log(Arc::clone(vm.dirty()));
             ap_cpus.push(aps::ApCpu {
                 index,
                 fd: Arc::clone(fd),

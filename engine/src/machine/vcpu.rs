@@ -6,6 +6,8 @@
 //! Nothing here is shared with another vCPU: with several, each gets one of these on its
 //! own thread, recording its own exits without a lock on the per-exit path.
 
+use std::sync::Arc;
+
 use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuFd;
 use vmrr_format::{Body, WriteError};
@@ -13,6 +15,7 @@ use vmrr_format::{Body, WriteError};
 use crate::devices::bus::{Answer, Bus};
 use crate::exit::answer::{self, AnswerError};
 use crate::exit::{Exit, RipConvention, RunView};
+use crate::kvm::dirty::DirtyLog;
 use crate::kvm::entry::{self, Entry};
 use crate::kvm::system::KvmError;
 use crate::page::PAGE_BYTES;
@@ -39,6 +42,8 @@ pub(crate) struct Vcpu {
     /// Where the devices' answers go: the largest access one exit makes (string I/O
     /// fills at most the port-I/O data page).
     reply: Box<[u8]>,
+    /// The VM's dirty-page source, harvested when this vCPU's dirty ring is full.
+    dirty: Option<Arc<DirtyLog>>,
 }
 
 impl Vcpu {
@@ -59,7 +64,13 @@ impl Vcpu {
             window_requested: false,
             last_seq: None,
             reply: vec![0; PAGE_BYTES].into_boxed_slice(),
+            dirty: None,
         }
+    }
+
+    /// Harvests `dirty` whenever this vCPU's dirty ring fills (see [`Self::enter`]).
+    pub(crate) fn set_dirty_log(&mut self, dirty: Arc<DirtyLog>) {
+        self.dirty = Some(dirty);
     }
 
     /// The `kvm_run` page as it is now (the interrupt flag and injection readiness change
@@ -79,8 +90,25 @@ impl Vcpu {
         if let Some(r) = self.recorder.as_mut() {
             r.entering();
         }
-        if entry::enter(fd)? == Entry::Interrupted {
-            return Ok(false);
+        loop {
+            if entry::enter(fd)? == Entry::Interrupted {
+                return Ok(false);
+            }
+            // A full dirty ring is vmrr's business, not the guest's: harvest it and go
+            // back in. No exit is counted or recorded for it (a replay, whose ring fills
+            // at other points, must not expect one), and the guest ran no instruction.
+            match &self.dirty {
+                Some(d) if self.view().exit_reason() == kvm_bindings::KVM_EXIT_DIRTY_RING_FULL => {
+                    if d.ring_full()? == 0 {
+                        // Nothing KVM would take back: entering again would exit again.
+                        return Err(KvmError {
+                            what: "freeing a full dirty ring",
+                            source: kvm_ioctls::Error::new(libc::ENOSPC),
+                        });
+                    }
+                }
+                _ => break,
+            }
         }
         if let Some(r) = self.recorder.as_mut() {
             r.exited();

@@ -6,6 +6,7 @@
 //! recorder.
 
 use crate::kvm::caps::HostCaps;
+use crate::kvm::dirty::DirtyMethod;
 
 /// Annotations describing this host: `host.kernel`, `host.cpu`, `kvm.caps`,
 /// `kvm.memory_ioctl`, and the measured `kvm.rip_after_io`, `kvm.rip_after_mmio`,
@@ -28,6 +29,17 @@ pub fn host_annotations(caps: &HostCaps, region2: bool) -> Vec<(String, String)>
         put("kvm.cpuid_enforced", f.cpuid_enforced.to_string());
     }
     a
+}
+
+/// The `kvm.dirty_log` annotation: how the recorded machine tracked the pages its guest
+/// dirtied (for incremental snapshots, checkpoints and resets): `off` (no dirty logging),
+/// `bitmap` (`KVM_GET_DIRTY_LOG`), or `ring:<entries per vCPU>` with `:acq_rel` when
+/// through `KVM_CAP_DIRTY_LOG_RING_ACQ_REL`. With the ring, a vCPU whose ring fills exits
+/// with `KVM_EXIT_DIRTY_RING_FULL`; vmrr harvests and re-enters without recording that
+/// exit, so a trace holds none.
+pub fn dirty_log_annotation(logging: bool, method: DirtyMethod) -> (String, String) {
+    let v = if logging { method.describe() } else { "off".into() };
+    ("kvm.dirty_log".into(), v)
 }
 
 /// This host's annotations, as a recording on it would start with (without the memory

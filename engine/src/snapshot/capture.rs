@@ -286,7 +286,7 @@ fn plan_of(m: &Machine, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
         let user = slot.take_written();
         let dirty = match (logged, user) {
             (true, user) => {
-                let mut bitmap = take_dirty_log(vm.fd(), slot)?;
+                let mut bitmap = take_dirty_log(vm, slot)?.into_bitmap(slot.pages());
                 for (w, u) in bitmap.iter_mut().zip(user.unwrap_or_default()) {
                     *w |= u;
                 }

@@ -34,7 +34,7 @@ pub fn load(dir: &Path, max_mem: u64) -> Result<StoredSnapshot, SnapshotError> {
     let path = dir.join(STATE_FILE);
     let state: SnapshotState = super::state::read_file(&path)?;
     state.validate(max_mem).map_err(|error| SnapshotError::Invalid { path, error })?;
-    Ok(StoredSnapshot { dir: dir.to_path_buf(), state })
+    Ok(StoredSnapshot::new(dir.to_path_buf(), state))
 }
 
 /// What a chain check keeps of a validated snapshot: who it is and its memory layout.

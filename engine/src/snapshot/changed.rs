@@ -34,11 +34,10 @@ pub(crate) fn union<'a>(lists: impl IntoIterator<Item = &'a [(u64, u64)]>) -> Ru
     out
 }
 
-/// `s` as a link of an [`Origin`], its changed runs computed from its page bitmaps (none
-/// for a full snapshot).
+/// `s` as a link of an [`Origin`], with the changed runs computed at its load (none for a
+/// full snapshot).
 pub(crate) fn link_of(s: &StoredSnapshot) -> OriginLink {
-    let changed = s.state.slots.iter().map(|slot| if slot.full { Vec::new() } else { slot.runs() }).collect();
-    link_with(s, Arc::new(changed))
+    link_with(s, Arc::clone(&s.changed))
 }
 
 fn link_with(s: &StoredSnapshot, changed: Arc<Vec<Runs>>) -> OriginLink {
@@ -76,9 +75,7 @@ pub(crate) fn take_written(m: &Machine) -> Result<Vec<Option<Runs>>, SnapshotErr
             runs.push(bitmap_runs(&b, slot.pages()));
         }
         match (slot.spec().kind, logged) {
-            (SlotKind::Ram, true) => {
-                runs.push(bitmap_runs(&take_dirty_log(m.vm().fd(), slot)?, slot.pages()))
-            }
+            (SlotKind::Ram, true) => runs.push(take_dirty_log(m.vm(), slot)?.runs(slot.pages())),
             (SlotKind::Ram, false) => {
                 out.push(None);
                 continue;

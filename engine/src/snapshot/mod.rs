@@ -81,6 +81,18 @@ pub struct StoredSnapshot {
     pub dir: std::path::PathBuf,
     /// Its state.
     pub state: SnapshotState,
+    /// Per slot, the runs of pages it changed over its parent (none when full), from its
+    /// page bitmaps once at load: a restore over a kept machine then costs the pages that
+    /// differ, not a scan of every slot's bitmap.
+    pub(crate) changed: std::sync::Arc<Vec<changed::Runs>>,
+}
+
+impl StoredSnapshot {
+    /// A loaded snapshot of `state` in `dir`.
+    pub(crate) fn new(dir: std::path::PathBuf, state: SnapshotState) -> Self {
+        let changed = state.slots.iter().map(|s| if s.full { Vec::new() } else { s.runs() }).collect();
+        StoredSnapshot { dir, state, changed: std::sync::Arc::new(changed) }
+    }
 }
 
 #[cfg(feature = "testing")]
@@ -106,14 +118,13 @@ pub fn fuzz_state(data: &[u8]) {
     }
 }
 
-/// Reads and clears KVM's dirty log of `slot`: a bitmap of the pages written since the last
-/// read, one bit per page.
+/// The pages of `slot` the guest wrote since the last call for it (KVM's dirty ring or
+/// bitmap, whichever the VM uses: [`crate::kvm::dirty::DirtyLog`]), read and forgotten.
 pub(crate) fn take_dirty_log(
-    vm: &kvm_ioctls::VmFd,
+    vm: &crate::kvm::Vm,
     slot: &crate::kvm::memory::Slot,
-) -> Result<Vec<u64>, SnapshotError> {
-    let size = usize::try_from(slot.spec().size).unwrap_or(0);
-    Ok(vm.get_dirty_log(slot.id(), size).map_err(crate::kvm::system::KvmError::on("KVM_GET_DIRTY_LOG"))?)
+) -> Result<crate::kvm::dirty::DirtyPages, SnapshotError> {
+    Ok(vm.dirty().take(vm.fd(), slot)?)
 }
 
 /// `true` when `path` is a snapshot directory (it holds a state file).

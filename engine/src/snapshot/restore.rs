@@ -123,6 +123,7 @@ pub fn restore_into(
         rom_size: st.vm.rom_size,
         irqchip: irqchip_of(top),
         vcpus: u32::try_from(st.vcpus.len()).unwrap_or(u32::MAX),
+        dirty_tracking: crate::kvm::dirty::DirtyTracking::Auto,
     };
     let vm = Vm::from_empty(empty, config, memory, false)?;
     restore_chip(&vm, top)?;

@@ -14,11 +14,13 @@
 //! - [`thread`]: lowering a helper thread's priority (the snapshot writer).
 //! - [`uffd`]: userfaultfd write-protection of guest memory (background checkpoints).
 //! - [`stop`]: dying of a caught signal after cleaning up.
+//! - [`dirty_ring`]: KVM's dirty ring: enabling, mapping a vCPU's ring, harvesting, reset.
 //! - [`vm_handle`]: a second handle on a VM (the APs' threads raise interrupt lines).
 
 // The one room where the crate's `#![deny(unsafe_code)]` is lifted.
 #![allow(unsafe_code)]
 
+pub mod dirty_ring;
 pub mod kick;
 pub mod mapping;
 pub mod memfd;
