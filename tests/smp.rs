@@ -36,6 +36,9 @@ fn smp_counter_on_four_vcpus_records_every_vcpu_and_says_its_path_cannot_replay(
         "500",
         "--checkpoint-interval-ms",
         "5",
+        // A watchdog, not a claim about speed: a lost AP would otherwise wait forever.
+        "--max-seconds",
+        "300",
         "-o",
         s(&trace),
         "--serial",
@@ -87,6 +90,8 @@ fn smp_fail_reproduces_on_the_ap_that_failed_from_a_bundle_elsewhere() {
         "smp-fail",
         "--vcpus",
         "4",
+        "--max-seconds",
+        "300",
         "-o",
         s(&trace),
         "--serial",
