@@ -18,6 +18,7 @@ pub mod linux;
 mod rewrite;
 mod storm;
 mod tsc;
+pub mod virtqueue;
 
 use std::path::{Path, PathBuf};
 
@@ -171,6 +172,12 @@ pub const BUILTINS: &[Builtin] = &[
         default_iterations: Some(2),
     },
     Builtin {
+        name: "virtqueue",
+        mode: BootMode::Long { ring: 0 },
+        about: "N requests to a device thread (ioeventfd notify, irqfd completion: no exits), each buffer checked; needs --irqchip kernel",
+        default_iterations: Some(16),
+    },
+    Builtin {
         name: "dirty-pages",
         mode: BootMode::Long { ring: 3 },
         about: "dirties N pages, exits, repeats forever (snapshot benchmarks; end it with --max-exits)",
@@ -228,6 +235,7 @@ pub fn builtin(name: &str, params: &GuestParams) -> Result<GuestImage, LoadError
         "rewrite-window" => rewrite::build(LONG_LOAD, low_end, n),
         "tsc" => tsc::build(LONG_LOAD, n, false),
         "tsc-fail" => tsc::build(LONG_LOAD, n, true),
+        "virtqueue" => virtqueue::build(LONG_LOAD, n),
         _ => emulation_failure::build(LONG_LOAD),
     };
     let bytes = asm.map_err(|e| LoadError::Assemble { name: b.name, detail: e.to_string() })?;

@@ -55,6 +55,9 @@ pub enum RunError {
     /// An answer could not be written into `kvm_run`.
     #[error("cannot answer the exit")]
     Answer(#[from] AnswerError),
+    /// The queue device's thread could not start, or failed.
+    #[error(transparent)]
+    Device(#[from] crate::machine::queue_device::QueueDeviceError),
 }
 
 impl From<vmrr_format::WriteError> for RunError {
@@ -179,14 +182,22 @@ impl Machine {
             .map_err(|source| RunError::Os { what: "starting the watchdog", source })?;
         self.stop = Some(watchdog.stop_handle());
         let flags = Arc::clone(&watchdog.flags);
-        let looped = match self.start_team(watchdog.stop_handle()) {
+        let started = match self.start_queue(watchdog.stop_handle()) {
+            Ok(()) => self.start_team(watchdog.stop_handle()),
+            Err(e) => Err(RunError::Device(e)),
+        };
+        let looped = match started {
             Ok(()) => self.run_loop(&flags, hook),
             Err(e) => Err(e),
         };
         let outcome = self.end_team(looped);
+        // Joined whatever ended the run: the thread never outlives it.
+        let device = self.stop_queue();
         drop(watchdog);
         self.stop = None;
         let outcome = outcome?;
+        // A device thread that failed stopped the run: its error is the run's.
+        device?;
         self.serial.flush();
         self.debugcon.flush();
         if let Some(e) = self.serial.take_error().or_else(|| self.debugcon.take_error()) {
