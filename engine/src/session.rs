@@ -292,7 +292,7 @@ impl SessionConfig {
         annotations.extend(m.guest_annotations().iter().cloned());
         rec.write_prelude(&annotations, m.vm().cpuid())?;
         let trace_id = rec.trace_id();
-        m.start_recording(rec);
+        m.start_recording(rec)?;
         Ok(Recording { trace_id, annotations })
     }
 

@@ -82,5 +82,6 @@ pub use reader::{ChunkInfo, ChunkStats, Source, TraceReader};
 pub use record::*;
 pub use verify::{Damage, MAX_TRACKED_VCPUS, Stats, VerifyReport, stats, verify};
 pub use writer::{
-    MemorySink, NullSink, SyncMode, TraceSink, TraceWriter, WriterOptions, WriterSummary, random_id,
+    MemorySink, NullSink, SharedTrace, SyncMode, TraceSink, TraceStream, TraceWriter, WriterOptions,
+    WriterSummary, random_id,
 };

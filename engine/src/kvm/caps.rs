@@ -29,6 +29,10 @@ pub struct HostCaps {
     pub vcpu_mmap_size: usize,
     /// `KVM_CAP_IRQCHIP`: KVM's in-kernel PIC, IOAPIC and local APICs.
     pub irqchip: bool,
+    /// The performance-monitoring unit KVM offers guests (`KVM_GET_SUPPORTED_CPUID` leaf
+    /// 0xA): `(version, general-purpose counters)`, `None` without one. An instruction
+    /// counter is what could place what several vCPUs did between exits.
+    pub pmu: Option<(u8, u8)>,
 }
 
 impl HostCaps {
@@ -47,6 +51,15 @@ impl HostCaps {
             readonly_mem: has(KVM_CAP_READONLY_MEM),
             vcpu_mmap_size: kvm.get_vcpu_mmap_size().unwrap_or(0),
             irqchip: has(kvm_bindings::KVM_CAP_IRQCHIP),
+            pmu: pmu(kvm),
+        }
+    }
+
+    /// `host.pmu`: `none`, or `version V, N counters`.
+    pub fn describe_pmu(&self) -> String {
+        match self.pmu {
+            None => "none".into(),
+            Some((v, n)) => format!("version {v}, {n} counters"),
         }
     }
 
@@ -65,4 +78,12 @@ impl HostCaps {
             self.irqchip
         )
     }
+}
+
+/// Leaf 0xA of the CPUID KVM supports: the architectural PMU's version and counters.
+fn pmu(kvm: &Kvm) -> Option<(u8, u8)> {
+    let cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).ok()?;
+    let e = cpuid.as_slice().iter().find(|e| e.function == 0xa)?;
+    let [version, counters, ..] = e.eax.to_le_bytes();
+    (version != 0).then_some((version, counters))
 }

@@ -122,8 +122,27 @@ impl Machine {
     }
 
     /// Starts recording every exit and injection with `recorder`.
-    pub(crate) fn start_recording(&mut self, recorder: Recorder) {
+    ///
+    /// With APs, the trace becomes one every vCPU's thread appends to, each through its
+    /// own stream (`vmrr_format::SharedTrace`): the bootstrap processor's recorder keeps
+    /// the trace, each AP gets a recorder of its own.
+    ///
+    /// # Errors
+    /// The trace's writer failed, or an AP's recorder could not attach.
+    pub(crate) fn start_recording(&mut self, recorder: Recorder) -> Result<(), crate::record::RecorderError> {
+        if self.aps.is_empty() {
+            self.cpu.set_recorder(Some(recorder));
+            return Ok(());
+        }
+        self.focus(0).map_err(|e| crate::record::RecorderError::Probe(e.to_string()))?;
+        let (recorder, trace) = recorder.into_shared(self.aps.len() + 1)?;
+        for ap in &self.aps {
+            let fd = aps::lock(&ap.fd);
+            let r = Recorder::on_stream(self.vm.kvm(), &fd, ap.index, trace.stream())?;
+            aps::lock(&ap.cpu).set_recorder(Some(r));
+        }
         self.cpu.set_recorder(Some(recorder));
+        Ok(())
     }
 
     /// The recorder, to record events beside the exits (checkpoints) or swap its writer.
@@ -133,6 +152,11 @@ impl Machine {
 
     /// Stops recording and hands the recorder back (to finish its trace).
     pub(crate) fn stop_recording(&mut self) -> Option<Recorder> {
+        // The APs' streams are collected when the bootstrap processor's recorder finishes
+        // the trace.
+        for ap in &self.aps {
+            aps::lock(&ap.cpu).set_recorder(None);
+        }
         self.cpu.set_recorder(None)
     }
 

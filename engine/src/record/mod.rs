@@ -2,6 +2,7 @@
 //! prelude every trace starts with.
 
 pub mod clock;
+mod out;
 pub mod prelude;
 pub mod recorder;
 

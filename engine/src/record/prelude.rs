@@ -17,6 +17,7 @@ pub fn host_annotations(caps: &HostCaps, region2: bool) -> Vec<(String, String)>
     put("host.kernel", read_trim("/proc/sys/kernel/osrelease"));
     put("host.cpu", cpu_model());
     put("kvm.caps", caps.describe());
+    put("host.pmu", caps.describe_pmu());
     put(
         "kvm.memory_ioctl",
         if region2 { "KVM_SET_USER_MEMORY_REGION2" } else { "KVM_SET_USER_MEMORY_REGION" }.into(),

@@ -68,6 +68,7 @@ use vmrr_format::{
 };
 
 use super::clock::ExitClock;
+use super::out::Out;
 use crate::exit::{RipConvention, RunView};
 use crate::kvm::cpuid;
 use crate::sys::run_page::RunPage;
@@ -110,7 +111,7 @@ impl RecorderOptions {
 
 /// Records one vCPU's exits into a trace.
 pub struct Recorder {
-    writer: TraceWriter,
+    writer: Out,
     run: RunPage,
     vcpu_id: u32,
     conv: RipConvention,
@@ -158,7 +159,42 @@ impl Recorder {
         let system_event_data =
             kvm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_SYSTEM_EVENT_DATA)) > 0;
         let clock = opts.timing.then(ExitClock::new);
+        Ok(Recorder { writer: Out::Whole(writer), run, vcpu_id, conv, system_event_data, exits: 0, clock })
+    }
+
+    /// A recorder for `vcpu` (numbered `vcpu_id`) on `stream`, its thread's stream of a
+    /// trace several vCPUs share (see [`Self::into_shared`]); timing as the trace's header
+    /// announces it.
+    ///
+    /// # Errors
+    /// As for [`Self::new`].
+    pub fn on_stream(
+        kvm: &Kvm,
+        vcpu: &VcpuFd,
+        vcpu_id: u32,
+        stream: vmrr_format::TraceStream,
+    ) -> Result<Self, RecorderError> {
+        let size = kvm.get_vcpu_mmap_size().map_err(RecorderError::MmapSize)?;
+        let run = RunPage::map(vcpu, size, false).map_err(RecorderError::Map)?;
+        let conv = crate::kvm::probe::rip_convention().map_err(RecorderError::Probe)?;
+        let system_event_data =
+            kvm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_SYSTEM_EVENT_DATA)) > 0;
+        let clock = stream.header().has_timing().then(ExitClock::new);
+        let writer = Out::Stream { stream, trace: None };
         Ok(Recorder { writer, run, vcpu_id, conv, system_event_data, exits: 0, clock })
+    }
+
+    /// Turns this recorder's trace into one `threads` threads append to (one per vCPU, one
+    /// per device thread): this recorder records on a stream of it and keeps it (its
+    /// [`Self::finish`] closes it, every stream's records collected); the other threads
+    /// record on [`vmrr_format::SharedTrace::stream`]s of the trace returned.
+    ///
+    /// # Errors
+    /// The trace's writer failed.
+    pub fn into_shared(self, threads: usize) -> Result<(Self, vmrr_format::SharedTrace), WriteError> {
+        let Recorder { writer, run, vcpu_id, conv, system_event_data, exits, clock } = self;
+        let (writer, trace) = writer.share(threads)?;
+        Ok((Recorder { writer, run, vcpu_id, conv, system_event_data, exits, clock }, trace))
     }
 
     /// True when exit records carry timing.
@@ -236,7 +272,7 @@ impl Recorder {
 
     #[inline]
     fn append_exit(
-        writer: &mut TraceWriter,
+        writer: &mut Out,
         clock: &mut Option<ExitClock>,
         exits: &mut u64,
         vcpu_id: u32,
@@ -357,14 +393,22 @@ impl Recorder {
     /// # Errors
     /// The new writer already holds later records.
     pub fn replace_writer(&mut self, mut writer: TraceWriter) -> Result<TraceWriter, WriteError> {
+        let Out::Whole(current) = &mut self.writer else {
+            return Err(WriteError::Unencodable {
+                field: "writer",
+                detail:
+                    "a recorder on a stream of a shared trace (several vCPUs) cannot move to a new segment"
+                        .into(),
+            });
+        };
         if self.clock.is_some() && !writer.header().has_timing() {
             return Err(WriteError::Unencodable {
                 field: "timing",
                 detail: "the new segment's writer does not announce timing (WriterOptions::timing)".into(),
             });
         }
-        writer.continue_from(self.writer.next_seq())?;
-        Ok(std::mem::replace(&mut self.writer, writer))
+        writer.continue_from(current.next_seq())?;
+        Ok(std::mem::replace(current, writer))
     }
 
     /// Records that a device wrote `data` into guest memory at `gpa` (a `guest_write`

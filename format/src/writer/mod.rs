@@ -11,6 +11,7 @@
 mod background;
 mod options;
 mod sink;
+mod streams;
 
 use std::fs::File;
 use std::path::Path;
@@ -31,6 +32,7 @@ use crate::record::{Body, MAX_RECORD_SIZE, Record, RegsSample, Timing, Unknown};
 use background::{Background, Job, Shared};
 pub use options::{SyncMode, WriterOptions, WriterSummary};
 pub use sink::{MemorySink, NullSink, TraceSink};
+pub use streams::{SharedTrace, TraceStream};
 
 /// Streaming writer: see the module docs.
 pub struct TraceWriter {
@@ -306,6 +308,28 @@ impl TraceWriter {
         }
         self.next_seq = rec.seq;
         self.push(rec)
+    }
+
+    /// Appends an already encoded record numbered `seq` (a [`SharedTrace`]'s collection):
+    /// as [`Self::push`], its bytes copied.
+    fn push_encoded(&mut self, seq: u64, rec: &[u8]) -> Result<(), WriteError> {
+        if self.count > 0 && seq != self.next_seq {
+            self.close_chunk()?;
+        }
+        if self.count == 0 {
+            self.first_seq = seq;
+        }
+        self.buf.extend_from_slice(rec);
+        self.next_seq = seq + 1;
+        self.count += 1;
+        if self.buf.len() >= self.target
+            || self.sync == SyncMode::Always
+            || self.count == u32::MAX
+            || self.shared.flush_due.load(Ordering::Relaxed)
+        {
+            self.close_chunk()?;
+        }
+        Ok(())
     }
 
     #[inline]
