@@ -236,6 +236,12 @@ impl SessionConfig {
         }
     }
 
+    /// Device threads the machine will have (the `virtqueue` guest's queue device): a
+    /// recording of it needs a writer with `guest_writes` (their records).
+    pub fn device_threads(&self) -> u32 {
+        u32::from(matches!(&self.guest, GuestSpec::Builtin { name, .. } if name == VIRTQUEUE))
+    }
+
     /// Validates, creates the VM and boots the guest.
     ///
     /// # Errors
@@ -264,7 +270,7 @@ impl SessionConfig {
             Prepared::Image(img) => {
                 let mut m = Machine::new(vm, serial, debugcon)?;
                 m.boot(img)?;
-                if matches!(&self.guest, GuestSpec::Builtin { name, .. } if name == VIRTQUEUE) {
+                if self.device_threads() > 0 {
                     m.attach_queue_device(guests::virtqueue::NOTIFY_PORT, guests::virtqueue::GSI)?;
                 }
                 m

@@ -311,6 +311,8 @@ impl RecordArgs {
             zstd_level: (!self.no_compress).then_some(self.zstd_level),
             sync: SyncMode::parse(&self.sync).unwrap_or_default(),
             timing: self.timing,
+            // A device thread's guest writes are records of their own.
+            guest_writes: self.session().is_ok_and(|c| c.device_threads() > 0),
             ..Default::default()
         }
     }

@@ -20,6 +20,7 @@
 
 mod aps;
 pub mod debug;
+pub mod device_stream;
 mod fatal;
 mod inspect;
 pub mod origin;

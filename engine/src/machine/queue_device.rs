@@ -279,6 +279,11 @@ impl Machine {
         q.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
+    /// Whether the machine has a queue device.
+    pub fn has_queue_device(&self) -> bool {
+        self.queue.is_some()
+    }
+
     /// The queue device's request counts, if the machine has one (they add up over runs).
     pub fn queue_counts(&self) -> Option<Arc<QueueCounts>> {
         self.queue.as_ref().map(|q| Arc::clone(&q.counts))
