@@ -59,7 +59,7 @@ pub fn len_of(round: u32) -> u32 {
 
 /// Byte `i` the device writes for round `round`.
 pub fn pattern(round: u32, i: u32) -> u8 {
-    (round.wrapping_mul(31).wrapping_add(i) & 0xff) as u8
+    round.wrapping_mul(31).wrapping_add(i).to_le_bytes()[0]
 }
 
 /// Emits the set-up of the 64-bit interrupt gate for `vector` (DPL 0, `CS_RING0`) to
