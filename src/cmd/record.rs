@@ -266,6 +266,12 @@ impl RecordArgs {
                 self.vcpus
             )));
         }
+        if self.vcpus > 1 && self.flight_recorder {
+            return Err(CliError::Usage(format!(
+                "--flight-recorder records one vCPU: its segments continue one writer, and --vcpus {} shares the trace between threads",
+                self.vcpus
+            )));
+        }
         if kernel && irqchip == Some(IrqchipKind::User) {
             return Err(CliError::Usage(
                 "--kernel needs --irqchip kernel: Linux uses the local APICs and the IOAPIC".into(),
