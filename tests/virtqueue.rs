@@ -99,4 +99,9 @@ fn vmrrs_own_irqchip_is_refused_naming_why() {
     let e = stderr(&o);
     assert!(e.contains("virtqueue") && e.contains("--irqchip kernel") && e.contains("irqfd"), "{e}");
     assert!(!out.exists(), "refused before the trace was created");
+
+    // The flight recorder continues one writer: a device thread's stream has no place in it.
+    let o = vmrr(&["record", "--guest", "virtqueue", "--flight-recorder", "-o", s(&out)]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--flight-recorder"), "{}", stderr(&o));
 }

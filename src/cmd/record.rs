@@ -277,7 +277,7 @@ impl RecordArgs {
                 "--kernel needs --irqchip kernel: Linux uses the local APICs and the IOAPIC".into(),
             ));
         }
-        Ok(SessionConfig {
+        let cfg = SessionConfig {
             guest,
             mem_bytes,
             cpuid,
@@ -286,7 +286,13 @@ impl RecordArgs {
             limits: Limits { max_exits: self.max_exits, max_duration },
             // Snapshots after the first are incremental, the failure point's too.
             dirty_log: !self.no_snapshot && !self.no_trace,
-        })
+        };
+        if cfg.device_threads() > 0 && self.flight_recorder {
+            return Err(CliError::Usage(
+                "--flight-recorder records one thread: its segments continue one writer, and the virtqueue guest's device thread shares the trace".into(),
+            ));
+        }
+        Ok(cfg)
     }
 
     /// The checkpoint policy.
