@@ -189,9 +189,72 @@ fn guest_write(c: &mut Criterion) {
     g.finish();
 }
 
+/// Recording work per exit with 1, 2 and 4 threads recording into one trace at once, as
+/// the vCPU threads of a machine with several vCPUs do (each through its own
+/// `TraceStream`), and one thread on a plain `TraceWriter` (what one vCPU uses). Each
+/// iteration is one exit record (I/O exit with a register sample) appended by every
+/// thread; the time is the busiest thread's own CPU time per record, so sharing two cores
+/// between four threads does not count, and a lock convoy (threads spinning or waking
+/// each other, cache lines bouncing) does.
+fn record_threads(c: &mut Criterion) {
+    use cpu_time::ThreadTime;
+    let mut g = c.benchmark_group("record_threads");
+    g.throughput(Throughput::Elements(1));
+    let append_n = |w: &mut dyn FnMut(u32, Body<'_>, Option<RegsSample>), vcpu: u32, n: u64| {
+        for i in 0..n {
+            let (d, r) = io_body(i);
+            let io = Io { direction: Direction::Out, size: 1, port: 0x3f8, count: 1, data: &d };
+            w(vcpu, Body::Io(io), Some(r));
+        }
+    };
+    g.bench_function("writer_1", |b| {
+        b.iter_custom(|iters| {
+            let opts = WriterOptions { zstd_level: Some(3), sync: SyncMode::Never, ..Default::default() };
+            let mut w = TraceWriter::with_sink(NullSink, "bench".into(), opts).unwrap();
+            let t = ThreadTime::now();
+            append_n(&mut |v, body, r| drop(black_box(w.append(v, body, r).unwrap())), 0, iters);
+            let spent = t.elapsed();
+            w.finish().unwrap();
+            spent
+        })
+    });
+    for threads in [1u32, 2, 4] {
+        g.bench_function(format!("streams_{threads}"), |b| {
+            b.iter_custom(|iters| {
+                let opts = WriterOptions { zstd_level: Some(3), sync: SyncMode::Never, ..Default::default() };
+                let w = TraceWriter::with_sink(NullSink, "bench".into(), opts).unwrap();
+                let shared = w.into_shared(threads as usize).unwrap();
+                let start = std::sync::Barrier::new(threads as usize);
+                let spent = std::thread::scope(|s| {
+                    let handles: Vec<_> = (0..threads)
+                        .map(|v| {
+                            let mut stream = shared.stream();
+                            let start = &start;
+                            s.spawn(move || {
+                                start.wait();
+                                let t = ThreadTime::now();
+                                append_n(
+                                    &mut |v, body, r| drop(black_box(stream.append(v, body, r).unwrap())),
+                                    v,
+                                    iters,
+                                );
+                                t.elapsed()
+                            })
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join().unwrap()).max().unwrap_or_default()
+                });
+                shared.finish().unwrap();
+                spent
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = record, trace_write, trace_read, chunk_compression, guest_write
+    targets = record, trace_write, trace_read, chunk_compression, guest_write, record_threads
 }
 criterion_main!(benches);

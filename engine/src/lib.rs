@@ -25,7 +25,7 @@
 //!
 //! let vm = Vm::new(VmConfig::default())?;
 //! let mut m = Machine::new(vm, Console::capture_only(), Console::capture_only())?;
-//! let image = guests::builtin("hello", &guests::GuestParams { iterations: None, mem_bytes: 128 << 20 })?;
+//! let image = guests::builtin("hello", &guests::GuestParams { iterations: None, mem_bytes: 128 << 20, vcpus: 1 })?;
 //! m.boot(&image)?;
 //! let summary = m.run()?;
 //! assert_eq!(m.serial().captured(), guests::HELLO_TEXT.as_bytes());

@@ -168,7 +168,7 @@ impl SessionConfig {
             GuestSpec::Builtin { name, iterations } => {
                 let img = guests::builtin(
                     name,
-                    &GuestParams { iterations: *iterations, mem_bytes: self.mem_bytes },
+                    &GuestParams { iterations: *iterations, mem_bytes: self.mem_bytes, vcpus: self.vcpus },
                 )?;
                 guests::check_placement(&img, &ram)?;
                 if name == VIRTQUEUE && self.irqchip() != IrqchipKind::Kernel {

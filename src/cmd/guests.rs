@@ -12,14 +12,20 @@ pub fn run(json: bool) -> CliResult {
             .iter()
             .map(|b| {
                 serde_json::json!({"name": b.name, "mode": b.mode.name(), "about": b.about,
-                                   "default_iterations": b.default_iterations})
+                                   "default_iterations": b.default_iterations,
+                                   "min_vcpus": b.min_vcpus, "max_vcpus": b.max_vcpus})
             })
             .collect();
         return print_json(&v);
     }
     for b in BUILTINS {
         let it = b.default_iterations.map(|n| format!(" (--iterations, default {n})")).unwrap_or_default();
-        println!("{:<18} {:<14} {}{it}", b.name, b.mode.name(), b.about);
+        let cpus = if b.max_vcpus == u32::MAX {
+            String::new()
+        } else {
+            format!(" ({}..={} vCPUs)", b.min_vcpus, b.max_vcpus)
+        };
+        println!("{:<18} {:<14} {}{it}{cpus}", b.name, b.mode.name(), b.about);
     }
     Ok(())
 }

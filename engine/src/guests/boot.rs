@@ -43,6 +43,15 @@ pub const MAX_PD: u64 = 64;
 /// Lowest address available to guest images in long mode.
 pub const LONG_MODE_FREE: u64 = PML4_ADDR + (2 + MAX_PD) * 0x1000;
 
+/// Limit of the GDT at [`GDT_ADDR`]: seven 8-byte entries (the TSS descriptor takes two).
+pub const GDT_LIMIT: u16 = 7 * 8 - 1;
+/// CR0 in long mode: PE | MP | ET | NE | WP | PG.
+pub const LONG_MODE_CR0: u64 = 0x1 | 0x2 | 0x10 | 0x20 | 0x1_0000 | 0x8000_0000;
+/// CR4 in long mode: PAE | OSFXSR | OSXMMEXCPT (SSE for ring-3 guests).
+pub const LONG_MODE_CR4: u64 = 0x20 | 0x200 | 0x400;
+/// EFER.LME: long mode enable (the CPU sets LMA once paging is on).
+pub const EFER_LME: u64 = 0x100;
+
 /// Kernel code selector.
 pub const CS_RING0: u16 = 0x08;
 /// Kernel data selector.
@@ -203,15 +212,13 @@ pub fn setup_long_mode(
         unusable: 0,
         padding: 0,
     };
-    sregs.gdt = kvm_dtable { base: GDT_ADDR, limit: 7 * 8 - 1, padding: [0; 3] };
+    sregs.gdt = kvm_dtable { base: GDT_ADDR, limit: GDT_LIMIT, padding: [0; 3] };
     sregs.idt = kvm_dtable { base: 0, limit: 0, padding: [0; 3] };
-    // PE | MP | ET | NE | WP | PG
-    sregs.cr0 = 0x1 | 0x2 | 0x10 | 0x20 | 0x1_0000 | 0x8000_0000;
+    sregs.cr0 = LONG_MODE_CR0;
     sregs.cr3 = cr3;
-    // PAE | OSFXSR | OSXMMEXCPT (SSE for ring-3 guests)
-    sregs.cr4 = 0x20 | 0x200 | 0x400;
+    sregs.cr4 = LONG_MODE_CR4;
     // LME | LMA
-    sregs.efer = 0x100 | 0x400;
+    sregs.efer = EFER_LME | 0x400;
     vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
     let regs =
         kvm_regs { rip: entry, rsp, rflags: if user { 0x2 | 0x3000 } else { 0x2 }, ..Default::default() };

@@ -10,8 +10,9 @@ use crate::kvm::system::KvmError;
 pub enum Entry {
     /// The guest exited: the exit is in the vCPU's `kvm_run` page.
     Exit,
-    /// `KVM_RUN` returned `EINTR` before any exit (a watchdog's kick, or `immediate_exit`):
-    /// nothing happened that a trace records.
+    /// `KVM_RUN` returned `EINTR` before any exit (a watchdog's kick, or `immediate_exit`),
+    /// or `EAGAIN` (an AP's MP state changed on INIT or SIPI): nothing happened that a
+    /// trace records.
     Interrupted,
 }
 
@@ -27,7 +28,8 @@ fn kvm_error(what: &'static str, e: &std::io::Error) -> KvmError {
 pub fn enter(vcpu: &mut VcpuFd) -> Result<Entry, KvmError> {
     match crate::sys::vcpu_ioctl::run(vcpu) {
         Ok(()) => Ok(Entry::Exit),
-        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
+        // EAGAIN: an AP waiting for INIT/SIPI changed MP state (KVM wants the call again).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) => {
             vcpu.set_kvm_immediate_exit(0);
             Ok(Entry::Interrupted)
         }
