@@ -1,5 +1,6 @@
 //! Trace format micro-benchmarks: record encode/decode, whole-trace write and read with
-//! and without zstd, chunk compression, and guest-memory writes (DMA) of 4 KiB to 16 MiB.
+//! and without zstd, chunk compression, guest-memory writes (DMA) of 4 KiB to 16 MiB, and
+//! appends from 1, 2 and 4 threads at once through a `SharedTrace` (`record_threads`).
 //! Figures go to docs/PERFORMANCE.md.
 //!
 //! `cargo bench --bench format`
@@ -212,7 +213,13 @@ fn record_threads(c: &mut Criterion) {
             let opts = WriterOptions { zstd_level: Some(3), sync: SyncMode::Never, ..Default::default() };
             let mut w = TraceWriter::with_sink(NullSink, "bench".into(), opts).unwrap();
             let t = ThreadTime::now();
-            append_n(&mut |v, body, r| drop(black_box(w.append(v, body, r).unwrap())), 0, iters);
+            append_n(
+                &mut |v, body, r| {
+                    black_box(w.append(v, body, r).unwrap());
+                },
+                0,
+                iters,
+            );
             let spent = t.elapsed();
             w.finish().unwrap();
             spent
@@ -221,9 +228,14 @@ fn record_threads(c: &mut Criterion) {
     for threads in [1u32, 2, 4] {
         g.bench_function(format!("streams_{threads}"), |b| {
             b.iter_custom(|iters| {
-                let opts = WriterOptions { zstd_level: Some(3), sync: SyncMode::Never, ..Default::default() };
+                let opts = WriterOptions {
+                    zstd_level: Some(3),
+                    sync: SyncMode::Never,
+                    threads: true,
+                    ..Default::default()
+                };
                 let w = TraceWriter::with_sink(NullSink, "bench".into(), opts).unwrap();
-                let shared = w.into_shared(threads as usize).unwrap();
+                let shared = w.into_shared();
                 let start = std::sync::Barrier::new(threads as usize);
                 let spent = std::thread::scope(|s| {
                     let handles: Vec<_> = (0..threads)
@@ -234,7 +246,9 @@ fn record_threads(c: &mut Criterion) {
                                 start.wait();
                                 let t = ThreadTime::now();
                                 append_n(
-                                    &mut |v, body, r| drop(black_box(stream.append(v, body, r).unwrap())),
+                                    &mut |v, body, r| {
+                                        black_box(stream.append(v, body, r).unwrap());
+                                    },
                                     v,
                                     iters,
                                 );

@@ -68,6 +68,26 @@ fn write_guest_write_example(w: &mut TraceWriter) {
     w.append(0, Body::EndOfRun(EndOfRun { reason: end_reason::HLT, exits: 1, status: 0 }), None).unwrap();
 }
 
+/// The records of the spec's 1.2 worked example (docs/FORMAT.md §10.2): vCPU 0 writes to
+/// a device's port, device thread 0 pulses GSI 5 through an irqfd, vCPU 1 halts, and vCPU
+/// 0 ends the run. Appended through one stream per thread, in that order.
+fn irq_line_options() -> WriterOptions {
+    WriterOptions { irq_lines: true, threads: true, trace_id: Some(*b"vmrr-irq-line-12"), ..spec_options() }
+}
+
+/// Writes §10.2's records through a [`SharedTrace`], one stream per thread.
+fn write_irq_line_example(w: TraceWriter) -> WriterSummary {
+    let shared = w.into_shared();
+    let (mut vcpu0, mut vcpu1, mut dev) = (shared.stream(), shared.stream(), shared.stream());
+    let io = Io { direction: Direction::Out, size: 1, port: 0x510, count: 1, data: &[1] };
+    vcpu0.append(0, Body::Io(io), None).unwrap();
+    let line = IrqLine { gsi: 5, level: IRQ_LEVEL_PULSE, via: IRQ_VIA_IRQFD };
+    dev.append_irq_line(DEVICE_THREAD_BASE, line).unwrap();
+    vcpu1.append(1, Body::Hlt, None).unwrap();
+    vcpu0.append(0, Body::EndOfRun(EndOfRun { reason: end_reason::HLT, exits: 2, status: 0 }), None).unwrap();
+    shared.finish().unwrap()
+}
+
 fn guest_write_options() -> WriterOptions {
     WriterOptions { guest_writes: true, trace_id: Some(*b"vmrr-guest-write"), ..spec_options() }
 }
@@ -219,6 +239,79 @@ fn regenerate_1_1() {
     let mut w = TraceWriter::create(&data("guest-write-1.1.vmrr"), guest_write_options()).unwrap();
     write_guest_write_example(&mut w);
     w.finish().unwrap();
+}
+
+#[test]
+#[ignore = "writes the 1.2 golden file; run deliberately"]
+fn regenerate_1_2() {
+    write_irq_line_example(TraceWriter::create(&data("irq-line-1.2.vmrr"), irq_line_options()).unwrap());
+}
+
+/// The 1.2 golden file: what this writer writes, byte for byte, for records appended by
+/// several threads with an IRQ line; FORMAT.md §10.2 documents these bytes; it reads back
+/// (device thread named); a 1.1 reader reads it and a 1.1 replayer refuses it naming
+/// `irq-line`, as §11 promises.
+#[test]
+fn irq_line_golden_is_1_2_a_1_1_reader_reads_and_a_1_1_replayer_refuses() {
+    let golden = std::fs::read(data("irq-line-1.2.vmrr")).expect("golden file");
+    let sink = MemorySink::default();
+    write_irq_line_example(TraceWriter::with_sink(sink.clone(), "mem".into(), irq_line_options()).unwrap());
+    assert_eq!(spec_bytes(&spec_section("### 10.2", "What differs")), golden, "FORMAT.md §10.2's dump");
+    assert_eq!(sink.bytes(), golden, "writer output drifted from docs/FORMAT.md §10.2");
+
+    let mut r = TraceReader::open(&data("irq-line-1.2.vmrr")).unwrap();
+    let h = r.header().clone();
+    assert_eq!((h.version_major, h.version_minor), (1, 2));
+    assert!(h.has_irq_lines() && h.has_threads() && !h.has_guest_writes());
+    assert_eq!(h.incompat_features, 0);
+    assert!(h.unknown_replay_required().is_empty(), "this version knows both features");
+    let mut seen = Vec::new();
+    while let Some(rec) = r.next_record() {
+        let rec = rec.unwrap();
+        if let Body::IrqLine(l) = rec.body {
+            assert_eq!((l.gsi, l.level, l.via), (5, IRQ_LEVEL_PULSE, IRQ_VIA_IRQFD));
+            assert_eq!(Appender::of(rec.vcpu), Appender::Device(0));
+            let j = describe::record_json(&rec);
+            assert_eq!(
+                j.to_string(),
+                r#"{"device":0,"gsi":5,"kind":"irq_line","level":"pulse","seq":1,"vcpu":2147483648,"via":"irqfd"}"#
+            );
+            assert!(
+                describe::record_line(&rec).contains("device0 irq_line"),
+                "{}",
+                describe::record_line(&rec)
+            );
+        }
+        seen.push((rec.seq, rec.vcpu, kind::name(rec.body.kind())));
+    }
+    assert_eq!(
+        seen,
+        [(0, 0, "io"), (1, DEVICE_THREAD_BASE, "irq_line"), (2, 1, "hlt"), (3, 0, "end_of_run")]
+    );
+
+    // A 1.1 reader reads it: the header decodes, the replay-required word included...
+    let h11 = header::FileHeader::decode_as(&golden, (1, 1)).expect("a 1.1 reader reads a 1.2 file");
+    assert_eq!(h11.replay_required_features, 0b11);
+    // ...and a 1.1 replayer refuses it, naming the lowest feature it lacks.
+    assert_eq!(
+        vmrr_replay::replay_feature_refusal(&h11, (1, 1)).as_deref(),
+        Some(
+            "replay requires feature 'irq-line' (replay-required bit 0, introduced in format 1.2); this replayer implements format 1.1: upgrade vmrr"
+        )
+    );
+    let named: Vec<_> =
+        h11.unknown_replay_required_as((1, 1)).iter().map(|(b, d)| (*b, d.map(|d| d.name.clone()))).collect();
+    assert_eq!(named, [(0, Some("irq-line".to_string())), (1, Some("threads".to_string()))]);
+    assert_eq!(vmrr_replay::replay_feature_refusal(&h11, (VERSION_MAJOR, VERSION_MINOR)), None);
+    // A 1.0 reader refuses it as an invalid header: class 2 is newer than it (§3).
+    let err = header::FileHeader::decode_as(&golden, (1, 0)).expect_err("a 1.0 reader refuses it");
+    assert!(matches!(err.reason, Reason::InvalidValue { field: "feature class", value: 2 }), "{err}");
+    // Every older golden file keeps its version and bytes under this writer (tested above
+    // byte for byte): none of them is stamped 1.2.
+    for f in ["spec-example.vmrr", "serial-1.0.vmrr", "timing-1.0.vmrr", "guest-write-1.1.vmrr"] {
+        let bytes = std::fs::read(data(f)).unwrap();
+        assert!(header::FileHeader::decode(&bytes).unwrap().version_minor <= 1, "{f}");
+    }
 }
 
 /// The 1.1 golden file: what this writer writes for a trace with guest writes, byte for

@@ -16,7 +16,7 @@ fn every_builtin_guest_records_packs_and_replays() {
         return;
     }
     let d = tmp();
-    let table: [(&str, Vec<&str>, &str, &str); 15] = [
+    let table: [(&str, Vec<&str>, &str, &str); 14] = [
         ("hello", vec![], "completed", "completed"),
         ("hello-long", vec![], "completed", "completed"),
         ("pio-storm", vec!["--iterations", "2000", "--checkpoint-every", "700"], "completed", "completed"),
@@ -35,14 +35,16 @@ fn every_builtin_guest_records_packs_and_replays() {
         ("dirty-pages", vec!["--max-exits", "50", "--checkpoint-every", "20"], "completed", "completed"),
         ("dirty-paced", vec!["--max-exits", "30"], "completed", "completed"),
         ("rewrite-window", vec!["--max-exits", "30", "--checkpoint-every", "10"], "completed", "completed"),
-        // Its device's writes are recorded but not yet applied by a replay, which has no
-        // ioeventfd: the first notify write exits there (REPLAY.md, device threads).
-        ("virtqueue", vec!["--iterations", "2"], "diverged", "diverged"),
         ("smp-counter", vec!["--iterations", "20"], "completed", "completed"),
     ];
     let mut named: Vec<&str> = table.iter().map(|t| t.0).collect();
-    let mut builtins: Vec<&str> =
-        vmrr_engine::guests::BUILTINS.iter().filter(|b| b.min_vcpus == 1).map(|b| b.name).collect();
+    let mut builtins: Vec<&str> = vmrr_engine::guests::BUILTINS
+        .iter()
+        .filter(|b| b.min_vcpus == 1)
+        // Its IRQ_LINE records are refused by this replayer (tests/virtqueue.rs).
+        .filter(|b| b.name != "virtqueue")
+        .map(|b| b.name)
+        .collect();
     named.sort_unstable();
     builtins.sort_unstable();
     assert_eq!(named, builtins, "the table covers every built-in guest");
@@ -62,14 +64,9 @@ fn every_builtin_guest_records_packs_and_replays() {
             assert_eq!(r["exits_replayed"].as_u64().unwrap(), recorded_exits, "{name}");
             assert!(r["divergence"].is_null(), "{name}: {r}");
         } else {
-            if name == "virtqueue" {
-                let port = vmrr_engine::guests::virtqueue::NOTIFY_PORT;
-                assert_eq!(r["divergence"]["actual"]["port"], port, "{name}: {r}");
-            } else {
-                // The TSC is named as the cause.
-                let cause = r["divergence"]["cause"].as_str().unwrap_or_default();
-                assert!(cause.contains("TSC"), "{name}: {r}");
-            }
+            // The TSC is named as the cause.
+            let cause = r["divergence"]["cause"].as_str().unwrap_or_default();
+            assert!(cause.contains("TSC"), "{name}: {r}");
             assert!(r["exits_replayed"].as_u64().unwrap() < recorded_exits, "{name}");
         }
     }

@@ -1,14 +1,15 @@
 //! `vmrr record --guest virtqueue`: the guest's requests go to a device thread through an
 //! ioeventfd and come back through an irqfd. Every round checks out, the trace has no exit
-//! for the notify port, and the device thread's buffer writes are `GUEST_WRITE` records of
-//! device thread 0, one per round, in order, with the bytes the guest then checked.
-//! Without KVM's irqchip the guest is refused (exit 2) naming why.
+//! for the notify port, and device thread 0 records per round a `GUEST_WRITE` (the bytes
+//! the guest then checked), then an `IRQ_LINE` (GSI 10 pulsed through the irqfd), in
+//! order. Without KVM's irqchip the guest is refused (exit 2) naming why; its replay is
+//! refused (exit 3) naming the IRQ_LINE record this replayer does not apply yet.
 
 mod common;
 
 use common::*;
 use serde_json::Value;
-use vmrr_engine::guests::virtqueue::{BUF_ADDR, NOTIFY_PORT, len_of, pattern};
+use vmrr_engine::guests::virtqueue::{BUF_ADDR, GSI, NOTIFY_PORT, len_of, pattern};
 
 /// Device thread 0's record-header `vcpu`.
 const DEVICE_THREAD_0: u64 = 0x8000_0000;
@@ -49,14 +50,21 @@ fn every_round_is_served_without_an_exit_and_recorded_in_order() {
     assert!(!recs.iter().any(port), "no exit for the notify port: the ioeventfd took every write");
     assert!(recs.iter().any(|r| r["kind"] == "io"), "the serial output did exit");
 
-    // Device thread 0's records: one guest write per round, the round's pattern.
+    // Device thread 0's records: per round, the guest write (the round's pattern), then
+    // the completion's IRQ_LINE (a pulse of GSI 10 through the irqfd).
     let device: Vec<&Value> = recs.iter().filter(|r| r["vcpu"] == DEVICE_THREAD_0).collect();
-    assert_eq!(device.len(), usize::try_from(rounds).unwrap(), "{device:?}");
-    for (r, rec) in (1..=rounds).zip(&device) {
-        assert_eq!(rec["kind"], "guest_write", "round {r}");
-        assert_eq!(rec["gpa"], BUF_ADDR, "round {r}");
+    assert_eq!(device.len(), 2 * usize::try_from(rounds).unwrap(), "{device:?}");
+    for (r, pair) in (1..=rounds).zip(device.chunks(2)) {
+        let (write, irq) = (pair[0], pair[1]);
+        assert_eq!(write["kind"], "guest_write", "round {r}");
+        assert_eq!(write["gpa"], BUF_ADDR, "round {r}");
         let data: Vec<u8> = (0..len_of(r)).map(|i| pattern(r, i)).collect();
-        assert_eq!(rec["data"].as_str(), Some(hex(&data).as_str()), "round {r}");
+        assert_eq!(write["data"].as_str(), Some(hex(&data).as_str()), "round {r}");
+        assert_eq!(irq["kind"], "irq_line", "round {r}: {irq}");
+        assert_eq!(irq["gsi"], GSI, "round {r}");
+        assert_eq!(irq["level"], "pulse", "round {r}");
+        assert_eq!(irq["via"], "irqfd", "round {r}");
+        assert!(irq["seq"].as_u64() > write["seq"].as_u64(), "round {r}: the write, then the interrupt");
     }
 
     // In the trace's order each write comes before the serial output of the round it
@@ -64,7 +72,7 @@ fn every_round_is_served_without_an_exit_and_recorded_in_order() {
     let mut text = String::new();
     let mut rounds_seen = 0u32;
     for rec in &recs {
-        if rec["vcpu"] == DEVICE_THREAD_0 {
+        if rec["vcpu"] == DEVICE_THREAD_0 && rec["kind"] == "guest_write" {
             rounds_seen += 1;
             assert_eq!(
                 text,
@@ -85,8 +93,23 @@ fn two_vcpus_leave_the_aps_unstarted_and_still_serve_every_round() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "virtqueue: round 1 ok\nvirtqueue: round 2 ok\nvirtqueue: round 3 ok\n");
     let recs = inspect(&trace);
-    assert_eq!(recs.iter().filter(|r| r["vcpu"] == DEVICE_THREAD_0).count(), 3);
+    assert_eq!(
+        recs.iter().filter(|r| r["vcpu"] == DEVICE_THREAD_0).count(),
+        6,
+        "a write and a line per round"
+    );
     assert!(!recs.iter().any(|r| r["kind"] == "io" && r["vcpu"] == 1), "the AP never ran guest code");
+}
+
+#[test]
+fn its_replay_is_refused_naming_the_irq_line_record() {
+    // This replayer does not apply IRQ_LINE records yet: it says so (exit 3) rather than
+    // replaying a path without the device's interrupts.
+    let Some((_d, trace, o)) = record(&["--iterations", "1"]) else { return };
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = vmrr(&["replay", s(&trace), "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("IRQ_LINE"), "{}", stderr(&o));
 }
 
 #[test]

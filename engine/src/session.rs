@@ -237,7 +237,8 @@ impl SessionConfig {
     }
 
     /// Device threads the machine will have (the `virtqueue` guest's queue device): a
-    /// recording of it needs a writer with `guest_writes` (their records).
+    /// recording of it needs a writer with `guest_writes`, `irq_lines` and `threads`
+    /// (their records, on their own streams).
     pub fn device_threads(&self) -> u32 {
         u32::from(matches!(&self.guest, GuestSpec::Builtin { name, .. } if name == VIRTQUEUE))
     }

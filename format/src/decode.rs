@@ -355,6 +355,10 @@ fn event_body<'a>(kind: u16, f: &Fixed<'a, '_>) -> Result<(Body<'a>, Var<'a>), R
             (Body::InterruptWindow(InterruptWindow { request }), none)
         }
         kind::GUEST_WRITE => guest_write(f)?,
+        kind::IRQ_LINE => {
+            f.pad_zero(12, 16, "irq_line reserved")?;
+            (Body::IrqLine(IrqLine { gsi: r.u32(0)?, level: r.u32(4)?, via: r.u32(8)? }), none)
+        }
         kind::CHECKPOINT => {
             let c = Checkpoint { snapshot_id: r.u64(0)?, exit_seq: r.u64(8)?, exits: r.u64(16)? };
             (Body::Checkpoint(c), none)

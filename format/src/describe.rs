@@ -27,6 +27,10 @@ pub fn record_json(rec: &Record<'_>) -> Value {
     let mut m = Map::new();
     m.insert("seq".into(), json!(rec.seq));
     m.insert("vcpu".into(), json!(rec.vcpu));
+    if let Appender::Device(n) = Appender::of(rec.vcpu) {
+        // From format 1.2: the record was appended by device thread `n`.
+        m.insert("device".into(), json!(n));
+    }
     m.insert("kind".into(), json!(kind::name(rec.body.kind())));
     body_fields(&rec.body, &mut m);
     if let Some(r) = rec.regs {
@@ -121,6 +125,23 @@ fn body_fields(body: &Body<'_>, m: &mut Map<String, Value>) {
             put("source_code", json!(i.source));
         }
         Body::InterruptWindow(w) => put("request", json!(w.request != 0)),
+        Body::IrqLine(l) => {
+            put("gsi", json!(l.gsi));
+            match irq_level_name(l.level) {
+                "unknown" => {
+                    put("level", json!("unknown"));
+                    put("level_code", json!(l.level));
+                }
+                name => put("level", json!(name)),
+            }
+            match irq_via_name(l.via) {
+                "unknown" => {
+                    put("via", json!("unknown"));
+                    put("via_code", json!(l.via));
+                }
+                name => put("via", json!(name)),
+            }
+        }
         Body::GuestWrite(g) => {
             put("gpa", json!(g.gpa));
             put("len", json!(g.data.len()));
@@ -166,7 +187,11 @@ fn body_fields(body: &Body<'_>, m: &mut Map<String, Value>) {
 
 /// One human-readable line for a record.
 pub fn record_line(rec: &Record<'_>) -> String {
-    let mut s = format!("#{:<8} vcpu{} {:<15}", rec.seq, rec.vcpu, kind::name(rec.body.kind()));
+    let who = match Appender::of(rec.vcpu) {
+        Appender::Vcpu(v) => format!("vcpu{v}"),
+        Appender::Device(n) => format!("device{n}"),
+    };
+    let mut s = format!("#{:<8} {who} {:<15}", rec.seq, kind::name(rec.body.kind()));
     s.push_str(&body_text(&rec.body));
     if let Some(r) = rec.regs {
         s.push_str(&format!(" rip={:#x}", r.rip));
@@ -234,6 +259,17 @@ pub fn body_text(body: &Body<'_>) -> String {
             name => format!(" vector={:#x} {name}", i.vector),
         },
         Body::InterruptWindow(w) => format!(" {}", if w.request != 0 { "requested" } else { "withdrawn" }),
+        Body::IrqLine(l) => {
+            let level = match irq_level_name(l.level) {
+                "unknown" => format!("level={} (unknown)", l.level),
+                name => name.to_string(),
+            };
+            let via = match irq_via_name(l.via) {
+                "unknown" => format!("via={} (unknown)", l.via),
+                name => format!("via {name}"),
+            };
+            format!(" gsi={} {level} {via}", l.gsi)
+        }
         Body::GuestWrite(g) => format!(" gpa={:#x} len={} data={}", g.gpa, g.data.len(), short_hex(g.data)),
         Body::Checkpoint(c) => {
             format!(" snapshot={} after seq {} ({} exits)", c.snapshot_id, c.exit_seq, c.exits)
@@ -273,6 +309,23 @@ fn interrupt_source_name(source: u32) -> &'static str {
     match source {
         INTERRUPT_EXTERNAL => "external",
         INTERRUPT_NMI => "nmi",
+        _ => "unknown",
+    }
+}
+
+fn irq_level_name(level: u32) -> &'static str {
+    match level {
+        IRQ_LEVEL_LOW => "low",
+        IRQ_LEVEL_HIGH => "high",
+        IRQ_LEVEL_PULSE => "pulse",
+        _ => "unknown",
+    }
+}
+
+fn irq_via_name(via: u32) -> &'static str {
+    match via {
+        IRQ_VIA_IOCTL => "ioctl",
+        IRQ_VIA_IRQFD => "irqfd",
         _ => "unknown",
     }
 }

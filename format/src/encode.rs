@@ -416,6 +416,11 @@ fn write_body(body: &Body<'_>, var: usize, s: &mut Slot<'_>) {
             s.u32(B + 4, i.source);
         }
         Body::InterruptWindow(w) => s.u32(B, w.request),
+        Body::IrqLine(l) => {
+            s.u32(B, l.gsi);
+            s.u32(B + 4, l.level);
+            s.u32(B + 8, l.via);
+        }
         Body::GuestWrite(g) => {
             s.u64(B, g.gpa);
             s.u32(B + 8, u32::try_from(g.data.len()).unwrap_or(u32::MAX));

@@ -109,8 +109,21 @@ pub const SEQ_DELTA: Feature =
 pub const GUEST_WRITE: Feature =
     Feature { bit: 2, class: FeatureClass::Required, name: "guest-write", introduced: (1, 1) };
 
+/// Replay-required (format 1.2): the trace may hold `IRQ_LINE` records, interrupt lines
+/// of KVM's in-kernel irqchip the VMM changed. A reader that skips them reads the rest
+/// correctly; a replay that skipped them would not deliver the guest's interrupts.
+pub const IRQ_LINE: Feature =
+    Feature { bit: 0, class: FeatureClass::ReplayRequired, name: "irq-line", introduced: (1, 2) };
+
+/// Replay-required (format 1.2): records were appended by more than one thread (several
+/// vCPUs and/or device threads, the record header's `vcpu` field naming each). Their
+/// global order is the order they were appended in, not an instruction-level
+/// interleaving; a replayer that does not know this would take it for one.
+pub const THREADS: Feature =
+    Feature { bit: 1, class: FeatureClass::ReplayRequired, name: "threads", introduced: (1, 2) };
+
 /// Every feature this reader implements.
-pub const KNOWN: &[Feature] = &[CHUNK_INDEX, TIMING, ZSTD, SEQ_DELTA, GUEST_WRITE];
+pub const KNOWN: &[Feature] = &[CHUNK_INDEX, TIMING, ZSTD, SEQ_DELTA, GUEST_WRITE, IRQ_LINE, THREADS];
 
 /// Mask of the features of `class` this reader knows.
 pub fn known_mask(class: FeatureClass) -> u64 {
@@ -127,7 +140,17 @@ pub fn known_incompat_mask() -> u64 {
     known_mask(FeatureClass::Required)
 }
 
-/// Mask of the replay-required features this replayer implements (none is defined in 1.1).
+/// Mask of the replay-required features this version knows (`irq-line` and `threads`,
+/// format 1.2).
 pub fn known_replay_required_mask() -> u64 {
-    known_mask(FeatureClass::ReplayRequired)
+    known_replay_required_mask_as((crate::VERSION_MAJOR, crate::VERSION_MINOR))
+}
+
+/// Mask of the replay-required features a vmrr implementing format `reader` knew: those
+/// introduced up to that version (none up to 1.1).
+pub fn known_replay_required_mask_as(reader: (u16, u16)) -> u64 {
+    KNOWN
+        .iter()
+        .filter(|f| f.class == FeatureClass::ReplayRequired && f.introduced <= reader)
+        .fold(0, |m, f| m | f.mask())
 }

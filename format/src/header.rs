@@ -16,7 +16,7 @@
 //! | 48 | 16 | `trace_id` |
 //! | 64 | 4 | `feature_table_offset` (72 in 1.0, 80 from 1.1) |
 //! | 68 | 4 | `feature_count` |
-//! | 72 | 8 | `replay_required_features` (1.1; present when the table starts at 80 or later) |
+//! | 72 | 8 | `replay_required_features` (1.1; present when the table starts at 80 or later; 1.2 adds no field) |
 //! | ... | 24 each | feature descriptors |
 //! | `header_size-8` | 4 | reserved, zero |
 //! | `header_size-4` | 4 | CRC32C of bytes `[0, header_size-4)` |
@@ -318,12 +318,32 @@ impl FileHeader {
         self.incompat_features & features::GUEST_WRITE.mask() != 0
     }
 
+    /// True when the trace may hold `IRQ_LINE` records (the replay-required `irq-line`
+    /// feature, format 1.2).
+    pub fn has_irq_lines(&self) -> bool {
+        self.replay_required_features & features::IRQ_LINE.mask() != 0
+    }
+
+    /// True when several threads appended the trace's records (the replay-required
+    /// `threads` feature, format 1.2): their order is the order of appending.
+    pub fn has_threads(&self) -> bool {
+        self.replay_required_features & features::THREADS.mask() != 0
+    }
+
     /// The replay-required features this replayer does not implement, as `(bit, name,
     /// introduced)` from the feature table (`None` where the table does not name the bit),
     /// lowest bit first. A replayer refuses the trace when this is not empty; other readers
     /// read it.
     pub fn unknown_replay_required(&self) -> Vec<(u8, Option<&FeatureDesc>)> {
-        let unknown = self.replay_required_features & !features::known_replay_required_mask();
+        self.unknown_replay_required_as((VERSION_MAJOR, VERSION_MINOR))
+    }
+
+    /// [`Self::unknown_replay_required`] as a replayer implementing format `reader` would
+    /// find them: a 1.1 replayer knows no replay-required feature, so it names `irq-line`
+    /// and `threads` of a 1.2 file. This is how the tests show what a vmrr 1.1 says of a
+    /// 1.2 file.
+    pub fn unknown_replay_required_as(&self, reader: (u16, u16)) -> Vec<(u8, Option<&FeatureDesc>)> {
+        let unknown = self.replay_required_features & !features::known_replay_required_mask_as(reader);
         (0u8..64)
             .filter(|b| unknown & (1u64 << b) != 0)
             .map(|bit| {
@@ -478,7 +498,7 @@ mod tests {
         assert_eq!(err.location.offset, 16);
         assert_eq!(
             err.reason.to_string(),
-            "format version 2.3 is not readable: this reader supports major version 1 (up to 1.1); upgrade vmrr"
+            "format version 2.3 is not readable: this reader supports major version 1 (up to 1.2); upgrade vmrr"
         );
         assert!(matches!(
             FileHeader::peek_size(&bytes[..20]),
@@ -495,13 +515,13 @@ mod tests {
         let named = FileHeader::new(5, [1; 16], &[features::CHUNK_INDEX, future]).encode();
         assert_eq!(
             FileHeader::decode(&named).expect_err("refused").reason.to_string(),
-            "trace requires feature 'warp' (required bit 6, introduced in format 1.7); this reader implements format 1.1: upgrade vmrr"
+            "trace requires feature 'warp' (required bit 6, introduced in format 1.7); this reader implements format 1.2: upgrade vmrr"
         );
         let mut h = FileHeader::new(5, [1; 16], &[features::CHUNK_INDEX]);
         h.incompat_features |= 1 << 6;
         assert_eq!(
             FileHeader::decode(&h.encode()).expect_err("refused").reason.to_string(),
-            "trace requires unknown feature (required bit 6); this reader implements format 1.1: upgrade vmrr"
+            "trace requires unknown feature (required bit 6); this reader implements format 1.2: upgrade vmrr"
         );
     }
 

@@ -52,6 +52,9 @@ pub const INTERRUPT_WINDOW: u16 = 0x8006;
 /// The recording VMM's devices wrote into guest memory here (DMA), before re-entry
 /// (format 1.1, with the required `guest-write` feature).
 pub const GUEST_WRITE: u16 = 0x8007;
+/// The VMM changed an interrupt line of KVM's in-kernel irqchip (format 1.2, with the
+/// replay-required `irq-line` feature).
+pub const IRQ_LINE: u16 = 0x8008;
 
 /// True for exit kinds (known or not).
 pub const fn is_exit(kind: u16) -> bool {
@@ -82,6 +85,7 @@ pub fn name(kind: u16) -> &'static str {
         CPUID => "cpuid",
         INTERRUPT_WINDOW => "interrupt_window",
         GUEST_WRITE => "guest_write",
+        IRQ_LINE => "irq_line",
         k if is_exit(k) => "unknown_exit",
         _ => "unknown_event",
     }

@@ -70,8 +70,8 @@ mod writer;
 /// Major version this crate writes and reads.
 pub const VERSION_MAJOR: u16 = 1;
 /// Newest minor version this crate writes (it reads any minor of its major). A writer stamps
-/// the oldest version its file needs: 1.0 unless the file uses a 1.1 feature.
-pub const VERSION_MINOR: u16 = 1;
+/// the oldest version its file needs: 1.0 unless the file uses a 1.1 or 1.2 feature.
+pub const VERSION_MINOR: u16 = 2;
 
 pub use decode::{RecordError, decode, record_size};
 pub use encode::encode;

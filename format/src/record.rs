@@ -42,6 +42,7 @@ pub const fn body_size(kind: u16) -> Option<usize> {
         kind::CPUID => 8,
         kind::INTERRUPT_WINDOW => 8,
         kind::GUEST_WRITE => 16,
+        kind::IRQ_LINE => 16,
         _ => return None,
     })
 }
@@ -348,6 +349,65 @@ pub struct GuestWrite<'a> {
     pub data: &'a [u8],
 }
 
+/// IRQ_LINE `level`: the line was lowered.
+pub const IRQ_LEVEL_LOW: u32 = 0;
+/// IRQ_LINE `level`: the line was raised.
+pub const IRQ_LEVEL_HIGH: u32 = 1;
+/// IRQ_LINE `level`: the line was pulsed (raised, then lowered).
+pub const IRQ_LEVEL_PULSE: u32 = 2;
+/// IRQ_LINE `via`: the `KVM_IRQ_LINE` ioctl.
+pub const IRQ_VIA_IOCTL: u32 = 0;
+/// IRQ_LINE `via`: an irqfd (an eventfd write bound to the GSI).
+pub const IRQ_VIA_IRQFD: u32 = 1;
+
+/// The VMM changed an interrupt line of KVM's in-kernel irqchip (format 1.2, feature
+/// `irq-line`): a vCPU thread after the exit that precedes this record in the same thread,
+/// or a device thread. `level` and `via` values this version does not define are kept as
+/// read; a replayer refuses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IrqLine {
+    /// Global system interrupt number.
+    pub gsi: u32,
+    /// [`IRQ_LEVEL_LOW`], [`IRQ_LEVEL_HIGH`] or [`IRQ_LEVEL_PULSE`].
+    pub level: u32,
+    /// [`IRQ_VIA_IOCTL`] or [`IRQ_VIA_IRQFD`].
+    pub via: u32,
+}
+
+/// First record-header `vcpu` value that names a device thread (format 1.2): `vcpu` values
+/// below it are vCPU indexes, `DEVICE_THREAD_BASE + n` is device thread `n`. Device threads
+/// write events only (`GUEST_WRITE`, `IRQ_LINE`, `ANNOTATION`).
+pub const DEVICE_THREAD_BASE: u32 = 0x8000_0000;
+
+/// Who appended a record, from its header's `vcpu` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appender {
+    /// vCPU thread with this index.
+    Vcpu(u32),
+    /// Device thread with this number (`vcpu - DEVICE_THREAD_BASE`).
+    Device(u32),
+}
+
+impl Appender {
+    /// Classifies a record header's `vcpu` field.
+    pub const fn of(vcpu: u32) -> Self {
+        if vcpu >= DEVICE_THREAD_BASE {
+            Appender::Device(vcpu - DEVICE_THREAD_BASE)
+        } else {
+            Appender::Vcpu(vcpu)
+        }
+    }
+
+    /// The record header's `vcpu` field for this appender (device numbers wrap into
+    /// `0..0x8000_0000`).
+    pub const fn field(self) -> u32 {
+        match self {
+            Appender::Vcpu(v) => v,
+            Appender::Device(n) => DEVICE_THREAD_BASE | n,
+        }
+    }
+}
+
 /// Most bytes one `GUEST_WRITE` record holds: the record limit less its header (24) and
 /// fixed body (16). Larger writes are split into consecutive records.
 pub const MAX_GUEST_WRITE_DATA: usize = MAX_RECORD_SIZE - RECORD_HEADER_SIZE - 16;
@@ -552,6 +612,8 @@ pub enum Body<'a> {
     InterruptWindow(InterruptWindow),
     /// Bytes a device wrote into guest memory.
     GuestWrite(GuestWrite<'a>),
+    /// An interrupt line of the in-kernel irqchip changed (format 1.2).
+    IrqLine(IrqLine),
     /// A kind this version does not know: its header fields and everything after the
     /// header, kept verbatim (payloads included: a copy re-emits `bytes`, not the record's
     /// `regs` and `timing`, which are what a reader located in them; FORMAT.md §5.2).
@@ -592,6 +654,7 @@ impl Body<'_> {
             Body::Cpuid(_) => kind::CPUID,
             Body::InterruptWindow(_) => kind::INTERRUPT_WINDOW,
             Body::GuestWrite(_) => kind::GUEST_WRITE,
+            Body::IrqLine(_) => kind::IRQ_LINE,
             Body::Unknown { kind, .. } => *kind,
         }
     }

@@ -23,6 +23,7 @@ enum Owned {
     Raw(u32, Vec<u8>),
     Interrupt(u32, u32),
     Window(bool),
+    IrqLine(u32, u32, u32),
     Checkpoint(u64, u64, u64),
     Annotation(String, String),
     End(u32, u64, u64),
@@ -69,6 +70,7 @@ impl Owned {
             Owned::Raw(r, d) => Body::RawExit(RawExit { exit_reason: *r, data: d }),
             Owned::Interrupt(v, s) => Body::Interrupt(Interrupt { vector: *v, source: *s }),
             Owned::Window(r) => Body::InterruptWindow(InterruptWindow { request: u32::from(*r) }),
+            Owned::IrqLine(g, l, v) => Body::IrqLine(IrqLine { gsi: *g, level: *l, via: *v }),
             Owned::Checkpoint(a, b, c) => {
                 Body::Checkpoint(Checkpoint { snapshot_id: *a, exit_seq: *b, exits: *c })
             }
@@ -122,6 +124,7 @@ fn owned() -> impl Strategy<Value = Owned> {
             .prop_map(|(a, b)| Owned::Raw(a, b)),
         (any::<u32>(), any::<u32>()).prop_map(|(a, b)| Owned::Interrupt(a, b)),
         any::<bool>().prop_map(Owned::Window),
+        (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(g, l, v)| Owned::IrqLine(g, l, v)),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c)| Owned::Checkpoint(a, b, c)),
         ("\\PC{0,40}", "\\PC{0,200}").prop_map(|(k, v)| Owned::Annotation(k, v)),
         (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c)| Owned::End(a, b, c)),
@@ -170,7 +173,7 @@ proptest! {
     fn traces_round_trip(bodies in prop::collection::vec((owned(), regs()), 1..200),
                          level in prop::option::of(-1i32..4), chunk in 4096usize..20000) {
         let sink = MemorySink::default();
-        let opts = WriterOptions { zstd_level: level, chunk_target: chunk, sync: SyncMode::Never, ..Default::default() };
+        let opts = WriterOptions { zstd_level: level, chunk_target: chunk, sync: SyncMode::Never, irq_lines: true, ..Default::default() };
         let mut w = TraceWriter::with_sink(sink.clone(), "mem".into(), opts).expect("writer");
         for (i, (b, r)) in bodies.iter().enumerate() {
             let seq = w.append(u32::try_from(i % 3).unwrap(), b.as_body(), *r).expect("append");

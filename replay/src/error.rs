@@ -63,7 +63,7 @@ pub enum ReplayError {
     /// The trace uses a replay-required feature this replayer does not implement
     /// (`docs/FORMAT.md` §3): it reads, but replaying it without the feature would not be
     /// the recorded run. CLI exit 3, like any input this vmrr cannot take.
-    #[error("{trace}: {}", describe_replay_feature(*bit, name.as_deref(), *introduced))]
+    #[error("{trace}: {}", describe_replay_feature(*bit, name.as_deref(), *introduced, (vmrr_format::VERSION_MAJOR, vmrr_format::VERSION_MINOR)))]
     UnknownReplayFeature {
         /// The trace.
         trace: String,
@@ -187,14 +187,28 @@ impl ReplayError {
     }
 }
 
-fn describe_replay_feature(bit: u8, name: Option<&str>, introduced: Option<(u16, u16)>) -> String {
-    let (maj, min) = (vmrr_format::VERSION_MAJOR, vmrr_format::VERSION_MINOR);
+fn describe_replay_feature(
+    bit: u8,
+    name: Option<&str>,
+    introduced: Option<(u16, u16)>,
+    (maj, min): (u16, u16),
+) -> String {
     let feature = match name {
         Some(n) => format!("feature '{n}' (replay-required bit {bit}"),
         None => format!("unknown feature (replay-required bit {bit}"),
     };
     let since = introduced.map_or_else(String::new, |(a, b)| format!(", introduced in format {a}.{b}"));
     format!("replay requires {feature}{since}); this replayer implements format {maj}.{min}: upgrade vmrr")
+}
+
+/// What a replayer implementing format `implements` says of `header`: the refusal of its
+/// first replay-required feature that version does not know, `None` when it knows them
+/// all. With this version it is [`check_replay_features`]' message; with `(1, 1)` it is
+/// what vmrr 1.1 says of a 1.2 file (`docs/FORMAT.md` §11).
+pub fn replay_feature_refusal(header: &vmrr_format::FileHeader, implements: (u16, u16)) -> Option<String> {
+    header.unknown_replay_required_as(implements).first().map(|(bit, desc)| {
+        describe_replay_feature(*bit, desc.map(|d| d.name.as_str()), desc.map(|d| d.introduced), implements)
+    })
 }
 
 /// Refuses a trace whose header sets a replay-required feature this replayer lacks.

@@ -39,7 +39,7 @@ mod start;
 pub mod symbols;
 pub mod verdict;
 
-pub use error::ReplayError;
+pub use error::{ReplayError, replay_feature_refusal};
 pub use options::{DEFAULT_EXPLAIN_STEPS, Options, StartFrom};
 pub use replayer::{Event, Executed, Replayer, Stop};
 pub use report::{Outcome, Report};

@@ -319,12 +319,16 @@ impl RecordArgs {
 
     /// Writer options.
     pub fn writer_options(&self) -> WriterOptions {
+        let device_threads = self.session().is_ok_and(|c| c.device_threads() > 0);
         WriterOptions {
             zstd_level: (!self.no_compress).then_some(self.zstd_level),
             sync: SyncMode::parse(&self.sync).unwrap_or_default(),
             timing: self.timing,
-            // A device thread's guest writes are records of their own.
-            guest_writes: self.session().is_ok_and(|c| c.device_threads() > 0),
+            // A device thread's guest writes and interrupt lines are records of their own,
+            // on its own stream of the trace.
+            guest_writes: device_threads,
+            irq_lines: device_threads,
+            threads: device_threads,
             ..Default::default()
         }
     }

@@ -21,6 +21,8 @@ fn repair(file: &Path, out: &Path, json: bool, force: bool) -> CliResult {
         created_unix_ns: Some(r.header().created_unix_ns),
         timing: r.header().has_timing(),
         guest_writes: r.header().has_guest_writes(),
+        irq_lines: r.header().has_irq_lines(),
+        threads: r.header().has_threads(),
         ..Default::default()
     };
     if let Some((bit, desc)) = r.header().unknown_replay_required().first() {

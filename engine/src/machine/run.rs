@@ -140,7 +140,7 @@ impl Machine {
         if !self.aps.is_empty() {
             self.focus(0).map_err(|e| crate::record::RecorderError::Probe(e.to_string()))?;
         }
-        let (recorder, trace) = recorder.into_shared(self.aps.len() + 1 + usize::from(device))?;
+        let (recorder, trace) = recorder.into_shared()?;
         for ap in &self.aps {
             let fd = aps::lock(&ap.fd);
             let r = Recorder::on_stream(self.vm.kvm(), &fd, ap.index, trace.stream())?;

@@ -102,12 +102,12 @@ impl Out {
         }
     }
 
-    /// The trace a whole writer becomes, shared by `threads` streams: this recorder keeps
+    /// The trace a whole writer becomes, shared by several streams: this recorder keeps
     /// one stream and the trace. Already shared: the trace it keeps.
-    pub(crate) fn share(self, threads: usize) -> Result<(Out, SharedTrace), WriteError> {
+    pub(crate) fn share(self) -> Result<(Out, SharedTrace), WriteError> {
         match self {
             Out::Whole(w) => {
-                let t = w.into_shared(threads)?;
+                let t = w.into_shared();
                 Ok((Out::Stream { stream: t.stream(), trace: Some(t.clone()) }, t))
             }
             Out::Stream { stream, trace: Some(t) } => Ok((Out::Stream { stream, trace: Some(t.clone()) }, t)),

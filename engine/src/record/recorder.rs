@@ -184,16 +184,16 @@ impl Recorder {
         Ok(Recorder { writer, run, vcpu_id, conv, system_event_data, exits: 0, clock })
     }
 
-    /// Turns this recorder's trace into one `threads` threads append to (one per vCPU, one
-    /// per device thread): this recorder records on a stream of it and keeps it (its
+    /// Turns this recorder's trace into one several threads append to (one per vCPU, one
+    /// per device thread; the writer announces it with `WriterOptions::threads`): this recorder records on a stream of it and keeps it (its
     /// [`Self::finish`] closes it, every stream's records collected); the other threads
     /// record on [`vmrr_format::SharedTrace::stream`]s of the trace returned.
     ///
     /// # Errors
     /// The trace's writer failed.
-    pub fn into_shared(self, threads: usize) -> Result<(Self, vmrr_format::SharedTrace), WriteError> {
+    pub fn into_shared(self) -> Result<(Self, vmrr_format::SharedTrace), WriteError> {
         let Recorder { writer, run, vcpu_id, conv, system_event_data, exits, clock } = self;
-        let (writer, trace) = writer.share(threads)?;
+        let (writer, trace) = writer.share()?;
         Ok((Recorder { writer, run, vcpu_id, conv, system_event_data, exits, clock }, trace))
     }
 

@@ -52,7 +52,7 @@ pub struct TraceWriter {
 }
 
 #[cold]
-fn timing_undeclared() -> WriteError {
+pub(crate) fn timing_undeclared() -> WriteError {
     WriteError::Unencodable {
         field: "timing",
         detail: "the trace's header does not announce the timing feature (WriterOptions::timing)".into(),
@@ -65,6 +65,24 @@ fn guest_writes_undeclared() -> WriteError {
         field: "guest_write",
         detail: "the trace's header does not announce the guest-write feature (WriterOptions::guest_writes)"
             .into(),
+    }
+}
+
+#[cold]
+fn irq_lines_undeclared() -> WriteError {
+    WriteError::Unencodable {
+        field: "irq_line",
+        detail: "the trace's header does not announce the irq-line feature (WriterOptions::irq_lines)".into(),
+    }
+}
+
+/// Refuses a body the header does not announce (guest writes, IRQ lines).
+#[inline]
+fn check_declared(header: &FileHeader, body: &Body<'_>) -> Result<(), WriteError> {
+    match body {
+        Body::GuestWrite(_) if !header.has_guest_writes() => Err(guest_writes_undeclared()),
+        Body::IrqLine(_) if !header.has_irq_lines() => Err(irq_lines_undeclared()),
+        _ => Ok(()),
     }
 }
 
@@ -128,6 +146,12 @@ impl TraceWriter {
         }
         if opts.guest_writes {
             feats.push(features::GUEST_WRITE);
+        }
+        if opts.irq_lines {
+            feats.push(features::IRQ_LINE);
+        }
+        if opts.threads {
+            feats.push(features::THREADS);
         }
         if opts.zstd_level.is_some() {
             feats.push(features::ZSTD);
@@ -218,9 +242,7 @@ impl TraceWriter {
     /// An unencodable record, or an earlier failure of the writer thread (a full disk).
     #[inline]
     pub fn append(&mut self, vcpu: u32, body: Body<'_>, regs: Option<RegsSample>) -> Result<u64, WriteError> {
-        if matches!(body, Body::GuestWrite(_)) && !self.header.has_guest_writes() {
-            return Err(guest_writes_undeclared());
-        }
+        check_declared(&self.header, &body)?;
         let seq = self.next_seq;
         let rec = Record { seq, vcpu, body, regs, timing: None, unknown: Unknown::default() };
         self.push(&rec)?;
@@ -237,7 +259,33 @@ impl TraceWriter {
     /// The writer was not created with [`WriterOptions::guest_writes`], `gpa + data.len()`
     /// overflows, or as for [`Self::append`].
     pub fn append_guest_write(&mut self, vcpu: u32, gpa: u64, data: &[u8]) -> Result<u64, WriteError> {
-        if !self.header.has_guest_writes() {
+        guest_write_parts(self.header.has_guest_writes(), gpa, data, |part_gpa, part| {
+            self.append(vcpu, Body::GuestWrite(crate::GuestWrite { gpa: part_gpa, data: part }), None)
+        })
+    }
+
+    /// Appends one `IRQ_LINE` record: the VMM changed interrupt line `gsi` of KVM's
+    /// in-kernel irqchip (format 1.2).
+    ///
+    /// # Errors
+    /// The writer was not created with [`WriterOptions::irq_lines`], or as for
+    /// [`Self::append`].
+    pub fn append_irq_line(&mut self, vcpu: u32, line: crate::IrqLine) -> Result<u64, WriteError> {
+        self.append(vcpu, Body::IrqLine(line), None)
+    }
+}
+
+/// Splits a guest write into `GUEST_WRITE` records of at most
+/// [`crate::MAX_GUEST_WRITE_DATA`] bytes and appends each with `append`; returns the last
+/// record's sequence number.
+pub(crate) fn guest_write_parts(
+    declared: bool,
+    gpa: u64,
+    data: &[u8],
+    mut append: impl FnMut(u64, &[u8]) -> Result<u64, WriteError>,
+) -> Result<u64, WriteError> {
+    {
+        if !declared {
             return Err(guest_writes_undeclared());
         }
         if gpa.checked_add(u64_from(data.len())).is_none() {
@@ -246,20 +294,22 @@ impl TraceWriter {
                 detail: format!("{gpa:#x} + {} bytes overflows the address space", data.len()),
             });
         }
-        let mut seq = self.next_seq;
-        let mut at = gpa;
         // An empty write is still one record: the VMM said it wrote nothing there.
         let mut parts = data.chunks(crate::MAX_GUEST_WRITE_DATA).peekable();
         if parts.peek().is_none() {
-            return self.append(vcpu, Body::GuestWrite(crate::GuestWrite { gpa, data }), None);
+            return append(gpa, data);
         }
+        let mut seq = 0;
+        let mut at = gpa;
         for part in parts {
-            seq = self.append(vcpu, Body::GuestWrite(crate::GuestWrite { gpa: at, data: part }), None)?;
+            seq = append(at, part)?;
             at += u64_from(part.len());
         }
         Ok(seq)
     }
+}
 
+impl TraceWriter {
     /// Appends an exit record with its timing payload (see [`crate::timing`]).
     ///
     /// # Errors
@@ -275,6 +325,7 @@ impl TraceWriter {
         if !self.header.has_timing() {
             return Err(timing_undeclared());
         }
+        check_declared(&self.header, &body)?;
         let seq = self.next_seq;
         let rec = Record { seq, vcpu, body, regs, timing: Some(timing), unknown: Unknown::default() };
         self.push(&rec)?;
@@ -293,9 +344,7 @@ impl TraceWriter {
         if writes_timing && !self.header.has_timing() {
             return Err(timing_undeclared());
         }
-        if matches!(rec.body, Body::GuestWrite(_)) && !self.header.has_guest_writes() {
-            return Err(guest_writes_undeclared());
-        }
+        check_declared(&self.header, &rec.body)?;
         if rec.seq < self.next_seq {
             return Err(WriteError::Unencodable {
                 field: "seq",
@@ -310,26 +359,30 @@ impl TraceWriter {
         self.push(rec)
     }
 
-    /// Appends an already encoded record numbered `seq` (a [`SharedTrace`]'s collection):
-    /// as [`Self::push`], its bytes copied.
-    fn push_encoded(&mut self, seq: u64, rec: &[u8]) -> Result<(), WriteError> {
+    /// Appends the records of `raw` (encoded by [`encode`], back to back, sequence numbers
+    /// `first_seq..first_seq + count` in order) as they are: how a [`SharedTrace`] hands
+    /// its streams' merged records over. The caller guarantees the numbers follow
+    /// [`Self::next_seq`] without a gap.
+    pub(crate) fn append_encoded(&mut self, raw: &[u8], seq: u64) -> Result<(), WriteError> {
         if self.count > 0 && seq != self.next_seq {
+            // Chunks stay contiguous from first_seq (a caller's gap starts a new one).
             self.close_chunk()?;
         }
         if self.count == 0 {
             self.first_seq = seq;
         }
-        self.buf.extend_from_slice(rec);
+        self.buf.extend_from_slice(raw);
         self.next_seq = seq + 1;
         self.count += 1;
-        if self.buf.len() >= self.target
-            || self.sync == SyncMode::Always
-            || self.count == u32::MAX
-            || self.shared.flush_due.load(Ordering::Relaxed)
-        {
+        if self.buf.len() >= self.target || self.sync == SyncMode::Always || self.count == u32::MAX {
             self.close_chunk()?;
         }
         Ok(())
+    }
+
+    /// The chunk size this writer aims for.
+    pub(crate) fn chunk_target(&self) -> usize {
+        self.target
     }
 
     #[inline]

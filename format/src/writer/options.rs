@@ -56,6 +56,13 @@ pub struct WriterOptions {
     /// format 1.1 (a 1.0 reader refuses it by name). Without it the writer refuses guest
     /// writes and the file stays 1.0.
     pub guest_writes: bool,
+    /// The trace will carry `IRQ_LINE` records: sets the replay-required `irq-line`
+    /// feature, which makes the file format 1.2. Without it the writer refuses them.
+    pub irq_lines: bool,
+    /// Several threads (vCPUs, device threads) append to the trace, usually through
+    /// [`crate::TraceWriter::into_shared`]: sets the replay-required `threads` feature, which
+    /// makes the file format 1.2.
+    pub threads: bool,
 }
 
 impl Default for WriterOptions {
@@ -70,6 +77,8 @@ impl Default for WriterOptions {
             created_unix_ns: None,
             timing: false,
             guest_writes: false,
+            irq_lines: false,
+            threads: false,
         }
     }
 }

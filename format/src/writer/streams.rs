@@ -1,124 +1,204 @@
-//! One trace appended to by several threads (one per vCPU, one per device thread) without
-//! a lock they share on the per-record path.
+//! Several threads appending to one trace: [`SharedTrace`] and its [`TraceStream`]s.
 //!
-//! Each [`TraceStream`] encodes its records into its own buffer, under its own mutex, which
-//! only a collection ever contends for. A record's sequence number comes from one atomic
-//! counter, taken while the stream's mutex is held, after the record was encoded (so an
-//! unencodable record never takes a number). A collection ([`SharedTrace`]'s, triggered by
-//! a stream whose buffer passed its share of a chunk, by the flush interval, by
-//! [`SharedTrace::sync`] and [`SharedTrace::finish`]) locks every stream in turn and takes
-//! their buffers: since a number is taken and its record buffered under the same mutex,
-//! once all the mutexes are held every number taken so far is in some buffer, and the
-//! buffers together hold one contiguous range of numbers. The collector merges them by
-//! sequence number into the trace writer's chunk, so the file is an ordinary trace in
-//! global order, which every reader reads as it always did.
+//! Each thread that records (a vCPU thread, a device thread) takes its own
+//! [`TraceStream`]. An append locks only that stream's buffer: it encodes the record there
+//! and takes the next sequence number from a counter the streams share (an atomic add), so
+//! threads do not wait for one another on the hot path. The stream's lock is contended only
+//! while a *collection* runs.
 //!
-//! Within one `vcpu` value records keep their thread's order; between threads the global
-//! order is the order they took their numbers in, which is not an instruction-level
-//! interleaving (FORMAT.md §5).
+//! A collection takes the trace's collection lock, then every stream's lock (in the order
+//! the streams were created), and takes their buffers. Because a stream allocates a number
+//! and stores its record under the same lock, once the collector holds every stream's lock
+//! each number handed out so far is in some buffer: the buffers together hold one
+//! contiguous range of numbers. The collector merges them by number and hands them, in
+//! order, to the underlying [`TraceWriter`], whose chunks stay contiguous. The file is an
+//! ordinary trace in global sequence order; readers need nothing new to read it. Within one
+//! stream, records keep the order they were appended in.
 //!
-//! Memory: each stream holds at most its threshold plus one record (the writer's chunk
-//! target divided by the stream count it was sized for, at least 16 KiB), plus a spare of
-//! the same size; the collection adds nothing beyond the trace writer's own bound.
+//! A collection runs when an append finds its stream's buffer past
+//! `max(chunk_target / 4, 4 KiB)` bytes, when the writer's flush interval has passed (at
+//! the next append, or [`TraceStream::poll_flush`]), on [`TraceStream::flush`],
+//! [`SharedTrace::sync`] and [`SharedTrace::finish`], and at every append with
+//! [`SyncMode::Always`]. Memory is therefore bounded: each stream holds at most that
+//! threshold plus one record (1 MiB) before its own thread collects, so `streams ×
+//! (chunk_target / 4 + 1 MiB)` on top of the [`TraceWriter`]'s own bound.
+//!
+//! Not offered: [`TraceWriter::continue_from`] and [`TraceWriter::append_record`] (a
+//! continued or copied trace chooses its own numbers, which a shared counter cannot
+//! honour): call them on the writer before [`TraceWriter::into_shared`].
+//!
+//! A trace several threads append to should be created with [`super::WriterOptions::threads`],
+//! which tells replayers that its order is the order of appending, not an instruction-level
+//! interleaving. Dropping every handle without [`SharedTrace::finish`] leaves the file as a
+//! crash would (readable by scanning), without the records not yet collected.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::cursor::{u32_at, u64_at};
 use crate::encode::encode;
 use crate::error::WriteError;
 use crate::header::FileHeader;
 use crate::record::{Body, Record, RegsSample, Timing, Unknown};
 
 use super::background::Shared;
-use super::{TraceWriter, WriterSummary, guest_writes_undeclared, timing_undeclared};
+use super::{SyncMode, TraceWriter, WriterSummary, check_declared, guest_write_parts, timing_undeclared};
 
-/// Smallest per-stream buffer before a collection.
-const MIN_THRESHOLD: usize = 16 * 1024;
-/// The sequence number's offset in an encoded record (FORMAT.md §5.1).
-const SEQ_AT: usize = 8;
+/// Offset of `seq` in an encoded record (FORMAT.md §5.1).
+const SEQ_OFFSET: usize = 8;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// One thread's buffered records.
+/// One stream's encoded records, in the order its thread appended them.
 #[derive(Default)]
-struct Buffered {
-    /// Encoded records, in increasing sequence numbers.
+struct StreamBuf {
     buf: Vec<u8>,
-    /// An emptied buffer kept for the next swap.
-    spare: Vec<u8>,
+    /// Set (under every stream's lock) by [`SharedTrace::finish`]: later appends fail.
+    closed: bool,
 }
 
+/// What every handle shares.
 struct Inner {
-    /// The trace writer, `None` once finished. Held by one collection at a time.
-    writer: Mutex<Option<TraceWriter>>,
-    /// Every stream made, in creation order (collections lock them in this order).
-    streams: Mutex<Vec<Arc<Mutex<Buffered>>>>,
-    next_seq: AtomicU64,
-    closed: AtomicBool,
-    /// What the writer thread shares (its "flush interval passed" flag).
-    shared: Arc<Shared>,
-    header: FileHeader,
     name: String,
+    header: FileHeader,
+    next_seq: AtomicU64,
+    /// The writer's flush flag, read without the collection lock.
+    flush: Arc<Shared>,
+    sync: SyncMode,
     threshold: usize,
+    /// The streams, in creation order (the order a collector locks them in).
+    streams: Mutex<Vec<Arc<Mutex<StreamBuf>>>>,
+    /// The collection lock and the writer; `None` once finished.
+    writer: Mutex<Option<TraceWriter>>,
+    finished: AtomicBool,
 }
 
-/// A trace several threads append to (see the module docs); cheap to clone.
+/// A trace several threads append to: see the module docs. Cheap to clone (one `Arc`).
 #[derive(Clone)]
 pub struct SharedTrace {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for SharedTrace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedTrace").field("name", &self.inner.name).finish()
-    }
-}
-
-/// One thread's way into a [`SharedTrace`]: records appended through it keep their order.
+/// One thread's handle for appending to a [`SharedTrace`].
 pub struct TraceStream {
     inner: Arc<Inner>,
-    mine: Arc<Mutex<Buffered>>,
-    /// Where a record is encoded before it takes its number.
-    scratch: Vec<u8>,
-}
-
-impl std::fmt::Debug for TraceStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TraceStream").field("name", &self.inner.name).finish()
-    }
+    buf: Arc<Mutex<StreamBuf>>,
 }
 
 impl TraceWriter {
-    /// Turns this writer into a trace that several threads append to, each through its own
-    /// [`TraceStream`]; `threads` is how many streams are expected (it sizes each stream's
-    /// buffer). Records already appended stay where they are; numbers continue.
-    ///
-    /// # Errors
-    /// The open chunk cannot be handed to the writer thread.
-    pub fn into_shared(mut self, threads: usize) -> Result<SharedTrace, WriteError> {
-        self.flush()?;
+    /// Hands this writer over to several threads: each takes a [`TraceStream`] from the
+    /// returned [`SharedTrace`]. Records already appended stay; numbering continues at
+    /// [`Self::next_seq`].
+    pub fn into_shared(self) -> SharedTrace {
+        let threshold = (self.chunk_target() / 4).max(4096);
         let inner = Inner {
-            next_seq: AtomicU64::new(self.next_seq),
-            shared: Arc::clone(&self.shared),
-            header: self.header.clone(),
             name: self.name.clone(),
-            threshold: (self.target / threads.max(1)).max(MIN_THRESHOLD),
-            writer: Mutex::new(Some(self)),
+            header: self.header.clone(),
+            next_seq: AtomicU64::new(self.next_seq),
+            flush: Arc::clone(&self.shared),
+            sync: self.sync,
+            threshold,
             streams: Mutex::new(Vec::new()),
-            closed: AtomicBool::new(false),
+            writer: Mutex::new(Some(self)),
+            finished: AtomicBool::new(false),
         };
-        Ok(SharedTrace { inner: Arc::new(inner) })
+        SharedTrace { inner: Arc::new(inner) }
+    }
+}
+
+impl Inner {
+    fn gone(&self) -> WriteError {
+        WriteError::WriterGone { path: self.name.clone() }
+    }
+
+    /// Takes every stream's records and hands them to the writer in sequence order, then
+    /// runs `then` on the writer, all under the collection lock. With `close`, marks every
+    /// stream closed and returns the writer.
+    fn collect(
+        &self,
+        close: bool,
+        then: impl FnOnce(&mut TraceWriter) -> Result<(), WriteError>,
+    ) -> Result<Option<TraceWriter>, WriteError> {
+        let mut slot = self.writer.lock().map_err(|_| self.gone())?;
+        let Some(writer) = slot.as_mut() else {
+            return Err(self.gone());
+        };
+        let taken = {
+            let streams = self.streams.lock().map_err(|_| self.gone())?;
+            let mut guards: Vec<MutexGuard<'_, StreamBuf>> = Vec::with_capacity(streams.len());
+            for s in streams.iter() {
+                guards.push(s.lock().map_err(|_| self.gone())?);
+            }
+            // Every stream is locked: no number is being handed out, and every number
+            // handed out so far is in a buffer.
+            if close {
+                self.finished.store(true, Ordering::Relaxed);
+                for g in &mut guards {
+                    g.closed = true;
+                }
+            }
+            guards.iter_mut().map(|g| std::mem::take(&mut g.buf)).collect::<Vec<_>>()
+        };
+        merge(&taken, writer)?;
+        then(writer)?;
+        if close {
+            return Ok(slot.take());
+        }
+        // Give the emptied buffers back for their capacity, where the stream has not
+        // started a new one meanwhile.
+        if let Ok(streams) = self.streams.lock() {
+            for (s, mut b) in streams.iter().zip(taken) {
+                if let Ok(mut g) = s.lock() {
+                    if g.buf.is_empty() {
+                        b.clear();
+                        g.buf = b;
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn flush_due(&self) -> bool {
+        self.flush.flush_due.load(Ordering::Relaxed)
+    }
+}
+
+/// Hands the records of `bufs` (each in increasing sequence order) to `writer`, lowest
+/// sequence number first.
+fn merge(bufs: &[Vec<u8>], writer: &mut TraceWriter) -> Result<(), WriteError> {
+    let mut pos = vec![0usize; bufs.len()];
+    let head = |b: &[u8], at: usize| -> Option<(u64, usize)> {
+        let size = usize::try_from(u32_at(b, at)?).ok()?;
+        let seq = u64_at(b, at + SEQ_OFFSET)?;
+        (size > 0 && at + size <= b.len()).then_some((seq, size))
+    };
+    loop {
+        let mut best: Option<(u64, usize, usize)> = None;
+        for (i, b) in bufs.iter().enumerate() {
+            if let Some((seq, size)) = head(b, pos[i]) {
+                if best.is_none_or(|(s, _, _)| seq < s) {
+                    best = Some((seq, i, size));
+                }
+            }
+        }
+        let Some((seq, i, size)) = best else {
+            return Ok(());
+        };
+        writer.append_encoded(&bufs[i][pos[i]..pos[i] + size], seq)?;
+        pos[i] += size;
     }
 }
 
 impl SharedTrace {
-    /// A new stream for one thread.
+    /// A new stream for one appending thread (a vCPU thread or a device thread).
     pub fn stream(&self) -> TraceStream {
-        let mine = Arc::new(Mutex::new(Buffered::default()));
-        lock(&self.inner.streams).push(Arc::clone(&mine));
-        TraceStream { inner: Arc::clone(&self.inner), mine, scratch: Vec::new() }
+        let buf = Arc::new(Mutex::new(StreamBuf {
+            buf: Vec::new(),
+            closed: self.inner.finished.load(Ordering::Relaxed),
+        }));
+        if let Ok(mut streams) = self.inner.streams.lock() {
+            streams.push(Arc::clone(&buf));
+        }
+        TraceStream { inner: Arc::clone(&self.inner), buf }
     }
 
     /// The header written.
@@ -126,143 +206,45 @@ impl SharedTrace {
         &self.inner.header
     }
 
-    /// The sequence number the next record will take.
-    pub fn next_seq(&self) -> u64 {
-        self.inner.next_seq.load(Ordering::SeqCst)
-    }
-
-    /// Collects every stream's records and waits until everything appended so far is
-    /// durable.
+    /// Collects every stream's records and waits until everything appended so far (by any
+    /// stream, before this call) is durable.
     ///
     /// # Errors
     /// A write or sync failure, or the trace was finished.
     pub fn sync(&self) -> Result<(), WriteError> {
-        self.inner.collect(|w| w.sync())
+        self.inner.collect(false, TraceWriter::sync).map(|_| ())
     }
 
-    /// Collects every stream's records and hands them to the writer thread.
-    ///
-    /// # Errors
-    /// As for [`Self::sync`].
-    pub fn flush(&self) -> Result<(), WriteError> {
-        self.inner.collect(TraceWriter::flush)
-    }
-
-    /// Collects every stream's records, then writes the index and trailer and stops the
-    /// writer thread. Streams still alive fail their next append with
+    /// Collects every stream's records, then writes the index and trailer as
+    /// [`TraceWriter::finish`] does. Streams still alive afterwards fail every append with
     /// [`WriteError::WriterGone`].
     ///
     /// # Errors
     /// The first write or sync failure of the run, or the trace was already finished.
     pub fn finish(self) -> Result<WriterSummary, WriteError> {
-        let inner = &self.inner;
-        let mut w = lock(&inner.writer);
-        let Some(mut writer) = w.take() else {
-            return Err(WriteError::WriterGone { path: inner.name.clone() });
-        };
-        inner.closed.store(true, Ordering::SeqCst);
-        let merged = inner.merge_into(&mut writer);
-        let summary = writer.finish();
-        merged?;
-        summary
-    }
-}
-
-impl Inner {
-    /// Takes every stream's records (see the module docs) into the writer, then `then`.
-    fn collect(
-        &self,
-        then: impl FnOnce(&mut TraceWriter) -> Result<(), WriteError>,
-    ) -> Result<(), WriteError> {
-        let mut w = lock(&self.writer);
-        let Some(writer) = w.as_mut() else {
-            return Err(WriteError::WriterGone { path: self.name.clone() });
-        };
-        self.merge_into(writer)?;
-        then(writer)
-    }
-
-    fn merge_into(&self, writer: &mut TraceWriter) -> Result<(), WriteError> {
-        let streams = lock(&self.streams).clone();
-        let mut taken: Vec<Vec<u8>> = {
-            let mut guards: Vec<_> = streams.iter().map(|s| lock(s)).collect();
-            guards
-                .iter_mut()
-                .map(|g| {
-                    let spare = std::mem::take(&mut g.spare);
-                    std::mem::replace(&mut g.buf, spare)
-                })
-                .collect()
-        };
-        let mut at = vec![0usize; taken.len()];
-        let seq_of = |b: &[u8], i: usize| -> Option<u64> {
-            let s = b.get(i + SEQ_AT..i + SEQ_AT + 8)?;
-            Some(u64::from_le_bytes(s.try_into().ok()?))
-        };
-        let size_of = |b: &[u8], i: usize| -> Option<usize> {
-            let s = b.get(i..i + 4)?;
-            usize::try_from(u32::from_le_bytes(s.try_into().ok()?)).ok()
-        };
-        let mut result = Ok(());
-        loop {
-            let next = (0..taken.len())
-                .filter_map(|k| seq_of(&taken[k], at[k]).map(|s| (s, k)))
-                .min_by_key(|&(s, _)| s);
-            let Some((seq, k)) = next else { break };
-            let Some(len) = size_of(&taken[k], at[k]) else { break };
-            let Some(rec) = taken[k].get(at[k]..at[k] + len) else { break };
-            if let Err(e) = writer.push_encoded(seq, rec) {
-                result = Err(e);
-                break;
-            }
-            at[k] += len;
+        match self.inner.collect(true, |_| Ok(()))? {
+            Some(writer) => writer.finish(),
+            None => Err(self.inner.gone()),
         }
-        // The emptied buffers become the streams' spares.
-        for (s, mut b) in streams.iter().zip(taken.drain(..)) {
-            b.clear();
-            lock(s).spare = b;
-        }
-        result
     }
 }
 
 impl TraceStream {
-    /// The header written.
-    pub fn header(&self) -> &FileHeader {
-        &self.inner.header
-    }
-
-    /// The sequence number the trace's next record will take (from any stream).
-    pub fn next_seq(&self) -> u64 {
-        self.inner.next_seq.load(Ordering::SeqCst)
-    }
-
-    /// Collects every stream's records and waits until they are durable (see
-    /// [`SharedTrace::sync`]).
+    /// Appends a record with the next sequence number of the trace and returns it.
     ///
     /// # Errors
-    /// As for [`SharedTrace::sync`].
-    pub fn sync(&mut self) -> Result<(), WriteError> {
-        self.inner.collect(TraceWriter::sync)
-    }
-
-    /// Appends a record and returns its sequence number (see [`TraceWriter::append`]).
-    ///
-    /// # Errors
-    /// An unencodable record, a feature the header does not announce, or the writer's
-    /// failure (a full disk), or the trace was finished.
+    /// As for [`TraceWriter::append`]; [`WriteError::WriterGone`] after
+    /// [`SharedTrace::finish`].
     #[inline]
     pub fn append(&mut self, vcpu: u32, body: Body<'_>, regs: Option<RegsSample>) -> Result<u64, WriteError> {
-        if matches!(body, Body::GuestWrite(_)) && !self.inner.header.has_guest_writes() {
-            return Err(guest_writes_undeclared());
-        }
-        self.put(&Record { seq: 0, vcpu, body, regs, timing: None, unknown: Unknown::default() })
+        check_declared(&self.inner.header, &body)?;
+        self.push(&Record { seq: 0, vcpu, body, regs, timing: None, unknown: Unknown::default() })
     }
 
-    /// Appends an exit record with its timing payload (see [`TraceWriter::append_timed`]).
+    /// Appends an exit record with its timing payload.
     ///
     /// # Errors
-    /// As for [`Self::append`].
+    /// As for [`TraceWriter::append_timed`].
     #[inline]
     pub fn append_timed(
         &mut self,
@@ -274,73 +256,95 @@ impl TraceStream {
         if !self.inner.header.has_timing() {
             return Err(timing_undeclared());
         }
-        self.put(&Record { seq: 0, vcpu, body, regs, timing: Some(timing), unknown: Unknown::default() })
+        check_declared(&self.inner.header, &body)?;
+        self.push(&Record { seq: 0, vcpu, body, regs, timing: Some(timing), unknown: Unknown::default() })
     }
 
-    /// Appends what a device wrote into guest memory (see
-    /// [`TraceWriter::append_guest_write`]): the number of the last record.
+    /// Appends what a device wrote into guest memory, split as
+    /// [`TraceWriter::append_guest_write`] splits it; returns the last record's number.
+    /// The parts are consecutive in this stream but other streams' records may come
+    /// between them (replay applies them in order all the same).
     ///
     /// # Errors
     /// As for [`TraceWriter::append_guest_write`].
     pub fn append_guest_write(&mut self, vcpu: u32, gpa: u64, data: &[u8]) -> Result<u64, WriteError> {
-        if !self.inner.header.has_guest_writes() {
-            return Err(guest_writes_undeclared());
-        }
-        if gpa.checked_add(crate::bytes::u64_from(data.len())).is_none() {
-            return Err(WriteError::Unencodable {
-                field: "guest_write gpa",
-                detail: format!("{gpa:#x} + {} bytes overflows the address space", data.len()),
-            });
-        }
-        let mut parts = data.chunks(crate::MAX_GUEST_WRITE_DATA).peekable();
-        if parts.peek().is_none() {
-            return self.append(vcpu, Body::GuestWrite(crate::GuestWrite { gpa, data }), None);
-        }
-        let (mut seq, mut at) = (0, gpa);
-        for part in parts {
-            seq = self.append(vcpu, Body::GuestWrite(crate::GuestWrite { gpa: at, data: part }), None)?;
-            at += crate::bytes::u64_from(part.len());
+        guest_write_parts(self.inner.header.has_guest_writes(), gpa, data, |at, part| {
+            self.append(vcpu, Body::GuestWrite(crate::GuestWrite { gpa: at, data: part }), None)
+        })
+    }
+
+    /// Appends one `IRQ_LINE` record (format 1.2).
+    ///
+    /// # Errors
+    /// As for [`TraceWriter::append_irq_line`].
+    pub fn append_irq_line(&mut self, vcpu: u32, line: crate::IrqLine) -> Result<u64, WriteError> {
+        self.append(vcpu, Body::IrqLine(line), None)
+    }
+
+    /// Encodes `rec` into this stream's buffer under its lock, numbering it there, and
+    /// collects when the buffer is full or a flush is due.
+    #[inline]
+    fn push(&mut self, rec: &Record<'_>) -> Result<u64, WriteError> {
+        let (seq, full) = {
+            let mut g = self.buf.lock().map_err(|_| self.inner.gone())?;
+            if g.closed {
+                return Err(self.inner.gone());
+            }
+            let start = g.buf.len();
+            if let Err(e) = encode(rec, &mut g.buf) {
+                g.buf.truncate(start);
+                return Err(e);
+            }
+            // Numbered only once encoded: a refused record leaves no gap.
+            let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+            g.buf[start + SEQ_OFFSET..start + SEQ_OFFSET + 8].copy_from_slice(&seq.to_le_bytes());
+            (seq, g.buf.len() >= self.inner.threshold)
+        };
+        if self.inner.sync == SyncMode::Always {
+            // Durable before append returns, as with TraceWriter.
+            self.inner.collect(false, |_| Ok(()))?;
+        } else if full || self.inner.flush_due() {
+            self.inner.collect(false, TraceWriter::poll_flush)?;
         }
         Ok(seq)
     }
 
-    /// Collects every stream's records into the trace now (this thread is about to wait).
-    ///
-    /// # Errors
-    /// The writer's failure.
-    pub fn flush(&mut self) -> Result<(), WriteError> {
-        self.inner.collect(TraceWriter::flush)
-    }
-
-    /// Collects when the writer's flush interval has passed.
+    /// Collects every stream's records if the writer's flush interval has passed, and
+    /// closes the open chunk (see [`TraceWriter::poll_flush`]).
     ///
     /// # Errors
     /// As for [`Self::flush`].
     pub fn poll_flush(&mut self) -> Result<(), WriteError> {
-        if self.inner.shared.flush_due.load(Ordering::Relaxed) { self.flush() } else { Ok(()) }
+        if self.inner.flush_due() {
+            self.inner.collect(false, TraceWriter::poll_flush)?;
+        }
+        Ok(())
     }
 
-    /// Encodes `rec` with a placeholder number, takes its number and buffers it under the
-    /// stream's mutex, then collects when the buffer is full or the flush interval passed.
-    #[inline]
-    fn put(&mut self, rec: &Record<'_>) -> Result<u64, WriteError> {
-        self.scratch.clear();
-        encode(rec, &mut self.scratch)?;
-        let (seq, full) = {
-            let mut b = lock(&self.mine);
-            if self.inner.closed.load(Ordering::SeqCst) {
-                return Err(WriteError::WriterGone { path: self.inner.name.clone() });
-            }
-            let seq = self.inner.next_seq.fetch_add(1, Ordering::SeqCst);
-            if let Some(s) = self.scratch.get_mut(SEQ_AT..SEQ_AT + 8) {
-                s.copy_from_slice(&seq.to_le_bytes());
-            }
-            b.buf.extend_from_slice(&self.scratch);
-            (seq, b.buf.len() >= self.inner.threshold)
-        };
-        if full || self.inner.shared.flush_due.load(Ordering::Relaxed) {
-            self.inner.collect(TraceWriter::poll_flush)?;
-        }
-        Ok(seq)
+    /// Collects every stream's records and hands the open chunk to the writer thread.
+    ///
+    /// # Errors
+    /// An earlier failure of the writer thread, or the trace was finished.
+    pub fn flush(&mut self) -> Result<(), WriteError> {
+        self.inner.collect(false, TraceWriter::flush).map(|_| ())
+    }
+
+    /// Collects every stream's records and waits until they are durable (see
+    /// [`SharedTrace::sync`]).
+    ///
+    /// # Errors
+    /// As for [`SharedTrace::sync`].
+    pub fn sync(&mut self) -> Result<(), WriteError> {
+        self.inner.collect(false, TraceWriter::sync).map(|_| ())
+    }
+
+    /// The number the trace's next record will take, from any stream.
+    pub fn next_seq(&self) -> u64 {
+        self.inner.next_seq.load(Ordering::SeqCst)
+    }
+
+    /// The header written.
+    pub fn header(&self) -> &FileHeader {
+        &self.inner.header
     }
 }
