@@ -19,7 +19,9 @@
 //! waiting forever.
 //!
 //! Not covered: a checkpoint taken during a run does not pause the thread (its writes
-//! and a capture may interleave), and a replay rebuilds the device and lets it serve live.
+//! and a capture may interleave), and a replay, which enters the vCPU through its own
+//! methods rather than a run, has no device thread serving (today's replayer refuses the
+//! trace's `IRQ_LINE` records before it gets there).
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
