@@ -27,6 +27,15 @@ pub enum Recorded {
         /// The request.
         request: bool,
     },
+    /// Change this line of KVM's in-kernel irqchip before re-entry (format 1.2).
+    IrqLine {
+        /// Record sequence number.
+        seq: u64,
+        /// The line (GSI).
+        gsi: u32,
+        /// `IRQ_LEVEL_LOW`, `IRQ_LEVEL_HIGH` or `IRQ_LEVEL_PULSE`.
+        level: u32,
+    },
     /// Write these bytes into guest memory before re-entry (what a device of the recording
     /// VMM wrote there).
     GuestWrite {
@@ -60,6 +69,7 @@ impl Recorded {
             Recorded::Exit(e) => e.seq(),
             Recorded::Interrupt { seq, .. }
             | Recorded::Window { seq, .. }
+            | Recorded::IrqLine { seq, .. }
             | Recorded::GuestWrite { seq, .. }
             | Recorded::Checkpoint { seq, .. }
             | Recorded::End { seq, .. } => *seq,
@@ -130,15 +140,23 @@ impl RecordStream {
                     Recorded::Interrupt { seq, vector }
                 }
                 Body::InterruptWindow(w) => Recorded::Window { seq, request: w.request != 0 },
-                // Format 1.2's irqchip line changes: not applied by this replayer yet.
+                // Format 1.2's irqchip line changes, applied as recorded; a level or a way
+                // in this replayer does not define is refused rather than guessed.
                 Body::IrqLine(l) => {
-                    return Err(ReplayError::UndefinedValue {
+                    let undefined = |field, value: u32, why| ReplayError::UndefinedValue {
                         trace: self.reader.name().to_string(),
                         seq,
-                        field: "irq_line gsi",
-                        value: u64::from(l.gsi),
-                        why: "this replayer does not apply IRQ_LINE records yet",
-                    });
+                        field,
+                        value: u64::from(value),
+                        why,
+                    };
+                    if l.level > vmrr_format::IRQ_LEVEL_PULSE {
+                        return Err(undefined("irq_line level", l.level, "not a level this replayer knows"));
+                    }
+                    if l.via > vmrr_format::IRQ_VIA_IRQFD {
+                        return Err(undefined("irq_line via", l.via, "not a way this replayer knows"));
+                    }
+                    Recorded::IrqLine { seq, gsi: l.gsi, level: l.level }
                 }
                 Body::GuestWrite(g) => Recorded::GuestWrite { seq, gpa: g.gpa, data: g.data.to_vec() },
                 Body::Checkpoint(c) => Recorded::Checkpoint { seq, id: c.snapshot_id },

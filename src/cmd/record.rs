@@ -324,11 +324,16 @@ impl RecordArgs {
             zstd_level: (!self.no_compress).then_some(self.zstd_level),
             sync: SyncMode::parse(&self.sync).unwrap_or_default(),
             timing: self.timing,
-            // A device thread's guest writes and interrupt lines are records of their own,
-            // on its own stream of the trace.
+            // Several vCPUs, or a device thread (the virtqueue guest's), append from their
+            // own threads; lines pulsed into KVM's in-kernel irqchip, and a device thread's
+            // irqfd completions, are recorded (format 1.2); a device thread's guest writes
+            // are records of their own.
             guest_writes: device_threads,
-            irq_lines: device_threads,
-            threads: device_threads,
+            threads: self.vcpus > 1 || device_threads,
+            irq_lines: self.vcpus > 1
+                || device_threads
+                || self.kernel.is_some()
+                || self.irqchip.as_deref() == Some("kernel"),
             ..Default::default()
         }
     }

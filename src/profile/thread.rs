@@ -4,10 +4,8 @@
 
 use std::fmt;
 
-/// The first `vcpu` value that names a device thread: `vcpu - DEVICE_THREAD_BASE` is the
-/// thread's index (`docs/FORMAT.md` §5.1 from format 1.2).
-// The format crate will export this constant; this is the one place to switch to it.
-pub const DEVICE_THREAD_BASE: u32 = 0x8000_0000;
+/// The first `vcpu` value that names a device thread (`docs/FORMAT.md` §5.1, format 1.2).
+pub use vmrr_format::DEVICE_THREAD_BASE;
 
 /// The thread a record's `vcpu` field names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,4 +1,5 @@
-//! Guest-memory writes by the embedding VMM's devices: the shared log, and
+//! Guest-memory writes by the embedding VMM's devices: where they go (the log the one
+//! vCPU's recorder drains, or a device thread's own stream of a shared trace), and
 //! [`RecordingMemory`], a `vm-memory` wrapper that records every write made through it.
 
 use std::sync::atomic::Ordering;
@@ -34,11 +35,64 @@ impl WriteLog {
     }
 }
 
+/// Where a [`RecordingMemory`] records.
+#[derive(Debug, Clone)]
+pub(crate) enum Sink {
+    /// One vCPU: the log its recorder drains at exit boundaries.
+    Log(WriteLog),
+    /// Several vCPUs: a device thread's own stream, written at once.
+    Stream(Arc<DeviceStream>),
+}
+
+/// A device thread's stream of a shared trace: its records carry `vcpu`
+/// (`DEVICE_THREAD_BASE + n`), and the pages they write are marked for the next
+/// incremental snapshot.
+#[derive(Debug)]
+pub(crate) struct DeviceStream {
+    /// The stream, behind a mutex so clones of the memory can be used from any thread.
+    pub(crate) stream: Mutex<vmrr_format::TraceStream>,
+    /// The trace's `vcpu` field of its records.
+    pub(crate) vcpu: u32,
+    /// The pages devices wrote since the last snapshot.
+    pub(crate) pages: Arc<Mutex<super::PageMarks>>,
+}
+
+impl DeviceStream {
+    /// Records `data` written at `gpa` (a `guest_write` record, split when long).
+    pub(crate) fn guest_write(&self, gpa: u64, data: &[u8]) -> Result<(), vmrr_format::WriteError> {
+        self.pages.lock().unwrap_or_else(std::sync::PoisonError::into_inner).mark(gpa, data.len());
+        let mut s = self.stream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.append_guest_write(self.vcpu, gpa, data).map(|_| ())
+    }
+}
+
+impl Sink {
+    /// Notes that `data` was written at `gpa`; a stream's failure (a full disk) becomes the
+    /// write's error, since the bytes reached memory but not the trace.
+    fn note(&self, gpa: u64, data: Vec<u8>) -> Result<(), GuestMemoryError> {
+        match self {
+            Sink::Log(log) => {
+                log.push(gpa, data);
+                Ok(())
+            }
+            Sink::Stream(d) => {
+                d.guest_write(gpa, &data).map_err(|e| GuestMemoryError::IOError(std::io::Error::other(e)))
+            }
+        }
+    }
+}
+
 /// A guest memory whose writes are recorded: wrap the memory a device model writes into
 /// (disk reads, received packets, virtio used rings) and every byte it writes through the
 /// [`Bytes`] interface lands in the trace as a `guest_write` record, at the exit boundary
 /// where it happened. A VMM whose devices take `&impl Bytes<GuestAddress>` (or a generic
 /// `M: Bytes<GuestAddress, E = GuestMemoryError>`) records DMA by swapping this type in.
+///
+/// On several vCPUs ([`super::Embedded::start_smp`]) each device thread's memory
+/// ([`super::DeviceThread::memory`]) records on that thread's own stream at once, as
+/// records from the device thread (`vcpu` = [`super::DEVICE_THREAD_BASE`]` + n`); a write
+/// whose record cannot be written (a full disk) returns `GuestMemoryError::IOError` after
+/// the bytes reached memory.
 ///
 /// Reads are forwarded unchanged. Writes made through [`Self::inner`] (region slices,
 /// `VolatileSlice`s) bypass the recording: a device that needs them calls
@@ -49,12 +103,12 @@ impl WriteLog {
 #[derive(Debug, Clone)]
 pub struct RecordingMemory<M> {
     inner: M,
-    log: WriteLog,
+    sink: Sink,
 }
 
 impl<M: GuestMemory> RecordingMemory<M> {
-    pub(crate) fn new(inner: M, log: WriteLog) -> Self {
-        RecordingMemory { inner, log }
+    pub(crate) fn new(inner: M, sink: Sink) -> Self {
+        RecordingMemory { inner, sink }
     }
 
     /// The wrapped memory (reads, region access; writes through it are not recorded).
@@ -70,8 +124,7 @@ impl<M: GuestMemory> RecordingMemory<M> {
         }
         let mut buf = vec![0u8; len];
         self.inner.read_slice(&mut buf, addr)?;
-        self.log.push(addr.0, buf);
-        Ok(())
+        self.sink.note(addr.0, buf)
     }
 }
 
@@ -81,7 +134,7 @@ impl<M: GuestMemory> Bytes<GuestAddress> for RecordingMemory<M> {
     fn write(&self, buf: &[u8], addr: GuestAddress) -> Result<usize, Self::E> {
         let n = self.inner.write(buf, addr)?;
         if let Some(written) = buf.get(..n).filter(|w| !w.is_empty()) {
-            self.log.push(addr.0, written.to_vec());
+            self.sink.note(addr.0, written.to_vec())?;
         }
         Ok(n)
     }
@@ -95,7 +148,7 @@ impl<M: GuestMemory> Bytes<GuestAddress> for RecordingMemory<M> {
         // part): the VMM's device has failed, and the run is not one to replay.
         self.inner.write_slice(buf, addr)?;
         if !buf.is_empty() {
-            self.log.push(addr.0, buf.to_vec());
+            self.sink.note(addr.0, buf.to_vec())?;
         }
         Ok(())
     }
@@ -158,7 +211,7 @@ mod tests {
     fn memory() -> (RecordingMemory<GuestMemoryMmap>, WriteLog) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x4000)]).expect("anonymous memory");
         let log = WriteLog::default();
-        (RecordingMemory::new(mem, log.clone()), log)
+        (RecordingMemory::new(mem, Sink::Log(log.clone())), log)
     }
 
     #[test]

@@ -95,6 +95,45 @@
 //! `reproduced` or `no_longer_fails`; any other reason makes a replay that matches every
 //! exit `completed`. `vmrr inspect` and `vmrr stats` show both.
 //!
+//! # Several vCPUs, KVM's irqchip, ioeventfds and irqfds
+//!
+//! A VMM that runs one thread per vCPU on KVM's in-kernel irqchip (`KVM_CREATE_IRQCHIP`,
+//! `KVM_CREATE_PIT2`) records with [`Embedded::start_smp`]`(`[`SmpParts`]`, memory, slots,
+//! trace, opts)`, which returns the recording and one [`EmbeddedVcpu`] per vCPU. The trace
+//! is shared: each vCPU thread records through its own handle, on its own stream (no lock
+//! shared with another thread on the per-record path):
+//!
+//! - a vCPU thread calls [`EmbeddedVcpu::run`] and [`EmbeddedVcpu::record_exit`] around each
+//!   exit, as with one vCPU ([`EmbeddedVcpu::failure`] says whether the exit is a failure
+//!   that ends the run), and [`EmbeddedVcpu::park`] before it stops for a checkpoint or the
+//!   end (it completes the exit's pending I/O). A vCPU halted inside KVM never exits on its
+//!   own: the VMM kicks it out of `KVM_RUN` with the [`Kicker`] its thread took
+//!   ([`EmbeddedVcpu::kicker`]), and `KVM_RUN` returns `EINTR` (an AP woken by INIT/SIPI
+//!   returns `EAGAIN` once): no exit to record, run again or park;
+//! - a device thread gets a [`DeviceThread`] ([`Embedded::device_thread`]): writes through
+//!   its [`DeviceThread::memory`] (a [`RecordingMemory`]) or
+//!   [`DeviceThread::record_guest_write`] become `guest_write` records of that device thread
+//!   (`vcpu` = [`DEVICE_THREAD_BASE`]` + n`), written at the instant it wrote;
+//!   [`DeviceThread::record_irqfd`] records an interrupt it raised through an irqfd (an
+//!   `IRQ_LINE` record, format 1.2). An ioeventfd's doorbell is consumed inside KVM: nothing exits, nothing
+//!   is recorded; the device thread's answer (its writes, its interrupt) is;
+//! - with every vCPU thread parked and the device threads quiet,
+//!   [`Embedded::checkpoint_smp`] snapshots every vCPU, each local APIC and the PIC,
+//!   IOAPIC, PIT and KVM clock, and [`Embedded::finish_smp`] names the failed vCPU and its
+//!   failing exit's record (`failure.vcpu`, `failure.seq`), takes the final (failure-point)
+//!   snapshot and ends the trace.
+//!
+//! The prelude says `vmrr.vcpus` = N and `vmrr.irqchip` = `kernel`, and replay acts on it:
+//! such a recording's **path is not replayed deterministically** (KVM delivers the irqfds'
+//! and timers' interrupts at instants no exit records, the vCPUs' interleaving on shared
+//! memory is not recorded, a device thread's write lands at an instant of its own), and
+//! `vmrr replay` says so and goes to the failure point: it restores the failure-point
+//! snapshot into a fresh VM with the same vCPUs and irqchip and runs the failing vCPU,
+//! which reproduces the failure (`docs/REPLAY.md`, "Another VMM on several vCPUs"). The
+//! single-vCPU calls ([`Embedded::run`], [`Embedded::inject_interrupt`],
+//! [`Embedded::checkpoint`], [`Embedded::finish`]) are for [`Embedded::start`]'s
+//! recordings only.
+//!
 //! Memory is handed over as a `GuestMemoryMmap` only, never as raw host addresses: vmrr reads
 //! guest memory through it, so the API needs no `unsafe` from the VMM or from vmrr. A VMM
 //! that keeps raw mappings (an address and an fd per slot) wraps them once with
@@ -105,17 +144,22 @@
 //! KVM's dirty log gives the pages the guest wrote, the recorded guest writes the pages
 //! the devices wrote. Otherwise every checkpoint is a full copy of guest memory.
 
+mod marks;
 mod memory;
+mod smp;
 mod snapshot;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmrr_format::{TraceWriter, WriteError};
 
+use marks::PageMarks;
 pub use memory::RecordingMemory;
+pub use smp::{DEVICE_THREAD_BASE, DeviceThread, EmbeddedVcpu, Kicker, SmpParts};
 /// Why a run ended, for [`Embedded::finish`] (the trace format's `END_OF_RUN` reasons).
 pub use vmrr_format::end_reason;
 pub use vmrr_format::{WriterOptions, WriterSummary};
@@ -247,6 +291,23 @@ pub enum EmbedError {
         #[source]
         source: std::io::Error,
     },
+    /// A call for several vCPUs on a recording of one ([`Embedded::start`]).
+    #[error("this recording has one vCPU (Embedded::start): use the single-vCPU calls")]
+    NotSmp,
+    /// The vCPUs handed over are not as many as the recording's.
+    #[error("{got} vCPUs handed over, the recording has {expected}")]
+    VcpuCount {
+        /// The recording's count (at most, for `start_smp`).
+        expected: u32,
+        /// How many were handed over.
+        got: u32,
+    },
+    /// Completing a parking vCPU's pending I/O failed.
+    #[error("cannot park the vCPU")]
+    Park(#[source] KvmError),
+    /// The kick signal's handler could not be installed.
+    #[error("cannot install the vCPU kick signal's handler")]
+    Kick(#[source] std::io::Error),
 }
 
 /// A recording of a VM another VMM runs: see the module docs.
@@ -262,9 +323,11 @@ pub struct Embedded {
     interrupts: u64,
     /// Whether `request_interrupt_window` is set for the next entries.
     window: bool,
-    /// Per slot: pages the devices wrote since the last snapshot (KVM's dirty log does not
-    /// see writes from userspace).
-    device_pages: Vec<Vec<u64>>,
+    /// Pages the devices wrote since the last snapshot (KVM's dirty log does not see writes
+    /// from userspace); shared with the device threads' memories on several vCPUs.
+    device_pages: Arc<Mutex<PageMarks>>,
+    /// Several vCPUs: the shared trace and what the vCPU threads count (see [`smp`]).
+    smp: Option<smp::Team>,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -296,6 +359,29 @@ impl Embedded {
         trace: &Path,
         opts: EmbedOptions,
     ) -> Result<Self, EmbedError> {
+        parts.vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+        let (mut e, _) = Embedded::open(parts.kvm, &[&*parts.vcpu], memory, slots, trace, opts, false)?;
+        e.checkpoint(parts)?;
+        Ok(e)
+    }
+
+    /// Everything [`Self::start`] and [`Self::start_smp`] share, up to the first snapshot:
+    /// the output, the prelude, each vCPU's CPUID. With `kernel` (KVM's in-kernel irqchip,
+    /// any number of vCPUs) the CPUID keeps the local APIC, the prelude says `vmrr.vcpus`
+    /// and `vmrr.irqchip`, and the trace is returned shared by `vcpus.len() + 1` threads.
+    fn open(
+        kvm: &Kvm,
+        vcpus: &[&VcpuFd],
+        memory: &GuestMemoryMmap,
+        slots: &[GuestSlot],
+        trace: &Path,
+        opts: EmbedOptions,
+        kernel: bool,
+    ) -> Result<(Self, Option<vmrr_format::SharedTrace>), EmbedError> {
+        let Some(&vcpu0) = vcpus.first() else {
+            return Err(EmbedError::VcpuCount { expected: 1, got: 0 });
+        };
+        let smp = kernel;
         for s in slots {
             let whole = memory.iter().any(|r| r.start_addr().0 == s.gpa && r.len() == s.size);
             if !whole || s.size % crate::page::PAGE_SIZE != 0 {
@@ -303,22 +389,32 @@ impl Embedded {
             }
         }
         vmrr_format::output::prepare_trace(trace, opts.replace, true)?;
-        let writer = TraceWriter::create_new(trace, WriterOptions { guest_writes: true, ..opts.writer })?;
-        parts.vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
-        let mut recorder = Recorder::new(parts.kvm, parts.vcpu, 0, writer)?;
-        let caps = crate::kvm::caps::HostCaps::query(parts.kvm);
+        let writer = TraceWriter::create_new(
+            trace,
+            WriterOptions { guest_writes: true, threads: smp, irq_lines: smp, ..opts.writer },
+        )?;
+        let mut recorder = Recorder::new(kvm, vcpu0, 0, writer)?;
+        let caps = crate::kvm::caps::HostCaps::query(kvm);
         let mut annotations = crate::record::prelude::host_annotations(&caps, false);
         annotations.push(("vmrr.recorder".into(), "embedded".into()));
+        if smp {
+            annotations.push(("vmrr.vcpus".into(), vcpus.len().to_string()));
+            annotations.push(("vmrr.irqchip".into(), "kernel".into()));
+        }
         annotations.extend(opts.annotations);
         let cpuid = match opts.cpuid {
             Some(c) => c,
-            None => cpuid::build(parts.kvm, CpuidProfile::Deterministic, false)
+            None => cpuid::build(kvm, CpuidProfile::Deterministic, smp)
                 .map_err(|e| EmbedError::Cpuid(KvmError::on("KVM_GET_SUPPORTED_CPUID")(e)))?,
         };
-        parts.vcpu.set_cpuid2(&cpuid).map_err(|e| EmbedError::Cpuid(KvmError::on("KVM_SET_CPUID2")(e)))?;
+        let count = u32::try_from(vcpus.len()).unwrap_or(u32::MAX);
+        for (index, fd) in (0u32..).zip(vcpus) {
+            fd.set_cpuid2(&cpuid::for_vcpu(&cpuid, index, count))
+                .map_err(|e| EmbedError::Cpuid(KvmError::on("KVM_SET_CPUID2")(e)))?;
+        }
         // What the guest was given, not a read-back: see `EmbedOptions::cpuid`.
         recorder.write_prelude(&annotations, &cpuid)?;
-        let msrs = crate::kvm::vcpu_state::msr_list(parts.kvm, parts.vcpu, false)
+        let msrs = crate::kvm::vcpu_state::msr_list(kvm, vcpu0, false)
             .map_err(|e| EmbedError::Snapshot { id: 0, source: e.into() })?;
         let mut bus = Bus::new();
         if let Some(port) = opts.console_port {
@@ -326,10 +422,16 @@ impl Embedded {
                 crate::devices::legacy::serial::Serial::new(crate::devices::console::Console::capture_only());
             bus.add_pio(port, 8, Box::new(serial));
         }
-        let device_pages = slots.iter().map(|s| vec![0u64; words(s.size)]).collect();
+        let device_pages = Arc::new(Mutex::new(PageMarks::new(slots)));
         let root = vmrr_format::layout::snapshots_of(trace);
         let checkpoints = Checkpointer::new(root, Policy::default(), recorder.trace_id(), annotations);
-        let mut e = Embedded {
+        let (recorder, shared) = if smp {
+            let (r, t) = recorder.into_shared()?;
+            (r, Some(t))
+        } else {
+            (recorder, None)
+        };
+        let e = Embedded {
             recorder,
             memory: memory.clone(),
             slots: slots.to_vec(),
@@ -340,15 +442,15 @@ impl Embedded {
             interrupts: 0,
             window: false,
             device_pages,
+            smp: None,
         };
-        e.checkpoint(parts)?;
-        Ok(e)
+        Ok((e, shared))
     }
 
     /// A guest memory for the VMM's devices: writes through it are recorded (see
     /// [`RecordingMemory`]).
     pub fn recording_memory(&self) -> RecordingMemory<GuestMemoryMmap> {
-        RecordingMemory::new(self.memory.clone(), self.log.clone())
+        RecordingMemory::new(self.memory.clone(), memory::Sink::Log(self.log.clone()))
     }
 
     /// Runs the vCPU once (`KVM_RUN`), recording when it entered and exited. Guest writes
@@ -439,16 +541,23 @@ impl Embedded {
     /// KVM, vCPU state or file-system failures, or the writer's.
     pub fn checkpoint(&mut self, parts: VmParts<'_>) -> Result<u64, EmbedError> {
         self.flush_guest_writes()?;
+        self.take_checkpoint(parts.vm, snapshot::Vcpus::One(parts.vcpu))
+    }
+
+    /// Takes a snapshot of the VM with `vcpus` and records its checkpoint (see
+    /// [`Self::checkpoint`] and [`Self::checkpoint_smp`]).
+    fn take_checkpoint(&mut self, vm: &VmFd, vcpus: snapshot::Vcpus<'_>) -> Result<u64, EmbedError> {
         let exits = self.recorder.exits();
+        let mut marks = self.device_pages.lock().unwrap_or_else(PoisonError::into_inner);
         let mut vm = Vm {
             recorder: &mut self.recorder,
             chains: self.slots.iter().all(|s| s.dirty_log),
             capture: snapshot::Capture {
-                kvm_vm: parts.vm,
-                vcpu: parts.vcpu,
+                kvm_vm: vm,
+                vcpus,
                 memory: &self.memory,
                 slots: &self.slots,
-                device_pages: &self.device_pages,
+                device_pages: marks.bits(),
                 msrs: &self.msrs,
                 bus: &self.bus,
                 exits,
@@ -459,9 +568,7 @@ impl Embedded {
             CheckpointError::Snapshot { id, source } => EmbedError::Snapshot { id, source },
             CheckpointError::Record { source, .. } => EmbedError::Write(source),
         })?;
-        for b in &mut self.device_pages {
-            b.iter_mut().for_each(|w| *w = 0);
-        }
+        marks.clear();
         Ok(taken.id)
     }
 
@@ -497,26 +604,10 @@ impl Embedded {
     /// incremental snapshot.
     fn flush_guest_writes(&mut self) -> Result<(), WriteError> {
         for (gpa, data) in self.log.drain() {
-            self.mark(gpa, data.len());
+            self.device_pages.lock().unwrap_or_else(PoisonError::into_inner).mark(gpa, data.len());
             self.recorder.record_guest_write(gpa, &data)?;
         }
         Ok(())
-    }
-
-    fn mark(&mut self, gpa: u64, len: usize) {
-        use crate::page::PAGE_SIZE as PAGE;
-        let end = gpa.saturating_add(len as u64);
-        for (s, bits) in self.slots.iter().zip(self.device_pages.iter_mut()) {
-            let (lo, hi) = (gpa.max(s.gpa), end.min(s.gpa + s.size));
-            if lo >= hi {
-                continue;
-            }
-            for p in (lo - s.gpa) / PAGE..(hi - s.gpa).div_ceil(PAGE) {
-                if let Some(w) = usize::try_from(p / 64).ok().and_then(|i| bits.get_mut(i)) {
-                    *w |= 1 << (p % 64);
-                }
-            }
-        }
     }
 }
 
@@ -548,8 +639,4 @@ impl Checkpointed for Vm<'_> {
     fn machine(&mut self) -> Option<&mut crate::machine::Machine> {
         None
     }
-}
-
-fn words(size: u64) -> usize {
-    usize::try_from((size / crate::page::PAGE_SIZE).div_ceil(64)).unwrap_or(0)
 }

@@ -1,6 +1,7 @@
 //! Snapshots of a VM another VMM runs, in the format of vmrr's own and written by the same
 //! capture (`crate::snapshot::capture`): this module only says what it reads, memory
-//! through the VMM's `GuestMemoryMmap`, the vCPU state from its `VcpuFd`.
+//! through the VMM's `GuestMemoryMmap`, the vCPU state from its `VcpuFd`s (and, with KVM's
+//! in-kernel irqchip, each local APIC and the PIC, IOAPIC, PIT and clock from its `VmFd`).
 
 use std::path::Path;
 
@@ -11,17 +12,28 @@ use vmrr_format::layout::memory_file_name;
 use super::GuestSlot;
 use crate::devices::bus::BusState;
 use crate::kvm::KvmError;
+use crate::kvm::irqchip::IrqchipState;
 use crate::kvm::memory::{MemoryError, SlotKind};
 use crate::kvm::vcpu_state::VcpuState;
 use crate::page::PAGE_SIZE;
+use crate::snapshot::state::KernelIrqchip;
 use crate::snapshot::{
     Identity, Plan, SlotState, SnapshotError, SnapshotState, Source, VmState, bitmap_runs,
 };
 
+/// The vCPUs a capture reads.
+pub(super) enum Vcpus<'a> {
+    /// One vCPU, interrupts from userspace: its pending I/O is completed here.
+    One(&'a mut VcpuFd),
+    /// Every vCPU of a VM on KVM's in-kernel irqchip, in index order; each thread
+    /// completed its pending I/O before it parked (`EmbeddedVcpu::park`).
+    Kernel(&'a [&'a VcpuFd]),
+}
+
 /// What one capture reads.
 pub(super) struct Capture<'a> {
     pub kvm_vm: &'a VmFd,
-    pub vcpu: &'a mut VcpuFd,
+    pub vcpus: Vcpus<'a>,
     pub memory: &'a GuestMemoryMmap,
     pub slots: &'a [GuestSlot],
     /// Per slot, the pages devices wrote since the last snapshot.
@@ -34,15 +46,27 @@ pub(super) struct Capture<'a> {
 
 impl Source for Capture<'_> {
     fn complete_pending(&mut self) -> Result<(), SnapshotError> {
-        if self.exits > 0 {
+        if let (Vcpus::One(vcpu), true) = (&mut self.vcpus, self.exits > 0) {
             // At an IN exit RAX is not written until the next KVM_RUN.
-            crate::kvm::entry::complete_pending(self.vcpu)?;
+            crate::kvm::entry::complete_pending(vcpu)?;
         }
         Ok(())
     }
 
     fn plan(&mut self, _final_dir: &Path, who: &Identity<'_>) -> Result<Plan, SnapshotError> {
-        let vcpu = VcpuState::save(self.vcpu, self.msrs)?;
+        let (vcpus, kernel_irqchip) = match &self.vcpus {
+            Vcpus::One(vcpu) => (vec![VcpuState::save(vcpu, self.msrs)?], None),
+            Vcpus::Kernel(fds) => {
+                let mut vcpus = Vec::with_capacity(fds.len());
+                let mut lapics = Vec::with_capacity(fds.len());
+                for fd in *fds {
+                    vcpus.push(VcpuState::save(fd, self.msrs)?);
+                    lapics.push(crate::kvm::vcpu_state::save_lapic(fd)?);
+                }
+                let chip = IrqchipState::save(self.kvm_vm)?;
+                (vcpus, Some(KernelIrqchip { chip, lapics }))
+            }
+        };
         let mut slots = Vec::with_capacity(self.slots.len());
         let mut runs = Vec::with_capacity(self.slots.len());
         for (i, s) in self.slots.iter().enumerate() {
@@ -92,10 +116,10 @@ impl Source for Capture<'_> {
                 rom_size: None,
             },
             slots,
-            vcpus: vec![vcpu],
+            vcpus,
             bus: self.bus.clone(),
             annotations: who.annotations.to_vec(),
-            kernel_irqchip: None,
+            kernel_irqchip,
         };
         Ok(Plan { state, runs })
     }

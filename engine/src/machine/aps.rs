@@ -332,7 +332,7 @@ impl Worker {
         cpu.record()?;
         for line in lines {
             irqchip::pulse(&self.vm, u32::from(line))?;
-            cpu.count_interrupt();
+            cpu.pulsed(u32::from(line))?;
         }
         self.ap.counts.exits.store(cpu.exits(), Ordering::Relaxed);
         self.ap.counts.interrupts.store(cpu.interrupts(), Ordering::Relaxed);

@@ -20,8 +20,8 @@
 //!
 //! Not covered: a checkpoint taken during a run does not pause the thread (its writes
 //! and a capture may interleave), and a replay, which enters the vCPU through its own
-//! methods rather than a run, has no device thread serving (today's replayer refuses the
-//! trace's `IRQ_LINE` records before it gets there).
+//! methods rather than a run and restores a machine without this device, has no device
+//! thread serving: it diverges at the first notify write, which exits there.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};

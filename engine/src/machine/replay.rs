@@ -34,6 +34,23 @@ impl Machine {
         crate::kvm::cpuid::set(self.vm.vcpu(), entries)
     }
 
+    /// Changes line `gsi` of KVM's in-kernel irqchip as a recorded IRQ_LINE record says
+    /// (`level` 0 lowered, 1 raised, 2 pulsed), before the next entry.
+    ///
+    /// # Errors
+    /// `KVM_IRQ_LINE` failed (the machine has no in-kernel irqchip, say).
+    pub fn set_recorded_irq_line(&mut self, gsi: u32, level: u32) -> Result<(), RunError> {
+        let fd = self.vm.fd();
+        let set = |up: bool| fd.set_irq_line(gsi, up).map_err(KvmError::on("KVM_IRQ_LINE"));
+        match level {
+            vmrr_format::IRQ_LEVEL_LOW => set(false)?,
+            vmrr_format::IRQ_LEVEL_HIGH => set(true)?,
+            _ => crate::kvm::irqchip::pulse(fd, gsi)?,
+        }
+        // Counted (a replay records nothing).
+        Ok(self.cpu.pulsed(gsi)?)
+    }
+
     /// Enters the guest until its next exit. `Ok(false)` when `KVM_RUN` was interrupted by
     /// a signal (a stall watchdog) before any exit.
     ///

@@ -405,7 +405,7 @@ impl Machine {
         let lines = self.bus().interrupts_mut().take_lines();
         for line in lines {
             self.vm.pulse_irq_line(u32::from(line))?;
-            self.cpu.count_interrupt();
+            self.cpu.pulsed(u32::from(line))?;
         }
         Ok(())
     }

@@ -150,10 +150,22 @@ impl Vcpu {
         self.exits += 1;
     }
 
-    /// Counts an interrupt delivered without `KVM_INTERRUPT` (a line pulsed into KVM's
-    /// in-kernel irqchip).
-    pub(crate) fn count_interrupt(&mut self) {
+    /// Counts a line pulsed into KVM's in-kernel irqchip (`KVM_IRQ_LINE`, raised then
+    /// lowered, as an edge-triggered ISA device does) and records it, when recording.
+    ///
+    /// # Errors
+    /// The trace's.
+    pub(crate) fn pulsed(&mut self, gsi: u32) -> Result<(), WriteError> {
         self.interrupts += 1;
+        if let Some(rec) = self.recorder.as_mut() {
+            let line = vmrr_format::IrqLine {
+                gsi,
+                level: vmrr_format::IRQ_LEVEL_PULSE,
+                via: vmrr_format::IRQ_VIA_IOCTL,
+            };
+            rec.record_irq_line(line)?;
+        }
+        Ok(())
     }
 
     /// Exits handled.

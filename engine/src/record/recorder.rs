@@ -286,7 +286,17 @@ impl Recorder {
         }
     }
 
-    /// Records an interrupt injected before the next entry.
+    /// Records that the VMM changed a line of KVM's in-kernel irqchip (`KVM_IRQ_LINE`, or
+    /// an irqfd a device thread wrote) after the exit just recorded (format 1.2; the
+    /// writer must announce `WriterOptions::irq_lines`).
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn record_irq_line(&mut self, line: vmrr_format::IrqLine) -> Result<u64, WriteError> {
+        self.writer.append(self.vcpu_id, Body::IrqLine(line), None)
+    }
+
+    /// Records an interrupt injected with `KVM_INTERRUPT` (or an NMI) before the next entry.
     ///
     /// # Errors
     /// The writer's error.
@@ -380,6 +390,12 @@ impl Recorder {
     /// Exits recorded.
     pub fn exits(&self) -> u64 {
         self.exits
+    }
+
+    /// Sets the count of exits its checkpoint and end records say (a recorder that keeps a
+    /// shared trace for vCPU threads recording on their own streams: their total).
+    pub(crate) fn set_exits(&mut self, exits: u64) {
+        self.exits = exits;
     }
 
     /// Sequence number the next record gets.

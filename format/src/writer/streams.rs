@@ -77,6 +77,18 @@ pub struct SharedTrace {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for SharedTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTrace").field("name", &self.inner.name).finish()
+    }
+}
+
+impl std::fmt::Debug for TraceStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceStream").field("name", &self.inner.name).finish()
+    }
+}
+
 /// One thread's handle for appending to a [`SharedTrace`].
 pub struct TraceStream {
     inner: Arc<Inner>,

@@ -282,6 +282,7 @@ impl Replayer {
                 self.delivering = Some(vector);
             }
             Recorded::Window { request, .. } => self.machine.set_interrupt_window(request)?,
+            Recorded::IrqLine { gsi, level, .. } => self.machine.set_recorded_irq_line(gsi, level)?,
             Recorded::GuestWrite { gpa, data, .. } => {
                 self.machine.write_phys(gpa, &data).map_err(|source| ReplayError::GuestWrite {
                     trace: self.records.trace_name().to_string(),
