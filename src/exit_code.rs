@@ -137,6 +137,7 @@ impl CliError {
 fn session_code(e: &vmrr_engine::session::SessionError) -> u8 {
     use vmrr_engine::guests::linux::KernelError;
     use vmrr_engine::kvm::CreateVmError;
+    use vmrr_engine::machine::queue_device::QueueDeviceError;
     use vmrr_engine::session::SessionError;
     match e {
         // An image or firmware that is a FIFO, a device or a file of /proc: bad input.
@@ -160,15 +161,19 @@ fn session_code(e: &vmrr_engine::session::SessionError) -> u8 {
         ) => KVM_MISSING,
         SessionError::Vm(CreateVmError::Memory(_) | CreateVmError::Irqchip { .. })
         | SessionError::Boot(_) => INTERNAL,
+        SessionError::Device(QueueDeviceError::Kvm(_)) => KVM_MISSING,
+        SessionError::Device(_) => INTERNAL,
     }
 }
 
 fn run_code(e: &vmrr_engine::machine::RunError) -> u8 {
     use vmrr_engine::machine::RunError;
+    use vmrr_engine::machine::queue_device::QueueDeviceError;
     match e {
         RunError::Trace(_) | RunError::Output(_) | RunError::Hook { .. } => OUTPUT,
         RunError::Kvm(_) => KVM_MISSING,
-        RunError::Os { .. } | RunError::Answer(_) => INTERNAL,
+        RunError::Device(QueueDeviceError::Events(_)) => OUTPUT,
+        RunError::Os { .. } | RunError::Answer(_) | RunError::Device(_) => INTERNAL,
     }
 }
 

@@ -22,6 +22,7 @@ use vmrr_format::{TraceWriter, WriterSummary, end_reason};
 
 use crate::checkpoint::flight::{FlightRecorder, FlightSettings};
 use crate::checkpoint::{CaptureMode, Checkpointer, Policy};
+use crate::machine::queue_device::QueueDeviceError;
 use crate::machine::{ExitHook, Machine, RunError, RunSummary};
 use crate::record::{RecorderError, Recording};
 use crate::session::SessionConfig;
@@ -296,7 +297,10 @@ impl Runner {
     fn close(&mut self, error: RunError) -> RecordError {
         let reason = match &error {
             RunError::Trace(_) | RunError::Hook { .. } | RunError::Output(_) => end_reason::OUTPUT_ERROR,
-            RunError::Kvm(_) | RunError::Os { .. } | RunError::Answer(_) => end_reason::VMM_ERROR,
+            RunError::Device(QueueDeviceError::Events(_)) => end_reason::OUTPUT_ERROR,
+            RunError::Kvm(_) | RunError::Os { .. } | RunError::Answer(_) | RunError::Device(_) => {
+                end_reason::VMM_ERROR
+            }
         };
         let closed = match self.machine.stop_recording() {
             None => Closed::NotRecording,

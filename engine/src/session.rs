@@ -14,6 +14,7 @@ use crate::kvm::irqchip::IrqchipKind;
 use crate::kvm::memory::SlotKind;
 use crate::kvm::vm::CreateVmError;
 use crate::kvm::vm::{Vm, VmConfig};
+use crate::machine::queue_device::QueueDeviceError;
 use crate::machine::{BootMachineError, Limits, Machine};
 use crate::record::{RecorderError, Recording};
 use vmrr_format::TraceWriter;
@@ -83,6 +84,9 @@ pub enum ConfigError {
     /// The kernel, initramfs or command line is unusable.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// The guest needs interrupt controllers other than those asked for.
+    #[error("{0}")]
+    Irqchip(String),
 }
 
 /// Building the machine failed.
@@ -97,6 +101,9 @@ pub enum SessionError {
     /// Loading or starting the guest failed.
     #[error(transparent)]
     Boot(#[from] BootMachineError),
+    /// The guest's device could not be set up.
+    #[error(transparent)]
+    Device(#[from] QueueDeviceError),
 }
 
 /// The host's total memory in bytes (`MemTotal` of `/proc/meminfo`).
@@ -106,6 +113,9 @@ pub fn host_memory() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// The built-in guest that comes with a queue device ([`Machine::attach_queue_device`]).
+const VIRTQUEUE: &str = "virtqueue";
 
 /// Largest firmware image accepted.
 pub const MAX_ROM: u64 = 16 << 20;
@@ -161,6 +171,13 @@ impl SessionConfig {
                     &GuestParams { iterations: *iterations, mem_bytes: self.mem_bytes, vcpus: self.vcpus },
                 )?;
                 guests::check_placement(&img, &ram)?;
+                if name == VIRTQUEUE && self.irqchip() != IrqchipKind::Kernel {
+                    return Err(ConfigError::Irqchip(format!(
+                        "guest {VIRTQUEUE} needs KVM's in-kernel irqchip (--irqchip kernel): its device \
+                         completes requests through an irqfd into KVM's IOAPIC, which --irqchip {} does not have",
+                        self.irqchip().name()
+                    )));
+                }
                 if name == "memory-churn" && self.mem_bytes <= guests::CHURN_START {
                     return Err(ConfigError::Memory(format!(
                         "memory-churn needs more than {} MiB of memory",
@@ -208,14 +225,23 @@ impl SessionConfig {
     }
 
     /// Where the interrupt controllers live: as asked, else KVM's for a Linux kernel (it
-    /// needs local APICs and an IOAPIC) or several vCPUs, vmrr's own otherwise.
+    /// needs local APICs and an IOAPIC), the `virtqueue` guest (its device's irqfd goes
+    /// to KVM's IOAPIC) or several vCPUs, vmrr's own otherwise.
     pub fn irqchip(&self) -> IrqchipKind {
         match (self.irqchip, &self.guest) {
             (Some(k), _) => k,
             (None, GuestSpec::Kernel(_)) => IrqchipKind::Kernel,
+            (None, GuestSpec::Builtin { name, .. }) if name == VIRTQUEUE => IrqchipKind::Kernel,
             (None, _) if self.vcpus > 1 => IrqchipKind::Kernel,
             (None, _) => IrqchipKind::User,
         }
+    }
+
+    /// Device threads the machine will have (the `virtqueue` guest's queue device): a
+    /// recording of it needs a writer with `guest_writes`, `irq_lines` and `threads`
+    /// (their records, on their own streams).
+    pub fn device_threads(&self) -> u32 {
+        u32::from(matches!(&self.guest, GuestSpec::Builtin { name, .. } if name == VIRTQUEUE))
     }
 
     /// Validates, creates the VM and boots the guest.
@@ -260,6 +286,9 @@ impl SessionConfig {
             Prepared::Image(img) => {
                 let mut m = Machine::new(vm, serial, debugcon)?;
                 m.boot(img)?;
+                if self.device_threads() > 0 {
+                    m.attach_queue_device(guests::virtqueue::NOTIFY_PORT, guests::virtqueue::GSI)?;
+                }
                 m
             }
             Prepared::Kernel(k) => {

@@ -56,8 +56,12 @@ fn every_builtin_guest_reaches_its_outcome_through_the_library_api() {
     ];
     let mut named: Vec<&str> = expect.iter().map(|e| e.0).collect();
     // Guests that need several vCPUs are run by the multi-vCPU tests.
-    let mut builtins: Vec<&str> =
-        guests::BUILTINS.iter().filter(|b| b.min_vcpus == 1).map(|b| b.name).collect();
+    // `virtqueue` needs KVM's irqchip and its queue device: tests/virtqueue.rs runs it.
+    let mut builtins: Vec<&str> = guests::BUILTINS
+        .iter()
+        .filter(|b| b.min_vcpus == 1 && b.name != "virtqueue")
+        .map(|b| b.name)
+        .collect();
     named.sort_unstable();
     builtins.sort_unstable();
     assert_eq!(named, builtins, "the table covers every built-in guest");

@@ -277,7 +277,7 @@ impl RecordArgs {
                 "--kernel needs --irqchip kernel: Linux uses the local APICs and the IOAPIC".into(),
             ));
         }
-        Ok(SessionConfig {
+        let cfg = SessionConfig {
             guest,
             mem_bytes,
             cpuid,
@@ -286,7 +286,13 @@ impl RecordArgs {
             limits: Limits { max_exits: self.max_exits, max_duration },
             // Snapshots after the first are incremental, the failure point's too.
             dirty_log: !self.no_snapshot && !self.no_trace,
-        })
+        };
+        if cfg.device_threads() > 0 && self.flight_recorder {
+            return Err(CliError::Usage(
+                "--flight-recorder records one thread: its segments continue one writer, and the virtqueue guest's device thread shares the trace".into(),
+            ));
+        }
+        Ok(cfg)
     }
 
     /// The checkpoint policy.
@@ -313,14 +319,21 @@ impl RecordArgs {
 
     /// Writer options.
     pub fn writer_options(&self) -> WriterOptions {
+        let device_threads = self.session().is_ok_and(|c| c.device_threads() > 0);
         WriterOptions {
             zstd_level: (!self.no_compress).then_some(self.zstd_level),
             sync: SyncMode::parse(&self.sync).unwrap_or_default(),
             timing: self.timing,
-            // Several vCPUs append from their own threads; lines pulsed into KVM's
-            // in-kernel irqchip are recorded (format 1.2).
-            threads: self.vcpus > 1,
-            irq_lines: self.vcpus > 1 || self.kernel.is_some() || self.irqchip.as_deref() == Some("kernel"),
+            // Several vCPUs, or a device thread (the virtqueue guest's), append from their
+            // own threads; lines pulsed into KVM's in-kernel irqchip, and a device thread's
+            // irqfd completions, are recorded (format 1.2); a device thread's guest writes
+            // are records of their own.
+            guest_writes: device_threads,
+            threads: self.vcpus > 1 || device_threads,
+            irq_lines: self.vcpus > 1
+                || device_threads
+                || self.kernel.is_some()
+                || self.irqchip.as_deref() == Some("kernel"),
             ..Default::default()
         }
     }

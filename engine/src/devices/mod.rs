@@ -44,6 +44,9 @@ pub mod map {
     pub const TIMER: u16 = 0x5b0;
     /// Sink for the port-I/O storm: writes are counted, reads return 0.
     pub const STORM: u16 = 0x5c0;
+    /// The `virtqueue` guest's notify port. No bus device claims it: the machine's queue
+    /// device takes writes to it in KVM, through an ioeventfd (no exit).
+    pub const VIRTQUEUE_NOTIFY: u16 = 0x5100;
     /// A port nothing claims (the exit-cost floor in `vmrr bench`).
     pub const UNCLAIMED: u16 = 0x5f0;
     /// MMIO sink page for the MMIO storm: writes counted, reads return 0.

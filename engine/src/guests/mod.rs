@@ -26,6 +26,7 @@ mod smp_counter;
 mod smp_fail;
 mod storm;
 mod tsc;
+pub mod virtqueue;
 
 use std::path::{Path, PathBuf};
 
@@ -219,6 +220,14 @@ pub const BUILTINS: &[Builtin] = &[
         max_vcpus: u32::MAX,
     },
     Builtin {
+        name: "virtqueue",
+        mode: BootMode::Long { ring: 0 },
+        about: "N requests to a device thread (ioeventfd notify, irqfd completion: no exits), each buffer checked; needs --irqchip kernel",
+        default_iterations: Some(16),
+        min_vcpus: 1,
+        max_vcpus: u32::MAX,
+    },
+    Builtin {
         name: "dirty-pages",
         mode: BootMode::Long { ring: 3 },
         about: "dirties N pages, exits, repeats forever (snapshot benchmarks; end it with --max-exits)",
@@ -346,6 +355,7 @@ fn single(name: &str, n: u64, low_end: u64, ranges: &[(u64, u64)]) -> Result<Vec
         "rewrite-window" => rewrite::build(LONG_LOAD, low_end, n),
         "tsc" => tsc::build(LONG_LOAD, n, false),
         "tsc-fail" => tsc::build(LONG_LOAD, n, true),
+        "virtqueue" => virtqueue::build(LONG_LOAD, n),
         _ => emulation_failure::build(LONG_LOAD),
     }
 }

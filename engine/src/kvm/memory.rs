@@ -127,7 +127,7 @@ pub struct Slot {
     file: Arc<File>,
     mapping: Mapping,
     region: Arc<GuestRegionMmap>,
-    written: WrittenPages,
+    written: Arc<WrittenPages>,
 }
 
 impl Slot {
@@ -298,7 +298,7 @@ impl GuestMemory {
             let region = Arc::new(map_file(&file, spec, mapping)?);
             let flags = if spec.kind == SlotKind::Rom { KVM_MEM_READONLY } else { 0 };
             regions.push(Arc::clone(&region));
-            let written = WrittenPages::new(spec.size / PAGE_SIZE);
+            let written = Arc::new(WrittenPages::new(spec.size / PAGE_SIZE));
             let id = u32::try_from(i).unwrap_or(u32::MAX);
             slots.push(Slot { id, spec, flags, file, mapping, region, written });
         }
@@ -361,6 +361,17 @@ impl GuestMemory {
         self.mem.write_slice(data, addr)
     }
 
+    /// A handle on this memory for another thread (a device thread): it reads and writes
+    /// the same mappings, and its writes are marked written like [`Self::write`]'s. It
+    /// keeps the mappings alive, but a restore that builds new memory does not reach it:
+    /// take a new handle after one (a device thread takes it when a run starts).
+    pub fn shared(&self) -> SharedMemory {
+        SharedMemory {
+            mem: self.mem.clone(),
+            written: self.slots.iter().map(|s| (s.spec, Arc::clone(&s.written))).collect(),
+        }
+    }
+
     /// Forgets every page written from userspace: the memory was just set as a whole (a
     /// restore), so nothing differs from what it was set to.
     pub(crate) fn clear_written(&self) {
@@ -417,5 +428,46 @@ impl GuestMemory {
     /// The slot containing `addr`.
     pub fn slot_of(&self, addr: GuestAddress) -> Option<&Slot> {
         self.slots.iter().find(|s| s.spec.contains(addr))
+    }
+}
+
+/// Guest memory as another thread sees it ([`GuestMemory::shared`]): the same mappings
+/// (reference-counted, so they outlive the VM's own handle if need be) and the same
+/// written-pages tracking, `Send` and `Sync`.
+#[derive(Debug, Clone)]
+pub struct SharedMemory {
+    mem: GuestMemoryMmap,
+    written: Vec<(SlotSpec, Arc<WrittenPages>)>,
+}
+
+impl SharedMemory {
+    /// Reads into `buf` from `addr`.
+    ///
+    /// # Errors
+    /// The range is not all backed by memory (the error names the address).
+    pub fn read(&self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
+        self.mem.read_slice(buf, addr)
+    }
+
+    /// Writes `data` at `addr`, marking the pages written (KVM's dirty log does not see a
+    /// write from userspace; snapshots read these marks beside it).
+    ///
+    /// # Errors
+    /// The range is not all backed by memory or is ROM (nothing is written then).
+    pub fn write(&self, addr: GuestAddress, data: &[u8]) -> Result<(), GuestMemoryError> {
+        let end = addr.0.checked_add(data.len() as u64).ok_or(GuestMemoryError::InvalidGuestAddress(addr))?;
+        let ram = |lo: u64, hi: u64| {
+            self.written.iter().any(|(s, _)| s.kind == SlotKind::Ram && lo >= s.gpa.0 && hi <= s.end().0)
+        };
+        if !data.is_empty() && !ram(addr.0, end) {
+            return Err(GuestMemoryError::InvalidGuestAddress(addr));
+        }
+        for (s, w) in &self.written {
+            let (lo, hi) = (addr.0.max(s.gpa.0), end.min(s.end().0));
+            if lo < hi {
+                w.mark(lo - s.gpa.0, hi - lo);
+            }
+        }
+        self.mem.write_slice(data, addr)
     }
 }

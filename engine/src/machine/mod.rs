@@ -20,10 +20,12 @@
 
 mod aps;
 pub mod debug;
+pub mod device_stream;
 mod fatal;
 mod inspect;
 pub mod origin;
 mod outcome;
+pub mod queue_device;
 mod replay;
 mod run;
 pub mod signals;
@@ -78,6 +80,10 @@ pub struct Machine {
     live_halted: bool,
     /// What the booted guest is (a kernel's identity), for the trace's annotations.
     guest_annotations: Vec<(String, String)>,
+    /// The `virtqueue` guest's device: eventfds registered with KVM.
+    queue: Option<queue_device::QueueDevice>,
+    /// Its thread, during a run.
+    serving: Option<queue_device::Serving>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -152,6 +158,8 @@ impl Machine {
             debug: debug::DebugStops::default(),
             live_halted: false,
             guest_annotations: Vec::new(),
+            queue: None,
+            serving: None,
         })
     }
 

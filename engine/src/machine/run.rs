@@ -14,6 +14,7 @@ use vmrr_format::{Body, kind};
 
 use crate::exit::answer::AnswerError;
 use crate::kvm::system::KvmError;
+use crate::machine::device_stream::StreamEvents;
 use crate::machine::outcome::{Limits, Outcome, RunSummary};
 use crate::machine::vcpu::InjectError;
 use crate::machine::watchdog::{Fired, Flags, StopHandle, Watchdog};
@@ -55,6 +56,9 @@ pub enum RunError {
     /// An answer could not be written into `kvm_run`.
     #[error("cannot answer the exit")]
     Answer(#[from] AnswerError),
+    /// The queue device's thread could not start, or failed.
+    #[error(transparent)]
+    Device(#[from] crate::machine::queue_device::QueueDeviceError),
 }
 
 impl From<vmrr_format::WriteError> for RunError {
@@ -120,23 +124,31 @@ impl Machine {
 
     /// Starts recording every exit and injection with `recorder`.
     ///
-    /// With APs, the trace becomes one every vCPU's thread appends to, each through its
-    /// own stream (`vmrr_format::SharedTrace`): the bootstrap processor's recorder keeps
-    /// the trace, each AP gets a recorder of its own.
+    /// With APs or a queue device, the trace becomes one every vCPU's thread and the device
+    /// thread append to, each through its own stream (`vmrr_format::SharedTrace`): the
+    /// bootstrap processor's recorder keeps the trace, each AP gets a recorder of its own,
+    /// the device thread a [`StreamEvents`] as device thread 0.
     ///
     /// # Errors
     /// The trace's writer failed, or an AP's recorder could not attach.
     pub(crate) fn start_recording(&mut self, recorder: Recorder) -> Result<(), crate::record::RecorderError> {
-        if self.aps.is_empty() {
+        let device = self.has_queue_device();
+        if self.aps.is_empty() && !device {
             self.cpu.set_recorder(Some(recorder));
             return Ok(());
         }
-        self.focus(0).map_err(|e| crate::record::RecorderError::Probe(e.to_string()))?;
+        if !self.aps.is_empty() {
+            self.focus(0).map_err(|e| crate::record::RecorderError::Probe(e.to_string()))?;
+        }
         let (recorder, trace) = recorder.into_shared()?;
         for ap in &self.aps {
             let fd = aps::lock(&ap.fd);
             let r = Recorder::on_stream(self.vm.kvm(), &fd, ap.index, trace.stream())?;
             aps::lock(&ap.cpu).set_recorder(Some(r));
+        }
+        if device {
+            // The queue device is device thread 0.
+            self.attach_device_events(Box::new(StreamEvents::new(trace.stream(), 0)));
         }
         self.cpu.set_recorder(Some(recorder));
         Ok(())
@@ -154,6 +166,8 @@ impl Machine {
         for ap in &self.aps {
             aps::lock(&ap.cpu).set_recorder(None);
         }
+        // So is the device thread's (its thread was joined when the run ended).
+        drop(self.detach_device_events());
         self.cpu.set_recorder(None)
     }
 
@@ -203,14 +217,22 @@ impl Machine {
             .map_err(|source| RunError::Os { what: "starting the watchdog", source })?;
         self.stop = Some(watchdog.stop_handle());
         let flags = Arc::clone(&watchdog.flags);
-        let looped = match self.start_team(watchdog.stop_handle()) {
+        let started = match self.start_queue(watchdog.stop_handle()) {
+            Ok(()) => self.start_team(watchdog.stop_handle()),
+            Err(e) => Err(RunError::Device(e)),
+        };
+        let looped = match started {
             Ok(()) => self.run_loop(&flags, hook),
             Err(e) => Err(e),
         };
         let outcome = self.end_team(looped);
+        // Joined whatever ended the run: the thread never outlives it.
+        let device = self.stop_queue();
         drop(watchdog);
         self.stop = None;
         let outcome = outcome?;
+        // A device thread that failed stopped the run: its error is the run's.
+        device?;
         self.serial.flush();
         self.debugcon.flush();
         if let Some(e) = self.serial.take_error().or_else(|| self.debugcon.take_error()) {

@@ -7,6 +7,9 @@ use vmrr_format::{
 };
 
 /// A recorder's output (see the module docs).
+// One per recorder, on no hot path by size: boxing the writer would add an indirection per
+// append.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Out {
     /// The whole trace.
     Whole(TraceWriter),
