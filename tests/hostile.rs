@@ -86,7 +86,7 @@ const SNAPSHOTS: &[(&str, &[&str], &[&str])] = &[
     ("slot-beyond-phys", &["52-bit physical address space"], &[]),
     ("short-memory-file", &["memory file ends here"], &[]),
     ("nonsense-valid-crc", &["state"], &[]),
-    ("two-vcpus", &["vCPU count 2"], &[]),
+    ("two-vcpus", &["2 vCPUs without KVM's in-kernel irqchip"], &[]),
     ("file-name-escape", &["not a plain file name"], &[]),
     ("future-major-2.0", &["2.0", "not readable"], &[]),
     ("payload-claims-1gib", &["payload"], &[]),

@@ -360,6 +360,9 @@ impl SessionConfig {
         if self.vcpus > 1 {
             put("vmrr.vcpus", self.vcpus.to_string());
         }
+        if self.device_threads() > 0 {
+            put("vmrr.device_threads", self.device_threads().to_string());
+        }
         let slots: Vec<String> = vm
             .memory()
             .slots()

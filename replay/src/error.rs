@@ -18,22 +18,23 @@ pub enum ReplayError {
     /// The trace does not say how to rebuild its machine, or asks for something invalid.
     #[error("{0}")]
     Unreplayable(String),
-    /// The trace ran several vCPUs: its path cannot be replayed (REPLAY.md), and either
+    /// The trace ran several vCPUs or device threads: its path cannot be replayed
+    /// (REPLAY.md), and either
     /// the path was asked for (`path_asked`: CLI exit 2) or the trace holds no failure to
     /// reproduce from its failure point (CLI exit 3: nothing this vmrr can check).
     #[error(
-        "{trace}: recorded on {vcpus} vCPUs: {}",
+        "{trace}: recorded on {threads}: {}",
         if *path_asked {
-            "its path cannot be replayed (the vCPUs' interleaving between exits is not recorded); only a failure point reproduces"
+            "its path cannot be replayed (what the threads did between exits is not recorded); only a failure point reproduces"
         } else {
-            "its path cannot be replayed (the vCPUs' interleaving between exits is not recorded), and it ended without a failure: no failure point to reproduce"
+            "its path cannot be replayed (what the threads did between exits is not recorded), and it ended without a failure: no failure point to reproduce"
         }
     )]
     SeveralVcpus {
         /// The trace.
         trace: String,
-        /// Its vCPUs.
-        vcpus: u32,
+        /// Its threads ("4 vCPUs", "1 device thread(s) beside its vCPU").
+        threads: String,
         /// `--path`, `--rebuild` or `--from-checkpoint` asked for the path.
         path_asked: bool,
     },

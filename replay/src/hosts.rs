@@ -63,6 +63,11 @@ pub fn path_limits(f: &TraceOverview) -> Vec<String> {
             "the machine ran {n} vCPUs: what they did to shared memory between exits (locks, counters) happened at instants no exit records, and no instruction counter placed them ({pmu})"
         ));
     }
+    if let Some(n) = f.annotation("vmrr.device_threads").filter(|n| *n != "0") {
+        why.push(format!(
+            "{n} device thread(s) wrote guest memory and raised interrupts while the vCPUs ran, at instants no exit records (an ioeventfd's doorbell does not exit, an irqfd's interrupt is delivered inside KVM)"
+        ));
+    }
     if f.annotation("vmrr.irqchip") == Some("kernel") {
         why.push(
             "the machine ran on KVM's in-kernel irqchip and PIT: they deliver interrupts (timer ticks) inside KVM at instants no exit records, so the guest takes them elsewhere on replay"

@@ -81,10 +81,15 @@ fn run(src: &Source, opts: &Options, span: Option<Span>) -> Result<Report, Repla
     // diverges).
     let path_asked = opts.force_path || opts.start != crate::options::StartFrom::Auto;
     let vcpus = f.annotation("vmrr.vcpus").and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
-    if vcpus > 1 && (path_asked || !fp_wanted || f.failure_point().is_none()) {
+    let devices = f.annotation("vmrr.device_threads").and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+    if (vcpus > 1 || devices > 0) && (path_asked || !fp_wanted || f.failure_point().is_none()) {
         return Err(ReplayError::SeveralVcpus {
             trace: src.trace.display().to_string(),
-            vcpus,
+            threads: if vcpus > 1 {
+                format!("{vcpus} vCPUs")
+            } else {
+                format!("{devices} device thread(s) beside its vCPU")
+            },
             path_asked: path_asked || (!opts.failure_point && f.failure_point().is_some()),
         });
     }

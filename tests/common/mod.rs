@@ -204,6 +204,11 @@ impl MeasuredChild {
     fn spawn_full(args: &[&str], env: &[(&str, &str)], keep_stdout: bool) -> Self {
         use std::io::Read;
         use std::process::Stdio;
+        // The child starts as a vfork of this test process, whose memory high-water mark
+        // its exec records into the child's peak: reset ours to what we hold now (the
+        // kernel's "5" to clear_refs), so the figure is vmrr's own, not this harness's
+        // earlier peaks.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
         let mut child = Command::new(env!("CARGO_BIN_EXE_vmrr"))
             .args(args)
             .envs(env.iter().copied())

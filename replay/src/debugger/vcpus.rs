@@ -55,7 +55,7 @@ pub(super) fn running_vcpu(
     if !at_failure_point {
         return Err(ReplayError::SeveralVcpus {
             trace: trace.display().to_string(),
-            vcpus,
+            threads: format!("{vcpus} vCPUs"),
             path_asked: path_asked || f.failure_point().is_some(),
         });
     }
