@@ -204,7 +204,7 @@ fn describe_replay_feature(
 
 /// What a replayer implementing format `implements` says of `header`: the refusal of its
 /// first replay-required feature that version does not know, `None` when it knows them
-/// all. With this version it is [`check_replay_features`]' message; with `(1, 1)` it is
+/// all. With this version it is `check_replay_features`' message; with `(1, 1)` it is
 /// what vmrr 1.1 says of a 1.2 file (`docs/FORMAT.md` §11).
 pub fn replay_feature_refusal(header: &vmrr_format::FileHeader, implements: (u16, u16)) -> Option<String> {
     header.unknown_replay_required_as(implements).first().map(|(bit, desc)| {

@@ -243,8 +243,8 @@ mod tests {
     #[test]
     fn lengths_fit_the_buffer_and_the_pattern_moves_per_round() {
         assert!((1..=64).all(|r| len_of(r) <= MAX_LEN && len_of(r) > 0));
-        assert!(BUF_ADDR + u64::from(MAX_LEN) < 0xa_0000, "below the VGA window firmware keeps");
-        assert!(DESC_ADDR + 16 <= BUF_ADDR);
+        const { assert!(BUF_ADDR + (MAX_LEN as u64) < 0xa_0000, "below the VGA window firmware keeps") };
+        const { assert!(DESC_ADDR + 16 <= BUF_ADDR) };
         assert_eq!(pattern(1, 0), 31);
         assert_eq!(pattern(2, 1), 63);
         assert_eq!(pattern(9, 300), ((9 * 31 + 300) & 0xff) as u8);

@@ -242,7 +242,7 @@ pub fn build(kvm: &Kvm, profile: CpuidProfile, lapic: bool) -> Result<CpuId, kvm
     Ok(cpuid)
 }
 
-/// `cpuid` as vCPU `index` of `count` sees it: its initial APIC ID (leaf 1 EBX[31:24],
+/// `cpuid` as vCPU `index` of `count` sees it: its initial APIC ID (leaf 1 `EBX[31:24]`,
 /// leaves 0xB and 0x1F EDX), and a topology of `count` single-thread cores in one package
 /// (leaf 1's logical-processor count and HTT bit, leaf 4's cores per package, leaves 0xB
 /// and 0x1F's levels). KVM gives vCPU `index` the local APIC ID `index`; the CPUID the guest
