@@ -21,6 +21,7 @@
 mod aps;
 pub mod debug;
 pub mod device_stream;
+mod ending;
 mod fatal;
 mod inspect;
 pub mod origin;
@@ -28,6 +29,7 @@ mod outcome;
 pub mod queue_device;
 mod replay;
 mod run;
+mod run_error;
 pub mod signals;
 mod vcpu;
 pub mod watchdog;
@@ -41,7 +43,8 @@ pub use fatal::FatalReport;
 pub use inspect::AccessError;
 pub use outcome::{Limits, Outcome, RunSummary};
 pub use replay::LiveExit;
-pub use run::{ExitHook, RunError};
+pub use run::ExitHook;
+pub use run_error::RunError;
 
 use crate::devices::Bus;
 use crate::devices::console::Console;

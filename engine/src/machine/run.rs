@@ -10,71 +10,15 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use vmrr_format::{Body, kind};
+use vmrr_format::kind;
 
-use crate::exit::answer::AnswerError;
-use crate::kvm::system::KvmError;
 use crate::machine::device_stream::StreamEvents;
+use crate::machine::ending::{Ending, ending_of};
 use crate::machine::outcome::{Limits, Outcome, RunSummary};
-use crate::machine::vcpu::InjectError;
+pub use crate::machine::run_error::RunError;
 use crate::machine::watchdog::{Fired, Flags, StopHandle, Watchdog};
 use crate::machine::{Machine, aps};
 use crate::record::Recorder;
-
-/// Running the guest failed (as opposed to the guest failing, which is an outcome).
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// A KVM ioctl failed.
-    #[error(transparent)]
-    Kvm(#[from] KvmError),
-    /// An OS call failed.
-    #[error("{what} failed")]
-    Os {
-        /// The call that failed.
-        what: &'static str,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The trace could not be written (a full disk shows up here).
-    #[error("cannot record")]
-    Trace(#[source] vmrr_format::WriteError),
-    /// A hook run after an exit failed (a checkpoint could not be written, say).
-    #[error("the {hook} after exit {exit} failed")]
-    Hook {
-        /// What the hook does.
-        hook: &'static str,
-        /// The exit it ran after.
-        exit: u64,
-        /// What the hook reported.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// A device's output (the serial console file) could not be written.
-    #[error("cannot write device output")]
-    Output(#[source] std::io::Error),
-    /// An answer could not be written into `kvm_run`.
-    #[error("cannot answer the exit")]
-    Answer(#[from] AnswerError),
-    /// The queue device's thread could not start, or failed.
-    #[error(transparent)]
-    Device(#[from] crate::machine::queue_device::QueueDeviceError),
-}
-
-impl From<vmrr_format::WriteError> for RunError {
-    fn from(e: vmrr_format::WriteError) -> Self {
-        RunError::Trace(e)
-    }
-}
-
-impl From<InjectError> for RunError {
-    fn from(e: InjectError) -> Self {
-        match e {
-            InjectError::Kvm(source) => RunError::Os { what: "KVM_INTERRUPT", source },
-            InjectError::Trace(e) => RunError::Trace(e),
-        }
-    }
-}
 
 /// Work done after every exit is handled and recorded (checkpoints live here).
 pub trait ExitHook {
@@ -97,16 +41,6 @@ pub(crate) enum Handled {
     },
     /// A debug stop (`KVM_SET_GUEST_DEBUG`): nothing to handle.
     Debug,
-}
-
-/// A run-ending exit, before it is recorded and reported.
-#[derive(Debug)]
-pub(crate) enum Ending {
-    Shutdown,
-    InternalError,
-    FailEntry,
-    SystemEvent(u32),
-    Unhandled,
 }
 
 impl Machine {
@@ -448,24 +382,6 @@ fn outcome_of(e: Ending, report: impl Fn() -> crate::machine::FatalReport, reaso
         Ending::SystemEvent(t) => Outcome::SystemEvent(t),
         Ending::Unhandled => Outcome::Unhandled(reason),
     }
-}
-
-/// Whether the exit `cpu` stands at ends the run (`Some(Some(..))`), is one the devices
-/// handle (`Some(None)`), or is a debug stop (`None`).
-pub(crate) fn ending_of(cpu: &crate::machine::vcpu::Vcpu) -> Option<Option<Ending>> {
-    Some(match cpu.exit().kind() {
-        kind::IO | kind::MMIO | kind::X86_RDMSR | kind::X86_WRMSR => None,
-        kind::HLT | kind::IRQ_WINDOW_OPEN | kind::INTR => None,
-        kind::SHUTDOWN => Some(Ending::Shutdown),
-        kind::INTERNAL_ERROR => Some(Ending::InternalError),
-        kind::FAIL_ENTRY => Some(Ending::FailEntry),
-        kind::SYSTEM_EVENT => match cpu.body() {
-            Body::SystemEvent(e) => Some(Ending::SystemEvent(e.event_type)),
-            _ => Some(Ending::Unhandled),
-        },
-        kind::DEBUG => return None,
-        _ => Some(Ending::Unhandled),
-    })
 }
 
 fn fired_outcome(fired: Fired) -> Outcome {

@@ -8,6 +8,7 @@ mod conn;
 mod monitor;
 mod target;
 mod threads;
+mod tids;
 
 use std::net::{SocketAddr, TcpListener};
 

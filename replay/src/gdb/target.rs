@@ -62,7 +62,7 @@ pub struct GdbTarget {
     real_mode: bool,
     pub(super) pending: Option<Move>,
     /// Several vCPUs: what gdb's last `vCont` asked of each thread (`threads.rs`).
-    pub(super) resume: super::threads::ResumeActions,
+    pub(super) resume: super::tids::ResumeActions,
     /// Code breakpoints, by the kind gdb inserted.
     breakpoints: CodeBreakpoints,
     /// Memory addresses are guest-physical (`monitor phys on`).
@@ -79,7 +79,7 @@ impl GdbTarget {
             layout: Layout::Amd64,
             real_mode: false,
             pending: None,
-            resume: super::threads::ResumeActions::default(),
+            resume: super::tids::ResumeActions::default(),
             breakpoints: CodeBreakpoints::default(),
             phys: false,
             notes_extra: Vec::new(),
@@ -126,13 +126,13 @@ impl GdbTarget {
             }
         };
         let stop = self.moved(moved);
-        if self.threaded() { super::threads::in_thread(stop, self.running_tid()) } else { stop.into() }
+        if self.threaded() { super::tids::in_thread(stop, self.running_tid()) } else { stop.into() }
     }
 
     /// The stop gdb's interrupt (Ctrl-C) is reported as.
     pub fn interrupt_stop(&self) -> MultiThreadStopReason<u64> {
         let sigint = SingleThreadStopReason::Signal(Signal::SIGINT);
-        if self.threaded() { super::threads::in_thread(sigint, self.running_tid()) } else { sigint.into() }
+        if self.threaded() { super::tids::in_thread(sigint, self.running_tid()) } else { sigint.into() }
     }
 
     /// The stop a move ended in (its failure said on the console, as SIGABRT).

@@ -22,7 +22,6 @@
 //! not as a linear address: `rip` 0xfff0 with `cs` 0xf000, its base 0xffff0000.
 
 use gdbstub::common::{Signal, Tid};
-use gdbstub::stub::{MultiThreadStopReason, SingleThreadStopReason};
 use gdbstub::target::ext::base::multithread::{
     MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
     MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
@@ -33,43 +32,8 @@ use gdbstub::target::{TargetError, TargetResult};
 
 use super::arch::VmrrRegs;
 use super::target::{GdbTarget, Move, TargetFailed};
+use super::tids::{ResumeActions, tid_of, vcpu_of};
 use crate::debugger::DebugError;
-
-/// What gdb's last `vCont` asked of the threads.
-#[derive(Debug, Default)]
-pub(crate) struct ResumeActions {
-    /// Threads asked to continue by id.
-    continued: Vec<Tid>,
-    /// The thread asked to step.
-    stepped: Option<Tid>,
-    /// No "continue the rest" came with them (scheduler locking).
-    locked: bool,
-}
-
-/// gdb's thread id for vCPU `vcpu`.
-fn tid_of(vcpu: u32) -> Tid {
-    let n = usize::try_from(vcpu).unwrap_or(usize::MAX - 1).saturating_add(1);
-    Tid::new(n).unwrap_or(Tid::MIN)
-}
-
-/// The vCPU gdb's thread `tid` is.
-fn vcpu_of(tid: Tid) -> u32 {
-    u32::try_from(tid.get() - 1).unwrap_or(u32::MAX)
-}
-
-/// `stop` (of the vCPU that runs) as a stop in its thread `tid`.
-pub(super) fn in_thread(stop: SingleThreadStopReason<u64>, tid: Tid) -> MultiThreadStopReason<u64> {
-    use MultiThreadStopReason as M;
-    match stop {
-        SingleThreadStopReason::DoneStep => M::SignalWithThread { tid, signal: Signal::SIGTRAP },
-        SingleThreadStopReason::Signal(signal) => M::SignalWithThread { tid, signal },
-        SingleThreadStopReason::SwBreak(()) => M::SwBreak(tid),
-        SingleThreadStopReason::HwBreak(()) => M::HwBreak(tid),
-        SingleThreadStopReason::Watch { kind, addr, .. } => M::Watch { tid, kind, addr },
-        SingleThreadStopReason::ReplayLog { pos, .. } => M::ReplayLog { tid: Some(tid), pos },
-        other => other.into(),
-    }
-}
 
 fn fatal(e: DebugError) -> TargetError<TargetFailed> {
     TargetError::Fatal(TargetFailed(e))

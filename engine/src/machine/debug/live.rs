@@ -4,7 +4,8 @@
 
 use crate::machine::Machine;
 use crate::machine::outcome::Outcome;
-use crate::machine::run::{Handled, RunError};
+use crate::machine::run::Handled;
+use crate::machine::run_error::RunError;
 use crate::machine::watchdog::Flags;
 
 /// What one live entry ended with.

@@ -1,0 +1,42 @@
+//! gdb's thread ids for vCPUs (thread `k + 1` is vCPU `k`), a stop reported in a thread,
+//! and what gdb's last `vCont` asked of the threads: what the target and the threads'
+//! extension share.
+
+use gdbstub::common::{Signal, Tid};
+use gdbstub::stub::{MultiThreadStopReason, SingleThreadStopReason};
+
+/// What gdb's last `vCont` asked of the threads.
+#[derive(Debug, Default)]
+pub(crate) struct ResumeActions {
+    /// Threads asked to continue by id.
+    pub(super) continued: Vec<Tid>,
+    /// The thread asked to step.
+    pub(super) stepped: Option<Tid>,
+    /// No "continue the rest" came with them (scheduler locking).
+    pub(super) locked: bool,
+}
+
+/// gdb's thread id for vCPU `vcpu`.
+pub(super) fn tid_of(vcpu: u32) -> Tid {
+    let n = usize::try_from(vcpu).unwrap_or(usize::MAX - 1).saturating_add(1);
+    Tid::new(n).unwrap_or(Tid::MIN)
+}
+
+/// The vCPU gdb's thread `tid` is.
+pub(super) fn vcpu_of(tid: Tid) -> u32 {
+    u32::try_from(tid.get() - 1).unwrap_or(u32::MAX)
+}
+
+/// `stop` (of the vCPU that runs) as a stop in its thread `tid`.
+pub(super) fn in_thread(stop: SingleThreadStopReason<u64>, tid: Tid) -> MultiThreadStopReason<u64> {
+    use MultiThreadStopReason as M;
+    match stop {
+        SingleThreadStopReason::DoneStep => M::SignalWithThread { tid, signal: Signal::SIGTRAP },
+        SingleThreadStopReason::Signal(signal) => M::SignalWithThread { tid, signal },
+        SingleThreadStopReason::SwBreak(()) => M::SwBreak(tid),
+        SingleThreadStopReason::HwBreak(()) => M::HwBreak(tid),
+        SingleThreadStopReason::Watch { kind, addr, .. } => M::Watch { tid, kind, addr },
+        SingleThreadStopReason::ReplayLog { pos, .. } => M::ReplayLog { tid: Some(tid), pos },
+        other => other.into(),
+    }
+}
