@@ -204,31 +204,3 @@ impl ReverseCont<Tid> for GdbTarget {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use gdbstub::target::ext::base::reverse_exec::ReplayLogPosition;
-
-    #[test]
-    fn threads_are_vcpus_plus_one_and_stops_name_the_running_one() {
-        assert_eq!(tid_of(0).get(), 1);
-        assert_eq!(vcpu_of(tid_of(3)), 3);
-        let t = tid_of(1);
-        assert!(matches!(
-            in_thread(SingleThreadStopReason::Signal(Signal::SIGILL), t),
-            MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGILL } if tid == t
-        ));
-        assert!(matches!(
-            in_thread(SingleThreadStopReason::DoneStep, t),
-            MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGTRAP } if tid == t
-        ));
-        assert!(
-            matches!(in_thread(SingleThreadStopReason::HwBreak(()), t), MultiThreadStopReason::HwBreak(x) if x == t)
-        );
-        assert!(matches!(
-            in_thread(SingleThreadStopReason::ReplayLog { tid: None, pos: ReplayLogPosition::Begin }, t),
-            MultiThreadStopReason::ReplayLog { tid: Some(x), pos: ReplayLogPosition::Begin } if x == t
-        ));
-    }
-}
