@@ -6,6 +6,7 @@ use iced_x86::IcedError;
 use iced_x86::code_asm::*;
 
 use crate::devices::map;
+use crate::guests::boot::{CS_RING0, IDT_ADDR};
 
 /// Labels of the shared subroutines.
 #[derive(Clone, Copy)]
@@ -159,4 +160,19 @@ pub fn exit(a: &mut CodeAssembler, status: u32) -> Result<(), IcedError> {
     let mut spin = a.create_label();
     a.set_label(&mut spin)?;
     a.jmp(spin)
+}
+
+/// Emits the set-up of the 64-bit interrupt gate for `vector` (DPL 0, `CS_RING0`) to
+/// `handler`, in the IDT at `IDT_ADDR`. Clobbers RAX and RDI.
+pub fn idt_gate(a: &mut CodeAssembler, vector: u8, handler: CodeLabel) -> Result<(), IcedError> {
+    a.lea(rax, ptr(handler))?;
+    a.mov(rdi, IDT_ADDR + 16 * u64::from(vector))?;
+    a.mov(word_ptr(rdi), ax)?;
+    a.mov(word_ptr(rdi + 2), u32::from(CS_RING0))?;
+    a.mov(word_ptr(rdi + 4), 0x8e00u32)?;
+    a.shr(rax, 16)?;
+    a.mov(word_ptr(rdi + 6), ax)?;
+    a.shr(rax, 16)?;
+    a.mov(dword_ptr(rdi + 8), eax)?;
+    a.mov(dword_ptr(rdi + 12), 0u32)
 }

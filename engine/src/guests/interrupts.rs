@@ -4,9 +4,9 @@
 use iced_x86::IcedError;
 use iced_x86::code_asm::*;
 
-use super::asm::{exit, long_mode};
+use super::asm::{exit, idt_gate, long_mode};
 use crate::devices::map;
-use crate::guests::boot::{CS_RING0, IDT_ADDR};
+use crate::guests::boot::IDT_ADDR;
 
 /// Timer vector.
 pub const VECTOR: u8 = 0x20;
@@ -23,17 +23,7 @@ pub fn build(base: u64, n: u64) -> Result<Vec<u8>, IcedError> {
         let mut handler = a.create_label();
         let mut wait = a.create_label();
         // Gate for VECTOR: 64-bit interrupt gate, DPL 0, selector CS_RING0.
-        let gate = IDT_ADDR + 16 * u64::from(VECTOR);
-        a.lea(rax, ptr(handler))?;
-        a.mov(rdi, gate)?;
-        a.mov(word_ptr(rdi), ax)?;
-        a.mov(word_ptr(rdi + 2), u32::from(CS_RING0))?;
-        a.mov(word_ptr(rdi + 4), 0x8e00u32)?;
-        a.shr(rax, 16)?;
-        a.mov(word_ptr(rdi + 6), ax)?;
-        a.shr(rax, 16)?;
-        a.mov(dword_ptr(rdi + 8), eax)?;
-        a.mov(dword_ptr(rdi + 12), 0u32)?;
+        idt_gate(a, VECTOR, handler)?;
         // IDTR = { limit 16 * 256 - 1, base IDT_ADDR }
         a.lea(rdi, ptr(idtr))?;
         a.mov(word_ptr(rdi), 0x0fffu32)?;

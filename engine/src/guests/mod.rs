@@ -7,6 +7,7 @@
 pub mod asm;
 pub mod boot;
 mod churn;
+pub mod decimal;
 pub mod devices;
 mod dirty;
 mod emulation_failure;

@@ -7,7 +7,7 @@
 use iced_x86::code_asm::*;
 
 use super::asm::{exit, long_mode};
-use super::smp::decimal::Decimal;
+use super::decimal::Decimal;
 use super::smp::layout::MAX_VCPUS;
 use super::smp::lock::{acquire, release};
 use super::smp::startup::start_aps;

@@ -20,9 +20,10 @@
 use iced_x86::IcedError;
 use iced_x86::code_asm::*;
 
-use super::asm::{exit, long_mode};
+use super::asm::{exit, idt_gate, long_mode};
+use super::decimal::Decimal;
 use crate::devices::map;
-use crate::guests::boot::{CS_RING0, IDT_ADDR};
+use crate::guests::boot::IDT_ADDR;
 
 /// The notify port: a write of the round number asks the device to serve the descriptor.
 /// No vmrr device claims it; the device's ioeventfd takes the write inside KVM.
@@ -62,21 +63,6 @@ pub fn pattern(round: u32, i: u32) -> u8 {
     round.wrapping_mul(31).wrapping_add(i).to_le_bytes()[0]
 }
 
-/// Emits the set-up of the 64-bit interrupt gate for `vector` (DPL 0, `CS_RING0`) to
-/// `handler`, in the IDT at `IDT_ADDR`. Clobbers RAX and RDI.
-fn gate(a: &mut CodeAssembler, vector: u8, handler: CodeLabel) -> Result<(), IcedError> {
-    a.lea(rax, ptr(handler))?;
-    a.mov(rdi, IDT_ADDR + 16 * u64::from(vector))?;
-    a.mov(word_ptr(rdi), ax)?;
-    a.mov(word_ptr(rdi + 2), u32::from(CS_RING0))?;
-    a.mov(word_ptr(rdi + 4), 0x8e00u32)?;
-    a.shr(rax, 16)?;
-    a.mov(word_ptr(rdi + 6), ax)?;
-    a.shr(rax, 16)?;
-    a.mov(dword_ptr(rdi + 8), eax)?;
-    a.mov(dword_ptr(rdi + 12), 0u32)
-}
-
 /// Emits a 32-bit store of `value` at the absolute address `addr`. Clobbers RAX.
 fn store32(a: &mut CodeAssembler, addr: u64, value: u32) -> Result<(), IcedError> {
     a.mov(rax, addr)?;
@@ -93,7 +79,7 @@ pub fn build(base: u64, rounds: u64) -> Result<Vec<u8>, IcedError> {
         let idtr = p.data(a, &[0; 16]);
         let mut handler = a.create_label();
         let mut spurious = a.create_label();
-        let mut putdec = a.create_label();
+        let dec = Decimal::new(a);
         let mut round = a.create_label();
         let mut wait = a.create_label();
         let mut got = a.create_label();
@@ -103,8 +89,8 @@ pub fn build(base: u64, rounds: u64) -> Result<Vec<u8>, IcedError> {
         let mut done = a.create_label();
 
         a.cli()?;
-        gate(a, VECTOR, handler)?;
-        gate(a, SPURIOUS, spurious)?;
+        idt_gate(a, VECTOR, handler)?;
+        idt_gate(a, SPURIOUS, spurious)?;
         a.lea(rdi, ptr(idtr))?;
         a.mov(word_ptr(rdi), 0x0fffu32)?;
         a.mov(rax, IDT_ADDR)?;
@@ -178,7 +164,7 @@ pub fn build(base: u64, rounds: u64) -> Result<Vec<u8>, IcedError> {
         a.jne(wrong)?;
         p.print(a, round_msg)?;
         a.mov(rax, r12)?;
-        a.call(putdec)?;
+        a.call(dec.putdec)?;
         p.print(a, ok_msg)?;
         a.inc(r12)?;
         a.jmp(round)?;
@@ -186,7 +172,7 @@ pub fn build(base: u64, rounds: u64) -> Result<Vec<u8>, IcedError> {
         a.set_label(&mut wrong)?;
         p.print(a, round_msg)?;
         a.mov(rax, r12)?;
-        a.call(putdec)?;
+        a.call(dec.putdec)?;
         p.print(a, wrong_msg)?;
         exit(a, 1)?;
 
@@ -205,34 +191,7 @@ pub fn build(base: u64, rounds: u64) -> Result<Vec<u8>, IcedError> {
         a.set_label(&mut spurious)?;
         a.iretq()?;
 
-        // putdec: prints RAX in decimal; preserves every register.
-        a.set_label(&mut putdec)?;
-        a.push(rax)?;
-        a.push(rbx)?;
-        a.push(rcx)?;
-        a.push(rdx)?;
-        a.mov(ebx, 10)?;
-        a.xor(ecx, ecx)?;
-        let mut divide = a.create_label();
-        let mut emit = a.create_label();
-        a.set_label(&mut divide)?;
-        a.xor(edx, edx)?;
-        a.div(rbx)?;
-        a.push(rdx)?;
-        a.inc(ecx)?;
-        a.test(rax, rax)?;
-        a.jnz(divide)?;
-        a.set_label(&mut emit)?;
-        a.pop(rax)?;
-        a.add(al, i32::from(b'0'))?;
-        a.call(p.lib.putc)?;
-        a.dec(ecx)?;
-        a.jnz(emit)?;
-        a.pop(rdx)?;
-        a.pop(rcx)?;
-        a.pop(rbx)?;
-        a.pop(rax)?;
-        a.ret()
+        dec.emit(a, &p.lib)
     })
 }
 

@@ -2,7 +2,7 @@
 //! ([`layout`]), the 16-bit trampoline the application processors (APs) start in
 //! ([`trampoline`]), the bootstrap processor's INIT-SIPI-SIPI sequence ([`startup`]), and
 //! what the guests share once all vCPUs run: spinlocks ([`lock`]) and decimal printing
-//! ([`decimal`]).
+//! ([`super::decimal`]).
 //!
 //! How an AP starts: vCPU 0 (the BSP) begins in long mode as every built-in guest does;
 //! the others wait for INIT/SIPI in KVM's default state. The BSP copies the trampoline to
@@ -14,7 +14,6 @@
 //! the entry with its APIC ID (vmrr's vCPU index) in EBX. The BSP waits until all of them
 //! have checked in.
 
-pub mod decimal;
 pub mod layout;
 pub mod lock;
 pub mod startup;
