@@ -7,7 +7,7 @@
 //! point: the test then checks that `--gdb` refuses the trace's path, and says so.
 
 mod common;
-use common::linux::{initramfs, kernel, strict};
+use common::linux::{boot, initramfs, kernel, strict};
 use common::*;
 
 use std::io::{BufRead, BufReader};
@@ -101,27 +101,9 @@ fn each_vcpu_of_a_failure_point_is_a_gdb_thread() {
     let Some(kernel) = kernel() else { return };
     let d = tmp();
     let Some(initrd) = initramfs(d.path()) else { return };
-    let trace = at(&d, "smp.vmrr");
-    let serial = at(&d, "smp.serial");
     // Recorded once; every gdb session below replays its failure point.
-    let o = vmrr(&[
-        "record",
-        "--kernel",
-        s(&kernel),
-        "--initrd",
-        s(&initrd),
-        "--vcpus",
-        "2",
-        "--mem-mib",
-        "128",
-        "--max-seconds",
-        "200",
-        "-o",
-        s(&trace),
-        "--serial",
-        s(&serial),
-        "--json",
-    ]);
+    let (o, console) = boot(&d, &kernel, &initrd, "2");
+    let trace = at(&d, "boot2.vmrr");
     let summary = summary(&o);
     let replay = ["replay", s(&trace), "--kernel", s(&kernel), "--initrd", s(&initrd)];
     if o.status.code() != Some(5) {
@@ -141,7 +123,6 @@ fn each_vcpu_of_a_failure_point_is_a_gdb_thread() {
     let rip = failure["rip"].as_u64().expect("a failing RIP");
     let vcpu = failure["vcpu"].as_u64().expect("the failing vCPU");
     let (failing, other) = (vcpu + 1, if vcpu == 0 { 2 } else { 1 });
-    let console = std::fs::read_to_string(&serial).unwrap_or_default();
     // Whether the kernel had started the other CPU before it failed.
     let ap_started = console.contains("Bringing up secondary CPUs");
     let (sec, said) = gdb_session(

@@ -14,7 +14,7 @@
 //! `VMRR_REQUIRE_KVM=1` (CI) it fails instead.
 
 mod common;
-use common::linux::{MARKER, initramfs, kernel, strict, system_map};
+use common::linux::{MARKER, boot, initramfs, kernel, strict, system_map};
 use common::*;
 
 use std::path::Path;
@@ -75,32 +75,6 @@ fn debian_kernel_boot_is_recorded_and_its_end_reproduced_elsewhere() {
         other => panic!("vmrr record: exit {other:?}: {}", stderr(&o)),
     }
     profile_names_what_the_kernel_used(&d, &trace);
-}
-
-/// Records the kernel on `vcpus` vCPUs (128 MiB) into `d/NAME.vmrr`: the summary and the
-/// console.
-fn boot(d: &tempfile::TempDir, kernel: &Path, initrd: &Path, vcpus: &str) -> (std::process::Output, String) {
-    let trace = at(d, &format!("boot{vcpus}.vmrr"));
-    let serial = at(d, &format!("boot{vcpus}.serial"));
-    let o = vmrr(&[
-        "record",
-        "--kernel",
-        s(kernel),
-        "--initrd",
-        s(initrd),
-        "--vcpus",
-        vcpus,
-        "--mem-mib",
-        "128",
-        "--max-seconds",
-        "200",
-        "-o",
-        s(&trace),
-        "--serial",
-        s(&serial),
-        "--json",
-    ]);
-    (o, std::fs::read_to_string(&serial).unwrap_or_default())
 }
 
 /// Linux on two vCPUs (KVM's in-kernel irqchip, an ACPI MADT listing both, the AP started

@@ -3,7 +3,9 @@
 //! (a failure under `VMRR_REQUIRE_KVM=1`, where `.ci/run` installs them).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+
+use super::{at, s, vmrr};
 
 /// What the initramfs's `/init` prints.
 pub const MARKER: &str = "vmrr-linux-test: init reached";
@@ -76,4 +78,30 @@ pub fn initramfs(dir: &Path) -> Option<PathBuf> {
     }
     assert!(cpio.wait().expect("cpio ends").success(), "cpio failed");
     Some(out)
+}
+
+/// Records `kernel` with `initrd` on `vcpus` vCPUs (128 MiB, at most 200 s, `--json`) into
+/// `d/boot{vcpus}.vmrr`: the output and the serial console.
+pub fn boot(d: &tempfile::TempDir, kernel: &Path, initrd: &Path, vcpus: &str) -> (Output, String) {
+    let trace = at(d, &format!("boot{vcpus}.vmrr"));
+    let serial = at(d, &format!("boot{vcpus}.serial"));
+    let o = vmrr(&[
+        "record",
+        "--kernel",
+        s(kernel),
+        "--initrd",
+        s(initrd),
+        "--vcpus",
+        vcpus,
+        "--mem-mib",
+        "128",
+        "--max-seconds",
+        "200",
+        "-o",
+        s(&trace),
+        "--serial",
+        s(&serial),
+        "--json",
+    ]);
+    (o, std::fs::read_to_string(&serial).unwrap_or_default())
 }
